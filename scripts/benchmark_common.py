@@ -1,0 +1,35 @@
+"""What every benchmark script records next to its figures: the machine, the date, the command."""
+
+from __future__ import annotations
+
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def machine_description() -> str:
+    """CPU model, usable cores and memory, as read on this machine."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {cores} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def append_section(markdown: Path, title: str, command: str, body: str) -> None:
+    """Append one dated, re-runnable result section to a benchmarks file."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    exists = markdown.exists()
+    with open(markdown, "a", encoding="utf-8") as out:
+        if not exists:
+            out.write("# Benchmarks\n\nEvery figure here was produced by the command shown, on the machine "
+                      "shown, on the date shown. Sections are appended by the scripts; compare rows "
+                      "within one section (one run), not across sections: the machines are shared.\n")
+        out.write(f"\n## {title}\n\n- Date: {stamp}\n- Machine: {machine_description()}\n"
+                  f"- Command: `{command}`\n\n{body}\n")

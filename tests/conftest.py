@@ -1,0 +1,77 @@
+"""Shared fixtures: a small real bundle trained from the bundled sample data, once per session.
+
+The models are real (the packaged MiniLM, fine-tuned for a few steps): tests check
+behaviour of the real pipeline, not mocks. Everything runs offline.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DATA = ROOT / "data" / "tickets.csv"
+BANKING77 = ROOT.parent / "shared" / "data" / "banking77"
+TINY_ROWS_PER_CLASS = 30
+
+
+@pytest.fixture(scope="session")
+def sample_csv() -> Path:
+    return SAMPLE_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A class-balanced slice of the sample data: enough to learn something in seconds."""
+    with open(SAMPLE_DATA, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    taken: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        if taken.get(row["category"], 0) < TINY_ROWS_PER_CLASS:
+            taken[row["category"]] = taken.get(row["category"], 0) + 1
+            kept.append(row)
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle fine-tuned for two short epochs on ``tiny_csv`` (PyTorch only, not exported)."""
+    from classifier.options import TrainingOptions
+    from classifier.train import train
+
+    output = tmp_path_factory.mktemp("bundles") / "tiny"
+    options = TrainingOptions(epochs=3, learning_rate=3e-4, batch_size=16, max_length=96, seed=0)
+    return train(tiny_csv, output, options, validation_fraction=0.2)
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``tiny_bundle`` exported to ONNX fp32 + int8."""
+    from classifier.export import export
+
+    output = tmp_path_factory.mktemp("bundles") / "exported"
+    shutil.copytree(tiny_bundle, output)
+    export(output)
+    return output
+
+
+@pytest.fixture()
+def bundle_copy(exported_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the exported bundle, for tests that change it."""
+    target = tmp_path / "bundle"
+    shutil.copytree(exported_bundle, target)
+    return target

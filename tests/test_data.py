@@ -1,0 +1,185 @@
+"""Loading ticket exports: every format, column detection, checks, and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from classifier.data import DataReport, load_tickets, prepare_data, read_records, stratified_split
+from classifier.errors import UserError
+from classifier.text import TextOptions
+
+ROWS = [
+    {"id": "1", "subject": "Refund", "body": "I was charged twice", "category": "billing"},
+    {"id": "2", "subject": "Login", "body": "Password reset mail never arrives", "category": "login"},
+    {"id": "3", "subject": "Invoice", "body": "Need a VAT invoice", "category": "billing"},
+    {"id": "4", "subject": "2FA", "body": "Lost my phone, locked out", "category": "login"},
+]
+
+
+def write_csv(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.tsv", "t.jsonl", "t.json", "t.csv.gz", "t.jsonl.gz"])
+def test_every_format_loads_the_same_tickets(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    plain = path.with_suffix("") if name.endswith(".gz") else path
+    if plain.suffix in (".csv", ".tsv"):
+        write_csv(plain, ROWS, "\t" if plain.suffix == ".tsv" else ",")
+    elif plain.suffix == ".jsonl":
+        write_jsonl(plain, ROWS)
+    else:
+        plain.write_text(json.dumps(ROWS), encoding="utf-8")
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(plain.read_bytes()))
+    tickets, options = load_tickets(path)
+    assert options.fields == ("subject", "body")
+    assert tickets.texts[0] == "Refund\nI was charged twice"
+    assert tickets.labels == ["billing", "login", "billing", "login"]
+    assert tickets.ids == ["1", "2", "3", "4"]
+    assert tickets.source["rows_read"] == 4 and len(tickets.source["sha256"]) == 64
+
+
+def test_json_object_wrapping_a_list_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps({"tickets": ROWS}), encoding="utf-8")
+    assert len(load_tickets(path)[0]) == 4
+
+
+def test_explicit_columns_and_case_insensitive_names(tmp_path: Path) -> None:
+    rows = [{"Title": r["subject"], "Description": r["body"], "Queue": r["category"]} for r in ROWS]
+    path = write_csv(tmp_path / "t.csv", rows)
+    tickets, options = load_tickets(path, TextOptions(fields=("description",)), "queue")
+    assert options.fields == ("Description",)
+    assert tickets.texts[0] == "I was charged twice"
+    assert load_tickets(path)[1].fields == ("Title", "Description")  # detected
+
+
+def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> None:
+    rows = ROWS + [{"id": "5", "subject": "", "body": "  ", "category": "billing"},
+                   {"id": "6", "subject": "Hi", "body": "x", "category": ""}]
+    report = DataReport()
+    tickets, _ = load_tickets(write_csv(tmp_path / "t.csv", rows), report=report)
+    assert len(tickets) == 4
+    assert report.dropped["no text after cleaning"] == [f"{tmp_path / 't.csv'}, row 6"]
+    assert report.dropped["no label"] == [f"{tmp_path / 't.csv'}, row 7, column 'category'"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "file is empty"),
+    (b"subject,body,category\n", "no tickets in file"),
+    (b"subject,body,category\nhi,there,\xff\xfe billing\n", "row 2: bytes are not valid UTF-8"),
+    (b"subject,body,category\nhi,there,billing,extra\n", "row 2: 4 fields but the header has 3"),
+    (b"title,category\nhi,billing\n", "no text column found"),
+    (b"subject,body\nhi,there\n", "no label column found"),
+    (b"subject,body,category\n\"unclosed,there,billing\n", "malformed CSV"),
+])
+def test_malformed_csv_gives_a_located_message(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as error:
+        load_tickets(path)
+    assert str(path) in str(error.value)
+
+
+def test_unknown_columns_are_named(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", ROWS)
+    with pytest.raises(UserError, match="text column 'message' not found; columns are"):
+        load_tickets(path, TextOptions(fields=("message",)))
+    with pytest.raises(UserError, match="label column 'queue' not found"):
+        load_tickets(path, label_column="queue")
+
+
+def test_bad_json_lines_are_located(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"t.jsonl, row 2: invalid JSON"):
+        list(read_records(path))
+    path.write_text('{"text": "a", "label": "x"}\n["not", "an", "object"]\n', encoding="utf-8")
+    with pytest.raises(UserError, match="row 2: expected a JSON object, got list"):
+        list(read_records(path))
+
+
+def test_missing_file_directory_and_unknown_type(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="file not found"):
+        list(read_records(tmp_path / "nope.csv"))
+    with pytest.raises(UserError, match="is a directory"):
+        list(read_records(tmp_path))
+    (tmp_path / "t.xlsx").write_bytes(b"PK")
+    with pytest.raises(UserError, match="unknown file type"):
+        list(read_records(tmp_path / "t.xlsx"))
+
+
+def test_duplicates_conflicts_and_rare_classes(tmp_path: Path) -> None:
+    rows = [{"text": f"ticket number {i}", "label": "a" if i % 2 else "b"} for i in range(20)]
+    rows += [{"text": "ticket number 1", "label": "a"},  # exact duplicate
+             {"text": "ticket number 2", "label": "a"},  # same text as a 'b' ticket
+             {"text": "rare one", "label": "c"}]
+    path = write_csv(tmp_path / "t.csv", rows)
+    with pytest.raises(UserError, match=r"1 classes have fewer than 5 tickets: 'c' \(1\)"):
+        prepare_data(path)
+    prepared = prepare_data(path, merge_rare_classes=True, min_class_count=2, validation_fraction=0.25)
+    report = prepared.report
+    assert report.duplicates_removed == 1
+    assert report.conflicting_texts == [{"text": "ticket number 2", "labels": ["a", "b"]}]
+    assert report.merged_into_other == {"c": 1}
+    assert "other" in prepared.labels
+    assert len(prepared.train) + len(prepared.validation) == 22
+    assert report.shared_texts_between_splits in (0, 1)  # only the conflicting text can be on both sides
+
+
+def test_one_class_only_is_refused(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", [{"text": f"t {i}", "label": "a"} for i in range(10)])
+    with pytest.raises(UserError, match="only one class"):
+        prepare_data(path)
+
+
+def test_validation_file_overlap_and_unseen_labels_reported(tmp_path: Path) -> None:
+    train_rows = [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(20)]
+    val_rows = [{"text": "t 0", "label": "b"}, {"text": "new", "label": "zzz"}, {"text": "t 99", "label": "a"}]
+    prepared = prepare_data(write_csv(tmp_path / "train.csv", train_rows),
+                            write_csv(tmp_path / "val.csv", val_rows))
+    assert len(prepared.validation) == 2
+    assert prepared.report.shared_texts_between_splits == 1
+    assert len(prepared.report.dropped["label not in training data"]) == 1
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(counts=st.lists(st.integers(min_value=2, max_value=40), min_size=2, max_size=6),
+       fraction=st.floats(min_value=0.05, max_value=0.5), seed=st.integers(0, 100))
+def test_stratified_split_keeps_every_class_on_both_sides(counts: list[int], fraction: float, seed: int) -> None:
+    from classifier.data import Tickets
+
+    labels = [f"c{c}" for c, n in enumerate(counts) for _ in range(n)]
+    tickets = Tickets([f"text {i}" for i in range(len(labels))], labels, [str(i) for i in range(len(labels))])
+    train, held_out = stratified_split(tickets, fraction, seed)
+    assert sorted(train.ids + held_out.ids) == sorted(tickets.ids)
+    assert set(train.labels) == set(held_out.labels) == set(labels)
+    assert stratified_split(tickets, fraction, seed)[1].ids == held_out.ids  # seeded
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_load_or_fail_with_a_user_error(tmp_path: Path, blob: bytes) -> None:
+    path = tmp_path / "fuzz.csv"
+    path.write_bytes(b"text,label\n" + blob)
+    try:
+        load_tickets(path)
+    except UserError as error:
+        assert str(path) in str(error)

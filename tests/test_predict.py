@@ -1,0 +1,120 @@
+"""ONNX export, drift check, and the Predictor on ordinary and hostile inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifier.bundle import read_examples, read_manifest
+from classifier.errors import UserError
+from classifier.export import ExportOptions, export
+from classifier.predict import Predictor
+
+
+def test_export_writes_both_models_and_drift_figures(exported_bundle: Path) -> None:
+    manifest = read_manifest(exported_bundle)
+    section = manifest["onnx"]
+    for name in ("model.onnx", "model_int8.onnx"):
+        assert (exported_bundle / "onnx" / name).stat().st_size == section["files"][name]["bytes"]
+    assert section["files"]["model_int8.onnx"]["bytes"] < section["files"]["model.onnx"]["bytes"] / 2
+    drift = section["drift"]
+    assert drift["examples"] == manifest["data"]["validation"]["rows_used"]
+    assert drift["fp32_max_abs_logit_diff"] < 1e-3
+    assert drift["fp32_argmax_agreement"] >= 0.999
+    assert 0.8 <= drift["int8_argmax_agreement"] <= 1.0
+    assert manifest["serving"]["engine"] in ("int8", "fp32")
+    assert section["opset"] >= 14
+    assert json.loads((exported_bundle / "reports" / "drift.json").read_text()) == drift
+
+
+def test_onnx_and_torch_give_the_same_probabilities(exported_bundle: Path) -> None:
+    texts, _ = read_examples(exported_bundle)
+    onnx = Predictor.load(exported_bundle, engine="fp32").predict_proba(texts)
+    torch = Predictor.load(exported_bundle, engine="torch").predict_proba(texts)
+    np.testing.assert_allclose(onnx, torch, atol=1e-4)
+
+
+def test_predictions_follow_the_bundle_contract(exported_bundle: Path) -> None:
+    predictor = Predictor.load(exported_bundle)
+    tickets = [{"subject": "Charged twice", "body": "My card was billed two times for the March invoice"},
+               "I cannot log in, the password reset email never arrives"]
+    predictions = predictor.predict(tickets, top_k=3)
+    assert len(predictions) == 2
+    for prediction in predictions:
+        assert prediction.label in predictor.labels
+        assert prediction.top_k[0] == {"label": prediction.label, "score": prediction.confidence}
+        assert [s["score"] for s in prediction.top_k] == sorted((s["score"] for s in prediction.top_k), reverse=True)
+        assert prediction.needs_review == (prediction.confidence < predictor.threshold(prediction.label))
+        assert prediction.truncated is False
+    rows = predictor.predict_proba(tickets)
+    np.testing.assert_allclose(rows.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_order_is_kept_when_batches_are_sorted_by_length(exported_bundle: Path) -> None:
+    # fp32: dynamic int8 scales activations per batch, so its scores shift slightly with batch-mates.
+    predictor = Predictor.load(exported_bundle, engine="fp32")
+    texts, _ = read_examples(exported_bundle)
+    one_by_one = np.vstack([predictor.predict_proba([t]) for t in texts[:12]])
+    batched = predictor.predict_proba(texts[:12], batch_size=5)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+@pytest.mark.parametrize("text", [
+    "x" * 100_000,
+    "refund " * 5_000,
+    "😀🔥 my invoice 💸 is wrong 🙃",
+    "我无法登录我的账户，密码重置邮件没有收到",
+    "لا أستطيع تسجيل الدخول إلى حسابي",
+    "bad\x00bytes\x07 in\x1b[31m the ticket\u200b",
+    "<div><p>Export &amp; import</p></div>",
+])
+def test_hostile_inputs_get_a_valid_prediction(exported_bundle: Path, text: str) -> None:
+    predictor = Predictor.load(exported_bundle)
+    [prediction] = predictor.predict([text])
+    assert prediction.label in predictor.labels
+    assert 0.0 < prediction.confidence <= 1.0
+    assert prediction.truncated == (len(text) > 1000)
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t  ", "\x00\x01"])
+def test_empty_tickets_are_a_clear_error(exported_bundle: Path, text: str) -> None:
+    predictor = Predictor.load(exported_bundle)
+    with pytest.raises(UserError, match="ticket 1 has no text"):
+        predictor.predict(["fine ticket", text])
+
+
+def test_bundle_without_onnx_falls_back_to_torch(tiny_bundle: Path) -> None:
+    predictor = Predictor.load(tiny_bundle)
+    assert predictor.engine.name == "torch"
+    with pytest.raises(UserError, match="no int8 ONNX model"):
+        Predictor.load(tiny_bundle, engine="int8")
+
+
+def test_serving_path_imports_neither_torch_nor_transformers(exported_bundle: Path) -> None:
+    code = ("import sys; from classifier.predict import Predictor; "
+            f"p = Predictor.load({str(exported_bundle)!r}); p.predict(['my invoice is wrong']); "
+            "heavy = [m for m in ('torch', 'transformers', 'optimum', 'sklearn') if m in sys.modules]; "
+            "print(p.engine.name, heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "model_int8.onnx []"
+
+
+def test_failed_export_leaves_the_bundle_as_it_was(bundle_copy: Path) -> None:
+    before = {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")}
+    manifest = (bundle_copy / "manifest.json").read_text()
+    with pytest.raises(Exception):
+        export(bundle_copy, ExportOptions(opset=1))  # no such opset: the exporter fails midway
+    assert (bundle_copy / "manifest.json").read_text() == manifest
+    assert {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")} == before
+
+
+def test_int8_over_the_accuracy_limit_serves_fp32(bundle_copy: Path) -> None:
+    export(bundle_copy, ExportOptions(max_accuracy_drop=-100.0, optimize=False))
+    manifest = read_manifest(bundle_copy)
+    assert manifest["serving"]["engine"] == "fp32"
+    assert Predictor.load(bundle_copy).engine.name == "model.onnx"

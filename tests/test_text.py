@@ -1,0 +1,70 @@
+"""The one text function shared by training, prediction and the service."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from classifier.text import TextOptions, clean_text, ticket_text
+
+SUBJECT_BODY = TextOptions(fields=("subject", "body"))
+
+
+def test_fields_are_cleaned_and_joined_in_order() -> None:
+    record = {"body": "  Card   declined\t\tagain ", "subject": "Payment", "priority": "high"}
+    assert ticket_text(record, SUBJECT_BODY) == "Payment\nCard declined again"
+
+
+def test_missing_or_empty_fields_are_skipped() -> None:
+    assert ticket_text({"body": "only a body"}, SUBJECT_BODY) == "only a body"
+    assert ticket_text({"subject": None, "body": float("nan")}, SUBJECT_BODY) == ""
+
+
+def test_a_plain_string_is_the_whole_ticket() -> None:
+    assert ticket_text("Hello   there", SUBJECT_BODY) == "Hello there"
+
+
+def test_html_becomes_text() -> None:
+    assert clean_text("<p>Export&nbsp;fails</p><br><div>CSV &amp; XLSX</div>") == "Export fails CSV & XLSX"
+    assert clean_text("<style>p {color: red}</style><p>Hi</p>") == "Hi"
+
+
+def test_html_kept_when_disabled() -> None:
+    assert clean_text("<b>x</b>", TextOptions(strip_html=False)) == "<b>x</b>"
+
+
+def test_quoted_reply_is_cut() -> None:
+    body = ("Still broken after the update.\n\nOn Tue, 3 Mar 2026 at 10:14, Support <help@example.com>\n"
+            "wrote:\n> Have you tried clearing the cache?\n> Regards")
+    assert clean_text(body) == "Still broken after the update."
+
+
+def test_outlook_original_message_is_cut() -> None:
+    body = "Any news?\n-----Original Message-----\nFrom: Support\nSent: Monday\nSubject: your ticket"
+    assert clean_text(body) == "Any news?"
+
+
+def test_signature_is_cut_and_can_be_kept() -> None:
+    body = "Please cancel my plan.\n\nThanks,\nMaria Lopez\nAcme Corp | Ops lead"
+    assert clean_text(body) == "Please cancel my plan."
+    assert "Maria" in clean_text(body, TextOptions(strip_signatures=False))
+    assert clean_text("Broken again\nSent from my iPhone") == "Broken again"
+    assert clean_text("Help\n-- \nJohn Smith\nCTO") == "Help"
+
+
+def test_sign_off_far_up_is_part_of_the_message() -> None:
+    body = "Thanks\n" + "\n".join(f"line {i}" for i in range(10))
+    assert clean_text(body).startswith("Thanks line 0")
+
+
+def test_control_characters_are_removed() -> None:
+    assert clean_text("a\x00b\x1bc\u200bd") == "a b c d"
+
+
+@given(st.text(max_size=400))
+def test_cleaning_never_fails_and_is_idempotent(raw: str) -> None:
+    once = clean_text(raw)
+    assert isinstance(once, str)
+    assert once == once.strip()
+    assert "  " not in once and "\n" not in once
+    assert clean_text(once, TextOptions(strip_html=False)) == once

@@ -1,0 +1,87 @@
+"""End to end: fine-tune the real packaged encoder briefly, save a bundle, reload it with plain transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from classifier.bundle import SCHEMA_VERSION, read_examples, read_manifest
+from classifier.errors import UserError
+from classifier.options import TrainingOptions
+from classifier.train import choose_max_length, default_base_model, train
+
+
+def test_bundle_manifest_is_complete(tiny_bundle: Path, tiny_csv: Path) -> None:
+    manifest = read_manifest(tiny_bundle)
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    assert manifest["labels"] == sorted(manifest["labels"]) and len(manifest["labels"]) >= 8
+    assert manifest["text"]["fields"] == ["subject", "body"]
+    assert manifest["max_length"] == 96
+    train_info = manifest["data"]["train"]
+    assert train_info["path"] == str(tiny_csv) and len(train_info["sha256"]) == 64
+    assert train_info["rows_used"] + manifest["data"]["validation"]["rows_used"] <= train_info["rows_read"]
+    assert manifest["training"]["learning_rate"] == 3e-4
+    assert {"accuracy", "macro_f1"} <= set(manifest["validation_metrics"])
+    assert {"torch", "transformers", "python"} <= set(manifest["versions"])
+    assert manifest["bundle_version"] and manifest["created_at"]
+    assert (tiny_bundle / "reports" / "data_report.json").is_file()
+    assert not tiny_bundle.with_name(tiny_bundle.name + ".checkpoints").exists()
+
+
+def test_plain_transformers_reproduces_the_validation_accuracy(tiny_bundle: Path) -> None:
+    manifest = read_manifest(tiny_bundle)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bundle).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bundle)
+    assert [model.config.id2label[i] for i in range(len(manifest["labels"]))] == manifest["labels"]
+    texts, labels = read_examples(tiny_bundle)
+    with torch.inference_mode():
+        batch = tokenizer(texts, truncation=True, max_length=manifest["max_length"], padding=True,
+                          return_tensors="pt")
+        predicted = model(**batch).logits.argmax(-1).numpy()
+    accuracy = float(np.mean([manifest["labels"][i] == label for i, label in zip(predicted, labels)]))
+    assert accuracy == pytest.approx(manifest["validation_metrics"]["accuracy"], abs=1e-6)
+    assert accuracy > 2 / len(manifest["labels"])  # it learned something beyond chance
+
+
+def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_path: Path) -> None:
+    options = TrainingOptions(epochs=1, batch_size=16, max_length=64, lora=True, lora_rank=4,
+                              class_weighted_loss=True, seed=1)
+    bundle = train(tiny_csv, tmp_path / "lora", options)
+    with safe_open(str(bundle / "model.safetensors"), "pt") as weights:
+        names = list(weights.keys())
+    assert names and not any("lora" in name or "base_model" in name for name in names)
+    model = AutoModelForSequenceClassification.from_pretrained(bundle)
+    assert model.config.num_labels == len(read_manifest(bundle)["labels"])
+    assert read_manifest(bundle)["training"]["lora"] is True
+
+
+def test_existing_output_is_not_overwritten(tiny_bundle: Path, tiny_csv: Path) -> None:
+    before = (tiny_bundle / "manifest.json").read_text()
+    with pytest.raises(UserError, match="already exists"):
+        train(tiny_csv, tiny_bundle, TrainingOptions(epochs=1))
+    assert (tiny_bundle / "manifest.json").read_text() == before
+
+
+def test_unknown_base_model_is_a_user_error(tiny_csv: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="cannot load base model"):
+        train(tiny_csv, tmp_path / "x", TrainingOptions(base_model=str(tmp_path / "no-such-model")))
+
+
+def test_max_length_follows_the_data() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(default_base_model())
+    short = choose_max_length(tokenizer, ["hi there"] * 50)
+    long = choose_max_length(tokenizer, ["word " * 200] * 50)
+    assert short == 32 and long == 208
+    assert choose_max_length(tokenizer, ["word " * 2000] * 5) == 512
+
+
+def test_data_report_is_stored(tiny_bundle: Path) -> None:
+    report = json.loads((tiny_bundle / "reports" / "data_report.json").read_text())
+    assert report["split"]["method"] == "stratified"
+    assert set(report["class_counts"]) == {"train", "validation"}
