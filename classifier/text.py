@@ -32,7 +32,9 @@ _REPLY_HEADER = re.compile(
     re.IGNORECASE | re.MULTILINE | re.DOTALL,
 )
 _SIGNATURE_START = re.compile(
-    r"^(?:--\s*|__+\s*|sent from my \w+.*|get outlook for \w+.*)$", re.IGNORECASE
+    r"^(?:--\s*|__+\s*|get outlook for \w+.*"
+    r"|sent from (?:my )?(?:iphone|ipad|android|outlook|mail|samsung|galaxy|mobile|blackberry)\b.*)$",
+    re.IGNORECASE
 )
 _SIGN_OFF = re.compile(
     r"^(?:thanks?(?: you| again| in advance)?|many thanks|thx|cheers|best|best regards|"

@@ -49,6 +49,8 @@ def test_signature_is_cut_and_can_be_kept() -> None:
     assert clean_text(body) == "Please cancel my plan."
     assert "Maria" in clean_text(body, TextOptions(strip_signatures=False))
     assert clean_text("Broken again\nSent from my iPhone") == "Broken again"
+    assert clean_text("<div>Broken</div><div>Sent from Outlook for Android</div>") == "Broken"
+    assert clean_text("Hi\nSent from the mobile app, the invoice is wrong") == "Hi Sent from the mobile app, the invoice is wrong"
     assert clean_text("Help\n-- \nJohn Smith\nCTO") == "Help"
 
 
