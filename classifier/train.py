@@ -67,8 +67,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     data = prepare_data(data_path, validation_path, text_options=text_options, label_column=label_column,
                         validation_fraction=validation_fraction, min_class_count=min_class_count,
                         merge_rare_classes=merge_rare_classes, seed=options.seed)
-    for line in data.report.summary_lines():
-        log.info(line)
+    log.info("data report:\n  %s", "\n  ".join(data.report.summary_lines()))
     base_model = options.base_model or default_base_model()
     set_seed(options.seed)
     tokenizer = _load_tokenizer(base_model)
