@@ -1,0 +1,549 @@
+"""Evaluate a bundle on a labelled test file: the report a reviewer reads before deploying.
+
+:func:`evaluate` runs the model that would be served over the test tickets and writes,
+into one output directory::
+
+    report.json              every number below, machine-readable
+    report.html              one self-contained page (images embedded) for a support lead
+    confusion_matrix.csv     counts, true class per row, predicted class per column
+    confusion_matrix.png     normalised by true class, confused classes next to each other
+    precision_coverage.png   share of tickets routed automatically vs their accuracy
+    reliability.png          calibration: confidence vs accuracy
+    misclassified.csv        id, text, true, predicted, confidence (most confident first)
+
+Test tickets whose label the model does not know are counted and listed, and left out of
+the metrics. With ``apply_threshold_for_precision`` the per-class confidence thresholds
+reaching that precision are written into the bundle manifest, which the predictor's
+``needs_review`` follows.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from classifier import bundle
+from classifier.data import DataReport, Tickets, load_tickets, reload_training_split
+from classifier.errors import UserError
+from classifier.predict import Predictor, resolve_engine
+from classifier.text import TextOptions
+
+log = logging.getLogger(__name__)
+
+ECE_BINS = 15
+COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # rows of the threshold table
+# Below this many predictions of a class, its own precision estimate is noise: use the global threshold.
+MIN_PREDICTIONS_FOR_CLASS_THRESHOLD = 10
+# Above any softmax confidence (float32 can round to exactly 1.0): every ticket of the class goes to review.
+ALWAYS_REVIEW = 1.01
+TOP_CONFUSIONS = 20
+EXAMPLES_PER_CONFUSION = 3
+EXAMPLE_CHARS = 300
+REPORT_FILES = ("report.json", "report.html", "confusion_matrix.csv", "confusion_matrix.png", "precision_coverage.png",
+                "reliability.png", "misclassified.csv")
+BASELINE_NAME = "TF-IDF + logistic regression"
+
+
+@dataclass
+class EvaluationOptions:
+    engine: str = "auto"  # auto|int8|fp32|torch, passed to Predictor.load
+    label_column: str | None = None
+    target_precision: float = 0.95
+    apply_threshold_for_precision: float | None = None  # write per-class thresholds into the bundle manifest
+    compare_bundle: Path | None = None
+    baseline: bool = True
+
+
+@dataclass
+class Scored:
+    """One model's probabilities on the test tickets whose label it knows."""
+
+    classes: list[str]  # probability columns
+    rows: np.ndarray  # indices into the test tickets
+    y_true: np.ndarray
+    proba: np.ndarray
+
+    @classmethod
+    def of(cls, classes: Sequence[str], proba: np.ndarray, labels: Sequence[str]) -> Scored:
+        """Keep the rows whose true label is one of ``classes``; ``proba`` covers every test ticket."""
+        known = set(classes)
+        rows = np.array([i for i, label in enumerate(labels) if label in known], dtype=int)
+        if not rows.size:
+            raise UserError(f"no test ticket has a label the model knows (model labels: "
+                            f"{', '.join(list(classes)[:10])}{' ...' if len(classes) > 10 else ''}); "
+                            "is --label-column right?")
+        return cls(list(classes), rows, np.asarray(labels, dtype=object)[rows], np.asarray(proba)[rows])
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return np.asarray(self.classes, dtype=object)[self.proba.argmax(axis=1)]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.proba.max(axis=1).astype(float)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predicted == self.y_true
+
+
+# ---------------------------------------------------------------- the entry points
+
+
+def evaluate(bundle_dir: str | Path, data_path: str | Path, output_dir: str | Path,
+             options: EvaluationOptions | None = None) -> dict[str, Any]:
+    """Evaluate ``bundle_dir`` on ``data_path``, write the report files to ``output_dir``; return report.json."""
+    options = options or EvaluationOptions()
+    _check_options(options)
+    bundle_dir, output_dir = Path(bundle_dir), Path(output_dir)
+    _make_output_dir(output_dir)
+    predictor = Predictor.load(bundle_dir, options.engine)
+    tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column)
+    proba = probabilities(predictor, tickets.texts)
+    scored = Scored.of(predictor.labels, proba, tickets.labels)
+    report = _model_report(predictor, scored, tickets, options.target_precision)
+    report["data"] = _data_section(tickets, data_report, scored)
+    report["unknown_labels"] = _unknown_labels(tickets, scored, predictor.labels, proba)
+    others = {"baseline": _baseline(predictor.manifest, tickets) if options.baseline else None,
+              "compare": _compare(options, data_path, tickets, predictor)}
+    report.update(_side_by_side_sections(others, scored, options))
+    if options.apply_threshold_for_precision is not None:
+        report["thresholds_applied"] = apply_thresholds(bundle_dir, predictor, scored, tickets,
+                                                        options.apply_threshold_for_precision)
+    report["warnings"] = _warnings(report)
+    report["files"] = list(REPORT_FILES)
+    _write_files(output_dir, report, scored, tickets, _images(report, scored, others))
+    return report
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """A few lines for the terminal: headline numbers side by side, threshold, warnings."""
+    columns = [("model", report)] + [(name, report[name]) for name in ("baseline", "compare")
+                                     if report.get(name) and report[name].get("metrics")]
+    target = report["precision_coverage"]["target_precision"]
+    rows = [("tickets", lambda r: f"{r['metrics']['tickets']}"),
+            ("accuracy", lambda r: f"{r['metrics']['accuracy']:.1%}"),
+            ("macro F1", lambda r: f"{r['metrics']['macro_f1']:.3f}"),
+            ("weighted F1", lambda r: f"{r['metrics']['weighted_f1']:.3f}"),
+            ("calibration error", lambda r: f"{r['metrics']['ece']:.3f}"),
+            (f"routed at {target:.0%} precision", lambda r: _routed_at_target(r["metrics"]["at_target"]))]
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [" " * width + "".join(f"{name:>22}" for name, _ in columns)]
+    lines += [f"{label:<{width}}" + "".join(f"{cell(section):>22}" for _, section in columns) for label, cell in rows]
+    lines.append(report["precision_coverage"]["message"])
+    lines += [f"warning: {warning}" for warning in report["warnings"]]
+    return "\n".join(lines)
+
+
+def load_test_set(data_path: str | Path, manifest: dict[str, Any],
+                  label_column: str | None) -> tuple[Tickets, DataReport]:
+    """Read the test file with the bundle's text fields and cleaning, and training's loader and errors."""
+    data_report = DataReport()
+    tickets, _ = load_tickets(data_path, TextOptions.from_dict(manifest.get("text", {})), label_column, data_report)
+    return tickets, data_report
+
+
+def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
+    """The model's probabilities for each ticket on its own, as the service answers one ticket.
+
+    One ticket per batch: the int8 model quantizes activations per batch tensor, so a ticket's scores
+    would otherwise depend on which tickets share (and pad) its batch.
+    """
+    return predictor.predict_proba(texts, batch_size=1)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def model_metrics(scored: Scored, target_precision: float) -> dict[str, Any]:
+    """Headline numbers for one model; ``at_target`` is the recommended threshold (None: none reaches it)."""
+    y_pred = scored.predicted
+    return {"tickets": int(len(scored.rows)),
+            "accuracy": float(accuracy_score(scored.y_true, y_pred)),
+            "macro_f1": float(f1_score(scored.y_true, y_pred, average="macro", zero_division=0)),
+            "weighted_f1": float(f1_score(scored.y_true, y_pred, average="weighted", zero_division=0)),
+            "ece": expected_calibration_error(scored.confidence, scored.correct),
+            "at_target": recommend_threshold(scored.confidence, scored.correct, target_precision)}
+
+
+def per_class_f1(scored: Scored) -> dict[str, float]:
+    _, _, f1, _ = precision_recall_fscore_support(scored.y_true, scored.predicted, labels=scored.classes,
+                                                  zero_division=0)
+    return {label: float(value) for label, value in zip(scored.classes, f1)}
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, Any]]:
+    """Equal-width confidence bins: how many tickets, their mean confidence and their accuracy."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = index == b
+        rows.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": int(mask.sum()),
+                     "confidence": float(confidence[mask].mean()) if mask.any() else None,
+                     "accuracy": float(correct[mask].mean()) if mask.any() else None})
+    return rows
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Mean |accuracy - confidence| over the bins, weighted by their share of tickets."""
+    total = len(confidence)
+    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"])
+                     for b in calibration_bins(confidence, correct, bins) if b["count"]))
+
+
+# ---------------------------------------------------------------- precision / coverage
+
+
+def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every distinct confidence t, highest first: coverage and precision of the tickets with confidence >= t."""
+    order = np.argsort(-confidence, kind="stable")
+    sorted_confidence = confidence[order]
+    routed = np.arange(1, len(order) + 1)
+    precision = np.cumsum(correct[order]) / routed
+    # Equal confidences are routed together, so only the last of a tie is a possible cut.
+    cut = np.r_[sorted_confidence[1:] != sorted_confidence[:-1], True]
+    return sorted_confidence[cut], routed[cut] / len(order), precision[cut]
+
+
+def recommend_threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> dict[str, Any] | None:
+    """The lowest confidence threshold whose routed tickets reach ``target`` precision (most coverage), or None."""
+    if not len(confidence):
+        return None
+    thresholds, coverage, precision = coverage_curve(confidence, correct)
+    reaching = np.flatnonzero(precision >= target - 1e-9)
+    if not reaching.size:
+        return None
+    best = reaching[-1]
+    return operating_point(confidence, correct, float(thresholds[best]))
+
+
+def operating_point(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Route tickets with confidence >= threshold: how many, what share, how accurate (None if none)."""
+    routed = confidence >= threshold
+    count = int(routed.sum())
+    return {"threshold": float(threshold), "tickets": count,
+            "coverage": count / len(confidence) if len(confidence) else 0.0,
+            "precision": float(correct[routed].mean()) if count else None}
+
+
+def threshold_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict[str, Any]]:
+    """Operating points at the thresholds that route 10 %, 20 %, ... 100 % of the tickets (ties may route more).
+
+    Derived from the data rather than a fixed grid, so a model with low confidences still gets a useful table.
+    """
+    ranked = np.sort(confidence)[::-1]
+    cuts = {float(ranked[max(math.ceil(level * len(ranked)) - 1, 0)]) for level in COVERAGE_LEVELS}
+    return [operating_point(confidence, correct, t) for t in sorted(cuts, reverse=True)]
+
+
+def class_thresholds(scored: Scored, target: float) -> dict[str, dict[str, Any]]:
+    """A threshold per class (by predicted label) reaching ``target`` precision on that class's predictions.
+
+    Classes predicted fewer than :data:`MIN_PREDICTIONS_FOR_CLASS_THRESHOLD` times take the global
+    recommendation; a class (or global) that cannot reach the target gets :data:`ALWAYS_REVIEW`.
+    """
+    confidence, correct, predicted = scored.confidence, scored.correct, scored.predicted
+    overall = recommend_threshold(confidence, correct, target)
+    fallback = overall["threshold"] if overall else ALWAYS_REVIEW
+    result = {}
+    for label in scored.classes:
+        mask = predicted == label
+        if mask.sum() < MIN_PREDICTIONS_FOR_CLASS_THRESHOLD:
+            threshold, source = fallback, "global" if overall else "unreachable"
+        else:
+            own = recommend_threshold(confidence[mask], correct[mask], target)
+            threshold, source = (own["threshold"], "class") if own else (ALWAYS_REVIEW, "unreachable")
+        result[label] = {**operating_point(confidence[mask], correct[mask], threshold),
+                         "predicted": int(mask.sum()), "source": source}
+    return result
+
+
+def routing_with(scored: Scored, threshold_of: Callable[[str], float]) -> dict[str, Any]:
+    """Overall coverage and precision when each ticket is routed if confidence >= its predicted class's threshold."""
+    routed = scored.confidence >= np.array([threshold_of(label) for label in scored.predicted])
+    count = int(routed.sum())
+    return {"tickets": count, "coverage": count / len(routed),
+            "precision": float(scored.correct[routed].mean()) if count else None}
+
+
+# ---------------------------------------------------------------- report sections
+
+
+def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target: float) -> dict[str, Any]:
+    from classifier.plots import cluster_order
+
+    labels = predictor.labels
+    matrix = confusion_matrix(scored.y_true, scored.predicted, labels=labels)
+    metrics = model_metrics(scored, target)
+    thresholds = class_thresholds(scored, target)
+    return {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"bundle": str(predictor.bundle_dir), "name": predictor.name, "version": predictor.version,
+                  "engine": _engine(predictor), "labels": len(labels)},
+        "metrics": metrics,
+        "per_class": _per_class(scored, matrix, thresholds),
+        "confusion_matrix": {"labels": labels, "matrix": matrix.tolist(),
+                             "display_order": [int(i) for i in cluster_order(matrix)]},
+        "top_confusions": _top_confusions(scored, matrix, tickets),
+        "calibration": {"ece": metrics["ece"], "bins": calibration_bins(scored.confidence, scored.correct)},
+        "precision_coverage": {
+            "target_precision": target,
+            "recommended": metrics["at_target"],
+            "message": _recommendation_message(metrics["at_target"], target),
+            "table": threshold_table(scored.confidence, scored.correct),
+            "per_class_thresholds": thresholds,
+            "with_per_class_thresholds": routing_with(scored, lambda label: thresholds[label]["threshold"]),
+            "with_bundle_thresholds": routing_with(scored, predictor.threshold),
+            "bundle_thresholds_source": predictor.manifest.get("thresholds", {}).get("source"),  # an earlier apply
+        },
+    }
+
+
+def _per_class(scored: Scored, matrix: np.ndarray, thresholds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        scored.y_true, scored.predicted, labels=scored.classes, zero_division=0)
+    off_diagonal = matrix - np.diag(np.diag(matrix))
+    rows = []
+    for i, label in enumerate(scored.classes):
+        mistaken = int(off_diagonal[i].argmax())
+        rows.append({"label": label, "support": int(support[i]), "predicted": int(matrix[:, i].sum()),
+                     "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                     "most_confused_with": scored.classes[mistaken] if off_diagonal[i, mistaken] else None,
+                     "threshold": thresholds[label]["threshold"], "threshold_source": thresholds[label]["source"],
+                     "coverage_at_threshold": thresholds[label]["coverage"]})
+    return rows
+
+
+def _top_confusions(scored: Scored, matrix: np.ndarray, tickets: Tickets) -> list[dict[str, Any]]:
+    """The most frequent (true, predicted) mistakes, each with its most confident example tickets."""
+    support = matrix.sum(axis=1)
+    pairs = [(int(matrix[i, j]), i, j) for i, j in zip(*np.nonzero(matrix)) if i != j]
+    pairs.sort(key=lambda p: (-p[0], -p[0] / support[p[1]]))
+    predicted, confidence = scored.predicted, scored.confidence
+    result = []
+    for count, i, j in pairs[:TOP_CONFUSIONS]:
+        true, wrong = scored.classes[i], scored.classes[j]
+        hits = np.flatnonzero((scored.y_true == true) & (predicted == wrong))
+        hits = hits[np.argsort(-confidence[hits], kind="stable")][:EXAMPLES_PER_CONFUSION]
+        result.append({"true": true, "predicted": wrong, "count": count, "share_of_true": count / int(support[i]),
+                       "examples": [_example(tickets, int(scored.rows[h]), float(confidence[h])) for h in hits]})
+    return result
+
+
+def _example(tickets: Tickets, row: int, confidence: float) -> dict[str, Any]:
+    text = tickets.texts[row]
+    return {"id": tickets.ids[row], "confidence": confidence,
+            "text": text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS].rstrip() + " …"}
+
+
+def _recommendation_message(point: dict[str, Any] | None, target: float) -> str:
+    if point is None:
+        return (f"No confidence threshold reaches {target:.0%} precision on this test set: at this target "
+                "every ticket would need review.")
+    return (f"Route automatically when confidence >= {point['threshold']:.3g}: {point['coverage']:.1%} of "
+            f"tickets ({point['tickets']}) would be routed, {point['precision']:.1%} of them correctly "
+            f"(target {target:.0%}).")
+
+
+def _routed_at_target(point: dict[str, Any] | None) -> str:
+    return "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:.3g})"
+
+
+def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored) -> dict[str, Any]:
+    return {**tickets.source, "evaluated": int(len(scored.rows)),
+            "dropped": {reason: {"count": len(where), "rows": where} for reason, where in data_report.dropped.items()},
+            "labels_without_test_tickets": sorted(set(scored.classes) - set(scored.y_true))}
+
+
+def _unknown_labels(tickets: Tickets, scored: Scored, classes: list[str], proba: np.ndarray) -> dict[str, Any]:
+    """Test tickets whose label the model never learned, and where the model sends them instead."""
+    rows = sorted(set(range(len(tickets))) - set(scored.rows.tolist()))
+    by_label: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = by_label.setdefault(tickets.labels[row], {"count": 0, "ids": [], "predicted_as": Counter()})
+        entry["count"] += 1
+        entry["ids"].append(tickets.ids[row])
+        entry["predicted_as"][classes[int(proba[row].argmax())]] += 1
+    for entry in by_label.values():
+        entry["predicted_as"] = dict(entry["predicted_as"].most_common())
+    return {"count": len(rows), "share": len(rows) / len(tickets),
+            "labels": dict(sorted(by_label.items(), key=lambda kv: -kv[1]["count"]))}
+
+
+def _side_by_side(name: str, description: str, other: Scored, scored: Scored, target: float) -> dict[str, Any]:
+    """Another model's numbers and, per class present in the test set, the F1 gain of the evaluated model."""
+    own, theirs = per_class_f1(scored), per_class_f1(other)
+    present = set(scored.y_true)
+    return {"name": name, "description": description, "metrics": model_metrics(other, target),
+            "per_class_f1": theirs,
+            "f1_delta": {label: own[label] - theirs[label] for label in scored.classes
+                         if label in theirs and label in present}}
+
+
+def _side_by_side_sections(others: dict[str, tuple[str, str, Scored] | None], scored: Scored,
+                           options: EvaluationOptions) -> dict[str, Any]:
+    sections = {key: _side_by_side(*other, scored, options.target_precision) if other else None
+                for key, other in others.items()}
+    if options.baseline and others["baseline"] is None:
+        sections["baseline"] = {"name": BASELINE_NAME, "metrics": None,
+                                "reason": "the bundle's training data cannot be reloaded (the file was moved or "
+                                          "changed since training, or the bundle predates recording it)"}
+    return sections
+
+
+def _baseline(manifest: dict[str, Any], tickets: Tickets) -> tuple[str, str, Scored] | None:
+    """The TF-IDF baseline retrained on the bundle's training split; None when that data is gone."""
+    from classifier.baseline import fit_baseline
+
+    training = reload_training_split(manifest)
+    if training is None:
+        return None
+    model = fit_baseline(training.texts, training.labels)
+    scored = Scored.of(list(model.classes_), model.predict_proba(tickets.texts), tickets.labels)
+    return BASELINE_NAME, f"trained on the bundle's {len(training)} training tickets", scored
+
+
+def _compare(options: EvaluationOptions, data_path: str | Path, tickets: Tickets,
+             predictor: Predictor) -> tuple[str, str, Scored] | None:
+    """The other bundle as it is served (engine auto), reading the test file with its own text options."""
+    if options.compare_bundle is None:
+        return None
+    other = Predictor.load(options.compare_bundle, "auto")
+    if other.manifest.get("text") != predictor.manifest.get("text"):
+        tickets, _ = load_test_set(data_path, other.manifest, options.label_column)
+    scored = Scored.of(other.labels, probabilities(other, tickets.texts), tickets.labels)
+    return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {_engine(other)}",
+            scored)
+
+
+def _warnings(report: dict[str, Any]) -> list[str]:
+    """What a reviewer must know before trusting the numbers."""
+    warnings = []
+    unknown = report["unknown_labels"]
+    if unknown["count"]:
+        listed = ", ".join(f"{label!r} ({info['count']})" for label, info in unknown["labels"].items())
+        warnings.append(f"{unknown['count']} test tickets ({unknown['share']:.1%}) have labels the model does "
+                        f"not know and are left out of the metrics: {listed}")
+    for reason, dropped in report["data"]["dropped"].items():
+        rows = ", ".join(dropped["rows"][:3]) + (" ..." if dropped["count"] > 3 else "")
+        warnings.append(f"{dropped['count']} test row{'s' if dropped['count'] > 1 else ''} dropped ({reason}): {rows}")
+    missing = report["data"]["labels_without_test_tickets"]
+    if missing:
+        warnings.append(f"{len(missing)} model classes have no test tickets: {', '.join(missing[:10])}"
+                        + (" ..." if len(missing) > 10 else ""))
+    if report["precision_coverage"]["recommended"] is None:
+        warnings.append(report["precision_coverage"]["message"])
+    if report.get("baseline") and report["baseline"]["metrics"] is None:
+        warnings.append(f"no baseline: {report['baseline']['reason']}")
+    for key, called in (("baseline", "the baseline"), ("compare", "the compared model")):
+        other = (report.get(key) or {}).get("metrics")
+        if other and other["macro_f1"] > report["metrics"]["macro_f1"] + 0.01:
+            warnings.append(f"{called} ({report[key]['name']}) scores a higher macro F1 than this model: "
+                            f"{other['macro_f1']:.3f} against {report['metrics']['macro_f1']:.3f}")
+    applied = report.get("thresholds_applied")
+    if applied and applied["engine"] != applied["served_engine"]:
+        warnings.append(f"thresholds were measured with the {applied['engine']} model but the bundle serves "
+                        f"{applied['served_engine']}: confidences may differ slightly")
+    return warnings
+
+
+# ---------------------------------------------------------------- thresholds into the bundle
+
+
+def apply_thresholds(bundle_dir: Path, predictor: Predictor, scored: Scored, tickets: Tickets,
+                     precision: float) -> dict[str, Any]:
+    """Write per-class thresholds reaching ``precision`` into the manifest (atomically); return what was written."""
+    thresholds = class_thresholds(scored, precision)
+    applied = {"target_precision": precision, "engine": _engine(predictor),
+               "served_engine": resolve_engine(bundle_dir, predictor.manifest, "auto"),
+               "data": {k: tickets.source.get(k) for k in ("path", "sha256")}, "tickets": int(len(scored.rows)),
+               "set_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "expected": routing_with(scored, lambda label: thresholds[label]["threshold"]),
+               "per_class": {label: info["threshold"] for label, info in thresholds.items()}}
+    manifest = bundle.read_manifest(bundle_dir)  # fresh: keep edits made since the predictor loaded it
+    current = manifest.get("thresholds", {})
+    manifest["thresholds"] = {**current, "per_class": applied["per_class"],
+                              "source": {k: v for k, v in applied.items() if k != "per_class"}}
+    bundle.write_manifest(bundle_dir, manifest)
+    log.info("wrote %d per-class thresholds for %.0f%% precision to %s", len(thresholds), precision * 100,
+             bundle_dir / bundle.MANIFEST)
+    return applied
+
+
+# ---------------------------------------------------------------- files
+
+
+def _images(report: dict[str, Any], scored: Scored,
+            others: dict[str, tuple[str, str, Scored] | None]) -> dict[str, bytes]:
+    from classifier import plots  # matplotlib only when a report is drawn
+
+    matrix = report["confusion_matrix"]
+    curves = {"this model": scored, **{f"{key}: {other[0]}": other[2] for key, other in others.items() if other}}
+    return {"confusion_matrix.png": plots.confusion_matrix_png(np.asarray(matrix["matrix"]), matrix["labels"],
+                                                               matrix["display_order"]),
+            "precision_coverage.png": plots.precision_coverage_png(
+                {name: coverage_curve(s.confidence, s.correct) for name, s in curves.items()},
+                report["precision_coverage"]["target_precision"], report["precision_coverage"]["recommended"]),
+            "reliability.png": plots.reliability_png(report["calibration"])}
+
+
+def _write_files(output_dir: Path, report: dict[str, Any], scored: Scored, tickets: Tickets,
+                 images: dict[str, bytes]) -> None:
+    from classifier import report_html
+
+    for name, data in images.items():
+        (output_dir / name).write_bytes(data)
+    _write_confusion_csv(output_dir / "confusion_matrix.csv", report["confusion_matrix"])
+    _write_misclassified(output_dir / "misclassified.csv", scored, tickets)
+    (output_dir / "report.html").write_text(report_html.render(report, images), encoding="utf-8")
+    bundle.write_json_atomic(output_dir / "report.json", report)
+
+
+def _write_confusion_csv(path: Path, section: dict[str, Any]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["true \\ predicted", *section["labels"]])
+        writer.writerows([label, *row] for label, row in zip(section["labels"], section["matrix"]))
+
+
+def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
+    """Wrong predictions, most confident first: those are label noise or the model's blind spots."""
+    wrong = np.flatnonzero(~scored.correct)
+    wrong = wrong[np.argsort(-scored.confidence[wrong], kind="stable")]
+    predicted, confidence = scored.predicted, scored.confidence
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["id", "text", "true", "predicted", "confidence"])
+        for i in wrong:
+            row = int(scored.rows[i])
+            writer.writerow([tickets.ids[row], tickets.texts[row], scored.y_true[i], predicted[i],
+                             f"{confidence[i]:.4f}"])
+
+
+def _engine(predictor: Predictor) -> str:
+    """The engine in --engine's words (int8, fp32, torch); ONNX engines are named after their model file."""
+    return {bundle.ONNX_INT8: "int8", bundle.ONNX_FP32: "fp32"}.get(predictor.engine.name, predictor.engine.name)
+
+
+def _make_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"{output_dir}: exists and is not a directory; choose another --output")
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_options(options: EvaluationOptions) -> None:
+    for option, value in (("--target-precision", options.target_precision),
+                          ("--apply-threshold-for-precision", options.apply_threshold_for_precision)):
+        if value is not None and not 0 < value <= 1:
+            raise UserError(f"{option} must be a precision between 0 and 1 (e.g. 0.95), got {value}")

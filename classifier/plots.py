@@ -1,0 +1,158 @@
+"""The evaluation report's pictures, as PNG bytes (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: render to files on servers without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
+
+DPI = 110
+INCH_PT = 72
+COLORS = ("#1f5fa8", "#d9822b", "#5b8c3a", "#8e44ad")
+
+
+def cluster_order(matrix: np.ndarray) -> np.ndarray:
+    """An order of the classes that puts classes confused with each other next to each other.
+
+    Average-linkage clustering of the symmetrised, row-normalised confusion rates, leaves in
+    optimal order (scipy); with no confusion at all the original order is kept.
+    """
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    rates = row_normalise(matrix)
+    similarity = (rates + rates.T) / 2
+    np.fill_diagonal(similarity, 0.0)
+    if len(matrix) < 3 or similarity.max() <= 0:
+        return np.arange(len(matrix))
+    distance = 1.0 - similarity / similarity.max()
+    np.fill_diagonal(distance, 0.0)
+    return leaves_list(linkage(squareform(distance, checks=False), method="average", optimal_ordering=True))
+
+
+def row_normalise(matrix: np.ndarray) -> np.ndarray:
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+
+
+def confusion_matrix_png(matrix: np.ndarray, labels: list[str], order: list[int] | np.ndarray) -> bytes:
+    """Rows: true class, normalised to 100 %; cells: ticket counts where the font still fits."""
+    order = np.asarray(order, dtype=int)
+    counts = matrix[np.ix_(order, order)]
+    names = [labels[i] for i in order]
+    n = len(names)
+    cell = 0.24 if n > 40 else 0.34 if n > 15 else 0.6  # inches
+    label_room = 0.6 + 0.065 * max(len(name) for name in names) * _tick_size(n) / 8
+    side = max(n * cell, 3.0)
+    fig = plt.figure(figsize=(side + label_room + 1.6, side + label_room + 1.1), dpi=DPI)
+    ax = fig.add_axes((label_room / fig.get_figwidth(), label_room / fig.get_figheight(),
+                       side / fig.get_figwidth(), side / fig.get_figheight()))
+    rates = row_normalise(counts)
+    # A square-root scale makes the small off-diagonal rates, the confusions, visible next to the diagonal.
+    colormap = matplotlib.colormaps["Blues"].with_extremes(bad="white")  # empty cells white: errors stand out
+    image = ax.imshow(np.ma.masked_where(counts == 0, rates), cmap=colormap, norm=PowerNorm(0.5, vmin=0, vmax=1),
+                      interpolation="nearest")
+    _annotate_counts(ax, counts, rates, cell)
+    _label_axes(ax, names, n)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, aspect=40)
+    colorbar.set_label("share of the true class's tickets")
+    colorbar.set_ticks([0, 0.05, 0.2, 0.5, 1.0], labels=["0", "5 %", "20 %", "50 %", "100 %"])
+    ax.set_title("Confusion matrix: each row is one true class (sums to 100 %); numbers are tickets.\n"
+                 "Classes that get confused are placed next to each other.", fontsize=11, loc="left", pad=10)
+    return _png(fig)
+
+
+def _tick_size(n: int) -> float:
+    return 8.0 if n > 40 else 9.0 if n > 15 else 10.0
+
+
+def _annotate_counts(ax: Any, counts: np.ndarray, rates: np.ndarray, cell: float) -> None:
+    width = max(len(str(int(counts.max()))), 1)
+    size = min(10.0, cell * INCH_PT * 0.9 / (0.62 * width))  # a digit is about 0.6 em wide
+    if size < 4.5:
+        return  # the numbers would not be readable; the colours still are
+    for i, j in zip(*np.nonzero(counts)):
+        ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=size,
+                color="white" if rates[i, j] > 0.45 else "#222222")
+
+
+def _label_axes(ax: Any, names: list[str], n: int) -> None:
+    ticks = np.arange(n)
+    size = _tick_size(n)
+    ax.set_xticks(ticks, names, rotation=90, fontsize=size)
+    ax.set_yticks(ticks, names, fontsize=size)
+    ax.set_xlabel("predicted class", fontsize=11)
+    ax.set_ylabel("true class", fontsize=11)
+    ax.set_xticks(ticks - 0.5, minor=True)
+    ax.set_yticks(ticks - 0.5, minor=True)
+    ax.grid(which="minor", color="#e4e4e4", linewidth=0.5)
+    ax.tick_params(which="minor", length=0)
+    ax.tick_params(which="major", length=2)
+
+
+def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], target: float,
+                           recommended: dict[str, Any] | None) -> bytes:
+    """Left: precision against coverage per model. Right: both against the threshold, for the first model."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=DPI, layout="constrained")
+    for (name, (_, coverage, precision)), color in zip(curves.items(), COLORS):
+        left.plot(coverage * 100, precision * 100, color=color, label=name, linewidth=1.8)
+    thresholds, coverage, precision = next(iter(curves.values()))
+    right.plot(thresholds, precision * 100, color=COLORS[0], label="precision of routed tickets", linewidth=1.8)
+    right.plot(thresholds, coverage * 100, color=COLORS[1], linestyle="--", label="coverage (share routed)",
+               linewidth=1.8)
+    for ax in (left, right):
+        ax.axhline(target * 100, color="#b03030", linewidth=1, linestyle=":", label=f"target {target:.0%}")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+    if recommended:
+        left.plot(recommended["coverage"] * 100, recommended["precision"] * 100, "o", color="#b03030")
+        on_right = recommended["coverage"] > 0.5  # put the label on the side with room
+        left.annotate(f"confidence >= {recommended['threshold']:.3g}\n{recommended['coverage']:.1%} routed",
+                      (recommended["coverage"] * 100, recommended["precision"] * 100),
+                      xytext=(-20 if on_right else 20, -45), textcoords="offset points", fontsize=9,
+                      ha="right" if on_right else "left", arrowprops={"arrowstyle": "-", "color": "#b03030"},
+                      bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#b03030", "alpha": 0.9})
+        right.axvline(recommended["threshold"], color="#b03030", linewidth=1)
+    left.set(xlabel="coverage: % of tickets routed without review", ylabel="precision: % routed correctly",
+             xlim=(0, 101), title="Precision vs coverage")
+    # No fixed x range: a model whose confidences all sit near 0.02 must still show its curve.
+    right.set(xlabel="confidence threshold", ylabel="%", title="Effect of the threshold (this model)")
+    left.legend(loc="lower left", fontsize=9)
+    right.legend(loc="lower left", fontsize=9)
+    return _png(fig)
+
+
+def reliability_png(calibration: dict[str, Any]) -> bytes:
+    """Accuracy per confidence bin against the diagonal of perfect calibration, with a ticket histogram below."""
+    bins = [b for b in calibration["bins"] if b["count"]]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.4), dpi=DPI, height_ratios=(3, 1), sharex=True,
+                                      layout="constrained")
+    width = calibration["bins"][0]["upper"] - calibration["bins"][0]["lower"]
+    lowers = [b["lower"] for b in bins]
+    top.bar(lowers, [b["accuracy"] for b in bins], width=width, align="edge", color=COLORS[0], alpha=0.8,
+            edgecolor="white", label="accuracy in bin")
+    top.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="#222222", markersize=3,
+             label="bin: mean confidence vs accuracy")
+    top.plot([0, 1], [0, 1], linestyle="--", color="#b03030", linewidth=1, label="perfect calibration")
+    top.set(ylabel="accuracy", ylim=(0, 1), xlim=(0, 1),
+            title="Reliability: is a 90 % confident answer right 90 % of the time?\n"
+                  f"expected calibration error {calibration['ece']:.3f}")
+    top.legend(loc="best", fontsize=8, framealpha=0.9)
+    top.grid(alpha=0.3)
+    bottom.bar(lowers, [b["count"] for b in bins], width=width, align="edge", color="#888888", edgecolor="white")
+    bottom.set(xlabel="model confidence", ylabel="tickets")
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.15)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,320 @@
+"""The evaluation report: numbers checked against sklearn, files, pictures, thresholds, bad input.
+
+Everything runs the real exported tiny bundle on a hand-made test file: held-out rows of the
+sample data plus tickets with labels the model has never seen and one row without a label.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from classifier.baseline import fit_baseline
+from classifier.bundle import read_manifest
+from classifier.cli import main
+from classifier.data import load_tickets, reload_training_split
+from classifier.errors import UserError
+from classifier.evaluate import REPORT_FILES, EvaluationOptions, evaluate, recommend_threshold, summary_table
+from classifier.plots import cluster_order
+from classifier.predict import Predictor
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+UNKNOWN = {"shipping": 2, "legal": 1}
+PER_CLASS = 12  # test tickets per class: enough for per-class thresholds (at least 10 predictions)
+
+
+@pytest.fixture(scope="module")
+def test_csv(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Rows 31-42 of each class (the tiny bundle trains on rows 1-30), 3 unknown labels, 1 row without label."""
+    with open(sample_csv, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    seen: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        seen[row["category"]] = seen.get(row["category"], 0) + 1
+        if 30 < seen[row["category"]] <= 30 + PER_CLASS:
+            kept.append(row)
+    unknown = [dict(kept[i], id=f"U-{i}", category=label)
+               for i, label in enumerate(label for label, n in UNKNOWN.items() for _ in range(n))]
+    path = tmp_path_factory.mktemp("test_data") / "test.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept + unknown + [dict(kept[0], id="NO-LABEL", category="")])
+    return path
+
+
+@pytest.fixture(scope="module")
+def known_rows(test_csv: Path, exported_bundle: Path) -> list[dict[str, str]]:
+    """The test rows the model can be scored on, read with plain csv (not the project's loader)."""
+    labels = set(read_manifest(exported_bundle)["labels"])
+    with open(test_csv, newline="", encoding="utf-8") as handle:
+        return [row for row in csv.DictReader(handle) if row["category"] in labels]
+
+
+@pytest.fixture(scope="module")
+def evaluated(exported_bundle: Path, tiny_bundle: Path, test_csv: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    output = tmp_path_factory.mktemp("report")
+    report = evaluate(exported_bundle, test_csv, output, EvaluationOptions(compare_bundle=tiny_bundle))
+    return report, output
+
+
+def independent_scores(bundle_dir: Path, rows: list[dict[str, str]], engine: str = "auto"):
+    """True labels, predictions and confidences straight from the predictor on raw records.
+
+    One ticket per batch, as the evaluation does: int8 scores depend on the other tickets in a batch.
+    """
+    predictor = Predictor.load(bundle_dir, engine)
+    proba = predictor.predict_proba(rows, batch_size=1)
+    y_pred = [predictor.labels[i] for i in proba.argmax(axis=1)]
+    return [row["category"] for row in rows], y_pred, proba.max(axis=1)
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def test_headline_metrics_equal_sklearn(evaluated, exported_bundle, known_rows):
+    report, _ = evaluated
+    y_true, y_pred, _ = independent_scores(exported_bundle, known_rows)
+    metrics = report["metrics"]
+    assert metrics["tickets"] == len(known_rows) == 10 * PER_CLASS
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert metrics["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted"))
+
+
+def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle, known_rows):
+    report, output = evaluated
+    y_true, y_pred, _ = independent_scores(exported_bundle, known_rows)
+    labels = read_manifest(exported_bundle)["labels"]
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    rows = {row["label"]: row for row in report["per_class"]}
+    for i, label in enumerate(labels):
+        assert rows[label]["precision"] == pytest.approx(precision[i])
+        assert rows[label]["recall"] == pytest.approx(recall[i])
+        assert rows[label]["f1"] == pytest.approx(f1[i])
+        assert rows[label]["support"] == support[i] == PER_CLASS
+    expected = confusion_matrix(y_true, y_pred, labels=labels)
+    assert report["confusion_matrix"]["labels"] == labels
+    assert np.array_equal(report["confusion_matrix"]["matrix"], expected)
+    assert sorted(report["confusion_matrix"]["display_order"]) == list(range(len(labels)))
+    with open(output / "confusion_matrix.csv", newline="", encoding="utf-8") as handle:
+        table = list(csv.reader(handle))
+    assert table[0][1:] == labels
+    assert np.array_equal(np.array([row[1:] for row in table[1:]], dtype=int), expected)
+    top = report["top_confusions"][0]
+    off_diagonal = expected - np.diag(np.diag(expected))
+    assert top["count"] == off_diagonal.max()
+    assert all(e["id"] for e in top["examples"]) and 1 <= len(top["examples"]) <= 3
+
+
+def test_calibration_error_equals_a_direct_computation(evaluated, exported_bundle, known_rows):
+    report, _ = evaluated
+    y_true, y_pred, confidence = independent_scores(exported_bundle, known_rows)
+    correct = np.array(y_true) == np.array(y_pred)
+    ece = 0.0
+    for low in np.arange(15) / 15:
+        inside = (confidence >= low) & (confidence < low + 1 / 15)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    assert report["metrics"]["ece"] == pytest.approx(ece, abs=1e-6)
+    assert report["calibration"]["ece"] == report["metrics"]["ece"]
+    assert sum(b["count"] for b in report["calibration"]["bins"]) == len(known_rows)
+
+
+def test_recommended_threshold_is_the_lowest_reaching_the_target(evaluated, exported_bundle, known_rows):
+    report, _ = evaluated
+    y_true, y_pred, confidence = independent_scores(exported_bundle, known_rows)
+    correct = np.array(y_true) == np.array(y_pred)
+    target = report["precision_coverage"]["target_precision"]
+    reaching = [t for t in sorted(set(confidence.tolist())) if correct[confidence >= t].mean() >= target]
+    recommended = report["precision_coverage"]["recommended"]
+    if not reaching:
+        assert recommended is None and "No confidence threshold" in report["precision_coverage"]["message"]
+        return
+    assert recommended["threshold"] == pytest.approx(min(reaching))
+    assert recommended["coverage"] == pytest.approx((confidence >= min(reaching)).mean())
+    assert recommended["precision"] >= target
+    for row in report["precision_coverage"]["table"]:
+        assert row["coverage"] == pytest.approx((confidence >= row["threshold"]).mean())
+
+
+def test_unreachable_target_gives_no_threshold():
+    confidence, correct = np.array([0.9, 0.8, 0.7]), np.array([False, True, True])
+    assert recommend_threshold(confidence, correct, 0.95) is None
+    assert recommend_threshold(confidence, correct, 0.6)["threshold"] == 0.7  # 2 of 3 right
+
+
+def test_baseline_and_compare_side_by_side(evaluated, exported_bundle, tiny_bundle, known_rows, test_csv):
+    report, _ = evaluated
+    manifest = read_manifest(exported_bundle)
+    training = reload_training_split(manifest)
+    assert training is not None, "the fixture's training file is still there"
+    from classifier.text import TextOptions
+
+    tickets, _ = load_tickets(test_csv, TextOptions.from_dict(manifest["text"]))
+    known = [i for i, label in enumerate(tickets.labels) if label in set(manifest["labels"])]
+    baseline_pred = fit_baseline(training.texts, training.labels).predict([tickets.texts[i] for i in known])
+    y_true = [tickets.labels[i] for i in known]
+    assert report["baseline"]["metrics"]["accuracy"] == pytest.approx(accuracy_score(y_true, baseline_pred))
+    assert report["baseline"]["metrics"]["macro_f1"] == pytest.approx(f1_score(y_true, baseline_pred, average="macro"))
+
+    compare_true, compare_pred, _ = independent_scores(tiny_bundle, known_rows, engine="torch")
+    assert report["compare"]["metrics"]["accuracy"] == pytest.approx(accuracy_score(compare_true, compare_pred))
+    own = {row["label"]: row["f1"] for row in report["per_class"]}
+    for section in (report["baseline"], report["compare"]):
+        assert set(section["f1_delta"]) == set(manifest["labels"])
+        for label, delta in section["f1_delta"].items():
+            assert delta == pytest.approx(own[label] - section["per_class_f1"][label])
+
+
+# ---------------------------------------------------------------- files and pictures
+
+
+def test_all_files_written_and_pictures_are_real(evaluated):
+    report, output = evaluated
+    assert sorted(report["files"]) == sorted(REPORT_FILES)
+    for name in REPORT_FILES:
+        assert (output / name).stat().st_size > 0, name
+    assert json.loads((output / "report.json").read_text(encoding="utf-8"))["metrics"] == report["metrics"]
+    for name in ("confusion_matrix.png", "precision_coverage.png", "reliability.png"):
+        assert (output / name).read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(output / name) as image:
+            image.verify()
+            assert min(image.size) >= 400, (name, image.size)
+
+
+def test_html_embeds_the_pictures_and_shows_the_numbers(evaluated):
+    report, output = evaluated
+    page = (output / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    embedded = re.findall(r"""src=["']data:image/png;base64,([A-Za-z0-9+/=]+)["']""", page)
+    assert len(embedded) == 3
+    assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in embedded)
+    assert f"{report['metrics']['accuracy']:.1%}" in page
+    assert all(label in page for label in UNKNOWN)
+    assert report["top_confusions"][0]["examples"][0]["id"] in page
+
+
+def test_misclassified_csv_lists_every_mistake(evaluated, exported_bundle, known_rows):
+    _, output = evaluated
+    y_true, y_pred, _ = independent_scores(exported_bundle, known_rows)
+    with open(output / "misclassified.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    expected = {row["id"] for row, t, p in zip(known_rows, y_true, y_pred) if t != p}
+    assert {row["id"] for row in rows} == expected
+    assert list(rows[0]) == ["id", "text", "true", "predicted", "confidence"]
+    confidences = [float(row["confidence"]) for row in rows]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_unknown_labels_are_counted_and_listed(evaluated):
+    report, _ = evaluated
+    unknown = report["unknown_labels"]
+    assert unknown["count"] == sum(UNKNOWN.values())
+    assert {label: info["count"] for label, info in unknown["labels"].items()} == UNKNOWN
+    assert unknown["labels"]["legal"]["ids"] == ["U-2"]
+    assert sum(unknown["labels"]["shipping"]["predicted_as"].values()) == 2
+    assert report["data"]["dropped"]["no label"]["count"] == 1
+    assert any("labels the model does not know" in warning for warning in report["warnings"])
+    assert "shipping" in summary_table(report)
+
+
+def test_missing_label_column_fails_with_the_training_message(exported_bundle, test_csv, tmp_path):
+    with pytest.raises(UserError) as training_error:
+        load_tickets(test_csv, label_column="queue")
+    with pytest.raises(UserError) as evaluation_error:
+        evaluate(exported_bundle, test_csv, tmp_path / "out", EvaluationOptions(label_column="queue", baseline=False))
+    assert str(evaluation_error.value) == str(training_error.value)
+
+
+def test_a_file_with_only_unknown_labels_is_a_user_error(exported_bundle, test_csv, tmp_path):
+    with pytest.raises(UserError, match="no test ticket has a label the model knows"):
+        evaluate(exported_bundle, test_csv, tmp_path / "out", EvaluationOptions(label_column="priority",
+                                                                               baseline=False))
+
+
+def test_bad_target_precision_is_a_user_error(exported_bundle, test_csv, tmp_path):
+    with pytest.raises(UserError, match="between 0 and 1"):
+        evaluate(exported_bundle, test_csv, tmp_path / "out", EvaluationOptions(target_precision=95))
+
+
+# ---------------------------------------------------------------- thresholds into the bundle
+
+
+def test_applied_thresholds_drive_needs_review(bundle_copy, test_csv, known_rows, tmp_path):
+    report = evaluate(bundle_copy, test_csv, tmp_path / "out",
+                      EvaluationOptions(apply_threshold_for_precision=0.9, baseline=False))
+    manifest = read_manifest(bundle_copy)
+    per_class = manifest["thresholds"]["per_class"]
+    assert set(per_class) == set(manifest["labels"])
+    source = manifest["thresholds"]["source"]
+    assert source["target_precision"] == 0.9 and source["data"]["path"] == str(test_csv)
+    assert report["thresholds_applied"]["per_class"] == per_class
+
+    predictor = Predictor.load(bundle_copy)
+    predictions = predictor.predict(known_rows, batch_size=1)
+    probabilities = predictor.predict_proba(known_rows, batch_size=1).max(axis=1)
+    for prediction, confidence in zip(predictions, probabilities):
+        assert predictor.threshold(prediction.label) == per_class[prediction.label]
+        assert prediction.needs_review == (confidence < per_class[prediction.label])
+    # Each class with its own threshold reaches the target on the tickets it routes.
+    own = [label for label, info in report["precision_coverage"]["per_class_thresholds"].items()
+           if info["source"] == "class"]
+    assert own, "12 tickets per class give some classes their own threshold"
+    for label in own:
+        routed = [row["category"] == p.label for row, p in zip(known_rows, predictions)
+                  if p.label == label and not p.needs_review]
+        assert routed and np.mean(routed) >= 0.9
+
+
+def test_evaluation_without_apply_leaves_the_bundle_alone(bundle_copy, test_csv, tmp_path):
+    before = (bundle_copy / "manifest.json").read_bytes()
+    evaluate(bundle_copy, test_csv, tmp_path / "out", EvaluationOptions(baseline=False))
+    assert (bundle_copy / "manifest.json").read_bytes() == before
+
+
+# ---------------------------------------------------------------- command line and rendering
+
+
+def test_cli_prints_the_summary(exported_bundle, test_csv, tmp_path, capsys):
+    code = main(["evaluate", str(exported_bundle), "--data", str(test_csv), "--output", str(tmp_path / "out"),
+                 "--no-baseline", "--target-precision", "0.9"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "accuracy" in out and "routed at 90% precision" in out and "report.html" in out
+    assert main(["evaluate", str(exported_bundle), "--data", str(tmp_path / "missing.csv"),
+                 "--output", str(tmp_path / "out")]) == 2
+
+
+def test_script_wrapper_runs_the_cli(exported_bundle, test_csv, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(exported_bundle),
+                             "--data", str(test_csv), "--output", str(tmp_path / "out"), "--no-baseline"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_cluster_order_puts_confused_classes_together():
+    matrix = np.diag([20] * 6)
+    matrix[0, 4] = matrix[4, 0] = 8  # 0 and 4 are confused with each other, as are 1 and 5
+    matrix[1, 5] = 6
+    order = list(cluster_order(matrix))
+    assert sorted(order) == list(range(6))
+    assert abs(order.index(0) - order.index(4)) == 1
+    assert abs(order.index(1) - order.index(5)) == 1
