@@ -1,0 +1,32 @@
+# CPU image of the ticket-classification service: the serving install only (onnxruntime,
+# tokenizers, Flask, gunicorn; no torch). The model bundle is not inside: mount it at
+# /model, or bake it into a derived image (docs/service.md, "Docker").
+#
+#   docker build -t ticket-classifier:0.1.0 .
+#   docker run --rm -p 8000:8000 -v "$PWD/runs/model:/model:ro" ticket-classifier:0.1.0
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TOKENIZERS_PARALLELISM=false \
+    TICKETCLF_BUNDLE=/model
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY classifier/ classifier/
+COPY service/ service/
+# The base install is the serving side; [serve] names it. Training needs [train] (torch): not here.
+RUN pip install ".[serve]" && rm -rf /src
+
+RUN useradd --system --uid 10001 --no-create-home ticketclf
+USER 10001
+WORKDIR /tmp
+
+EXPOSE 8000
+# Workers default to the CPUs the container may use (its cgroup quota included); set
+# TICKETCLF_WORKERS to override. TICKETCLF_API_KEYS turns authentication on.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
+CMD ["ticketclf", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,92 @@
+"""The HTTP service: ``create_app(config)`` builds a Flask app serving one model bundle.
+
+Configuration, lowest precedence first: :data:`DEFAULTS`, the environment variables
+in :data:`ENVIRONMENT`, then the ``config`` mapping. Only the inference side of the
+classifier is imported (onnxruntime + tokenizers, no torch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from classifier.errors import UserError
+
+DEFAULTS: dict[str, Any] = {
+    "BUNDLE": None,  # the model bundle directory
+    "ENGINE": "auto",  # auto | int8 | fp32 | torch (see Predictor.load)
+    "THREADS": None,  # onnxruntime threads per model; None: $TICKETCLF_THREADS or all CPUs
+    "API_KEYS": (),  # empty: no authentication; a list or a comma-separated string
+    "MAX_BATCH": 256,  # tickets per request
+    "MAX_CONTENT_LENGTH": 1024 * 1024,  # bytes per request body (Flask's own setting: 413 past it)
+    "LOG_TEXT": False,  # put ticket text into the access log (off: logs carry no ticket content)
+    "ACCESS_LOG": True,  # one JSON line per request on stdout
+}
+
+
+def _flag(value: str) -> bool:
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "BUNDLE": ("TICKETCLF_BUNDLE", str),
+    "ENGINE": ("TICKETCLF_ENGINE", str),
+    "API_KEYS": ("TICKETCLF_API_KEYS", str),
+    "MAX_BATCH": ("TICKETCLF_MAX_BATCH", int),
+    "MAX_CONTENT_LENGTH": ("TICKETCLF_MAX_BODY_BYTES", int),
+    "LOG_TEXT": ("TICKETCLF_LOG_TEXT", _flag),
+    "ACCESS_LOG": ("TICKETCLF_ACCESS_LOG", _flag),
+}
+
+
+def settings(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults, overridden by the environment, overridden by ``config``."""
+    merged = dict(DEFAULTS)
+    for key, (variable, parse) in ENVIRONMENT.items():
+        if variable in os.environ:
+            try:
+                merged[key] = parse(os.environ[variable])
+            except ValueError as error:
+                raise UserError(f"{variable}: {error}") from None
+    merged.update(config or {})
+    if not merged["BUNDLE"]:
+        raise UserError("no model bundle: give one to 'ticketclf serve' or set TICKETCLF_BUNDLE")
+    return merged
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Load and warm up the bundle, then build the app around it."""
+    # Imported here, not at module level: gunicorn's config file switches prometheus-client
+    # to multiprocess mode, which only works before that library is first imported.
+    from service import api, auth, errors, metrics, observe, ops
+    from service.context import EXTENSION, Context
+    from service.model import ModelState
+    from service.openapi import build_document
+    from service.schemas import build_schemas
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers give the parallelism; fork-safe
+    app = Flask(__name__)
+    app.config.from_mapping(settings(config))
+    app.config["API_KEYS"] = auth.parse_keys(app.config["API_KEYS"])
+    model = ModelState(Path(app.config["BUNDLE"]), app.config["ENGINE"], app.config["THREADS"])
+    predictor = model.predictor
+    schemas = build_schemas(predictor.text_options.fields, len(predictor.labels), app.config["MAX_BATCH"])
+    document = build_document(schemas, title=f"Ticket classifier: {predictor.name}", version=predictor.version,
+                              max_body=app.config["MAX_CONTENT_LENGTH"], auth=bool(app.config["API_KEYS"]))
+    app.extensions[EXTENSION] = Context(model, schemas, document)
+    metrics.record_model(predictor.name, predictor.version, predictor.engine.name)
+
+    errors.register(app)
+    observe.install(app)  # before auth: refused requests are logged and counted too
+    app.before_request(auth.require_api_key)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
+    return app

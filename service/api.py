@@ -1,0 +1,78 @@
+"""The API blueprint: ``POST /classify``, ``GET /labels``, ``GET /openapi.json``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from classifier.predict import Prediction
+from service import metrics
+from service.context import context
+from service.errors import ApiError
+from service.schemas import ClassifyResponse, LabelOut, LabelsResponse, ModelInput, PredictionOut, describe
+
+bp = Blueprint("api", __name__)
+
+
+@bp.post("/classify")
+def classify() -> Response:
+    ctx = context()
+    try:
+        parsed = ctx.schemas.request.validate_python(_json_body())
+    except ValidationError as error:
+        raise ApiError(422, "invalid_request", describe(error)) from None
+    items = ctx.schemas.tickets(parsed)
+    predictions = ctx.model.predictor.predict([ticket for _, ticket in items], top_k=parsed.top_k)
+    metrics.record_predictions(predictions)
+    _note_for_access_log(items, predictions)
+    return json_response(ClassifyResponse(
+        model=ctx.model_info,
+        predictions=[PredictionOut(id=ticket_id, **p.to_dict()) for (ticket_id, _), p in zip(items, predictions)],
+    ))
+
+
+@bp.get("/labels")
+def labels() -> Response:
+    ctx = context()
+    predictor = ctx.model.predictor
+    return json_response(LabelsResponse(
+        model=ctx.model_info,
+        labels=[LabelOut(label=label, threshold=predictor.threshold(label)) for label in predictor.labels],
+    ))
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(context().openapi)
+
+
+def json_response(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status=status, mimetype="application/json")
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type",
+                       "send the body as JSON with the header 'Content-Type: application/json'")
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise ApiError(413, "payload_too_large", f"the body is over {request.max_content_length} bytes; "
+                       "send fewer tickets per request") from None
+    try:
+        return json.loads(raw)
+    except ValueError as error:  # also bad UTF-8 and numbers too long to convert
+        raise ApiError(400, "bad_json", f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "the body is not valid JSON: nested too deeply") from None
+
+
+def _note_for_access_log(items: list[tuple[Any, ModelInput]], predictions: list[Prediction]) -> None:
+    g.ticket_count = len(items)
+    if current_app.config["LOG_TEXT"]:
+        g.log_tickets = [{"id": ticket_id, "text": ticket, "label": p.label}
+                         for (ticket_id, ticket), p in zip(items, predictions)]

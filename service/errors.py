@@ -1,0 +1,58 @@
+"""Every error leaves as ``{"error": {"code", "message"}}`` with the right status; bad input never 500s."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, g, json
+from werkzeug.exceptions import HTTPException
+
+from classifier.errors import UserError
+
+log = logging.getLogger("ticketclf.service")
+
+# Werkzeug's exceptions carry the status and a human description; these name them for machines.
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a stable machine code and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps({"error": {"code": code, "message": message}})
+    return Response(body, status=status, mimetype="application/json", headers=headers)
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(UserError, _user_error)
+    app.register_error_handler(Exception, _unexpected)
+
+
+def _api_error(error: ApiError) -> Response:
+    return error_response(error.status, error.code, error.message, error.headers)
+
+
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}  # keeps Allow on 405
+    return error_response(status, _HTTP_CODES.get(status, "http_error"), error.description or "", headers)
+
+
+def _user_error(error: UserError) -> Response:
+    # The predictor's one user error on this path: a ticket with no text left after cleaning.
+    return error_response(422, "invalid_ticket", str(error))
+
+
+def _unexpected(error: Exception) -> Response:
+    request_id = g.get("request_id", "-")
+    log.exception("unhandled error in request %s", request_id)
+    return error_response(500, "internal_error",
+                          f"internal error; the server log has details (request id {request_id})")

@@ -1,0 +1,54 @@
+"""Prometheus metrics.
+
+Under gunicorn each worker is a process: ``service/gunicorn_conf.py`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before this module is first imported, so every worker
+writes its samples there and ``/metrics`` adds them up (prometheus-client's
+multiprocess mode). Without it (dev server, tests) the default registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, multiprocess)
+
+from classifier.predict import Prediction
+
+REQUESTS = Counter("ticketclf_http_requests_total", "HTTP requests by route, method and status.",
+                   ["route", "method", "status"])
+LATENCY = Histogram("ticketclf_http_request_duration_seconds", "Time to answer a request, by route.",
+                    ["route"], buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+                                        0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+PREDICTIONS = Counter("ticketclf_predictions_total", "Tickets classified, by predicted label.", ["label"])
+NEEDS_REVIEW = Counter("ticketclf_needs_review_total", "Predictions below their label's confidence threshold.")
+TRUNCATED = Counter("ticketclf_truncated_total", "Tickets longer than the model window (only the start was read).")
+# An info metric as a gauge: prometheus-client's Info type has no multiprocess mode.
+MODEL_INFO = Gauge("ticketclf_model_info", "The model being served (value is always 1).",
+                   ["name", "version", "engine"], multiprocess_mode="livemax")
+
+
+def record_request(route: str, method: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(route, method, str(status)).inc()
+    LATENCY.labels(route).observe(seconds)
+
+
+def record_predictions(predictions: Sequence[Prediction]) -> None:
+    for prediction in predictions:
+        PREDICTIONS.labels(prediction.label).inc()
+    NEEDS_REVIEW.inc(sum(p.needs_review for p in predictions))
+    TRUNCATED.inc(sum(p.truncated for p in predictions))
+
+
+def record_model(name: str, version: str, engine: str) -> None:
+    MODEL_INFO.labels(name, version, engine).set(1)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type, across all workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

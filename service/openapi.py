@@ -1,0 +1,93 @@
+"""The OpenAPI 3.1 document, generated from the pydantic models in :mod:`service.schemas`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from service import schemas
+
+REF = "#/components/schemas/{model}"
+_ERRORS = {
+    400: "The body is not valid JSON.",
+    401: "Missing or wrong API key.",
+    413: "The body is larger than the configured limit.",
+    415: "The body is not application/json.",
+    422: "The JSON does not match the schema; the message names the field.",
+}
+
+
+def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body: int,
+                   auth: bool) -> dict[str, Any]:
+    """The document for one app: its bundle's ticket fields, limits and whether it needs a key."""
+    responses: dict[str, type[BaseModel]] = {
+        "ClassifyResponse": schemas.ClassifyResponse, "LabelsResponse": schemas.LabelsResponse,
+        "HealthResponse": schemas.HealthResponse, "ReadyResponse": schemas.ReadyResponse,
+        "ErrorResponse": schemas.ErrorResponse,
+    }
+    inputs = [("ClassifyRequest", "validation", spec.request)]
+    inputs += [(name, "serialization", TypeAdapter(model)) for name, model in responses.items()]
+    keyed, definitions = TypeAdapter.json_schemas(inputs, ref_template=REF)  # type: ignore[arg-type]
+    components = dict(definitions.get("$defs", {}))
+    request = keyed[("ClassifyRequest", "validation")]
+    # The shapes are told apart by key ('tickets', 'ticket', else one ticket); a body may match two.
+    components["ClassifyRequest"] = {"anyOf": request["oneOf"], "description": _REQUEST_HELP}
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version,
+                 "description": f"Ticket classification. Request bodies up to {max_body} bytes."},
+        "paths": _paths(),
+        "components": {"schemas": components},
+    }
+    if auth:
+        document["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        document["security"] = [{"bearer": []}, {"apiKey": []}]
+        for path in ("/health", "/ready"):
+            document["paths"][path]["get"]["security"] = []
+    return document
+
+
+_REQUEST_HELP = ("One ticket ({'text': ...} or the model's text fields), a batch {'tickets': [...]}, or a "
+                 "Zendesk-style webhook {'ticket': {'id', 'subject', 'description'}}.")
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": REF.format(model=ref)}}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(status): _json("ErrorResponse", _ERRORS[status]) for status in statuses}
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/classify": {"post": {
+            "summary": "Classify one ticket or a batch",
+            "operationId": "classify",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": REF.format(model="ClassifyRequest")}}}},
+            "responses": {"200": _json("ClassifyResponse", "One prediction per ticket, in request order."),
+                          **_errors(400, 401, 413, 415, 422)},
+        }},
+        "/labels": {"get": {"summary": "The labels the model predicts", "operationId": "labels",
+                            "responses": {"200": _json("LabelsResponse", "Labels and thresholds."),
+                                          **_errors(401)}}},
+        "/health": {"get": {"summary": "Liveness: the process answers", "operationId": "health",
+                            "responses": {"200": _json("HealthResponse", "Alive.")}}},
+        "/ready": {"get": {"summary": "Readiness: the model is loaded and warmed up", "operationId": "ready",
+                           "responses": {"200": _json("ReadyResponse", "Ready for traffic."),
+                                         "503": _json("ErrorResponse", "Not ready yet.")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
+                             "responses": {"200": {"description": "Prometheus text format.",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+                                           **_errors(401)}}},
+        "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
+                                  "responses": {"200": {"description": "OpenAPI 3.1.",
+                                                        "content": {"application/json": {
+                                                            "schema": {"type": "object"}}}},
+                                                **_errors(401)}}},
+    }

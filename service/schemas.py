@@ -1,0 +1,253 @@
+"""Request and response models; the OpenAPI document is generated from them.
+
+The ticket fields depend on the bundle (``subject``/``body`` for one model, ``text``
+for another), so the request models are built per app by :func:`build_schemas`.
+Unknown keys are ignored: helpdesk payloads carry many fields we do not read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Union
+
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag, TypeAdapter,
+                      ValidationError, WrapValidator, create_model, model_validator)
+from pydantic_core import PydanticCustomError
+
+ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
+DEFAULT_TOP_K = 3
+ZENDESK_SUBJECT = "subject"
+
+
+def _single_error(message: str) -> WrapValidator:
+    """Replace a union's per-branch errors ("not a str", "not an int") with one message."""
+
+    def validate(value: Any, handler: Callable[[Any], Any]) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("invalid_type", message) from None
+
+    return WrapValidator(validate)
+
+
+TicketId = Annotated[
+    StrictStr | StrictInt,
+    Field(description="Your ticket id, echoed in the prediction.", examples=["12345"]),
+    _single_error("Input should be a string or an integer"),
+]
+
+
+# ------------------------------------------------------------------ responses
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class PredictionOut(BaseModel):
+    id: StrictStr | StrictInt | None = Field(description="The ticket's id from the request, or null.")
+    label: str
+    confidence: float = Field(ge=0, le=1)
+    needs_review: bool = Field(description="Confidence is below the model's threshold for this label.")
+    truncated: bool = Field(description="The ticket was longer than the model reads; only its start was used.")
+    top_k: list[LabelScore] = Field(description="The best labels, best first.")
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelInfo
+    predictions: list[PredictionOut] = Field(description="One per ticket, in request order.")
+
+
+class LabelOut(BaseModel):
+    label: str
+    threshold: float = Field(description="Predictions of this label below this confidence need review.")
+
+
+class LabelsResponse(BaseModel):
+    model: ModelInfo
+    labels: list[LabelOut]
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class ReadyResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    model: ModelInfo
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["invalid_request"])
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# ------------------------------------------------------------------ requests
+
+
+class TicketBase(BaseModel):
+    """One ticket: either ``text`` (the whole ticket) or the bundle's text fields."""
+
+    model_config = ConfigDict(extra="ignore")
+    text_fields: ClassVar[tuple[str, ...]] = ("text",)  # the bundle's text fields; set per app
+
+    id: TicketId | None = None
+    text: StrictStr | None = Field(None, description="The whole ticket as one text.")
+
+    @model_validator(mode="after")
+    def _has_text(self) -> TicketBase:
+        given = [name for name in self.text_fields if getattr(self, name, None) is not None]
+        if self.text is not None and "text" not in self.text_fields and given:
+            raise PydanticCustomError("ambiguous_text", "give either 'text' or the fields {fields}, not both",
+                                      {"fields": ", ".join(given)})
+        if self.text is None and not given:
+            raise PydanticCustomError("missing_text", "missing ticket text: give {keys}",
+                                      {"keys": " or ".join(repr(k) for k in self.text_keys())})
+        return self
+
+    @classmethod
+    def text_keys(cls) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("text", *cls.text_fields)))
+
+    def model_input(self) -> ModelInput:
+        """What the predictor reads: the whole text, or a record of the bundle's fields."""
+        if self.text is not None and "text" not in self.text_fields:
+            return self.text
+        return {name: value for name in self.text_fields if (value := getattr(self, name)) is not None}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        # JSON Schema cannot see the validator: state "exactly one way of giving the text" explicitly.
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        fields = [_given(name) for name in cls.text_fields]
+        if "text" in cls.text_fields:
+            schema["anyOf"] = fields
+        else:  # 'text' is the whole ticket, the alternative to the fields
+            schema["anyOf"] = [{**_given("text"), "not": {"anyOf": fields}},
+                               *({**field, "not": _given("text")} for field in fields)]
+        return schema
+
+
+def _given(key: str) -> dict[str, Any]:
+    """JSON Schema for "``key`` is present and a string" (null counts as absent)."""
+    return {"required": [key], "properties": {key: {"type": "string"}}}
+
+
+class ZendeskTicket(BaseModel):
+    """The ticket object of a Zendesk-style webhook; other keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: TicketId | None = None
+    subject: StrictStr | None = None
+    description: StrictStr | None = Field(None, description="The ticket's first comment (its body).")
+
+    @model_validator(mode="after")
+    def _has_text(self) -> ZendeskTicket:
+        if self.subject is None and self.description is None:
+            raise PydanticCustomError("missing_text", "missing ticket text: give 'subject' or 'description'")
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        schema["anyOf"] = [_given("subject"), _given("description")]
+        return schema
+
+
+def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
+    """Map a Zendesk ticket onto the bundle's fields.
+
+    ``subject`` goes to the bundle's ``subject`` field and ``description`` to its first
+    other field (the body). A bundle without a ``subject`` field reads one text, so it
+    gets subject and description joined, as ``ticket_text`` joins fields.
+    """
+    body = next((name for name in fields if name != ZENDESK_SUBJECT), None)
+    if ZENDESK_SUBJECT in fields and body:
+        record = {ZENDESK_SUBJECT: ticket.subject, body: ticket.description}
+        return {name: value for name, value in record.items() if value is not None}
+    parts = [part for part in (ticket.subject, ticket.description) if part]
+    return {body or ZENDESK_SUBJECT: "\n".join(parts)}
+
+
+def _request_shape(body: Any) -> str | None:
+    """Which request shape a JSON body is, from the keys it has."""
+    if not isinstance(body, dict):
+        return None
+    if "tickets" in body:
+        return "batch"
+    return "zendesk" if "ticket" in body else "single"
+
+
+@dataclass(frozen=True)
+class Schemas:
+    """The request validator and the models the OpenAPI document is built from, for one bundle."""
+
+    request: TypeAdapter[Any]
+    ticket: type[TicketBase]
+    single: type[BaseModel]
+    batch: type[BaseModel]
+    zendesk: type[BaseModel]
+    fields: tuple[str, ...]
+
+    def tickets(self, parsed: BaseModel) -> list[tuple[str | int | None, ModelInput]]:
+        """The (id, model input) pairs of a validated request, in request order."""
+        if isinstance(parsed, self.batch):
+            return [(t.id, t.model_input()) for t in parsed.tickets]  # type: ignore[attr-defined]
+        if isinstance(parsed, self.zendesk):
+            ticket = parsed.ticket  # type: ignore[attr-defined]
+            return [(ticket.id, zendesk_record(ticket, self.fields))]
+        return [(parsed.id, parsed.model_input())]  # type: ignore[attr-defined]
+
+
+def build_schemas(fields: Sequence[str], label_count: int, max_batch: int) -> Schemas:
+    """Request models for a bundle reading ``fields``, with ``label_count`` labels."""
+    fields = tuple(fields) or ("text",)
+    top_k: Any = (Annotated[StrictInt, Field(ge=1, le=label_count, description="How many labels to return.")],
+                  DEFAULT_TOP_K)
+    extra_fields = {name: (StrictStr | None, Field(None, description=f"The ticket's {name}."))
+                    for name in fields if name != "text"}
+    ticket = create_model("Ticket", __base__=TicketBase, **extra_fields)  # type: ignore[call-overload]
+    ticket.text_fields = fields
+    single = create_model("SingleTicketRequest", __base__=ticket, top_k=top_k)
+    tickets = (Annotated[list[ticket], Field(min_length=1, max_length=max_batch,  # type: ignore[valid-type]
+                                             description=f"1 to {max_batch} tickets.")], ...)
+    batch = create_model("BatchRequest", __config__=ConfigDict(extra="ignore"), tickets=tickets, top_k=top_k)
+    zendesk = create_model("ZendeskWebhookRequest", __config__=ConfigDict(extra="ignore"),
+                           ticket=(ZendeskTicket, ...), top_k=top_k)
+    request = TypeAdapter(Annotated[
+        Union[Annotated[single, Tag("single")], Annotated[batch, Tag("batch")],  # noqa: UP007
+              Annotated[zendesk, Tag("zendesk")]],
+        Discriminator(_request_shape, custom_error_type="invalid_shape",
+                      custom_error_message="the body must be a JSON object: one ticket, "
+                                           "{'tickets': [...]} or {'ticket': {...}}"),
+    ])
+    return Schemas(request, ticket, single, batch, zendesk, fields)
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each bad field, e.g. ``tickets[2].subject: Input should be a valid string``."""
+    messages = []
+    for item in error.errors(include_url=False):
+        location = _location(item["loc"][1:])  # the first element is the request shape's tag
+        messages.append(f"{location}: {item['msg']}" if location else item["msg"])
+    return "; ".join(dict.fromkeys(messages))
+
+
+def _location(parts: Sequence[str | int]) -> str:
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path

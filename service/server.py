@@ -1,0 +1,68 @@
+"""``ticketclf serve``: gunicorn with ``service/gunicorn_conf.py``, or Flask's dev server with ``--dev``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from gunicorn import util
+from gunicorn.app.base import Application
+
+from classifier import bundle as bundles
+
+CONFIG_FILE = Path(__file__).with_name("gunicorn_conf.py")
+
+
+def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
+          dev: bool = False) -> int:
+    """Serve ``bundle_dir`` until stopped; return the exit code."""
+    bundles.read_manifest(bundle_dir)  # a wrong path fails here in one line, before any server starts
+    os.environ["TICKETCLF_BUNDLE"] = str(bundle_dir.resolve())  # how the app (in every worker) finds it
+    if dev:
+        return _serve_dev(host, port)
+    overrides: dict[str, Any] = {"bind": [_address(host, port)]}
+    if workers:
+        overrides["workers"] = workers
+    try:
+        _Gunicorn(overrides).run()
+    except SystemExit as stop:  # the arbiter exits the process; the CLI wants a code
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return 0
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _serve_dev(host: str, port: int) -> int:
+    from service import create_app
+
+    app = create_app()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the app writes its own JSON access lines
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    return 0
+
+
+class _Gunicorn(Application):
+    """gunicorn run in this process: the config file, then ``GUNICORN_CMD_ARGS``, then our arguments."""
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self.overrides = overrides
+        super().__init__(prog="ticketclf serve")
+
+    def init(self, parser: Any, opts: Any, args: Any) -> None:  # required by the base class; unused
+        return None
+
+    def load_config(self) -> None:
+        self.load_config_from_file(str(CONFIG_FILE))
+        from_env = self.cfg.parser().parse_args(self.cfg.get_cmd_args_from_env())
+        for key, value in vars(from_env).items():
+            if value is not None and key != "args":
+                self.cfg.set(key.lower(), value)
+        for key, value in self.overrides.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return util.import_app(self.cfg.wsgi_app)

@@ -1,0 +1,453 @@
+"""The HTTP service on the real exported bundle: every route and error through Flask's test
+client, auth on and off, the access log, a bounded schemathesis run, and real gunicorn."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from prometheus_client.parser import text_string_to_metric_families
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                               status_code_conformance)
+
+from classifier.errors import UserError
+from classifier.predict import Predictor
+from service import create_app
+from service import settings as service_settings
+from service.context import EXTENSION, Context
+from service.schemas import ZendeskTicket, zendesk_record
+from service.server import serve
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("first-key", "second-key")
+TICKET = {"subject": "Charged twice", "body": "I was billed two times for my subscription this month."}
+
+
+@pytest.fixture(scope="module")
+def app(exported_bundle: Path) -> Flask:
+    return create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": "", "LOG_TEXT": False})
+
+
+@pytest.fixture(scope="module")
+def auth_app(exported_bundle: Path) -> Flask:
+    return create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": ",".join(KEYS), "LOG_TEXT": True})
+
+
+@pytest.fixture()
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def predictor(app: Flask) -> Predictor:
+    return ctx(app).model.predictor
+
+
+def ctx(app: Flask) -> Context:
+    return app.extensions[EXTENSION]
+
+
+def error_of(response: Any, status: int) -> dict[str, str]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    return body["error"]
+
+
+# ------------------------------------------------------------------ classify
+
+
+def test_classify_text_returns_the_documented_shape(client: FlaskClient, predictor: Predictor) -> None:
+    response = client.post("/classify", json={"text": "I was charged twice for my subscription"})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["model"] == {"name": predictor.name, "version": predictor.version}
+    [prediction] = body["predictions"]
+    assert set(prediction) == {"id", "label", "confidence", "needs_review", "truncated", "top_k"}
+    assert prediction["id"] is None and prediction["label"] in predictor.labels
+    assert len(prediction["top_k"]) == 3 and prediction["top_k"][0]["label"] == prediction["label"]
+    scores = [item["score"] for item in prediction["top_k"]]
+    assert scores == sorted(scores, reverse=True) and prediction["confidence"] == scores[0]
+
+
+def test_classify_fields_matches_the_predictor(client: FlaskClient, predictor: Predictor) -> None:
+    response = client.post("/classify", json={"id": "T-1", **TICKET, "priority": "high"})
+    [prediction] = response.get_json()["predictions"]
+    assert prediction == {"id": "T-1", **predictor.predict([TICKET])[0].to_dict()}
+
+
+def test_batch_keeps_order_ids_and_top_k(client: FlaskClient, predictor: Predictor) -> None:
+    tickets = [{"id": 7, **TICKET}, {"text": "How do I reset my password?"}, {"id": "x", "body": "The app crashes"}]
+    response = client.post("/classify", json={"tickets": tickets, "top_k": 2})
+    predictions = response.get_json()["predictions"]
+    expected = predictor.predict([TICKET, "How do I reset my password?", {"body": "The app crashes"}], top_k=2)
+    assert [p["id"] for p in predictions] == [7, None, "x"]
+    assert [p["label"] for p in predictions] == [e.label for e in expected]
+    assert all(len(p["top_k"]) == 2 for p in predictions)
+
+
+def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
+    webhook = {"ticket": {"id": 4821, "subject": TICKET["subject"], "description": TICKET["body"],
+                          "status": "new", "requester": {"email": "a@example.com"}}}
+    [prediction] = client.post("/classify", json=webhook).get_json()["predictions"]
+    assert prediction == {"id": 4821, **predictor.predict([TICKET])[0].to_dict()}
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    (("subject", "body"), {"subject": "S", "body": "D"}),
+    (("subject", "description"), {"subject": "S", "description": "D"}),
+    (("text",), {"text": "S\nD"}),  # a one-text model reads subject and description together
+    (("body",), {"body": "S\nD"}),
+])
+def test_zendesk_record_follows_the_bundle_fields(fields: tuple[str, ...], expected: dict[str, str]) -> None:
+    assert zendesk_record(ZendeskTicket(subject="S", description="D"), fields) == expected
+
+
+def test_long_ticket_is_truncated_and_flagged_not_refused(client: FlaskClient) -> None:
+    response = client.post("/classify", json={"text": "my invoice is wrong " * 3000})
+    assert response.status_code == 200
+    assert response.get_json()["predictions"][0]["truncated"] is True
+
+
+# ------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), [
+    ({"data": "text=hello", "content_type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+    ({"data": "hello"}, 415, "unsupported_media_type"),
+    ({"data": "{\"text\": ", "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": b"{\"text\": \"\xff\"}", "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": "[" * 100_000, "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": "{\"text\": \"" + "a" * (1024 * 1024) + "\"}", "content_type": "application/json"}, 413,
+     "payload_too_large"),
+])
+def test_unreadable_bodies(client: FlaskClient, kwargs: dict[str, Any], status: int, code: str) -> None:
+    assert error_of(client.post("/classify", **kwargs), status)["code"] == code
+
+
+def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path) -> None:
+    app = create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": "", "MAX_CONTENT_LENGTH": 100})
+    app.add_url_rule("/bug", "bug", lambda: 1 // 0)  # a stand-in for a bug in a view
+    client = app.test_client()
+    assert "over 100 bytes" in error_of(client.post("/classify", json={"text": "x" * 200}), 413)["message"]
+    assert error_of(client.get("/bug"), 500)["code"] == "internal_error"
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    ({}, "missing ticket text"),
+    ([{"text": "a list"}], "JSON object"),
+    ("just a string", "JSON object"),
+    ({"text": 5}, "text: Input should be a valid string"),
+    ({"subject": ["a"]}, "subject: Input should be a valid string"),
+    ({"text": "a", "subject": "b"}, "either 'text' or the fields"),
+    ({"text": "a", "id": 1.5}, "id: Input should be a string or an integer"),
+    ({"text": "a", "top_k": 0}, "top_k"),
+    ({"text": "a", "top_k": 1000}, "top_k"),
+    ({"text": "a", "top_k": "3"}, "top_k"),
+    ({"tickets": []}, "tickets: List should have at least 1 item"),
+    ({"tickets": [{"text": "a"}] * 257}, "tickets: List should have at most 256 items"),
+    ({"tickets": [{"text": "fine"}, {"subject": None}]}, "tickets[1]: missing ticket text"),
+    ({"tickets": "not a list"}, "tickets"),
+    ({"ticket": {"id": 1}}, "ticket: missing ticket text"),
+])
+def test_schema_errors_are_422_naming_the_field(client: FlaskClient, body: Any, named: str) -> None:
+    error = error_of(client.post("/classify", json=body), 422)
+    assert error["code"] == "invalid_request" and named in error["message"]
+
+
+def test_ticket_with_no_text_after_cleaning_is_422(client: FlaskClient) -> None:
+    error = error_of(client.post("/classify", json={"tickets": [{"text": "ok"}, {"body": "<p> </p>"}]}), 422)
+    assert error["code"] == "invalid_ticket" and "ticket 1" in error["message"]
+
+
+def test_unknown_route_and_wrong_method(client: FlaskClient) -> None:
+    assert error_of(client.get("/nowhere"), 404)["code"] == "not_found"
+    response = client.get("/classify")
+    assert error_of(response, 405)["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+
+
+# ------------------------------------------------------------------ other routes
+
+
+def test_labels(client: FlaskClient, predictor: Predictor) -> None:
+    body = client.get("/labels").get_json()
+    assert [item["label"] for item in body["labels"]] == predictor.labels
+    assert all(item["threshold"] == predictor.threshold(item["label"]) for item in body["labels"])
+
+
+def test_health_and_ready(app: Flask, client: FlaskClient) -> None:
+    assert client.get("/health").get_json() == {"status": "ok"}
+    assert client.get("/ready").get_json()["status"] == "ready"
+    ctx(app).model.ready = False
+    try:
+        assert error_of(client.get("/ready"), 503)["code"] == "not_ready"
+        assert client.get("/health").status_code == 200  # alive, just not ready
+    finally:
+        ctx(app).model.ready = True
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predictor: Predictor) -> None:
+    before = metric_values(client.get("/metrics").get_data(as_text=True))
+    label = client.post("/classify", json={"text": "refund please"}).get_json()["predictions"][0]["label"]
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    after = metric_values(response.get_data(as_text=True))
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("ticketclf_http_requests_total", route="/classify", method="POST", status="200") == 1
+    assert grew("ticketclf_http_request_duration_seconds_count", route="/classify") == 1
+    assert grew("ticketclf_predictions_total", label=label) == 1
+    assert ("ticketclf_needs_review_total", ()) in after
+    info = ("ticketclf_model_info", (("engine", predictor.engine.name), ("name", predictor.name),
+                                     ("version", predictor.version)))
+    assert after[info] == 1
+
+
+def test_openapi_document_describes_this_bundle(client: FlaskClient) -> None:
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == {"/classify", "/labels", "/health", "/ready", "/metrics", "/openapi.json"}
+    ticket = document["components"]["schemas"]["Ticket"]
+    assert {"id", "text", "subject", "body"} <= set(ticket["properties"])
+    assert "security" not in document  # no keys configured
+
+
+def test_request_id_is_echoed_or_made(client: FlaskClient) -> None:
+    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    made = client.get("/health", headers={"X-Request-ID": "bad id with spaces"}).headers["X-Request-ID"]
+    assert len(made) == 32 and " " not in made
+
+
+# ------------------------------------------------------------------ auth and logs
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"},
+                                     {"Authorization": "Basic Zmlyc3Qta2V5Og=="}, {"X-API-Key": "clé"}])
+def test_auth_refuses_missing_or_wrong_keys(auth_app: Flask, headers: dict[str, str]) -> None:
+    client = auth_app.test_client()
+    for method, path in (("post", "/classify"), ("get", "/labels"), ("get", "/metrics"),
+                         ("get", "/openapi.json"), ("get", "/nowhere")):
+        response = getattr(client, method)(path, json={"text": "hello"} if method == "post" else None,
+                                           headers=headers)
+        assert error_of(response, 401)["code"] == "unauthorized"
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEYS[0]}"}, {"X-API-Key": KEYS[1]}])
+def test_auth_accepts_either_header_and_any_key(auth_app: Flask, headers: dict[str, str]) -> None:
+    client = auth_app.test_client()
+    assert client.post("/classify", json={"text": "hello there"}, headers=headers).status_code == 200
+    assert client.get("/labels", headers=headers).status_code == 200
+    document = client.get("/openapi.json", headers=headers).get_json()
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert document["paths"]["/health"]["get"]["security"] == []
+
+
+def test_probes_need_no_key(auth_app: Flask) -> None:
+    client = auth_app.test_client()
+    assert client.get("/health").status_code == 200
+    assert client.get("/ready").status_code == 200
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture()
+def access_lines() -> Iterator[list[str]]:
+    handler = Lines()
+    logger = logging.getLogger("ticketclf.access")
+    logger.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_access_log_is_json_without_ticket_text(client: FlaskClient, access_lines: list[str]) -> None:
+    client.post("/classify?x=1", json={"id": "T-9", "text": "my secret invoice number 4242"})
+    [line] = access_lines
+    entry = json.loads(line)
+    assert entry["path"] == "/classify" and entry["status"] == 200 and entry["ticket_count"] == 1
+    assert entry["duration_ms"] > 0 and entry["request_id"]
+    assert "4242" not in line and "T-9" not in line and "tickets" not in entry
+
+
+def test_access_log_has_text_only_when_enabled(auth_app: Flask, access_lines: list[str]) -> None:
+    auth_app.test_client().post("/classify", json={"id": "T-9", "text": "my invoice 4242"},
+                                headers={"X-API-Key": KEYS[0]})
+    entry = json.loads(access_lines[-1])
+    assert entry["tickets"][0]["id"] == "T-9" and entry["tickets"][0]["text"] == "my invoice 4242"
+    assert KEYS[0] not in access_lines[-1]
+
+
+# ------------------------------------------------------------------ schemathesis
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_openapi_fuzz_finds_no_server_error(app: Flask, mode: GenerationMode) -> None:
+    # A strategy inside a plain test: schemathesis' own pytest integration breaks on pytest 9.
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+    @given(case=schema.as_strategy(generation_mode=mode))
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(case: Any) -> None:
+        case.call_and_validate(checks=checks)
+
+    fuzz()
+
+
+# ------------------------------------------------------------------ processes
+
+
+def test_serving_path_imports_no_torch(exported_bundle: Path) -> None:
+    code = ("import sys; from service import create_app; app = create_app({'BUNDLE': sys.argv[1]}); "
+            "app.test_client().post('/classify', json={'text': 'hi'}); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum') "
+            "or m in ('classifier.train', 'classifier.export')); print(heavy); sys.exit(1 if heavy else 0)")
+    result = subprocess.run([sys.executable, "-c", code, str(exported_bundle)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "TICKETCLF_ACCESS_LOG": "0"})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        serve(tmp_path / "missing")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_call(port: int, method: str, path: str, body: dict[str, Any] | None = None,
+              headers: dict[str, str] | None = None) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, json.dumps(body) if body is not None else None,
+                           {"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+@contextmanager
+def running_server(bundle: Path, log: Path, *options: str, stop: int = signal.SIGTERM, **env: str) -> Iterator[int]:
+    """``ticketclf serve`` on a free loopback port until ready; always stopped (by ``stop``), cleanly."""
+    port = free_port()
+    environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "classifier.cli", "serve", str(bundle), "--host", "127.0.0.1",
+               "--port", str(port), *options]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        wait_ready(server, port, timeout=90)
+        yield port
+    finally:
+        server.send_signal(stop)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert server.returncode == 0, log.read_text()
+
+
+def wait_ready(server: subprocess.Popen, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"server exited with {server.returncode}"
+        try:
+            if http_call(port, "GET", "/ready")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server not ready after {timeout} s")
+
+
+def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    key = {"X-API-Key": KEYS[0]}
+    with running_server(exported_bundle, log, "--workers", "2", TICKETCLF_API_KEYS=KEYS[0]) as port:
+        assert http_call(port, "POST", "/classify", {"text": "hello"})[0] == 401
+        for _ in range(4):  # spread over both workers
+            status, body = http_call(port, "POST", "/classify", {"tickets": [TICKET, {"text": "hi"}]}, key)
+            assert status == 200 and len(json.loads(body)["predictions"]) == 2
+        values = metric_values(http_call(port, "GET", "/metrics", headers=key)[1])  # summed over workers
+        assert values[("ticketclf_http_requests_total",
+                       (("method", "POST"), ("route", "/classify"), ("status", "200")))] == 4
+        assert sum(v for (name, _), v in values.items() if name == "ticketclf_predictions_total") == 8
+    output = log.read_text()
+    assert "Booting worker" in output and "Traceback" not in output and "hello" not in output
+
+
+def test_dev_server_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
+    # Ctrl-C (SIGINT) stops the development server cleanly; SIGTERM would just kill it.
+    with running_server(exported_bundle, tmp_path / "server.log", "--dev", stop=signal.SIGINT) as port:
+        status, body = http_call(port, "POST", "/classify", {"text": "I cannot log in"})
+        assert status == 200 and json.loads(body)["predictions"][0]["label"]
+
+
+def test_loadtest_script_runs_bounded(exported_bundle: Path, sample_csv: Path, tmp_path: Path) -> None:
+    report = tmp_path / "bench.md"
+    command = [sys.executable, str(ROOT / "scripts" / "loadtest.py"), str(exported_bundle), "--requests", "20",
+               "--duration", "5", "--concurrency", "1,4", "--texts", str(sample_csv), "--column", "body",
+               "--markdown", str(report)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| 4 | 20 | 0 |" in report.read_text()
+
+
+def test_settings_come_from_environment_then_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TICKETCLF_BUNDLE", str(tmp_path))
+    monkeypatch.setenv("TICKETCLF_MAX_BATCH", "8")
+    monkeypatch.setenv("TICKETCLF_LOG_TEXT", "yes")
+    merged = service_settings({"MAX_BATCH": 4})
+    assert (merged["BUNDLE"], merged["MAX_BATCH"], merged["LOG_TEXT"]) == (str(tmp_path), 4, True)
+    monkeypatch.setenv("TICKETCLF_LOG_TEXT", "maybe")
+    with pytest.raises(UserError, match="TICKETCLF_LOG_TEXT"):
+        service_settings()
+    monkeypatch.delenv("TICKETCLF_BUNDLE")
+    monkeypatch.delenv("TICKETCLF_LOG_TEXT")
+    with pytest.raises(UserError, match="no model bundle"):
+        service_settings()
