@@ -16,6 +16,7 @@ class TrainingOptions:
     max_length: int | None = None  # None: from the training data's token lengths
     seed: int = 42
     warmup_ratio: float = 0.06
+    label_smoothing: float = 0.0  # ignored with class_weighted_loss
     weight_decay: float = 0.01
     lora: bool = False
     lora_rank: int = 16

@@ -215,6 +215,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         per_device_eval_batch_size=max(64, options.batch_size),
         warmup_ratio=options.warmup_ratio,
         weight_decay=options.weight_decay,
+        label_smoothing_factor=options.label_smoothing,
         lr_scheduler_type="linear",
         eval_strategy="epoch",
         save_strategy="epoch",
