@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import random
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -152,7 +153,7 @@ def _detect_format(path: Path) -> str:
 def _read_text(path: Path) -> str:
     try:
         raw = gzip.open(path).read() if path.suffix.lower() == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path}: cannot read file ({error})") from None
     try:
         return raw.decode("utf-8-sig")
@@ -266,7 +267,8 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     columns = list(dict.fromkeys(key for _, record in records for key in record))
     text_options = text_options or TextOptions()
     mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label)
-    options = replace(text_options, fields=mapping.text_columns)
+    # Stored lower-case: prediction matches field names case-insensitively (classifier.text).
+    options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     texts, labels, ids = [], [], []
     for row, record in records:
         text = ticket_text(record, options)
@@ -339,7 +341,8 @@ def stratified_split(tickets: Tickets, fraction: float, seed: int) -> tuple[Tick
     for label in sorted(by_label):
         indices = by_label[label]
         rng.shuffle(indices)
-        n_held = max(1, round(len(indices) * fraction)) if len(indices) > 1 else 0
+        # Every class keeps at least one training ticket, and gets one validation ticket if it can.
+        n_held = min(len(indices) - 1, max(1, round(len(indices) * fraction)))
         held_out += indices[:n_held]
         train += indices[n_held:]
     return tickets.subset(sorted(train)), tickets.subset(sorted(held_out))

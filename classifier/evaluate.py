@@ -159,7 +159,7 @@ def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
     One ticket per batch: the int8 model quantizes activations per batch tensor, so a ticket's scores
     would otherwise depend on which tickets share (and pad) its batch.
     """
-    return predictor.predict_proba(texts, batch_size=1)
+    return predictor.predict_proba(texts, batch_size=1, cleaned=True)  # load_tickets cleaned them
 
 
 # ---------------------------------------------------------------- metrics

@@ -96,7 +96,7 @@ def check_drift(bundle_dir: Path, manifest: dict[str, Any], fp32_path: Path, int
         # Dynamic int8 scales activations per batch, so a ticket's scores shift with its batch-mates:
         # score it alone, as the service mostly does.
         size = 1 if name == "int8" else batch_size
-        runs[name] = Predictor(bundle_dir, manifest, engine, tokenizer).logits(texts, size)[0]
+        runs[name] = Predictor(bundle_dir, manifest, engine, tokenizer).logits(texts, size, cleaned=True)[0]
     truth = np.array([manifest["labels"].index(label) for label in labels])
     predicted = {name: logits.argmax(axis=1) for name, logits in runs.items()}
     accuracy = {name: float((p == truth).mean()) for name, p in predicted.items()}
@@ -170,6 +170,7 @@ def _commit(bundle_dir: Path, staged: Path, manifest: dict[str, Any], section: d
     if not int8_ok:
         log.warning("int8 loses %.2f accuracy points (limit %.2f): serving the fp32 model",
                     drift["int8_accuracy_drop_points"], section["max_accuracy_drop_points"])
+    manifest = bundle.read_manifest(bundle_dir)  # re-read: thresholds may have been applied meanwhile
     updated = dict(manifest, onnx=section, serving={"engine": "int8" if int8_ok else "fp32",
                                                     "reason": "int8 within accuracy limit" if int8_ok else
                                                     "int8 accuracy drop over limit"})

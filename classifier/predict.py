@@ -102,24 +102,34 @@ class Predictor:
         k = min(top_k, len(self.labels))
         return [self._prediction(row, k, cut) for row, cut in zip(probabilities, truncated)]
 
-    def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32) -> np.ndarray:
-        """Softmax probabilities, one row per ticket, columns in ``self.labels`` order."""
-        return self._probabilities(tickets, batch_size)[0]
+    def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False) -> np.ndarray:
+        """Softmax probabilities, one row per ticket, columns in ``self.labels`` order.
+
+        ``cleaned=True``: the tickets are model texts already (e.g. a bundle's validation split).
+        """
+        return softmax(self.logits(tickets, batch_size, cleaned=cleaned)[0])
 
     def texts(self, tickets: Sequence[Ticket]) -> list[str]:
         """The cleaned model text of each ticket; an empty one is a user error."""
-        texts = [ticket_text(t, self.text_options) for t in tickets]
+        return self._check_not_empty([ticket_text(t, self.text_options) for t in tickets])
+
+    def _check_not_empty(self, texts: list[str]) -> list[str]:
         for index, text in enumerate(texts):
             if not text:
                 raise UserError(f"ticket {index} has no text after cleaning (fields: "
                                 f"{', '.join(self.text_options.fields or ('text',))})")
         return texts
 
-    def logits(self, tickets: Sequence[Ticket], batch_size: int = 32) -> tuple[np.ndarray, list[bool]]:
-        """Raw model scores per ticket, and whether each ticket was truncated."""
+    def logits(self, tickets: Sequence[Ticket], batch_size: int = 32, *,
+               cleaned: bool = False) -> tuple[np.ndarray, list[bool]]:
+        """Raw model scores per ticket, and whether each ticket was truncated.
+
+        ``cleaned=True`` skips cleaning: for texts that went through :func:`ticket_text`
+        already, which is not idempotent for every input (an unescaped ``&lt;b&gt;`` is HTML).
+        """
         if isinstance(tickets, (str, Mapping)):
             raise TypeError("predict() takes a list of tickets; wrap a single ticket in a list")
-        texts = self.texts(tickets)
+        texts = self._check_not_empty(list(tickets)) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
         # Sorting by length makes each padded batch tight; results go back in input order.
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i][0].ids))
@@ -182,7 +192,10 @@ def default_threads() -> int:
     """Intra-op threads per model: ``TICKETCLF_THREADS`` or the CPUs this process may use."""
     configured = os.environ.get("TICKETCLF_THREADS")
     if configured:
-        return max(1, int(configured))
+        try:
+            return max(1, int(configured))
+        except ValueError:
+            raise UserError(f"TICKETCLF_THREADS must be a whole number, got {configured!r}") from None
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 

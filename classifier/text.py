@@ -32,16 +32,17 @@ _REPLY_HEADER = re.compile(
     re.IGNORECASE | re.MULTILINE | re.DOTALL,
 )
 _SIGNATURE_START = re.compile(
-    r"^(?:--\s*|__+\s*|get outlook for \w+.*"
+    r"^(?:--\s*|get outlook for \w+.*"
     r"|sent from (?:my )?(?:iphone|ipad|android|outlook|mail|samsung|galaxy|mobile|blackberry)\b.*)$",
     re.IGNORECASE
 )
 _SIGN_OFF = re.compile(
     r"^(?:thanks?(?: you| again| in advance)?|many thanks|thx|cheers|best|best regards|"
-    r"kind regards|regards|warm regards|sincerely|br)[ ,.!]*$",
+    r"kind regards|regards|warm regards|sincerely|br|__+)[ ,.!]*$",
     re.IGNORECASE,
 )
 _SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message
+_SIGNATURE_MAX_WORDS = 10  # a longer line after a sign-off is message, not signature
 _CONTROL_CHARS = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f\ufeff]")
 
 
@@ -77,7 +78,7 @@ def ticket_text(ticket: str | Mapping[str, Any], options: TextOptions = TextOpti
     """
     if isinstance(ticket, str):
         return clean_text(ticket, options)
-    parts = (clean_text(_as_str(ticket.get(name)), options) for name in options.fields or ("text",))
+    parts = (clean_text(_as_str(_field(ticket, name)), options) for name in options.fields or ("text",))
     return FIELD_SEPARATOR.join(part for part in parts if part)
 
 
@@ -111,16 +112,34 @@ def strip_quoted_replies(text: str) -> str:
 
 
 def strip_signature(text: str) -> str:
-    """Cut a trailing signature: a ``--`` delimiter, "Sent from my ...", or a closing sign-off."""
+    """Cut a trailing signature: a ``--`` delimiter, "Sent from my ...", or a closing sign-off.
+
+    Only the last few lines are searched, and a sign-off ("Thanks,") counts only when what
+    follows it looks like a signature (short lines), so a "thanks" inside the message stays.
+    """
     lines = text.rstrip().split("\n")
-    for index, line in enumerate(lines):
-        if index > 0 and _SIGNATURE_START.match(line.strip()):
-            return "\n".join(lines[:index])
-    tail_start = max(1, len(lines) - _SIGNATURE_MAX_LINES)
-    for index in range(tail_start, len(lines)):
-        if _SIGN_OFF.match(lines[index].strip()):
+    for index in range(max(1, len(lines) - _SIGNATURE_MAX_LINES), len(lines)):
+        line = lines[index].strip()
+        if _SIGNATURE_START.match(line) or (_SIGN_OFF.match(line) and _signature_like(lines[index + 1:])):
             return "\n".join(lines[:index])
     return "\n".join(lines)
+
+
+def _signature_like(lines: list[str]) -> bool:
+    """Names, titles, phone numbers, addresses: no sentences, no long lines."""
+    for line in lines:
+        words = line.split()
+        if len(words) > _SIGNATURE_MAX_WORDS or (len(words) >= 4 and line.rstrip().endswith((".", "?", "!"))):
+            return False
+    return True
+
+
+def _field(ticket: Mapping[str, Any], name: str) -> Any:
+    """A record's field by name, ignoring case: exports and API clients capitalise differently."""
+    if name in ticket:
+        return ticket[name]
+    wanted = name.lower()
+    return next((value for key, value in ticket.items() if isinstance(key, str) and key.lower() == wanted), None)
 
 
 def _as_str(value: Any) -> str:

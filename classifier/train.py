@@ -62,7 +62,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     """Train on ``data_path`` and write a bundle to ``output_dir``; return its path."""
     options = options or TrainingOptions()
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite and not options.resume:
+    if output_dir.exists() and not overwrite:
         raise UserError(f"{output_dir}: already exists; choose another --output or pass --overwrite")
     data = prepare_data(data_path, validation_path, text_options=text_options, label_column=label_column,
                         validation_fraction=validation_fraction, min_class_count=min_class_count,
@@ -73,6 +73,9 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     tokenizer = _load_tokenizer(base_model)
     max_length = options.max_length or choose_max_length(tokenizer, data.train.texts)
     model = _load_model(base_model, data.labels, options)
+    limit = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 512))
+    if max_length > limit:
+        raise UserError(f"--max-length {max_length} is over what {base_model} can read ({limit} tokens)")
     trainer = _build_trainer(model, tokenizer, data, options, max_length, _checkpoint_dir(output_dir))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=_resume_point(output_dir, options))
@@ -94,6 +97,8 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
         validation_metrics=metrics,
         versions=library_versions(),
     )
+    if not trainer.is_world_process_zero():  # under torchrun, one process writes the bundle
+        return output_dir
     with bundle.staged_directory(output_dir, overwrite=True) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -56,6 +56,21 @@ def test_every_format_loads_the_same_tickets(tmp_path: Path, name: str) -> None:
     assert tickets.source["rows_read"] == 4 and len(tickets.source["sha256"]) == 64
 
 
+def test_corrupt_gzip_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv.gz"
+    path.write_bytes(gzip.compress(b"text,label\n" * 50)[:-20] + b"garbage-garbage-garb")
+    with pytest.raises(UserError, match="cannot read file"):
+        load_tickets(path)
+
+
+def test_a_class_is_never_entirely_held_out() -> None:
+    from classifier.data import Tickets
+
+    tickets = Tickets(["a", "b", "c", "d"], ["x", "x", "y", "y"], ["1", "2", "3", "4"])
+    train, held_out = stratified_split(tickets, 0.9, seed=0)
+    assert sorted(train.labels) == ["x", "y"] and sorted(held_out.labels) == ["x", "y"]
+
+
 def test_json_object_wrapping_a_list_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "export.json"
     path.write_text(json.dumps({"tickets": ROWS}), encoding="utf-8")
@@ -66,9 +81,9 @@ def test_explicit_columns_and_case_insensitive_names(tmp_path: Path) -> None:
     rows = [{"Title": r["subject"], "Description": r["body"], "Queue": r["category"]} for r in ROWS]
     path = write_csv(tmp_path / "t.csv", rows)
     tickets, options = load_tickets(path, TextOptions(fields=("description",)), "queue")
-    assert options.fields == ("Description",)
+    assert options.fields == ("description",)  # stored lower-case; prediction ignores case
     assert tickets.texts[0] == "I was charged twice"
-    assert load_tickets(path)[1].fields == ("Title", "Description")  # detected
+    assert load_tickets(path)[1].fields == ("title", "description")  # detected
 
 
 def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> None:

@@ -54,6 +54,17 @@ def test_signature_is_cut_and_can_be_kept() -> None:
     assert clean_text("Help\n-- \nJohn Smith\nCTO") == "Help"
 
 
+def test_thanks_inside_the_message_is_kept() -> None:
+    assert clean_text("Hello,\nthanks\nI was charged twice for order 42.") == \
+        "Hello, thanks I was charged twice for order 42."
+    assert clean_text("Login fails\n__\nSteps: click login, then wait for the spinner.") == \
+        "Login fails __ Steps: click login, then wait for the spinner."
+
+
+def test_field_names_match_regardless_of_case() -> None:
+    assert ticket_text({"Subject": "Refund", "BODY": "charged twice"}, SUBJECT_BODY) == "Refund\ncharged twice"
+
+
 def test_sign_off_far_up_is_part_of_the_message() -> None:
     body = "Thanks\n" + "\n".join(f"line {i}" for i in range(10))
     assert clean_text(body).startswith("Thanks line 0")
