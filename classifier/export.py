@@ -174,7 +174,6 @@ def _commit(bundle_dir: Path, staged: Path, manifest: dict[str, Any], section: d
     updated = dict(manifest, onnx=section, serving={"engine": "int8" if int8_ok else "fp32",
                                                     "reason": "int8 within accuracy limit" if int8_ok else
                                                     "int8 accuracy drop over limit"})
-    bundle.write_report(staged.parent, "drift", drift)
     final = bundle_dir / bundle.ONNX_DIR
     retired = bundle_dir / f".{bundle.ONNX_DIR}.old"
     shutil.rmtree(retired, ignore_errors=True)
@@ -188,7 +187,7 @@ def _commit(bundle_dir: Path, staged: Path, manifest: dict[str, Any], section: d
         if retired.exists():
             retired.rename(final)
         raise
-    shutil.move(str(staged.parent / bundle.REPORTS_DIR / "drift.json"), bundle_dir / bundle.REPORTS_DIR / "drift.json")
+    bundle.write_report(bundle_dir, "drift", drift)  # atomic on its own; the manifest holds it too
     shutil.rmtree(retired, ignore_errors=True)
 
 
