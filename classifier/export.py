@@ -4,7 +4,8 @@ Steps, all in a staging directory so a failure leaves the bundle as it was:
 
 1. ``optimum.exporters.onnx.main_export``: the standard text-classification export;
 2. ``ORTOptimizer`` (O2 fusions: attention, GELU, layer norm) on the fp32 graph;
-3. ``ORTQuantizer``: dynamic int8 with a config for this CPU (AVX512-VNNI, AVX512, AVX2, ARM64);
+3. ``ORTQuantizer``: dynamic int8 of the fused graph (attention becomes ``QAttention``) with a
+   config for this CPU (AVX512-VNNI, AVX512, AVX2, ARM64);
 4. drift check on the bundle's validation split: PyTorch vs ONNX fp32 vs int8.
 
 The result goes to ``BUNDLE/onnx/`` and the manifest records opset, sizes, the drift
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 QUANTIZATION_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
 MIN_FP32_AGREEMENT = 0.999
+# O2 without the SkipLayerNormalization fusion: onnxruntime's fused kernel was slower than the
+# Add + LayerNormalization it replaces (docs/benchmarks.md, "Inference graph"); OnnxEngine keeps
+# onnxruntime from fusing it again when it loads the model.
+FUSION_OVERRIDES = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
 
 
 @dataclass
@@ -51,11 +56,10 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict
     target = choose_quantization_target(options.quantization)
     work = Path(tempfile.mkdtemp(dir=bundle_dir, prefix=".export-"))
     try:
-        exported, opset = _export_onnx(bundle_dir, work, options)
-        fp32_path = _optimize(exported) if options.optimize else exported
-        # Quantize the plain export: the quantizer cannot type the fused contrib ops, and
-        # onnxruntime fuses the int8 graph itself when it loads it.
-        int8_path = _quantize(exported, work, target, options.per_channel)
+        exported, opset = export_onnx(bundle_dir, work / "exported", options.opset)
+        fp32_path = fuse(exported) if options.optimize else exported
+        # Quantizing the fused graph gives int8 attention (QAttention) and no per-run shape arithmetic.
+        int8_path = quantize(fp32_path, work / "quantized", target, options.per_channel)
         drift = check_drift(bundle_dir, manifest, fp32_path, int8_path, options.batch_size)
         staged = work / bundle.ONNX_DIR
         staged.mkdir()
@@ -111,31 +115,45 @@ def check_drift(bundle_dir: Path, manifest: dict[str, Any], fp32_path: Path, int
     }
 
 
-def _export_onnx(bundle_dir: Path, work: Path, options: ExportOptions) -> tuple[Path, int]:
+def export_onnx(bundle_dir: Path, out_dir: Path, opset: int | None = None) -> tuple[Path, int]:
+    """Optimum's standard text-classification export of a bundle; returns the model and its opset."""
     import onnx
     from optimum.exporters.onnx import main_export
 
-    exported = work / "exported"
-    # Our own drift check below replaces Optimum's validation (it runs on real tickets).
-    main_export(str(bundle_dir), output=exported, task="text-classification", opset=options.opset,
+    # Our own drift check replaces Optimum's validation (it runs on real tickets).
+    main_export(str(bundle_dir), output=out_dir, task="text-classification", opset=opset,
                 do_validation=False, local_files_only=True)
-    model_path = exported / bundle.ONNX_FP32
+    model_path = out_dir / bundle.ONNX_FP32
     opset = next(o.version for o in onnx.load(str(model_path), load_external_data=False).opset_import
                  if o.domain in ("", "ai.onnx"))
     return model_path, opset
 
 
-def _optimize(model_path: Path) -> Path:
+def fuse(model_path: Path, skip_layer_norm: bool = False) -> Path:
+    """ORTOptimizer's O2 fusions; ``skip_layer_norm=True`` keeps the SkipLayerNormalization fusion."""
     from optimum.onnxruntime import ORTOptimizer
     from optimum.onnxruntime.configuration import AutoOptimizationConfig
 
     optimizer = ORTOptimizer.from_pretrained(model_path.parent, file_names=[model_path.name])
-    save_dir = model_path.parent / "optimized"
-    optimizer.optimize(AutoOptimizationConfig.O2(), save_dir=save_dir)
+    save_dir = model_path.parent / ("fused_skip_layer_norm" if skip_layer_norm else "fused")
+    optimizer.optimize(AutoOptimizationConfig.O2(**({} if skip_layer_norm else FUSION_OVERRIDES)), save_dir=save_dir)
     return save_dir / "model_optimized.onnx"
 
 
-def _quantize(fp32_path: Path, work: Path, target: str, per_channel: bool) -> Path:
+def _with_inferred_types(model_path: Path) -> Path:
+    """A copy whose every tensor has a type: the quantizer needs them, and ONNX's own inference
+    cannot type the outputs of onnxruntime's fused operators (Attention, BiasGelu)."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    typed = SymbolicShapeInference.infer_shapes(onnx.load(str(model_path)), auto_merge=True)
+    typed_path = model_path.with_name(f"{model_path.stem}_typed.onnx")
+    onnx.save(typed, str(typed_path))
+    return typed_path
+
+
+def quantize(fp32_path: Path, out_dir: Path, target: str, per_channel: bool = True) -> Path:
+    """ORTQuantizer's dynamic int8 of an fp32 model (plain or fused) for a QUANTIZATION_TARGETS entry."""
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
@@ -143,9 +161,10 @@ def _quantize(fp32_path: Path, work: Path, target: str, per_channel: bool) -> Pa
     kwargs = {"is_static": False}
     if target != "arm64" or per_channel:
         kwargs["per_channel"] = per_channel
-    quantizer = ORTQuantizer.from_pretrained(fp32_path.parent, file_name=fp32_path.name)
-    save_dir = quantizer.quantize(make_config(**kwargs), save_dir=work / "quantized")
-    return Path(save_dir) / f"{fp32_path.stem}_quantized.onnx"
+    typed_path = _with_inferred_types(fp32_path)
+    quantizer = ORTQuantizer.from_pretrained(typed_path.parent, file_name=typed_path.name)
+    save_dir = quantizer.quantize(make_config(**kwargs), save_dir=out_dir)
+    return Path(save_dir) / f"{typed_path.stem}_quantized.onnx"
 
 
 def _manifest_section(staged: Path, opset: int, target: str, options: ExportOptions,

@@ -213,10 +213,16 @@ def load_tokenizer(bundle_dir: Path) -> Any:
     return tokenizer
 
 
+# onnxruntime's load-time fusions that made inference slower here: its SkipLayerNormalization kernel
+# took longer than the Add + LayerNormalization it replaces, in fp32 and int8 graphs
+# (docs/benchmarks.md, "Inference graph").
+SLOWER_FUSIONS = ("SkipLayerNormFusion",)
+
+
 class OnnxEngine:
     """An onnxruntime session tuned for low-latency CPU inference."""
 
-    def __init__(self, model_path: Path, threads: int) -> None:
+    def __init__(self, model_path: Path, threads: int, disabled_fusions: Sequence[str] = SLOWER_FUSIONS) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -226,7 +232,8 @@ class OnnxEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads burn CPU between requests; in a multi-worker server that CPU is needed elsewhere.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0" if threads > 1 else "1")
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=list(disabled_fusions))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.name = model_path.name
 

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
+
+BANKING77_TEST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "banking77" / "test.csv"
+
+
+def inference_arguments(description: str, latency_samples: int) -> argparse.ArgumentParser:
+    """The arguments the inference benchmarks share: a bundle, test tickets, sample count, output file."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("bundle", type=Path, help="a trained (for the ONNX rows: exported) bundle")
+    parser.add_argument("--data", type=Path, default=BANKING77_TEST, help="labelled test tickets")
+    parser.add_argument("--latency-samples", type=int, default=latency_samples, help="texts timed one by one")
+    parser.add_argument("--markdown", type=Path, help="append the results to this file")
+    return parser
 
 
 def machine_description() -> str:

@@ -30,14 +30,13 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmark_common import append_section  # noqa: E402
+from benchmark_common import append_section, inference_arguments  # noqa: E402
 from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.predict import Predictor  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
 
 ENGINES = ("torch", "fp32", "int8")
-TEST_DATA = ROOT.parent / "shared" / "data" / "banking77" / "test.csv"
 
 
 def main() -> int:
@@ -55,11 +54,7 @@ def main() -> int:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", type=Path, help="an exported bundle (ticketclf export)")
-    parser.add_argument("--data", type=Path, default=TEST_DATA, help="labelled test tickets")
-    parser.add_argument("--latency-samples", type=int, default=500, help="texts timed one by one")
-    parser.add_argument("--markdown", type=Path, help="append the results to this file")
+    parser = inference_arguments(__doc__.splitlines()[0], latency_samples=500)
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)  # internal: one engine
     return parser.parse_args()
 

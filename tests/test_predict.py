@@ -32,6 +32,20 @@ def test_export_writes_both_models_and_drift_figures(exported_bundle: Path) -> N
     assert json.loads((exported_bundle / "reports" / "drift.json").read_text()) == drift
 
 
+
+def test_exported_graphs_are_fused_and_int8_attention_is_quantized(exported_bundle: Path) -> None:
+    import onnx
+
+    def op_types(name: str) -> set[str]:
+        graph = onnx.load(str(exported_bundle / "onnx" / name), load_external_data=False).graph
+        return {node.op_type for node in graph.node}
+
+    fp32, int8 = op_types("model.onnx"), op_types("model_int8.onnx")
+    assert "Attention" in fp32 and "QAttention" in int8  # fused attention, in int8 for the int8 model
+    # SkipLayerNormalization is left out on purpose (slower here; see classifier/export.py).
+    assert "SkipLayerNormalization" not in fp32 | int8
+    assert "LayerNormalization" in int8
+
 def test_onnx_and_torch_give_the_same_probabilities(exported_bundle: Path) -> None:
     texts, _ = read_examples(exported_bundle)
     onnx = Predictor.load(exported_bundle, engine="fp32").predict_proba(texts)

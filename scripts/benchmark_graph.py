@@ -1,0 +1,132 @@
+"""What each graph choice of ``ticketclf export`` gives: batch-1 latency of ONNX variants, side by side.
+
+    python scripts/benchmark_graph.py runs/banking77
+    python scripts/benchmark_graph.py runs/banking77 --markdown docs/benchmarks.md
+
+Exports the bundle once with Optimum, builds the variants below from that one export, and
+times them on the same pre-tokenised test texts (1 thread, batch 1, a bare
+``InferenceSession``), in interleaved rounds so that machine noise hits every variant alike.
+Each round's median is divided by the first variant's in the same round; the table gives the
+median of those ratios. Accuracy is over the whole test file, one ticket at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from benchmark_common import append_section, inference_arguments  # noqa: E402
+from classifier import bundle  # noqa: E402
+from classifier.data import load_tickets  # noqa: E402
+from classifier.export import choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
+from classifier.predict import SLOWER_FUSIONS, OnnxEngine, Predictor  # noqa: E402
+from classifier.text import TextOptions  # noqa: E402
+
+
+
+@dataclass
+class Variant:
+    name: str
+    model: Path
+    disabled_fusions: tuple[str, ...]  # onnxruntime load-time fusions turned off
+
+
+def main() -> int:
+    args = parse_args()
+    manifest = bundle.read_manifest(args.bundle)
+    predictor = Predictor.load(args.bundle, threads=1)  # for its tokenizer and labels
+    tickets, _ = load_tickets(args.data, TextOptions(fields=tuple(manifest["text"]["fields"])))
+    texts = predictor.texts(tickets.texts)
+    truth = np.array([predictor.labels.index(label) for label in tickets.labels])
+    batches = [predictor._pad([encoding]) for encoding, _ in predictor._encode(texts)]
+    with tempfile.TemporaryDirectory(prefix="graph-variants-") as work:
+        variants = build_variants(args.bundle, Path(work), choose_quantization_target("auto"))
+        engines = {v.name: OnnxEngine(v.model, threads=1, disabled_fusions=v.disabled_fusions) for v in variants}
+        ratios, medians = time_interleaved(engines, batches[: args.latency_samples], args.rounds)
+        accuracy = {name: float((np.array([engine.logits(b)[0].argmax() for b in batches]) == truth).mean())
+                    for name, engine in engines.items()}
+    body = render(variants, medians, ratios, accuracy, args)
+    print(body)
+    if args.markdown:
+        command = (f"python scripts/benchmark_graph.py {args.bundle} --latency-samples {args.latency_samples} "
+                   f"--rounds {args.rounds}")
+        append_section(args.markdown, "Inference graph: what each export choice gives", command, body)
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = inference_arguments(__doc__.splitlines()[0], latency_samples=400)
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
+    return parser.parse_args()
+
+
+def build_variants(bundle_dir: Path, work: Path, target: str) -> list[Variant]:
+    plain, _ = export_onnx(bundle_dir, work / "exported")
+    fused_skip = fuse(plain, skip_layer_norm=True)
+    fused = fuse(plain)
+    int8_plain = quantize(plain, work / "q-plain", target)
+    int8_fused = quantize(fused, work / "q-fused", target)
+    default_load: tuple[str, ...] = ()
+    return [
+        Variant("int8 of the plain export (first release)", int8_plain, default_load),
+        Variant("  same, no SkipLayerNorm fusion at load", int8_plain, SLOWER_FUSIONS),
+        Variant("int8 of the O2-fused export (QAttention)", quantize(fused_skip, work / "q-fused-skip", target),
+                default_load),
+        Variant("int8 of O2 without SkipLayerNorm (current)", int8_fused, SLOWER_FUSIONS),
+        Variant("  same, per-tensor weights", quantize(fused, work / "q-fused-tensor", target, per_channel=False),
+                SLOWER_FUSIONS),
+        Variant("fp32 O2 (first release)", fused_skip, default_load),
+        Variant("fp32 O2 without SkipLayerNorm (current)", fused, SLOWER_FUSIONS),
+    ]
+
+
+def time_interleaved(engines: dict[str, OnnxEngine], batches: list[dict[str, np.ndarray]],
+                     rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    per_round: dict[str, list[float]] = {name: [] for name in engines}
+    for engine in engines.values():  # warm-up
+        for batch in batches[:20]:
+            engine.logits(batch)
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            times = []
+            for batch in batches:
+                started = time.perf_counter()
+                engine.logits(batch)
+                times.append(time.perf_counter() - started)
+            per_round[name].append(float(np.median(times)) * 1000)
+    reference = np.array(next(iter(per_round.values())))
+    ratios = {name: float(np.median(np.array(values) / reference)) for name, values in per_round.items()}
+    medians = {name: float(np.median(values)) for name, values in per_round.items()}
+    return ratios, medians
+
+
+def render(variants: list[Variant], medians: dict[str, float], ratios: dict[str, float],
+           accuracy: dict[str, float], args: argparse.Namespace) -> str:
+    rows = ["| variant | load-time fusions off | batch-1 p50 (1 thread) | time vs first row | accuracy |",
+            "| --- | --- | --- | --- | --- |"]
+    for v in variants:
+        rows.append(f"| {v.name} | {', '.join(v.disabled_fusions) or '-'} | {medians[v.name]:.2f} ms | "
+                    f"{ratios[v.name]:.2f} | {100 * accuracy[v.name]:.2f} % |")
+    rows.append("")
+    rows.append(f"Bare `InferenceSession` per variant, {args.latency_samples} texts of {args.data.name} per round, "
+                f"{args.rounds} interleaved rounds; 'time vs first row' is the median over rounds of each round's "
+                "ratio. Accuracy over the whole file, one ticket at a time.")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
