@@ -1,12 +1,19 @@
 """gunicorn settings for CPU inference (``ticketclf serve`` loads this file; so can ``gunicorn -c``).
 
-Layout: one worker process per CPU core, each running onnxruntime on one thread.
-Processes, not threads, give the parallelism: the Python parts of a request hold the GIL
-and model time dominates a request. Two threads per worker let one request's network and
-JSON work overlap another's inference, and gthread keeps connections alive. Measured on
-2 cores (docs/service.md): gthread x 2 gave ~10 % more req/s than the sync worker
-(connection set-up saved), sync a tighter p99. Override any setting with the environment
-variables below or ``GUNICORN_CMD_ARGS`` (e.g. ``GUNICORN_CMD_ARGS="--worker-class sync"``).
+Layout: one sync worker process per CPU core, each running onnxruntime on one thread and
+answering one request at a time. A request is CPU work from start to end, so processes, not
+threads, give the parallelism. Sync workers take every request from the one accept queue
+they share, so whichever worker is free serves the oldest request. Keep-alive workers
+(gthread) instead pin each client connection to the worker that accepted it; with a few
+busy clients one worker ends up with more of them and their requests queue behind each
+other. Six alternating runs at 8 concurrent clients on 2 cores (docs/benchmarks.md): sync
+606-678 req/s with p99 16.5-18.5 ms; gthread (2 threads) 673-720 req/s with p99 22.7-28.8 ms.
+Sync workers close the connection after each answer, and a client that sends slowly holds a
+worker until ``timeout``: open to callers you do not control, put a buffering proxy in front
+(an nginx ingress buffers requests by default) or switch to gthread.
+Override any setting with the environment variables below or ``GUNICORN_CMD_ARGS``
+(e.g. ``GUNICORN_CMD_ARGS="--worker-class gthread --threads 2"``; gunicorn turns a sync
+worker with more than one thread into gthread).
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ def _cpus() -> int:
 wsgi_app = "service:create_app()"
 bind = ["127.0.0.1:8000"]  # `ticketclf serve --host/--port` or `gunicorn --bind` set it
 workers = int(os.environ.get("TICKETCLF_WORKERS") or os.environ.get("WEB_CONCURRENCY") or _cpus())
-worker_class = "gthread"
-threads = 2
+worker_class = "sync"
+threads = 1
 
 # Each worker loads and warms its own model. Not preloaded in the master: a process forked
 # after onnxruntime/tokenizers ran hangs or aborts at exit (their threads do not survive
@@ -44,7 +51,7 @@ preload_app = False
 
 timeout = 30  # a worker silent this long is restarted; a full 256-ticket batch takes well under 2 s
 graceful_timeout = 20  # on SIGTERM, finish in-flight requests (Kubernetes waits 30 s by default)
-keepalive = 75  # longer than load balancers' idle timeout (often 60 s): they, not we, close idle connections
+keepalive = 75  # gthread only: longer than load balancers' idle timeout (often 60 s), so they close idle connections
 
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # heartbeats off a disk /tmp (containers)
 accesslog = None  # the app writes one JSON line per request itself (service/observe.py)
