@@ -3,7 +3,9 @@
 Steps, all in a staging directory so a failure leaves the bundle as it was:
 
 1. ``optimum.exporters.onnx.main_export``: the standard text-classification export;
-2. ``ORTOptimizer`` (O2 fusions: attention, GELU, layer norm) on the fp32 graph;
+2. ``ORTOptimizer`` (O2 fusions: attention, GELU, layer norm) on the fp32 graph, then our
+   own pass (``classifier.onnx_graph``): past the last attention, only the token the
+   classifier reads is computed;
 3. ``ORTQuantizer``: dynamic int8 of the fused graph (attention becomes ``QAttention``) with a
    config for this CPU (AVX512-VNNI, AVX512, AVX2, ARM64);
 4. drift check on the bundle's validation split: PyTorch vs ONNX fp32 vs int8.
@@ -26,6 +28,7 @@ import numpy as np
 
 from classifier import bundle
 from classifier.errors import UserError
+from classifier.onnx_graph import keep_first_token_after_last_attention
 from classifier.predict import OnnxEngine, Predictor, TorchEngine, default_threads, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict
     try:
         exported, opset = export_onnx(bundle_dir, work / "exported", options.opset)
         fp32_path = fuse(exported) if options.optimize else exported
+        first_token_only = options.optimize and keep_first_token_after_last_attention(fp32_path)
         # Quantizing the fused graph gives int8 attention (QAttention) and no per-run shape arithmetic.
         int8_path = quantize(fp32_path, work / "quantized", target, options.per_channel)
         drift = check_drift(bundle_dir, manifest, fp32_path, int8_path, options.batch_size)
@@ -66,6 +70,7 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict
         shutil.move(fp32_path, staged / bundle.ONNX_FP32)
         shutil.move(int8_path, staged / bundle.ONNX_INT8)
         section = _manifest_section(staged, opset, target, options, drift)
+        section["last_layer_first_token_only"] = first_token_only
         _commit(bundle_dir, staged, manifest, section, drift)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from benchmark_common import append_section, inference_arguments  # noqa: E402
 from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.export import choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
+from classifier.onnx_graph import keep_first_token_after_last_attention  # noqa: E402
 from classifier.predict import SLOWER_FUSIONS, OnnxEngine, Predictor  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
 
@@ -78,19 +80,27 @@ def build_variants(bundle_dir: Path, work: Path, target: str) -> list[Variant]:
     plain, _ = export_onnx(bundle_dir, work / "exported")
     fused_skip = fuse(plain, skip_layer_norm=True)
     fused = fuse(plain)
+    first_token = work / "first-token" / "model.onnx"
+    first_token.parent.mkdir()
+    shutil.copy(fused, first_token)
+    if not keep_first_token_after_last_attention(first_token):
+        raise SystemExit(f"{bundle_dir}: the last layer does not have the first-token shape")
     int8_plain = quantize(plain, work / "q-plain", target)
     int8_fused = quantize(fused, work / "q-fused", target)
+    int8_first_token = quantize(first_token, work / "q-first-token", target)
     default_load: tuple[str, ...] = ()
     return [
         Variant("int8 of the plain export (first release)", int8_plain, default_load),
         Variant("  same, no SkipLayerNorm fusion at load", int8_plain, SLOWER_FUSIONS),
         Variant("int8 of the O2-fused export (QAttention)", quantize(fused_skip, work / "q-fused-skip", target),
                 default_load),
-        Variant("int8 of O2 without SkipLayerNorm (current)", int8_fused, SLOWER_FUSIONS),
-        Variant("  same, per-tensor weights", quantize(fused, work / "q-fused-tensor", target, per_channel=False),
-                SLOWER_FUSIONS),
+        Variant("int8 of O2 without SkipLayerNorm", int8_fused, SLOWER_FUSIONS),
+        Variant("  + last layer on the first token only (current int8)", int8_first_token, SLOWER_FUSIONS),
+        Variant("  same, per-tensor weights (not adopted)",
+                quantize(first_token, work / "q-first-token-tensor", target, per_channel=False), SLOWER_FUSIONS),
         Variant("fp32 O2 (first release)", fused_skip, default_load),
-        Variant("fp32 O2 without SkipLayerNorm (current)", fused, SLOWER_FUSIONS),
+        Variant("fp32 O2 without SkipLayerNorm", fused, SLOWER_FUSIONS),
+        Variant("  + last layer on the first token only (current fp32)", first_token, SLOWER_FUSIONS),
     ]
 
 

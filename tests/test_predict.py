@@ -45,6 +45,8 @@ def test_exported_graphs_are_fused_and_int8_attention_is_quantized(exported_bund
     # SkipLayerNormalization is left out on purpose (slower here; see classifier/export.py).
     assert "SkipLayerNormalization" not in fp32 | int8
     assert "LayerNormalization" in int8
+    # The pooler reads the first token only, so the last layer computes only that one past attention.
+    assert read_manifest(exported_bundle)["onnx"]["last_layer_first_token_only"] is True
 
 def test_onnx_and_torch_give_the_same_probabilities(exported_bundle: Path) -> None:
     texts, _ = read_examples(exported_bundle)

@@ -1,0 +1,106 @@
+"""A graph pass of our own on the fused ONNX model, for what Optimum's fusions leave undone.
+
+A BERT-style classifier reads one token of the last layer: the pooler takes the first
+token (``[CLS]``) and throws the others away. Attention is the only step that mixes tokens,
+so after the last attention everything (output projection, feed-forward, layer norms) may
+run on that one token instead of all of them, and the logits stay the same. The pass
+applies only when the graph has exactly that shape; otherwise it leaves the model alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Operators that compute each token from that token alone (with constant weights): safe to run on one.
+PER_TOKEN_OPS = frozenset({"MatMul", "Add", "LayerNormalization", "BiasGelu", "Gelu", "FastGelu"})
+
+
+def keep_first_token_after_last_attention(model_path: Path) -> bool:
+    """Rewrite the model in place so its last layer computes only the first token past attention.
+
+    Returns whether the model had the expected shape (last ``Attention``, then per-token
+    operators only, then a ``Gather`` of index 0 on the token axis) and was rewritten.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path))
+    if not _rewrite(model.graph):
+        return False
+    onnx.save(model, str(model_path))
+    return True
+
+
+def _rewrite(graph: Any) -> bool:  # graph: an onnx.GraphProto
+    from onnx import helper, numpy_helper
+
+    nodes = list(graph.node)
+    attention_at = [i for i, node in enumerate(nodes) if node.op_type == "Attention"]
+    if not attention_at:
+        return False
+    last = attention_at[-1]
+    attention = nodes[last]
+    # The layer's input (the residual) and the attention output: the tail may read only these,
+    # its own results and constants, so slicing these two to the first token slices all of it.
+    sources = (attention.input[0], attention.output[0])
+    tail = _per_token_tail(graph, nodes[last + 1:], sources)
+    if tail is None:
+        return False
+    first_token = {name: f"{name}_first_token" for name in sources}
+    bounds = {"starts": 0, "ends": 1, "axes": 1}
+    graph.initializer.extend(numpy_helper.from_array(np.array([value], dtype=np.int64), f"first_token_{key}")
+                             for key, value in bounds.items())
+    slices = [helper.make_node("Slice", [name, *(f"first_token_{key}" for key in bounds)], [sliced],
+                               name=f"FirstToken_{index}")
+              for index, (name, sliced) in enumerate(first_token.items())]
+    for node in tail:
+        for index, name in enumerate(node.input):
+            if name in first_token:
+                node.input[index] = first_token[name]
+    # Shapes recorded for the tail still say "every token"; drop them rather than leave them wrong.
+    reshaped = {output for node in tail for output in node.output}
+    kept = [info for info in graph.value_info if info.name not in reshaped]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes[:last + 1] + slices + nodes[last + 1:])
+    return True
+
+
+def _per_token_tail(graph: Any, after_attention: list[Any], sources: tuple[str, ...]) -> list[Any] | None:
+    """The nodes between the last attention and a first-token Gather, if each is per-token and
+    reads nothing but ``sources``, earlier tail results and constants."""
+    constants = {initializer.name for initializer in graph.initializer}
+    constants |= {node.output[0] for node in graph.node if node.op_type == "Constant"}
+    readable = set(sources)
+    tail = []
+    for node in after_attention:
+        if node.op_type == "Gather":
+            return tail if tail and node.input[0] in readable and _picks_first_token(graph, node) else None
+        if node.op_type not in PER_TOKEN_OPS or not set(node.input) <= readable | constants | {""}:
+            return None
+        if node.op_type == "MatMul" and node.input[1] not in constants:
+            return None  # a product of two activations (attention scores) mixes tokens
+        tail.append(node)
+        readable.update(node.output)
+    return None
+
+
+def _picks_first_token(graph: Any, gather: Any) -> bool:
+    axis = next((attribute.i for attribute in gather.attribute if attribute.name == "axis"), 0)
+    index = _constant(graph, gather.input[1])
+    return axis == 1 and index is not None and index.ndim == 0 and int(index) == 0
+
+
+def _constant(graph: Any, name: str) -> np.ndarray | None:
+    from onnx import numpy_helper
+
+    for initializer in graph.initializer:
+        if initializer.name == name:
+            return numpy_helper.to_array(initializer)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
