@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 QUANTIZATION_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
 MIN_FP32_AGREEMENT = 0.999
+# fp32 ONNX computes what PyTorch computes; a larger logit difference means a broken graph, not rounding.
+MAX_FP32_LOGIT_DIFF = 1e-3
 # O2 without the SkipLayerNormalization fusion: onnxruntime's fused kernel was slower than the
 # Add + LayerNormalization it replaces (docs/benchmarks.md, "Inference graph"); OnnxEngine keeps
 # onnxruntime from fusing it again when it loads the model.
@@ -134,14 +136,15 @@ def export_onnx(bundle_dir: Path, out_dir: Path, opset: int | None = None) -> tu
     return model_path, opset
 
 
-def fuse(model_path: Path, skip_layer_norm: bool = False) -> Path:
-    """ORTOptimizer's O2 fusions; ``skip_layer_norm=True`` keeps the SkipLayerNormalization fusion."""
+def fuse(model_path: Path, keep_skip_layer_norm_fusion: bool = False) -> Path:
+    """ORTOptimizer's O2 fusions, by default without the SkipLayerNormalization one."""
     from optimum.onnxruntime import ORTOptimizer
     from optimum.onnxruntime.configuration import AutoOptimizationConfig
 
     optimizer = ORTOptimizer.from_pretrained(model_path.parent, file_names=[model_path.name])
-    save_dir = model_path.parent / ("fused_skip_layer_norm" if skip_layer_norm else "fused")
-    optimizer.optimize(AutoOptimizationConfig.O2(**({} if skip_layer_norm else FUSION_OVERRIDES)), save_dir=save_dir)
+    overrides = {} if keep_skip_layer_norm_fusion else FUSION_OVERRIDES
+    save_dir = model_path.parent / ("fused_with_skip_layer_norm" if keep_skip_layer_norm_fusion else "fused")
+    optimizer.optimize(AutoOptimizationConfig.O2(**overrides), save_dir=save_dir)
     return save_dir / "model_optimized.onnx"
 
 
@@ -190,6 +193,9 @@ def _commit(bundle_dir: Path, staged: Path, manifest: dict[str, Any], section: d
     if drift["fp32_argmax_agreement"] < MIN_FP32_AGREEMENT:
         raise UserError(f"ONNX fp32 disagrees with PyTorch on {1 - drift['fp32_argmax_agreement']:.2%} of the "
                         "validation tickets (limit 0.1 %); export not written")
+    if drift["fp32_max_abs_logit_diff"] > MAX_FP32_LOGIT_DIFF:
+        raise UserError(f"ONNX fp32 logits differ from PyTorch's by up to {drift['fp32_max_abs_logit_diff']:.2g} "
+                        f"(limit {MAX_FP32_LOGIT_DIFF:g}); export not written")
     int8_ok = drift["int8_accuracy_drop_points"] <= section["max_accuracy_drop_points"]
     if not int8_ok:
         log.warning("int8 loses %.2f accuracy points (limit %.2f): serving the fp32 model",

@@ -3,7 +3,8 @@
 A BERT-style classifier reads one token of the last layer: the pooler takes the first
 token (``[CLS]``) and throws the others away. Attention is the only step that mixes tokens,
 so after the last attention everything (output projection, feed-forward, layer norms) may
-run on that one token instead of all of them, and the logits stay the same. The pass
+run on that one token instead of all of them, and the fp32 logits stay the same (dynamic
+int8 shifts slightly: the last layer's activation ranges then come from that token). The pass
 applies only when the graph has exactly that shape; otherwise it leaves the model alone.
 """
 
@@ -50,6 +51,10 @@ def _rewrite(graph: Any) -> bool:  # graph: an onnx.GraphProto
         return False
     first_token = {name: f"{name}_first_token" for name in sources}
     bounds = {"starts": 0, "ends": 1, "axes": 1}
+    taken = {name for node in nodes for name in [*node.input, *node.output]}
+    taken |= {initializer.name for initializer in graph.initializer}
+    if taken & {*first_token.values(), *(f"first_token_{key}" for key in bounds)}:
+        return False  # our names are in use already (the pass ran before?): leave the graph alone
     graph.initializer.extend(numpy_helper.from_array(np.array([value], dtype=np.int64), f"first_token_{key}")
                              for key, value in bounds.items())
     slices = [helper.make_node("Slice", [name, *(f"first_token_{key}" for key in bounds)], [sliced],
@@ -70,22 +75,45 @@ def _rewrite(graph: Any) -> bool:  # graph: an onnx.GraphProto
 
 
 def _per_token_tail(graph: Any, after_attention: list[Any], sources: tuple[str, ...]) -> list[Any] | None:
-    """The nodes between the last attention and a first-token Gather, if each is per-token and
-    reads nothing but ``sources``, earlier tail results and constants."""
+    """The nodes between the last attention and a first-token Gather, if each is per-token, reads
+    nothing but ``sources``, earlier tail results and constants, and its results are read by
+    nothing but the tail and that Gather (no graph output, no other head)."""
     constants = {initializer.name for initializer in graph.initializer}
     constants |= {node.output[0] for node in graph.node if node.op_type == "Constant"}
+    constants -= {value.name for value in graph.input}  # an initializer listed as an input can be overridden
     readable = set(sources)
-    tail = []
+    tail: list[Any] = []
     for node in after_attention:
         if node.op_type == "Gather":
-            return tail if tail and node.input[0] in readable and _picks_first_token(graph, node) else None
-        if node.op_type not in PER_TOKEN_OPS or not set(node.input) <= readable | constants | {""}:
+            if not (tail and node.input[0] in readable and _picks_first_token(graph, node)):
+                return None
+            return tail if _read_only_by(graph, tail, [*tail, node]) else None
+        if not _is_per_token(node, readable, constants):
             return None
-        if node.op_type == "MatMul" and node.input[1] not in constants:
-            return None  # a product of two activations (attention scores) mixes tokens
         tail.append(node)
         readable.update(node.output)
     return None
+
+
+def _is_per_token(node: Any, readable: set[str], constants: set[str]) -> bool:
+    if node.op_type not in PER_TOKEN_OPS or node.domain not in ("", "ai.onnx", "com.microsoft"):
+        return False
+    if not set(node.input) <= readable | constants | {""}:
+        return False
+    if node.op_type == "MatMul":
+        return node.input[1] in constants  # a product of two activations (attention scores) mixes tokens
+    if node.op_type == "LayerNormalization":  # normalising over the token axis would mix tokens
+        return next((a.i for a in node.attribute if a.name == "axis"), -1) in (-1, 2)
+    return True
+
+
+def _read_only_by(graph: Any, producers: list[Any], readers: list[Any]) -> bool:
+    """Whether the outputs of ``producers`` are neither graph outputs nor read outside ``readers``."""
+    produced = {output for node in producers for output in node.output}
+    if produced & {value.name for value in graph.output}:
+        return False
+    allowed = {tuple(node.output) for node in readers}  # each tensor has one producer: outputs name a node
+    return all(tuple(node.output) in allowed for node in graph.node if produced & set(node.input))
 
 
 def _picks_first_token(graph: Any, gather: Any) -> bool:

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from benchmark_common import append_section, inference_arguments  # noqa: E402
 from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
-from classifier.predict import Predictor  # noqa: E402
+from classifier.predict import SLOWER_FUSIONS, Predictor  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
 
 ENGINES = ("torch", "fp32", "int8")
@@ -104,13 +104,15 @@ def latency(call, texts: list[str]) -> dict[str, float]:
 
 
 def bare_session_latency(predictor: Predictor, texts: list[str]) -> dict[str, float]:
-    """An InferenceSession with default options on pre-tokenised input: the model alone."""
+    """An InferenceSession with default options (but the predictor's fusions off) on pre-tokenised input."""
     import onnxruntime as ort
 
     path = bundle.onnx_path(predictor.bundle_dir, quantized=predictor.engine.name == bundle.ONNX_INT8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # The fusions the predictor turns off stay off here too: the same graph, without the predictor around it.
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=list(SLOWER_FUSIONS))
     names = [i.name for i in session.get_inputs()]
     batches = [predictor._pad([predictor._encode(predictor.texts([t]))[0][0]]) for t in texts]
     inputs = iter([{n: b[n] for n in names} for b in batches] * 2)

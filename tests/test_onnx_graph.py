@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from classifier.onnx_graph import keep_first_token_after_last_attention
@@ -29,13 +30,22 @@ def encoder_layer_graph(path: Path, pooling: str) -> Path:
         helper.make_node("Add", ["projected", "x"], ["residual"]),
         helper.make_node("LayerNormalization", ["residual", "ln_g", "ln_b"], ["hidden"], axis=-1),
     ]
-    if pooling == "first":
-        nodes.append(helper.make_node("Gather", ["hidden", "zero"], ["pooled"], axis=1))
-    else:
+    outputs = [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", HIDDEN])]
+    if pooling == "mean":
         nodes.append(helper.make_node("ReduceMean", ["hidden"], ["pooled"], axes=[1], keepdims=0))
+    else:
+        nodes.append(helper.make_node("Gather", ["hidden", "zero"], ["first"], axis=1))
+    if pooling == "first":
+        nodes.append(helper.make_node("Identity", ["first"], ["pooled"]))
+    elif pooling == "first+mean":  # a head that also reads every token of the tail
+        nodes.append(helper.make_node("ReduceMean", ["hidden"], ["mean"], axes=[1], keepdims=0))
+        nodes.append(helper.make_node("Add", ["first", "mean"], ["pooled"]))
+    elif pooling == "first, hidden states out":  # the tail itself is a graph output
+        nodes.append(helper.make_node("Identity", ["first"], ["pooled"]))
+        outputs.append(helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "tokens", HIDDEN]))
     graph = helper.make_graph(
         nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", HIDDEN])],
-        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", HIDDEN])], initializers)
+        outputs, initializers)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     model = helper.make_model(graph, opset_imports=opsets)
     onnx.save(model, str(path))
@@ -44,7 +54,7 @@ def encoder_layer_graph(path: Path, pooling: str) -> Path:
 
 def run(path: Path, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
+    return session.run(["pooled"], {"x": x})[0]
 
 
 def test_first_token_pooling_gets_the_same_output_from_one_token(tmp_path: Path) -> None:
@@ -59,9 +69,11 @@ def test_first_token_pooling_gets_the_same_output_from_one_token(tmp_path: Path)
     np.testing.assert_allclose(run(path, x), before, rtol=1e-5, atol=1e-5)
 
 
-def test_pooling_over_all_tokens_is_left_alone(tmp_path: Path) -> None:
-    path = encoder_layer_graph(tmp_path / "model.onnx", pooling="mean")
+@pytest.mark.parametrize("pooling", ["mean", "first+mean", "first, hidden states out"])
+def test_graphs_that_read_more_than_the_first_token_are_left_alone(tmp_path: Path, pooling: str) -> None:
+    path = encoder_layer_graph(tmp_path / "model.onnx", pooling=pooling)
     original = path.read_bytes()
 
     assert not keep_first_token_after_last_attention(path)
     assert path.read_bytes() == original
+    run(path, np.ones((1, 3, HIDDEN), dtype=np.float32))  # and it still runs

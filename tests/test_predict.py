@@ -32,7 +32,6 @@ def test_export_writes_both_models_and_drift_figures(exported_bundle: Path) -> N
     assert json.loads((exported_bundle / "reports" / "drift.json").read_text()) == drift
 
 
-
 def test_exported_graphs_are_fused_and_int8_attention_is_quantized(exported_bundle: Path) -> None:
     import onnx
 
@@ -47,6 +46,7 @@ def test_exported_graphs_are_fused_and_int8_attention_is_quantized(exported_bund
     assert "LayerNormalization" in int8
     # The pooler reads the first token only, so the last layer computes only that one past attention.
     assert read_manifest(exported_bundle)["onnx"]["last_layer_first_token_only"] is True
+
 
 def test_onnx_and_torch_give_the_same_probabilities(exported_bundle: Path) -> None:
     texts, _ = read_examples(exported_bundle)
