@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from classifier import bundle
+from classifier.cpus import usable_cpus
 from classifier.errors import UserError
 from classifier.text import TextOptions, ticket_text
 
@@ -57,10 +58,12 @@ class Batch:
 class Predictor:
     """A loaded bundle that turns tickets into labels; safe to share between threads."""
 
-    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], engine: Engine, tokenizer: Any) -> None:
+    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], engine: Engine, tokenizer: Any,
+                 engine_kind: str = "") -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.engine = engine
+        self.engine_kind = engine_kind  # what load() chose: int8, fp32 or torch
         self.labels: list[str] = list(manifest["labels"])
         self.text_options = TextOptions.from_dict(manifest.get("text", {}))
         self.max_length = int(manifest["max_length"])
@@ -81,7 +84,7 @@ class Predictor:
         threads = threads or default_threads()
         runner = TorchEngine(bundle_dir, threads) if chosen == "torch" else \
             OnnxEngine(bundle.onnx_path(bundle_dir, quantized=chosen == "int8"), threads)
-        return cls(bundle_dir, manifest, runner, load_tokenizer(bundle_dir))
+        return cls(bundle_dir, manifest, runner, load_tokenizer(bundle_dir, int(manifest["max_length"])), chosen)
 
     @property
     def name(self) -> str:
@@ -117,7 +120,7 @@ class Predictor:
         for index, text in enumerate(texts):
             if not text:
                 raise UserError(f"ticket {index} has no text after cleaning (fields: "
-                                f"{', '.join(self.text_options.fields or ('text',))})")
+                                f"{', '.join(self.text_options.record_fields)})")
         return texts
 
     def logits(self, tickets: Sequence[Ticket], batch_size: int = 32, *,
@@ -196,10 +199,10 @@ def default_threads() -> int:
             return max(1, int(configured))
         except ValueError:
             raise UserError(f"TICKETCLF_THREADS must be a whole number, got {configured!r}") from None
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return usable_cpus()
 
 
-def load_tokenizer(bundle_dir: Path) -> Any:
+def load_tokenizer(bundle_dir: Path, max_length: int) -> Any:
     """The bundle's fast tokenizer, truncating at its max length and not padding."""
     from tokenizers import Tokenizer
 
@@ -207,15 +210,16 @@ def load_tokenizer(bundle_dir: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{bundle_dir}: bundle has no {bundle.TOKENIZER_FILE} (a fast tokenizer is required)")
     tokenizer = Tokenizer.from_file(str(path))
-    max_length = int(bundle.read_manifest(bundle_dir)["max_length"])
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.no_padding()  # each batch is padded to its own longest text in Predictor._pad
     return tokenizer
 
 
-# onnxruntime's load-time fusions that made inference slower here: its SkipLayerNormalization kernel
-# took longer than the Add + LayerNormalization it replaces, in fp32 and int8 graphs
-# (docs/benchmarks.md, "Inference graph").
+# onnxruntime's SkipLayerNormalization kernel took longer here than the Add + LayerNormalization it
+# replaces, in fp32 and int8 graphs (docs/benchmarks.md, "Inference graph"). So the export leaves it
+# out of Optimum's O2 fusions (FUSION_OVERRIDES), and OnnxEngine keeps onnxruntime from fusing it
+# again at load time (SLOWER_FUSIONS).
+FUSION_OVERRIDES = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
 SLOWER_FUSIONS = ("SkipLayerNormFusion",)
 
 

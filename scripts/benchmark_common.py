@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's classifier package
+from classifier.cpus import usable_cpus  # noqa: E402
 
 BANKING77_TEST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "banking77" / "test.csv"
 
@@ -29,7 +33,7 @@ def machine_description() -> str:
             model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cpus()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{model}, {cores} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
 

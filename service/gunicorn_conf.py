@@ -19,28 +19,16 @@ worker with more than one thread into gthread).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
 
-
-def _cpus() -> int:
-    """CPUs this process may use, including a container's CPU quota (cgroup v2), which affinity ignores."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as handle:
-            quota, period = handle.read().split()
-        if quota != "max":
-            count = min(count, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return count
+from classifier.cpus import usable_cpus
 
 
 wsgi_app = "service:create_app()"
 bind = ["127.0.0.1:8000"]  # `ticketclf serve --host/--port` or `gunicorn --bind` set it
-workers = int(os.environ.get("TICKETCLF_WORKERS") or os.environ.get("WEB_CONCURRENCY") or _cpus())
+workers = int(os.environ.get("TICKETCLF_WORKERS") or os.environ.get("WEB_CONCURRENCY") or usable_cpus())
 worker_class = "sync"
 threads = 1
 
