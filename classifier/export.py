@@ -29,7 +29,8 @@ import numpy as np
 from classifier import bundle
 from classifier.errors import UserError
 from classifier.onnx_graph import keep_first_token_after_last_attention
-from classifier.predict import OnnxEngine, Predictor, TorchEngine, default_threads, load_tokenizer
+from classifier.predict import (FUSION_OVERRIDES, OnnxEngine, Predictor, TorchEngine, default_threads,
+                                load_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ QUANTIZATION_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
 MIN_FP32_AGREEMENT = 0.999
 # fp32 ONNX computes what PyTorch computes; a larger logit difference means a broken graph, not rounding.
 MAX_FP32_LOGIT_DIFF = 1e-3
-# O2 without the SkipLayerNormalization fusion: onnxruntime's fused kernel was slower than the
-# Add + LayerNormalization it replaces (docs/benchmarks.md, "Inference graph"); OnnxEngine keeps
-# onnxruntime from fusing it again when it loads the model.
-FUSION_OVERRIDES = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
 
 
 @dataclass
@@ -71,9 +68,8 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict
         staged.mkdir()
         shutil.move(fp32_path, staged / bundle.ONNX_FP32)
         shutil.move(int8_path, staged / bundle.ONNX_INT8)
-        section = _manifest_section(staged, opset, target, options, drift)
-        section["last_layer_first_token_only"] = first_token_only
-        _commit(bundle_dir, staged, manifest, section, drift)
+        section = _manifest_section(staged, opset, target, options, first_token_only, drift)
+        _commit(bundle_dir, staged, section)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return section
@@ -99,7 +95,7 @@ def check_drift(bundle_dir: Path, manifest: dict[str, Any], fp32_path: Path, int
                 batch_size: int = 32) -> dict[str, Any]:
     """Compare PyTorch, ONNX fp32 and ONNX int8 on the bundle's validation split."""
     texts, labels = bundle.read_examples(bundle_dir)
-    tokenizer = load_tokenizer(bundle_dir)
+    tokenizer = load_tokenizer(bundle_dir, int(manifest["max_length"]))
     threads = default_threads()
     runs = {}
     for name, engine in (("torch", TorchEngine(bundle_dir, threads)), ("fp32", OnnxEngine(fp32_path, threads)),
@@ -175,11 +171,12 @@ def quantize(fp32_path: Path, out_dir: Path, target: str, per_channel: bool = Tr
     return Path(save_dir) / f"{typed_path.stem}_quantized.onnx"
 
 
-def _manifest_section(staged: Path, opset: int, target: str, options: ExportOptions,
+def _manifest_section(staged: Path, opset: int, target: str, options: ExportOptions, first_token_only: bool,
                       drift: dict[str, Any]) -> dict[str, Any]:
     return {
         "opset": opset,
         "optimized": options.optimize,
+        "last_layer_first_token_only": first_token_only,
         "quantization": {"target": target, "mode": "dynamic", "per_channel": options.per_channel},
         "files": {name: {"path": f"{bundle.ONNX_DIR}/{name}", "bytes": (staged / name).stat().st_size}
                   for name in (bundle.ONNX_FP32, bundle.ONNX_INT8)},
@@ -188,8 +185,8 @@ def _manifest_section(staged: Path, opset: int, target: str, options: ExportOpti
     }
 
 
-def _commit(bundle_dir: Path, staged: Path, manifest: dict[str, Any], section: dict[str, Any],
-            drift: dict[str, Any]) -> None:
+def _commit(bundle_dir: Path, staged: Path, section: dict[str, Any]) -> None:
+    drift = section["drift"]
     if drift["fp32_argmax_agreement"] < MIN_FP32_AGREEMENT:
         raise UserError(f"ONNX fp32 disagrees with PyTorch on {1 - drift['fp32_argmax_agreement']:.2%} of the "
                         "validation tickets (limit 0.1 %); export not written")

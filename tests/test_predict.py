@@ -41,7 +41,7 @@ def test_exported_graphs_are_fused_and_int8_attention_is_quantized(exported_bund
 
     fp32, int8 = op_types("model.onnx"), op_types("model_int8.onnx")
     assert "Attention" in fp32 and "QAttention" in int8  # fused attention, in int8 for the int8 model
-    # SkipLayerNormalization is left out on purpose (slower here; see classifier/export.py).
+    # SkipLayerNormalization is left out on purpose (slower here; see FUSION_OVERRIDES in classifier/predict.py).
     assert "SkipLayerNormalization" not in fp32 | int8
     assert "LayerNormalization" in int8
     # The pooler reads the first token only, so the last layer computes only that one past attention.
