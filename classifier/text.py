@@ -58,6 +58,11 @@ class TextOptions:
     strip_quoted_replies: bool = True
     strip_signatures: bool = True
 
+    @property
+    def record_fields(self) -> tuple[str, ...]:
+        """The fields read from a record: the configured ones, or ``text``."""
+        return self.fields or ("text",)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["fields"] = list(self.fields)
@@ -78,7 +83,7 @@ def ticket_text(ticket: str | Mapping[str, Any], options: TextOptions = TextOpti
     """
     if isinstance(ticket, str):
         return clean_text(ticket, options)
-    parts = (clean_text(_as_str(_field(ticket, name)), options) for name in options.fields or ("text",))
+    parts = (clean_text(_as_str(_field(ticket, name)), options) for name in options.record_fields)
     return FIELD_SEPARATOR.join(part for part in parts if part)
 
 

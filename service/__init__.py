@@ -78,7 +78,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["API_KEYS"] = auth.parse_keys(app.config["API_KEYS"])
     model = ModelState(Path(app.config["BUNDLE"]), app.config["ENGINE"], app.config["THREADS"])
     predictor = model.predictor
-    schemas = build_schemas(predictor.text_options.fields, len(predictor.labels), app.config["MAX_BATCH"])
+    schemas = build_schemas(predictor.text_options.record_fields, len(predictor.labels), app.config["MAX_BATCH"])
     document = build_document(schemas, title=f"Ticket classifier: {predictor.name}", version=predictor.version,
                               max_body=app.config["MAX_CONTENT_LENGTH"], auth=bool(app.config["API_KEYS"]))
     app.extensions[EXTENSION] = Context(model, schemas, document)

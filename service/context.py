@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
@@ -18,11 +18,11 @@ class Context:
     model: ModelState
     schemas: Schemas
     openapi: dict[str, Any]
+    model_info: ModelInfo = field(init=False)  # in every answer; the model does not change while serving
 
-    @property
-    def model_info(self) -> ModelInfo:
+    def __post_init__(self) -> None:
         predictor = self.model.predictor
-        return ModelInfo(name=predictor.name, version=predictor.version)
+        self.model_info = ModelInfo(name=predictor.name, version=predictor.version)
 
 
 def context() -> Context:

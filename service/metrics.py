@@ -9,6 +9,7 @@ multiprocess mode). Without it (dev server, tests) the default registry is used.
 from __future__ import annotations
 
 import os
+from collections import Counter as Tally
 from collections.abc import Sequence
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
@@ -35,8 +36,8 @@ def record_request(route: str, method: str, status: int, seconds: float) -> None
 
 
 def record_predictions(predictions: Sequence[Prediction]) -> None:
-    for prediction in predictions:
-        PREDICTIONS.labels(prediction.label).inc()
+    for label, count in Tally(p.label for p in predictions).items():  # one locked write per label
+        PREDICTIONS.labels(label).inc(count)
     NEEDS_REVIEW.inc(sum(p.needs_review for p in predictions))
     TRUNCATED.inc(sum(p.truncated for p in predictions))
 

@@ -15,6 +15,8 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, St
                       ValidationError, WrapValidator, create_model, model_validator)
 from pydantic_core import PydanticCustomError
 
+from classifier.text import FIELD_SEPARATOR
+
 ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
 DEFAULT_TOP_K = 3
 ZENDESK_SUBJECT = "subject"
@@ -179,7 +181,7 @@ def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
         record = {ZENDESK_SUBJECT: ticket.subject, body: ticket.description}
         return {name: value for name, value in record.items() if value is not None}
     parts = [part for part in (ticket.subject, ticket.description) if part]
-    return {body or ZENDESK_SUBJECT: "\n".join(parts)}
+    return {body or ZENDESK_SUBJECT: FIELD_SEPARATOR.join(parts)}
 
 
 def _request_shape(body: Any) -> str | None:
@@ -212,9 +214,8 @@ class Schemas:
         return [(parsed.id, parsed.model_input())]  # type: ignore[attr-defined]
 
 
-def build_schemas(fields: Sequence[str], label_count: int, max_batch: int) -> Schemas:
+def build_schemas(fields: tuple[str, ...], label_count: int, max_batch: int) -> Schemas:
     """Request models for a bundle reading ``fields``, with ``label_count`` labels."""
-    fields = tuple(fields) or ("text",)
     top_k: Any = (Annotated[StrictInt, Field(ge=1, le=label_count, description="How many labels to return.")],
                   DEFAULT_TOP_K)
     extra_fields = {name: (StrictStr | None, Field(None, description=f"The ticket's {name}."))
