@@ -267,11 +267,13 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     columns = list(dict.fromkeys(key for _, record in records for key in record))
     text_options = text_options or TextOptions()
     mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label)
-    # Stored lower-case: prediction matches field names case-insensitively (classifier.text).
+    # Read with the file's own spelling (exact key lookups); stored lower-case, since prediction
+    # matches field names case-insensitively (classifier.text).
+    reading = replace(text_options, fields=tuple(mapping.text_columns))
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     texts, labels, ids = [], [], []
     for row, record in records:
-        text = ticket_text(record, options)
+        text = ticket_text(record, reading)
         label = _label_value(record.get(mapping.label_column)) if mapping.label_column else ""
         if not text:
             report.drop("no text after cleaning", where(path, row))

@@ -25,6 +25,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -84,15 +85,15 @@ class Scored:
                             "is --label-column right?")
         return cls(list(classes), rows, np.asarray(labels, dtype=object)[rows], np.asarray(proba)[rows])
 
-    @property
+    @cached_property  # read many times per report; the scores never change
     def predicted(self) -> np.ndarray:
         return np.asarray(self.classes, dtype=object)[self.proba.argmax(axis=1)]
 
-    @property
+    @cached_property
     def confidence(self) -> np.ndarray:
         return self.proba.max(axis=1).astype(float)
 
-    @property
+    @cached_property
     def correct(self) -> np.ndarray:
         return self.predicted == self.y_true
 
@@ -163,6 +164,31 @@ def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- metrics
+
+def cluster_order(matrix: np.ndarray) -> np.ndarray:
+    """An order of the classes that puts classes confused with each other next to each other.
+
+    Average-linkage clustering of the symmetrised, row-normalised confusion rates, leaves in
+    optimal order (scipy); with no confusion at all the original order is kept.
+    """
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    rates = row_normalise(matrix)
+    similarity = (rates + rates.T) / 2
+    np.fill_diagonal(similarity, 0.0)
+    if len(matrix) < 3 or similarity.max() <= 0:
+        return np.arange(len(matrix))
+    distance = 1.0 - similarity / similarity.max()
+    np.fill_diagonal(distance, 0.0)
+    return leaves_list(linkage(squareform(distance, checks=False), method="average", optimal_ordering=True))
+
+
+def row_normalise(matrix: np.ndarray) -> np.ndarray:
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+
+
 
 
 def model_metrics(scored: Scored, target_precision: float) -> dict[str, Any]:
@@ -281,7 +307,6 @@ def routing_with(scored: Scored, threshold_of: Callable[[str], float]) -> dict[s
 
 
 def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target: float) -> dict[str, Any]:
-    from classifier.plots import cluster_order
 
     labels = predictor.labels
     matrix = confusion_matrix(scored.y_true, scored.predicted, labels=labels)
@@ -290,7 +315,7 @@ def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"bundle": str(predictor.bundle_dir), "name": predictor.name, "version": predictor.version,
-                  "engine": _engine(predictor), "labels": len(labels)},
+                  "engine": predictor.engine_kind, "labels": len(labels)},
         "metrics": metrics,
         "per_class": _per_class(scored, matrix, thresholds),
         "confusion_matrix": {"labels": labels, "matrix": matrix.tolist(),
@@ -423,7 +448,7 @@ def _compare(options: EvaluationOptions, data_path: str | Path, tickets: Tickets
     if other.manifest.get("text") != predictor.manifest.get("text"):
         tickets, _ = load_test_set(data_path, other.manifest, options.label_column)
     scored = Scored.of(other.labels, probabilities(other, tickets.texts), tickets.labels)
-    return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {_engine(other)}",
+    return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
             scored)
 
 
@@ -465,7 +490,7 @@ def apply_thresholds(bundle_dir: Path, predictor: Predictor, scored: Scored, tic
                      precision: float) -> dict[str, Any]:
     """Write per-class thresholds reaching ``precision`` into the manifest (atomically); return what was written."""
     thresholds = class_thresholds(scored, precision)
-    applied = {"target_precision": precision, "engine": _engine(predictor),
+    applied = {"target_precision": precision, "engine": predictor.engine_kind,
                "served_engine": resolve_engine(bundle_dir, predictor.manifest, "auto"),
                "data": {k: tickets.source.get(k) for k in ("path", "sha256")}, "tickets": int(len(scored.rows)),
                "set_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -530,10 +555,6 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
             writer.writerow([tickets.ids[row], tickets.texts[row], scored.y_true[i], predicted[i],
                              f"{confidence[i]:.4f}"])
 
-
-def _engine(predictor: Predictor) -> str:
-    """The engine in --engine's words (int8, fp32, torch); ONNX engines are named after their model file."""
-    return {bundle.ONNX_INT8: "int8", bundle.ONNX_FP32: "fp32"}.get(predictor.engine.name, predictor.engine.name)
 
 
 def _make_output_dir(output_dir: Path) -> None:

@@ -13,33 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
+from classifier.evaluate import row_normalise  # noqa: E402  (evaluate imports this module lazily)
+
 DPI = 110
 INCH_PT = 72
 COLORS = ("#1f5fa8", "#d9822b", "#5b8c3a", "#8e44ad")
-
-
-def cluster_order(matrix: np.ndarray) -> np.ndarray:
-    """An order of the classes that puts classes confused with each other next to each other.
-
-    Average-linkage clustering of the symmetrised, row-normalised confusion rates, leaves in
-    optimal order (scipy); with no confusion at all the original order is kept.
-    """
-    from scipy.cluster.hierarchy import leaves_list, linkage
-    from scipy.spatial.distance import squareform
-
-    rates = row_normalise(matrix)
-    similarity = (rates + rates.T) / 2
-    np.fill_diagonal(similarity, 0.0)
-    if len(matrix) < 3 or similarity.max() <= 0:
-        return np.arange(len(matrix))
-    distance = 1.0 - similarity / similarity.max()
-    np.fill_diagonal(distance, 0.0)
-    return leaves_list(linkage(squareform(distance, checks=False), method="average", optimal_ordering=True))
-
-
-def row_normalise(matrix: np.ndarray) -> np.ndarray:
-    totals = matrix.sum(axis=1, keepdims=True)
-    return np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
 
 
 def confusion_matrix_png(matrix: np.ndarray, labels: list[str], order: list[int] | np.ndarray) -> bytes:

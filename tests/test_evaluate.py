@@ -24,8 +24,8 @@ from classifier.bundle import read_manifest
 from classifier.cli import main
 from classifier.data import load_tickets, reload_training_split
 from classifier.errors import UserError
-from classifier.evaluate import REPORT_FILES, EvaluationOptions, evaluate, recommend_threshold, summary_table
-from classifier.plots import cluster_order
+from classifier.evaluate import (REPORT_FILES, EvaluationOptions, cluster_order, evaluate, recommend_threshold,
+                                 summary_table)
 from classifier.predict import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,12 @@ def evaluated(exported_bundle: Path, tiny_bundle: Path, test_csv: Path,
     return report, output
 
 
+@pytest.fixture(scope="module")
+def exported_scores(exported_bundle: Path, known_rows: list[dict[str, str]]):
+    """``independent_scores`` of the exported bundle, computed once for the tests that compare with it."""
+    return independent_scores(exported_bundle, known_rows)
+
+
 def independent_scores(bundle_dir: Path, rows: list[dict[str, str]], engine: str = "auto"):
     """True labels, predictions and confidences straight from the predictor on raw records.
 
@@ -85,9 +91,9 @@ def independent_scores(bundle_dir: Path, rows: list[dict[str, str]], engine: str
 # ---------------------------------------------------------------- numbers
 
 
-def test_headline_metrics_equal_sklearn(evaluated, exported_bundle, known_rows):
+def test_headline_metrics_equal_sklearn(evaluated, known_rows, exported_scores):
     report, _ = evaluated
-    y_true, y_pred, _ = independent_scores(exported_bundle, known_rows)
+    y_true, y_pred, _ = exported_scores
     metrics = report["metrics"]
     assert metrics["tickets"] == len(known_rows) == 10 * PER_CLASS
     assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
@@ -95,9 +101,9 @@ def test_headline_metrics_equal_sklearn(evaluated, exported_bundle, known_rows):
     assert metrics["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted"))
 
 
-def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle, known_rows):
+def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle, exported_scores):
     report, output = evaluated
-    y_true, y_pred, _ = independent_scores(exported_bundle, known_rows)
+    y_true, y_pred, _ = exported_scores
     labels = read_manifest(exported_bundle)["labels"]
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     rows = {row["label"]: row for row in report["per_class"]}
@@ -120,9 +126,9 @@ def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle
     assert all(e["id"] for e in top["examples"]) and 1 <= len(top["examples"]) <= 3
 
 
-def test_calibration_error_equals_a_direct_computation(evaluated, exported_bundle, known_rows):
+def test_calibration_error_equals_a_direct_computation(evaluated, known_rows, exported_scores):
     report, _ = evaluated
-    y_true, y_pred, confidence = independent_scores(exported_bundle, known_rows)
+    y_true, y_pred, confidence = exported_scores
     correct = np.array(y_true) == np.array(y_pred)
     ece = 0.0
     for low in np.arange(15) / 15:
@@ -134,9 +140,9 @@ def test_calibration_error_equals_a_direct_computation(evaluated, exported_bundl
     assert sum(b["count"] for b in report["calibration"]["bins"]) == len(known_rows)
 
 
-def test_recommended_threshold_is_the_lowest_reaching_the_target(evaluated, exported_bundle, known_rows):
+def test_recommended_threshold_is_the_lowest_reaching_the_target(evaluated, exported_scores):
     report, _ = evaluated
-    y_true, y_pred, confidence = independent_scores(exported_bundle, known_rows)
+    y_true, y_pred, confidence = exported_scores
     correct = np.array(y_true) == np.array(y_pred)
     target = report["precision_coverage"]["target_precision"]
     reaching = [t for t in sorted(set(confidence.tolist())) if correct[confidence >= t].mean() >= target]
@@ -208,9 +214,9 @@ def test_html_embeds_the_pictures_and_shows_the_numbers(evaluated):
     assert report["top_confusions"][0]["examples"][0]["id"] in page
 
 
-def test_misclassified_csv_lists_every_mistake(evaluated, exported_bundle, known_rows):
+def test_misclassified_csv_lists_every_mistake(evaluated, known_rows, exported_scores):
     _, output = evaluated
-    y_true, y_pred, _ = independent_scores(exported_bundle, known_rows)
+    y_true, y_pred, _ = exported_scores
     with open(output / "misclassified.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     expected = {row["id"] for row, t, p in zip(known_rows, y_true, y_pred) if t != p}
