@@ -26,6 +26,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Whichever way it starts (console script, python -m, scripts/): processes fork here (gunicorn
+    # workers, data loaders), and the tokenizer's thread pool must not be running when they do.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
@@ -304,5 +307,4 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())

@@ -31,12 +31,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from benchmark_common import append_section, inference_arguments  # noqa: E402
-from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
+from classifier.text import TextOptions  # noqa: E402
 from classifier.export import choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
 from classifier.onnx_graph import keep_first_token_after_last_attention  # noqa: E402
 from classifier.predict import SLOWER_FUSIONS, OnnxEngine, Predictor  # noqa: E402
-from classifier.text import TextOptions  # noqa: E402
 
 
 @dataclass
@@ -48,12 +47,10 @@ class Variant:
 
 def main() -> int:
     args = parse_args()
-    manifest = bundle.read_manifest(args.bundle)
     predictor = Predictor.load(args.bundle, threads=1)  # for its tokenizer and labels
-    tickets, _ = load_tickets(args.data, TextOptions(fields=tuple(manifest["text"]["fields"])))
-    texts = predictor.texts(tickets.texts)
+    tickets, _ = load_tickets(args.data, TextOptions.from_dict(predictor.manifest["text"]))  # as the bundle reads
     truth = np.array([predictor.labels.index(label) for label in tickets.labels])
-    batches = [predictor._pad([encoding]) for encoding, _ in predictor._encode(texts)]
+    batches = [predictor._pad([encoding]) for encoding, _ in predictor._encode(tickets.texts)]
     with tempfile.TemporaryDirectory(prefix="graph-variants-") as work:
         variants = build_variants(args.bundle, Path(work), choose_quantization_target("auto"))
         engines = {v.name: OnnxEngine(v.model, threads=1, disabled_fusions=v.disabled_fusions) for v in variants}

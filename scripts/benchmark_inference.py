@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 from benchmark_common import append_section, inference_arguments  # noqa: E402
 from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
-from classifier.predict import SLOWER_FUSIONS, Predictor  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
+from classifier.predict import SLOWER_FUSIONS, Predictor  # noqa: E402
 
 ENGINES = ("torch", "fp32", "int8")
 
@@ -67,11 +67,10 @@ def run_isolated(args: argparse.Namespace, engine: str) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    manifest = bundle.read_manifest(args.bundle)
-    tickets, _ = load_tickets(args.data, TextOptions(fields=tuple(manifest["text"]["fields"])))
+    single = Predictor.load(args.bundle, engine=args.engine, threads=1)
+    tickets, _ = load_tickets(args.data, TextOptions.from_dict(single.manifest["text"]))  # as the bundle reads
     texts, labels = tickets.texts, tickets.labels
     sample = texts[: args.latency_samples]
-    single = Predictor.load(args.bundle, engine=args.engine, threads=1)
     result = {"latency_ms": latency(lambda t: single.predict([t]), sample)}
     if args.engine != "torch":
         result["bare_session_latency_ms"] = bare_session_latency(single, sample)
@@ -79,7 +78,7 @@ def measure(args: argparse.Namespace) -> dict:
     batched = Predictor.load(args.bundle, engine=args.engine, threads=2)
     batched.predict(texts[:64])  # warm-up
     started = time.perf_counter()
-    probabilities = batched.predict_proba(texts, batch_size=32)
+    probabilities = batched.predict_proba(texts, batch_size=32, cleaned=True)
     elapsed = time.perf_counter() - started
     predicted = [batched.labels[i] for i in probabilities.argmax(axis=1)]
     result.update(
@@ -91,13 +90,13 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
-def latency(call, texts: list[str]) -> dict[str, float]:
-    for text in texts[:20]:  # warm-up: allocator, thread pool, lazy initialisation
-        call(text)
+def latency(call, items: list) -> dict[str, float]:
+    for item in items[:20]:  # warm-up: allocator, thread pool, lazy initialisation
+        call(item)
     times = []
-    for text in texts:
+    for item in items:
         started = time.perf_counter()
-        call(text)
+        call(item)
         times.append((time.perf_counter() - started) * 1000)
     return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
             "mean": float(np.mean(times))}
@@ -107,16 +106,15 @@ def bare_session_latency(predictor: Predictor, texts: list[str]) -> dict[str, fl
     """An InferenceSession with default options (but the predictor's fusions off) on pre-tokenised input."""
     import onnxruntime as ort
 
-    path = bundle.onnx_path(predictor.bundle_dir, quantized=predictor.engine.name == bundle.ONNX_INT8)
+    path = bundle.onnx_path(predictor.bundle_dir, quantized=predictor.engine_kind == "int8")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     # The fusions the predictor turns off stay off here too: the same graph, without the predictor around it.
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                    disabled_optimizers=list(SLOWER_FUSIONS))
     names = [i.name for i in session.get_inputs()]
-    batches = [predictor._pad([predictor._encode(predictor.texts([t]))[0][0]]) for t in texts]
-    inputs = iter([{n: b[n] for n in names} for b in batches] * 2)
-    return latency(lambda _: session.run(None, next(inputs)), texts)
+    feeds = [{n: b[n] for n in names} for b in (predictor._pad([e]) for e, _ in predictor._encode(texts))]
+    return latency(lambda feed: session.run(None, feed), feeds)
 
 
 def model_size(bundle_dir: Path, engine: str) -> float:

@@ -7,7 +7,6 @@ Usage:
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,5 +15,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works from a 
 from classifier.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main(["evaluate", *sys.argv[1:]]))
