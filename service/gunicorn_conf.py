@@ -6,15 +6,18 @@ threads, give the parallelism. Sync workers take every request from the one acce
 they share, so whichever worker is free serves the oldest request. Keep-alive workers
 (gthread) instead pin each client connection to the worker that accepted it; with a few
 busy clients one worker ends up with more of them and their requests queue behind each
-other (our reading of the figures; the split itself was not logged). Six alternating runs at 8 concurrent clients on 2 cores (docs/benchmarks.md): sync
-606-678 req/s with p99 16.5-18.5 ms; gthread (2 threads) 673-720 req/s with p99 22.7-28.8 ms.
-Sync workers close the connection after each answer, and a client that connects and sends
-slowly (or not at all) holds a worker until the master kills it after ``timeout`` and starts a
-new one, which loads the model again: open to callers you do not control, put a buffering
-proxy in front (an nginx ingress buffers request bodies by default) or switch to gthread.
-Override any setting with the environment variables below or ``GUNICORN_CMD_ARGS``
-(e.g. ``GUNICORN_CMD_ARGS="--worker-class gthread --threads 2"``; gunicorn turns a sync
-worker with more than one thread into gthread).
+other (our reading of the figures; the split itself was not logged). Six alternating runs
+at 8 concurrent clients on 2 cores (docs/benchmarks.md): sync 606-678 req/s with p99
+16.5-18.5 ms; gthread (2 threads) 673-720 req/s with p99 22.7-28.8 ms.
+
+The worker class is gunicorn's sync worker with one change (``service/worker.py``): once the
+whole request has been read it closes the connection at once instead of waiting for the
+client to close first. Sync workers close the connection after each answer, and a client
+that connects and sends slowly (or not at all) holds a worker until the master kills it
+after ``timeout`` and starts a new one, which loads the model again: open to callers you do
+not control, put a buffering proxy in front (an nginx ingress buffers request bodies by
+default) or switch to gthread. Override any setting with the environment variables below or
+``GUNICORN_CMD_ARGS`` (e.g. ``GUNICORN_CMD_ARGS="--worker-class gthread --threads 2"``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from classifier.cpus import usable_cpus
 wsgi_app = "service:create_app()"
 bind = ["127.0.0.1:8000"]  # `ticketclf serve --host/--port` or `gunicorn --bind` set it
 workers = int(os.environ.get("TICKETCLF_WORKERS") or os.environ.get("WEB_CONCURRENCY") or usable_cpus())
-worker_class = "sync"
+worker_class = "service.worker.SyncWorker"
 threads = 1
 
 # Each worker loads and warms its own model. Not preloaded in the master: a process forked

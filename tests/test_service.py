@@ -421,6 +421,38 @@ def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> Non
     assert "Booting worker" in output and "Traceback" not in output and "hello" not in output
 
 
+def test_gunicorn_worker_closes_at_once_only_after_reading_the_whole_request(exported_bundle: Path,
+                                                                            tmp_path: Path) -> None:
+    body = json.dumps({"text": "I was charged twice"}).encode()
+    with running_server(exported_bundle, tmp_path / "server.log", "--workers", "1") as port:
+        # A client that reads its answer but keeps the connection open must not hold the only
+        # worker: gunicorn's lingering close would wait up to 2 s for it to close first.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle_client:
+            status_line, _ = raw_exchange(idle_client, "/classify", body, len(body))
+            assert status_line.startswith(b"HTTP/1.1 200")
+            started = time.monotonic()
+            assert http_call(port, "POST", "/classify", {"text": "card not arriving"})[0] == 200
+            assert time.monotonic() - started < 1.0
+        # An answer given before the body was read (413) keeps the lingering close: closing
+        # with unread bytes would reset the connection and could lose the answer.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as big_client:
+            status_line, answer = raw_exchange(big_client, "/classify", b"x" * 65536, 2 * 1024 * 1024)
+            assert status_line.startswith(b"HTTP/1.1 413")
+            assert json.loads(answer)["error"]["code"] == "payload_too_large"
+
+
+def raw_exchange(connection: socket.socket, path: str, body: bytes, declared_length: int) -> tuple[bytes, bytes]:
+    """Send a POST (``body`` may be shorter than ``declared_length``), read the answer up to the server's FIN."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared_length}\r\n\r\n").encode()
+    connection.sendall(head + body)
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    head_part, _, answer = received.partition(b"\r\n\r\n")
+    return head_part.split(b"\r\n", 1)[0], answer
+
+
 def test_dev_server_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
     # Ctrl-C (SIGINT) stops the development server cleanly; SIGTERM would just kill it.
     with running_server(exported_bundle, tmp_path / "server.log", "--dev", stop=signal.SIGINT) as port:
