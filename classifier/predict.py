@@ -101,9 +101,11 @@ class Predictor:
         """Classify tickets (strings, or records with the bundle's text fields)."""
         if not 1 <= top_k:
             raise UserError(f"top_k must be at least 1, got {top_k}")
-        probabilities, truncated = self._probabilities(tickets, batch_size)
-        k = min(top_k, len(self.labels))
-        return [self._prediction(row, k, cut) for row, cut in zip(probabilities, truncated)]
+        logits, truncated = self.logits(tickets, batch_size)
+        probabilities = softmax(logits)
+        best = np.argsort(-probabilities, axis=1)[:, :min(top_k, len(self.labels))]
+        scores = np.take_along_axis(probabilities, best, axis=1)
+        return [self._prediction(*row) for row in zip(best.tolist(), scores.tolist(), truncated)]
 
     def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False) -> np.ndarray:
         """Softmax probabilities, one row per ticket, columns in ``self.labels`` order.
@@ -134,17 +136,16 @@ class Predictor:
             raise TypeError("predict() takes a list of tickets; wrap a single ticket in a list")
         texts = self._check_not_empty(list(tickets)) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
+        truncated = [cut for _, cut in encodings]
+        if len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order
+            return self.engine.logits(self._pad([encoding for encoding, _ in encodings])), truncated
         # Sorting by length makes each padded batch tight; results go back in input order.
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i][0].ids))
+        order = np.argsort([len(encoding) for encoding, _ in encodings], kind="stable")
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             chosen = order[start:start + batch_size]
             logits[chosen] = self.engine.logits(self._pad([encodings[i][0] for i in chosen]))
-        return logits, [truncated for _, truncated in encodings]
-
-    def _probabilities(self, tickets: Sequence[Ticket], batch_size: int) -> tuple[np.ndarray, list[bool]]:
-        logits, truncated = self.logits(tickets, batch_size)
-        return softmax(logits), truncated
+        return logits, truncated
 
     def _encode(self, texts: list[str]) -> list[tuple[Any, bool]]:
         char_cap = self.max_length * CHARS_PER_TOKEN_CAP
@@ -153,23 +154,22 @@ class Predictor:
         return [(enc, bool(enc.overflowing) or len(text) > char_cap) for enc, text in zip(encodings, texts)]
 
     def _pad(self, encodings: list[Any]) -> dict[str, np.ndarray]:
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            ids[row, :len(encoding.ids)] = encoding.ids
-            mask[row, :len(encoding.ids)] = 1
+        rows = [encoding.ids for encoding in encodings]
+        lengths = np.array([len(row) for row in rows])
+        ids = np.full((len(rows), lengths.max()), self._pad_id, dtype=np.int64)
+        for index, row in enumerate(rows):
+            ids[index, :len(row)] = row
+        mask = (np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
-    def _prediction(self, probabilities: np.ndarray, k: int, truncated: bool) -> Prediction:
-        best = np.argsort(-probabilities)[:k]
+    def _prediction(self, best: list[int], scores: list[float], truncated: bool) -> Prediction:
+        """One ticket's answer from its best label indices and their probabilities, best first."""
         label = self.labels[best[0]]
-        confidence = float(probabilities[best[0]])
         return Prediction(
             label=label,
-            confidence=round(confidence, 6),
-            top_k=[{"label": self.labels[i], "score": round(float(probabilities[i]), 6)} for i in best],
-            needs_review=confidence < self.threshold(label),
+            confidence=round(scores[0], 6),
+            top_k=[{"label": self.labels[i], "score": round(score, 6)} for i, score in zip(best, scores)],
+            needs_review=scores[0] < self.threshold(label),
             truncated=truncated,
         )
 
