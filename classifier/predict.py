@@ -150,7 +150,7 @@ class Predictor:
     def _encode(self, texts: list[str]) -> list[tuple[Any, bool]]:
         char_cap = self.max_length * CHARS_PER_TOKEN_CAP
         capped = [text[:char_cap] for text in texts]
-        encodings = self._tokenizer.encode_batch(capped)
+        encodings = self._tokenizer.encode_batch_fast(capped)  # no character offsets: nothing here reads them
         return [(enc, bool(enc.overflowing) or len(text) > char_cap) for enc, text in zip(encodings, texts)]
 
     def _pad(self, encodings: list[Any]) -> dict[str, np.ndarray]:
