@@ -6,8 +6,14 @@ import argparse
 import os
 import platform
 import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's classifier package
 from classifier.cpus import usable_cpus  # noqa: E402
@@ -23,6 +29,47 @@ def inference_arguments(description: str, latency_samples: int) -> argparse.Argu
     parser.add_argument("--latency-samples", type=int, default=latency_samples, help="texts timed one by one")
     parser.add_argument("--markdown", type=Path, help="append the results to this file")
     return parser
+
+
+@dataclass
+class Timings:
+    """Call times in ms: each round's median per call, and every single time."""
+
+    round_medians: dict[str, list[float]] = field(default_factory=dict)
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    def p50(self, name: str) -> float:
+        return float(np.median(self.round_medians[name]))
+
+    def p99(self, name: str) -> float:
+        return float(np.percentile(self.times[name], 99))
+
+    def relative(self, name: str, reference: str) -> float:
+        """Median over rounds of ``name``'s time divided by ``reference``'s in the same round."""
+        return float(np.median(np.array(self.round_medians[name]) / np.array(self.round_medians[reference])))
+
+
+def time_interleaved(calls: dict[str, Callable[[Any], Any]], items: Sequence[Any], rounds: int,
+                     warm_up: int = 20) -> Timings:
+    """Time every call on every item, one call's block of items after another, for ``rounds`` rounds.
+
+    The shared machine has slow and fast minutes; alternating the blocks spreads them over
+    all calls alike, so ratios taken within a round hold even when absolute times drift.
+    """
+    for call in calls.values():  # allocators, thread pools, lazy initialisation
+        for item in items[:warm_up]:
+            call(item)
+    timings = Timings({name: [] for name in calls}, {name: [] for name in calls})
+    for _ in range(rounds):
+        for name, call in calls.items():
+            block = []
+            for item in items:
+                started = time.perf_counter()
+                call(item)
+                block.append((time.perf_counter() - started) * 1000)
+            timings.round_medians[name].append(float(np.median(block)))
+            timings.times[name].extend(block)
+    return timings
 
 
 def machine_description() -> str:

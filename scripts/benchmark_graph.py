@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmark_common import append_section, inference_arguments  # noqa: E402
+from benchmark_common import append_section, inference_arguments, time_interleaved  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
 from classifier.export import choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
@@ -54,7 +53,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="graph-variants-") as work:
         variants = build_variants(args.bundle, Path(work), choose_quantization_target("auto"))
         engines = {v.name: OnnxEngine(v.model, threads=1, disabled_fusions=v.disabled_fusions) for v in variants}
-        ratios, medians = time_interleaved(engines, batches[: args.latency_samples], args.rounds)
+        calls = {name: engine.logits for name, engine in engines.items()}
+        timings = time_interleaved(calls, batches[: args.latency_samples], args.rounds)
+        first = variants[0].name
+        ratios = {name: timings.relative(name, first) for name in engines}
+        medians = {name: timings.p50(name) for name in engines}
         predicted = {name: np.array([engine.logits(b)[0].argmax() for b in batches])
                      for name, engine in engines.items()}
     reference = predicted[variants[-1].name]  # the fp32 model export writes
@@ -100,26 +103,6 @@ def build_variants(bundle_dir: Path, work: Path, target: str) -> list[Variant]:
         Variant("fp32 O2 without SkipLayerNorm", fused, SLOWER_FUSIONS),
         Variant("  + last layer on the first token only (current fp32)", first_token, SLOWER_FUSIONS),
     ]
-
-
-def time_interleaved(engines: dict[str, OnnxEngine], batches: list[dict[str, np.ndarray]],
-                     rounds: int) -> tuple[dict[str, float], dict[str, float]]:
-    per_round: dict[str, list[float]] = {name: [] for name in engines}
-    for engine in engines.values():  # warm-up
-        for batch in batches[:20]:
-            engine.logits(batch)
-    for _ in range(rounds):
-        for name, engine in engines.items():
-            times = []
-            for batch in batches:
-                started = time.perf_counter()
-                engine.logits(batch)
-                times.append(time.perf_counter() - started)
-            per_round[name].append(float(np.median(times)) * 1000)
-    reference = np.array(next(iter(per_round.values())))
-    ratios = {name: float(np.median(np.array(values) / reference)) for name, values in per_round.items()}
-    medians = {name: float(np.median(values)) for name, values in per_round.items()}
-    return ratios, medians
 
 
 def render(variants: list[Variant], medians: dict[str, float], ratios: dict[str, float],

@@ -3,11 +3,12 @@
     python scripts/benchmark_inference.py runs/banking77-default
     python scripts/benchmark_inference.py runs/banking77-default --markdown docs/benchmarks.md
 
-Each engine is measured in its own subprocess (so its memory is its own) on the same
-test texts: batch-1 latency on 1 thread through ``Predictor.predict`` (p50/p99), the same
-with a bare ``InferenceSession`` and default options (what the predictor's tuning and
-overhead cost or save), throughput at batch 32 on 2 threads, accuracy, model size and
-peak RSS. Ratios are taken within the run.
+Batch-1 latency on 1 thread is timed in this process, the engines in alternating blocks of
+the same test texts for several rounds (the shared machine's speed drifts from minute to
+minute; ratios are taken within each round): through ``Predictor.predict``, and for the
+ONNX models also a bare ``InferenceSession`` on pre-tokenised input (what the predictor's
+own Python work costs). Throughput at batch 32 on 2 threads, accuracy, model size and peak
+RSS are measured for each engine in its own subprocess, so that its memory is its own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -30,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmark_common import append_section, inference_arguments  # noqa: E402
+from benchmark_common import Timings, append_section, inference_arguments, time_interleaved  # noqa: E402
 from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
@@ -45,76 +48,78 @@ def main() -> int:
         print(json.dumps(measure(args)))
         return 0
     results = {engine: run_isolated(args, engine) for engine in ENGINES}
-    body = render(results, args)
+    timings = time_latency(args)
+    body = render(results, timings, args)
     print(body)
     if args.markdown:
-        command = f"python scripts/benchmark_inference.py {args.bundle} --latency-samples {args.latency_samples}"
+        command = (f"python scripts/benchmark_inference.py {args.bundle} --latency-samples {args.latency_samples} "
+                   f"--rounds {args.rounds}")
         append_section(args.markdown, "Inference: PyTorch vs ONNX fp32 vs ONNX int8", command, body)
     return 0
 
 
 def parse_args() -> argparse.Namespace:
-    parser = inference_arguments(__doc__.splitlines()[0], latency_samples=500)
+    parser = inference_arguments(__doc__.splitlines()[0], latency_samples=300)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)  # internal: one engine
     return parser.parse_args()
 
 
 def run_isolated(args: argparse.Namespace, engine: str) -> dict:
-    command = [sys.executable, __file__, str(args.bundle), "--data", str(args.data),
-               "--latency-samples", str(args.latency_samples), "--engine", engine]
+    command = [sys.executable, __file__, str(args.bundle), "--data", str(args.data), "--engine", engine]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def measure(args: argparse.Namespace) -> dict:
-    single = Predictor.load(args.bundle, engine=args.engine, threads=1)
-    tickets, _ = load_tickets(args.data, TextOptions.from_dict(single.manifest["text"]))  # as the bundle reads
-    texts, labels = tickets.texts, tickets.labels
-    sample = texts[: args.latency_samples]
-    result = {"latency_ms": latency(lambda t: single.predict([t]), sample)}
-    if args.engine != "torch":
-        result["bare_session_latency_ms"] = bare_session_latency(single, sample)
-        result["tokenize_ms"] = latency(lambda t: single._pad([single._encode(single.texts([t]))[0][0]]), sample)
+    """Throughput at batch 32 on 2 threads, accuracy, size and peak memory of one engine."""
     batched = Predictor.load(args.bundle, engine=args.engine, threads=2)
+    texts, labels = test_tickets(args, batched)
     batched.predict(texts[:64])  # warm-up
     started = time.perf_counter()
     probabilities = batched.predict_proba(texts, batch_size=32, cleaned=True)
     elapsed = time.perf_counter() - started
     predicted = [batched.labels[i] for i in probabilities.argmax(axis=1)]
-    result.update(
+    return dict(
         throughput=len(texts) / elapsed,
         accuracy=float(np.mean([p == t for p, t in zip(predicted, labels)])),
         size_mib=model_size(args.bundle, args.engine),
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
-    return result
 
 
-def latency(call, items: list) -> dict[str, float]:
-    for item in items[:20]:  # warm-up: allocator, thread pool, lazy initialisation
-        call(item)
-    times = []
-    for item in items:
-        started = time.perf_counter()
-        call(item)
-        times.append((time.perf_counter() - started) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
-            "mean": float(np.mean(times))}
+def test_tickets(args: argparse.Namespace, predictor: Predictor) -> tuple[list[str], list[str]]:
+    tickets, _ = load_tickets(args.data, TextOptions.from_dict(predictor.manifest["text"]))  # as the bundle reads
+    return tickets.texts, tickets.labels
 
 
-def bare_session_latency(predictor: Predictor, texts: list[str]) -> dict[str, float]:
-    """An InferenceSession with default options (but the predictor's fusions off) on pre-tokenised input."""
+def time_latency(args: argparse.Namespace) -> Timings:
+    """Batch-1, 1-thread latency of every engine, and of bare sessions, in alternating blocks."""
+    predictors = {engine: Predictor.load(args.bundle, engine=engine, threads=1) for engine in ENGINES}
+    texts = test_tickets(args, predictors["int8"])[0][: args.latency_samples]
+    calls: dict[str, Callable[[str], Any]] = {
+        engine: (lambda text, p=predictor: p.predict([text])) for engine, predictor in predictors.items()}
+    for engine in ("fp32", "int8"):
+        calls[f"bare {engine}"] = bare_session(predictors[engine], texts)
+    calls["clean+tokenize"] = lambda text, p=predictors["int8"]: p._pad([p._encode(p.texts([text]))[0][0]])
+    return time_interleaved(calls, texts, args.rounds)
+
+
+def bare_session(predictor: Predictor, texts: list[str]) -> Callable[[str], Any]:
+    """A call running an InferenceSession with default options (but the predictor's fusions off) on
+    pre-tokenised input: the same graph, without the predictor around it."""
     import onnxruntime as ort
 
     path = bundle.onnx_path(predictor.bundle_dir, quantized=predictor.engine_kind == "int8")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    # The fusions the predictor turns off stay off here too: the same graph, without the predictor around it.
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                    disabled_optimizers=list(SLOWER_FUSIONS))
     names = [i.name for i in session.get_inputs()]
-    feeds = [{n: b[n] for n in names} for b in (predictor._pad([e]) for e, _ in predictor._encode(texts))]
-    return latency(lambda feed: session.run(None, feed), feeds)
+    encoded = predictor._encode(texts)
+    feeds = {text: {n: batch[n] for n in names} for text, batch in
+             zip(texts, (predictor._pad([encoding]) for encoding, _ in encoded))}
+    return lambda text: session.run(None, feeds[text])
 
 
 def model_size(bundle_dir: Path, engine: str) -> float:
@@ -123,26 +128,26 @@ def model_size(bundle_dir: Path, engine: str) -> float:
     return bundle.onnx_path(bundle_dir, quantized=engine == "int8").stat().st_size / 2**20
 
 
-def render(results: dict[str, dict], args: argparse.Namespace) -> str:
-    torch_p50 = results["torch"]["latency_ms"]["p50"]
+def render(results: dict[str, dict], timings: Timings, args: argparse.Namespace) -> str:
     lines = [
         "| engine | batch-1 p50 (1 thread) | p99 | speed-up vs PyTorch (p50) | bare session p50 | "
-        "clean+tokenize p50 | batch-32 throughput (2 threads) | accuracy | model size | peak RSS |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "batch-32 throughput (2 threads) | accuracy | model size | peak RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     names = {"torch": "PyTorch eager", "fp32": "ONNX fp32 (O2 fused)", "int8": "ONNX int8 (dynamic)"}
     for engine, r in results.items():
-        bare = r.get("bare_session_latency_ms", {}).get("p50")
-        tokenize = r.get("tokenize_ms", {}).get("p50")
+        bare = f"{timings.p50(f'bare {engine}'):.2f} ms" if f"bare {engine}" in timings.times else "-"
         lines.append(
-            f"| {names[engine]} | {r['latency_ms']['p50']:.2f} ms | {r['latency_ms']['p99']:.2f} ms | "
-            f"{torch_p50 / r['latency_ms']['p50']:.1f}x | {f'{bare:.2f} ms' if bare else '-'} | "
-            f"{f'{tokenize:.3f} ms' if tokenize else '-'} | {r['throughput']:.0f} tickets/s | "
+            f"| {names[engine]} | {timings.p50(engine):.2f} ms | {timings.p99(engine):.2f} ms | "
+            f"{1 / timings.relative(engine, 'torch'):.1f}x | {bare} | {r['throughput']:.0f} tickets/s | "
             f"{100 * r['accuracy']:.2f} % | {r['size_mib']:.1f} MiB | {r['peak_rss_mib']:.0f} MiB |")
     delta = 100 * (results["int8"]["accuracy"] - results["fp32"]["accuracy"])
-    lines.append(f"\nint8 accuracy minus fp32: {delta:+.2f} points. Latency over the first "
-                 f"{args.latency_samples} texts of {args.data.name}, one at a time through "
-                 "`Predictor.predict`; throughput and accuracy over the whole file.")
+    lines.append(
+        f"\nint8 accuracy minus fp32: {delta:+.2f} points. Latency: the first {args.latency_samples} texts of "
+        f"{args.data.name}, one at a time, each engine in turn for {args.rounds} rounds; p50 is the median of the "
+        "rounds' medians, the speed-up the median of the rounds' ratios, p99 over all calls. Clean, tokenize and "
+        f"pad alone (int8 predictor): {timings.p50('clean+tokenize'):.3f} ms. Throughput and accuracy over the "
+        "whole file.")
     return "\n".join(lines)
 
 
