@@ -137,7 +137,7 @@ class Predictor:
         texts = self._check_not_empty(list(tickets)) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
-        if len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order
+        if 0 < len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order
             return self.engine.logits(self._pad([encoding for encoding, _ in encodings])), truncated
         # Sorting by length makes each padded batch tight; results go back in input order.
         order = np.argsort([len(encoding) for encoding, _ in encodings], kind="stable")

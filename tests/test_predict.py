@@ -80,6 +80,12 @@ def test_order_is_kept_when_batches_are_sorted_by_length(exported_bundle: Path) 
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
+def test_no_tickets_give_no_predictions(exported_bundle: Path) -> None:
+    predictor = Predictor.load(exported_bundle)
+    assert predictor.predict([]) == []
+    assert predictor.predict_proba([]).shape == (0, len(predictor.labels))
+
+
 @pytest.mark.parametrize("text", [
     "x" * 100_000,
     "refund " * 5_000,
