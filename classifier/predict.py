@@ -134,6 +134,8 @@ class Predictor:
         """
         if isinstance(tickets, (str, Mapping)):
             raise TypeError("predict() takes a list of tickets; wrap a single ticket in a list")
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {batch_size}")
         texts = self._check_not_empty(list(tickets)) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]

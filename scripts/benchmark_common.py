@@ -54,14 +54,18 @@ def time_interleaved(calls: dict[str, Callable[[Any], Any]], items: Sequence[Any
     """Time every call on every item, one call's block of items after another, for ``rounds`` rounds.
 
     The shared machine has slow and fast minutes; alternating the blocks spreads them over
-    all calls alike, so ratios taken within a round hold even when absolute times drift.
+    all calls alike, so ratios taken within a round hold even when absolute times drift. The
+    order of the blocks rotates every round, so no call always follows the same other call.
     """
     for call in calls.values():  # allocators, thread pools, lazy initialisation
         for item in items[:warm_up]:
             call(item)
     timings = Timings({name: [] for name in calls}, {name: [] for name in calls})
-    for _ in range(rounds):
-        for name, call in calls.items():
+    names = list(calls)
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            call = calls[name]
             block = []
             for item in items:
                 started = time.perf_counter()

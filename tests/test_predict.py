@@ -84,11 +84,14 @@ def test_no_tickets_give_no_predictions(exported_bundle: Path) -> None:
     predictor = Predictor.load(exported_bundle)
     assert predictor.predict([]) == []
     assert predictor.predict_proba([]).shape == (0, len(predictor.labels))
+    with pytest.raises(UserError, match="batch_size must be at least 1"):
+        predictor.predict(["one ticket"], batch_size=0)
 
 
 @pytest.mark.parametrize("text", [
     "x" * 100_000,
     "refund " * 5_000,
+    "refund " * 150,  # over the window in tokens, under the character cap: the tokenizer says truncated
     "😀🔥 my invoice 💸 is wrong 🙃",
     "我无法登录我的账户，密码重置邮件没有收到",
     "لا أستطيع تسجيل الدخول إلى حسابي",

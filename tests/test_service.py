@@ -15,12 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import schemathesis
 from flask import Flask
 from flask.testing import FlaskClient
+from gunicorn.http.body import Body, EOFReader, LengthReader
 from hypothesis import HealthCheck, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.checks import not_a_server_error
@@ -35,6 +37,7 @@ from service import settings as service_settings
 from service.context import EXTENSION, Context
 from service.schemas import ZendeskTicket, zendesk_record
 from service.server import serve
+from service.worker import bytes_waiting, request_read_whole
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("first-key", "second-key")
@@ -373,7 +376,8 @@ def running_server(bundle: Path, log: Path, *options: str, stop: int = signal.SI
     """``ticketclf serve`` on a free loopback port until ready; always stopped (by ``stop``), cleanly."""
     port = free_port()
     environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    for variable in ("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS"):  # the server under test, not the caller's
+        environment.pop(variable, None)
     command = [sys.executable, "-m", "classifier.cli", "serve", str(bundle), "--host", "127.0.0.1",
                "--port", str(port), *options]
     with open(log, "w") as out:
@@ -439,6 +443,23 @@ def test_gunicorn_worker_closes_at_once_only_after_reading_the_whole_request(exp
             status_line, answer = raw_exchange(big_client, "/classify", b"x" * 65536, 2 * 1024 * 1024)
             assert status_line.startswith(b"HTTP/1.1 413")
             assert json.loads(answer)["error"]["code"] == "payload_too_large"
+
+
+def test_worker_closes_at_once_only_when_nothing_is_left_unread() -> None:
+    read_whole = SimpleNamespace(body=Body(LengthReader(None, 0)))
+    assert request_read_whole(read_whole)
+    assert not request_read_whole(SimpleNamespace(body=Body(LengthReader(None, 10))))  # answered before the end
+    assert not request_read_whole(SimpleNamespace(body=Body(EOFReader(None))))  # no length: unknown
+    assert not request_read_whole(SimpleNamespace())
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        assert not bytes_waiting(server_side)
+        client_side.sendall(b"GET / HTTP/1.1\r\n")  # a pipelined request or a trailing line
+        assert bytes_waiting(server_side)
+    server_side, client_side = socket.socketpair()
+    with server_side:
+        client_side.close()  # the client is done: nothing can arrive any more
+        assert not bytes_waiting(server_side)
 
 
 def raw_exchange(connection: socket.socket, path: str, body: bytes, declared_length: int) -> tuple[bytes, bytes]:
