@@ -290,9 +290,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                     epilog="example:\n  ticketclf serve runs/model --port 8000\n"
                            "  curl -s localhost:8000/classify -H 'Content-Type: application/json' "
                            "-d '{\"text\": \"I was charged twice\"}'")
-    p.add_argument("bundle", type=Path, nargs="?", help="model bundle directory (default: $TICKETCLF_BUNDLE)")
+    p.add_argument("bundle", type=Path, nargs="?", default=argparse.SUPPRESS,
+                   help="model bundle directory (default: $TICKETCLF_BUNDLE)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 to expose it")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--workers", type=int, help="gunicorn worker processes (default: from service/gunicorn_conf.py)")
     p.add_argument("--dev", action="store_true", help="run Flask's development server instead of gunicorn")
 
@@ -300,7 +301,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from service.server import serve
 
-    bundle_dir = args.bundle or os.environ.get("TICKETCLF_BUNDLE")
+    bundle_dir = getattr(args, "bundle", None) or os.environ.get("TICKETCLF_BUNDLE")
     if not bundle_dir:
         raise UserError("give a bundle directory or set TICKETCLF_BUNDLE")
     return serve(Path(bundle_dir), host=args.host, port=args.port, workers=args.workers, dev=args.dev)
