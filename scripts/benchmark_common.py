@@ -21,14 +21,24 @@ from classifier.cpus import usable_cpus  # noqa: E402
 BANKING77_TEST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "banking77" / "test.csv"
 
 
-def inference_arguments(description: str, latency_samples: int) -> argparse.ArgumentParser:
-    """The arguments the inference benchmarks share: a bundle, test tickets, sample count, output file."""
+def inference_arguments(description: str, latency_samples: int, rounds: int) -> argparse.ArgumentParser:
+    """The arguments the inference benchmarks share: a bundle, test tickets, timing sizes, output file."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("bundle", type=Path, help="a trained (for the ONNX rows: exported) bundle")
     parser.add_argument("--data", type=Path, default=BANKING77_TEST, help="labelled test tickets")
     parser.add_argument("--latency-samples", type=int, default=latency_samples, help="texts timed one by one")
+    parser.add_argument("--rounds", type=int, default=rounds, help="alternating timing rounds (time_interleaved)")
     parser.add_argument("--markdown", type=Path, help="append the results to this file")
     return parser
+
+
+def publish_inference(args: argparse.Namespace, title: str, body: str) -> None:
+    """Print an inference benchmark's results; with ``--markdown``, append them with the command that made them."""
+    print(body)
+    if args.markdown:
+        command = (f"python scripts/{Path(sys.argv[0]).name} {args.bundle} --latency-samples {args.latency_samples} "
+                   f"--rounds {args.rounds}")
+        append_section(args.markdown, title, command, body)
 
 
 @dataclass

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmark_common import append_section, inference_arguments, time_interleaved  # noqa: E402
+from benchmark_common import inference_arguments, publish_inference, time_interleaved  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
 from classifier.export import choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
@@ -62,19 +62,13 @@ def main() -> int:
                      for name, engine in engines.items()}
     reference = predicted[variants[-1].name]  # the fp32 model export writes
     scores = {name: (float((p == truth).mean()), float((p == reference).mean())) for name, p in predicted.items()}
-    body = render(variants, medians, ratios, scores, args)
-    print(body)
-    if args.markdown:
-        command = (f"python scripts/benchmark_graph.py {args.bundle} --latency-samples {args.latency_samples} "
-                   f"--rounds {args.rounds}")
-        append_section(args.markdown, "Inference graph: what each export choice gives", command, body)
+    publish_inference(args, "Inference graph: what each export choice gives",
+                      render(variants, medians, ratios, scores, args))
     return 0
 
 
 def parse_args() -> argparse.Namespace:
-    parser = inference_arguments(__doc__.splitlines()[0], latency_samples=400)
-    parser.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
-    return parser.parse_args()
+    return inference_arguments(__doc__.splitlines()[0], latency_samples=400, rounds=8).parse_args()
 
 
 def build_variants(bundle_dir: Path, work: Path, target: str) -> list[Variant]:

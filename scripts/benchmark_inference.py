@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmark_common import Timings, append_section, inference_arguments, time_interleaved  # noqa: E402
+from benchmark_common import Timings, inference_arguments, publish_inference, time_interleaved  # noqa: E402
 from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
@@ -49,18 +49,12 @@ def main() -> int:
         return 0
     results = {engine: run_isolated(args, engine) for engine in ENGINES}
     timings = time_latency(args)
-    body = render(results, timings, args)
-    print(body)
-    if args.markdown:
-        command = (f"python scripts/benchmark_inference.py {args.bundle} --latency-samples {args.latency_samples} "
-                   f"--rounds {args.rounds}")
-        append_section(args.markdown, "Inference: PyTorch vs ONNX fp32 vs ONNX int8", command, body)
+    publish_inference(args, "Inference: PyTorch vs ONNX fp32 vs ONNX int8", render(results, timings, args))
     return 0
 
 
 def parse_args() -> argparse.Namespace:
-    parser = inference_arguments(__doc__.splitlines()[0], latency_samples=300)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating latency rounds")
+    parser = inference_arguments(__doc__.splitlines()[0], latency_samples=300, rounds=5)
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)  # internal: one engine
     return parser.parse_args()
 
