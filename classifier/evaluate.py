@@ -189,8 +189,6 @@ def row_normalise(matrix: np.ndarray) -> np.ndarray:
     return np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
 
 
-
-
 def model_metrics(scored: Scored, target_precision: float) -> dict[str, Any]:
     """Headline numbers for one model; ``at_target`` is the recommended threshold (None: none reaches it)."""
     y_pred = scored.predicted
@@ -307,7 +305,6 @@ def routing_with(scored: Scored, threshold_of: Callable[[str], float]) -> dict[s
 
 
 def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target: float) -> dict[str, Any]:
-
     labels = predictor.labels
     matrix = confusion_matrix(scored.y_true, scored.predicted, labels=labels)
     metrics = model_metrics(scored, target)
@@ -554,7 +551,6 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
             row = int(scored.rows[i])
             writer.writerow([tickets.ids[row], tickets.texts[row], scored.y_true[i], predicted[i],
                              f"{confidence[i]:.4f}"])
-
 
 
 def _make_output_dir(output_dir: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,12 +47,6 @@ class Engine(Protocol):
     name: str
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray: ...
-
-
-@dataclass
-class Batch:
-    inputs: dict[str, np.ndarray]
-    truncated: list[bool] = field(default_factory=list)
 
 
 class Predictor:

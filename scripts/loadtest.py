@@ -255,10 +255,7 @@ def _exchange(connection: socket.socket, request: bytes) -> tuple[int, bool]:
     connection.sendall(request)
     received = b""
     while b"\r\n\r\n" not in received:
-        chunk = connection.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection mid-response")
-        received += chunk
+        received += _receive(connection)
     head, _, body = received.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1])
@@ -268,11 +265,15 @@ def _exchange(connection: socket.socket, request: bytes) -> tuple[int, bool]:
         raise ValueError("a kept-alive response without Content-Length: its end cannot be found")
     length = int(headers.get(b"content-length", b"0"))
     while len(body) < length:
-        chunk = connection.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection mid-response")
-        body += chunk
+        body += _receive(connection)
     return status, keep_alive
+
+
+def _receive(connection: socket.socket) -> bytes:
+    chunk = connection.recv(65536)
+    if not chunk:
+        raise ConnectionError("the server closed the connection mid-response")
+    return chunk
 
 
 def markdown_table(levels: list[Level]) -> str:
