@@ -22,7 +22,10 @@ Command = Callable[[argparse.Namespace], int]
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the examples' line breaks and show each option's default."""
+    """Keep the examples' line breaks and show each option's default (where there is one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -290,7 +293,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                     epilog="example:\n  ticketclf serve runs/model --port 8000\n"
                            "  curl -s localhost:8000/classify -H 'Content-Type: application/json' "
                            "-d '{\"text\": \"I was charged twice\"}'")
-    p.add_argument("bundle", type=Path, nargs="?", default=argparse.SUPPRESS,
+    # Not default=SUPPRESS: with type=Path, argparse (3.11 measured) turns that marker into Path("==SUPPRESS==").
+    p.add_argument("bundle", type=Path, nargs="?",
                    help="model bundle directory (default: $TICKETCLF_BUNDLE)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 to expose it")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -301,7 +305,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from service.server import serve
 
-    bundle_dir = getattr(args, "bundle", None) or os.environ.get("TICKETCLF_BUNDLE")
+    bundle_dir = args.bundle or os.environ.get("TICKETCLF_BUNDLE")
     if not bundle_dir:
         raise UserError("give a bundle directory or set TICKETCLF_BUNDLE")
     return serve(Path(bundle_dir), host=args.host, port=args.port, workers=args.workers, dev=args.dev)

@@ -58,6 +58,18 @@ def test_user_errors_are_one_line_with_exit_code_2(args: list[str], message: str
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_serve_without_a_bundle_argument_uses_ticketclf_bundle(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Docker image runs `ticketclf serve` with the bundle given only by TICKETCLF_BUNDLE."""
+    missing = tmp_path / "mounted-model"
+    monkeypatch.setenv("TICKETCLF_BUNDLE", str(missing))
+    assert main(["serve"]) == 2
+    assert f"{missing}: bundle directory not found" in capsys.readouterr().err
+    monkeypatch.delenv("TICKETCLF_BUNDLE")
+    assert main(["serve"]) == 2
+    assert "give a bundle directory or set TICKETCLF_BUNDLE" in capsys.readouterr().err
+
+
 def test_predict_prints_json_lines(exported_bundle: Path) -> None:
     result = run_cli("predict", str(exported_bundle), "I was charged twice", "Cannot log in", "--top-k", "2")
     assert result.returncode == 0, result.stderr
