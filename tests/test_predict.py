@@ -71,6 +71,12 @@ def test_predictions_follow_the_bundle_contract(exported_bundle: Path) -> None:
     np.testing.assert_allclose(rows.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_the_model_name_is_the_one_given_at_training_wherever_the_bundle_lives(exported_bundle: Path) -> None:
+    # The fixture trains into bundles/tiny and copies that to bundles/exported (as a container mounts /model).
+    assert exported_bundle.name == "exported"
+    assert Predictor.load(exported_bundle).name == "tiny"
+
+
 def test_order_is_kept_when_batches_are_sorted_by_length(exported_bundle: Path) -> None:
     # fp32: dynamic int8 scales activations per batch, so its scores shift slightly with batch-mates.
     predictor = Predictor.load(exported_bundle, engine="fp32")
