@@ -20,6 +20,7 @@ import logging
 import platform
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,15 +133,14 @@ def export_onnx(bundle_dir: Path, out_dir: Path, opset: int | None = None) -> tu
     return model_path, opset
 
 
-def fuse(model_path: Path, keep_skip_layer_norm_fusion: bool = False) -> Path:
-    """ORTOptimizer's O2 fusions, by default without the SkipLayerNormalization one."""
+def fuse(model_path: Path, fusion_options: Mapping[str, bool] = FUSION_OVERRIDES, name: str = "fused") -> Path:
+    """ORTOptimizer's O2 fusions, with ``fusion_options`` over O2's (by default: no SkipLayerNormalization)."""
     from optimum.onnxruntime import ORTOptimizer
     from optimum.onnxruntime.configuration import AutoOptimizationConfig
 
     optimizer = ORTOptimizer.from_pretrained(model_path.parent, file_names=[model_path.name])
-    overrides = {} if keep_skip_layer_norm_fusion else FUSION_OVERRIDES
-    save_dir = model_path.parent / ("fused_with_skip_layer_norm" if keep_skip_layer_norm_fusion else "fused")
-    optimizer.optimize(AutoOptimizationConfig.O2(**overrides), save_dir=save_dir)
+    save_dir = model_path.parent / name
+    optimizer.optimize(AutoOptimizationConfig.O2(**fusion_options), save_dir=save_dir)
     return save_dir / "model_optimized.onnx"
 
 
@@ -156,15 +156,21 @@ def _with_inferred_types(model_path: Path) -> Path:
     return typed_path
 
 
-def quantize(fp32_path: Path, out_dir: Path, target: str, per_channel: bool = True) -> Path:
-    """ORTQuantizer's dynamic int8 of an fp32 model (plain or fused) for a QUANTIZATION_TARGETS entry."""
+def quantize(fp32_path: Path, out_dir: Path, target: str, per_channel: bool = True,
+             operators: Sequence[str] | None = None) -> Path:
+    """ORTQuantizer's dynamic int8 of an fp32 model (plain or fused) for a QUANTIZATION_TARGETS entry.
+
+    ``operators``: the operator types to quantize (None: the config's default, MatMul and Attention among them).
+    """
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     make_config = getattr(AutoQuantizationConfig, target)
-    kwargs = {"is_static": False}
+    kwargs: dict[str, Any] = {"is_static": False}
     if target != "arm64" or per_channel:
         kwargs["per_channel"] = per_channel
+    if operators is not None:
+        kwargs["operators_to_quantize"] = list(operators)
     typed_path = _with_inferred_types(fp32_path)
     quantizer = ORTQuantizer.from_pretrained(typed_path.parent, file_name=typed_path.name)
     save_dir = quantizer.quantize(make_config(**kwargs), save_dir=out_dir)
