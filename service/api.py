@@ -58,17 +58,26 @@ def _json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
                        "send the body as JSON with the header 'Content-Type: application/json'")
+    limit = request.max_content_length
     try:
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise ApiError(413, "payload_too_large", f"the body is over {request.max_content_length} bytes; "
-                       "send fewer tickets per request") from None
+        raise _too_large(limit) from None
+    # A chunked body has no Content-Length: Werkzeug stops reading it at the limit without an error, so
+    # one that reaches the limit is refused rather than parsed cut short (one of exactly `limit` bytes too).
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        raise _too_large(limit)
     try:
         return json.loads(raw)
     except ValueError as error:  # also bad UTF-8 and numbers too long to convert
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {error}") from None
     except RecursionError:
         raise ApiError(400, "bad_json", "the body is not valid JSON: nested too deeply") from None
+
+
+def _too_large(limit: int | None) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body is too large (limit: {limit} bytes); "
+                    "send fewer or shorter tickets per request")
 
 
 def _note_for_access_log(items: list[tuple[Any, ModelInput]], predictions: list[Prediction]) -> None:

@@ -184,13 +184,19 @@ def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
     return {body or ZENDESK_SUBJECT: FIELD_SEPARATOR.join(parts)}
 
 
-def _request_shape(body: Any) -> str | None:
-    """Which request shape a JSON body is, from the keys it has."""
+def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
+    """Which request shape a JSON body is, from the keys it has; None if it is not one shape.
+
+    A body mixing shapes (a batch with a webhook ticket or a ticket's own text next to it) is
+    refused rather than read as one of them: the other part would be silently left out.
+    """
     if not isinstance(body, dict):
         return None
-    if "tickets" in body:
-        return "batch"
-    return "zendesk" if "ticket" in body else "single"
+    present = [shape for shape, keys in (("batch", {"tickets"}), ("zendesk", {"ticket"}),
+                                         ("single", {"text", *text_fields})) if keys & body.keys()]
+    if len(present) > 1:
+        return None
+    return present[0] if present else "single"  # no text at all: validated as one ticket, which names what is missing
 
 
 @dataclass(frozen=True)
@@ -228,11 +234,14 @@ def build_schemas(fields: tuple[str, ...], label_count: int, max_batch: int) -> 
     batch = create_model("BatchRequest", __config__=ConfigDict(extra="ignore"), tickets=tickets, top_k=top_k)
     zendesk = create_model("ZendeskWebhookRequest", __config__=ConfigDict(extra="ignore"),
                            ticket=(ZendeskTicket, ...), top_k=top_k)
+    def request_shape(body: Any) -> str | None:  # pydantic needs a named function, not a partial
+        return _request_shape(fields, body)
+
     request = TypeAdapter(Annotated[
         Union[Annotated[single, Tag("single")], Annotated[batch, Tag("batch")],  # noqa: UP007
               Annotated[zendesk, Tag("zendesk")]],
-        Discriminator(_request_shape, custom_error_type="invalid_shape",
-                      custom_error_message="the body must be a JSON object: one ticket, "
+        Discriminator(request_shape, custom_error_type="invalid_shape",
+                      custom_error_message="the body must be a JSON object of exactly one shape: one ticket, "
                                            "{'tickets': [...]} or {'ticket': {...}}"),
     ])
     return Schemas(request, ticket, single, batch, zendesk, fields)

@@ -4,6 +4,7 @@ client, auth on and off, the access log, a bounded schemathesis run, and real gu
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import os
@@ -151,8 +152,16 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     app = create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": "", "MAX_CONTENT_LENGTH": 100})
     app.add_url_rule("/bug", "bug", lambda: 1 // 0)  # a stand-in for a bug in a view
     client = app.test_client()
-    assert "over 100 bytes" in error_of(client.post("/classify", json={"text": "x" * 200}), 413)["message"]
+    assert "limit: 100 bytes" in error_of(client.post("/classify", json={"text": "x" * 200}), 413)["message"]
     assert error_of(client.get("/bug"), 500)["code"] == "internal_error"
+    # Chunked bodies have no Content-Length; a server that de-chunks them says so (wsgi.input_terminated).
+    chunked = {"headers": {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+               "environ_overrides": {"wsgi.input_terminated": True}}
+    small = json.dumps({"text": "card not arriving"}).encode()
+    assert client.post("/classify", input_stream=io.BytesIO(small), **chunked).status_code == 200
+    for over in (json.dumps({"text": "x" * 200}).encode(), small + b" " * 200):  # never parsed cut short
+        assert error_of(client.post("/classify", input_stream=io.BytesIO(over), **chunked), 413)["code"] == \
+            "payload_too_large"
 
 
 @pytest.mark.parametrize(("body", "named"), [
@@ -171,6 +180,9 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ({"tickets": [{"text": "fine"}, {"subject": None}]}, "tickets[1]: missing ticket text"),
     ({"tickets": "not a list"}, "tickets"),
     ({"ticket": {"id": 1}}, "ticket: missing ticket text"),
+    ({"tickets": [{"text": "a"}], "ticket": {"subject": "b"}}, "exactly one shape"),  # neither may be dropped
+    ({"tickets": [{"text": "a"}], "text": "b"}, "exactly one shape"),
+    ({"ticket": {"subject": "a"}, "text": "b"}, "exactly one shape"),
 ])
 def test_schema_errors_are_422_naming_the_field(client: FlaskClient, body: Any, named: str) -> None:
     error = error_of(client.post("/classify", json=body), 422)
@@ -443,6 +455,16 @@ def test_gunicorn_worker_closes_at_once_only_after_reading_the_whole_request(exp
             status_line, answer = raw_exchange(big_client, "/classify", b"x" * 65536, 2 * 1024 * 1024)
             assert status_line.startswith(b"HTTP/1.1 413")
             assert json.loads(answer)["error"]["code"] == "payload_too_large"
+        # A chunked body has no Content-Length to refuse it by: over the limit, it is refused all the same.
+        chunked = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            pieces = [b'{"text": "', *[b"x" * 65536] * 20, b'"}']  # 1.25 MiB, the limit is 1 MiB
+            chunked.request("POST", "/classify", iter(pieces), {"Content-Type": "application/json"},
+                            encode_chunked=True)
+            response = chunked.getresponse()
+            assert response.status == 413 and json.loads(response.read())["error"]["code"] == "payload_too_large"
+        finally:
+            chunked.close()
 
 
 def test_worker_closes_at_once_only_when_nothing_is_left_unread() -> None:
