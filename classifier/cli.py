@@ -14,9 +14,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from classifier.errors import UserError
 from classifier.text import TextOptions
+
+if TYPE_CHECKING:
+    from classifier.predict import Predictor
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -25,7 +29,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     """Keep the examples' line breaks and show each option's default (where there is one)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
+        # A flag's default (True for --no-baseline) reads as if the flag were on by default.
+        if action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ticketclf {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left early (`ticketclf predict ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 141  # what a shell reports for a process ended by SIGPIPE
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -55,7 +65,8 @@ def _configure_logging(verbose: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticketclf", description="Ticket classification: train, export, "
-                                     "evaluate, predict and serve.", formatter_class=_HelpFormatter)
+                                     "evaluate, predict and serve.", formatter_class=_HelpFormatter,
+                                     epilog=WORKFLOW_EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_export, _add_evaluate, _add_predict, _add_serve):
@@ -79,6 +90,15 @@ def _csv_list(value: str) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------- train
+
+WORKFLOW_EPILOG = """\
+example, from a helpdesk export to a running service:
+  ticketclf train data/tickets.csv --output runs/model
+  ticketclf export runs/model
+  ticketclf evaluate runs/model --data test.csv --output runs/report
+  ticketclf serve runs/model --port 8000
+
+'ticketclf COMMAND --help' shows each command's options and examples."""
 
 TRAIN_EPILOG = """\
 examples:
@@ -116,12 +136,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("model and training")
     m.add_argument("--base-model", help="hub id or local path of the encoder (default: packaged all-MiniLM-L6-v2)")
     m.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")
-    m.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
+    m.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help="rank of the LoRA adapters (alpha is twice it)")
     m.add_argument("--epochs", type=float, default=defaults.epochs, help="maximum epochs (early stopping may end sooner)")
-    m.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    m.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    m.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="peak learning rate (linear decay)")
+    m.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tickets per training step")
     m.add_argument("--max-length", type=int, help="tokens per ticket (default: 99th percentile of the data)")
-    m.add_argument("--seed", type=int, default=defaults.seed)
+    m.add_argument("--seed", type=int, default=defaults.seed, help="seed for the split, shuffling and the new head")
     m.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
     m.add_argument("--train-word-embeddings", action="store_true", help="also update the vocabulary embeddings")
     m.add_argument("--patience", type=int, default=defaults.early_stopping_patience,
@@ -272,17 +292,37 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from classifier.predict import Predictor
 
-    items: list = list(args.texts)
-    if args.file:
-        from classifier.data import read_records
-
-        items += [record for _, record in read_records(args.file)]
-    if not items:
+    if not args.texts and not args.file:
         raise UserError("give ticket texts as arguments or a file with --file")
     predictor = Predictor.load(args.bundle, engine=args.engine)
-    for prediction in predictor.predict(items, top_k=args.top_k):
+    if not 1 <= args.top_k <= len(predictor.labels):
+        raise UserError(f"--top-k must be between 1 and {len(predictor.labels)} (the model's labels), "
+                        f"got {args.top_k}")
+    for prediction in predictor.predict(args.texts, top_k=args.top_k):
         print(json.dumps(prediction.to_dict(), ensure_ascii=False))
+    if args.file:
+        _predict_file(predictor, args.file, args.top_k)
     return 0
+
+
+def _predict_file(predictor: Predictor, path: Path, top_k: int) -> None:
+    """One JSON line per row, in file order, each with the row's id: its prediction, or why there is none."""
+    from classifier.data import read_tickets_to_classify
+
+    rows = read_tickets_to_classify(path, predictor.text_options)
+    texts = [text for _, text in rows if text]
+    predictions = iter(predictor.predict(texts, top_k=top_k, cleaned=True) if texts else [])
+    empty = []
+    for ticket_id, text in rows:
+        if text:
+            print(json.dumps({"id": ticket_id, **next(predictions).to_dict()}, ensure_ascii=False))
+        else:
+            empty.append(ticket_id)
+            print(json.dumps({"id": ticket_id, "error": "no text after cleaning"}))
+    if empty:
+        shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
+        print(f"ticketclf predict: warning: {path}: {len(empty)} of {len(rows)} tickets have no text after "
+              f"cleaning (ids {shown}); their lines carry an error instead of a label", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- serve

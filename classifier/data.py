@@ -261,10 +261,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     """
     path = Path(path)
     report = report if report is not None else DataReport()
-    records = list(read_records(path))
-    if not records:
-        raise UserError(f"{path}: no tickets in file")
-    columns = list(dict.fromkeys(key for _, record in records for key in record))
+    records, columns = _records_and_columns(path)
     text_options = text_options or TextOptions()
     mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label)
     # Read with the file's own spelling (exact key lookups); stored lower-case, since prediction
@@ -288,6 +285,34 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     source = {"path": str(path), "sha256": file_sha256(path), "rows_read": len(records), "rows_used": len(texts)}
     report.files[path.name] = {k: source[k] for k in ("rows_read", "rows_used", "sha256")}
     return Tickets(texts, labels, ids, source), options
+
+
+def read_tickets_to_classify(path: str | Path, text_options: TextOptions) -> list[tuple[str, str]]:
+    """``(id, cleaned text)`` for every row of an unlabelled file, in file order.
+
+    Reads the bundle's text fields, or a ``text`` column alone when the file has none of them
+    (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle). The id is the file's id
+    column, else the row number. A row with nothing left after cleaning keeps its place with
+    an empty text, so that no row is silently lost.
+    """
+    path = Path(path)
+    records, columns = _records_and_columns(path)
+    fields = text_options.record_fields
+    lower_columns = {name.lower() for name in columns}
+    if not lower_columns & {name.lower() for name in fields} and "text" in lower_columns:
+        fields = ("text",)
+    mapping = resolve_columns(columns, path, fields, require_label=False)
+    reading = replace(text_options, fields=tuple(mapping.text_columns))
+    return [(str(record.get(mapping.id_column, row)) if mapping.id_column else str(row), ticket_text(record, reading))
+            for row, record in records]
+
+
+def _records_and_columns(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """A file's (row, record) pairs and every column any record has, in first-seen order."""
+    records = list(read_records(path))
+    if not records:
+        raise UserError(f"{path}: no tickets in file")
+    return records, list(dict.fromkeys(key for _, record in records for key in record))
 
 
 def _label_value(value: Any) -> str:

@@ -91,11 +91,15 @@ class Predictor:
     def threshold(self, label: str) -> float:
         return self._class_thresholds.get(label, self._global_threshold)
 
-    def predict(self, tickets: Sequence[Ticket], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
-        """Classify tickets (strings, or records with the bundle's text fields)."""
+    def predict(self, tickets: Sequence[Ticket], top_k: int = 3, batch_size: int = 32, *,
+                cleaned: bool = False) -> list[Prediction]:
+        """Classify tickets (strings, or records with the bundle's text fields).
+
+        ``cleaned=True``: the tickets are model texts already (see :meth:`logits`).
+        """
         if not 1 <= top_k:
             raise UserError(f"top_k must be at least 1, got {top_k}")
-        logits, truncated = self.logits(tickets, batch_size)
+        logits, truncated = self.logits(tickets, batch_size, cleaned=cleaned)
         probabilities = softmax(logits)
         best = np.argsort(-probabilities, axis=1)[:, :min(top_k, len(self.labels))]
         scores = np.take_along_axis(probabilities, best, axis=1)

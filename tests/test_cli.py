@@ -85,3 +85,46 @@ def test_predict_reads_a_ticket_file(exported_bundle: Path, tmp_path: Path,
     tickets.write_text('{"subject": "Refund", "body": "charged twice"}\n{"subject": "Slow", "body": "dashboard"}\n')
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_predict_file_keeps_every_row_in_order_with_its_id(exported_bundle: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    tickets = tmp_path / "new.jsonl"
+    tickets.write_text('{"id": "T-1", "text": "I was charged twice"}\n'  # "text" alone, as the service takes
+                       '{"id": "T-2", "text": "> only a quoted reply"}\n'  # nothing left after cleaning
+                       '{"id": "T-3", "text": "cannot log in"}\n')
+    assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["id"] for line in lines] == ["T-1", "T-2", "T-3"]
+    assert "label" in lines[0] and "label" in lines[2]
+    assert lines[1] == {"id": "T-2", "error": "no text after cleaning"}
+    assert "1 of 3 tickets have no text after cleaning (ids T-2)" in captured.err
+
+
+def test_predict_file_without_the_models_columns_names_them(exported_bundle: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    tickets = tmp_path / "new.csv"
+    tickets.write_text("id,title\n1,Refund please\n")
+    assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 2
+    assert capsys.readouterr().err.strip() == (f"ticketclf predict: error: {tickets}: text column 'subject' not "
+                                               "found; columns are ['id', 'title']")
+
+
+def test_predict_refuses_top_k_over_the_label_count(exported_bundle: Path, capsys: pytest.CaptureFixture) -> None:
+    labels = len(json.loads((exported_bundle / "manifest.json").read_text())["labels"])
+    assert main(["predict", str(exported_bundle), "hello", "--top-k", str(labels + 1)]) == 2
+    assert f"--top-k must be between 1 and {labels}" in capsys.readouterr().err
+
+
+def test_predict_stops_quietly_when_its_reader_leaves(exported_bundle: Path, tmp_path: Path) -> None:
+    tickets = tmp_path / "many.jsonl"
+    tickets.write_text("".join(json.dumps({"text": f"charged twice {i}"}) + "\n" for i in range(1500)))
+    command = [sys.executable, "-m", "classifier.cli", "predict", str(exported_bundle), "--file", str(tickets)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert json.loads(process.stdout.readline())["label"]  # like `| head -1`
+        process.stdout.close()
+        assert process.wait(timeout=120) == 141
+        assert process.stderr.read() == b""
