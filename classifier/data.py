@@ -347,7 +347,8 @@ def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: Da
     rare = {label: n for label, n in counts.items() if n < min_count}
     if rare and not merge_rare:
         listed = ", ".join(f"{label!r} ({n})" for label, n in sorted(rare.items(), key=lambda kv: kv[1]))
-        raise UserError(f"{path}: {len(rare)} classes have fewer than {min_count} tickets: {listed}; "
+        classes = "1 class has" if len(rare) == 1 else f"{len(rare)} classes have"
+        raise UserError(f"{path}: {classes} fewer than {min_count} tickets: {listed}; "
                         "add examples, lower --min-class-count, or pass --merge-rare-classes")
     if rare:
         report.merged_into_other.update(rare)

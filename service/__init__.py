@@ -15,6 +15,7 @@ from typing import Any
 from flask import Flask
 
 from classifier.errors import UserError
+from classifier.predict import ENGINES
 
 DEFAULTS: dict[str, Any] = {
     "BUNDLE": None,  # the model bundle directory
@@ -59,6 +60,11 @@ def settings(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     merged.update(config or {})
     if not merged["BUNDLE"]:
         raise UserError("no model bundle: give one to 'ticketclf serve' or set TICKETCLF_BUNDLE")
+    if merged["ENGINE"] not in ENGINES:
+        raise UserError(f"TICKETCLF_ENGINE: unknown engine {merged['ENGINE']!r}; choose one of {', '.join(ENGINES)}")
+    for key in ("MAX_BATCH", "MAX_CONTENT_LENGTH"):
+        if merged[key] < 1:
+            raise UserError(f"{ENVIRONMENT[key][0]}: must be at least 1, got {merged[key]}")
     return merged
 
 
@@ -82,7 +88,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     document = build_document(schemas, title=f"Ticket classifier: {predictor.name}", version=predictor.version,
                               max_body=app.config["MAX_CONTENT_LENGTH"], auth=bool(app.config["API_KEYS"]))
     app.extensions[EXTENSION] = Context(model, schemas, document)
-    metrics.record_model(predictor.name, predictor.version, predictor.engine.name)
+    metrics.record_model(predictor.name, predictor.version, predictor.engine_kind)
 
     errors.register(app)
     observe.install(app)  # before auth: refused requests are logged and counted too

@@ -112,7 +112,7 @@ class TicketBase(BaseModel):
     def _has_text(self) -> TicketBase:
         given = [name for name in self.text_fields if getattr(self, name, None) is not None]
         if self.text is not None and "text" not in self.text_fields and given:
-            raise PydanticCustomError("ambiguous_text", "give either 'text' or the fields {fields}, not both",
+            raise PydanticCustomError("ambiguous_text", "give either 'text' or the ticket's fields ({fields}), not both",
                                       {"fields": ", ".join(given)})
         if self.text is None and not given:
             raise PydanticCustomError("missing_text", "missing ticket text: give {keys}",

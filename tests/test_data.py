@@ -147,7 +147,7 @@ def test_duplicates_conflicts_and_rare_classes(tmp_path: Path) -> None:
              {"text": "ticket number 2", "label": "a"},  # same text as a 'b' ticket
              {"text": "rare one", "label": "c"}]
     path = write_csv(tmp_path / "t.csv", rows)
-    with pytest.raises(UserError, match=r"1 classes have fewer than 5 tickets: 'c' \(1\)"):
+    with pytest.raises(UserError, match=r"1 class has fewer than 5 tickets: 'c' \(1\)"):
         prepare_data(path)
     prepared = prepare_data(path, merge_rare_classes=True, min_class_count=2, validation_fraction=0.25)
     report = prepared.report

@@ -170,7 +170,7 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ("just a string", "JSON object"),
     ({"text": 5}, "text: Input should be a valid string"),
     ({"subject": ["a"]}, "subject: Input should be a valid string"),
-    ({"text": "a", "subject": "b"}, "either 'text' or the fields"),
+    ({"text": "a", "subject": "b"}, "either 'text' or the ticket's fields (subject), not both"),
     ({"text": "a", "id": 1.5}, "id: Input should be a string or an integer"),
     ({"text": "a", "top_k": 0}, "top_k"),
     ({"text": "a", "top_k": 1000}, "top_k"),
@@ -241,7 +241,7 @@ def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predi
     assert grew("ticketclf_http_request_duration_seconds_count", route="/classify") == 1
     assert grew("ticketclf_predictions_total", label=label) == 1
     assert ("ticketclf_needs_review_total", ()) in after
-    info = ("ticketclf_model_info", (("engine", predictor.engine.name), ("name", predictor.name),
+    info = ("ticketclf_model_info", (("engine", predictor.engine_kind), ("name", predictor.name),
                                      ("version", predictor.version)))
     assert after[info] == 1
 
@@ -363,6 +363,20 @@ def test_serving_path_imports_no_torch(exported_bundle: Path) -> None:
 def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found"):
         serve(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("TICKETCLF_MAX_BATCH", "abc", "TICKETCLF_MAX_BATCH: invalid literal"),
+    ("TICKETCLF_MAX_BATCH", "0", "TICKETCLF_MAX_BATCH: must be at least 1"),
+    ("TICKETCLF_ENGINE", "bogus", "TICKETCLF_ENGINE: unknown engine 'bogus'"),
+    ("TICKETCLF_LOG_TEXT", "maybe", "TICKETCLF_LOG_TEXT: expected true or false"),
+])
+def test_serve_refuses_a_bad_setting_before_starting_workers(exported_bundle: Path, variable: str, value: str,
+                                                             message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("TICKETCLF_BUNDLE", "")  # serve() sets it; monkeypatch restores it afterwards
+    with pytest.raises(UserError, match=message):
+        serve(exported_bundle)
 
 
 def free_port() -> int:
