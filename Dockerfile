@@ -5,8 +5,8 @@
 #   docker build -t ticket-classifier:0.1.0 .
 #   docker run --rm -p 8000:8000 -v "$PWD/runs/model:/model:ro" ticket-classifier:0.1.0
 #
-# Any Python 3.10+ image with pip on PATH will do as the base, e.g. a mirror of python:3.11-slim
-# on an internal registry: docker build --build-arg PYTHON_IMAGE=registry.example/python:3.11-slim .
+# Any glibc-based (Debian, Ubuntu) Python 3.10+ image with pip and useradd will do as the base, e.g.
+# a mirror of python:3.11-slim: docker build --build-arg PYTHON_IMAGE=registry.example/python:3.11-slim .
 ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE}
 

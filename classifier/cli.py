@@ -50,9 +50,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ticketclf {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader left early (`ticketclf predict ... | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
-        return 141  # what a shell reports for a process ended by SIGPIPE
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -284,32 +281,37 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", type=Path, help="model bundle directory")
     p.add_argument("texts", nargs="*", help="ticket texts to classify")
     p.add_argument("--file", type=Path, help="classify every ticket in a CSV/TSV/JSONL/JSON file")
-    p.add_argument("--top-k", type=int, default=3, help="how many labels to list per ticket")
+    p.add_argument("--top-k", type=int, help="how many labels to list per ticket (default: 3, or all if fewer)")
     p.add_argument("--engine", choices=["auto", "int8", "fp32", "torch"], default="auto",
                    help="auto: the model the bundle marks for serving")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from classifier.data import read_tickets_to_classify
     from classifier.predict import Predictor
 
     if not args.texts and not args.file:
         raise UserError("give ticket texts as arguments or a file with --file")
     predictor = Predictor.load(args.bundle, engine=args.engine)
-    if not 1 <= args.top_k <= len(predictor.labels):
-        raise UserError(f"--top-k must be between 1 and {len(predictor.labels)} (the model's labels), "
-                        f"got {args.top_k}")
-    for prediction in predictor.predict(args.texts, top_k=args.top_k):
-        print(json.dumps(prediction.to_dict(), ensure_ascii=False))
-    if args.file:
-        _predict_file(predictor, args.file, args.top_k)
+    labels = len(predictor.labels)
+    if args.top_k is not None and not 1 <= args.top_k <= labels:
+        raise UserError(f"--top-k must be between 1 and {labels} (the model's labels), got {args.top_k}")
+    top_k = args.top_k or min(3, labels)
+    rows = read_tickets_to_classify(args.file, predictor.text_options) if args.file else []  # bad file: no output
+    try:
+        for prediction in predictor.predict(args.texts, top_k=top_k):
+            print(json.dumps(prediction.to_dict(), ensure_ascii=False))
+        _print_file_predictions(predictor, args.file, rows, top_k)
+        sys.stdout.flush()  # inside the try: a reader gone before the last buffered lines is handled too
+    except BrokenPipeError:  # the reader left early (`ticketclf predict ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        return 141  # what a shell reports for a process ended by SIGPIPE
     return 0
 
 
-def _predict_file(predictor: Predictor, path: Path, top_k: int) -> None:
+def _print_file_predictions(predictor: Predictor, path: Path | None, rows: list[tuple[str, str]],
+                            top_k: int) -> None:
     """One JSON line per row, in file order, each with the row's id: its prediction, or why there is none."""
-    from classifier.data import read_tickets_to_classify
-
-    rows = read_tickets_to_classify(path, predictor.text_options)
     texts = [text for _, text in rows if text]
     predictions = iter(predictor.predict(texts, top_k=top_k, cleaned=True) if texts else [])
     empty = []
@@ -318,7 +320,7 @@ def _predict_file(predictor: Predictor, path: Path, top_k: int) -> None:
             print(json.dumps({"id": ticket_id, **next(predictions).to_dict()}, ensure_ascii=False))
         else:
             empty.append(ticket_id)
-            print(json.dumps({"id": ticket_id, "error": "no text after cleaning"}))
+            print(json.dumps({"id": ticket_id, "error": "no text after cleaning"}, ensure_ascii=False))
     if empty:
         shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
         print(f"ticketclf predict: warning: {path}: {len(empty)} of {len(rows)} tickets have no text after "

@@ -279,7 +279,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
         else:
             texts.append(text)
             labels.append(label)
-            ids.append(str(record.get(mapping.id_column, "")) if mapping.id_column else str(row))
+            ids.append(_row_id(record, mapping.id_column, row))
     if not texts:
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
     source = {"path": str(path), "sha256": file_sha256(path), "rows_read": len(records), "rows_used": len(texts)}
@@ -303,8 +303,13 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions) -> lis
         fields = ("text",)
     mapping = resolve_columns(columns, path, fields, require_label=False)
     reading = replace(text_options, fields=tuple(mapping.text_columns))
-    return [(str(record.get(mapping.id_column, row)) if mapping.id_column else str(row), ticket_text(record, reading))
-            for row, record in records]
+    return [(_row_id(record, mapping.id_column, row), ticket_text(record, reading)) for row, record in records]
+
+
+def _row_id(record: dict[str, Any], id_column: str | None, row: int) -> str:
+    """The record's id from the id column, or its row number where it has none."""
+    value = record.get(id_column) if id_column else None
+    return str(row) if value is None or str(value).strip() == "" else str(value)
 
 
 def _records_and_columns(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:

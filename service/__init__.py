@@ -61,10 +61,11 @@ def settings(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if not merged["BUNDLE"]:
         raise UserError("no model bundle: give one to 'ticketclf serve' or set TICKETCLF_BUNDLE")
     if merged["ENGINE"] not in ENGINES:
-        raise UserError(f"TICKETCLF_ENGINE: unknown engine {merged['ENGINE']!r}; choose one of {', '.join(ENGINES)}")
-    for key in ("MAX_BATCH", "MAX_CONTENT_LENGTH"):
-        if merged[key] < 1:
-            raise UserError(f"{ENVIRONMENT[key][0]}: must be at least 1, got {merged[key]}")
+        raise UserError(f"ENGINE (TICKETCLF_ENGINE): unknown engine {merged['ENGINE']!r}; "
+                        f"choose one of {', '.join(ENGINES)}")
+    for key in ("MAX_BATCH", "MAX_CONTENT_LENGTH"):  # a MAX_CONTENT_LENGTH of None is Flask's "no limit"
+        if merged[key] is not None and merged[key] < 1:
+            raise UserError(f"{key} ({ENVIRONMENT[key][0]}): must be at least 1, got {merged[key]}")
     return merged
 
 

@@ -68,11 +68,21 @@ def _json_body() -> Any:
     if request.content_length is None and limit is not None and len(raw) >= limit:
         raise _too_large(limit)
     try:
-        return json.loads(raw)
+        return json.loads(raw, object_pairs_hook=_refuse_duplicate_keys)
     except ValueError as error:  # also bad UTF-8 and numbers too long to convert
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {error}") from None
     except RecursionError:
         raise ApiError(400, "bad_json", "the body is not valid JSON: nested too deeply") from None
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; a key given twice is an error, not "the last one wins" (a ticket would be lost)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        keys = [key for key, _ in pairs]
+        duplicate = next(key for key in obj if keys.count(key) > 1)
+        raise ValueError(f"the key {duplicate!r} is given twice in one object")
+    return obj
 
 
 def _too_large(limit: int | None) -> ApiError:

@@ -24,5 +24,5 @@ class ModelState:
         for text in _WARM_UP:
             self.predictor.predict([text])
         self.ready = True
-        log.info("model %s %s ready (%s, %d thread(s))", self.predictor.name, self.predictor.version,
-                 self.predictor.engine.name, self.threads)
+        log.info("model %s %s ready (%s: %s, %d thread(s))", self.predictor.name, self.predictor.version,
+                 self.predictor.engine_kind, self.predictor.engine.name, self.threads)

@@ -192,8 +192,9 @@ def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
     """
     if not isinstance(body, dict):
         return None
+    given = {key for key, value in body.items() if value is not None}  # null counts as absent, as in a ticket
     present = [shape for shape, keys in (("batch", {"tickets"}), ("zendesk", {"ticket"}),
-                                         ("single", {"text", *text_fields})) if keys & body.keys()]
+                                         ("single", {"text", *text_fields})) if keys & given]
     if len(present) > 1:
         return None
     return present[0] if present else "single"  # no text at all: validated as one ticket, which names what is missing

@@ -11,6 +11,7 @@ from gunicorn import util
 from gunicorn.app.base import Application
 
 from classifier import bundle as bundles
+from classifier.predict import default_threads, resolve_engine
 from service import settings
 
 CONFIG_FILE = Path(__file__).with_name("gunicorn_conf.py")
@@ -19,9 +20,12 @@ CONFIG_FILE = Path(__file__).with_name("gunicorn_conf.py")
 def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
           dev: bool = False) -> int:
     """Serve ``bundle_dir`` until stopped; return the exit code."""
-    bundles.read_manifest(bundle_dir)  # a wrong path fails here in one line, before any server starts
+    # Mistakes fail here in one line, before any server starts, not with a traceback from every worker.
+    manifest = bundles.read_manifest(bundle_dir)
     os.environ["TICKETCLF_BUNDLE"] = str(bundle_dir.resolve())  # how the app (in every worker) finds it
-    settings()  # a bad TICKETCLF_* setting fails here in one line, not with a traceback from every worker
+    config = settings()
+    default_threads()  # TICKETCLF_THREADS
+    resolve_engine(bundle_dir, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
     if dev:
         return _serve_dev(host, port)
     overrides: dict[str, Any] = {"bind": [_address(host, port)]}

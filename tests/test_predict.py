@@ -77,6 +77,13 @@ def test_the_model_name_is_the_one_given_at_training_wherever_the_bundle_lives(e
     assert Predictor.load(exported_bundle).name == "tiny"
 
 
+def test_a_bundle_from_before_names_were_recorded_is_named_by_its_directory(bundle_copy: Path) -> None:
+    manifest = read_manifest(bundle_copy)
+    del manifest["name"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert Predictor.load(bundle_copy).name == bundle_copy.name
+
+
 def test_order_is_kept_when_batches_are_sorted_by_length(exported_bundle: Path) -> None:
     # fp32: dynamic int8 scales activations per batch, so its scores shift slightly with batch-mates.
     predictor = Predictor.load(exported_bundle, engine="fp32")

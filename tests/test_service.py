@@ -36,6 +36,7 @@ from classifier.predict import Predictor
 from service import create_app
 from service import settings as service_settings
 from service.context import EXTENSION, Context
+from service import server as server_module
 from service.schemas import ZendeskTicket, zendesk_record
 from service.server import serve
 from service.worker import bytes_waiting, request_read_whole
@@ -148,6 +149,17 @@ def test_unreadable_bodies(client: FlaskClient, kwargs: dict[str, Any], status: 
     assert error_of(client.post("/classify", **kwargs), status)["code"] == code
 
 
+def test_a_key_given_twice_is_refused_not_overwritten(client: FlaskClient) -> None:
+    body = '{"tickets": [{"text": "refund please"}], "tickets": [{"text": "cannot log in"}]}'
+    error = error_of(client.post("/classify", data=body, content_type="application/json"), 400)
+    assert error["code"] == "bad_json" and "'tickets' is given twice" in error["message"]
+
+
+def test_null_keys_do_not_count_as_a_second_request_shape(client: FlaskClient) -> None:
+    response = client.post("/classify", json={"tickets": [{"id": 1, "text": "refund please"}], "text": None})
+    assert response.status_code == 200 and [p["id"] for p in response.get_json()["predictions"]] == [1]
+
+
 def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path) -> None:
     app = create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": "", "MAX_CONTENT_LENGTH": 100})
     app.add_url_rule("/bug", "bug", lambda: 1 // 0)  # a stand-in for a bug in a view
@@ -241,7 +253,8 @@ def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predi
     assert grew("ticketclf_http_request_duration_seconds_count", route="/classify") == 1
     assert grew("ticketclf_predictions_total", label=label) == 1
     assert ("ticketclf_needs_review_total", ()) in after
-    info = ("ticketclf_model_info", (("engine", predictor.engine_kind), ("name", predictor.name),
+    served = json.loads((predictor.bundle_dir / "manifest.json").read_text())["serving"]["engine"]  # int8 or fp32
+    info = ("ticketclf_model_info", (("engine", served), ("name", predictor.name),
                                      ("version", predictor.version)))
     assert after[info] == 1
 
@@ -367,16 +380,19 @@ def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("variable", "value", "message"), [
     ("TICKETCLF_MAX_BATCH", "abc", "TICKETCLF_MAX_BATCH: invalid literal"),
-    ("TICKETCLF_MAX_BATCH", "0", "TICKETCLF_MAX_BATCH: must be at least 1"),
-    ("TICKETCLF_ENGINE", "bogus", "TICKETCLF_ENGINE: unknown engine 'bogus'"),
+    ("TICKETCLF_MAX_BATCH", "0", r"MAX_BATCH \(TICKETCLF_MAX_BATCH\): must be at least 1"),
+    ("TICKETCLF_ENGINE", "bogus", "unknown engine 'bogus'"),
+    ("TICKETCLF_ENGINE", "fp32", "no fp32 ONNX model; run 'ticketclf export"),  # tiny_bundle is not exported
     ("TICKETCLF_LOG_TEXT", "maybe", "TICKETCLF_LOG_TEXT: expected true or false"),
+    ("TICKETCLF_THREADS", "abc", "TICKETCLF_THREADS must be a whole number"),
 ])
-def test_serve_refuses_a_bad_setting_before_starting_workers(exported_bundle: Path, variable: str, value: str,
+def test_serve_refuses_a_bad_setting_before_starting_workers(tiny_bundle: Path, variable: str, value: str,
                                                              message: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(variable, value)
     monkeypatch.setenv("TICKETCLF_BUNDLE", "")  # serve() sets it; monkeypatch restores it afterwards
+    monkeypatch.setattr(server_module._Gunicorn, "run", lambda self: pytest.fail("gunicorn started"))
     with pytest.raises(UserError, match=message):
-        serve(exported_bundle)
+        serve(tiny_bundle)
 
 
 def free_port() -> int:
