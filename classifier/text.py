@@ -18,7 +18,16 @@ from typing import Any
 FIELD_SEPARATOR = "\n"
 """Non-empty fields are joined in the configured order with this separator."""
 
-_HTML_HINT = re.compile(r"<\s*/?\s*[a-zA-Z][a-zA-Z0-9]*[^<>]*>|&(?:[a-zA-Z]+|#\d+|#x[0-9a-fA-F]+);")
+# Elements that helpdesk and mail-client HTML uses. Only these are markup: "<Connection refused>",
+# "<john@example.com>" or "<https://...>" in a plain-text ticket are words, and stay.
+_HTML_TAGS = frozenset(
+    "a abbr address article aside b base bdi bdo big blockquote body br button caption center cite code col "
+    "colgroup dd del details dfn div dl dt em figcaption figure font footer form h1 h2 h3 h4 h5 h6 head header "
+    "hr html i img input ins kbd label legend li link main mark meta nav noscript ol p pre q s samp section "
+    "small span strike strong style sub summary sup table tbody td tfoot th thead title tr tt u ul var wbr "
+    "o:p script".split())  # o:p: Outlook's paragraph
+_HTML_HINT = re.compile(r"<\s*/?\s*(?:" + "|".join(sorted(_HTML_TAGS, key=len, reverse=True)) + r")(?=[\s/>])[^<>]*>"
+                        r"|&(?:[a-zA-Z]+|#\d+|#x[0-9a-fA-F]+);", re.IGNORECASE)
 _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
                "blockquote", "pre", "hr"}
 _SKIPPED_TAGS = {"script", "style", "head", "title"}
@@ -162,13 +171,22 @@ class _TextExtractor(HTMLParser):
         self._skipping = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED_TAGS:
+        if tag not in _HTML_TAGS:  # "<Connection refused>" inside an HTML ticket is text
+            self.handle_data(self.get_starttag_text() or "")
+        elif tag in _SKIPPED_TAGS:
             self._skipping += 1
         elif tag in _BLOCK_TAGS:
             self.chunks.append("\n")
 
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)  # "<br/>"; an unknown "<x/>" is kept once, as written
+        if tag in _HTML_TAGS:
+            self.handle_endtag(tag)
+
     def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED_TAGS:
+        if tag not in _HTML_TAGS:
+            self.handle_data(f"</{tag}>")
+        elif tag in _SKIPPED_TAGS:
             self._skipping = max(0, self._skipping - 1)
         elif tag in _BLOCK_TAGS:
             self.chunks.append("\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +29,16 @@ def test_a_plain_string_is_the_whole_ticket() -> None:
 def test_html_becomes_text() -> None:
     assert clean_text("<p>Export&nbsp;fails</p><br><div>CSV &amp; XLSX</div>") == "Export fails CSV & XLSX"
     assert clean_text("<style>p {color: red}</style><p>Hi</p>") == "Hi"
+
+
+@pytest.mark.parametrize(("raw", "cleaned"), [
+    ("Error: <Connection refused> when saving", "Error: <Connection refused> when saving"),
+    ("John <john@example.com> wrote", "John <john@example.com> wrote"),
+    ("see <https://example.com/x>", "see <https://example.com/x>"),
+    ("<p>Error <Connection refused></p><br/>next <x/>", "Error <Connection refused> next <x/>"),
+])
+def test_angle_brackets_that_are_not_html_stay(raw: str, cleaned: str) -> None:
+    assert clean_text(raw) == cleaned
 
 
 def test_html_kept_when_disabled() -> None:
