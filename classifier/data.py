@@ -7,12 +7,15 @@ row and column. The :class:`DataReport` says what was dropped, merged or suspici
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
 import io
 import json
+import os
 import random
+import re
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,6 +41,7 @@ TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
 LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type")
 ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key")
 OTHER_LABEL = "other"
+_MAX_FIELD_CHARS = 64 * 1024 * 1024  # one CSV field; the whole file is in memory anyway
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 
 
@@ -155,6 +159,11 @@ def _read_text(path: Path) -> str:
         raw = gzip.open(path).read() if path.suffix.lower() == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path}: cannot read file ({error})") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: starts as UTF-16 but is not valid UTF-16; re-export it as UTF-8") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -164,21 +173,37 @@ def _read_text(path: Path) -> str:
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV/TSV file, numbered by the line each record starts on.
+
+    Also read as spreadsheets write them: Excel's "sep=;" first line, semicolons where the
+    locale's decimal mark is a comma, an empty column after a trailing delimiter, long fields.
+    """
+    first_line, _, rest = text.partition("\n")
+    skipped = 0
+    if re.fullmatch(r"sep=(.)\r?", first_line):
+        delimiter, text, skipped = first_line[4], rest, 1
+    elif delimiter == "," and "," not in first_line and ";" in first_line:
+        delimiter = ";"
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD_CHARS))  # pasted logs pass Python's 128 KiB
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1 + skipped
     try:
         header = [name.strip() for name in next(reader)]
+        while header and header[-1] == "":  # a trailing delimiter on the header line
+            header.pop()
         if len(set(header)) != len(header) or "" in header:
-            raise UserError(f"{where(path, 1)}: header has empty or repeated column names: {header}")
+            raise UserError(f"{where(path, start)}: header has empty or repeated column names: {header}")
+        start = reader.line_num + 1 + skipped
         for row in reader:
-            line = reader.line_num
+            line, start = start, reader.line_num + 1 + skipped
             if not any(cell.strip() for cell in row):
                 continue
-            if len(row) > len(header):
+            if any(cell.strip() for cell in row[len(header):]):
                 raise UserError(f"{where(path, line)}: {len(row)} fields but the header has "
                                 f"{len(header)}; is a text field missing its quotes?")
             yield line, dict(zip(header, row + [""] * (len(header) - len(row))))
     except csv.Error as error:
-        raise UserError(f"{where(path, reader.line_num)}: malformed CSV ({error})") from None
+        raise UserError(f"{where(path, start)}: malformed CSV ({error})") from None
 
 
 def _read_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -282,7 +307,8 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
             ids.append(_row_id(record, mapping.id_column, row))
     if not texts:
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
-    source = {"path": str(path), "sha256": file_sha256(path), "rows_read": len(records), "rows_used": len(texts)}
+    source = {"path": os.path.abspath(path), "sha256": file_sha256(path), "rows_read": len(records),
+              "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
     report.files[path.name] = {k: source[k] for k in ("rows_read", "rows_used", "sha256")}
     return Tickets(texts, labels, ids, source), options
 

@@ -148,8 +148,12 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def load_test_set(data_path: str | Path, manifest: dict[str, Any],
                   label_column: str | None) -> tuple[Tickets, DataReport]:
-    """Read the test file with the bundle's text fields and cleaning, and training's loader and errors."""
+    """Read the test file with the bundle's text fields and cleaning, and training's loader and errors.
+
+    Labels come from ``label_column``, else the column the bundle was trained on (if it recorded it).
+    """
     data_report = DataReport()
+    label_column = label_column or manifest.get("data", {}).get("train", {}).get("label_column")
     tickets, _ = load_tickets(data_path, TextOptions.from_dict(manifest.get("text", {})), label_column, data_report)
     return tickets, data_report
 

@@ -103,7 +103,7 @@ def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> 
     (b"subject,body,category\nhi,there,billing,extra\n", "row 2: 4 fields but the header has 3"),
     (b"title,category\nhi,billing\n", "no text column found"),
     (b"subject,body\nhi,there\n", "no label column found"),
-    (b"subject,body,category\n\"unclosed,there,billing\n", "malformed CSV"),
+    (b"subject,body,category\n\"unclosed,there,billing\nmore\n", "row 2: malformed CSV"),  # where it opens
 ])
 def test_malformed_csv_gives_a_located_message(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "bad.csv"
@@ -111,6 +111,31 @@ def test_malformed_csv_gives_a_located_message(tmp_path: Path, content: bytes, m
     with pytest.raises(UserError, match=message) as error:
         load_tickets(path)
     assert str(path) in str(error.value)
+
+
+SPREADSHEET_EXPORTS = {
+    "utf16.csv": "subject,body,category\r\nLogin,cannot sign in,access\r\n".encode("utf-16"),  # Excel "Unicode text"
+    "semicolons.csv": b"subject;body;category\nLogin;cannot sign in, again;access\n",  # comma-decimal locales
+    "sep-line.csv": b"sep=;\nsubject;body;category\nLogin;cannot sign in, again;access\n",
+    "trailing.csv": b"subject,body,category,\nLogin,cannot sign in,access,\n",  # a trailing delimiter
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPREADSHEET_EXPORTS))
+def test_spreadsheet_exports_load(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(SPREADSHEET_EXPORTS[name])
+    [(row, record)] = list(read_records(path))
+    assert row == (3 if name == "sep-line.csv" else 2)
+    assert record["subject"] == "Login" and record["category"] == "access"
+    assert record["body"] in ("cannot sign in", "cannot sign in, again")
+
+
+def test_long_fields_and_multi_line_records_are_read_and_numbered_where_they_start(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    log = "x" * 200_000  # a pasted log: over Python's default 128 KiB field limit
+    path.write_text(f'subject,body,category\nLogs,"first line\nsecond line\nthird",bug\nCrash,"{log}",bug\n')
+    assert [(row, record["body"][:10]) for row, record in read_records(path)] == [(2, "first line"), (5, "x" * 10)]
 
 
 def test_unknown_columns_are_named(tmp_path: Path) -> None:

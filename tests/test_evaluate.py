@@ -24,8 +24,8 @@ from classifier.bundle import read_manifest
 from classifier.cli import main
 from classifier.data import load_tickets, reload_training_split
 from classifier.errors import UserError
-from classifier.evaluate import (REPORT_FILES, EvaluationOptions, cluster_order, evaluate, recommend_threshold,
-                                 summary_table)
+from classifier.evaluate import (REPORT_FILES, EvaluationOptions, cluster_order, evaluate, load_test_set,
+                                 recommend_threshold, summary_table)
 from classifier.predict import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,6 +247,19 @@ def test_missing_label_column_fails_with_the_training_message(exported_bundle, t
     with pytest.raises(UserError) as evaluation_error:
         evaluate(exported_bundle, test_csv, tmp_path / "out", EvaluationOptions(label_column="queue", baseline=False))
     assert str(evaluation_error.value) == str(training_error.value)
+
+
+def test_labels_come_from_the_column_the_bundle_was_trained_on(exported_bundle, test_csv, tmp_path):
+    # A "label" column would be guessed before "category"; the bundle learnt from "category".
+    with open(test_csv, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with_other_labels = tmp_path / "test.csv"
+    with open(with_other_labels, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["label", *rows[0]])
+        writer.writeheader()
+        writer.writerows({"label": "priority-high", **row} for row in rows)
+    tickets, _ = load_test_set(with_other_labels, read_manifest(exported_bundle), None)
+    assert tickets.labels == [row["category"] for row in rows if row["category"]]
 
 
 def test_a_file_with_only_unknown_labels_is_a_user_error(exported_bundle, test_csv, tmp_path):
