@@ -71,6 +71,7 @@ class DataReport:
     duplicates_removed: int = 0
     conflicting_texts: list[dict[str, Any]] = field(default_factory=list)
     merged_into_other: dict[str, int] = field(default_factory=dict)
+    merged_label_spellings: dict[str, str] = field(default_factory=dict)  # e.g. "Billing" -> "billing"
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     shared_texts_between_splits: int = 0
     split: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +93,9 @@ class DataReport:
         if self.conflicting_texts:
             lines.append(f"{len(self.conflicting_texts)} identical texts carry conflicting labels "
                          f"(kept; see reports/data_report.json)")
+        if self.merged_label_spellings:
+            spellings = ", ".join(f"{k!r} -> {v!r}" for k, v in self.merged_label_spellings.items())
+            lines.append(f"labels differing only in case counted as one: {spellings}")
         if self.merged_into_other:
             merged = ", ".join(f"{k} ({v})" for k, v in self.merged_into_other.items())
             lines.append(f"merged rare classes into '{OTHER_LABEL}': {merged}")
@@ -425,6 +429,7 @@ def prepare_data(train_path: str | Path, validation_path: str | Path | None = No
         raise UserError(f"validation fraction must be between 0 and 1, got {validation_fraction}")
     report = DataReport()
     train, options = load_tickets(train_path, text_options, label_column, report)
+    train = match_label_spellings(train, _most_common_spellings(train.labels), report)
     train = check_classes(deduplicate(train, report), min_class_count, merge_rare_classes, report, train_path)
     if validation_path is None:
         train, validation = stratified_split(train, validation_fraction, seed)
@@ -439,8 +444,31 @@ def prepare_data(train_path: str | Path, validation_path: str | Path | None = No
     return PreparedData(train, validation, labels, options, report)
 
 
+def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataReport) -> Tickets:
+    """Spell each label as ``known`` does when they differ only in case ("Billing " in one export,
+    "billing" in another are one class); the changes go into the report."""
+    spelling = {label.casefold(): label for label in known}
+    renamed = {label: spelling[label.casefold()] for label in set(tickets.labels)
+               if label.casefold() in spelling and spelling[label.casefold()] != label}
+    if not renamed:
+        return tickets
+    report.merged_label_spellings.update(renamed)
+    return Tickets(tickets.texts, [renamed.get(label, label) for label in tickets.labels], tickets.ids,
+                   tickets.source)
+
+
+def _most_common_spellings(labels: Sequence[str]) -> list[str]:
+    """One spelling per case-insensitive label: the one most tickets use (ties: the first in sort order)."""
+    counts = Counter(labels)
+    best: dict[str, str] = {}
+    for label in sorted(counts, key=lambda label: (-counts[label], label)):
+        best.setdefault(label.casefold(), label)
+    return list(best.values())
+
+
 def _relabel_for_training(tickets: Tickets, known: set[str], report: DataReport, path: str | Path) -> Tickets:
     """Map rare labels to ``other`` as in training; drop (and report) labels training never saw."""
+    tickets = match_label_spellings(tickets, known, report)
     merged = set(report.merged_into_other)
     labels = [OTHER_LABEL if label in merged else label for label in tickets.labels]
     keep = [i for i, label in enumerate(labels) if label in known]

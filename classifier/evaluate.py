@@ -34,7 +34,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from classifier import bundle
-from classifier.data import DataReport, Tickets, load_tickets, reload_training_split
+from classifier.data import DataReport, Tickets, load_tickets, match_label_spellings, reload_training_split
 from classifier.errors import UserError
 from classifier.predict import Predictor, resolve_engine
 from classifier.text import TextOptions
@@ -155,7 +155,7 @@ def load_test_set(data_path: str | Path, manifest: dict[str, Any],
     data_report = DataReport()
     label_column = label_column or manifest.get("data", {}).get("train", {}).get("label_column")
     tickets, _ = load_tickets(data_path, TextOptions.from_dict(manifest.get("text", {})), label_column, data_report)
-    return tickets, data_report
+    return match_label_spellings(tickets, manifest["labels"], data_report), data_report
 
 
 def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
@@ -389,6 +389,7 @@ def _routed_at_target(point: dict[str, Any] | None) -> str:
 def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored) -> dict[str, Any]:
     return {**tickets.source, "evaluated": int(len(scored.rows)),
             "dropped": {reason: {"count": len(where), "rows": where} for reason, where in data_report.dropped.items()},
+            "label_spellings_matched": data_report.merged_label_spellings,
             "labels_without_test_tickets": sorted(set(scored.classes) - set(scored.y_true))}
 
 
@@ -464,6 +465,10 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     for reason, dropped in report["data"]["dropped"].items():
         rows = ", ".join(dropped["rows"][:3]) + (" ..." if dropped["count"] > 3 else "")
         warnings.append(f"{dropped['count']} test row{'s' if dropped['count'] > 1 else ''} dropped ({reason}): {rows}")
+    spellings = report["data"]["label_spellings_matched"]
+    if spellings:
+        shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(spellings.items())[:10])
+        warnings.append(f"test labels matched to the model's spelling (they differ only in case): {shown}")
     missing = report["data"]["labels_without_test_tickets"]
     if missing:
         classes = "1 model class has" if len(missing) == 1 else f"{len(missing)} model classes have"

@@ -156,6 +156,21 @@ def test_bad_json_lines_are_located(tmp_path: Path) -> None:
         list(read_records(path))
 
 
+def test_labels_differing_only_in_case_are_one_class(tmp_path: Path) -> None:
+    rows = [("billing", f"charged twice {i}") for i in range(6)] + [("Billing ", f"refund {i}") for i in range(2)]
+    rows += [(" BILLING", "invoice missing")] + [("login", f"cannot sign in {i}") for i in range(9)]
+    train = tmp_path / "train.csv"
+    train.write_text("text,category\n" + "".join(f"{text},{label}\n" for label, text in rows))
+    validation = tmp_path / "validation.csv"
+    validation.write_text("text,category\nwrong amount,BiLLing\nlocked out,Login\n")
+    data = prepare_data(train, validation)
+    assert data.labels == ["billing", "login"]
+    assert sorted(data.validation.labels) == ["billing", "login"]
+    assert data.report.merged_label_spellings == {"Billing": "billing", "BILLING": "billing", "BiLLing": "billing",
+                                                  "Login": "login"}
+    assert any("differing only in case" in line for line in data.report.summary_lines())
+
+
 def test_missing_file_directory_and_unknown_type(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="file not found"):
         list(read_records(tmp_path / "nope.csv"))

@@ -262,6 +262,17 @@ def test_labels_come_from_the_column_the_bundle_was_trained_on(exported_bundle, 
     assert tickets.labels == [row["category"] for row in rows if row["category"]]
 
 
+def test_test_labels_in_another_case_are_matched_to_the_models(exported_bundle, known_rows, tmp_path):
+    shouting = tmp_path / "test.csv"
+    with open(shouting, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, list(known_rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "category": row["category"].upper()} for row in known_rows)
+    tickets, data_report = load_test_set(shouting, read_manifest(exported_bundle), None)
+    assert tickets.labels == [row["category"] for row in known_rows]
+    assert data_report.merged_label_spellings["BILLING"] == "billing"
+
+
 def test_a_file_with_only_unknown_labels_is_a_user_error(exported_bundle, test_csv, tmp_path):
     with pytest.raises(UserError, match="no test ticket has a label the model knows"):
         evaluate(exported_bundle, test_csv, tmp_path / "out", EvaluationOptions(label_column="priority",
