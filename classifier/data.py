@@ -299,6 +299,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     texts, labels, ids = [], [], []
     for row, record in records:
+        _require_plain_values(record, (*mapping.text_columns, mapping.label_column), path, row)
         text = ticket_text(record, reading)
         label = _label_value(record.get(mapping.label_column)) if mapping.label_column else ""
         if not text:
@@ -333,7 +334,20 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions) -> lis
         fields = ("text",)
     mapping = resolve_columns(columns, path, fields, require_label=False)
     reading = replace(text_options, fields=tuple(mapping.text_columns))
+    for row, record in records:
+        _require_plain_values(record, mapping.text_columns, path, row)
     return [(_row_id(record, mapping.id_column, row), ticket_text(record, reading)) for row, record in records]
+
+
+def _require_plain_values(record: dict[str, Any], columns: Iterable[str | None], path: Path, row: int) -> None:
+    """Text and label fields must be text or numbers: a nested JSON object or list would be read
+    as its Python spelling ("{'subject': ...}") and trained on as if it were the ticket."""
+    for column in columns:
+        value = record.get(column) if column else None
+        if isinstance(value, (dict, list)):
+            kind = "object" if isinstance(value, dict) else "list"
+            raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; nested fields are "
+                            "not read: flatten the export so that each text and label field is a top-level key")
 
 
 def _row_id(record: dict[str, Any], id_column: str | None, row: int) -> str:

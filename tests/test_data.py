@@ -171,6 +171,16 @@ def test_labels_differing_only_in_case_are_one_class(tmp_path: Path) -> None:
     assert any("differing only in case" in line for line in data.report.summary_lines())
 
 
+def test_nested_json_fields_are_refused_not_read_as_python_text(tmp_path: Path) -> None:
+    path = tmp_path / "export.jsonl"
+    path.write_text('{"ticket": {"subject": "Refund", "description": "charged twice"}, "group": "billing"}\n')
+    with pytest.raises(UserError, match=r"export.jsonl, row 1, column 'ticket': holds a JSON object, not text"):
+        load_tickets(path, TextOptions(fields=("ticket",)), label_column="group")
+    path.write_text('{"text": "charged twice", "category": ["billing", "refunds"]}\n')
+    with pytest.raises(UserError, match=r"row 1, column 'category': holds a JSON list"):
+        load_tickets(path)
+
+
 def test_missing_file_directory_and_unknown_type(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="file not found"):
         list(read_records(tmp_path / "nope.csv"))
