@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from classifier.errors import UserError
-from classifier.text import TextOptions
+from classifier.text import TextOptions, ticket_text
 
 if TYPE_CHECKING:
     from classifier.predict import Predictor
@@ -297,11 +297,11 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.top_k is not None and not 1 <= args.top_k <= labels:
         raise UserError(f"--top-k must be between 1 and {labels} (the model's labels), got {args.top_k}")
     top_k = args.top_k or min(3, labels)
-    rows = read_tickets_to_classify(args.file, predictor.text_options) if args.file else []  # bad file: no output
+    # Arguments are numbered 1, 2, ...; file rows keep their ids. A bad file fails before any output.
+    rows = [(str(number), ticket_text(text, predictor.text_options)) for number, text in enumerate(args.texts, 1)]
+    rows += read_tickets_to_classify(args.file, predictor.text_options) if args.file else []
     try:
-        for prediction in predictor.predict(args.texts, top_k=top_k):
-            print(json.dumps(prediction.to_dict(), ensure_ascii=False))
-        _print_file_predictions(predictor, args.file, rows, top_k)
+        _print_predictions(predictor, rows, top_k)
         sys.stdout.flush()  # inside the try: a reader gone before the last buffered lines is handled too
     except BrokenPipeError:  # the reader left early (`ticketclf predict ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
@@ -309,9 +309,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_file_predictions(predictor: Predictor, path: Path | None, rows: list[tuple[str, str]],
-                            top_k: int) -> None:
-    """One JSON line per row, in file order, each with the row's id: its prediction, or why there is none."""
+def _print_predictions(predictor: Predictor, rows: list[tuple[str, str]], top_k: int) -> None:
+    """One JSON line per (id, cleaned text), in order, each with its id: the prediction, or why there is none."""
     texts = [text for _, text in rows if text]
     predictions = iter(predictor.predict(texts, top_k=top_k, cleaned=True) if texts else [])
     empty = []
@@ -323,7 +322,7 @@ def _print_file_predictions(predictor: Predictor, path: Path | None, rows: list[
             print(json.dumps({"id": ticket_id, "error": "no text after cleaning"}, ensure_ascii=False))
     if empty:
         shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
-        print(f"ticketclf predict: warning: {path}: {len(empty)} of {len(rows)} tickets have no text after "
+        print(f"ticketclf predict: warning: {len(empty)} of {len(rows)} tickets have no text after "
               f"cleaning (ids {shown}); their lines carry an error instead of a label", file=sys.stderr)
 
 

@@ -52,7 +52,10 @@ _SIGN_OFF = re.compile(
 )
 _SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message
 _SIGNATURE_MAX_WORDS = 10  # a longer line after a sign-off is message, not signature
-_CONTROL_CHARS = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f\ufeff]")
+_CONTROL_CHARS = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b]")  # become spaces
+# Direction marks and stray byte-order marks go; the zero-width (non-)joiners U+200C/U+200D stay:
+# they are part of words (Persian "نمی‌توانم") and of emoji sequences.
+_INVISIBLE_MARKS = re.compile(r"[\u200e\u200f\ufeff]")
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:
     text = unicodedata.normalize("NFC", raw).replace("\r\n", "\n").replace("\r", "\n")
     if options.strip_html and _HTML_HINT.search(text):
         text = html_to_text(text)
-    text = _CONTROL_CHARS.sub(" ", text)
+    text = _INVISIBLE_MARKS.sub("", _CONTROL_CHARS.sub(" ", text))
     if options.strip_quoted_replies:
         text = strip_quoted_replies(text)
     if options.strip_signatures:

@@ -71,12 +71,15 @@ def test_serve_without_a_bundle_argument_uses_ticketclf_bundle(tmp_path: Path, c
 
 
 def test_predict_prints_json_lines(exported_bundle: Path) -> None:
-    result = run_cli("predict", str(exported_bundle), "I was charged twice", "Cannot log in", "--top-k", "2")
+    result = run_cli("predict", str(exported_bundle), "I was charged twice", "<p> </p>", "Cannot log in",
+                     "--top-k", "2")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(lines) == 2
+    assert [line["id"] for line in lines] == ["1", "2", "3"]  # arguments are numbered from 1
     assert {"label", "confidence", "needs_review", "truncated", "top_k"} <= set(lines[0])
     assert len(lines[0]["top_k"]) == 2
+    assert lines[1] == {"id": "2", "error": "no text after cleaning"}  # the others are still classified
+    assert "1 of 3 tickets have no text after cleaning (ids 2)" in result.stderr
 
 
 def test_predict_reads_a_ticket_file(exported_bundle: Path, tmp_path: Path,

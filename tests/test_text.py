@@ -93,3 +93,11 @@ def test_cleaning_never_fails_and_is_idempotent(raw: str) -> None:
     assert once == once.strip()
     assert "  " not in once and "\n" not in once
     assert clean_text(once, TextOptions(strip_html=False)) == once
+
+
+def test_zero_width_joiners_stay_inside_words_and_emoji() -> None:
+    persian = "نمی\u200cتوانم وارد شوم"  # "I cannot log in": the joiner belongs to the first word
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+    assert clean_text(persian) == persian
+    assert clean_text(f"help {family}") == f"help {family}"
+    assert clean_text("left\u200e to\u200f right\ufeff") == "left to right"
