@@ -424,7 +424,7 @@ def running_server(bundle: Path, log: Path, *options: str, stop: int = signal.SI
                "--port", str(port), *options]
     with open(log, "w") as out:
         server = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+                                  start_new_session=True, preexec_fn=_default_sigint)
     try:
         wait_ready(server, port, timeout=90)
         yield port
@@ -436,6 +436,12 @@ def running_server(bundle: Path, log: Path, *options: str, stop: int = signal.SI
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
     assert server.returncode == 0, log.read_text()
+
+
+def _default_sigint() -> None:
+    """In the server's process before it starts: a test suite run as a background job (`cmd &` in a
+    script) has SIGINT ignored, the server would inherit that, and the SIGINT that stops it would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_ready(server: subprocess.Popen, port: int, timeout: float) -> None:
