@@ -192,7 +192,7 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     start = 1 + skipped
     try:
-        header = [name.strip() for name in next(reader)]
+        header = [name.strip() for name in next(reader, [])]  # [] for a file that is only "sep=;"
         while header and header[-1] == "":  # a trailing delimiter on the header line
             header.pop()
         if len(set(header)) != len(header) or "" in header:

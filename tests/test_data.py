@@ -99,6 +99,7 @@ def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> 
 @pytest.mark.parametrize("content, message", [
     (b"", "file is empty"),
     (b"subject,body,category\n", "no tickets in file"),
+    (b"sep=;\n", "no tickets in file"),  # Excel's delimiter line and nothing else
     (b"subject,body,category\nhi,there,\xff\xfe billing\n", "row 2: bytes are not valid UTF-8"),
     (b"subject,body,category\nhi,there,billing,extra\n", "row 2: 4 fields but the header has 3"),
     (b"title,category\nhi,billing\n", "no text column found"),
