@@ -293,14 +293,10 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     records, columns = _records_and_columns(path)
     text_options = text_options or TextOptions()
     mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label)
-    # Read with the file's own spelling (exact key lookups); stored lower-case, since prediction
-    # matches field names case-insensitively (classifier.text).
-    reading = replace(text_options, fields=tuple(mapping.text_columns))
+    # Stored lower-case, since prediction matches field names case-insensitively (classifier.text).
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     texts, labels, ids = [], [], []
-    for row, record in records:
-        _require_plain_values(record, (*mapping.text_columns, mapping.label_column), path, row)
-        text = ticket_text(record, reading)
+    for row, record, text in _cleaned_rows(records, mapping, text_options, path):
         label = _label_value(record.get(mapping.label_column)) if mapping.label_column else ""
         if not text:
             report.drop("no text after cleaning", where(path, row))
@@ -332,22 +328,27 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions) -> lis
     lower_columns = {name.lower() for name in columns}
     if not lower_columns & {name.lower() for name in fields} and "text" in lower_columns:
         fields = ("text",)
-    mapping = resolve_columns(columns, path, fields, require_label=False)
+    mapping = replace(resolve_columns(columns, path, fields, require_label=False), label_column=None)  # none read
+    return [(_row_id(record, mapping.id_column, row), text)
+            for row, record, text in _cleaned_rows(records, mapping, text_options, path)]
+
+
+def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapping, text_options: TextOptions,
+                  path: Path) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """``(row, record, cleaned text)`` per record, text fields read with the file's own spelling.
+
+    Text and label fields must be text or numbers: a nested JSON object or list would be read
+    as its Python spelling ("{'subject': ...}") and trained on as if it were the ticket.
+    """
     reading = replace(text_options, fields=tuple(mapping.text_columns))
     for row, record in records:
-        _require_plain_values(record, mapping.text_columns, path, row)
-    return [(_row_id(record, mapping.id_column, row), ticket_text(record, reading)) for row, record in records]
-
-
-def _require_plain_values(record: dict[str, Any], columns: Iterable[str | None], path: Path, row: int) -> None:
-    """Text and label fields must be text or numbers: a nested JSON object or list would be read
-    as its Python spelling ("{'subject': ...}") and trained on as if it were the ticket."""
-    for column in columns:
-        value = record.get(column) if column else None
-        if isinstance(value, (dict, list)):
-            kind = "object" if isinstance(value, dict) else "list"
-            raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; nested fields are "
-                            "not read: flatten the export so that each text and label field is a top-level key")
+        for column in (*mapping.text_columns, mapping.label_column):
+            value = record.get(column) if column else None
+            if isinstance(value, (dict, list)):
+                kind = "object" if isinstance(value, dict) else "list"
+                raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; nested fields are "
+                                "not read: flatten the export so that each text and label field is a top-level key")
+        yield row, record, ticket_text(record, reading)
 
 
 def _row_id(record: dict[str, Any], id_column: str | None, row: int) -> str:
