@@ -52,6 +52,8 @@ _SIGN_OFF = re.compile(
 )
 _SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message
 _SIGNATURE_MAX_WORDS = 10  # a longer line after a sign-off is message, not signature
+_NAME_MAX_WORDS = 5  # the line right after a sign-off is a name, or the message goes on
+_NAME_MAX_LOWERCASE_WORDS = 3  # "also the app crashes" after "thanks" is message; "chen van dijk" a name
 _CONTROL_CHARS = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b]")  # become spaces
 # Direction marks and stray byte-order marks go; the zero-width (non-)joiners U+200C/U+200D stay:
 # they are part of words (Persian "نمی‌توانم") and of emoji sequences.
@@ -143,12 +145,28 @@ def strip_signature(text: str) -> str:
 
 
 def _signature_like(lines: list[str]) -> bool:
-    """Names, titles, phone numbers, addresses: no sentences, no long lines."""
+    """A name first ("Maria Lopez"), then titles, phone numbers, addresses: no sentences, no long lines.
+
+    "Thanks!\nAlso the app crashes" is a message going on, so its last line stays.
+    """
+    first = next((line for line in lines if line.strip()), None)
+    if first is not None and not (_name_like(first) or _SIGN_OFF.match(first.strip())
+                                  or _SIGNATURE_START.match(first.strip())):
+        return False
     for line in lines:
         words = line.split()
         if len(words) > _SIGNATURE_MAX_WORDS or (len(words) >= 4 and line.rstrip().endswith((".", "?", "!"))):
             return False
     return True
+
+
+def _name_like(line: str) -> bool:
+    """A short line ("sam", "- J.", "chen van dijk", "王伟"), or a few words that do not start
+    in lower case ("Dr. Maria Lopez Garcia"). Tickets are often typed all in lower case."""
+    words = line.strip(" -\u2013\u2014~,").split()
+    if not 0 < len(words) <= _NAME_MAX_WORDS:
+        return False
+    return len(words) <= _NAME_MAX_LOWERCASE_WORDS or not any(word[0].islower() for word in words)
 
 
 def _field(ticket: Mapping[str, Any], name: str) -> Any:

@@ -73,6 +73,15 @@ def test_thanks_inside_the_message_is_kept() -> None:
         "Login fails __ Steps: click login, then wait for the spinner."
 
 
+def test_sign_off_cuts_only_a_name_and_what_follows_it() -> None:
+    assert clean_text("My card is blocked.\nThanks!\nAlso the app crashes at login") == \
+        "My card is blocked. Thanks! Also the app crashes at login"
+    assert clean_text("Refund please\nBest regards,\n- Sam\n+1 555 0100") == "Refund please"
+    assert clean_text("refund please\nthanks,\nchen van dijk\nfounder, pampas") == "refund please"
+    assert clean_text("Broken\nCheers\nSent from my iPhone") == "Broken"
+    assert clean_text("Where is my card?\nThanks") == "Where is my card?"
+
+
 def test_field_names_match_regardless_of_case() -> None:
     assert ticket_text({"Subject": "Refund", "BODY": "charged twice"}, SUBJECT_BODY) == "Refund\ncharged twice"
 
