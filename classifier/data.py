@@ -404,6 +404,11 @@ def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: Da
         report.merged_into_other.update(rare)
         tickets = Tickets(tickets.texts, [OTHER_LABEL if label in rare else label for label in tickets.labels],
                           tickets.ids, tickets.source)
+        merged = tickets.labels.count(OTHER_LABEL)
+        if merged < min_count:
+            raise UserError(f"{path}: merging the rare classes gives '{OTHER_LABEL}' only {merged} "
+                            f"ticket{'' if merged == 1 else 's'}, fewer "
+                            f"than {min_count}; add examples or lower --min-class-count")
     if len(set(tickets.labels)) < 2:
         raise UserError(f"{path}: only one class ({tickets.labels[0]!r}); a classifier needs at least two")
     return tickets

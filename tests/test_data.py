@@ -196,18 +196,25 @@ def test_duplicates_conflicts_and_rare_classes(tmp_path: Path) -> None:
     rows = [{"text": f"ticket number {i}", "label": "a" if i % 2 else "b"} for i in range(20)]
     rows += [{"text": "ticket number 1", "label": "a"},  # exact duplicate
              {"text": "ticket number 2", "label": "a"},  # same text as a 'b' ticket
-             {"text": "rare one", "label": "c"}]
+             {"text": "rare one", "label": "c"},
+             {"text": "rare two", "label": "d"}]
     path = write_csv(tmp_path / "t.csv", rows)
-    with pytest.raises(UserError, match=r"1 class has fewer than 5 tickets: 'c' \(1\)"):
+    with pytest.raises(UserError, match=r"2 classes have fewer than 5 tickets: 'c' \(1\), 'd' \(1\)"):
         prepare_data(path)
     prepared = prepare_data(path, merge_rare_classes=True, min_class_count=2, validation_fraction=0.25)
     report = prepared.report
     assert report.duplicates_removed == 1
     assert report.conflicting_texts == [{"text": "ticket number 2", "labels": ["a", "b"]}]
-    assert report.merged_into_other == {"c": 1}
+    assert report.merged_into_other == {"c": 1, "d": 1}
     assert "other" in prepared.labels
-    assert len(prepared.train) + len(prepared.validation) == 22
+    assert len(prepared.train) + len(prepared.validation) == 23
     assert report.shared_texts_between_splits in (0, 1)  # only the conflicting text can be on both sides
+
+
+def test_merged_rare_classes_must_make_a_large_enough_other(tmp_path: Path) -> None:
+    rows = [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(20)] + [{"text": "rare", "label": "c"}]
+    with pytest.raises(UserError, match="merging the rare classes gives 'other' only 1 ticket, fewer than 5"):
+        prepare_data(write_csv(tmp_path / "t.csv", rows), merge_rare_classes=True)
 
 
 def test_one_class_only_is_refused(tmp_path: Path) -> None:
