@@ -41,6 +41,7 @@ TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
 LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type")
 ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key")
 OTHER_LABEL = "other"
+_WHOLE_FLOAT = re.compile(r"([-+]?\d+)\.0+")  # "3.0": how floats spell a whole-number label
 _MAX_FIELD_CHARS = 64 * 1024 * 1024  # one CSV field; the whole file is in memory anyway
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 
@@ -95,7 +96,7 @@ class DataReport:
                          f"(kept; see reports/data_report.json)")
         if self.merged_label_spellings:
             spellings = ", ".join(f"{k!r} -> {v!r}" for k, v in self.merged_label_spellings.items())
-            lines.append(f"labels differing only in case counted as one: {spellings}")
+            lines.append(f"labels differing only in case or number format counted as one: {spellings}")
         if self.merged_into_other:
             merged = ", ".join(f"{k} ({v})" for k, v in self.merged_into_other.items())
             lines.append(f"merged rare classes into '{OTHER_LABEL}': {merged}")
@@ -466,10 +467,11 @@ def prepare_data(train_path: str | Path, validation_path: str | Path | None = No
 
 def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataReport) -> Tickets:
     """Spell each label as ``known`` does when they differ only in case ("Billing " in one export,
-    "billing" in another are one class); the changes go into the report."""
-    spelling = {label.casefold(): label for label in known}
-    renamed = {label: spelling[label.casefold()] for label in set(tickets.labels)
-               if label.casefold() in spelling and spelling[label.casefold()] != label}
+    "billing" in another are one class) or as a spreadsheet writes a whole number ("3.0" for "3");
+    the changes go into the report."""
+    spelling = {_label_key(label): label for label in known}
+    renamed = {label: spelling[_label_key(label)] for label in set(tickets.labels)
+               if _label_key(label) in spelling and spelling[_label_key(label)] != label}
     if not renamed:
         return tickets
     report.merged_label_spellings.update(renamed)
@@ -478,12 +480,20 @@ def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataRe
 
 
 def _most_common_spellings(labels: Sequence[str]) -> list[str]:
-    """One spelling per case-insensitive label: the one most tickets use (ties: the first in sort order)."""
+    """One spelling per label (see :func:`match_label_spellings`): the one most tickets use (ties:
+    the first in sort order)."""
     counts = Counter(labels)
     best: dict[str, str] = {}
     for label in sorted(counts, key=lambda label: (-counts[label], label)):
-        best.setdefault(label.casefold(), label)
+        best.setdefault(_label_key(label), label)
     return list(best.values())
+
+
+def _label_key(label: str) -> str:
+    """What two spellings of one label share: case folded, and "3.0" read as "3" (a numeric label
+    column that passed through pandas or a spreadsheet with an empty cell becomes floats)."""
+    whole_number = _WHOLE_FLOAT.fullmatch(label)
+    return whole_number.group(1) if whole_number else label.casefold()
 
 
 def _relabel_for_training(tickets: Tickets, known: set[str], report: DataReport, path: str | Path) -> Tickets:

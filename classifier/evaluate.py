@@ -468,7 +468,8 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     spellings = report["data"]["label_spellings_matched"]
     if spellings:
         shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(spellings.items())[:10])
-        warnings.append(f"test labels matched to the model's spelling (they differ only in case): {shown}")
+        warnings.append("test labels matched to the model's spelling (they differ only in case or number "
+                        f"format): {shown}")
     missing = report["data"]["labels_without_test_tickets"]
     if missing:
         classes = "1 model class has" if len(missing) == 1 else f"{len(missing)} model classes have"

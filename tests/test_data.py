@@ -172,6 +172,19 @@ def test_labels_differing_only_in_case_are_one_class(tmp_path: Path) -> None:
     assert any("differing only in case" in line for line in data.report.summary_lines())
 
 
+def test_whole_number_labels_written_as_floats_are_one_class(tmp_path: Path) -> None:
+    rows = [f"charged twice {i},3\n" for i in range(6)] + [f"cannot sign in {i},12\n" for i in range(6)]
+    train = tmp_path / "train.csv"
+    train.write_text("text,queue\n" + "".join(rows) + "refund missing,3.0\n")
+    validation = tmp_path / "validation.csv"  # what pandas writes for an integer column with an empty cell
+    validation.write_text("text,queue\nwrong amount,3.0\nlocked out,12.0\nnew ticket,3.5\n")
+    data = prepare_data(train, validation)
+    assert data.labels == ["12", "3"]
+    assert data.validation.labels == ["3", "12"]  # "3.5" is another label: dropped, and reported
+    assert data.report.merged_label_spellings == {"3.0": "3", "12.0": "12"}
+    assert [location.endswith("('3.5')") for location in data.report.dropped["label not in training data"]] == [True]
+
+
 def test_nested_json_fields_are_refused_not_read_as_python_text(tmp_path: Path) -> None:
     path = tmp_path / "export.jsonl"
     path.write_text('{"ticket": {"subject": "Refund", "description": "charged twice"}, "group": "billing"}\n')
