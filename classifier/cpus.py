@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import os
 
+from classifier.errors import UserError
+
 
 def usable_cpus() -> int:
     """CPUs this process may use, including a container's CPU quota (cgroup v2), which affinity ignores."""
@@ -20,3 +22,25 @@ def usable_cpus() -> int:
     except (OSError, ValueError):
         pass
     return max(1, count)
+
+
+def count_setting(variable: str, default: int) -> int:
+    """A count from an environment variable (unset or blank: ``default``); refused unless a whole number >= 1."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    try:
+        count = int(value)
+    except ValueError:
+        raise UserError(f"{variable} must be a whole number, got {value!r}") from None
+    if count < 1:
+        raise UserError(f"{variable} must be at least 1, got {count}")
+    return count
+
+
+def worker_count() -> int:
+    """gunicorn worker processes: ``TICKETCLF_WORKERS``, else ``WEB_CONCURRENCY`` (the usual name), else the CPUs."""
+    for variable in ("TICKETCLF_WORKERS", "WEB_CONCURRENCY"):
+        if os.environ.get(variable, "").strip():
+            return count_setting(variable, 1)
+    return usable_cpus()

@@ -10,7 +10,6 @@ only for a bundle that has not been exported yet.
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from classifier import bundle
-from classifier.cpus import usable_cpus
+from classifier.cpus import count_setting, usable_cpus
 from classifier.errors import UserError
 from classifier.text import TextOptions, ticket_text
 
@@ -175,14 +174,18 @@ class Predictor:
 
 
 def resolve_engine(bundle_dir: Path, manifest: dict[str, Any], requested: str) -> str:
-    """Pick the model file to run: the one the export marked for serving, if any."""
-    if requested == "auto":
-        requested = manifest.get("serving", {}).get("engine", "torch")
-        if requested != "torch" and not bundle.onnx_path(bundle_dir, requested == "int8").is_file():
-            requested = "torch"
-    if requested in ("int8", "fp32") and not bundle.onnx_path(bundle_dir, requested == "int8").is_file():
-        raise UserError(f"{bundle_dir}: no {requested} ONNX model; run 'ticketclf export {bundle_dir}' first")
-    return requested
+    """Pick the model to run: for ``auto`` the one the export marked for serving, or PyTorch for a
+    bundle never exported. A marked model file that is missing is an error, not a silent fallback."""
+    marked = manifest.get("serving", {}).get("engine")
+    engine = (marked or "torch") if requested == "auto" else requested
+    if engine in ("int8", "fp32") and not bundle.onnx_path(bundle_dir, engine == "int8").is_file():
+        missing = bundle.onnx_path(bundle_dir, engine == "int8").relative_to(bundle_dir)
+        if requested == "auto":
+            raise UserError(f"{bundle_dir}: the manifest says to serve the {engine} model, but {missing} is missing; "
+                            f"run 'ticketclf export {bundle_dir}' again, or choose another with --engine "
+                            "(TICKETCLF_ENGINE for the service)")
+        raise UserError(f"{bundle_dir}: no {engine} ONNX model; run 'ticketclf export {bundle_dir}' first")
+    return engine
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -193,13 +196,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def default_threads() -> int:
     """Intra-op threads per model: ``TICKETCLF_THREADS`` or the CPUs this process may use."""
-    configured = os.environ.get("TICKETCLF_THREADS")
-    if configured:
-        try:
-            return max(1, int(configured))
-        except ValueError:
-            raise UserError(f"TICKETCLF_THREADS must be a whole number, got {configured!r}") from None
-    return usable_cpus()
+    return count_setting("TICKETCLF_THREADS", usable_cpus())
 
 
 def load_tokenizer(bundle_dir: Path, max_length: int) -> Any:

@@ -54,7 +54,8 @@ _SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the messa
 _SIGNATURE_MAX_WORDS = 10  # a longer line after a sign-off is message, not signature
 _NAME_MAX_WORDS = 5  # the line right after a sign-off is a name, or the message goes on
 _NAME_MAX_LOWERCASE_WORDS = 3  # "also the app crashes" after "thanks" is message; "chen van dijk" a name
-_CONTROL_CHARS = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b]")  # become spaces
+# Control characters, zero-width spaces and unpaired surrogates (a JSON "\ud800" escape) become spaces.
+_CONTROL_CHARS = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b\ud800-\udfff]")
 # Direction marks and stray byte-order marks go; the zero-width (non-)joiners U+200C/U+200D stay:
 # they are part of words (Persian "نمی‌توانم") and of emoji sequences.
 _INVISIBLE_MARKS = re.compile(r"[\u200e\u200f\ufeff]")

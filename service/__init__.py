@@ -16,6 +16,7 @@ from flask import Flask
 
 from classifier.errors import UserError
 from classifier.predict import ENGINES
+from service.auth import parse_keys
 
 DEFAULTS: dict[str, Any] = {
     "BUNDLE": None,  # the model bundle directory
@@ -63,6 +64,10 @@ def settings(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if merged["ENGINE"] not in ENGINES:
         raise UserError(f"ENGINE (TICKETCLF_ENGINE): unknown engine {merged['ENGINE']!r}; "
                         f"choose one of {', '.join(ENGINES)}")
+    keys = merged["API_KEYS"]
+    if isinstance(keys, str) and keys.strip() and not parse_keys(keys):  # " , " would silently mean "no auth"
+        raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): no key in {keys!r}; give comma-separated keys, or "
+                        "leave it empty to turn authentication off")
     for key in ("MAX_BATCH", "MAX_CONTENT_LENGTH"):  # a MAX_CONTENT_LENGTH of None is Flask's "no limit"
         if merged[key] is not None and merged[key] < 1:
             raise UserError(f"{key} ({ENVIRONMENT[key][0]}): must be at least 1, got {merged[key]}")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from classifier.predict import Prediction
 from service import metrics
@@ -58,21 +59,49 @@ def _json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
                        "send the body as JSON with the header 'Content-Type: application/json'")
+    if request.content_encoding not in (None, "", "identity"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"bodies with 'Content-Encoding: {request.content_encoding}' are not accepted; send plain JSON")
     limit = request.max_content_length
     try:
         raw = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise _too_large(limit) from None
+    except HTTPException:  # e.g. the client disconnected mid-body
+        raise
+    except Exception as error:  # noqa: BLE001  the server's body reader, e.g. a malformed chunk size
+        raise ApiError(400, "bad_request", f"the request body could not be read: {error}") from None
     # A chunked body has no Content-Length: Werkzeug stops reading it at the limit without an error, so
     # one that reaches the limit is refused rather than parsed cut short (one of exactly `limit` bytes too).
     if request.content_length is None and limit is not None and len(raw) >= limit:
         raise _too_large(limit)
     try:
-        return json.loads(raw, object_pairs_hook=_refuse_duplicate_keys)
-    except ValueError as error:  # also bad UTF-8 and numbers too long to convert
+        text = raw.decode("utf-8")  # JSON on the wire is UTF-8 (RFC 8259); json.loads would guess UTF-16/32
+        parsed = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except ValueError as error:  # also numbers too long to convert
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {error}") from None
     except RecursionError:
         raise ApiError(400, "bad_json", "the body is not valid JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(parsed):
+        raise ApiError(400, "bad_json", "the body is not valid JSON text: a \\uD800-\\uDFFF escape is not part of "
+                       "a surrogate pair (send the character itself, or both halves of the pair)")
+    return parsed
+
+
+# Pairs (an emoji escaped as "\ud83d\ude00") become one character when parsed; a lone half stays a
+# surrogate code point, which no encoder or tokenizer accepts.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(_SURROGATE.search(value))
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -26,12 +26,13 @@ import os
 import shutil
 import tempfile
 
-from classifier.cpus import usable_cpus
+from classifier.cpus import worker_count
+from classifier.errors import UserError
 
 
 wsgi_app = "service:create_app()"
 bind = ["127.0.0.1:8000"]  # `ticketclf serve --host/--port` or `gunicorn --bind` set it
-workers = int(os.environ.get("TICKETCLF_WORKERS") or os.environ.get("WEB_CONCURRENCY") or usable_cpus())
+workers = worker_count()  # TICKETCLF_WORKERS, WEB_CONCURRENCY or the CPUs
 worker_class = "service.worker.SyncWorker"
 threads = 1
 
@@ -42,28 +43,31 @@ threads = 1
 preload_app = False
 
 timeout = 30  # a worker silent this long is restarted; a full 256-ticket batch takes well under 2 s
-graceful_timeout = 20  # on SIGTERM, finish in-flight requests (Kubernetes waits 30 s by default)
+graceful_timeout = 20  # on SIGTERM, answer the requests in flight and queued (Kubernetes waits 30 s by default)
 keepalive = 75  # gthread only: longer than load balancers' idle timeout (often 60 s), so they close idle connections
 
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # heartbeats off a disk /tmp (containers)
 accesslog = None  # the app writes one JSON line per request itself (service/observe.py)
 errorlog = "-"
-loglevel = os.environ.get("TICKETCLF_LOG_LEVEL", "info")
+loglevel = os.environ.get("TICKETCLF_LOG_LEVEL", "info").strip().lower()
+if loglevel not in ("debug", "info", "warning", "error", "critical"):
+    raise UserError(f"TICKETCLF_LOG_LEVEL must be debug, info, warning, error or critical, got {loglevel!r}")
 proc_name = "ticketclf"
 control_socket_disable = True  # gunicorn >= 25: one socket path per user; instances would fight over it
 
-_created_metrics_dir: str | None = None
+# The metrics directory this server created (and removes at exit), kept in the environment: a
+# reload (SIGHUP) runs this file again, and a module variable would forget it.
+_CREATED_METRICS_DIR = "TICKETCLF_CREATED_METRICS_DIR"
 
 
 def on_starting(server) -> None:  # type: ignore[no-untyped-def]
     """Prepare the environment the workers inherit (they load the app after this, in the fork)."""
-    global _created_metrics_dir
     os.environ.setdefault("TICKETCLF_THREADS", "1")  # onnxruntime threads per worker: workers fill the cores
     # prometheus-client multiprocess mode: each worker writes its samples to files in this
     # directory and /metrics adds them up. It must be set before prometheus-client is imported.
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        _created_metrics_dir = tempfile.mkdtemp(prefix="ticketclf-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_CREATED_METRICS_DIR] = \
+            tempfile.mkdtemp(prefix="ticketclf-metrics-")
 
 
 def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
@@ -73,5 +77,6 @@ def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
 
 
 def on_exit(server) -> None:  # type: ignore[no-untyped-def]
-    if _created_metrics_dir:
-        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
+    created = os.environ.pop(_CREATED_METRICS_DIR, None)
+    if created:
+        shutil.rmtree(created, ignore_errors=True)

@@ -108,15 +108,22 @@ class TicketBase(BaseModel):
     id: TicketId | None = None
     text: StrictStr | None = Field(None, description="The whole ticket as one text.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _has_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
+            unread = [key for key in data if key not in cls.model_fields]  # e.g. fields of another model
+            raise PydanticCustomError("missing_text", "missing ticket text: give {keys}{unread}", {
+                "keys": " or ".join(repr(k) for k in cls.text_keys()),
+                "unread": f" (this model does not read {', '.join(map(repr, unread))})" if unread else ""})
+        return data
+
     @model_validator(mode="after")
-    def _has_text(self) -> TicketBase:
+    def _text_given_once(self) -> TicketBase:
         given = [name for name in self.text_fields if getattr(self, name, None) is not None]
         if self.text is not None and "text" not in self.text_fields and given:
             raise PydanticCustomError("ambiguous_text", "give either 'text' or the ticket's fields ({fields}), not both",
                                       {"fields": ", ".join(given)})
-        if self.text is None and not given:
-            raise PydanticCustomError("missing_text", "missing ticket text: give {keys}",
-                                      {"keys": " or ".join(repr(k) for k in self.text_keys())})
         return self
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     os.environ["TICKETCLF_BUNDLE"] = str(bundle_dir.resolve())  # how the app (in every worker) finds it
     config = settings()
     default_threads()  # TICKETCLF_THREADS
+    runpy.run_path(str(CONFIG_FILE))  # what gunicorn will read: TICKETCLF_WORKERS, TICKETCLF_LOG_LEVEL, ...
     resolve_engine(bundle_dir, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
     if dev:
         return _serve_dev(host, port)

@@ -1,4 +1,14 @@
-"""gunicorn's sync worker, closing a connection at once when the whole request has been read.
+"""gunicorn's sync worker with three changes for this service.
+
+1. It closes a connection at once when the whole request has been read (below).
+2. On a graceful stop (SIGTERM) it answers the connections already waiting in the listen
+   queue before it exits: gunicorn's own worker leaves them, and they are reset when the
+   last worker closes the socket, though their clients had connected before the stop.
+3. Requests that gunicorn refuses itself before the app sees them (a malformed request
+   line or header, a request line over 4,094 bytes, too many headers) are answered with
+   the API's JSON error body instead of gunicorn's HTML page.
+
+Closing at once:
 
 After each answer gunicorn (27 and later) half-closes the connection and then waits, up to
 2 s, for the client to close its side. That lingering close exists for answers given before
@@ -14,19 +24,55 @@ unread byte can reset the connection, so this worker closes at once, as nginx's 
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import Any
 
+from gunicorn import util
 from gunicorn.http.body import LengthReader
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
+# gunicorn's statuses for requests it refuses itself, named like the app's error codes.
+_GUNICORN_ERROR_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
+                         431: "headers_too_large", 500: "internal_error", 501: "not_implemented"}
+
 
 class SyncWorker(GunicornSyncWorker):
+    def init_process(self) -> None:
+        # gunicorn's error path (Worker.handle_error) writes through util.write_error; this process
+        # serves only this app, so its errors take the app's format.
+        util.write_error = write_json_error
+        super().init_process()
+
+    def run(self) -> None:
+        super().run()
+        if not self.alive and self.is_parent_alive():  # a graceful stop, not a lost master
+            self.answer_waiting_connections()
+
+    def answer_waiting_connections(self) -> None:
+        """Serve the connections already queued on the listeners, then return (the queue is empty)."""
+        for listener in self.sockets:
+            while True:
+                self.notify()  # each answer may take a while: keep the master's heartbeat check happy
+                try:
+                    self.accept(listener)  # the listeners are non-blocking: an empty queue raises
+                except OSError:
+                    break
+
     def handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> None:
         super().handle_request(listener, req, client, addr)
         if request_read_whole(req) and not bytes_waiting(client):
             # gunicorn's lingering close that follows finds the socket closed and does nothing.
             client.close()
+
+
+def write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
+    """gunicorn's ``util.write_error``, with ``{"error": {"code", "message"}}`` as the body."""
+    body = json.dumps({"error": {"code": _GUNICORN_ERROR_CODES.get(status, "bad_request"),
+                                 "message": message or reason}}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    util.write_nonblock(sock, head + body)
 
 
 def request_read_whole(req: Any) -> bool:

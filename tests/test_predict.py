@@ -109,6 +109,7 @@ def test_no_tickets_give_no_predictions(exported_bundle: Path) -> None:
     "我无法登录我的账户，密码重置邮件没有收到",
     "لا أستطيع تسجيل الدخول إلى حسابي",
     "bad\x00bytes\x07 in\x1b[31m the ticket\u200b",
+    "unpaired \ud800 surrogates \udfff from a JSON escape",
     "<div><p>Export &amp; import</p></div>",
 ])
 def test_hostile_inputs_get_a_valid_prediction(exported_bundle: Path, text: str) -> None:
@@ -119,7 +120,7 @@ def test_hostile_inputs_get_a_valid_prediction(exported_bundle: Path, text: str)
     assert prediction.truncated == (len(text) > 1000)
 
 
-@pytest.mark.parametrize("text", ["", "   \n\t  ", "\x00\x01"])
+@pytest.mark.parametrize("text", ["", "   \n\t  ", "\x00\x01", "\ud800"])
 def test_empty_tickets_are_a_clear_error(exported_bundle: Path, text: str) -> None:
     predictor = Predictor.load(exported_bundle)
     with pytest.raises(UserError, match="ticket 1 has no text"):
@@ -131,6 +132,14 @@ def test_bundle_without_onnx_falls_back_to_torch(tiny_bundle: Path) -> None:
     assert predictor.engine.name == "torch"
     with pytest.raises(UserError, match="no int8 ONNX model"):
         Predictor.load(tiny_bundle, engine="int8")
+
+
+def test_a_missing_model_file_the_manifest_marks_for_serving_is_an_error(bundle_copy: Path) -> None:
+    export(bundle_copy, ExportOptions(optimize=False))
+    (bundle_copy / "onnx" / "model_int8.onnx").unlink()
+    with pytest.raises(UserError, match="the manifest says to serve the int8 model, but onnx/model_int8.onnx is"):
+        Predictor.load(bundle_copy)  # not PyTorch in its place, silently
+    assert Predictor.load(bundle_copy, engine="fp32").engine_kind == "fp32"
 
 
 def test_serving_path_imports_neither_torch_nor_transformers(exported_bundle: Path) -> None:

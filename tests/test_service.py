@@ -142,11 +142,23 @@ def test_long_ticket_is_truncated_and_flagged_not_refused(client: FlaskClient) -
     ({"data": "{\"text\": ", "content_type": "application/json"}, 400, "bad_json"),
     ({"data": b"{\"text\": \"\xff\"}", "content_type": "application/json"}, 400, "bad_json"),
     ({"data": "[" * 100_000, "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"text": "hi"}'.encode("utf-16"), "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"text": "\\ud800 charged"}', "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"text": "card", "id": "\\udfff"}', "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"tickets": [{"subject": "\\udbff"}]}', "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": "{}", "content_type": "application/json", "headers": {"Content-Encoding": "gzip"}}, 415,
+     "unsupported_media_type"),
     ({"data": "{\"text\": \"" + "a" * (1024 * 1024) + "\"}", "content_type": "application/json"}, 413,
      "payload_too_large"),
 ])
 def test_unreadable_bodies(client: FlaskClient, kwargs: dict[str, Any], status: int, code: str) -> None:
     assert error_of(client.post("/classify", **kwargs), status)["code"] == code
+
+
+def test_an_escaped_surrogate_pair_is_one_character(client: FlaskClient) -> None:
+    body = '{"text": "\\ud83d\\ude00 I was charged twice", "id": "\\ud83d\\udcb8"}'  # JSON encoders' ASCII form
+    response = client.post("/classify", data=body, content_type="application/json")
+    assert response.status_code == 200 and response.get_json()["predictions"][0]["id"] == "\U0001f4b8"
 
 
 def test_a_key_given_twice_is_refused_not_overwritten(client: FlaskClient) -> None:
@@ -178,6 +190,7 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
 
 @pytest.mark.parametrize(("body", "named"), [
     ({}, "missing ticket text"),
+    ({"title": "Refund", "content": "charged twice"}, "(this model does not read 'content', 'title')"),
     ([{"text": "a list"}], "JSON object"),
     ("just a string", "JSON object"),
     ({"text": 5}, "text: Input should be a valid string"),
@@ -385,6 +398,12 @@ def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
     ("TICKETCLF_ENGINE", "fp32", "no fp32 ONNX model; run 'ticketclf export"),  # tiny_bundle is not exported
     ("TICKETCLF_LOG_TEXT", "maybe", "TICKETCLF_LOG_TEXT: expected true or false"),
     ("TICKETCLF_THREADS", "abc", "TICKETCLF_THREADS must be a whole number"),
+    ("TICKETCLF_THREADS", "-3", "TICKETCLF_THREADS must be at least 1, got -3"),
+    ("TICKETCLF_WORKERS", "0", "TICKETCLF_WORKERS must be at least 1, got 0"),
+    ("TICKETCLF_WORKERS", "abc", "TICKETCLF_WORKERS must be a whole number"),
+    ("WEB_CONCURRENCY", "two", "WEB_CONCURRENCY must be a whole number"),
+    ("TICKETCLF_LOG_LEVEL", "verbose", "TICKETCLF_LOG_LEVEL must be debug, info"),
+    ("TICKETCLF_API_KEYS", " , ", r"API_KEYS \(TICKETCLF_API_KEYS\): no key in"),
 ])
 def test_serve_refuses_a_bad_setting_before_starting_workers(tiny_bundle: Path, variable: str, value: str,
                                                              message: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -501,6 +520,72 @@ def test_gunicorn_worker_closes_at_once_only_after_reading_the_whole_request(exp
             assert response.status == 413 and json.loads(response.read())["error"]["code"] == "payload_too_large"
         finally:
             chunked.close()
+
+
+def test_gunicorn_answers_malformed_http_with_json_errors(exported_bundle: Path, tmp_path: Path) -> None:
+    with running_server(exported_bundle, tmp_path / "server.log", "--workers", "1") as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:  # read by the app: 400
+            client.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+            status, headers, body = read_answer(client)
+        assert status == 400 and json.loads(body)["error"]["code"] == "bad_request"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:  # refused by gunicorn itself
+            client.sendall(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, body = read_answer(client)
+        assert status == 414 and b"content-type: application/json" in headers.lower()
+        assert json.loads(body)["error"]["code"] == "uri_too_long"
+
+
+def test_sigterm_answers_the_requests_already_waiting(exported_bundle: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    body = json.dumps({"text": "I was charged twice"}).encode()
+    request = (f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with running_server(exported_bundle, log, "--workers", "1", TMPDIR=str(tmp_path)) as port:
+        busy = socket.create_connection(("127.0.0.1", port), timeout=10)
+        busy.sendall(request + body[:5])  # the only worker now waits for the rest of this body
+        time.sleep(0.3)
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        for connection in waiting:
+            connection.sendall(request + body)  # queued: no worker is free to accept them
+        time.sleep(0.3)
+        os.kill(master_pid(log), signal.SIGTERM)
+        time.sleep(0.5)
+        busy.sendall(body[5:])
+        for connection in [busy, *waiting]:
+            with connection:
+                status, _, answer = read_answer(connection)
+                assert status == 200 and json.loads(answer)["predictions"][0]["label"]
+    assert not list(tmp_path.glob("ticketclf-metrics-*"))
+
+
+def test_a_reloaded_server_still_removes_its_metrics_directory(exported_bundle: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with running_server(exported_bundle, log, "--workers", "1", TMPDIR=str(tmp_path)) as port:
+        [metrics_dir] = tmp_path.glob("ticketclf-metrics-*")
+        os.kill(master_pid(log), signal.SIGHUP)  # gunicorn reads its config file again and replaces the workers
+        deadline = time.monotonic() + 60
+        while log.read_text().count("Booting worker") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        wait_ready_after_reload = time.monotonic() + 60
+        while time.monotonic() < wait_ready_after_reload and http_call(port, "GET", "/ready")[0] != 200:
+            time.sleep(0.2)
+    assert not metrics_dir.exists()
+
+
+def master_pid(log: Path) -> int:
+    """gunicorn's "Listening at: http://... (PID)" line names the master."""
+    line = next(line for line in log.read_text().splitlines() if "Listening at:" in line)
+    return int(line.rsplit("(", 1)[1].rstrip(")"))
+
+
+def read_answer(connection: socket.socket) -> tuple[int, bytes, bytes]:
+    """Status, header block and body of one HTTP answer read up to the server's close."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
 
 
 def test_worker_closes_at_once_only_when_nothing_is_left_unread() -> None:
