@@ -113,6 +113,23 @@ def new_manifest(**fields: Any) -> dict[str, Any]:
     }
 
 
+def check_output(target: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an output path whose replacement would lose anything but an older bundle."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not overwrite:
+        raise UserError(f"{target}: already exists; choose another --output or pass --overwrite")
+    if not target.is_dir():
+        raise UserError(f"{target}: is a file; --overwrite replaces only a model bundle directory")
+    inside = [path for path in inputs if path.resolve().is_relative_to(target.resolve())]
+    if inside:
+        raise UserError(f"{target}: holds the input {inside[0]}, which --overwrite would delete; "
+                        "choose another --output")
+    if not (target / MANIFEST).is_file() and any(target.iterdir()):
+        raise UserError(f"{target}: is not a model bundle (no {MANIFEST}) and not empty; --overwrite "
+                        "replaces only a bundle, so choose another --output")
+
+
 @contextmanager
 def staged_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``target``; on success it replaces ``target`` atomically.
@@ -120,8 +137,7 @@ def staged_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     On failure the temporary directory is removed and ``target`` is left as it was.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise UserError(f"{target}: already exists; choose another --output or pass --overwrite")
+    check_output(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".staging"))
     try:

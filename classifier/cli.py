@@ -117,7 +117,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                     epilog=TRAIN_EPILOG)
     p.add_argument("data", type=Path, help="labelled tickets: .csv, .tsv, .jsonl or .json, optionally .gz")
     p.add_argument("--output", "-o", type=Path, required=True, help="bundle directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output (never a file, or a directory that is not a bundle)")
     g = p.add_argument_group("data")
     g.add_argument("--validation", type=Path, help="validation file (default: a stratified split of DATA)")
     g.add_argument("--validation-fraction", type=float, default=0.1, help="share held out when no --validation")

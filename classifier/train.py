@@ -63,8 +63,8 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     """Train on ``data_path`` and write a bundle to ``output_dir``; return its path."""
     options = options or TrainingOptions()
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise UserError(f"{output_dir}: already exists; choose another --output or pass --overwrite")
+    inputs = tuple(Path(path) for path in (data_path, validation_path) if path is not None)
+    bundle.check_output(output_dir, overwrite, inputs)  # now, not after an hour of training
     data = prepare_data(data_path, validation_path, text_options=text_options, label_column=label_column,
                         validation_fraction=validation_fraction, min_class_count=min_class_count,
                         merge_rare_classes=merge_rare_classes, seed=options.seed)

@@ -68,6 +68,21 @@ def test_existing_output_is_not_overwritten(tiny_bundle: Path, tiny_csv: Path) -
     assert (tiny_bundle / "manifest.json").read_text() == before
 
 
+def test_overwrite_replaces_only_a_bundle(tiny_csv: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    data = folder / "tickets.csv"
+    data.write_bytes(tiny_csv.read_bytes())
+    with pytest.raises(UserError, match="holds the input .*tickets.csv"):
+        train(data, folder, TrainingOptions(epochs=1), overwrite=True)
+    with pytest.raises(UserError, match="is not a model bundle"):
+        train(tiny_csv, folder, TrainingOptions(epochs=1), overwrite=True)
+    with pytest.raises(UserError, match="is a file"):
+        train(tiny_csv, folder / "notes.txt", TrainingOptions(epochs=1), overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "tickets.csv"]
+
+
 def test_unknown_base_model_is_a_user_error(tiny_csv: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="cannot load base model"):
         train(tiny_csv, tmp_path / "x", TrainingOptions(base_model=str(tmp_path / "no-such-model")))
