@@ -161,7 +161,7 @@ def _run_train(args: argparse.Namespace) -> int:
     text_options = TextOptions(fields=args.text_columns or (), strip_html=not args.keep_html,
                                strip_quoted_replies=not args.keep_quoted_replies,
                                strip_signatures=not args.keep_signatures)
-    _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length")
+    _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length", "lora_rank")
     bundle_dir = train(args.data, args.output, options, validation_path=args.validation,
                        text_options=text_options, label_column=args.label_column,
                        validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,

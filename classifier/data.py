@@ -41,6 +41,7 @@ TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
 LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type")
 ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key")
 OTHER_LABEL = "other"
+_LISTED_CLASSES = 10  # rare classes named in an error; a wrong label column has thousands
 _WHOLE_FLOAT = re.compile(r"([-+]?\d+)\.0+")  # "3.0": how floats spell a whole-number label
 _MAX_FIELD_CHARS = 64 * 1024 * 1024  # one CSV field; the whole file is in memory anyway
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
@@ -212,13 +213,15 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
 
 
 def _read_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a record: str.splitlines() would also split at U+2028, U+0085 or a form
+    # feed, which JSON allows unescaped inside strings (text pasted from Word or the web).
+    for line_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise UserError(f"{where(path, line_number)}: invalid JSON ({error.msg})") from None
+            raise UserError(f"{where(path, line_number)}: invalid JSON ({error.msg} at column {error.colno})") from None
         yield line_number, _require_object(record, path, line_number)
 
 
@@ -273,6 +276,9 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         label = next((find(n) for n in LABEL_COLUMN_GUESSES if find(n)), None)
         if label is None and require_label:
             raise UserError(f"{path}: no label column found among {available}; name it with --label-column")
+    if label is not None and label in texts:
+        raise UserError(f"{path}: column {label!r} is both a text column and the label column; name the "
+                        "label with --label-column and the text with --text-columns")
     ident = next((find(n) for n in ID_COLUMN_GUESSES if find(n)), None)
     return ColumnMapping(texts, label, ident)  # type: ignore[arg-type]
 
@@ -397,10 +403,15 @@ def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: Da
     counts = Counter(tickets.labels)
     rare = {label: n for label, n in counts.items() if n < min_count}
     if rare and not merge_rare:
-        listed = ", ".join(f"{label!r} ({n})" for label, n in sorted(rare.items(), key=lambda kv: kv[1]))
-        classes = "1 class has" if len(rare) == 1 else f"{len(rare)} classes have"
-        raise UserError(f"{path}: {classes} fewer than {min_count} tickets: {listed}; "
-                        "add examples, lower --min-class-count, or pass --merge-rare-classes")
+        smallest = sorted(rare.items(), key=lambda kv: kv[1])
+        listed = ", ".join(f"{label!r} ({n})" for label, n in smallest[:_LISTED_CLASSES])
+        listed += f" and {len(rare) - _LISTED_CLASSES} more" if len(rare) > _LISTED_CLASSES else ""
+        classes = f"{len(rare)} of {len(counts)} classes {'has' if len(rare) == 1 else 'have'}"
+        hint = ("add examples, lower --min-class-count, or pass --merge-rare-classes"
+                if len(rare) <= len(counts) // 2 else  # most classes tiny: more likely the wrong column
+                "is --label-column the column of categories? Otherwise add examples, lower --min-class-count, "
+                "or pass --merge-rare-classes")
+        raise UserError(f"{path}: {classes} fewer than {min_count} tickets: {listed}; {hint}")
     if rare:
         report.merged_into_other.update(rare)
         tickets = Tickets(tickets.texts, [OTHER_LABEL if label in rare else label for label in tickets.labels],

@@ -147,6 +147,13 @@ def test_unknown_columns_are_named(tmp_path: Path) -> None:
         load_tickets(path, label_column="queue")
 
 
+def test_json_lines_may_hold_unicode_line_separators_inside_strings(tmp_path: Path) -> None:
+    rows = [{"text": "pasted\u2028from Word\u0085and\x0cthe web", "label": "x"}, {"text": "b", "label": "y"}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\r\n" for row in rows), encoding="utf-8")
+    assert [record for _, record in read_records(path)] == rows
+
+
 def test_bad_json_lines_are_located(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n', encoding="utf-8")
@@ -212,7 +219,7 @@ def test_duplicates_conflicts_and_rare_classes(tmp_path: Path) -> None:
              {"text": "rare one", "label": "c"},
              {"text": "rare two", "label": "d"}]
     path = write_csv(tmp_path / "t.csv", rows)
-    with pytest.raises(UserError, match=r"2 classes have fewer than 5 tickets: 'c' \(1\), 'd' \(1\)"):
+    with pytest.raises(UserError, match=r"2 of 4 classes have fewer than 5 tickets: 'c' \(1\), 'd' \(1\); add"):
         prepare_data(path)
     prepared = prepare_data(path, merge_rare_classes=True, min_class_count=2, validation_fraction=0.25)
     report = prepared.report
@@ -222,6 +229,16 @@ def test_duplicates_conflicts_and_rare_classes(tmp_path: Path) -> None:
     assert "other" in prepared.labels
     assert len(prepared.train) + len(prepared.validation) == 23
     assert report.shared_texts_between_splits in (0, 1)  # only the conflicting text can be on both sides
+
+
+def test_a_text_column_as_label_is_refused_and_long_class_lists_are_cut(tmp_path: Path) -> None:
+    rows = [{"subject": f"subject {i}", "body": f"body {i}", "queue": "ab"[i % 2]} for i in range(40)]
+    path = write_csv(tmp_path / "t.csv", rows)
+    with pytest.raises(UserError, match="column 'subject' is both a text column and the label column"):
+        prepare_data(path, text_options=TextOptions(fields=("subject", "body")), label_column="subject")
+    with pytest.raises(UserError, match=r"40 of 40 classes have fewer than 5 tickets: .*'body 9' \(1\) and 30 "
+                                        r"more; is --label-column the column of categories\?"):
+        prepare_data(path, text_options=TextOptions(fields=("subject",)), label_column="body")
 
 
 def test_merged_rare_classes_must_make_a_large_enough_other(tmp_path: Path) -> None:
