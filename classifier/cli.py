@@ -40,7 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # workers, data loaders), and the tokenizer's thread pool must not be running when they do.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras and args.command == "predict" and not any(extra.startswith("-") for extra in extras):
+        # argparse gives "texts" its (empty) share before an option that follows the bundle:
+        # "predict runs/model --top-k 2 'text'" leaves 'text' over. It is a ticket text all the same.
+        args.texts += extras
+    elif extras:
+        parser.parse_args(argv)  # argparse's own message and exit code for arguments nobody takes
     _configure_logging(args.verbose)
     try:
         return args.run(args)

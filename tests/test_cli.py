@@ -72,8 +72,9 @@ def test_serve_without_a_bundle_argument_uses_ticketclf_bundle(tmp_path: Path, c
 
 
 def test_predict_prints_json_lines(exported_bundle: Path) -> None:
-    result = run_cli("predict", str(exported_bundle), "I was charged twice", "<p> </p>", "Cannot log in",
-                     "--top-k", "2")
+    # Options may come between the bundle and the texts, and between texts.
+    result = run_cli("predict", str(exported_bundle), "--top-k", "2", "I was charged twice", "<p> </p>",
+                     "--engine", "auto", "Cannot log in")
     assert result.returncode == 0, result.stderr
     lines = check_one_empty_ticket(result.stdout, result.stderr, ["1", "2", "3"], "2")  # numbered from 1
     assert {"label", "confidence", "needs_review", "truncated", "top_k"} <= set(lines[0])
