@@ -11,10 +11,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from classifier.errors import UserError
 from classifier.text import TextOptions, ticket_text
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extras:
         parser.parse_args(argv)  # argparse's own message and exit code for arguments nobody takes
     _configure_logging(args.verbose)
+    # A SIGTERM (kill, a CI timeout, Kubernetes) unwinds like Ctrl-C, so that half-written
+    # exports and staged bundles are removed on the way out. gunicorn sets its own handler.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.run(args)
     except UserError as error:
@@ -56,6 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ticketclf {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"ticketclf {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() may run inside a longer-lived process (tests)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def _configure_logging(verbose: bool) -> None:

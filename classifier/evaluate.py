@@ -485,6 +485,14 @@ def _warnings(report: dict[str, Any]) -> list[str]:
             warnings.append(f"{called} ({report[key]['name']}) scores a higher macro F1 than this model: "
                             f"{other['macro_f1']:.3f} against {report['metrics']['macro_f1']:.3f}")
     applied = report.get("thresholds_applied")
+    if applied and unknown["count"]:
+        landed: Counter[str] = Counter()
+        for info in unknown["labels"].values():
+            landed.update(info["predicted_as"])
+        warnings.append(f"the thresholds written to the bundle leave out the {unknown['count']} tickets with labels "
+                        "the model does not know; in production such tickets are routed to the class they resemble "
+                        f"({', '.join(f'{label!r} ({n})' for label, n in landed.most_common(3))}): add those classes "
+                        "and retrain, or expect lower precision there")
     if applied and applied["engine"] != applied["served_engine"]:
         warnings.append(f"thresholds were measured with the {applied['engine']} model but the bundle serves "
                         f"{applied['served_engine']}: confidences may differ slightly")

@@ -17,6 +17,7 @@ figures and which model to serve.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shutil
 import tempfile
@@ -36,6 +37,8 @@ from classifier.predict import (FUSION_OVERRIDES, OnnxEngine, Predictor, TorchEn
 log = logging.getLogger(__name__)
 
 QUANTIZATION_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
+WORK_PREFIX = ".export-"  # the staging directory inside the bundle
+WORK_OWNER = "owner.pid"  # in it: the process exporting, so a later export can tell abandoned ones
 MIN_FP32_AGREEMENT = 0.999
 # fp32 ONNX computes what PyTorch computes; a larger logit difference means a broken graph, not rounding.
 MAX_FP32_LOGIT_DIFF = 1e-3
@@ -57,7 +60,9 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict
     bundle_dir = Path(bundle_dir)
     manifest = bundle.read_manifest(bundle_dir)
     target = choose_quantization_target(options.quantization)
-    work = Path(tempfile.mkdtemp(dir=bundle_dir, prefix=".export-"))
+    _remove_abandoned_work(bundle_dir)
+    work = Path(tempfile.mkdtemp(dir=bundle_dir, prefix=WORK_PREFIX))
+    (work / WORK_OWNER).write_text(str(os.getpid()))
     try:
         exported, opset = export_onnx(bundle_dir, work / "exported", options.opset)
         fp32_path = fuse(exported) if options.optimize else exported
@@ -74,6 +79,19 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return section
+
+
+def _remove_abandoned_work(bundle_dir: Path) -> None:
+    """Delete what exports killed outright (SIGKILL, out of memory) left in the bundle: a hundred
+    MB or more each, which would otherwise travel with every copy of the bundle."""
+    for work in bundle_dir.glob(f"{WORK_PREFIX}*"):
+        try:
+            owner = int((work / WORK_OWNER).read_text())
+            os.kill(owner, 0)  # raises if no such process: the export that made it is gone
+        except PermissionError:
+            continue  # alive, another user's
+        except (OSError, ValueError):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def choose_quantization_target(requested: str) -> str:
@@ -204,6 +222,10 @@ def _commit(bundle_dir: Path, staged: Path, section: dict[str, Any]) -> None:
         log.warning("int8 loses %.2f accuracy points (limit %.2f): serving the fp32 model",
                     drift["int8_accuracy_drop_points"], section["max_accuracy_drop_points"])
     manifest = bundle.read_manifest(bundle_dir)  # re-read: thresholds may have been applied meanwhile
+    if manifest.get("thresholds", {}).get("per_class"):
+        log.warning("the per-class thresholds in the manifest were measured on the model exported before; "
+                    "run 'ticketclf evaluate %s --data TEST --output DIR --apply-threshold-for-precision P' "
+                    "again to set them for this one", bundle_dir)
     updated = dict(manifest, onnx=section, serving={"engine": "int8" if int8_ok else "fp32",
                                                     "reason": "int8 within accuracy limit" if int8_ok else
                                                     "int8 accuracy drop over limit"})

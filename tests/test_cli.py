@@ -6,17 +6,44 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from classifier.cli import main
+from classifier.export import WORK_OWNER, _remove_abandoned_work
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "classifier.cli", *args], capture_output=True, text=True,
                           env=env, timeout=300)
+
+
+def test_a_terminated_export_leaves_nothing_behind(bundle_copy: Path) -> None:
+    before = {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    export = subprocess.Popen([sys.executable, "-m", "classifier.cli", "export", str(bundle_copy)],
+                              stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(bundle_copy.glob(".export-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the export is under way
+    export.terminate()
+    assert export.wait(timeout=60) == 143 and "ticketclf export: terminated" in export.stderr.read()
+    assert {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")} == before
+
+
+def test_an_export_removes_what_killed_exports_left(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    abandoned, running, unmarked = (tmp_path / f".export-{name}" for name in ("dead", "live", "old"))
+    for work in (abandoned, running, unmarked):
+        work.mkdir()
+    (abandoned / WORK_OWNER).write_text(finished.stdout.strip())  # a process that has exited
+    (running / WORK_OWNER).write_text(str(os.getpid()))
+    _remove_abandoned_work(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [".export-live"]
 
 
 @pytest.mark.parametrize("command", ["train", "export", "evaluate", "predict", "serve"])

@@ -296,6 +296,8 @@ def test_applied_thresholds_drive_needs_review(bundle_copy, test_csv, known_rows
     source = manifest["thresholds"]["source"]
     assert source["target_precision"] == 0.9 and source["data"]["path"] == str(test_csv)
     assert report["thresholds_applied"]["per_class"] == per_class
+    assert any(f"leave out the {sum(UNKNOWN.values())} tickets with labels the model does not know" in warning
+               for warning in report["warnings"])
 
     predictor = Predictor.load(bundle_copy)
     predictions = predictor.predict(known_rows, batch_size=1)

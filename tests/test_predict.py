@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.bundle import read_examples, read_manifest
+from classifier.bundle import read_examples, read_manifest, write_manifest
 from classifier.errors import UserError
 from classifier.export import ExportOptions, export
 from classifier.predict import Predictor
@@ -140,6 +141,16 @@ def test_a_missing_model_file_the_manifest_marks_for_serving_is_an_error(bundle_
     with pytest.raises(UserError, match="the manifest says to serve the int8 model, but onnx/model_int8.onnx is"):
         Predictor.load(bundle_copy)  # not PyTorch in its place, silently
     assert Predictor.load(bundle_copy, engine="fp32").engine_kind == "fp32"
+
+
+def test_export_warns_that_per_class_thresholds_belong_to_the_model_before(bundle_copy: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    manifest = read_manifest(bundle_copy)
+    manifest["thresholds"]["per_class"] = {manifest["labels"][0]: 0.8}
+    write_manifest(bundle_copy, manifest)
+    with caplog.at_level(logging.WARNING, logger="classifier.export"):
+        export(bundle_copy, ExportOptions(optimize=False))
+    assert "thresholds in the manifest were measured on the model exported before" in caplog.text
 
 
 def test_serving_path_imports_neither_torch_nor_transformers(exported_bundle: Path) -> None:
