@@ -173,13 +173,14 @@ def _read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise UserError(f"{where(path, line)}: bytes are not valid UTF-8 (byte {error.start}); "
+        line = raw[: error.start].count(b"\n") + 1  # before parsing: a line, not a row
+        raise UserError(f"{path}, line {line}: bytes are not valid UTF-8 (byte {error.start}); "
                         "re-export the file as UTF-8") from None
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows of a CSV/TSV file, numbered by the line each record starts on.
+    """Rows of a CSV/TSV file, numbered as a spreadsheet shows them: the header is row 1, and a
+    cell holding line breaks does not add rows (errors about the file's syntax give the line too).
 
     Also read as spreadsheets write them: Excel's "sep=;" first line, semicolons where the
     locale's decimal mark is a comma, an empty column after a trailing delimiter, long fields.
@@ -192,24 +193,30 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
         delimiter = ";"
     csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD_CHARS))  # pasted logs pass Python's 128 KiB
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    start = 1 + skipped
+    start = 1 + skipped  # the line the next record starts on
+    number = 0  # the row before it, as a spreadsheet numbers rows ("sep=;" is not shown as one)
     try:
         header = [name.strip() for name in next(reader, [])]  # [] for a file that is only "sep=;"
         while header and header[-1] == "":  # a trailing delimiter on the header line
             header.pop()
         if len(set(header)) != len(header) or "" in header:
-            raise UserError(f"{where(path, start)}: header has empty or repeated column names: {header}")
-        start = reader.line_num + 1 + skipped
-        for row in reader:
+            raise UserError(f"{where(path, 1)}: header has empty or repeated column names: {header}")
+        start, number = reader.line_num + 1 + skipped, 1
+        for number, row in enumerate(reader, start=2):
             line, start = start, reader.line_num + 1 + skipped
             if not any(cell.strip() for cell in row):
                 continue
             if any(cell.strip() for cell in row[len(header):]):
-                raise UserError(f"{where(path, line)}: {len(row)} fields but the header has "
+                raise UserError(f"{_row_and_line(path, number, line)}: {len(row)} fields but the header has "
                                 f"{len(header)}; is a text field missing its quotes?")
-            yield line, dict(zip(header, row + [""] * (len(header) - len(row))))
+            yield number, dict(zip(header, row + [""] * (len(header) - len(row))))
     except csv.Error as error:
-        raise UserError(f"{where(path, start)}: malformed CSV ({error})") from None
+        raise UserError(f"{_row_and_line(path, number + 1, start)}: malformed CSV ({error})") from None
+
+
+def _row_and_line(path: Path, row: int, line: int) -> str:
+    """Where a CSV record is, for a spreadsheet and, when cells with line breaks make it differ, an editor."""
+    return where(path, row) + (f" (line {line})" if line != row else "")
 
 
 def _read_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
