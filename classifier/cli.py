@@ -133,7 +133,7 @@ On several GPUs, Trainer needs no change: torchrun --nproc_per_node 4 -m classif
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    from classifier.options import TrainingOptions
+    from classifier.options import FULL_LEARNING_RATE, LORA_LEARNING_RATE, TrainingOptions
 
     defaults = TrainingOptions()
     p = _subcommand(commands, "train", "fine-tune an encoder on a labelled ticket export", _run_train,
@@ -158,7 +158,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")
     m.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help="rank of the LoRA adapters (alpha is twice it)")
     m.add_argument("--epochs", type=float, default=defaults.epochs, help="maximum epochs (early stopping may end sooner)")
-    m.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="peak learning rate (linear decay)")
+    m.add_argument("--learning-rate", type=float, help=f"peak learning rate, decayed linearly (default: "
+                   f"{FULL_LEARNING_RATE:g}; with --lora {LORA_LEARNING_RATE:g})")
     m.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tickets per training step")
     m.add_argument("--max-length", type=int, help="tokens per ticket (default: 99th percentile of the data)")
     m.add_argument("--seed", type=int, default=defaults.seed, help="seed for the split, shuffling and the new head")
@@ -249,7 +250,7 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"  drift on {drift['examples']} validation tickets: fp32 max |logit diff| "
           f"{drift['fp32_max_abs_logit_diff']:.2e}, argmax agreement {drift['fp32_argmax_agreement']:.2%}; "
           f"int8 agreement {drift['int8_argmax_agreement']:.2%}, "
-          f"accuracy drop {drift['int8_accuracy_drop_points']:+.2f} points")
+          f"int8 accuracy {-drift['int8_accuracy_drop_points']:+.2f} points against fp32")
     from classifier.bundle import read_manifest
 
     serving = read_manifest(args.bundle)["serving"]

@@ -460,8 +460,10 @@ def _warnings(report: dict[str, Any]) -> list[str]:
     unknown = report["unknown_labels"]
     if unknown["count"]:
         listed = ", ".join(f"{label!r} ({info['count']})" for label, info in unknown["labels"].items())
-        warnings.append(f"{unknown['count']} test tickets ({unknown['share']:.1%}) have labels the model does "
-                        f"not know and are left out of the metrics: {listed}")
+        tickets, have = ("1 test ticket", "has a label") if unknown["count"] == 1 else \
+            (f"{unknown['count']} test tickets", "have labels")
+        warnings.append(f"{tickets} ({unknown['share']:.1%}) {have} the model does not know, left out of the "
+                        f"metrics: {listed}")
     for reason, dropped in report["data"]["dropped"].items():
         rows = ", ".join(dropped["rows"][:3]) + (" ..." if dropped["count"] > 3 else "")
         warnings.append(f"{dropped['count']} test row{'s' if dropped['count'] > 1 else ''} dropped ({reason}): {rows}")

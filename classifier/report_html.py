@@ -190,7 +190,7 @@ def _confusion(pair: dict[str, Any]) -> str:
     true, predicted = escape(pair["true"]), escape(pair["predicted"])
     examples = "".join(f"<li>“{escape(e['text'])}” <span class='note'>(id {escape(str(e['id']))}, confidence "
                        f"{e['confidence']:.0%})</span></li>" for e in pair["examples"])
-    return (f"<div class='confusion'><h3>{true} → predicted as {predicted}: {pair['count']} tickets "
+    return (f"<div class='confusion'><h3>{true} → predicted as {predicted}: {pair['count']} ticket{'s' if pair['count'] != 1 else ''} "
             f"({pair['share_of_true']:.0%} of {true})</h3><ul>{examples}</ul></div>")
 
 

@@ -68,6 +68,8 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     data = prepare_data(data_path, validation_path, text_options=text_options, label_column=label_column,
                         validation_fraction=validation_fraction, min_class_count=min_class_count,
                         merge_rare_classes=merge_rare_classes, seed=options.seed)
+    log.info("text from column%s %s, labels from column %s", "s" if len(data.text_options.fields) > 1 else "",
+             ", ".join(data.text_options.fields), data.train.source["label_column"])
     log.info("data report:\n  %s", "\n  ".join(data.report.summary_lines()))
     base_model = options.base_model or default_base_model()
     set_seed(options.seed)
@@ -94,7 +96,8 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
                       "merge_rare_classes": merge_rare_classes, "seed": options.seed},
         data={"train": data.train.source | {"rows_used": len(data.train)},
               "validation": data.validation.source | {"rows_used": len(data.validation)}},
-        training=asdict(options) | {"train_seconds": round(train_seconds, 1), "max_length": max_length,
+        training=asdict(options) | {"learning_rate": options.peak_learning_rate,
+                                    "train_seconds": round(train_seconds, 1), "max_length": max_length,
                                     "precision_used": _precision(options.precision)},
         validation_metrics=metrics,
         versions=library_versions(),
@@ -217,7 +220,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=options.epochs,
-        learning_rate=options.learning_rate,
+        learning_rate=options.peak_learning_rate,
         per_device_train_batch_size=options.batch_size,
         per_device_eval_batch_size=max(64, options.batch_size),
         warmup_ratio=options.warmup_ratio,

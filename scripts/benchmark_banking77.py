@@ -86,8 +86,18 @@ def apply_overrides(options: TrainingOptions, overrides: list[str]) -> TrainingO
             raise SystemExit(f"unknown training option {name!r}; one of {', '.join(fields)}")
         current = getattr(options, name)
         changes[name] = (value.lower() in ("1", "true", "yes")) if isinstance(current, bool) else \
-            type(current)(value) if current is not None else (int(value) if value.isdigit() else value)
+            type(current)(value) if current is not None else _number_or_text(value)
     return dataclasses.replace(options, **changes)
+
+
+def _number_or_text(value: str) -> int | float | str:
+    """An option whose default is None (max_length, learning_rate, base_model): its type from the value."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def scores(truth: list[str], predicted: list[str]) -> dict[str, float]:
@@ -110,6 +120,7 @@ def report(args: argparse.Namespace, options: TrainingOptions, manifest: dict, r
                      f"{wall / 60:.1f} min | {peak_text} |")
     overrides = " ".join(f"--set {item}" for item in args.set)
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("base_model", "resume")}
+    settings["learning_rate"] = options.peak_learning_rate  # None means the default: show which
     body = "\n".join(lines) + (
         f"\n\nSettings: {settings}; max length {manifest['max_length']}, precision {training['precision_used']}, "
         f"{manifest['data']['train']['rows_used']} training / {manifest['data']['validation']['rows_used']} "

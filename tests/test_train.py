@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from classifier.bundle import SCHEMA_VERSION, read_examples, read_manifest
 from classifier.errors import UserError
-from classifier.options import TrainingOptions
+from classifier.options import LORA_LEARNING_RATE, TrainingOptions
 from classifier.train import choose_max_length, default_base_model, train
 
 
@@ -59,6 +59,7 @@ def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_p
     model = AutoModelForSequenceClassification.from_pretrained(bundle)
     assert model.config.num_labels == len(read_manifest(bundle)["labels"])
     assert read_manifest(bundle)["training"]["lora"] is True
+    assert read_manifest(bundle)["training"]["learning_rate"] == LORA_LEARNING_RATE  # the LoRA default, recorded
 
 
 def test_existing_output_is_not_overwritten(tiny_bundle: Path, tiny_csv: Path) -> None:
