@@ -122,8 +122,9 @@ class ColumnMapping:
 def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(row_number, record)`` from a CSV/TSV/JSONL/JSON file, gzipped or not.
 
-    Row numbers are those a person sees: the line in a CSV (header is line 1) or JSONL
-    file, the 1-based position in a JSON array.
+    Row numbers are those a person sees: the row in a spreadsheet (the header is row 1), the
+    line in a JSONL file, the 1-based position in a JSON array. A JSON record's nested
+    objects are also read as dotted fields (``custom_fields.queue``).
     """
     path = Path(path)
     if not path.exists():
@@ -249,7 +250,18 @@ def _read_json_array(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any
 def _require_object(record: Any, path: Path, row: int) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise UserError(f"{where(path, row)}: expected a JSON object, got {type(record).__name__}")
-    return record
+    return _with_nested_fields(record)
+
+
+def _with_nested_fields(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The record with each nested object's fields also under dotted names: helpdesk exports
+    nest them (``{"custom_fields": {"queue": "billing"}}`` gives ``custom_fields.queue``)."""
+    flat = {}
+    for key, value in record.items():
+        flat[f"{prefix}{key}"] = value
+        if isinstance(value, dict):
+            flat.update(_with_nested_fields(value, f"{prefix}{key}."))
+    return flat
 
 
 # ---------------------------------------------------------------- columns
@@ -261,8 +273,16 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     available = list(dict.fromkeys(columns))
     lower = {name.lower(): name for name in available}
 
+    nested = {}  # "queue" -> "custom_fields.queue", where only one nested field has that name
+    for name in available:
+        if "." in name:
+            nested.setdefault(name.rsplit(".", 1)[1].lower(), []).append(name)
+
     def find(name: str) -> str | None:
-        return name if name in available else lower.get(name.lower())
+        if name in available or name.lower() in lower:
+            return name if name in available else lower[name.lower()]
+        matches = nested.get(name.lower(), [])
+        return matches[0] if len(matches) == 1 else None
 
     if text_columns:
         missing = [name for name in text_columns if find(name) is None]
@@ -360,8 +380,8 @@ def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapp
             value = record.get(column) if column else None
             if isinstance(value, (dict, list)):
                 kind = "object" if isinstance(value, dict) else "list"
-                raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; nested fields are "
-                                "not read: flatten the export so that each text and label field is a top-level key")
+                raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; name a field inside "
+                                f"it with a dot (e.g. '{column}.name'), or flatten the export")
         yield row, record, ticket_text(record, reading)
 
 

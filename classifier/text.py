@@ -171,11 +171,17 @@ def _name_like(line: str) -> bool:
 
 
 def _field(ticket: Mapping[str, Any], name: str) -> Any:
-    """A record's field by name, ignoring case: exports and API clients capitalise differently."""
+    """A record's field by name, ignoring case: exports and API clients capitalise differently.
+    A dotted name ("ticket.subject", from a nested export) also reads the nested record."""
     if name in ticket:
         return ticket[name]
     wanted = name.lower()
-    return next((value for key, value in ticket.items() if isinstance(key, str) and key.lower() == wanted), None)
+    value = next((value for key, value in ticket.items() if isinstance(key, str) and key.lower() == wanted), None)
+    if value is None and "." in name:
+        outer, inner = name.split(".", 1)
+        nested = _field(ticket, outer)
+        return _field(nested, inner) if isinstance(nested, Mapping) else None
+    return value
 
 
 def _as_str(value: Any) -> str:

@@ -183,12 +183,14 @@ def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
     other field (the body). A bundle without a ``subject`` field reads one text, so it
     gets subject and description joined, as ``ticket_text`` joins fields.
     """
-    body = next((name for name in fields if name != ZENDESK_SUBJECT), None)
-    if ZENDESK_SUBJECT in fields and body:
-        record = {ZENDESK_SUBJECT: ticket.subject, body: ticket.description}
+    # "subject", or a nested one such as "ticket.subject" (a bundle trained on a nested export)
+    subject = next((name for name in fields if name.rsplit(".", 1)[-1] == ZENDESK_SUBJECT), None)
+    body = next((name for name in fields if name != subject), None)
+    if subject and body:
+        record = {subject: ticket.subject, body: ticket.description}
         return {name: value for name, value in record.items() if value is not None}
     parts = [part for part in (ticket.subject, ticket.description) if part]
-    return {body or ZENDESK_SUBJECT: FIELD_SEPARATOR.join(parts)}
+    return {body or subject or ZENDESK_SUBJECT: FIELD_SEPARATOR.join(parts)}
 
 
 def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:

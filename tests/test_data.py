@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from classifier.data import DataReport, load_tickets, prepare_data, read_records, stratified_split
 from classifier.errors import UserError
-from classifier.text import TextOptions
+from classifier.text import TextOptions, ticket_text
 
 ROWS = [
     {"id": "1", "subject": "Refund", "body": "I was charged twice", "category": "billing"},
@@ -209,11 +209,27 @@ def test_whole_number_labels_written_as_floats_are_one_class(tmp_path: Path) -> 
 def test_nested_json_fields_are_refused_not_read_as_python_text(tmp_path: Path) -> None:
     path = tmp_path / "export.jsonl"
     path.write_text('{"ticket": {"subject": "Refund", "description": "charged twice"}, "group": "billing"}\n')
-    with pytest.raises(UserError, match=r"export.jsonl, row 1, column 'ticket': holds a JSON object, not text"):
+    with pytest.raises(UserError, match=r"export.jsonl, row 1, column 'ticket': holds a JSON object, not text; "
+                                        r"name a field inside it with a dot \(e.g. 'ticket.name'\)"):
         load_tickets(path, TextOptions(fields=("ticket",)), label_column="group")
     path.write_text('{"text": "charged twice", "category": ["billing", "refunds"]}\n')
     with pytest.raises(UserError, match=r"row 1, column 'category': holds a JSON list"):
         load_tickets(path)
+
+
+def test_nested_fields_are_read_by_dotted_name_or_detected_by_their_own(tmp_path: Path) -> None:
+    rows = [{"id": i, "ticket": {"subject": f"Refund {i}", "description": f"charged twice {i}"},
+             "custom_fields": {"queue": "billing" if i % 2 else "login", "priority": "low"}} for i in range(10)]
+    path = write_jsonl(tmp_path / "zendesk.jsonl", rows)
+    tickets, options = load_tickets(path, TextOptions(fields=("ticket.subject", "ticket.description")),
+                                    label_column="custom_fields.queue")
+    assert tickets.texts[1] == "Refund 1\ncharged twice 1" and tickets.labels[:2] == ["login", "billing"]
+    assert options.fields == ("ticket.subject", "ticket.description")
+    detected, options = load_tickets(path)  # subject/description and queue, found inside the objects
+    assert options.fields == ("ticket.subject", "ticket.description") and detected.labels == tickets.labels
+    for record in ({"ticket.subject": "Refund", "ticket.description": "x"},  # flat, as files are read
+                   {"ticket": {"subject": "Refund", "description": "x"}}):  # nested, as an API caller may send
+        assert ticket_text(record, options) == "Refund\nx"
 
 
 def test_missing_file_directory_and_unknown_type(tmp_path: Path) -> None:

@@ -122,6 +122,7 @@ def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predi
     (("subject", "description"), {"subject": "S", "description": "D"}),
     (("text",), {"text": "S\nD"}),  # a one-text model reads subject and description together
     (("body",), {"body": "S\nD"}),
+    (("ticket.subject", "ticket.description"), {"ticket.subject": "S", "ticket.description": "D"}),  # nested export
 ])
 def test_zendesk_record_follows_the_bundle_fields(fields: tuple[str, ...], expected: dict[str, str]) -> None:
     assert zendesk_record(ZendeskTicket(subject="S", description="D"), fields) == expected
