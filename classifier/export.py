@@ -221,6 +221,12 @@ def _commit(bundle_dir: Path, staged: Path, section: dict[str, Any]) -> None:
     if not int8_ok:
         log.warning("int8 loses %.2f accuracy points (limit %.2f): serving the fp32 model",
                     drift["int8_accuracy_drop_points"], section["max_accuracy_drop_points"])
+    one_ticket = 100 / drift["examples"]
+    if one_ticket > section["max_accuracy_drop_points"]:
+        log.warning("the validation split has %d tickets, so one ticket is %.2f accuracy points, more than the "
+                    "%.2f-point limit: a single changed answer decides between int8 and fp32. Train with a larger "
+                    "validation split (--validation-fraction) or set --max-accuracy-drop", drift["examples"],
+                    one_ticket, section["max_accuracy_drop_points"])
     manifest = bundle.read_manifest(bundle_dir)  # re-read: thresholds may have been applied meanwhile
     if manifest.get("thresholds", {}).get("per_class"):
         log.warning("the per-class thresholds in the manifest were measured on the model exported before; "

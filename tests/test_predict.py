@@ -151,6 +151,8 @@ def test_export_warns_that_per_class_thresholds_belong_to_the_model_before(bundl
     with caplog.at_level(logging.WARNING, logger="classifier.export"):
         export(bundle_copy, ExportOptions(optimize=False))
     assert "thresholds in the manifest were measured on the model exported before" in caplog.text
+    examples = read_manifest(bundle_copy)["onnx"]["drift"]["examples"]  # the tiny bundle's few validation tickets
+    assert f"the validation split has {examples} tickets, so one ticket is {100 / examples:.2f}" in caplog.text
 
 
 def test_serving_path_imports_neither_torch_nor_transformers(exported_bundle: Path) -> None:
