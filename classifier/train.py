@@ -65,6 +65,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     output_dir = Path(output_dir)
     inputs = tuple(Path(path) for path in (data_path, validation_path) if path is not None)
     bundle.check_output(output_dir, overwrite, inputs)  # now, not after an hour of training
+    resume_from = _resume_point(output_dir, options)  # likewise: a missing checkpoint before reading data
     data = prepare_data(data_path, validation_path, text_options=text_options, label_column=label_column,
                         validation_fraction=validation_fraction, min_class_count=min_class_count,
                         merge_rare_classes=merge_rare_classes, seed=options.seed)
@@ -81,7 +82,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
         raise UserError(f"--max-length {max_length} is over what {base_model} can read ({limit} tokens)")
     trainer = _build_trainer(model, tokenizer, data, options, max_length, _checkpoint_dir(output_dir))
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=_resume_point(output_dir, options))
+    trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
     model = _merge_adapters(trainer.model)

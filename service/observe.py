@@ -63,6 +63,9 @@ def _entry(response: Response, seconds: float) -> dict[str, object]:
         "bytes_out": response.content_length,
         "user_agent": request.user_agent.string or None,
     }
+    forwarded = request.headers.get("X-Forwarded-For")
+    if forwarded:  # behind a proxy or ingress, "remote" is the proxy; this is who it says called
+        entry["forwarded_for"] = forwarded[:256]
     if "ticket_count" in g:
         entry["ticket_count"] = g.ticket_count
     if "log_tickets" in g:  # only set when LOG_TEXT is on

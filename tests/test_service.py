@@ -340,10 +340,12 @@ def access_lines() -> Iterator[list[str]]:
 
 
 def test_access_log_is_json_without_ticket_text(client: FlaskClient, access_lines: list[str]) -> None:
-    client.post("/classify?x=1", json={"id": "T-9", "text": "my secret invoice number 4242"})
+    client.post("/classify?x=1", json={"id": "T-9", "text": "my secret invoice number 4242"},
+                headers={"X-Forwarded-For": "203.0.113.7, 10.0.0.2"})
     [line] = access_lines
     entry = json.loads(line)
     assert entry["path"] == "/classify" and entry["status"] == 200 and entry["ticket_count"] == 1
+    assert entry["forwarded_for"] == "203.0.113.7, 10.0.0.2"  # behind an ingress, "remote" is the ingress
     assert entry["duration_ms"] > 0 and entry["request_id"]
     assert "4242" not in line and "T-9" not in line and "tickets" not in entry
 

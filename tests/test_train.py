@@ -84,6 +84,11 @@ def test_overwrite_replaces_only_a_bundle(tiny_csv: Path, tmp_path: Path) -> Non
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "tickets.csv"]
 
 
+def test_resume_without_a_checkpoint_fails_before_reading_the_data(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no checkpoint to resume from"):  # not "file not found"
+        train(tmp_path / "not-read.csv", tmp_path / "model", TrainingOptions(resume=True))
+
+
 def test_unknown_base_model_is_a_user_error(tiny_csv: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="cannot load base model"):
         train(tiny_csv, tmp_path / "x", TrainingOptions(base_model=str(tmp_path / "no-such-model")))
