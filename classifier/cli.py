@@ -67,11 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)  # main() may run inside a longer-lived process (tests)
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived."""
+class _Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, like KeyboardInterrupt: ``except Exception`` in a library must not
+    swallow it."""
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
     raise _Terminated
 
 
@@ -140,7 +142,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                     epilog=TRAIN_EPILOG)
     p.add_argument("data", type=Path, help="labelled tickets: .csv, .tsv, .jsonl or .json, optionally .gz")
     p.add_argument("--output", "-o", type=Path, required=True, help="bundle directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --output (never a file, or a directory that is not a bundle)")
+    p.add_argument("--overwrite", action="store_true", help="replace the bundle directory at --output, all of "
+                   "it (never a file or a directory that is not a bundle)")
     g = p.add_argument_group("data")
     g.add_argument("--validation", type=Path, help="validation file (default: a stratified split of DATA)")
     g.add_argument("--validation-fraction", type=float, default=0.1, help="share held out when no --validation")

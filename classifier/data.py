@@ -256,11 +256,12 @@ def _require_object(record: Any, path: Path, row: int) -> dict[str, Any]:
 def _with_nested_fields(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """The record with each nested object's fields also under dotted names: helpdesk exports
     nest them (``{"custom_fields": {"queue": "billing"}}`` gives ``custom_fields.queue``)."""
-    flat = {}
+    flat: dict[str, Any] = {}
     for key, value in record.items():
-        flat[f"{prefix}{key}"] = value
-        if isinstance(value, dict):
-            flat.update(_with_nested_fields(value, f"{prefix}{key}."))
+        flat[f"{prefix}{key}"] = value  # a key written with a dot wins over a nested field of that name,
+        if isinstance(value, dict):  # as in classifier.text's lookup
+            for name, inner in _with_nested_fields(value, f"{prefix}{key}.").items():
+                flat.setdefault(name, inner)
     return flat
 
 
@@ -273,16 +274,26 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     available = list(dict.fromkeys(columns))
     lower = {name.lower(): name for name in available}
 
-    nested = {}  # "queue" -> "custom_fields.queue", where only one nested field has that name
+    nested: dict[str, list[str]] = {}  # "queue" -> ["custom_fields.queue"]: fields of nested JSON objects
     for name in available:
         if "." in name:
             nested.setdefault(name.rsplit(".", 1)[1].lower(), []).append(name)
 
-    def find(name: str) -> str | None:
+    def find(name: str, look_inside: bool = True) -> str | None:
+        """A column by name (any case), else, with ``look_inside``, the one nested field of that name."""
         if name in available or name.lower() in lower:
             return name if name in available else lower[name.lower()]
-        matches = nested.get(name.lower(), [])
+        matches = nested.get(name.lower(), []) if look_inside else []
         return matches[0] if len(matches) == 1 else None
+
+    def guess(groups: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+        """The first group of guessed names all found at the top level, else (only then) inside objects."""
+        for look_inside in (False, True):
+            for group in groups:
+                found = tuple(find(name, look_inside) for name in group)
+                if all(found):
+                    return found  # type: ignore[return-value]
+        return ()
 
     if text_columns:
         missing = [name for name in text_columns if find(name) is None]
@@ -290,8 +301,7 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
             raise UserError(f"{path}: text column {missing[0]!r} not found; columns are {available}")
         texts = tuple(find(name) for name in text_columns)
     else:
-        texts = next((tuple(find(n) for n in guess) for guess in TEXT_COLUMN_GUESSES
-                      if all(find(n) for n in guess)), ())
+        texts = guess(TEXT_COLUMN_GUESSES)
         if not texts:
             raise UserError(f"{path}: no text column found among {available}; "
                             "name them with --text-columns (e.g. subject,body)")
@@ -300,13 +310,13 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         if label is None:
             raise UserError(f"{path}: label column {label_column!r} not found; columns are {available}")
     else:
-        label = next((find(n) for n in LABEL_COLUMN_GUESSES if find(n)), None)
+        label = next(iter(guess([(name,) for name in LABEL_COLUMN_GUESSES])), None)
         if label is None and require_label:
             raise UserError(f"{path}: no label column found among {available}; name it with --label-column")
     if label is not None and label in texts:
         raise UserError(f"{path}: column {label!r} is both a text column and the label column; name the "
                         "label with --label-column and the text with --text-columns")
-    ident = next((find(n) for n in ID_COLUMN_GUESSES if find(n)), None)
+    ident = next((find(n, look_inside=False) for n in ID_COLUMN_GUESSES if find(n, look_inside=False)), None)
     return ColumnMapping(texts, label, ident)  # type: ignore[arg-type]
 
 

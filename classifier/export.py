@@ -20,7 +20,9 @@ import logging
 import os
 import platform
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 
 QUANTIZATION_TARGETS = ("auto", "avx512_vnni", "avx512", "avx2", "arm64")
 WORK_PREFIX = ".export-"  # the staging directory inside the bundle
-WORK_OWNER = "owner.pid"  # in it: the process exporting, so a later export can tell abandoned ones
+WORK_OWNER = "owner"  # in it: the host and process exporting, so a later export can tell abandoned ones
+UNOWNED_WORK_AGE_S = 3600  # a staging directory without an owner this old was left by a killed export
 MIN_FP32_AGREEMENT = 0.999
 # fp32 ONNX computes what PyTorch computes; a larger logit difference means a broken graph, not rounding.
 MAX_FP32_LOGIT_DIFF = 1e-3
@@ -62,7 +65,7 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict
     target = choose_quantization_target(options.quantization)
     _remove_abandoned_work(bundle_dir)
     work = Path(tempfile.mkdtemp(dir=bundle_dir, prefix=WORK_PREFIX))
-    (work / WORK_OWNER).write_text(str(os.getpid()))
+    (work / WORK_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
     try:
         exported, opset = export_onnx(bundle_dir, work / "exported", options.opset)
         fp32_path = fuse(exported) if options.optimize else exported
@@ -85,13 +88,25 @@ def _remove_abandoned_work(bundle_dir: Path) -> None:
     """Delete what exports killed outright (SIGKILL, out of memory) left in the bundle: a hundred
     MB or more each, which would otherwise travel with every copy of the bundle."""
     for work in bundle_dir.glob(f"{WORK_PREFIX}*"):
-        try:
-            owner = int((work / WORK_OWNER).read_text())
-            os.kill(owner, 0)  # raises if no such process: the export that made it is gone
-        except PermissionError:
-            continue  # alive, another user's
-        except (OSError, ValueError):
+        if _abandoned(work):
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _abandoned(work: Path) -> bool:
+    try:
+        host, pid = (work / WORK_OWNER).read_text().split()
+        owner = int(pid)
+    except (OSError, ValueError):  # killed before it wrote its owner, or one starting right now
+        return time.time() - work.stat().st_mtime > UNOWNED_WORK_AGE_S
+    if host != socket.gethostname():
+        return False  # another machine's export, on a shared volume: its processes are not visible here
+    try:
+        os.kill(owner, 0)  # raises if no such process: the export that made it is gone
+    except PermissionError:
+        return False  # alive, another user's
+    except OSError:
+        return True
+    return False
 
 
 def choose_quantization_target(requested: str) -> str:

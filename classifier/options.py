@@ -36,4 +36,6 @@ class TrainingOptions:
     @property
     def peak_learning_rate(self) -> float:
         """The learning rate training uses: the one given, or the default for full or LoRA training."""
-        return self.learning_rate or (LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE)
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE

@@ -53,6 +53,7 @@ _SIGN_OFF = re.compile(
 _SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message
 _SIGNATURE_MAX_WORDS = 10  # a longer line after a sign-off is message, not signature
 _NAME_MAX_WORDS = 5  # the line right after a sign-off is a name, or the message goes on
+_TITLE_SEPARATOR = re.compile(r"\s+[-|\u2013\u2014]\s+")  # "John Smith - Head of IT", "Sam Lee | Acme"
 _NAME_MAX_LOWERCASE_WORDS = 3  # "also the app crashes" after "thanks" is message; "chen van dijk" a name
 # Control characters, zero-width spaces and unpaired surrogates (a JSON "\ud800" escape) become spaces.
 _CONTROL_CHARS = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b\ud800-\udfff]")
@@ -163,8 +164,10 @@ def _signature_like(lines: list[str]) -> bool:
 
 def _name_like(line: str) -> bool:
     """A short line ("sam", "- J.", "chen van dijk", "王伟"), or a few words that do not start
-    in lower case ("Dr. Maria Lopez Garcia"). Tickets are often typed all in lower case."""
-    words = line.strip(" -\u2013\u2014~,").split()
+    in lower case ("Dr. Maria Lopez Garcia"), maybe followed by a title ("John Smith - Head of IT",
+    "Sam Lee | Support Lead"). Tickets are often typed all in lower case."""
+    name = _TITLE_SEPARATOR.split(line.strip(" -\u2013\u2014~,"), maxsplit=1)[0]
+    words = name.split()
     if not 0 < len(words) <= _NAME_MAX_WORDS:
         return False
     return len(words) <= _NAME_MAX_LOWERCASE_WORDS or not any(word[0].islower() for word in words)

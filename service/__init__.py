@@ -65,7 +65,8 @@ def settings(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         raise UserError(f"ENGINE (TICKETCLF_ENGINE): unknown engine {merged['ENGINE']!r}; "
                         f"choose one of {', '.join(ENGINES)}")
     keys = merged["API_KEYS"]
-    if isinstance(keys, str) and keys.strip() and not parse_keys(keys):  # " , " would silently mean "no auth"
+    given = keys.strip() if isinstance(keys, str) else keys
+    if given and not parse_keys(keys):  # " , " or ["", " "] would silently mean "no authentication"
         raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): no key in {keys!r}; give comma-separated keys, or "
                         "leave it empty to turn authentication off")
     for key in ("MAX_BATCH", "MAX_CONTENT_LENGTH"):  # a MAX_CONTENT_LENGTH of None is Flask's "no limit"

@@ -59,7 +59,7 @@ def _json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
                        "send the body as JSON with the header 'Content-Type: application/json'")
-    if request.content_encoding not in (None, "", "identity"):
+    if (request.content_encoding or "identity").strip().lower() != "identity":
         raise ApiError(415, "unsupported_media_type",
                        f"bodies with 'Content-Encoding: {request.content_encoding}' are not accepted; send plain JSON")
     limit = request.max_content_length
@@ -76,7 +76,8 @@ def _json_body() -> Any:
     if request.content_length is None and limit is not None and len(raw) >= limit:
         raise _too_large(limit)
     try:
-        text = raw.decode("utf-8")  # JSON on the wire is UTF-8 (RFC 8259); json.loads would guess UTF-16/32
+        # JSON on the wire is UTF-8 (RFC 8259; a BOM may be ignored): json.loads(bytes) would guess UTF-16/32
+        text = raw.decode("utf-8-sig")
         parsed = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
     except ValueError as error:  # also numbers too long to convert
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {error}") from None
@@ -95,12 +96,18 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _has_lone_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        return bool(_SURROGATE.search(value))
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(item) for item in value)
+    """Whether any string (key or value) holds one; a loop, not recursion: json.loads nests deeper."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
 
 

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Any
 
 from gunicorn import util
 from gunicorn.http.body import LengthReader
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
+DRAIN_MARGIN_S = 2.0  # stop taking queued connections this long before the master's graceful timeout
 # gunicorn's statuses for requests it refuses itself, named like the app's error codes.
 _GUNICORN_ERROR_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
                          431: "headers_too_large", 500: "internal_error", 501: "not_implemented"}
@@ -44,15 +46,24 @@ class SyncWorker(GunicornSyncWorker):
         util.write_error = write_json_error
         super().init_process()
 
+    stop_requested_at: float | None = None  # when SIGTERM came
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.stop_requested_at = time.monotonic()
+        super().handle_exit(sig, frame)
+
     def run(self) -> None:
         super().run()
-        if not self.alive and self.is_parent_alive():  # a graceful stop, not a lost master
-            self.answer_waiting_connections()
+        # Only on SIGTERM: a worker leaving after max_requests or replaced by a reload has
+        # siblings (or successors) that take the queue.
+        if self.stop_requested_at is not None and self.is_parent_alive():
+            self.answer_waiting_connections(self.stop_requested_at + self.cfg.graceful_timeout - DRAIN_MARGIN_S)
 
-    def answer_waiting_connections(self) -> None:
-        """Serve the connections already queued on the listeners, then return (the queue is empty)."""
+    def answer_waiting_connections(self, deadline: float) -> None:
+        """Serve the connections queued on the listeners until the queue is empty or ``deadline``
+        (the master kills the worker at its graceful timeout, maybe mid-answer)."""
         for listener in self.sockets:
-            while True:
+            while time.monotonic() < deadline:
                 self.notify()  # each answer may take a while: keep the master's heartbeat check happy
                 try:
                     self.accept(listener)  # the listeners are non-blocking: an empty queue raises

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -37,13 +38,16 @@ def test_a_terminated_export_leaves_nothing_behind(bundle_copy: Path) -> None:
 def test_an_export_removes_what_killed_exports_left(tmp_path: Path) -> None:
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True)
-    abandoned, running, unmarked = (tmp_path / f".export-{name}" for name in ("dead", "live", "old"))
-    for work in (abandoned, running, unmarked):
+    works = {name: tmp_path / f".export-{name}" for name in ("dead", "live", "elsewhere", "old", "starting")}
+    for work in works.values():
         work.mkdir()
-    (abandoned / WORK_OWNER).write_text(finished.stdout.strip())  # a process that has exited
-    (running / WORK_OWNER).write_text(str(os.getpid()))
+    host = socket.gethostname()
+    (works["dead"] / WORK_OWNER).write_text(f"{host} {finished.stdout.strip()}")  # a process that has exited
+    (works["live"] / WORK_OWNER).write_text(f"{host} {os.getpid()}")
+    (works["elsewhere"] / WORK_OWNER).write_text(f"another-{host} {finished.stdout.strip()}")  # a shared volume
+    os.utime(works["old"], (time.time() - 7200, time.time() - 7200))  # no owner, two hours old
     _remove_abandoned_work(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [".export-live"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export-elsewhere", ".export-live", ".export-starting"]
 
 
 @pytest.mark.parametrize("command", ["train", "export", "evaluate", "predict", "serve"])

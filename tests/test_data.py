@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from classifier.data import DataReport, load_tickets, prepare_data, read_records, stratified_split
+from classifier.data import (ColumnMapping, DataReport, load_tickets, prepare_data, read_records, resolve_columns,
+                             stratified_split)
 from classifier.errors import UserError
 from classifier.text import TextOptions, ticket_text
 
@@ -228,8 +229,24 @@ def test_nested_fields_are_read_by_dotted_name_or_detected_by_their_own(tmp_path
     detected, options = load_tickets(path)  # subject/description and queue, found inside the objects
     assert options.fields == ("ticket.subject", "ticket.description") and detected.labels == tickets.labels
     for record in ({"ticket.subject": "Refund", "ticket.description": "x"},  # flat, as files are read
-                   {"ticket": {"subject": "Refund", "description": "x"}}):  # nested, as an API caller may send
+                   {"ticket": {"subject": "Refund", "description": "x"}}):  # nested, as the Python API may get
         assert ticket_text(record, options) == "Refund\nx"
+    both = {"ticket.subject": "literal", "ticket": {"subject": "nested", "description": "x"}}
+    path.write_text(json.dumps({**both, "custom_fields": {"queue": "billing"}}) + "\n")  # read as training reads
+    [(_, record)] = list(read_records(path))
+    assert record["ticket.subject"] == "literal" and ticket_text(both, options) == "literal\nx"
+
+
+@pytest.mark.parametrize(("columns", "texts", "label", "ident"), [
+    (["ticket_id", "requester.id", "text", "category"], ("text",), "category", "ticket_id"),
+    (["text", "prediction.label", "category"], ("text",), "category", None),  # the human label, not a nested one
+    (["subject", "last_comment.body", "description", "queue"], ("subject", "description"), "queue", None),
+    (["ticket.subject", "ticket.body", "custom_fields.queue", "requester.id"],
+     ("ticket.subject", "ticket.body"), "custom_fields.queue", None),  # ids are never taken from inside objects
+])
+def test_detection_prefers_top_level_columns_to_nested_fields(columns: list[str], texts: tuple[str, ...],
+                                                              label: str, ident: str | None) -> None:
+    assert resolve_columns(columns, "export.jsonl") == ColumnMapping(texts, label, ident)
 
 
 def test_missing_file_directory_and_unknown_type(tmp_path: Path) -> None:

@@ -147,6 +147,8 @@ def test_long_ticket_is_truncated_and_flagged_not_refused(client: FlaskClient) -
     ({"data": '{"text": "\\ud800 charged"}', "content_type": "application/json"}, 400, "bad_json"),
     ({"data": '{"text": "card", "id": "\\udfff"}', "content_type": "application/json"}, 400, "bad_json"),
     ({"data": '{"tickets": [{"subject": "\\udbff"}]}', "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"a": ' + "[" * 900 + "]" * 900 + ', "text": "\\udc00 card"}', "content_type": "application/json"},
+     400, "bad_json"),  # nested deeper than Python recursion goes, with a lone surrogate
     ({"data": "{}", "content_type": "application/json", "headers": {"Content-Encoding": "gzip"}}, 415,
      "unsupported_media_type"),
     ({"data": "{\"text\": \"" + "a" * (1024 * 1024) + "\"}", "content_type": "application/json"}, 413,
@@ -154,6 +156,13 @@ def test_long_ticket_is_truncated_and_flagged_not_refused(client: FlaskClient) -
 ])
 def test_unreadable_bodies(client: FlaskClient, kwargs: dict[str, Any], status: int, code: str) -> None:
     assert error_of(client.post("/classify", **kwargs), status)["code"] == code
+
+
+def test_a_utf8_byte_order_mark_and_identity_encoding_are_accepted(client: FlaskClient) -> None:
+    body = '\ufeff{"text": "card lost"}'.encode()  # some Windows and .NET clients send one
+    response = client.post("/classify", data=body, content_type="application/json",
+                           headers={"Content-Encoding": "Identity"})
+    assert response.status_code == 200
 
 
 def test_an_escaped_surrogate_pair_is_one_character(client: FlaskClient) -> None:
@@ -635,6 +644,13 @@ def test_loadtest_script_runs_bounded(exported_bundle: Path, sample_csv: Path, t
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| 4 | 20 | 0 |" in report.read_text()
+
+
+def test_api_keys_that_are_all_blank_are_refused_not_read_as_no_auth(tmp_path: Path) -> None:
+    for keys in (" , ", ["", " "]):
+        with pytest.raises(UserError, match="no key in"):
+            service_settings({"BUNDLE": str(tmp_path), "API_KEYS": keys})
+    assert service_settings({"BUNDLE": str(tmp_path), "API_KEYS": ""})["API_KEYS"] == ""  # documented: no auth
 
 
 def test_settings_come_from_environment_then_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -78,6 +78,8 @@ def test_sign_off_cuts_only_a_name_and_what_follows_it() -> None:
         "My card is blocked. Thanks! Also the app crashes at login"
     assert clean_text("Refund please\nBest regards,\n- Sam\n+1 555 0100") == "Refund please"
     assert clean_text("refund please\nthanks,\nchen van dijk\nfounder, pampas") == "refund please"
+    assert clean_text("Refund please\nKind regards,\nJohn Smith - Head of IT\nAcme Corp") == "Refund please"
+    assert clean_text("Refund please\nThanks,\nSam Lee | Support Lead | Acme\nsam@acme.com") == "Refund please"
     assert clean_text("Broken\nCheers\nSent from my iPhone") == "Broken"
     assert clean_text("Where is my card?\nThanks") == "Where is my card?"
 
