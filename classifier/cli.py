@@ -253,7 +253,7 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"  drift on {drift['examples']} validation tickets: fp32 max |logit diff| "
           f"{drift['fp32_max_abs_logit_diff']:.2e}, argmax agreement {drift['fp32_argmax_agreement']:.2%}; "
           f"int8 agreement {drift['int8_argmax_agreement']:.2%}, "
-          f"int8 accuracy {-drift['int8_accuracy_drop_points']:+.2f} points against fp32")
+          f"int8 accuracy {0.0 - drift['int8_accuracy_drop_points']:+.2f} points against fp32")
     from classifier.bundle import read_manifest
 
     serving = read_manifest(args.bundle)["serving"]

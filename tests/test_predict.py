@@ -13,7 +13,7 @@ import pytest
 
 from classifier.bundle import read_examples, read_manifest, write_manifest
 from classifier.errors import UserError
-from classifier.export import ExportOptions, export
+from classifier.export import ExportOptions, decided_by_one_ticket, export
 from classifier.predict import Predictor
 
 
@@ -151,8 +151,18 @@ def test_export_warns_that_per_class_thresholds_belong_to_the_model_before(bundl
     with caplog.at_level(logging.WARNING, logger="classifier.export"):
         export(bundle_copy, ExportOptions(optimize=False))
     assert "thresholds in the manifest were measured on the model exported before" in caplog.text
-    examples = read_manifest(bundle_copy)["onnx"]["drift"]["examples"]  # the tiny bundle's few validation tickets
-    assert f"the validation split has {examples} tickets, so one ticket is {100 / examples:.2f}" in caplog.text
+
+
+@pytest.mark.parametrize(("drop", "limit", "examples", "one_ticket"), [
+    (1.67, 1.0, 60, True),  # 1 ticket of 60 is 1.67 points: that one ticket decided
+    (3.33, 1.0, 60, False),  # 2 tickets: clearly over
+    (1.5, 1.0, 1000, False),  # 15 tickets
+    (0.0, 1.0, 60, False),  # not refused at all
+    (0.0, -100.0, 60, False),  # refused by a limit no ticket could meet
+])
+def test_a_refusal_decided_by_one_validation_ticket_is_recognised(drop: float, limit: float, examples: int,
+                                                                  one_ticket: bool) -> None:
+    assert decided_by_one_ticket(drop, limit, examples) is one_ticket
 
 
 def test_serving_path_imports_neither_torch_nor_transformers(exported_bundle: Path) -> None:
