@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.errors import UserError, where
-from classifier.text import TextOptions, ticket_text
+from classifier.text import TextOptions, nested_fields, ticket_text
 
 TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
     ("subject", "body"),
@@ -250,19 +250,7 @@ def _read_json_array(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any
 def _require_object(record: Any, path: Path, row: int) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise UserError(f"{where(path, row)}: expected a JSON object, got {type(record).__name__}")
-    return _with_nested_fields(record)
-
-
-def _with_nested_fields(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """The record with each nested object's fields also under dotted names: helpdesk exports
-    nest them (``{"custom_fields": {"queue": "billing"}}`` gives ``custom_fields.queue``)."""
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        flat[f"{prefix}{key}"] = value  # a key written with a dot wins over a nested field of that name,
-        if isinstance(value, dict):  # as in classifier.text's lookup
-            for name, inner in _with_nested_fields(value, f"{prefix}{key}.").items():
-                flat.setdefault(name, inner)
-    return flat
+    return nested_fields(record)  # custom_fields.queue: a column like the others
 
 
 # ---------------------------------------------------------------- columns

@@ -176,15 +176,30 @@ def _name_like(line: str) -> bool:
 def _field(ticket: Mapping[str, Any], name: str) -> Any:
     """A record's field by name, ignoring case: exports and API clients capitalise differently.
     A dotted name ("ticket.subject", from a nested export) also reads the nested record."""
-    if name in ticket:
-        return ticket[name]
-    wanted = name.lower()
-    value = next((value for key, value in ticket.items() if isinstance(key, str) and key.lower() == wanted), None)
+    value = _lookup(ticket, name)
     if value is None and "." in name:
-        outer, inner = name.split(".", 1)
-        nested = _field(ticket, outer)
-        return _field(nested, inner) if isinstance(nested, Mapping) else None
+        value = _lookup(nested_fields(ticket), name)
     return value
+
+
+def _lookup(record: Mapping[str, Any], name: str) -> Any:
+    if name in record:
+        return record[name]
+    wanted = name.lower()
+    return next((value for key, value in record.items() if isinstance(key, str) and key.lower() == wanted), None)
+
+
+def nested_fields(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The record with each nested object's fields also under dotted names: helpdesk exports
+    nest them (``{"custom_fields": {"queue": "billing"}}`` gives ``custom_fields.queue``). A key
+    written with a dot wins over a nested field of the same name."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        flat[f"{prefix}{key}"] = value
+        if isinstance(value, Mapping):
+            for name, inner in nested_fields(value, f"{prefix}{key}.").items():
+                flat.setdefault(name, inner)
+    return flat
 
 
 def _as_str(value: Any) -> str:
@@ -233,5 +248,5 @@ class _TextExtractor(HTMLParser):
         self.handle_data(f"&#{name};")
 
 
-__all__ = ["FIELD_SEPARATOR", "TextOptions", "clean_text", "html_to_text", "strip_quoted_replies",
+__all__ = ["FIELD_SEPARATOR", "TextOptions", "clean_text", "html_to_text", "nested_fields", "strip_quoted_replies",
            "strip_signature", "ticket_text"]
