@@ -9,6 +9,7 @@ only for a bundle that has not been exported yet.
 
 from __future__ import annotations
 
+import heapq
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -99,10 +100,11 @@ class Predictor:
         if not 1 <= top_k:
             raise UserError(f"top_k must be at least 1, got {top_k}")
         logits, truncated = self.logits(tickets, batch_size, cleaned=cleaned)
-        probabilities = softmax(logits)
-        best = np.argsort(-probabilities, axis=1)[:, :min(top_k, len(self.labels))]
-        scores = np.take_along_axis(probabilities, best, axis=1)
-        return [self._prediction(*row) for row in zip(best.tolist(), scores.tolist(), truncated)]
+        # The same float32 softmax as predict_proba, so thresholds chosen on its scores split the same
+        # way here. Top-k in plain Python: right after a model run the CPU caches hold the weights, and
+        # there a few Python calls cost less than numpy's argsort and take_along_axis (docs/benchmarks.md).
+        probabilities = softmax(logits).tolist()
+        return [self._prediction(row, top_k, cut) for row, cut in zip(probabilities, truncated)]
 
     def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False) -> np.ndarray:
         """Softmax probabilities, one row per ticket, columns in ``self.labels`` order.
@@ -153,16 +155,17 @@ class Predictor:
         return [(enc, bool(enc.overflowing) or len(text) > char_cap) for enc, text in zip(encodings, texts)]
 
     def _pad(self, encodings: list[Any]) -> dict[str, np.ndarray]:
+        """Model inputs for one batch, padded to its longest text (padded in lists: three numpy calls)."""
         rows = [encoding.ids for encoding in encodings]
-        lengths = np.array([len(row) for row in rows])
-        ids = np.full((len(rows), lengths.max()), self._pad_id, dtype=np.int64)
-        for index, row in enumerate(rows):
-            ids[index, :len(row)] = row
-        mask = (np.arange(ids.shape[1]) < lengths[:, None]).astype(np.int64)
+        width = max(len(row) for row in rows)
+        ids = np.array([row + [self._pad_id] * (width - len(row)) for row in rows], dtype=np.int64)
+        mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in rows], dtype=np.int64)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
-    def _prediction(self, best: list[int], scores: list[float], truncated: bool) -> Prediction:
-        """One ticket's answer from its best label indices and their probabilities, best first."""
+    def _prediction(self, probabilities: list[float], top_k: int, truncated: bool) -> Prediction:
+        """One ticket's answer from its label probabilities: the ``top_k`` best labels, best first."""
+        best = heapq.nlargest(top_k, range(len(probabilities)), key=probabilities.__getitem__)  # ties: lower index
+        scores = [probabilities[i] for i in best]
         label = self.labels[best[0]]
         return Prediction(
             label=label,

@@ -32,12 +32,13 @@ def inference_arguments(description: str, latency_samples: int, rounds: int) -> 
     return parser
 
 
-def publish_inference(args: argparse.Namespace, title: str, body: str) -> None:
-    """Print an inference benchmark's results; with ``--markdown``, append them with the command that made them."""
+def publish_inference(args: argparse.Namespace, title: str, body: str, options: str = "") -> None:
+    """Print an inference benchmark's results; with ``--markdown``, append them with the command that
+    made them (``options``: the script's own options, as given)."""
     print(body)
     if args.markdown:
         command = (f"python scripts/{Path(sys.argv[0]).name} {args.bundle} --latency-samples {args.latency_samples} "
-                   f"--rounds {args.rounds}")
+                   f"--rounds {args.rounds}{' ' + options if options else ''}")
         append_section(args.markdown, title, command, body)
 
 

@@ -72,6 +72,17 @@ def test_predictions_follow_the_bundle_contract(exported_bundle: Path) -> None:
     np.testing.assert_allclose(rows.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_top_k_ranks_every_label_as_predict_proba_scores_it(exported_bundle: Path) -> None:
+    predictor = Predictor.load(exported_bundle)
+    texts, _ = read_examples(exported_bundle)
+    # A top_k over the label count gives every label once, in the order of predict_proba's scores.
+    predictions = predictor.predict(texts[:8], top_k=len(predictor.labels) + 5)
+    for prediction, scores in zip(predictions, predictor.predict_proba(texts[:8])):
+        order = np.argsort(-scores, kind="stable")
+        assert [s["label"] for s in prediction.top_k] == [predictor.labels[i] for i in order]
+        assert [s["score"] for s in prediction.top_k] == [round(float(scores[i]), 6) for i in order]
+
+
 def test_the_model_name_is_the_one_given_at_training_wherever_the_bundle_lives(exported_bundle: Path) -> None:
     # The fixture trains into bundles/tiny and copies that to bundles/exported (as a container mounts /model).
     assert exported_bundle.name == "exported"
