@@ -378,8 +378,9 @@ def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapp
             value = record.get(column) if column else None
             if isinstance(value, (dict, list)):
                 kind = "object" if isinstance(value, dict) else "list"
+                inside = next((name for name in record if name.startswith(f"{column}.")), f"{column}.name")
                 raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; name a field inside "
-                                f"it with a dot (e.g. '{column}.name'), or flatten the export")
+                                f"it with a dot (e.g. '{inside}'), or flatten the export")
         yield row, record, ticket_text(record, reading)
 
 

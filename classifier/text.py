@@ -191,15 +191,24 @@ def _lookup(record: Mapping[str, Any], name: str) -> Any:
 
 def nested_fields(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """The record with each nested object's fields also under dotted names: helpdesk exports
-    nest them (``{"custom_fields": {"queue": "billing"}}`` gives ``custom_fields.queue``). A key
-    written with a dot wins over a nested field of the same name."""
+    nest them (``{"custom_fields": {"queue": "billing"}}`` gives ``custom_fields.queue``). A list
+    of ``{"id": ..., "value": ...}`` objects, Zendesk's custom fields, gives one field per id
+    (``custom_fields.360001``). A key written with a dot wins over a nested field of the same name."""
     flat: dict[str, Any] = {}
     for key, value in record.items():
         flat[f"{prefix}{key}"] = value
+        if _is_id_value_list(value):
+            value = {str(item["id"]): item["value"] for item in value}
         if isinstance(value, Mapping):
             for name, inner in nested_fields(value, f"{prefix}{key}.").items():
                 flat.setdefault(name, inner)
     return flat
+
+
+def _is_id_value_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(item, Mapping) and "id" in item and "value" in item and not isinstance(item["id"], (dict, list))
+        for item in value)
 
 
 def _as_str(value: Any) -> str:

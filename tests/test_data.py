@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from classifier.data import (ColumnMapping, DataReport, load_tickets, prepare_data, read_records, resolve_columns,
                              stratified_split)
 from classifier.errors import UserError
-from classifier.text import TextOptions, ticket_text
+from classifier.text import TextOptions, nested_fields, ticket_text
 
 ROWS = [
     {"id": "1", "subject": "Refund", "body": "I was charged twice", "category": "billing"},
@@ -211,7 +211,7 @@ def test_nested_json_fields_are_refused_not_read_as_python_text(tmp_path: Path) 
     path = tmp_path / "export.jsonl"
     path.write_text('{"ticket": {"subject": "Refund", "description": "charged twice"}, "group": "billing"}\n')
     with pytest.raises(UserError, match=r"export.jsonl, row 1, column 'ticket': holds a JSON object, not text; "
-                                        r"name a field inside it with a dot \(e.g. 'ticket.name'\)"):
+                                        r"name a field inside it with a dot \(e.g. 'ticket.subject'\)"):
         load_tickets(path, TextOptions(fields=("ticket",)), label_column="group")
     path.write_text('{"text": "charged twice", "category": ["billing", "refunds"]}\n')
     with pytest.raises(UserError, match=r"row 1, column 'category': holds a JSON list"):
@@ -235,6 +235,25 @@ def test_nested_fields_are_read_by_dotted_name_or_detected_by_their_own(tmp_path
     path.write_text(json.dumps({**both, "custom_fields": {"queue": "billing"}}) + "\n")  # read as training reads
     [(_, record)] = list(read_records(path))
     assert record["ticket.subject"] == "literal" and ticket_text(both, options) == "literal\nx"
+
+
+def test_zendesk_custom_fields_are_read_by_their_id(tmp_path: Path) -> None:
+    # Zendesk's JSON export lists custom fields as [{"id": ..., "value": ...}]; the category is often one.
+    rows = [{"id": i, "subject": f"Refund {i}", "description": f"charged twice {i}",
+             "custom_fields": [{"id": 360001, "value": "billing" if i % 2 else "login"},
+                               {"id": 360002, "value": None}]} for i in range(10)]
+    path = write_jsonl(tmp_path / "zendesk.jsonl", rows)
+    tickets, _ = load_tickets(path, label_column="custom_fields.360001")
+    assert tickets.labels[:2] == ["login", "billing"] and tickets.texts[1] == "Refund 1\ncharged twice 1"
+    with pytest.raises(UserError, match=r"column 'custom_fields': holds a JSON list, not text; name a field "
+                                        r"inside it with a dot \(e.g. 'custom_fields.360001'\)"):
+        load_tickets(path, label_column="custom_fields")
+    # The service and the Python API get the same record unflattened, and read it the same way.
+    options = TextOptions(fields=("subject", "custom_fields.360002"))
+    assert ticket_text(rows[0], options) == "Refund 0"
+    assert ticket_text({**rows[0], "custom_fields": [{"id": 360002, "value": "urgent"}]}, options) == "Refund 0\nurgent"
+    # A list of other objects is not a custom-field list: no fields are made up from it.
+    assert "tags.0" not in nested_fields({"tags": [{"name": "vip"}]}) and "x.1" not in nested_fields({"x": [1]})
 
 
 @pytest.mark.parametrize(("columns", "texts", "label", "ident"), [
