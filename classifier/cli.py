@@ -304,11 +304,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_predict(commands: argparse._SubParsersAction) -> None:
     p = _subcommand(commands, "predict", "classify tickets with a bundle; prints JSON", _run_predict,
                     epilog='example:\n  ticketclf predict runs/model "I was charged twice this month"\n'
-                           '  ticketclf predict runs/model --file new_tickets.jsonl')
+                           '  ticketclf predict runs/model --file new_tickets.jsonl\n'
+                           '  export_tickets | ticketclf predict runs/model --file -')
     p.add_argument("bundle", type=Path, help="model bundle directory")
     p.add_argument("texts", nargs="*", help="ticket texts to classify, each argument one ticket's whole text "
                    "(records with subject, body, ... go in a --file)")
-    p.add_argument("--file", type=Path, help="classify every ticket in a CSV/TSV/JSONL/JSON file")
+    p.add_argument("--file", type=Path, help="classify every ticket in a CSV/TSV/JSONL/JSON file "
+                   "('-': standard input, its format told by its content)")
     p.add_argument("--top-k", type=int, help="how many labels to list per ticket (default: 3, or all if fewer)")
     p.add_argument("--engine", choices=["auto", "int8", "fp32", "torch"], default="auto",
                    help="auto: the model the bundle marks for serving")

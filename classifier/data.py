@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import sys
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -44,6 +45,7 @@ OTHER_LABEL = "other"
 _LISTED_CLASSES = 10  # rare classes named in an error; a wrong label column has thousands
 _WHOLE_FLOAT = re.compile(r"([-+]?\d+)\.0+")  # "3.0": how floats spell a whole-number label
 _MAX_FIELD_CHARS = 64 * 1024 * 1024  # one CSV field; the whole file is in memory anyway
+STDIN = Path("<stdin>")  # read_records' name for standard input (a file given as "-"), also in its messages
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 
 
@@ -127,18 +129,24 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     objects are also read as dotted fields (``custom_fields.queue``).
     """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a ticket file")
-    fmt = _detect_format(path)
-    text = _read_text(path)
+    if path == STDIN:
+        text = _read_stdin()
+        fmt = _sniff_format(text)
+    else:
+        if not path.exists():
+            raise UserError(f"{path}: file not found")
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory, expected a ticket file")
+        fmt = _detect_format(path)
+        text = _read_text(path)
     if not text.strip():
         raise UserError(f"{path}: file is empty")
     if fmt in ("csv", "tsv"):
         yield from _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
     elif fmt == "jsonl":
         yield from _read_jsonl(path, text)
+    elif fmt == "record":  # one JSON object piped in, maybe over several lines
+        yield 1, _require_object(json.loads(text), path, 1)
     else:
         yield from _read_json_array(path, text)
 
@@ -161,11 +169,51 @@ def _detect_format(path: Path) -> str:
     return fmt
 
 
+def _sniff_format(text: str) -> str:
+    """The format of a file that came without a name: JSON by its first character, else CSV or TSV."""
+    start = text.lstrip()[:1]
+    if start == "[":
+        return "json"
+    if start == "{":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:  # several lines of objects, or broken JSON (reported as JSON Lines' line N)
+            return "jsonl"
+        # One object: {"tickets": [...]} as an export wraps them, or a single ticket (whose list of
+        # objects, if any, is Zendesk's custom fields: {"id": ..., "value": ...} each).
+        wrapped = [value for value in whole.values() if _is_list_of_objects(value)
+                   and not all(set(item) <= {"id", "value"} for item in value)]
+        return "json" if len(wrapped) == 1 else "record"
+    header = text.lstrip("\n").split("\n", 1)[0]
+    return "tsv" if "\t" in header and "," not in header else "csv"
+
+
+def _is_list_of_objects(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
+
+
+def _read_stdin() -> str:
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError("the ticket file is '-' but standard input is a terminal; pipe the file in "
+                        "(... --file - < tickets.jsonl)")
+    raw = sys.stdin.buffer.read()
+    if raw.startswith(b"\x1f\x8b"):  # gzip's magic number
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise UserError(f"{STDIN}: cannot read gzip data ({error})") from None
+    return _decode(raw, STDIN)
+
+
 def _read_text(path: Path) -> str:
     try:
         raw = gzip.open(path).read() if path.suffix.lower() == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path}: cannot read file ({error})") from None
+    return _decode(raw, path)
+
+
+def _decode(raw: bytes, path: Path) -> str:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
         try:
             return raw.decode("utf-16")
@@ -347,14 +395,14 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
 
 
 def read_tickets_to_classify(path: str | Path, text_options: TextOptions) -> list[tuple[str, str]]:
-    """``(id, cleaned text)`` for every row of an unlabelled file, in file order.
+    """``(id, cleaned text)`` for every row of an unlabelled file (``-``: standard input), in file order.
 
     Reads the bundle's text fields, or a ``text`` column alone when the file has none of them
     (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle). The id is the file's id
     column, else the row number. A row with nothing left after cleaning keeps its place with
     an empty text, so that no row is silently lost.
     """
-    path = Path(path)
+    path = STDIN if str(path) == "-" else Path(path)
     records, columns = _records_and_columns(path)
     fields = text_options.record_fields
     lower_columns = {name.lower() for name in columns}

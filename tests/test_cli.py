@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import socket
@@ -13,7 +15,10 @@ from pathlib import Path
 import pytest
 
 from classifier.cli import main
+from classifier.data import read_tickets_to_classify
+from classifier.errors import UserError
 from classifier.export import WORK_OWNER, _remove_abandoned_work
+from classifier.text import TextOptions
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -139,6 +144,44 @@ def test_predict_file_keeps_every_row_in_order_with_its_id(exported_bundle: Path
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
     captured = capsys.readouterr()
     check_one_empty_ticket(captured.out, captured.err, ["T-1", "T-2", "T-3"], "T-2")
+
+
+def test_predict_reads_tickets_piped_to_standard_input(exported_bundle: Path) -> None:
+    piped = '{"id": "T-1", "text": "I was charged twice"}\n{"id": "T-2", "text": "cannot log in"}\n'
+    result = subprocess.run([sys.executable, "-m", "classifier.cli", "predict", str(exported_bundle), "--file", "-"],
+                            input=piped, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["T-1", "T-2"]
+
+
+@pytest.mark.parametrize("piped", [
+    b'id,text\nT-1,"charged twice, again"\nT-2,cannot log in\n',
+    b"id\ttext\nT-1\tcharged twice, again\nT-2\tcannot log in\n",
+    b'{"id": "T-1", "text": "charged twice, again"}\n{"id": "T-2", "text": "cannot log in"}',
+    b'[{"id": "T-1", "text": "charged twice, again"}, {"id": "T-2", "text": "cannot log in"}]',
+    gzip.compress(b'{"tickets": [{"id": "T-1", "text": "charged twice, again"}, '
+                  b'{"id": "T-2", "text": "cannot log in"}], "count": 2}'),
+], ids=["csv", "tsv", "jsonl", "json", "wrapped-gzip"])
+def test_standard_input_is_read_in_the_format_its_content_has(piped: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped)))
+    assert read_tickets_to_classify("-", TextOptions()) == [("T-1", "charged twice, again"), ("T-2", "cannot log in")]
+
+
+def test_one_piped_ticket_with_custom_fields_is_one_ticket(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticket = {"id": 9, "text": "refund please", "custom_fields": [{"id": 360001, "value": "billing"}]}
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(ticket, indent=2).encode())))
+    assert read_tickets_to_classify("-", TextOptions()) == [("9", "refund please")]
+
+
+def test_standard_input_from_a_terminal_is_refused_not_waited_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.TextIOWrapper):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"")))
+    with pytest.raises(UserError, match="standard input is a terminal; pipe the file in"):
+        read_tickets_to_classify("-", TextOptions())
 
 
 def test_predict_file_without_the_models_columns_names_them(exported_bundle: Path, tmp_path: Path,
