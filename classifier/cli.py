@@ -309,7 +309,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", type=Path, help="model bundle directory")
     p.add_argument("texts", nargs="*", help="ticket texts to classify, each argument one ticket's whole text "
                    "(records with subject, body, ... go in a --file)")
-    p.add_argument("--file", type=Path, help="classify every ticket in a CSV/TSV/JSONL/JSON file "
+    p.add_argument("--file", help="classify every ticket in a CSV/TSV/JSONL/JSON file "
                    "('-': standard input, its format told by its content)")
     p.add_argument("--top-k", type=int, help="how many labels to list per ticket (default: 3, or all if fewer)")
     p.add_argument("--engine", choices=["auto", "int8", "fp32", "torch"], default="auto",

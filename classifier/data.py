@@ -45,7 +45,9 @@ OTHER_LABEL = "other"
 _LISTED_CLASSES = 10  # rare classes named in an error; a wrong label column has thousands
 _WHOLE_FLOAT = re.compile(r"([-+]?\d+)\.0+")  # "3.0": how floats spell a whole-number label
 _MAX_FIELD_CHARS = 64 * 1024 * 1024  # one CSV field; the whole file is in memory anyway
-STDIN = Path("<stdin>")  # read_records' name for standard input (a file given as "-"), also in its messages
+STDIN = Path("<stdin>")  # standard input (a file given as "-"): read_records knows it by identity, messages by name
+# Keys under which helpdesk APIs and exports wrap their list of tickets ({"tickets": [...], "next_page": ...}).
+_WRAPPER_KEYS = ("tickets", "results", "records", "items", "data", "rows")
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 
 
@@ -122,17 +124,18 @@ class ColumnMapping:
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(row_number, record)`` from a CSV/TSV/JSONL/JSON file, gzipped or not.
+    """Yield ``(row_number, record)`` from a CSV/TSV/JSONL/JSON file, gzipped or not, or from
+    standard input for ``STDIN`` (the format then told by the content).
 
     Row numbers are those a person sees: the row in a spreadsheet (the header is row 1), the
     line in a JSONL file, the 1-based position in a JSON array. A JSON record's nested
     objects are also read as dotted fields (``custom_fields.queue``).
     """
-    path = Path(path)
-    if path == STDIN:
+    if path is STDIN:
         text = _read_stdin()
         fmt = _sniff_format(text)
     else:
+        path = Path(path)
         if not path.exists():
             raise UserError(f"{path}: file not found")
         if path.is_dir():
@@ -145,8 +148,6 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield from _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
     elif fmt == "jsonl":
         yield from _read_jsonl(path, text)
-    elif fmt == "record":  # one JSON object piped in, maybe over several lines
-        yield 1, _require_object(json.loads(text), path, 1)
     else:
         yield from _read_json_array(path, text)
 
@@ -176,26 +177,27 @@ def _sniff_format(text: str) -> str:
         return "json"
     if start == "{":
         try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:  # several lines of objects, or broken JSON (reported as JSON Lines' line N)
-            return "jsonl"
-        # One object: {"tickets": [...]} as an export wraps them, or a single ticket (whose list of
-        # objects, if any, is Zendesk's custom fields: {"id": ..., "value": ...} each).
-        wrapped = [value for value in whole.values() if _is_list_of_objects(value)
-                   and not all(set(item) <= {"id", "value"} for item in value)]
-        return "json" if len(wrapped) == 1 else "record"
+            json.loads(text)
+        except json.JSONDecodeError:  # JSON Lines, if its first line is an object on its own
+            first_line = text.lstrip().split("\n", 1)[0]
+            try:
+                return "jsonl" if isinstance(json.loads(first_line), dict) else "json"
+            except json.JSONDecodeError:
+                return "json"  # reported where json.loads stops reading the whole
+        return "json"
     header = text.lstrip("\n").split("\n", 1)[0]
-    return "tsv" if "\t" in header and "," not in header else "csv"
-
-
-def _is_list_of_objects(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
+    tabs, commas = header.count("\t"), header.count(",")
+    if tabs > commas or (tabs == commas == 0 and ";" not in header):
+        return "tsv"  # also a single column: each line is read whole, commas and all
+    return "csv"
 
 
 def _read_stdin() -> str:
     if sys.stdin is None or sys.stdin.isatty():
         raise UserError("the ticket file is '-' but standard input is a terminal; pipe the file in "
                         "(... --file - < tickets.jsonl)")
+    if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream (an embedding program, a test)
+        return sys.stdin.read()
     raw = sys.stdin.buffer.read()
     if raw.startswith(b"\x1f\x8b"):  # gzip's magic number
         try:
@@ -282,17 +284,37 @@ def _read_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _read_json_array(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A JSON array of tickets, a wrapper object holding one, or one ticket object."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise UserError(f"{where(path, error.lineno)}: invalid JSON ({error.msg})") from None
-    if isinstance(data, dict):  # {"tickets": [...]} as some helpdesk exports write it
-        lists = [value for value in data.values() if isinstance(value, list)]
-        data = lists[0] if len(lists) == 1 else data
+        hint = ("; several JSON values one after another? JSON Lines takes one object per line (jq -c)"
+                if error.msg == "Extra data" else "")
+        raise UserError(f"{where(path, error.lineno)}: invalid JSON ({error.msg}){hint}") from None
+    if isinstance(data, dict):
+        wrapped = _wrapped_tickets(data)
+        data = [data] if wrapped is None else wrapped
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON array of ticket objects")
     for position, record in enumerate(data, start=1):
         yield position, _require_object(record, path, position)
+
+
+def _wrapped_tickets(data: dict[str, Any]) -> list[Any] | None:
+    """The tickets list of a wrapper object, or None for an object that is itself a ticket.
+
+    A wrapper keeps its tickets under a known key ("tickets", "results", ...), maybe next to
+    other lists it sideloads; or it holds one list of objects and no text of its own (a count,
+    page links). A ticket has text, and may hold lists of objects too (comments, custom fields).
+    """
+    for key in _WRAPPER_KEYS:
+        if isinstance(data.get(key), list):
+            return data[key]
+    lists = [value for value in data.values()
+             if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)]
+    own_text = any(isinstance(value, str) and not value.startswith(("http://", "https://"))
+                   for value in data.values())
+    return lists[0] if len(lists) == 1 and not own_text else None
 
 
 def _require_object(record: Any, path: Path, row: int) -> dict[str, Any]:
@@ -402,7 +424,7 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions) -> lis
     column, else the row number. A row with nothing left after cleaning keeps its place with
     an empty text, so that no row is silently lost.
     """
-    path = STDIN if str(path) == "-" else Path(path)
+    path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
     records, columns = _records_and_columns(path)
     fields = text_options.record_fields
     lower_columns = {name.lower() for name in columns}
@@ -426,9 +448,9 @@ def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapp
             value = record.get(column) if column else None
             if isinstance(value, (dict, list)):
                 kind = "object" if isinstance(value, dict) else "list"
-                inside = next((name for name in record if name.startswith(f"{column}.")), f"{column}.name")
-                raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; name a field inside "
-                                f"it with a dot (e.g. '{inside}'), or flatten the export")
+                inside = next((name for name in record if name.startswith(f"{column}.")), None)
+                way = f"name a field inside it with a dot (e.g. '{inside}'), or" if inside else "use another column or"
+                raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; {way} flatten the export")
         yield row, record, ticket_text(record, reading)
 
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from typing import Any
 
+from classifier.errors import UserError
+
 FIELD_SEPARATOR = "\n"
 """Non-empty fields are joined in the configured order with this separator."""
 
@@ -99,7 +101,7 @@ def ticket_text(ticket: str | Mapping[str, Any], options: TextOptions = TextOpti
     """
     if isinstance(ticket, str):
         return clean_text(ticket, options)
-    parts = (clean_text(_as_str(_field(ticket, name)), options) for name in options.record_fields)
+    parts = (clean_text(_as_str(_field(ticket, name), name), options) for name in options.record_fields)
     return FIELD_SEPARATOR.join(part for part in parts if part)
 
 
@@ -211,7 +213,10 @@ def _is_id_value_list(value: Any) -> bool:
         for item in value)
 
 
-def _as_str(value: Any) -> str:
+def _as_str(value: Any, name: str) -> str:
+    if isinstance(value, (Mapping, list)):  # its Python spelling ("['a', 'b']") is not the ticket's text
+        kind = "an object" if isinstance(value, Mapping) else "a list"
+        raise UserError(f"field {name!r} holds {kind}, not text")
     if value is None:
         return ""
     if isinstance(value, float) and value != value:  # NaN from a spreadsheet's empty cell

@@ -162,16 +162,47 @@ def test_predict_reads_tickets_piped_to_standard_input(exported_bundle: Path) ->
     b'[{"id": "T-1", "text": "charged twice, again"}, {"id": "T-2", "text": "cannot log in"}]',
     gzip.compress(b'{"tickets": [{"id": "T-1", "text": "charged twice, again"}, '
                   b'{"id": "T-2", "text": "cannot log in"}], "count": 2}'),
-], ids=["csv", "tsv", "jsonl", "json", "wrapped-gzip"])
+    b'{"tickets": [{"id": "T-1", "text": "charged twice, again"}, {"id": "T-2", "text": "cannot log in"}], '
+    b'"users": [{"id": 5, "name": "Sam"}], "next_page": "https://example.zendesk.com/api/v2/tickets?page=2"}',
+    b'{"results": [{"id": "T-1", "text": "charged twice, again"}, {"id": "T-2", "text": "cannot log in"}]}',
+    b"text\tid\tsubject, short\ncharged twice, again\tT-1\t\ncannot log in\tT-2\t\n",
+], ids=["csv", "tsv", "jsonl", "json", "wrapped-gzip", "wrapped-with-sideloads", "results", "tsv-comma-in-header"])
 def test_standard_input_is_read_in_the_format_its_content_has(piped: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped)))
     assert read_tickets_to_classify("-", TextOptions()) == [("T-1", "charged twice, again"), ("T-2", "cannot log in")]
 
 
-def test_one_piped_ticket_with_custom_fields_is_one_ticket(monkeypatch: pytest.MonkeyPatch) -> None:
-    ticket = {"id": 9, "text": "refund please", "custom_fields": [{"id": 360001, "value": "billing"}]}
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(ticket, indent=2).encode())))
+@pytest.mark.parametrize("extra", [
+    {"custom_fields": [{"id": 360001, "value": "billing", "name": "Queue"}]},
+    {"comments": [{"text": "Thanks, we are looking into it"}, {"text": "where is my refund"}]},
+], ids=["custom-fields", "comments"])
+def test_one_ticket_holding_lists_of_objects_is_one_ticket(extra: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    ticket = json.dumps({"id": 9, "text": "refund please", **extra}, indent=2)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(ticket.encode())))
     assert read_tickets_to_classify("-", TextOptions()) == [("9", "refund please")]
+    (tmp_path / "one.json").write_text(ticket)  # a file with the same content reads the same
+    assert read_tickets_to_classify(tmp_path / "one.json", TextOptions()) == [("9", "refund please")]
+
+
+def test_a_single_text_column_is_read_whole_lines_commas_and_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("text\nI was charged twice, please refund\n"))
+    assert read_tickets_to_classify("-", TextOptions()) == [("2", "I was charged twice, please refund")]
+
+
+@pytest.mark.parametrize(("piped", "message"), [
+    ('{"tickets": []}', "<stdin>: no tickets in file"),
+    ('{\n  "id": "T-1",\n  "text": "card declined"\n}\n{\n  "id": "T-2",\n  "text": "refund"\n}\n',
+     "<stdin>, row 5: invalid JSON (Extra data); several JSON values one after another? JSON Lines takes one "
+     "object per line (jq -c)"),
+    ('{\n  "id": "T-1",\n  "text": "card declined",\n}\n',
+     "<stdin>, row 4: invalid JSON (Expecting property name enclosed in double quotes)"),
+], ids=["empty-wrapper", "pretty-printed-stream", "trailing-comma"])
+def test_piped_json_errors_say_where_it_went_wrong(piped: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(piped))
+    with pytest.raises(UserError) as error:
+        read_tickets_to_classify("-", TextOptions())
+    assert str(error.value) == message
 
 
 def test_standard_input_from_a_terminal_is_refused_not_waited_on(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -214,8 +214,12 @@ def test_nested_json_fields_are_refused_not_read_as_python_text(tmp_path: Path) 
                                         r"name a field inside it with a dot \(e.g. 'ticket.subject'\)"):
         load_tickets(path, TextOptions(fields=("ticket",)), label_column="group")
     path.write_text('{"text": "charged twice", "category": ["billing", "refunds"]}\n')
-    with pytest.raises(UserError, match=r"row 1, column 'category': holds a JSON list"):
+    with pytest.raises(UserError, match=r"row 1, column 'category': holds a JSON list, not text; use another "
+                                        r"column or flatten the export$"):
         load_tickets(path)
+    # The Python API refuses such a field too, rather than read its Python spelling as the ticket.
+    with pytest.raises(UserError, match="field 'body' holds a list, not text"):
+        ticket_text({"subject": "Refund", "body": ["charged", "twice"]}, TextOptions(fields=("subject", "body")))
 
 
 def test_nested_fields_are_read_by_dotted_name_or_detected_by_their_own(tmp_path: Path) -> None:
