@@ -46,8 +46,9 @@ _LISTED_CLASSES = 10  # rare classes named in an error; a wrong label column has
 _WHOLE_FLOAT = re.compile(r"([-+]?\d+)\.0+")  # "3.0": how floats spell a whole-number label
 _MAX_FIELD_CHARS = 64 * 1024 * 1024  # one CSV field; the whole file is in memory anyway
 STDIN = Path("<stdin>")  # standard input (a file given as "-"): read_records knows it by identity, messages by name
-# Keys under which helpdesk APIs and exports wrap their list of tickets ({"tickets": [...], "next_page": ...}).
-_WRAPPER_KEYS = ("tickets", "results", "records", "items", "data", "rows")
+# Keys under which helpdesk APIs wrap their list of tickets ({"tickets": [...], "next_page": ...}); not
+# "items" or "data", which a ticket may hold itself (an order's items).
+_WRAPPER_KEYS = ("tickets", "results", "conversations")
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
 
 

@@ -166,7 +166,10 @@ def test_predict_reads_tickets_piped_to_standard_input(exported_bundle: Path) ->
     b'"users": [{"id": 5, "name": "Sam"}], "next_page": "https://example.zendesk.com/api/v2/tickets?page=2"}',
     b'{"results": [{"id": "T-1", "text": "charged twice, again"}, {"id": "T-2", "text": "cannot log in"}]}',
     b"text\tid\tsubject, short\ncharged twice, again\tT-1\t\ncannot log in\tT-2\t\n",
-], ids=["csv", "tsv", "jsonl", "json", "wrapped-gzip", "wrapped-with-sideloads", "results", "tsv-comma-in-header"])
+    b'{"data": [{"id": "T-1", "text": "charged twice, again"}, {"id": "T-2", "text": "cannot log in"}], '
+    b'"meta": {"page": 1}}',
+], ids=["csv", "tsv", "jsonl", "json", "wrapped-gzip", "wrapped-with-sideloads", "results", "tsv-comma-in-header",
+        "wrapped-under-another-key"])
 def test_standard_input_is_read_in_the_format_its_content_has(piped: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped)))
     assert read_tickets_to_classify("-", TextOptions()) == [("T-1", "charged twice, again"), ("T-2", "cannot log in")]
@@ -175,7 +178,8 @@ def test_standard_input_is_read_in_the_format_its_content_has(piped: bytes, monk
 @pytest.mark.parametrize("extra", [
     {"custom_fields": [{"id": 360001, "value": "billing", "name": "Queue"}]},
     {"comments": [{"text": "Thanks, we are looking into it"}, {"text": "where is my refund"}]},
-], ids=["custom-fields", "comments"])
+    {"items": [{"sku": "A-1", "name": "phone case"}]},
+], ids=["custom-fields", "comments", "order-items"])
 def test_one_ticket_holding_lists_of_objects_is_one_ticket(extra: dict, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     ticket = json.dumps({"id": 9, "text": "refund please", **extra}, indent=2)
