@@ -179,8 +179,10 @@ def _sniff_format(text: str) -> str:
     if start == "{":
         try:
             json.loads(text)
-        except json.JSONDecodeError:  # JSON Lines, if its first line is an object on its own
-            first_line = text.lstrip().split("\n", 1)[0]
+        except json.JSONDecodeError:  # JSON Lines, if its first line is an object on its own (or is all there is)
+            first_line, _, rest = text.strip().partition("\n")
+            if not rest.strip():
+                return "jsonl"  # one line: its error is reported with its column
             try:
                 return "jsonl" if isinstance(json.loads(first_line), dict) else "json"
             except json.JSONDecodeError:
@@ -367,7 +369,8 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     if label_column:
         label = find(label_column)
         if label is None:
-            raise UserError(f"{path}: label column {label_column!r} not found; columns are {available}")
+            raise UserError(f"{path}: label column {label_column!r} not found; columns are {available}; "
+                            "name the file's label column with --label-column")
     else:
         label = next(iter(guess([(name,) for name in LABEL_COLUMN_GUESSES])), None)
         if label is None and require_label:

@@ -107,7 +107,16 @@ def evaluate(bundle_dir: str | Path, data_path: str | Path, output_dir: str | Pa
     options = options or EvaluationOptions()
     _check_options(options)
     bundle_dir, output_dir = Path(bundle_dir), Path(output_dir)
-    _make_output_dir(output_dir)
+    created = _make_output_dir(output_dir)
+    try:
+        return _evaluate(bundle_dir, data_path, output_dir, options)
+    except BaseException:
+        if created and not any(output_dir.iterdir()):  # a failed run leaves no empty report folder behind
+            output_dir.rmdir()
+        raise
+
+
+def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options: EvaluationOptions) -> dict[str, Any]:
     predictor = Predictor.load(bundle_dir, options.engine)
     tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column)
     proba = probabilities(predictor, tickets.texts)
@@ -574,10 +583,13 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
                              f"{confidence[i]:.4f}"])
 
 
-def _make_output_dir(output_dir: Path) -> None:
+def _make_output_dir(output_dir: Path) -> bool:
+    """Create the report directory up front (a bad --output fails before the work); True if it is new."""
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"{output_dir}: exists and is not a directory; choose another --output")
+    existed = output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
+    return not existed
 
 
 def _check_options(options: EvaluationOptions) -> None:

@@ -33,8 +33,8 @@ import numpy as np
 from classifier import bundle
 from classifier.errors import UserError
 from classifier.onnx_graph import keep_first_token_after_last_attention
-from classifier.predict import (FUSION_OVERRIDES, OnnxEngine, Predictor, TorchEngine, default_threads,
-                                load_tokenizer)
+from classifier.predict import (FUSION_OVERRIDES, INT8_MAX_BATCH, OnnxEngine, Predictor, TorchEngine,
+                                default_threads, load_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,8 @@ def check_drift(bundle_dir: Path, manifest: dict[str, Any], fp32_path: Path, int
     threads = default_threads()
     runs = {}
     for name, engine in (("torch", TorchEngine(bundle_dir, threads)), ("fp32", OnnxEngine(fp32_path, threads)),
-                         ("int8", OnnxEngine(int8_path, threads))):
-        # Dynamic int8 scales activations per batch, so a ticket's scores shift with its batch-mates:
-        # score it alone, as the service mostly does.
-        size = 1 if name == "int8" else batch_size
-        runs[name] = Predictor(bundle_dir, manifest, engine, tokenizer).logits(texts, size, cleaned=True)[0]
+                         ("int8", OnnxEngine(int8_path, threads, max_batch=INT8_MAX_BATCH))):
+        runs[name] = Predictor(bundle_dir, manifest, engine, tokenizer).logits(texts, batch_size, cleaned=True)[0]
     truth = np.array([manifest["labels"].index(label) for label in labels])
     predicted = {name: logits.argmax(axis=1) for name, logits in runs.items()}
     accuracy = {name: float((p == truth).mean()) for name, p in predicted.items()}

@@ -45,6 +45,7 @@ class Prediction:
 
 class Engine(Protocol):
     name: str
+    max_batch: int | None  # tickets per model run at most; None: any number
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray: ...
 
@@ -77,7 +78,8 @@ class Predictor:
         chosen = resolve_engine(bundle_dir, manifest, engine)
         threads = threads or default_threads()
         runner = TorchEngine(bundle_dir, threads) if chosen == "torch" else \
-            OnnxEngine(bundle.onnx_path(bundle_dir, quantized=chosen == "int8"), threads)
+            OnnxEngine(bundle.onnx_path(bundle_dir, quantized=chosen == "int8"), threads,
+                       max_batch=INT8_MAX_BATCH if chosen == "int8" else None)
         return cls(bundle_dir, manifest, runner, load_tokenizer(bundle_dir, int(manifest["max_length"])), chosen)
 
     @property
@@ -135,6 +137,7 @@ class Predictor:
             raise TypeError("predict() takes a list of tickets; wrap a single ticket in a list")
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        batch_size = min(batch_size, self.engine.max_batch or batch_size)
         texts = self._check_not_empty(list(tickets)) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
@@ -221,13 +224,20 @@ def load_tokenizer(bundle_dir: Path, max_length: int) -> Any:
 # again at load time (SLOWER_FUSIONS).
 FUSION_OVERRIDES = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
 SLOWER_FUSIONS = ("SkipLayerNormFusion",)
+# Dynamic int8 scales each activation by the range of the whole batch (padding included), so in a
+# batch a ticket's scores, and sometimes its label, depend on the others. One ticket per run gives
+# every ticket the answer it gets alone, as from the service, at about half the bulk throughput.
+INT8_MAX_BATCH = 1
 
 
 class OnnxEngine:
     """An onnxruntime session tuned for low-latency CPU inference."""
 
-    def __init__(self, model_path: Path, threads: int, disabled_fusions: Sequence[str] = SLOWER_FUSIONS) -> None:
+    def __init__(self, model_path: Path, threads: int, disabled_fusions: Sequence[str] = SLOWER_FUSIONS,
+                 max_batch: int | None = None) -> None:
         import onnxruntime as ort
+
+        self.max_batch = max_batch
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -249,6 +259,7 @@ class TorchEngine:
     """PyTorch fallback for a bundle with no ONNX model (needs the training extra)."""
 
     name = "torch"
+    max_batch = None
 
     def __init__(self, bundle_dir: Path, threads: int) -> None:
         try:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from classifier.predict import Prediction
+from classifier.text import ticket_text
 from service import metrics
 from service.context import context
 from service.errors import ApiError
@@ -27,13 +28,29 @@ def classify() -> Response:
     except ValidationError as error:
         raise ApiError(422, "invalid_request", describe(error)) from None
     items = ctx.schemas.tickets(parsed)
-    predictions = ctx.model.predictor.predict([ticket for _, ticket in items], top_k=parsed.top_k)
+    predictor = ctx.model.predictor
+    texts = [ticket_text(ticket, predictor.text_options) for _, ticket in items]
+    _check_texts(items, texts, batch=isinstance(parsed, ctx.schemas.batch))
+    predictions = predictor.predict(texts, top_k=parsed.top_k, cleaned=True)
     metrics.record_predictions(predictions)
     _note_for_access_log(items, predictions)
     return json_response(ClassifyResponse(
         model=ctx.model_info,
         predictions=[PredictionOut(id=ticket_id, **p.to_dict()) for (ticket_id, _), p in zip(items, predictions)],
     ))
+
+
+def _check_texts(items: list[tuple[Any, ModelInput]], texts: list[str], batch: bool) -> None:
+    """Refuse tickets with nothing left to classify, naming each as the request does."""
+    empty = [index for index, text in enumerate(texts) if not text]
+    if not empty:
+        return
+    def name(index: int) -> str:
+        ticket_id = items[index][0]
+        where = f"tickets[{index}]" if batch else "the ticket"
+        return where if ticket_id is None else f"{where} (id {ticket_id!r})"
+    raise ApiError(422, "invalid_ticket", f"{', '.join(name(i) for i in empty)}: no text left after cleaning "
+                                          "(markup, quoted replies and signatures are removed)")
 
 
 @bp.get("/labels")

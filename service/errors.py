@@ -47,7 +47,7 @@ def _http_error(error: HTTPException) -> Response:
 
 
 def _user_error(error: UserError) -> Response:
-    # The predictor's one user error on this path: a ticket with no text left after cleaning.
+    # A ticket the predictor cannot read (api.classify names empty ones itself, as the request does).
     return error_response(422, "invalid_ticket", str(error))
 
 

@@ -201,7 +201,8 @@ def test_a_single_text_column_is_read_whole_lines_commas_and_all(monkeypatch: py
      "object per line (jq -c)"),
     ('{\n  "id": "T-1",\n  "text": "card declined",\n}\n',
      "<stdin>, row 4: invalid JSON (Expecting property name enclosed in double quotes)"),
-], ids=["empty-wrapper", "pretty-printed-stream", "trailing-comma"])
+    ('{"id": "T-1", "text": card declined}\n', "<stdin>, row 1: invalid JSON (Expecting value at column 23)"),
+], ids=["empty-wrapper", "pretty-printed-stream", "trailing-comma", "one-line"])
 def test_piped_json_errors_say_where_it_went_wrong(piped: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(piped))
     with pytest.raises(UserError) as error:

@@ -248,6 +248,12 @@ def test_missing_label_column_fails_with_the_training_message(exported_bundle, t
     with pytest.raises(UserError) as evaluation_error:
         evaluate(exported_bundle, test_csv, tmp_path / "out", EvaluationOptions(label_column="queue", baseline=False))
     assert str(evaluation_error.value) == str(training_error.value)
+    assert str(evaluation_error.value).endswith("name the file's label column with --label-column")
+    assert not (tmp_path / "out").exists()  # a failed run leaves no empty report folder
+    (tmp_path / "kept").mkdir()  # one the user made stays
+    with pytest.raises(UserError):
+        evaluate(exported_bundle, test_csv, tmp_path / "kept", EvaluationOptions(label_column="queue", baseline=False))
+    assert (tmp_path / "kept").is_dir()
 
 
 def test_labels_come_from_the_column_the_bundle_was_trained_on(exported_bundle, test_csv, tmp_path):

@@ -224,9 +224,13 @@ def test_schema_errors_are_422_naming_the_field(client: FlaskClient, body: Any, 
     assert error["code"] == "invalid_request" and named in error["message"]
 
 
-def test_ticket_with_no_text_after_cleaning_is_422(client: FlaskClient) -> None:
-    error = error_of(client.post("/classify", json={"tickets": [{"text": "ok"}, {"body": "<p> </p>"}]}), 422)
-    assert error["code"] == "invalid_ticket" and "ticket 1" in error["message"]
+def test_ticket_with_no_text_after_cleaning_is_422_naming_it_as_the_request_does(client: FlaskClient) -> None:
+    body = {"tickets": [{"id": 1, "text": "ok"}, {"id": "T-2", "body": "<p> </p>"}, {"text": "> quoted only"}]}
+    error = error_of(client.post("/classify", json=body), 422)
+    assert error == {"code": "invalid_ticket", "message": "tickets[1] (id 'T-2'), tickets[2]: no text left after "
+                     "cleaning (markup, quoted replies and signatures are removed)"}
+    error = error_of(client.post("/classify", json={"id": 7, "text": "<br>"}), 422)
+    assert error["message"].startswith("the ticket (id 7): no text left after cleaning")
 
 
 def test_unknown_route_and_wrong_method(client: FlaskClient) -> None:
