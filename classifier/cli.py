@@ -111,6 +111,10 @@ def _csv_list(value: str) -> tuple[str, ...]:
     return items
 
 
+TEXT_COLUMNS_FOR_MODEL_HELP = ("the file's columns for the model's text fields, comma-separated in the model's "
+                               "order (e.g. title,description for a model trained on subject,body), or one "
+                               "column with the whole ticket (default: the model's field names)")
+
 # ---------------------------------------------------------------- train
 
 WORKFLOW_EPILOG = """\
@@ -276,7 +280,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", type=Path, required=True, help="directory for the report files")
     p.add_argument("--engine", choices=["auto", "int8", "fp32", "torch"], default="auto",
                    help="auto: the model that would be served")
-    p.add_argument("--label-column", help="label column (default: detected)")
+    p.add_argument("--label-column", help="label column (default: the one the model was trained on)")
+    p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
+                   help=TEXT_COLUMNS_FOR_MODEL_HELP)
     p.add_argument("--target-precision", type=float, default=0.95,
                    help="precision the recommended confidence threshold must reach")
     p.add_argument("--apply-threshold-for-precision", type=float, metavar="P",
@@ -290,7 +296,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from classifier.evaluate import EvaluationOptions, evaluate, summary_table
 
     report = evaluate(args.bundle, args.data, args.output, EvaluationOptions(
-        engine=args.engine, label_column=args.label_column, target_precision=args.target_precision,
+        engine=args.engine, label_column=args.label_column, text_columns=args.text_columns or (),
+        target_precision=args.target_precision,
         apply_threshold_for_precision=args.apply_threshold_for_precision, compare_bundle=args.compare,
         baseline=args.baseline))
     print(summary_table(report))
@@ -311,13 +318,15 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
                    "(records with subject, body, ... go in a --file)")
     p.add_argument("--file", help="classify every ticket in a CSV/TSV/JSONL/JSON file "
                    "('-': standard input, its format told by its content)")
+    p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
+                   help="with --file: " + TEXT_COLUMNS_FOR_MODEL_HELP)
     p.add_argument("--top-k", type=int, help="how many labels to list per ticket (default: 3, or all if fewer)")
     p.add_argument("--engine", choices=["auto", "int8", "fp32", "torch"], default="auto",
                    help="auto: the model the bundle marks for serving")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from classifier.data import read_tickets_to_classify
+    from classifier.data import read_tickets_to_classify, with_text_columns
     from classifier.predict import Predictor
 
     if not args.texts and not args.file:
@@ -329,7 +338,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     top_k = args.top_k or min(3, labels)
     # Arguments are numbered 1, 2, ...; file rows keep their ids. A bad file fails before any output.
     rows = [(str(number), ticket_text(text, predictor.text_options)) for number, text in enumerate(args.texts, 1)]
-    rows += read_tickets_to_classify(args.file, predictor.text_options) if args.file else []
+    if args.text_columns and not args.file:
+        raise UserError("--text-columns names the columns of a --file; give one")
+    reading = with_text_columns(predictor.text_options, args.text_columns)
+    rows += read_tickets_to_classify(args.file, reading) if args.file else []
     try:
         _print_predictions(predictor, rows, top_k)
         sys.stdout.flush()  # inside the try: a reader gone before the last buffered lines is handled too

@@ -359,7 +359,8 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     if text_columns:
         missing = [name for name in text_columns if find(name) is None]
         if missing:
-            raise UserError(f"{path}: text column {missing[0]!r} not found; columns are {available}")
+            raise UserError(f"{path}: text column {missing[0]!r} not found; columns are {available}; name the "
+                            "file's text columns with --text-columns")
         texts = tuple(find(name) for name in text_columns)
     else:
         texts = guess(TEXT_COLUMN_GUESSES)
@@ -418,6 +419,19 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
               "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
     report.files[path.name] = {k: source[k] for k in ("rows_read", "rows_used", "sha256")}
     return Tickets(texts, labels, ids, source), options
+
+
+def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) -> TextOptions:
+    """A model's text options reading a file's own columns instead of the model's fields: as many
+    columns as the model has fields, in its order, or one column holding the whole ticket."""
+    if not columns:
+        return text_options
+    fields = text_options.record_fields
+    if len(columns) not in (1, len(fields)):
+        wanted = (f"{len(fields)} text fields ({', '.join(fields)}); give {len(fields)} columns in that order, or "
+                  "one with the whole ticket" if len(fields) > 1 else f"one text field ({fields[0]}); give one column")
+        raise UserError(f"--text-columns: the model reads {wanted}; got {len(columns)}")
+    return replace(text_options, fields=tuple(columns))
 
 
 def read_tickets_to_classify(path: str | Path, text_options: TextOptions) -> list[tuple[str, str]]:

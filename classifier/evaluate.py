@@ -34,7 +34,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from classifier import bundle
-from classifier.data import DataReport, Tickets, load_tickets, match_label_spellings, reload_training_split
+from classifier.data import (DataReport, Tickets, load_tickets, match_label_spellings, reload_training_split,
+                             with_text_columns)
 from classifier.errors import UserError
 from classifier.predict import Predictor, resolve_engine
 from classifier.text import TextOptions
@@ -59,6 +60,7 @@ BASELINE_NAME = "TF-IDF + logistic regression"
 class EvaluationOptions:
     engine: str = "auto"  # auto|int8|fp32|torch, passed to Predictor.load
     label_column: str | None = None
+    text_columns: tuple[str, ...] = ()  # the file's columns for the model's text fields; empty: the model's names
     target_precision: float = 0.95
     apply_threshold_for_precision: float | None = None  # write per-class thresholds into the bundle manifest
     compare_bundle: Path | None = None
@@ -118,7 +120,7 @@ def evaluate(bundle_dir: str | Path, data_path: str | Path, output_dir: str | Pa
 
 def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options: EvaluationOptions) -> dict[str, Any]:
     predictor = Predictor.load(bundle_dir, options.engine)
-    tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column)
+    tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns)
     proba = probabilities(predictor, tickets.texts)
     scored = Scored.of(predictor.labels, proba, tickets.labels)
     report = _model_report(predictor, scored, tickets, options.target_precision)
@@ -155,15 +157,17 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_test_set(data_path: str | Path, manifest: dict[str, Any],
-                  label_column: str | None) -> tuple[Tickets, DataReport]:
+def load_test_set(data_path: str | Path, manifest: dict[str, Any], label_column: str | None,
+                  text_columns: Sequence[str] = ()) -> tuple[Tickets, DataReport]:
     """Read the test file with the bundle's text fields and cleaning, and training's loader and errors.
 
-    Labels come from ``label_column``, else the column the bundle was trained on (if it recorded it).
+    Labels come from ``label_column``, else the column the bundle was trained on (if it recorded it);
+    text from ``text_columns`` (the file's names for the bundle's fields), else the bundle's field names.
     """
     data_report = DataReport()
     label_column = label_column or manifest.get("data", {}).get("train", {}).get("label_column")
-    tickets, _ = load_tickets(data_path, TextOptions.from_dict(manifest.get("text", {})), label_column, data_report)
+    text_options = with_text_columns(TextOptions.from_dict(manifest.get("text", {})), text_columns)
+    tickets, _ = load_tickets(data_path, text_options, label_column, data_report)
     return match_label_spellings(tickets, manifest["labels"], data_report), data_report
 
 
@@ -457,7 +461,7 @@ def _compare(options: EvaluationOptions, data_path: str | Path, tickets: Tickets
         return None
     other = Predictor.load(options.compare_bundle, "auto")
     if other.manifest.get("text") != predictor.manifest.get("text"):
-        tickets, _ = load_test_set(data_path, other.manifest, options.label_column)
+        tickets, _ = load_test_set(data_path, other.manifest, options.label_column, options.text_columns)
     scored = Scored.of(other.labels, probabilities(other, tickets.texts), tickets.labels)
     return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
             scored)

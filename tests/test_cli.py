@@ -226,7 +226,24 @@ def test_predict_file_without_the_models_columns_names_them(exported_bundle: Pat
     tickets.write_text("id,title\n1,Refund please\n")
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 2
     assert capsys.readouterr().err.strip() == (f"ticketclf predict: error: {tickets}: text column 'subject' not "
-                                               "found; columns are ['id', 'title']")
+                                               "found; columns are ['id', 'title']; name the file's text columns "
+                                               "with --text-columns")
+
+
+def test_predict_reads_a_file_with_its_own_column_names(exported_bundle: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    own, renamed = tmp_path / "own.csv", tmp_path / "renamed.csv"
+    own.write_text("id,subject,body\n1,Refund please,I was charged twice\n2,Slow,the dashboard takes ages\n")
+    renamed.write_text("id,title,description\n1,Refund please,I was charged twice\n2,Slow,the dashboard takes ages\n")
+    assert main(["predict", str(exported_bundle), "--file", str(own)]) == 0
+    expected = capsys.readouterr().out
+    assert main(["predict", str(exported_bundle), "--file", str(renamed), "--text-columns", "title,description"]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(["predict", str(exported_bundle), "--file", str(renamed), "--text-columns", "id,title,description"]) == 2
+    assert ("--text-columns: the model reads 2 text fields (subject, body); give 2 columns in that order, or one "
+            "with the whole ticket; got 3") in capsys.readouterr().err
+    assert main(["predict", str(exported_bundle), "hello", "--text-columns", "title"]) == 2
+    assert "--text-columns names the columns of a --file" in capsys.readouterr().err
 
 
 def test_predict_refuses_top_k_over_the_label_count(exported_bundle: Path, capsys: pytest.CaptureFixture) -> None:

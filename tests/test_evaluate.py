@@ -269,6 +269,18 @@ def test_labels_come_from_the_column_the_bundle_was_trained_on(exported_bundle, 
     assert tickets.labels == [row["category"] for row in rows if row["category"]]
 
 
+def test_a_test_file_with_its_own_text_column_names_reads_the_same_tickets(exported_bundle, known_rows, tmp_path):
+    renamed = tmp_path / "test.csv"
+    with open(renamed, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["title", "description", "category"])
+        writer.writeheader()
+        writer.writerows({"title": r["subject"], "description": r["body"], "category": r["category"]}
+                         for r in known_rows)
+    manifest = read_manifest(exported_bundle)
+    tickets, _ = load_test_set(renamed, manifest, None, ("title", "description"))
+    assert tickets.texts == [Predictor.load(exported_bundle).texts([row])[0] for row in known_rows]
+
+
 def test_test_labels_in_another_case_are_matched_to_the_models(exported_bundle, known_rows, tmp_path):
     shouting = tmp_path / "test.csv"
     with open(shouting, "w", newline="", encoding="utf-8") as handle:
