@@ -2,7 +2,7 @@
 
 Layout (everything that knows a file name inside a bundle lives here)::
 
-    manifest.json                     labels, text options, thresholds, metrics, versions
+    manifest.json                     labels, text options, thresholds, calibration, metrics, versions
     config.json, model.safetensors,   the model and tokenizer (save_pretrained), loadable
     tokenizer.json, ...               by plain transformers
     onnx/model.onnx                   fp32 ONNX (after export)

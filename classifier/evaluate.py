@@ -172,12 +172,9 @@ def load_test_set(data_path: str | Path, manifest: dict[str, Any], label_column:
 
 
 def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
-    """The model's probabilities for each ticket on its own, as the service answers one ticket.
-
-    One ticket per batch: the int8 model quantizes activations per batch tensor, so a ticket's scores
-    would otherwise depend on which tickets share (and pad) its batch.
-    """
-    return predictor.predict_proba(texts, batch_size=1, cleaned=True)  # load_tickets cleaned them
+    """The model's probabilities for each ticket, as the service answers it (the predictor runs the
+    int8 model one ticket at a time, so batch-mates change nothing)."""
+    return predictor.predict_proba(texts, cleaned=True)  # load_tickets cleaned them
 
 
 # ---------------------------------------------------------------- metrics

@@ -66,6 +66,8 @@ class Predictor:
         self._pad_id = tokenizer.token_to_id("[PAD]") or 0
         thresholds = manifest.get("thresholds", {})
         self._global_threshold = float(thresholds.get("global", bundle.DEFAULT_THRESHOLD))
+        # Fitted at training (classifier.calibration); bundles from before have none: 1 changes nothing.
+        self.temperature = float(manifest.get("calibration", {}).get("temperature", 1.0))
         self._class_thresholds = {k: float(v) for k, v in thresholds.get("per_class", {}).items()}
 
     @classmethod
@@ -102,10 +104,11 @@ class Predictor:
         if not 1 <= top_k:
             raise UserError(f"top_k must be at least 1, got {top_k}")
         logits, truncated = self.logits(tickets, batch_size, cleaned=cleaned)
-        # The same float32 softmax as predict_proba, so thresholds chosen on its scores split the same
-        # way here. Top-k in plain Python: right after a model run the CPU caches hold the weights, and
-        # there a few Python calls cost less than numpy's argsort and take_along_axis (docs/benchmarks.md).
-        probabilities = softmax(logits).tolist()
+        # The same calibrated float32 softmax as predict_proba, so thresholds chosen on its scores split
+        # the same way here. Top-k in plain Python: right after a model run the CPU caches hold the
+        # weights, and there a few Python calls cost less than numpy's argsort and take_along_axis
+        # (docs/benchmarks.md).
+        probabilities = self._probabilities(logits).tolist()
         return [self._prediction(row, top_k, cut) for row, cut in zip(probabilities, truncated)]
 
     def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False) -> np.ndarray:
@@ -113,7 +116,11 @@ class Predictor:
 
         ``cleaned=True``: the tickets are model texts already (e.g. a bundle's validation split).
         """
-        return softmax(self.logits(tickets, batch_size, cleaned=cleaned)[0])
+        return self._probabilities(self.logits(tickets, batch_size, cleaned=cleaned)[0])
+
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated softmax: the logits divided by the bundle's temperature."""
+        return softmax(logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
 
     def texts(self, tickets: Sequence[Ticket]) -> list[str]:
         """The cleaned model text of each ticket; an empty one is a user error."""

@@ -35,6 +35,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from classifier import bundle
+from classifier.calibration import fit_temperature
 from classifier.data import PreparedData, prepare_data
 from classifier.errors import UserError
 from classifier.options import TrainingOptions
@@ -85,6 +86,10 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
     metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
+    validation = trainer.predict(trainer.eval_dataset)
+    calibration = fit_temperature(_first(validation.predictions), validation.label_ids)
+    log.info("calibration: temperature %.3f on %d validation tickets", calibration["temperature"],
+             calibration["tickets"])
     model = _merge_adapters(trainer.model)
     manifest = bundle.new_manifest(
         name=Path(os.path.abspath(output_dir)).name,  # what the service reports, wherever the bundle goes later
@@ -101,6 +106,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
                                     "train_seconds": round(train_seconds, 1), "max_length": max_length,
                                     "precision_used": _precision(options.precision)},
         validation_metrics=metrics,
+        calibration=calibration,
         versions=library_versions(),
     )
     if not trainer.is_world_process_zero():  # under torchrun, one process writes the bundle
@@ -113,6 +119,11 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
         bundle.write_manifest(staging, manifest)
     shutil.rmtree(_checkpoint_dir(output_dir), ignore_errors=True)
     return output_dir
+
+
+def _first(predictions: Any) -> np.ndarray:
+    """The logits of ``Trainer.predict``: a model that returns more (hidden states) gives a tuple."""
+    return predictions[0] if isinstance(predictions, tuple) else predictions
 
 
 def choose_max_length(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> int:

@@ -83,6 +83,23 @@ def test_top_k_ranks_every_label_as_predict_proba_scores_it(exported_bundle: Pat
         assert [s["score"] for s in prediction.top_k] == [round(float(scores[i]), 6) for i in order]
 
 
+def test_the_bundles_temperature_scales_confidence_but_not_the_ranking(bundle_copy: Path) -> None:
+    texts, _ = read_examples(bundle_copy)
+    manifest = read_manifest(bundle_copy)
+    manifest["calibration"] = {"temperature": 1.0, "tickets": 60}
+    write_manifest(bundle_copy, manifest)
+    before = Predictor.load(bundle_copy).predict(texts[:6], top_k=3)
+    manifest["calibration"]["temperature"] = 0.5
+    write_manifest(bundle_copy, manifest)
+    predictor = Predictor.load(bundle_copy)
+    logits, _ = predictor.logits(texts[:6])
+    scaled = np.exp(logits / 0.5) / np.exp(logits / 0.5).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(predictor.predict_proba(texts[:6]), scaled, rtol=1e-5)
+    after = predictor.predict(texts[:6], top_k=3)
+    assert [[s["label"] for s in p.top_k] for p in after] == [[s["label"] for s in p.top_k] for p in before]
+    assert all(a.confidence > b.confidence for a, b in zip(after, before))  # sharper, same order
+
+
 def test_the_model_name_is_the_one_given_at_training_wherever_the_bundle_lives(exported_bundle: Path) -> None:
     # The fixture trains into bundles/tiny and copies that to bundles/exported (as a container mounts /model).
     assert exported_bundle.name == "exported"

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from classifier.bundle import SCHEMA_VERSION, read_examples, read_manifest
+from classifier.calibration import fit_temperature, negative_log_likelihood
 from classifier.errors import UserError
 from classifier.options import LORA_LEARNING_RATE, TrainingOptions
 from classifier.train import choose_max_length, default_base_model, train
@@ -47,6 +48,36 @@ def test_plain_transformers_reproduces_the_validation_accuracy(tiny_bundle: Path
     accuracy = float(np.mean([manifest["labels"][i] == label for i, label in zip(predicted, labels)]))
     assert accuracy == pytest.approx(manifest["validation_metrics"]["accuracy"], abs=1e-6)
     assert accuracy > 2 / len(manifest["labels"])  # it learned something beyond chance
+
+
+def test_training_fits_a_temperature_that_improves_validation_likelihood(tiny_bundle: Path) -> None:
+    manifest = read_manifest(tiny_bundle)
+    calibration = manifest["calibration"]
+    assert calibration["tickets"] == manifest["data"]["validation"]["rows_used"]
+    # Recomputed from the saved model: the fitted temperature is the best one, and better than none.
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bundle).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bundle)
+    texts, labels = read_examples(tiny_bundle)
+    with torch.inference_mode():
+        logits = model(**tokenizer(texts, truncation=True, max_length=manifest["max_length"], padding=True,
+                                   return_tensors="pt")).logits.numpy()
+    truth = np.array([manifest["labels"].index(label) for label in labels])
+    fitted = calibration["temperature"]
+    nll = {t: negative_log_likelihood(logits, truth, t) for t in (1.0, fitted, fitted * 0.8, fitted * 1.25)}
+    assert nll[fitted] < nll[1.0] and nll[fitted] <= min(nll[fitted * 0.8], nll[fitted * 1.25])
+    assert calibration["validation_nll"]["calibrated"] == pytest.approx(nll[fitted], abs=1e-3)
+
+
+def test_temperature_undoes_over_and_under_confidence() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, size=400)
+    right = rng.random(400) < 0.7  # a model right 70 % of the time
+    predicted = np.where(right, truth, (truth + 1) % 5)
+    logits = np.eye(5)[predicted] * 2.0  # a confidence of about 0.65 for its label
+    assert fit_temperature(logits * 4, truth)["temperature"] > 1  # told far surer than 70 %: cooled down
+    assert fit_temperature(logits / 4, truth)["temperature"] < 1  # told barely surer than chance: sharpened
+    few = fit_temperature(logits[:10], truth[:10])
+    assert few["temperature"] == 1.0 and "fewer than" in few["skipped"]
 
 
 def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_path: Path) -> None:
