@@ -152,8 +152,9 @@ def summary_table(report: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows) + 2
     lines = [" " * width + "".join(f"{name:>22}" for name, _ in columns)]
     lines += [f"{label:<{width}}" + "".join(f"{cell(section):>22}" for _, section in columns) for label, cell in rows]
-    lines.append(report["precision_coverage"]["message"])
-    lines += [f"warning: {warning}" for warning in report["warnings"]]
+    message = report["precision_coverage"]["message"]
+    lines.append(message)
+    lines += [f"warning: {warning}" for warning in report["warnings"] if warning != message]  # said just above
     return "\n".join(lines)
 
 

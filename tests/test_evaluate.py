@@ -7,6 +7,7 @@ sample data plus tickets with labels the model has never seen and one row withou
 from __future__ import annotations
 
 import base64
+import copy
 import csv
 import json
 import re
@@ -155,6 +156,15 @@ def test_recommended_threshold_is_the_lowest_reaching_the_target(evaluated, expo
     assert recommended["precision"] >= target
     for row in report["precision_coverage"]["table"]:
         assert row["coverage"] == pytest.approx((confidence >= row["threshold"]).mean())
+
+
+def test_the_summary_says_an_unreachable_target_once(evaluated):
+    report = copy.deepcopy(evaluated[0])
+    message = "No confidence threshold reaches 95% precision on this test set"
+    report["precision_coverage"]["message"] = message  # as the report of such a test set has it: a warning too
+    report["warnings"] = [message, "another warning"]
+    summary = summary_table(report)
+    assert summary.count(message) == 1 and "warning: another warning" in summary
 
 
 def test_unreachable_target_gives_no_threshold():
