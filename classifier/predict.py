@@ -68,6 +68,9 @@ class Predictor:
         self._global_threshold = float(thresholds.get("global", bundle.DEFAULT_THRESHOLD))
         # Fitted at training (classifier.calibration); bundles from before have none: 1 changes nothing.
         self.temperature = float(manifest.get("calibration", {}).get("temperature", 1.0))
+        if not 0 < self.temperature < float("inf"):  # also NaN; a hand-edited manifest
+            raise UserError(f"{bundle_dir}: the manifest's calibration temperature must be a positive number, "
+                            f"got {self.temperature}")
         self._class_thresholds = {k: float(v) for k, v in thresholds.get("per_class", {}).items()}
 
     @classmethod
