@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 
 MIN_TICKETS = 20  # fewer validation tickets than this: one parameter would fit their noise
-BOUNDS = (0.05, 20.0)
+# With no mistakes to weigh, the likelihood grows without bound as the temperature falls: every
+# confidence would become 1.0 and nothing would ever need review. A few mistakes are needed.
+MIN_MISTAKES = 5
+BOUNDS = (0.1, 10.0)
 
 
 def fit_temperature(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, Any]:
@@ -24,9 +27,11 @@ def fit_temperature(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, Any]
 
     logits = np.asarray(logits, dtype=np.float64)
     label_ids = np.asarray(label_ids)
-    if len(label_ids) < MIN_TICKETS:
-        return {"temperature": 1.0, "tickets": int(len(label_ids)),
-                "skipped": f"fewer than {MIN_TICKETS} validation tickets"}
+    mistakes = int((logits.argmax(axis=1) != label_ids).sum())
+    skipped = (f"fewer than {MIN_TICKETS} validation tickets" if len(label_ids) < MIN_TICKETS else
+               f"fewer than {MIN_MISTAKES} mistakes on the validation split" if mistakes < MIN_MISTAKES else None)
+    if skipped:
+        return {"temperature": 1.0, "tickets": int(len(label_ids)), "skipped": skipped}
     fitted = minimize_scalar(lambda log_t: negative_log_likelihood(logits, label_ids, float(np.exp(log_t))),
                              bounds=tuple(np.log(BOUNDS)), method="bounded")
     temperature = float(np.exp(fitted.x))

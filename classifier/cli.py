@@ -326,7 +326,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from classifier.data import read_tickets_to_classify, with_text_columns
+    from classifier.data import read_tickets_to_classify
     from classifier.predict import Predictor
 
     if not args.texts and not args.file:
@@ -340,8 +340,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     rows = [(str(number), ticket_text(text, predictor.text_options)) for number, text in enumerate(args.texts, 1)]
     if args.text_columns and not args.file:
         raise UserError("--text-columns names the columns of a --file; give one")
-    reading = with_text_columns(predictor.text_options, args.text_columns)
-    rows += read_tickets_to_classify(args.file, reading) if args.file else []
+    rows += read_tickets_to_classify(args.file, predictor.text_options, args.text_columns or ()) if args.file else []
     try:
         _print_predictions(predictor, rows, top_k)
         sys.stdout.flush()  # inside the try: a reader gone before the last buffered lines is handled too

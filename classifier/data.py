@@ -359,8 +359,8 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     if text_columns:
         missing = [name for name in text_columns if find(name) is None]
         if missing:
-            raise UserError(f"{path}: text column {missing[0]!r} not found; columns are {available}; name the "
-                            "file's text columns with --text-columns")
+            raise UserError(f"{path}: text column {missing[0]!r} not found; columns are {available}; check the "
+                            "names, or name the file's text columns with --text-columns")
         texts = tuple(find(name) for name in text_columns)
     else:
         texts = guess(TEXT_COLUMN_GUESSES)
@@ -434,19 +434,22 @@ def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) 
     return replace(text_options, fields=tuple(columns))
 
 
-def read_tickets_to_classify(path: str | Path, text_options: TextOptions) -> list[tuple[str, str]]:
+def read_tickets_to_classify(path: str | Path, text_options: TextOptions,
+                             text_columns: Sequence[str] = ()) -> list[tuple[str, str]]:
     """``(id, cleaned text)`` for every row of an unlabelled file (``-``: standard input), in file order.
 
-    Reads the bundle's text fields, or a ``text`` column alone when the file has none of them
+    Reads ``text_columns`` (the file's names for the bundle's fields, see :func:`with_text_columns`),
+    else the bundle's text fields, or a ``text`` column alone when the file has none of them
     (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle). The id is the file's id
     column, else the row number. A row with nothing left after cleaning keeps its place with
     an empty text, so that no row is silently lost.
     """
     path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
     records, columns = _records_and_columns(path)
+    text_options = with_text_columns(text_options, text_columns)
     fields = text_options.record_fields
     lower_columns = {name.lower() for name in columns}
-    if not lower_columns & {name.lower() for name in fields} and "text" in lower_columns:
+    if not text_columns and not lower_columns & {name.lower() for name in fields} and "text" in lower_columns:
         fields = ("text",)
     mapping = replace(resolve_columns(columns, path, fields, require_label=False), label_column=None)  # none read
     return [(_row_id(record, mapping.id_column, row), text)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -113,8 +114,9 @@ def evaluate(bundle_dir: str | Path, data_path: str | Path, output_dir: str | Pa
     try:
         return _evaluate(bundle_dir, data_path, output_dir, options)
     except BaseException:
-        if created and not any(output_dir.iterdir()):  # a failed run leaves no empty report folder behind
-            output_dir.rmdir()
+        # A failed run leaves no empty report folder behind (nor the parents it made for it).
+        if created is not None and not any(path.is_file() for path in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 
@@ -585,13 +587,14 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
                              f"{confidence[i]:.4f}"])
 
 
-def _make_output_dir(output_dir: Path) -> bool:
-    """Create the report directory up front (a bad --output fails before the work); True if it is new."""
+def _make_output_dir(output_dir: Path) -> Path | None:
+    """Create the report directory up front (a bad --output fails before the work); return the
+    outermost directory this created, or None if it existed."""
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"{output_dir}: exists and is not a directory; choose another --output")
-    existed = output_dir.exists()
+    new = [directory for directory in (output_dir, *output_dir.parents) if not directory.exists()]
     output_dir.mkdir(parents=True, exist_ok=True)
-    return not existed
+    return new[-1] if new else None
 
 
 def _check_options(options: EvaluationOptions) -> None:

@@ -66,11 +66,7 @@ class Predictor:
         self._pad_id = tokenizer.token_to_id("[PAD]") or 0
         thresholds = manifest.get("thresholds", {})
         self._global_threshold = float(thresholds.get("global", bundle.DEFAULT_THRESHOLD))
-        # Fitted at training (classifier.calibration); bundles from before have none: 1 changes nothing.
-        self.temperature = float(manifest.get("calibration", {}).get("temperature", 1.0))
-        if not 0 < self.temperature < float("inf"):  # also NaN; a hand-edited manifest
-            raise UserError(f"{bundle_dir}: the manifest's calibration temperature must be a positive number, "
-                            f"got {self.temperature}")
+        self.temperature = _temperature(bundle_dir, manifest)
         self._class_thresholds = {k: float(v) for k, v in thresholds.get("per_class", {}).items()}
 
     @classmethod
@@ -147,7 +143,7 @@ class Predictor:
             raise TypeError("predict() takes a list of tickets; wrap a single ticket in a list")
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        batch_size = min(batch_size, self.engine.max_batch or batch_size)
+        batch_size = min(batch_size, getattr(self.engine, "max_batch", None) or batch_size)
         texts = self._check_not_empty(list(tickets)) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
@@ -187,6 +183,22 @@ class Predictor:
             needs_review=scores[0] < self.threshold(label),
             truncated=truncated,
         )
+
+
+def _temperature(bundle_dir: Path, manifest: dict[str, Any]) -> float:
+    """The calibration temperature training fitted (classifier.calibration); 1, which changes nothing,
+    for bundles from before. A hand-edited value that is not a positive number is an error."""
+    value = (manifest.get("calibration") or {}).get("temperature")
+    if value is None:
+        return 1.0
+    try:
+        temperature = float(value)
+    except (TypeError, ValueError):
+        temperature = float("nan")
+    if not 0 < temperature < float("inf"):  # NaN fails this too
+        raise UserError(f"{bundle_dir}: the manifest's calibration temperature must be a positive number, "
+                        f"got {value!r}")
+    return temperature
 
 
 def resolve_engine(bundle_dir: Path, manifest: dict[str, Any], requested: str) -> str:

@@ -226,8 +226,8 @@ def test_predict_file_without_the_models_columns_names_them(exported_bundle: Pat
     tickets.write_text("id,title\n1,Refund please\n")
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 2
     assert capsys.readouterr().err.strip() == (f"ticketclf predict: error: {tickets}: text column 'subject' not "
-                                               "found; columns are ['id', 'title']; name the file's text columns "
-                                               "with --text-columns")
+                                               "found; columns are ['id', 'title']; check the names, or name the "
+                                               "file's text columns with --text-columns")
 
 
 def test_predict_reads_a_file_with_its_own_column_names(exported_bundle: Path, tmp_path: Path,
@@ -244,6 +244,11 @@ def test_predict_reads_a_file_with_its_own_column_names(exported_bundle: Path, t
             "with the whole ticket; got 3") in capsys.readouterr().err
     assert main(["predict", str(exported_bundle), "hello", "--text-columns", "title"]) == 2
     assert "--text-columns names the columns of a --file" in capsys.readouterr().err
+    # A misspelt name is an error even where a 'text' column could stand in for the model's fields.
+    with_text = tmp_path / "with_text.csv"
+    with_text.write_text("id,text,message\n1,see message,I was charged twice\n")
+    assert main(["predict", str(exported_bundle), "--file", str(with_text), "--text-columns", "mesage"]) == 2
+    assert "text column 'mesage' not found" in capsys.readouterr().err
 
 
 def test_predict_refuses_top_k_over_the_label_count(exported_bundle: Path, capsys: pytest.CaptureFixture) -> None:

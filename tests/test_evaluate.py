@@ -260,6 +260,9 @@ def test_missing_label_column_fails_with_the_training_message(exported_bundle, t
     assert str(evaluation_error.value) == str(training_error.value)
     assert str(evaluation_error.value).endswith("name the file's label column with --label-column")
     assert not (tmp_path / "out").exists()  # a failed run leaves no empty report folder
+    with pytest.raises(UserError):
+        evaluate(exported_bundle, test_csv, tmp_path / "new" / "out", EvaluationOptions(label_column="queue"))
+    assert not (tmp_path / "new").exists()  # nor the parents it made for it
     (tmp_path / "kept").mkdir()  # one the user made stays
     with pytest.raises(UserError):
         evaluate(exported_bundle, test_csv, tmp_path / "kept", EvaluationOptions(label_column="queue", baseline=False))

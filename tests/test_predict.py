@@ -98,11 +98,15 @@ def test_the_bundles_temperature_scales_confidence_but_not_the_ranking(bundle_co
     after = predictor.predict(texts[:6], top_k=3)
     assert [[s["label"] for s in p.top_k] for p in after] == [[s["label"] for s in p.top_k] for p in before]
     assert all(a.confidence > b.confidence for a, b in zip(after, before))  # sharper, same order
-    for bad in (0, -1, "nan"):
+    for bad in (0, -1, "nan", "warm"):
         manifest["calibration"]["temperature"] = bad
         write_manifest(bundle_copy, manifest)
         with pytest.raises(UserError, match="calibration temperature must be a positive number"):
             Predictor.load(bundle_copy)
+    for none in ({"temperature": None}, None):  # written by hand: no calibration
+        manifest["calibration"] = none
+        write_manifest(bundle_copy, manifest)
+        assert Predictor.load(bundle_copy).temperature == 1.0
 
 
 def test_the_model_name_is_the_one_given_at_training_wherever_the_bundle_lives(exported_bundle: Path) -> None:
