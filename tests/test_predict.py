@@ -134,10 +134,13 @@ def test_order_is_kept_when_batches_are_sorted_by_length(exported_bundle: Path) 
 def test_an_int8_ticket_gets_the_answer_it_gets_alone_whatever_its_batch(exported_bundle: Path) -> None:
     # Dynamic int8 scales activations by the whole batch's range: batched, a ticket's scores would
     # depend on its batch-mates and padding, and a report would not show what the service answers.
-    predictor = Predictor.load(exported_bundle, engine="int8")
+    # With two threads the tickets of a call run side by side, one per run: same answers, same order.
+    predictor = Predictor.load(exported_bundle, engine="int8", threads=2)
     texts, _ = read_examples(exported_bundle)
     alone = np.vstack([predictor.predict_proba([text]) for text in texts[:12]])
     np.testing.assert_array_equal(predictor.predict_proba(texts[:12], batch_size=5), alone)
+    np.testing.assert_array_equal(Predictor.load(exported_bundle, engine="int8", threads=1).predict_proba(texts[:12]),
+                                  alone)
 
 
 def test_no_tickets_give_no_predictions(exported_bundle: Path) -> None:
