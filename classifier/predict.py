@@ -128,7 +128,13 @@ class Predictor:
 
     def texts(self, tickets: Sequence[Ticket]) -> list[str]:
         """The cleaned model text of each ticket; an empty one is a user error."""
-        return self._check_not_empty([ticket_text(t, self.text_options) for t in tickets])
+        return self._check_not_empty([self._text(index, ticket) for index, ticket in enumerate(tickets)])
+
+    def _text(self, index: int, ticket: Ticket) -> str:
+        try:
+            return ticket_text(ticket, self.text_options)
+        except UserError as error:
+            raise UserError(f"ticket {index}: {error}") from None
 
     def _check_not_empty(self, texts: list[str]) -> list[str]:
         for index, text in enumerate(texts):

@@ -177,6 +177,15 @@ def test_empty_tickets_are_a_clear_error(exported_bundle: Path, text: str) -> No
         predictor.predict(["fine ticket", text])
 
 
+@pytest.mark.parametrize(("ticket", "message"), [
+    (None, "ticket 1 has no text"), (float("nan"), "ticket 1 has no text"),  # gaps in a pandas column
+    (123, "ticket 1: a ticket is a string or a record of fields, not int"),
+])
+def test_tickets_that_are_not_text_are_a_clear_error(exported_bundle: Path, ticket: object, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        Predictor.load(exported_bundle).predict(["fine ticket", ticket])  # type: ignore[list-item]
+
+
 def test_bundle_without_onnx_falls_back_to_torch(tiny_bundle: Path) -> None:
     predictor = Predictor.load(tiny_bundle)
     assert predictor.engine.name == "torch"
@@ -224,11 +233,15 @@ def test_serving_path_imports_neither_torch_nor_transformers(exported_bundle: Pa
     assert engine.endswith(".onnx") and heavy == "[]"
 
 
-def test_failed_export_leaves_the_bundle_as_it_was(bundle_copy: Path) -> None:
+@pytest.mark.parametrize(("opset", "message"), [
+    (1, "the ONNX export failed at opset 1 .*leave out --opset"),  # too old: the exporter fails midway
+    (99, "--opset 99: this onnx package knows opsets 1 to"),
+])
+def test_failed_export_leaves_the_bundle_as_it_was(bundle_copy: Path, opset: int, message: str) -> None:
     before = {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")}
     manifest = (bundle_copy / "manifest.json").read_text()
-    with pytest.raises(Exception):
-        export(bundle_copy, ExportOptions(opset=1))  # no such opset: the exporter fails midway
+    with pytest.raises(UserError, match=message):
+        export(bundle_copy, ExportOptions(opset=opset))
     assert (bundle_copy / "manifest.json").read_text() == manifest
     assert {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")} == before
 

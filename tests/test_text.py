@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from classifier.errors import UserError
 from classifier.text import TextOptions, clean_text, ticket_text
 
 SUBJECT_BODY = TextOptions(fields=("subject", "body"))
@@ -112,3 +115,47 @@ def test_zero_width_joiners_stay_inside_words_and_emoji() -> None:
     assert clean_text(persian) == persian
     assert clean_text(f"help {family}") == f"help {family}"
     assert clean_text("left\u200e to\u200f right\ufeff") == "left to right"
+
+
+@pytest.mark.parametrize("raw", [
+    "Our <head> section breaks after installing the widget, the page is blank.",
+    "Where do I paste the <style> snippet? It fails.",
+    "The embed code needs a <script> tag and I was charged twice this month.",
+    "The <title> of my invoice is wrong",
+])
+def test_a_tag_named_in_plain_text_does_not_hide_the_rest(raw: str) -> None:
+    assert clean_text(raw) == raw
+
+
+def test_closed_script_and_style_are_still_dropped() -> None:
+    assert clean_text("<p>x</p><script>var a = '<p>';</script><style>p {}</style><p>Hi</p>") == "x Hi"
+
+
+def test_a_line_ending_in_wrote_inside_the_message_is_not_a_reply_header() -> None:
+    body = ("Hi team,\nOn Monday I upgraded to the Pro plan and my card was charged twice.\n"
+            "Your colleague Anna wrote:\n\"we will refund the second charge\"\nbut nothing has happened since.")
+    assert clean_text(body) == " ".join(body.split())
+
+
+@pytest.mark.parametrize("raw", [
+    "x" + "\n" * 200_000 + "y",                      # blank lines after each line start
+    "help me\nThanks\nJohn" + " " * 200_000 + "Smith",  # a "name" line of spaces after a sign-off
+    "From: a\n" * 50_000,
+    ("On " + "a" * 290 + "\n") * 2_000 + "wrote:",
+])
+def test_cleaning_takes_time_in_proportion_to_the_input(raw: str) -> None:
+    # These took minutes to hours with patterns that rescanned the rest of the text at each line;
+    # the bound is far above the linear time (well under a second), far below the old one.
+    started = time.perf_counter()
+    clean_text(raw)
+    assert time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize("ticket", [None, float("nan")])
+def test_a_missing_ticket_has_no_text(ticket: object) -> None:
+    assert ticket_text(ticket) == ""  # type: ignore[arg-type]
+
+
+def test_a_ticket_that_is_neither_text_nor_a_record_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="a ticket is a string or a record of fields, not int"):
+        ticket_text(123)  # type: ignore[arg-type]
