@@ -531,8 +531,7 @@ def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: Da
         raise UserError(f"{path}: {classes} fewer than {min_count} tickets: {listed}; {hint}")
     if rare:
         report.merged_into_other.update(rare)
-        tickets = Tickets(tickets.texts, [OTHER_LABEL if label in rare else label for label in tickets.labels],
-                          tickets.ids, tickets.source)
+        tickets = merge_into_other(tickets, rare)
         merged = tickets.labels.count(OTHER_LABEL)
         if merged < min_count:
             raise UserError(f"{path}: merging the rare classes gives '{OTHER_LABEL}' only {merged} "
@@ -624,11 +623,18 @@ def _label_key(label: str) -> str:
     return whole_number.group(1) if whole_number else label.casefold()
 
 
+def merge_into_other(tickets: Tickets, merged: Iterable[str]) -> Tickets:
+    """The tickets with the labels training merged (``--merge-rare-classes``) renamed ``other``."""
+    merged = set(merged)
+    if not merged:
+        return tickets
+    return Tickets(tickets.texts, [OTHER_LABEL if label in merged else label for label in tickets.labels],
+                   tickets.ids, tickets.source)
+
+
 def _relabel_for_training(tickets: Tickets, known: set[str], report: DataReport, path: str | Path) -> Tickets:
     """Map rare labels to ``other`` as in training; drop (and report) labels training never saw."""
-    tickets = match_label_spellings(tickets, known, report)
-    merged = set(report.merged_into_other)
-    labels = [OTHER_LABEL if label in merged else label for label in tickets.labels]
+    labels = merge_into_other(match_label_spellings(tickets, known, report), report.merged_into_other).labels
     keep = [i for i, label in enumerate(labels) if label in known]
     for i in sorted(set(range(len(labels))) - set(keep)):
         report.drop("label not in training data", f"{path}, id {tickets.ids[i]} ({labels[i]!r})")
@@ -649,6 +655,8 @@ def reload_training_split(manifest: dict[str, Any]) -> Tickets | None:
     path = Path(info.get("path", ""))
     if not options or not path.is_file() or file_sha256(path) != info.get("sha256"):
         return None
+    if options["validation_path"] and not Path(options["validation_path"]).is_file():
+        return None  # bundles from before the path was stored absolute recorded it as given
     prepared = prepare_data(path, options["validation_path"], text_options=TextOptions.from_dict(manifest["text"]),
                             label_column=options["label_column"],
                             validation_fraction=options["validation_fraction"],

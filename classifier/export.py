@@ -155,8 +155,17 @@ def export_onnx(bundle_dir: Path, out_dir: Path, opset: int | None = None) -> tu
     from optimum.exporters.onnx import main_export
 
     # Our own drift check replaces Optimum's validation (it runs on real tickets).
-    main_export(str(bundle_dir), output=out_dir, task="text-classification", opset=opset,
-                do_validation=False, local_files_only=True)
+    if opset is not None and not 1 <= opset <= onnx.defs.onnx_opset_version():
+        raise UserError(f"--opset {opset}: this onnx package knows opsets 1 to {onnx.defs.onnx_opset_version()}")
+    try:
+        main_export(str(bundle_dir), output=out_dir, task="text-classification", opset=opset,
+                    do_validation=False, local_files_only=True)
+    except Exception as error:  # a user-chosen opset too old for an operator is the user's to change
+        if opset is None:
+            raise
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(f"the ONNX export failed at opset {opset} ({reason}); "
+                        "leave out --opset for Optimum's choice") from error
     model_path = out_dir / bundle.ONNX_FP32
     opset = next(o.version for o in onnx.load(str(model_path), load_external_data=False).opset_import
                  if o.domain in ("", "ai.onnx"))

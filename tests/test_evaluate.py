@@ -382,3 +382,14 @@ def test_cluster_order_puts_confused_classes_together():
     assert sorted(order) == list(range(6))
     assert abs(order.index(0) - order.index(4)) == 1
     assert abs(order.index(1) - order.index(5)) == 1
+
+
+def test_test_tickets_of_merged_classes_count_as_other(tmp_path: Path) -> None:
+    path = tmp_path / "test.csv"
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["text", "label"], ["refund please", "billing"],
+                                      ["export my data", "data_export"], ["zapier is down", "integrations"]])
+    manifest = {"labels": ["billing", "other"], "text": {"fields": ["text"]},
+                "data_options": {"merged_into_other": ["data_export", "integrations"]}}
+    tickets, _ = load_test_set(path, manifest, "label")
+    assert tickets.labels == ["billing", "other", "other"]
