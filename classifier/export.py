@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -63,6 +64,7 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict
     bundle_dir = Path(bundle_dir)
     manifest = bundle.read_manifest(bundle_dir)
     target = choose_quantization_target(options.quantization)
+    _import_exporters()
     _remove_abandoned_work(bundle_dir)
     work = Path(tempfile.mkdtemp(dir=bundle_dir, prefix=WORK_PREFIX))
     (work / WORK_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
@@ -147,6 +149,22 @@ def check_drift(bundle_dir: Path, manifest: dict[str, Any], fp32_path: Path, int
         "accuracy": accuracy,
         "int8_accuracy_drop_points": round(100 * (accuracy["fp32"] - accuracy["int8"]), 3),
     }
+
+
+def _import_exporters() -> None:
+    """Import the exporters' native modules with SIGTERM held back until they are loaded: the CLI's
+    handler raises, and an exception raised inside a C extension's initialisation aborts the process
+    (seen with onnx's), where anywhere later it unwinds and the work folder is removed."""
+    hold = hasattr(signal, "pthread_sigmask")  # not on Windows
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if hold else set()
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import optimum.exporters.onnx  # noqa: F401
+        import optimum.onnxruntime  # noqa: F401
+    finally:
+        if hold:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def export_onnx(bundle_dir: Path, out_dir: Path, opset: int | None = None) -> tuple[Path, int]:
