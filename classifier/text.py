@@ -111,7 +111,10 @@ def ticket_text(ticket: str | Mapping[str, Any], options: TextOptions = TextOpti
             return ""
         raise UserError(f"a ticket is a string or a record of fields, not {type(ticket).__name__} ({ticket!r:.40})")
     parts = (clean_text(_as_str(_field(ticket, name), name), options) for name in options.record_fields)
-    return FIELD_SEPARATOR.join(part for part in parts if part)
+    joined = FIELD_SEPARATOR.join(part for part in parts if part)
+    if not joined and "text" not in options.record_fields:  # {"text": ...}: the whole ticket, as the service takes it
+        return clean_text(_as_str(_field(ticket, "text"), "text"), options)
+    return joined
 
 
 def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:

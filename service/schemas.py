@@ -111,6 +111,8 @@ class TicketBase(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _has_text(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = cls._canonical_keys(data)
         if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
             unread = [key for key in data if key not in cls.model_fields]  # e.g. fields of another model
             raise PydanticCustomError("missing_text", "missing ticket text: give {keys}{unread}", {
@@ -125,6 +127,15 @@ class TicketBase(BaseModel):
             raise PydanticCustomError("ambiguous_text", "give either 'text' or the ticket's fields ({fields}), not both",
                                       {"fields": ", ".join(given)})
         return self
+
+    @classmethod
+    def _canonical_keys(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Field names in any case ("Subject"), as the Python API and the file loaders take them;
+        a key spelled exactly as the model's wins over another spelling."""
+        names = {name.lower(): name for name in ("id", *cls.text_keys())}
+        renamed = {key: names[key.lower()] for key in data
+                   if isinstance(key, str) and names.get(key.lower(), key) != key and names[key.lower()] not in data}
+        return {renamed.get(key, key): value for key, value in data.items()} if renamed else data
 
     @classmethod
     def text_keys(cls) -> tuple[str, ...]:

@@ -100,6 +100,20 @@ def test_classify_fields_matches_the_predictor(client: FlaskClient, predictor: P
     assert prediction == {"id": "T-1", **predictor.predict([TICKET])[0].to_dict()}
 
 
+def test_field_names_in_any_case_read_as_the_python_api_reads_them(client: FlaskClient,
+                                                                    predictor: Predictor) -> None:
+    capitalised = {"ID": "T-2", "Subject": TICKET["subject"], "BODY": TICKET["body"]}
+    [prediction] = client.post("/classify", json=capitalised).get_json()["predictions"]
+    assert prediction == {"id": "T-2", **predictor.predict([TICKET])[0].to_dict()}
+    assert predictor.predict([capitalised]) == predictor.predict([TICKET])
+
+
+def test_a_text_record_reads_as_the_service_reads_it(client: FlaskClient, predictor: Predictor) -> None:
+    text = "I was charged twice for my subscription"
+    [prediction] = client.post("/classify", json={"text": text}).get_json()["predictions"]
+    assert predictor.predict([{"text": text}])[0].to_dict() == {k: v for k, v in prediction.items() if k != "id"}
+
+
 def test_batch_keeps_order_ids_and_top_k(client: FlaskClient, predictor: Predictor) -> None:
     tickets = [{"id": 7, **TICKET}, {"text": "How do I reset my password?"}, {"id": "x", "body": "The app crashes"}]
     response = client.post("/classify", json={"tickets": tickets, "top_k": 2})
