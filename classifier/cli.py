@@ -197,7 +197,7 @@ def _run_train(args: argparse.Namespace) -> int:
                        text_options=text_options, label_column=args.label_column,
                        validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
                        merge_rare_classes=args.merge_rare_classes, overwrite=args.overwrite)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes the bundle and reports it
+    if bundle_dir is None:  # a torchrun process other than rank 0: rank 0 writes and reports the bundle
         return 0
     _print_training_summary(bundle_dir)
     return 0

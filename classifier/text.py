@@ -33,13 +33,14 @@ _HTML_HINT = re.compile(r"<\s*/?\s*(?:" + "|".join(sorted(_HTML_TAGS, key=len, r
 _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
                "blockquote", "pre", "hr"}
 _SKIPPED_TAGS = {"script", "style", "head", "title"}
+_SKIPPED_TAG_END = re.compile(r"<\s*/\s*(" + "|".join(sorted(_SKIPPED_TAGS)) + r")\s*>", re.IGNORECASE)
 
 # "On Tue, 3 Mar 2026 at 10:14, Support <s@example.com> wrote:" (mail clients may wrap it
 # over two lines), Outlook's "-----Original Message-----" and "From: ... Sent: ..." headers.
 # No pattern crosses more than one line break or starts with a run of blank lines, so a
 # request made of 500,000 newlines cleans in linear time.
 _REPLY_HEADER = re.compile(
-    r"^[ \t]*(?:On\b[^\n]{0,300}(?:\n[^\n]{0,300})?\bwrote:[ \t]*$"
+    r"^[ \t]*(?:(?P<on>On\b[^\n]{0,300}(?:\n[^\n]{0,300})?\bwrote:)[ \t]*$"
     r"|-{2,}[ \t]*Original Message[ \t]*-{2,}"
     r"|From:[ \t][^\n]+\n[ \t]*(?:Sent|Date):[ \t])",
     re.IGNORECASE | re.MULTILINE,
@@ -134,8 +135,7 @@ def html_to_text(markup: str) -> str:
     """Extract readable text from an HTML fragment, one line per block element."""
     # "Where do I paste the <style> snippet?" is text that names a tag: only a closed <style> hides
     # what it holds, or one word would silence the rest of the ticket.
-    closed = {tag for tag in _SKIPPED_TAGS if re.search(rf"<\s*/\s*{tag}\s*>", markup, re.IGNORECASE)}
-    parser = _TextExtractor(closed)
+    parser = _TextExtractor({tag.lower() for tag in _SKIPPED_TAG_END.findall(markup)})
     parser.feed(markup)
     parser.close()
     return html.unescape("".join(parser.chunks))
@@ -143,8 +143,7 @@ def html_to_text(markup: str) -> str:
 
 def strip_quoted_replies(text: str) -> str:
     """Drop the quoted previous conversation: a reply header and everything after, ``>`` lines."""
-    match = next((m for m in _REPLY_HEADER.finditer(text)
-                  if not m.group().lstrip().lower().startswith("on") or _HEADER_DETAIL.search(m.group())), None)
+    match = next((m for m in _REPLY_HEADER.finditer(text) if not m["on"] or _HEADER_DETAIL.search(m["on"])), None)
     if match and match.start() > 0:  # a message that is only a quote keeps its text
         text = text[: match.start()]
     return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
@@ -202,10 +201,16 @@ def _field(ticket: Mapping[str, Any], name: str) -> Any:
 
 
 def _lookup(record: Mapping[str, Any], name: str) -> Any:
+    key = field_key(record, name)
+    return None if key is None else record[key]
+
+
+def field_key(record: Mapping[str, Any], name: str) -> Any:
+    """The key under which ``record`` holds field ``name``: spelled exactly, else in any case; None if absent."""
     if name in record:
-        return record[name]
+        return name
     wanted = name.lower()
-    return next((value for key, value in record.items() if isinstance(key, str) and key.lower() == wanted), None)
+    return next((key for key in record if isinstance(key, str) and key.lower() == wanted), None)
 
 
 def nested_fields(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -284,5 +289,5 @@ class _TextExtractor(HTMLParser):
         self.handle_data(f"&#{name};")
 
 
-__all__ = ["FIELD_SEPARATOR", "TextOptions", "clean_text", "html_to_text", "nested_fields", "strip_quoted_replies",
+__all__ = ["FIELD_SEPARATOR", "TextOptions", "clean_text", "field_key", "html_to_text", "nested_fields", "strip_quoted_replies",
            "strip_signature", "ticket_text"]

@@ -60,8 +60,9 @@ def default_base_model() -> str:
 def train(data_path: str | Path, output_dir: str | Path, options: TrainingOptions | None = None, *,
           validation_path: str | Path | None = None, text_options: TextOptions | None = None,
           label_column: str | None = None, validation_fraction: float = 0.1, min_class_count: int = 5,
-          merge_rare_classes: bool = False, overwrite: bool = False) -> Path:
-    """Train on ``data_path`` and write a bundle to ``output_dir``; return its path."""
+          merge_rare_classes: bool = False, overwrite: bool = False) -> Path | None:
+    """Train on ``data_path`` and write a bundle to ``output_dir``; return its path, or None in a
+    torchrun process other than rank 0, which writes nothing."""
     options = options or TrainingOptions()
     output_dir = Path(output_dir)
     inputs = tuple(Path(path) for path in (data_path, validation_path) if path is not None)
@@ -112,7 +113,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
         versions=library_versions(),
     )
     if not trainer.is_world_process_zero():  # under torchrun, one process writes the bundle
-        return output_dir
+        return None
     with bundle.staged_directory(output_dir, overwrite=True) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

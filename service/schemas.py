@@ -15,7 +15,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, St
                       ValidationError, WrapValidator, create_model, model_validator)
 from pydantic_core import PydanticCustomError
 
-from classifier.text import FIELD_SEPARATOR
+from classifier.text import FIELD_SEPARATOR, field_key
 
 ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
 DEFAULT_TOP_K = 3
@@ -132,9 +132,7 @@ class TicketBase(BaseModel):
     def _canonical_keys(cls, data: dict[str, Any]) -> dict[str, Any]:
         """Field names in any case ("Subject"), as the Python API and the file loaders take them;
         a key spelled exactly as the model's wins over another spelling."""
-        names = {name.lower(): name for name in ("id", *cls.text_keys())}
-        renamed = {key: names[key.lower()] for key in data
-                   if isinstance(key, str) and names.get(key.lower(), key) != key and names[key.lower()] not in data}
+        renamed = {key: name for name in ("id", *cls.text_keys()) if (key := field_key(data, name)) not in (None, name)}
         return {renamed.get(key, key): value for key, value in data.items()} if renamed else data
 
     @classmethod
