@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,7 +67,7 @@ class Predictor:
         self.text_options = TextOptions.from_dict(manifest.get("text", {}))
         self.max_length = int(manifest["max_length"])
         self._tokenizer = tokenizer
-        self._pad_id = tokenizer.token_to_id("[PAD]") or 0
+        self._pad_id = pad_token_id(bundle_dir, tokenizer)
         thresholds = manifest.get("thresholds", {})
         self._global_threshold = float(thresholds.get("global", bundle.DEFAULT_THRESHOLD))
         self.temperature = _temperature(bundle_dir, manifest)
@@ -264,6 +265,19 @@ def load_tokenizer(bundle_dir: Path, max_length: int) -> Any:
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.no_padding()  # each batch is padded to its own longest text in Predictor._pad
     return tokenizer
+
+
+def pad_token_id(bundle_dir: Path, tokenizer: Any) -> int:
+    """The id training padded with: the pad token the bundle's tokenizer config names (RoBERTa's
+    ``<pad>`` is 1, BERT's ``[PAD]`` 0), else ``[PAD]``, else 0."""
+    config_path = bundle_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    pad = config.get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad  # older configs store an AddedToken dict
+    for token in (pad, "[PAD]"):
+        if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+            return int(tokenizer.token_to_id(token))
+    return 0
 
 
 # onnxruntime's SkipLayerNormalization kernel took longer here than the Add + LayerNormalization it

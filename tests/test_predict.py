@@ -251,3 +251,44 @@ def test_int8_over_the_accuracy_limit_serves_fp32(bundle_copy: Path) -> None:
     manifest = read_manifest(bundle_copy)
     assert manifest["serving"]["engine"] == "fp32"
     assert Predictor.load(bundle_copy).engine.name == "model.onnx"
+
+
+def test_an_encoder_of_another_family_trains_exports_and_serves(tiny_csv: Path, tmp_path: Path) -> None:
+    """A RoBERTa-style encoder (byte-level BPE, <pad> = 1, no token_type_ids), built here with random
+    weights, goes through the same stages; padding uses its own pad token, not BERT's [PAD]."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    from classifier.data import load_tickets
+    from classifier.options import TrainingOptions
+    from classifier.train import train
+
+    tickets, _ = load_tickets(tiny_csv)
+    encoder = tmp_path / "roberta"
+    encoder.mkdir()
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(tickets.texts, vocab_size=600, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(encoder))
+    tokenizer = RobertaTokenizerFast(vocab_file=str(encoder / "vocab.json"), merges_file=str(encoder / "merges.txt"))
+    tokenizer.save_pretrained(encoder)
+    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, pad_token_id=tokenizer.pad_token_id, type_vocab_size=1)
+    RobertaModel(config).save_pretrained(encoder)
+
+    options = TrainingOptions(base_model=str(encoder), epochs=1, batch_size=16, max_length=48)
+    bundle_dir = train(tiny_csv, tmp_path / "bundle", options)
+    export(bundle_dir)
+    drift = read_manifest(bundle_dir)["onnx"]["drift"]
+    assert drift["fp32_max_abs_logit_diff"] < 1e-3 and drift["fp32_argmax_agreement"] >= 0.999
+
+    predictor = Predictor.load(bundle_dir, engine="fp32")
+    assert "token_type_ids" not in predictor.engine.input_names
+    short, long = "refund", "my invoice shows the wrong amount and I was charged twice this month"
+    padded = predictor._pad([encoding for encoding, _ in predictor._encode([short, long])])
+    assert tokenizer.pad_token_id == 1 and padded["input_ids"][0, -1] == 1
+    batched = predictor.predict_proba([short, long])
+    alone = np.vstack([predictor.predict_proba([text]) for text in (short, long)])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    served = Predictor.load(bundle_dir)  # the model the export marked for serving
+    assert served.engine_kind in ("int8", "fp32")
+    assert all(prediction.label in predictor.labels for prediction in served.predict([short, long]))
