@@ -156,7 +156,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--label-column", help="label column (default: detected, e.g. category, label, queue)")
     g.add_argument("--min-class-count", type=int, default=5, help="fewest tickets a class may have")
     g.add_argument("--merge-rare-classes", action="store_true", help="merge classes below --min-class-count "
-                   "into 'other' instead of failing")
+                   "into 'other' (or the data's own 'Other' class) instead of failing")
     g.add_argument("--keep-quoted-replies", action="store_true", help="do not cut quoted previous replies")
     g.add_argument("--keep-signatures", action="store_true", help="do not cut e-mail signatures")
     g.add_argument("--keep-html", action="store_true", help="do not convert HTML to text")

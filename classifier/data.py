@@ -78,6 +78,7 @@ class DataReport:
     duplicates_removed: int = 0
     conflicting_texts: list[dict[str, Any]] = field(default_factory=list)
     merged_into_other: dict[str, int] = field(default_factory=dict)
+    other_label: str = OTHER_LABEL  # the data's own spelling of the class rare ones merge into
     merged_label_spellings: dict[str, str] = field(default_factory=dict)  # e.g. "Billing" -> "billing"
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     shared_texts_between_splits: int = 0
@@ -105,7 +106,7 @@ class DataReport:
             lines.append(f"labels differing only in case or number format counted as one: {spellings}")
         if self.merged_into_other:
             merged = ", ".join(f"{k} ({v})" for k, v in self.merged_into_other.items())
-            lines.append(f"merged rare classes into '{OTHER_LABEL}': {merged}")
+            lines.append(f"merged rare classes into '{self.other_label}': {merged}")
         if self.shared_texts_between_splits:
             lines.append(f"warning: {self.shared_texts_between_splits} texts appear in both training "
                          "and validation data")
@@ -237,7 +238,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
     cell holding line breaks does not add rows (errors about the file's syntax give the line too).
 
     Also read as spreadsheets write them: Excel's "sep=;" first line, semicolons where the
-    locale's decimal mark is a comma, an empty column after a trailing delimiter, long fields.
+    locale's decimal mark is a comma, an empty column after a trailing delimiter, long fields;
+    and as pandas writes them, with an unnamed index column first.
     """
     first_line, _, rest = text.partition("\n")
     skipped = 0
@@ -253,11 +255,15 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
         header = [name.strip() for name in next(reader, [])]  # [] for a file that is only "sep=;"
         while header and header[-1] == "":  # a trailing delimiter on the header line
             header.pop()
+        # pandas' to_csv writes its row index as a first column with no name: not part of the tickets.
+        skip = 1 if len(header) > 1 and header[0] == "" else 0
+        header = header[skip:]
         if len(set(header)) != len(header) or "" in header:
             raise UserError(f"{where(path, 1)}: header has empty or repeated column names: {header}")
         start, number = reader.line_num + 1 + skipped, 1
         for number, row in enumerate(reader, start=2):
             line, start = start, reader.line_num + 1 + skipped
+            row = row[skip:]
             if not any(cell.strip() for cell in row):
                 continue
             if any(cell.strip() for cell in row[len(header):]):
@@ -530,11 +536,12 @@ def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: Da
                 "or pass --merge-rare-classes")
         raise UserError(f"{path}: {classes} fewer than {min_count} tickets: {listed}; {hint}")
     if rare:
-        report.merged_into_other.update(rare)
-        tickets = merge_into_other(tickets, rare)
-        merged = tickets.labels.count(OTHER_LABEL)
+        other = report.other_label = other_label(counts)
+        report.merged_into_other.update({label: n for label, n in rare.items() if label != other})
+        tickets = merge_into_other(tickets, rare, other)
+        merged = tickets.labels.count(other)
         if merged < min_count:
-            raise UserError(f"{path}: merging the rare classes gives '{OTHER_LABEL}' only {merged} "
+            raise UserError(f"{path}: merging the rare classes gives '{other}' only {merged} "
                             f"ticket{'' if merged == 1 else 's'}, fewer "
                             f"than {min_count}; add examples or lower --min-class-count")
     if len(set(tickets.labels)) < 2:
@@ -584,7 +591,9 @@ def prepare_data(train_path: str | Path, validation_path: str | Path | None = No
         report.split = {"method": "stratified", "fraction": validation_fraction, "seed": seed}
     else:
         validation, _ = load_tickets(validation_path, options, label_column, report)
-        validation = _relabel_for_training(validation, set(train.labels), report, validation_path)
+        validation = _keep_training_labels(
+            relabel_like_training(validation, set(train.labels), report.merged_into_other, report),
+            set(train.labels), report, validation_path)
         report.split = {"method": "file", "path": str(validation_path)}
     labels = sorted(set(train.labels))
     report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
@@ -595,10 +604,13 @@ def prepare_data(train_path: str | Path, validation_path: str | Path | None = No
 def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataReport) -> Tickets:
     """Spell each label as ``known`` does when they differ only in case ("Billing " in one export,
     "billing" in another are one class) or as a spreadsheet writes a whole number ("3.0" for "3");
-    the changes go into the report."""
-    spelling = {_label_key(label): label for label in known}
-    renamed = {label: spelling[_label_key(label)] for label in set(tickets.labels)
-               if _label_key(label) in spelling and spelling[_label_key(label)] != label}
+    the changes go into the report. A label spelled exactly as one in ``known`` is left alone."""
+    known = sorted(set(known))
+    spelling: dict[str, str] = {}
+    for label in known:
+        spelling.setdefault(_label_key(label), label)
+    renamed = {label: spelling[_label_key(label)] for label in sorted(set(tickets.labels) - set(known))
+               if _label_key(label) in spelling}
     if not renamed:
         return tickets
     report.merged_label_spellings.update(renamed)
@@ -623,25 +635,39 @@ def _label_key(label: str) -> str:
     return whole_number.group(1) if whole_number else label.casefold()
 
 
-def merge_into_other(tickets: Tickets, merged: Iterable[str]) -> Tickets:
+def other_label(labels: Iterable[str]) -> str:
+    """The catch-all class rare classes merge into: the data's own spelling of "other" ("Other",
+    "OTHER") when it has that class, else ``other``."""
+    return next((label for label in sorted(labels) if _label_key(label) == OTHER_LABEL), OTHER_LABEL)
+
+
+def merge_into_other(tickets: Tickets, merged: Iterable[str], other: str = OTHER_LABEL) -> Tickets:
     """The tickets with the labels training merged (``--merge-rare-classes``) renamed ``other``."""
     merged = set(merged)
     if not merged:
         return tickets
-    return Tickets(tickets.texts, [OTHER_LABEL if label in merged else label for label in tickets.labels],
+    return Tickets(tickets.texts, [other if label in merged else label for label in tickets.labels],
                    tickets.ids, tickets.source)
 
 
-def _relabel_for_training(tickets: Tickets, known: set[str], report: DataReport, path: str | Path) -> Tickets:
-    """Map rare labels to ``other`` as in training; drop (and report) labels training never saw."""
-    labels = merge_into_other(match_label_spellings(tickets, known, report), report.merged_into_other).labels
-    keep = [i for i, label in enumerate(labels) if label in known]
-    for i in sorted(set(range(len(labels))) - set(keep)):
-        report.drop("label not in training data", f"{path}, id {tickets.ids[i]} ({labels[i]!r})")
+def relabel_like_training(tickets: Tickets, labels: Iterable[str], merged: Iterable[str],
+                          report: DataReport) -> Tickets:
+    """Another file's labels (validation, test) as training left them: each spelled as training spelled
+    it (its classes ``labels`` and the rare classes it ``merged``), then the merged ones renamed to
+    training's catch-all class."""
+    labels, merged = list(labels), list(merged)
+    matched = match_label_spellings(tickets, labels + merged, report)
+    return merge_into_other(matched, merged, other_label(labels))
+
+
+def _keep_training_labels(tickets: Tickets, known: set[str], report: DataReport, path: str | Path) -> Tickets:
+    """Drop (and report) validation tickets with labels training never saw."""
+    keep = [i for i, label in enumerate(tickets.labels) if label in known]
+    for i in sorted(set(range(len(tickets))) - set(keep)):
+        report.drop("label not in training data", f"{path}, id {tickets.ids[i]} ({tickets.labels[i]!r})")
     if not keep:
         raise UserError(f"{path}: no validation ticket has a label seen in training")
-    relabelled = Tickets(tickets.texts, labels, tickets.ids, tickets.source)
-    return relabelled.subset(keep)
+    return tickets.subset(keep)
 
 
 def reload_training_split(manifest: dict[str, Any]) -> Tickets | None:

@@ -35,8 +35,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from classifier import bundle
-from classifier.data import (DataReport, Tickets, load_tickets, match_label_spellings, merge_into_other,
-                             reload_training_split, with_text_columns)
+from classifier.data import (DataReport, Tickets, load_tickets, relabel_like_training, reload_training_split,
+                             with_text_columns)
 from classifier.errors import UserError
 from classifier.predict import Predictor, resolve_engine
 from classifier.text import TextOptions
@@ -171,9 +171,9 @@ def load_test_set(data_path: str | Path, manifest: dict[str, Any], label_column:
     label_column = label_column or manifest.get("data", {}).get("train", {}).get("label_column")
     text_options = with_text_columns(TextOptions.from_dict(manifest.get("text", {})), text_columns)
     tickets, _ = load_tickets(data_path, text_options, label_column, data_report)
-    tickets = match_label_spellings(tickets, manifest["labels"], data_report)
     # Test tickets of the classes training merged count as "other", as they did in validation.
-    return merge_into_other(tickets, (manifest.get("data_options") or {}).get("merged_into_other", ())), data_report
+    merged = (manifest.get("data_options") or {}).get("merged_into_other", ())
+    return relabel_like_training(tickets, manifest["labels"], merged, data_report), data_report
 
 
 def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:

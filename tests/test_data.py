@@ -147,6 +147,16 @@ def test_spreadsheet_exports_load(tmp_path: Path, name: str) -> None:
     assert record["body"] in ("cannot sign in", "cannot sign in, again")
 
 
+def test_a_pandas_index_column_is_ignored_and_other_unnamed_columns_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(",text,category\n0,charged twice,billing\n1,locked out,login\n")  # DataFrame.to_csv()
+    assert [record for _, record in read_records(path)] == [{"text": "charged twice", "category": "billing"},
+                                                           {"text": "locked out", "category": "login"}]
+    path.write_text("text,,category\ncharged twice,x,billing\n")
+    with pytest.raises(UserError, match=r"row 1: header has empty or repeated column names: \['text', '', "):
+        list(read_records(path))
+
+
 def test_long_fields_and_multi_line_records_are_read(tmp_path: Path) -> None:
     path = tmp_path / "export.csv"
     log = "x" * 200_000  # a pasted log: over Python's default 128 KiB field limit
@@ -315,6 +325,36 @@ def test_merged_rare_classes_must_make_a_large_enough_other(tmp_path: Path) -> N
     rows = [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(20)] + [{"text": "rare", "label": "c"}]
     with pytest.raises(UserError, match="merging the rare classes gives 'other' only 1 ticket, fewer than 5"):
         prepare_data(write_csv(tmp_path / "t.csv", rows), merge_rare_classes=True)
+
+
+def test_rare_classes_merge_into_the_exports_own_other_class(tmp_path: Path) -> None:
+    rows = [{"text": f"t {i}", "label": ["billing", "Other"][i % 2]} for i in range(20)]
+    rows += [{"text": "rare legal", "label": "Legal"}, {"text": "rare press", "label": "press"}]
+    prepared = prepare_data(write_csv(tmp_path / "t.csv", rows), merge_rare_classes=True)
+    assert prepared.labels == ["Other", "billing"]  # not a second catch-all class spelled "other"
+    assert prepared.report.merged_into_other == {"Legal": 1, "press": 1}
+    assert "merged rare classes into 'Other'" in "\n".join(prepared.report.summary_lines())
+
+
+def test_validation_labels_of_merged_classes_count_as_other_in_any_spelling(tmp_path: Path) -> None:
+    rows = [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(20)]
+    rows += [{"text": f"rare {i}", "label": "Legal"} for i in range(2)] + [{"text": "x", "label": "press"}]
+    validation = [{"text": "v legal", "label": "LEGAL"}, {"text": "v press", "label": "press"},
+                  {"text": "v a", "label": "A"}]
+    prepared = prepare_data(write_csv(tmp_path / "t.csv", rows), write_csv(tmp_path / "v.csv", validation),
+                            merge_rare_classes=True, min_class_count=3)
+    assert prepared.validation.labels == ["other", "other", "a"]
+    assert "label not in training data" not in prepared.report.dropped
+
+
+def test_a_label_spelled_as_a_known_one_is_never_renamed() -> None:
+    from classifier.data import Tickets, match_label_spellings
+
+    tickets = Tickets(["1", "2", "3"], ["billing", "Billing", "BILLING"], ["1", "2", "3"])
+    report = DataReport()
+    # A bundle may know two spellings (trained before they were matched): each stays, others go to the first.
+    assert match_label_spellings(tickets, ["billing", "Billing"], report).labels == ["billing", "Billing", "Billing"]
+    assert report.merged_label_spellings == {"BILLING": "Billing"}
 
 
 def test_one_class_only_is_refused(tmp_path: Path) -> None:
