@@ -55,6 +55,7 @@ EXAMPLE_CHARS = 300
 REPORT_FILES = ("report.json", "report.html", "confusion_matrix.csv", "confusion_matrix.png", "precision_coverage.png",
                 "reliability.png", "misclassified.csv")
 BASELINE_NAME = "TF-IDF + logistic regression"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass
@@ -126,10 +127,10 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     proba = probabilities(predictor, tickets.texts)
     scored = Scored.of(predictor.labels, proba, tickets.labels)
     report = _model_report(predictor, scored, tickets, options.target_precision)
-    report["data"] = _data_section(tickets, data_report, scored)
+    report["data"] = _data_section(tickets, data_report, scored, predictor.manifest)
     report["unknown_labels"] = _unknown_labels(tickets, scored, predictor.labels, proba)
     others = {"baseline": _baseline(predictor.manifest, tickets) if options.baseline else None,
-              "compare": _compare(options, data_path, tickets, predictor)}
+              "compare": _compare(options, data_path, predictor)}
     report.update(_side_by_side_sections(others, scored, options))
     if options.apply_threshold_for_precision is not None:
         report["thresholds_applied"] = apply_thresholds(bundle_dir, predictor, scored, tickets,
@@ -401,8 +402,11 @@ def _routed_at_target(point: dict[str, Any] | None) -> str:
     return "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:.3g})"
 
 
-def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored) -> dict[str, Any]:
+def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored,
+                  manifest: dict[str, Any]) -> dict[str, Any]:
+    trained_on = manifest.get("data", {}).get("train", {}).get("sha256")
     return {**tickets.source, "evaluated": int(len(scored.rows)),
+            "is_training_file": trained_on is not None and trained_on == tickets.source.get("sha256"),
             "dropped": {reason: {"count": len(where), "rows": where} for reason, where in data_report.dropped.items()},
             "label_spellings_matched": data_report.merged_label_spellings,
             "labels_without_test_tickets": sorted(set(scored.classes) - set(scored.y_true))}
@@ -456,14 +460,13 @@ def _baseline(manifest: dict[str, Any], tickets: Tickets) -> tuple[str, str, Sco
     return BASELINE_NAME, f"trained on the bundle's {len(training)} training tickets", scored
 
 
-def _compare(options: EvaluationOptions, data_path: str | Path, tickets: Tickets,
-             predictor: Predictor) -> tuple[str, str, Scored] | None:
-    """The other bundle as it is served (engine auto), reading the test file with its own text options."""
+def _compare(options: EvaluationOptions, data_path: str | Path, predictor: Predictor) -> tuple[str, str, Scored] | None:
+    """The other bundle as it is served (engine auto), reading the test file as that bundle reads it:
+    its own text fields, label spellings and merged classes."""
     if options.compare_bundle is None:
         return None
     other = Predictor.load(options.compare_bundle, "auto")
-    if other.manifest.get("text") != predictor.manifest.get("text"):
-        tickets, _ = load_test_set(data_path, other.manifest, options.label_column, options.text_columns)
+    tickets, _ = load_test_set(data_path, other.manifest, options.label_column, options.text_columns)
     scored = Scored.of(other.labels, probabilities(other, tickets.texts), tickets.labels)
     return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
             scored)
@@ -472,6 +475,9 @@ def _compare(options: EvaluationOptions, data_path: str | Path, tickets: Tickets
 def _warnings(report: dict[str, Any]) -> list[str]:
     """What a reviewer must know before trusting the numbers."""
     warnings = []
+    if report["data"]["is_training_file"]:
+        warnings.append("the test file is the file this model was trained on: these numbers overstate how it "
+                        "does on new tickets; evaluate on tickets kept out of training")
     unknown = report["unknown_labels"]
     if unknown["count"]:
         listed = ", ".join(f"{label!r} ({info['count']})" for label, info in unknown["labels"].items())
@@ -498,7 +504,11 @@ def _warnings(report: dict[str, Any]) -> list[str]:
         warnings.append(f"no baseline: {report['baseline']['reason']}")
     for key, called in (("baseline", "the baseline"), ("compare", "the compared model")):
         other = (report.get(key) or {}).get("metrics")
-        if other and other["macro_f1"] > report["metrics"]["macro_f1"] + 0.01:
+        if other and other["tickets"] != report["metrics"]["tickets"]:
+            warnings.append(f"{called} ({report[key]['name']}) was scored on {other['tickets']} test tickets, this "
+                            f"model on {report['metrics']['tickets']}: their classes differ, so the numbers are not "
+                            "like for like")
+        elif other and other["macro_f1"] > report["metrics"]["macro_f1"] + 0.01:
             warnings.append(f"{called} ({report[key]['name']}) scores a higher macro F1 than this model: "
                             f"{other['macro_f1']:.3f} against {report['metrics']['macro_f1']:.3f}")
     applied = report.get("thresholds_applied")
@@ -571,8 +581,8 @@ def _write_files(output_dir: Path, report: dict[str, Any], scored: Scored, ticke
 def _write_confusion_csv(path: Path, section: dict[str, Any]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
-        writer.writerow(["true \\ predicted", *section["labels"]])
-        writer.writerows([label, *row] for label, row in zip(section["labels"], section["matrix"]))
+        writer.writerow(["true \\ predicted", *map(spreadsheet_safe, section["labels"])])
+        writer.writerows([spreadsheet_safe(label), *row] for label, row in zip(section["labels"], section["matrix"]))
 
 
 def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
@@ -585,8 +595,14 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
         writer.writerow(["id", "text", "true", "predicted", "confidence"])
         for i in wrong:
             row = int(scored.rows[i])
-            writer.writerow([tickets.ids[row], tickets.texts[row], scored.y_true[i], predicted[i],
-                             f"{confidence[i]:.4f}"])
+            writer.writerow([*map(spreadsheet_safe, (tickets.ids[row], tickets.texts[row], scored.y_true[i],
+                                                     predicted[i])), f"{confidence[i]:.4f}"])
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A text cell that Excel or Sheets shows as text: ticket text is customer input, and a cell starting
+    with ``=``, ``+``, ``-``, ``@`` (or a tab or carriage return before one) would run as a formula."""
+    return f"'{cell}" if cell[:1] in FORMULA_STARTS else cell
 
 
 def _make_output_dir(output_dir: Path) -> Path | None:

@@ -17,6 +17,7 @@ from classifier.evaluate import row_normalise  # noqa: E402  (evaluate imports t
 
 DPI = 110
 INCH_PT = 72
+MAX_LABEL_CHARS = 40  # longer class names would squeeze the matrix itself
 COLORS = ("#1f5fa8", "#d9822b", "#5b8c3a", "#8e44ad")
 
 
@@ -24,7 +25,7 @@ def confusion_matrix_png(matrix: np.ndarray, labels: list[str], order: list[int]
     """Rows: true class, normalised to 100 %; cells: ticket counts where the font still fits."""
     order = np.asarray(order, dtype=int)
     counts = matrix[np.ix_(order, order)]
-    names = [labels[i] for i in order]
+    names = [_short(labels[i]) for i in order]
     n = len(names)
     cell = 0.24 if n > 40 else 0.34 if n > 15 else 0.6  # inches
     label_room = 0.6 + 0.065 * max(len(name) for name in names) * _tick_size(n) / 8
@@ -45,6 +46,11 @@ def confusion_matrix_png(matrix: np.ndarray, labels: list[str], order: list[int]
     ax.set_title("Confusion matrix: each row is one true class (sums to 100 %); numbers are tickets.\n"
                  "Classes that get confused are placed next to each other.", fontsize=11, loc="left", pad=10)
     return _png(fig)
+
+
+def _short(label: str) -> str:
+    """A label cut to fit beside the matrix (the report's tables keep the whole name)."""
+    return label if len(label) <= MAX_LABEL_CHARS else label[:MAX_LABEL_CHARS - 1] + "…"
 
 
 def _tick_size(n: int) -> float:

@@ -231,10 +231,12 @@ def _how_to(report: dict[str, Any]) -> str:
     applied = report.get("thresholds_applied")
     done = (f"<p><b>Per-class thresholds for {applied['target_precision']:.0%} precision were written to the "
             f"bundle</b> at {escape(applied['set_at'])}.</p>" if applied else "")
-    command = (f"ticketclf evaluate {report['model']['bundle']} --data {report['data']['path']} "
+    command = (f"ticketclf evaluate {report['model']['bundle']} --data HOLDOUT_FILE "
                f"--output REPORT_DIR --apply-threshold-for-precision {target}")
     return (f"<h2>Setting the thresholds</h2>{done}<p>To make the service send every ticket below its class's "
-            f"threshold to review, write the per-class thresholds into the bundle:</p>"
+            f"threshold to review, write the per-class thresholds into the bundle. Measure them on labelled "
+            f"tickets kept out of training other than this test file, so that this report stays an honest "
+            f"estimate of what they give:</p>"
             f"<p><code>{escape(command)}</code></p>"
             f"<p class='note'>Files: {escape(', '.join(report.get('files', [])))}</p>")
 

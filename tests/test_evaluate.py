@@ -11,6 +11,7 @@ import copy
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from classifier.baseline import fit_baseline
-from classifier.bundle import read_manifest
+from classifier.bundle import read_manifest, write_manifest
 from classifier.cli import main
 from classifier.data import load_tickets, reload_training_split
 from classifier.errors import UserError
@@ -194,6 +195,28 @@ def test_baseline_and_compare_side_by_side(evaluated, exported_bundle, tiny_bund
         assert set(section["f1_delta"]) == set(manifest["labels"])
         for label, delta in section["f1_delta"].items():
             assert delta == pytest.approx(own[label] - section["per_class_f1"][label])
+
+
+def test_a_compared_bundle_reads_the_test_file_with_its_own_labels(exported_bundle, tiny_bundle, test_csv,
+                                                                   tmp_path):
+    def compared_with(rename: dict[str, str]) -> dict:
+        other = tmp_path / "-".join(rename.values())
+        shutil.copytree(tiny_bundle, other)
+        manifest = read_manifest(other)
+        manifest["labels"] = [rename.get(label, label) for label in manifest["labels"]]
+        write_manifest(other, manifest)
+        options = EvaluationOptions(compare_bundle=other, baseline=False)
+        return evaluate(exported_bundle, test_csv, tmp_path / f"report-{other.name}", options)
+
+    # The same classes spelled differently: every test ticket counts for both models.
+    report = compared_with({"billing": "Billing"})
+    assert report["compare"]["metrics"]["tickets"] == report["metrics"]["tickets"] == 10 * PER_CLASS
+    assert not any("not like for like" in warning for warning in report["warnings"])
+    # A class the other model does not have: its numbers cover fewer tickets, and the report says so.
+    report = compared_with({"billing": "invoices"})
+    assert report["compare"]["metrics"]["tickets"] == 9 * PER_CLASS
+    assert any(f"scored on {9 * PER_CLASS} test tickets, this model on {10 * PER_CLASS}" in warning
+               for warning in report["warnings"])
 
 
 # ---------------------------------------------------------------- files and pictures
@@ -384,12 +407,51 @@ def test_cluster_order_puts_confused_classes_together():
     assert abs(order.index(1) - order.index(5)) == 1
 
 
-def test_test_tickets_of_merged_classes_count_as_other(tmp_path: Path) -> None:
+@pytest.mark.parametrize("test_labels, model_labels, merged, expected", [
+    (["billing", "data_export", "integrations"], ["billing", "other"], ["data_export", "integrations"],
+     ["billing", "other", "other"]),
+    # Any spelling of a merged class, or of the data's own catch-all class, lands in that class.
+    (["Billing", "LEGAL", "Other"], ["Other", "billing"], ["Legal"], ["billing", "Other", "Other"])])
+def test_test_tickets_of_merged_classes_count_as_other(tmp_path: Path, test_labels, model_labels, merged,
+                                                       expected) -> None:
     path = tmp_path / "test.csv"
     with path.open("w", newline="") as handle:
-        csv.writer(handle).writerows([["text", "label"], ["refund please", "billing"],
-                                      ["export my data", "data_export"], ["zapier is down", "integrations"]])
-    manifest = {"labels": ["billing", "other"], "text": {"fields": ["text"]},
-                "data_options": {"merged_into_other": ["data_export", "integrations"]}}
+        csv.writer(handle).writerows([["text", "label"],
+                                      *([f"ticket {i}", label] for i, label in enumerate(test_labels))])
+    manifest = {"labels": model_labels, "text": {"fields": ["text"]}, "data_options": {"merged_into_other": merged}}
     tickets, _ = load_test_set(path, manifest, "label")
-    assert tickets.labels == ["billing", "other", "other"]
+    assert tickets.labels == expected
+
+
+def test_report_csvs_show_ticket_text_as_text_not_formulas(tmp_path: Path) -> None:
+    from classifier.data import Tickets
+    from classifier.evaluate import Scored, _write_misclassified
+
+    tickets = Tickets(['=HYPERLINK("http://x.example","refund")', "+1 555 0100 call me", "fine"],
+                      ["a", "b", "a"], ["@1", "-2", "3"])
+    scored = Scored.of(["a", "b"], np.array([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4]]), tickets.labels)
+    _write_misclassified(tmp_path / "misclassified.csv", scored, tickets)
+    with open(tmp_path / "misclassified.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[1:] == [["'@1", '\'=HYPERLINK("http://x.example","refund")', "a", "b", "0.9000"],
+                        ["'-2", "'+1 555 0100 call me", "b", "a", "0.8000"]]
+
+
+def test_evaluating_on_the_training_file_is_flagged(evaluated, exported_bundle, tiny_csv, tmp_path):
+    assert not evaluated[0]["data"]["is_training_file"]
+    report = evaluate(exported_bundle, tiny_csv, tmp_path / "report", EvaluationOptions(baseline=False))
+    assert report["data"]["is_training_file"]
+    assert any("the file this model was trained on" in warning for warning in report["warnings"])
+
+
+def test_a_very_long_class_name_does_not_crowd_out_the_confusion_matrix() -> None:
+    import io
+
+    from classifier.plots import confusion_matrix_png
+
+    def width(labels: list[str]) -> int:
+        return Image.open(io.BytesIO(confusion_matrix_png(np.eye(3, dtype=int) * 5, labels, [0, 1, 2]))).width
+
+    forty = "a class name of exactly forty characters"
+    # Cut to about forty characters: the picture is as wide as with a forty-character name (not 5 times wider).
+    assert width(["a", "b", forty + " and then a great deal more " * 10]) < 1.05 * width(["a", "b", forty])
