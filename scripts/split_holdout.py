@@ -1,18 +1,52 @@
-"""Split a labelled CSV into a training file and a held-out test file, stratified by label.
+"""Split a labelled ticket export into a training file and a held-out test file, stratified by label.
 
     python scripts/split_holdout.py data/tickets.csv --test runs/test.csv --train runs/train.csv
 
-All columns are kept, so the test file reads like the export it came from.
+Reads every format training reads (CSV with any delimiter or BOM, TSV, JSON, JSONL, gzipped) and
+finds the label column the same way; both outputs are CSV with all the input's columns, so the
+test file reads like the export it came from. A class with a single ticket, and rows without a
+label, go to the training file (training reports them).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
-from sklearn.model_selection import train_test_split
+from classifier.data import Tickets, read_records, resolve_columns, stratified_split
+from classifier.errors import UserError
+
+
+def split(data: Path, train_path: Path, test_path: Path, label_column: str | None, text_columns: list[str] | None,
+          test_fraction: float, seed: int) -> tuple[int, int]:
+    """Write the two files; return how many rows each got."""
+    if not 0 < test_fraction < 1:
+        raise UserError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+    if data.resolve() in (train_path.resolve(), test_path.resolve()):
+        raise UserError(f"{data}: would be overwritten; write the split to other files")
+    records = [record for _, record in read_records(data)]
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    # A JSON object's fields are also read as dotted columns (ticket.subject): those are the ones to keep.
+    objects = {key for record in records for key, value in record.items() if isinstance(value, dict)}
+    columns = [column for column in columns if column not in objects]
+    label = resolve_columns(columns, data, text_columns, label_column).label_column
+    labels = [str(record.get(label) or "").strip() for record in records]
+    labelled = [i for i, value in enumerate(labels) if value]
+    rows = Tickets([str(i) for i in labelled], [labels[i] for i in labelled], [str(i) for i in labelled])
+    train, test = stratified_split(rows, test_fraction, seed)  # the split training itself uses
+    test_rows = {int(i) for i in test.ids}
+    train_rows = [i for i in range(len(records)) if i not in test_rows]
+    for path, part in ((train_path, train_rows), (test_path, sorted(test_rows))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as out:
+            writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({key: json.dumps(value) if isinstance(value, list) else value
+                              for key, value in records[i].items()} for i in part)
+    return len(train_rows), len(test_rows)
 
 
 def main() -> int:
@@ -20,22 +54,19 @@ def main() -> int:
     parser.add_argument("data", type=Path)
     parser.add_argument("--train", type=Path, required=True)
     parser.add_argument("--test", type=Path, required=True)
-    parser.add_argument("--label-column", default="category")
+    parser.add_argument("--label-column", help="default: detected as training does (category, label, queue, ...)")
+    parser.add_argument("--text-columns", type=lambda value: [v.strip() for v in value.split(",") if v.strip()],
+                        help="comma-separated; default: detected as training does")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    with open(args.data, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        fields, rows = reader.fieldnames or [], list(reader)
-    train, test = train_test_split(rows, test_size=args.test_fraction, random_state=args.seed,
-                                   stratify=[row[args.label_column] for row in rows])
-    for path, part in ((args.train, train), (args.test, test)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as out:
-            writer = csv.DictWriter(out, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(part)
-    print(f"{len(train)} training and {len(test)} test tickets from {args.data}")
+    try:
+        n_train, n_test = split(args.data, args.train, args.test, args.label_column, args.text_columns,
+                                args.test_fraction, args.seed)
+    except UserError as error:
+        print(f"split_holdout: error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(f"{n_train} training and {n_test} test tickets from {args.data}")
     return 0
 
 
