@@ -410,7 +410,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     texts, labels, ids = [], [], []
     for row, record, text in _cleaned_rows(records, mapping, text_options, path):
-        label = _label_value(record.get(mapping.label_column)) if mapping.label_column else ""
+        label = label_value(record.get(mapping.label_column)) if mapping.label_column else ""
         if not text:
             report.drop("no text after cleaning", where(path, row))
         elif mapping.label_column and not label:
@@ -495,7 +495,8 @@ def _records_and_columns(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], 
     return records, list(dict.fromkeys(key for _, record in records for key in record))
 
 
-def _label_value(value: Any) -> str:
+def label_value(value: Any) -> str:
+    """A label cell as text: stripped, and empty for a missing value (None, NaN)."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
     return str(value).strip()
@@ -592,7 +593,7 @@ def prepare_data(train_path: str | Path, validation_path: str | Path | None = No
     else:
         validation, _ = load_tickets(validation_path, options, label_column, report)
         validation = _keep_training_labels(
-            relabel_like_training(validation, set(train.labels), report.merged_into_other, report),
+            relabel_like_training(validation, train.labels, report.merged_into_other, report.other_label, report),
             set(train.labels), report, validation_path)
         report.split = {"method": "file", "path": str(validation_path)}
     labels = sorted(set(train.labels))
@@ -650,14 +651,14 @@ def merge_into_other(tickets: Tickets, merged: Iterable[str], other: str = OTHER
                    tickets.ids, tickets.source)
 
 
-def relabel_like_training(tickets: Tickets, labels: Iterable[str], merged: Iterable[str],
+def relabel_like_training(tickets: Tickets, labels: Iterable[str], merged: Iterable[str], other: str,
                           report: DataReport) -> Tickets:
     """Another file's labels (validation, test) as training left them: each spelled as training spelled
     it (its classes ``labels`` and the rare classes it ``merged``), then the merged ones renamed to
-    training's catch-all class."""
+    training's catch-all class ``other``."""
     labels, merged = list(labels), list(merged)
     matched = match_label_spellings(tickets, labels + merged, report)
-    return merge_into_other(matched, merged, other_label(labels))
+    return merge_into_other(matched, merged, other)
 
 
 def _keep_training_labels(tickets: Tickets, known: set[str], report: DataReport, path: str | Path) -> Tickets:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,8 +36,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from classifier import bundle
-from classifier.data import (DataReport, Tickets, load_tickets, relabel_like_training, reload_training_split,
-                             with_text_columns)
+from classifier.data import (OTHER_LABEL, DataReport, Tickets, load_tickets, relabel_like_training,
+                             reload_training_split, with_text_columns)
 from classifier.errors import UserError
 from classifier.predict import Predictor, resolve_engine
 from classifier.text import TextOptions
@@ -56,6 +57,7 @@ REPORT_FILES = ("report.json", "report.html", "confusion_matrix.csv", "confusion
                 "reliability.png", "misclassified.csv")
 BASELINE_NAME = "TF-IDF + logistic regression"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 
 
 @dataclass
@@ -130,7 +132,7 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     report["data"] = _data_section(tickets, data_report, scored, predictor.manifest)
     report["unknown_labels"] = _unknown_labels(tickets, scored, predictor.labels, proba)
     others = {"baseline": _baseline(predictor.manifest, tickets) if options.baseline else None,
-              "compare": _compare(options, data_path, predictor)}
+              "compare": _compare(options, data_path, tickets.source["label_column"])}
     report.update(_side_by_side_sections(others, scored, options))
     if options.apply_threshold_for_precision is not None:
         report["thresholds_applied"] = apply_thresholds(bundle_dir, predictor, scored, tickets,
@@ -173,8 +175,9 @@ def load_test_set(data_path: str | Path, manifest: dict[str, Any], label_column:
     text_options = with_text_columns(TextOptions.from_dict(manifest.get("text", {})), text_columns)
     tickets, _ = load_tickets(data_path, text_options, label_column, data_report)
     # Test tickets of the classes training merged count as "other", as they did in validation.
-    merged = (manifest.get("data_options") or {}).get("merged_into_other", ())
-    return relabel_like_training(tickets, manifest["labels"], merged, data_report), data_report
+    data_options = manifest.get("data_options") or {}
+    merged, other = data_options.get("merged_into_other", ()), data_options.get("other_label", OTHER_LABEL)
+    return relabel_like_training(tickets, manifest["labels"], merged, other, data_report), data_report
 
 
 def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
@@ -460,13 +463,13 @@ def _baseline(manifest: dict[str, Any], tickets: Tickets) -> tuple[str, str, Sco
     return BASELINE_NAME, f"trained on the bundle's {len(training)} training tickets", scored
 
 
-def _compare(options: EvaluationOptions, data_path: str | Path, predictor: Predictor) -> tuple[str, str, Scored] | None:
-    """The other bundle as it is served (engine auto), reading the test file as that bundle reads it:
-    its own text fields, label spellings and merged classes."""
+def _compare(options: EvaluationOptions, data_path: str | Path, label_column: str) -> tuple[str, str, Scored] | None:
+    """The other bundle as it is served (engine auto), reading the test file as that bundle reads it (its
+    own text fields, label spellings and merged classes), with the labels the evaluated model is scored on."""
     if options.compare_bundle is None:
         return None
     other = Predictor.load(options.compare_bundle, "auto")
-    tickets, _ = load_test_set(data_path, other.manifest, options.label_column, options.text_columns)
+    tickets, _ = load_test_set(data_path, other.manifest, label_column, options.text_columns)
     scored = Scored.of(other.labels, probabilities(other, tickets.texts), tickets.labels)
     return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
             scored)
@@ -506,9 +509,9 @@ def _warnings(report: dict[str, Any]) -> list[str]:
         other = (report.get(key) or {}).get("metrics")
         if other and other["tickets"] != report["metrics"]["tickets"]:
             warnings.append(f"{called} ({report[key]['name']}) was scored on {other['tickets']} test tickets, this "
-                            f"model on {report['metrics']['tickets']}: their classes differ, so the numbers are not "
-                            "like for like")
-        elif other and other["macro_f1"] > report["metrics"]["macro_f1"] + 0.01:
+                            f"model on {report['metrics']['tickets']} (their classes or text fields differ): the "
+                            "numbers are not like for like")
+        if other and other["macro_f1"] > report["metrics"]["macro_f1"] + 0.01:
             warnings.append(f"{called} ({report[key]['name']}) scores a higher macro F1 than this model: "
                             f"{other['macro_f1']:.3f} against {report['metrics']['macro_f1']:.3f}")
     applied = report.get("thresholds_applied")
@@ -601,8 +604,9 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
 
 def spreadsheet_safe(cell: str) -> str:
     """A text cell that Excel or Sheets shows as text: ticket text is customer input, and a cell starting
-    with ``=``, ``+``, ``-``, ``@`` (or a tab or carriage return before one) would run as a formula."""
-    return f"'{cell}" if cell[:1] in FORMULA_STARTS else cell
+    with ``=``, ``+``, ``-``, ``@`` (or a tab or carriage return before one) would run as a formula. A plain
+    number (an id of -2) cannot, and stays as it is so the file still joins with the export."""
+    return f"'{cell}" if cell[:1] in FORMULA_STARTS and not PLAIN_NUMBER.fullmatch(cell) else cell
 
 
 def _make_output_dir(output_dir: Path) -> Path | None:

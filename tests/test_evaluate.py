@@ -204,6 +204,7 @@ def test_a_compared_bundle_reads_the_test_file_with_its_own_labels(exported_bund
         shutil.copytree(tiny_bundle, other)
         manifest = read_manifest(other)
         manifest["labels"] = [rename.get(label, label) for label in manifest["labels"]]
+        manifest["data"]["train"]["label_column"] = "queue"  # not in the test file: scored on the same labels
         write_manifest(other, manifest)
         options = EvaluationOptions(compare_bundle=other, baseline=False)
         return evaluate(exported_bundle, test_csv, tmp_path / f"report-{other.name}", options)
@@ -407,34 +408,40 @@ def test_cluster_order_puts_confused_classes_together():
     assert abs(order.index(1) - order.index(5)) == 1
 
 
-@pytest.mark.parametrize("test_labels, model_labels, merged, expected", [
-    (["billing", "data_export", "integrations"], ["billing", "other"], ["data_export", "integrations"],
+@pytest.mark.parametrize("test_labels, model_labels, merged, other, expected", [
+    (["billing", "data_export", "integrations"], ["billing", "other"], ["data_export", "integrations"], "other",
      ["billing", "other", "other"]),
     # Any spelling of a merged class, or of the data's own catch-all class, lands in that class.
-    (["Billing", "LEGAL", "Other"], ["Other", "billing"], ["Legal"], ["billing", "Other", "Other"])])
-def test_test_tickets_of_merged_classes_count_as_other(tmp_path: Path, test_labels, model_labels, merged,
+    (["Billing", "LEGAL", "Other"], ["Other", "billing"], ["Legal"], "Other", ["billing", "Other", "Other"]),
+    # A bundle from before the catch-all's spelling was recorded merged into "other".
+    (["legal", "Other"], ["Other", "billing", "other"], ["legal"], None, ["other", "Other"])])
+def test_test_tickets_of_merged_classes_count_as_other(tmp_path: Path, test_labels, model_labels, merged, other,
                                                        expected) -> None:
     path = tmp_path / "test.csv"
     with path.open("w", newline="") as handle:
         csv.writer(handle).writerows([["text", "label"],
                                       *([f"ticket {i}", label] for i, label in enumerate(test_labels))])
-    manifest = {"labels": model_labels, "text": {"fields": ["text"]}, "data_options": {"merged_into_other": merged}}
+    data_options = {"merged_into_other": merged, **({"other_label": other} if other else {})}
+    manifest = {"labels": model_labels, "text": {"fields": ["text"]}, "data_options": data_options}
     tickets, _ = load_test_set(path, manifest, "label")
     assert tickets.labels == expected
 
 
 def test_report_csvs_show_ticket_text_as_text_not_formulas(tmp_path: Path) -> None:
     from classifier.data import Tickets
-    from classifier.evaluate import Scored, _write_misclassified
+    from classifier.evaluate import Scored, _write_confusion_csv, _write_misclassified
 
     tickets = Tickets(['=HYPERLINK("http://x.example","refund")', "+1 555 0100 call me", "fine"],
-                      ["a", "b", "a"], ["@1", "-2", "3"])
+                      ["a", "b", "a"], ["@1", "-2", "3"])  # a plain number stays, so the file joins by id
     scored = Scored.of(["a", "b"], np.array([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4]]), tickets.labels)
     _write_misclassified(tmp_path / "misclassified.csv", scored, tickets)
     with open(tmp_path / "misclassified.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     assert rows[1:] == [["'@1", '\'=HYPERLINK("http://x.example","refund")', "a", "b", "0.9000"],
-                        ["'-2", "'+1 555 0100 call me", "b", "a", "0.8000"]]
+                        ["-2", "'+1 555 0100 call me", "b", "a", "0.8000"]]
+    _write_confusion_csv(tmp_path / "matrix.csv", {"labels": ["-1", "=cmd|' /C calc'!A0"], "matrix": [[1, 0], [0, 1]]})
+    with open(tmp_path / "matrix.csv", newline="", encoding="utf-8") as handle:
+        assert list(csv.reader(handle))[0] == ["true \\ predicted", "-1", "'=cmd|' /C calc'!A0"]
 
 
 def test_evaluating_on_the_training_file_is_flagged(evaluated, exported_bundle, tiny_csv, tmp_path):

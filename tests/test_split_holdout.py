@@ -45,14 +45,28 @@ def test_nested_json_is_written_as_the_dotted_columns_training_reads(tmp_path: P
     assert list(read(tmp_path / "test.csv")[0]) == ["ticket.subject", "ticket.body", "group"]
 
 
+def test_numeric_labels_including_zero_are_stratified(tmp_path: Path) -> None:
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(f'{{"text": "ticket {i}", "label": {i % 2}}}\n' for i in range(20)))
+    result = run(export, "--train", tmp_path / "train.csv", "--test", tmp_path / "test.csv", "--test-fraction", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert Counter(row["label"] for row in read(tmp_path / "test.csv")) == {"0": 3, "1": 3}
+
+
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     export = tmp_path / "export.csv"
-    export.write_text("text,category\nhello,a\n")
+    export.write_text("text,category\nhello,a\nbye,b\n")
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text('{"text": ["charged", "twice"], "category": "billing"}\n')
     for args, message in ((("--label-column", "queue"), "label column 'queue' not found"),
                           (("--test-fraction", "1.5"), "--test-fraction must be between 0 and 1"),
-                          (("--train", export), "would be overwritten")):
+                          (("--train", export), "must be three different files"),
+                          (("--train", tmp_path / "test.csv"), "must be three different files"),
+                          ((), "no class has two tickets")):
         result = run(export, "--train", tmp_path / "train.csv", "--test", tmp_path / "test.csv", *args)
         assert result.returncode == 2 and message in result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    result = run(tmp_path / "missing.csv", "--train", tmp_path / "train.csv", "--test", tmp_path / "test.csv")
-    assert result.returncode == 2 and "file not found" in result.stderr
+    for data, message in ((tmp_path / "missing.csv", "file not found"),
+                          (listed, "listed.jsonl, row 1, column 'text': holds a JSON list")):
+        result = run(data, "--train", tmp_path / "train.csv", "--test", tmp_path / "test.csv")
+        assert result.returncode == 2 and message in result.stderr

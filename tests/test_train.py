@@ -23,6 +23,8 @@ def test_bundle_manifest_is_complete(tiny_bundle: Path, tiny_csv: Path) -> None:
     assert manifest["schema_version"] == SCHEMA_VERSION
     assert manifest["labels"] == sorted(manifest["labels"]) and len(manifest["labels"]) >= 8
     assert manifest["text"]["fields"] == ["subject", "body"]
+    # What evaluation needs to read a test file as training read this one.
+    assert manifest["data_options"]["merged_into_other"] == [] and manifest["data_options"]["other_label"] == "other"
     assert manifest["max_length"] == 96
     train_info = manifest["data"]["train"]
     assert train_info["path"] == str(tiny_csv) and len(train_info["sha256"]) == 64
