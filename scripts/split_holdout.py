@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from classifier.data import Tickets, read_records, resolve_columns, stratified_split
-from classifier.errors import UserError
+from classifier.data import Tickets, label_value, read_records, resolve_columns, stratified_split
+from classifier.errors import UserError, where
 
 
 def split(data: Path, train_path: Path, test_path: Path, label_column: str | None, text_columns: list[str] | None,
@@ -25,28 +25,45 @@ def split(data: Path, train_path: Path, test_path: Path, label_column: str | Non
     """Write the two files; return how many rows each got."""
     if not 0 < test_fraction < 1:
         raise UserError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
-    if data.resolve() in (train_path.resolve(), test_path.resolve()):
-        raise UserError(f"{data}: would be overwritten; write the split to other files")
-    records = [record for _, record in read_records(data)]
+    if len({data.resolve(), train_path.resolve(), test_path.resolve()}) < 3:
+        raise UserError(f"{data}: the input, --train and --test must be three different files")
+    numbered = list(read_records(data))
+    records = [record for _, record in numbered]
     columns = list(dict.fromkeys(key for record in records for key in record))
     # A JSON object's fields are also read as dotted columns (ticket.subject): those are the ones to keep.
     objects = {key for record in records for key, value in record.items() if isinstance(value, dict)}
     columns = [column for column in columns if column not in objects]
-    label = resolve_columns(columns, data, text_columns, label_column).label_column
-    labels = [str(record.get(label) or "").strip() for record in records]
+    mapping = resolve_columns(columns, data, text_columns, label_column)
+    _refuse_lists(numbered, [*mapping.text_columns, mapping.label_column], data)
+    labels = [label_value(record.get(mapping.label_column)) for record in records]
     labelled = [i for i, value in enumerate(labels) if value]
     rows = Tickets([str(i) for i in labelled], [labels[i] for i in labelled], [str(i) for i in labelled])
     train, test = stratified_split(rows, test_fraction, seed)  # the split training itself uses
     test_rows = {int(i) for i in test.ids}
+    if not test_rows:
+        raise UserError(f"{data}: no class has two tickets, so none can be held out for testing")
     train_rows = [i for i in range(len(records)) if i not in test_rows]
-    for path, part in ((train_path, train_rows), (test_path, sorted(test_rows))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as out:
-            writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({key: json.dumps(value) if isinstance(value, list) else value
-                              for key, value in records[i].items()} for i in part)
+    _write_csv(train_path, columns, [records[i] for i in train_rows])
+    _write_csv(test_path, columns, [records[i] for i in sorted(test_rows)])
     return len(train_rows), len(test_rows)
+
+
+def _write_csv(path: Path, columns: list[str], records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")  # objects: as dotted columns
+        writer.writeheader()
+        writer.writerows({key: json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
+                          for key, value in record.items()} for record in records)
+
+
+def _refuse_lists(numbered: list[tuple[int, dict]], columns: list[str | None], data: Path) -> None:
+    """A JSON list in a text or label column: training refuses it, so a CSV must not hide it as text."""
+    for row, record in numbered:
+        for column in columns:
+            if isinstance(record.get(column), list):
+                raise UserError(f"{where(data, row, column)}: holds a JSON list, not text; use another "
+                                "column or flatten the export")
 
 
 def main() -> int:
