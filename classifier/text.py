@@ -12,7 +12,6 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from html.parser import HTMLParser
 from typing import Any
 
 from classifier.errors import UserError
@@ -34,6 +33,10 @@ _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "h1", "h2", "h
                "blockquote", "pre", "hr"}
 _SKIPPED_TAGS = {"script", "style", "head", "title"}
 _SKIPPED_TAG_END = re.compile(r"<\s*/\s*(" + "|".join(sorted(_SKIPPED_TAGS)) + r")\s*>", re.IGNORECASE)
+_SKIPPED_END = {tag: re.compile(rf"<\s*/\s*{tag}\s*>", re.IGNORECASE) for tag in _SKIPPED_TAGS}
+# A tag, a comment's start, or a declaration; none reaches past the next "<", which keeps a pass linear.
+_MARKUP = re.compile(r"<(?:(?P<end>/)?(?P<tag>[a-zA-Z][^\s/<>]*)(?P<attributes>[^<>]*)>"
+                     r"|(?P<comment>!--)|![^<>]*>|\?[^<>]*>)")
 
 # "On Tue, 3 Mar 2026 at 10:14, Support <s@example.com> wrote:" (mail clients may wrap it
 # over two lines), Outlook's "-----Original Message-----" and "From: ... Sent: ..." headers.
@@ -132,13 +135,48 @@ def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:
 
 
 def html_to_text(markup: str) -> str:
-    """Extract readable text from an HTML fragment, one line per block element."""
+    """Extract readable text from an HTML fragment, one line per block element.
+
+    One pass over the markup with regular expressions that never look past the next ``<``, so
+    the time is linear in the input whatever it holds (the standard library's ``HTMLParser``
+    takes quadratic time on unclosed tags before Python 3.11.13 and raises on some malformed
+    declarations). Helpdesk HTML is simple: tags, comments, declarations and entities.
+    """
+    chunks: list[str] = []
     # "Where do I paste the <style> snippet?" is text that names a tag: only a closed <style> hides
     # what it holds, or one word would silence the rest of the ticket.
-    parser = _TextExtractor({tag.lower() for tag in _SKIPPED_TAG_END.findall(markup)})
-    parser.feed(markup)
-    parser.close()
-    return html.unescape("".join(parser.chunks))
+    skippable = {tag.lower() for tag in _SKIPPED_TAG_END.findall(markup)}
+    comments_close = True  # False once no "-->" is left: later "<!--" are text
+    pos = 0
+    while (match := _MARKUP.search(markup, pos)) is not None:
+        chunks.append(markup[pos:match.start()])
+        pos = match.end()
+        if match["comment"]:
+            end = markup.find("-->", pos) if comments_close else -1
+            if end >= 0:
+                pos = end + 3
+            else:
+                comments_close = False
+                chunks.append(match[0])
+            continue
+        tag = (match["tag"] or "").lower()
+        if not tag:
+            continue  # <!DOCTYPE ...>, <![CDATA[ ...]]>, <?xml ...?>: nothing to read
+        if tag not in _HTML_TAGS or (tag in _SKIPPED_TAGS and tag not in skippable):
+            chunks.append(match[0])  # "<Connection refused>" in an HTML ticket is text
+        elif match["end"]:
+            chunks.append("\n" if tag in _BLOCK_TAGS else "")
+        elif tag in _SKIPPED_TAGS:
+            closing = _SKIPPED_END[tag].search(markup, pos)
+            if closing is None:
+                skippable.discard(tag)  # its only closing tag came before: the rest is text to read
+            else:
+                pos = closing.end()
+        elif tag in _BLOCK_TAGS:
+            self_closing = match["attributes"].rstrip().endswith("/")
+            chunks.append("\n\n" if self_closing else "\n")  # <br/>: a start and an end tag
+    chunks.append(markup[pos:])
+    return html.unescape("".join(chunks))
 
 
 def strip_quoted_replies(text: str) -> str:
@@ -244,49 +282,6 @@ def _as_str(value: Any, name: str) -> str:
     if isinstance(value, float) and value != value:  # NaN from a spreadsheet's empty cell
         return ""
     return str(value)
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self, skippable: set[str]) -> None:
-        super().__init__(convert_charrefs=False)
-        self.chunks: list[str] = []
-        self._skippable = skippable
-        self._skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag not in _HTML_TAGS or (tag in _SKIPPED_TAGS and tag not in self._skippable):
-            self.handle_data(self.get_starttag_text() or "")  # "<Connection refused>" in an HTML ticket is text
-        elif tag in _SKIPPED_TAGS:
-            self._skipping += 1
-        elif tag in _BLOCK_TAGS:
-            self.chunks.append("\n")
-
-    def set_cdata_mode(self, elem: str, *args: Any, **kwargs: Any) -> None:
-        if elem in self._skippable:  # an unclosed <script> would otherwise swallow the rest as raw text
-            super().set_cdata_mode(elem, *args, **kwargs)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)  # "<br/>"; an unknown "<x/>" is kept once, as written
-        if tag in _HTML_TAGS:
-            self.handle_endtag(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag not in _HTML_TAGS:
-            self.handle_data(f"</{tag}>")
-        elif tag in _SKIPPED_TAGS:
-            self._skipping = max(0, self._skipping - 1)
-        elif tag in _BLOCK_TAGS:
-            self.chunks.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.chunks.append(data)
-
-    def handle_entityref(self, name: str) -> None:
-        self.handle_data(f"&{name};")
-
-    def handle_charref(self, name: str) -> None:
-        self.handle_data(f"&#{name};")
 
 
 __all__ = ["FIELD_SEPARATOR", "TextOptions", "clean_text", "field_key", "html_to_text", "nested_fields", "strip_quoted_replies",

@@ -131,6 +131,16 @@ def test_closed_script_and_style_are_still_dropped() -> None:
     assert clean_text("<p>x</p><script>var a = '<p>';</script><style>p {}</style><p>Hi</p>") == "x Hi"
 
 
+@pytest.mark.parametrize(("raw", "cleaned"), [
+    ("<p>Hi</p><![x unknown section", "Hi <![x unknown section"),  # HTMLParser raised AssertionError
+    ("<p>Hi</p><![if !supportLists]>- item<![endif]>", "Hi - item"),
+    ("<!DOCTYPE html><?xml version='1.0'?><p>Hi</p><!-- unclosed comment", "Hi <!-- unclosed comment"),
+    ("<p>Hi <!-- a note --> there</p><!--[if mso]><o:p>x</o:p><![endif]-->", "Hi there"),
+])
+def test_declarations_and_comments_are_dropped_and_malformed_ones_never_raise(raw: str, cleaned: str) -> None:
+    assert clean_text(raw) == cleaned
+
+
 def test_a_line_ending_in_wrote_inside_the_message_is_not_a_reply_header() -> None:
     body = ("Hi team,\nOn Monday I upgraded to the Pro plan and my card was charged twice.\n"
             "Your colleague Anna wrote:\n\"we will refund the second charge\"\nbut nothing has happened since.")
@@ -142,6 +152,10 @@ def test_a_line_ending_in_wrote_inside_the_message_is_not_a_reply_header() -> No
     "help me\nThanks\nJohn" + " " * 200_000 + "Smith",  # a "name" line of spaces after a sign-off
     "From: a\n" * 50_000,
     ("On " + "a" * 290 + "\n") * 2_000 + "wrote:",
+    "<p>x</p>" + "<a" * 200_000,  # unclosed tags, comments and end tags: quadratic in Python's HTMLParser
+    "<p>x</p>" + "<!--" * 100_000,
+    "<p>x</p>" + "</" * 200_000,
+    "<p>x</p><style>" + "<a " * 100_000,
 ])
 def test_cleaning_takes_time_in_proportion_to_the_input(raw: str) -> None:
     # These took minutes to hours with patterns that rescanned the rest of the text at each line;
