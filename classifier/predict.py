@@ -333,8 +333,11 @@ class TorchEngine:
             import torch
             from transformers import AutoModelForSequenceClassification
         except ImportError:
-            raise UserError(f"{bundle_dir}: bundle has no ONNX model and torch is not installed; run "
-                            "'ticketclf export' on a machine with the training extra") from None
+            exported = any(bundle.onnx_path(bundle_dir, quantized).is_file() for quantized in (True, False))
+            raise UserError(f"{bundle_dir}: the PyTorch engine needs torch, which is not installed; "
+                            + ("serve the bundle's ONNX model instead (engine auto, int8 or fp32)" if exported else
+                               "the bundle has no ONNX model: run 'ticketclf export' on a machine with the "
+                               "training extra")) from None
         torch.set_num_threads(threads)
         self._torch = torch
         self.model = AutoModelForSequenceClassification.from_pretrained(bundle_dir).eval()

@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, g, request
 from service import metrics
 
 access_log = logging.getLogger("ticketclf.access")
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # a caller's id is echoed only if it is harmless
 
 
@@ -43,7 +44,8 @@ def _start() -> None:
 def _finish(response: Response) -> Response:
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
     route = request.url_rule.rule if request.url_rule else "unmatched"  # bounded label values
-    metrics.record_request(route, request.method, response.status_code, seconds)
+    method = request.method if request.method in _HTTP_METHODS else "other"  # any caller may invent one
+    metrics.record_request(route, method, response.status_code, seconds)
     response.headers["X-Request-ID"] = g.get("request_id", "")
     if current_app.config["ACCESS_LOG"]:
         access_log.info(json.dumps(_entry(response, seconds), ensure_ascii=False))

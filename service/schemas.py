@@ -210,7 +210,8 @@ def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
     """
     if not isinstance(body, dict):
         return None
-    given = {key for key, value in body.items() if value is not None}  # null counts as absent, as in a ticket
+    # Null counts as absent, as in a ticket; keys in any case, as a ticket's fields are read ("Text").
+    given = {key.lower() for key, value in body.items() if value is not None}
     present = [shape for shape, keys in (("batch", {"tickets"}), ("zendesk", {"ticket"}),
                                          ("single", {"text", *text_fields})) if keys & given]
     if len(present) > 1:

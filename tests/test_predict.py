@@ -233,6 +233,17 @@ def test_serving_path_imports_neither_torch_nor_transformers(exported_bundle: Pa
     assert engine.endswith(".onnx") and heavy == "[]"
 
 
+def test_the_torch_engine_without_torch_says_what_to_serve_instead(exported_bundle: Path, tiny_bundle: Path) -> None:
+    code = ("import sys; sys.modules['torch'] = None  # as in the serving install, where import torch fails\n"
+            "from classifier.errors import UserError; from classifier.predict import Predictor\n"
+            "try: Predictor.load(sys.argv[1], 'torch')\n"
+            "except UserError as error: print(error)")
+    for bundle_dir, advice in ((exported_bundle, "serve the bundle's ONNX model instead (engine auto, int8 or fp32)"),
+                               (tiny_bundle, "the bundle has no ONNX model: run 'ticketclf export'")):
+        result = subprocess.run([sys.executable, "-c", code, str(bundle_dir)], capture_output=True, text=True, check=True)
+        assert "the PyTorch engine needs torch, which is not installed" in result.stdout and advice in result.stdout
+
+
 @pytest.mark.parametrize(("opset", "message"), [
     (1, "the ONNX export failed at opset 1 .*leave out --opset"),  # too old: the exporter fails midway
     (99, "--opset 99: this onnx package knows opsets 1 to"),

@@ -191,6 +191,20 @@ def test_a_key_given_twice_is_refused_not_overwritten(client: FlaskClient) -> No
     assert error["code"] == "bad_json" and "'tickets' is given twice" in error["message"]
 
 
+def test_a_body_of_many_keys_is_checked_for_duplicates_in_linear_time(client: FlaskClient) -> None:
+    # 80,000 keys with the repeat last: counting each key's occurrences took about 40 s, past the worker timeout.
+    body = "{" + ",".join(f'"k{i}":0' for i in range(80_000)) + ',"k79999":1}'
+    started = time.perf_counter()
+    error = error_of(client.post("/classify", data=body, content_type="application/json"), 400)
+    assert "'k79999' is given twice" in error["message"] and time.perf_counter() - started < 10
+
+
+def test_a_number_too_long_to_read_is_a_400_without_python_advice(client: FlaskClient) -> None:
+    body = '{"text": "refund please", "id": ' + "1" * 5_000 + "}"
+    error = error_of(client.post("/classify", data=body, content_type="application/json"), 400)
+    assert error == {"code": "bad_json", "message": "the body holds a number of more than 4,300 digits"}
+
+
 def test_null_keys_do_not_count_as_a_second_request_shape(client: FlaskClient) -> None:
     response = client.post("/classify", json={"tickets": [{"id": 1, "text": "refund please"}], "text": None})
     assert response.status_code == 200 and [p["id"] for p in response.get_json()["predictions"]] == [1]
@@ -232,6 +246,8 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ({"tickets": [{"text": "a"}], "ticket": {"subject": "b"}}, "exactly one shape"),  # neither may be dropped
     ({"tickets": [{"text": "a"}], "text": "b"}, "exactly one shape"),
     ({"ticket": {"subject": "a"}, "text": "b"}, "exactly one shape"),
+    ({"tickets": [{"text": "a"}], "Text": "b"}, "exactly one shape"),  # fields are read in any case
+    ({"ticket": {"subject": "a"}, "Subject": "b"}, "exactly one shape"),
 ])
 def test_schema_errors_are_422_naming_the_field(client: FlaskClient, body: Any, named: str) -> None:
     error = error_of(client.post("/classify", json=body), 422)
@@ -281,7 +297,8 @@ def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predictor: Predictor) -> None:
     before = metric_values(client.get("/metrics").get_data(as_text=True))
-    label = client.post("/classify", json={"text": "refund please"}).get_json()["predictions"][0]["label"]
+    prediction = client.post("/classify", json={"text": "refund please"}).get_json()["predictions"][0]
+    client.open("/classify", method="FOOBAR")  # a method made up by the caller
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     after = metric_values(response.get_data(as_text=True))
@@ -292,8 +309,11 @@ def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predi
 
     assert grew("ticketclf_http_requests_total", route="/classify", method="POST", status="200") == 1
     assert grew("ticketclf_http_request_duration_seconds_count", route="/classify") == 1
-    assert grew("ticketclf_predictions_total", label=label) == 1
-    assert ("ticketclf_needs_review_total", ()) in after
+    assert grew("ticketclf_predictions_total", label=prediction["label"]) == 1
+    assert grew("ticketclf_needs_review_total") == prediction["needs_review"]
+    assert grew("ticketclf_truncated_total") == prediction["truncated"] == 0
+    assert grew("ticketclf_http_requests_total", route="unmatched", method="other", status="405") == 1
+    assert not any(dict(labels).get("method") == "FOOBAR" for _, labels in after)  # one series per invented name
     served = json.loads((predictor.bundle_dir / "manifest.json").read_text())["serving"]["engine"]  # int8 or fp32
     info = ("ticketclf_model_info", (("engine", served), ("name", predictor.name),
                                      ("version", predictor.version)))
