@@ -25,7 +25,8 @@ import socket
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,16 +157,24 @@ def _import_exporters() -> None:
     """Import the exporters' native modules with SIGTERM held back until they are loaded: the CLI's
     handler raises, and an exception raised inside a C extension's initialisation aborts the process
     (seen with onnx's), where anywhere later it unwinds and the work folder is removed."""
-    hold = hasattr(signal, "pthread_sigmask")  # not on Windows
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if hold else set()
-    try:
+    with _signals_held(signal.SIGTERM):
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
         import optimum.exporters.onnx  # noqa: F401
         import optimum.onnxruntime  # noqa: F401
+
+
+@contextmanager
+def _signals_held(*signals: signal.Signals) -> Iterator[None]:
+    """Hold ``signals`` back until the block ends (they are delivered then); a no-op on Windows."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
+    try:
+        yield
     finally:
-        if hold:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def export_onnx(bundle_dir: Path, out_dir: Path, opset: int | None = None) -> tuple[Path, int]:
@@ -284,20 +293,36 @@ def _commit(bundle_dir: Path, staged: Path, section: dict[str, Any]) -> None:
     updated = dict(manifest, onnx=section, serving={"engine": "int8" if int8_ok else "fp32",
                                                     "reason": "int8 within accuracy limit" if int8_ok else
                                                     "int8 accuracy drop over limit"})
+    # Ctrl-C or SIGTERM (the CLI turns it into an exception) wait until the models and the manifest
+    # agree; only a hard kill between the two renames below could still part them.
+    with _signals_held(signal.SIGINT, signal.SIGTERM):
+        _swap_in(bundle_dir, staged, updated)
+    try:
+        bundle.write_report(bundle_dir, "drift", drift)  # the manifest holds the figures too
+    except OSError as error:
+        log.warning("the export is in place, but reports/drift.json could not be written: %s", error)
+
+
+def _swap_in(bundle_dir: Path, staged: Path, manifest: dict[str, Any]) -> None:
+    """Put the staged models in place of the bundle's and write ``manifest``; on any failure the bundle
+    keeps its old models and manifest."""
     final = bundle_dir / bundle.ONNX_DIR
     retired = bundle_dir / f".{bundle.ONNX_DIR}.old"
     shutil.rmtree(retired, ignore_errors=True)
-    if final.exists():
-        final.rename(retired)
+    old_moved = placed = False
     try:
+        if final.exists():
+            final.rename(retired)
+            old_moved = True
         staged.rename(final)
-        bundle.write_manifest(bundle_dir, updated)
+        placed = True
+        bundle.write_manifest(bundle_dir, manifest)
     except BaseException:
-        shutil.rmtree(final, ignore_errors=True)
-        if retired.exists():
+        if placed:
+            shutil.rmtree(final, ignore_errors=True)
+        if old_moved:
             retired.rename(final)
         raise
-    bundle.write_report(bundle_dir, "drift", drift)  # atomic on its own; the manifest holds it too
     shutil.rmtree(retired, ignore_errors=True)
 
 

@@ -257,6 +257,20 @@ def test_failed_export_leaves_the_bundle_as_it_was(bundle_copy: Path, opset: int
     assert {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")} == before
 
 
+def test_an_export_failing_as_it_swaps_models_in_keeps_the_old_ones(bundle_copy: Path, monkeypatch) -> None:
+    from classifier import bundle
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    before = {p.relative_to(bundle_copy): p.read_bytes() for p in bundle_copy.rglob("*") if p.is_file()}
+    monkeypatch.setattr(bundle, "write_manifest", disk_full)  # the last step before the export is in place
+    with pytest.raises(OSError, match="No space left"):
+        export(bundle_copy, ExportOptions(optimize=False))
+    after = {p.relative_to(bundle_copy): p.read_bytes() for p in bundle_copy.rglob("*") if p.is_file()}
+    assert after == before  # the old models and manifest, and nothing staged or retired left behind
+
+
 def test_int8_over_the_accuracy_limit_serves_fp32(bundle_copy: Path) -> None:
     export(bundle_copy, ExportOptions(max_accuracy_drop=-100.0, optimize=False))
     manifest = read_manifest(bundle_copy)
