@@ -147,7 +147,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("data", type=Path, help="labelled tickets: .csv, .tsv, .jsonl or .json, optionally .gz")
     p.add_argument("--output", "-o", type=Path, required=True, help="bundle directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace the bundle directory at --output, all of "
-                   "it (never a file or a directory that is not a bundle)")
+                   "it (never a file or a directory that is not a bundle), and start over from an interrupted "
+                   "run's checkpoints")
     g = p.add_argument_group("data")
     g.add_argument("--validation", type=Path, help="validation file (default: a stratified split of DATA)")
     g.add_argument("--validation-fraction", type=float, default=0.1, help="share held out when no --validation")
@@ -176,12 +177,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                    help="epochs without validation macro-F1 gain before stopping")
     m.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="auto: bf16 on GPUs and CPUs that support it, else fp32")
-    m.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
+    m.add_argument("--resume", action="store_true", help="continue an interrupted run from the last checkpoint "
+                   "of --output (same data and options)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from classifier.options import TrainingOptions
-    from classifier.train import train
+    from classifier.train import checkpoint_dir, train
 
     options = TrainingOptions(
         base_model=args.base_model, epochs=args.epochs, learning_rate=args.learning_rate,
@@ -193,10 +195,17 @@ def _run_train(args: argparse.Namespace) -> int:
                                strip_quoted_replies=not args.keep_quoted_replies,
                                strip_signatures=not args.keep_signatures)
     _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length", "lora_rank")
-    bundle_dir = train(args.data, args.output, options, validation_path=args.validation,
-                       text_options=text_options, label_column=args.label_column,
-                       validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
-                       merge_rare_classes=args.merge_rare_classes, overwrite=args.overwrite)
+    try:
+        bundle_dir = train(args.data, args.output, options, validation_path=args.validation,
+                           text_options=text_options, label_column=args.label_column,
+                           validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
+                           merge_rare_classes=args.merge_rare_classes, overwrite=args.overwrite)
+    except (KeyboardInterrupt, _Terminated):
+        checkpoints = checkpoint_dir(args.output)
+        if any(checkpoints.glob("checkpoint-*")):
+            print(f"ticketclf train: the run's checkpoints are in {checkpoints}; run the same command with --resume "
+                  "to continue from the last one, or with --overwrite to start over", file=sys.stderr)
+        raise
     if bundle_dir is None:  # a torchrun process other than rank 0: rank 0 writes and reports the bundle
         return 0
     _print_training_summary(bundle_dir)

