@@ -25,20 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from classifier.errors import UserError, where
-from classifier.text import TextOptions, nested_fields, ticket_text
+from classifier.text import TEXT_COLUMN_GUESSES, TextOptions, nested_fields, ticket_text
 
-TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
-    ("subject", "body"),
-    ("subject", "description"),
-    ("title", "body"),
-    ("title", "description"),
-    ("subject", "message"),
-    ("text",),
-    ("body",),
-    ("description",),
-    ("message",),
-    ("content",),
-)
 LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type")
 ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key")
 OTHER_LABEL = "other"

@@ -19,6 +19,21 @@ from classifier.errors import UserError
 FIELD_SEPARATOR = "\n"
 """Non-empty fields are joined in the configured order with this separator."""
 
+# The text columns of common helpdesk exports, in the order loading tries them; the service also
+# knows a ticket key among them that a model does not read for text sent under the wrong name.
+TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
+    ("subject", "body"),
+    ("subject", "description"),
+    ("title", "body"),
+    ("title", "description"),
+    ("subject", "message"),
+    ("text",),
+    ("body",),
+    ("description",),
+    ("message",),
+    ("content",),
+)
+
 # Elements that helpdesk and mail-client HTML uses. Only these are markup: "<Connection refused>",
 # "<john@example.com>" or "<https://...>" in a plain-text ticket are words, and stay.
 _HTML_TAGS = frozenset(
@@ -284,5 +299,5 @@ def _as_str(value: Any, name: str) -> str:
     return str(value)
 
 
-__all__ = ["FIELD_SEPARATOR", "TextOptions", "clean_text", "field_key", "html_to_text", "nested_fields", "strip_quoted_replies",
+__all__ = ["FIELD_SEPARATOR", "TEXT_COLUMN_GUESSES", "TextOptions", "clean_text", "field_key", "html_to_text", "nested_fields", "strip_quoted_replies",
            "strip_signature", "ticket_text"]

@@ -15,7 +15,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, St
                       ValidationError, WrapValidator, create_model, model_validator)
 from pydantic_core import PydanticCustomError
 
-from classifier.text import FIELD_SEPARATOR, field_key
+from classifier.text import FIELD_SEPARATOR, TEXT_COLUMN_GUESSES, field_key
 
 ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
 DEFAULT_TOP_K = 3
@@ -118,7 +118,24 @@ class TicketBase(BaseModel):
             raise PydanticCustomError("missing_text", "missing ticket text: give {keys}{unread}", {
                 "keys": " or ".join(repr(k) for k in cls.text_keys()),
                 "unread": f" (this model does not read {', '.join(map(repr, unread))})" if unread else ""})
+        if isinstance(data, dict):
+            cls._refuse_text_under_another_name(data)
         return data
+
+    @classmethod
+    def _refuse_text_under_another_name(cls, data: dict[str, Any]) -> None:
+        """{"subject": ..., "body": ...} to a model that reads subject and description would be classified on
+        its subject alone: refused, naming the field to use. Keys that are not text (priority) stay ignored."""
+        missing = [name for name in cls.text_fields if data.get(name) is None]
+        stray = [key for key, value in data.items() if value is not None and key not in cls.model_fields
+                 and isinstance(key, str) and key.lower() in _TEXT_FIELD_NAMES]
+        whole_text = data.get("text") is not None and "text" not in cls.text_fields
+        if missing and stray and not whole_text:
+            raise PydanticCustomError(
+                "unread_text", "this model reads {fields}: the ticket has no {missing} but has {stray}, which it "
+                "does not read; send that text as {missing}", {
+                    "fields": ", ".join(map(repr, cls.text_fields)), "missing": " or ".join(map(repr, missing)),
+                    "stray": ", ".join(map(repr, stray))})
 
     @model_validator(mode="after")
     def _text_given_once(self) -> TicketBase:
@@ -217,6 +234,9 @@ def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
     if len(present) > 1:
         return None
     return present[0] if present else "single"  # no text at all: validated as one ticket, which names what is missing
+
+
+_TEXT_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in group)
 
 
 @dataclass(frozen=True)

@@ -246,6 +246,9 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ({"tickets": [{"text": "a"}], "ticket": {"subject": "b"}}, "exactly one shape"),  # neither may be dropped
     ({"tickets": [{"text": "a"}], "text": "b"}, "exactly one shape"),
     ({"ticket": {"subject": "a"}, "text": "b"}, "exactly one shape"),
+    ({"subject": "Card", "description": "where is my card"},  # the model reads subject and body
+     "this model reads 'subject', 'body': the ticket has no 'body' but has 'description', which it does not read"),
+    ({"tickets": [{"subject": "a", "Message": "b"}]}, "tickets[0]: this model reads"),
     ({"tickets": [{"text": "a"}], "Text": "b"}, "exactly one shape"),  # fields are read in any case
     ({"ticket": {"subject": "a"}, "Subject": "b"}, "exactly one shape"),
 ])
