@@ -335,6 +335,21 @@ def test_a_file_with_only_unknown_labels_is_a_user_error(exported_bundle, test_c
                                                                                baseline=False))
 
 
+def test_a_report_never_replaces_files_that_are_not_an_earlier_report(exported_bundle, test_csv, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("my own notes")
+    for output, message in ((mine, r"holds report.html, not from an earlier report"),
+                            (exported_bundle, "is a model bundle")):
+        with pytest.raises(UserError, match=message):
+            evaluate(exported_bundle, test_csv, output, EvaluationOptions(baseline=False))
+    assert (mine / "report.html").read_text() == "my own notes"
+    assert not (exported_bundle / "report.json").exists()
+    options = EvaluationOptions(baseline=False)
+    evaluate(exported_bundle, test_csv, tmp_path / "earlier", options)
+    evaluate(exported_bundle, test_csv, tmp_path / "earlier", options)  # an earlier report is written again
+
+
 def test_bad_target_precision_is_a_user_error(exported_bundle, test_csv, tmp_path):
     with pytest.raises(UserError, match="between 0 and 1"):
         evaluate(exported_bundle, test_csv, tmp_path / "out", EvaluationOptions(target_precision=95))
