@@ -79,7 +79,10 @@ def test_temperature_undoes_over_and_under_confidence() -> None:
     assert fit_temperature(logits * 4, truth)["temperature"] > 1  # told far surer than 70 %: cooled down
     assert fit_temperature(logits / 4, truth)["temperature"] < 1  # told barely surer than chance: sharpened
     few = fit_temperature(logits[:10], truth[:10])
-    assert few["temperature"] == 1.0 and few["skipped"] == "fewer than 20 validation tickets"
+    assert few["temperature"] == 1.0 and few["skipped"] == "fewer than 50 validation tickets"
+    # Logits far too small to explain 70 % right: the best temperature is past its floor, so none is trusted.
+    extreme = fit_temperature(logits / 200, truth)
+    assert extreme["temperature"] == 1.0 and extreme["skipped"].startswith("the fit ran to its bound (0.1")
     # No mistakes: the likelihood would push the temperature to its floor and every confidence to 1.0.
     flawless = fit_temperature(np.eye(5)[truth] * 3.0, truth)
     assert flawless["temperature"] == 1.0 and flawless["skipped"] == "fewer than 5 mistakes on the validation split"
