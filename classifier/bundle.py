@@ -42,6 +42,8 @@ DEFAULT_THRESHOLD = 0.5
 def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     """Read and check a bundle's manifest; a clear error if it is not a bundle."""
     path = Path(bundle_dir) / MANIFEST
+    if Path(bundle_dir).is_file():  # e.g. "evaluate tickets.csv" with the bundle left out
+        raise UserError(f"{bundle_dir}: is a file; a model bundle is a directory (made by 'ticketclf train')")
     if not Path(bundle_dir).is_dir():
         raise UserError(f"{bundle_dir}: bundle directory not found")
     if not path.is_file():

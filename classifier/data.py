@@ -217,8 +217,8 @@ def _decode(raw: bytes, path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1  # before parsing: a line, not a row
-        raise UserError(f"{path}, line {line}: bytes are not valid UTF-8 (byte {error.start}); "
-                        "re-export the file as UTF-8") from None
+        raise UserError(f"{path}, line {line}: bytes are not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
+                        f"{error.start}; Windows-1252 or Latin-1?); re-export the file as UTF-8") from None
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -235,6 +235,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
         delimiter, text, skipped = first_line[4], rest, 1
     elif delimiter == "," and "," not in first_line and ";" in first_line:
         delimiter = ";"
+    elif delimiter == "," and "," not in first_line and "\t" in first_line:  # Excel's "Unicode text", as .csv
+        delimiter = "\t"
     csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD_CHARS))  # pasted logs pass Python's 128 KiB
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     start = 1 + skipped  # the line the next record starts on

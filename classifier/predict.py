@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import inspect
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,8 @@ from classifier import bundle
 from classifier.cpus import count_setting, usable_cpus
 from classifier.errors import UserError
 from classifier.text import TextOptions, ticket_text
+
+log = logging.getLogger(__name__)
 
 Ticket = str | Mapping[str, Any]
 ENGINES = ("auto", "int8", "fp32", "torch")
@@ -83,6 +86,9 @@ class Predictor:
         if engine not in ENGINES:
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         chosen = resolve_engine(bundle_dir, manifest, engine)
+        if chosen == "torch" and engine == "auto":
+            log.warning("%s has no ONNX model: running it with PyTorch, several times slower; "
+                        "'ticketclf export %s' makes the fast one", bundle_dir, bundle_dir)
         threads = threads or default_threads()
         runner = TorchEngine(bundle_dir, threads) if chosen == "torch" else \
             OnnxEngine(bundle.onnx_path(bundle_dir, quantized=chosen == "int8"), threads,

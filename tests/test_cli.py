@@ -111,6 +111,7 @@ def test_train_on_a_malformed_file_fails_in_one_line(tmp_path: Path) -> None:
     (["train", "{csv}", "-o", "m", "--lora", "--lora-rank", "0"], "--lora-rank must be positive"),
     (["predict", "no-bundle", "hello"], "no-bundle: bundle directory not found"),
     (["export", "{tmp}"], "not a model bundle (no manifest.json)"),
+    (["evaluate", "{csv}", "--data", "{csv}", "--output", "r"], "is a file; a model bundle is a directory"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(args: list[str], message: str, sample_csv: Path,
                                                    tmp_path: Path, capsys: pytest.CaptureFixture,

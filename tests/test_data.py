@@ -115,7 +115,8 @@ def test_csv_rows_are_numbered_as_a_spreadsheet_shows_them(tmp_path: Path) -> No
     (b"", "file is empty"),
     (b"subject,body,category\n", "no tickets in file"),
     (b"sep=;\n", "no tickets in file"),  # Excel's delimiter line and nothing else
-    (b"subject,body,category\nhi,there,\xff\xfe billing\n", "line 2: bytes are not valid UTF-8"),
+    (b"subject,body,category\nhi,there,\x92 billing\n", r"line 2: bytes are not valid UTF-8 \(byte 0x92 at offset 31; "
+                                                          r"Windows-1252 or Latin-1\?\)"),
     (b"subject,body,category\nhi,there,billing,extra\n", "row 2: 4 fields but the header has 3"),
     (b"title,category\nhi,billing\n", "no text column found"),
     (b"subject,body\nhi,there\n", "no label column found"),
@@ -130,7 +131,9 @@ def test_malformed_csv_gives_a_located_message(tmp_path: Path, content: bytes, m
 
 
 SPREADSHEET_EXPORTS = {
-    "utf16.csv": "subject,body,category\r\nLogin,cannot sign in,access\r\n".encode("utf-16"),  # Excel "Unicode text"
+    "utf16.csv": "subject,body,category\r\nLogin,cannot sign in,access\r\n".encode("utf-16"),
+    # Excel's "Unicode text" is UTF-16 with tabs, often saved with a .csv name
+    "unicode-text.csv": "subject\tbody\tcategory\r\nLogin\tcannot sign in, again\taccess\r\n".encode("utf-16"),
     "semicolons.csv": b"subject;body;category\nLogin;cannot sign in, again;access\n",  # comma-decimal locales
     "sep-line.csv": b"sep=;\nsubject;body;category\nLogin;cannot sign in, again;access\n",
     "trailing.csv": b"subject,body,category,\nLogin,cannot sign in,access,\n",  # a trailing delimiter

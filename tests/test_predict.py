@@ -186,9 +186,10 @@ def test_tickets_that_are_not_text_are_a_clear_error(exported_bundle: Path, tick
         Predictor.load(exported_bundle).predict(["fine ticket", ticket])  # type: ignore[list-item]
 
 
-def test_bundle_without_onnx_falls_back_to_torch(tiny_bundle: Path) -> None:
+def test_bundle_without_onnx_falls_back_to_torch(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
     predictor = Predictor.load(tiny_bundle)
     assert predictor.engine.name == "torch"
+    assert f"{tiny_bundle} has no ONNX model: running it with PyTorch" in caplog.text  # slow: the user is told
     with pytest.raises(UserError, match="no int8 ONNX model"):
         Predictor.load(tiny_bundle, engine="int8")
 
