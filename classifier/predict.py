@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class Predictor:
         self.temperature = _temperature(bundle_dir, manifest)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
+        self._pool_lock = threading.Lock()  # request threads may need the pool at the same moment
         self._class_thresholds = {k: float(v) for k, v in thresholds.get("per_class", {}).items()}
 
     @classmethod
@@ -186,9 +188,11 @@ class Predictor:
         runs = getattr(self.engine, "parallel_runs", 1)
         if runs <= 1:
             return map(function, batches)
-        if self._pool is None or self._pool_pid != os.getpid():
-            self._pool, self._pool_pid = ThreadPoolExecutor(runs, thread_name_prefix="predict"), os.getpid()
-        return self._pool.map(function, batches)
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool, self._pool_pid = ThreadPoolExecutor(runs, thread_name_prefix="predict"), os.getpid()
+            pool = self._pool
+        return pool.map(function, batches)
 
     def _encode(self, texts: list[str]) -> list[tuple[Any, bool]]:
         char_cap = self.max_length * CHARS_PER_TOKEN_CAP
