@@ -42,7 +42,7 @@ _HTML_TAGS = frozenset(
     "hr html i img input ins kbd label legend li link main mark meta nav noscript ol p pre q s samp section "
     "small span strike strong style sub summary sup table tbody td tfoot th thead title tr tt u ul var wbr "
     "o:p script".split())  # o:p: Outlook's paragraph
-_HTML_HINT = re.compile(r"<\s*/?\s*(?:" + "|".join(sorted(_HTML_TAGS, key=len, reverse=True)) + r")(?=[\s/>])[^<>]*>"
+_HTML_HINT = re.compile(r"<\s*(?:/\s*)?(?:" + "|".join(sorted(_HTML_TAGS, key=len, reverse=True)) + r")(?=[\s/>])[^<>]*>"
                         r"|&(?:[a-zA-Z]+|#\d+|#x[0-9a-fA-F]+);", re.IGNORECASE)
 _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
                "blockquote", "pre", "hr"}
@@ -50,7 +50,10 @@ _SKIPPED_TAGS = {"script", "style", "head", "title"}
 _SKIPPED_TAG_END = re.compile(r"<\s*/\s*(" + "|".join(sorted(_SKIPPED_TAGS)) + r")\s*>", re.IGNORECASE)
 _SKIPPED_END = {tag: re.compile(rf"<\s*/\s*{tag}\s*>", re.IGNORECASE) for tag in _SKIPPED_TAGS}
 # A tag, a comment's start, or a declaration; none reaches past the next "<", which keeps a pass linear.
-_MARKUP = re.compile(r"<(?:(?P<end>/)?(?P<tag>[a-zA-Z][^\s/<>]*)(?P<attributes>[^<>]*)>"
+# The tag name is taken whole (no retrying shorter names); quoted attribute values may hold ">"
+# (title="a>b"), and a stray quote (title=it's) falls back to reading up to the first ">".
+_MARKUP = re.compile(r"<(?:(?P<end>/)?(?P<tag>[a-zA-Z][^\s/<>]*)(?![^\s/<>])"
+                     r"(?P<attributes>(?:\"[^\"<]*\"|'[^'<]*'|[^<>\"'])*|[^<>]*)>"
                      r"|(?P<comment>!--)|![^<>]*>|\?[^<>]*>)")
 
 # "On Tue, 3 Mar 2026 at 10:14, Support <s@example.com> wrote:" (mail clients may wrap it

@@ -136,6 +136,8 @@ def test_closed_script_and_style_are_still_dropped() -> None:
     ("<p>Hi</p><![if !supportLists]>- item<![endif]>", "Hi - item"),
     ("<!DOCTYPE html><?xml version='1.0'?><p>Hi</p><!-- unclosed comment", "Hi <!-- unclosed comment"),
     ("<p>Hi <!-- a note --> there</p><!--[if mso]><o:p>x</o:p><![endif]-->", "Hi there"),
+    ('<span data-rule="1 > 0" title=\'a>b\'>compare</span>', "compare"),  # ">" inside quoted attributes
+    ("<p title=it's>Don't do that</p>", "Don't do that"),  # a stray quote: the tag ends at its ">"
 ])
 def test_declarations_and_comments_are_dropped_and_malformed_ones_never_raise(raw: str, cleaned: str) -> None:
     assert clean_text(raw) == cleaned
@@ -156,6 +158,8 @@ def test_a_line_ending_in_wrote_inside_the_message_is_not_a_reply_header() -> No
     "<p>x</p>" + "<!--" * 100_000,
     "<p>x</p>" + "</" * 200_000,
     "<p>x</p><style>" + "<a " * 100_000,
+    "<br><a" + "x" * 400_000,  # one long tag name without ">": each shorter name was tried again
+    "<" + " " * 100_000 + "/" + " " * 100_000 + "b",  # spaces around "/" before a tag name
 ])
 def test_cleaning_takes_time_in_proportion_to_the_input(raw: str) -> None:
     # These took minutes to hours with patterns that rescanned the rest of the text at each line;
