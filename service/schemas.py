@@ -126,9 +126,10 @@ class TicketBase(BaseModel):
     def _refuse_text_under_another_name(cls, data: dict[str, Any]) -> None:
         """{"subject": ..., "body": ...} to a model that reads subject and description would be classified on
         its subject alone: refused, naming the field to use. Keys that are not text (priority) stay ignored."""
-        missing = [name for name in cls.text_fields if data.get(name) is None]
-        stray = [key for key, value in data.items() if value is not None and key not in cls.model_fields
-                 and isinstance(key, str) and key.lower() in _TEXT_FIELD_NAMES]
+        missing = [name for name in cls.text_fields if not _has_words(data.get(name))]
+        given_leaves = {name.rsplit(".", 1)[-1] for name in cls.text_fields if name not in missing}
+        stray = [key for key, value in data.items() if _has_words(value) and key not in cls.model_fields
+                 and isinstance(key, str) and key.lower() in _BODY_FIELD_NAMES and key.lower() not in given_leaves]
         whole_text = data.get("text") is not None and "text" not in cls.text_fields
         if missing and stray and not whole_text:
             raise PydanticCustomError(
@@ -236,7 +237,13 @@ def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
     return present[0] if present else "single"  # no text at all: validated as one ticket, which names what is missing
 
 
-_TEXT_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in group)
+# Keys that hold a ticket's body in common exports. Not subject or title: a heading left unread
+# costs little, and "title" is also a person's (Ms, Dr).
+_BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in group) - {"subject", "title"}
+
+
+def _has_words(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,13 @@ def test_a_number_too_long_to_read_is_a_400_without_python_advice(client: FlaskC
     assert error == {"code": "bad_json", "message": "the body holds a number of more than 4,300 digits"}
 
 
+@pytest.mark.parametrize("extra", [{"title": "Ms"}, {"content": {"attachments": []}}, {"message": ""},
+                                   {"priority": "high"}])
+def test_keys_that_hold_no_ticket_body_are_ignored(client: FlaskClient, extra: dict) -> None:
+    response = client.post("/classify", json={"subject": "Printer jam", **extra})
+    assert response.status_code == 200, response.get_json()
+
+
 def test_null_keys_do_not_count_as_a_second_request_shape(client: FlaskClient) -> None:
     response = client.post("/classify", json={"tickets": [{"id": 1, "text": "refund please"}], "text": None})
     assert response.status_code == 200 and [p["id"] for p in response.get_json()["predictions"]] == [1]
@@ -249,6 +256,7 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ({"subject": "Card", "description": "where is my card"},  # the model reads subject and body
      "this model reads 'subject', 'body': the ticket has no 'body' but has 'description', which it does not read"),
     ({"tickets": [{"subject": "a", "Message": "b"}]}, "tickets[0]: this model reads"),
+    ({"subject": "a", "body": " ", "description": "the real text"}, "the ticket has no 'body' but has 'description'"),
     ({"tickets": [{"text": "a"}], "Text": "b"}, "exactly one shape"),  # fields are read in any case
     ({"ticket": {"subject": "a"}, "Subject": "b"}, "exactly one shape"),
 ])
