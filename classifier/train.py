@@ -85,8 +85,9 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
                     "merge_rare_classes": merge_rare_classes, "seed": options.seed,
                     "merged_into_other": sorted(data.report.merged_into_other),
                     "other_label": data.report.other_label}
+    # The base model as given (in the training options), not its resolved path, which differs per venv.
     _record_run(checkpoint_dir(output_dir), resume_from, {
-        "base_model": base_model, "labels": data.labels, "max_length": max_length, "text": data.text_options.to_dict(),
+        "labels": data.labels, "max_length": max_length, "text": data.text_options.to_dict(),
         "data_sha256": {name: split.source.get("sha256") for name, split in (("train", data.train),
                                                                              ("validation", data.validation))},
         "data_options": data_options, "training": {k: v for k, v in asdict(options).items() if k != "resume"}})
@@ -235,10 +236,13 @@ def _resume_point(output_dir: Path, options: TrainingOptions, overwrite: bool) -
             raise UserError(f"{checkpoints}: no checkpoint to resume from")
         log.info("resuming from %s", last)
         return last
-    if last is not None and not overwrite:
-        raise UserError(f"{checkpoints} holds checkpoints of an interrupted run: pass --resume to continue it "
-                        "(same data and options), or --overwrite to start over and delete them")
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    if last is not None:
+        if not overwrite:
+            raise UserError(f"{checkpoints} holds checkpoints of an interrupted run: pass --resume to continue it "
+                            "(same data and options), or --overwrite to start over and delete them")
+        # Only when there are checkpoints: under torchrun a slower rank must not delete the run.json
+        # that rank 0 has just written for this run.
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return None
 
 
