@@ -573,12 +573,14 @@ def _write_files(output_dir: Path, report: dict[str, Any], scored: Scored, ticke
                  images: dict[str, bytes]) -> None:
     from classifier import report_html
 
+    html = report_html.render(report, images)
+    # report.json first: a run stopped halfway leaves a folder the next run knows as its own report's.
+    bundle.write_json_atomic(output_dir / "report.json", report)
     for name, data in images.items():
         (output_dir / name).write_bytes(data)
     _write_confusion_csv(output_dir / "confusion_matrix.csv", report["confusion_matrix"])
     _write_misclassified(output_dir / "misclassified.csv", scored, tickets)
-    (output_dir / "report.html").write_text(report_html.render(report, images), encoding="utf-8")
-    bundle.write_json_atomic(output_dir / "report.json", report)
+    (output_dir / "report.html").write_text(html, encoding="utf-8")
 
 
 def _write_confusion_csv(path: Path, section: dict[str, Any]) -> None:
