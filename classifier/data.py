@@ -393,7 +393,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     """
     path = Path(path)
     report = report if report is not None else DataReport()
-    records, columns = _records_and_columns(path)
+    records, columns = records_and_columns(path)
     text_options = text_options or TextOptions()
     mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label)
     # Stored lower-case, since prediction matches field names case-insensitively (classifier.text).
@@ -441,7 +441,7 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions,
     an empty text, so that no row is silently lost.
     """
     path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
-    records, columns = _records_and_columns(path)
+    records, columns = records_and_columns(path)
     text_options = with_text_columns(text_options, text_columns)
     fields = text_options.record_fields
     lower_columns = {name.lower() for name in columns}
@@ -454,21 +454,23 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions,
 
 def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapping, text_options: TextOptions,
                   path: Path) -> Iterator[tuple[int, dict[str, Any], str]]:
-    """``(row, record, cleaned text)`` per record, text fields read with the file's own spelling.
-
-    Text and label fields must be text or numbers: a nested JSON object or list would be read
-    as its Python spelling ("{'subject': ...}") and trained on as if it were the ticket.
-    """
+    """``(row, record, cleaned text)`` per record, text fields read with the file's own spelling."""
     reading = replace(text_options, fields=tuple(mapping.text_columns))
     for row, record in records:
-        for column in (*mapping.text_columns, mapping.label_column):
-            value = record.get(column) if column else None
-            if isinstance(value, (dict, list)):
-                kind = "object" if isinstance(value, dict) else "list"
-                inside = next((name for name in record if name.startswith(f"{column}.")), None)
-                way = f"name a field inside it with a dot (e.g. '{inside}'), or" if inside else "use another column or"
-                raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; {way} flatten the export")
+        check_flat(record, (*mapping.text_columns, mapping.label_column), path, row)
         yield row, record, ticket_text(record, reading)
+
+
+def check_flat(record: dict[str, Any], columns: Iterable[str | None], path: Path, row: int) -> None:
+    """Text and label fields must be text or numbers: a nested JSON object or list would be read
+    as its Python spelling ("{'subject': ...}") and trained on as if it were the ticket."""
+    for column in columns:
+        value = record.get(column) if column else None
+        if isinstance(value, (dict, list)):
+            kind = "object" if isinstance(value, dict) else "list"
+            inside = next((name for name in record if name.startswith(f"{column}.")), None)
+            way = f"name a field inside it with a dot (e.g. '{inside}'), or" if inside else "use another column or"
+            raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; {way} flatten the export")
 
 
 def _row_id(record: dict[str, Any], id_column: str | None, row: int) -> str:
@@ -477,7 +479,7 @@ def _row_id(record: dict[str, Any], id_column: str | None, row: int) -> str:
     return str(row) if value is None or str(value).strip() == "" else str(value)
 
 
-def _records_and_columns(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+def records_and_columns(path: str | Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
     """A file's (row, record) pairs and every column any record has, in first-seen order."""
     records = list(read_records(path))
     if not records:
@@ -582,9 +584,9 @@ def prepare_data(train_path: str | Path, validation_path: str | Path | None = No
         report.split = {"method": "stratified", "fraction": validation_fraction, "seed": seed}
     else:
         validation, _ = load_tickets(validation_path, options, label_column, report)
-        validation = _keep_training_labels(
-            relabel_like_training(validation, train.labels, report.merged_into_other, report.other_label, report),
-            set(train.labels), report, validation_path)
+        known = set(train.labels)
+        validation = relabel_like_training(validation, known, report.merged_into_other, report.other_label, report)
+        validation = _keep_training_labels(validation, known, report, validation_path)
         report.split = {"method": "file", "path": str(validation_path)}
     labels = sorted(set(train.labels))
     report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}

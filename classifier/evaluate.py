@@ -113,7 +113,7 @@ def evaluate(bundle_dir: str | Path, data_path: str | Path, output_dir: str | Pa
     options = options or EvaluationOptions()
     _check_options(options)
     bundle_dir, output_dir = Path(bundle_dir), Path(output_dir)
-    created = _make_output_dir(output_dir, bundle_dir)
+    created = _make_output_dir(output_dir)
     try:
         return _evaluate(bundle_dir, data_path, output_dir, options)
     except BaseException:
@@ -611,13 +611,13 @@ def spreadsheet_safe(cell: str) -> str:
     return f"'{cell}" if cell[:1] in FORMULA_STARTS and not PLAIN_NUMBER.fullmatch(cell) else cell
 
 
-def _make_output_dir(output_dir: Path, bundle_dir: Path) -> Path | None:
+def _make_output_dir(output_dir: Path) -> Path | None:
     """Create the report directory up front (a bad --output fails before the work); return the
     outermost directory this created, or None if it existed. A report replaces an earlier report's
     files, never files of the same names that are something else, nor a bundle's."""
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"{output_dir}: exists and is not a directory; choose another --output")
-    if output_dir.resolve() == bundle_dir.resolve() or (output_dir / bundle.MANIFEST).is_file():
+    if (output_dir / bundle.MANIFEST).is_file():  # the bundle itself, or another one
         raise UserError(f"{output_dir}: is a model bundle; write the report to another --output")
     taken = [name for name in REPORT_FILES if (output_dir / name).exists()]
     if taken and not (output_dir / "report.json").is_file():

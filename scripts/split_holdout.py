@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from classifier.data import Tickets, label_value, read_records, resolve_columns, stratified_split
-from classifier.errors import UserError, where
+from classifier.data import Tickets, check_flat, label_value, records_and_columns, resolve_columns, stratified_split
+from classifier.errors import UserError
 
 
 def split(data: Path, train_path: Path, test_path: Path, label_column: str | None, text_columns: list[str] | None,
@@ -27,14 +27,14 @@ def split(data: Path, train_path: Path, test_path: Path, label_column: str | Non
         raise UserError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
     if len({data.resolve(), train_path.resolve(), test_path.resolve()}) < 3:
         raise UserError(f"{data}: the input, --train and --test must be three different files")
-    numbered = list(read_records(data))
+    numbered, columns = records_and_columns(data)
     records = [record for _, record in numbered]
-    columns = list(dict.fromkeys(key for record in records for key in record))
     # A JSON object's fields are also read as dotted columns (ticket.subject): those are the ones to keep.
     objects = {key for record in records for key, value in record.items() if isinstance(value, dict)}
     columns = [column for column in columns if column not in objects]
     mapping = resolve_columns(columns, data, text_columns, label_column)
-    _refuse_lists(numbered, [*mapping.text_columns, mapping.label_column], data)
+    for row, record in numbered:  # training refuses a list there: a CSV must not hide it as text
+        check_flat(record, (*mapping.text_columns, mapping.label_column), data, row)
     labels = [label_value(record.get(mapping.label_column)) for record in records]
     labelled = [i for i, value in enumerate(labels) if value]
     rows = Tickets([str(i) for i in labelled], [labels[i] for i in labelled], [str(i) for i in labelled])
@@ -55,15 +55,6 @@ def _write_csv(path: Path, columns: list[str], records: list[dict]) -> None:
         writer.writeheader()
         writer.writerows({key: json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
                           for key, value in record.items()} for record in records)
-
-
-def _refuse_lists(numbered: list[tuple[int, dict]], columns: list[str | None], data: Path) -> None:
-    """A JSON list in a text or label column: training refuses it, so a CSV must not hide it as text."""
-    for row, record in numbered:
-        for column in columns:
-            if isinstance(record.get(column), list):
-                raise UserError(f"{where(data, row, column)}: holds a JSON list, not text; use another "
-                                "column or flatten the export")
 
 
 def main() -> int:

@@ -129,7 +129,7 @@ class TicketBase(BaseModel):
         missing = [name for name in cls.text_fields if not _has_words(data.get(name))]
         given_leaves = {name.rsplit(".", 1)[-1] for name in cls.text_fields if name not in missing}
         stray = [key for key, value in data.items() if _has_words(value) and key not in cls.model_fields
-                 and isinstance(key, str) and key.lower() in _BODY_FIELD_NAMES and key.lower() not in given_leaves]
+                 and key.lower() in _BODY_FIELD_NAMES and key.lower() not in given_leaves]
         whole_text = data.get("text") is not None and "text" not in cls.text_fields
         if missing and stray and not whole_text:
             raise PydanticCustomError(
