@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-# Fewer validation tickets than this: one parameter fits their noise (a walkthrough's 29 tickets
-# drove it to its bound, 10x sharper, and doubled the test calibration error).
+# Fewer validation tickets than this: one parameter fits their noise (in a walkthrough, 29 tickets
+# drove it to its lower bound, ten times sharper confidences).
 MIN_TICKETS = 50
 # With no mistakes to weigh, the likelihood grows without bound as the temperature falls: every
 # confidence would become 1.0 and nothing would ever need review. A few mistakes are needed.
