@@ -79,7 +79,8 @@ class DataReport:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
-        lines = [f"{name}: {info['rows_read']} rows read, {info['rows_used']} used"
+        # Counted before duplicates are removed and the split is made (both reported below).
+        lines = [f"{name}: {info['rows_read']} rows read, {info['rows_with_text_and_label']} with text and a label"
                  for name, info in self.files.items()]
         for reason, locations in self.dropped.items():
             shown = ", ".join(locations[:5]) + (" ..." if len(locations) > 5 else "")
@@ -413,7 +414,8 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
     source = {"path": os.path.abspath(path), "sha256": file_sha256(path), "rows_read": len(records),
               "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
-    report.files[path.name] = {k: source[k] for k in ("rows_read", "rows_used", "sha256")}
+    report.files[path.name] = {"rows_read": len(records), "rows_with_text_and_label": len(texts),
+                               "sha256": source["sha256"]}
     return Tickets(texts, labels, ids, source), options
 
 

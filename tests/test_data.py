@@ -95,6 +95,8 @@ def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> 
     assert len(tickets) == 4
     assert report.dropped["no text after cleaning"] == [f"{tmp_path / 't.csv'}, row 6"]
     assert report.dropped["no label"] == [f"{tmp_path / 't.csv'}, row 7, column 'category'"]
+    # Counted before deduplication, so not called "used" (the manifest's rows_used is after it).
+    assert report.summary_lines()[0] == "t.csv: 6 rows read, 4 with text and a label"
 
 
 def test_csv_rows_are_numbered_as_a_spreadsheet_shows_them(tmp_path: Path) -> None:
