@@ -14,15 +14,13 @@ _WARM_UP = ("warm up " * 4, "warm up " * 512)
 
 
 class ModelState:
-    """A :class:`Predictor` and whether it is ready for traffic (``/ready``)."""
+    """A :class:`Predictor`, loaded and warmed up: an app exists only once its model is ready."""
 
     def __init__(self, bundle: Path, engine: str = "auto", threads: int | None = None) -> None:
-        self.ready = False
         self.threads = threads or default_threads()
         self.predictor = Predictor.load(bundle, engine=engine, threads=self.threads)
         self.predictor.predict(list(_WARM_UP))
         for text in _WARM_UP:
             self.predictor.predict([text])
-        self.ready = True
         log.info("model %s %s ready (%s: %s, %d thread(s))", self.predictor.name, self.predictor.version,
                  self.predictor.engine_kind, self.predictor.engine.name, self.threads)

@@ -80,7 +80,7 @@ def _paths() -> dict[str, Any]:
                             "responses": {"200": _json("HealthResponse", "Alive.")}}},
         "/ready": {"get": {"summary": "Readiness: the model is loaded and warmed up", "operationId": "ready",
                            "responses": {"200": _json("ReadyResponse", "Ready for traffic."),
-                                         "503": _json("ErrorResponse", "Not ready yet.")}}},
+                                         "503": _json("ErrorResponse", "Shutting down.")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
                              "responses": {"200": {"description": "Prometheus text format.",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},

@@ -1,4 +1,4 @@
-"""The operations blueprint: ``/health`` (alive), ``/ready`` (model warmed up), ``/metrics``."""
+"""The operations blueprint: ``/health`` (alive), ``/ready`` (model warmed up, not stopping), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def health() -> Response:
 @bp.get("/ready")
 def ready() -> Response:
     ctx = context()
-    if not ctx.model.ready:
-        raise ApiError(503, "not_ready", "the model is still loading")
+    if ctx.stopping:
+        raise ApiError(503, "stopping", "the server is shutting down")
     return json_response(ReadyResponse(status="ready", model=ctx.model_info))
 
 
