@@ -7,7 +7,7 @@ Unknown keys are ignored: helpdesk payloads carry many fields we do not read.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Union
 
@@ -128,8 +128,7 @@ class TicketBase(BaseModel):
         its subject alone: refused, naming the field to use. Keys that are not text (priority) stay ignored."""
         missing = [name for name in cls.text_fields if not _has_words(data.get(name))]
         given_leaves = {name.rsplit(".", 1)[-1] for name in cls.text_fields if name not in missing}
-        stray = [key for key, value in data.items() if _has_words(value) and key not in cls.model_fields
-                 and key.lower() in _BODY_FIELD_NAMES and key.lower() not in given_leaves]
+        stray = [key for key in _unread_body_keys(data, given_leaves) if key not in cls.model_fields]
         whole_text = data.get("text") is not None and "text" not in cls.text_fields
         if missing and stray and not whole_text:
             raise PydanticCustomError(
@@ -182,13 +181,28 @@ def _given(key: str) -> dict[str, Any]:
 
 
 class ZendeskTicket(BaseModel):
-    """The ticket object of a Zendesk-style webhook; other keys are ignored."""
+    """The ticket object of a Zendesk-style webhook; other keys are ignored, except text under another
+    body name (refused rather than lost) and ``comment.body``, how Zendesk's API sets the description."""
 
     model_config = ConfigDict(extra="ignore")
 
     id: TicketId | None = None
     subject: StrictStr | None = None
     description: StrictStr | None = Field(None, description="The ticket's first comment (its body).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _body_from_other_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or _has_words(data.get("description")):
+            return data
+        comment = data.get("comment")
+        if isinstance(comment, dict) and isinstance(comment.get("body"), str) and data.get("description") is None:
+            return {**data, "description": comment["body"]}
+        if stray := _unread_body_keys(data, {"description"}):
+            raise PydanticCustomError(
+                "unread_text", "a webhook ticket's body goes in 'description' (or 'comment.body'); got {stray}, "
+                "which is not read", {"stray": ", ".join(map(repr, stray))})
+        return data
 
     @model_validator(mode="after")
     def _has_text(self) -> ZendeskTicket:
@@ -244,6 +258,12 @@ _BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in 
 
 def _has_words(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
+
+
+def _unread_body_keys(data: dict[str, Any], read: Collection[str]) -> list[str]:
+    """Keys of ``data`` named like a ticket body in common exports, holding words, other than ``read``."""
+    return [key for key, value in data.items()
+            if _has_words(value) and key.lower() in _BODY_FIELD_NAMES and key.lower() not in read]
 
 
 @dataclass(frozen=True)
