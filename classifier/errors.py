@@ -13,6 +13,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+class ModelError(UserError):
+    """The bundle's model gave unusable scores (NaN, infinity): not the ticket's fault, so the
+    service answers 500; the bundle needs exporting or training again."""
+
+    exit_code = 3
+
+
 def where(path: object, row: int | None = None, column: str | None = None) -> str:
     """Format a location as ``file, row N, column 'c'`` for error messages."""
     parts = [str(path)]

@@ -25,7 +25,7 @@ import numpy as np
 
 from classifier import bundle
 from classifier.cpus import count_setting, usable_cpus
-from classifier.errors import UserError
+from classifier.errors import ModelError, UserError
 from classifier.text import TextOptions, ticket_text
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class Predictor:
         self._pad_id = pad_token_id(bundle_dir, tokenizer)
         thresholds = manifest.get("thresholds", {})
         self._global_threshold = float(thresholds.get("global", bundle.DEFAULT_THRESHOLD))
-        self.temperature = _temperature(bundle_dir, manifest)
+        # Checked by read_manifest: a positive number, or none for bundles from before calibration.
+        self.temperature = float((manifest.get("calibration") or {}).get("temperature") or 1.0)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         self._pool_lock = threading.Lock()  # request threads may need the pool at the same moment
@@ -95,7 +96,21 @@ class Predictor:
         runner = TorchEngine(bundle_dir, threads) if chosen == "torch" else \
             OnnxEngine(bundle.onnx_path(bundle_dir, quantized=chosen == "int8"), threads,
                        max_batch=INT8_MAX_BATCH if chosen == "int8" else None)
-        return cls(bundle_dir, manifest, runner, load_tokenizer(bundle_dir, int(manifest["max_length"])), chosen)
+        predictor = cls(bundle_dir, manifest, runner, load_tokenizer(bundle_dir, int(manifest["max_length"])), chosen)
+        predictor._check_model()
+        return predictor
+
+    def _check_model(self) -> None:
+        """One ticket through the model: a score per label (an onnx/ folder copied from another bundle
+        has other labels), and numbers (a broken model gives NaN)."""
+        try:
+            scores = self.predict_proba(["a ticket to check the model"], cleaned=True)
+        except ModelError as error:
+            raise UserError(f"{self.bundle_dir}: {error}") from None
+        if scores.shape != (1, len(self.labels)):
+            raise UserError(f"{self.bundle_dir}: the {self.engine_kind} model gives {scores.shape[-1]} scores per "
+                            f"ticket, but the manifest lists {len(self.labels)} labels; was the model copied from "
+                            "another bundle? Export or train it again")
 
     @property
     def name(self) -> str:
@@ -133,7 +148,12 @@ class Predictor:
 
     def _probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated softmax: the logits divided by the bundle's temperature."""
-        return softmax(logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
+        probabilities = softmax(logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
+        if not np.isfinite(probabilities).all():
+            rows = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+            raise ModelError(f"the model gave scores that are not numbers (NaN or infinity) for ticket "
+                             f"{', '.join(map(str, rows[:5]))}; export or train the bundle again")
+        return probabilities
 
     def texts(self, tickets: Sequence[Ticket]) -> list[str]:
         """The cleaned model text of each ticket; an empty one is a user error."""
@@ -222,26 +242,10 @@ class Predictor:
         )
 
 
-def _temperature(bundle_dir: Path, manifest: dict[str, Any]) -> float:
-    """The calibration temperature training fitted (classifier.calibration); 1, which changes nothing,
-    for bundles from before. A hand-edited value that is not a positive number is an error."""
-    value = (manifest.get("calibration") or {}).get("temperature")
-    if value is None:
-        return 1.0
-    try:
-        temperature = float(value)
-    except (TypeError, ValueError):
-        temperature = float("nan")
-    if not 0 < temperature < float("inf"):  # NaN fails this too
-        raise UserError(f"{bundle_dir}: the manifest's calibration temperature must be a positive number, "
-                        f"got {value!r}")
-    return temperature
-
-
 def resolve_engine(bundle_dir: Path, manifest: dict[str, Any], requested: str) -> str:
     """Pick the model to run: for ``auto`` the one the export marked for serving, or PyTorch for a
     bundle never exported. A marked model file that is missing is an error, not a silent fallback."""
-    marked = manifest.get("serving", {}).get("engine")
+    marked = (manifest.get("serving") or {}).get("engine")
     engine = (marked or "torch") if requested == "auto" else requested
     if engine in ("int8", "fp32") and not bundle.onnx_path(bundle_dir, engine == "int8").is_file():
         missing = bundle.onnx_path(bundle_dir, engine == "int8").relative_to(bundle_dir)

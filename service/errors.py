@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, g, json
 from werkzeug.exceptions import HTTPException
 
-from classifier.errors import UserError
+from classifier.errors import ModelError, UserError
 
 log = logging.getLogger("ticketclf.service")
 
@@ -33,6 +33,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(UserError, _user_error)
+    app.register_error_handler(ModelError, _model_error)  # a UserError, but the server's fault
     app.register_error_handler(Exception, _unexpected)
 
 
@@ -49,6 +50,11 @@ def _http_error(error: HTTPException) -> Response:
 def _user_error(error: UserError) -> Response:
     # A ticket the predictor cannot read (api.classify names empty ones itself, as the request does).
     return error_response(422, "invalid_ticket", str(error))
+
+
+def _model_error(error: ModelError) -> Response:
+    log.error("model error in request %s: %s", g.get("request_id", "-"), error)
+    return error_response(500, "model_error", str(error))
 
 
 def _unexpected(error: Exception) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,26 @@ def bundle_copy(exported_bundle: Path, tmp_path: Path) -> Path:
     target = tmp_path / "bundle"
     shutil.copytree(exported_bundle, target)
     return target
+
+
+@pytest.fixture()
+def poison_word() -> Callable[[Path, str], None]:
+    """``poison_word(bundle_dir, word)`` sets the word's embedding row to NaN in the bundle's fp32 ONNX
+    model: a real model that scores NaN for exactly the tickets containing that word."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from tokenizers import Tokenizer
+
+    def poison(bundle_dir: Path, word: str) -> None:
+        token_id = Tokenizer.from_file(str(bundle_dir / "tokenizer.json")).token_to_id(word)
+        assert token_id is not None  # a word of the vocabulary, not split into pieces
+        path = bundle_dir / "onnx" / "model.onnx"
+        model = onnx.load(str(path))
+        [table] = [t for t in model.graph.initializer if t.name.endswith("word_embeddings.weight")]
+        rows = numpy_helper.to_array(table).copy()
+        rows[token_id] = np.nan
+        table.CopyFrom(numpy_helper.from_array(rows, table.name))
+        onnx.save(model, str(path))
+
+    return poison

@@ -285,6 +285,15 @@ def test_predict_refuses_top_k_over_the_label_count(exported_bundle: Path, capsy
     assert f"--top-k must be between 1 and {labels}" in capsys.readouterr().err
 
 
+def test_predict_with_a_model_giving_nan_fails_with_one_line_not_invalid_json(
+        bundle_copy: Path, poison_word, capsys: pytest.CaptureFixture) -> None:
+    poison_word(bundle_copy, "please")
+    assert main(["predict", str(bundle_copy), "--engine", "fp32", "my card is blocked", "a refund please"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no prediction with a NaN confidence ("NaN" is not JSON)
+    assert "error: the model gave scores that are not numbers" in captured.err
+
+
 def test_predict_stops_quietly_when_its_reader_leaves(exported_bundle: Path, tmp_path: Path) -> None:
     tickets = tmp_path / "many.jsonl"
     tickets.write_text("".join(json.dumps({"text": f"charged twice {i}"}) + "\n" for i in range(1500)))

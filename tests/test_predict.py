@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from classifier.bundle import read_examples, read_manifest, write_manifest
-from classifier.errors import UserError
+from classifier.errors import ModelError, UserError
 from classifier.export import ExportOptions, decided_by_one_ticket, export
 from classifier.predict import Predictor
 
@@ -101,7 +101,7 @@ def test_the_bundles_temperature_scales_confidence_but_not_the_ranking(bundle_co
     for bad in (0, -1, "nan", "warm"):
         manifest["calibration"]["temperature"] = bad
         write_manifest(bundle_copy, manifest)
-        with pytest.raises(UserError, match="calibration temperature must be a positive number"):
+        with pytest.raises(UserError, match=r"manifest does not fit this release \(calibration.temperature: a positive"):
             Predictor.load(bundle_copy)
     for none in ({"temperature": None}, None):  # written by hand: no calibration
         manifest["calibration"] = none
@@ -200,6 +200,45 @@ def test_a_missing_model_file_the_manifest_marks_for_serving_is_an_error(bundle_
     with pytest.raises(UserError, match="the manifest says to serve the int8 model, but onnx/model_int8.onnx is"):
         Predictor.load(bundle_copy)  # not PyTorch in its place, silently
     assert Predictor.load(bundle_copy, engine="fp32").engine_kind == "fp32"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.pop("max_length"), r"\(max_length: a whole number >= 2 expected, found null\)"),
+    (lambda m: m.update(labels="billing"), r"labels: a list of label names expected, found \"billing\""),
+    (lambda m: m.update(labels=[]), r"labels: a list of label names expected, found \[\]"),
+    (lambda m: m.update(labels=["a", "b", "a"]), r"labels: 'a' listed more than once"),
+    (lambda m: m.update(thresholds=None), r"thresholds: an object expected, found null"),
+    (lambda m: m["thresholds"].update({"global": "NaN"}), r"thresholds.global: a number expected, found \"NaN\""),
+    (lambda m: m.update(text=None), r"text: an object expected, found null"),
+    (lambda m: m.update(serving={"engine": "fp16"}), r"serving.engine: int8 or fp32 or torch expected, found \"fp16\""),
+    (lambda m: m.pop("bundle_version"), r"bundle_version: a string expected, found null"),
+])
+def test_a_manifest_edited_out_of_shape_is_a_clear_error(bundle_copy: Path, edit, message: str) -> None:
+    manifest = read_manifest(bundle_copy)
+    edit(manifest)
+    write_manifest(bundle_copy, manifest)
+    with pytest.raises(UserError, match="manifest does not fit this release .*" + message):
+        Predictor.load(bundle_copy)
+
+
+def test_a_model_with_other_labels_than_the_manifest_is_refused_at_load(bundle_copy: Path) -> None:
+    manifest = read_manifest(bundle_copy)
+    manifest["labels"] = manifest["labels"][:-1]  # e.g. onnx/ copied in from a bundle with one class less
+    write_manifest(bundle_copy, manifest)
+    with pytest.raises(UserError, match=rf"the int8 model gives {len(manifest['labels']) + 1} scores per ticket, "
+                                        rf"but the manifest lists {len(manifest['labels'])} labels"):
+        Predictor.load(bundle_copy)
+
+
+def test_a_model_giving_nan_is_refused_at_load_or_named_at_prediction(bundle_copy: Path, poison_word) -> None:
+    poison_word(bundle_copy, "please")
+    predictor = Predictor.load(bundle_copy, engine="fp32")  # its check ticket has no "please"
+    assert predictor.predict(["my card is blocked"])[0].label
+    with pytest.raises(ModelError, match=r"not numbers \(NaN or infinity\) for ticket 1; export or train"):
+        predictor.predict(["my card is blocked", "a refund please"])
+    poison_word(bundle_copy, "ticket")  # a word of the check ticket: the broken model is caught before it serves
+    with pytest.raises(UserError, match="scores that are not numbers"):
+        Predictor.load(bundle_copy, engine="fp32")
 
 
 def test_export_warns_that_per_class_thresholds_belong_to_the_model_before(bundle_copy: Path,

@@ -225,6 +225,14 @@ def test_null_keys_do_not_count_as_a_second_request_shape(client: FlaskClient) -
     assert response.status_code == 200 and [p["id"] for p in response.get_json()["predictions"]] == [1]
 
 
+def test_a_model_giving_nan_is_a_500_naming_the_model_not_the_ticket(bundle_copy: Path, poison_word) -> None:
+    poison_word(bundle_copy, "please")  # scores NaN for tickets with "please" (not in the warm-up texts)
+    client = create_app({"BUNDLE": bundle_copy, "ENGINE": "fp32", "THREADS": 1, "API_KEYS": ""}).test_client()
+    assert client.post("/classify", json={"text": "my card is blocked"}).status_code == 200
+    error = error_of(client.post("/classify", json={"text": "a refund please"}), 500)
+    assert error["code"] == "model_error" and "export or train the bundle again" in error["message"]
+
+
 def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path) -> None:
     app = create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": "", "MAX_CONTENT_LENGTH": 100})
     app.add_url_rule("/bug", "bug", lambda: 1 // 0)  # a stand-in for a bug in a view
