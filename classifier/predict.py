@@ -233,11 +233,12 @@ class Predictor:
         best = heapq.nlargest(top_k, range(len(probabilities)), key=probabilities.__getitem__)  # ties: lower index
         scores = [probabilities[i] for i in best]
         label = self.labels[best[0]]
+        confidence = round(scores[0], 6)
         return Prediction(
             label=label,
-            confidence=round(scores[0], 6),
+            confidence=confidence,
             top_k=[{"label": self.labels[i], "score": round(score, 6)} for i, score in zip(best, scores)],
-            needs_review=scores[0] < self.threshold(label),
+            needs_review=confidence < self.threshold(label),  # as a client compares what it is shown
             truncated=truncated,
         )
 

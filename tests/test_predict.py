@@ -202,6 +202,20 @@ def test_a_missing_model_file_the_manifest_marks_for_serving_is_an_error(bundle_
     assert Predictor.load(bundle_copy, engine="fp32").engine_kind == "fp32"
 
 
+def test_needs_review_compares_the_confidence_the_client_sees_with_the_threshold(bundle_copy: Path) -> None:
+    texts = [f"ticket {i}: my card payment failed" for i in range(40)]
+    scores = Predictor.load(bundle_copy).predict_proba(texts).max(axis=1).astype(float)
+    # A ticket whose shown confidence (6 decimals) was rounded up from its score.
+    index = next(i for i, score in enumerate(scores) if round(score, 6) > score)
+    shown = Predictor.load(bundle_copy).predict([texts[index]])[0]
+    manifest = read_manifest(bundle_copy)
+    manifest["thresholds"]["per_class"] = {shown.label: shown.confidence}
+    write_manifest(bundle_copy, manifest)
+    again = Predictor.load(bundle_copy).predict([texts[index]])[0]
+    assert again.confidence == shown.confidence
+    assert not again.needs_review  # at the threshold, as /labels shows it: not below it
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda m: m.pop("max_length"), r"\(max_length: a whole number >= 2 expected, found null\)"),
     (lambda m: m.update(labels="billing"), r"labels: a list of label names expected, found \"billing\""),
