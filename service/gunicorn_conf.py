@@ -30,7 +30,7 @@ from classifier.cpus import worker_count
 from classifier.errors import UserError
 
 
-wsgi_app = "service:create_app()"
+wsgi_app = "service.server:worker_app()"
 bind = ["127.0.0.1:8000"]  # `ticketclf serve --host/--port` or `gunicorn --bind` set it
 workers = worker_count()  # TICKETCLF_WORKERS, WEB_CONCURRENCY or the CPUs
 worker_class = "service.worker.SyncWorker"

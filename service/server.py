@@ -5,13 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import runpy
+import sys
 from pathlib import Path
 from typing import Any
 
+from flask import Flask
 from gunicorn import util
-from gunicorn.app.base import Application
+from gunicorn.app.base import Application, BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import AppImportError, HaltServer
 
 from classifier import bundle as bundles
+from classifier.errors import UserError
 from classifier.predict import default_threads, resolve_engine
 from service import settings
 
@@ -33,11 +38,27 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     overrides: dict[str, Any] = {"bind": [_address(host, port)]}
     if workers:
         overrides["workers"] = workers
+    master = os.getpid()
     try:
         _Gunicorn(overrides).run()
     except SystemExit as stop:  # the arbiter exits the process; the CLI wants a code
-        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if os.getpid() != master:  # a worker (forked in run()) leaving: its code is for the master to read
+            raise
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        return UserError.exit_code if code == Arbiter.APP_LOAD_ERROR else code  # worker_app's one line said why
     return 0
+
+
+def worker_app() -> Flask:
+    """The app of a gunicorn worker (``wsgi_app`` in gunicorn_conf.py). A mistake only loading finds (a bundle
+    file missing, torch asked for but not installed) stops the server with its one-line message, as an
+    AppImportError, instead of a traceback from every worker."""
+    from service import create_app
+
+    try:
+        return create_app()
+    except UserError as error:
+        raise AppImportError(f"ticketclf serve: error: {error}") from None
 
 
 def _address(host: str, port: int) -> str:
@@ -53,8 +74,37 @@ def _serve_dev(host: str, port: int) -> int:
     return 0
 
 
-class _Gunicorn(Application):
-    """gunicorn run in this process: the config file, then ``GUNICORN_CMD_ARGS``, then our arguments."""
+class _Arbiter(Arbiter):
+    """gunicorn's arbiter, except that while it halts because a worker failed to load, another worker failing
+    the same way is reaped, not raised: gunicorn 27 raises HaltServer again from inside ``halt()``, which then
+    skips ``on_exit`` (removing the metrics directory) and ends in a traceback."""
+
+    halting = False
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        self.halting = True
+        super().halt(reason, exit_status)
+
+    def reap_workers(self) -> None:
+        try:
+            super().reap_workers()
+        except HaltServer:
+            if not self.halting:
+                raise
+
+
+class _RunsOurArbiter(BaseApplication):
+    def run(self) -> None:  # what BaseApplication.run does, with _Arbiter
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as error:
+            print(f"\nError: {error}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+
+class _Gunicorn(Application, _RunsOurArbiter):
+    """gunicorn run in this process: the config file, then ``GUNICORN_CMD_ARGS``, then our arguments.
+    (Application.run checks its settings, then its ``super().run()`` is _RunsOurArbiter's.)"""
 
     def __init__(self, overrides: dict[str, Any]) -> None:
         self.overrides = overrides

@@ -692,6 +692,26 @@ def raw_exchange(connection: socket.socket, path: str, body: bytes, declared_len
     return head_part.split(b"\r\n", 1)[0], answer
 
 
+def test_a_bundle_mistake_found_only_by_loading_stops_gunicorn_with_one_line(bundle_copy: Path,
+                                                                            tmp_path: Path) -> None:
+    (bundle_copy / "tokenizer.json").unlink()  # the manifest is fine: only loading the model finds this
+    environment = {key: value for key, value in os.environ.items() if key not in ("GUNICORN_CMD_ARGS",)}
+    environment["TMPDIR"] = str(tmp_path)  # where the metrics directory goes
+    server = subprocess.Popen([sys.executable, "-m", "classifier.cli", "serve", str(bundle_copy), "--port",
+                               str(free_port()), "--workers", "2"], cwd=ROOT, env=environment, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = server.communicate(timeout=120)  # not a master restarting failed workers forever
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert server.returncode == 2, output
+    assert "ticketclf serve: error: " in output and "bundle has no tokenizer.json" in output
+    assert "Traceback" not in output and "Reason: App failed to load." in output
+    assert not list(tmp_path.glob("ticketclf-metrics-*"))  # removed on the way out (on_exit ran)
+
+
 def test_dev_server_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
     # Ctrl-C (SIGINT) stops the development server cleanly; SIGTERM would just kill it.
     with running_server(exported_bundle, tmp_path / "server.log", "--dev", stop=signal.SIGINT) as port:
