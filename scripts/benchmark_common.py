@@ -88,12 +88,17 @@ def time_interleaved(calls: dict[str, Callable[[Any], Any]], items: Sequence[Any
 
 
 def machine_description() -> str:
-    """CPU model, usable cores and memory, as read on this machine."""
+    """CPU model (with family and model numbers: a VM may name only the vendor, and CPU generations differ
+    several times over in int8 speed), usable cores, memory and Python, as read on this machine."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
+            fields = dict(line.split(":", 1) for line in cpuinfo.read().split("\n\n")[0].splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        flags = [flag for flag in ("avx512_vnni", "amx_int8") if flag in fields.get("flags", "").split()]
+        model = (f"{fields['model name']} (cpu family {fields['cpu family']}, model {fields['model']}; "
+                 f"{', '.join(flags) or 'no avx512_vnni'})")
+    except (OSError, KeyError):
         pass
     cores = usable_cpus()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
