@@ -318,6 +318,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- predict
 
+PREDICT_CHUNK = 1024  # tickets per predict() call in `ticketclf predict --file`
+
 
 def _add_predict(commands: argparse._SubParsersAction) -> None:
     p = _subcommand(commands, "predict", "classify tickets with a bundle; prints JSON", _run_predict,
@@ -347,10 +349,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.top_k is not None and not 1 <= args.top_k <= labels:
         raise UserError(f"--top-k must be between 1 and {labels} (the model's labels), got {args.top_k}")
     top_k = args.top_k or min(3, labels)
-    # Arguments are numbered 1, 2, ...; file rows keep their ids. A bad file fails before any output.
-    rows = [(str(number), ticket_text(text, predictor.text_options)) for number, text in enumerate(args.texts, 1)]
     if args.text_columns and not args.file:
         raise UserError("--text-columns names the columns of a --file; give one")
+    if args.texts and args.file:  # arguments are numbered 1, 2, ... and file rows from 2: ids would collide
+        raise UserError("give ticket texts as arguments or a --file, not both")
+    # Arguments are numbered 1, 2, ...; file rows keep their ids. A bad file fails before any output.
+    rows = [(str(number), ticket_text(text, predictor.text_options)) for number, text in enumerate(args.texts, 1)]
     rows += read_tickets_to_classify(args.file, predictor.text_options, args.text_columns or ()) if args.file else []
     try:
         _print_predictions(predictor, rows, top_k)
@@ -362,16 +366,21 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _print_predictions(predictor: Predictor, rows: list[tuple[str, str]], top_k: int) -> None:
-    """One JSON line per (id, cleaned text), in order, each with its id: the prediction, or why there is none."""
-    texts = [text for _, text in rows if text]
-    predictions = iter(predictor.predict(texts, top_k=top_k, cleaned=True) if texts else [])
+    """One JSON line per (id, cleaned text), in order, each with its id: the prediction, or why there is none.
+
+    Tickets are predicted PREDICT_CHUNK at a time, so lines flow out as they are ready, and a file of any
+    length needs the memory of one chunk's scores."""
     empty = []
-    for ticket_id, text in rows:
-        if text:
-            print(json.dumps({"id": ticket_id, **next(predictions).to_dict()}, ensure_ascii=False))
-        else:
-            empty.append(ticket_id)
-            print(json.dumps({"id": ticket_id, "error": "no text after cleaning"}, ensure_ascii=False))
+    for start in range(0, len(rows), PREDICT_CHUNK):
+        chunk = rows[start:start + PREDICT_CHUNK]
+        texts = [text for _, text in chunk if text]
+        predictions = iter(predictor.predict(texts, top_k=top_k, cleaned=True) if texts else [])
+        for ticket_id, text in chunk:
+            if text:
+                print(json.dumps({"id": ticket_id, **next(predictions).to_dict()}, ensure_ascii=False))
+            else:
+                empty.append(ticket_id)
+                print(json.dumps({"id": ticket_id, "error": "no text after cleaning"}, ensure_ascii=False))
     if empty:
         shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
         print(f"ticketclf predict: warning: {len(empty)} of {len(rows)} tickets have no text after "

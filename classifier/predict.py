@@ -188,9 +188,9 @@ class Predictor:
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
         if 0 < len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order
-            return self.engine.logits(self._pad([encoding for encoding, _ in encodings])), truncated
+            return self.engine.logits(self._pad([ids for ids, _ in encodings])), truncated
         # Sorting by length makes each padded batch tight; results go back in input order.
-        order = np.argsort([len(encoding) for encoding, _ in encodings], kind="stable")
+        order = np.argsort([len(ids) for ids, _ in encodings], kind="stable")
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
 
@@ -214,15 +214,16 @@ class Predictor:
             pool = self._pool
         return pool.map(function, batches)
 
-    def _encode(self, texts: list[str]) -> list[tuple[Any, bool]]:
+    def _encode(self, texts: list[str]) -> list[tuple[list[int], bool]]:
+        """Token ids of each text, and whether it was truncated. Only the ids are kept: an Encoding of a long
+        text holds its overflowing pieces too (about 200 KB for 8,000 characters at max_length 128)."""
         char_cap = self.max_length * CHARS_PER_TOKEN_CAP
         capped = [text[:char_cap] for text in texts]
         encodings = self._tokenizer.encode_batch_fast(capped)  # no character offsets: nothing here reads them
-        return [(enc, bool(enc.overflowing) or len(text) > char_cap) for enc, text in zip(encodings, texts)]
+        return [(enc.ids, bool(enc.overflowing) or len(text) > char_cap) for enc, text in zip(encodings, texts)]
 
-    def _pad(self, encodings: list[Any]) -> dict[str, np.ndarray]:
-        """Model inputs for one batch, padded to its longest text (padded in lists: three numpy calls)."""
-        rows = [encoding.ids for encoding in encodings]
+    def _pad(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
+        """Model inputs for one batch of token ids, padded to its longest (padded in lists: three numpy calls)."""
         width = max(len(row) for row in rows)
         ids = np.array([row + [self._pad_id] * (width - len(row)) for row in rows], dtype=np.int64)
         mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in rows], dtype=np.int64)

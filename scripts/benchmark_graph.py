@@ -49,7 +49,7 @@ def main() -> int:
     predictor = Predictor.load(args.bundle, threads=1)  # for its tokenizer and labels
     tickets, _ = load_tickets(args.data, TextOptions.from_dict(predictor.manifest["text"]))  # as the bundle reads
     truth = np.array([predictor.labels.index(label) for label in tickets.labels])
-    batches = [predictor._pad([encoding]) for encoding, _ in predictor._encode(tickets.texts)]
+    batches = [predictor._pad([ids]) for ids, _ in predictor._encode(tickets.texts)]
     with tempfile.TemporaryDirectory(prefix="graph-variants-") as work:
         variants = build_variants(args.bundle, Path(work), choose_quantization_target("auto"))
         engines = {v.name: OnnxEngine(v.model, threads=1, disabled_fusions=v.disabled_fusions) for v in variants}

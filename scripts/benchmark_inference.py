@@ -112,7 +112,7 @@ def bare_session(predictor: Predictor, texts: list[str]) -> Callable[[str], Any]
     names = [i.name for i in session.get_inputs()]
     encoded = predictor._encode(texts)
     feeds = {text: {n: batch[n] for n in names} for text, batch in
-             zip(texts, (predictor._pad([encoding]) for encoding, _ in encoded))}
+             zip(texts, (predictor._pad([ids]) for ids, _ in encoded))}
     return lambda text: session.run(None, feeds[text])
 
 

@@ -39,7 +39,7 @@ def main() -> int:
     previous = base.Predictor.load(args.bundle, threads=1)
     tickets, _ = load_tickets(args.data, TextOptions.from_dict(current.manifest["text"]))
     texts = tickets.texts[: args.latency_samples]
-    feeds = {text: current._pad([encoding]) for text, (encoding, _) in zip(texts, current._encode(texts))}
+    feeds = {text: current._pad([ids]) for text, (ids, _) in zip(texts, current._encode(texts))}
     session = current.engine.session
     calls = {
         "bare session": lambda text: session.run(None, feeds[text]),

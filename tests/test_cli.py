@@ -163,8 +163,10 @@ def test_predict_reads_a_ticket_file(exported_bundle: Path, tmp_path: Path,
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
-def test_predict_file_keeps_every_row_in_order_with_its_id(exported_bundle: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("chunk", [1024, 2])  # 2: predicted in two pieces, the empty ticket at a piece's end
+def test_predict_file_keeps_every_row_in_order_with_its_id(exported_bundle: Path, tmp_path: Path, chunk: int,
+                                                           capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    monkeypatch.setattr("classifier.cli.PREDICT_CHUNK", chunk)
     tickets = tmp_path / "new.jsonl"
     tickets.write_text('{"id": "T-1", "text": "I was charged twice"}\n'  # "text" alone, as the service takes
                        '{"id": "T-2", "text": "> only a quoted reply"}\n'  # nothing left after cleaning
@@ -283,6 +285,14 @@ def test_predict_refuses_top_k_over_the_label_count(exported_bundle: Path, capsy
     labels = len(json.loads((exported_bundle / "manifest.json").read_text())["labels"])
     assert main(["predict", str(exported_bundle), "hello", "--top-k", str(labels + 1)]) == 2
     assert f"--top-k must be between 1 and {labels}" in capsys.readouterr().err
+
+
+def test_predict_refuses_texts_and_a_file_together(exported_bundle: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    tickets = tmp_path / "new.csv"  # no id column: rows are numbered 2, 3, ... as a spreadsheet shows them
+    tickets.write_text("subject,body\nRefund,charged twice\n")
+    assert main(["predict", str(exported_bundle), "one", "two", "--file", str(tickets)]) == 2
+    assert "give ticket texts as arguments or a --file, not both" in capsys.readouterr().err
 
 
 def test_predict_with_a_model_giving_nan_fails_with_one_line_not_invalid_json(

@@ -363,7 +363,7 @@ def test_an_encoder_of_another_family_trains_exports_and_serves(tiny_csv: Path, 
     predictor = Predictor.load(bundle_dir, engine="fp32")
     assert "token_type_ids" not in predictor.engine.input_names
     short, long = "refund", "my invoice shows the wrong amount and I was charged twice this month"
-    padded = predictor._pad([encoding for encoding, _ in predictor._encode([short, long])])
+    padded = predictor._pad([ids for ids, _ in predictor._encode([short, long])])
     assert tokenizer.pad_token_id == 1 and padded["input_ids"][0, -1] == 1
     batched = predictor.predict_proba([short, long])
     alone = np.vstack([predictor.predict_proba([text]) for text in (short, long)])
