@@ -1,4 +1,9 @@
-"""The operations blueprint: ``/health`` (alive), ``/ready`` (model warmed up, not stopping), ``/metrics``."""
+"""The operations blueprint: ``/health`` (alive), ``/ready`` (model warmed up), ``/metrics``.
+
+A worker answers nothing until its model is loaded and warmed up (create_app does that first), so
+``/ready`` answering at all is the signal; it adds the model's name and version. It has no 503: a
+"stopping" flag would be wrong for workers replaced by a reload, which get the same SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ from flask import Blueprint, Response
 from service import metrics
 from service.api import json_response
 from service.context import context
-from service.errors import ApiError
 from service.schemas import HealthResponse, ReadyResponse
 
 bp = Blueprint("ops", __name__)
@@ -20,10 +24,7 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    ctx = context()
-    if ctx.stopping:
-        raise ApiError(503, "stopping", "the server is shutting down")
-    return json_response(ReadyResponse(status="ready", model=ctx.model_info))
+    return json_response(ReadyResponse(status="ready", model=context().model_info))
 
 
 @bp.get("/metrics")

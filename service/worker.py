@@ -4,7 +4,6 @@
 2. On a graceful stop (SIGTERM) it answers the connections already waiting in the listen
    queue before it exits: gunicorn's own worker leaves them, and they are reset when the
    last worker closes the socket, though their clients had connected before the stop.
-   ``/ready`` answers 503 among them, so a load balancer's probe sees the stop.
 3. Requests that gunicorn refuses itself before the app sees them (a malformed request
    line or header, a request line over 4,094 bytes, too many headers) are answered with
    the API's JSON error body instead of gunicorn's HTML page.
@@ -51,16 +50,12 @@ class SyncWorker(GunicornSyncWorker):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.stop_requested_at = time.monotonic()
-        if getattr(self, "wsgi", None) is not None:  # None while the app (and its model) still loads
-            from service.context import mark_stopping  # the worker's app has imported it already
-
-            mark_stopping(self.wsgi)
         super().handle_exit(sig, frame)
 
     def run(self) -> None:
         super().run()
-        # Only on SIGTERM: a worker leaving after max_requests or replaced by a reload has
-        # siblings (or successors) that take the queue.
+        # Only on SIGTERM: a stop, or a reload replacing this worker (its successors share the queue then).
+        # A worker leaving after max_requests has siblings that take the queue.
         if self.stop_requested_at is not None and self.is_parent_alive():
             self.answer_waiting_connections(self.stop_requested_at + self.cfg.graceful_timeout - DRAIN_MARGIN_S)
 
