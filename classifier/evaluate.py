@@ -39,7 +39,7 @@ from classifier import bundle
 from classifier.data import (OTHER_LABEL, DataReport, Tickets, load_tickets, relabel_like_training,
                              reload_training_split, with_text_columns)
 from classifier.errors import UserError
-from classifier.predict import Predictor, resolve_engine
+from classifier.predict import Predictor, resolve_engine, shown_score
 from classifier.text import TextOptions
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ class Scored:
 
     @cached_property
     def confidence(self) -> np.ndarray:
-        return self.proba.max(axis=1).astype(float)
+        """Each ticket's confidence as a prediction shows it: thresholds chosen on these values route the
+        same tickets when the predictor compares them."""
+        return np.array([shown_score(value) for value in self.proba.max(axis=1).tolist()], dtype=float)
 
     @cached_property
     def correct(self) -> np.ndarray:

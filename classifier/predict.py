@@ -234,14 +234,21 @@ class Predictor:
         best = heapq.nlargest(top_k, range(len(probabilities)), key=probabilities.__getitem__)  # ties: lower index
         scores = [probabilities[i] for i in best]
         label = self.labels[best[0]]
-        confidence = round(scores[0], 6)
+        confidence = shown_score(scores[0])
         return Prediction(
             label=label,
             confidence=confidence,
-            top_k=[{"label": self.labels[i], "score": round(score, 6)} for i, score in zip(best, scores)],
-            needs_review=confidence < self.threshold(label),  # as a client compares what it is shown
+            top_k=[{"label": self.labels[i], "score": shown_score(score)} for i, score in zip(best, scores)],
+            needs_review=confidence < self.threshold(label),
             truncated=truncated,
         )
+
+
+def shown_score(probability: float) -> float:
+    """A probability as predictions show it (6 decimals). Review thresholds are compared with this value,
+    both here and where ``evaluate`` chooses them, so a client comparing a shown confidence with /labels
+    agrees, and a ticket at a threshold is routed as the evaluation counted it."""
+    return round(probability, 6)
 
 
 def resolve_engine(bundle_dir: Path, manifest: dict[str, Any], requested: str) -> str:

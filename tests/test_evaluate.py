@@ -80,14 +80,14 @@ def exported_scores(exported_bundle: Path, known_rows: list[dict[str, str]]):
 
 
 def independent_scores(bundle_dir: Path, rows: list[dict[str, str]], engine: str = "auto"):
-    """True labels, predictions and confidences straight from the predictor on raw records.
+    """True labels, predictions and confidences (as predictions show them: thresholds compare with those)
+    straight from the predictor on raw records.
 
     One ticket per batch, as the evaluation does: int8 scores depend on the other tickets in a batch.
     """
-    predictor = Predictor.load(bundle_dir, engine)
-    proba = predictor.predict_proba(rows, batch_size=1)
-    y_pred = [predictor.labels[i] for i in proba.argmax(axis=1)]
-    return [row["category"] for row in rows], y_pred, proba.max(axis=1)
+    predictions = Predictor.load(bundle_dir, engine).predict(rows, top_k=1, batch_size=1)
+    return ([row["category"] for row in rows], [p.label for p in predictions],
+            np.array([p.confidence for p in predictions]))
 
 
 # ---------------------------------------------------------------- numbers
@@ -372,10 +372,11 @@ def test_applied_thresholds_drive_needs_review(bundle_copy, test_csv, known_rows
 
     predictor = Predictor.load(bundle_copy)
     predictions = predictor.predict(known_rows, batch_size=1)
-    probabilities = predictor.predict_proba(known_rows, batch_size=1).max(axis=1)
-    for prediction, confidence in zip(predictions, probabilities):
+    for prediction in predictions:
         assert predictor.threshold(prediction.label) == per_class[prediction.label]
-        assert prediction.needs_review == (confidence < per_class[prediction.label])
+        assert prediction.needs_review == (prediction.confidence < per_class[prediction.label])  # as shown
+    # Served as evaluated: each threshold is one ticket's confidence, and that ticket is routed too.
+    assert sum(not p.needs_review for p in predictions) == source["expected"]["tickets"]
     # Each class with its own threshold reaches the target on the tickets it routes.
     own = [label for label, info in report["precision_coverage"]["per_class_thresholds"].items()
            if info["source"] == "class"]
