@@ -112,7 +112,7 @@ class TicketBase(BaseModel):
     @classmethod
     def _has_text(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            data = cls._canonical_keys(data)
+            data = _canonical_keys(data, ("id", *cls.text_keys()))
         if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
             unread = [key for key in data if key not in cls.model_fields]  # e.g. fields of another model
             raise PydanticCustomError("missing_text", "missing ticket text: give {keys}{unread}", {
@@ -144,13 +144,6 @@ class TicketBase(BaseModel):
             raise PydanticCustomError("ambiguous_text", "give either 'text' or the ticket's fields ({fields}), not both",
                                       {"fields": ", ".join(given)})
         return self
-
-    @classmethod
-    def _canonical_keys(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """Field names in any case ("Subject"), as the Python API and the file loaders take them;
-        a key spelled exactly as the model's wins over another spelling."""
-        renamed = {key: name for name in ("id", *cls.text_keys()) if (key := field_key(data, name)) not in (None, name)}
-        return {renamed.get(key, key): value for key, value in data.items()} if renamed else data
 
     @classmethod
     def text_keys(cls) -> tuple[str, ...]:
@@ -193,10 +186,13 @@ class ZendeskTicket(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _body_from_other_keys(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or _has_words(data.get("description")):
+        if not isinstance(data, dict):
+            return data
+        data = _canonical_keys(data, ("id", "subject", "description", "comment"))
+        if _has_words(data.get("description")):
             return data
         comment = data.get("comment")
-        if isinstance(comment, dict) and isinstance(comment.get("body"), str) and data.get("description") is None:
+        if isinstance(comment, dict) and _has_words(comment.get("body")):
             return {**data, "description": comment["body"]}
         if stray := _unread_body_keys(data, {"description"}):
             raise PydanticCustomError(
@@ -258,6 +254,13 @@ _BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in 
 
 def _has_words(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
+
+
+def _canonical_keys(data: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``names`` in any case ("Subject"), as the Python API and the file loaders take field names;
+    a key spelled exactly as the name wins over another spelling."""
+    renamed = {key: name for name in names if (key := field_key(data, name)) not in (None, name)}
+    return {renamed.get(key, key): value for key, value in data.items()} if renamed else data
 
 
 def _unread_body_keys(data: dict[str, Any], read: Collection[str]) -> list[str]:

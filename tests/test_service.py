@@ -129,10 +129,12 @@ def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predi
                           "status": "new", "requester": {"email": "a@example.com"}}}
     [prediction] = client.post("/classify", json=webhook).get_json()["predictions"]
     assert prediction == {"id": 4821, **predictor.predict([TICKET])[0].to_dict()}
-    # Zendesk's API sets the description as the first comment's body.
-    api_shape = {"ticket": {"subject": TICKET["subject"], "comment": {"body": TICKET["body"]}}}
-    [prediction] = client.post("/classify", json=api_shape).get_json()["predictions"]
-    assert prediction == {"id": None, **predictor.predict([TICKET])[0].to_dict()}
+    # Zendesk's API sets the description as the first comment's body; keys in any case, as elsewhere.
+    for same in ({"subject": TICKET["subject"], "comment": {"body": TICKET["body"]}},
+                 {"subject": TICKET["subject"], "description": "", "comment": {"body": TICKET["body"]}},
+                 {"Subject": TICKET["subject"], "Description": TICKET["body"]}):
+        [prediction] = client.post("/classify", json={"ticket": same}).get_json()["predictions"]
+        assert prediction == {"id": None, **predictor.predict([TICKET])[0].to_dict()}, same
     # The body under a name the webhook does not read would leave only the subject: refused.
     misnamed = {"ticket": {"subject": TICKET["subject"], "body": TICKET["body"]}}
     message = error_of(client.post("/classify", json=misnamed), 422)["message"]
