@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from classifier.errors import UserError
+from classifier.errors import ModelError, UserError
 from classifier.text import TextOptions, ticket_text
 
 if TYPE_CHECKING:
@@ -374,7 +374,11 @@ def _print_predictions(predictor: Predictor, rows: list[tuple[str, str]], top_k:
     for start in range(0, len(rows), PREDICT_CHUNK):
         chunk = rows[start:start + PREDICT_CHUNK]
         texts = [text for _, text in chunk if text]
-        predictions = iter(predictor.predict(texts, top_k=top_k, cleaned=True) if texts else [])
+        try:
+            predictions = iter(predictor.predict(texts, top_k=top_k, cleaned=True) if texts else [])
+        except ModelError as error:  # it counts positions in `texts`; name the tickets' own ids
+            ids = [ticket_id for ticket_id, text in chunk if text]
+            raise ModelError([ids[position] for position in error.tickets]) from None
         for ticket_id, text in chunk:
             if text:
                 print(json.dumps({"id": ticket_id, **next(predictions).to_dict()}, ensure_ascii=False))

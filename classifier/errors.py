@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class UserError(Exception):
     """A problem with the user's input, carrying a message meant for people.
@@ -14,10 +16,17 @@ class UserError(Exception):
 
 
 class ModelError(UserError):
-    """The bundle's model gave unusable scores (NaN, infinity): not the ticket's fault, so the
-    service answers 500; the bundle needs exporting or training again."""
+    """The bundle's model gave scores that are not numbers (NaN, infinity) for ``tickets`` (positions
+    or ids): not the tickets' fault, so the service answers 500; the bundle needs exporting or training
+    again."""
 
     exit_code = 3
+
+    def __init__(self, tickets: Sequence[object]) -> None:
+        self.tickets = list(tickets)
+        named = ", ".join(map(str, self.tickets[:5])) + (" ..." if len(self.tickets) > 5 else "")
+        super().__init__(f"the model gave scores that are not numbers (NaN or infinity) for ticket {named}; "
+                         "export or train the bundle again")
 
 
 def where(path: object, row: int | None = None, column: str | None = None) -> str:

@@ -150,9 +150,7 @@ class Predictor:
         """Calibrated softmax: the logits divided by the bundle's temperature."""
         probabilities = softmax(logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
         if not np.isfinite(probabilities).all():
-            rows = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
-            raise ModelError(f"the model gave scores that are not numbers (NaN or infinity) for ticket "
-                             f"{', '.join(map(str, rows[:5]))}; export or train the bundle again")
+            raise ModelError(np.flatnonzero(~np.isfinite(probabilities).all(axis=1)).tolist())
         return probabilities
 
     def texts(self, tickets: Sequence[Ticket]) -> list[str]:

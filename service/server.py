@@ -58,7 +58,7 @@ def worker_app() -> Flask:
     try:
         return create_app()
     except UserError as error:
-        raise AppImportError(f"ticketclf serve: error: {error}") from None
+        raise AppImportError(f"error: {error}") from None  # gunicorn prints it as it is
 
 
 def _address(host: str, port: int) -> str:

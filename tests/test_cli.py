@@ -19,6 +19,7 @@ from classifier.bundle import read_manifest
 from classifier.cli import main
 from classifier.data import read_tickets_to_classify
 from classifier.errors import UserError
+from classifier.predict import Predictor
 from classifier.export import WORK_OWNER, _remove_abandoned_work
 from classifier.text import TextOptions
 
@@ -173,7 +174,10 @@ def test_predict_file_keeps_every_row_in_order_with_its_id(exported_bundle: Path
                        '{"id": "T-3", "text": "cannot log in"}\n')
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
     captured = capsys.readouterr()
-    check_one_empty_ticket(captured.out, captured.err, ["T-1", "T-2", "T-3"], "T-2")
+    lines = check_one_empty_ticket(captured.out, captured.err, ["T-1", "T-2", "T-3"], "T-2")
+    expected = Predictor.load(exported_bundle).predict(["I was charged twice", "cannot log in"])
+    assert [{k: v for k, v in line.items() if k != "id"} for line in (lines[0], lines[2])] == \
+        [prediction.to_dict() for prediction in expected]  # each row's own prediction, whatever the pieces
 
 
 def test_predict_reads_tickets_piped_to_standard_input(exported_bundle: Path) -> None:
@@ -301,7 +305,7 @@ def test_predict_with_a_model_giving_nan_fails_with_one_line_not_invalid_json(
     assert main(["predict", str(bundle_copy), "--engine", "fp32", "my card is blocked", "a refund please"]) == 3
     captured = capsys.readouterr()
     assert captured.out == ""  # no prediction with a NaN confidence ("NaN" is not JSON)
-    assert "error: the model gave scores that are not numbers" in captured.err
+    assert "error: the model gave scores that are not numbers (NaN or infinity) for ticket 2;" in captured.err
 
 
 def test_predict_stops_quietly_when_its_reader_leaves(exported_bundle: Path, tmp_path: Path) -> None:
