@@ -376,7 +376,12 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     if label is not None and label in texts:
         raise UserError(f"{path}: column {label!r} is both a text column and the label column; name the "
                         "label with --label-column and the text with --text-columns")
-    ident = next((find(n, look_inside=False) for n in ID_COLUMN_GUESSES if find(n, look_inside=False)), None)
+    # The id at the top level, else beside the text in its object ("ticket.id" next to "ticket.subject"):
+    # not any nested id, which may be the requester's.
+    parents = {name.rpartition(".")[0] for name in texts}
+    places = ("", *(f"{parent}." for parent in parents if parent and len(parents) == 1))
+    ident = next((found for place in places for name in ID_COLUMN_GUESSES
+                  if (found := find(place + name, look_inside=False))), None)
     return ColumnMapping(texts, label, ident)  # type: ignore[arg-type]
 
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from classifier.data import (ColumnMapping, DataReport, load_tickets, prepare_data, read_records, resolve_columns,
+from classifier.data import (ColumnMapping, DataReport, load_tickets, prepare_data, read_records,
+                             read_tickets_to_classify, resolve_columns,
                              stratified_split)
 from classifier.errors import UserError
 from classifier.text import TextOptions, nested_fields, ticket_text
@@ -280,11 +281,24 @@ def test_zendesk_custom_fields_are_read_by_their_id(tmp_path: Path) -> None:
     (["text", "prediction.label", "category"], ("text",), "category", None),  # the human label, not a nested one
     (["subject", "last_comment.body", "description", "queue"], ("subject", "description"), "queue", None),
     (["ticket.subject", "ticket.body", "custom_fields.queue", "requester.id"],
-     ("ticket.subject", "ticket.body"), "custom_fields.queue", None),  # ids are never taken from inside objects
+     ("ticket.subject", "ticket.body"), "custom_fields.queue", None),  # not the id of another object
+    (["ticket.id", "ticket.subject", "ticket.description", "custom_fields.queue", "requester.id"],
+     ("ticket.subject", "ticket.description"), "custom_fields.queue", "ticket.id"),  # the id beside the text
+    (["id", "ticket.id", "ticket.subject", "ticket.body", "queue"], ("ticket.subject", "ticket.body"), "queue", "id"),
 ])
 def test_detection_prefers_top_level_columns_to_nested_fields(columns: list[str], texts: tuple[str, ...],
                                                               label: str, ident: str | None) -> None:
     assert resolve_columns(columns, "export.jsonl") == ColumnMapping(texts, label, ident)
+
+
+def test_a_nested_export_keeps_its_ticket_ids(tmp_path: Path) -> None:
+    path = tmp_path / "export.jsonl"
+    path.write_text("".join(json.dumps({"ticket": {"id": 10841 + i, "subject": s, "description": "x"},
+                                        "requester": {"id": 7}, "custom_fields": {"queue": q}}) + "\n"
+                            for i, (s, q) in enumerate([("Refund", "billing"), ("Login", "access")])))
+    tickets, options = load_tickets(path)
+    assert tickets.ids == ["10841", "10842"]
+    assert [ident for ident, _ in read_tickets_to_classify(path, options)] == ["10841", "10842"]
 
 
 def test_missing_file_directory_and_unknown_type(tmp_path: Path) -> None:
