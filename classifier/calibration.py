@@ -6,6 +6,11 @@ Dividing the logits by one temperature, fitted on the validation split to minimi
 negative log-likelihood (Guo et al., 2017), fixes the scale without changing any ranking:
 labels, top-k order and accuracy stay the same. Training stores the temperature in the
 manifest (``calibration``); the predictor divides by it before the softmax.
+
+When the split has too few mistakes for the likelihood to settle (a good model on a small
+split: the very case where label smoothing leaves it most under-confident), the temperature is
+instead the one at which the mean confidence equals the split's accuracy, smoothed as
+(right + 1) / (tickets + 2) so that a flawless split does not ask for certainty.
 """
 
 from __future__ import annotations
@@ -29,23 +34,51 @@ def fit_temperature(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, Any]
 
     logits = np.asarray(logits, dtype=np.float64)
     label_ids = np.asarray(label_ids)
+    tickets = int(len(label_ids))
     mistakes = int((logits.argmax(axis=1) != label_ids).sum())
-    skipped = (f"fewer than {MIN_TICKETS} validation tickets" if len(label_ids) < MIN_TICKETS else
-               f"fewer than {MIN_MISTAKES} mistakes on the validation split" if mistakes < MIN_MISTAKES else None)
-    if skipped:
-        return {"temperature": 1.0, "tickets": int(len(label_ids)), "skipped": skipped}
+    if tickets < MIN_TICKETS:
+        return {"temperature": 1.0, "tickets": tickets, "skipped": f"fewer than {MIN_TICKETS} validation tickets"}
+    if mistakes < MIN_MISTAKES:
+        return _matched(logits, label_ids, f"fewer than {MIN_MISTAKES} mistakes on the validation split")
     fitted = minimize_scalar(lambda log_t: negative_log_likelihood(logits, label_ids, float(np.exp(log_t))),
                              bounds=tuple(np.log(BOUNDS)), method="bounded")
     temperature = float(np.exp(fitted.x))
     if not BOUNDS[0] * 1.01 < temperature < BOUNDS[1] / 1.01:
+        return _matched(logits, label_ids, f"the likelihood fit ran to its bound ({temperature:.3g})")
+    return {"temperature": round(temperature, 6), "tickets": tickets, "method": "likelihood",
+            "validation_nll": _nll_before_after(logits, label_ids, temperature)}
+
+
+def _matched(logits: np.ndarray, label_ids: np.ndarray, why: str) -> dict[str, Any]:
+    """The temperature at which the mean confidence equals the smoothed accuracy; 1 if none in the bounds."""
+    from scipy.optimize import brentq
+
+    right = int((logits.argmax(axis=1) == label_ids).sum())
+    target = (right + 1) / (len(label_ids) + 2)
+
+    def gap(log_t: float) -> float:  # mean confidence falls as the temperature rises
+        return mean_confidence(logits, float(np.exp(log_t))) - target
+
+    low, high = np.log(BOUNDS)
+    if gap(low) * gap(high) > 0:
         return {"temperature": 1.0, "tickets": int(len(label_ids)),
-                "skipped": f"the fit ran to its bound ({temperature:.3g}): the validation split cannot tell"}
-    return {
-        "temperature": round(temperature, 6),
-        "tickets": int(len(label_ids)),
-        "validation_nll": {"raw": round(negative_log_likelihood(logits, label_ids, 1.0), 6),
-                           "calibrated": round(negative_log_likelihood(logits, label_ids, temperature), 6)},
-    }
+                "skipped": f"{why}, and no temperature within {BOUNDS} gives a mean confidence of {target:.3f}"}
+    temperature = float(np.exp(brentq(gap, low, high, xtol=1e-6)))
+    return {"temperature": round(temperature, 6), "tickets": int(len(label_ids)),
+            "method": "mean confidence matched to the smoothed accuracy", "why": why,
+            "target_confidence": round(target, 6), "validation_nll": _nll_before_after(logits, label_ids, temperature)}
+
+
+def _nll_before_after(logits: np.ndarray, label_ids: np.ndarray, temperature: float) -> dict[str, float]:
+    return {"raw": round(negative_log_likelihood(logits, label_ids, 1.0), 6),
+            "calibrated": round(negative_log_likelihood(logits, label_ids, temperature), 6)}
+
+
+def mean_confidence(logits: np.ndarray, temperature: float) -> float:
+    """Mean top softmax probability of ``logits / temperature``."""
+    scaled = logits / temperature
+    shifted = scaled - scaled.max(axis=1, keepdims=True)
+    return float((1.0 / np.exp(shifted).sum(axis=1)).mean())
 
 
 def negative_log_likelihood(logits: np.ndarray, label_ids: np.ndarray, temperature: float) -> float:

@@ -103,7 +103,8 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     validation = trainer.predict(trainer.eval_dataset)
     calibration = fit_temperature(_first(validation.predictions), validation.label_ids)
     log.info("calibration: temperature %.3f on %d validation tickets%s", calibration["temperature"],
-             calibration["tickets"], f" (not fitted: {calibration['skipped']})" if "skipped" in calibration else "")
+             calibration["tickets"], f" (not fitted: {calibration['skipped']})" if "skipped" in calibration else
+             f" ({calibration['method']}: {calibration['why']})" if "why" in calibration else "")
     model = _merge_adapters(trainer.model)
     manifest = bundle.new_manifest(
         name=Path(os.path.abspath(output_dir)).name,  # what the service reports, wherever the bundle goes later
