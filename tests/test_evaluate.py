@@ -467,6 +467,18 @@ def test_evaluating_on_the_training_file_is_flagged(evaluated, exported_bundle, 
     assert any("the file this model was trained on" in warning for warning in report["warnings"])
 
 
+@pytest.mark.parametrize(("temperature", "how"), [(20.0, "less sure than it is right"),
+                                                   (0.1, "surer than it is right")])
+def test_confidences_far_from_accuracy_are_flagged(bundle_copy, test_csv, tmp_path, temperature, how):
+    manifest = read_manifest(bundle_copy)
+    manifest["calibration"] = {"temperature": temperature}  # far too cool, or far too sharp
+    write_manifest(bundle_copy, manifest)
+    report = evaluate(bundle_copy, test_csv, tmp_path / "report", EvaluationOptions(baseline=False))
+    assert report["metrics"]["ece"] > 0.1
+    [warning] = [w for w in report["warnings"] if w.startswith("confidences do not match accuracy")]
+    assert f"the model is {how}" in warning
+
+
 def test_a_very_long_class_name_does_not_crowd_out_the_confusion_matrix() -> None:
     import io
 
