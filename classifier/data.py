@@ -356,8 +356,10 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     if text_columns:
         missing = [name for name in text_columns if find(name) is None]
         if missing:
-            raise UserError(f"{path}: text column {missing[0]!r} not found; columns are {available}; check the "
-                            "names, or name the file's text columns with --text-columns")
+            also = (f" (nor label column {label_column!r}: name it with --label-column)"
+                    if label_column and find(label_column) is None else "")  # both in one run, not two
+            raise UserError(f"{path}: text column {missing[0]!r} not found{also}; columns are {available}; check "
+                            "the names, or name the file's text columns with --text-columns")
         texts = tuple(find(name) for name in text_columns)
     else:
         texts = guess(TEXT_COLUMN_GUESSES)

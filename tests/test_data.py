@@ -176,6 +176,10 @@ def test_unknown_columns_are_named(tmp_path: Path) -> None:
         load_tickets(path, TextOptions(fields=("message",)))
     with pytest.raises(UserError, match="label column 'queue' not found"):
         load_tickets(path, label_column="queue")
+    # Both missing (a test file with its own column names): one message names both, so one rerun fixes it.
+    with pytest.raises(UserError, match=r"text column 'message' not found \(nor label column 'queue': name it "
+                                        r"with --label-column\); columns are"):
+        load_tickets(path, TextOptions(fields=("message",)), label_column="queue")
 
 
 def test_json_lines_may_hold_unicode_line_separators_inside_strings(tmp_path: Path) -> None:
