@@ -15,6 +15,7 @@ import uuid
 from datetime import datetime, timezone
 
 from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from service import metrics
 
@@ -43,13 +44,29 @@ def _start() -> None:
 
 def _finish(response: Response) -> Response:
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    route = request.url_rule.rule if request.url_rule else "unmatched"  # bounded label values
+    route = _route()
     method = request.method if request.method in _HTTP_METHODS else "other"  # any caller may invent one
     metrics.record_request(route, method, response.status_code, seconds)
     response.headers["X-Request-ID"] = g.get("request_id", "")
     if current_app.config["ACCESS_LOG"]:
         access_log.info(json.dumps(_entry(response, seconds), ensure_ascii=False))
     return response
+
+
+def _route() -> str:
+    """The matched route's pattern (bounded label values): a 405 counts under the route it reached with
+    the wrong method, anything else unmatched under "unmatched"."""
+    if request.url_rule is not None:
+        return request.url_rule.rule
+    missed = request.routing_exception
+    if isinstance(missed, MethodNotAllowed) and missed.valid_methods:
+        try:
+            rule, _ = current_app.url_map.bind_to_environ(request.environ).match(
+                method=missed.valid_methods[0], return_rule=True)
+            return rule.rule
+        except HTTPException:
+            pass
+    return "unmatched"
 
 
 def _entry(response: Response, seconds: float) -> dict[str, object]:

@@ -322,7 +322,8 @@ def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predictor: Predictor) -> None:
     before = metric_values(client.get("/metrics").get_data(as_text=True))
     prediction = client.post("/classify", json={"text": "refund please"}).get_json()["predictions"][0]
-    client.open("/classify", method="FOOBAR")  # a method made up by the caller
+    client.open("/classify", method="FOOBAR")  # a method made up by the caller: counted under its route
+    client.get("/nope")  # no route at all
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     after = metric_values(response.get_data(as_text=True))
@@ -332,11 +333,12 @@ def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predi
         return after.get(key, 0) - before.get(key, 0)
 
     assert grew("ticketclf_http_requests_total", route="/classify", method="POST", status="200") == 1
-    assert grew("ticketclf_http_request_duration_seconds_count", route="/classify") == 1
+    assert grew("ticketclf_http_request_duration_seconds_count", route="/classify") == 2  # the POST and the 405
     assert grew("ticketclf_predictions_total", label=prediction["label"]) == 1
     assert grew("ticketclf_needs_review_total") == prediction["needs_review"]
     assert grew("ticketclf_truncated_total") == prediction["truncated"] == 0
-    assert grew("ticketclf_http_requests_total", route="unmatched", method="other", status="405") == 1
+    assert grew("ticketclf_http_requests_total", route="/classify", method="other", status="405") == 1
+    assert grew("ticketclf_http_requests_total", route="unmatched", method="GET", status="404") == 1
     assert not any(dict(labels).get("method") == "FOOBAR" for _, labels in after)  # one series per invented name
     served = json.loads((predictor.bundle_dir / "manifest.json").read_text())["serving"]["engine"]  # int8 or fp32
     info = ("ticketclf_model_info", (("engine", served), ("name", predictor.name),
