@@ -336,6 +336,9 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     for name in available:
         if "." in name:
             nested.setdefault(name.rsplit(".", 1)[1].lower(), []).append(name)
+    # What messages list: not the objects themselves ("ticket"), whose fields ("ticket.subject") are listed.
+    objects = {name[:index] for name in available for index, char in enumerate(name) if char == "."}
+    listed = [name for name in available if name not in objects]
 
     def find(name: str, look_inside: bool = True) -> str | None:
         """A column by name (any case), else, with ``look_inside``, the one nested field of that name."""
@@ -358,23 +361,23 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         if missing:
             also = (f" (nor label column {label_column!r}: name it with --label-column)"
                     if label_column and find(label_column) is None else "")  # both in one run, not two
-            raise UserError(f"{path}: text column {missing[0]!r} not found{also}; columns are {available}; check "
+            raise UserError(f"{path}: text column {missing[0]!r} not found{also}; columns are {listed}; check "
                             "the names, or name the file's text columns with --text-columns")
         texts = tuple(find(name) for name in text_columns)
     else:
         texts = guess(TEXT_COLUMN_GUESSES)
         if not texts:
-            raise UserError(f"{path}: no text column found among {available}; "
+            raise UserError(f"{path}: no text column found among {listed}; "
                             "name them with --text-columns (e.g. subject,body)")
     if label_column:
         label = find(label_column)
         if label is None:
-            raise UserError(f"{path}: label column {label_column!r} not found; columns are {available}; "
+            raise UserError(f"{path}: label column {label_column!r} not found; columns are {listed}; "
                             "name the file's label column with --label-column")
     else:
         label = next(iter(guess([(name,) for name in LABEL_COLUMN_GUESSES])), None)
         if label is None and require_label:
-            raise UserError(f"{path}: no label column found among {available}; name it with --label-column")
+            raise UserError(f"{path}: no label column found among {listed}; name it with --label-column")
     if label is not None and label in texts:
         raise UserError(f"{path}: column {label!r} is both a text column and the label column; name the "
                         "label with --label-column and the text with --text-columns")

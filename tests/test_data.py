@@ -295,6 +295,12 @@ def test_detection_prefers_top_level_columns_to_nested_fields(columns: list[str]
     assert resolve_columns(columns, "export.jsonl") == ColumnMapping(texts, label, ident)
 
 
+def test_messages_list_fields_not_the_objects_holding_them() -> None:
+    columns = ["ticket", "ticket.subject", "ticket.via", "ticket.via.channel", "custom_fields", "custom_fields.queue"]
+    with pytest.raises(UserError, match=r"columns are \['ticket.subject', 'ticket.via.channel', 'custom_fields.queue'\]"):
+        resolve_columns(columns, "export.jsonl", ("Title",))
+
+
 def test_a_nested_export_keeps_its_ticket_ids(tmp_path: Path) -> None:
     path = tmp_path / "export.jsonl"
     path.write_text("".join(json.dumps({"ticket": {"id": 10841 + i, "subject": s, "description": "x"},
