@@ -9,8 +9,10 @@ manifest (``calibration``); the predictor divides by it before the softmax.
 
 When the split has too few mistakes for the likelihood to settle (a good model on a small
 split: the very case where label smoothing leaves it most under-confident), the temperature is
-instead the one at which the mean confidence equals the split's accuracy, smoothed as
-(right + 1) / (tickets + 2) so that a flawless split does not ask for certainty.
+instead the one at which the mean confidence equals a cautious estimate of the accuracy: the
+lower end of its 95 % Wilson interval. Cautious because the same split chose the checkpoint, so
+its accuracy is optimistic, and a flawless split must not ask for certainty. If no temperature
+within the bounds reaches it, the nearest bound is used.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def fit_temperature(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, Any]
     mistakes = int((logits.argmax(axis=1) != label_ids).sum())
     if tickets < MIN_TICKETS:
         return {"temperature": 1.0, "tickets": tickets, "skipped": f"fewer than {MIN_TICKETS} validation tickets"}
+    if not np.isfinite(logits).all():  # the export's drift check and the predictor's load check name the model
+        return {"temperature": 1.0, "tickets": tickets, "skipped": "validation scores that are not numbers"}
     if mistakes < MIN_MISTAKES:
         return _matched(logits, label_ids, f"fewer than {MIN_MISTAKES} mistakes on the validation split")
     fitted = minimize_scalar(lambda log_t: negative_log_likelihood(logits, label_ids, float(np.exp(log_t))),
@@ -50,23 +54,32 @@ def fit_temperature(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, Any]
 
 
 def _matched(logits: np.ndarray, label_ids: np.ndarray, why: str) -> dict[str, Any]:
-    """The temperature at which the mean confidence equals the smoothed accuracy; 1 if none in the bounds."""
+    """The temperature at which the mean confidence equals the cautious accuracy (the nearest bound if
+    none within them does: the mean confidence only falls as the temperature rises)."""
     from scipy.optimize import brentq
 
-    right = int((logits.argmax(axis=1) == label_ids).sum())
-    target = (right + 1) / (len(label_ids) + 2)
+    target = wilson_lower_bound(int((logits.argmax(axis=1) == label_ids).sum()), len(label_ids))
 
-    def gap(log_t: float) -> float:  # mean confidence falls as the temperature rises
+    def gap(log_t: float) -> float:
         return mean_confidence(logits, float(np.exp(log_t))) - target
 
     low, high = np.log(BOUNDS)
-    if gap(low) * gap(high) > 0:
-        return {"temperature": 1.0, "tickets": int(len(label_ids)),
-                "skipped": f"{why}, and no temperature within {BOUNDS} gives a mean confidence of {target:.3f}"}
-    temperature = float(np.exp(brentq(gap, low, high, xtol=1e-6)))
+    if gap(low) < 0:  # under-confident even at the lowest temperature
+        temperature, how = BOUNDS[0], "at its lower bound"
+    elif gap(high) > 0:
+        temperature, how = BOUNDS[1], "at its upper bound"
+    else:
+        temperature, how = float(np.exp(brentq(gap, low, high, xtol=1e-6))), "matched"
     return {"temperature": round(temperature, 6), "tickets": int(len(label_ids)),
-            "method": "mean confidence matched to the smoothed accuracy", "why": why,
+            "method": f"mean confidence {how} to the cautious accuracy", "why": why,
             "target_confidence": round(target, 6), "validation_nll": _nll_before_after(logits, label_ids, temperature)}
+
+
+def wilson_lower_bound(right: int, tickets: int) -> float:
+    """The lower end of the 95 % Wilson score interval for an accuracy of ``right`` of ``tickets``."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(right, tickets).proportion_ci(confidence_level=0.95, method="wilson").low)
 
 
 def _nll_before_after(logits: np.ndarray, label_ids: np.ndarray, temperature: float) -> dict[str, float]:

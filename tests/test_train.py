@@ -12,7 +12,7 @@ from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from classifier.bundle import SCHEMA_VERSION, read_examples, read_manifest
-from classifier.calibration import fit_temperature, mean_confidence, negative_log_likelihood
+from classifier.calibration import fit_temperature, negative_log_likelihood
 from classifier.errors import UserError
 from classifier.options import LORA_LEARNING_RATE, TrainingOptions
 from classifier.train import choose_max_length, default_base_model, train
@@ -80,19 +80,23 @@ def test_temperature_undoes_over_and_under_confidence() -> None:
     assert fit_temperature(logits / 4, truth)["temperature"] < 1  # told barely surer than chance: sharpened
     few = fit_temperature(logits[:10], truth[:10])
     assert few["temperature"] == 1.0 and few["skipped"] == "fewer than 50 validation tickets"
-    # Logits far too small to explain 70 % right: the best temperature is past its floor, and no temperature
-    # within the bounds brings the mean confidence up to the accuracy either, so none is trusted.
+    # Logits far too small to explain 70 % right: the best temperature is past its floor, and even there the
+    # mean confidence stays under the accuracy: the floor, the nearest to right (1 would be the farthest).
     extreme = fit_temperature(logits / 200, truth)
-    assert extreme["temperature"] == 1.0 and extreme["skipped"].startswith("the likelihood fit ran to its bound (0.1")
-    assert f"no temperature within (0.1, 10.0) gives a mean confidence of {(right.sum() + 1) / 402:.3f}" \
-        in extreme["skipped"]
+    assert extreme["why"].startswith("the likelihood fit ran to its bound (0.1")
+    assert extreme["temperature"] == 0.1 and extreme["method"] == "mean confidence at its lower bound to the cautious accuracy"
     # No mistakes: the likelihood would push the temperature to its floor and every confidence to 1.0. The
-    # mean confidence is matched to the smoothed accuracy instead: (400 + 1) / (400 + 2), not 1.
-    flawless_logits = np.eye(5)[truth] * 3.0  # a confidence of 0.83 for the right label, always
-    flawless = fit_temperature(flawless_logits, truth)
-    assert flawless["method"] == "mean confidence matched to the smoothed accuracy"
-    assert flawless["why"] == "fewer than 5 mistakes on the validation split" and flawless["temperature"] < 1
-    assert mean_confidence(flawless_logits, flawless["temperature"]) == pytest.approx(401 / 402, abs=1e-4)
+    # mean confidence is matched to the lower end of the accuracy's 95 % Wilson interval instead, not 1.
+    flawless = fit_temperature(np.eye(5)[truth] * 3.0, truth)  # a confidence of 0.83 for the right label, always
+    assert flawless["method"] == "mean confidence matched to the cautious accuracy"
+    assert flawless["why"] == "fewer than 5 mistakes on the validation split"
+    wilson = 400 / (400 + 1.959964 ** 2)  # the Wilson lower bound of 400 right of 400
+    assert flawless["target_confidence"] == pytest.approx(wilson, abs=1e-6)
+    # softmax of (3, 0, 0, 0, 0) / T has a top probability of wilson when exp(3 / T) = 4 wilson / (1 - wilson)
+    assert flawless["temperature"] == pytest.approx(3 / np.log(4 * wilson / (1 - wilson)), abs=1e-5)
+    broken = logits.copy()
+    broken[0] = np.nan  # a model giving NaN: no temperature, and no crash at the end of training
+    assert fit_temperature(broken, truth)["skipped"] == "validation scores that are not numbers"
 
 
 def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_path: Path) -> None:
