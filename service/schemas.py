@@ -192,8 +192,9 @@ class ZendeskTicket(BaseModel):
         if _has_words(data.get("description")):
             return data
         comment = data.get("comment")
-        if isinstance(comment, dict) and _has_words(comment.get("body")):
-            return {**data, "description": comment["body"]}
+        body = _canonical_keys(comment, ("body",)).get("body") if isinstance(comment, dict) else None
+        if _has_words(body):
+            return {**data, "description": body}
         if stray := _unread_body_keys(data, {"description"}):
             raise PydanticCustomError(
                 "unread_text", "a webhook ticket's body goes in 'description' (or 'comment.body'); got {stray}, "
@@ -254,6 +255,11 @@ _BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in 
 
 def _has_words(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
+
+
+def canonical_request(body: Any) -> Any:
+    """A request body with its shape keys in the case the models use ("Tickets" -> "tickets")."""
+    return _canonical_keys(body, ("tickets", "ticket", "top_k")) if isinstance(body, dict) else body
 
 
 def _canonical_keys(data: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:

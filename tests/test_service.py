@@ -122,6 +122,9 @@ def test_batch_keeps_order_ids_and_top_k(client: FlaskClient, predictor: Predict
     assert [p["id"] for p in predictions] == [7, None, "x"]
     assert [p["label"] for p in predictions] == [e.label for e in expected]
     assert all(len(p["top_k"]) == 2 for p in predictions)
+    # Shape keys in any case, as ticket fields are read.
+    again = client.post("/classify", json={"Tickets": tickets, "Top_K": 2}).get_json()["predictions"]
+    assert again == predictions
 
 
 def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
@@ -132,8 +135,9 @@ def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predi
     # Zendesk's API sets the description as the first comment's body; keys in any case, as elsewhere.
     for same in ({"subject": TICKET["subject"], "comment": {"body": TICKET["body"]}},
                  {"subject": TICKET["subject"], "description": "", "comment": {"body": TICKET["body"]}},
-                 {"Subject": TICKET["subject"], "Description": TICKET["body"]}):
-        [prediction] = client.post("/classify", json={"ticket": same}).get_json()["predictions"]
+                 {"Subject": TICKET["subject"], "Description": TICKET["body"]},
+                 {"subject": TICKET["subject"], "description": " ", "Comment": {"Body": TICKET["body"]}}):
+        [prediction] = client.post("/classify", json={"Ticket": same}).get_json()["predictions"]
         assert prediction == {"id": None, **predictor.predict([TICKET])[0].to_dict()}, same
     # The body under a name the webhook does not read would leave only the subject: refused.
     misnamed = {"ticket": {"subject": TICKET["subject"], "body": TICKET["body"]}}
