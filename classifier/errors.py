@@ -28,6 +28,9 @@ class ModelError(UserError):
         super().__init__(f"the model gave scores that are not numbers (NaN or infinity) for ticket {named}; "
                          "export or train the bundle again")
 
+    def __reduce__(self) -> tuple[type, tuple[list[object]]]:  # copy and pickle rebuild from the tickets
+        return type(self), (self.tickets,)
+
 
 def where(path: object, row: int | None = None, column: str | None = None) -> str:
     """Format a location as ``file, row N, column 'c'`` for error messages."""

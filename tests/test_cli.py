@@ -300,12 +300,20 @@ def test_predict_refuses_texts_and_a_file_together(exported_bundle: Path, tmp_pa
 
 
 def test_predict_with_a_model_giving_nan_fails_with_one_line_not_invalid_json(
-        bundle_copy: Path, poison_word, capsys: pytest.CaptureFixture) -> None:
+        bundle_copy: Path, poison_word, capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch) -> None:
     poison_word(bundle_copy, "please")
     assert main(["predict", str(bundle_copy), "--engine", "fp32", "my card is blocked", "a refund please"]) == 3
     captured = capsys.readouterr()
     assert captured.out == ""  # no prediction with a NaN confidence ("NaN" is not JSON)
     assert "error: the model gave scores that are not numbers (NaN or infinity) for ticket 2;" in captured.err
+    # In a later piece of a file, after an empty row: the ticket is named by its own id.
+    monkeypatch.setattr("classifier.cli.PREDICT_CHUNK", 2)
+    tickets = tmp_path / "new.csv"
+    tickets.write_text("id,text\nT-1,my card is blocked\nT-2,> only a quoted reply\nT-3,my card\nT-4,a refund please\n")
+    assert main(["predict", str(bundle_copy), "--engine", "fp32", "--file", str(tickets)]) == 3
+    captured = capsys.readouterr()
+    assert [json.loads(line)["id"] for line in captured.out.splitlines()] == ["T-1", "T-2"]  # the first piece
+    assert "for ticket T-4;" in captured.err
 
 
 def test_predict_stops_quietly_when_its_reader_leaves(exported_bundle: Path, tmp_path: Path) -> None:
