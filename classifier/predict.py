@@ -31,7 +31,7 @@ from classifier.text import TextOptions, ticket_text
 log = logging.getLogger(__name__)
 
 Ticket = str | Mapping[str, Any]
-ENGINES = ("auto", "int8", "fp32", "torch")
+ENGINES = ("auto", *bundle.SERVING_ENGINES)  # auto: what the bundle marks for serving
 CHARS_PER_TOKEN_CAP = 64  # text past max_length * this cannot fit the window: cut before tokenising
 
 

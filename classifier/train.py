@@ -40,7 +40,7 @@ from classifier.calibration import fit_temperature
 from classifier.data import PreparedData, prepare_data
 from classifier.errors import UserError
 from classifier.options import TrainingOptions
-from classifier.text import TextOptions
+from classifier.text import TextOptions, nested_fields
 
 log = logging.getLogger(__name__)
 
@@ -267,15 +267,9 @@ def _record_run(checkpoints: Path, resume_from: str | None, settings: dict[str, 
                         f"({shown}); resume with those, or pass --overwrite without --resume to start over")
 
 
-def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
     """``{"training": {"epochs": 2}}`` as ``{"training.epochs": 2}``, for naming what changed."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return {name: value for name, value in nested_fields(settings).items() if not isinstance(value, dict)}
 
 
 def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
