@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from classifier.predict import softmax
+
 # Fewer validation tickets than this: one parameter fits their noise (in a walkthrough, 29 tickets
 # drove it to its lower bound, ten times sharper confidences).
 MIN_TICKETS = 50
@@ -43,22 +45,22 @@ def fit_temperature(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, Any]
     if not np.isfinite(logits).all():  # the export's drift check and the predictor's load check name the model
         return {"temperature": 1.0, "tickets": tickets, "skipped": "validation scores that are not numbers"}
     if mistakes < MIN_MISTAKES:
-        return _matched(logits, label_ids, f"fewer than {MIN_MISTAKES} mistakes on the validation split")
+        return _matched(logits, label_ids, tickets - mistakes, f"fewer than {MIN_MISTAKES} mistakes on the validation split")
     fitted = minimize_scalar(lambda log_t: negative_log_likelihood(logits, label_ids, float(np.exp(log_t))),
                              bounds=tuple(np.log(BOUNDS)), method="bounded")
     temperature = float(np.exp(fitted.x))
     if not BOUNDS[0] * 1.01 < temperature < BOUNDS[1] / 1.01:
-        return _matched(logits, label_ids, f"the likelihood fit ran to its bound ({temperature:.3g})")
+        return _matched(logits, label_ids, tickets - mistakes, f"the likelihood fit ran to its bound ({temperature:.3g})")
     return {"temperature": round(temperature, 6), "tickets": tickets, "method": "likelihood",
             "validation_nll": _nll_before_after(logits, label_ids, temperature)}
 
 
-def _matched(logits: np.ndarray, label_ids: np.ndarray, why: str) -> dict[str, Any]:
+def _matched(logits: np.ndarray, label_ids: np.ndarray, right: int, why: str) -> dict[str, Any]:
     """The temperature at which the mean confidence equals the cautious accuracy (the nearest bound if
     none within them does: the mean confidence only falls as the temperature rises)."""
     from scipy.optimize import brentq
 
-    target = wilson_lower_bound(int((logits.argmax(axis=1) == label_ids).sum()), len(label_ids))
+    target = wilson_lower_bound(right, len(label_ids))
 
     def gap(log_t: float) -> float:
         return mean_confidence(logits, float(np.exp(log_t))) - target
@@ -89,9 +91,7 @@ def _nll_before_after(logits: np.ndarray, label_ids: np.ndarray, temperature: fl
 
 def mean_confidence(logits: np.ndarray, temperature: float) -> float:
     """Mean top softmax probability of ``logits / temperature``."""
-    scaled = logits / temperature
-    shifted = scaled - scaled.max(axis=1, keepdims=True)
-    return float((1.0 / np.exp(shifted).sum(axis=1)).mean())
+    return float(softmax(logits / temperature).max(axis=1).mean())
 
 
 def negative_log_likelihood(logits: np.ndarray, label_ids: np.ndarray, temperature: float) -> float:

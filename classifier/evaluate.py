@@ -509,10 +509,8 @@ def _warnings(report: dict[str, Any]) -> list[str]:
                         + (" ..." if len(missing) > 10 else ""))
     if report["precision_coverage"]["recommended"] is None:
         warnings.append(report["precision_coverage"]["message"])
-    bins = [b for b in report["calibration"]["bins"] if b["count"]]
-    tickets = sum(b["count"] for b in bins)
-    confident = sum(b["count"] * b["confidence"] for b in bins) / tickets if tickets else 0.0
-    accuracy = report["metrics"]["accuracy"]
+    tickets, accuracy = report["metrics"]["tickets"], report["metrics"]["accuracy"]
+    confident = sum(b["count"] * b["confidence"] for b in report["calibration"]["bins"] if b["count"]) / tickets
     if tickets >= POOR_CALIBRATION_MIN_TICKETS and abs(confident - accuracy) > POOR_CALIBRATION_GAP:
         how, flags = ("less sure than it is right", "more") if confident < accuracy else ("surer than it is right", "fewer")
         warnings.append(f"confidences do not match accuracy: the model is {how} (mean confidence {confident:.1%}, "
