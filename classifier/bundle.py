@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -191,24 +191,32 @@ def staged_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     try:
         yield staging
         _make_readable(staging)
-        _swap_into_place(staging, target)
+        swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        staging.rename(target)
-        return
-    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-    target.rename(retired)
+def swap_into_place(staging: Path, target: Path, before_commit: Callable[[], None] | None = None) -> None:
+    """Put ``staging`` in place of ``target`` by renames. ``before_commit`` (e.g. writing the manifest
+    that goes with the new files) runs once they are in place; if anything fails, ``target`` is as it was."""
+    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old") if target.exists() else None
+    if retired is not None:
+        target.rename(retired)
+    placed = False
     try:
         staging.rename(target)
+        placed = True
+        if before_commit is not None:
+            before_commit()
     except BaseException:
-        retired.rename(target)
+        if placed:
+            shutil.rmtree(target, ignore_errors=True)
+        if retired is not None:
+            retired.rename(target)
         raise
-    shutil.rmtree(retired, ignore_errors=True)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def _make_readable(directory: Path) -> None:

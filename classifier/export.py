@@ -294,36 +294,14 @@ def _commit(bundle_dir: Path, staged: Path, section: dict[str, Any]) -> None:
                                                     "reason": "int8 within accuracy limit" if int8_ok else
                                                     "int8 accuracy drop over limit"})
     # Ctrl-C or SIGTERM (the CLI turns it into an exception) wait until the models and the manifest
-    # agree; only a hard kill between the two renames below could still part them.
+    # agree; only a hard kill between the renames inside could still part them.
     with _signals_held(signal.SIGINT, signal.SIGTERM):
-        _swap_in(bundle_dir, staged, updated)
+        bundle.swap_into_place(staged, bundle_dir / bundle.ONNX_DIR,
+                               before_commit=lambda: bundle.write_manifest(bundle_dir, updated))
     try:
         bundle.write_report(bundle_dir, "drift", drift)  # the manifest holds the figures too
     except OSError as error:
         log.warning("the export is in place, but reports/drift.json could not be written: %s", error)
-
-
-def _swap_in(bundle_dir: Path, staged: Path, manifest: dict[str, Any]) -> None:
-    """Put the staged models in place of the bundle's and write ``manifest``; on any failure the bundle
-    keeps its old models and manifest."""
-    final = bundle_dir / bundle.ONNX_DIR
-    retired = bundle_dir / f".{bundle.ONNX_DIR}.old"
-    shutil.rmtree(retired, ignore_errors=True)
-    old_moved = placed = False
-    try:
-        if final.exists():
-            final.rename(retired)
-            old_moved = True
-        staged.rename(final)
-        placed = True
-        bundle.write_manifest(bundle_dir, manifest)
-    except BaseException:
-        if placed:
-            shutil.rmtree(final, ignore_errors=True)
-        if old_moved:
-            retired.rename(final)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _cpu_flags() -> set[str]:
