@@ -15,8 +15,7 @@ from classifier.text import ticket_text
 from service import metrics
 from service.context import context
 from service.errors import ApiError
-from service.schemas import (ClassifyResponse, LabelOut, LabelsResponse, ModelInput, PredictionOut, canonical_request,
-                             describe)
+from service.schemas import ClassifyResponse, LabelOut, LabelsResponse, ModelInput, PredictionOut, describe
 
 bp = Blueprint("api", __name__)
 
@@ -25,7 +24,7 @@ bp = Blueprint("api", __name__)
 def classify() -> Response:
     ctx = context()
     try:
-        parsed = ctx.schemas.request.validate_python(canonical_request(_json_body()))
+        parsed = ctx.schemas.parse(_json_body())
     except ValidationError as error:
         raise ApiError(422, "invalid_request", describe(error)) from None
     items = ctx.schemas.tickets(parsed)

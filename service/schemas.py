@@ -239,8 +239,7 @@ def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
     """
     if not isinstance(body, dict):
         return None
-    # Null counts as absent, as in a ticket; keys in any case, as a ticket's fields are read ("Text").
-    given = {key.lower() for key, value in body.items() if value is not None}
+    given = {key for key, value in body.items() if value is not None}  # null counts as absent, as in a ticket
     present = [shape for shape, keys in (("batch", {"tickets"}), ("zendesk", {"ticket"}),
                                          ("single", {"text", *text_fields})) if keys & given]
     if len(present) > 1:
@@ -255,11 +254,6 @@ _BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in 
 
 def _has_words(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
-
-
-def canonical_request(body: Any) -> Any:
-    """A request body with its shape keys in the case the models use ("Tickets" -> "tickets")."""
-    return _canonical_keys(body, ("tickets", "ticket", "top_k")) if isinstance(body, dict) else body
 
 
 def _canonical_keys(data: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -285,6 +279,13 @@ class Schemas:
     batch: type[BaseModel]
     zendesk: type[BaseModel]
     fields: tuple[str, ...]
+
+    def parse(self, body: Any) -> BaseModel:
+        """Validate a request body. Its keys are read in any case ("Tickets", "Subject"), as ticket fields
+        are everywhere, so the shape is told and validated on the models' own spelling."""
+        if isinstance(body, dict):
+            body = _canonical_keys(body, ("tickets", "ticket", "top_k", "id", *self.ticket.text_keys()))
+        return self.request.validate_python(body)
 
     def tickets(self, parsed: BaseModel) -> list[tuple[str | int | None, ModelInput]]:
         """The (id, model input) pairs of a validated request, in request order."""
