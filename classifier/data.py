@@ -384,7 +384,8 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     # The id at the top level, else beside the text in its object ("ticket.id" next to "ticket.subject"):
     # not any nested id, which may be the requester's.
     parents = {name.rpartition(".")[0] for name in texts}
-    places = ("", *(f"{parent}." for parent in parents if parent and len(parents) == 1))
+    parent = parents.pop() if len(parents) == 1 else ""
+    places = ("", f"{parent}.") if parent else ("",)
     ident = next((found for place in places for name in ID_COLUMN_GUESSES
                   if (found := find(place + name, look_inside=False))), None)
     return ColumnMapping(texts, label, ident)  # type: ignore[arg-type]
