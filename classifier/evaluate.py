@@ -51,8 +51,8 @@ MIN_PREDICTIONS_FOR_CLASS_THRESHOLD = 10
 # Above any softmax confidence (float32 can round to exactly 1.0): every ticket of the class goes to review.
 ALWAYS_REVIEW = 1.01
 # A warning when the mean confidence is this far from the accuracy on at least this many tickets. Not the
-# binned calibration error, which small test sets push over 0.1 by chance (77 % of perfectly calibrated
-# 50-ticket samples); the plain gap has a standard error of about 0.03 at 100 tickets.
+# binned calibration error, which few tickets spread over 15 bins push up by chance; the plain gap's
+# standard error is at most 0.05 at 100 tickets (that of an accuracy: sqrt(p(1 - p) / n), p = 0.5).
 POOR_CALIBRATION_GAP, POOR_CALIBRATION_MIN_TICKETS = 0.1, 100
 TOP_CONFUSIONS = 20
 EXAMPLES_PER_CONFUSION = 3
