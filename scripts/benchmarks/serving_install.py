@@ -1,6 +1,6 @@
 """Measure the serving install: its size on disk, cold-start time and memory, without torch.
 
-    python scripts/benchmark_serving_install.py runs/banking77-default --markdown docs/benchmarks.md
+    python scripts/benchmarks/serving_install.py runs/banking77-default --markdown docs/benchmarks.md
 
 Builds a fresh virtual environment with ``pip install .`` (the serving install: onnxruntime,
 tokenizers, Flask, gunicorn), checks torch and transformers are absent, then times a cold
@@ -17,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-from benchmark_common import append_section  # noqa: E402
+from common import append_section  # noqa: E402
 
 COLD_START = """
 import resource, sys, time
@@ -65,7 +64,7 @@ def main() -> int:
     print(body)
     if args.markdown:
         append_section(args.markdown, "Serving install (no torch)",
-                       f"python scripts/benchmark_serving_install.py {args.bundle}", body)
+                       f"python scripts/benchmarks/serving_install.py {args.bundle}", body)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Build the service's Docker image and check it end to end, as a deployment would run it.
 
-    python scripts/check_docker_image.py runs/banking77
-    python scripts/check_docker_image.py runs/banking77 --build-arg PYTHON_IMAGE=registry.example/python:3.11-slim
+    python scripts/benchmarks/docker_image.py runs/banking77
+    python scripts/benchmarks/docker_image.py runs/banking77 --build-arg PYTHON_IMAGE=registry.example/python:3.11-slim
 
 Builds the image from the repository's ``Dockerfile``, then checks that it holds neither torch
 nor transformers, and runs one container the way ``deploy/kubernetes.yaml`` does: the bundle
@@ -24,10 +24,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-from benchmark_common import append_section  # noqa: E402
+from common import append_section  # noqa: E402
 from loadtest import HOST, free_port  # noqa: E402
 
 CONTAINER_UID = "10001"  # the Dockerfile's USER
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "| check | result |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in results.items())
     print(table)
     if args.markdown:
-        command = "python scripts/check_docker_image.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        command = "python scripts/benchmarks/docker_image.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         append_section(args.markdown, "Docker image: build and run check", command, table)
     return 0
 

@@ -1,7 +1,7 @@
 """What temperature scaling does to a bundle's confidences, on labelled test tickets.
 
-    python scripts/check_calibration.py runs/banking77
-    python scripts/check_calibration.py runs/banking77 --markdown docs/benchmarks.md
+    python scripts/benchmarks/calibration.py runs/banking77
+    python scripts/benchmarks/calibration.py runs/banking77 --markdown docs/benchmarks.md
 
 Fits the temperature on the bundle's validation split as training does
 (``classifier.calibration.fit_temperature``, on the served model's logits), then compares
@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, before an installed copy
 
 import numpy as np  # noqa: E402
 
-from benchmark_common import BANKING77_TEST, append_section  # noqa: E402
+from common import BANKING77_TEST, append_section  # noqa: E402
 from classifier.bundle import read_examples  # noqa: E402
 from classifier.calibration import fit_temperature, negative_log_likelihood  # noqa: E402
 from classifier.evaluate import expected_calibration_error, load_test_set  # noqa: E402
@@ -55,7 +54,7 @@ def main() -> int:
     print(body)
     if args.markdown:
         append_section(args.markdown, "Calibration: temperature scaling",
-                       f"python scripts/check_calibration.py {args.bundle} --data {args.data}", body)
+                       f"python scripts/benchmarks/calibration.py {args.bundle} --data {args.data}", body)
     return 0
 
 

@@ -7,7 +7,7 @@ until ``--requests`` are done or ``--duration`` seconds pass.
 Reports req/s, p50/p95/p99 latency and errors, optionally appends them to a markdown
 file, and always stops the server. Client and server share the machine's CPUs.
 
-    python scripts/loadtest.py runs/banking77 --requests 3000 --duration 15 --markdown /tmp/bench.md
+    python scripts/benchmarks/loadtest.py runs/banking77 --requests 3000 --duration 15 --markdown /tmp/bench.md
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-from benchmark_common import BANKING77_TEST, append_section  # noqa: E402
+from common import BANKING77_TEST, append_section  # noqa: E402
 from classifier.bundle import read_manifest  # noqa: E402
 
 HOST = "127.0.0.1"  # loopback only: this never listens on a reachable address
@@ -302,7 +301,7 @@ def describe_setup(args: argparse.Namespace, manifest: dict[str, Any], worker_cl
 
 
 def command_line(argv: list[str] | None) -> str:
-    return "python scripts/loadtest.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return "python scripts/benchmarks/loadtest.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's classifier package
-from classifier.cpus import usable_cpus  # noqa: E402
+from classifier.cpus import usable_cpus
 
-BANKING77_TEST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "banking77" / "test.csv"
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+BANKING77_TEST = ROOT.parent / "shared" / "data" / "banking77" / "test.csv"
 
 
 def inference_arguments(description: str, latency_samples: int, rounds: int) -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def publish_inference(args: argparse.Namespace, title: str, body: str, options: 
     made them (``options``: the script's own options, as given)."""
     print(body)
     if args.markdown:
-        command = (f"python scripts/{Path(sys.argv[0]).name} {args.bundle} --latency-samples {args.latency_samples} "
+        command = (f"python scripts/benchmarks/{Path(sys.argv[0]).name} {args.bundle} --latency-samples {args.latency_samples} "
                    f"--rounds {args.rounds}{' ' + options if options else ''}")
         append_section(args.markdown, title, command, body)
 

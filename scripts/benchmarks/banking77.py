@@ -1,7 +1,7 @@
 """Train the default encoder on BANKING77 and score it next to a TF-IDF baseline, in one run.
 
-    python scripts/benchmark_banking77.py                       # ticketclf train's defaults
-    python scripts/benchmark_banking77.py --set epochs=12 --set learning_rate=1.5e-4 --name "12 epochs"
+    python scripts/benchmarks/banking77.py                       # ticketclf train's defaults
+    python scripts/benchmarks/banking77.py --set epochs=12 --set learning_rate=1.5e-4 --name "12 epochs"
 
 Writes the bundle to runs/banking77-<name> and appends a dated section with accuracy,
 macro-F1, wall time and peak memory for both models to docs/benchmarks.md.
@@ -22,12 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
-from benchmark_common import append_section  # noqa: E402
+from common import append_section  # noqa: E402
 from classifier.baseline import fit_baseline  # noqa: E402
 from classifier.data import load_tickets, reload_training_split  # noqa: E402
 from classifier.options import TrainingOptions  # noqa: E402
@@ -127,7 +126,7 @@ def report(args: argparse.Namespace, options: TrainingOptions, manifest: dict, r
         f"validation tickets (stratified 10 % split of train.csv), test.csv 3,080 tickets. "
         f"Best validation macro-F1 {manifest['validation_metrics']['macro_f1']:.4f}; "
         f"Trainer time {training['train_seconds'] / 60:.1f} min. Bundle: `{output.relative_to(ROOT)}`.")
-    command = f"python scripts/benchmark_banking77.py --name '{args.name}' {overrides}".strip()
+    command = f"python scripts/benchmarks/banking77.py --name '{args.name}' {overrides}".strip()
     append_section(args.markdown, f"BANKING77 fine-tuning: {args.name}", command, body)
     print(body)
 

@@ -1,7 +1,7 @@
 """The predictor of another git revision against this checkout's, batch 1, side by side in one run.
 
-    python scripts/benchmark_predictor_ab.py runs/banking77 --base ab49ee0
-    python scripts/benchmark_predictor_ab.py runs/banking77 --base ab49ee0 --markdown docs/benchmarks.md
+    python scripts/benchmarks/predictor_ab.py runs/banking77 --base ab49ee0
+    python scripts/benchmarks/predictor_ab.py runs/banking77 --base ab49ee0 --markdown docs/benchmarks.md
 
 For work on the predictor's own Python (cleaning, tokenizing, padding, softmax, top-k), whose
 effect is a few percent and drowns in the shared machine's drift between separate runs: loads
@@ -23,10 +23,9 @@ from types import ModuleType
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-from benchmark_common import inference_arguments, publish_inference, time_interleaved  # noqa: E402
+from common import inference_arguments, publish_inference, time_interleaved  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.predict import Predictor  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402

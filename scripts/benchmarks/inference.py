@@ -1,7 +1,7 @@
 """PyTorch eager vs ONNX fp32 vs ONNX int8 on one exported bundle, in one run.
 
-    python scripts/benchmark_inference.py runs/banking77-default
-    python scripts/benchmark_inference.py runs/banking77-default --markdown docs/benchmarks.md
+    python scripts/benchmarks/inference.py runs/banking77-default
+    python scripts/benchmarks/inference.py runs/banking77-default --markdown docs/benchmarks.md
 
 Batch-1 latency on 1 thread is timed in this process, the engines in alternating blocks of
 the same test texts for several rounds (the shared machine's speed drifts from minute to
@@ -28,12 +28,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 import numpy as np  # noqa: E402
 
-from benchmark_common import Timings, inference_arguments, publish_inference, time_interleaved  # noqa: E402
+from common import Timings, inference_arguments, publish_inference, time_interleaved  # noqa: E402
 from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402

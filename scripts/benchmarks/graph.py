@@ -1,7 +1,7 @@
 """What each graph choice of ``ticketclf export`` gives: batch-1 latency of ONNX variants, side by side.
 
-    python scripts/benchmark_graph.py runs/banking77
-    python scripts/benchmark_graph.py runs/banking77 --markdown docs/benchmarks.md
+    python scripts/benchmarks/graph.py runs/banking77
+    python scripts/benchmarks/graph.py runs/banking77 --markdown docs/benchmarks.md
 
 Exports the bundle once with Optimum, builds the variants below from that one export, and
 times them on the same pre-tokenised test texts (1 thread, batch 1, a bare
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 import numpy as np  # noqa: E402
 
-from benchmark_common import inference_arguments, publish_inference, time_interleaved  # noqa: E402
+from common import inference_arguments, publish_inference, time_interleaved  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
 from classifier.export import choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
