@@ -3,8 +3,8 @@
     python scripts/benchmarks/banking77.py                       # ticketclf train's defaults
     python scripts/benchmarks/banking77.py --set epochs=12 --set learning_rate=1.5e-4 --name "12 epochs"
 
-Writes the bundle to runs/banking77-<name> and appends a dated section with accuracy,
-macro-F1, wall time and peak memory for both models to docs/benchmarks.md.
+Writes the bundle to runs/banking77-<name>, prints accuracy, macro-F1, wall time and peak
+memory for both models and appends the run to docs/benchmarks/runs.jsonl (area "banking77-training").
 BANKING77 lives outside the project (../shared/data/banking77) and is never copied in.
 """
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
-from common import append_section  # noqa: E402
+from common import publish, record_arguments, table_figures  # noqa: E402
 from classifier.baseline import fit_baseline  # noqa: E402
 from classifier.data import load_tickets, reload_training_split  # noqa: E402
 from classifier.options import TrainingOptions  # noqa: E402
@@ -72,8 +72,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainingOptions field, e.g. epochs=10 (repeatable)")
     parser.add_argument("--name", default="default", help="short name of this configuration")
-    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    return parser.parse_args()
+    return record_arguments(parser).parse_args()
 
 
 def apply_overrides(options: TrainingOptions, overrides: list[str]) -> TrainingOptions:
@@ -120,15 +119,16 @@ def report(args: argparse.Namespace, options: TrainingOptions, manifest: dict, r
     overrides = " ".join(f"--set {item}" for item in args.set)
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("base_model", "resume")}
     settings["learning_rate"] = options.peak_learning_rate  # None means the default: show which
-    body = "\n".join(lines) + (
-        f"\n\nSettings: {settings}; max length {manifest['max_length']}, precision {training['precision_used']}, "
+    notes = (
+        f"Settings: {settings}; max length {manifest['max_length']}, precision {training['precision_used']}, "
         f"{manifest['data']['train']['rows_used']} training / {manifest['data']['validation']['rows_used']} "
         f"validation tickets (stratified 10 % split of train.csv), test.csv 3,080 tickets. "
         f"Best validation macro-F1 {manifest['validation_metrics']['macro_f1']:.4f}; "
         f"Trainer time {training['train_seconds'] / 60:.1f} min. Bundle: `{output.relative_to(ROOT)}`.")
     command = f"python scripts/benchmarks/banking77.py --name '{args.name}' {overrides}".strip()
-    append_section(args.markdown, f"BANKING77 fine-tuning: {args.name}", command, body)
-    print(body)
+    body = "\n".join(lines) + "\n\n" + notes
+    figures = table_figures(body) | {"best validation macro-F1": round(manifest["validation_metrics"]["macro_f1"], 4)}
+    publish(args, "banking77-training", body, figures, command, notes)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """What temperature scaling does to a bundle's confidences, on labelled test tickets.
 
     python scripts/benchmarks/calibration.py runs/banking77
-    python scripts/benchmarks/calibration.py runs/banking77 --markdown docs/benchmarks.md
+    python scripts/benchmarks/calibration.py runs/banking77 --no-record   # print only
 
 Fits the temperature on the bundle's validation split as training does
 (``classifier.calibration.fit_temperature``, on the served model's logits), then compares
 the test tickets' expected calibration error, log-likelihood, accuracy and confidences
 without it (temperature 1) and with it. For a bundle trained before calibration existed,
-this shows what training now records.
+this shows what training now records. The run is appended to docs/benchmarks/runs.jsonl
+(area "calibration").
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from common import BANKING77_TEST, append_section  # noqa: E402
+from common import BANKING77_TEST, publish, record_arguments, table_figures  # noqa: E402
 from classifier.bundle import read_examples  # noqa: E402
 from classifier.calibration import fit_temperature, negative_log_likelihood  # noqa: E402
 from classifier.evaluate import expected_calibration_error, load_test_set  # noqa: E402
@@ -51,10 +52,9 @@ def main() -> int:
                  f"({predictor.engine_kind} model); test: the {len(known)} tickets of {args.data.name} "
                  "with labels the model knows.")
     body = "\n".join(lines)
-    print(body)
-    if args.markdown:
-        append_section(args.markdown, "Calibration: temperature scaling",
-                       f"python scripts/benchmarks/calibration.py {args.bundle} --data {args.data}", body)
+    figures = table_figures(body) | {"fitted temperature": round(float(calibration["temperature"]), 4)}
+    publish(args, "calibration", body, figures,
+            f"python scripts/benchmarks/calibration.py {args.bundle} --data {args.data}", lines[-1].strip())
     return 0
 
 
@@ -62,8 +62,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path, help="a trained bundle (exported or not)")
     parser.add_argument("--data", type=Path, default=BANKING77_TEST, help="labelled test tickets")
-    parser.add_argument("--markdown", type=Path, help="append the results to this file")
-    return parser.parse_args()
+    return record_arguments(parser).parse_args()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,18 @@
-"""What every benchmark script records next to its figures: the machine, the date, the command."""
+"""What every benchmark script records next to its figures: the machine, the date, the commit, the command.
+
+Each run appends one JSON line to docs/benchmarks/runs.jsonl (``record_run``): the history, machine-readable.
+docs/benchmarks.md is curated by hand: a script prints the table rows to paste there, it never edits it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import json
 import platform
+import re
+import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +27,7 @@ from classifier.cpus import usable_cpus
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 BANKING77_TEST = ROOT.parent / "shared" / "data" / "banking77" / "test.csv"
+RUNS_FILE = ROOT / "docs" / "benchmarks" / "runs.jsonl"
 
 
 def inference_arguments(description: str, latency_samples: int, rounds: int) -> argparse.ArgumentParser:
@@ -28,18 +37,135 @@ def inference_arguments(description: str, latency_samples: int, rounds: int) -> 
     parser.add_argument("--data", type=Path, default=BANKING77_TEST, help="labelled test tickets")
     parser.add_argument("--latency-samples", type=int, default=latency_samples, help="texts timed one by one")
     parser.add_argument("--rounds", type=int, default=rounds, help="alternating timing rounds (time_interleaved)")
-    parser.add_argument("--markdown", type=Path, help="append the results to this file")
+    return record_arguments(parser)
+
+
+def record_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--runs-file`` and ``--no-record``: where ``record_run`` appends this run, or nowhere."""
+    parser.add_argument("--runs-file", type=Path, default=RUNS_FILE,
+                        help="append this run's record (one JSON line) here; default: docs/benchmarks/runs.jsonl")
+    parser.add_argument("--no-record", action="store_true", help="print the results only, record nothing")
     return parser
 
 
-def publish_inference(args: argparse.Namespace, title: str, body: str, options: str = "") -> None:
-    """Print an inference benchmark's results; with ``--markdown``, append them with the command that
-    made them (``options``: the script's own options, as given)."""
+def publish_inference(args: argparse.Namespace, area: str, body: str, figures: dict[str, Any],
+                      options: str = "", notes: str = "") -> None:
+    """``publish`` for an inference benchmark, with the command spelt out in full (``options``: the
+    script's own options, as given), so that a later change of a default does not change what it ran."""
+    command = (f"python {script_path()} {args.bundle} --data {args.data} --latency-samples {args.latency_samples} "
+               f"--rounds {args.rounds}{' ' + options if options else ''}")
+    publish(args, area, body, figures, command, notes)
+
+
+def publish(args: argparse.Namespace, area: str, body: str, figures: dict[str, Any], command: str | None = None,
+            notes: str = "") -> dict[str, Any]:
+    """Print a run's results, record it (unless ``--no-record``) and print its rows for docs/benchmarks.md."""
     print(body)
-    if args.markdown:
-        command = (f"python scripts/benchmarks/{Path(sys.argv[0]).name} {args.bundle} --latency-samples {args.latency_samples} "
-                   f"--rounds {args.rounds}{' ' + options if options else ''}")
-        append_section(args.markdown, title, command, body)
+    command = command or command_line()
+    record = make_record(area, figures, command, notes)
+    if not getattr(args, "no_record", False):
+        append_record(record, getattr(args, "runs_file", RUNS_FILE))
+        print(f"\nrecorded in {getattr(args, 'runs_file', RUNS_FILE)}")
+    print("\nRows for docs/benchmarks.md (keep the figures that matter, fill in the target):\n")
+    print(markdown_rows(record))
+    return record
+
+
+def script_path() -> str:
+    """The running script, relative to the repository when it is inside it."""
+    script = Path(sys.argv[0]).resolve()
+    return str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else str(script)
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that ran this script, as typed from the repository root."""
+    return f"python {script_path()} " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def record_run(area: str, figures: dict[str, Any], command: str, notes: str = "",
+               runs_file: Path = RUNS_FILE) -> dict[str, Any]:
+    """Append one run to ``runs_file`` (docs/benchmarks/runs.jsonl): one JSON object on one line, with the
+    date (ISO, UTC), the commit (``-dirty`` when tracked files differ from it), this machine, the command,
+    the figures ({name: value}, units in the names) and notes. Returns the record."""
+    record = make_record(area, figures, command, notes)
+    append_record(record, runs_file)
+    return record
+
+
+def make_record(area: str, figures: dict[str, Any], command: str, notes: str = "") -> dict[str, Any]:
+    return {"area": area, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git_commit(),
+            "machine": machine_description(), "command": command, "figures": figures, "notes": notes}
+
+
+def append_record(record: dict[str, Any], runs_file: Path) -> None:
+    runs_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(runs_file, "a", encoding="utf-8") as out:
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def git_commit() -> str | None:
+    """``git rev-parse --short HEAD``, plus ``-dirty`` when a tracked file differs from it (the runs file
+    itself aside: recording a run must not make the next one dirty); None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  f":(exclude){RUNS_FILE.relative_to(ROOT)}"], cwd=ROOT, check=True,
+                                 capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if changed else "")
+
+
+_VALUE = re.compile(r"([+-]?\d[\d,]*(?:\.\d+)?|[+-]?\.\d+)\s*(ms|us|s|min|%|x|MiB|GiB|MB|tickets/s|req/s|points)?")
+
+
+def table_figures(markdown: str) -> dict[str, Any]:
+    """The figures of every table in ``markdown`` as {"row: column [unit]": value}: the row is named by its
+    first cell (prefixed with the first column's header when that cell is a number, e.g. "concurrency 8"),
+    a number with a unit becomes a float with the unit in the name, anything else stays text, "-" is
+    left out. runs.jsonl names figures this way, so runs of one script compare by name."""
+    figures: dict[str, Any] = {}
+    header: list[str] | None = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if header is None and all(set(cell) <= set("-: ") for cell in cells):
+            continue
+        if header is None:
+            header = cells
+            continue
+        if all(set(cell) <= set("-: ") for cell in cells):
+            continue
+        row = cells[0].strip("`")
+        if _VALUE.fullmatch(row):
+            row = f"{header[0]} {row}"
+        for column, cell in zip(header[1:], cells[1:]):
+            if cell in ("", "-"):
+                continue
+            match = _VALUE.fullmatch(cell)
+            name = f"{row}: {column}"
+            if match:
+                number, unit = match.groups()
+                value: Any = float(number.replace(",", ""))
+                value = int(value) if value.is_integer() and "." not in number else value
+                figures[f"{name} [{unit}]" if unit and unit not in column else name] = value
+            else:
+                figures[name] = cell
+    return figures
+
+
+def markdown_rows(record: dict[str, Any]) -> str:
+    """One docs/benchmarks.md row per figure: | figure | value | target | command | date | machine |."""
+    date = record["date"][:16].replace("T", " ") + " UTC"
+    return "\n".join(f"| {_cell(name)} | {_cell(value)} | | `{record['command']}` | {date} | {record['machine']} |"
+                      for name, value in record["figures"].items())
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|")  # a table cell holds no bare pipe
 
 
 @dataclass
@@ -104,16 +230,3 @@ def machine_description() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{model}, {cores} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
 
-
-def append_section(markdown: Path, title: str, command: str, body: str) -> None:
-    """Append one dated, re-runnable result section to a benchmarks file."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    exists = markdown.exists()
-    with open(markdown, "a", encoding="utf-8") as out:
-        if not exists:
-            out.write("# Benchmarks\n\nEvery figure here was produced by the command shown, on the machine "
-                      "shown, on the date shown. Sections are appended by the scripts; compare rows "
-                      "within one section (one run), not across sections: the machines are shared.\n")
-        out.write(f"\n## {title}\n\n- Date: {stamp}\n- Machine: {machine_description()}\n"
-                  f"- Command: `{command}`\n\n{body}\n")

@@ -8,16 +8,16 @@ nor transformers, and runs one container the way ``deploy/kubernetes.yaml`` does
 mounted read-only at /model, a read-only root filesystem with /tmp as the only writable place,
 published on a loopback port only. The container must run as the unprivileged user, answer
 ``/ready``, classify a ticket over HTTP, count it in ``/metrics`` and turn healthy by its own
-HEALTHCHECK. Reports the build time, image size, time to ``/ready`` and memory, optionally
-appended to a markdown file. Exits non-zero at the first failed check; always removes the
-container. Needs a Docker engine and the base image (or a registry that has it).
+HEALTHCHECK. Reports the build time, image size, time to ``/ready`` and memory, and appends
+the run to docs/benchmarks/runs.jsonl (area "docker-image"). Exits non-zero at the first failed
+check; always removes the container. Needs a Docker engine and the base image (or a registry
+that has it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import time
@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-from common import append_section  # noqa: E402
+from common import command_line, publish, record_arguments, table_figures  # noqa: E402
 from loadtest import HOST, free_port  # noqa: E402
 
 CONTAINER_UID = "10001"  # the Dockerfile's USER
@@ -79,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["docker", "rm", "--force", name], capture_output=True)
 
     table = "| check | result |\n| --- | --- |\n" + "\n".join(f"| {k} | {v} |" for k, v in results.items())
-    print(table)
-    if args.markdown:
-        command = "python scripts/benchmarks/docker_image.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        append_section(args.markdown, "Docker image: build and run check", command, table)
+    publish(args, "docker-image", table, table_figures(table), command_line(argv))
     return 0
 
 
@@ -93,8 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
                         help="passed to docker build, e.g. PYTHON_IMAGE=... (repeatable)")
     parser.add_argument("--no-cache", action="store_true", help="build every layer afresh (a true build time)")
-    parser.add_argument("--markdown", type=Path, help="append the results to this file")
-    return parser.parse_args(argv)
+    return record_arguments(parser).parse_args(argv)
 
 
 def docker(*arguments: str, capture: bool = True) -> str:

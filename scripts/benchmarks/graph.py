@@ -1,13 +1,14 @@
 """What each graph choice of ``ticketclf export`` gives: batch-1 latency of ONNX variants, side by side.
 
     python scripts/benchmarks/graph.py runs/banking77
-    python scripts/benchmarks/graph.py runs/banking77 --markdown docs/benchmarks.md
+    python scripts/benchmarks/graph.py runs/banking77 --no-record   # print only
 
 Exports the bundle once with Optimum, builds the variants below from that one export, and
 times them on the same pre-tokenised test texts (1 thread, batch 1, a bare
 ``InferenceSession``), in interleaved rounds so that machine noise hits every variant alike.
 Each round's median is divided by the first variant's in the same round; the table gives the
 median of those ratios. Accuracy is over the whole test file, one ticket at a time.
+The run is appended to docs/benchmarks/runs.jsonl (area "inference-graph").
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from common import inference_arguments, publish_inference, time_interleaved  # noqa: E402
+from common import inference_arguments, publish_inference, table_figures, time_interleaved  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
 from classifier.export import choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
@@ -58,8 +59,8 @@ def main() -> int:
                      for name, engine in engines.items()}
     reference = predicted[variants[-1].name]  # the fp32 model export writes
     scores = {name: (float((p == truth).mean()), float((p == reference).mean())) for name, p in predicted.items()}
-    publish_inference(args, "Inference graph: what each export choice gives",
-                      render(variants, medians, ratios, scores, args))
+    body = render(variants, medians, ratios, scores, args)
+    publish_inference(args, "inference-graph", body, table_figures(body))
     return 0
 
 

@@ -1,7 +1,7 @@
 """PyTorch eager vs ONNX fp32 vs ONNX int8 on one exported bundle, in one run.
 
     python scripts/benchmarks/inference.py runs/banking77-default
-    python scripts/benchmarks/inference.py runs/banking77-default --markdown docs/benchmarks.md
+    python scripts/benchmarks/inference.py runs/banking77-default --no-record   # print only
 
 Batch-1 latency on 1 thread is timed in this process, the engines in alternating blocks of
 the same test texts for several rounds (the shared machine's speed drifts from minute to
@@ -9,6 +9,7 @@ minute; ratios are taken within each round): through ``Predictor.predict``, and 
 ONNX models also a bare ``InferenceSession`` on pre-tokenised input (what the predictor's
 own Python work costs). Throughput at batch 32 on 2 threads, accuracy, model size and peak
 RSS are measured for each engine in its own subprocess, so that its memory is its own.
+The run is appended to docs/benchmarks/runs.jsonl (area "inference").
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 import numpy as np  # noqa: E402
 
-from common import Timings, inference_arguments, publish_inference, time_interleaved  # noqa: E402
+from common import Timings, inference_arguments, publish_inference, table_figures, time_interleaved  # noqa: E402
 from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
@@ -48,7 +49,12 @@ def main() -> int:
         return 0
     results = {engine: run_isolated(args, engine) for engine in ENGINES}
     timings = time_latency(args)
-    publish_inference(args, "Inference: PyTorch vs ONNX fp32 vs ONNX int8", render(results, timings, args))
+    body = render(results, timings, args)
+    delta = 100 * (results["int8"]["accuracy"] - results["fp32"]["accuracy"])
+    figures = table_figures(body) | {
+        "int8 accuracy minus fp32 [points]": round(delta, 2),
+        "clean+tokenize+pad p50 (int8 predictor) [ms]": round(timings.p50("clean+tokenize"), 3)}
+    publish_inference(args, "inference", body, figures)
     return 0
 
 

@@ -4,10 +4,11 @@ Starts the server on 127.0.0.1 on a free port, waits for ``/ready``, then for ea
 concurrency level sends ``POST /classify`` with one real ticket text per request over
 connections it reuses while the server keeps them alive (gthread; sync workers close each),
 until ``--requests`` are done or ``--duration`` seconds pass.
-Reports req/s, p50/p95/p99 latency and errors, optionally appends them to a markdown
-file, and always stops the server. Client and server share the machine's CPUs.
+Reports req/s, p50/p95/p99 latency and errors, appends the run to docs/benchmarks/runs.jsonl
+(area "loadtest"; ``--no-record`` to print only), and always stops the server. Client and
+server share the machine's CPUs.
 
-    python scripts/benchmarks/loadtest.py runs/banking77 --requests 3000 --duration 15 --markdown /tmp/bench.md
+    python scripts/benchmarks/loadtest.py runs/banking77 --requests 3000 --duration 15
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import os
 import random
 import re
 import runpy
-import shlex
 import signal
 import socket
 import statistics
@@ -36,7 +36,7 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-from common import BANKING77_TEST, append_section  # noqa: E402
+from common import BANKING77_TEST, command_line, publish, record_arguments, table_figures  # noqa: E402
 from classifier.bundle import read_manifest  # noqa: E402
 
 HOST = "127.0.0.1"  # loopback only: this never listens on a reachable address
@@ -88,12 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     # The class gunicorn ran, not the one configured: it turns sync with threads > 1 into gthread.
     worker_class = next(iter(re.findall(r"Using worker: (\S+)", server_log)), "unknown")
     table = markdown_table(levels)
-    print(table)
+    figures = table_figures(table) | {"server 5xx lines in the access log": server_errors}
+    publish(args, "loadtest", table, figures, command_line(argv), describe_setup(args, manifest, worker_class))
     print(f"server 5xx lines in the access log: {server_errors}")
-    if args.markdown:
-        append_section(args.markdown, "Load test: single-ticket POST /classify", command_line(argv),
-                       describe_setup(args, manifest, worker_class) + "\n\n" + table)
-        print(f"appended to {args.markdown}")
     return 1 if any(level.errors for level in levels) or server_errors else 0
 
 
@@ -109,8 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="gunicorn options over the config file, e.g. '--worker-class gthread --threads 2'")
     parser.add_argument("--texts", type=Path, default=BANKING77_TEST, help="CSV file of ticket texts")
     parser.add_argument("--column", default="text", help="the CSV column holding the text")
-    parser.add_argument("--markdown", type=Path, help="append a dated result section to this file")
-    args = parser.parse_args(argv)
+    args = record_arguments(parser).parse_args(argv)
     if args.requests < 1 or args.duration <= 0 or min(args.concurrency) < 1:
         parser.error("--requests, --duration and --concurrency must be positive")
     return args
@@ -298,10 +294,6 @@ def describe_setup(args: argparse.Namespace, manifest: dict[str, Any], worker_cl
             f"connections reused while the server keeps them alive); single-ticket requests of "
             f"`{args.texts.name}` texts; per level at most {args.requests} requests or {args.duration:g} s; "
             f"server CPU = CPU time of the server processes / answers")
-
-
-def command_line(argv: list[str] | None) -> str:
-    return "python scripts/benchmarks/loadtest.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

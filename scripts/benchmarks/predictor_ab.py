@@ -1,13 +1,14 @@
 """The predictor of another git revision against this checkout's, batch 1, side by side in one run.
 
     python scripts/benchmarks/predictor_ab.py runs/banking77 --base ab49ee0
-    python scripts/benchmarks/predictor_ab.py runs/banking77 --base ab49ee0 --markdown docs/benchmarks.md
+    python scripts/benchmarks/predictor_ab.py runs/banking77 --base ab49ee0 --no-record   # print only
 
 For work on the predictor's own Python (cleaning, tokenizing, padding, softmax, top-k), whose
 effect is a few percent and drowns in the shared machine's drift between separate runs: loads
 ``classifier/predict.py`` as it was at ``--base`` next to the current one, both on the bundle's
 served ONNX model with 1 thread, and times ``predict([text])`` of each, and a bare session on
-pre-tokenized input, in alternating blocks (``time_interleaved``).
+pre-tokenized input, in alternating blocks (``time_interleaved``). The run is appended to
+docs/benchmarks/runs.jsonl (area "predictor-ab").
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-from common import inference_arguments, publish_inference, time_interleaved  # noqa: E402
+from common import inference_arguments, publish_inference, table_figures, time_interleaved  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
 from classifier.predict import Predictor  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
@@ -53,7 +54,9 @@ def main() -> int:
                      f"{timings.relative(name, f'predictor at {args.base}'):.3f} |")
     lines.append(f"\nModel: the bundle's {current.engine_kind} ONNX file; the first {len(texts)} texts of "
                  f"{args.data.name}, {args.rounds} alternating rounds; ratios are medians of per-round ratios.")
-    publish_inference(args, f"Predictor's Python: {args.base} vs now", "\n".join(lines), f"--base {args.base}")
+    body = "\n".join(lines)
+    publish_inference(args, "predictor-ab", body, table_figures(body), f"--base {args.base}",
+                      notes=f"predictor of {args.base} against the checkout's")
     return 0
 
 

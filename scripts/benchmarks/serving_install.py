@@ -1,10 +1,11 @@
 """Measure the serving install: its size on disk, cold-start time and memory, without torch.
 
-    python scripts/benchmarks/serving_install.py runs/banking77-default --markdown docs/benchmarks.md
+    python scripts/benchmarks/serving_install.py runs/banking77-default
 
 Builds a fresh virtual environment with ``pip install .`` (the serving install: onnxruntime,
 tokenizers, Flask, gunicorn), checks torch and transformers are absent, then times a cold
-process that loads the bundle and classifies one ticket, and records its peak RSS.
+process that loads the bundle and classifies one ticket, and records its peak RSS. The run
+is appended to docs/benchmarks/runs.jsonl (area "serving-install").
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
-from common import append_section  # noqa: E402
+from common import publish, record_arguments, table_figures  # noqa: E402
 
 COLD_START = """
 import resource, sys, time
@@ -38,9 +39,8 @@ print(json.dumps({"seconds": time.perf_counter() - started,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path, help="an exported bundle")
-    parser.add_argument("--markdown", type=Path, help="append the results to this file")
     parser.add_argument("--runs", type=int, default=5, help="cold starts to time")
-    args = parser.parse_args()
+    args = record_arguments(parser).parse_args()
     with tempfile.TemporaryDirectory(prefix="serve-venv-") as venv:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "venv", venv], check=True)
@@ -61,10 +61,8 @@ def main() -> int:
             f"{seconds[len(seconds) // 2]:.2f} s |\n"
             f"| peak RSS of that process | {max(s['peak_rss_mib'] for s in starts):.0f} MiB |\n"
             f"| model served | {starts[0]['engine']}; heavy modules imported: {starts[0]['heavy'] or 'none'} |")
-    print(body)
-    if args.markdown:
-        append_section(args.markdown, "Serving install (no torch)",
-                       f"python scripts/benchmarks/serving_install.py {args.bundle}", body)
+    publish(args, "serving-install", body, table_figures(body),
+            f"python scripts/benchmarks/serving_install.py {args.bundle} --runs {args.runs}")
     return 0
 
 
