@@ -139,7 +139,7 @@ def table_figures(markdown: str) -> dict[str, Any]:
             continue
         if all(set(cell) <= set("-: ") for cell in cells):
             continue
-        row = cells[0].strip("`")
+        row = cells[0][1:-1] if re.fullmatch(r"`[^`]*`", cells[0]) else cells[0]
         if _VALUE.fullmatch(row):
             row = f"{header[0]} {row}"
         for column, cell in zip(header[1:], cells[1:]):
@@ -151,7 +151,8 @@ def table_figures(markdown: str) -> dict[str, Any]:
                 number, unit = match.groups()
                 value: Any = float(number.replace(",", ""))
                 value = int(value) if value.is_integer() and "." not in number else value
-                figures[f"{name} [{unit}]" if unit and unit not in column else name] = value
+                in_column = unit in re.findall(r"[\w%/]+", column)  # "p50 ms" names its unit already
+                figures[f"{name} [{unit}]" if unit and not in_column else name] = value
             else:
                 figures[name] = cell
     return figures
