@@ -16,8 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-from classifier.data import Tickets, check_flat, label_value, records_and_columns, resolve_columns, stratified_split
+from classifier.columns import resolve_columns
+from classifier.data import Tickets, check_flat, label_value, stratified_split
 from classifier.errors import UserError
+from classifier.readers import records_and_columns
 
 
 def split(data: Path, train_path: Path, test_path: Path, label_column: str | None, text_columns: list[str] | None,

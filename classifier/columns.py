@@ -1,0 +1,86 @@
+"""Map a ticket file's columns: the text, label and id columns, as named or detected from common
+helpdesk names (top-level columns first, then the fields of nested JSON objects)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from classifier.errors import UserError
+from classifier.text import TEXT_COLUMN_GUESSES
+
+LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type")
+ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key")
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    text_columns: tuple[str, ...]
+    label_column: str | None
+    id_column: str | None
+
+
+def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequence[str] | None = None,
+                    label_column: str | None = None, require_label: bool = True) -> ColumnMapping:
+    """Check the requested columns exist, or guess them from common helpdesk names."""
+    available = list(dict.fromkeys(columns))
+    lower = {name.lower(): name for name in available}
+
+    nested: dict[str, list[str]] = {}  # "queue" -> ["custom_fields.queue"]: fields of nested JSON objects
+    for name in available:
+        if "." in name:
+            nested.setdefault(name.rsplit(".", 1)[1].lower(), []).append(name)
+    # What messages list: not the objects themselves ("ticket"), whose fields ("ticket.subject") are listed.
+    objects = {name[:index] for name in available for index, char in enumerate(name) if char == "."}
+    listed = [name for name in available if name not in objects]
+
+    def find(name: str, look_inside: bool = True) -> str | None:
+        """A column by name (any case), else, with ``look_inside``, the one nested field of that name."""
+        if name in available or name.lower() in lower:
+            return name if name in available else lower[name.lower()]
+        matches = nested.get(name.lower(), []) if look_inside else []
+        return matches[0] if len(matches) == 1 else None
+
+    def guess(groups: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+        """The first group of guessed names all found at the top level, else (only then) inside objects."""
+        for look_inside in (False, True):
+            for group in groups:
+                found = tuple(find(name, look_inside) for name in group)
+                if all(found):
+                    return found  # type: ignore[return-value]
+        return ()
+
+    if text_columns:
+        missing = [name for name in text_columns if find(name) is None]
+        if missing:
+            also = (f" (nor label column {label_column!r}: name it with --label-column)"
+                    if label_column and find(label_column) is None else "")  # both in one run, not two
+            raise UserError(f"{path}: text column {missing[0]!r} not found{also}; columns are {listed}; check "
+                            "the names, or name the file's text columns with --text-columns")
+        texts = tuple(find(name) for name in text_columns)
+    else:
+        texts = guess(TEXT_COLUMN_GUESSES)
+        if not texts:
+            raise UserError(f"{path}: no text column found among {listed}; "
+                            "name them with --text-columns (e.g. subject,body)")
+    if label_column:
+        label = find(label_column)
+        if label is None:
+            raise UserError(f"{path}: label column {label_column!r} not found; columns are {listed}; "
+                            "name the file's label column with --label-column")
+    else:
+        label = next(iter(guess([(name,) for name in LABEL_COLUMN_GUESSES])), None)
+        if label is None and require_label:
+            raise UserError(f"{path}: no label column found among {listed}; name it with --label-column")
+    if label is not None and label in texts:
+        raise UserError(f"{path}: column {label!r} is both a text column and the label column; name the "
+                        "label with --label-column and the text with --text-columns")
+    # The id at the top level, else beside the text in its object ("ticket.id" next to "ticket.subject"):
+    # not any nested id, which may be the requester's.
+    parents = {name.rpartition(".")[0] for name in texts}
+    parent = parents.pop() if len(parents) == 1 else ""
+    places = ("", f"{parent}.") if parent else ("",)
+    ident = next((found for place in places for name in ID_COLUMN_GUESSES
+                  if (found := find(place + name, look_inside=False))), None)
+    return ColumnMapping(texts, label, ident)  # type: ignore[arg-type]

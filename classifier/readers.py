@@ -1,0 +1,250 @@
+"""Read a ticket file into records: CSV, TSV, JSON Lines or a JSON array, optionally gzipped,
+or standard input with its format told by the content.
+
+Every problem the user can fix is raised as :class:`~classifier.errors.UserError` naming the
+file, row (as a spreadsheet or editor shows it) and, where it helps, the line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import hashlib
+import io
+import json
+import re
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from classifier.errors import UserError, where
+from classifier.text import nested_fields
+
+_MAX_FIELD_CHARS = 64 * 1024 * 1024  # one CSV field; the whole file is in memory anyway
+STDIN = Path("<stdin>")  # standard input (a file given as "-"): read_records knows it by identity, messages by name
+# Keys under which helpdesk APIs wrap their list of tickets ({"tickets": [...], "next_page": ...}); not
+# "items" or "data", which a ticket may hold itself (an order's items).
+_WRAPPER_KEYS = ("tickets", "results", "conversations")
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(row_number, record)`` from a CSV/TSV/JSONL/JSON file, gzipped or not, or from
+    standard input for ``STDIN`` (the format then told by the content).
+
+    Row numbers are those a person sees: the row in a spreadsheet (the header is row 1), the
+    line in a JSONL file, the 1-based position in a JSON array. A JSON record's nested
+    objects are also read as dotted fields (``custom_fields.queue``).
+    """
+    if path is STDIN:
+        text = _read_stdin()
+        fmt = _sniff_format(text)
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"{path}: file not found")
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory, expected a ticket file")
+        fmt = _detect_format(path)
+        text = _read_text(path)
+    if not text.strip():
+        raise UserError(f"{path}: file is empty")
+    if fmt in ("csv", "tsv"):
+        yield from _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
+    elif fmt == "jsonl":
+        yield from _read_jsonl(path, text)
+    else:
+        yield from _read_json_array(path, text)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def records_and_columns(path: str | Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """A file's (row, record) pairs and every column any record has, in first-seen order."""
+    records = list(read_records(path))
+    if not records:
+        raise UserError(f"{path}: no tickets in file")
+    return records, list(dict.fromkeys(key for _, record in records for key in record))
+
+
+
+def _detect_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    fmt = _FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise UserError(f"{path}: unknown file type; expected .csv, .tsv, .jsonl, .json (optionally .gz)")
+    return fmt
+
+
+def _sniff_format(text: str) -> str:
+    """The format of a file that came without a name: JSON by its first character, else CSV or TSV."""
+    start = text.lstrip()[:1]
+    if start == "[":
+        return "json"
+    if start == "{":
+        try:
+            json.loads(text)
+        except json.JSONDecodeError:  # JSON Lines, if its first line is an object on its own (or is all there is)
+            first_line, _, rest = text.strip().partition("\n")
+            if not rest.strip():
+                return "jsonl"  # one line: its error is reported with its column
+            try:
+                return "jsonl" if isinstance(json.loads(first_line), dict) else "json"
+            except json.JSONDecodeError:
+                return "json"  # reported where json.loads stops reading the whole
+        return "json"
+    header = text.lstrip("\n").split("\n", 1)[0]
+    tabs, commas = header.count("\t"), header.count(",")
+    if tabs > commas or (tabs == commas == 0 and ";" not in header):
+        return "tsv"  # also a single column: each line is read whole, commas and all
+    return "csv"
+
+
+def _read_stdin() -> str:
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError("the ticket file is '-' but standard input is a terminal; pipe the file in "
+                        "(... --file - < tickets.jsonl)")
+    if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream (an embedding program, a test)
+        return sys.stdin.read()
+    raw = sys.stdin.buffer.read()
+    if raw.startswith(b"\x1f\x8b"):  # gzip's magic number
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise UserError(f"{STDIN}: cannot read gzip data ({error})") from None
+    return _decode(raw, STDIN)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = gzip.open(path).read() if path.suffix.lower() == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{path}: cannot read file ({error})") from None
+    return _decode(raw, path)
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: starts as UTF-16 but is not valid UTF-16; re-export it as UTF-8") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1  # before parsing: a line, not a row
+        raise UserError(f"{path}, line {line}: bytes are not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
+                        f"{error.start}; Windows-1252 or Latin-1?); re-export the file as UTF-8") from None
+
+
+def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV/TSV file, numbered as a spreadsheet shows them: the header is row 1, and a
+    cell holding line breaks does not add rows (errors about the file's syntax give the line too).
+
+    Also read as spreadsheets write them: Excel's "sep=;" first line, semicolons where the
+    locale's decimal mark is a comma, an empty column after a trailing delimiter, long fields;
+    and as pandas writes them, with an unnamed index column first.
+    """
+    first_line, _, rest = text.partition("\n")
+    skipped = 0
+    if re.fullmatch(r"sep=(.)\r?", first_line):
+        delimiter, text, skipped = first_line[4], rest, 1
+    elif delimiter == "," and "," not in first_line and ";" in first_line:
+        delimiter = ";"
+    elif delimiter == "," and "," not in first_line and "\t" in first_line:  # Excel's "Unicode text", as .csv
+        delimiter = "\t"
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD_CHARS))  # pasted logs pass Python's 128 KiB
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1 + skipped  # the line the next record starts on
+    number = 0  # the row before it, as a spreadsheet numbers rows ("sep=;" is not shown as one)
+    try:
+        header = [name.strip() for name in next(reader, [])]  # [] for a file that is only "sep=;"
+        while header and header[-1] == "":  # a trailing delimiter on the header line
+            header.pop()
+        # pandas' to_csv writes its row index as a first column with no name: not part of the tickets.
+        skip = 1 if len(header) > 1 and header[0] == "" else 0
+        header = header[skip:]
+        if len(set(header)) != len(header) or "" in header:
+            raise UserError(f"{where(path, 1)}: header has empty or repeated column names: {header}")
+        start, number = reader.line_num + 1 + skipped, 1
+        for number, row in enumerate(reader, start=2):
+            line, start = start, reader.line_num + 1 + skipped
+            row = row[skip:]
+            if not any(cell.strip() for cell in row):
+                continue
+            if any(cell.strip() for cell in row[len(header):]):
+                raise UserError(f"{_row_and_line(path, number, line)}: {len(row)} fields but the header has "
+                                f"{len(header)}; is a text field missing its quotes?")
+            yield number, dict(zip(header, row + [""] * (len(header) - len(row)), strict=False))  # extra cells: empty
+    except csv.Error as error:
+        raise UserError(f"{_row_and_line(path, number + 1, start)}: malformed CSV ({error})") from None
+
+
+def _row_and_line(path: Path, row: int, line: int) -> str:
+    """Where a CSV record is, for a spreadsheet and, when cells with line breaks make it differ, an editor."""
+    return where(path, row) + (f" (line {line})" if line != row else "")
+
+
+def _read_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    # Only "\n" ends a record: str.splitlines() would also split at U+2028, U+0085 or a form
+    # feed, which JSON allows unescaped inside strings (text pasted from Word or the web).
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{where(path, line_number)}: invalid JSON ({error.msg} at column {error.colno})") from None
+        yield line_number, _require_object(record, path, line_number)
+
+
+def _read_json_array(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A JSON array of tickets, a wrapper object holding one, or one ticket object."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        hint = ("; several JSON values one after another? JSON Lines takes one object per line (jq -c)"
+                if error.msg == "Extra data" else "")
+        raise UserError(f"{where(path, error.lineno)}: invalid JSON ({error.msg}){hint}") from None
+    if isinstance(data, dict):
+        wrapped = _wrapped_tickets(data)
+        data = [data] if wrapped is None else wrapped
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON array of ticket objects")
+    for position, record in enumerate(data, start=1):
+        yield position, _require_object(record, path, position)
+
+
+def _wrapped_tickets(data: dict[str, Any]) -> list[Any] | None:
+    """The tickets list of a wrapper object, or None for an object that is itself a ticket.
+
+    A wrapper keeps its tickets under a known key ("tickets", "results", ...), maybe next to
+    other lists it sideloads; or it holds one list of objects and no text of its own (a count,
+    page links). A ticket has text, and may hold lists of objects too (comments, custom fields).
+    """
+    for key in _WRAPPER_KEYS:
+        if isinstance(data.get(key), list):
+            return data[key]
+    lists = [value for value in data.values()
+             if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)]
+    own_text = any(isinstance(value, str) and not value.startswith(("http://", "https://"))
+                   for value in data.values())
+    return lists[0] if len(lists) == 1 and not own_text else None
+
+
+def _require_object(record: Any, path: Path, row: int) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise UserError(f"{where(path, row)}: expected a JSON object, got {type(record).__name__}")
+    return nested_fields(record)  # custom_fields.queue: a column like the others
+
