@@ -1,4 +1,4 @@
-"""``ticketclf``: train, export, evaluate, predict and serve from the command line.
+"""``ticketclf``: split, train, export, evaluate, predict and serve from the command line.
 
 Each command parses its arguments, calls one library function and prints the result.
 A :class:`~classifier.errors.UserError` becomes one line on stderr and exit code 2.
@@ -86,12 +86,12 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ticketclf", description="Ticket classification: train, export, "
-                                     "evaluate, predict and serve.", formatter_class=_HelpFormatter,
+    parser = argparse.ArgumentParser(prog="ticketclf", description="Ticket classification: split, train, "
+                                     "export, evaluate, predict and serve.", formatter_class=_HelpFormatter,
                                      epilog=WORKFLOW_EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_export, _add_evaluate, _add_predict, _add_serve):
+    for add in (_add_split, _add_train, _add_export, _add_evaluate, _add_predict, _add_serve):
         add(commands)
     return parser
 
@@ -119,7 +119,8 @@ TEXT_COLUMNS_FOR_MODEL_HELP = ("the file's columns for the model's text fields, 
 
 WORKFLOW_EPILOG = """\
 example, from a helpdesk export to a running service:
-  ticketclf train data/tickets.csv --output runs/model
+  ticketclf split data/tickets.csv --output-train train.csv --output-test test.csv
+  ticketclf train train.csv --output runs/model
   ticketclf export runs/model
   ticketclf evaluate runs/model --data test.csv --output runs/report
   ticketclf serve runs/model --port 8000
@@ -415,6 +416,42 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not bundle_dir:
         raise UserError("give a bundle directory or set TICKETCLF_BUNDLE")
     return serve(Path(bundle_dir), host=args.host, port=args.port, workers=args.workers, dev=args.dev)
+
+# ---------------------------------------------------------------- split
+
+SPLIT_EPILOG = """\
+examples:
+  ticketclf split data/tickets.csv --output-train runs/train.csv --output-test runs/test.csv
+  ticketclf split export.jsonl.gz --label-column queue --test-fraction 0.1 \\
+      --output-train train.csv --output-test test.csv
+
+Stratified by label, with the seeded split training uses for validation. Reads every format
+train reads and finds the columns the same way; both outputs are CSV with all the input's
+columns (a JSON object's fields as dotted columns), so the test file reads like the export.
+A class with a single ticket, and rows without a label, go to the training file.
+"""
+
+
+def _add_split(commands: argparse._SubParsersAction) -> None:
+    p = _subcommand(commands, "split", "hold out a test file from a labelled ticket export", _run_split,
+                    epilog=SPLIT_EPILOG)
+    p.add_argument("data", type=Path, help="labelled tickets: CSV, TSV, JSONL or JSON, optionally .gz")
+    p.add_argument("--output-train", type=Path, required=True, metavar="TRAIN", help="CSV file for training")
+    p.add_argument("--output-test", type=Path, required=True, metavar="TEST", help="CSV file held out for testing")
+    p.add_argument("--label-column", help="label column (default: detected as train does: category, label, queue, ...)")
+    p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
+                   help="comma-separated text columns (default: detected as train does)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of each class held out")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified shuffle")
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    from classifier.data import split_file
+
+    n_train, n_test = split_file(args.data, args.output_train, args.output_test, label_column=args.label_column,
+                                 text_columns=args.text_columns, test_fraction=args.test_fraction, seed=args.seed)
+    print(f"{n_train} training and {n_test} test tickets from {args.data}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ row and column. The :class:`DataReport` says what was dropped, merged or suspici
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import random
 import re
@@ -261,6 +263,55 @@ def stratified_split(tickets: Tickets, fraction: float, seed: int) -> tuple[Tick
         held_out += indices[:n_held]
         train += indices[n_held:]
     return tickets.subset(sorted(train)), tickets.subset(sorted(held_out))
+
+
+# ---------------------------------------------------------------- a held-out test file
+
+
+def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, *, label_column: str | None = None,
+               text_columns: Sequence[str] | None = None, test_fraction: float = 0.2,
+               seed: int = 0) -> tuple[int, int]:
+    """Split a labelled export into a training file and a held-out test file, stratified by label with
+    the split training uses (:func:`stratified_split`); return how many rows each file got.
+
+    Reads every format training reads and finds the columns the same way; both outputs are CSV with all
+    the input's columns (a JSON object's fields as its dotted columns, lists as JSON), so the test file
+    reads like the export it came from. A class with a single ticket, and rows without a label, go to
+    the training file (training reports them).
+    """
+    data, train_path, test_path = Path(data), Path(train_path), Path(test_path)
+    if not 0 < test_fraction < 1:
+        raise UserError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+    if len({data.resolve(), train_path.resolve(), test_path.resolve()}) < 3:
+        raise UserError(f"{data}: the input, --output-train and --output-test must be three different files")
+    numbered, columns = records_and_columns(data)
+    records = [record for _, record in numbered]
+    # A JSON object's fields are also read as dotted columns (ticket.subject): those are the ones to keep.
+    objects = {key for record in records for key, value in record.items() if isinstance(value, dict)}
+    columns = [column for column in columns if column not in objects]
+    mapping = resolve_columns(columns, data, text_columns, label_column)
+    for row, record in numbered:  # training refuses a list there: a CSV must not hide it as text
+        check_flat(record, (*mapping.text_columns, mapping.label_column), data, row)
+    labels = [label_value(record.get(mapping.label_column)) for record in records]
+    labelled = [i for i, value in enumerate(labels) if value]
+    rows = Tickets([str(i) for i in labelled], [labels[i] for i in labelled], [str(i) for i in labelled])
+    _, test = stratified_split(rows, test_fraction, seed)  # the split training itself uses
+    test_rows = {int(i) for i in test.ids}
+    if not test_rows:
+        raise UserError(f"{data}: no class has two tickets, so none can be held out for testing")
+    train_rows = [i for i in range(len(records)) if i not in test_rows]
+    _write_csv(train_path, columns, [records[i] for i in train_rows])
+    _write_csv(test_path, columns, [records[i] for i in sorted(test_rows)])
+    return len(train_rows), len(test_rows)
+
+
+def _write_csv(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")  # objects: as dotted columns
+        writer.writeheader()
+        writer.writerows({key: json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
+                          for key, value in record.items()} for record in records)
 
 
 @dataclass

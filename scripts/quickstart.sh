@@ -10,7 +10,7 @@ bundle="${BUNDLE:-runs/quickstart}"
 test_data="runs/quickstart-test.csv"
 
 # Hold out a test file the model never sees; training splits its own validation set from the rest.
-.venv/bin/python scripts/split_holdout.py "$data" --test "$test_data" --train runs/quickstart-train.csv
+.venv/bin/ticketclf split "$data" --output-train runs/quickstart-train.csv --output-test "$test_data"
 .venv/bin/ticketclf train runs/quickstart-train.csv --output "$bundle" --overwrite
 .venv/bin/ticketclf export "$bundle"
 .venv/bin/ticketclf evaluate "$bundle" --data "$test_data" --output "$bundle-report"

@@ -83,7 +83,7 @@ def test_an_export_removes_what_killed_exports_left(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [".export-elsewhere", ".export-live", ".export-starting"]
 
 
-@pytest.mark.parametrize("command", ["train", "export", "evaluate", "predict", "serve"])
+@pytest.mark.parametrize("command", ["split", "train", "export", "evaluate", "predict", "serve"])
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -327,3 +327,37 @@ def test_predict_stops_quietly_when_its_reader_leaves(exported_bundle: Path, tmp
         process.stdout.close()
         assert process.wait(timeout=120) == 141
         assert process.stderr.read() == b""
+
+
+def test_split_writes_a_training_and_a_test_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    export = tmp_path / "export.csv"
+    export.write_text("text,category\n" + "".join(f"ticket {i},{'ab'[i % 2]}\n" for i in range(10)))
+    train, test = tmp_path / "out" / "train.csv", tmp_path / "out" / "test.csv"
+    assert main(["split", str(export), "--output-train", str(train), "--output-test", str(test)]) == 0
+    assert capsys.readouterr().out == f"8 training and 2 test tickets from {export}\n"
+    assert len(train.read_text().splitlines()) == 9 and len(test.read_text().splitlines()) == 3
+
+
+def test_split_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    export = tmp_path / "export.csv"
+    export.write_text("text,category\nhello,a\nbye,b\n")
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text('{"text": ["charged", "twice"], "category": "billing"}\n')
+
+    def split(data: Path, *args: str | Path) -> tuple[int, str]:
+        code = main(["split", str(data), "--output-train", str(tmp_path / "train.csv"),
+                     "--output-test", str(tmp_path / "test.csv"), *map(str, args)])
+        return code, capsys.readouterr().err
+
+    for args, message in ((("--label-column", "queue"), "label column 'queue' not found"),
+                          (("--test-fraction", "1.5"), "--test-fraction must be between 0 and 1"),
+                          (("--output-train", export), "must be three different files"),
+                          (("--output-train", tmp_path / "test.csv"), "must be three different files"),
+                          ((), "no class has two tickets")):
+        code, err = split(export, *args)
+        assert code == 2 and message in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+    for data, message in ((tmp_path / "missing.csv", "file not found"),
+                          (listed, "listed.jsonl, row 1, column 'text': holds a JSON list")):
+        code, err = split(data)
+        assert code == 2 and message in err

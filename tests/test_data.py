@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from classifier.columns import ColumnMapping, resolve_columns
-from classifier.data import DataReport, load_tickets, prepare_data, read_tickets_to_classify, stratified_split
+from classifier.data import (
+    DataReport,
+    load_tickets,
+    prepare_data,
+    read_tickets_to_classify,
+    split_file,
+    stratified_split,
+)
 from classifier.errors import UserError
 from classifier.readers import read_records
 from classifier.text import TextOptions, nested_fields, ticket_text
@@ -340,3 +348,36 @@ def test_arbitrary_bytes_load_or_fail_with_a_user_error(tmp_path: Path, blob: by
         load_tickets(path)
     except UserError as error:
         assert str(path) in str(error)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_split_file_splits_a_semicolon_export_with_a_bom_by_its_detected_label_column(tmp_path: Path) -> None:
+    rows = [f"T-{i};Subject {i};body {i};{'billing' if i % 2 else 'login'}" for i in range(20)]
+    rows += ["T-20;Lonely;the only one;legal", "T-21;No label;nothing here;"]
+    export = tmp_path / "export.csv"
+    export.write_bytes("\ufeffid;subject;body;Queue\n".encode() + "\n".join(rows).encode() + b"\n")
+    assert split_file(export, tmp_path / "train.csv", tmp_path / "test.csv", test_fraction=0.25) == (18, 4)
+    train, test = read_csv(tmp_path / "train.csv"), read_csv(tmp_path / "test.csv")
+    assert list(test[0]) == ["id", "subject", "body", "Queue"]
+    assert Counter(row["Queue"] for row in test) == {"billing": 2, "login": 2}  # a quarter of each class
+    assert sorted(row["id"] for row in train + test) == sorted(f"T-{i}" for i in range(22))  # nothing lost
+    assert {"T-20", "T-21"} <= {row["id"] for row in train}  # a one-ticket class and an unlabelled row
+
+
+def test_split_file_writes_nested_json_as_the_dotted_columns_training_reads(tmp_path: Path) -> None:
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(f'{{"ticket": {{"subject": "s{i}", "body": "b{i}"}}, "group": "{"ab"[i % 2]}"}}\n'
+                              for i in range(10)))
+    split_file(export, tmp_path / "train.csv", tmp_path / "test.csv", label_column="group")
+    assert list(read_csv(tmp_path / "test.csv")[0]) == ["ticket.subject", "ticket.body", "group"]
+
+
+def test_split_file_stratifies_numeric_labels_including_zero(tmp_path: Path) -> None:
+    export = tmp_path / "export.jsonl"
+    export.write_text("".join(f'{{"text": "ticket {i}", "label": {i % 2}}}\n' for i in range(20)))
+    split_file(export, tmp_path / "train.csv", tmp_path / "test.csv", test_fraction=0.3)
+    assert Counter(row["label"] for row in read_csv(tmp_path / "test.csv")) == {"0": 3, "1": 3}
