@@ -417,6 +417,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise UserError("give a bundle directory or set TICKETCLF_BUNDLE")
     return serve(Path(bundle_dir), host=args.host, port=args.port, workers=args.workers, dev=args.dev)
 
+
 # ---------------------------------------------------------------- split
 
 SPLIT_EPILOG = """\

@@ -76,7 +76,6 @@ def records_and_columns(path: str | Path) -> tuple[list[tuple[int, dict[str, Any
     return records, list(dict.fromkeys(key for _, record in records for key in record))
 
 
-
 def _detect_format(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
