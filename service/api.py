@@ -31,12 +31,14 @@ def classify() -> Response:
     predictor = ctx.model.predictor
     texts = [ticket_text(ticket, predictor.text_options) for _, ticket in items]
     _check_texts(items, texts, batch=isinstance(parsed, ctx.schemas.batch))
-    predictions = predictor.predict(texts, top_k=parsed.top_k, cleaned=True)
+    # every request model (built per bundle by build_schemas) has top_k; its type is only BaseModel
+    predictions = predictor.predict(texts, top_k=parsed.top_k, cleaned=True)  # type: ignore[attr-defined]
     metrics.record_predictions(predictions)
     _note_for_access_log(items, predictions)
     return json_response(ClassifyResponse(
         model=ctx.model_info,
-        predictions=[PredictionOut(id=ticket_id, **p.to_dict()) for (ticket_id, _), p in zip(items, predictions)],
+        predictions=[PredictionOut(id=ticket_id, **p.to_dict())
+                     for (ticket_id, _), p in zip(items, predictions, strict=True)],
     ))
 
 
@@ -151,4 +153,4 @@ def _note_for_access_log(items: list[tuple[Any, ModelInput]], predictions: list[
     g.ticket_count = len(items)
     if current_app.config["LOG_TEXT"]:
         g.log_tickets = [{"id": ticket_id, "text": ticket, "label": p.label}
-                         for (ticket_id, ticket), p in zip(items, predictions)]
+                         for (ticket_id, ticket), p in zip(items, predictions, strict=True)]

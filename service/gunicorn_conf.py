@@ -25,10 +25,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
 from classifier.cpus import worker_count
 from classifier.errors import UserError
 
+if TYPE_CHECKING:  # gunicorn has no type information: these are Any to mypy, names for the reader
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
 
 wsgi_app = "service.server:worker_app()"
 bind = ["127.0.0.1:8000"]  # `ticketclf serve --host/--port` or `gunicorn --bind` set it
@@ -60,7 +64,7 @@ control_socket_disable = True  # gunicorn >= 25: one socket path per user; insta
 _CREATED_METRICS_DIR = "TICKETCLF_CREATED_METRICS_DIR"
 
 
-def on_starting(server) -> None:  # type: ignore[no-untyped-def]
+def on_starting(server: Arbiter) -> None:
     """Prepare the environment the workers inherit (they load the app after this, in the fork)."""
     os.environ.setdefault("TICKETCLF_THREADS", "1")  # onnxruntime threads per worker: workers fill the cores
     # prometheus-client multiprocess mode: each worker writes its samples to files in this
@@ -70,13 +74,13 @@ def on_starting(server) -> None:  # type: ignore[no-untyped-def]
             tempfile.mkdtemp(prefix="ticketclf-metrics-")
 
 
-def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
+def child_exit(server: Arbiter, worker: Worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # drop its live gauges; its counters stay counted
 
 
-def on_exit(server) -> None:  # type: ignore[no-untyped-def]
+def on_exit(server: Arbiter) -> None:
     created = os.environ.pop(_CREATED_METRICS_DIR, None)
     if created:
         shutil.rmtree(created, ignore_errors=True)

@@ -62,7 +62,7 @@ def _route() -> str:
     if isinstance(missed, MethodNotAllowed) and missed.valid_methods:
         try:
             rule, _ = current_app.url_map.bind_to_environ(request.environ).match(
-                method=missed.valid_methods[0], return_rule=True)
+                method=next(iter(missed.valid_methods)), return_rule=True)
             return rule.rule
         except HTTPException:
             pass

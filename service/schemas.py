@@ -11,8 +11,20 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, StrictStr, Tag, TypeAdapter,
-                      ValidationError, WrapValidator, create_model, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    StrictStr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    WrapValidator,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from classifier.text import FIELD_SEPARATOR, TEXT_COLUMN_GUESSES, field_key
@@ -141,7 +153,8 @@ class TicketBase(BaseModel):
     def _text_given_once(self) -> TicketBase:
         given = [name for name in self.text_fields if getattr(self, name, None) is not None]
         if self.text is not None and "text" not in self.text_fields and given:
-            raise PydanticCustomError("ambiguous_text", "give either 'text' or the ticket's fields ({fields}), not both",
+            raise PydanticCustomError("ambiguous_text",
+                                      "give either 'text' or the ticket's fields ({fields}), not both",
                                       {"fields": ", ".join(given)})
         return self
 
@@ -306,7 +319,7 @@ def build_schemas(fields: tuple[str, ...], label_count: int, max_batch: int) -> 
     ticket = create_model("Ticket", __base__=TicketBase, **extra_fields)  # type: ignore[call-overload]
     ticket.text_fields = fields
     single = create_model("SingleTicketRequest", __base__=ticket, top_k=top_k)
-    tickets = (Annotated[list[ticket], Field(min_length=1, max_length=max_batch,  # type: ignore[valid-type]
+    tickets: Any = (Annotated[list[ticket], Field(min_length=1, max_length=max_batch,  # type: ignore[valid-type]
                                              description=f"1 to {max_batch} tickets.")], ...)
     batch = create_model("BatchRequest", __config__=ConfigDict(extra="ignore"), tickets=tickets, top_k=top_k)
     zendesk = create_model("ZendeskWebhookRequest", __config__=ConfigDict(extra="ignore"),
@@ -314,13 +327,14 @@ def build_schemas(fields: tuple[str, ...], label_count: int, max_batch: int) -> 
     def request_shape(body: Any) -> str | None:  # pydantic needs a named function, not a partial
         return _request_shape(fields, body)
 
-    request = TypeAdapter(Annotated[
+    shapes: Any = Annotated[  # a type built at run time: Any to mypy, as are the models above
         Union[Annotated[single, Tag("single")], Annotated[batch, Tag("batch")],  # noqa: UP007
               Annotated[zendesk, Tag("zendesk")]],
         Discriminator(request_shape, custom_error_type="invalid_shape",
                       custom_error_message="the body must be a JSON object of exactly one shape: one ticket, "
                                            "{'tickets': [...]} or {'ticket': {...}}"),
-    ])
+    ]
+    request: TypeAdapter[Any] = TypeAdapter(shapes)
     return Schemas(request, ticket, single, batch, zendesk, fields)
 
 
