@@ -741,13 +741,15 @@ def test_dev_server_serves_over_http(exported_bundle: Path, tmp_path: Path) -> N
 
 
 def test_loadtest_script_runs_bounded(exported_bundle: Path, sample_csv: Path, tmp_path: Path) -> None:
-    report = tmp_path / "bench.md"
-    command = [sys.executable, str(ROOT / "scripts" / "loadtest.py"), str(exported_bundle), "--requests", "20",
-               "--duration", "5", "--concurrency", "1,4", "--texts", str(sample_csv), "--column", "body",
-               "--markdown", str(report)]
+    runs = tmp_path / "runs.jsonl"
+    command = [sys.executable, str(ROOT / "scripts" / "benchmarks" / "loadtest.py"), str(exported_bundle),
+               "--requests", "20", "--duration", "5", "--concurrency", "1,4", "--texts", str(sample_csv),
+               "--column", "body", "--runs-file", str(runs)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "| 4 | 20 | 0 |" in report.read_text()
+    assert "| 4 | 20 | 0 |" in result.stdout  # concurrency 4: 20 requests, 0 errors
+    [run] = [json.loads(line) for line in runs.read_text().splitlines()]  # and recorded, as one run
+    assert "loadtest.py" in run["command"] and run["figures"]
 
 
 def test_api_keys_that_are_all_blank_are_refused_not_read_as_no_auth(tmp_path: Path) -> None:
@@ -781,7 +783,7 @@ def test_settings_come_from_environment_then_config(monkeypatch: pytest.MonkeyPa
 # overrides adapted or dropped) instead of the service silently changing behaviour.
 
 # The methods ours override, by the gunicorn class they override them in (names and parameters must match).
-GUNICORN_OVERRIDES = {
+GUNICORN_OVERRIDES: dict[type, tuple[type, set[str]]] = {
     service_worker.SyncWorker: (GunicornSyncWorker, {"init_process", "handle_exit", "run", "handle_request"}),
     server_module._Arbiter: (Arbiter, {"halt", "reap_workers"}),
     server_module._RunsOurArbiter: (BaseApplication, {"run"}),
@@ -815,7 +817,7 @@ def test_our_gunicorn_overrides_still_override_the_same_methods(ours: type) -> N
         assert _parameters(getattr(ours, name)) == _parameters(getattr(theirs, name)), f"{theirs.__name__}.{name}"
     # Attributes of our own must not be gunicorn's (a new gunicorn attribute of that name would be clobbered).
     own = {name for name in vars(ours) if not name.startswith("__")} - expected
-    gunicorn_source = inspect.getsource(inspect.getmodule(theirs))
+    gunicorn_source = inspect.getsource(sys.modules[theirs.__module__])
     assert not [name for name in own if re.search(rf"\b{name}\b", gunicorn_source)]
 
 
@@ -913,7 +915,12 @@ def test_gunicorn_errors_reach_our_json_writer(monkeypatch: pytest.MonkeyPatch) 
             # worker.answer_waiting_connections: accept() hands a queued connection to handle() and raises
             # OSError on an empty queue; the worker knows its listeners, master and graceful timeout.
             handled: list[Any] = []
-            monkeypatch.setattr(worker, "handle", lambda _, client, addr: (handled.append(addr), client.close()))
+
+            def handle(listener: socket.socket, client: socket.socket, addr: Any) -> None:
+                handled.append(addr)
+                client.close()
+
+            monkeypatch.setattr(worker, "handle", handle)
             with socket.create_connection(listener.getsockname(), timeout=5):
                 time.sleep(0.1)
                 worker.answer_waiting_connections(time.monotonic() + 5)
