@@ -42,7 +42,8 @@ _HTML_TAGS = frozenset(
     "hr html i img input ins kbd label legend li link main mark meta nav noscript ol p pre q s samp section "
     "small span strike strong style sub summary sup table tbody td tfoot th thead title tr tt u ul var wbr "
     "o:p script".split())  # o:p: Outlook's paragraph
-_HTML_HINT = re.compile(r"<\s*(?:/\s*)?(?:" + "|".join(sorted(_HTML_TAGS, key=len, reverse=True)) + r")(?=[\s/>])[^<>]*>"
+_HTML_HINT = re.compile(r"<\s*(?:/\s*)?(?:" + "|".join(sorted(_HTML_TAGS, key=len, reverse=True))
+                        + r")(?=[\s/>])[^<>]*>"
                         r"|&(?:[a-zA-Z]+|#\d+|#x[0-9a-fA-F]+);", re.IGNORECASE)
 _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
                "blockquote", "pre", "hr"}
@@ -302,5 +303,7 @@ def _as_str(value: Any, name: str) -> str:
     return str(value)
 
 
-__all__ = ["FIELD_SEPARATOR", "TEXT_COLUMN_GUESSES", "TextOptions", "clean_text", "field_key", "html_to_text", "nested_fields", "strip_quoted_replies",
-           "strip_signature", "ticket_text"]
+__all__ = [
+    "FIELD_SEPARATOR", "TEXT_COLUMN_GUESSES", "TextOptions", "clean_text", "field_key", "html_to_text",
+    "nested_fields", "strip_quoted_replies", "strip_signature", "ticket_text",
+]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -65,7 +64,8 @@ def test_signature_is_cut_and_can_be_kept() -> None:
     assert "Maria" in clean_text(body, TextOptions(strip_signatures=False))
     assert clean_text("Broken again\nSent from my iPhone") == "Broken again"
     assert clean_text("<div>Broken</div><div>Sent from Outlook for Android</div>") == "Broken"
-    assert clean_text("Hi\nSent from the mobile app, the invoice is wrong") == "Hi Sent from the mobile app, the invoice is wrong"
+    text = "Hi\nSent from the mobile app, the invoice is wrong"
+    assert clean_text(text) == "Hi Sent from the mobile app, the invoice is wrong"
     assert clean_text("Help\n-- \nJohn Smith\nCTO") == "Help"
 
 
