@@ -1,23 +1,69 @@
-"""A TF-IDF + logistic-regression baseline: the bar a fine-tuned encoder has to clear."""
+"""A TF-IDF + logistic-regression baseline: the bar a fine-tuned encoder has to clear.
+
+Training fits it on the bundle's training split and keeps it in the bundle
+(``baseline.npz``: vocabularies, IDF weights and coefficients as plain arrays, no pickles), so
+evaluation sets the model beside it without the original export.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import Pipeline, make_pipeline, make_union
 
+BASELINE_NAME = "TF-IDF + logistic regression"
 
-def fit_baseline(texts: Sequence[str], labels: Sequence[str], seed: int = 0) -> Pipeline:
+
+def _unfitted(seed: int = 0) -> Pipeline:
     """Word 1-2-grams and character 2-5-grams, TF-IDF weighted, into a multinomial logistic regression.
 
     Character n-grams catch typos and word fragments that a word vocabulary misses.
-    The fitted pipeline has scikit-learn's ``predict`` / ``predict_proba`` and ``classes_``.
     """
     features = make_union(
         TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
         TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2),
     )
-    model = make_pipeline(features, LogisticRegression(C=10.0, max_iter=2000, random_state=seed))
-    return model.fit(list(texts), list(labels))
+    return make_pipeline(features, LogisticRegression(C=10.0, max_iter=2000, random_state=seed))
+
+
+def fit_baseline(texts: Sequence[str], labels: Sequence[str], seed: int = 0) -> Pipeline:
+    """The fitted pipeline, with scikit-learn's ``predict`` / ``predict_proba`` and ``classes_``."""
+    return _unfitted(seed).fit(list(texts), list(labels))
+
+
+def score_baseline(model: Pipeline, texts: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    predicted = model.predict(list(texts))
+    return {"accuracy": float(accuracy_score(labels, predicted)),
+            "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0))}
+
+
+def save_baseline(model: Pipeline, path: Path) -> None:
+    """Store a fitted baseline as arrays only (``np.load`` reads it back with ``allow_pickle=False``)."""
+    union, regression = model.steps[0][1], model.steps[-1][1]
+    arrays: dict[str, Any] = {"classes": np.asarray(regression.classes_, dtype=str),
+                                     "coef": regression.coef_, "intercept": regression.intercept_}
+    for index, (_, vectorizer) in enumerate(union.transformer_list):
+        vocabulary = vectorizer.vocabulary_
+        arrays[f"terms_{index}"] = np.asarray(sorted(vocabulary, key=vocabulary.__getitem__), dtype=str)
+        arrays[f"idf_{index}"] = vectorizer.idf_
+    with open(path, "wb") as out:
+        np.savez_compressed(out, **arrays)
+
+
+def load_baseline(path: Path) -> Pipeline:
+    """A baseline saved by :func:`save_baseline`, predicting exactly as the fitted one did."""
+    model = _unfitted()
+    union, regression = model.steps[0][1], model.steps[-1][1]
+    with np.load(path, allow_pickle=False) as arrays:
+        for index, (_, vectorizer) in enumerate(union.transformer_list):
+            vectorizer.vocabulary_ = {term: i for i, term in enumerate(arrays[f"terms_{index}"].tolist())}
+            vectorizer.idf_ = arrays[f"idf_{index}"]
+        regression.classes_ = arrays["classes"].astype(object)
+        regression.coef_, regression.intercept_ = arrays["coef"], arrays["intercept"]
+    return model

@@ -15,9 +15,10 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from classifier.errors import ModelError, UserError
+from classifier.options import ENGINES
 from classifier.text import TextOptions, ticket_text
 
 if TYPE_CHECKING:
@@ -140,9 +141,9 @@ On several GPUs, Trainer needs no change: torchrun --nproc_per_node 4 -m classif
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    from classifier.options import FULL_LEARNING_RATE, LORA_LEARNING_RATE, TrainingOptions
+    from classifier.options import FULL_LEARNING_RATE, LORA_LEARNING_RATE, PRECISIONS, DataOptions, TrainingOptions
 
-    defaults = TrainingOptions()
+    defaults, data_defaults = TrainingOptions(), DataOptions()
     p = _subcommand(commands, "train", "fine-tune an encoder on a labelled ticket export", _run_train,
                     epilog=TRAIN_EPILOG)
     p.add_argument("data", type=Path, help="labelled tickets: .csv, .tsv, .jsonl or .json, optionally .gz")
@@ -152,11 +153,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                    "run's checkpoints")
     g = p.add_argument_group("data")
     g.add_argument("--validation", type=Path, help="validation file (default: a stratified split of DATA)")
-    g.add_argument("--validation-fraction", type=float, default=0.1, help="share held out when no --validation")
+    g.add_argument("--validation-fraction", type=float, default=data_defaults.validation_fraction,
+                   help="share held out when no --validation")
     g.add_argument("--text-columns", type=_csv_list, help="comma-separated text columns, in joining order "
                    "(default: detected, e.g. subject,body or text)")
     g.add_argument("--label-column", help="label column (default: detected, e.g. category, label, queue)")
-    g.add_argument("--min-class-count", type=int, default=5, help="fewest tickets a class may have")
+    g.add_argument("--min-class-count", type=int, default=data_defaults.min_class_count,
+                   help="fewest tickets a class may have")
     g.add_argument("--merge-rare-classes", action="store_true", help="merge classes below --min-class-count "
                    "into 'other' (or the data's own 'Other' class) instead of failing")
     g.add_argument("--keep-quoted-replies", action="store_true", help="do not cut quoted previous replies")
@@ -165,8 +168,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("model and training")
     m.add_argument("--base-model", help="hub id or local path of the encoder (default: packaged all-MiniLM-L6-v2)")
     m.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")
-    m.add_argument("--lora-rank", type=int, default=defaults.lora_rank, help="rank of the LoRA adapters (alpha is twice it)")
-    m.add_argument("--epochs", type=float, default=defaults.epochs, help="maximum epochs (early stopping may end sooner)")
+    m.add_argument("--lora-rank", type=int, default=defaults.lora_rank,
+                   help="rank of the LoRA adapters (alpha is twice it)")
+    m.add_argument("--epochs", type=float, default=defaults.epochs,
+                   help="maximum epochs (early stopping may end sooner)")
     m.add_argument("--learning-rate", type=float, help=f"peak learning rate, decayed linearly (default: "
                    f"{FULL_LEARNING_RATE:g}; with --lora {LORA_LEARNING_RATE:g})")
     m.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tickets per training step")
@@ -176,14 +181,14 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--train-word-embeddings", action="store_true", help="also update the vocabulary embeddings")
     m.add_argument("--patience", type=int, default=defaults.early_stopping_patience,
                    help="epochs without validation macro-F1 gain before stopping")
-    m.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+    m.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                    help="auto: bf16 on GPUs and CPUs that support it, else fp32")
     m.add_argument("--resume", action="store_true", help="continue an interrupted run from the last checkpoint "
                    "of --output (same data and options)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from classifier.options import TrainingOptions
+    from classifier.options import DataOptions, TrainingOptions
     from classifier.train import checkpoint_dir, train
 
     options = TrainingOptions(
@@ -192,15 +197,15 @@ def _run_train(args: argparse.Namespace) -> int:
         lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, class_weighted_loss=args.class_weights,
         freeze_word_embeddings=not args.train_word_embeddings, early_stopping_patience=args.patience,
         precision=args.precision, resume=args.resume)
-    text_options = TextOptions(fields=args.text_columns or (), strip_html=not args.keep_html,
-                               strip_quoted_replies=not args.keep_quoted_replies,
-                               strip_signatures=not args.keep_signatures)
+    data_options = DataOptions(
+        text=TextOptions(fields=args.text_columns or (), strip_html=not args.keep_html,
+                         strip_quoted_replies=not args.keep_quoted_replies, strip_signatures=not args.keep_signatures),
+        label_column=args.label_column, validation_path=str(args.validation) if args.validation else None,
+        validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
+        merge_rare_classes=args.merge_rare_classes)
     _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length", "lora_rank")
     try:
-        bundle_dir = train(args.data, args.output, options, validation_path=args.validation,
-                           text_options=text_options, label_column=args.label_column,
-                           validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
-                           merge_rare_classes=args.merge_rare_classes, overwrite=args.overwrite)
+        bundle_dir = train(args.data, args.output, options, data_options, overwrite=args.overwrite)
     except (KeyboardInterrupt, _Terminated):
         checkpoints = checkpoint_dir(args.output)
         if any(checkpoints.glob("checkpoint-*")):
@@ -217,12 +222,16 @@ def _print_training_summary(bundle_dir: Path) -> None:
     from classifier.bundle import read_manifest
 
     manifest = read_manifest(bundle_dir)
-    metrics = manifest["validation_metrics"]
+    metrics = manifest.training.validation_metrics
     report = bundle_dir / "reports" / "data_report.json"
     print(f"bundle written to {bundle_dir}")
-    print(f"  labels: {len(manifest['labels'])}, max length: {manifest['max_length']}, "
-          f"training time: {manifest['training']['train_seconds']} s")
+    print(f"  labels: {len(manifest.labels)}, max length: {manifest.max_length}, "
+          f"training time: {manifest.training.train_seconds} s")
     print(f"  validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    if manifest.baseline and manifest.baseline.validation_metrics:
+        baseline = manifest.baseline.validation_metrics
+        print(f"  {manifest.baseline.name}: validation accuracy {baseline['accuracy']:.4f}, "
+              f"macro-F1 {baseline['macro_f1']:.4f}")
     print(f"  data report: {report}")
 
 
@@ -262,20 +271,19 @@ def _run_export(args: argparse.Namespace) -> int:
     section = export(args.bundle, ExportOptions(opset=args.opset, quantization=args.quantization,
                                                 per_channel=args.per_channel, optimize=args.optimize,
                                                 max_accuracy_drop=args.max_accuracy_drop))
-    drift = section["drift"]
-    sizes = ", ".join(f"{name} {info['bytes'] / 2**20:.1f} MiB" for name, info in section["files"].items())
-    print(f"exported {args.bundle}/onnx: {sizes} (opset {section['opset']}, "
-          f"int8 for {section['quantization']['target']})")
-    print(f"  drift on {drift['examples']} validation tickets: fp32 max |logit diff| "
-          f"{drift['fp32_max_abs_logit_diff']:.2e}, argmax agreement {drift['fp32_argmax_agreement']:.2%}; "
-          f"int8 agreement {drift['int8_argmax_agreement']:.2%}, "
-          f"int8 accuracy {0.0 - drift['int8_accuracy_drop_points']:+.2f} points against fp32")
+    drift = section.drift
+    sizes = ", ".join(f"{name} {info.bytes / 2**20:.1f} MiB" for name, info in section.files.items())
+    print(f"exported {args.bundle}/onnx: {sizes} (opset {section.opset}, int8 for {section.quantization.target})")
+    print(f"  drift on {drift.examples} validation tickets: fp32 max |logit diff| "
+          f"{drift.fp32_max_abs_logit_diff:.2e}, argmax agreement {drift.fp32_argmax_agreement:.2%}; "
+          f"int8 agreement {drift.int8_argmax_agreement:.2%}, "
+          f"int8 accuracy {0.0 - drift.int8_accuracy_drop_points:+.2f} points against fp32")
     from classifier.bundle import read_manifest
 
-    serving = read_manifest(args.bundle)["serving"]
-    if serving["engine"] != "int8":
+    engine = read_manifest(args.bundle).engine
+    if engine != "int8":
         print(f"  WARNING: int8 loses more than {args.max_accuracy_drop} points: the fp32 model will be served")
-    print(f"  serving: {serving['engine']}")
+    print(f"  serving: {engine}")
     return 0
 
 
@@ -290,7 +298,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", type=Path, help="model bundle directory")
     p.add_argument("--data", type=Path, required=True, help="labelled test tickets (same formats as train)")
     p.add_argument("--output", "-o", type=Path, required=True, help="directory for the report files")
-    p.add_argument("--engine", choices=["auto", "int8", "fp32", "torch"], default="auto",
+    p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto: the model that would be served")
     p.add_argument("--label-column", help="label column (default: the one the model was trained on)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
@@ -335,7 +343,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
                    help="with --file: " + TEXT_COLUMNS_FOR_MODEL_HELP)
     p.add_argument("--top-k", type=int, help="how many labels to list per ticket (default: 3, or all if fewer)")
-    p.add_argument("--engine", choices=["auto", "int8", "fp32", "torch"], default="auto",
+    p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto: the model the bundle marks for serving")
 
 
@@ -379,7 +387,7 @@ def _print_predictions(predictor: Predictor, rows: list[tuple[str, str]], top_k:
             predictions = iter(predictor.predict(texts, top_k=top_k, cleaned=True) if texts else [])
         except ModelError as error:  # it counts positions in `texts`; name the tickets' own ids
             ids = [ticket_id for ticket_id, text in chunk if text]
-            raise ModelError([ids[position] for position in error.tickets]) from None
+            raise ModelError([ids[cast(int, position)] for position in error.tickets]) from None
         for ticket_id, text in chunk:
             if text:
                 print(json.dumps({"id": ticket_id, **next(predictions).to_dict()}, ensure_ascii=False))

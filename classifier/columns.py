@@ -58,7 +58,7 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
                     if label_column and find(label_column) is None else "")  # both in one run, not two
             raise UserError(f"{path}: text column {missing[0]!r} not found{also}; columns are {listed}; check "
                             "the names, or name the file's text columns with --text-columns")
-        texts = tuple(find(name) for name in text_columns)
+        texts = tuple(name for name in map(find, text_columns) if name is not None)  # each found: checked above
     else:
         texts = guess(TEXT_COLUMN_GUESSES)
         if not texts:
@@ -83,4 +83,4 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     places = ("", f"{parent}.") if parent else ("",)
     ident = next((found for place in places for name in ID_COLUMN_GUESSES
                   if (found := find(place + name, look_inside=False))), None)
-    return ColumnMapping(texts, label, ident)  # type: ignore[arg-type]
+    return ColumnMapping(texts, label, ident)

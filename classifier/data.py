@@ -20,6 +20,7 @@ from typing import Any
 
 from classifier.columns import ColumnMapping, resolve_columns
 from classifier.errors import UserError, where
+from classifier.options import DataOptions
 from classifier.readers import STDIN, file_sha256, records_and_columns
 from classifier.text import TextOptions, ticket_text
 
@@ -292,7 +293,9 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
     mapping = resolve_columns(columns, data, text_columns, label_column)
     for row, record in numbered:  # training refuses a list there: a CSV must not hide it as text
         check_flat(record, (*mapping.text_columns, mapping.label_column), data, row)
-    labels = [label_value(record.get(mapping.label_column)) for record in records]
+    label_column = mapping.label_column
+    assert label_column is not None  # resolve_columns requires one here
+    labels = [label_value(record.get(label_column)) for record in records]
     labelled = [i for i, value in enumerate(labels) if value]
     rows = Tickets([str(i) for i in labelled], [labels[i] for i in labelled], [str(i) for i in labelled])
     _, test = stratified_split(rows, test_fraction, seed)  # the split training itself uses
@@ -319,34 +322,34 @@ class PreparedData:
     train: Tickets
     validation: Tickets
     labels: list[str]
-    text_options: TextOptions
+    text_options: TextOptions  # the options given, with the text columns found
     report: DataReport
+    options: DataOptions  # as given
 
 
-def prepare_data(train_path: str | Path, validation_path: str | Path | None = None, *,
-                 text_options: TextOptions | None = None, label_column: str | None = None,
-                 validation_fraction: float = 0.1, min_class_count: int = 5, merge_rare_classes: bool = False,
-                 seed: int = 42) -> PreparedData:
-    """Everything between a ticket export and a model: load, clean, check, split."""
-    if not 0 < validation_fraction < 1:
-        raise UserError(f"validation fraction must be between 0 and 1, got {validation_fraction}")
+def prepare_data(train_path: str | Path, options: DataOptions | None = None, seed: int = 42) -> PreparedData:
+    """Everything between a ticket export and a model: load, clean, check, split (seeded)."""
+    options = options or DataOptions()
+    if not 0 < options.validation_fraction < 1:
+        raise UserError(f"validation fraction must be between 0 and 1, got {options.validation_fraction}")
     report = DataReport()
-    train, options = load_tickets(train_path, text_options, label_column, report)
+    train, text_options = load_tickets(train_path, options.text, options.label_column, report)
     train = match_label_spellings(train, _most_common_spellings(train.labels), report)
-    train = check_classes(deduplicate(train, report), min_class_count, merge_rare_classes, report, train_path)
-    if validation_path is None:
-        train, validation = stratified_split(train, validation_fraction, seed)
-        report.split = {"method": "stratified", "fraction": validation_fraction, "seed": seed}
+    train = check_classes(deduplicate(train, report), options.min_class_count, options.merge_rare_classes, report,
+                          train_path)
+    if options.validation_path is None:
+        train, validation = stratified_split(train, options.validation_fraction, seed)
+        report.split = {"method": "stratified", "fraction": options.validation_fraction, "seed": seed}
     else:
-        validation, _ = load_tickets(validation_path, options, label_column, report)
+        validation, _ = load_tickets(options.validation_path, text_options, options.label_column, report)
         known = set(train.labels)
         validation = relabel_like_training(validation, known, report.merged_into_other, report.other_label, report)
-        validation = _keep_training_labels(validation, known, report, validation_path)
-        report.split = {"method": "file", "path": str(validation_path)}
+        validation = _keep_training_labels(validation, known, report, options.validation_path)
+        report.split = {"method": "file", "path": str(options.validation_path)}
     labels = sorted(set(train.labels))
     report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
     report.shared_texts_between_splits = len(set(train.texts) & set(validation.texts))
-    return PreparedData(train, validation, labels, options, report)
+    return PreparedData(train, validation, labels, text_options, report, options)
 
 
 def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataReport) -> Tickets:
@@ -416,24 +419,3 @@ def _keep_training_labels(tickets: Tickets, known: set[str], report: DataReport,
     if not keep:
         raise UserError(f"{path}: no validation ticket has a label seen in training")
     return tickets.subset(keep)
-
-
-def reload_training_split(manifest: dict[str, Any]) -> Tickets | None:
-    """The training split a bundle was trained on, if its file is still there unchanged; else None.
-
-    Re-runs :func:`prepare_data` with the options the manifest recorded, which gives the
-    same split (it is seeded).
-    """
-    info = manifest.get("data", {}).get("train", {})
-    options = manifest.get("data_options")
-    path = Path(info.get("path", ""))
-    if not options or not path.is_file() or file_sha256(path) != info.get("sha256"):
-        return None
-    if options["validation_path"] and not Path(options["validation_path"]).is_file():
-        return None  # bundles from before the path was stored absolute recorded it as given
-    prepared = prepare_data(path, options["validation_path"], text_options=TextOptions.from_dict(manifest["text"]),
-                            label_column=options["label_column"],
-                            validation_fraction=options["validation_fraction"],
-                            min_class_count=options["min_class_count"],
-                            merge_rare_classes=options["merge_rare_classes"], seed=options["seed"])
-    return prepared.train

@@ -35,9 +35,9 @@ import numpy as np
 
 from classifier import bundle
 from classifier.errors import UserError
+from classifier.manifest import Drift, ExportSection, Manifest, OnnxFile, Quantization, Serving
 from classifier.onnx_graph import keep_first_token_after_last_attention
-from classifier.predict import (FUSION_OVERRIDES, INT8_MAX_BATCH, OnnxEngine, Predictor, TorchEngine,
-                                default_threads, load_tokenizer)
+from classifier.predict import INT8_MAX_BATCH, OnnxEngine, Predictor, TorchEngine, default_threads, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ UNOWNED_WORK_AGE_S = 3600  # a staging directory without an owner this old was l
 MIN_FP32_AGREEMENT = 0.999
 # fp32 ONNX computes what PyTorch computes; a larger logit difference means a broken graph, not rounding.
 MAX_FP32_LOGIT_DIFF = 1e-3
+# Optimum's O2 fusions without SkipLayerNormalization, slower here than the Add + LayerNormalization it
+# replaces (docs/benchmarks.md, "Inference graph"; predict.SLOWER_FUSIONS keeps onnxruntime from fusing it
+# again at load time).
+FUSION_OVERRIDES = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
 
 
 @dataclass
@@ -60,8 +64,8 @@ class ExportOptions:
     batch_size: int = 32
 
 
-def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> dict[str, Any]:
-    """Export, quantize and drift-check a bundle; returns the manifest's new ``onnx`` section."""
+def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> ExportSection:
+    """Export, quantize and drift-check a bundle; returns the manifest's new ``export`` section."""
     options = options or ExportOptions()
     bundle_dir = Path(bundle_dir)
     manifest = bundle.read_manifest(bundle_dir)
@@ -129,28 +133,28 @@ def choose_quantization_target(requested: str) -> str:
     return "avx2"
 
 
-def check_drift(bundle_dir: Path, manifest: dict[str, Any], fp32_path: Path, int8_path: Path,
-                batch_size: int = 32) -> dict[str, Any]:
+def check_drift(bundle_dir: Path, manifest: Manifest, fp32_path: Path, int8_path: Path,
+                batch_size: int = 32) -> Drift:
     """Compare PyTorch, ONNX fp32 and ONNX int8 on the bundle's validation split."""
     texts, labels = bundle.read_examples(bundle_dir)
-    tokenizer = load_tokenizer(bundle_dir, int(manifest["max_length"]))
+    tokenizer = load_tokenizer(bundle_dir, manifest.max_length)
     threads = default_threads()
     runs = {}
     for name, engine in (("torch", TorchEngine(bundle_dir, threads)), ("fp32", OnnxEngine(fp32_path, threads)),
                          ("int8", OnnxEngine(int8_path, threads, max_batch=INT8_MAX_BATCH))):
         runs[name] = Predictor(bundle_dir, manifest, engine, tokenizer).logits(texts, batch_size, cleaned=True)[0]
-    truth = np.array([manifest["labels"].index(label) for label in labels])
+    truth = np.array([manifest.labels.index(label) for label in labels])
     predicted = {name: logits.argmax(axis=1) for name, logits in runs.items()}
     accuracy = {name: float((p == truth).mean()) for name, p in predicted.items()}
-    return {
-        "examples": len(texts),
-        "fp32_max_abs_logit_diff": float(np.abs(runs["fp32"] - runs["torch"]).max()),
-        "fp32_argmax_agreement": float((predicted["fp32"] == predicted["torch"]).mean()),
-        "int8_max_abs_logit_diff": float(np.abs(runs["int8"] - runs["torch"]).max()),
-        "int8_argmax_agreement": float((predicted["int8"] == predicted["torch"]).mean()),
-        "accuracy": accuracy,
-        "int8_accuracy_drop_points": round(100 * (accuracy["fp32"] - accuracy["int8"]), 3),
-    }
+    return Drift(
+        examples=len(texts),
+        fp32_max_abs_logit_diff=float(np.abs(runs["fp32"] - runs["torch"]).max()),
+        fp32_argmax_agreement=float((predicted["fp32"] == predicted["torch"]).mean()),
+        int8_max_abs_logit_diff=float(np.abs(runs["int8"] - runs["torch"]).max()),
+        int8_argmax_agreement=float((predicted["int8"] == predicted["torch"]).mean()),
+        accuracy=accuracy,
+        int8_accuracy_drop_points=round(100 * (accuracy["fp32"] - accuracy["int8"]), 3),
+    )
 
 
 def _import_exporters() -> None:
@@ -250,17 +254,17 @@ def quantize(fp32_path: Path, out_dir: Path, target: str, per_channel: bool = Tr
 
 
 def _manifest_section(staged: Path, opset: int, target: str, options: ExportOptions, first_token_only: bool,
-                      drift: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "opset": opset,
-        "optimized": options.optimize,
-        "last_layer_first_token_only": first_token_only,
-        "quantization": {"target": target, "mode": "dynamic", "per_channel": options.per_channel},
-        "files": {name: {"path": f"{bundle.ONNX_DIR}/{name}", "bytes": (staged / name).stat().st_size}
-                  for name in (bundle.ONNX_FP32, bundle.ONNX_INT8)},
-        "drift": drift,
-        "max_accuracy_drop_points": options.max_accuracy_drop,
-    }
+                      drift: Drift) -> ExportSection:
+    return ExportSection(
+        opset=opset,
+        optimized=options.optimize,
+        last_layer_first_token_only=first_token_only,
+        quantization=Quantization(target=target, mode="dynamic", per_channel=options.per_channel),
+        files={name: OnnxFile(path=f"{bundle.ONNX_DIR}/{name}", bytes=(staged / name).stat().st_size)
+               for name in (bundle.ONNX_FP32, bundle.ONNX_INT8)},
+        drift=drift,
+        max_accuracy_drop_points=float(options.max_accuracy_drop),
+    )
 
 
 def decided_by_one_ticket(drop: float, limit: float, examples: int) -> bool:
@@ -269,37 +273,38 @@ def decided_by_one_ticket(drop: float, limit: float, examples: int) -> bool:
     return drop > limit and drop - 100 / examples <= limit
 
 
-def _commit(bundle_dir: Path, staged: Path, section: dict[str, Any]) -> None:
-    drift = section["drift"]
-    if drift["fp32_argmax_agreement"] < MIN_FP32_AGREEMENT:
-        raise UserError(f"ONNX fp32 disagrees with PyTorch on {1 - drift['fp32_argmax_agreement']:.2%} of the "
+def _commit(bundle_dir: Path, staged: Path, section: ExportSection) -> None:
+    drift = section.drift
+    if drift.fp32_argmax_agreement < MIN_FP32_AGREEMENT:
+        raise UserError(f"ONNX fp32 disagrees with PyTorch on {1 - drift.fp32_argmax_agreement:.2%} of the "
                         "validation tickets (limit 0.1 %); export not written")
-    if drift["fp32_max_abs_logit_diff"] > MAX_FP32_LOGIT_DIFF:
-        raise UserError(f"ONNX fp32 logits differ from PyTorch's by up to {drift['fp32_max_abs_logit_diff']:.2g} "
+    if drift.fp32_max_abs_logit_diff > MAX_FP32_LOGIT_DIFF:
+        raise UserError(f"ONNX fp32 logits differ from PyTorch's by up to {drift.fp32_max_abs_logit_diff:.2g} "
                         f"(limit {MAX_FP32_LOGIT_DIFF:g}); export not written")
-    drop, limit = drift["int8_accuracy_drop_points"], section["max_accuracy_drop_points"]
+    drop, limit = drift.int8_accuracy_drop_points, section.max_accuracy_drop_points
     int8_ok = drop <= limit
     if not int8_ok:
         log.warning("int8 loses %.2f accuracy points (limit %.2f): serving the fp32 model", drop, limit)
-        if decided_by_one_ticket(drop, limit, drift["examples"]):
+        if decided_by_one_ticket(drop, limit, drift.examples):
             log.warning("that is one validation ticket of %d (%.2f points): with one answer the other way int8 "
                         "would be served. A larger validation split (--validation-fraction) measures it better; "
-                        "--max-accuracy-drop sets the limit", drift["examples"], 100 / drift["examples"])
+                        "--max-accuracy-drop sets the limit", drift.examples, 100 / drift.examples)
     manifest = bundle.read_manifest(bundle_dir)  # re-read: thresholds may have been applied meanwhile
-    if manifest.get("thresholds", {}).get("per_class"):
+    if manifest.thresholds.per_class:
         log.warning("the per-class thresholds in the manifest were measured on the model exported before; "
                     "run 'ticketclf evaluate %s --data TEST --output DIR --apply-threshold-for-precision P' "
                     "again to set them for this one", bundle_dir)
-    updated = dict(manifest, onnx=section, serving={"engine": "int8" if int8_ok else "fp32",
-                                                    "reason": "int8 within accuracy limit" if int8_ok else
-                                                    "int8 accuracy drop over limit"})
+    updated = manifest.model_copy(update={
+        "export": section,
+        "serving": Serving(engine="int8" if int8_ok else "fp32",
+                           reason="int8 within accuracy limit" if int8_ok else "int8 accuracy drop over limit")})
     # Ctrl-C or SIGTERM (the CLI turns it into an exception) wait until the models and the manifest
     # agree; only a hard kill between the renames inside could still part them.
     with _signals_held(signal.SIGINT, signal.SIGTERM):
         bundle.swap_into_place(staged, bundle_dir / bundle.ONNX_DIR,
                                before_commit=lambda: bundle.write_manifest(bundle_dir, updated))
     try:
-        bundle.write_report(bundle_dir, "drift", drift)  # the manifest holds the figures too
+        bundle.write_report(bundle_dir, "drift", drift.model_dump(mode="json"))  # the manifest holds them too
     except OSError as error:
         log.warning("the export is in place, but reports/drift.json could not be written: %s", error)
 

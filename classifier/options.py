@@ -1,13 +1,31 @@
-"""Training hyper-parameters, in a module of their own so the CLI can show defaults without torch."""
+"""The options of the stages, in a module of their own so the CLI can show their choices and
+defaults without importing torch (or pydantic). Each default is set here and nowhere else."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from classifier.text import TextOptions
 
 FULL_LEARNING_RATE = 2e-4
 # LoRA adapters start from zero and train few weights: they need larger steps. On the bundled
 # sample, 3 epochs: 68.6 % validation accuracy at 1e-3 against 42.4 % at 2e-4 (docs/benchmarks.md).
 LORA_LEARNING_RATE = 1e-3
+SERVING_ENGINES = ("int8", "fp32", "torch")  # the models a bundle can serve (the export picks int8 or fp32)
+ENGINES = ("auto", *SERVING_ENGINES)  # what predict, evaluate and serve accept; auto: the bundle's choice
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 where the GPU or CPU supports it, else fp32
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a ticket export becomes training and validation tickets; stored in the manifest as given."""
+
+    text: TextOptions = field(default_factory=TextOptions)  # fields empty: detect them
+    label_column: str | None = None  # None: detect it
+    validation_path: str | None = None  # a validation file; None: hold out a stratified split
+    validation_fraction: float = 0.1
+    min_class_count: int = 5
+    merge_rare_classes: bool = False  # else classes under min_class_count are an error
 
 
 @dataclass
@@ -30,7 +48,7 @@ class TrainingOptions:
     freeze_word_embeddings: bool = True
     group_by_length: bool = True
     early_stopping_patience: int = 3
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    precision: str = "auto"  # one of PRECISIONS
     resume: bool = False
 
     @property

@@ -26,12 +26,14 @@ import numpy as np
 from classifier import bundle
 from classifier.cpus import count_setting, usable_cpus
 from classifier.errors import ModelError, UserError
-from classifier.text import TextOptions, ticket_text
+from classifier.manifest import Manifest
+from classifier.numerics import shown_score, softmax
+from classifier.options import ENGINES
+from classifier.text import ticket_text
 
 log = logging.getLogger(__name__)
 
 Ticket = str | Mapping[str, Any]
-ENGINES = ("auto", *bundle.SERVING_ENGINES)  # auto: what the bundle marks for serving
 CHARS_PER_TOKEN_CAP = 64  # text past max_length * this cannot fit the window: cut before tokenising
 
 
@@ -61,25 +63,21 @@ class Engine(Protocol):
 class Predictor:
     """A loaded bundle that turns tickets into labels; safe to share between threads."""
 
-    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], engine: Engine, tokenizer: Any,
+    def __init__(self, bundle_dir: Path, manifest: Manifest, engine: Engine, tokenizer: Any,
                  engine_kind: str = "") -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.engine = engine
         self.engine_kind = engine_kind  # what load() chose: int8, fp32 or torch
-        self.labels: list[str] = list(manifest["labels"])
-        self.text_options = TextOptions.from_dict(manifest.get("text", {}))
-        self.max_length = int(manifest["max_length"])
+        self.labels: list[str] = list(manifest.labels)
+        self.text_options = manifest.text
+        self.max_length = manifest.max_length
+        self.temperature = manifest.temperature
         self._tokenizer = tokenizer
         self._pad_id = pad_token_id(bundle_dir, tokenizer)
-        thresholds = manifest.get("thresholds", {})
-        self._global_threshold = float(thresholds.get("global", bundle.DEFAULT_THRESHOLD))
-        # Checked by read_manifest: a positive number, or none for bundles from before calibration.
-        self.temperature = float((manifest.get("calibration") or {}).get("temperature") or 1.0)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         self._pool_lock = threading.Lock()  # request threads may need the pool at the same moment
-        self._class_thresholds = {k: float(v) for k, v in thresholds.get("per_class", {}).items()}
 
     @classmethod
     def load(cls, bundle_dir: str | Path, engine: str = "auto", threads: int | None = None) -> Predictor:
@@ -96,7 +94,7 @@ class Predictor:
         runner = TorchEngine(bundle_dir, threads) if chosen == "torch" else \
             OnnxEngine(bundle.onnx_path(bundle_dir, quantized=chosen == "int8"), threads,
                        max_batch=INT8_MAX_BATCH if chosen == "int8" else None)
-        predictor = cls(bundle_dir, manifest, runner, load_tokenizer(bundle_dir, int(manifest["max_length"])), chosen)
+        predictor = cls(bundle_dir, manifest, runner, load_tokenizer(bundle_dir, manifest.max_length), chosen)
         predictor._check_model()
         return predictor
 
@@ -114,14 +112,14 @@ class Predictor:
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("name") or self.bundle_dir.name)
+        return self.manifest.name or self.bundle_dir.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["bundle_version"])
+        return self.manifest.bundle_version
 
     def threshold(self, label: str) -> float:
-        return self._class_thresholds.get(label, self._global_threshold)
+        return self.manifest.thresholds.of(label)
 
     def predict(self, tickets: Sequence[Ticket], top_k: int = 3, batch_size: int = 32, *,
                 cleaned: bool = False) -> list[Prediction]:
@@ -182,7 +180,7 @@ class Predictor:
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
         batch_size = min(batch_size, getattr(self.engine, "max_batch", None) or batch_size)
-        texts = self._check_not_empty(list(tickets)) if cleaned else self.texts(tickets)
+        texts = self._check_not_empty([str(ticket) for ticket in tickets]) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
         if 0 < len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order
@@ -242,18 +240,10 @@ class Predictor:
         )
 
 
-def shown_score(probability: float) -> float:
-    """A probability as predictions show it (6 decimals). Review thresholds are compared with this value,
-    both here and where ``evaluate`` chooses them, so a client comparing a shown confidence with /labels
-    agrees, and a ticket at a threshold is routed as the evaluation counted it."""
-    return round(probability, 6)
-
-
-def resolve_engine(bundle_dir: Path, manifest: dict[str, Any], requested: str) -> str:
+def resolve_engine(bundle_dir: Path, manifest: Manifest, requested: str) -> str:
     """Pick the model to run: for ``auto`` the one the export marked for serving, or PyTorch for a
     bundle never exported. A marked model file that is missing is an error, not a silent fallback."""
-    marked = (manifest.get("serving") or {}).get("engine")
-    engine = (marked or "torch") if requested == "auto" else requested
+    engine = manifest.engine if requested == "auto" else requested
     if engine in ("int8", "fp32") and not bundle.onnx_path(bundle_dir, engine == "int8").is_file():
         missing = bundle.onnx_path(bundle_dir, engine == "int8").relative_to(bundle_dir)
         if requested == "auto":
@@ -262,12 +252,6 @@ def resolve_engine(bundle_dir: Path, manifest: dict[str, Any], requested: str) -
                             "(TICKETCLF_ENGINE for the service)")
         raise UserError(f"{bundle_dir}: no {engine} ONNX model; run 'ticketclf export {bundle_dir}' first")
     return engine
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def default_threads() -> int:
@@ -303,9 +287,8 @@ def pad_token_id(bundle_dir: Path, tokenizer: Any) -> int:
 
 # onnxruntime's SkipLayerNormalization kernel took longer here than the Add + LayerNormalization it
 # replaces, in fp32 and int8 graphs (docs/benchmarks.md, "Inference graph"). So the export leaves it
-# out of Optimum's O2 fusions (FUSION_OVERRIDES), and OnnxEngine keeps onnxruntime from fusing it
-# again at load time (SLOWER_FUSIONS).
-FUSION_OVERRIDES = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
+# out of Optimum's O2 fusions (export.FUSION_OVERRIDES), and OnnxEngine keeps onnxruntime from fusing
+# it again at load time (SLOWER_FUSIONS).
 SLOWER_FUSIONS = ("SkipLayerNormFusion",)
 # Dynamic int8 scales each activation by the range of the whole batch (padding included), so in a
 # batch a ticket's scores, and sometimes its label, depend on the others. One ticket per run gives
@@ -346,7 +329,7 @@ class TorchEngine:
     """PyTorch fallback for a bundle with no ONNX model (needs the training extra)."""
 
     name = "torch"
-    max_batch = None
+    max_batch: int | None = None
     parallel_runs = 1
 
     def __init__(self, bundle_dir: Path, threads: int) -> None:

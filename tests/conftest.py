@@ -7,10 +7,12 @@ behaviour of the real pipeline, not mocks. Everything runs offline.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,12 +53,12 @@ def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle fine-tuned for two short epochs on ``tiny_csv`` (PyTorch only, not exported)."""
-    from classifier.options import TrainingOptions
+    from classifier.options import DataOptions, TrainingOptions
     from classifier.train import train
 
     output = tmp_path_factory.mktemp("bundles") / "tiny"
     options = TrainingOptions(epochs=3, learning_rate=3e-4, batch_size=16, max_length=96, seed=0)
-    return train(tiny_csv, output, options, validation_fraction=0.2)
+    return train(tiny_csv, output, options, DataOptions(validation_fraction=0.2))
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +101,16 @@ def poison_word() -> Callable[[Path, str], None]:
         onnx.save(model, str(path))
 
     return poison
+
+
+@pytest.fixture()
+def hand_edit() -> Callable[[Path, Callable[[dict[str, Any]], object]], None]:
+    """``hand_edit(bundle_dir, edit)`` applies ``edit`` to the bundle's manifest.json as plain JSON, as a
+    person editing the file would: the typed manifest refuses most such edits itself."""
+    def apply(bundle_dir: Path, edit: Callable[[dict[str, Any]], object]) -> None:
+        path = bundle_dir / "manifest.json"
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        edit(manifest)
+        path.write_text(json.dumps(manifest), encoding="utf-8")
+
+    return apply

@@ -19,8 +19,8 @@ from classifier.bundle import read_manifest
 from classifier.cli import main
 from classifier.data import read_tickets_to_classify
 from classifier.errors import UserError
-from classifier.predict import Predictor
 from classifier.export import WORK_OWNER, _remove_abandoned_work
+from classifier.predict import Predictor
 from classifier.text import TextOptions
 
 
@@ -65,7 +65,7 @@ def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv
     assert changed.returncode == 2 and "made with other data or options (training.epochs 3.0 -> 1.0)" in changed.stderr
     resumed = run_cli(*command, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert read_manifest(output)["training"]["epochs"] == 3.0 and not checkpoints.exists()
+    assert read_manifest(output).training.options.epochs == 3.0 and not checkpoints.exists()
 
 
 def test_an_export_removes_what_killed_exports_left(tmp_path: Path) -> None:
@@ -273,7 +273,8 @@ def test_predict_reads_a_file_with_its_own_column_names(exported_bundle: Path, t
     expected = capsys.readouterr().out
     assert main(["predict", str(exported_bundle), "--file", str(renamed), "--text-columns", "title,description"]) == 0
     assert capsys.readouterr().out == expected
-    assert main(["predict", str(exported_bundle), "--file", str(renamed), "--text-columns", "id,title,description"]) == 2
+    arguments = ["predict", str(exported_bundle), "--file", str(renamed), "--text-columns", "id,title,description"]
+    assert main(arguments) == 2
     assert ("--text-columns: the model reads 2 text fields (subject, body); give 2 columns in that order, or one "
             "with the whole ticket; got 3") in capsys.readouterr().err
     assert main(["predict", str(exported_bundle), "hello", "--text-columns", "title"]) == 2

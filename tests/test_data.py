@@ -22,6 +22,7 @@ from classifier.data import (
     stratified_split,
 )
 from classifier.errors import UserError
+from classifier.options import DataOptions
 from classifier.readers import read_records
 from classifier.text import TextOptions, nested_fields, ticket_text
 
@@ -139,7 +140,7 @@ def test_labels_differing_only_in_case_are_one_class(tmp_path: Path) -> None:
     train.write_text("text,category\n" + "".join(f"{text},{label}\n" for label, text in rows))
     validation = tmp_path / "validation.csv"
     validation.write_text("text,category\nwrong amount,BiLLing\nlocked out,Login\n")
-    data = prepare_data(train, validation)
+    data = prepare_data(train, DataOptions(validation_path=str(validation)))
     assert data.labels == ["billing", "login"]
     assert sorted(data.validation.labels) == ["billing", "login"]
     assert data.report.merged_label_spellings == {"Billing": "billing", "BILLING": "billing", "BiLLing": "billing",
@@ -153,7 +154,7 @@ def test_whole_number_labels_written_as_floats_are_one_class(tmp_path: Path) -> 
     train.write_text("text,queue\n" + "".join(rows) + "refund missing,3.0\n")
     validation = tmp_path / "validation.csv"  # what pandas writes for an integer column with an empty cell
     validation.write_text("text,queue\nwrong amount,3.0\nlocked out,12.0\nnew ticket,3.5\n")
-    data = prepare_data(train, validation)
+    data = prepare_data(train, DataOptions(validation_path=str(validation)))
     assert data.labels == ["12", "3"]
     assert data.validation.labels == ["3", "12"]  # "3.5" is another label: dropped, and reported
     assert data.report.merged_label_spellings == {"3.0": "3", "12.0": "12"}
@@ -230,7 +231,8 @@ def test_detection_prefers_top_level_columns_to_nested_fields(columns: list[str]
 
 def test_messages_list_fields_not_the_objects_holding_them() -> None:
     columns = ["ticket", "ticket.subject", "ticket.via", "ticket.via.channel", "custom_fields", "custom_fields.queue"]
-    with pytest.raises(UserError, match=r"columns are \['ticket.subject', 'ticket.via.channel', 'custom_fields.queue'\]"):
+    listed = r"columns are \['ticket.subject', 'ticket.via.channel', 'custom_fields.queue'\]"
+    with pytest.raises(UserError, match=listed):
         resolve_columns(columns, "export.jsonl", ("Title",))
 
 
@@ -253,7 +255,7 @@ def test_duplicates_conflicts_and_rare_classes(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "t.csv", rows)
     with pytest.raises(UserError, match=r"2 of 4 classes have fewer than 5 tickets: 'c' \(1\), 'd' \(1\); add"):
         prepare_data(path)
-    prepared = prepare_data(path, merge_rare_classes=True, min_class_count=2, validation_fraction=0.25)
+    prepared = prepare_data(path, DataOptions(merge_rare_classes=True, min_class_count=2, validation_fraction=0.25))
     report = prepared.report
     assert report.duplicates_removed == 1
     assert report.conflicting_texts == [{"text": "ticket number 2", "labels": ["a", "b"]}]
@@ -267,22 +269,22 @@ def test_a_text_column_as_label_is_refused_and_long_class_lists_are_cut(tmp_path
     rows = [{"subject": f"subject {i}", "body": f"body {i}", "queue": "ab"[i % 2]} for i in range(40)]
     path = write_csv(tmp_path / "t.csv", rows)
     with pytest.raises(UserError, match="column 'subject' is both a text column and the label column"):
-        prepare_data(path, text_options=TextOptions(fields=("subject", "body")), label_column="subject")
+        prepare_data(path, DataOptions(text=TextOptions(fields=("subject", "body")), label_column="subject"))
     with pytest.raises(UserError, match=r"40 of 40 classes have fewer than 5 tickets: .*'body 9' \(1\) and 30 "
                                         r"more; is --label-column the column of categories\?"):
-        prepare_data(path, text_options=TextOptions(fields=("subject",)), label_column="body")
+        prepare_data(path, DataOptions(text=TextOptions(fields=("subject",)), label_column="body"))
 
 
 def test_merged_rare_classes_must_make_a_large_enough_other(tmp_path: Path) -> None:
     rows = [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(20)] + [{"text": "rare", "label": "c"}]
     with pytest.raises(UserError, match="merging the rare classes gives 'other' only 1 ticket, fewer than 5"):
-        prepare_data(write_csv(tmp_path / "t.csv", rows), merge_rare_classes=True)
+        prepare_data(write_csv(tmp_path / "t.csv", rows), DataOptions(merge_rare_classes=True))
 
 
 def test_rare_classes_merge_into_the_exports_own_other_class(tmp_path: Path) -> None:
     rows = [{"text": f"t {i}", "label": ["billing", "Other"][i % 2]} for i in range(20)]
     rows += [{"text": "rare legal", "label": "Legal"}, {"text": "rare press", "label": "press"}]
-    prepared = prepare_data(write_csv(tmp_path / "t.csv", rows), merge_rare_classes=True)
+    prepared = prepare_data(write_csv(tmp_path / "t.csv", rows), DataOptions(merge_rare_classes=True))
     assert prepared.labels == ["Other", "billing"]  # not a second catch-all class spelled "other"
     assert prepared.report.merged_into_other == {"Legal": 1, "press": 1}
     assert "merged rare classes into 'Other'" in "\n".join(prepared.report.summary_lines())
@@ -293,8 +295,9 @@ def test_validation_labels_of_merged_classes_count_as_other_in_any_spelling(tmp_
     rows += [{"text": f"rare {i}", "label": "Legal"} for i in range(2)] + [{"text": "x", "label": "press"}]
     validation = [{"text": "v legal", "label": "LEGAL"}, {"text": "v press", "label": "press"},
                   {"text": "v a", "label": "A"}]
-    prepared = prepare_data(write_csv(tmp_path / "t.csv", rows), write_csv(tmp_path / "v.csv", validation),
-                            merge_rare_classes=True, min_class_count=3)
+    prepared = prepare_data(write_csv(tmp_path / "t.csv", rows),
+                            DataOptions(validation_path=str(write_csv(tmp_path / "v.csv", validation)),
+                                        merge_rare_classes=True, min_class_count=3))
     assert prepared.validation.labels == ["other", "other", "a"]
     assert "label not in training data" not in prepared.report.dropped
 
@@ -319,7 +322,7 @@ def test_validation_file_overlap_and_unseen_labels_reported(tmp_path: Path) -> N
     train_rows = [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(20)]
     val_rows = [{"text": "t 0", "label": "b"}, {"text": "new", "label": "zzz"}, {"text": "t 99", "label": "a"}]
     prepared = prepare_data(write_csv(tmp_path / "train.csv", train_rows),
-                            write_csv(tmp_path / "val.csv", val_rows))
+                            DataOptions(validation_path=str(write_csv(tmp_path / "val.csv", val_rows))))
     assert len(prepared.validation) == 2
     assert prepared.report.shared_texts_between_splits == 1
     assert len(prepared.report.dropped["label not in training data"]) == 1

@@ -41,16 +41,19 @@ from hypothesis import HealthCheck, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from classifier.errors import UserError
 from classifier.predict import Predictor
 from service import create_app
-from service import settings as service_settings
-from service.context import EXTENSION, Context
 from service import server as server_module
+from service import settings as service_settings
 from service import worker as service_worker
+from service.context import EXTENSION, Context
 from service.schemas import ZendeskTicket, zendesk_record
 from service.server import serve
 from service.worker import bytes_waiting, request_read_whole

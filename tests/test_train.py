@@ -20,19 +20,19 @@ from classifier.train import choose_max_length, default_base_model, train
 
 def test_bundle_manifest_is_complete(tiny_bundle: Path, tiny_csv: Path) -> None:
     manifest = read_manifest(tiny_bundle)
-    assert manifest["schema_version"] == SCHEMA_VERSION
-    assert manifest["labels"] == sorted(manifest["labels"]) and len(manifest["labels"]) >= 8
-    assert manifest["text"]["fields"] == ["subject", "body"]
+    assert manifest.schema_version == SCHEMA_VERSION
+    assert manifest.labels == sorted(manifest.labels) and len(manifest.labels) >= 8
+    assert manifest.text.fields == ("subject", "body")
     # What evaluation needs to read a test file as training read this one.
-    assert manifest["data_options"]["merged_into_other"] == [] and manifest["data_options"]["other_label"] == "other"
-    assert manifest["max_length"] == 96
-    train_info = manifest["data"]["train"]
-    assert train_info["path"] == str(tiny_csv) and len(train_info["sha256"]) == 64
-    assert train_info["rows_used"] + manifest["data"]["validation"]["rows_used"] <= train_info["rows_read"]
-    assert manifest["training"]["learning_rate"] == 3e-4
-    assert {"accuracy", "macro_f1"} <= set(manifest["validation_metrics"])
-    assert {"torch", "transformers", "python"} <= set(manifest["versions"])
-    assert manifest["bundle_version"] and manifest["created_at"]
+    assert manifest.data.merged_into_other == [] and manifest.data.other_label == "other"
+    assert manifest.max_length == 96
+    train_info = manifest.data.train
+    assert train_info.path == str(tiny_csv) and len(train_info.sha256) == 64
+    assert train_info.rows_used + manifest.data.validation.rows_used <= train_info.rows_read
+    assert manifest.training.learning_rate == 3e-4
+    assert {"accuracy", "macro_f1"} <= set(manifest.training.validation_metrics)
+    assert {"torch", "transformers", "python"} <= set(manifest.versions)
+    assert manifest.bundle_version and manifest.created_at
     assert (tiny_bundle / "reports" / "data_report.json").is_file()
     assert not tiny_bundle.with_name(tiny_bundle.name + ".checkpoints").exists()
 
@@ -41,33 +41,33 @@ def test_plain_transformers_reproduces_the_validation_accuracy(tiny_bundle: Path
     manifest = read_manifest(tiny_bundle)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bundle).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bundle)
-    assert [model.config.id2label[i] for i in range(len(manifest["labels"]))] == manifest["labels"]
+    assert [model.config.id2label[i] for i in range(len(manifest.labels))] == manifest.labels
     texts, labels = read_examples(tiny_bundle)
     with torch.inference_mode():
-        batch = tokenizer(texts, truncation=True, max_length=manifest["max_length"], padding=True,
+        batch = tokenizer(texts, truncation=True, max_length=manifest.max_length, padding=True,
                           return_tensors="pt")
         predicted = model(**batch).logits.argmax(-1).numpy()
-    accuracy = float(np.mean([manifest["labels"][i] == label for i, label in zip(predicted, labels)]))
-    assert accuracy == pytest.approx(manifest["validation_metrics"]["accuracy"], abs=1e-6)
-    assert accuracy > 2 / len(manifest["labels"])  # it learned something beyond chance
+    accuracy = float(np.mean([manifest.labels[i] == label for i, label in zip(predicted, labels)]))
+    assert accuracy == pytest.approx(manifest.training.validation_metrics["accuracy"], abs=1e-6)
+    assert accuracy > 2 / len(manifest.labels)  # it learned something beyond chance
 
 
 def test_training_fits_a_temperature_that_improves_validation_likelihood(tiny_bundle: Path) -> None:
     manifest = read_manifest(tiny_bundle)
-    calibration = manifest["calibration"]
-    assert calibration["tickets"] == manifest["data"]["validation"]["rows_used"]
+    calibration = manifest.calibration
+    assert calibration.tickets == manifest.data.validation.rows_used
     # Recomputed from the saved model: the fitted temperature is the best one, and better than none.
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bundle).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bundle)
     texts, labels = read_examples(tiny_bundle)
     with torch.inference_mode():
-        logits = model(**tokenizer(texts, truncation=True, max_length=manifest["max_length"], padding=True,
+        logits = model(**tokenizer(texts, truncation=True, max_length=manifest.max_length, padding=True,
                                    return_tensors="pt")).logits.numpy()
-    truth = np.array([manifest["labels"].index(label) for label in labels])
-    fitted = calibration["temperature"]
+    truth = np.array([manifest.labels.index(label) for label in labels])
+    fitted = calibration.temperature
     nll = {t: negative_log_likelihood(logits, truth, t) for t in (1.0, fitted, fitted * 0.8, fitted * 1.25)}
     assert nll[fitted] < nll[1.0] and nll[fitted] <= min(nll[fitted * 0.8], nll[fitted * 1.25])
-    assert calibration["validation_nll"]["calibrated"] == pytest.approx(nll[fitted], abs=1e-3)
+    assert calibration.validation_nll["calibrated"] == pytest.approx(nll[fitted], abs=1e-3)
 
 
 def test_temperature_undoes_over_and_under_confidence() -> None:
@@ -84,7 +84,8 @@ def test_temperature_undoes_over_and_under_confidence() -> None:
     # mean confidence stays under the accuracy: the floor, the nearest to right (1 would be the farthest).
     extreme = fit_temperature(logits / 200, truth)
     assert extreme["why"].startswith("the likelihood fit ran to its bound (0.1")
-    assert extreme["temperature"] == 0.1 and extreme["method"] == "mean confidence at its lower bound to the cautious accuracy"
+    assert extreme["temperature"] == 0.1
+    assert extreme["method"] == "mean confidence at its lower bound to the cautious accuracy"
     # No mistakes: the likelihood would push the temperature to its floor and every confidence to 1.0. The
     # mean confidence is matched to the lower end of the accuracy's 95 % Wilson interval instead, not 1.
     flawless = fit_temperature(np.eye(5)[truth] * 3.0, truth)  # a confidence of 0.83 for the right label, always
@@ -107,9 +108,9 @@ def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_p
         names = list(weights.keys())
     assert names and not any("lora" in name or "base_model" in name for name in names)
     model = AutoModelForSequenceClassification.from_pretrained(bundle)
-    assert model.config.num_labels == len(read_manifest(bundle)["labels"])
-    assert read_manifest(bundle)["training"]["lora"] is True
-    assert read_manifest(bundle)["training"]["learning_rate"] == LORA_LEARNING_RATE  # the LoRA default, recorded
+    assert model.config.num_labels == len(read_manifest(bundle).labels)
+    assert read_manifest(bundle).training.options.lora is True
+    assert read_manifest(bundle).training.learning_rate == LORA_LEARNING_RATE  # the LoRA default, recorded
 
 
 def test_existing_output_is_not_overwritten(tiny_bundle: Path, tiny_csv: Path) -> None:

@@ -24,11 +24,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
+from common import publish, record_arguments, table_figures  # noqa: E402
 from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
 
-from common import publish, record_arguments, table_figures  # noqa: E402
-from classifier.baseline import fit_baseline  # noqa: E402
-from classifier.data import load_tickets, reload_training_split  # noqa: E402
+from classifier.baseline import load_baseline  # noqa: E402
+from classifier.data import load_tickets  # noqa: E402
+from classifier.manifest import Manifest  # noqa: E402
 from classifier.options import TrainingOptions  # noqa: E402
 from classifier.predict import Predictor  # noqa: E402
 from classifier.text import TextOptions  # noqa: E402
@@ -51,16 +52,14 @@ def main() -> int:
     predicted = [predictor.labels[i] for i in predictor.predict_proba(test.texts, batch_size=64).argmax(axis=1)]
     model_scores = scores(test.labels, predicted)
 
-    training_split = reload_training_split(predictor.manifest)  # the same tickets the encoder saw
-    started = time.perf_counter()
-    baseline = fit_baseline(training_split.texts, training_split.labels)
-    baseline_wall = time.perf_counter() - started
+    # Fitted by training on the same tickets the encoder saw, and kept in the bundle.
+    baseline = load_baseline(output / predictor.manifest.baseline.file)
     baseline_scores = scores(test.labels, list(baseline.predict(test.texts)))
 
     rows = [
         ("fine-tuned MiniLM (`ticketclf train` " + (args.name if args.set else "defaults") + ")",
          model_scores, train_wall, model_peak),
-        ("TF-IDF word+char + LogisticRegression", baseline_scores, baseline_wall, None),
+        ("TF-IDF word+char + LogisticRegression", baseline_scores, None, None),
     ]
     report(args, options, predictor.manifest, rows, output)
     return 0
@@ -106,28 +105,29 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def report(args: argparse.Namespace, options: TrainingOptions, manifest: dict, rows: list, output: Path) -> None:
-    training = manifest["training"]
+def report(args: argparse.Namespace, options: TrainingOptions, manifest: Manifest, rows: list, output: Path) -> None:
+    training = manifest.training
     lines = [
         "| model | test accuracy | test macro-F1 | training wall time | peak RSS |",
         "| --- | --- | --- | --- | --- |",
     ]
     for name, result, wall, peak in rows:
         peak_text = f"{peak:.0f} MiB" if peak else "(same process)"
+        wall_text = f"{wall / 60:.1f} min" if wall is not None else "(fitted by training)"
         lines.append(f"| {name} | {100 * result['accuracy']:.2f} % | {100 * result['macro_f1']:.2f} % | "
-                     f"{wall / 60:.1f} min | {peak_text} |")
+                     f"{wall_text} | {peak_text} |")
     overrides = " ".join(f"--set {item}" for item in args.set)
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("base_model", "resume")}
     settings["learning_rate"] = options.peak_learning_rate  # None means the default: show which
     notes = (
-        f"Settings: {settings}; max length {manifest['max_length']}, precision {training['precision_used']}, "
-        f"{manifest['data']['train']['rows_used']} training / {manifest['data']['validation']['rows_used']} "
+        f"Settings: {settings}; max length {manifest.max_length}, precision {training.precision_used}, "
+        f"{manifest.data.train.rows_used} training / {manifest.data.validation.rows_used} "
         f"validation tickets (stratified 10 % split of train.csv), test.csv 3,080 tickets. "
-        f"Best validation macro-F1 {manifest['validation_metrics']['macro_f1']:.4f}; "
-        f"Trainer time {training['train_seconds'] / 60:.1f} min. Bundle: `{output.relative_to(ROOT)}`.")
+        f"Best validation macro-F1 {training.validation_metrics['macro_f1']:.4f}; "
+        f"Trainer time {training.train_seconds / 60:.1f} min. Bundle: `{output.relative_to(ROOT)}`.")
     command = f"python scripts/benchmarks/banking77.py --name '{args.name}' {overrides}".strip()
     body = "\n".join(lines) + "\n\n" + notes
-    figures = table_figures(body) | {"best validation macro-F1": round(manifest["validation_metrics"]["macro_f1"], 4)}
+    figures = table_figures(body) | {"best validation macro-F1": round(training.validation_metrics["macro_f1"], 4)}
     publish(args, "banking77-training", body, figures, command, notes)
 
 

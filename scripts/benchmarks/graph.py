@@ -25,10 +25,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
-
 from common import inference_arguments, publish_inference, table_figures, time_interleaved  # noqa: E402
+
 from classifier.data import load_tickets  # noqa: E402
-from classifier.text import TextOptions  # noqa: E402
 from classifier.export import choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
 from classifier.onnx_graph import keep_first_token_after_last_attention  # noqa: E402
 from classifier.predict import FUSION_OVERRIDES, SLOWER_FUSIONS, OnnxEngine, Predictor  # noqa: E402
@@ -44,7 +43,7 @@ class Variant:
 def main() -> int:
     args = parse_args()
     predictor = Predictor.load(args.bundle, threads=1)  # for its tokenizer and labels
-    tickets, _ = load_tickets(args.data, TextOptions.from_dict(predictor.manifest["text"]))  # as the bundle reads
+    tickets, _ = load_tickets(args.data, predictor.manifest.text)  # as the bundle reads
     truth = np.array([predictor.labels.index(label) for label in tickets.labels])
     batches = [predictor._pad([ids]) for ids, _ in predictor._encode(tickets.texts)]
     with tempfile.TemporaryDirectory(prefix="graph-variants-") as work:

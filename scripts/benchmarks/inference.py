@@ -32,11 +32,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 import numpy as np  # noqa: E402
-
 from common import Timings, inference_arguments, publish_inference, table_figures, time_interleaved  # noqa: E402
+
 from classifier import bundle  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
-from classifier.text import TextOptions  # noqa: E402
 from classifier.predict import SLOWER_FUSIONS, Predictor  # noqa: E402
 
 ENGINES = ("torch", "fp32", "int8")
@@ -88,7 +87,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def test_tickets(args: argparse.Namespace, predictor: Predictor) -> tuple[list[str], list[str]]:
-    tickets, _ = load_tickets(args.data, TextOptions.from_dict(predictor.manifest["text"]))  # as the bundle reads
+    tickets, _ = load_tickets(args.data, predictor.manifest.text)  # as the bundle reads
     return tickets.texts, tickets.labels
 
 

@@ -32,12 +32,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 from common import BANKING77_TEST, command_line, publish, record_arguments, table_figures  # noqa: E402
+
 from classifier.bundle import read_manifest  # noqa: E402
+from classifier.manifest import Manifest  # noqa: E402
 
 HOST = "127.0.0.1"  # loopback only: this never listens on a reachable address
 START_TIMEOUT_S = 120
@@ -281,13 +283,12 @@ def markdown_table(levels: list[Level]) -> str:
     return "\n".join(rows)
 
 
-def describe_setup(args: argparse.Namespace, manifest: dict[str, Any], worker_class: str) -> str:
+def describe_setup(args: argparse.Namespace, manifest: Manifest, worker_class: str) -> str:
     defaults = runpy.run_path(str(ROOT / "service" / "gunicorn_conf.py"))  # what the server read
     workers = args.workers or defaults["workers"]
     options = f" with `{args.gunicorn_args}`" if args.gunicorn_args else ""
-    engine = manifest.get("serving", {}).get("engine", "torch")
-    return (f"- Model: `{manifest.get('name') or args.bundle.name}` version {manifest['bundle_version']}, "
-            f"{len(manifest['labels'])} labels, max_length {manifest['max_length']}, engine {engine}\n"
+    return (f"- Model: `{manifest.name or args.bundle.name}` version {manifest.bundle_version}, "
+            f"{len(manifest.labels)} labels, max_length {manifest.max_length}, engine {manifest.engine}\n"
             f"- Server: `ticketclf serve`, gunicorn {workers} {worker_class} workers (service/gunicorn_conf.py"
             f"{options}), onnxruntime 1 thread per worker, JSON access log on\n"
             f"- Client: on the same machine (one thread per connection, blocking sockets, loopback, "

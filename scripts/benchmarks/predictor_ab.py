@@ -27,9 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 from common import inference_arguments, publish_inference, table_figures, time_interleaved  # noqa: E402
+
 from classifier.data import load_tickets  # noqa: E402
 from classifier.predict import Predictor  # noqa: E402
-from classifier.text import TextOptions  # noqa: E402
 
 
 def main() -> int:
@@ -37,7 +37,7 @@ def main() -> int:
     base = load_predict_module(args.base)
     current = Predictor.load(args.bundle, threads=1)
     previous = base.Predictor.load(args.bundle, threads=1)
-    tickets, _ = load_tickets(args.data, TextOptions.from_dict(current.manifest["text"]))
+    tickets, _ = load_tickets(args.data, current.manifest.text)
     texts = tickets.texts[: args.latency_samples]
     feeds = {text: current._pad([ids]) for text, (ids, _) in zip(texts, current._encode(texts))}
     session = current.engine.session

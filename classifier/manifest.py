@@ -1,0 +1,282 @@
+"""The bundle manifest (``manifest.json``): what every stage records about one model, typed.
+
+Sections, in the order the stages write them::
+
+    schema_version, bundle_version, created_at, name     identity (train)
+    labels, max_length, base_model, text                 what reading a ticket needs (train)
+    data         the files, the data options, what was merged (train)
+    training     hyper-parameters, time, precision, validation metrics (train)
+    calibration  the softmax temperature and how it was chosen (train)
+    baseline     the TF-IDF baseline kept in the bundle, or why there is none (train)
+    export       ONNX files, quantization, the drift check (export)
+    serving      which model the predictor and the service run, and why (export)
+    thresholds   review thresholds, global and per class, and where they came from (evaluate)
+    versions     library versions (train)
+
+``bundle.read_manifest`` / ``bundle.write_manifest`` are the one way in and out. Reading is
+strict (JSON types as written: ``"no"`` is not a boolean, ``"subject"`` not a list) and migrates
+manifests of older schema versions. Sections that are records for people (metrics, library
+versions, file details) accept fields this release does not know.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+from classifier.options import SERVING_ENGINES, DataOptions, TrainingOptions
+from classifier.text import TextOptions
+
+SCHEMA_VERSION = 2
+MIGRATES_FROM = (1,)  # older schema versions read_manifest migrates
+DEFAULT_THRESHOLD = 0.5
+Engine = Literal["int8", "fp32", "torch"]
+
+
+class Section(BaseModel):
+    """A manifest section: no unknown fields (a typo in a hand edit is an error), read strictly (the JSON
+    types as written: see bundle.read_manifest). A field's ``description`` is what an error message says
+    is expected of it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class Record(Section):
+    """A section kept for people (figures, details): fields from other releases are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=True)
+
+
+class DataFile(Record):
+    path: str
+    sha256: str | None = None
+    rows_read: int | None = None
+    rows_used: int
+    label_column: str | None = None  # evaluation reads the same column
+
+
+class DataSection(Section):
+    options: DataOptions = Field(default_factory=DataOptions)  # as given (the validation path absolute)
+    seed: int = 42  # of the validation split
+    train: DataFile | None = None
+    validation: DataFile | None = None
+    merged_into_other: list[str] = Field(default_factory=list)  # rare classes --merge-rare-classes merged
+    other_label: str = "other"  # the data's own spelling of the class they went into
+
+
+class TrainingSection(Section):
+    options: TrainingOptions = Field(default_factory=TrainingOptions)  # as given
+    learning_rate: float | None = None  # the peak learning rate used
+    train_seconds: float | None = None
+    precision_used: str | None = None
+    validation_metrics: dict[str, float] = Field(default_factory=dict)  # the kept epoch's, from Trainer
+
+
+class Calibration(Record):
+    temperature: float | None = Field(None, description="a positive number")  # None: 1, written by hand
+    tickets: int = 0
+    method: str | None = None
+    why: str | None = None
+    skipped: str | None = None
+    target_confidence: float | None = None
+    validation_nll: dict[str, float] | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value < float("inf"):
+            raise ValueError(f"a positive number expected, found {value}")
+        return value
+
+
+class Baseline(Section):
+    name: str
+    file: str | None = None  # in the bundle; None when not fitted
+    reason: str | None = None  # why there is none
+    validation_metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class OnnxFile(Record):
+    path: str
+    bytes: int
+
+
+class Quantization(Section):
+    target: str
+    mode: str = "dynamic"
+    per_channel: bool = True
+
+
+class Drift(Record):
+    examples: int
+    fp32_max_abs_logit_diff: float
+    fp32_argmax_agreement: float
+    int8_max_abs_logit_diff: float
+    int8_argmax_agreement: float
+    accuracy: dict[str, float]
+    int8_accuracy_drop_points: float
+
+
+class ExportSection(Section):
+    opset: int
+    optimized: bool
+    last_layer_first_token_only: bool = False
+    quantization: Quantization
+    files: dict[str, OnnxFile]
+    drift: Drift
+    max_accuracy_drop_points: float
+
+
+class Serving(Section):
+    engine: Engine = Field(description=" or ".join(SERVING_ENGINES))
+    reason: str = ""
+
+
+class ThresholdSource(Record):
+    """Where per-class thresholds came from: ``evaluate --apply-threshold-for-precision``."""
+
+    target_precision: float
+    engine: str
+    served_engine: str
+    tickets: int
+    set_at: str
+    data: dict[str, str | None] = Field(default_factory=dict)
+    expected: dict[str, Any] = Field(default_factory=dict)
+
+
+class Thresholds(Section):
+    global_: float = Field(DEFAULT_THRESHOLD, alias="global", description="a number")  # below it: review
+    per_class: dict[str, float] = Field(default_factory=dict)
+    source: ThresholdSource | None = None
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    def of(self, label: str) -> float:
+        return self.per_class.get(label, self.global_)
+
+
+class Manifest(Section):
+    schema_version: int = SCHEMA_VERSION
+    bundle_version: str = Field(description="a string")
+    created_at: str = ""
+    name: str | None = None  # what the service reports; None: the bundle directory's name
+    labels: list[str] = Field(min_length=1, description="a list of label names")
+    max_length: int = Field(ge=2, description="a whole number >= 2")  # tokens per ticket
+    base_model: str | None = None
+    text: TextOptions = Field(default_factory=TextOptions)
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    calibration: Calibration | None = None  # None: bundles from before calibration (temperature 1)
+    baseline: Baseline | None = None
+    export: ExportSection | None = None  # None until 'ticketclf export'
+    serving: Serving | None = None  # None: the torch model (not exported)
+    thresholds: Thresholds = Field(default_factory=lambda: Thresholds.model_validate({}))
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, labels: list[str]) -> list[str]:
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once")
+        return labels
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature: 1 for bundles without calibration."""
+        return (self.calibration.temperature if self.calibration else None) or 1.0
+
+    @property
+    def engine(self) -> str:
+        """The model the bundle marks for serving: torch until it is exported."""
+        return self.serving.engine if self.serving else "torch"
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as manifest.json holds it."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+# ---------------------------------------------------------------- older schema versions
+
+
+def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    """A manifest of an older schema version in this version's layout (the file is left as it is)."""
+    if raw.get("schema_version") == 1:
+        raw = _from_v1(raw)
+    return raw
+
+
+def _from_v1(old: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 (releases before the typed manifest): data options, validation metrics and the ONNX
+    section at the top level, training options flattened into ``training``."""
+    new = {key: value for key, value in old.items()
+           if key not in ("data_options", "validation_metrics", "onnx", "data", "training")}
+    new["schema_version"] = SCHEMA_VERSION
+    options = dict(old.get("data_options") or {})
+    files = old.get("data") or {}
+    new["data"] = {
+        "options": {key: options[key] for key in ("label_column", "validation_path", "validation_fraction",
+                                                  "min_class_count", "merge_rare_classes") if key in options},
+        "seed": options.get("seed", 42),
+        **{split: files[split] for split in ("train", "validation") if split in files},
+        "merged_into_other": options.get("merged_into_other", []),
+        "other_label": options.get("other_label", "other"),
+    }
+    training = dict(old.get("training") or {})
+    known = TrainingOptions.__dataclass_fields__
+    new["training"] = {"options": {key: value for key, value in training.items() if key in known},
+                       "learning_rate": training.get("learning_rate"),
+                       "train_seconds": training.get("train_seconds"),
+                       "precision_used": training.get("precision_used"),
+                       "validation_metrics": old.get("validation_metrics") or {}}
+    if "onnx" in old:
+        new["export"] = old["onnx"]
+    return new
+
+
+
+# ---------------------------------------------------------------- errors a person can act on
+
+_EXPECTED = {"missing": "a value", "string_type": "a string", "int_type": "a whole number", "float_type": "a number",
+             "bool_type": "true or false", "list_type": "a list", "tuple_type": "a list", "dict_type": "an object",
+             "model_type": "an object", "model_attributes_type": "an object", "dataclass_type": "an object",
+             "finite_number": "a number"}
+
+
+def problems(error: ValidationError) -> list[str]:
+    """One ``field: what is expected, found what`` per problem in a manifest."""
+    lines = []
+    for problem in error.errors():
+        location = [part for part in problem["loc"] if isinstance(part, str)]
+        name = ".".join(str(part) for part in problem["loc"])
+        field = _field(location)
+        if problem["type"] == "value_error":  # our own validators' messages say it all
+            lines.append(f"{name}: {problem['ctx']['error']}")
+            continue
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{name}: not a manifest field (a typo?)")
+            continue
+        expected = field.description if field and field.description else \
+            _EXPECTED.get(problem["type"], problem["msg"].lower())
+        found = None if problem["type"] == "missing" else problem["input"]
+        lines.append(f"{name}: {expected} expected, found {json.dumps(found, default=str)[:40]}")
+    return lines
+
+
+def _field(location: list[str]) -> FieldInfo | None:
+    """The field a validation error's location names, if it is a field of a manifest section."""
+    model: Any = Manifest
+    field = None
+    for part in location:
+        fields = getattr(model, "model_fields", None)
+        if not fields:
+            return None
+        field = next((info for key, info in fields.items() if part in (key, info.alias)), None)
+        if field is None:
+            return None
+        model = next((arg for arg in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                      if isinstance(arg, type) and issubclass(arg, BaseModel)), None)
+    return field

@@ -1,0 +1,29 @@
+"""Small numeric helpers shared by prediction, calibration, evaluation and its pictures.
+
+One definition each, importable anywhere: this module imports numpy only, so the serving
+side (``predict``) can use it without torch, scikit-learn or scipy, and the training side
+(``calibration``) without importing the predictor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def shown_score(probability: float) -> float:
+    """A probability as predictions show it (6 decimals). Review thresholds are compared with this value,
+    both where the predictor answers and where ``evaluate`` chooses them, so a client comparing a shown
+    confidence with /labels agrees, and a ticket at a threshold is routed as the evaluation counted it."""
+    return round(probability, 6)
+
+
+def row_normalise(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (a confusion matrix's rows as shares of the true class); empty rows stay 0."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)

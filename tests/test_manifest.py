@@ -1,0 +1,71 @@
+"""The typed manifest: strict reading, one line per bad field, and the migration of older schema versions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from classifier.bundle import read_manifest, write_manifest
+from classifier.errors import UserError
+from classifier.manifest import SCHEMA_VERSION
+from classifier.predict import Predictor
+
+V1_MANIFEST = Path(__file__).parent / "data" / "manifest_v1.json"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.pop("max_length"), r"\(max_length: a whole number >= 2 expected, found null\)"),
+    (lambda m: m.update(labels="billing"), r"labels: a list of label names expected, found \"billing\""),
+    (lambda m: m.update(labels=[]), r"labels: a list of label names expected, found \[\]"),
+    (lambda m: m.update(labels=["a", "b", "a"]), r"labels: 'a' listed more than once"),
+    (lambda m: m.update(thresholds=None), r"thresholds: an object expected, found null"),
+    (lambda m: m["thresholds"].update({"global": "NaN"}), r"thresholds.global: a number expected, found \"NaN\""),
+    (lambda m: m.update(text=None), r"text: an object expected, found null"),
+    (lambda m: m.update(serving={"engine": "fp16"}), r"serving.engine: int8 or fp32 or torch expected, found \"fp16\""),
+    (lambda m: m.pop("bundle_version"), r"bundle_version: a string expected, found null"),
+    # Values Python would happily read the wrong way: "no" as true, a string as its characters.
+    (lambda m: m["text"].update(strip_html="no"), r"text.strip_html: true or false expected, found \"no\""),
+    (lambda m: m["text"].update(fields="subject"), r"text.fields: a list expected, found \"subject\""),
+    (lambda m: m.update(max_lenght=96), r"max_lenght: not a manifest field"),  # a typo is not ignored
+])
+def test_a_manifest_edited_out_of_shape_is_a_clear_error(bundle_copy: Path, hand_edit, edit, message: str) -> None:
+    hand_edit(bundle_copy, edit)
+    with pytest.raises(UserError, match="manifest does not fit this release .*" + message):
+        Predictor.load(bundle_copy)
+
+
+def test_a_manifest_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="nested too deeply"):
+        read_manifest(tmp_path)
+
+
+def test_reading_and_writing_a_manifest_changes_nothing(exported_bundle: Path, tmp_path: Path) -> None:
+    written = json.loads((exported_bundle / "manifest.json").read_text())
+    write_manifest(tmp_path, read_manifest(exported_bundle))
+    assert json.loads((tmp_path / "manifest.json").read_text()) == written
+    assert written["schema_version"] == SCHEMA_VERSION
+
+
+def test_a_manifest_of_schema_version_1_is_migrated(tmp_path: Path) -> None:
+    shutil.copy(V1_MANIFEST, tmp_path / "manifest.json")
+    manifest = read_manifest(tmp_path)
+    assert manifest.schema_version == SCHEMA_VERSION and manifest.labels == ["billing", "login", "other"]
+    assert manifest.data.options.min_class_count == 5 and manifest.data.options.merge_rare_classes is True
+    assert manifest.data.seed == 7 and manifest.data.merged_into_other == ["legal"]
+    assert manifest.data.train.rows_used == 99 and manifest.data.train.label_column == "category"
+    assert manifest.training.options.epochs == 12.0 and manifest.training.precision_used == "bf16"
+    assert manifest.training.validation_metrics["macro_f1"] == 0.901
+    assert manifest.export.drift.examples == 11 and manifest.engine == "int8"
+    assert manifest.thresholds.of("billing") == 0.62 and manifest.thresholds.of("login") == 0.5
+    assert manifest.temperature == 0.61 and manifest.baseline is None
+    assert json.loads((tmp_path / "manifest.json").read_text())["schema_version"] == 1  # the file is left as it is
+
+
+def test_a_manifest_of_an_unknown_schema_version_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(UserError, match="manifest schema version 99, this release reads 1, 2"):
+        read_manifest(tmp_path)
