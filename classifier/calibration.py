@@ -45,12 +45,14 @@ def fit_temperature(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, Any]
     if not np.isfinite(logits).all():  # the export's drift check and the predictor's load check name the model
         return {"temperature": 1.0, "tickets": tickets, "skipped": "validation scores that are not numbers"}
     if mistakes < MIN_MISTAKES:
-        return _matched(logits, label_ids, tickets - mistakes, f"fewer than {MIN_MISTAKES} mistakes on the validation split")
+        return _matched(logits, label_ids, tickets - mistakes,
+                        f"fewer than {MIN_MISTAKES} mistakes on the validation split")
     fitted = minimize_scalar(lambda log_t: negative_log_likelihood(logits, label_ids, float(np.exp(log_t))),
                              bounds=tuple(np.log(BOUNDS)), method="bounded")
     temperature = float(np.exp(fitted.x))
     if not BOUNDS[0] * 1.01 < temperature < BOUNDS[1] / 1.01:
-        return _matched(logits, label_ids, tickets - mistakes, f"the likelihood fit ran to its bound ({temperature:.3g})")
+        return _matched(logits, label_ids, tickets - mistakes,
+                        f"the likelihood fit ran to its bound ({temperature:.3g})")
     return {"temperature": round(temperature, 6), "tickets": tickets, "method": "likelihood",
             "validation_nll": _nll_before_after(logits, label_ids, temperature)}
 

@@ -27,20 +27,44 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from classifier import bundle
-from classifier.data import (OTHER_LABEL, DataReport, Tickets, load_tickets, relabel_like_training,
-                             reload_training_split, with_text_columns)
+from classifier.baseline import BASELINE_NAME
+from classifier.data import DataReport, Tickets, load_tickets, relabel_like_training, with_text_columns
 from classifier.errors import UserError
-from classifier.predict import Predictor, resolve_engine, shown_score
-from classifier.text import TextOptions
+from classifier.manifest import Manifest, ThresholdSource
+from classifier.numerics import row_normalise, shown_score
+from classifier.predict import Predictor, resolve_engine
+from classifier.report import (
+    AppliedThresholds,
+    Calibration,
+    CalibrationBin,
+    ClassRow,
+    ClassThreshold,
+    Confusion,
+    ConfusionPair,
+    DataSection,
+    Dropped,
+    Example,
+    Metrics,
+    ModelInfo,
+    OperatingPoint,
+    PrecisionCoverage,
+    Report,
+    Routing,
+    SideBySide,
+    Unavailable,
+    UnknownLabel,
+    UnknownLabels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +83,6 @@ EXAMPLES_PER_CONFUSION = 3
 EXAMPLE_CHARS = 300
 REPORT_FILES = ("report.json", "report.html", "confusion_matrix.csv", "confusion_matrix.png", "precision_coverage.png",
                 "reliability.png", "misclassified.csv")
-BASELINE_NAME = "TF-IDF + logistic regression"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 
@@ -130,46 +153,52 @@ def evaluate(bundle_dir: str | Path, data_path: str | Path, output_dir: str | Pa
 
 
 def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options: EvaluationOptions) -> dict[str, Any]:
+    """Build the report (the typed :class:`Report`), write its files; return report.json's content."""
     predictor = Predictor.load(bundle_dir, options.engine)
     tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns)
     proba = probabilities(predictor, tickets.texts)
     scored = Scored.of(predictor.labels, proba, tickets.labels)
-    report = _model_report(predictor, scored, tickets, options.target_precision)
-    report["data"] = _data_section(tickets, data_report, scored, predictor.manifest)
-    report["unknown_labels"] = _unknown_labels(tickets, scored, predictor.labels, proba)
-    others = {"baseline": _baseline(predictor.manifest, tickets) if options.baseline else None,
+    created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    data = _data_section(tickets, data_report, scored, predictor.manifest)
+    unknown_labels = _unknown_labels(tickets, scored, predictor.labels, proba)
+    others = {"baseline": _baseline(predictor, tickets) if options.baseline else None,
               "compare": _compare(options, data_path, tickets.source["label_column"])}
-    report.update(_side_by_side_sections(others, scored, options))
+    report = _model_report(predictor, scored, tickets, options.target_precision, created_at, data, unknown_labels,
+                           _side_by_side_sections(others, scored, options))
     if options.apply_threshold_for_precision is not None:
-        report["thresholds_applied"] = apply_thresholds(bundle_dir, predictor, scored, tickets,
-                                                        options.apply_threshold_for_precision)
-    report["warnings"] = _warnings(report)
-    report["files"] = list(REPORT_FILES)
-    _write_files(output_dir, report, scored, tickets, _images(report, scored, others))
-    return report
+        report.thresholds_applied = AppliedThresholds.from_dict(apply_thresholds(
+            bundle_dir, predictor, scored, tickets, options.apply_threshold_for_precision))
+    report.warnings = _warnings(report)
+    report.files = list(REPORT_FILES)
+    content = report.to_dict()
+    _write_files(output_dir, report, content, scored, tickets, _images(report, scored, others))
+    return content
 
 
-def summary_table(report: dict[str, Any]) -> str:
-    """A few lines for the terminal: headline numbers side by side, threshold, warnings."""
-    columns = [("model", report)] + [(name, report[name]) for name in ("baseline", "compare")
-                                     if report.get(name) and report[name].get("metrics")]
-    target = report["precision_coverage"]["target_precision"]
-    rows = [("tickets", lambda r: f"{r['metrics']['tickets']}"),
-            ("accuracy", lambda r: f"{r['metrics']['accuracy']:.1%}"),
-            ("macro F1", lambda r: f"{r['metrics']['macro_f1']:.3f}"),
-            ("weighted F1", lambda r: f"{r['metrics']['weighted_f1']:.3f}"),
-            ("calibration error", lambda r: f"{r['metrics']['ece']:.3f}"),
-            (f"routed at {target:.0%} precision", lambda r: _routed_at_target(r["metrics"]["at_target"]))]
+def summary_table(report: Report | dict[str, Any]) -> str:
+    """A few lines for the terminal: headline numbers side by side, threshold, warnings. ``report``: the
+    report, or report.json's content as :func:`evaluate` returns it."""
+    if not isinstance(report, Report):
+        report = Report.from_dict(report)
+    columns = [("model", report.metrics)] + [(name, other.metrics) for name, other in report.others()]
+    target = report.precision_coverage.target_precision
+    rows: list[tuple[str, Callable[[Metrics], str]]] = [
+        ("tickets", lambda m: f"{m.tickets}"),
+        ("accuracy", lambda m: f"{m.accuracy:.1%}"),
+        ("macro F1", lambda m: f"{m.macro_f1:.3f}"),
+        ("weighted F1", lambda m: f"{m.weighted_f1:.3f}"),
+        ("calibration error", lambda m: f"{m.ece:.3f}"),
+        (f"routed at {target:.0%} precision", lambda m: _routed_at_target(m.at_target))]
     width = max(len(name) for name, _ in rows) + 2
     lines = [" " * width + "".join(f"{name:>22}" for name, _ in columns)]
-    lines += [f"{label:<{width}}" + "".join(f"{cell(section):>22}" for _, section in columns) for label, cell in rows]
-    message = report["precision_coverage"]["message"]
+    lines += [f"{label:<{width}}" + "".join(f"{cell(metrics):>22}" for _, metrics in columns) for label, cell in rows]
+    message = report.precision_coverage.message
     lines.append(message)
-    lines += [f"warning: {warning}" for warning in report["warnings"] if warning != message]  # said just above
+    lines += [f"warning: {warning}" for warning in report.warnings if warning != message]  # said just above
     return "\n".join(lines)
 
 
-def load_test_set(data_path: str | Path, manifest: dict[str, Any], label_column: str | None,
+def load_test_set(data_path: str | Path, manifest: Manifest, label_column: str | None,
                   text_columns: Sequence[str] = ()) -> tuple[Tickets, DataReport]:
     """Read the test file with the bundle's text fields and cleaning, and training's loader and errors.
 
@@ -177,13 +206,12 @@ def load_test_set(data_path: str | Path, manifest: dict[str, Any], label_column:
     text from ``text_columns`` (the file's names for the bundle's fields), else the bundle's field names.
     """
     data_report = DataReport()
-    label_column = label_column or manifest.get("data", {}).get("train", {}).get("label_column")
-    text_options = with_text_columns(TextOptions.from_dict(manifest.get("text", {})), text_columns)
+    label_column = label_column or (manifest.data.train.label_column if manifest.data.train else None)
+    text_options = with_text_columns(manifest.text, text_columns)
     tickets, _ = load_tickets(data_path, text_options, label_column, data_report)
     # Test tickets of the classes training merged count as "other", as they did in validation.
-    data_options = manifest.get("data_options") or {}
-    merged, other = data_options.get("merged_into_other", ()), data_options.get("other_label", OTHER_LABEL)
-    return relabel_like_training(tickets, manifest["labels"], merged, other, data_report), data_report
+    merged, other = manifest.data.merged_into_other, manifest.data.other_label
+    return relabel_like_training(tickets, manifest.labels, merged, other, data_report), data_report
 
 
 def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
@@ -213,20 +241,16 @@ def cluster_order(matrix: np.ndarray) -> np.ndarray:
     return leaves_list(linkage(squareform(distance, checks=False), method="average", optimal_ordering=True))
 
 
-def row_normalise(matrix: np.ndarray) -> np.ndarray:
-    totals = matrix.sum(axis=1, keepdims=True)
-    return np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
-
-
-def model_metrics(scored: Scored, target_precision: float) -> dict[str, Any]:
+def model_metrics(scored: Scored, target_precision: float) -> Metrics:
     """Headline numbers for one model; ``at_target`` is the recommended threshold (None: none reaches it)."""
     y_pred = scored.predicted
-    return {"tickets": int(len(scored.rows)),
-            "accuracy": float(accuracy_score(scored.y_true, y_pred)),
-            "macro_f1": float(f1_score(scored.y_true, y_pred, average="macro", zero_division=0)),
-            "weighted_f1": float(f1_score(scored.y_true, y_pred, average="weighted", zero_division=0)),
-            "ece": expected_calibration_error(scored.confidence, scored.correct),
-            "at_target": recommend_threshold(scored.confidence, scored.correct, target_precision)}
+    at_target = recommend_threshold(scored.confidence, scored.correct, target_precision)
+    return Metrics(tickets=int(len(scored.rows)),
+                   accuracy=float(accuracy_score(scored.y_true, y_pred)),
+                   macro_f1=float(f1_score(scored.y_true, y_pred, average="macro", zero_division=0)),
+                   weighted_f1=float(f1_score(scored.y_true, y_pred, average="weighted", zero_division=0)),
+                   ece=expected_calibration_error(scored.confidence, scored.correct),
+                   at_target=None if at_target is None else OperatingPoint(**at_target))
 
 
 def per_class_f1(scored: Scored) -> dict[str, float]:
@@ -333,50 +357,54 @@ def routing_with(scored: Scored, threshold_of: Callable[[str], float]) -> dict[s
 # ---------------------------------------------------------------- report sections
 
 
-def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target: float) -> dict[str, Any]:
+def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target: float, created_at: str,
+                  data: DataSection, unknown_labels: UnknownLabels,
+                  others: tuple[SideBySide | Unavailable | None, SideBySide | None]) -> Report:
+    """The report on the evaluated model, with the sections about the test file and the other models."""
     labels = predictor.labels
     matrix = confusion_matrix(scored.y_true, scored.predicted, labels=labels)
     metrics = model_metrics(scored, target)
     thresholds = class_thresholds(scored, target)
-    return {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"bundle": str(predictor.bundle_dir), "name": predictor.name, "version": predictor.version,
-                  "engine": predictor.engine_kind, "labels": len(labels)},
-        "metrics": metrics,
-        "per_class": _per_class(scored, matrix, thresholds),
-        "confusion_matrix": {"labels": labels, "matrix": matrix.tolist(),
-                             "display_order": [int(i) for i in cluster_order(matrix)]},
-        "top_confusions": _top_confusions(scored, matrix, tickets),
-        "calibration": {"ece": metrics["ece"], "bins": calibration_bins(scored.confidence, scored.correct)},
-        "precision_coverage": {
-            "target_precision": target,
-            "recommended": metrics["at_target"],
-            "message": _recommendation_message(metrics["at_target"], target),
-            "table": threshold_table(scored.confidence, scored.correct),
-            "per_class_thresholds": thresholds,
-            "with_per_class_thresholds": routing_with(scored, lambda label: thresholds[label]["threshold"]),
-            "with_bundle_thresholds": routing_with(scored, predictor.threshold),
-            "bundle_thresholds_source": predictor.manifest.get("thresholds", {}).get("source"),  # an earlier apply
-        },
-    }
+    return Report(
+        created_at=created_at,
+        model=ModelInfo(bundle=str(predictor.bundle_dir), name=predictor.name, version=predictor.version,
+                        engine=predictor.engine_kind, labels=len(labels)),
+        metrics=metrics,
+        per_class=_per_class(scored, matrix, thresholds),
+        confusion_matrix=Confusion(labels=labels, matrix=matrix.tolist(),
+                                   display_order=[int(i) for i in cluster_order(matrix)]),
+        top_confusions=_top_confusions(scored, matrix, tickets),
+        calibration=Calibration(ece=metrics.ece, bins=[CalibrationBin(**b) for b in
+                                                       calibration_bins(scored.confidence, scored.correct)]),
+        precision_coverage=PrecisionCoverage(
+            target_precision=target,
+            recommended=metrics.at_target,
+            message=_recommendation_message(metrics.at_target, target),
+            table=[OperatingPoint(**point) for point in threshold_table(scored.confidence, scored.correct)],
+            per_class_thresholds={label: ClassThreshold(**info) for label, info in thresholds.items()},
+            with_per_class_thresholds=Routing(**routing_with(scored, lambda label: thresholds[label]["threshold"])),
+            with_bundle_thresholds=Routing(**routing_with(scored, predictor.threshold)),
+            bundle_thresholds_source=_json(predictor.manifest.thresholds.source),  # an earlier apply
+        ),
+        data=data, unknown_labels=unknown_labels, baseline=others[0], compare=others[1])
 
 
-def _per_class(scored: Scored, matrix: np.ndarray, thresholds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _per_class(scored: Scored, matrix: np.ndarray, thresholds: dict[str, dict[str, Any]]) -> list[ClassRow]:
     precision, recall, f1, support = precision_recall_fscore_support(
         scored.y_true, scored.predicted, labels=scored.classes, zero_division=0)
     off_diagonal = matrix - np.diag(np.diag(matrix))
     rows = []
     for i, label in enumerate(scored.classes):
         mistaken = int(off_diagonal[i].argmax())
-        rows.append({"label": label, "support": int(support[i]), "predicted": int(matrix[:, i].sum()),
-                     "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                     "most_confused_with": scored.classes[mistaken] if off_diagonal[i, mistaken] else None,
-                     "threshold": thresholds[label]["threshold"], "threshold_source": thresholds[label]["source"],
-                     "coverage_at_threshold": thresholds[label]["coverage"]})
+        rows.append(ClassRow(label=label, support=int(support[i]), predicted=int(matrix[:, i].sum()),
+                             precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]),
+                             most_confused_with=scored.classes[mistaken] if off_diagonal[i, mistaken] else None,
+                             threshold=thresholds[label]["threshold"], threshold_source=thresholds[label]["source"],
+                             coverage_at_threshold=thresholds[label]["coverage"]))
     return rows
 
 
-def _top_confusions(scored: Scored, matrix: np.ndarray, tickets: Tickets) -> list[dict[str, Any]]:
+def _top_confusions(scored: Scored, matrix: np.ndarray, tickets: Tickets) -> list[ConfusionPair]:
     """The most frequent (true, predicted) mistakes, each with its most confident example tickets."""
     support = matrix.sum(axis=1)
     pairs = [(int(matrix[i, j]), i, j) for i, j in zip(*np.nonzero(matrix)) if i != j]
@@ -387,86 +415,94 @@ def _top_confusions(scored: Scored, matrix: np.ndarray, tickets: Tickets) -> lis
         true, wrong = scored.classes[i], scored.classes[j]
         hits = np.flatnonzero((scored.y_true == true) & (predicted == wrong))
         hits = hits[np.argsort(-confidence[hits], kind="stable")][:EXAMPLES_PER_CONFUSION]
-        result.append({"true": true, "predicted": wrong, "count": count, "share_of_true": count / int(support[i]),
-                       "examples": [_example(tickets, int(scored.rows[h]), float(confidence[h])) for h in hits]})
+        result.append(ConfusionPair(true=true, predicted=wrong, count=count, share_of_true=count / int(support[i]),
+                                    examples=[_example(tickets, int(scored.rows[h]), float(confidence[h]))
+                                              for h in hits]))
     return result
 
 
-def _example(tickets: Tickets, row: int, confidence: float) -> dict[str, Any]:
+def _example(tickets: Tickets, row: int, confidence: float) -> Example:
     text = tickets.texts[row]
-    return {"id": tickets.ids[row], "confidence": confidence,
-            "text": text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS].rstrip() + " …"}
+    return Example(id=tickets.ids[row], confidence=confidence,
+                   text=text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS].rstrip() + " …")
 
 
-def _recommendation_message(point: dict[str, Any] | None, target: float) -> str:
+def _recommendation_message(point: OperatingPoint | None, target: float) -> str:
     if point is None:
         return (f"No confidence threshold reaches {target:.0%} precision on this test set: at this target "
                 "every ticket would need review.")
-    return (f"Route automatically when confidence >= {point['threshold']:.3g}: {point['coverage']:.1%} of "
-            f"tickets ({point['tickets']}) would be routed, {point['precision']:.1%} of them correctly "
+    precision = point.precision or 0.0  # a recommended threshold routes tickets, so precision is set
+    return (f"Route automatically when confidence >= {point.threshold:.3g}: {point.coverage:.1%} of "
+            f"tickets ({point.tickets}) would be routed, {precision:.1%} of them correctly "
             f"(target {target:.0%}).")
 
 
-def _routed_at_target(point: dict[str, Any] | None) -> str:
-    return "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:.3g})"
+def _routed_at_target(point: OperatingPoint | None) -> str:
+    return "none" if point is None else f"{point.coverage:.1%} (t>={point.threshold:.3g})"
 
 
 def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored,
-                  manifest: dict[str, Any]) -> dict[str, Any]:
-    trained_on = manifest.get("data", {}).get("train", {}).get("sha256")
-    return {**tickets.source, "evaluated": int(len(scored.rows)),
-            "is_training_file": trained_on is not None and trained_on == tickets.source.get("sha256"),
-            "dropped": {reason: {"count": len(where), "rows": where} for reason, where in data_report.dropped.items()},
-            "label_spellings_matched": data_report.merged_label_spellings,
-            "labels_without_test_tickets": sorted(set(scored.classes) - set(scored.y_true))}
+                  manifest: Manifest) -> DataSection:
+    trained_on = manifest.data.train.sha256 if manifest.data.train else None
+    return DataSection(
+        source=dict(tickets.source), evaluated=int(len(scored.rows)),
+        is_training_file=trained_on is not None and trained_on == tickets.source.get("sha256"),
+        dropped={reason: Dropped(count=len(where), rows=where) for reason, where in data_report.dropped.items()},
+        label_spellings_matched=data_report.merged_label_spellings,
+        labels_without_test_tickets=sorted(set(scored.classes) - set(scored.y_true)))
 
 
-def _unknown_labels(tickets: Tickets, scored: Scored, classes: list[str], proba: np.ndarray) -> dict[str, Any]:
+def _unknown_labels(tickets: Tickets, scored: Scored, classes: list[str], proba: np.ndarray) -> UnknownLabels:
     """Test tickets whose label the model never learned, and where the model sends them instead."""
     rows = sorted(set(range(len(tickets))) - set(scored.rows.tolist()))
-    by_label: dict[str, dict[str, Any]] = {}
+    ids: dict[str, list[str]] = {}
+    predicted_as: dict[str, Counter[str]] = {}
     for row in rows:
-        entry = by_label.setdefault(tickets.labels[row], {"count": 0, "ids": [], "predicted_as": Counter()})
-        entry["count"] += 1
-        entry["ids"].append(tickets.ids[row])
-        entry["predicted_as"][classes[int(proba[row].argmax())]] += 1
-    for entry in by_label.values():
-        entry["predicted_as"] = dict(entry["predicted_as"].most_common())
-    return {"count": len(rows), "share": len(rows) / len(tickets),
-            "labels": dict(sorted(by_label.items(), key=lambda kv: -kv[1]["count"]))}
+        ids.setdefault(tickets.labels[row], []).append(tickets.ids[row])
+        predicted_as.setdefault(tickets.labels[row], Counter())[classes[int(proba[row].argmax())]] += 1
+    by_label = {label: UnknownLabel(count=len(ids[label]), ids=ids[label],
+                                    predicted_as=dict(predicted_as[label].most_common()))
+                for label in sorted(ids, key=lambda label: -len(ids[label]))}
+    return UnknownLabels(count=len(rows), share=len(rows) / len(tickets), labels=by_label)
 
 
-def _side_by_side(name: str, description: str, other: Scored, scored: Scored, target: float) -> dict[str, Any]:
+def _side_by_side(name: str, description: str, other: Scored, scored: Scored, target: float) -> SideBySide:
     """Another model's numbers and, per class present in the test set, the F1 gain of the evaluated model."""
     own, theirs = per_class_f1(scored), per_class_f1(other)
     present = set(scored.y_true)
-    return {"name": name, "description": description, "metrics": model_metrics(other, target),
-            "per_class_f1": theirs,
-            "f1_delta": {label: own[label] - theirs[label] for label in scored.classes
-                         if label in theirs and label in present}}
+    return SideBySide(name=name, description=description, metrics=model_metrics(other, target),
+                      per_class_f1=theirs,
+                      f1_delta={label: own[label] - theirs[label] for label in scored.classes
+                                if label in theirs and label in present})
 
 
 def _side_by_side_sections(others: dict[str, tuple[str, str, Scored] | None], scored: Scored,
-                           options: EvaluationOptions) -> dict[str, Any]:
-    sections = {key: _side_by_side(*other, scored, options.target_precision) if other else None
-                for key, other in others.items()}
+                           options: EvaluationOptions) -> tuple[SideBySide | Unavailable | None, SideBySide | None]:
+    """The baseline's section (or why it is missing) and the compared model's."""
+    baseline, compare = (_side_by_side(*other, scored, options.target_precision) if other else None
+                         for other in (others["baseline"], others["compare"]))
     if options.baseline and others["baseline"] is None:
-        sections["baseline"] = {"name": BASELINE_NAME, "metrics": None,
-                                "reason": "the bundle's training data cannot be reloaded (the file was moved or "
-                                          "changed since training, or the bundle predates recording it)"}
-    return sections
+        return Unavailable(BASELINE_NAME,
+                           reason="the bundle keeps no baseline (it was trained by a release before "
+                                  "training fitted one)"), compare
+    return baseline, compare
 
 
-def _baseline(manifest: dict[str, Any], tickets: Tickets) -> tuple[str, str, Scored] | None:
-    """The TF-IDF baseline retrained on the bundle's training split; None when that data is gone."""
-    from classifier.baseline import fit_baseline
+def _baseline(predictor: Predictor, tickets: Tickets) -> tuple[str, str, Scored] | None:
+    """The TF-IDF baseline training kept in the bundle; None for a bundle without one."""
+    from classifier.baseline import load_baseline
 
-    training = reload_training_split(manifest)
-    if training is None:
+    kept = predictor.manifest.baseline
+    if kept is None or kept.file is None or not (predictor.bundle_dir / kept.file).is_file():
         return None
-    model = fit_baseline(training.texts, training.labels)
+    model = load_baseline(predictor.bundle_dir / kept.file)
     scored = Scored.of(list(model.classes_), model.predict_proba(tickets.texts), tickets.labels)
-    return BASELINE_NAME, f"trained on the bundle's {len(training)} training tickets", scored
+    rows = predictor.manifest.data.train.rows_used if predictor.manifest.data.train else "its"
+    return kept.name, f"trained on the bundle's {rows} training tickets", scored
+
+
+def _json(section: BaseModel | None) -> dict[str, Any] | None:
+    return None if section is None else section.model_dump(mode="json")
 
 
 def _compare(options: EvaluationOptions, data_path: str | Path, label_column: str) -> tuple[str, str, Scored] | None:
@@ -481,65 +517,66 @@ def _compare(options: EvaluationOptions, data_path: str | Path, label_column: st
             scored)
 
 
-def _warnings(report: dict[str, Any]) -> list[str]:
+def _warnings(report: Report) -> list[str]:
     """What a reviewer must know before trusting the numbers."""
     warnings = []
-    if report["data"]["is_training_file"]:
+    data, unknown = report.data, report.unknown_labels
+    if data.is_training_file:
         warnings.append("the test file is the file this model was trained on: these numbers overstate how it "
                         "does on new tickets; evaluate on tickets kept out of training")
-    unknown = report["unknown_labels"]
-    if unknown["count"]:
-        listed = ", ".join(f"{label!r} ({info['count']})" for label, info in unknown["labels"].items())
-        tickets, have = ("1 test ticket", "has a label") if unknown["count"] == 1 else \
-            (f"{unknown['count']} test tickets", "have labels")
-        warnings.append(f"{tickets} ({unknown['share']:.1%}) {have} the model does not know, left out of the "
+    if unknown.count:
+        listed = ", ".join(f"{label!r} ({info.count})" for label, info in unknown.labels.items())
+        counted, have = ("1 test ticket", "has a label") if unknown.count == 1 else \
+            (f"{unknown.count} test tickets", "have labels")
+        warnings.append(f"{counted} ({unknown.share:.1%}) {have} the model does not know, left out of the "
                         f"metrics: {listed}")
-    for reason, dropped in report["data"]["dropped"].items():
-        rows = ", ".join(dropped["rows"][:3]) + (" ..." if dropped["count"] > 3 else "")
-        warnings.append(f"{dropped['count']} test row{'s' if dropped['count'] > 1 else ''} dropped ({reason}): {rows}")
-    spellings = report["data"]["label_spellings_matched"]
+    for reason, dropped in data.dropped.items():
+        rows = ", ".join(dropped.rows[:3]) + (" ..." if dropped.count > 3 else "")
+        warnings.append(f"{dropped.count} test row{'s' if dropped.count > 1 else ''} dropped ({reason}): {rows}")
+    spellings = data.label_spellings_matched
     if spellings:
         shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(spellings.items())[:10])
         warnings.append("test labels matched to the model's spelling (they differ only in case or number "
                         f"format): {shown}")
-    missing = report["data"]["labels_without_test_tickets"]
+    missing = data.labels_without_test_tickets
     if missing:
         classes = "1 model class has" if len(missing) == 1 else f"{len(missing)} model classes have"
         warnings.append(f"{classes} no test tickets: {', '.join(missing[:10])}"
                         + (" ..." if len(missing) > 10 else ""))
-    if report["precision_coverage"]["recommended"] is None:
-        warnings.append(report["precision_coverage"]["message"])
-    tickets, accuracy = report["metrics"]["tickets"], report["metrics"]["accuracy"]
-    confident = sum(b["count"] * b["confidence"] for b in report["calibration"]["bins"] if b["count"]) / tickets
+    if report.precision_coverage.recommended is None:
+        warnings.append(report.precision_coverage.message)
+    tickets, accuracy = report.metrics.tickets, report.metrics.accuracy
+    confident = sum(b.count * (b.confidence or 0.0) for b in report.calibration.bins) / tickets
     if tickets >= POOR_CALIBRATION_MIN_TICKETS and abs(confident - accuracy) > POOR_CALIBRATION_GAP:
-        how, flags = ("less sure than it is right", "more") if confident < accuracy else ("surer than it is right", "fewer")
+        how, flags = (("less sure than it is right", "more") if confident < accuracy
+                      else ("surer than it is right", "fewer"))
         warnings.append(f"confidences do not match accuracy: the model is {how} (mean confidence {confident:.1%}, "
                         f"accuracy {accuracy:.1%} on {tickets} tickets), so the bundle's review threshold flags "
                         f"{flags} tickets than its value suggests; the thresholds in this report are measured on "
                         "these tickets and hold")
-    if report.get("baseline") and report["baseline"]["metrics"] is None:
-        warnings.append(f"no baseline: {report['baseline']['reason']}")
-    for key, called in (("baseline", "the baseline"), ("compare", "the compared model")):
-        other = (report.get(key) or {}).get("metrics")
-        if other and other["tickets"] != report["metrics"]["tickets"]:
-            warnings.append(f"{called} ({report[key]['name']}) was scored on {other['tickets']} test tickets, this "
-                            f"model on {report['metrics']['tickets']} (their classes or text fields differ): the "
+    if isinstance(report.baseline, Unavailable):
+        warnings.append(f"no baseline: {report.baseline.reason}")
+    called = {"baseline": "the baseline", "compare": "the compared model"}
+    for key, other in report.others():
+        if other.metrics.tickets != report.metrics.tickets:
+            warnings.append(f"{called[key]} ({other.name}) was scored on {other.metrics.tickets} test tickets, this "
+                            f"model on {report.metrics.tickets} (their classes or text fields differ): the "
                             "numbers are not like for like")
-        if other and other["macro_f1"] > report["metrics"]["macro_f1"] + 0.01:
-            warnings.append(f"{called} ({report[key]['name']}) scores a higher macro F1 than this model: "
-                            f"{other['macro_f1']:.3f} against {report['metrics']['macro_f1']:.3f}")
-    applied = report.get("thresholds_applied")
-    if applied and unknown["count"]:
+        if other.metrics.macro_f1 > report.metrics.macro_f1 + 0.01:
+            warnings.append(f"{called[key]} ({other.name}) scores a higher macro F1 than this model: "
+                            f"{other.metrics.macro_f1:.3f} against {report.metrics.macro_f1:.3f}")
+    applied = report.thresholds_applied
+    if applied and unknown.count:
         landed: Counter[str] = Counter()
-        for info in unknown["labels"].values():
-            landed.update(info["predicted_as"])
-        warnings.append(f"the thresholds written to the bundle leave out the {unknown['count']} tickets with labels "
+        for info in unknown.labels.values():
+            landed.update(info.predicted_as)
+        warnings.append(f"the thresholds written to the bundle leave out the {unknown.count} tickets with labels "
                         "the model does not know; in production such tickets are routed to the class they resemble "
                         f"({', '.join(f'{label!r} ({n})' for label, n in landed.most_common(3))}): add those classes "
                         "and retrain, or expect lower precision there")
-    if applied and applied["engine"] != applied["served_engine"]:
-        warnings.append(f"thresholds were measured with the {applied['engine']} model but the bundle serves "
-                        f"{applied['served_engine']}: confidences may differ slightly")
+    if applied and applied.engine != applied.served_engine:
+        warnings.append(f"thresholds were measured with the {applied.engine} model but the bundle serves "
+                        f"{applied.served_engine}: confidences may differ slightly")
     return warnings
 
 
@@ -557,9 +594,9 @@ def apply_thresholds(bundle_dir: Path, predictor: Predictor, scored: Scored, tic
                "expected": routing_with(scored, lambda label: thresholds[label]["threshold"]),
                "per_class": {label: info["threshold"] for label, info in thresholds.items()}}
     manifest = bundle.read_manifest(bundle_dir)  # fresh: keep edits made since the predictor loaded it
-    current = manifest.get("thresholds", {})
-    manifest["thresholds"] = {**current, "per_class": applied["per_class"],
-                              "source": {k: v for k, v in applied.items() if k != "per_class"}}
+    manifest.thresholds = manifest.thresholds.model_copy(update={
+        "per_class": applied["per_class"],
+        "source": ThresholdSource.model_validate({k: v for k, v in applied.items() if k != "per_class"})})
     bundle.write_manifest(bundle_dir, manifest)
     log.info("wrote %d per-class thresholds for %.0f%% precision to %s", len(thresholds), precision * 100,
              bundle_dir / bundle.MANIFEST)
@@ -569,30 +606,30 @@ def apply_thresholds(bundle_dir: Path, predictor: Predictor, scored: Scored, tic
 # ---------------------------------------------------------------- files
 
 
-def _images(report: dict[str, Any], scored: Scored,
-            others: dict[str, tuple[str, str, Scored] | None]) -> dict[str, bytes]:
+def _images(report: Report, scored: Scored, others: dict[str, tuple[str, str, Scored] | None]) -> dict[str, bytes]:
     from classifier import plots  # matplotlib only when a report is drawn
 
-    matrix = report["confusion_matrix"]
+    matrix = report.confusion_matrix
     curves = {"this model": scored, **{f"{key}: {other[0]}": other[2] for key, other in others.items() if other}}
-    return {"confusion_matrix.png": plots.confusion_matrix_png(np.asarray(matrix["matrix"]), matrix["labels"],
-                                                               matrix["display_order"]),
+    return {"confusion_matrix.png": plots.confusion_matrix_png(np.asarray(matrix.matrix), matrix.labels,
+                                                               matrix.display_order),
             "precision_coverage.png": plots.precision_coverage_png(
                 {name: coverage_curve(s.confidence, s.correct) for name, s in curves.items()},
-                report["precision_coverage"]["target_precision"], report["precision_coverage"]["recommended"]),
-            "reliability.png": plots.reliability_png(report["calibration"])}
+                report.precision_coverage.target_precision, report.precision_coverage.recommended),
+            "reliability.png": plots.reliability_png(report.calibration)}
 
 
-def _write_files(output_dir: Path, report: dict[str, Any], scored: Scored, tickets: Tickets,
+def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scored: Scored, tickets: Tickets,
                  images: dict[str, bytes]) -> None:
+    """``content``: report.json's, ``report.to_dict()``."""
     from classifier import report_html
 
     html = report_html.render(report, images)
     # report.json first: a run stopped halfway leaves a folder the next run knows as its own report's.
-    bundle.write_json_atomic(output_dir / "report.json", report)
+    bundle.write_json_atomic(output_dir / "report.json", content)
     for name, data in images.items():
         (output_dir / name).write_bytes(data)
-    _write_confusion_csv(output_dir / "confusion_matrix.csv", report["confusion_matrix"])
+    _write_confusion_csv(output_dir / "confusion_matrix.csv", content["confusion_matrix"])
     _write_misclassified(output_dir / "misclassified.csv", scored, tickets)
     (output_dir / "report.html").write_text(html, encoding="utf-8")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -13,7 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
-from classifier.evaluate import row_normalise  # noqa: E402  (evaluate imports this module lazily)
+from classifier.numerics import row_normalise  # noqa: E402
+
+if TYPE_CHECKING:
+    from classifier.report import Calibration, OperatingPoint
 
 DPI = 110
 INCH_PT = 72
@@ -82,7 +85,7 @@ def _label_axes(ax: Any, names: list[str], n: int) -> None:
 
 
 def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], target: float,
-                           recommended: dict[str, Any] | None) -> bytes:
+                           recommended: OperatingPoint | None) -> bytes:
     """Left: precision against coverage per model. Right: both against the threshold, for the first model."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=DPI, layout="constrained")
     for (name, (_, coverage, precision)), color in zip(curves.items(), COLORS):
@@ -96,14 +99,14 @@ def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.nd
         ax.set_ylim(0, 101)
         ax.grid(alpha=0.3)
     if recommended:
-        left.plot(recommended["coverage"] * 100, recommended["precision"] * 100, "o", color="#b03030")
-        on_right = recommended["coverage"] > 0.5  # put the label on the side with room
-        left.annotate(f"confidence >= {recommended['threshold']:.3g}\n{recommended['coverage']:.1%} routed",
-                      (recommended["coverage"] * 100, recommended["precision"] * 100),
+        point = (recommended.coverage * 100, (recommended.precision or 0.0) * 100)  # it routes tickets: a precision
+        left.plot(*point, "o", color="#b03030")
+        on_right = recommended.coverage > 0.5  # put the label on the side with room
+        left.annotate(f"confidence >= {recommended.threshold:.3g}\n{recommended.coverage:.1%} routed", point,
                       xytext=(-20 if on_right else 20, -45), textcoords="offset points", fontsize=9,
                       ha="right" if on_right else "left", arrowprops={"arrowstyle": "-", "color": "#b03030"},
                       bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#b03030", "alpha": 0.9})
-        right.axvline(recommended["threshold"], color="#b03030", linewidth=1)
+        right.axvline(recommended.threshold, color="#b03030", linewidth=1)
     left.set(xlabel="coverage: % of tickets routed without review", ylabel="precision: % routed correctly",
              xlim=(0, 101), title="Precision vs coverage")
     # No fixed x range: a model whose confidences all sit near 0.02 must still show its curve.
@@ -113,24 +116,24 @@ def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.nd
     return _png(fig)
 
 
-def reliability_png(calibration: dict[str, Any]) -> bytes:
+def reliability_png(calibration: Calibration) -> bytes:
     """Accuracy per confidence bin against the diagonal of perfect calibration, with a ticket histogram below."""
-    bins = [b for b in calibration["bins"] if b["count"]]
+    bins = [b for b in calibration.bins if b.count]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.4), dpi=DPI, height_ratios=(3, 1), sharex=True,
                                       layout="constrained")
-    width = calibration["bins"][0]["upper"] - calibration["bins"][0]["lower"]
-    lowers = [b["lower"] for b in bins]
-    top.bar(lowers, [b["accuracy"] for b in bins], width=width, align="edge", color=COLORS[0], alpha=0.8,
+    width = calibration.bins[0].upper - calibration.bins[0].lower
+    lowers = [b.lower for b in bins]
+    top.bar(lowers, [b.accuracy for b in bins], width=width, align="edge", color=COLORS[0], alpha=0.8,
             edgecolor="white", label="accuracy in bin")
-    top.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="#222222", markersize=3,
+    top.plot([b.confidence for b in bins], [b.accuracy for b in bins], "o", color="#222222", markersize=3,
              label="bin: mean confidence vs accuracy")
     top.plot([0, 1], [0, 1], linestyle="--", color="#b03030", linewidth=1, label="perfect calibration")
     top.set(ylabel="accuracy", ylim=(0, 1), xlim=(0, 1),
             title="Reliability: is a 90 % confident answer right 90 % of the time?\n"
-                  f"expected calibration error {calibration['ece']:.3f}")
+                  f"expected calibration error {calibration.ece:.3f}")
     top.legend(loc="best", fontsize=8, framealpha=0.9)
     top.grid(alpha=0.3)
-    bottom.bar(lowers, [b["count"] for b in bins], width=width, align="edge", color="#888888", edgecolor="white")
+    bottom.bar(lowers, [b.count for b in bins], width=width, align="edge", color="#888888", edgecolor="white")
     bottom.set(xlabel="model confidence", ylabel="tickets")
     return _png(fig)
 

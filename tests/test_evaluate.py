@@ -12,8 +12,6 @@ import csv
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +22,20 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from classifier.baseline import fit_baseline
 from classifier.bundle import read_manifest, write_manifest
 from classifier.cli import main
-from classifier.data import load_tickets, reload_training_split
+from classifier.data import load_tickets, prepare_data
 from classifier.errors import UserError
-from classifier.evaluate import (REPORT_FILES, EvaluationOptions, cluster_order, evaluate, load_test_set,
-                                 recommend_threshold, summary_table)
+from classifier.evaluate import (
+    REPORT_FILES,
+    EvaluationOptions,
+    cluster_order,
+    evaluate,
+    load_test_set,
+    recommend_threshold,
+    summary_table,
+)
+from classifier.manifest import Calibration, DataSection, Manifest
 from classifier.predict import Predictor
+from classifier.text import TextOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +67,7 @@ def test_csv(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 @pytest.fixture(scope="module")
 def known_rows(test_csv: Path, exported_bundle: Path) -> list[dict[str, str]]:
     """The test rows the model can be scored on, read with plain csv (not the project's loader)."""
-    labels = set(read_manifest(exported_bundle)["labels"])
+    labels = set(read_manifest(exported_bundle).labels)
     with open(test_csv, newline="", encoding="utf-8") as handle:
         return [row for row in csv.DictReader(handle) if row["category"] in labels]
 
@@ -106,7 +113,7 @@ def test_headline_metrics_equal_sklearn(evaluated, known_rows, exported_scores):
 def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle, exported_scores):
     report, output = evaluated
     y_true, y_pred, _ = exported_scores
-    labels = read_manifest(exported_bundle)["labels"]
+    labels = read_manifest(exported_bundle).labels
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     rows = {row["label"]: row for row in report["per_class"]}
     for i, label in enumerate(labels):
@@ -177,12 +184,10 @@ def test_unreachable_target_gives_no_threshold():
 def test_baseline_and_compare_side_by_side(evaluated, exported_bundle, tiny_bundle, known_rows, test_csv):
     report, _ = evaluated
     manifest = read_manifest(exported_bundle)
-    training = reload_training_split(manifest)
-    assert training is not None, "the fixture's training file is still there"
-    from classifier.text import TextOptions
-
-    tickets, _ = load_tickets(test_csv, TextOptions.from_dict(manifest["text"]))
-    known = [i for i, label in enumerate(tickets.labels) if label in set(manifest["labels"])]
+    # The bundle's training split, made again from the recorded options (it is seeded).
+    training = prepare_data(manifest.data.train.path, manifest.data.options, manifest.data.seed).train
+    tickets, _ = load_tickets(test_csv, manifest.text)
+    known = [i for i, label in enumerate(tickets.labels) if label in set(manifest.labels)]
     baseline_pred = fit_baseline(training.texts, training.labels).predict([tickets.texts[i] for i in known])
     y_true = [tickets.labels[i] for i in known]
     assert report["baseline"]["metrics"]["accuracy"] == pytest.approx(accuracy_score(y_true, baseline_pred))
@@ -192,7 +197,7 @@ def test_baseline_and_compare_side_by_side(evaluated, exported_bundle, tiny_bund
     assert report["compare"]["metrics"]["accuracy"] == pytest.approx(accuracy_score(compare_true, compare_pred))
     own = {row["label"]: row["f1"] for row in report["per_class"]}
     for section in (report["baseline"], report["compare"]):
-        assert set(section["f1_delta"]) == set(manifest["labels"])
+        assert set(section["f1_delta"]) == set(manifest.labels)
         for label, delta in section["f1_delta"].items():
             assert delta == pytest.approx(own[label] - section["per_class_f1"][label])
 
@@ -203,8 +208,8 @@ def test_a_compared_bundle_reads_the_test_file_with_its_own_labels(exported_bund
         other = tmp_path / "-".join(rename.values())
         shutil.copytree(tiny_bundle, other)
         manifest = read_manifest(other)
-        manifest["labels"] = [rename.get(label, label) for label in manifest["labels"]]
-        manifest["data"]["train"]["label_column"] = "queue"  # not in the test file: scored on the same labels
+        manifest.labels = [rename.get(label, label) for label in manifest.labels]
+        manifest.data.train.label_column = "queue"  # not in the test file: scored on the same labels
         write_manifest(other, manifest)
         options = EvaluationOptions(compare_bundle=other, baseline=False)
         return evaluate(exported_bundle, test_csv, tmp_path / f"report-{other.name}", options)
@@ -362,10 +367,10 @@ def test_applied_thresholds_drive_needs_review(bundle_copy, test_csv, known_rows
     report = evaluate(bundle_copy, test_csv, tmp_path / "out",
                       EvaluationOptions(apply_threshold_for_precision=0.9, baseline=False))
     manifest = read_manifest(bundle_copy)
-    per_class = manifest["thresholds"]["per_class"]
-    assert set(per_class) == set(manifest["labels"])
-    source = manifest["thresholds"]["source"]
-    assert source["target_precision"] == 0.9 and source["data"]["path"] == str(test_csv)
+    per_class = manifest.thresholds.per_class
+    assert set(per_class) == set(manifest.labels)
+    source = manifest.thresholds.source
+    assert source.target_precision == 0.9 and source.data["path"] == str(test_csv)
     assert report["thresholds_applied"]["per_class"] == per_class
     assert any(f"leave out the {sum(UNKNOWN.values())} tickets with labels the model does not know" in warning
                for warning in report["warnings"])
@@ -376,7 +381,7 @@ def test_applied_thresholds_drive_needs_review(bundle_copy, test_csv, known_rows
         assert predictor.threshold(prediction.label) == per_class[prediction.label]
         assert prediction.needs_review == (prediction.confidence < per_class[prediction.label])  # as shown
     # Served as evaluated: each threshold is one ticket's confidence, and that ticket is routed too.
-    assert sum(not p.needs_review for p in predictions) == source["expected"]["tickets"]
+    assert sum(not p.needs_review for p in predictions) == source.expected["tickets"]
     # Each class with its own threshold reaches the target on the tickets it routes.
     own = [label for label, info in report["precision_coverage"]["per_class_thresholds"].items()
            if info["source"] == "class"]
@@ -406,14 +411,6 @@ def test_cli_prints_the_summary(exported_bundle, test_csv, tmp_path, capsys):
                  "--output", str(tmp_path / "out")]) == 2
 
 
-def test_script_wrapper_runs_the_cli(exported_bundle, test_csv, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(exported_bundle),
-                             "--data", str(test_csv), "--output", str(tmp_path / "out"), "--no-baseline"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "out" / "report.html").is_file()
-
-
 def test_cluster_order_puts_confused_classes_together():
     matrix = np.diag([20] * 6)
     matrix[0, 4] = matrix[4, 0] = 8  # 0 and 4 are confused with each other, as are 1 and 5
@@ -437,8 +434,9 @@ def test_test_tickets_of_merged_classes_count_as_other(tmp_path: Path, test_labe
     with path.open("w", newline="") as handle:
         csv.writer(handle).writerows([["text", "label"],
                                       *([f"ticket {i}", label] for i, label in enumerate(test_labels))])
-    data_options = {"merged_into_other": merged, **({"other_label": other} if other else {})}
-    manifest = {"labels": model_labels, "text": {"fields": ["text"]}, "data_options": data_options}
+    data = DataSection(merged_into_other=merged, **({"other_label": other} if other else {}))
+    manifest = Manifest(bundle_version="test", labels=model_labels, max_length=16, text=TextOptions(fields=("text",)),
+                        data=data)
     tickets, _ = load_test_set(path, manifest, "label")
     assert tickets.labels == expected
 
@@ -471,7 +469,7 @@ def test_evaluating_on_the_training_file_is_flagged(evaluated, exported_bundle, 
                                                    (0.1, "surer than it is right")])
 def test_confidences_far_from_accuracy_are_flagged(bundle_copy, test_csv, tmp_path, temperature, how):
     manifest = read_manifest(bundle_copy)
-    manifest["calibration"] = {"temperature": temperature}  # far too cool, or far too sharp
+    manifest.calibration = Calibration(temperature=temperature)  # far too cool, or far too sharp
     write_manifest(bundle_copy, manifest)
     report = evaluate(bundle_copy, test_csv, tmp_path / "report", EvaluationOptions(baseline=False))
     assert report["metrics"]["tickets"] >= 100

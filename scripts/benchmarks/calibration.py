@@ -21,8 +21,8 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
-
 from common import BANKING77_TEST, publish, record_arguments, table_figures  # noqa: E402
+
 from classifier.bundle import read_examples  # noqa: E402
 from classifier.calibration import fit_temperature, negative_log_likelihood  # noqa: E402
 from classifier.evaluate import expected_calibration_error, load_test_set  # noqa: E402

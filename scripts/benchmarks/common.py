@@ -7,8 +7,8 @@ docs/benchmarks.md is curated by hand: a script prints the table rows to paste t
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import platform
 import re
 import shlex

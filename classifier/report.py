@@ -1,0 +1,281 @@
+"""The evaluation report's data model: typed sections, one per part of report.json.
+
+:mod:`classifier.evaluate` builds a :class:`Report`; the terminal summary, the warnings, the
+pictures and the HTML page read it by attribute; :meth:`Report.to_dict` turns it into
+report.json (the same keys, in the same order, as the page and scripts reading that file
+expect), and :meth:`Report.from_dict` reads such a dict back. Numbers only: no numpy here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+S = TypeVar("S", bound="Section")
+
+
+@dataclass
+class Section:
+    """A part of the report (a dataclass); :meth:`from_dict` reads it from report.json's dict."""
+
+    @classmethod
+    def from_dict(cls: type[S], values: dict[str, Any]) -> S:
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: _read(hints[f.name], values[f.name]) for f in dataclasses.fields(cls)
+                      if f.init})
+
+
+def _read(hint: Any, value: Any) -> Any:
+    """``value`` from JSON as the type ``hint`` says: sections, lists and dicts of them, ``X | None``."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        sections = [a for a in args if isinstance(a, type) and issubclass(a, Section)]
+        if not sections:
+            return value
+        # A choice of sections (a side-by-side model, or why there is none): the one with these keys.
+        return next(s for s in sections if {f.name for f in dataclasses.fields(s)} == set(value)).from_dict(value)
+    if origin is list:
+        return [_read(args[0], item) for item in value]
+    if origin is dict:
+        return {key: _read(args[1], item) for key, item in value.items()}
+    if isinstance(hint, type) and issubclass(hint, Section):
+        return hint.from_dict(value)
+    return value
+
+
+@dataclass
+class ModelInfo(Section):
+    bundle: str
+    name: str
+    version: str
+    engine: str  # int8, fp32 or torch: the model that was run
+    labels: int  # how many classes
+
+
+@dataclass
+class OperatingPoint(Section):
+    """Tickets with confidence >= threshold are routed automatically: how many, what share, how accurate."""
+
+    threshold: float
+    tickets: int
+    coverage: float
+    precision: float | None  # None: no ticket routed
+
+
+@dataclass
+class ClassThreshold(OperatingPoint):
+    """A class's own threshold, as an operating point on the tickets predicted as that class."""
+
+    predicted: int
+    source: str  # "class" (its own), "global" (too few predictions) or "unreachable"
+
+
+@dataclass
+class Routing(Section):
+    """Overall coverage and precision with a threshold per predicted class."""
+
+    tickets: int
+    coverage: float
+    precision: float | None
+
+
+@dataclass
+class Metrics(Section):
+    tickets: int
+    accuracy: float
+    macro_f1: float
+    weighted_f1: float
+    ece: float  # expected calibration error
+    at_target: OperatingPoint | None  # the recommended threshold; None: none reaches the target precision
+
+
+@dataclass
+class ClassRow(Section):
+    label: str
+    support: int  # test tickets of the class
+    predicted: int
+    precision: float
+    recall: float
+    f1: float
+    most_confused_with: str | None
+    threshold: float
+    threshold_source: str
+    coverage_at_threshold: float
+
+
+@dataclass
+class Confusion(Section):
+    labels: list[str]
+    matrix: list[list[int]]  # counts, true class per row
+    display_order: list[int]  # confused classes next to each other
+
+
+@dataclass
+class Example(Section):
+    id: str
+    confidence: float
+    text: str
+
+
+@dataclass
+class ConfusionPair(Section):
+    true: str
+    predicted: str
+    count: int
+    share_of_true: float
+    examples: list[Example]
+
+
+@dataclass
+class CalibrationBin(Section):
+    lower: float
+    upper: float
+    count: int
+    confidence: float | None  # None: an empty bin
+    accuracy: float | None
+
+
+@dataclass
+class Calibration(Section):
+    ece: float
+    bins: list[CalibrationBin]
+
+
+@dataclass
+class PrecisionCoverage(Section):
+    target_precision: float
+    recommended: OperatingPoint | None
+    message: str
+    table: list[OperatingPoint]
+    per_class_thresholds: dict[str, ClassThreshold]
+    with_per_class_thresholds: Routing
+    with_bundle_thresholds: Routing
+    bundle_thresholds_source: dict[str, Any] | None  # the manifest's record of an earlier apply, as written there
+
+
+@dataclass
+class Dropped(Section):
+    count: int
+    rows: list[str]  # where: file, row, column
+
+
+@dataclass
+class DataSection(Section):
+    """The test file. report.json lists the loader's description of it (path, sha256, rows_read, ...)
+    first, then the rest, all in one object."""
+
+    source: dict[str, Any]
+    evaluated: int
+    is_training_file: bool
+    dropped: dict[str, Dropped]  # by reason
+    label_spellings_matched: dict[str, str]
+    labels_without_test_tickets: list[str]
+
+    @property
+    def path(self) -> Any:
+        return self.source.get("path")
+
+    @property
+    def rows_read(self) -> Any:
+        return self.source.get("rows_read")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataSection:
+        own = {f.name for f in dataclasses.fields(cls)} - {"source"}
+        return super().from_dict({"source": {k: v for k, v in values.items() if k not in own},
+                                  **{k: v for k, v in values.items() if k in own}})
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {**values.pop("source"), **values}
+
+
+@dataclass
+class UnknownLabel(Section):
+    count: int
+    ids: list[str]
+    predicted_as: dict[str, int]  # most frequent first
+
+
+@dataclass
+class UnknownLabels(Section):
+    """Test tickets whose label the model never learned (left out of the metrics)."""
+
+    count: int
+    share: float
+    labels: dict[str, UnknownLabel]  # most tickets first
+
+
+@dataclass
+class SideBySide(Section):
+    """Another model (the baseline, or a compared bundle) on the same test tickets."""
+
+    name: str
+    description: str
+    metrics: Metrics
+    per_class_f1: dict[str, float]
+    f1_delta: dict[str, float]  # the evaluated model's F1 minus this one's, per class present in the test set
+
+
+@dataclass
+class Unavailable(Section):
+    """A side-by-side model that could not be evaluated, and why."""
+
+    name: str
+    metrics: None = field(default=None, init=False)  # as a side-by-side section without numbers reads
+    reason: str = ""
+
+
+@dataclass
+class AppliedThresholds(Section):
+    """The per-class thresholds written into the bundle's manifest."""
+
+    target_precision: float
+    engine: str
+    served_engine: str
+    data: dict[str, Any]  # path, sha256
+    tickets: int
+    set_at: str
+    expected: Routing
+    per_class: dict[str, float]
+
+
+@dataclass
+class Report(Section):
+    created_at: str
+    model: ModelInfo
+    metrics: Metrics
+    per_class: list[ClassRow]
+    confusion_matrix: Confusion
+    top_confusions: list[ConfusionPair]
+    calibration: Calibration
+    precision_coverage: PrecisionCoverage
+    data: DataSection
+    unknown_labels: UnknownLabels
+    baseline: SideBySide | Unavailable | None
+    compare: SideBySide | None
+    thresholds_applied: AppliedThresholds | None = None  # only when thresholds were written (no key otherwise)
+    warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def others(self) -> list[tuple[str, SideBySide]]:
+        """The models evaluated next to this one, as ("baseline" | "compare", section)."""
+        return [(key, other) for key, other in (("baseline", self.baseline), ("compare", self.compare))
+                if isinstance(other, SideBySide)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """report.json's content."""
+        report = dataclasses.asdict(self)
+        report["data"] = self.data.to_dict()
+        if self.thresholds_applied is None:
+            del report["thresholds_applied"]
+        return report
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Report:
+        return super().from_dict({"thresholds_applied": None, **values})
