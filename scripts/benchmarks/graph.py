@@ -28,9 +28,9 @@ import numpy as np  # noqa: E402
 from common import inference_arguments, publish_inference, table_figures, time_interleaved  # noqa: E402
 
 from classifier.data import load_tickets  # noqa: E402
-from classifier.export import choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
+from classifier.export import FUSION_OVERRIDES, choose_quantization_target, export_onnx, fuse, quantize  # noqa: E402
 from classifier.onnx_graph import keep_first_token_after_last_attention  # noqa: E402
-from classifier.predict import FUSION_OVERRIDES, SLOWER_FUSIONS, OnnxEngine, Predictor  # noqa: E402
+from classifier.predict import SLOWER_FUSIONS, OnnxEngine, Predictor  # noqa: E402
 
 
 @dataclass
