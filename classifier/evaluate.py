@@ -483,8 +483,8 @@ def _side_by_side_sections(others: dict[str, tuple[str, str, Scored] | None], sc
                          for other in (others["baseline"], others["compare"]))
     if options.baseline and others["baseline"] is None:
         return Unavailable(BASELINE_NAME,
-                           reason="the bundle keeps no baseline (it was trained by a release before "
-                                  "training fitted one)"), compare
+                           reason="the bundle keeps no baseline (trained by a release before training fitted "
+                                  "one, or its baseline file was removed)"), compare
     return baseline, compare
 
 
@@ -493,7 +493,7 @@ def _baseline(predictor: Predictor, tickets: Tickets) -> tuple[str, str, Scored]
     from classifier.baseline import load_baseline
 
     kept = predictor.manifest.baseline
-    if kept is None or kept.file is None or not (predictor.bundle_dir / kept.file).is_file():
+    if kept is None or not (predictor.bundle_dir / kept.file).is_file():
         return None
     model = load_baseline(predictor.bundle_dir / kept.file)
     scored = Scored.of(list(model.classes_), model.predict_proba(tickets.texts), tickets.labels)

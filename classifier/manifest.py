@@ -7,7 +7,7 @@ Sections, in the order the stages write them::
     data         the files, the data options, what was merged (train)
     training     hyper-parameters, time, precision, validation metrics (train)
     calibration  the softmax temperature and how it was chosen (train)
-    baseline     the TF-IDF baseline kept in the bundle, or why there is none (train)
+    baseline     the TF-IDF baseline kept in the bundle (train; None in bundles from before)
     export       ONNX files, quantization, the drift check (export)
     serving      which model the predictor and the service run, and why (export)
     thresholds   review thresholds, global and per class, and where they came from (evaluate)
@@ -22,18 +22,17 @@ versions, file details) accept fields this release does not know.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
-from classifier.options import SERVING_ENGINES, DataOptions, TrainingOptions
+from classifier.options import SERVING_ENGINES, DataOptions, ServingEngine, TrainingOptions
 from classifier.text import TextOptions
 
 SCHEMA_VERSION = 2
 MIGRATES_FROM = (1,)  # older schema versions read_manifest migrates
 DEFAULT_THRESHOLD = 0.5
-Engine = Literal["int8", "fp32", "torch"]
 
 
 class Section(BaseModel):
@@ -94,8 +93,7 @@ class Calibration(Record):
 
 class Baseline(Section):
     name: str
-    file: str | None = None  # in the bundle; None when not fitted
-    reason: str | None = None  # why there is none
+    file: str  # in the bundle
     validation_metrics: dict[str, float] = Field(default_factory=dict)
 
 
@@ -131,7 +129,7 @@ class ExportSection(Section):
 
 
 class Serving(Section):
-    engine: Engine = Field(description=" or ".join(SERVING_ENGINES))
+    engine: ServingEngine = Field(description=" or ".join(SERVING_ENGINES))
     reason: str = ""
 
 

@@ -4,6 +4,7 @@ defaults without importing torch (or pydantic). Each default is set here and now
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from classifier.text import TextOptions
 
@@ -11,7 +12,8 @@ FULL_LEARNING_RATE = 2e-4
 # LoRA adapters start from zero and train few weights: they need larger steps. On the bundled
 # sample, 3 epochs: 68.6 % validation accuracy at 1e-3 against 42.4 % at 2e-4 (docs/benchmarks.md).
 LORA_LEARNING_RATE = 1e-3
-SERVING_ENGINES = ("int8", "fp32", "torch")  # the models a bundle can serve (the export picks int8 or fp32)
+ServingEngine = Literal["int8", "fp32", "torch"]  # the models a bundle can serve (the export picks int8 or fp32)
+SERVING_ENGINES: tuple[str, ...] = get_args(ServingEngine)
 ENGINES = ("auto", *SERVING_ENGINES)  # what predict, evaluate and serve accept; auto: the bundle's choice
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 where the GPU or CPU supports it, else fp32
 

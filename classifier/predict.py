@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -180,7 +180,7 @@ class Predictor:
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
         batch_size = min(batch_size, getattr(self.engine, "max_batch", None) or batch_size)
-        texts = self._check_not_empty([str(ticket) for ticket in tickets]) if cleaned else self.texts(tickets)
+        texts = self._check_not_empty(cast(list[str], list(tickets))) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
         if 0 < len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask
 
 from classifier.errors import UserError
-from classifier.predict import ENGINES
+from classifier.options import ENGINES
 from service.auth import parse_keys
 
 DEFAULTS: dict[str, Any] = {
