@@ -26,14 +26,13 @@ import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from classifier import bundle
@@ -166,8 +165,8 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     report = _model_report(predictor, scored, tickets, options.target_precision, created_at, data, unknown_labels,
                            _side_by_side_sections(others, scored, options))
     if options.apply_threshold_for_precision is not None:
-        report.thresholds_applied = AppliedThresholds.from_dict(apply_thresholds(
-            bundle_dir, predictor, scored, tickets, options.apply_threshold_for_precision))
+        report.thresholds_applied = apply_thresholds(bundle_dir, predictor, scored, tickets,
+                                                     options.apply_threshold_for_precision)
     report.warnings = _warnings(report)
     report.files = list(REPORT_FILES)
     content = report.to_dict()
@@ -175,26 +174,25 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     return content
 
 
-def summary_table(report: Report | dict[str, Any]) -> str:
-    """A few lines for the terminal: headline numbers side by side, threshold, warnings. ``report``: the
-    report, or report.json's content as :func:`evaluate` returns it."""
-    if not isinstance(report, Report):
-        report = Report.from_dict(report)
-    columns = [("model", report.metrics)] + [(name, other.metrics) for name, other in report.others()]
-    target = report.precision_coverage.target_precision
-    rows: list[tuple[str, Callable[[Metrics], str]]] = [
-        ("tickets", lambda m: f"{m.tickets}"),
-        ("accuracy", lambda m: f"{m.accuracy:.1%}"),
-        ("macro F1", lambda m: f"{m.macro_f1:.3f}"),
-        ("weighted F1", lambda m: f"{m.weighted_f1:.3f}"),
-        ("calibration error", lambda m: f"{m.ece:.3f}"),
-        (f"routed at {target:.0%} precision", lambda m: _routed_at_target(m.at_target))]
+def summary_table(report: dict[str, Any]) -> str:
+    """A few lines for the terminal from report.json's content (as :func:`evaluate` returns it): headline
+    numbers side by side, threshold, warnings."""
+    columns = [("model", report["metrics"])] + [(name, report[name]["metrics"]) for name in ("baseline", "compare")
+                                                if report.get(name) and report[name].get("metrics")]
+    target = report["precision_coverage"]["target_precision"]
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("tickets", lambda m: f"{m['tickets']}"),
+        ("accuracy", lambda m: f"{m['accuracy']:.1%}"),
+        ("macro F1", lambda m: f"{m['macro_f1']:.3f}"),
+        ("weighted F1", lambda m: f"{m['weighted_f1']:.3f}"),
+        ("calibration error", lambda m: f"{m['ece']:.3f}"),
+        (f"routed at {target:.0%} precision", lambda m: _routed_at_target(m["at_target"]))]
     width = max(len(name) for name, _ in rows) + 2
     lines = [" " * width + "".join(f"{name:>22}" for name, _ in columns)]
     lines += [f"{label:<{width}}" + "".join(f"{cell(metrics):>22}" for _, metrics in columns) for label, cell in rows]
-    message = report.precision_coverage.message
+    message = report["precision_coverage"]["message"]
     lines.append(message)
-    lines += [f"warning: {warning}" for warning in report.warnings if warning != message]  # said just above
+    lines += [f"warning: {warning}" for warning in report["warnings"] if warning != message]  # said just above
     return "\n".join(lines)
 
 
@@ -365,6 +363,7 @@ def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target
     matrix = confusion_matrix(scored.y_true, scored.predicted, labels=labels)
     metrics = model_metrics(scored, target)
     thresholds = class_thresholds(scored, target)
+    source = predictor.manifest.thresholds.source  # thresholds an earlier evaluation wrote into the bundle
     return Report(
         created_at=created_at,
         model=ModelInfo(bundle=str(predictor.bundle_dir), name=predictor.name, version=predictor.version,
@@ -384,7 +383,7 @@ def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target
             per_class_thresholds={label: ClassThreshold(**info) for label, info in thresholds.items()},
             with_per_class_thresholds=Routing(**routing_with(scored, lambda label: thresholds[label]["threshold"])),
             with_bundle_thresholds=Routing(**routing_with(scored, predictor.threshold)),
-            bundle_thresholds_source=_json(predictor.manifest.thresholds.source),  # an earlier apply
+            bundle_thresholds_source=source.model_dump(mode="json") if source else None,
         ),
         data=data, unknown_labels=unknown_labels, baseline=others[0], compare=others[1])
 
@@ -437,8 +436,8 @@ def _recommendation_message(point: OperatingPoint | None, target: float) -> str:
             f"(target {target:.0%}).")
 
 
-def _routed_at_target(point: OperatingPoint | None) -> str:
-    return "none" if point is None else f"{point.coverage:.1%} (t>={point.threshold:.3g})"
+def _routed_at_target(point: dict[str, Any] | None) -> str:
+    return "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:.3g})"
 
 
 def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored,
@@ -497,12 +496,8 @@ def _baseline(predictor: Predictor, tickets: Tickets) -> tuple[str, str, Scored]
         return None
     model = load_baseline(predictor.bundle_dir / kept.file)
     scored = Scored.of(list(model.classes_), model.predict_proba(tickets.texts), tickets.labels)
-    rows = predictor.manifest.data.train.rows_used if predictor.manifest.data.train else "its"
-    return kept.name, f"trained on the bundle's {rows} training tickets", scored
-
-
-def _json(section: BaseModel | None) -> dict[str, Any] | None:
-    return None if section is None else section.model_dump(mode="json")
+    train = predictor.manifest.data.train
+    return kept.name, f"trained on the bundle's {f'{train.rows_used} ' if train else ''}training tickets", scored
 
 
 def _compare(options: EvaluationOptions, data_path: str | Path, label_column: str) -> tuple[str, str, Scored] | None:
@@ -584,19 +579,20 @@ def _warnings(report: Report) -> list[str]:
 
 
 def apply_thresholds(bundle_dir: Path, predictor: Predictor, scored: Scored, tickets: Tickets,
-                     precision: float) -> dict[str, Any]:
+                     precision: float) -> AppliedThresholds:
     """Write per-class thresholds reaching ``precision`` into the manifest (atomically); return what was written."""
     thresholds = class_thresholds(scored, precision)
-    applied = {"target_precision": precision, "engine": predictor.engine_kind,
-               "served_engine": resolve_engine(bundle_dir, predictor.manifest, "auto"),
-               "data": {k: tickets.source.get(k) for k in ("path", "sha256")}, "tickets": int(len(scored.rows)),
-               "set_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "expected": routing_with(scored, lambda label: thresholds[label]["threshold"]),
-               "per_class": {label: info["threshold"] for label, info in thresholds.items()}}
+    applied = AppliedThresholds(
+        target_precision=precision, engine=predictor.engine_kind,
+        served_engine=resolve_engine(bundle_dir, predictor.manifest, "auto"),
+        data={k: tickets.source.get(k) for k in ("path", "sha256")}, tickets=int(len(scored.rows)),
+        set_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        expected=Routing(**routing_with(scored, lambda label: thresholds[label]["threshold"])),
+        per_class={label: info["threshold"] for label, info in thresholds.items()})
+    source = {k: v for k, v in asdict(applied).items() if k != "per_class"}
     manifest = bundle.read_manifest(bundle_dir)  # fresh: keep edits made since the predictor loaded it
     manifest.thresholds = manifest.thresholds.model_copy(update={
-        "per_class": applied["per_class"],
-        "source": ThresholdSource.model_validate({k: v for k, v in applied.items() if k != "per_class"})})
+        "per_class": applied.per_class, "source": ThresholdSource.model_validate(source)})
     bundle.write_manifest(bundle_dir, manifest)
     log.info("wrote %d per-class thresholds for %.0f%% precision to %s", len(thresholds), precision * 100,
              bundle_dir / bundle.MANIFEST)
@@ -621,7 +617,7 @@ def _images(report: Report, scored: Scored, others: dict[str, tuple[str, str, Sc
 
 def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scored: Scored, tickets: Tickets,
                  images: dict[str, bytes]) -> None:
-    """``content``: report.json's, ``report.to_dict()``."""
+    """``content``: report.json's, ``report.to_dict()``, made once by the caller, which returns it."""
     from classifier import report_html
 
     html = report_html.render(report, images)

@@ -139,10 +139,10 @@ class ThresholdSource(Record):
     target_precision: float
     engine: str
     served_engine: str
+    data: dict[str, str | None] = Field(default_factory=dict)  # the test file's path and sha256
     tickets: int
     set_at: str
-    data: dict[str, str | None] = Field(default_factory=dict)
-    expected: dict[str, Any] = Field(default_factory=dict)
+    expected: dict[str, Any] = Field(default_factory=dict)  # routing with these thresholds, as evaluated
 
 
 class Thresholds(Section):

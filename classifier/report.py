@@ -3,53 +3,18 @@
 :mod:`classifier.evaluate` builds a :class:`Report`; the terminal summary, the warnings, the
 pictures and the HTML page read it by attribute; :meth:`Report.to_dict` turns it into
 report.json (the same keys, in the same order, as the page and scripts reading that file
-expect), and :meth:`Report.from_dict` reads such a dict back. Numbers only: no numpy here.
+expect). Numbers only: no numpy here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-S = TypeVar("S", bound="Section")
+from typing import Any
 
 
 @dataclass
-class Section:
-    """A part of the report (a dataclass); :meth:`from_dict` reads it from report.json's dict."""
-
-    @classmethod
-    def from_dict(cls: type[S], values: dict[str, Any]) -> S:
-        hints = typing.get_type_hints(cls)
-        return cls(**{f.name: _read(hints[f.name], values[f.name]) for f in dataclasses.fields(cls)
-                      if f.init})
-
-
-def _read(hint: Any, value: Any) -> Any:
-    """``value`` from JSON as the type ``hint`` says: sections, lists and dicts of them, ``X | None``."""
-    if value is None:
-        return None
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        sections = [a for a in args if isinstance(a, type) and issubclass(a, Section)]
-        if not sections:
-            return value
-        # A choice of sections (a side-by-side model, or why there is none): the one with these keys.
-        return next(s for s in sections if {f.name for f in dataclasses.fields(s)} == set(value)).from_dict(value)
-    if origin is list:
-        return [_read(args[0], item) for item in value]
-    if origin is dict:
-        return {key: _read(args[1], item) for key, item in value.items()}
-    if isinstance(hint, type) and issubclass(hint, Section):
-        return hint.from_dict(value)
-    return value
-
-
-@dataclass
-class ModelInfo(Section):
+class ModelInfo:
     bundle: str
     name: str
     version: str
@@ -58,7 +23,7 @@ class ModelInfo(Section):
 
 
 @dataclass
-class OperatingPoint(Section):
+class OperatingPoint:
     """Tickets with confidence >= threshold are routed automatically: how many, what share, how accurate."""
 
     threshold: float
@@ -76,7 +41,7 @@ class ClassThreshold(OperatingPoint):
 
 
 @dataclass
-class Routing(Section):
+class Routing:
     """Overall coverage and precision with a threshold per predicted class."""
 
     tickets: int
@@ -85,7 +50,7 @@ class Routing(Section):
 
 
 @dataclass
-class Metrics(Section):
+class Metrics:
     tickets: int
     accuracy: float
     macro_f1: float
@@ -95,7 +60,7 @@ class Metrics(Section):
 
 
 @dataclass
-class ClassRow(Section):
+class ClassRow:
     label: str
     support: int  # test tickets of the class
     predicted: int
@@ -109,21 +74,21 @@ class ClassRow(Section):
 
 
 @dataclass
-class Confusion(Section):
+class Confusion:
     labels: list[str]
     matrix: list[list[int]]  # counts, true class per row
     display_order: list[int]  # confused classes next to each other
 
 
 @dataclass
-class Example(Section):
+class Example:
     id: str
     confidence: float
     text: str
 
 
 @dataclass
-class ConfusionPair(Section):
+class ConfusionPair:
     true: str
     predicted: str
     count: int
@@ -132,7 +97,7 @@ class ConfusionPair(Section):
 
 
 @dataclass
-class CalibrationBin(Section):
+class CalibrationBin:
     lower: float
     upper: float
     count: int
@@ -141,13 +106,13 @@ class CalibrationBin(Section):
 
 
 @dataclass
-class Calibration(Section):
+class Calibration:
     ece: float
     bins: list[CalibrationBin]
 
 
 @dataclass
-class PrecisionCoverage(Section):
+class PrecisionCoverage:
     target_precision: float
     recommended: OperatingPoint | None
     message: str
@@ -159,13 +124,13 @@ class PrecisionCoverage(Section):
 
 
 @dataclass
-class Dropped(Section):
+class Dropped:
     count: int
     rows: list[str]  # where: file, row, column
 
 
 @dataclass
-class DataSection(Section):
+class DataSection:
     """The test file. report.json lists the loader's description of it (path, sha256, rows_read, ...)
     first, then the rest, all in one object."""
 
@@ -184,26 +149,20 @@ class DataSection(Section):
     def rows_read(self) -> Any:
         return self.source.get("rows_read")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DataSection:
-        own = {f.name for f in dataclasses.fields(cls)} - {"source"}
-        return super().from_dict({"source": {k: v for k, v in values.items() if k not in own},
-                                  **{k: v for k, v in values.items() if k in own}})
-
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         return {**values.pop("source"), **values}
 
 
 @dataclass
-class UnknownLabel(Section):
+class UnknownLabel:
     count: int
     ids: list[str]
     predicted_as: dict[str, int]  # most frequent first
 
 
 @dataclass
-class UnknownLabels(Section):
+class UnknownLabels:
     """Test tickets whose label the model never learned (left out of the metrics)."""
 
     count: int
@@ -212,7 +171,7 @@ class UnknownLabels(Section):
 
 
 @dataclass
-class SideBySide(Section):
+class SideBySide:
     """Another model (the baseline, or a compared bundle) on the same test tickets."""
 
     name: str
@@ -223,7 +182,7 @@ class SideBySide(Section):
 
 
 @dataclass
-class Unavailable(Section):
+class Unavailable:
     """A side-by-side model that could not be evaluated, and why."""
 
     name: str
@@ -232,7 +191,7 @@ class Unavailable(Section):
 
 
 @dataclass
-class AppliedThresholds(Section):
+class AppliedThresholds:
     """The per-class thresholds written into the bundle's manifest."""
 
     target_precision: float
@@ -246,7 +205,7 @@ class AppliedThresholds(Section):
 
 
 @dataclass
-class Report(Section):
+class Report:
     created_at: str
     model: ModelInfo
     metrics: Metrics
@@ -275,7 +234,3 @@ class Report(Section):
         if self.thresholds_applied is None:
             del report["thresholds_applied"]
         return report
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Report:
-        return super().from_dict({"thresholds_applied": None, **values})

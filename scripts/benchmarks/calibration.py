@@ -26,7 +26,8 @@ from common import BANKING77_TEST, publish, record_arguments, table_figures  # n
 from classifier.bundle import read_examples  # noqa: E402
 from classifier.calibration import fit_temperature, negative_log_likelihood  # noqa: E402
 from classifier.evaluate import expected_calibration_error, load_test_set  # noqa: E402
-from classifier.predict import Predictor, softmax  # noqa: E402
+from classifier.numerics import softmax  # noqa: E402
+from classifier.predict import Predictor  # noqa: E402
 
 
 def main() -> int:
