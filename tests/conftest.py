@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from service_helpers import KEYS, ctx
+
+from classifier.predict import Predictor
+from service import create_app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -114,3 +120,23 @@ def hand_edit() -> Callable[[Path, Callable[[dict[str, Any]], object]], None]:
         path.write_text(json.dumps(manifest), encoding="utf-8")
 
     return apply
+
+
+@pytest.fixture(scope="module")
+def app(exported_bundle: Path) -> Flask:
+    return create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": "", "LOG_TEXT": False})
+
+
+@pytest.fixture(scope="module")
+def auth_app(exported_bundle: Path) -> Flask:
+    return create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": ",".join(KEYS), "LOG_TEXT": True})
+
+
+@pytest.fixture()
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def predictor(app: Flask) -> Predictor:
+    return ctx(app).model.predictor

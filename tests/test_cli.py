@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ from classifier.bundle import read_manifest
 from classifier.cli import main
 from classifier.data import read_tickets_to_classify
 from classifier.errors import UserError
-from classifier.export import WORK_OWNER, _remove_abandoned_work
 from classifier.predict import Predictor
 from classifier.text import TextOptions
 
@@ -28,19 +26,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run([sys.executable, "-m", "classifier.cli", *args], capture_output=True, text=True,
                           env=env, timeout=300)
-
-
-def test_a_terminated_export_leaves_nothing_behind(bundle_copy: Path) -> None:
-    before = {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")}
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    export = subprocess.Popen([sys.executable, "-m", "classifier.cli", "export", str(bundle_copy)],
-                              stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not list(bundle_copy.glob(".export-*")) and time.monotonic() < deadline:
-        time.sleep(0.1)  # until the export is under way
-    export.terminate()
-    assert export.wait(timeout=60) == 143 and "ticketclf export: terminated" in export.stderr.read()
-    assert {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")} == before
 
 
 def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv: Path, tmp_path: Path) -> None:
@@ -66,21 +51,6 @@ def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv
     resumed = run_cli(*command, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert read_manifest(output).training.options.epochs == 3.0 and not checkpoints.exists()
-
-
-def test_an_export_removes_what_killed_exports_left(tmp_path: Path) -> None:
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
-    works = {name: tmp_path / f".export-{name}" for name in ("dead", "live", "elsewhere", "old", "starting")}
-    for work in works.values():
-        work.mkdir()
-    host = socket.gethostname()
-    (works["dead"] / WORK_OWNER).write_text(f"{host} {finished.stdout.strip()}")  # a process that has exited
-    (works["live"] / WORK_OWNER).write_text(f"{host} {os.getpid()}")
-    (works["elsewhere"] / WORK_OWNER).write_text(f"another-{host} {finished.stdout.strip()}")  # a shared volume
-    os.utime(works["old"], (time.time() - 7200, time.time() - 7200))  # no owner, two hours old
-    _remove_abandoned_work(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".export-elsewhere", ".export-live", ".export-starting"]
 
 
 @pytest.mark.parametrize("command", ["split", "train", "export", "evaluate", "predict", "serve"])

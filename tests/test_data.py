@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from classifier.columns import ColumnMapping, resolve_columns
 from classifier.data import (
     DataReport,
     load_tickets,
@@ -212,28 +211,6 @@ def test_zendesk_custom_fields_are_read_by_their_id(tmp_path: Path) -> None:
     assert ticket_text({**rows[0], "custom_fields": [{"id": 360002, "value": "urgent"}]}, options) == "Refund 0\nurgent"
     # A list of other objects is not a custom-field list: no fields are made up from it.
     assert "tags.0" not in nested_fields({"tags": [{"name": "vip"}]}) and "x.1" not in nested_fields({"x": [1]})
-
-
-@pytest.mark.parametrize(("columns", "texts", "label", "ident"), [
-    (["ticket_id", "requester.id", "text", "category"], ("text",), "category", "ticket_id"),
-    (["text", "prediction.label", "category"], ("text",), "category", None),  # the human label, not a nested one
-    (["subject", "last_comment.body", "description", "queue"], ("subject", "description"), "queue", None),
-    (["ticket.subject", "ticket.body", "custom_fields.queue", "requester.id"],
-     ("ticket.subject", "ticket.body"), "custom_fields.queue", None),  # not the id of another object
-    (["ticket.id", "ticket.subject", "ticket.description", "custom_fields.queue", "requester.id"],
-     ("ticket.subject", "ticket.description"), "custom_fields.queue", "ticket.id"),  # the id beside the text
-    (["id", "ticket.id", "ticket.subject", "ticket.body", "queue"], ("ticket.subject", "ticket.body"), "queue", "id"),
-])
-def test_detection_prefers_top_level_columns_to_nested_fields(columns: list[str], texts: tuple[str, ...],
-                                                              label: str, ident: str | None) -> None:
-    assert resolve_columns(columns, "export.jsonl") == ColumnMapping(texts, label, ident)
-
-
-def test_messages_list_fields_not_the_objects_holding_them() -> None:
-    columns = ["ticket", "ticket.subject", "ticket.via", "ticket.via.channel", "custom_fields", "custom_fields.queue"]
-    listed = r"columns are \['ticket.subject', 'ticket.via.channel', 'custom_fields.queue'\]"
-    with pytest.raises(UserError, match=listed):
-        resolve_columns(columns, "export.jsonl", ("Title",))
 
 
 def test_a_nested_export_keeps_its_ticket_ids(tmp_path: Path) -> None:

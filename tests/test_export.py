@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +16,7 @@ import pytest
 
 from classifier.bundle import read_manifest, write_manifest
 from classifier.errors import UserError
-from classifier.export import ExportOptions, decided_by_one_ticket, export
+from classifier.export import WORK_OWNER, ExportOptions, _remove_abandoned_work, decided_by_one_ticket, export
 from classifier.predict import Predictor
 
 
@@ -142,3 +147,31 @@ def test_an_encoder_of_another_family_trains_exports_and_serves(tiny_csv: Path, 
     served = Predictor.load(bundle_dir)  # the model the export marked for serving
     assert served.engine_kind in ("int8", "fp32")
     assert all(prediction.label in predictor.labels for prediction in served.predict([short, long]))
+
+
+def test_a_terminated_export_leaves_nothing_behind(bundle_copy: Path) -> None:
+    before = {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    export = subprocess.Popen([sys.executable, "-m", "classifier.cli", "export", str(bundle_copy)],
+                              stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(bundle_copy.glob(".export-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the export is under way
+    export.terminate()
+    assert export.wait(timeout=60) == 143 and "ticketclf export: terminated" in export.stderr.read()
+    assert {p.relative_to(bundle_copy): p.stat().st_mtime_ns for p in bundle_copy.rglob("*")} == before
+
+
+def test_an_export_removes_what_killed_exports_left(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    works = {name: tmp_path / f".export-{name}" for name in ("dead", "live", "elsewhere", "old", "starting")}
+    for work in works.values():
+        work.mkdir()
+    host = socket.gethostname()
+    (works["dead"] / WORK_OWNER).write_text(f"{host} {finished.stdout.strip()}")  # a process that has exited
+    (works["live"] / WORK_OWNER).write_text(f"{host} {os.getpid()}")
+    (works["elsewhere"] / WORK_OWNER).write_text(f"another-{host} {finished.stdout.strip()}")  # a shared volume
+    os.utime(works["old"], (time.time() - 7200, time.time() - 7200))  # no owner, two hours old
+    _remove_abandoned_work(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".export-elsewhere", ".export-live", ".export-starting"]

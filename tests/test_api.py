@@ -1,0 +1,328 @@
+"""The HTTP API on the real exported bundle through Flask's test client: every route, every error
+shape, and a bounded schemathesis run against the OpenAPI document."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from service_helpers import TICKET, error_of, metric_values
+
+from classifier.predict import Predictor
+from service import create_app
+from service.schemas import ZendeskTicket, zendesk_record
+
+# ------------------------------------------------------------------ classify
+
+
+def test_classify_text_returns_the_documented_shape(client: FlaskClient, predictor: Predictor) -> None:
+    response = client.post("/classify", json={"text": "I was charged twice for my subscription"})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["model"] == {"name": predictor.name, "version": predictor.version}
+    [prediction] = body["predictions"]
+    assert set(prediction) == {"id", "label", "confidence", "needs_review", "truncated", "top_k"}
+    assert prediction["id"] is None and prediction["label"] in predictor.labels
+    assert len(prediction["top_k"]) == 3 and prediction["top_k"][0]["label"] == prediction["label"]
+    scores = [item["score"] for item in prediction["top_k"]]
+    assert scores == sorted(scores, reverse=True) and prediction["confidence"] == scores[0]
+
+
+def test_classify_fields_matches_the_predictor(client: FlaskClient, predictor: Predictor) -> None:
+    response = client.post("/classify", json={"id": "T-1", **TICKET, "priority": "high"})
+    [prediction] = response.get_json()["predictions"]
+    assert prediction == {"id": "T-1", **predictor.predict([TICKET])[0].to_dict()}
+
+
+def test_field_names_in_any_case_read_as_the_python_api_reads_them(client: FlaskClient,
+                                                                    predictor: Predictor) -> None:
+    capitalised = {"ID": "T-2", "Subject": TICKET["subject"], "BODY": TICKET["body"]}
+    [prediction] = client.post("/classify", json=capitalised).get_json()["predictions"]
+    assert prediction == {"id": "T-2", **predictor.predict([TICKET])[0].to_dict()}
+    assert predictor.predict([capitalised]) == predictor.predict([TICKET])
+
+
+def test_a_text_record_reads_as_the_service_reads_it(client: FlaskClient, predictor: Predictor) -> None:
+    text = "I was charged twice for my subscription"
+    [prediction] = client.post("/classify", json={"text": text}).get_json()["predictions"]
+    assert predictor.predict([{"text": text}])[0].to_dict() == {k: v for k, v in prediction.items() if k != "id"}
+
+
+def test_batch_keeps_order_ids_and_top_k(client: FlaskClient, predictor: Predictor) -> None:
+    tickets = [{"id": 7, **TICKET}, {"text": "How do I reset my password?"}, {"id": "x", "body": "The app crashes"}]
+    response = client.post("/classify", json={"tickets": tickets, "top_k": 2})
+    predictions = response.get_json()["predictions"]
+    expected = predictor.predict([TICKET, "How do I reset my password?", {"body": "The app crashes"}], top_k=2)
+    assert [p["id"] for p in predictions] == [7, None, "x"]
+    assert [p["label"] for p in predictions] == [e.label for e in expected]
+    assert all(len(p["top_k"]) == 2 for p in predictions)
+    # Shape keys in any case, as ticket fields are read.
+    again = client.post("/classify", json={"Tickets": tickets, "Top_K": 2}).get_json()["predictions"]
+    assert again == predictions
+
+
+def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
+    webhook = {"ticket": {"id": 4821, "subject": TICKET["subject"], "description": TICKET["body"],
+                          "status": "new", "requester": {"email": "a@example.com"}}}
+    [prediction] = client.post("/classify", json=webhook).get_json()["predictions"]
+    assert prediction == {"id": 4821, **predictor.predict([TICKET])[0].to_dict()}
+    # Zendesk's API sets the description as the first comment's body; keys in any case, as elsewhere.
+    for same in ({"subject": TICKET["subject"], "comment": {"body": TICKET["body"]}},
+                 {"subject": TICKET["subject"], "description": "", "comment": {"body": TICKET["body"]}},
+                 {"Subject": TICKET["subject"], "Description": TICKET["body"]},
+                 {"subject": TICKET["subject"], "description": " ", "Comment": {"Body": TICKET["body"]}}):
+        [prediction] = client.post("/classify", json={"Ticket": same}).get_json()["predictions"]
+        assert prediction == {"id": None, **predictor.predict([TICKET])[0].to_dict()}, same
+    # The body under a name the webhook does not read would leave only the subject: refused.
+    misnamed = {"ticket": {"subject": TICKET["subject"], "body": TICKET["body"]}}
+    message = error_of(client.post("/classify", json=misnamed), 422)["message"]
+    assert "body goes in 'description'" in message and "'body'" in message
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    (("subject", "body"), {"subject": "S", "body": "D"}),
+    (("subject", "description"), {"subject": "S", "description": "D"}),
+    (("text",), {"text": "S\nD"}),  # a one-text model reads subject and description together
+    (("body",), {"body": "S\nD"}),
+    (("ticket.subject", "ticket.description"), {"ticket.subject": "S", "ticket.description": "D"}),  # nested export
+])
+def test_zendesk_record_follows_the_bundle_fields(fields: tuple[str, ...], expected: dict[str, str]) -> None:
+    assert zendesk_record(ZendeskTicket(subject="S", description="D"), fields) == expected
+
+
+def test_long_ticket_is_truncated_and_flagged_not_refused(client: FlaskClient) -> None:
+    response = client.post("/classify", json={"text": "my invoice is wrong " * 3000})
+    assert response.status_code == 200
+    assert response.get_json()["predictions"][0]["truncated"] is True
+
+
+# ------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code"), [
+    ({"data": "text=hello", "content_type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+    ({"data": "hello"}, 415, "unsupported_media_type"),
+    ({"data": "{\"text\": ", "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": b"{\"text\": \"\xff\"}", "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": "[" * 100_000, "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"text": "hi"}'.encode("utf-16"), "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"text": "\\ud800 charged"}', "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"text": "card", "id": "\\udfff"}', "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"tickets": [{"subject": "\\udbff"}]}', "content_type": "application/json"}, 400, "bad_json"),
+    ({"data": '{"a": ' + "[" * 900 + "]" * 900 + ', "text": "\\udc00 card"}', "content_type": "application/json"},
+     400, "bad_json"),  # nested deeper than Python recursion goes, with a lone surrogate
+    ({"data": "{}", "content_type": "application/json", "headers": {"Content-Encoding": "gzip"}}, 415,
+     "unsupported_media_type"),
+    ({"data": "{\"text\": \"" + "a" * (1024 * 1024) + "\"}", "content_type": "application/json"}, 413,
+     "payload_too_large"),
+])
+def test_unreadable_bodies(client: FlaskClient, kwargs: dict[str, Any], status: int, code: str) -> None:
+    assert error_of(client.post("/classify", **kwargs), status)["code"] == code
+
+
+def test_a_utf8_byte_order_mark_and_identity_encoding_are_accepted(client: FlaskClient) -> None:
+    body = '\ufeff{"text": "card lost"}'.encode()  # some Windows and .NET clients send one
+    response = client.post("/classify", data=body, content_type="application/json",
+                           headers={"Content-Encoding": "Identity"})
+    assert response.status_code == 200
+
+
+def test_an_escaped_surrogate_pair_is_one_character(client: FlaskClient) -> None:
+    body = '{"text": "\\ud83d\\ude00 I was charged twice", "id": "\\ud83d\\udcb8"}'  # JSON encoders' ASCII form
+    response = client.post("/classify", data=body, content_type="application/json")
+    assert response.status_code == 200 and response.get_json()["predictions"][0]["id"] == "\U0001f4b8"
+
+
+def test_a_key_given_twice_is_refused_not_overwritten(client: FlaskClient) -> None:
+    body = '{"tickets": [{"text": "refund please"}], "tickets": [{"text": "cannot log in"}]}'
+    error = error_of(client.post("/classify", data=body, content_type="application/json"), 400)
+    assert error["code"] == "bad_json" and "'tickets' is given twice" in error["message"]
+
+
+def test_a_body_of_many_keys_is_checked_for_duplicates_in_linear_time(client: FlaskClient) -> None:
+    # 80,000 keys with the repeat last: counting each key's occurrences took about 40 s, past the worker timeout.
+    body = "{" + ",".join(f'"k{i}":0' for i in range(80_000)) + ',"k79999":1}'
+    started = time.perf_counter()
+    error = error_of(client.post("/classify", data=body, content_type="application/json"), 400)
+    assert "'k79999' is given twice" in error["message"] and time.perf_counter() - started < 10
+
+
+def test_a_number_too_long_to_read_is_a_400_without_python_advice(client: FlaskClient) -> None:
+    body = '{"text": "refund please", "id": ' + "1" * 5_000 + "}"
+    error = error_of(client.post("/classify", data=body, content_type="application/json"), 400)
+    assert error == {"code": "bad_json", "message": "the body holds a number of more than 4,300 digits"}
+
+
+@pytest.mark.parametrize("extra", [{"title": "Ms"}, {"content": {"attachments": []}}, {"message": ""},
+                                   {"priority": "high"}])
+def test_keys_that_hold_no_ticket_body_are_ignored(client: FlaskClient, extra: dict) -> None:
+    response = client.post("/classify", json={"subject": "Printer jam", **extra})
+    assert response.status_code == 200, response.get_json()
+
+
+def test_null_keys_do_not_count_as_a_second_request_shape(client: FlaskClient) -> None:
+    response = client.post("/classify", json={"tickets": [{"id": 1, "text": "refund please"}], "text": None})
+    assert response.status_code == 200 and [p["id"] for p in response.get_json()["predictions"]] == [1]
+
+
+def test_a_model_giving_nan_is_a_500_naming_the_model_not_the_ticket(bundle_copy: Path, poison_word) -> None:
+    poison_word(bundle_copy, "please")  # scores NaN for tickets with "please" (not in the warm-up texts)
+    client = create_app({"BUNDLE": bundle_copy, "ENGINE": "fp32", "THREADS": 1, "API_KEYS": ""}).test_client()
+    assert client.post("/classify", json={"text": "my card is blocked"}).status_code == 200
+    error = error_of(client.post("/classify", json={"text": "a refund please"}), 500)
+    assert error["code"] == "model_error" and "export or train the bundle again" in error["message"]
+
+
+def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path) -> None:
+    app = create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": "", "MAX_CONTENT_LENGTH": 100})
+    app.add_url_rule("/bug", "bug", lambda: 1 // 0)  # a stand-in for a bug in a view
+    client = app.test_client()
+    assert "limit: 100 bytes" in error_of(client.post("/classify", json={"text": "x" * 200}), 413)["message"]
+    assert error_of(client.get("/bug"), 500)["code"] == "internal_error"
+    # Chunked bodies have no Content-Length; a server that de-chunks them says so (wsgi.input_terminated).
+    chunked = {"headers": {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+               "environ_overrides": {"wsgi.input_terminated": True}}
+    small = json.dumps({"text": "card not arriving"}).encode()
+    assert client.post("/classify", input_stream=io.BytesIO(small), **chunked).status_code == 200
+    for over in (json.dumps({"text": "x" * 200}).encode(), small + b" " * 200):  # never parsed cut short
+        assert error_of(client.post("/classify", input_stream=io.BytesIO(over), **chunked), 413)["code"] == \
+            "payload_too_large"
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    ({}, "missing ticket text"),
+    ({"title": "Refund", "content": "charged twice"}, "(this model does not read 'content', 'title')"),
+    ([{"text": "a list"}], "JSON object"),
+    ("just a string", "JSON object"),
+    ({"text": 5}, "text: Input should be a valid string"),
+    ({"subject": ["a"]}, "subject: Input should be a valid string"),
+    ({"text": "a", "subject": "b"}, "either 'text' or the ticket's fields (subject), not both"),
+    ({"text": "a", "id": 1.5}, "id: Input should be a string or an integer"),
+    ({"text": "a", "top_k": 0}, "top_k"),
+    ({"text": "a", "top_k": 1000}, "top_k"),
+    ({"text": "a", "top_k": "3"}, "top_k"),
+    ({"tickets": []}, "tickets: List should have at least 1 item"),
+    ({"tickets": [{"text": "a"}] * 257}, "tickets: List should have at most 256 items"),
+    ({"tickets": [{"text": "fine"}, {"subject": None}]}, "tickets[1]: missing ticket text"),
+    ({"tickets": "not a list"}, "tickets"),
+    ({"ticket": {"id": 1}}, "ticket: missing ticket text"),
+    ({"tickets": [{"text": "a"}], "ticket": {"subject": "b"}}, "exactly one shape"),  # neither may be dropped
+    ({"tickets": [{"text": "a"}], "text": "b"}, "exactly one shape"),
+    ({"ticket": {"subject": "a"}, "text": "b"}, "exactly one shape"),
+    ({"subject": "Card", "description": "where is my card"},  # the model reads subject and body
+     "this model reads 'subject', 'body': the ticket has no 'body' but has 'description', which it does not read"),
+    ({"tickets": [{"subject": "a", "Message": "b"}]}, "tickets[0]: this model reads"),
+    ({"subject": "a", "body": " ", "description": "the real text"}, "the ticket has no 'body' but has 'description'"),
+    ({"tickets": [{"text": "a"}], "Text": "b"}, "exactly one shape"),  # fields are read in any case
+    ({"ticket": {"subject": "a"}, "Subject": "b"}, "exactly one shape"),
+])
+def test_schema_errors_are_422_naming_the_field(client: FlaskClient, body: Any, named: str) -> None:
+    error = error_of(client.post("/classify", json=body), 422)
+    assert error["code"] == "invalid_request" and named in error["message"]
+
+
+def test_ticket_with_no_text_after_cleaning_is_422_naming_it_as_the_request_does(client: FlaskClient) -> None:
+    body = {"tickets": [{"id": 1, "text": "ok"}, {"id": "T-2", "body": "<p> </p>"}, {"text": "> quoted only"}]}
+    error = error_of(client.post("/classify", json=body), 422)
+    assert error == {"code": "invalid_ticket", "message": "tickets[1] (id 'T-2'), tickets[2]: no text left after "
+                     "cleaning (markup, quoted replies and signatures are removed)"}
+    error = error_of(client.post("/classify", json={"id": 7, "text": "<br>"}), 422)
+    assert error["message"].startswith("the ticket (id 7): no text left after cleaning")
+
+
+def test_unknown_route_and_wrong_method(client: FlaskClient) -> None:
+    assert error_of(client.get("/nowhere"), 404)["code"] == "not_found"
+    response = client.get("/classify")
+    assert error_of(response, 405)["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+
+
+# ------------------------------------------------------------------ other routes
+
+
+def test_labels(client: FlaskClient, predictor: Predictor) -> None:
+    body = client.get("/labels").get_json()
+    assert [item["label"] for item in body["labels"]] == predictor.labels
+    assert all(item["threshold"] == predictor.threshold(item["label"]) for item in body["labels"])
+
+
+def test_health_and_ready(client: FlaskClient, predictor: Predictor) -> None:
+    assert client.get("/health").get_json() == {"status": "ok"}
+    assert client.get("/ready").get_json() == {"status": "ready",
+                                               "model": {"name": predictor.name, "version": predictor.version}}
+
+
+def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predictor: Predictor) -> None:
+    before = metric_values(client.get("/metrics").get_data(as_text=True))
+    prediction = client.post("/classify", json={"text": "refund please"}).get_json()["predictions"][0]
+    client.open("/classify", method="FOOBAR")  # a method made up by the caller: counted under its route
+    client.get("/nope")  # no route at all
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    after = metric_values(response.get_data(as_text=True))
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("ticketclf_http_requests_total", route="/classify", method="POST", status="200") == 1
+    assert grew("ticketclf_http_request_duration_seconds_count", route="/classify") == 2  # the POST and the 405
+    assert grew("ticketclf_predictions_total", label=prediction["label"]) == 1
+    assert grew("ticketclf_needs_review_total") == prediction["needs_review"]
+    assert grew("ticketclf_truncated_total") == prediction["truncated"] == 0
+    assert grew("ticketclf_http_requests_total", route="/classify", method="other", status="405") == 1
+    assert grew("ticketclf_http_requests_total", route="unmatched", method="GET", status="404") == 1
+    assert not any(dict(labels).get("method") == "FOOBAR" for _, labels in after)  # one series per invented name
+    served = json.loads((predictor.bundle_dir / "manifest.json").read_text())["serving"]["engine"]  # int8 or fp32
+    info = ("ticketclf_model_info", (("engine", served), ("name", predictor.name),
+                                     ("version", predictor.version)))
+    assert after[info] == 1
+
+
+def test_openapi_document_describes_this_bundle(client: FlaskClient) -> None:
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == {"/classify", "/labels", "/health", "/ready", "/metrics", "/openapi.json"}
+    ticket = document["components"]["schemas"]["Ticket"]
+    assert {"id", "text", "subject", "body"} <= set(ticket["properties"])
+    assert "security" not in document  # no keys configured
+
+
+def test_request_id_is_echoed_or_made(client: FlaskClient) -> None:
+    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    made = client.get("/health", headers={"X-Request-ID": "bad id with spaces"}).headers["X-Request-ID"]
+    assert len(made) == 32 and " " not in made
+
+
+# ------------------------------------------------------------------ schemathesis
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_openapi_fuzz_finds_no_server_error(app: Flask, mode: GenerationMode) -> None:
+    # A strategy inside a plain test: schemathesis' own pytest integration breaks on pytest 9.
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+    @given(case=schema.as_strategy(generation_mode=mode))
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(case: Any) -> None:
+        case.call_and_validate(checks=checks)
+
+    fuzz()
+

@@ -1,0 +1,30 @@
+"""Column detection: which columns hold the text, the label and the ticket id."""
+
+from __future__ import annotations
+
+import pytest
+
+from classifier.columns import ColumnMapping, resolve_columns
+from classifier.errors import UserError
+
+
+@pytest.mark.parametrize(("columns", "texts", "label", "ident"), [
+    (["ticket_id", "requester.id", "text", "category"], ("text",), "category", "ticket_id"),
+    (["text", "prediction.label", "category"], ("text",), "category", None),  # the human label, not a nested one
+    (["subject", "last_comment.body", "description", "queue"], ("subject", "description"), "queue", None),
+    (["ticket.subject", "ticket.body", "custom_fields.queue", "requester.id"],
+     ("ticket.subject", "ticket.body"), "custom_fields.queue", None),  # not the id of another object
+    (["ticket.id", "ticket.subject", "ticket.description", "custom_fields.queue", "requester.id"],
+     ("ticket.subject", "ticket.description"), "custom_fields.queue", "ticket.id"),  # the id beside the text
+    (["id", "ticket.id", "ticket.subject", "ticket.body", "queue"], ("ticket.subject", "ticket.body"), "queue", "id"),
+])
+def test_detection_prefers_top_level_columns_to_nested_fields(columns: list[str], texts: tuple[str, ...],
+                                                              label: str, ident: str | None) -> None:
+    assert resolve_columns(columns, "export.jsonl") == ColumnMapping(texts, label, ident)
+
+
+def test_messages_list_fields_not_the_objects_holding_them() -> None:
+    columns = ["ticket", "ticket.subject", "ticket.via", "ticket.via.channel", "custom_fields", "custom_fields.queue"]
+    listed = r"columns are \['ticket.subject', 'ticket.via.channel', 'custom_fields.queue'\]"
+    with pytest.raises(UserError, match=listed):
+        resolve_columns(columns, "export.jsonl", ("Title",))

@@ -1,0 +1,178 @@
+"""`ticketclf serve` as real processes: gunicorn and the development server over HTTP,
+settings, refusals before start, SIGTERM, reload, and the load-test script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from service_helpers import (
+    KEYS,
+    ROOT,
+    TICKET,
+    free_port,
+    http_call,
+    master_pid,
+    metric_values,
+    read_answer,
+    running_server,
+)
+
+from classifier.errors import UserError
+from service import server as server_module
+from service import settings as service_settings
+from service.server import serve
+
+
+def test_serving_path_imports_no_torch(exported_bundle: Path) -> None:
+    code = ("import sys; from service import create_app; app = create_app({'BUNDLE': sys.argv[1]}); "
+            "app.test_client().post('/classify', json={'text': 'hi'}); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum') "
+            "or m in ('classifier.train', 'classifier.export')); print(heavy); sys.exit(1 if heavy else 0)")
+    result = subprocess.run([sys.executable, "-c", code, str(exported_bundle)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "TICKETCLF_ACCESS_LOG": "0"})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        serve(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("TICKETCLF_MAX_BATCH", "abc", "TICKETCLF_MAX_BATCH: invalid literal"),
+    ("TICKETCLF_MAX_BATCH", "0", r"MAX_BATCH \(TICKETCLF_MAX_BATCH\): must be at least 1"),
+    ("TICKETCLF_ENGINE", "bogus", "unknown engine 'bogus'"),
+    ("TICKETCLF_ENGINE", "fp32", "no fp32 ONNX model; run 'ticketclf export"),  # tiny_bundle is not exported
+    ("TICKETCLF_LOG_TEXT", "maybe", "TICKETCLF_LOG_TEXT: expected true or false"),
+    ("TICKETCLF_THREADS", "abc", "TICKETCLF_THREADS must be a whole number"),
+    ("TICKETCLF_THREADS", "-3", "TICKETCLF_THREADS must be at least 1, got -3"),
+    ("TICKETCLF_WORKERS", "0", "TICKETCLF_WORKERS must be at least 1, got 0"),
+    ("TICKETCLF_WORKERS", "abc", "TICKETCLF_WORKERS must be a whole number"),
+    ("WEB_CONCURRENCY", "two", "WEB_CONCURRENCY must be a whole number"),
+    ("TICKETCLF_LOG_LEVEL", "verbose", "TICKETCLF_LOG_LEVEL must be debug, info"),
+    ("TICKETCLF_API_KEYS", " , ", r"API_KEYS \(TICKETCLF_API_KEYS\): no key in"),
+])
+def test_serve_refuses_a_bad_setting_before_starting_workers(tiny_bundle: Path, variable: str, value: str,
+                                                             message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("TICKETCLF_BUNDLE", "")  # serve() sets it; monkeypatch restores it afterwards
+    monkeypatch.setattr(server_module._Gunicorn, "run", lambda self: pytest.fail("gunicorn started"))
+    with pytest.raises(UserError, match=message):
+        serve(tiny_bundle)
+
+
+def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    key = {"X-API-Key": KEYS[0]}
+    with running_server(exported_bundle, log, "--workers", "2", TICKETCLF_API_KEYS=KEYS[0]) as port:
+        assert http_call(port, "POST", "/classify", {"text": "hello"})[0] == 401
+        for _ in range(4):  # spread over both workers
+            status, body = http_call(port, "POST", "/classify", {"tickets": [TICKET, {"text": "hi"}]}, key)
+            assert status == 200 and len(json.loads(body)["predictions"]) == 2
+        values = metric_values(http_call(port, "GET", "/metrics", headers=key)[1])  # summed over workers
+        assert values[("ticketclf_http_requests_total",
+                       (("method", "POST"), ("route", "/classify"), ("status", "200")))] == 4
+        assert sum(v for (name, _), v in values.items() if name == "ticketclf_predictions_total") == 8
+    output = log.read_text()
+    assert "Booting worker" in output and "Traceback" not in output and "hello" not in output
+
+
+def test_sigterm_answers_the_requests_already_waiting(exported_bundle: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    body = json.dumps({"text": "I was charged twice"}).encode()
+    request = (f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with running_server(exported_bundle, log, "--workers", "1", TMPDIR=str(tmp_path)) as port:
+        busy = socket.create_connection(("127.0.0.1", port), timeout=10)
+        busy.sendall(request + body[:5])  # the only worker now waits for the rest of this body
+        time.sleep(0.3)
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        for connection in waiting:
+            connection.sendall(request + body)  # queued: no worker is free to accept them
+        time.sleep(0.3)
+        os.kill(master_pid(log), signal.SIGTERM)
+        time.sleep(0.5)
+        busy.sendall(body[5:])
+        for connection in [busy, *waiting]:
+            with connection:
+                status, _, answer = read_answer(connection)
+                assert status == 200 and json.loads(answer)["predictions"][0]["label"]
+    assert not list(tmp_path.glob("ticketclf-metrics-*"))
+
+
+def test_a_reloaded_server_still_removes_its_metrics_directory(exported_bundle: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with running_server(exported_bundle, log, "--workers", "1", TMPDIR=str(tmp_path)) as port:
+        [metrics_dir] = tmp_path.glob("ticketclf-metrics-*")
+        os.kill(master_pid(log), signal.SIGHUP)  # gunicorn reads its config file again and replaces the workers
+        deadline = time.monotonic() + 60
+        while log.read_text().count("Booting worker") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        wait_ready_after_reload = time.monotonic() + 60
+        while time.monotonic() < wait_ready_after_reload and http_call(port, "GET", "/ready")[0] != 200:
+            time.sleep(0.2)
+    assert not metrics_dir.exists()
+
+
+def test_a_bundle_mistake_found_only_by_loading_stops_gunicorn_with_one_line(bundle_copy: Path,
+                                                                            tmp_path: Path) -> None:
+    (bundle_copy / "tokenizer.json").unlink()  # the manifest is fine: only loading the model finds this
+    environment = {key: value for key, value in os.environ.items() if key not in ("GUNICORN_CMD_ARGS",)}
+    environment["TMPDIR"] = str(tmp_path)  # where the metrics directory goes
+    server = subprocess.Popen([sys.executable, "-m", "classifier.cli", "serve", str(bundle_copy), "--port",
+                               str(free_port()), "--workers", "4"], cwd=ROOT, env=environment, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # Not a master restarting failed workers forever; with 4 workers, a second one usually fails while
+        # the master halts for the first (gunicorn 27 then raised HaltServer again: service.server._Arbiter).
+        output, _ = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert server.returncode == 2, output
+    assert "error: " in output and "bundle has no tokenizer.json" in output
+    assert "Traceback" not in output and "Reason: App failed to load." in output
+    assert not list(tmp_path.glob("ticketclf-metrics-*"))  # removed on the way out (on_exit ran)
+
+
+def test_dev_server_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
+    # Ctrl-C (SIGINT) stops the development server cleanly; SIGTERM would just kill it.
+    with running_server(exported_bundle, tmp_path / "server.log", "--dev", stop=signal.SIGINT) as port:
+        status, body = http_call(port, "POST", "/classify", {"text": "I cannot log in"})
+        assert status == 200 and json.loads(body)["predictions"][0]["label"]
+
+
+def test_loadtest_script_runs_bounded(exported_bundle: Path, sample_csv: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.jsonl"
+    command = [sys.executable, str(ROOT / "scripts" / "benchmarks" / "loadtest.py"), str(exported_bundle),
+               "--requests", "20", "--duration", "5", "--concurrency", "1,4", "--texts", str(sample_csv),
+               "--column", "body", "--runs-file", str(runs)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| 4 | 20 | 0 |" in result.stdout  # concurrency 4: 20 requests, 0 errors
+    [run] = [json.loads(line) for line in runs.read_text().splitlines()]  # and recorded, as one run
+    assert "loadtest.py" in run["command"] and run["figures"]
+
+
+def test_settings_come_from_environment_then_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TICKETCLF_BUNDLE", str(tmp_path))
+    monkeypatch.setenv("TICKETCLF_MAX_BATCH", "8")
+    monkeypatch.setenv("TICKETCLF_LOG_TEXT", "yes")
+    merged = service_settings({"MAX_BATCH": 4})
+    assert (merged["BUNDLE"], merged["MAX_BATCH"], merged["LOG_TEXT"]) == (str(tmp_path), 4, True)
+    monkeypatch.setenv("TICKETCLF_LOG_TEXT", "maybe")
+    with pytest.raises(UserError, match="TICKETCLF_LOG_TEXT"):
+        service_settings()
+    monkeypatch.delenv("TICKETCLF_BUNDLE")
+    monkeypatch.delenv("TICKETCLF_LOG_TEXT")
+    with pytest.raises(UserError, match="no model bundle"):
+        service_settings()
