@@ -1,4 +1,4 @@
-"""``ticketclf``: split, train, export, evaluate, predict and serve from the command line.
+"""``ticketclf``: split, train, export, evaluate, predict, serve and manage models from the command line.
 
 Each command parses its arguments, calls one library function and prints the result.
 A :class:`~classifier.errors.UserError` becomes one line on stderr and exit code 2.
@@ -23,6 +23,7 @@ from classifier.text import TextOptions, ticket_text
 
 if TYPE_CHECKING:
     from classifier.predict import Predictor
+    from classifier.repository import ModelRepository, Version
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -88,11 +89,11 @@ def _configure_logging(verbose: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticketclf", description="Ticket classification: split, train, "
-                                     "export, evaluate, predict and serve.", formatter_class=_HelpFormatter,
-                                     epilog=WORKFLOW_EPILOG)
+                                     "export, evaluate, predict, serve and manage models.",
+                                     formatter_class=_HelpFormatter, epilog=WORKFLOW_EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_split, _add_train, _add_export, _add_evaluate, _add_predict, _add_serve):
+    for add in (_add_split, _add_train, _add_export, _add_evaluate, _add_predict, _add_serve, _add_models):
         add(commands)
     return parser
 
@@ -134,6 +135,7 @@ examples:
   ticketclf train export.jsonl.gz --text-columns subject,description --label-column queue \\
       --output runs/model --lora --epochs 10
   ticketclf train train.csv --validation val.csv --base-model bert-base-uncased --output runs/bert
+  ticketclf train train.csv --repository models --name tickets    # adds models/tickets/N ('ticketclf models')
 
 Text columns are joined in the order given, each cleaned, separated by a newline.
 On several GPUs, Trainer needs no change: torchrun --nproc_per_node 4 -m classifier.cli train ...
@@ -147,7 +149,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p = _subcommand(commands, "train", "fine-tune an encoder on a labelled ticket export", _run_train,
                     epilog=TRAIN_EPILOG)
     p.add_argument("data", type=Path, help="labelled tickets: .csv, .tsv, .jsonl or .json, optionally .gz")
-    p.add_argument("--output", "-o", type=Path, required=True, help="bundle directory to create")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", "-o", type=Path, help="bundle directory to create")
+    where.add_argument("--repository", type=Path, metavar="REPO", help="add the bundle as the next version of "
+                       "REPO/NAME (see 'ticketclf models'): the first version serves, later ones are challengers")
+    p.add_argument("--name", help=f"with --repository: the model's name (default: {DEFAULT_MODEL_NAME})")
     p.add_argument("--overwrite", action="store_true", help="replace the bundle directory at --output, all of "
                    "it (never a file or a directory that is not a bundle), and start over from an interrupted "
                    "run's checkpoints")
@@ -204,6 +210,10 @@ def _run_train(args: argparse.Namespace) -> int:
         validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
         merge_rare_classes=args.merge_rare_classes)
     _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length", "lora_rank")
+    if args.repository is not None:
+        return _train_into_repository(args, lambda path: train(args.data, path, options, data_options))
+    if args.name is not None:
+        raise UserError("--name names a model in a --repository; give one, or leave --name out")
     try:
         bundle_dir = train(args.data, args.output, options, data_options, overwrite=args.overwrite)
     except (KeyboardInterrupt, _Terminated):
@@ -215,6 +225,22 @@ def _run_train(args: argparse.Namespace) -> int:
     if bundle_dir is None:  # a torchrun process other than rank 0: rank 0 writes and reports the bundle
         return 0
     _print_training_summary(bundle_dir)
+    return 0
+
+
+def _train_into_repository(args: argparse.Namespace, build: Callable[[Path], object]) -> int:
+    from classifier.repository import ModelRepository
+
+    for flag in ("resume", "overwrite"):
+        if getattr(args, flag):
+            raise UserError(f"--{flag} goes with --output: a new version of a repository starts afresh")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("under torchrun, train to --output, then add the bundle with 'ticketclf models add'")
+    repository = ModelRepository(args.repository)
+    name = args.name or DEFAULT_MODEL_NAME
+    version = repository.add_version(name, build, reason="ticketclf train")
+    _print_training_summary(version.path)
+    print(_aliases_line(repository, version))
     return 0
 
 
@@ -424,6 +450,161 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not bundle_dir:
         raise UserError("give a bundle directory or set TICKETCLF_BUNDLE")
     return serve(Path(bundle_dir), host=args.host, port=args.port, workers=args.workers, dev=args.dev)
+
+
+# ---------------------------------------------------------------- models
+
+DEFAULT_MODEL_NAME = "tickets"  # train --repository without --name
+
+MODELS_EPILOG = """\
+A model repository holds numbered versions of a model, REPO/NAME/1, 2, ... (each a bundle), and
+which one serves (the champion). MODEL is REPO/NAME as one path, e.g. models/tickets.
+
+examples:
+  ticketclf train export.csv --repository models --name tickets   # adds a version
+  ticketclf models list models/tickets
+  ticketclf models show models/tickets 3
+  ticketclf models promote models/tickets 3 --reason "better on the March holdout"
+  ticketclf models rollback models/tickets
+  ticketclf models remove models/tickets 2
+  ticketclf evaluate models/tickets/3 --data test.csv --output models/tickets/3/reports/evaluation
+      (list then shows the test figures)
+"""
+
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("models", help="list, promote, roll back and remove versions in a model repository",
+                            description="Manage a model repository.", epilog=MODELS_EPILOG,
+                            formatter_class=_HelpFormatter)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str, run: Command, version: bool = False) -> argparse.ArgumentParser:
+        parser = _subcommand(actions, name, help, run)
+        parser.add_argument("model", type=Path, metavar="MODEL", help="REPO/NAME, e.g. models/tickets")
+        if version:
+            parser.add_argument("version", help="version number, or an alias (champion, challenger)")
+        return parser
+
+    action("list", "each version with its figures, aliases and which one serves", _run_models_list)
+    action("show", "one version's manifest summary", _run_models_show, version=True).add_argument(
+        "--json", action="store_true", help="print the summary and the whole manifest as JSON")
+    action("promote", "make a version the champion: it serves", _run_models_promote, version=True).add_argument(
+        "--reason", default="", help="why, for the history")
+    action("rollback", "serve again the version that served before", _run_models_rollback).add_argument(
+        "--reason", default="", help="why, for the history")
+    action("remove", "delete a version (never the one that serves)", _run_models_remove, version=True)
+    action("history", "promotions, rollbacks, additions and removals, oldest first", _run_models_history)
+    add = action("add", "add a finished bundle as the next version (copied)", _run_models_add)
+    add.add_argument("bundle", type=Path, help="bundle directory (from 'ticketclf train --output')")
+
+
+def _model(args: argparse.Namespace) -> tuple[ModelRepository, str]:
+    from classifier.repository import open_model
+
+    return open_model(args.model)
+
+
+def _run_models_list(args: argparse.Namespace) -> int:
+    repository, name = _model(args)
+    summaries = repository.describe(name)
+    header = ("", "VERSION", "CREATED (UTC)", "DATA SHA256", "ROWS", "VAL ACC", "VAL F1", "TEST ACC", "TEST F1",
+              "ENGINE", "ALIASES")
+    rows = [header] + [(
+        "*" if s.serving else "", str(s.version), (s.created_at or "")[:19].replace("T", " ") or "-",
+        (s.data_sha256 or "-")[:12], _figure(s.train_rows, "d"), _figure(s.validation_accuracy),
+        _figure(s.validation_macro_f1), _figure(s.evaluation.accuracy if s.evaluation else None),
+        _figure(s.evaluation.macro_f1 if s.evaluation else None), s.engine or "-",
+        ", ".join(s.aliases) + (f" (unreadable: {s.problem})" if s.problem else "")) for s in summaries]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) if column in (0, 2, 3, 9, 10) else cell.rjust(width)
+                        for column, (cell, width) in enumerate(zip(row, widths))).rstrip())
+    serving = repository.serving_state(name)
+    print(f"* serves: version {serving.version} ({serving.path}); TEST: reports/evaluation/report.json in the "
+          "version, where there is one")
+    return 0
+
+
+def _figure(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _run_models_show(args: argparse.Namespace) -> int:
+    repository, name = _model(args)
+    version = repository.version(name, args.version)
+    summary = repository.summary(version)
+    manifest = version.manifest()
+    if args.json:
+        print(json.dumps({**summary.model_dump(mode="json"), "manifest": manifest.to_json()}, indent=2,
+                         ensure_ascii=False))
+        return 0
+    aliases = ", ".join(summary.aliases) or "no alias"
+    train, validation = manifest.data.train, manifest.data.validation
+    print(f"version {version.number} of {args.model} ({aliases}{'; serves' if summary.serving else ''})")
+    print(f"  path: {version.path}")
+    print(f"  bundle: {manifest.bundle_version}, created {manifest.created_at}")
+    print(f"  labels ({len(manifest.labels)}): {', '.join(manifest.labels)}")
+    print(f"  base model: {manifest.base_model}; max length {manifest.max_length}")
+    if train:
+        print(f"  training data: {train.path} (sha256 {train.sha256}), {train.rows_used} tickets used"
+              + (f"; validation: {validation.rows_used} tickets" if validation else ""))
+    print(f"  validation accuracy {_figure(summary.validation_accuracy)}, macro-F1 "
+          f"{_figure(summary.validation_macro_f1)}; training time {manifest.training.train_seconds} s")
+    if summary.evaluation:
+        print(f"  evaluation ({version.path / 'reports' / 'evaluation' / 'report.json'}): accuracy "
+              f"{summary.evaluation.accuracy:.4f}, macro-F1 {summary.evaluation.macro_f1:.4f} on "
+              f"{summary.evaluation.tickets} tickets")
+    print(f"  serves with: {manifest.engine}; calibration temperature {manifest.temperature:.3f}; review "
+          f"threshold {manifest.thresholds.global_} ({len(manifest.thresholds.per_class)} per class)")
+    return 0
+
+
+def _run_models_promote(args: argparse.Namespace) -> int:
+    repository, name = _model(args)
+    event = repository.promote(name, args.version, reason=args.reason)
+    before = f"version {event.champion_before}" if event.champion_before is not None else "none"
+    print(f"{args.model}: version {event.champion_after} serves now (before: {before})")
+    return 0
+
+
+def _run_models_rollback(args: argparse.Namespace) -> int:
+    repository, name = _model(args)
+    event = repository.rollback(name, reason=args.reason)
+    print(f"{args.model}: rolled back to version {event.champion_after} (from version {event.champion_before})")
+    return 0
+
+
+def _run_models_remove(args: argparse.Namespace) -> int:
+    repository, name = _model(args)
+    event = repository.remove(name, args.version)
+    print(f"{args.model}: version {event.version} removed")
+    return 0
+
+
+def _run_models_history(args: argparse.Namespace) -> int:
+    repository, name = _model(args)
+    for event in repository.history(name):
+        before, after = (number if number is not None else "none"
+                         for number in (event.champion_before, event.champion_after))
+        change = f"champion {before} -> {after}" if before != after else f"champion {after}"
+        print(f"{event.time}  {event.action:<8}  version {event.version}  {change}  {event.user}@{event.host}"
+              + (f"  {event.reason}" if event.reason else ""))
+    return 0
+
+
+def _run_models_add(args: argparse.Namespace) -> int:
+    repository, name = _model(args)
+    version = repository.add_version(name, args.bundle, reason=f"ticketclf models add {args.bundle}")
+    print(f"{args.bundle} added as {version.path}; {_aliases_line(repository, version)}")
+    return 0
+
+
+def _aliases_line(repository: ModelRepository, version: Version) -> str:
+    from classifier.repository import CHAMPION
+
+    aliases = [alias for alias, number in repository.aliases(version.model).items() if number == version.number]
+    return f"version {version.number}: {', '.join(aliases) or 'no alias'}" + (
+        " (it serves)" if CHAMPION in aliases else "; 'ticketclf models promote' makes it serve")
 
 
 # ---------------------------------------------------------------- split
