@@ -43,23 +43,24 @@ from classifier.manifest import Manifest, ThresholdSource
 from classifier.numerics import row_normalise, shown_score
 from classifier.predict import Predictor, resolve_engine
 from classifier.report import (
+    HEADLINES,
     AppliedThresholds,
-    Calibration,
     CalibrationBin,
     ClassRow,
     ClassThreshold,
     Confusion,
     ConfusionPair,
-    DataSection,
     Dropped,
     Example,
     Metrics,
     ModelInfo,
     OperatingPoint,
     PrecisionCoverage,
+    Reliability,
     Report,
     Routing,
     SideBySide,
+    TestFileSection,
     Unavailable,
     UnknownLabel,
     UnknownLabels,
@@ -182,10 +183,7 @@ def summary_table(report: dict[str, Any]) -> str:
     target = report["precision_coverage"]["target_precision"]
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("tickets", lambda m: f"{m['tickets']}"),
-        ("accuracy", lambda m: f"{m['accuracy']:.1%}"),
-        ("macro F1", lambda m: f"{m['macro_f1']:.3f}"),
-        ("weighted F1", lambda m: f"{m['weighted_f1']:.3f}"),
-        ("calibration error", lambda m: f"{m['ece']:.3f}"),
+        *[(h.title, lambda m, h=h: format(m[h.key], h.spec)) for h in HEADLINES],
         (f"routed at {target:.0%} precision", lambda m: _routed_at_target(m["at_target"]))]
     width = max(len(name) for name, _ in rows) + 2
     lines = [" " * width + "".join(f"{name:>22}" for name, _ in columns)]
@@ -356,7 +354,7 @@ def routing_with(scored: Scored, threshold_of: Callable[[str], float]) -> dict[s
 
 
 def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target: float, created_at: str,
-                  data: DataSection, unknown_labels: UnknownLabels,
+                  data: TestFileSection, unknown_labels: UnknownLabels,
                   others: tuple[SideBySide | Unavailable | None, SideBySide | None]) -> Report:
     """The report on the evaluated model, with the sections about the test file and the other models."""
     labels = predictor.labels
@@ -373,7 +371,7 @@ def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target
         confusion_matrix=Confusion(labels=labels, matrix=matrix.tolist(),
                                    display_order=[int(i) for i in cluster_order(matrix)]),
         top_confusions=_top_confusions(scored, matrix, tickets),
-        calibration=Calibration(ece=metrics.ece, bins=[CalibrationBin(**b) for b in
+        calibration=Reliability(ece=metrics.ece, bins=[CalibrationBin(**b) for b in
                                                        calibration_bins(scored.confidence, scored.correct)]),
         precision_coverage=PrecisionCoverage(
             target_precision=target,
@@ -441,9 +439,9 @@ def _routed_at_target(point: dict[str, Any] | None) -> str:
 
 
 def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored,
-                  manifest: Manifest) -> DataSection:
+                  manifest: Manifest) -> TestFileSection:
     trained_on = manifest.data.train.sha256 if manifest.data.train else None
-    return DataSection(
+    return TestFileSection(
         source=dict(tickets.source), evaluated=int(len(scored.rows)),
         is_training_file=trained_on is not None and trained_on == tickets.source.get("sha256"),
         dropped={reason: Dropped(count=len(where), rows=where) for reason, where in data_report.dropped.items()},

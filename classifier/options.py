@@ -9,8 +9,8 @@ from typing import Literal, get_args
 from classifier.text import TextOptions
 
 FULL_LEARNING_RATE = 2e-4
-# LoRA adapters start from zero and train few weights: they need larger steps. On the bundled
-# sample, 3 epochs: 68.6 % validation accuracy at 1e-3 against 42.4 % at 2e-4 (docs/benchmarks.md).
+# LoRA adapters start from zero and train few weights: they need larger steps. On the bundled sample,
+# 3 epochs: 68.6 % validation accuracy at 1e-3 against 42.4 % at 2e-4 (docs/benchmarks.md, "Decisions").
 LORA_LEARNING_RATE = 1e-3
 ServingEngine = Literal["int8", "fp32", "torch"]  # the models a bundle can serve (the export picks int8 or fp32)
 SERVING_ENGINES: tuple[str, ...] = get_args(ServingEngine)

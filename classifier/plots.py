@@ -16,7 +16,7 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 from classifier.numerics import row_normalise  # noqa: E402
 
 if TYPE_CHECKING:
-    from classifier.report import Calibration, OperatingPoint
+    from classifier.report import OperatingPoint, Reliability
 
 DPI = 110
 INCH_PT = 72
@@ -116,7 +116,7 @@ def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.nd
     return _png(fig)
 
 
-def reliability_png(calibration: Calibration) -> bytes:
+def reliability_png(calibration: Reliability) -> bytes:
     """Accuracy per confidence bin against the diagonal of perfect calibration, with a ticket histogram below."""
     bins = [b for b in calibration.bins if b.count]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.4), dpi=DPI, height_ratios=(3, 1), sharex=True,

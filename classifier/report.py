@@ -49,6 +49,25 @@ class Routing:
     precision: float | None
 
 
+@dataclass(frozen=True)
+class Headline:
+    """One of the headline figures every view of a report shows (terminal, cards, side-by-side table)."""
+
+    key: str  # the Metrics field
+    title: str
+    spec: str  # format() spec
+    better: int  # +1: higher is better, -1: lower is better
+    meaning: str  # what it says, for a support lead
+
+
+HEADLINES = (
+    Headline("accuracy", "accuracy", ".1%", 1, "tickets put in the right queue"),
+    Headline("macro_f1", "macro F1", ".3f", 1, "every class counts the same"),
+    Headline("weighted_f1", "weighted F1", ".3f", 1, "big classes count more"),
+    Headline("ece", "calibration error", ".3f", -1, "0 = confidence is honest"),
+)
+
+
 @dataclass
 class Metrics:
     tickets: int
@@ -106,7 +125,7 @@ class CalibrationBin:
 
 
 @dataclass
-class Calibration:
+class Reliability:
     ece: float
     bins: list[CalibrationBin]
 
@@ -130,7 +149,7 @@ class Dropped:
 
 
 @dataclass
-class DataSection:
+class TestFileSection:
     """The test file. report.json lists the loader's description of it (path, sha256, rows_read, ...)
     first, then the rest, all in one object."""
 
@@ -212,9 +231,9 @@ class Report:
     per_class: list[ClassRow]
     confusion_matrix: Confusion
     top_confusions: list[ConfusionPair]
-    calibration: Calibration
+    calibration: Reliability
     precision_coverage: PrecisionCoverage
-    data: DataSection
+    data: TestFileSection
     unknown_labels: UnknownLabels
     baseline: SideBySide | Unavailable | None
     compare: SideBySide | None

@@ -15,7 +15,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from classifier.report import Report
+from classifier.report import HEADLINES, Report
 
 TEMPLATE = "report.html.j2"
 
@@ -24,6 +24,7 @@ def render(report: Report, images: dict[str, bytes]) -> str:
     """The whole page; ``images`` maps file names (e.g. ``confusion_matrix.png``) to PNG bytes."""
     return _environment().get_template(TEMPLATE).render(
         report=report,
+        headlines=HEADLINES,
         others=report.others(),
         class_rows=sorted(report.per_class, key=lambda row: (row.support == 0, row.f1)),  # worst first
         images={name: base64.b64encode(data).decode("ascii") for name, data in images.items()})
