@@ -229,5 +229,14 @@ def machine_description() -> str:
         pass
     cores = usable_cpus()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {cores} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+    described = f"{model}, {cores} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+    return f"{gpu}, torch {sys.modules['torch'].__version__} on {described}" if (gpu := _gpu()) else described
+
+
+def _gpu() -> str | None:
+    """The GPU that training ran on, if the script imported torch and one is there (training uses it then)."""
+    torch = sys.modules.get("torch")  # not imported here: the inference scripts must stay torch-free
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**20:,.0f} MiB)"
 
