@@ -175,8 +175,8 @@ class ModelRepository:
 
     def version(self, name: str, ref: int | str) -> Version:
         """A version by number (``3`` or ``"3"``) or by alias (``"champion"``)."""
+        aliases = self._state(name).aliases  # the model exists
         if isinstance(ref, str) and not ref.isdigit():
-            aliases = self._state(name).aliases
             if ref not in aliases:
                 known = ", ".join(f"{alias} (version {number})" for alias, number in aliases.items()) or "none"
                 raise UserError(f"{self.model_dir(name)}: no alias {ref!r}; aliases: {known}")
