@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 import matplotlib
 
@@ -22,8 +24,20 @@ DPI = 110
 INCH_PT = 72
 MAX_LABEL_CHARS = 40  # longer class names would squeeze the matrix itself
 COLORS = ("#1f5fa8", "#d9822b", "#5b8c3a", "#8e44ad")
+_Arguments = ParamSpec("_Arguments")
 
 
+def _plain_text(draw: Callable[_Arguments, bytes]) -> Callable[_Arguments, bytes]:
+    """Draw with every text taken literally: class and model names are the user's, and matplotlib reads
+    a pair of ``$`` as math (a class ``$$ billing`` made it raise, and no report was written)."""
+    @functools.wraps(draw)
+    def drawn(*args: _Arguments.args, **kwargs: _Arguments.kwargs) -> bytes:
+        with plt.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return drawn
+
+
+@_plain_text
 def confusion_matrix_png(matrix: np.ndarray, labels: list[str], order: list[int] | np.ndarray) -> bytes:
     """Rows: true class, normalised to 100 %; cells: ticket counts where the font still fits."""
     order = np.asarray(order, dtype=int)
@@ -84,6 +98,7 @@ def _label_axes(ax: Any, names: list[str], n: int) -> None:
     ax.tick_params(which="major", length=2)
 
 
+@_plain_text
 def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], target: float,
                            recommended: OperatingPoint | None) -> bytes:
     """Left: precision against coverage per model. Right: both against the threshold, for the first model."""
@@ -116,6 +131,7 @@ def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.nd
     return _png(fig)
 
 
+@_plain_text
 def reliability_png(calibration: Reliability) -> bytes:
     """Accuracy per confidence bin against the diagonal of perfect calibration, with a ticket histogram below."""
     bins = [b for b in calibration.bins if b.count]
