@@ -136,11 +136,13 @@ def _read_text(path: Path) -> str:
 def _decode(raw: bytes, path: Path) -> str:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
         try:
-            return raw.decode("utf-16")
+            return raw.decode("utf-16").lstrip("\ufeff")
         except UnicodeDecodeError:
             raise UserError(f"{path}: starts as UTF-16 but is not valid UTF-16; re-export it as UTF-8") from None
     try:
-        return raw.decode("utf-8-sig")
+        # A byte-order mark is not text: a file saved twice by tools that each add one starts with two, and
+        # the second would become part of the first column's name.
+        return raw.decode("utf-8-sig").lstrip("\ufeff")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1  # before parsing: a line, not a row
         raise UserError(f"{path}, line {line}: bytes are not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "

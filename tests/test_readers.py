@@ -97,3 +97,13 @@ def test_missing_file_directory_and_unknown_type(tmp_path: Path) -> None:
     (tmp_path / "t.xlsx").write_bytes(b"PK")
     with pytest.raises(UserError, match="unknown file type"):
         list(read_records(tmp_path / "t.xlsx"))
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_doubled_byte_order_mark_leaves_the_first_column_its_name(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "t.csv"  # saved by two tools in turn, each adding its own mark
+    content = "subject,body,category\nLogin,cannot sign in,access\n"
+    path.write_bytes(("\ufeff\ufeff" + content).encode("utf-8") if encoding == "utf-8"
+                     else ("\ufeff" + content).encode("utf-16"))  # UTF-16's encoder adds one mark itself
+    [(_, record)] = list(read_records(path))
+    assert record == {"subject": "Login", "body": "cannot sign in", "category": "access"}
