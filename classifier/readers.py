@@ -3,6 +3,10 @@ or standard input with its format told by the content.
 
 Every problem the user can fix is raised as :class:`~classifier.errors.UserError` naming the
 file, row (as a spreadsheet or editor shows it) and, where it helps, the line.
+
+A file is read whole, so its size is bounded: at most :data:`MAX_FILE_BYTES`, checked while a gzipped
+file or standard input is read (a small gzip file may inflate to gigabytes). JSON is nested at most
+:data:`MAX_JSON_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ import json
 import re
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from classifier.errors import UserError, where
 from classifier.text import nested_fields
 
+MAX_FILE_BYTES = 256 * 2**20  # a ticket file's content (after gunzip): read whole, it and its records stay in memory
+MAX_JSON_DEPTH = 100  # objects and lists inside each other; a helpdesk export nests a few levels
 _MAX_FIELD_CHARS = 64 * 1024 * 1024  # one CSV field; the whole file is in memory anyway
+_READ_CHUNK = 1 << 20  # bytes read (or inflated) at a time, so a size limit is checked as the file comes in
 STDIN = Path("<stdin>")  # standard input (a file given as "-"): read_records knows it by identity, messages by name
 # Keys under which helpdesk APIs wrap their list of tickets ({"tickets": [...], "next_page": ...}); not
 # "items" or "data", which a ticket may hold itself (an order's items).
@@ -41,7 +48,7 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """
     if path is STDIN:
         text = _read_stdin()
-        fmt = _sniff_format(text)
+        fmt = _sniff_format(text, path)
     else:
         path = Path(path)
         if not path.exists():
@@ -86,20 +93,20 @@ def _detect_format(path: Path) -> str:
     return fmt
 
 
-def _sniff_format(text: str) -> str:
+def _sniff_format(text: str, path: Path) -> str:
     """The format of a file that came without a name: JSON by its first character, else CSV or TSV."""
     start = text.lstrip()[:1]
     if start == "[":
         return "json"
     if start == "{":
         try:
-            json.loads(text)
+            _loads(text, path)
         except json.JSONDecodeError:  # JSON Lines, if its first line is an object on its own (or is all there is)
             first_line, _, rest = text.strip().partition("\n")
             if not rest.strip():
                 return "jsonl"  # one line: its error is reported with its column
             try:
-                return "jsonl" if isinstance(json.loads(first_line), dict) else "json"
+                return "jsonl" if isinstance(_loads(first_line, path, 1), dict) else "json"
             except json.JSONDecodeError:
                 return "json"  # reported where json.loads stops reading the whole
         return "json"
@@ -115,25 +122,77 @@ def _read_stdin() -> str:
         raise UserError("the ticket file is '-' but standard input is a terminal; pipe the file in "
                         "(... --file - < tickets.jsonl)")
     if not hasattr(sys.stdin, "buffer"):  # replaced by a text stream (an embedding program, a test)
-        return sys.stdin.read()
-    raw = sys.stdin.buffer.read()
-    if raw.startswith(b"\x1f\x8b"):  # gzip's magic number
+        text = sys.stdin.read(MAX_FILE_BYTES + 1)
+        if len(text) > MAX_FILE_BYTES:
+            raise _too_big(STDIN, "holds")
+        return text
+    stream = sys.stdin.buffer
+    head = stream.read(2)
+    if head == b"\x1f\x8b":  # gzip's magic number
         try:
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=_Prepended(head, stream), mode="rb") as inflated:
+                raw = _read_limited(inflated, STDIN, "inflates to")
         except (OSError, EOFError, zlib.error) as error:
             raise UserError(f"{STDIN}: cannot read gzip data ({error})") from None
+    else:
+        raw = _read_limited(_Prepended(head, stream), STDIN, "holds")
     return _decode(raw, STDIN)
 
 
 def _read_text(path: Path) -> str:
     try:
-        raw = gzip.open(path).read() if path.suffix.lower() == ".gz" else path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            with gzip.open(path) as inflated:
+                raw = _read_limited(inflated, path, "inflates to")
+        elif path.stat().st_size > MAX_FILE_BYTES:  # refused before reading; a pipe (<(zcat ...)) tells no size
+            raise _too_big(path, "holds")
+        else:
+            with open(path, "rb") as plain:
+                raw = _read_limited(plain, path, "holds")
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path}: cannot read file ({error})") from None
     return _decode(raw, path)
 
 
-def _decode(raw: bytes, path: Path) -> str:
+def _read_limited(stream: BinaryIO | gzip.GzipFile | _Prepended, path: Path, verb: str) -> bytearray:
+    """All of ``stream``, read a chunk at a time and refused as soon as it passes :data:`MAX_FILE_BYTES`:
+    a gzip bomb (4.6 MB inflating to 1 GB) stops there, not after filling the memory."""
+    content = bytearray()
+    while chunk := stream.read(_READ_CHUNK):
+        content += chunk
+        if len(content) > MAX_FILE_BYTES:
+            raise _too_big(path, verb)
+    return content
+
+
+def _too_big(path: Path, verb: str) -> UserError:
+    limit = MAX_FILE_BYTES
+    size = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit:,} bytes"
+    return UserError(f"{path}: {verb} more than {size}, the most a ticket file may hold (it is read into memory "
+                     "whole); split it into smaller files")
+
+
+class _Prepended:
+    """A binary stream with the bytes already read from its start (to sniff them) put back in front."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head, self._rest = head, rest
+
+    def read(self, size: int = -1) -> bytes:
+        head = self._head
+        if not head:
+            return self._rest.read(size)
+        if 0 <= size < len(head):
+            self._head = head[size:]
+            return head[:size]
+        self._head = b""
+        return head + self._rest.read(-1 if size < 0 else size - len(head))
+
+    def seek(self, offset: int, /) -> int:  # gzip asks for it, but only to rewind, which reading never does
+        raise io.UnsupportedOperation("standard input cannot seek")
+
+
+def _decode(raw: bytes | bytearray, path: Path) -> str:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
         try:
             return raw.decode("utf-16").lstrip("\ufeff")
@@ -166,7 +225,7 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
     elif delimiter == "," and "," not in first_line and "\t" in first_line:  # Excel's "Unicode text", as .csv
         delimiter = "\t"
     csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD_CHARS))  # pasted logs pass Python's 128 KiB
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(_lines(text), delimiter=delimiter, strict=True)
     start = 1 + skipped  # the line the next record starts on
     number = 0  # the row before it, as a spreadsheet numbers rows ("sep=;" is not shown as one)
     try:
@@ -192,6 +251,15 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
         raise UserError(f"{_row_and_line(path, number + 1, start)}: malformed CSV ({error})") from None
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their line ends, as ``io.StringIO(text, newline="")`` gives them, one at a
+    time: a StringIO would hold the whole file again, at four bytes a character."""
+    return (match.group() for match in _LINE.finditer(text))
+
+
 def _row_and_line(path: Path, row: int, line: int) -> str:
     """Where a CSV record is, for a spreadsheet and, when cells with line breaks make it differ, an editor."""
     return where(path, row) + (f" (line {line})" if line != row else "")
@@ -204,7 +272,7 @@ def _read_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = _loads(line, path, line_number)
         except json.JSONDecodeError as error:
             raise UserError(f"{where(path, line_number)}: invalid JSON ({error.msg} at column {error.colno})") from None
         yield line_number, _require_object(record, path, line_number)
@@ -213,7 +281,7 @@ def _read_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
 def _read_json_array(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """A JSON array of tickets, a wrapper object holding one, or one ticket object."""
     try:
-        data = json.loads(text)
+        data = _loads(text, path)
     except json.JSONDecodeError as error:
         hint = ("; several JSON values one after another? JSON Lines takes one object per line (jq -c)"
                 if error.msg == "Extra data" else "")
@@ -225,6 +293,33 @@ def _read_json_array(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any
         raise UserError(f"{path}: expected a JSON array of ticket objects")
     for position, record in enumerate(data, start=1):
         yield position, _require_object(record, path, position)
+
+
+def _loads(text: str, path: Path, row: int | None = None) -> Any:
+    """``json.loads``, with JSON nested deeper than Python's recursion limit (about 1,000 levels; a
+    100,000-deep file is 200 KB) refused in one line like :func:`_check_depth` refuses JSON past
+    :data:`MAX_JSON_DEPTH`."""
+    try:
+        return json.loads(text)
+    except RecursionError:  # the decoder stops at Python's recursion limit, unwinding cleanly
+        raise _too_deep(path, row) from None
+
+
+def _check_depth(record: dict[str, Any], path: Path, row: int) -> None:
+    """Refuse a record nested deeper than :data:`MAX_JSON_DEPTH`, walked without recursion: its fields
+    are later flattened by recursive code (:func:`~classifier.text.nested_fields`)."""
+    stack: list[tuple[Any, int]] = [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep(path, row)
+        inner: Iterable[Any] = value.values() if isinstance(value, dict) else value
+        stack.extend((item, depth + 1) for item in inner if isinstance(item, (dict, list)))
+
+
+def _too_deep(path: Path, row: int | None) -> UserError:
+    return UserError(f"{where(path, row)}: JSON nested more than {MAX_JSON_DEPTH} levels deep (objects and lists "
+                     "inside each other); is it a ticket export?")
 
 
 def _wrapped_tickets(data: dict[str, Any]) -> list[Any] | None:
@@ -247,5 +342,6 @@ def _wrapped_tickets(data: dict[str, Any]) -> list[Any] | None:
 def _require_object(record: Any, path: Path, row: int) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise UserError(f"{where(path, row)}: expected a JSON object, got {type(record).__name__}")
+    _check_depth(record, path, row)
     return nested_fields(record)  # custom_fields.queue: a column like the others
 

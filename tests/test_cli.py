@@ -332,3 +332,27 @@ def test_split_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pyt
                           (listed, "listed.jsonl, row 1, column 'text': holds a JSON list")):
         code, err = split(data)
         assert code == 2 and message in err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+@pytest.mark.parametrize("hostile", ["deep.json", "deep.jsonl", "bomb.csv.gz"])
+def test_hostile_files_end_in_one_line_and_exit_code_2(command: str, hostile: str, exported_bundle: Path,
+                                                       tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nested 100,000 deep (a RecursionError traceback before), or a gzip file inflating past the size limit
+    (read whole into memory before: 6.7 GB for a 1 GB bomb): one line, exit code 2, in every command."""
+    monkeypatch.setattr("classifier.readers.MAX_FILE_BYTES", 2**20)  # the bomb: 16 MiB, over a 1 MiB limit
+    path = tmp_path / hostile
+    if hostile == "bomb.csv.gz":
+        path.write_bytes(gzip.compress(b"text,label\n" + b"charged twice,billing\n" * (16 * 2**20 // 22)))
+    else:
+        path.write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": "billing"}\n')
+    args = {"train": ["train", str(path), "--output", str(tmp_path / "model")],
+            "evaluate": ["evaluate", str(exported_bundle), "--data", str(path), "--output", str(tmp_path / "report")],
+            "predict": ["predict", str(exported_bundle), "--file", str(path)]}[command]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"ticketclf {command}: error: {path}")
+    assert ("inflates to more than 1 MiB" if hostile == "bomb.csv.gz" else "JSON nested more than 100 levels") in line
+    assert captured.out == "" and not (tmp_path / "model").exists() and not (tmp_path / "report").exists()

@@ -4,14 +4,17 @@ a person sees them, and clear errors naming the file and row."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from classifier.data import DataReport, load_tickets
 from classifier.errors import UserError
-from classifier.readers import read_records
+from classifier.readers import MAX_JSON_DEPTH, STDIN, read_records
 
 
 def test_corrupt_gzip_is_a_user_error(tmp_path: Path) -> None:
@@ -107,3 +110,77 @@ def test_a_doubled_byte_order_mark_leaves_the_first_column_its_name(tmp_path: Pa
                      else ("\ufeff" + content).encode("utf-16"))  # UTF-16's encoder adds one mark itself
     [(_, record)] = list(read_records(path))
     assert record == {"subject": "Login", "body": "cannot sign in", "category": "access"}
+
+
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """A small gzip file of a CSV that inflates to ``inflated_mib`` MiB (about 1,000 to 1 compressed)."""
+    row = b"refund," + b"x" * 1000 + b",billing\n"
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb") as bomb:
+        bomb.write(b"subject,body,category\n")
+        for _ in range(inflated_mib * 2**20 // len(row)):
+            bomb.write(row)
+    return out.getvalue()
+
+
+def test_a_gzip_bomb_is_refused_while_inflating_not_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("classifier.readers.MAX_FILE_BYTES", 2 * 2**20)
+    path = tmp_path / "bomb.csv.gz"
+    path.write_bytes(gzip_bomb(64))
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError) as error:
+            list(read_records(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(error.value) == (f"{path}: inflates to more than 2 MiB, the most a ticket file may hold (it is read "
+                                "into memory whole); split it into smaller files")
+    assert peak < 8 * 2**20  # the 64 MiB it inflates to were never in memory
+
+
+def test_a_file_or_piped_input_over_the_size_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("classifier.readers.MAX_FILE_BYTES", 2**20)
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"text,label\n" + b"charged twice,billing\n" * 50_000)
+    with pytest.raises(UserError, match=r"big.csv: holds more than 1 MiB, the most a ticket file may hold"):
+        list(read_records(path))
+    for piped in (path.read_bytes(), gzip.compress(path.read_bytes())):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped)))
+        with pytest.raises(UserError, match=r"<stdin>: (holds|inflates to) more than 1 MiB"):
+            list(read_records(STDIN))
+    monkeypatch.setattr("classifier.readers.MAX_FILE_BYTES", 2**21)  # under the limit: read as before
+    assert len(list(read_records(path))) == 50_000
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(gzip.compress(path.read_bytes()))))
+    assert len(list(read_records(STDIN))) == 50_000
+
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("deep.json", "[" * DEEP + "]" * DEEP),
+    ("deep.jsonl", '{"text": "a", "label": "x"}\n' + '{"text": ' + "[" * DEEP + "]" * DEEP + "}\n"),
+    ("nested.json", '[{"text": "a", "label": "x", "meta": ' + '{"a": ' * 150 + "1" + "}" * 150 + "}]"),
+], ids=["array-100000-deep", "jsonl-100000-deep", "object-150-deep"])
+def test_json_nested_too_deep_is_one_user_error_not_a_recursion_error(tmp_path: Path, name: str, content: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    row = {"deep.json": "", "deep.jsonl": ", row 2", "nested.json": ", row 1"}[name]
+    message = (f"{path}{row}: JSON nested more than {MAX_JSON_DEPTH} levels deep (objects and lists inside each "
+               "other); is it a ticket export?")
+    with pytest.raises(UserError) as error:
+        list(read_records(path))
+    assert str(error.value) == message
+    monkeypatch.setattr(sys, "stdin", io.StringIO(content))  # piped: its format told by the content
+    with pytest.raises(UserError, match="JSON nested more than"):
+        list(read_records(STDIN))
+
+
+def test_json_nested_within_the_limit_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "nested.json"
+    depth = MAX_JSON_DEPTH - 1  # the record itself is the first level
+    path.write_text('[{"text": "a", "label": "x", "meta": ' + '{"a": ' * depth + "1" + "}" * depth + "}]")
+    [(_, record)] = list(read_records(path))
+    assert record["text"] == "a" and "meta" + ".a" * depth in record
