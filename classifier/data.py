@@ -22,7 +22,7 @@ from classifier.columns import ColumnMapping, resolve_columns
 from classifier.errors import UserError, where
 from classifier.options import DataOptions
 from classifier.readers import STDIN, file_sha256, records_and_columns
-from classifier.text import TextOptions, ticket_text
+from classifier.text import MAX_CELL_CHARS, TextOptions, ticket_text
 
 OTHER_LABEL = "other"
 _LISTED_CLASSES = 10  # rare classes named in an error; a wrong label column has thousands
@@ -52,6 +52,8 @@ class DataReport:
 
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> locations
+    cut_cells: list[str] = field(default_factory=list)  # text cells over cell_char_limit, cut to it: locations
+    cell_char_limit: int = MAX_CELL_CHARS
     duplicates_removed: int = 0
     conflicting_texts: list[dict[str, Any]] = field(default_factory=list)
     merged_into_other: dict[str, int] = field(default_factory=dict)
@@ -74,6 +76,10 @@ class DataReport:
         for reason, locations in self.dropped.items():
             shown = ", ".join(locations[:5]) + (" ..." if len(locations) > 5 else "")
             lines.append(f"dropped {len(locations)} rows ({reason}): {shown}")
+        if self.cut_cells:
+            shown = ", ".join(self.cut_cells[:5]) + (" ..." if len(self.cut_cells) > 5 else "")
+            lines.append(f"cut {len(self.cut_cells)} text cells longer than {self.cell_char_limit:,} characters "
+                         f"to that length: {shown}")
         if self.duplicates_removed:
             lines.append(f"removed {self.duplicates_removed} exact duplicates (same text and label)")
         if self.conflicting_texts:
@@ -97,23 +103,25 @@ class DataReport:
 
 
 def load_tickets(path: str | Path, text_options: TextOptions | None = None, label_column: str | None = None,
-                 report: DataReport | None = None, require_label: bool = True,
+                 report: DataReport | None = None, require_label: bool = True, *, max_chars: int = MAX_CELL_CHARS,
                  ) -> tuple[Tickets, TextOptions]:
     """Load, map and clean one file; rows without text or label are dropped and reported.
 
     ``text_options.fields`` names the text columns; empty means detect them. Returns the
     tickets and the text options with the resolved column names, which
-    is what a bundle stores so prediction reads the same fields.
+    is what a bundle stores so prediction reads the same fields. A text cell longer than
+    ``max_chars`` is cut to that length before cleaning, and reported.
     """
     path = Path(path)
     report = report if report is not None else DataReport()
+    report.cell_char_limit = max_chars
     records, columns = records_and_columns(path)
     text_options = text_options or TextOptions()
     mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label)
     # Stored lower-case, since prediction matches field names case-insensitively (classifier.text).
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     texts, labels, ids = [], [], []
-    for row, record, text in _cleaned_rows(records, mapping, text_options, path):
+    for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells):
         label = label_value(record.get(mapping.label_column)) if mapping.label_column else ""
         if not text:
             report.drop("no text after cleaning", where(path, row))
@@ -145,15 +153,16 @@ def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) 
     return replace(text_options, fields=tuple(columns))
 
 
-def read_tickets_to_classify(path: str | Path, text_options: TextOptions,
-                             text_columns: Sequence[str] = ()) -> list[tuple[str, str]]:
+def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_columns: Sequence[str] = (), *,
+                             max_chars: int = MAX_CELL_CHARS) -> list[tuple[str, str]]:
     """``(id, cleaned text)`` for every row of an unlabelled file (``-``: standard input), in file order.
 
     Reads ``text_columns`` (the file's names for the bundle's fields, see :func:`with_text_columns`),
     else the bundle's text fields, or a ``text`` column alone when the file has none of them
     (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle). The id is the file's id
     column, else the row number. A row with nothing left after cleaning keeps its place with
-    an empty text, so that no row is silently lost.
+    an empty text, so that no row is silently lost. A text cell is cut to ``max_chars`` before cleaning
+    (the prediction then says ``truncated``, as for any ticket past the model's window).
     """
     path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
     records, columns = records_and_columns(path)
@@ -164,15 +173,27 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions,
         fields = ("text",)
     mapping = replace(resolve_columns(columns, path, fields, require_label=False), label_column=None)  # none read
     return [(_row_id(record, mapping.id_column, row), text)
-            for row, record, text in _cleaned_rows(records, mapping, text_options, path)]
+            for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars)]
 
 
 def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapping, text_options: TextOptions,
-                  path: Path) -> Iterator[tuple[int, dict[str, Any], str]]:
-    """``(row, record, cleaned text)`` per record, text fields read with the file's own spelling."""
+                  path: Path, max_chars: int, cut: list[str] | None = None,
+                  ) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """``(row, record, cleaned text)`` per record, text fields read with the file's own spelling.
+
+    A text cell longer than ``max_chars`` is cut to it in ``record`` itself (freeing the rest) before
+    cleaning, and its location added to ``cut``: however long a cell, cleaning, tokenising and the
+    TF-IDF baseline then see at most that much of it.
+    """
     reading = replace(text_options, fields=tuple(mapping.text_columns))
     for row, record in records:
         check_flat(record, (*mapping.text_columns, mapping.label_column), path, row)
+        for column in mapping.text_columns:
+            value = record.get(column)
+            if isinstance(value, str) and len(value) > max_chars:
+                record[column] = value[:max_chars]
+                if cut is not None:
+                    cut.append(where(path, row, column))
         yield row, record, ticket_text(record, reading)
 
 

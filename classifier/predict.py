@@ -29,12 +29,11 @@ from classifier.errors import ModelError, UserError
 from classifier.manifest import Manifest
 from classifier.numerics import shown_score, softmax
 from classifier.options import ENGINES
-from classifier.text import ticket_text
+from classifier.text import ticket_text, window_chars
 
 log = logging.getLogger(__name__)
 
 Ticket = str | Mapping[str, Any]
-CHARS_PER_TOKEN_CAP = 64  # text past max_length * this cannot fit the window: cut before tokenising
 
 
 @dataclass
@@ -133,7 +132,7 @@ class Predictor:
         # The same calibrated float32 softmax as predict_proba, so thresholds chosen on its scores split
         # the same way here. Top-k in plain Python: right after a model run the CPU caches hold the
         # weights, and there a few Python calls cost less than numpy's argsort and take_along_axis
-        # (docs/benchmarks.md).
+        # (docs/benchmarks.md, "Decisions", "Inference: the predictor").
         probabilities = self._probabilities(logits).tolist()
         return [self._prediction(row, top_k, cut) for row, cut in zip(probabilities, truncated)]
 
@@ -213,7 +212,7 @@ class Predictor:
     def _encode(self, texts: list[str]) -> list[tuple[list[int], bool]]:
         """Token ids of each text, and whether it was truncated. Only the ids are kept: an Encoding of a long
         text holds its overflowing pieces too (about 200 KB for 8,000 characters at max_length 128)."""
-        char_cap = self.max_length * CHARS_PER_TOKEN_CAP
+        char_cap = window_chars(self.max_length)  # past this, text cannot reach the window: cut before tokenising
         capped = [text[:char_cap] for text in texts]
         encodings = self._tokenizer.encode_batch_fast(capped)  # no character offsets: nothing here reads them
         return [(enc.ids, bool(enc.overflowing) or len(text) > char_cap) for enc, text in zip(encodings, texts)]

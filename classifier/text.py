@@ -19,6 +19,23 @@ from classifier.errors import UserError
 FIELD_SEPARATOR = "\n"
 """Non-empty fields are joined in the configured order with this separator."""
 
+# How much text can matter: the one place these limits are set. No token the model reads spans more than
+# CHARS_PER_TOKEN_CAP characters (a word piece is 4 on average), so cleaned text past max_length times that
+# cannot reach the window: the predictor cuts there before tokenising (window_chars). A file's text cell is
+# cut at MAX_CELL_CHARS when it is read, before cleaning, so that no cell costs more memory or time than one
+# the largest window could read, with room for the HTML, quoted replies and signatures cleaning removes.
+CHARS_PER_TOKEN_CAP = 64
+MAX_WINDOW_TOKENS = 512  # the longest window training chooses, and what BERT-family encoders read at most
+_MARKUP_ROOM = 16  # a raw cell may be this many times the cleaned text that reaches the window
+
+
+def window_chars(max_length: int = MAX_WINDOW_TOKENS) -> int:
+    """The characters of cleaned text that can reach a window of ``max_length`` tokens (4,096 for 64)."""
+    return max_length * CHARS_PER_TOKEN_CAP
+
+
+MAX_CELL_CHARS = _MARKUP_ROOM * window_chars()  # 524,288: a longer text cell is cut to this when read
+
 # The text columns of common helpdesk exports, in the order loading tries them; the service also
 # knows a ticket key among them that a model does not read for text sent under the wrong name.
 TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
@@ -304,6 +321,7 @@ def _as_str(value: Any, name: str) -> str:
 
 
 __all__ = [
-    "FIELD_SEPARATOR", "TEXT_COLUMN_GUESSES", "TextOptions", "clean_text", "field_key", "html_to_text",
-    "nested_fields", "strip_quoted_replies", "strip_signature", "ticket_text",
+    "CHARS_PER_TOKEN_CAP", "FIELD_SEPARATOR", "MAX_CELL_CHARS", "MAX_WINDOW_TOKENS", "TEXT_COLUMN_GUESSES",
+    "TextOptions", "clean_text", "field_key", "html_to_text", "nested_fields", "strip_quoted_replies",
+    "strip_signature", "ticket_text", "window_chars",
 ]

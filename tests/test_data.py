@@ -23,7 +23,7 @@ from classifier.data import (
 from classifier.errors import UserError
 from classifier.options import DataOptions
 from classifier.readers import read_records
-from classifier.text import TextOptions, nested_fields, ticket_text
+from classifier.text import MAX_CELL_CHARS, TextOptions, nested_fields, ticket_text, window_chars
 
 ROWS = [
     {"id": "1", "subject": "Refund", "body": "I was charged twice", "category": "billing"},
@@ -361,3 +361,23 @@ def test_split_file_stratifies_numeric_labels_including_zero(tmp_path: Path) -> 
     export.write_text("".join(f'{{"text": "ticket {i}", "label": {i % 2}}}\n' for i in range(20)))
     split_file(export, tmp_path / "train.csv", tmp_path / "test.csv", test_fraction=0.3)
     assert Counter(row["label"] for row in read_csv(tmp_path / "test.csv")) == {"0": 3, "1": 3}
+
+
+def test_a_text_cell_past_the_limit_is_cut_before_cleaning_and_reported(tmp_path: Path) -> None:
+    long_body = "word " * 2_000  # 10,000 characters
+    rows = ROWS + [{"id": "5", "subject": "Logs", "body": long_body, "category": "billing"},
+                   {"id": "6", "subject": "Hi " * 500, "body": long_body, "category": "login"}]
+    path = write_csv(tmp_path / "t.csv", rows)
+    report = DataReport()
+    tickets, _ = load_tickets(path, report=report, max_chars=1_000)
+    assert tickets.texts[4] == "Logs\n" + ("word " * 200).strip()  # the cell's first 1,000 characters, cleaned
+    assert report.cut_cells == [f"{path}, row 6, column 'body'", f"{path}, row 7, column 'subject'",
+                                f"{path}, row 7, column 'body'"]
+    assert report.summary_lines()[1] == ("cut 3 text cells longer than 1,000 characters to that length: "
+                                         + ", ".join(report.cut_cells))
+    assert tickets.texts[:4] == [ticket_text(row, TextOptions(("subject", "body"))) for row in ROWS]  # short: whole
+    # Prediction reads a file's cells the same way; by default a cell may be 16 times the largest window.
+    assert [len(text) for _, text in read_tickets_to_classify(path, TextOptions(("body",)), max_chars=1_000)][4:] \
+        == [len(("word " * 200).strip())] * 2
+    assert load_tickets(path, report=DataReport())[0].texts[4] == "Logs\n" + long_body.strip()
+    assert DataReport().cell_char_limit == MAX_CELL_CHARS == 16 * window_chars(512)
