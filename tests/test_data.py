@@ -381,3 +381,14 @@ def test_a_text_cell_past_the_limit_is_cut_before_cleaning_and_reported(tmp_path
         == [len(("word " * 200).strip())] * 2
     assert load_tickets(path, report=DataReport())[0].texts[4] == "Logs\n" + long_body.strip()
     assert DataReport().cell_char_limit == MAX_CELL_CHARS == 16 * window_chars(512)
+
+
+def test_the_baseline_reads_as_much_of_a_ticket_as_the_largest_window(tmp_path: Path) -> None:
+    from classifier.baseline import fit_baseline
+
+    filler = "refund " * (window_chars() // len("refund "))
+    texts = [filler + "zzzfarword", "cannot log in", "charged twice please refund", "password reset",
+             "refund my card", "locked out of my account"]
+    model = fit_baseline(texts, ["billing", "login", "billing", "login", "billing", "login"])
+    words = model.steps[0][1].transformer_list[0][1].vocabulary_
+    assert "refund" in words and "zzzfarword" not in words  # past 32,768 characters: not read
