@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 1024 * 1024,  # bytes per request body (Flask's own setting: 413 past it)
     "LOG_TEXT": False,  # put ticket text into the access log (off: logs carry no ticket content)
     "ACCESS_LOG": True,  # one JSON line per request on stdout
+    "RELOAD_INTERVAL": 2.0,  # seconds between looks for a new model (a promotion, a changed bundle); 0: SIGHUP only
 }
 
 
@@ -46,6 +47,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MAX_CONTENT_LENGTH": ("TICKETCLF_MAX_BODY_BYTES", int),
     "LOG_TEXT": ("TICKETCLF_LOG_TEXT", _flag),
     "ACCESS_LOG": ("TICKETCLF_ACCESS_LOG", _flag),
+    "RELOAD_INTERVAL": ("TICKETCLF_RELOAD_INTERVAL", float),
 }
 
 
@@ -69,6 +71,9 @@ def settings(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if given and not parse_keys(keys):  # " , " or ["", " "] would silently mean "no authentication"
         raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): no key in {keys!r}; give comma-separated keys, or "
                         "leave it empty to turn authentication off")
+    if not 0 <= merged["RELOAD_INTERVAL"] < float("inf"):
+        raise UserError("RELOAD_INTERVAL (TICKETCLF_RELOAD_INTERVAL): seconds, 0 or more, got "
+                        f"{merged['RELOAD_INTERVAL']}")
     for key in ("MAX_BATCH", "MAX_CONTENT_LENGTH"):  # a MAX_CONTENT_LENGTH of None is Flask's "no limit"
         if merged[key] is not None and merged[key] < 1:
             raise UserError(f"{key} ({ENVIRONMENT[key][0]}): must be at least 1, got {merged[key]}")
@@ -76,26 +81,30 @@ def settings(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Load and warm up the bundle, then build the app around it."""
+    """Load and warm up the model (a bundle, or a repository's champion), then build the app around it."""
     # Imported here, not at module level: gunicorn's config file switches prometheus-client
     # to multiprocess mode, which only works before that library is first imported.
-    from service import api, auth, errors, metrics, observe, ops
+    from service import api, auth, errors, observe, ops
     from service.context import EXTENSION, Context
-    from service.model import ModelState
+    from service.model import STATE_DIR_VARIABLE, ServedModel, load_model, model_source
     from service.openapi import build_document
-    from service.schemas import build_schemas
+    from service.schemas import ModelInfo, Schemas, build_schemas
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers give the parallelism; fork-safe
     app = Flask(__name__)
     app.config.from_mapping(settings(config))
     app.config["API_KEYS"] = auth.parse_keys(app.config["API_KEYS"])
-    model = ModelState(Path(app.config["BUNDLE"]), app.config["ENGINE"], app.config["THREADS"])
-    predictor = model.predictor
-    schemas = build_schemas(predictor.text_options.record_fields, len(predictor.labels), app.config["MAX_BATCH"])
-    document = build_document(schemas, title=f"Ticket classifier: {predictor.name}", version=predictor.version,
-                              max_body=app.config["MAX_CONTENT_LENGTH"], auth=bool(app.config["API_KEYS"]))
-    app.extensions[EXTENSION] = Context(model, schemas, document)
-    metrics.record_model(predictor.name, predictor.version, predictor.engine_kind)
+
+    def describe(predictor: Any, info: ModelInfo) -> tuple[Schemas, dict[str, Any]]:
+        schemas = build_schemas(predictor.text_options.record_fields, len(predictor.labels), app.config["MAX_BATCH"])
+        return schemas, build_document(schemas, title=f"Ticket classifier: {info.name}", version=info.version,
+                                       max_body=app.config["MAX_CONTENT_LENGTH"], auth=bool(app.config["API_KEYS"]))
+
+    state_dir = os.environ.get(STATE_DIR_VARIABLE)
+    served = ServedModel(model_source(app.config["BUNDLE"]),
+                         lambda candidate: load_model(candidate, app.config["ENGINE"], app.config["THREADS"], describe),
+                         interval=app.config["RELOAD_INTERVAL"], state_dir=Path(state_dir) if state_dir else None)
+    app.extensions[EXTENSION] = Context(served)
 
     errors.register(app)
     observe.install(app)  # before auth: refused requests are logged and counted too

@@ -22,21 +22,21 @@ bp = Blueprint("api", __name__)
 
 @bp.post("/classify")
 def classify() -> Response:
-    ctx = context()
+    model = context().model()
     try:
-        parsed = ctx.schemas.parse(_json_body())
+        parsed = model.schemas.parse(_json_body())
     except ValidationError as error:
         raise ApiError(422, "invalid_request", describe(error)) from None
-    items = ctx.schemas.tickets(parsed)
-    predictor = ctx.model.predictor
+    items = model.schemas.tickets(parsed)
+    predictor = model.predictor
     texts = [ticket_text(ticket, predictor.text_options) for _, ticket in items]
-    _check_texts(items, texts, batch=isinstance(parsed, ctx.schemas.batch))
+    _check_texts(items, texts, batch=isinstance(parsed, model.schemas.batch))
     # every request model (built per bundle by build_schemas) has top_k; its type is only BaseModel
     predictions = predictor.predict(texts, top_k=parsed.top_k, cleaned=True)  # type: ignore[attr-defined]
     metrics.record_predictions(predictions)
     _note_for_access_log(items, predictions)
     return json_response(ClassifyResponse(
-        model=ctx.model_info,
+        model=model.info,
         predictions=[PredictionOut(id=ticket_id, **p.to_dict())
                      for (ticket_id, _), p in zip(items, predictions, strict=True)],
     ))
@@ -57,17 +57,17 @@ def _check_texts(items: list[tuple[Any, ModelInput]], texts: list[str], batch: b
 
 @bp.get("/labels")
 def labels() -> Response:
-    ctx = context()
-    predictor = ctx.model.predictor
+    model = context().model()
+    predictor = model.predictor
     return json_response(LabelsResponse(
-        model=ctx.model_info,
+        model=model.info,
         labels=[LabelOut(label=label, threshold=predictor.threshold(label)) for label in predictor.labels],
     ))
 
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(context().openapi)
+    return jsonify(context().model().openapi)
 
 
 def json_response(model: BaseModel, status: int = 200) -> Response:

@@ -1,28 +1,24 @@
-"""What the views share: the model, the request schemas for its fields, the OpenAPI document."""
+"""What the views share: the served model, swapped live (see :mod:`service.model`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from flask import current_app
 
-from service.model import ModelState
-from service.schemas import ModelInfo, Schemas
+from service.model import LoadedModel, ServedModel
 
 EXTENSION = "ticketclf"
 
 
 @dataclass
 class Context:
-    model: ModelState
-    schemas: Schemas
-    openapi: dict[str, Any]
-    model_info: ModelInfo = field(init=False)  # in every answer; the model does not change while serving
+    served: ServedModel
 
-    def __post_init__(self) -> None:
-        predictor = self.model.predictor
-        self.model_info = ModelInfo(name=predictor.name, version=predictor.version)
+    def model(self) -> LoadedModel:
+        """The model to answer this request with. Read it once per request, so that a swap in the middle
+        of a request does not mix two models in one answer."""
+        return self.served.current
 
 
 def context() -> Context:

@@ -59,9 +59,9 @@ if loglevel not in ("debug", "info", "warning", "error", "critical"):
 proc_name = "ticketclf"
 control_socket_disable = True  # gunicorn >= 25: one socket path per user; instances would fight over it
 
-# The metrics directory this server created (and removes at exit), kept in the environment: a
-# reload (SIGHUP) runs this file again, and a module variable would forget it.
-_CREATED_METRICS_DIR = "TICKETCLF_CREATED_METRICS_DIR"
+# The directories this server created (and removes at exit), kept in the environment: a module
+# variable would be forgotten if gunicorn ran this file again.
+_CREATED_DIRS = "TICKETCLF_CREATED_DIRS"
 
 
 def on_starting(server: Arbiter) -> None:
@@ -69,9 +69,15 @@ def on_starting(server: Arbiter) -> None:
     os.environ.setdefault("TICKETCLF_THREADS", "1")  # onnxruntime threads per worker: workers fill the cores
     # prometheus-client multiprocess mode: each worker writes its samples to files in this
     # directory and /metrics adds them up. It must be set before prometheus-client is imported.
+    created = []
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[_CREATED_METRICS_DIR] = \
-            tempfile.mkdtemp(prefix="ticketclf-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ticketclf-metrics-")
+        created.append(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    # Where workers record the last model that loaded and passed its checks (service/model.py): a worker
+    # restarting while the bundle on disk is broken serves that instead of stopping the server.
+    os.environ["TICKETCLF_STATE_DIR"] = tempfile.mkdtemp(prefix="ticketclf-state-")
+    created.append(os.environ["TICKETCLF_STATE_DIR"])
+    os.environ[_CREATED_DIRS] = os.pathsep.join(created)
 
 
 def child_exit(server: Arbiter, worker: Worker) -> None:
@@ -81,6 +87,5 @@ def child_exit(server: Arbiter, worker: Worker) -> None:
 
 
 def on_exit(server: Arbiter) -> None:
-    created = os.environ.pop(_CREATED_METRICS_DIR, None)
-    if created:
+    for created in filter(None, os.environ.pop(_CREATED_DIRS, "").split(os.pathsep)):
         shutil.rmtree(created, ignore_errors=True)

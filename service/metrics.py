@@ -36,6 +36,10 @@ TRUNCATED = Counter("ticketclf_truncated_total", "Tickets longer than the model 
 # An info metric as a gauge: prometheus-client's Info type has no multiprocess mode.
 MODEL_INFO = Gauge("ticketclf_model_info", "The model being served (value is always 1).",
                    ["name", "version", "engine"], multiprocess_mode="livemax")
+MODEL_SWAPS = Counter("ticketclf_model_swaps_total", "New models tried while serving: accepted, or refused "
+                      "(the model before kept serving).", ["outcome"])
+SWAP_FAILED = Gauge("ticketclf_model_swap_failed", "1 while the last new model a worker tried was refused.",
+                    multiprocess_mode="livemax")
 
 
 def record_request(route: str, method: str, status: int, seconds: float) -> None:
@@ -54,6 +58,17 @@ def record_model(name: str, version: str, engine: str) -> None:
     MODEL_INFO.labels(name, version, engine).set(1)
 
 
+def record_swap(ok: bool, served: tuple[str, str, str] | None = None,
+                replaced: tuple[str, str, str] | None = None) -> None:
+    """A new model tried while serving: accepted (``served`` replaces ``replaced``) or refused."""
+    MODEL_SWAPS.labels("accepted" if ok else "refused").inc()
+    SWAP_FAILED.set(0 if ok else 1)
+    if replaced and served and replaced != served:
+        MODEL_INFO.labels(*replaced).set(0)
+    if served:
+        record_model(*served)
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type, across all workers in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -61,3 +76,8 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def record_swap_settled() -> None:
+    """What the source names serves again (a rollback after a refused version): no swap failure to show."""
+    SWAP_FAILED.set(0)

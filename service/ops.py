@@ -24,7 +24,8 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    return json_response(ReadyResponse(status="ready", model=context().model_info))
+    served = context().served
+    return json_response(ReadyResponse(status="ready", model=served.current.info, swap_error=served.swap_error))
 
 
 @bp.get("/metrics")

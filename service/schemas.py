@@ -97,6 +97,8 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     status: str = Field(examples=["ready"])
     model: ModelInfo
+    swap_error: str | None = Field(None, description="Why the last new model tried was refused (the model "
+                                   "named here kept serving); null once a new model is accepted.")
 
 
 class ErrorBody(BaseModel):

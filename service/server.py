@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import runpy
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from gunicorn.errors import AppImportError, HaltServer
 from classifier import bundle as bundles
 from classifier.errors import UserError
 from classifier.predict import default_threads, resolve_engine
+from classifier.repository import is_model_dir, open_model
 from service import settings
 
 CONFIG_FILE = Path(__file__).with_name("gunicorn_conf.py")
@@ -27,12 +29,17 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
           dev: bool = False) -> int:
     """Serve ``bundle_dir`` until stopped; return the exit code."""
     # Mistakes fail here in one line, before any server starts, not with a traceback from every worker.
-    manifest = bundles.read_manifest(bundle_dir)
-    os.environ["TICKETCLF_BUNDLE"] = str(bundle_dir.resolve())  # how the app (in every worker) finds it
+    serving = bundle_dir
+    if is_model_dir(bundle_dir):  # REPO/NAME: its champion serves
+        repository, name = open_model(bundle_dir)
+        serving = repository.resolve(name)
+    manifest = bundles.read_manifest(serving)
+    # How the app (in every worker) finds it. Not resolved: a symbolic link is followed afresh at each look.
+    os.environ["TICKETCLF_BUNDLE"] = os.path.abspath(bundle_dir)
     config = settings()
     default_threads()  # TICKETCLF_THREADS
     runpy.run_path(str(CONFIG_FILE))  # what gunicorn will read: TICKETCLF_WORKERS, TICKETCLF_LOG_LEVEL, ...
-    resolve_engine(bundle_dir, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
+    resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
     if dev:
         return _serve_dev(host, port)
     overrides: dict[str, Any] = {"bind": [_address(host, port)]}
@@ -55,10 +62,19 @@ def worker_app() -> Flask:
     AppImportError, instead of a traceback from every worker."""
     from service import create_app
 
+    _log_like_gunicorn()
     try:
         return create_app()
     except UserError as error:
         raise AppImportError(f"error: {error}") from None  # gunicorn prints it as it is
+
+
+def _log_like_gunicorn() -> None:
+    """The service's own log lines (a model swapped or refused) go where gunicorn's go, in its format."""
+    ours, gunicorns = logging.getLogger("ticketclf.service"), logging.getLogger("gunicorn.error")
+    ours.handlers = list(gunicorns.handlers)
+    ours.setLevel(gunicorns.level)
+    ours.propagate = False
 
 
 def _address(host: str, port: int) -> str:
@@ -80,6 +96,13 @@ class _Arbiter(Arbiter):
     skips ``on_exit`` (removing the metrics directory) and ends in a traceback."""
 
     halting = False
+
+    def handle_hup(self) -> None:
+        """SIGHUP: each worker looks for a new model now and swaps it in live if it loads and passes its
+        checks (service/model.py), instead of gunicorn replacing every worker, whose new workers stop the
+        server when the new bundle is broken. Settings changes need a restart."""
+        self.log.info("Hang up: workers look for a new model now")
+        self.kill_workers(signal.SIGHUP)
 
     def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
         self.halting = True

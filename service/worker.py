@@ -1,4 +1,4 @@
-"""gunicorn's sync worker with three changes for this service.
+"""gunicorn's sync worker with four changes for this service.
 
 1. It closes a connection at once when the whole request has been read (below).
 2. On a graceful stop (SIGTERM) it answers the connections already waiting in the listen
@@ -7,6 +7,7 @@
 3. Requests that gunicorn refuses itself before the app sees them (a malformed request
    line or header, a request line over 4,094 bytes, too many headers) are answered with
    the API's JSON error body instead of gunicorn's HTML page.
+4. SIGHUP makes it look for a new model at once (``service.model``) instead of ending it.
 
 Closing at once:
 
@@ -25,6 +26,7 @@ unread byte can reset the connection, so this worker closes at once, as nginx's 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from typing import Any
@@ -45,6 +47,18 @@ class SyncWorker(GunicornSyncWorker):
         # serves only this app, so its errors take the app's format.
         util.write_error = write_json_error
         super().init_process()
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        # SIGHUP (forwarded by the master, see server._Arbiter): look for a new model now. The model loads
+        # beside the serving one in the watcher thread; the handler only wakes it.
+        signal.signal(signal.SIGHUP, self.handle_hup)
+        signal.siginterrupt(signal.SIGHUP, False)
+
+    def handle_hup(self, sig: int, frame: Any) -> None:
+        from service.model import check_all_now
+
+        check_all_now()
 
     stop_requested_at: float | None = None  # when SIGTERM came
 

@@ -139,4 +139,4 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture(scope="module")
 def predictor(app: Flask) -> Predictor:
-    return ctx(app).model.predictor
+    return ctx(app).model().predictor

@@ -263,7 +263,7 @@ def test_labels(client: FlaskClient, predictor: Predictor) -> None:
 
 def test_health_and_ready(client: FlaskClient, predictor: Predictor) -> None:
     assert client.get("/health").get_json() == {"status": "ok"}
-    assert client.get("/ready").get_json() == {"status": "ready",
+    assert client.get("/ready").get_json() == {"status": "ready", "swap_error": None,  # no new model refused
                                                "model": {"name": predictor.name, "version": predictor.version}}
 
 

@@ -39,8 +39,9 @@ from service import worker as service_worker
 
 # The methods ours override, by the gunicorn class they override them in (names and parameters must match).
 GUNICORN_OVERRIDES: dict[type, tuple[type, set[str]]] = {
-    service_worker.SyncWorker: (GunicornSyncWorker, {"init_process", "handle_exit", "run", "handle_request"}),
-    server_module._Arbiter: (Arbiter, {"halt", "reap_workers"}),
+    service_worker.SyncWorker: (GunicornSyncWorker, {"init_process", "init_signals", "handle_exit", "run",
+                                                               "handle_request"}),
+    server_module._Arbiter: (Arbiter, {"halt", "reap_workers", "handle_hup"}),
     server_module._RunsOurArbiter: (BaseApplication, {"run"}),
     server_module._Gunicorn: (Application, {"init", "load_config", "load"}),
 }
@@ -92,6 +93,8 @@ def test_gunicorn_calls_we_make_still_bind() -> None:
         (Arbiter.run, ("self",), {}),  # server._RunsOurArbiter.run
         (Arbiter.halt, ("self",), {"reason": "why", "exit_status": 4}),  # as Arbiter.run calls our halt
         (HaltServer.__init__, ("self", "why", 4), {}),
+        (Arbiter.kill_workers, ("self", 1), {}),  # server._Arbiter.handle_hup forwards SIGHUP
+        (GunicornSyncWorker.init_signals, ("self",), {}),  # worker.init_signals adds SIGHUP to gunicorn's
         (LengthReader.__init__, ("self", "unreader", 0), {}),  # worker.request_read_whole reads .length
     ]
     for function, args, kwargs in calls:
