@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=_HelpFormatter, epilog=WORKFLOW_EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_split, _add_train, _add_export, _add_evaluate, _add_predict, _add_serve, _add_models):
+    for add in (_add_split, _add_train, _add_export, _add_evaluate, _add_predict, _add_serve, _add_models,
+                _add_retrain):
         add(commands)
     return parser
 
@@ -496,6 +497,67 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
     action("history", "promotions, rollbacks, additions and removals, oldest first", _run_models_history)
     add = action("add", "add a finished bundle as the next version (copied)", _run_models_add)
     add.add_argument("bundle", type=Path, help="bundle directory (from 'ticketclf train --output')")
+
+
+RETRAIN_EPILOG = """\
+examples:
+  ticketclf retrain models/tickets --data export.csv
+  ticketclf retrain models/tickets --data export.csv --feedback sqlite:///models/tickets/feedback.sqlite
+  ticketclf retrain models/tickets --data export.csv --corrections corrections.csv --no-promote
+
+The challenger is trained with the champion's settings on the export plus the agents' corrections,
+evaluated side by side with the champion on the repository's fixed holdout (holdout.csv, made on the
+first retrain) and recent corrected tickets neither trained on, and promoted only if it is better by
+--margin and no label with --min-support test tickets loses more than --tolerance F1. The decision,
+with both models' figures, goes to the repository's history; the report to the new version's
+reports/evaluation/.
+"""
+
+
+def _add_retrain(commands: argparse._SubParsersAction) -> None:
+    from classifier.retrain import PromotionPolicy
+
+    policy = PromotionPolicy()
+    p = _subcommand(commands, "retrain", "train a challenger on new data and corrections; promote it if better",
+                    _run_retrain, epilog=RETRAIN_EPILOG)
+    p.add_argument("model", type=Path, metavar="MODEL", help="REPO/NAME, e.g. models/tickets")
+    p.add_argument("--data", type=Path, required=True, help="the helpdesk's labelled export (what train reads)")
+    corrections = p.add_mutually_exclusive_group()
+    corrections.add_argument("--feedback", metavar="DB_URL", help="the feedback database with the agents' "
+                             "corrections (e.g. sqlite:///models/tickets/feedback.sqlite, postgresql+psycopg://...)")
+    corrections.add_argument("--corrections", type=Path, help="corrections as 'ticketclf feedback export' writes "
+                             "them (ticket id, label, text fields, received_at)")
+    p.add_argument("--holdout", type=Path, help="set the repository's fixed holdout to this labelled file")
+    p.add_argument("--margin", type=float, default=policy.margin, help="accuracy the challenger must gain")
+    p.add_argument("--tolerance", type=float, default=policy.tolerance, help="F1 a label may lose")
+    p.add_argument("--min-support", type=int, default=policy.min_support,
+                   help="test tickets a label needs for --tolerance to apply to it")
+    p.add_argument("--epochs", type=float, help="override the champion's number of epochs")
+    p.add_argument("--no-promote", action="store_true", help="stage the challenger only, whatever the decision")
+
+
+def _run_retrain(args: argparse.Namespace) -> int:
+    from classifier.evaluate import summary_table
+    from classifier.retrain import PromotionPolicy, corrections_from_file, retrain
+
+    corrections = []
+    if args.corrections:
+        corrections = corrections_from_file(args.corrections)
+    elif args.feedback:
+        from classifier.feedback import corrections_for_retraining
+
+        corrections = corrections_for_retraining(args.feedback)
+    result = retrain(args.model, args.data, corrections, holdout_path=args.holdout,
+                     policy=PromotionPolicy(args.margin, args.tolerance, args.min_support),
+                     promote=not args.no_promote,
+                     training_overrides={"epochs": args.epochs} if args.epochs is not None else None)
+    for line in result.merge.lines():
+        print(line)
+    print(summary_table(result.report))
+    verdict = "promoted: it serves now" if result.decision.promoted else "not promoted: it stays the challenger"
+    print(f"version {result.version.number} {verdict} ({'; '.join(result.decision.reasons)})")
+    print(f"report: {result.version.path / 'reports' / 'evaluation' / 'report.html'}")
+    return 0
 
 
 def _model(args: argparse.Namespace) -> tuple[ModelRepository, str]:

@@ -1,0 +1,347 @@
+"""Retraining with champion/challenger promotion, for a model in a repository (``REPO/NAME``).
+
+``ticketclf retrain models/tickets --data export.csv [--feedback DB_URL]``:
+
+1. **Training set**: the helpdesk export plus the agents' corrections. A correction replaces the
+   label of the same ticket (matched by id); a corrected ticket the export does not hold joins with
+   the text the feedback stored. Corrections that disagree with each other are listed; the latest
+   wins. Tickets of the fixed holdout never train.
+2. **Holdout**: ``REPO/NAME/holdout.csv``, kept in the repository so that every retrain compares
+   its models on the same tickets. The first retrain makes it (a stratified tenth of the export);
+   ``--holdout FILE`` sets it. Corrected tickets received since the champion was trained, which
+   neither model trained on, join the evaluation (one in five of them is kept out of training).
+3. **Challenger**: trained with the champion's data and training options, exported like the
+   champion (int8 when it holds), and added as a new version (the challenger).
+4. **Decision**: both models are evaluated on the same tickets (``evaluate --compare``: the report
+   goes to the challenger's ``reports/evaluation``). The challenger is promoted only when its
+   accuracy is higher by at least ``margin`` and no label with at least ``min_support`` test tickets
+   loses more than ``tolerance`` of F1; otherwise it stays the challenger, with the reasons. The
+   decision and both models' figures go to the repository's history.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from classifier.columns import ColumnMapping, resolve_columns
+from classifier.data import label_value, split_file
+from classifier.errors import UserError
+from classifier.readers import records_and_columns
+from classifier.repository import EVALUATION_REPORT, ModelRepository, Version, open_model
+
+log = logging.getLogger(__name__)
+
+HOLDOUT_FILE = "holdout.csv"
+HOLDOUT_FRACTION = 0.1
+TRAINING_FILE = "training-data.csv"  # kept in each retrained version: what it was trained on
+RECENT_HELD_OUT = 5  # one recent corrected ticket in this many is kept out of training, for evaluation
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A label an agent set on a ticket (from the feedback store, or its export)."""
+
+    ticket_id: str
+    label: str
+    fields: dict[str, str] | None  # the ticket's text fields, when the feedback sent them
+    received_at: str  # ISO 8601, UTC: orders corrections of the same ticket
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    margin: float = 0.005  # accuracy the challenger must gain over the champion (0.005: half a point)
+    tolerance: float = 0.05  # F1 any well-supported label may lose
+    min_support: int = 20  # test tickets a label needs for its F1 to count
+
+
+@dataclass
+class MergeReport:
+    """What the corrections did to the export."""
+
+    export_rows: int = 0
+    held_out: int = 0  # export rows that are holdout tickets: not trained on
+    corrected: int = 0  # export tickets whose label an agent changed
+    confirmed: int = 0  # export tickets an agent gave the label they had
+    added: int = 0  # corrected tickets the export did not hold, trained on
+    evaluated: int = 0  # recent corrected tickets kept for evaluation instead
+    without_text: int = 0  # corrections of tickets neither the export nor the feedback has text for
+    conflicts: list[dict[str, Any]] = field(default_factory=list)  # a ticket given different labels
+    new_labels: dict[str, int] = field(default_factory=dict)  # labels the champion does not know: tickets
+    too_few: dict[str, int] = field(default_factory=dict)  # new labels left out: fewer tickets than training needs
+    # The files written keep the export's column names, so a retrained version reads exports as the first did.
+    text_columns: list[str] = field(default_factory=list)
+    label_column: str = "label"
+    id_column: str = "id"
+
+    def lines(self) -> list[str]:
+        lines = [f"export: {self.export_rows} tickets, {self.held_out} of them in the holdout (not trained on)",
+                 f"corrections: {self.corrected} relabelled, {self.confirmed} confirmed, {self.added} new tickets "
+                 f"added, {self.evaluated} recent ones kept for evaluation, {self.without_text} without text"]
+        if self.conflicts:
+            lines.append(f"{len(self.conflicts)} ticket(s) corrected to different labels (the latest wins): "
+                         + ", ".join(f"{c['ticket_id']} {' -> '.join(c['labels'])}" for c in self.conflicts[:5]))
+        if self.new_labels:
+            lines.append("new labels, trained: " + ", ".join(f"{label} ({n})" for label, n in self.new_labels.items()))
+        if self.too_few:
+            lines.append("new labels not trained yet, too few tickets: "
+                         + ", ".join(f"{label} ({n})" for label, n in self.too_few.items()))
+        return lines
+
+
+@dataclass
+class Decision:
+    promoted: bool
+    reasons: list[str]
+    challenger: dict[str, float]
+    champion: dict[str, float]
+    f1_losses: dict[str, float]  # labels whose F1 dropped, by how much
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RetrainResult:
+    version: Version
+    champion: Version
+    decision: Decision
+    merge: MergeReport
+    report: dict[str, Any]  # the evaluation's report.json content, with the champion side by side
+
+
+def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[Correction] = (), *,
+            holdout_path: str | Path | None = None, policy: PromotionPolicy | None = None, promote: bool = True,
+            training_overrides: dict[str, Any] | None = None) -> RetrainResult:
+    """Train a challenger on the export plus the corrections, compare it with the champion on the same
+    tickets, and promote it if it is better by the policy (unless ``promote`` is False)."""
+    from classifier.evaluate import EvaluationOptions, evaluate
+    from classifier.export import export
+    from classifier.train import train
+
+    policy = policy or PromotionPolicy()
+    repository, name = open_model(model_dir)
+    champion = repository.champion(name)
+    manifest = champion.manifest()
+    columns = Columns(manifest.text.fields, manifest.data.train.label_column if manifest.data.train else None)
+    holdout = _holdout(repository, name, Path(data_path), holdout_path, columns)
+    work = Path(tempfile.mkdtemp(prefix="ticketclf-retrain-"))
+    try:
+        training_file, evaluation_file = work / TRAINING_FILE, work / "evaluation.csv"
+        merge = merge_corrections(Path(data_path), list(corrections), training_file, evaluation_file, columns,
+                                  holdout=holdout, known_labels=set(manifest.labels), since=manifest.created_at,
+                                  min_class_count=manifest.data.options.min_class_count)
+        for line in merge.lines():
+            log.info("%s", line)
+        data_options = dataclasses.replace(manifest.data.options, validation_path=None)
+        options = dataclasses.replace(manifest.training.options, resume=False, **(training_overrides or {}))
+
+        def build(path: Path) -> None:
+            train(training_file, path, options, data_options)
+            shutil.copy2(training_file, path / TRAINING_FILE)
+            if manifest.export is not None:  # served as the champion is: exported, checked for drift
+                export(path)
+
+        version = repository.add_version(name, build, reason="retrained: the challenger",
+                                         details={"data": str(data_path), "merge": dataclasses.asdict(merge)})
+        reports = version.path / EVALUATION_REPORT.parent
+        report = evaluate(version.path, evaluation_file, reports,
+                          EvaluationOptions(compare_bundle=champion.path, label_column=merge.label_column,
+                                            text_columns=tuple(merge.text_columns)))
+        shutil.copy2(evaluation_file, reports / "evaluation-set.csv")  # the tickets both models were scored on
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    decision = decide(report, policy)
+    details = {"decision": decision.to_dict(), "merge": dataclasses.asdict(merge), "policy": dataclasses.asdict(policy),
+               "report": str(version.path / EVALUATION_REPORT)}
+    reason = "; ".join(decision.reasons)
+    if decision.promoted and promote:
+        repository.promote(name, version.number, reason=f"retrain: {reason}", details=details)
+    else:
+        staged = "" if decision.promoted else "not promoted: "
+        repository.record(name, "retrain", version.number,
+                          reason=f"{staged}{reason}" + ("; --no-promote: staged only" if not promote else ""),
+                          details=details)
+        decision.promoted = decision.promoted and promote
+    return RetrainResult(version, champion, decision, merge, report)
+
+
+# ---------------------------------------------------------------- the decision
+
+
+def decide(report: dict[str, Any], policy: PromotionPolicy) -> Decision:
+    """Promote or not, from an evaluation report with the champion as its compared model."""
+    compare = report.get("compare")
+    if not compare:
+        raise UserError("the evaluation has no side-by-side champion: nothing to decide on")
+    ours, theirs = report["metrics"], compare["metrics"]
+    support = {row["label"]: row["support"] for row in report["per_class"]}
+    losses = {label: round(-delta, 4) for label, delta in compare["f1_delta"].items()
+              if support.get(label, 0) >= policy.min_support and -delta > policy.tolerance}
+    gain = ours["accuracy"] - theirs["accuracy"]
+    reasons = []
+    if gain < policy.margin:
+        reasons.append(f"accuracy {ours['accuracy']:.2%} against the champion's {theirs['accuracy']:.2%}: "
+                       f"{gain * 100:+.2f} points, the margin is {policy.margin * 100:+.2f}")
+    if losses:
+        lost = ", ".join(f"{label} -{loss:.3f}" for label, loss in losses.items())
+        reasons.append(f"labels that lose more than the tolerated F1 ({policy.tolerance:.2f}): {lost}")
+    promoted = not reasons
+    if promoted:
+        reasons.append(f"accuracy {ours['accuracy']:.2%} against the champion's {theirs['accuracy']:.2%} "
+                       f"({gain * 100:+.2f} points), no label with {policy.min_support}+ test tickets loses more "
+                       f"than {policy.tolerance:.2f} F1")
+    figures = ("accuracy", "macro_f1", "tickets")
+    return Decision(promoted, reasons, {key: ours[key] for key in figures}, {key: theirs[key] for key in figures},
+                    losses)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns the champion was trained on: its text fields and its label column (None: detect)."""
+
+    text_fields: tuple[str, ...]
+    label: str | None
+
+    def resolve(self, path: Path) -> tuple[list[tuple[int, dict[str, Any]]], ColumnMapping]:
+        numbered, columns = records_and_columns(path)
+        return numbered, resolve_columns(columns, path, self.text_fields or None, self.label)
+
+
+def merge_corrections(export_path: Path, corrections: list[Correction], training_file: Path, evaluation_file: Path,
+                      columns: Columns, *, holdout: list[dict[str, str]], known_labels: set[str], since: str,
+                      min_class_count: int) -> MergeReport:
+    """Write the training file (export + corrections, holdout tickets out) and the recent corrected
+    tickets kept for evaluation; both as CSV with the export's text columns, ``label`` and ``id``."""
+    numbered, mapping = columns.resolve(export_path)
+    assert mapping.label_column is not None
+    text_columns, id_column = list(mapping.text_columns), mapping.id_column
+    holdout_keys = {_key(row, text_columns, id_column) for row in holdout}
+    latest, report = _latest(corrections)
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for _, record in numbered:
+        report.export_rows += 1
+        row = {column: _cell(record.get(column)) for column in text_columns}
+        row["label"] = label_value(record.get(mapping.label_column))
+        ticket_id = _cell(record.get(id_column)) if id_column else ""
+        row["id"] = ticket_id
+        correction = latest.pop(ticket_id, None) if ticket_id else None
+        if _key(row, text_columns, id_column) in holdout_keys:  # its corrections too: evaluation only
+            report.held_out += 1
+            continue
+        if correction is not None:
+            seen.add(ticket_id)
+            if correction.label == row["label"]:
+                report.confirmed += 1
+            else:
+                report.corrected += 1
+                row["label"] = correction.label
+        rows.append(row)
+    evaluation: list[dict[str, Any]] = []
+    for correction in latest.values():  # tickets the export does not hold
+        if not correction.fields or not any((value or "").strip() for value in correction.fields.values()):
+            report.without_text += 1
+            continue
+        fields = {key.lower(): value for key, value in correction.fields.items()}
+        row = {column: fields.get(column.lower(), "") for column in text_columns}
+        row.update(label=correction.label, id=correction.ticket_id)
+        if _key(row, text_columns, id_column) in holdout_keys:
+            continue
+        recent = correction.received_at > since
+        if recent and int(hashlib.sha256(correction.ticket_id.encode()).hexdigest(), 16) % RECENT_HELD_OUT == 0:
+            report.evaluated += 1
+            evaluation.append(row)
+        else:
+            report.added += 1
+            rows.append(row)
+    for row in rows:
+        if row["label"] not in known_labels:
+            report.new_labels[row["label"]] = report.new_labels.get(row["label"], 0) + 1
+    # A new queue with a handful of tickets would stop training (too few to split): left for a later retrain.
+    report.too_few = {label: n for label, n in report.new_labels.items() if n < min_class_count}
+    rows = [row for row in rows if row["label"] not in report.too_few]
+    for label in report.too_few:
+        del report.new_labels[label]
+    report.text_columns, report.label_column = text_columns, mapping.label_column
+    report.id_column = id_column or "id"
+    names = {"label": report.label_column, "id": report.id_column}
+    _write(training_file, text_columns, names, rows)
+    _write(evaluation_file, text_columns, names, evaluation + holdout)  # both models are scored on these
+    return report
+
+
+def _latest(corrections: list[Correction]) -> tuple[dict[str, Correction], MergeReport]:
+    report = MergeReport()
+    by_ticket: dict[str, list[Correction]] = {}
+    for correction in sorted(corrections, key=lambda c: c.received_at):
+        by_ticket.setdefault(correction.ticket_id, []).append(correction)
+    for ticket_id, history in by_ticket.items():
+        labels = list(dict.fromkeys(c.label for c in history))
+        if len(labels) > 1:
+            report.conflicts.append({"ticket_id": ticket_id, "labels": [c.label for c in history]})
+    return {ticket_id: history[-1] for ticket_id, history in by_ticket.items()}, report
+
+
+def _holdout(repository: ModelRepository, name: str, export_path: Path, given: str | Path | None,
+             columns: Columns) -> list[dict[str, str]]:
+    """The repository's fixed holdout (made from the export on the first retrain), as rows."""
+    kept = repository.model_dir(name) / HOLDOUT_FILE
+    if given is not None:
+        shutil.copyfile(given, kept)
+    elif not kept.is_file():
+        with tempfile.TemporaryDirectory() as scratch:
+            split_file(export_path, Path(scratch) / "rest.csv", kept, label_column=columns.label,
+                       text_columns=columns.text_fields or None, test_fraction=HOLDOUT_FRACTION)
+        log.info("%s: a stratified tenth of %s, kept as the fixed holdout of every retrain", kept, export_path)
+    numbered, mapping = columns.resolve(kept)
+    assert mapping.label_column is not None
+    return [{**{column: _cell(record.get(column)) for column in mapping.text_columns},
+             "label": label_value(record.get(mapping.label_column)),
+             "id": _cell(record.get(mapping.id_column)) if mapping.id_column else ""} for _, record in numbered]
+
+
+def _key(row: dict[str, Any], text_columns: list[str], id_column: str | None) -> str:
+    """A ticket's identity: its id when the export has ids, else its text."""
+    if id_column and row.get("id"):
+        return f"id:{row['id']}"
+    return "text:" + json.dumps([row.get(column, "") for column in text_columns])
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _write(path: Path, text_columns: list[str], names: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    """Rows with ``label`` and ``id`` written under the export's own names for them."""
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow([*text_columns, names["label"], names["id"]])
+        writer.writerows([*(row.get(column, "") for column in text_columns), row["label"], row["id"]]
+                         for row in rows)
+
+
+def corrections_from_file(path: str | Path) -> list[Correction]:
+    """Corrections as ``ticketclf feedback export`` writes them (id, label, text fields, received_at)."""
+    numbered, columns = records_and_columns(path)
+    mapping = resolve_columns(columns, path)
+    text_columns = [c for c in columns if c not in (mapping.id_column, mapping.label_column, "received_at")]
+    if mapping.id_column is None or mapping.label_column is None:
+        raise UserError(f"{path}: corrections need a ticket id and a label column")
+    return [Correction(_cell(record[mapping.id_column]), label_value(record.get(mapping.label_column)),
+                       {c: _cell(record.get(c)) for c in text_columns} or None, _cell(record.get("received_at")))
+            for _, record in numbered]
+

@@ -1,0 +1,139 @@
+"""Retraining with champion/challenger promotion: merging the corrections into the export, the
+decision rule, and one real retrain through the CLI (challenger trained, evaluated beside the
+champion on the fixed holdout, promoted, recorded in the history)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from classifier.cli import main
+from classifier.repository import HISTORY_FILE, ModelRepository
+from classifier.retrain import (
+    Columns,
+    Correction,
+    PromotionPolicy,
+    corrections_from_file,
+    decide,
+    merge_corrections,
+)
+
+OLD, NEW = "2026-01-01T00:00:00+00:00", "2026-12-01T00:00:00+00:00"  # before and after the champion
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def export_rows() -> list[dict[str, str]]:
+    return [{"id": f"T-{i}", "Subject": f"subject {i}", "Body": f"body of ticket {i}",
+             "Category": "billing" if i % 2 else "login"} for i in range(10)]
+
+
+def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path: Path) -> None:
+    export = write_csv(tmp_path / "export.csv", export_rows())
+    holdout = [{"Subject": "subject 9", "Body": "body of ticket 9", "label": "billing", "id": "T-9"}]
+    corrections = [
+        Correction("T-1", "login", None, OLD),  # relabelled
+        Correction("T-2", "login", None, OLD),  # confirmed
+        Correction("T-3", "login", None, OLD), Correction("T-3", "billing", None, NEW),  # a conflict: latest wins
+        Correction("T-9", "login", None, NEW),  # a holdout ticket: never trained on
+        Correction("N-1", "billing", {"subject": "new one", "body": "a ticket only feedback holds"}, OLD),
+        Correction("N-2", "billing", None, OLD),  # no text anywhere
+        *[Correction(f"Q-{i}", "shipping", {"subject": "where is my parcel", "body": f"order {i}"}, OLD)
+          for i in range(2)],  # a new label with two tickets: too few to train yet
+    ]
+    training, evaluation = tmp_path / "train.csv", tmp_path / "eval.csv"
+    report = merge_corrections(export, corrections, training, evaluation, Columns(("subject", "body"), "category"),
+                               holdout=holdout, known_labels={"billing", "login"}, since="2026-06-01",
+                               min_class_count=5)
+    rows = {row["id"]: {**row, "label": row["Category"]} for row in read_csv(training)}
+    assert rows["T-1"]["label"] == "login" and rows["T-2"]["label"] == "login" and rows["T-3"]["label"] == "billing"
+    assert "T-9" not in rows and report.held_out == 1
+    assert rows["N-1"]["Subject"] == "new one" and rows["N-1"]["label"] == "billing"
+    assert (report.corrected, report.confirmed, report.added, report.without_text) == (1, 2, 3, 1)
+    assert report.conflicts == [{"ticket_id": "T-3", "labels": ["login", "billing"]}]
+    assert report.new_labels == {} and report.too_few == {"shipping": 2}
+    assert not any(row["label"] == "shipping" for row in rows.values())
+    assert any("too few tickets" in line for line in report.lines())
+
+
+def test_recent_corrected_tickets_are_partly_kept_for_evaluation(tmp_path: Path) -> None:
+    export = write_csv(tmp_path / "export.csv", export_rows())
+    corrections = [Correction(f"N-{i}", "billing", {"subject": "s", "body": f"new ticket {i}"}, NEW)
+                   for i in range(50)]
+    report = merge_corrections(export, corrections, tmp_path / "t.csv", tmp_path / "e.csv",
+                               Columns(("subject", "body"), "category"), holdout=[],
+                               known_labels={"billing", "login"}, since="2026-06-01", min_class_count=5)
+    kept = read_csv(tmp_path / "e.csv")
+    assert 0 < report.evaluated == len(kept) < 25 and report.added + report.evaluated == 50
+    assert not {row["id"] for row in kept} & {row["id"] for row in read_csv(tmp_path / "t.csv")}
+
+
+def report_with(accuracy: float, champion: float, f1_delta: dict[str, float], support: int = 30) -> dict:
+    metrics = {"accuracy": accuracy, "macro_f1": accuracy, "tickets": 100}
+    return {"metrics": metrics, "per_class": [{"label": label, "support": support} for label in f1_delta],
+            "compare": {"metrics": {**metrics, "accuracy": champion}, "f1_delta": f1_delta}}
+
+
+@pytest.mark.parametrize("report, promoted, named", [
+    (report_with(0.91, 0.90, {"a": 0.02, "b": -0.01}), True, "+1.00 points"),
+    (report_with(0.902, 0.90, {"a": 0.0}), False, "the margin is +0.50"),
+    (report_with(0.95, 0.90, {"a": 0.1, "b": -0.2}), False, "b -0.200"),
+    (report_with(0.95, 0.90, {"a": 0.1, "b": -0.2}, support=5), True, "no label"),  # too few to count
+])
+def test_promotion_needs_the_margin_and_no_well_supported_label_losing(report: dict, promoted: bool,
+                                                                        named: str) -> None:
+    decision = decide(report, PromotionPolicy(margin=0.005, tolerance=0.05, min_support=20))
+    assert decision.promoted is promoted and named in " ".join(decision.reasons)
+
+
+def test_corrections_file_reads_what_feedback_export_writes(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "c.csv", [{"ticket_id": "T-1", "label": "login", "subject": "s", "body": "b",
+                                            "received_at": NEW}])
+    assert corrections_from_file(path) == [Correction("T-1", "login", {"subject": "s", "body": "b"}, NEW)]
+
+
+def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path, tiny_csv: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    repository = ModelRepository(tmp_path / "models")
+    repository.add_version("tickets", tiny_bundle)
+    rows = read_csv(tiny_csv)
+    corrections = write_csv(tmp_path / "corrections.csv", [
+        {"ticket_id": rows[0]["id"], "label": rows[1]["category"], "subject": "", "body": "", "received_at": NEW}])
+    model = str(repository.model_dir("tickets"))
+    # A margin of -1 promotes whatever the figures: the test is about the loop, not a tiny model's accuracy.
+    code = main(["retrain", model, "--data", str(tiny_csv), "--corrections", str(corrections), "--epochs", "1",
+                 "--margin", "-1", "--tolerance", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "version 2 promoted" in out and "relabelled" in out
+    assert repository.serving_state("tickets").version == 2
+    assert (repository.model_dir("tickets") / "holdout.csv").is_file()
+    version = repository.version("tickets", 2)
+    assert version.evaluation() is not None and (version.path / "training-data.csv").is_file()
+    last = repository.history("tickets")[-1]
+    assert last.action == "promote" and last.details["decision"]["promoted"] is True
+    assert set(last.details["decision"]["champion"]) == {"accuracy", "macro_f1", "tickets"}
+    assert (repository.model_dir("tickets") / HISTORY_FILE).is_file()
+
+    # --no-promote stages only; the holdout made by the first retrain is reused.
+    shutil.copy(repository.model_dir("tickets") / "holdout.csv", tmp_path / "holdout-before.csv")
+    code = main(["retrain", model, "--data", str(tiny_csv), "--epochs", "1", "--margin", "-1", "--no-promote"])
+    assert code == 0 and repository.serving_state("tickets").version == 2
+    assert repository.aliases("tickets")["challenger"] == 3
+    assert (repository.model_dir("tickets") / "holdout.csv").read_bytes() == \
+        (tmp_path / "holdout-before.csv").read_bytes()
+    assert "staged only" in repository.history("tickets")[-1].reason
