@@ -314,6 +314,21 @@ def _flat(settings: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in nested_fields(settings).items() if not isinstance(value, dict)}
 
 
+# Memory is bounded by the attention scores the backward pass keeps: micro-batch x heads x length^2 per
+# layer. Long tickets train in micro-batches whose gradients add up to the requested batch (the same
+# update), so 512-token tickets do not need several GB; short ones (BANKING77, 64 tokens) are unaffected.
+ATTENTION_BUDGET = 2**19  # micro-batch x max_length^2 while training
+EVAL_ATTENTION_BUDGET = 4 * ATTENTION_BUDGET  # evaluation keeps one layer's scores at a time
+
+
+def micro_batches(batch_size: int, max_length: int) -> tuple[int, int]:
+    """The micro-batch (the largest divisor of ``batch_size`` within the budget) and how many of them
+    make one optimisation step."""
+    cap = max(1, ATTENTION_BUDGET // max_length**2)
+    micro = max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= cap)
+    return micro, batch_size // micro
+
+
 def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
                    options: TrainingOptions, max_length: int, checkpoints: Path) -> tuple[Trainer, _Encoded]:
     label_index = {label: i for i, label in enumerate(data.labels)}
@@ -321,12 +336,14 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     validation_set = _Encoded(tokenizer, data.validation.texts,
                               [label_index[x] for x in data.validation.labels], max_length)
     precision = _precision(options.precision)
+    micro, accumulation = micro_batches(options.batch_size, max_length)
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=options.epochs,
         learning_rate=options.peak_learning_rate,
-        per_device_train_batch_size=options.batch_size,
-        per_device_eval_batch_size=max(64, options.batch_size),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=max(1, min(max(64, options.batch_size), EVAL_ATTENTION_BUDGET // max_length**2)),
         warmup_ratio=options.warmup_ratio,
         weight_decay=options.weight_decay,
         label_smoothing_factor=options.label_smoothing,

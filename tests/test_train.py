@@ -15,7 +15,7 @@ from classifier.bundle import SCHEMA_VERSION, read_examples, read_manifest
 from classifier.calibration import negative_log_likelihood
 from classifier.errors import UserError
 from classifier.options import LORA_LEARNING_RATE, TrainingOptions
-from classifier.train import choose_max_length, default_base_model, train
+from classifier.train import ATTENTION_BUDGET, choose_max_length, default_base_model, micro_batches, train
 
 
 def test_bundle_manifest_is_complete(tiny_bundle: Path, tiny_csv: Path) -> None:
@@ -127,3 +127,12 @@ def test_data_report_is_stored(tiny_bundle: Path) -> None:
     report = json.loads((tiny_bundle / "reports" / "data_report.json").read_text())
     assert report["split"]["method"] == "stratified"
     assert set(report["class_counts"]) == {"train", "validation"}
+
+
+@pytest.mark.parametrize("batch, length, expected", [(32, 64, (32, 1)), (32, 128, (32, 1)), (32, 256, (8, 4)),
+                                                     (32, 512, (2, 16)), (24, 256, (8, 3)), (7, 512, (1, 7))])
+def test_long_tickets_train_in_micro_batches_that_add_up_to_the_batch(batch: int, length: int,
+                                                                      expected: tuple[int, int]) -> None:
+    micro, steps = micro_batches(batch, length)
+    assert (micro, steps) == expected and micro * steps == batch and micro * length**2 <= ATTENTION_BUDGET or \
+        micro == 1
