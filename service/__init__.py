@@ -28,6 +28,14 @@ DEFAULTS: dict[str, Any] = {
     "LOG_TEXT": False,  # put ticket text into the access log (off: logs carry no ticket content)
     "ACCESS_LOG": True,  # one JSON line per request on stdout
     "RELOAD_INTERVAL": 2.0,  # seconds between looks for a new model (a promotion, a changed bundle); 0: SIGHUP only
+    # Feedback (POST /feedback, docs/feedback.md): a database URL or SQLite file; None: REPO/NAME/feedback.sqlite
+    # for a model in a repository, BUNDLE.feedback.sqlite beside a bundle; "off": no feedback stored (503).
+    "FEEDBACK_DB": None,
+    "FEEDBACK_STORE_TEXT": True,  # keep the ticket text sent with feedback (off: labels only)
+    "FEEDBACK_NEW_LABELS": False,  # accept labels the model does not have without "new_label": true
+    "FEEDBACK_ZENDESK_FIELD": "category",  # the webhook ticket's key (or custom field id) holding the label
+    "FEEDBACK_FRESHDESK_FIELD": "category",
+    "FEEDBACK_JIRA_FIELD": "category",  # a key of the issue's fields, e.g. customfield_10050
 }
 
 
@@ -48,6 +56,12 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LOG_TEXT": ("TICKETCLF_LOG_TEXT", _flag),
     "ACCESS_LOG": ("TICKETCLF_ACCESS_LOG", _flag),
     "RELOAD_INTERVAL": ("TICKETCLF_RELOAD_INTERVAL", float),
+    "FEEDBACK_DB": ("TICKETCLF_FEEDBACK_DB", str),
+    "FEEDBACK_STORE_TEXT": ("TICKETCLF_FEEDBACK_STORE_TEXT", _flag),
+    "FEEDBACK_NEW_LABELS": ("TICKETCLF_FEEDBACK_NEW_LABELS", _flag),
+    "FEEDBACK_ZENDESK_FIELD": ("TICKETCLF_FEEDBACK_ZENDESK_FIELD", str),
+    "FEEDBACK_FRESHDESK_FIELD": ("TICKETCLF_FEEDBACK_FRESHDESK_FIELD", str),
+    "FEEDBACK_JIRA_FIELD": ("TICKETCLF_FEEDBACK_JIRA_FIELD", str),
 }
 
 
@@ -84,7 +98,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Load and warm up the model (a bundle, or a repository's champion), then build the app around it."""
     # Imported here, not at module level: gunicorn's config file switches prometheus-client
     # to multiprocess mode, which only works before that library is first imported.
-    from service import api, auth, errors, observe, ops
+    from service import api, auth, errors, feedback, observe, ops
     from service.context import EXTENSION, Context
     from service.model import STATE_DIR_VARIABLE, ServedModel, load_model, model_source
     from service.openapi import build_document
@@ -111,4 +125,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(auth.require_api_key)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    feedback.install(app)  # opens the feedback database (classification goes on without it)
     return app

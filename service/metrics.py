@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import Counter as Tally
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +25,9 @@ from prometheus_client import (
 )
 
 from classifier.predict import Prediction
+
+if TYPE_CHECKING:
+    from classifier.feedback import Outcome as FeedbackOutcome
 
 REQUESTS = Counter("ticketclf_http_requests_total", "HTTP requests by route, method and status.",
                    ["route", "method", "status"])
@@ -40,6 +44,24 @@ MODEL_SWAPS = Counter("ticketclf_model_swaps_total", "New models tried while ser
                       "(the model before kept serving).", ["outcome"])
 SWAP_FAILED = Gauge("ticketclf_model_swap_failed", "1 while the last new model a worker tried was refused.",
                     multiprocess_mode="livemax")
+# Online accuracy, from agents' feedback (POST /feedback and the helpdesk webhooks), counted once stored:
+# agreement over a window is sum(rate(..{outcome="agreed"}[1h])) / sum(rate(..{outcome=~"agreed|corrected"}[1h])).
+# "unknown": no prediction is known for the ticket (neither sent nor stored before).
+FEEDBACK = Counter("ticketclf_feedback_total", "Agents' labels stored, by the model version that predicted the "
+                   "ticket and whether the agent kept its label (agreed), changed it (corrected) or no prediction "
+                   "is known (unknown).", ["model_version", "outcome"])
+FEEDBACK_LABELS = Counter("ticketclf_feedback_labels_total", "Agents' labels stored, by the agent's label and "
+                          "outcome (per-label recall of the model).", ["label", "outcome"])
+FEEDBACK_PREDICTED = Counter("ticketclf_feedback_predicted_total", "Agents' labels stored, by the predicted label "
+                             "and outcome (per-label precision of the model).", ["predicted", "outcome"])
+FEEDBACK_REVIEW = Counter("ticketclf_feedback_review_total", "Agents' labels stored for predictions that said "
+                          "whether they needed review, by needs_review and outcome.", ["needs_review", "outcome"])
+FEEDBACK_NEW_LABELS = Counter("ticketclf_feedback_new_labels_total", "Agents' labels stored that the serving "
+                              "model does not have (a new queue being taught).")
+FEEDBACK_SKIPPED = Counter("ticketclf_feedback_skipped_total", "Feedback not stored again: a retry of an event "
+                           "already stored (duplicate), or the ticket's current label (unchanged).", ["reason"])
+FEEDBACK_STORE_ERRORS = Counter("ticketclf_feedback_store_errors_total", "Feedback requests the database could not "
+                                "take (answered 503, nothing stored).")
 
 
 def record_request(route: str, method: str, status: int, seconds: float) -> None:
@@ -67,6 +89,28 @@ def record_swap(ok: bool, served: tuple[str, str, str] | None = None,
         MODEL_INFO.labels(*replaced).set(0)
     if served:
         record_model(*served)
+
+
+def record_feedback(outcomes: Sequence[FeedbackOutcome]) -> None:
+    """Count stored feedback once its transaction has committed (duplicates and unchanged labels apart)."""
+    for outcome in outcomes:
+        if outcome.status != "stored":
+            FEEDBACK_SKIPPED.labels(outcome.status).inc()
+            continue
+        agreed = outcome.agreed
+        result = "unknown" if agreed is None else "agreed" if agreed else "corrected"
+        FEEDBACK.labels(outcome.model_version or "unknown", result).inc()
+        FEEDBACK_LABELS.labels(outcome.label, result).inc()
+        if outcome.predicted_label is not None:
+            FEEDBACK_PREDICTED.labels(outcome.predicted_label, result).inc()
+            if outcome.needs_review is not None:
+                FEEDBACK_REVIEW.labels(str(outcome.needs_review).lower(), result).inc()
+        if outcome.new_label:
+            FEEDBACK_NEW_LABELS.inc()
+
+
+def record_feedback_store_error() -> None:
+    FEEDBACK_STORE_ERRORS.inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -15,6 +15,7 @@ _ERRORS = {
     413: "The body is larger than the configured limit.",
     415: "The body is not application/json.",
     422: "The JSON does not match the schema; the message names the field.",
+    503: "The feedback database cannot take feedback now; nothing was stored: retry later (Retry-After).",
 }
 
 
@@ -24,15 +25,22 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
     responses: dict[str, type[BaseModel]] = {
         "ClassifyResponse": schemas.ClassifyResponse, "LabelsResponse": schemas.LabelsResponse,
         "HealthResponse": schemas.HealthResponse, "ReadyResponse": schemas.ReadyResponse,
-        "ErrorResponse": schemas.ErrorResponse,
+        "ErrorResponse": schemas.ErrorResponse, "FeedbackResponse": schemas.FeedbackResponse,
     }
-    inputs = [("ClassifyRequest", "validation", spec.request)]
+    feedback = schemas.build_feedback_schemas(spec.fields, spec.max_batch)
+    inputs = [("ClassifyRequest", "validation", spec.request), ("FeedbackRequest", "validation", feedback.request),
+              ("HelpdeskFeedbackWebhook", "validation", TypeAdapter(schemas.HelpdeskWebhook)),
+              ("JiraFeedbackWebhook", "validation", TypeAdapter(schemas.JiraWebhook))]
     inputs += [(name, "serialization", TypeAdapter(model)) for name, model in responses.items()]
     keyed, definitions = TypeAdapter.json_schemas(inputs, ref_template=REF)  # type: ignore[arg-type]
     components = dict(definitions.get("$defs", {}))
     request = keyed[("ClassifyRequest", "validation")]
     # The shapes are told apart by key ('tickets', 'ticket', else one ticket); a body may match two.
     components["ClassifyRequest"] = {"anyOf": request["oneOf"], "description": _REQUEST_HELP}
+    for name in ("HelpdeskFeedbackWebhook", "JiraFeedbackWebhook"):
+        components[name] = keyed[(name, "validation")]
+    components["FeedbackRequest"] = {"anyOf": keyed[("FeedbackRequest", "validation")]["oneOf"],
+                                     "description": _FEEDBACK_HELP}
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version,
@@ -53,6 +61,24 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
 
 _REQUEST_HELP = ("One ticket ({'text': ...} or the model's text fields), a batch {'tickets': [...]}, or a "
                  "Zendesk-style webhook {'ticket': {'id', 'subject', 'description'}}.")
+
+
+_FEEDBACK_HELP = ("One ticket's label as an agent set it ({'ticket_id', 'label', ...} with optionally the model's "
+                  "text fields and the prediction), or a batch {'feedback': [...]}; a batch is stored whole or not "
+                  "at all. docs/feedback.md describes every field.")
+_WEBHOOK_HELP = ("The label is read from the ticket's field named by the service's settings (default 'category'; "
+                 "a key of the ticket, or an entry of its custom_fields). Stored once per ticket update.")
+
+
+def _feedback_path(operation: str, summary: str, request: str, description: str) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary, "operationId": operation, "description": description,
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": REF.format(model=request)}}}},
+        "responses": {"200": _json("FeedbackResponse", "Stored (committed durably), or recognised as already "
+                                   "stored; counts per outcome, and one result per ticket."),
+                      **_errors(400, 401, 413, 415, 422, 503)},
+    }}
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
@@ -84,6 +110,16 @@ def _paths() -> dict[str, Any]:
                              "responses": {"200": {"description": "Prometheus text format.",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},
                                            **_errors(401)}}},
+        "/feedback": _feedback_path("feedback", "Store agents' labels for tickets", "FeedbackRequest",
+                                    _FEEDBACK_HELP),
+        "/feedback/zendesk": _feedback_path("feedbackZendesk", "Store a label from a Zendesk webhook",
+                                            "HelpdeskFeedbackWebhook", _WEBHOOK_HELP),
+        "/feedback/freshdesk": _feedback_path("feedbackFreshdesk", "Store a label from a Freshdesk webhook",
+                                              "HelpdeskFeedbackWebhook", _WEBHOOK_HELP),
+        "/feedback/jira": _feedback_path("feedbackJira", "Store a label from a Jira Service Management webhook",
+                                         "JiraFeedbackWebhook", "Jira's issue payload {'issue': {'key', 'fields'}} "
+                                         "(or automation's issue format); the label is read from the issue's "
+                                         "field named by the service's settings."),
         "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                                   "responses": {"200": {"description": "OpenAPI 3.1.",
                                                         "content": {"application/json": {

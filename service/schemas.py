@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Union
 
 from pydantic import (
+    AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
+    StringConstraints,
     Tag,
     TypeAdapter,
     ValidationError,
@@ -27,7 +33,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from classifier.text import FIELD_SEPARATOR, TEXT_COLUMN_GUESSES, field_key
+from classifier.feedback import MAX_ID, MAX_LABEL, MAX_VERSION
+from classifier.text import FIELD_SEPARATOR, MAX_CELL_CHARS, TEXT_COLUMN_GUESSES, field_key
 
 ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
 DEFAULT_TOP_K = 3
@@ -294,6 +301,7 @@ class Schemas:
     batch: type[BaseModel]
     zendesk: type[BaseModel]
     fields: tuple[str, ...]
+    max_batch: int = 256  # tickets (or feedback items) per request
 
     def parse(self, body: Any) -> BaseModel:
         """Validate a request body. Its keys are read in any case ("Tickets", "Subject"), as ticket fields
@@ -337,14 +345,15 @@ def build_schemas(fields: tuple[str, ...], label_count: int, max_batch: int) -> 
                                            "{'tickets': [...]} or {'ticket': {...}}"),
     ]
     request: TypeAdapter[Any] = TypeAdapter(shapes)
-    return Schemas(request, ticket, single, batch, zendesk, fields)
+    return Schemas(request, ticket, single, batch, zendesk, fields, max_batch)
 
 
-def describe(error: ValidationError) -> str:
-    """One line naming each bad field, e.g. ``tickets[2].subject: Input should be a valid string``."""
+def describe(error: ValidationError, tagged: bool = True) -> str:
+    """One line naming each bad field, e.g. ``tickets[2].subject: Input should be a valid string``. ``tagged``:
+    the error comes from a union of request shapes, whose tag starts each location (and is left out)."""
     messages = []
     for item in error.errors(include_url=False):
-        location = _location(item["loc"][1:])  # the first element is the request shape's tag
+        location = _location(item["loc"][1:] if tagged else item["loc"])
         messages.append(f"{location}: {item['msg']}" if location else item["msg"])
     return "; ".join(dict.fromkeys(messages))
 
@@ -354,3 +363,171 @@ def _location(parts: Sequence[str | int]) -> str:
     for part in parts:
         path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
     return path
+
+
+# ------------------------------------------------------------------ feedback (agents' labels)
+
+# Bounds of the store's columns, so that a value too long is refused naming its field, not cut.
+FeedbackLabel = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_LABEL)]
+FeedbackTicketId = Annotated[
+    Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID)] | StrictInt,
+    Field(description="Your ticket's id (the helpdesk's).", examples=["12345"]),
+    _single_error(f"Input should be a string of 1 to {MAX_ID} characters or an integer"),
+]
+FeedbackText = Annotated[StrictStr, Field(max_length=MAX_CELL_CHARS)]
+_Version = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_VERSION)]
+_EventId = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID)]
+
+
+def _update_time(value: datetime) -> datetime:
+    """A ticket's update time, in UTC (a naive one is taken as UTC), within the years a database stores."""
+    try:
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("the time is out of range") from None
+    if not 1970 <= value.year <= 9998:
+        raise ValueError("a time between the years 1970 and 9998")
+    return value
+
+
+UpdateTime = Annotated[datetime, AfterValidator(_update_time)]
+
+
+class FeedbackBase(BaseModel):
+    """One ticket's label as an agent set it; the bundle's text fields are added per app."""
+
+    model_config = ConfigDict(extra="ignore")
+    text_fields: ClassVar[tuple[str, ...]] = ("text",)
+
+    ticket_id: FeedbackTicketId = Field(validation_alias=AliasChoices("ticket_id", "id"))
+    label: FeedbackLabel = Field(description="The label (queue) the agent set.", examples=["billing"])
+    new_label: StrictBool = Field(False, description="The label is not one of the model's yet: accept it, to "
+                                  "teach a new queue at the next retraining.")
+    text: FeedbackText | None = Field(None, description="The whole ticket as one text (or the model's fields).")
+    predicted_label: FeedbackLabel | None = Field(None, description="The label the model predicted.")
+    model_version: _Version | None = Field(None, description="The version that predicted it (the response's "
+                                           "model.version).")
+    confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    needs_review: StrictBool | None = Field(None, description="The prediction's needs_review.")
+    event_id: _EventId | None = Field(None, description="Your id for this event: a retry with the same id is "
+                                      "stored once.")
+    updated_at: UpdateTime | None = Field(None, description="When the ticket was updated (ISO 8601): orders "
+                                        "corrections, and a retry of the same update is stored once.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_in_any_case(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = _canonical_keys(data, ("ticket_id", *cls.model_fields, *cls.text_fields))
+        return data
+
+    def text_record(self) -> dict[str, str] | None:
+        """The ticket's text as sent, by field (the bundle's fields, or 'text'); None when none was sent."""
+        record: dict[str, str] = {}
+        for name in ("text", *self.text_fields):
+            value = getattr(self, name, None)
+            if isinstance(value, str) and _has_words(value):
+                record[name] = value
+        return record or None
+
+
+def text_fields_of(fields: Sequence[str]) -> tuple[str, ...]:
+    """The fields the model reads, as feedback names them ('text' is the whole ticket)."""
+    return tuple(name for name in fields if name != "text")
+
+
+@dataclass(frozen=True)
+class FeedbackSchemas:
+    request: TypeAdapter[Any]
+    item: type[FeedbackBase]
+    batch: type[BaseModel]
+
+    def items(self, body: Any) -> list[FeedbackBase]:
+        """The validated feedback of a request body, in order."""
+        if isinstance(body, dict):
+            body = _canonical_keys(body, ("feedback",))
+        parsed = self.request.validate_python(body)
+        return list(parsed.feedback) if isinstance(parsed, self.batch) else [parsed]  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=16)
+def build_feedback_schemas(fields: tuple[str, ...], max_batch: int) -> FeedbackSchemas:
+    """Feedback request models for a bundle reading ``fields``: one object, or ``{"feedback": [...]}``."""
+    extra = {name: (FeedbackText | None, Field(None, description=f"The ticket's {name}."))
+             for name in text_fields_of(fields)}
+    item = create_model("Feedback", __base__=FeedbackBase, **extra)  # type: ignore[call-overload]
+    item.text_fields = text_fields_of(fields)
+    items: Any = (Annotated[list[item], Field(min_length=1, max_length=max_batch,  # type: ignore[valid-type]
+                                          description=f"1 to {max_batch} tickets' labels.")], ...)
+    batch = create_model("FeedbackBatch", __config__=ConfigDict(extra="ignore"), feedback=items)
+
+    def shape(body: Any) -> str:
+        return "batch" if isinstance(body, dict) and body.get("feedback") is not None else "single"
+
+    shapes: Any = Annotated[  # a type built at run time, as in build_schemas
+        Union[Annotated[item, Tag("single")], Annotated[batch, Tag("batch")]],  # noqa: UP007
+        Discriminator(shape)]
+    return FeedbackSchemas(TypeAdapter(shapes), item, batch)
+
+
+class HelpdeskTicket(ZendeskTicket):
+    """A ticket-updated webhook's ticket (Zendesk, Freshdesk): its id, optionally its text and update time; the
+    category field (named by the service's settings) is read from the other keys."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: TicketId
+    updated_at: UpdateTime | None = Field(None, description="When the ticket was updated (ISO 8601).")
+
+    @model_validator(mode="after")
+    def _has_text(self) -> HelpdeskTicket:  # replaces ZendeskTicket's: feedback may come without text
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return handler.resolve_ref_schema(handler(core_schema))  # no text required, unlike ZendeskTicket
+
+
+class HelpdeskWebhook(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    ticket: HelpdeskTicket
+    event_id: _EventId | None = None
+
+
+class JiraFields(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    summary: StrictStr | None = None
+    description: StrictStr | dict[str, Any] | None = Field(None, description="Text, or an Atlassian document.")
+    updated: UpdateTime | None = None
+
+
+class JiraIssue(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    key: Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID)] = Field(examples=["SD-12"])
+    fields: JiraFields
+
+
+class JiraWebhook(BaseModel):
+    """Jira Service Management's issue payload: ``{"issue": {...}}`` (a webhook, or automation's "Send web request"
+    with the issue in Jira format); automation's own format (the issue's keys at the top) is read as the issue."""
+
+    model_config = ConfigDict(extra="allow")
+
+    issue: JiraIssue
+    event_id: _EventId | None = None
+
+
+class FeedbackResult(BaseModel):
+    ticket_id: str
+    status: str = Field(description="stored; duplicate (a retry of an event already stored); unchanged (the "
+                        "ticket already has this label)", examples=["stored"])
+
+
+class FeedbackResponse(BaseModel):
+    stored: int = Field(description="Labels stored.")
+    duplicates: int = Field(description="Retries of events already stored: not counted again.")
+    unchanged: int = Field(description="Labels the tickets already had: not counted again.")
+    results: list[FeedbackResult] = Field(description="One per ticket, in request order.")

@@ -297,7 +297,8 @@ def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predi
 def test_openapi_document_describes_this_bundle(client: FlaskClient) -> None:
     document = client.get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {"/classify", "/labels", "/health", "/ready", "/metrics", "/openapi.json"}
+    assert set(document["paths"]) == {"/classify", "/labels", "/health", "/ready", "/metrics", "/openapi.json",
+                                      "/feedback", "/feedback/zendesk", "/feedback/freshdesk", "/feedback/jira"}
     ticket = document["components"]["schemas"]["Ticket"]
     assert {"id", "text", "subject", "body"} <= set(ticket["properties"])
     assert "security" not in document  # no keys configured

@@ -1,0 +1,380 @@
+"""The feedback blueprint: agents' labels for tickets, stored in the feedback database (classifier/feedback.py).
+
+``POST /feedback`` takes one ticket's label or ``{"feedback": [...]}``; ``POST /feedback/zendesk``,
+``/feedback/freshdesk`` and ``/feedback/jira`` take what those helpdesks' webhooks send when a ticket is
+updated, reading the label from the category field the settings name. A request is answered 200 only once
+its feedback is committed (durably); a batch is one transaction. Bad feedback gets a 4xx naming the field and
+stores nothing.
+
+Classification never depends on the feedback database: a store that cannot be opened (a read-only volume,
+PostgreSQL down) is logged, ``/feedback`` answers 503 (helpdesks retry those) and the store is tried again
+on a later request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from classifier.errors import UserError
+from classifier.feedback import (
+    MAX_ID,
+    FeedbackEvent,
+    FeedbackStore,
+    Outcome,
+    check_url,
+    database_url,
+    default_location,
+    shown,
+)
+from service import metrics
+from service.api import _json_body, json_response
+from service.context import context
+from service.errors import ApiError
+from service.schemas import (
+    FeedbackBase,
+    FeedbackResponse,
+    FeedbackResult,
+    HelpdeskWebhook,
+    JiraWebhook,
+    ZendeskTicket,
+    build_feedback_schemas,
+    describe,
+    zendesk_record,
+)
+
+log = logging.getLogger("ticketclf.service")
+bp = Blueprint("feedback", __name__)
+EXTENSION = "ticketclf.feedback"
+OFF = "off"  # TICKETCLF_FEEDBACK_DB=off: no feedback routes' storage (503)
+RETRY_SECONDS = 5.0  # a store that failed to open is tried again at most this often
+# The helpdesks' settings: which field of their ticket holds the label.
+HELPDESK_FIELDS = {"zendesk": "FEEDBACK_ZENDESK_FIELD", "freshdesk": "FEEDBACK_FRESHDESK_FIELD",
+                   "jira": "FEEDBACK_JIRA_FIELD"}
+
+
+class FeedbackDatabase:
+    """The app's feedback store, opened at start if it can be, else on a later request."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self._store: FeedbackStore | None = None
+        self._error: str | None = None if url else "feedback is turned off (TICKETCLF_FEEDBACK_DB=off)"
+        self._tried = 0.0
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return shown(self.url) if self.url else OFF
+
+    def open(self) -> None:
+        """Try to open the store now; on failure remember why (a mistake in the URL itself is raised)."""
+        if self.url is None:
+            return
+        self._tried = time.monotonic()
+        try:
+            self._store = FeedbackStore.open(self.url, create=True)
+        except (UserError, SQLAlchemyError, OSError) as error:
+            self._error = f"{self.describe()}: {_first_line(error)}"
+            log.error("feedback database unavailable (classification is not affected): %s", self._error)
+        else:
+            self._error = None
+            log.info("feedback database %s ready", self.describe())
+
+    def store(self) -> FeedbackStore:
+        """The open store, or a 503 saying why there is none."""
+        with self._lock:
+            if self._store is None and self.url is not None and time.monotonic() - self._tried >= RETRY_SECONDS:
+                self.open()
+            if self._store is None:
+                raise _unavailable(self._error or "not open")
+            return self._store
+
+
+def install(app: Flask) -> None:
+    """Open the feedback store (``FEEDBACK_DB``, default beside the model) and register the routes."""
+    configured = app.config["FEEDBACK_DB"]
+    if configured and str(configured).strip().lower() == OFF:
+        url = None
+    else:
+        url = database_url(configured or default_location(app.config["BUNDLE"]))
+        try:
+            check_url(url)  # a mistake in the setting stops the server with one line
+        except UserError as error:
+            raise UserError(f"FEEDBACK_DB (TICKETCLF_FEEDBACK_DB): {error}") from None
+    database = FeedbackDatabase(url)
+    database.open()
+    app.extensions[EXTENSION] = database
+    app.register_blueprint(bp)
+
+
+# ---------------------------------------------------------------- routes
+
+
+@bp.post("/feedback")
+def feedback() -> Response:
+    body = _json_body()
+    model = context().model()
+    schemas = build_feedback_schemas(model.predictor.text_options.record_fields, current_app.config["MAX_BATCH"])
+    try:
+        items = schemas.items(body)
+    except ValidationError as error:
+        raise ApiError(422, "invalid_request", describe(error)) from None
+    batch = isinstance(body, dict) and any(key.lower() == "feedback" for key in body)
+    names = [f"feedback[{index}]" if batch else "" for index in range(len(items))]
+    return _store([_event(item) for item in items], names)
+
+
+@bp.post("/feedback/zendesk")
+def zendesk() -> Response:
+    return _helpdesk("zendesk")
+
+
+@bp.post("/feedback/freshdesk")
+def freshdesk() -> Response:
+    return _helpdesk("freshdesk")
+
+
+def _helpdesk(source: str) -> Response:
+    """``{"ticket": {"id", "subject", "description", "updated_at", <category field>, "custom_fields"}}``."""
+    body = _json_body()
+    try:
+        parsed = HelpdeskWebhook.model_validate(body)
+    except ValidationError as error:
+        raise ApiError(422, "invalid_request", describe(error, tagged=False)) from None
+    ticket = parsed.ticket
+    extra = {**(ticket.model_extra or {})}
+    field = current_app.config[HELPDESK_FIELDS[source]]
+    label = _label_from(extra, field, "ticket", source)
+    event = FeedbackEvent(
+        ticket_id=str(ticket.id), label=label, text_fields=_text(ticket), updated_at=ticket.updated_at,
+        event_id=parsed.event_id, source=source, **_prediction(extra, "ticket"))
+    return _store([event], ["ticket"])
+
+
+@bp.post("/feedback/jira")
+def jira() -> Response:
+    """Jira Service Management: ``{"issue": {"key", "fields": {"summary", "description", "updated", <field>}}}``,
+    or the issue itself (automation's own format)."""
+    body = _json_body()
+    if isinstance(body, dict) and "issue" not in body and "fields" in body:
+        body = {"issue": body}
+    try:
+        parsed = JiraWebhook.model_validate(body)
+    except ValidationError as error:
+        raise ApiError(422, "invalid_request", describe(error, tagged=False)) from None
+    issue = parsed.issue
+    fields = {**(issue.fields.model_extra or {})}
+    label = _label_from(fields, current_app.config["FEEDBACK_JIRA_FIELD"], "issue.fields", "jira")
+    description = issue.fields.description
+    text = _text(ZendeskTicket.model_construct(
+        id=issue.key, subject=issue.fields.summary,
+        description=_document_text(description) if isinstance(description, dict) else description))
+    event = FeedbackEvent(ticket_id=issue.key, label=label, text_fields=text, updated_at=issue.fields.updated,
+                          event_id=parsed.event_id, source="jira", **_prediction(fields, "issue.fields"))
+    return _store([event], ["issue"])
+
+
+# ---------------------------------------------------------------- shared steps
+
+
+def _event(item: FeedbackBase) -> FeedbackEvent:
+    return FeedbackEvent(
+        ticket_id=str(item.ticket_id), label=item.label, text_fields=item.text_record(),
+        predicted_label=item.predicted_label, model_version=item.model_version, confidence=item.confidence,
+        needs_review=item.needs_review, new_label=item.new_label, event_id=item.event_id,
+        updated_at=item.updated_at)
+
+
+def _store(events: list[FeedbackEvent], names: Sequence[str]) -> Response:
+    """Check the labels against the served model's, store all in one transaction, count and answer."""
+    database: FeedbackDatabase = current_app.extensions[EXTENSION]
+    events = [_checked_values(event, name) for event, name in zip(events, names, strict=True)]
+    store = database.store()
+    events = _check_labels(events, names, store)
+    if not current_app.config["FEEDBACK_STORE_TEXT"]:
+        events = [_without_text(event) for event in events]
+    g.ticket_count = len(events)  # the access log's count; it never holds feedback text
+    try:
+        outcomes = store.add(events)
+    except SQLAlchemyError as error:
+        metrics.record_feedback_store_error()
+        log.error("feedback not stored (nothing of this request was): %s", _first_line(error))
+        raise _unavailable(f"{database.describe()}: {_first_line(error)}") from None
+    metrics.record_feedback(outcomes)
+    return json_response(_response(outcomes))
+
+
+def _checked_values(event: FeedbackEvent, name: str) -> FeedbackEvent:
+    """What every database stores: ids within the column's length and no NUL character (PostgreSQL refuses it
+    in text; in ticket text it is dropped)."""
+    where = f"{name}." if name else ""
+    if len(event.ticket_id) > MAX_ID:
+        raise ApiError(422, "invalid_request", f"{where}ticket_id: at most {MAX_ID} characters")
+    for key in ("ticket_id", "label", "predicted_label", "model_version", "event_id"):
+        if "\x00" in (getattr(event, key) or ""):
+            raise ApiError(422, "invalid_request", f"{where}{key}: contains a NUL character")
+    if event.text_fields and any("\x00" in value for value in event.text_fields.values()):
+        event = replace(event, text_fields={key: value.replace("\x00", "") for key, value in event.text_fields.items()})
+    return event
+
+
+def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: FeedbackStore) -> list[FeedbackEvent]:
+    """Labels are the served model's (matched in any case, stored in its spelling), or new ones the request
+    (``new_label``), the settings (``FEEDBACK_NEW_LABELS``) or an earlier request accepted."""
+    model = context().model()
+    known = {label.casefold(): label for label in model.predictor.labels}
+    checked, unknown = [], []
+    taught: set[str] | None = None
+    for index, event in enumerate(events):
+        label = known.get(event.label.casefold())
+        if label is not None:
+            checked.append(replace(event, label=label, new_label=False))
+            continue
+        if taught is None:
+            taught = _taught(store)
+        if event.new_label or current_app.config["FEEDBACK_NEW_LABELS"] or event.label in taught:
+            checked.append(replace(event, new_label=True))
+        else:
+            unknown.append(index)
+    if unknown:
+        where = ", ".join(f"{names[i]}.label" if names[i] else "label" for i in unknown[:10])
+        labels = ", ".join(dict.fromkeys(repr(events[i].label) for i in unknown[:10]))
+        shown_labels = ", ".join(model.predictor.labels[:20]) + (" ..." if len(model.predictor.labels) > 20 else "")
+        raise ApiError(422, "unknown_label", f"{where}: {labels}: not a label of the model {model.name} "
+                       f"{model.version} ({shown_labels}); to teach a new queue send \"new_label\": true")
+    return checked
+
+
+def _taught(store: FeedbackStore) -> set[str]:
+    try:
+        return store.taught_labels()
+    except SQLAlchemyError as error:
+        metrics.record_feedback_store_error()
+        raise _unavailable(_first_line(error)) from None
+
+
+def _without_text(event: FeedbackEvent) -> FeedbackEvent:
+    return replace(event, text_fields=None)
+
+
+def _response(outcomes: list[Outcome]) -> FeedbackResponse:
+    count = {status: sum(o.status == status for o in outcomes) for status in ("stored", "duplicate", "unchanged")}
+    return FeedbackResponse(stored=count["stored"], duplicates=count["duplicate"], unchanged=count["unchanged"],
+                            results=[FeedbackResult(ticket_id=o.ticket_id, status=o.status) for o in outcomes])
+
+
+def _text(ticket: ZendeskTicket) -> dict[str, str] | None:
+    """A webhook ticket's subject and description mapped onto the model's fields, as /classify maps them."""
+    if not (ticket.subject or ticket.description):
+        return None
+    record = zendesk_record(ticket, context().model().predictor.text_options.record_fields)
+    if isinstance(record, str):
+        return {"text": record}
+    return {key: value for key, value in record.items() if value and value.strip()} or None
+
+
+def _label_from(data: dict[str, Any], field: str, where: str, source: str) -> str:
+    """The label in the helpdesk's category field: a key of ``data``, or an entry of its custom fields (a
+    Zendesk list of ``{"id", "value"}``, a Freshdesk object); a select field's value or name."""
+    value = _field_value(data, field)
+    setting = f"TICKETCLF_{HELPDESK_FIELDS[source]}"
+    if value is None:
+        raise ApiError(422, "invalid_request", f"{where}.{field}: missing: the ticket has no value for the "
+                       f"category field {field!r} (set by {setting}); send only tickets that have one")
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ApiError(422, "invalid_request", f"{where}.{field}: expected the category as a string (or a select "
+                       "field's {\"value\": ...}), got " + type(value).__name__)
+    label = str(value).strip()
+    if not label or len(label) > 256:
+        raise ApiError(422, "invalid_request", f"{where}.{field}: a label of 1 to 256 characters, got "
+                       f"{len(label)}")
+    return label
+
+
+def _field_value(data: dict[str, Any], field: str) -> Any:
+    lowered = {str(key).lower(): value for key, value in data.items()}
+    value = lowered.get(field.lower())
+    if value is None:
+        custom = lowered.get("custom_fields")
+        if isinstance(custom, dict):
+            value = {str(k).lower(): v for k, v in custom.items()}.get(field.lower())
+        elif isinstance(custom, list):
+            value = next((entry.get("value") for entry in custom
+                          if isinstance(entry, dict) and str(entry.get("id")).lower() == field.lower()), None)
+    return _option_value(value)
+
+
+def _option_value(value: Any) -> Any:
+    """A select field's option (``{"value": ...}``, ``{"name": ...}``, Jira's request type), a one-item list's
+    item; an empty string counts as missing."""
+    if isinstance(value, list):
+        value = value[0] if len(value) == 1 else (None if not value else value)
+    if isinstance(value, dict):
+        if "requestType" in value and isinstance(value["requestType"], dict):
+            value = value["requestType"]
+        value = next((value[key] for key in ("value", "name") if value.get(key) is not None), value)
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _prediction(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``predicted_label`` and ``model_version`` when the helpdesk keeps them in fields of those names (an
+    integration that wrote /classify's answer into the ticket)."""
+    found: dict[str, Any] = {}
+    for name, limit in (("predicted_label", 256), ("model_version", 128)):
+        value = _field_value(data, name)
+        if value is None:
+            continue
+        if not isinstance(value, str | int) or isinstance(value, bool) or len(str(value)) > limit:
+            raise ApiError(422, "invalid_request", f"{where}.{name}: a string of at most {limit} characters")
+        found[name] = str(value).strip()
+    return found
+
+
+def _document_text(document: dict[str, Any]) -> str | None:
+    """The text of an Atlassian document (Jira's rich-text description): its text nodes, a block a line."""
+    lines: list[str] = []
+    current: list[str] = []
+    pending: list[Any] = [document]
+    while pending:  # depth-first, without recursion: a hostile document may nest deeply
+        node = pending.pop()
+        if node is None:  # the end of a block
+            lines.append("".join(current))
+            current = []
+        elif isinstance(node, dict):
+            if isinstance(node.get("text"), str):
+                current.append(node["text"])
+            children = node.get("content")
+            if isinstance(children, list):
+                if node.get("type") in ("paragraph", "heading", "listItem", "codeBlock", "blockquote"):
+                    pending.append(None)  # popped after the block's children
+                pending.extend(reversed(children))
+    lines.append("".join(current))
+    text = "\n".join(line for line in lines if line.strip())
+    return text or None
+
+
+def _unavailable(reason: str) -> ApiError:
+    return ApiError(503, "feedback_unavailable", f"the feedback database cannot take feedback now ({reason}); "
+                    "nothing was stored, retry later", headers={"Retry-After": "5"})
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def document_models() -> dict[str, type[BaseModel]]:
+    """The models the OpenAPI document describes the webhooks and answers with."""
+    return {"ZendeskFeedbackWebhook": HelpdeskWebhook, "JiraFeedbackWebhook": JiraWebhook,
+            "FeedbackResponse": FeedbackResponse}
+
