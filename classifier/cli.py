@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -22,6 +23,7 @@ from classifier.options import ENGINES
 from classifier.text import TextOptions, ticket_text
 
 if TYPE_CHECKING:
+    from classifier.feedback import WindowStats
     from classifier.predict import Predictor
     from classifier.repository import ModelRepository, Version
 
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_split, _add_train, _add_export, _add_evaluate, _add_predict, _add_serve, _add_models,
-                _add_retrain):
+                _add_retrain, _add_feedback):
         add(commands)
     return parser
 
@@ -667,6 +669,129 @@ def _aliases_line(repository: ModelRepository, version: Version) -> str:
     aliases = [alias for alias, number in repository.aliases(version.model).items() if number == version.number]
     return f"version {version.number}: {', '.join(aliases) or 'no alias'}" + (
         " (it serves)" if CHAMPION in aliases else "; 'ticketclf models promote' makes it serve")
+
+
+# ---------------------------------------------------------------- feedback
+
+FEEDBACK_EPILOG = """\
+The feedback database holds the labels agents set (POST /feedback and the helpdesk webhooks,
+docs/feedback.md). Name it with --db (a URL or a SQLite file), $TICKETCLF_FEEDBACK_DB, or the
+model the service serves, whose default database is used (REPO/NAME/feedback.sqlite, or
+BUNDLE.feedback.sqlite beside a bundle).
+
+examples:
+  ticketclf feedback stats models/tickets --window 1h --window 1d --window all
+  ticketclf feedback stats --db postgresql+psycopg://ticketclf@db/feedback --json
+  ticketclf feedback export models/tickets --output corrections.csv    # train / retrain --corrections read it
+  ticketclf feedback delete models/tickets --ticket 4711 --ticket 4712   # a ticket's labels and text
+  ticketclf feedback delete models/tickets --ticket 4711 --text-only     # only its text
+"""
+
+
+def _add_feedback(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("feedback", help="online accuracy, export and deletion of agents' feedback",
+                            description="Read and manage the feedback database.", epilog=FEEDBACK_EPILOG,
+                            formatter_class=_HelpFormatter)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str, run: Command) -> argparse.ArgumentParser:
+        parser = _subcommand(actions, name, help, run, epilog=FEEDBACK_EPILOG)
+        parser.add_argument("model", type=Path, nargs="?", metavar="MODEL",
+                            help="the model the service serves (REPO/NAME or a bundle), for its default database")
+        parser.add_argument("--db", metavar="URL", help="the feedback database: a URL (sqlite:///..., "
+                            "postgresql+psycopg://...) or a SQLite file (default: $TICKETCLF_FEEDBACK_DB, else "
+                            "MODEL's)")
+        return parser
+
+    stats = action("stats", "agreement of the model with the agents, per label, model version and window",
+                   _run_feedback_stats)
+    stats.add_argument("--window", action="append", metavar="WINDOW", help="tickets whose label arrived in the "
+                       "last WINDOW (30m, 12h, 1d, 2w) or 'all'; repeat for several (default: 1d, 7d, all)")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    export = action("export", "write the agents' labels as a training file (CSV)", _run_feedback_export)
+    export.add_argument("--output", "-o", type=Path, required=True, help="the CSV file to write")
+    export.add_argument("--label-column", default="label", help="name of the label column")
+    export.add_argument("--since", type=_utc_time, metavar="TIME", help="only labels received since then (ISO 8601)")
+    delete = action("delete", "delete what is stored of tickets (their labels and text)", _run_feedback_delete)
+    delete.add_argument("--ticket", action="append", required=True, metavar="ID", help="a ticket id; repeat")
+    delete.add_argument("--text-only", action="store_true", help="delete the tickets' text, keep their labels")
+
+
+def _utc_time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a time in ISO 8601 (2026-11-30T12:00:00Z), got {value!r}") from None
+
+
+def _run_feedback_stats(args: argparse.Namespace) -> int:
+    from classifier.feedback import Window, open_store
+
+    windows = [Window.parse(text) for text in args.window or ("1d", "7d", "all")]
+    with open_store(args.db, args.model) as store:
+        results = store.stats(windows)
+        where = store.describe()
+    if args.json:
+        print(json.dumps({"database": where, "windows": [r.to_dict() for r in results]}, indent=2))
+        return 0
+    print(f"feedback database: {where}")
+    for result in results:
+        _print_window(result)
+    return 0
+
+
+def _print_window(result: WindowStats) -> None:
+    overall = result.overall
+    since = f" (since {result.since:%Y-%m-%d %H:%M} UTC)" if result.since else ""
+    print(f"\nwindow {result.window}{since}: {overall.tickets} ticket{'s' * (overall.tickets != 1)}, "
+          f"{overall.predicted} with a known prediction, agreement {_percent(overall.rate)}")
+    if not overall.tickets:
+        return
+    if result.review_known:
+        print(f"  needs_review: {_percent(result.needs_review_share)} of predictions; agreement "
+              f"{_percent(result.confident.rate)} when not flagged, {_percent(result.needs_review.rate)} when flagged")
+    for title, groups in (("agents' label", result.per_label), ("model version", result.per_model),
+                          ("predicted label", result.per_predicted)):
+        if not groups:
+            continue
+        width = max(len(title), *(len(name) for name in groups))
+        print(f"  {title:<{width}}  {'TICKETS':>7}  {'AGREED':>6}  AGREEMENT"
+              + ("  SHARE" if title == "predicted label" else ""))
+        for name in sorted(groups, key=lambda n: (-groups[n].tickets, n)):
+            group = groups[name]
+            share = f"  {_percent(group.tickets / overall.predicted)}" if title == "predicted label" else ""
+            print(f"  {name:<{width}}  {group.tickets:>7}  {group.agreed:>6}  {_percent(group.rate):>9}{share}")
+    if result.new_labels:
+        print("  new labels (not the model's): " + ", ".join(f"{label} ({count})"
+                                                            for label, count in result.new_labels.most_common()))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _run_feedback_export(args: argparse.Namespace) -> int:
+    from classifier.feedback import export_csv, open_store
+
+    with open_store(args.db, args.model) as store:
+        rows, without_text, columns = export_csv(store, args.output, label_column=args.label_column,
+                                                 since=args.since)
+    print(f"{rows} tickets' labels written to {args.output} (text columns: {', '.join(columns)}, label column: "
+          f"{args.label_column})")
+    if without_text:
+        print(f"  {without_text} of them without text (never sent): train leaves them out; retrain --corrections "
+              "matches them to the export by ticket id")
+    return 0
+
+
+def _run_feedback_delete(args: argparse.Namespace) -> int:
+    from classifier.feedback import open_store
+
+    with open_store(args.db, args.model) as store:
+        changed = store.delete(args.ticket, text_only=args.text_only)
+    what = "events had their text deleted" if args.text_only else "events deleted"
+    print(f"{changed} {what} (tickets {', '.join(args.ticket)})")
+    return 0
 
 
 # ---------------------------------------------------------------- split
