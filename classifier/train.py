@@ -69,10 +69,12 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     inputs = tuple(Path(path) for path in (data_path, data_options.validation_path) if path is not None)
     bundle.check_output(output_dir, overwrite, inputs)  # now, not after an hour of training
     resume_from = _resume_point(output_dir, options, overwrite)  # likewise: checkpoints before reading data
+    # Every process reads and splits the data (seeded: the same split in each); rank 0 reports it.
     data = prepare_data(data_path, data_options, seed=options.seed)
-    log.info("text from column%s %s, labels from column %s", "s" if len(data.text_options.fields) > 1 else "",
-             ", ".join(data.text_options.fields), data.train.source["label_column"])
-    log.info("data report:\n  %s", "\n  ".join(data.report.summary_lines()))
+    if is_main_process():
+        log.info("text from column%s %s, labels from column %s", "s" if len(data.text_options.fields) > 1 else "",
+                 ", ".join(data.text_options.fields), data.train.source["label_column"])
+        log.info("data report:\n  %s", "\n  ".join(data.report.summary_lines()))
     fitted = fit(data, options, checkpoint_dir(output_dir), resume_from)
     if not fitted.writes_bundle:  # under torchrun, one process writes the bundle
         return None
@@ -119,9 +121,10 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
     metrics = {k.removeprefix("eval_"): float(v) for k, v in trainer.evaluate().items()}
     validation = trainer.predict(validation_set)
     calibration = Calibration(**fit_temperature(_first(validation.predictions), np.asarray(validation.label_ids)))
-    log.info("calibration: temperature %.3f on %d validation tickets%s", calibration.temperature,
-             calibration.tickets, f" (not fitted: {calibration.skipped})" if calibration.skipped else
-             f" ({calibration.method}: {calibration.why})" if calibration.why else "")
+    if trainer.is_world_process_zero():  # every process has the gathered predictions and fits the same
+        log.info("calibration: temperature %.3f on %d validation tickets%s", calibration.temperature,
+                 calibration.tickets, f" (not fitted: {calibration.skipped})" if calibration.skipped else
+                 f" ({calibration.method}: {calibration.why})" if calibration.why else "")
     model = _merge_adapters(cast(torch.nn.Module, trainer.model))
     return Fitted(model, tokenizer, max_length, train_seconds, metrics, calibration,
                   trainer.is_world_process_zero())
@@ -263,6 +266,13 @@ def _precision(requested: str) -> str:
     return "fp32"
 
 
+def is_main_process() -> bool:
+    """False in a process other than rank 0 of a distributed launch. ``torchrun`` and ``accelerate launch``
+    set ``RANK`` (the global rank) in every process they start; it is known before Trainer sets up the
+    process group, so the processes can agree on who touches the output before training starts."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def checkpoint_dir(output_dir: str | Path) -> Path:
     """Where training keeps its checkpoints until the bundle is written: beside the bundle."""
     output_dir = Path(output_dir)
@@ -283,9 +293,10 @@ def _resume_point(output_dir: Path, options: TrainingOptions, overwrite: bool) -
         if not overwrite:
             raise UserError(f"{checkpoints} holds checkpoints of an interrupted run: pass --resume to continue it "
                             "(same data and options), or --overwrite to start over and delete them")
-        # Only when there are checkpoints: under torchrun a slower rank must not delete the run.json
-        # that rank 0 has just written for this run.
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        # Only rank 0 deletes them (and only when there are checkpoints): under torchrun another rank,
+        # a moment later, would delete the run.json that rank 0 has just written for this run.
+        if is_main_process():
+            shutil.rmtree(checkpoints, ignore_errors=True)
     return None
 
 
@@ -298,7 +309,8 @@ def _record_run(checkpoints: Path, resume_from: str | None, settings: dict[str, 
     path = checkpoints / RUN_SETTINGS
     current = json.loads(json.dumps(settings, default=str))  # as read back: tuples as lists
     if resume_from is None or not path.is_file():  # checkpoints from before settings were recorded: trust them
-        bundle.write_json_atomic(path, current)
+        if is_main_process():  # one writer under torchrun; when resuming, every process compares (below)
+            bundle.write_json_atomic(path, current)
         return
     recorded = _flat(json.loads(path.read_text(encoding="utf-8")))
     changed = [f"{name} {recorded.get(name)!r} -> {value!r}" for name, value in _flat(current).items()
