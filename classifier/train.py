@@ -68,6 +68,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     output_dir = Path(output_dir)
     inputs = tuple(Path(path) for path in (data_path, data_options.validation_path) if path is not None)
     bundle.check_output(output_dir, overwrite, inputs)  # now, not after an hour of training
+    per_process_batch(options.batch_size)  # likewise: a batch that does not split over the processes
     resume_from = _resume_point(output_dir, options, overwrite)  # likewise: checkpoints before reading data
     # Every process reads and splits the data (seeded: the same split in each); rank 0 reports it.
     data = prepare_data(data_path, data_options, seed=options.seed)
@@ -273,6 +274,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def per_process_batch(batch_size: int) -> int:
+    """The tickets each process takes per optimisation step. ``--batch-size`` is tickets per step in all,
+    whatever the launch, so the same command trains the same way (same steps, learning rate and schedule)
+    on one process or on N: each process takes 1/N of the batch and DDP averages their gradients."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_size % processes:
+        raise UserError(f"--batch-size {batch_size} does not split evenly over {processes} processes: give a "
+                        f"multiple of {processes} (tickets per step in all processes together)")
+    return batch_size // processes
+
+
 def checkpoint_dir(output_dir: str | Path) -> Path:
     """Where training keeps its checkpoints until the bundle is written: beside the bundle."""
     output_dir = Path(output_dir)
@@ -348,7 +360,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     validation_set = _Encoded(tokenizer, data.validation.texts,
                               [label_index[x] for x in data.validation.labels], max_length)
     precision = _precision(options.precision)
-    micro, accumulation = micro_batches(options.batch_size, max_length)
+    micro, accumulation = micro_batches(per_process_batch(options.batch_size), max_length)
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=options.epochs,
