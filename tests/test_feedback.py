@@ -383,8 +383,9 @@ def test_a_new_label_is_taught_once_then_accepted(feedback_app: Flask) -> None:
 
 def test_zendesk_webhook_reads_the_category_and_a_retry_counts_once(feedback_app: Flask) -> None:
     client, ticket = feedback_app.test_client(), fresh_id()
+    # updated_at as Zendesk writes it, to the minute
     payload = {"ticket": {"id": ticket, "subject": "Cannot log in", "description": "Password reset fails.",
-                          "updated_at": "2026-11-30T10:00:00Z", "category": "login_access", "status": "open"}}
+                          "updated_at": "2026-11-30T10:00Z", "category": "login_access", "status": "open"}}
     assert client.post("/feedback/zendesk", json=payload).get_json()["stored"] == 1
     assert client.post("/feedback/zendesk", json=payload).get_json()["duplicates"] == 1
     [stored] = app_store(feedback_app).events(ticket)
