@@ -5,6 +5,10 @@
 #   docker build -t ticket-classifier:0.1.0 .
 #   docker run --rm -p 8000:8000 -v "$PWD/runs/model:/model:ro" ticket-classifier:0.1.0
 #
+# That is bare gunicorn: for development, or behind a load balancer that buffers requests. Where
+# callers you do not control reach it, run it behind nginx: deploy/compose.yaml (docs/service.md,
+# "Slow clients: nginx in front").
+#
 # Any glibc-based (Debian, Ubuntu) Python 3.10+ image with pip and useradd will do as the base, e.g.
 # a mirror of python:3.11-slim: docker build --build-arg PYTHON_IMAGE=registry.example/python:3.11-slim .
 ARG PYTHON_IMAGE=python:3.11-slim
