@@ -1,9 +1,11 @@
 """gunicorn's sync worker with four changes for this service.
 
 1. It closes a connection at once when the whole request has been read (below).
-2. On a graceful stop (SIGTERM) it answers the connections already waiting in the listen
-   queue before it exits: gunicorn's own worker leaves them, and they are reset when the
-   last worker closes the socket, though their clients had connected before the stop.
+2. On a graceful stop (SIGTERM) it keeps answering connections from the listen queue until
+   it finds the queue empty, then exits: gunicorn's own worker leaves them, and they are reset
+   when the last worker closes the socket. The socket listens while a worker holds it, so a
+   connection made after the SIGTERM is answered too while the workers drain (docs/service.md,
+   "Stopping"): on Kubernetes, a straggler sent before the load balancers dropped the pod.
 3. Requests that gunicorn refuses itself before the app sees them (a malformed request
    line or header, a request line over 4,094 bytes, too many headers) are answered with
    the API's JSON error body instead of gunicorn's HTML page.
