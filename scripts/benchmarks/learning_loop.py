@@ -93,7 +93,7 @@ def main() -> int:
             arrivals = [incoming[i] for i in chunk]
             agreement = serve_and_correct(port, arrivals, number)
             champion = repository.serving_state(MODEL).version
-            load = Load(port, [row["text"] for row in test[:500]], args.concurrency)
+            load = Load(port, [row["text"] for row in test[:500]], args.concurrency, args.rate)
             load.start()
             began = time.perf_counter()
             cli("retrain", str(model_dir), "--data", str(export), "--feedback", f"sqlite:///{database}",
@@ -113,7 +113,9 @@ def main() -> int:
                       "retrain_seconds": round(retrain_seconds), "swap_seconds": round(swapped, 1),
                       **load.summary()}
             results.append(result)
-            print(json.dumps(result))
+            print(json.dumps(result), flush=True)
+            if not args.no_record:  # each round as it ends: a run stopped later keeps the rounds it finished
+                (args.workdir / "rounds.jsonl").open("a").write(json.dumps(result) + "\n")
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -135,6 +137,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--epochs", type=float, help="training epochs (default: ticketclf train's)")
     parser.add_argument("--concurrency", type=int, default=2, help="clients classifying during each retrain")
+    parser.add_argument("--rate", type=float, default=20.0, help="requests per second per client: a steady "
+                        "trickle, not a saturating load that would slow the retrain sharing the cores")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample", type=int, help="use only this many training and test tickets (a quick check)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "learning-loop")
@@ -218,8 +222,8 @@ def wait_for_version(port: int, version: str, timeout: float = 120) -> float:
 class Load:
     """Clients classifying single tickets in a loop: errors and latencies while a retrain and swap happen."""
 
-    def __init__(self, port: int, texts: list[str], clients: int) -> None:
-        self.port, self.texts, self.clients = port, texts, clients
+    def __init__(self, port: int, texts: list[str], clients: int, rate: float) -> None:
+        self.port, self.texts, self.clients, self.interval = port, texts, clients, 1 / rate
         self.latencies: list[float] = []
         self.errors = 0
         self.versions: set[str] = set()
@@ -246,6 +250,7 @@ class Load:
             except OSError:
                 self.errors += 1
             index += self.clients
+            self._stop.wait(max(0.0, self.interval - (time.perf_counter() - began)))
 
     def summary(self) -> dict[str, Any]:
         latencies = np.asarray(self.latencies) * 1000
