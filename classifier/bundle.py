@@ -5,14 +5,16 @@ Layout (everything that knows a file name inside a bundle lives here)::
     manifest.json                     labels, text options, thresholds, calibration, metrics, versions
     baseline.npz                      the TF-IDF baseline fitted on the training split
     config.json, model.safetensors,   the model and tokenizer (save_pretrained), loadable
-    tokenizer.json, ...               by plain transformers
+    tokenizer.json, ...               by plain transformers (vocab.txt: WordPiece's, in id order)
     onnx/model.onnx                   fp32 ONNX (after export)
     onnx/model_int8.onnx              dynamic int8 ONNX (after export)
     reports/                          data report, drift check, evaluation summaries
 
-The manifest's fields are typed in :mod:`classifier.manifest`; this module reads and writes it.
-Writes are atomic: a new bundle is built in a temporary sibling directory and renamed
-into place; the manifest is replaced with ``os.replace``.
+Every file at the top level and in ``onnx/`` but the manifest is sealed: the manifest records its
+sha256 and size (:mod:`classifier.integrity`). The manifest's fields are typed in
+:mod:`classifier.manifest`; this module reads and writes it. Writes are atomic: a new bundle is
+built in a temporary sibling directory and renamed into place; the manifest is replaced with
+``os.replace``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ from classifier.errors import UserError
 from classifier.manifest import MIGRATES_FROM, SCHEMA_VERSION, Manifest, migrate, problems
 
 MANIFEST = "manifest.json"
+CONFIG_FILE = "config.json"  # the model's transformers config
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+VOCAB_FILE = "vocab.txt"  # WordPiece tokenizers' vocabulary, one token a line in id order
+WEIGHT_SUFFIXES = (".safetensors", ".bin")  # PyTorch weights, at the top level
 ONNX_DIR = "onnx"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model_int8.onnx"
@@ -52,14 +58,7 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
         raise UserError(f"{bundle_dir}: bundle directory not found")
     if not path.is_file():
         raise UserError(f"{bundle_dir}: not a model bundle (no {MANIFEST}); create one with 'ticketclf train'")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: manifest is not valid JSON ({error})") from None
-    except RecursionError:
-        raise UserError(f"{path}: manifest is not a bundle's (JSON nested too deeply)") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: manifest is not a JSON object")
+    raw = read_json_object(path, what="manifest")
     version = raw.get("schema_version")
     if version not in MIGRATES_FROM and version != SCHEMA_VERSION:
         raise UserError(f"{path}: manifest schema version {version!r}, this release reads "
@@ -69,6 +68,21 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
     except ValidationError as error:
         raise UserError(f"{path}: manifest does not fit this release ({'; '.join(problems(error))}); was it "
                         "edited by hand? 'ticketclf train' writes a new one") from None
+
+
+def read_json_object(path: Path, data: bytes | None = None, what: str = "") -> dict[str, Any]:
+    """The JSON object in the file at ``path`` (or in ``data``, its bytes read already), or one line saying
+    why there is none; ``what`` names the file in the message ("manifest")."""
+    subject = f"{what} is " if what else ""
+    try:
+        value = json.loads(path.read_bytes() if data is None else data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: {subject}not valid JSON ({error})") from None
+    except RecursionError:
+        raise UserError(f"{path}: {subject}not valid JSON (nested too deeply)") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: {subject}not a JSON object")
+    return value
 
 
 def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> None:
@@ -192,4 +206,30 @@ def _default_mode(base: int) -> int:
 
 
 def onnx_path(bundle_dir: str | Path, quantized: bool) -> Path:
-    return Path(bundle_dir) / ONNX_DIR / (ONNX_INT8 if quantized else ONNX_FP32)
+    return Path(bundle_dir) / onnx_name(quantized)
+
+
+def onnx_name(quantized: bool) -> str:
+    """The ONNX model's path inside a bundle, as the manifest's seal names it."""
+    return f"{ONNX_DIR}/{ONNX_INT8 if quantized else ONNX_FP32}"
+
+
+def sealed_files(bundle_dir: str | Path) -> list[str]:
+    """The files a seal records, by '/'-separated path inside the bundle: every file at the top level
+    and in ``onnx/``, but the manifest (it holds the record) and hidden ones (staging, temporary files)."""
+    bundle_dir = Path(bundle_dir)
+    return sorted(path.relative_to(bundle_dir).as_posix()
+                  for directory in (bundle_dir, bundle_dir / ONNX_DIR) if directory.is_dir()
+                  for path in directory.iterdir()
+                  if path.is_file() and not path.name.startswith(".") and path.name != MANIFEST)
+
+
+def model_file(name: str) -> bool:
+    """Whether loading a model may read the bundle's file ``name`` (a path as :func:`sealed_files` gives it)."""
+    return name in (CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, VOCAB_FILE) or \
+        name.startswith(f"{ONNX_DIR}/") or ("/" not in name and name.endswith(WEIGHT_SUFFIXES))
+
+
+def weights_files(bundle_dir: str | Path) -> list[str]:
+    """The PyTorch weights files transformers loads from the bundle."""
+    return [name for name in sealed_files(bundle_dir) if "/" not in name and name.endswith(WEIGHT_SUFFIXES)]

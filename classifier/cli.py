@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_split, _add_train, _add_export, _add_evaluate, _add_predict, _add_serve, _add_models,
-                _add_retrain, _add_feedback):
+                _add_retrain, _add_bundle, _add_feedback):
         add(commands)
     return parser
 
@@ -669,6 +669,60 @@ def _aliases_line(repository: ModelRepository, version: Version) -> str:
     aliases = [alias for alias, number in repository.aliases(version.model).items() if number == version.number]
     return f"version {version.number}: {', '.join(aliases) or 'no alias'}" + (
         " (it serves)" if CHAMPION in aliases else "; 'ticketclf models promote' makes it serve")
+
+
+# ---------------------------------------------------------------- bundle
+
+BUNDLE_EPILOG = """\
+Training and export seal a bundle: the manifest records the size and sha256 of every file at its
+top level and in onnx/. Loading a model (predict, evaluate, serve, a live swap) checks the files it
+reads against that record and that labels, tokenizer, config and max_length agree, and refuses the
+bundle with one line naming the file or field otherwise.
+
+examples:
+  ticketclf bundle verify runs/model    # every file, the agreement, each model loads; exit 2 on a problem
+  ticketclf bundle seal runs/model      # after a deliberate hand edit (or for an unsealed, older bundle)
+"""
+
+
+def _add_bundle(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("bundle", help="verify a bundle's files and agreement, or seal a deliberate edit",
+                            description="Check or seal a model bundle's files.", epilog=BUNDLE_EPILOG,
+                            formatter_class=_HelpFormatter)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help, run in (
+            ("verify", "check every sealed file's size and sha256, that labels, tokenizer, config and "
+                       "max_length agree, and that each model loads; one line per problem", _run_bundle_verify),
+            ("seal", "record the size and sha256 of the bundle's files as they are now, saying what changed "
+                     "(only if the bundle would load)", _run_bundle_seal)):
+        _subcommand(actions, name, help, run).add_argument("bundle", type=Path, help="model bundle directory")
+
+
+def _run_bundle_verify(args: argparse.Namespace) -> int:
+    from classifier.integrity import verify_bundle
+
+    verification = verify_bundle(args.bundle)
+    for problem in verification.problems:
+        print(f"ticketclf bundle verify: {problem}", file=sys.stderr)
+    if verification.problems:
+        return UserError.exit_code
+    print(verification.summary)
+    return 0
+
+
+def _run_bundle_seal(args: argparse.Namespace) -> int:
+    from classifier.integrity import seal_bundle
+
+    sealed = seal_bundle(args.bundle)
+    for change in sealed.changes:
+        print(f"  {change}")
+    if not sealed.was_sealed:
+        print(f"{args.bundle}: sealed {sealed.files} files (it was unsealed)")
+    elif sealed.changes:
+        print(f"{args.bundle}: sealed {sealed.files} files; {len(sealed.changes)} changed since the last seal")
+    else:
+        print(f"{args.bundle}: all {sealed.files} files as sealed already; nothing changed")
+    return 0
 
 
 # ---------------------------------------------------------------- feedback

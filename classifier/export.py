@@ -11,7 +11,8 @@ Steps, all in a staging directory so a failure leaves the bundle as it was:
 4. drift check on the bundle's validation split: PyTorch vs ONNX fp32 vs int8.
 
 The result goes to ``BUNDLE/onnx/`` and the manifest records opset, sizes, the drift
-figures and which model to serve.
+figures, which model to serve, and the ONNX files' sha256 in its seal. The files the export
+reads are checked against the seal first; an unsealed bundle is sealed as it is.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from classifier import bundle
+from classifier import bundle, integrity
 from classifier.errors import UserError
-from classifier.manifest import Drift, ExportSection, Manifest, OnnxFile, Quantization, Serving
+from classifier.manifest import Drift, ExportSection, Integrity, Manifest, OnnxFile, Quantization, Serving
 from classifier.onnx_graph import keep_first_token_after_last_attention
 from classifier.predict import INT8_MAX_BATCH, OnnxEngine, Predictor, TorchEngine, default_threads, load_tokenizer
 
@@ -69,6 +70,11 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> Expo
     options = options or ExportOptions()
     bundle_dir = Path(bundle_dir)
     manifest = bundle.read_manifest(bundle_dir)
+    if manifest.integrity:  # the model, tokenizer and validation split it reads are as trained
+        problems = integrity.file_problems(bundle_dir, manifest, [name for name in manifest.integrity.files
+                                                                  if not name.startswith(f"{bundle.ONNX_DIR}/")])
+        if problems:
+            raise UserError(next(iter(problems.values())))
     target = choose_quantization_target(options.quantization)
     _import_exporters()
     _remove_abandoned_work(bundle_dir)
@@ -296,6 +302,7 @@ def _commit(bundle_dir: Path, staged: Path, section: ExportSection) -> None:
                     "again to set them for this one", bundle_dir)
     updated = manifest.model_copy(update={
         "export": section,
+        "integrity": _sealed_with(bundle_dir, manifest, staged),
         "serving": Serving(engine="int8" if int8_ok else "fp32",
                            reason="int8 within accuracy limit" if int8_ok else "int8 accuracy drop over limit")})
     # Ctrl-C or SIGTERM (the CLI turns it into an exception) wait until the models and the manifest
@@ -307,6 +314,22 @@ def _commit(bundle_dir: Path, staged: Path, section: ExportSection) -> None:
         bundle.write_report(bundle_dir, "drift", drift.model_dump(mode="json"))  # the manifest holds them too
     except OSError as error:
         log.warning("the export is in place, but reports/drift.json could not be written: %s", error)
+
+
+def _sealed_with(bundle_dir: Path, manifest: Manifest, staged: Path) -> Integrity:
+    """The bundle's seal with the new ONNX models in place of the old (an unsealed bundle's other files
+    sealed as they are now)."""
+    def kept(name: str) -> bool:
+        return not name.startswith(f"{bundle.ONNX_DIR}/")
+
+    if manifest.integrity is None:
+        log.info("%s was unsealed: the export seals its files as they are now", bundle_dir)
+        others = {name: integrity.file_digest(bundle_dir / name) for name in bundle.sealed_files(bundle_dir)
+                  if kept(name)}
+    else:
+        others = {name: digest for name, digest in manifest.integrity.files.items() if kept(name)}
+    models = {f"{bundle.ONNX_DIR}/{path.name}": integrity.file_digest(path) for path in staged.iterdir()}
+    return integrity.seal_of(integrity.SEALED_BY_EXPORT, {**others, **models})
 
 
 def _cpu_flags() -> set[str]:

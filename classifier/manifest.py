@@ -12,6 +12,8 @@ Sections, in the order the stages write them::
     serving      which model the predictor and the service run, and why (export)
     thresholds   review thresholds, global and per class, and where they came from (evaluate)
     versions     library versions (train)
+    integrity    sha256 and size of every file the bundle serves from (train, export, 'ticketclf bundle
+                 seal'); None: an unsealed bundle, from before schema version 3 (classifier.integrity)
 
 ``bundle.read_manifest`` / ``bundle.write_manifest`` are the one way in and out. Reading is
 strict (JSON types as written: ``"no"`` is not a boolean, ``"subject"`` not a list) and migrates
@@ -22,7 +24,8 @@ versions, file details) accept fields this release does not know.
 from __future__ import annotations
 
 import json
-from typing import Any
+from pathlib import PurePosixPath
+from typing import Any, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -30,8 +33,8 @@ from pydantic.fields import FieldInfo
 from classifier.options import SERVING_ENGINES, DataOptions, ServingEngine, TrainingOptions
 from classifier.text import TextOptions
 
-SCHEMA_VERSION = 2
-MIGRATES_FROM = (1,)  # older schema versions read_manifest migrates
+SCHEMA_VERSION = 3
+MIGRATES_FROM = (1, 2)  # older schema versions read_manifest migrates
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -156,6 +159,28 @@ class Thresholds(Section):
         return self.per_class.get(label, self.global_)
 
 
+class FileDigest(Section):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hexadecimal digits")
+    size: int = Field(ge=0, description="a whole number of bytes")
+
+
+class Integrity(Section):
+    """The bundle's files as sealed: what loading a model checks the files it reads against."""
+
+    sealed_by: str = Field(description="a string")  # train, export, or 'ticketclf bundle seal' (a hand edit)
+    sealed_at: str = Field(description="a string")  # UTC, ISO 8601
+    files: dict[str, FileDigest]  # by path inside the bundle, '/'-separated: config.json, onnx/model.onnx
+
+    @field_validator("files")
+    @classmethod
+    def _inside(cls, files: dict[str, FileDigest]) -> dict[str, FileDigest]:
+        for name in files:
+            path = PurePosixPath(name)
+            if not name or path.is_absolute() or ".." in path.parts or str(path) != name:
+                raise ValueError(f"{name!r} is not a path inside the bundle")
+        return files
+
+
 class Manifest(Section):
     schema_version: int = SCHEMA_VERSION
     bundle_version: str = Field(description="a string")
@@ -173,6 +198,7 @@ class Manifest(Section):
     serving: Serving | None = None  # None: the torch model (not exported)
     thresholds: Thresholds = Field(default_factory=lambda: Thresholds.model_validate({}))
     versions: dict[str, str] = Field(default_factory=dict)
+    integrity: Integrity | None = None  # None: unsealed (schema 2 and before), its files cannot be verified
 
     @field_validator("labels")
     @classmethod
@@ -204,6 +230,8 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
     """A manifest of an older schema version in this version's layout (the file is left as it is)."""
     if raw.get("schema_version") == 1:
         raw = _from_v1(raw)
+    if raw.get("schema_version") == 2:  # version 3 added ``integrity``: without it the bundle is unsealed
+        raw = {**raw, "schema_version": 3}
     return raw
 
 
@@ -212,7 +240,7 @@ def _from_v1(old: dict[str, Any]) -> dict[str, Any]:
     section at the top level, training options flattened into ``training``."""
     new = {key: value for key, value in old.items()
            if key not in ("data_options", "validation_metrics", "onnx", "data", "training")}
-    new["schema_version"] = SCHEMA_VERSION
+    new["schema_version"] = 2
     options = dict(old.get("data_options") or {})
     files = old.get("data") or {}
     new["data"] = {
@@ -233,7 +261,6 @@ def _from_v1(old: dict[str, Any]) -> dict[str, Any]:
     if "onnx" in old:
         new["export"] = old["onnx"]
     return new
-
 
 
 # ---------------------------------------------------------------- errors a person can act on
@@ -265,16 +292,22 @@ def problems(error: ValidationError) -> list[str]:
 
 
 def _field(location: list[str]) -> FieldInfo | None:
-    """The field a validation error's location names, if it is a field of a manifest section."""
+    """The field a validation error's location names, if it is a field of a manifest section (the keys of
+    a mapping of sections, such as ``integrity.files``'s file names, passed over)."""
     model: Any = Manifest
     field = None
+    keyed = False  # the last field is a mapping: the next part is one of its keys
     for part in location:
         fields = getattr(model, "model_fields", None)
         if not fields:
             return None
-        field = next((info for key, info in fields.items() if part in (key, info.alias)), None)
-        if field is None:
-            return None
+        named = next((info for key, info in fields.items() if part in (key, info.alias)), None)
+        if named is None:
+            if not keyed:
+                return None
+            keyed = False
+            continue
+        field, keyed = named, get_origin(named.annotation) is dict
         model = next((arg for arg in (field.annotation, *getattr(field.annotation, "__args__", ()))
                       if isinstance(arg, type) and issubclass(arg, BaseModel)), None)
     return field

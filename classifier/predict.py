@@ -5,25 +5,29 @@ exactly as training did (:func:`classifier.text.ticket_text`), tokenises with
 ``tokenizers``, pads each batch to its longest text, runs the ONNX model the bundle
 marks for serving and returns one :class:`Prediction` per ticket. PyTorch is used
 only for a bundle that has not been exported yet.
+
+Loading reads each file the model needs once, checked against the sizes and sha256 the
+manifest seals, and checks that labels, tokenizer, config and model agree
+(:mod:`classifier.integrity`): a bundle that fails is one line naming the file or field.
 """
 
 from __future__ import annotations
 
 import heapq
 import inspect
-import json
 import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import numpy as np
 
-from classifier import bundle
+from classifier import bundle, integrity
 from classifier.cpus import count_setting, usable_cpus
 from classifier.errors import ModelError, UserError
 from classifier.manifest import Manifest
@@ -63,7 +67,7 @@ class Predictor:
     """A loaded bundle that turns tickets into labels; safe to share between threads."""
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, engine: Engine, tokenizer: Any,
-                 engine_kind: str = "") -> None:
+                 engine_kind: str = "", pad_id: int | None = None) -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.engine = engine
@@ -73,7 +77,7 @@ class Predictor:
         self.max_length = manifest.max_length
         self.temperature = manifest.temperature
         self._tokenizer = tokenizer
-        self._pad_id = pad_token_id(bundle_dir, tokenizer)
+        self._pad_id = pad_token_id(bundle_dir, tokenizer) if pad_id is None else pad_id
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         self._pool_lock = threading.Lock()  # request threads may need the pool at the same moment
@@ -89,11 +93,30 @@ class Predictor:
         if chosen == "torch" and engine == "auto":
             log.warning("%s has no ONNX model: running it with PyTorch, several times slower; "
                         "'ticketclf export %s' makes the fast one", bundle_dir, bundle_dir)
+        files = integrity.BundleFiles(bundle_dir, manifest)
+        parts = integrity.read_model_parts(files, manifest)
+        integrity.require_agreement(bundle_dir, manifest, parts)
+        return cls.assemble(files, manifest, parts, chosen, threads)
+
+    @classmethod
+    def assemble(cls, files: integrity.BundleFiles, manifest: Manifest, parts: integrity.ModelParts, engine: str,
+                 threads: int | None = None) -> Predictor:
+        """The predictor running ``engine`` (int8, fp32 or torch), from a bundle's parts as read and checked
+        by :meth:`load`: its model read through ``files``, and checked with one ticket."""
+        bundle_dir = files.bundle_dir
         threads = threads or default_threads()
-        runner = TorchEngine(bundle_dir, threads) if chosen == "torch" else \
-            OnnxEngine(bundle.onnx_path(bundle_dir, quantized=chosen == "int8"), threads,
-                       max_batch=INT8_MAX_BATCH if chosen == "int8" else None)
-        predictor = cls(bundle_dir, manifest, runner, load_tokenizer(bundle_dir, manifest.max_length), chosen)
+        runner: Engine
+        with ExitStack() as checked:  # each model file checked, and unchanged until the engine has read it
+            if engine == "torch":
+                for name in bundle.weights_files(bundle_dir):
+                    checked.enter_context(files.loading(name))
+                runner = TorchEngine(bundle_dir, threads)
+            else:
+                path = checked.enter_context(files.loading(bundle.onnx_name(engine == "int8")))
+                runner = OnnxEngine(path, threads, max_batch=INT8_MAX_BATCH if engine == "int8" else None)
+        tokenizer = truncating(parts.tokenizer, manifest.max_length)
+        predictor = cls(bundle_dir, manifest, runner, tokenizer, engine,
+                        pad_id=pad_token_id(bundle_dir, tokenizer, parts.tokenizer_config))
         predictor._check_model()
         return predictor
 
@@ -104,6 +127,11 @@ class Predictor:
             scores = self.predict_proba(["a ticket to check the model"], cleaned=True)
         except ModelError as error:
             raise UserError(f"{self.bundle_dir}: {error}") from None
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001  onnxruntime's and torch's errors have no common type
+            raise UserError(f"{self.bundle_dir}: the {self.engine_kind} model fails on a check ticket "
+                            f"({_first_line(error)}); export or train it again") from None
         if scores.shape != (1, len(self.labels)):
             raise UserError(f"{self.bundle_dir}: the {self.engine_kind} model gives {scores.shape[-1]} scores per "
                             f"ticket, but the manifest lists {len(self.labels)} labels; was the model copied from "
@@ -260,28 +288,36 @@ def default_threads() -> int:
 
 def load_tokenizer(bundle_dir: Path, max_length: int) -> Any:
     """The bundle's fast tokenizer, truncating at its max length and not padding."""
-    from tokenizers import Tokenizer
-
     path = bundle_dir / bundle.TOKENIZER_FILE
     if not path.is_file():
         raise UserError(f"{bundle_dir}: bundle has no {bundle.TOKENIZER_FILE} (a fast tokenizer is required)")
-    tokenizer = Tokenizer.from_file(str(path))
+    return truncating(integrity.parse_tokenizer(path, path.read_bytes()), max_length)
+
+
+def truncating(tokenizer: Any, max_length: int) -> Any:
     tokenizer.enable_truncation(max_length=max_length)
     tokenizer.no_padding()  # each batch is padded to its own longest text in Predictor._pad
     return tokenizer
 
 
-def pad_token_id(bundle_dir: Path, tokenizer: Any) -> int:
-    """The id training padded with: the pad token the bundle's tokenizer config names (RoBERTa's
-    ``<pad>`` is 1, BERT's ``[PAD]`` 0), else ``[PAD]``, else 0."""
-    config_path = bundle_dir / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+def pad_token_id(bundle_dir: Path, tokenizer: Any, config: dict[str, Any] | None = None) -> int:
+    """The id training padded with: the pad token the bundle's tokenizer config (``config``, else read from
+    the file) names (RoBERTa's ``<pad>`` is 1, BERT's ``[PAD]`` 0), else ``[PAD]``, else 0."""
+    if config is None:
+        config_path = bundle_dir / bundle.TOKENIZER_CONFIG_FILE
+        config = bundle.read_json_object(config_path) if config_path.is_file() else {}
     pad = config.get("pad_token")
     pad = pad.get("content") if isinstance(pad, dict) else pad  # older configs store an AddedToken dict
     for token in (pad, "[PAD]"):
         if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
             return int(tokenizer.token_to_id(token))
     return 0
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception from a library as one short line: its type and its message's first line."""
+    text = (str(error).strip().splitlines() or [""])[0][:200]
+    return f"{type(error).__name__}: {text}".rstrip(": ")
 
 
 # onnxruntime's SkipLayerNormalization kernel took longer here than the Add + LayerNormalization it
@@ -315,8 +351,12 @@ class OnnxEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads burn CPU between requests; in a multi-worker server that CPU is needed elsewhere.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0" if threads > 1 else "1")
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=list(disabled_fusions))
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=list(disabled_fusions))
+        except Exception as error:  # noqa: BLE001  onnxruntime's errors (InvalidProtobuf, Fail, ...) share no type
+            raise UserError(f"{model_path}: not a model onnxruntime can load ({_first_line(error)}); export the "
+                            "bundle again") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.name = model_path.name
 
@@ -343,7 +383,11 @@ class TorchEngine:
                                "training extra")) from None
         torch.set_num_threads(threads)
         self._torch = torch
-        self.model = AutoModelForSequenceClassification.from_pretrained(bundle_dir).eval()
+        try:
+            self.model = AutoModelForSequenceClassification.from_pretrained(bundle_dir).eval()
+        except Exception as error:  # noqa: BLE001  whatever transformers raises for files it cannot read
+            raise UserError(f"{bundle_dir}: transformers cannot load the PyTorch model ({_first_line(error)}); "
+                            "train it again") from None
         self._accepted = set(inspect.signature(self.model.forward).parameters)
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -35,7 +35,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from classifier import bundle
+from classifier import bundle, integrity
 from classifier.calibration import fit_temperature
 from classifier.data import PreparedData, prepare_data
 from classifier.errors import UserError
@@ -133,13 +133,14 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
 
 def write_bundle(output_dir: Path, fitted: Fitted, data: PreparedData, manifest: Manifest) -> None:
     """Write the bundle atomically: the model and tokenizer (loadable by plain transformers), the
-    baseline, the data report, the validation split and the manifest."""
+    baseline, the data report, the validation split and the manifest, which seals the files."""
     with bundle.staged_directory(output_dir, overwrite=True) as staging:
         cast(Any, fitted.model).save_pretrained(staging)  # a transformers model, typed as its Module base
         fitted.tokenizer.save_pretrained(staging)
         manifest.baseline = _fit_baseline(staging, data)
         bundle.write_report(staging, "data_report", data.report.to_dict())
         bundle.write_examples(staging, data.validation.texts, data.validation.labels, data.validation.ids)
+        manifest.integrity = integrity.seal(staging, integrity.SEALED_BY_TRAIN)
         bundle.write_manifest(staging, manifest)
 
 

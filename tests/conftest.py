@@ -89,11 +89,15 @@ def bundle_copy(exported_bundle: Path, tmp_path: Path) -> Path:
 @pytest.fixture()
 def poison_word() -> Callable[[Path, str], None]:
     """``poison_word(bundle_dir, word)`` sets the word's embedding row to NaN in the bundle's fp32 ONNX
-    model: a real model that scores NaN for exactly the tickets containing that word."""
+    model: a real model that scores NaN for exactly the tickets containing that word (and sealed so: the
+    bundle's seal would refuse the changed file before it runs)."""
     import numpy as np
     import onnx
     from onnx import numpy_helper
     from tokenizers import Tokenizer
+
+    from classifier.bundle import read_manifest, write_manifest
+    from classifier.integrity import seal
 
     def poison(bundle_dir: Path, word: str) -> None:
         token_id = Tokenizer.from_file(str(bundle_dir / "tokenizer.json")).token_to_id(word)
@@ -105,6 +109,8 @@ def poison_word() -> Callable[[Path, str], None]:
         rows[token_id] = np.nan
         table.CopyFrom(numpy_helper.from_array(rows, table.name))
         onnx.save(model, str(path))
+        manifest = read_manifest(bundle_dir)
+        write_manifest(bundle_dir, manifest.model_copy(update={"integrity": seal(bundle_dir, "poison_word")}))
 
     return poison
 

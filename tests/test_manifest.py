@@ -65,7 +65,31 @@ def test_a_manifest_of_schema_version_1_is_migrated(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "manifest.json").read_text())["schema_version"] == 1  # the file is left as it is
 
 
+def test_a_manifest_of_schema_version_2_is_migrated_unsealed(exported_bundle: Path, tmp_path: Path) -> None:
+    old = json.loads((exported_bundle / "manifest.json").read_text())
+    del old["integrity"]  # schema version 3 added it
+    (tmp_path / "manifest.json").write_text(json.dumps({**old, "schema_version": 2}))
+    manifest = read_manifest(tmp_path)
+    assert manifest.schema_version == SCHEMA_VERSION == 3 and manifest.integrity is None
+    assert manifest.model_copy(update={"integrity": None, "schema_version": 2}).to_json() == {**old, "integrity": None,
+                                                                                            "schema_version": 2}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m["integrity"]["files"]["config.json"].update(sha256="abc"),
+     r"integrity.files.config.json.sha256: .*found \"abc\""),
+    (lambda m: m["integrity"]["files"]["config.json"].update(size=-1), r"integrity.files.config.json.size: .*found -1"),
+    (lambda m: m["integrity"]["files"].update({"../../etc/passwd": m["integrity"]["files"]["config.json"]}),
+     r"integrity.files: '../../etc/passwd' is not a path inside the bundle"),
+    (lambda m: m.update(integrity={"files": {}}), r"integrity.sealed_by: a string expected, found null"),
+])
+def test_a_seal_edited_out_of_shape_is_a_clear_error(bundle_copy: Path, hand_edit, edit, message: str) -> None:
+    hand_edit(bundle_copy, edit)
+    with pytest.raises(UserError, match="manifest does not fit this release .*" + message):
+        Predictor.load(bundle_copy)
+
+
 def test_a_manifest_of_an_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 99}))
-    with pytest.raises(UserError, match="manifest schema version 99, this release reads 1, 2"):
+    with pytest.raises(UserError, match="manifest schema version 99, this release reads 1, 2, 3"):
         read_manifest(tmp_path)
