@@ -170,10 +170,13 @@ for _ in range(int(sys.argv[3])):
 """
 
 PROMOTER = """\
-import random, sys
+import random, sys, time
 from classifier.errors import UserError
 from classifier.repository import ModelRepository
 repo = ModelRepository(sys.argv[1])
+deadline = time.monotonic() + 120
+while len(repo.versions("tickets")) < 3 and time.monotonic() < deadline:  # promote while the others add
+    time.sleep(0.01)
 for _ in range(int(sys.argv[2])):
     try:
         repo.promote("tickets", random.choice(repo.versions("tickets")).number)
