@@ -129,8 +129,8 @@ def test_data_report_is_stored(tiny_bundle: Path) -> None:
     assert set(report["class_counts"]) == {"train", "validation"}
 
 
-@pytest.mark.parametrize("batch, length, expected", [(32, 64, (32, 1)), (32, 128, (32, 1)), (32, 256, (8, 4)),
-                                                     (32, 512, (2, 16)), (24, 256, (8, 3)), (7, 512, (1, 7))])
+@pytest.mark.parametrize("batch, length, expected", [(32, 64, (32, 1)), (32, 128, (16, 2)), (32, 256, (4, 8)),
+                                                     (32, 512, (1, 32)), (24, 256, (4, 6)), (7, 512, (1, 7))])
 def test_long_tickets_train_in_micro_batches_that_add_up_to_the_batch(batch: int, length: int,
                                                                       expected: tuple[int, int]) -> None:
     micro, steps = micro_batches(batch, length)
