@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -499,10 +500,10 @@ def _sqlite_settings(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # sqlite3's own transaction handling off
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+            _switch_to_wal(cursor)
             cursor.execute("PRAGMA synchronous=FULL")  # the WAL is fsynced at every commit: a 2xx is on disk
             cursor.execute("PRAGMA secure_delete=ON")  # deleted text is overwritten, not left in free pages
-            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
         finally:
             cursor.close()
 
@@ -510,6 +511,23 @@ def _sqlite_settings(engine: Engine) -> None:
     def _begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get("ticketclf_begin", "")
         connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting for the lock: SQLite answers "database is locked" at once,
+    without its busy handler, while another process holds the database (workers starting together, one
+    of them migrating a new file), and a worker that gave up there answered 503 until its next retry."""
+    import sqlite3
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -551,3 +552,30 @@ def test_acknowledged_feedback_survives_the_server_being_killed(kind: str, expor
     assert len(acknowledged) == 40, log.read_text()
     with FeedbackStore.open(url, create=False) as store:
         assert sorted(e["ticket_id"] for e in store.events()) == sorted(acknowledged)
+
+
+
+OPENER = """\
+import sys
+from classifier.feedback import FeedbackStore
+FeedbackStore.open(sys.argv[1], create=True).close()
+"""
+
+
+def test_a_store_opened_while_another_process_holds_the_new_database_waits_for_it(tmp_path: Path) -> None:
+    """Gunicorn's workers open the store together and one migrates the new file: switching it to WAL meanwhile
+    failed at once ("database is locked", SQLite's busy handler does not cover it), and that worker answered
+    503. Here the test holds the lock for a second while two processes open the store."""
+    import sqlite3
+
+    path = tmp_path / "feedback.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("CREATE TABLE placeholder (x)")
+    openers = [subprocess.Popen([sys.executable, "-c", OPENER, f"sqlite:///{path}"], cwd=ROOT, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    time.sleep(1.5)  # the openers are trying meanwhile
+    holder.execute("COMMIT")
+    holder.close()
+    results = [(opener.wait(timeout=120), opener.stderr.read()) for opener in openers]  # type: ignore[union-attr]
+    assert all(code == 0 for code, _ in results), [error for _, error in results if error]
