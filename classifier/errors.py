@@ -32,6 +32,15 @@ class ModelError(UserError):
         return type(self), (self.tickets,)
 
 
+def one_line(error: BaseException) -> str:
+    """An error as one short line: a :class:`UserError`'s message as it is, a library's exception as its type
+    and the first line of its message."""
+    if isinstance(error, UserError):
+        return str(error)
+    text = (str(error).strip().splitlines() or [""])[0][:200]
+    return f"{type(error).__name__}: {text}".rstrip(": ")
+
+
 def where(path: object, row: int | None = None, column: str | None = None) -> str:
     """Format a location as ``file, row N, column 'c'`` for error messages."""
     parts = [str(path)]

@@ -29,7 +29,7 @@ import numpy as np
 
 from classifier import bundle, integrity
 from classifier.cpus import count_setting, usable_cpus
-from classifier.errors import ModelError, UserError
+from classifier.errors import ModelError, UserError, one_line
 from classifier.manifest import Manifest
 from classifier.numerics import shown_score, softmax
 from classifier.options import ENGINES
@@ -131,7 +131,7 @@ class Predictor:
             raise
         except Exception as error:  # noqa: BLE001  onnxruntime's and torch's errors have no common type
             raise UserError(f"{self.bundle_dir}: the {self.engine_kind} model fails on a check ticket "
-                            f"({_first_line(error)}); export or train it again") from None
+                            f"({one_line(error)}); export or train it again") from None
         if scores.shape != (1, len(self.labels)):
             raise UserError(f"{self.bundle_dir}: the {self.engine_kind} model gives {scores.shape[-1]} scores per "
                             f"ticket, but the manifest lists {len(self.labels)} labels; was the model copied from "
@@ -314,12 +314,6 @@ def pad_token_id(bundle_dir: Path, tokenizer: Any, config: dict[str, Any] | None
     return 0
 
 
-def _first_line(error: BaseException) -> str:
-    """An exception from a library as one short line: its type and its message's first line."""
-    text = (str(error).strip().splitlines() or [""])[0][:200]
-    return f"{type(error).__name__}: {text}".rstrip(": ")
-
-
 # onnxruntime's SkipLayerNormalization kernel took longer here than the Add + LayerNormalization it
 # replaces, in fp32 and int8 graphs (docs/benchmarks.md, "Inference graph"). So the export leaves it
 # out of Optimum's O2 fusions (export.FUSION_OVERRIDES), and OnnxEngine keeps onnxruntime from fusing
@@ -355,7 +349,7 @@ class OnnxEngine:
             self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=list(disabled_fusions))
         except Exception as error:  # noqa: BLE001  onnxruntime's errors (InvalidProtobuf, Fail, ...) share no type
-            raise UserError(f"{model_path}: not a model onnxruntime can load ({_first_line(error)}); export the "
+            raise UserError(f"{model_path}: not a model onnxruntime can load ({one_line(error)}); export the "
                             "bundle again") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.name = model_path.name
@@ -386,7 +380,7 @@ class TorchEngine:
         try:
             self.model = AutoModelForSequenceClassification.from_pretrained(bundle_dir).eval()
         except Exception as error:  # noqa: BLE001  whatever transformers raises for files it cannot read
-            raise UserError(f"{bundle_dir}: transformers cannot load the PyTorch model ({_first_line(error)}); "
+            raise UserError(f"{bundle_dir}: transformers cannot load the PyTorch model ({one_line(error)}); "
                             "train it again") from None
         self._accepted = set(inspect.signature(self.model.forward).parameters)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier import bundle
-from classifier.errors import UserError
+from classifier.errors import UserError, one_line
 from classifier.predict import Predictor, default_threads
 from classifier.repository import ModelRepository, is_model_dir, open_model
 from service import metrics
@@ -164,7 +164,7 @@ class ServedModel:
             try:
                 loaded = self._load(candidate)
             except Exception as error:  # noqa: BLE001  any failure of a new model must leave the old one serving
-                self._refuse(candidate, _one_line(error))
+                self._refuse(candidate, one_line(error))
                 return False
             before, self.current = self.current, loaded
             self.swap_error = self._refused_key = None
@@ -210,8 +210,8 @@ class ServedModel:
         except Exception as error:
             good = self._last_good()
             if good is None:  # nothing ever served here: the server stops with this line
-                raise error if isinstance(error, UserError) else UserError(_one_line(error)) from None
-            self.swap_error = f"{candidate.describe()}: {_one_line(error)}"
+                raise error if isinstance(error, UserError) else UserError(one_line(error)) from None
+            self.swap_error = f"{candidate.describe()}: {one_line(error)}"
             self._refused_key = candidate.key
             log.error("model refused: %s; serving the last good model (%s)", self.swap_error, good.describe())
             loaded = self._load(good)
@@ -283,12 +283,6 @@ def _heavy(path: Path, served: Path | None, root: Path) -> bool:
         return path.name == bundle.BASELINE_FILE
     return (path.suffix in (".safetensors", ".bin", ".pt", ".onnx", ".npz") and path != served) or \
         path.relative_to(root).parts[0] in ("reports",)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ") if not isinstance(error, UserError) \
-        else str(error)
 
 
 _ALL: weakref.WeakSet[ServedModel] = weakref.WeakSet()  # the models of this process, for SIGHUP
