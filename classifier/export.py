@@ -8,7 +8,9 @@ Steps, all in a staging directory so a failure leaves the bundle as it was:
    classifier reads is computed;
 3. ``ORTQuantizer``: dynamic int8 of the fused graph (attention becomes ``QAttention``) with a
    config for this CPU (AVX512-VNNI, AVX512, AVX2, ARM64);
-4. drift check on the bundle's validation split: PyTorch vs ONNX fp32 vs int8.
+4. drift check: PyTorch vs ONNX fp32 vs int8 on the bundle's validation split, and int8 vs fp32 on
+   more of the tickets the bundle was trained on, where their file is still there; int8 serves unless
+   the evidence says it loses more accuracy than the limit (:func:`decide_int8`).
 
 The result goes to ``BUNDLE/onnx/`` and the manifest records opset, sizes, the drift
 figures, which model to serve, and the ONNX files' sha256 in its seal. The files the export
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -35,10 +38,22 @@ from typing import Any
 import numpy as np
 
 from classifier import bundle, integrity
+from classifier.data import load_tickets
 from classifier.errors import UserError
-from classifier.manifest import Drift, ExportSection, Integrity, Manifest, OnnxFile, Quantization, Serving
+from classifier.manifest import (
+    Drift,
+    ExportSection,
+    Int8Decision,
+    Integrity,
+    Manifest,
+    OnnxFile,
+    Quantization,
+    Serving,
+)
 from classifier.onnx_graph import keep_first_token_after_last_attention
+from classifier.options import ServingEngine
 from classifier.predict import INT8_MAX_BATCH, OnnxEngine, Predictor, TorchEngine, default_threads, load_tokenizer
+from classifier.readers import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +68,12 @@ MAX_FP32_LOGIT_DIFF = 1e-3
 # replaces (docs/benchmarks.md, "Inference graph"; predict.SLOWER_FUSIONS keeps onnxruntime from fusing it
 # again at load time).
 FUSION_OVERRIDES = {"disable_skip_layer_norm_fusion": True, "disable_bias_skip_layer_norm_fusion": True}
+# int8 is compared with fp32 on up to this many tickets: the validation split, then tickets of the training
+# file. With none disagreeing, 2,000 bound the accuracy int8 can lose to 0.19 points (Wilson, 95 %).
+MAX_AGREEMENT_TICKETS = 2000
+DRIFT_CONFIDENCE = 0.95
+PAIRED_TEST = ("exact binomial test (McNemar's, with the limit as margin) on the validation tickets only one "
+               "of int8 and fp32 answers right")
 
 
 @dataclass
@@ -61,7 +82,7 @@ class ExportOptions:
     quantization: str = "auto"  # a QUANTIZATION_TARGETS entry
     per_channel: bool = True
     optimize: bool = True  # ORTOptimizer O2 fusions before quantizing
-    max_accuracy_drop: float = 1.0  # points of validation accuracy int8 may lose before fp32 is served
+    max_accuracy_drop: float = 1.0  # accuracy points int8 may lose: fp32 serves when it is shown to lose more
     batch_size: int = 32
 
 
@@ -141,26 +162,110 @@ def choose_quantization_target(requested: str) -> str:
 
 def check_drift(bundle_dir: Path, manifest: Manifest, fp32_path: Path, int8_path: Path,
                 batch_size: int = 32) -> Drift:
-    """Compare PyTorch, ONNX fp32 and ONNX int8 on the bundle's validation split."""
+    """Compare PyTorch, ONNX fp32 and ONNX int8 on the bundle's validation split, and int8 with fp32 on
+    tickets of the training file too (up to MAX_AGREEMENT_TICKETS): the evidence :func:`decide_int8` reads."""
     texts, labels = bundle.read_examples(bundle_dir)
+    more = _training_texts(manifest, set(texts), MAX_AGREEMENT_TICKETS - len(texts))
     tokenizer = load_tokenizer(bundle_dir, manifest.max_length)
     threads = default_threads()
-    runs = {}
-    for name, engine in (("torch", TorchEngine(bundle_dir, threads)), ("fp32", OnnxEngine(fp32_path, threads)),
-                         ("int8", OnnxEngine(int8_path, threads, max_batch=INT8_MAX_BATCH))):
-        runs[name] = Predictor(bundle_dir, manifest, engine, tokenizer).logits(texts, batch_size, cleaned=True)[0]
+
+    def logits(engine: TorchEngine | OnnxEngine, tickets: list[str]) -> np.ndarray:
+        return Predictor(bundle_dir, manifest, engine, tokenizer).logits(tickets, batch_size, cleaned=True)[0]
+
+    # PyTorch only on the validation split: fp32 against it checks the graph, which needs no more tickets.
+    torch = logits(TorchEngine(bundle_dir, threads), texts)
+    fp32 = logits(OnnxEngine(fp32_path, threads), texts + more)
+    int8 = logits(OnnxEngine(int8_path, threads, max_batch=INT8_MAX_BATCH), texts + more)
+    n = len(texts)
     truth = np.array([manifest.labels.index(label) for label in labels])
-    predicted = {name: logits.argmax(axis=1) for name, logits in runs.items()}
-    accuracy = {name: float((p == truth).mean()) for name, p in predicted.items()}
+    predicted = {"torch": torch.argmax(axis=1), "fp32": fp32[:n].argmax(axis=1), "int8": int8[:n].argmax(axis=1)}
+    right = {name: p == truth for name, p in predicted.items()}
+    accuracy = {name: float(r.mean()) for name, r in right.items()}
     return Drift(
-        examples=len(texts),
-        fp32_max_abs_logit_diff=float(np.abs(runs["fp32"] - runs["torch"]).max()),
+        examples=n,
+        fp32_max_abs_logit_diff=float(np.abs(fp32[:n] - torch).max()),
         fp32_argmax_agreement=float((predicted["fp32"] == predicted["torch"]).mean()),
-        int8_max_abs_logit_diff=float(np.abs(runs["int8"] - runs["torch"]).max()),
+        int8_max_abs_logit_diff=float(np.abs(int8[:n] - torch).max()),
         int8_argmax_agreement=float((predicted["int8"] == predicted["torch"]).mean()),
         accuracy=accuracy,
         int8_accuracy_drop_points=round(100 * (accuracy["fp32"] - accuracy["int8"]), 3),
+        agreement_tickets={"validation": n, **({"training file": len(more)} if more else {})},
+        int8_fp32_agreeing=int((fp32.argmax(axis=1) == int8.argmax(axis=1)).sum()),
+        only_fp32_right=int((right["fp32"] & ~right["int8"]).sum()),
+        only_int8_right=int((right["int8"] & ~right["fp32"]).sum()),
     )
+
+
+def _training_texts(manifest: Manifest, exclude: set[str], limit: int) -> list[str]:
+    """Up to ``limit`` distinct tickets of the file the bundle was trained on, none of ``exclude`` (the
+    validation split), a seeded sample; none when the file is not where training read it or has changed.
+
+    Their labels are not used: the model has learnt them, but int8 and fp32 agree or not on them as on
+    any ticket, and agreement bounds what int8 can lose (docs/benchmarks.md, "int8 accuracy vs fp32")."""
+    source = manifest.data.train
+    if limit <= 0 or source is None or not source.path:
+        return []
+    path = Path(source.path)
+    if not path.is_file() or (source.sha256 and file_sha256(path) != source.sha256):
+        log.info("%s is gone or changed since training: int8 is compared with fp32 on the validation split only",
+                 path)
+        return []
+    tickets, _ = load_tickets(path, manifest.text, source.label_column, require_label=False)
+    texts = [text for text in dict.fromkeys(tickets.texts) if text not in exclude]
+    random.Random(manifest.data.seed).shuffle(texts)
+    return texts[:limit]
+
+
+def decide_int8(agreeing: int, compared: int, only_fp32_right: int, only_int8_right: int, labelled: int,
+                limit_points: float, confidence: float = DRIFT_CONFIDENCE) -> Int8Decision:
+    """Serve int8 or fp32, on evidence rather than one ticket's answer.
+
+    int8 can lose no more accuracy than it disagrees with fp32, so where the Wilson interval of the
+    agreement (``agreeing`` of ``compared`` tickets) bounds that within ``limit_points``, int8 serves.
+    Otherwise the paired test on the ``labelled`` validation tickets decides: fp32 serves only when it
+    shows int8 losing more than the limit (p below 1 - ``confidence``).
+    """
+    from scipy.stats import binomtest
+
+    interval = binomtest(agreeing, compared).proportion_ci(confidence, method="wilson")
+    agreement, max_drop = agreeing / compared, 100 * (1 - interval.low)
+    p_value = drop_within_limit_p(only_fp32_right, only_int8_right, labelled, limit_points)
+    limit = f"{limit_points:g} point{'' if limit_points == 1 else 's'}"
+    stated = (f"int8 gives fp32's label on {agreeing:,} of {compared:,} tickets ({100 * agreement:.2f} %, "
+              f"{100 * confidence:g} % CI {100 * interval.low:.2f} to {100 * interval.high:.2f} %)")
+    paired = (f"only fp32 is right on {only_fp32_right}, only int8 on {only_int8_right} of {labelled:,} validation "
+              f"tickets (int8 {100 * (only_int8_right - only_fp32_right) / labelled:+.2f} points, p = {p_value:.2g})")
+    engine: ServingEngine
+    if max_drop <= limit_points:
+        engine, basis = "int8", f"{stated}: it can lose at most {max_drop:.2f} points, within the limit of {limit}"
+    elif p_value < 1 - confidence:
+        engine, basis = "fp32", f"int8 loses more than the limit of {limit}: {paired}"
+    else:
+        engine, basis = "int8", f"int8 not shown to lose more than the limit of {limit}: {paired}"
+    return Int8Decision(engine=engine, basis=basis, limit_points=limit_points, confidence=confidence,
+                        agreement=agreement, agreement_low=interval.low, agreement_high=interval.high,
+                        max_drop_points=round(max_drop, 3), test=PAIRED_TEST, p_value=p_value)
+
+
+def drop_within_limit_p(only_fp32_right: int, only_int8_right: int, tickets: int, limit_points: float) -> float:
+    """The p-value of int8 losing no more than ``limit_points`` of accuracy against fp32 on ``tickets``
+    labelled tickets, of which only fp32 answers ``only_fp32_right`` right and only int8 ``only_int8_right``.
+
+    The drop is (b - c) / n for b, c those counts: given m = b + c, it passes the limit when b's share of
+    m passes (1 + limit x n / m) / 2; b is tested against that share (one-sided exact binomial; with a
+    limit of 0, McNemar's exact test).
+    """
+    from scipy.stats import binomtest
+
+    discordant = only_fp32_right + only_int8_right
+    if discordant == 0:  # the same accuracy: over the limit only if the limit is below 0
+        return 0.0 if limit_points < 0 else 1.0
+    share = (1 + limit_points / 100 * tickets / discordant) / 2
+    if share <= 0:  # even every such ticket int8's would leave it further behind than the limit allows
+        return 0.0
+    if share >= 1:  # even every such ticket fp32's would keep the drop within the limit
+        return 1.0
+    return float(binomtest(only_fp32_right, discordant, share, alternative="greater").pvalue)
 
 
 def _import_exporters() -> None:
@@ -273,12 +378,6 @@ def _manifest_section(staged: Path, opset: int, target: str, options: ExportOpti
     )
 
 
-def decided_by_one_ticket(drop: float, limit: float, examples: int) -> bool:
-    """Whether int8, refused for losing ``drop`` accuracy points (over ``limit``) on ``examples``
-    validation tickets, would have passed with one ticket answered the other way."""
-    return drop > limit and drop - 100 / examples <= limit
-
-
 def _commit(bundle_dir: Path, staged: Path, section: ExportSection) -> None:
     drift = section.drift
     if drift.fp32_argmax_agreement < MIN_FP32_AGREEMENT:
@@ -287,14 +386,14 @@ def _commit(bundle_dir: Path, staged: Path, section: ExportSection) -> None:
     if drift.fp32_max_abs_logit_diff > MAX_FP32_LOGIT_DIFF:
         raise UserError(f"ONNX fp32 logits differ from PyTorch's by up to {drift.fp32_max_abs_logit_diff:.2g} "
                         f"(limit {MAX_FP32_LOGIT_DIFF:g}); export not written")
-    drop, limit = drift.int8_accuracy_drop_points, section.max_accuracy_drop_points
-    int8_ok = drop <= limit
-    if not int8_ok:
-        log.warning("int8 loses %.2f accuracy points (limit %.2f): serving the fp32 model", drop, limit)
-        if decided_by_one_ticket(drop, limit, drift.examples):
-            log.warning("that is one validation ticket of %d (%.2f points): with one answer the other way int8 "
-                        "would be served. A larger validation split (--validation-fraction) measures it better; "
-                        "--max-accuracy-drop sets the limit", drift.examples, 100 / drift.examples)
+    assert drift.int8_fp32_agreeing is not None and drift.only_fp32_right is not None \
+        and drift.only_int8_right is not None  # check_drift counts them
+    # Recorded in the section the export returns, so that its caller prints the same basis.
+    drift.decision = decision = decide_int8(
+        drift.int8_fp32_agreeing, sum(drift.agreement_tickets.values()), drift.only_fp32_right,
+        drift.only_int8_right, drift.examples, section.max_accuracy_drop_points)
+    if decision.engine != "int8":
+        log.warning("%s: serving the fp32 model (--max-accuracy-drop sets the limit)", decision.basis)
     manifest = bundle.read_manifest(bundle_dir)  # re-read: thresholds may have been applied meanwhile
     if manifest.thresholds.per_class:
         log.warning("the per-class thresholds in the manifest were measured on the model exported before; "
@@ -303,8 +402,7 @@ def _commit(bundle_dir: Path, staged: Path, section: ExportSection) -> None:
     updated = manifest.model_copy(update={
         "export": section,
         "integrity": _sealed_with(bundle_dir, manifest, staged),
-        "serving": Serving(engine="int8" if int8_ok else "fp32",
-                           reason="int8 within accuracy limit" if int8_ok else "int8 accuracy drop over limit")})
+        "serving": Serving(engine=decision.engine, reason=decision.basis)})
     # Ctrl-C or SIGTERM (the CLI turns it into an exception) wait until the models and the manifest
     # agree; only a hard kill between the renames inside could still part them.
     with _signals_held(signal.SIGINT, signal.SIGTERM):

@@ -111,14 +111,36 @@ class Quantization(Section):
     per_channel: bool = True
 
 
+class Int8Decision(Record):
+    """Whether the export serves int8 or fp32, and the evidence: int8's agreement with fp32 (a Wilson
+    interval: accuracy can drop by at most the disagreement) and a paired test on accuracy."""
+
+    engine: ServingEngine = Field(description=" or ".join(SERVING_ENGINES))
+    basis: str  # the reason in one line, as the export prints it
+    limit_points: float  # --max-accuracy-drop
+    confidence: float  # of the interval; the test refuses int8 at p below 1 - confidence
+    agreement: float  # int8's label equal to fp32's, over the tickets of Drift.agreement_tickets
+    agreement_low: float  # the Wilson interval of the agreement
+    agreement_high: float
+    max_drop_points: float  # 100 x (1 - agreement_low): the most accuracy int8 can lose, at that confidence
+    test: str  # the paired test on the validation tickets only one of the two models answers right
+    p_value: float  # of int8's accuracy drop being within the limit
+
+
 class Drift(Record):
-    examples: int
+    examples: int  # labelled validation tickets
     fp32_max_abs_logit_diff: float
     fp32_argmax_agreement: float
     int8_max_abs_logit_diff: float
     int8_argmax_agreement: float
     accuracy: dict[str, float]
     int8_accuracy_drop_points: float
+    # The evidence for int8 (None in bundles exported before it was recorded):
+    agreement_tickets: dict[str, int] = Field(default_factory=dict)  # scored by int8 and fp32, by source
+    int8_fp32_agreeing: int | None = None  # of them, those int8 and fp32 gave the same label
+    only_fp32_right: int | None = None  # validation tickets only fp32 answers right
+    only_int8_right: int | None = None  # and only int8
+    decision: Int8Decision | None = None
 
 
 class ExportSection(Section):
