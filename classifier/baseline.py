@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.pipeline import Pipeline, make_pipeline, make_union
+from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline, make_union
 
 from classifier.text import window_chars
 
@@ -31,15 +31,22 @@ def _read(text: str) -> str:
 
 
 def _unfitted(seed: int = 0) -> Pipeline:
-    """Word 1-2-grams and character 2-5-grams, TF-IDF weighted, into a multinomial logistic regression.
+    """Word 1-2-grams and character 2-5-grams, TF-IDF weighted, into a multinomial logistic regression."""
+    return make_pipeline(baseline_features(), baseline_classifier(seed))
 
-    Character n-grams catch typos and word fragments that a word vocabulary misses.
-    """
-    features = make_union(
+
+def baseline_features() -> FeatureUnion:
+    """The baseline's features, unfitted: word 1-2-grams (the first transformer) and character 2-5-grams,
+    each TF-IDF weighted. Character n-grams catch typos and word fragments that a word vocabulary misses."""
+    return make_union(
         TfidfVectorizer(preprocessor=_read, ngram_range=(1, 2), sublinear_tf=True, min_df=1),
         TfidfVectorizer(preprocessor=_read, analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2),
     )
-    return make_pipeline(features, LogisticRegression(C=10.0, max_iter=2000, random_state=seed))
+
+
+def baseline_classifier(seed: int = 0) -> LogisticRegression:
+    """The baseline's classifier on :func:`baseline_features`, unfitted."""
+    return LogisticRegression(C=10.0, max_iter=2000, random_state=seed)
 
 
 def fit_baseline(texts: Sequence[str], labels: Sequence[str], seed: int = 0) -> Pipeline:

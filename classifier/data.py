@@ -25,6 +25,10 @@ from classifier.readers import STDIN, file_sha256, records_and_columns
 from classifier.text import MAX_CELL_CHARS, TextOptions, ticket_text
 
 OTHER_LABEL = "other"
+# A file's corrected labels: where this column has a value, it replaces the label (a file that
+# 'ticketclf review-labels' wrote, filled in by an agent, trains as it is).
+CORRECTED_LABEL_COLUMN = "corrected_label"
+LISTED_MISLABELLED = 20  # likely mislabelled tickets listed in the data report (classifier.label_review)
 _LISTED_CLASSES = 10  # rare classes named in an error; a wrong label column has thousands
 _WHOLE_FLOAT = re.compile(r"([-+]?\d+)\.0+")  # "3.0": how floats spell a whole-number label
 
@@ -37,13 +41,18 @@ class Tickets:
     labels: list[str]
     ids: list[str]
     source: dict[str, Any] = field(default_factory=dict)  # path, sha256, rows
+    rows: list[int] = field(default_factory=list)  # each ticket's row in its file, where read from one
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, indices: Sequence[int]) -> Tickets:
         return Tickets([self.texts[i] for i in indices], [self.labels[i] for i in indices],
-                       [self.ids[i] for i in indices], dict(self.source, rows_used=len(indices)))
+                       [self.ids[i] for i in indices], dict(self.source, rows_used=len(indices)),
+                       [self.rows[i] for i in indices] if self.rows else [])
+
+    def relabelled(self, labels: list[str]) -> Tickets:
+        return Tickets(self.texts, labels, self.ids, self.source, self.rows)
 
 
 @dataclass
@@ -56,12 +65,27 @@ class DataReport:
     cell_char_limit: int = MAX_CELL_CHARS
     duplicates_removed: int = 0
     conflicting_texts: list[dict[str, Any]] = field(default_factory=list)
+    corrected_labels: int = 0  # labels replaced by the file's corrected_label column
+    label_review: dict[str, Any] = field(default_factory=dict)  # classifier.label_review: how, and how many
+    likely_mislabelled: list[dict[str, Any]] = field(default_factory=list)  # the first of them, most likely first
     merged_into_other: dict[str, int] = field(default_factory=dict)
     other_label: str = OTHER_LABEL  # the data's own spelling of the class rare ones merge into
     merged_label_spellings: dict[str, str] = field(default_factory=dict)  # e.g. "Billing" -> "billing"
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     shared_texts_between_splits: int = 0
     split: dict[str, Any] = field(default_factory=dict)
+
+    def _mislabelled_lines(self) -> list[str]:
+        review = self.label_review
+        if not review.get("flagged") and not review.get("near_duplicates"):
+            return []
+        lines = [f"{review['flagged']} tickets look mislabelled and {review['near_duplicates']} have a near-duplicate "
+                 f"labelled otherwise ({review['method']}); the first, with the suggested label:"]
+        lines += [f"  id {entry['id']}: {entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f}; "
+                  f"{entry['reason']}): {entry['text'][:60]!r}" for entry in self.likely_mislabelled[:5]]
+        lines.append(f"  {review['measured']}; {len(self.likely_mislabelled)} listed in reports/data_report.json, all "
+                     "of them in a file to correct with 'ticketclf review-labels'")
+        return lines
 
     def drop(self, reason: str, location: str) -> None:
         self.dropped.setdefault(reason, []).append(location)
@@ -85,6 +109,9 @@ class DataReport:
         if self.conflicting_texts:
             lines.append(f"{len(self.conflicting_texts)} identical texts carry conflicting labels "
                          f"(kept; see reports/data_report.json)")
+        if self.corrected_labels:
+            lines.append(f"{self.corrected_labels} labels replaced by the file's {CORRECTED_LABEL_COLUMN} column")
+        lines += self._mislabelled_lines()
         if self.merged_label_spellings:
             spellings = ", ".join(f"{k!r} -> {v!r}" for k, v in self.merged_label_spellings.items())
             lines.append(f"labels differing only in case or number format counted as one: {spellings}")
@@ -120,9 +147,14 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label)
     # Stored lower-case, since prediction matches field names case-insensitively (classifier.text).
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
-    texts, labels, ids = [], [], []
+    corrected = _corrected_label_column(columns, mapping)
+    texts, labels, ids, rows = [], [], [], []
     for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells):
         label = label_value(record.get(mapping.label_column)) if mapping.label_column else ""
+        correction = label_value(record.get(corrected)) if corrected else ""
+        if correction and correction != label:
+            label = correction
+            report.corrected_labels += 1
         if not text:
             report.drop("no text after cleaning", where(path, row))
         elif mapping.label_column and not label:
@@ -131,13 +163,22 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
             texts.append(text)
             labels.append(label)
             ids.append(_row_id(record, mapping.id_column, row))
+            rows.append(row)
     if not texts:
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
     source = {"path": os.path.abspath(path), "sha256": file_sha256(path), "rows_read": len(records),
               "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
     report.files[path.name] = {"rows_read": len(records), "rows_with_text_and_label": len(texts),
                                "sha256": source["sha256"]}
-    return Tickets(texts, labels, ids, source), options
+    return Tickets(texts, labels, ids, source, rows), options
+
+
+def _corrected_label_column(columns: Sequence[str], mapping: ColumnMapping) -> str | None:
+    """The file's corrected_label column (any case), if it has one besides its label column."""
+    if mapping.label_column is None:
+        return None
+    found = next((name for name in columns if name.lower() == CORRECTED_LABEL_COLUMN), None)
+    return found if found != mapping.label_column else None
 
 
 def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) -> TextOptions:
@@ -308,9 +349,7 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
         raise UserError(f"{data}: the input, --output-train and --output-test must be three different files")
     numbered, columns = records_and_columns(data)
     records = [record for _, record in numbered]
-    # A JSON object's fields are also read as dotted columns (ticket.subject): those are the ones to keep.
-    objects = {key for record in records for key, value in record.items() if isinstance(value, dict)}
-    columns = [column for column in columns if column not in objects]
+    columns = flat_columns(records, columns)
     mapping = resolve_columns(columns, data, text_columns, label_column)
     for row, record in numbered:  # training refuses a list there: a CSV must not hide it as text
         check_flat(record, (*mapping.text_columns, mapping.label_column), data, row)
@@ -324,12 +363,20 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
     if not test_rows:
         raise UserError(f"{data}: no class has two tickets, so none can be held out for testing")
     train_rows = [i for i in range(len(records)) if i not in test_rows]
-    _write_csv(train_path, columns, [records[i] for i in train_rows])
-    _write_csv(test_path, columns, [records[i] for i in sorted(test_rows)])
+    write_csv(train_path, columns, [records[i] for i in train_rows])
+    write_csv(test_path, columns, [records[i] for i in sorted(test_rows)])
     return len(train_rows), len(test_rows)
 
 
-def _write_csv(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
+def flat_columns(records: Iterable[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+    """A file's columns as a CSV of it keeps them: a JSON object's fields are also read as dotted columns
+    (ticket.subject), and those are the ones kept, not the object."""
+    objects = {key for record in records for key, value in record.items() if isinstance(value, dict)}
+    return [column for column in columns if column not in objects]
+
+
+def write_csv(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
+    """Records as a CSV file that training reads: the given columns, lists as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")  # objects: as dotted columns
@@ -358,6 +405,7 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
     train = match_label_spellings(train, _most_common_spellings(train.labels), report)
     train = check_classes(deduplicate(train, report), options.min_class_count, options.merge_rare_classes, report,
                           train_path)
+    _review_labels(train, report)
     if options.validation_path is None:
         train, validation = stratified_split(train, options.validation_fraction, seed)
         report.split = {"method": "stratified", "fraction": options.validation_fraction, "seed": seed}
@@ -373,6 +421,21 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
     return PreparedData(train, validation, labels, text_options, report, options)
 
 
+def _review_labels(tickets: Tickets, report: DataReport) -> None:
+    """Put the likely mislabelled tickets and near-duplicates labelled otherwise into the report."""
+    from classifier.label_review import DEFAULT_FOLDS, review_labels  # scikit-learn: training only
+
+    folds = min(DEFAULT_FOLDS, max(Counter(tickets.labels).values()))
+    try:
+        review = review_labels(tickets.texts, tickets.labels, tickets.ids, folds)
+    except UserError as error:  # too few tickets to hold any out: nothing to report
+        report.label_review = {"skipped": str(error)}
+        return
+    report.label_review = review.summary()
+    report.likely_mislabelled = [finding.entry(tickets.texts, tickets.ids) for finding in review.findings()
+                                 ][:LISTED_MISLABELLED]
+
+
 def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataReport) -> Tickets:
     """Spell each label as ``known`` does when they differ only in case ("Billing " in one export,
     "billing" in another are one class) or as a spreadsheet writes a whole number ("3.0" for "3");
@@ -386,8 +449,7 @@ def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataRe
     if not renamed:
         return tickets
     report.merged_label_spellings.update(renamed)
-    return Tickets(tickets.texts, [renamed.get(label, label) for label in tickets.labels], tickets.ids,
-                   tickets.source)
+    return tickets.relabelled([renamed.get(label, label) for label in tickets.labels])
 
 
 def _most_common_spellings(labels: Sequence[str]) -> list[str]:
@@ -418,8 +480,7 @@ def merge_into_other(tickets: Tickets, merged: Iterable[str], other: str = OTHER
     merged = set(merged)
     if not merged:
         return tickets
-    return Tickets(tickets.texts, [other if label in merged else label for label in tickets.labels],
-                   tickets.ids, tickets.source)
+    return tickets.relabelled([other if label in merged else label for label in tickets.labels])
 
 
 def relabel_like_training(tickets: Tickets, labels: Iterable[str], merged: Iterable[str], other: str,

@@ -4,11 +4,11 @@ champion on the fixed holdout, promoted, recorded in the history)."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 import pytest
+from csv_files import read_csv, write_csv
 
 from classifier.cli import main
 from classifier.repository import HISTORY_FILE, ModelRepository
@@ -22,19 +22,6 @@ from classifier.retrain import (
 )
 
 OLD, NEW = "2026-01-01T00:00:00+00:00", "2026-12-01T00:00:00+00:00"  # before and after the champion
-
-
-def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def export_rows() -> list[dict[str, str]]:
