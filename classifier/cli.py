@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=_HelpFormatter, epilog=WORKFLOW_EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_split, _add_train, _add_export, _add_evaluate, _add_predict, _add_serve, _add_models,
-                _add_retrain, _add_bundle, _add_feedback):
+    for add in (_add_split, _add_review_labels, _add_train, _add_export, _add_evaluate, _add_predict, _add_serve,
+                _add_models, _add_retrain, _add_bundle, _add_feedback):
         add(commands)
     return parser
 
@@ -882,6 +882,59 @@ def _run_split(args: argparse.Namespace) -> int:
     n_train, n_test = split_file(args.data, args.output_train, args.output_test, label_column=args.label_column,
                                  text_columns=args.text_columns, test_fraction=args.test_fraction, seed=args.seed)
     print(f"{n_train} training and {n_test} test tickets from {args.data}")
+    return 0
+
+
+# ---------------------------------------------------------------- review-labels
+
+REVIEW_LABELS_EPILOG = """\
+examples:
+  ticketclf review-labels export.csv --output review.csv
+  ticketclf review-labels export.jsonl.gz --text-columns subject,description --label-column queue \\
+      --output review.csv --folds 10
+
+Scores every ticket with the TF-IDF baseline fitted on the other folds (stratified) and flags those
+whose given label looks wrong: another class's out-of-fold probability reaches that class's threshold
+(its mean probability on the tickets labelled with it) and beats the given label's. Near-duplicate
+tickets labelled otherwise (word TF-IDF cosine >= 0.95) are listed too.
+
+The output is a CSV with every row of DATA and its columns, the findings first (most likely mislabelled
+first), plus suggested_label, confidence (the out-of-fold probability of the suggestion), reason, and
+corrected_label, left empty. Fill corrected_label where the label is wrong (the suggestion, or another
+label), then train on the file as it is: where corrected_label has a value, train (and evaluate) read
+it in place of the label.
+  ticketclf train review.csv --output runs/model
+"""
+
+
+def _add_review_labels(commands: argparse._SubParsersAction) -> None:
+    from classifier.label_review import DEFAULT_FOLDS
+
+    p = _subcommand(commands, "review-labels", "list tickets whose label looks wrong, in a file to correct",
+                    _run_review_labels, epilog=REVIEW_LABELS_EPILOG)
+    p.add_argument("data", type=Path, help="labelled tickets: CSV, TSV, JSONL or JSON, optionally .gz")
+    p.add_argument("--output", "-o", type=Path, required=True, help="the CSV file to write")
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="folds of the out-of-fold scores")
+    p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
+                   help="comma-separated text columns (default: detected as train does)")
+    p.add_argument("--label-column", help="label column (default: detected as train does: category, label, queue, ...)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds")
+
+
+def _run_review_labels(args: argparse.Namespace) -> int:
+    from classifier.label_review import write_review
+
+    written = write_review(args.data, args.output, TextOptions(fields=args.text_columns or ()), args.label_column,
+                           folds=args.folds, seed=args.seed)
+    review = written.review
+    print(f"{review.tickets} tickets reviewed ({review.folds}-fold TF-IDF out-of-fold): {len(review.flagged)} look "
+          f"mislabelled, {len(review.duplicates)} more have a near-duplicate labelled otherwise")
+    for finding in review.findings()[:5]:
+        entry = finding.entry(written.texts, written.ids)
+        print(f"  {entry['id']}: {entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f}): "
+              f"{entry['text'][:60]!r}")
+    print(f"{written.rows} rows written to {args.output}, those first; fill corrected_label where a label is wrong, "
+          f"then train on it: ticketclf train {args.output} --output runs/model")
     return 0
 
 
