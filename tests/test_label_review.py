@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from csv_files import read_csv, write_csv
 
@@ -51,13 +52,26 @@ def test_flipped_labels_are_flagged_well_above_chance(noisy_sample: tuple[Ticket
     assert sum(suggested[i] == original[i] for i in found) >= 0.8 * len(found)
 
 
-def test_a_ticket_is_flagged_by_its_class_thresholds(noisy_sample: tuple[Tickets, set[int], LabelReview]) -> None:
+def test_each_class_flags_as_many_as_its_thresholds_count(noisy_sample: tuple[Tickets, set[int], LabelReview]) -> None:
     tickets, _, review = noisy_sample
     assert set(review.thresholds) == set(tickets.labels)
     assert all(0 < threshold < 1 for threshold in review.thresholds.values())
+    classes = sorted(review.thresholds)
+    probabilities, labels = review.probabilities, np.array(tickets.labels)
+    given = probabilities[np.arange(len(labels)), np.searchsorted(classes, labels)]
+    thresholds = np.array([review.thresholds[label] for label in classes])
+    contradicted = ((probabilities >= thresholds) & (probabilities > given[:, None])).any(axis=1)
+    flagged = {finding.index for finding in review.flagged}
+    for label in classes:
+        members = np.flatnonzero(labels == label)
+        assert sum(i in flagged for i in members) == contradicted[members].sum()
+        # Those flagged are the class's least likely tickets: none left out is less likely than one flagged.
+        chosen = [given[i] for i in members if i in flagged]
+        assert not chosen or max(chosen) <= min(given[i] for i in members if i not in flagged)
     for finding in review.flagged:
-        assert finding.suggested != finding.label and finding.margin > 0
-        assert finding.confidence >= review.thresholds[finding.suggested]
+        assert finding.suggested != finding.label
+        assert finding.suggested == classes[int(np.argmax(np.where(np.array(classes) == finding.label, -1.0,
+                                                                   probabilities[finding.index])))]
     margins = [finding.margin for finding in review.flagged]
     assert margins == sorted(margins, reverse=True)
 
