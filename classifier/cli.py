@@ -363,23 +363,43 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p = _subcommand(commands, "predict", "classify tickets with a bundle; prints JSON", _run_predict,
                     epilog='example:\n  ticketclf predict runs/model "I was charged twice this month"\n'
                            '  ticketclf predict runs/model --file new_tickets.jsonl\n'
-                           '  export_tickets | ticketclf predict runs/model --file -')
+                           '  export_tickets | ticketclf predict runs/model --file -\n'
+                           "  ticketclf predict runs/model --input 'exports/*.jsonl.gz' --output runs/classified  "
+                           "# on Ray: pip install \"ticket-classifier[ray]\"")
     p.add_argument("bundle", type=Path, help="model bundle directory")
     p.add_argument("texts", nargs="*", help="ticket texts to classify, each argument one ticket's whole text "
                    "(records with subject, body, ... go in a --file)")
     p.add_argument("--file", help="classify every ticket in a CSV/TSV/JSONL/JSON file "
                    "('-': standard input, its format told by its content)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
-                   help="with --file: " + TEXT_COLUMNS_FOR_MODEL_HELP)
+                   help="with --file or --input: " + TEXT_COLUMNS_FOR_MODEL_HELP)
     p.add_argument("--top-k", type=int, help="how many labels to list per ticket (default: 3, or all if fewer)")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto: the model the bundle marks for serving")
+    batch = p.add_argument_group("on Ray, for many or large files (the ray extra)")
+    batch.add_argument("--input", metavar="PATH_OR_GLOB", help="ticket files to classify on Ray: a file, a folder or "
+                       "a glob ('exports/**/*.csv'); CSV/TSV/JSON/JSONL (optionally .gz) or Parquet")
+    batch.add_argument("--output", type=Path, metavar="DIR", help="with --input: the folder for the output shards, "
+                       "rejects.jsonl and batch.json; a rerun of the same command resumes there")
+    batch.add_argument("--ray", metavar="ADDRESS", help="with --input: the Ray cluster to run on (host:port, or auto); "
+                       "default: a local Ray on this machine")
+    batch.add_argument("--actors", type=int, help="with --input: model copies classifying side by side, one CPU "
+                       "each (default: one per CPU of the Ray cluster)")
+    batch.add_argument("--format", choices=("parquet", "jsonl"), help="with --input: the shards' format "
+                       "(default: parquet)")
+    batch.add_argument("--overwrite", action="store_true", help="with --input: start over in an --output that "
+                       "holds another run's output (bundle, input or options differ)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from classifier.data import read_tickets_to_classify
     from classifier.predict import Predictor
 
+    if args.input or args.output:
+        return _run_batch(args)
+    batch_options = [name for name in ("ray", "actors", "format", "overwrite") if getattr(args, name)]
+    if batch_options:
+        raise UserError(f"--{batch_options[0]} goes with --input and --output (classifying on Ray)")
     if not args.texts and not args.file:
         raise UserError("give ticket texts as arguments or a file with --file")
     predictor = Predictor.load(args.bundle, engine=args.engine)
@@ -400,6 +420,20 @@ def _run_predict(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader left early (`ticketclf predict ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
         return 141  # what a shell reports for a process ended by SIGPIPE
+    return 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from classifier.batch import BatchOptions, classify_files
+
+    if not (args.input and args.output):
+        raise UserError("--input and --output go together: the files to classify on Ray, and the folder for the output")
+    if args.texts or args.file:
+        raise UserError("give ticket texts, a --file, or --input and --output, not several")
+    options = BatchOptions(format=args.format or "parquet", top_k=args.top_k, actors=args.actors, engine=args.engine,
+                           text_columns=args.text_columns or (), overwrite=args.overwrite, ray_address=args.ray)
+    summary = classify_files(args.bundle, args.input, args.output, options)
+    print("\n".join(summary.lines()))
     return 0
 
 
