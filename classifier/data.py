@@ -79,12 +79,12 @@ class DataReport:
         review = self.label_review
         if not review.get("flagged") and not review.get("near_duplicates"):
             return []
-        lines = [f"{review['flagged']} tickets look mislabelled and {review['near_duplicates']} have a near-duplicate "
-                 f"labelled otherwise ({review['method']}); the first, with the suggested label:"]
-        lines += [f"  id {entry['id']}: {entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f}; "
-                  f"{entry['reason']}): {entry['text'][:60]!r}" for entry in self.likely_mislabelled[:5]]
-        lines.append(f"  {review['measured']}; {len(self.likely_mislabelled)} listed in reports/data_report.json, all "
-                     "of them in a file to correct with 'ticketclf review-labels'")
+        lines = [f"{review['flagged']} tickets look mislabelled, {review['near_duplicates']} more have a "
+                 f"near-duplicate labelled otherwise ({review['method']}); the surest, with the suggested label:"]
+        lines += [f"  {entry['id']}: {entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f}): "
+                  f"{entry['text'][:50]!r}" for entry in self.likely_mislabelled[:5]]
+        lines.append(f"  ({review['measured']}); {len(self.likely_mislabelled)} in reports/data_report.json with the "
+                     "reasons; 'ticketclf review-labels' writes all of them into a file to correct")
         return lines
 
     def drop(self, reason: str, location: str) -> None:

@@ -130,7 +130,7 @@ def test_the_data_report_lists_likely_mislabelled_tickets(sample_csv: Path, tmp_
     assert sum(entry["id"] in flipped_ids for entry in listed) >= len(listed) // 2
     lines = "\n".join(report.summary_lines())
     assert f"{review['flagged']} tickets look mislabelled" in lines
-    assert f"id {listed[0]['id']}: {listed[0]['label']!r} -> {listed[0]['suggested_label']!r}" in lines
+    assert f"  {listed[0]['id']}: {listed[0]['label']!r} -> {listed[0]['suggested_label']!r}" in lines
     assert "'ticketclf review-labels'" in lines
 
 
