@@ -252,6 +252,9 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
     first = [tickets.rows[finding.index] for finding in review.findings()]
     listed = set(first)
     rows = first + [row for row in records if row not in listed]
+    for record in records.values():  # a review's own columns, if DATA is one, are written anew (not corrections)
+        for name in REVIEW_COLUMNS[:-1]:
+            record.pop(name, None)
     for finding in review.findings():
         record = records[tickets.rows[finding.index]]
         record.update(suggested_label=finding.suggested, confidence=f"{finding.confidence:.3f}",

@@ -116,6 +116,12 @@ def test_review_labels_writes_a_file_that_train_reads_with_its_corrections(sampl
     assert report.corrected_labels == sum(row["suggested_label"] != row["category"] for row in listed)
     assert f"{report.corrected_labels} labels replaced by the file's corrected_label column" in report.summary_lines()
 
+    again = tmp_path / "again.csv"  # a reviewed file reviewed again: the corrections stay, the findings are new
+    assert main(["review-labels", str(corrected), "--output", str(again), "--folds", "4"]) == 0
+    rewritten = {row["id"]: row for row in read_csv(again)}
+    assert all(rewritten[row["id"]]["corrected_label"] == row["corrected_label"] for row in written)
+    assert len([row for row in rewritten.values() if row["reason"]]) < len(listed)
+
 
 def test_the_data_report_lists_likely_mislabelled_tickets(sample_csv: Path, tmp_path: Path) -> None:
     rows = read_csv(sample_csv)[:400]
