@@ -113,7 +113,7 @@ class BatchSummary:
         rate = self.tickets / self.seconds if self.seconds else 0.0
         share = 100 * self.needs_review / self.tickets if self.tickets else 0.0
         lines = [f"classified {self.tickets:,} tickets in {self.seconds:.1f} s ({rate:,.0f} tickets/s, "
-                 f"{self.actors} actors) into {self.output / SHARDS_DIR}",
+                 f"{self.actors} actor{'s' * (self.actors != 1)}) into {self.output / SHARDS_DIR}",
                  f"needs review: {self.needs_review:,} ({share:.1f} %)"]
         if self.labels:
             lines.append("labels: " + ", ".join(f"{label} {count:,} ({100 * count / self.tickets:.1f} %)"
@@ -133,7 +133,10 @@ def classify_files(bundle_dir: Path, inputs: str, output: Path, options: BatchOp
 
     started = time.perf_counter()
     import_ray(local=options.ray_address is None)  # a missing extra is the first thing said, before any work
-    files = input_files(inputs)
+    # Not the output's own shards, should the output folder be inside an input folder.
+    files = [path for path in input_files(inputs) if not path.resolve().is_relative_to(output.resolve())]
+    if not files:
+        raise UserError(f"{inputs}: no ticket files outside --output {output}")
     predictor = Predictor.load(bundle_dir, engine=options.engine)  # a bad bundle: one line, before any Ray work
     _check_options(options, predictor)
     identity = _identity(bundle_dir, inputs, options)

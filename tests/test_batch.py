@@ -189,6 +189,11 @@ def test_output_folders_that_are_not_batch_output_are_left_alone(exported_bundle
     assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
     with pytest.raises(UserError, match="no ticket files"):
         classify_files(exported_bundle, str(tmp_path / "*.csv"), tmp_path / "out", BatchOptions(progress=False))
+    shards = tmp_path / "out" / "shards"  # an output folder inside the input folder: its shards are not input
+    shards.mkdir(parents=True)
+    (shards / "tickets-0123456789-00000.jsonl").write_text('{"id": "1", "label": "billing"}\n')
+    with pytest.raises(UserError, match="no ticket files outside --output"):
+        classify_files(exported_bundle, str(tmp_path), tmp_path / "out", BatchOptions(progress=False))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, code: str = "") -> subprocess.CompletedProcess[str]:
