@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -47,10 +47,12 @@ from classifier.manifest import (
     Integrity,
     Manifest,
     OnnxFile,
+    OutOfScope,
     Quantization,
     Serving,
 )
-from classifier.onnx_graph import keep_first_token_after_last_attention
+from classifier.onnx_graph import add_features_output, keep_first_token_after_last_attention
+from classifier.oos import FEATURES_OUTPUT, OutOfScopeDetector, choose_threshold
 from classifier.options import ServingEngine
 from classifier.predict import INT8_MAX_BATCH, OnnxEngine, Predictor, TorchEngine, default_threads, load_tokenizer
 from classifier.readers import file_sha256
@@ -103,17 +105,20 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> Expo
     (work / WORK_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
     try:
         exported, opset = export_onnx(bundle_dir, work / "exported", options.opset)
+        with_features = manifest.out_of_scope is not None and add_features_output(exported, FEATURES_OUTPUT)
         fp32_path = fuse(exported) if options.optimize else exported
         first_token_only = options.optimize and keep_first_token_after_last_attention(fp32_path)
         # Quantizing the fused graph gives int8 attention (QAttention) and no per-run shape arithmetic.
         int8_path = quantize(fp32_path, work / "quantized", target, options.per_channel)
         drift = check_drift(bundle_dir, manifest, fp32_path, int8_path, options.batch_size)
+        out_of_scope = out_of_scope_thresholds(bundle_dir, manifest, {"fp32": fp32_path, "int8": int8_path},
+                                               with_features, options.batch_size)
         staged = work / bundle.ONNX_DIR
         staged.mkdir()
         shutil.move(fp32_path, staged / bundle.ONNX_FP32)
         shutil.move(int8_path, staged / bundle.ONNX_INT8)
         section = _manifest_section(staged, opset, target, options, first_token_only, drift)
-        _commit(bundle_dir, staged, section)
+        _commit(bundle_dir, staged, section, out_of_scope)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return section
@@ -378,7 +383,33 @@ def _manifest_section(staged: Path, opset: int, target: str, options: ExportOpti
     )
 
 
-def _commit(bundle_dir: Path, staged: Path, section: ExportSection) -> None:
+def out_of_scope_thresholds(bundle_dir: Path, manifest: Manifest, models: Mapping[str, Path], with_features: bool,
+                            batch_size: int = 32) -> OutOfScope | None:
+    """The manifest's ``out_of_scope`` section with a threshold for each exported model, chosen as training
+    chose PyTorch's: on the in-scope validation tickets, for the same abstention. int8 moves the features a
+    little; a threshold of its own keeps its share of flagged in-scope tickets where training set it."""
+    section = manifest.out_of_scope
+    if section is None:
+        return None
+    if not with_features:
+        log.warning("the ONNX graph has no first-token state to output for the out-of-scope detector (not a "
+                    "BERT-style head?): the exported models do not check tickets for being out of scope")
+        return section
+    detector = OutOfScopeDetector.load(bundle_dir / section.file)
+    texts = [text for text, label in zip(*bundle.read_examples(bundle_dir)) if label != section.route_to]
+    tokenizer = load_tokenizer(bundle_dir, manifest.max_length)
+    thresholds = dict(section.thresholds)
+    for engine, path in models.items():
+        runner = OnnxEngine(path, default_threads(), max_batch=INT8_MAX_BATCH if engine == "int8" else None)
+        predictor = Predictor(bundle_dir, manifest, runner, tokenizer, engine, detector=detector)
+        thresholds[engine] = choose_threshold(cast(np.ndarray, predictor.out_of_scope_scores(
+            texts, batch_size, cleaned=True)), section.target_abstention)
+    log.info("out-of-scope thresholds on %d validation tickets: %s", len(texts),
+             ", ".join(f"{engine} {value:.4f}" for engine, value in thresholds.items()))
+    return section.model_copy(update={"thresholds": thresholds})
+
+
+def _commit(bundle_dir: Path, staged: Path, section: ExportSection, out_of_scope: OutOfScope | None = None) -> None:
     drift = section.drift
     if drift.fp32_argmax_agreement < MIN_FP32_AGREEMENT:
         raise UserError(f"ONNX fp32 disagrees with PyTorch on {1 - drift.fp32_argmax_agreement:.2%} of the "
@@ -402,7 +433,8 @@ def _commit(bundle_dir: Path, staged: Path, section: ExportSection) -> None:
     updated = manifest.model_copy(update={
         "export": section,
         "integrity": _sealed_with(bundle_dir, manifest, staged),
-        "serving": Serving(engine=decision.engine, reason=decision.basis)})
+        "serving": Serving(engine=decision.engine, reason=decision.basis),
+        "out_of_scope": out_of_scope or manifest.out_of_scope})
     # Ctrl-C or SIGTERM (the CLI turns it into an exception) wait until the models and the manifest
     # agree; only a hard kill between the renames inside could still part them.
     with _signals_held(signal.SIGINT, signal.SIGTERM):

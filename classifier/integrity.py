@@ -32,6 +32,7 @@ from typing import Any
 from classifier import bundle
 from classifier.errors import UserError
 from classifier.manifest import FileDigest, Integrity, Manifest
+from classifier.oos import OutOfScopeDetector
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class ModelParts:
     tokenizer: Any  # tokenizers.Tokenizer
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
     vocab: bytes | None = None  # vocab.txt, where the tokenizer has one and the files are not sealed
+    detector: OutOfScopeDetector | None = None  # where the manifest names one
 
 
 def read_model_parts(files: BundleFiles, manifest: Manifest) -> ModelParts:
@@ -212,7 +214,11 @@ def read_model_parts(files: BundleFiles, manifest: Manifest) -> ModelParts:
         if tokenizer_config_data is not None else {}
     tokenizer = parse_tokenizer(bundle_dir / bundle.TOKENIZER_FILE, files.read(bundle.TOKENIZER_FILE))
     vocab = files.read(bundle.VOCAB_FILE, required=False) if files.sealed is None else None
-    return ModelParts(config, tokenizer, tokenizer_config, vocab)
+    detector = None
+    if manifest.out_of_scope is not None:
+        name = manifest.out_of_scope.file
+        detector = OutOfScopeDetector.load(bundle_dir / name, files.read(name))
+    return ModelParts(config, tokenizer, tokenizer_config, vocab, detector)
 
 
 def parse_tokenizer(path: Path, data: bytes | None) -> Any:

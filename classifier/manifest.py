@@ -11,6 +11,8 @@ Sections, in the order the stages write them::
     export       ONNX files, quantization, the drift check (export)
     serving      which model the predictor and the service run, and why (export)
     thresholds   review thresholds, global and per class, and where they came from (evaluate)
+    out_of_scope the out-of-scope detector's file and thresholds (train; export adds its models'
+                 thresholds); None: no detector (bundles from before schema version 4)
     versions     library versions (train)
     integrity    sha256 and size of every file the bundle serves from (train, export, 'ticketclf bundle
                  seal'); None: an unsealed bundle, from before schema version 3 (classifier.integrity)
@@ -33,8 +35,8 @@ from pydantic.fields import FieldInfo
 from classifier.options import SERVING_ENGINES, DataOptions, ServingEngine, TrainingOptions
 from classifier.text import TextOptions
 
-SCHEMA_VERSION = 3
-MIGRATES_FROM = (1, 2)  # older schema versions read_manifest migrates
+SCHEMA_VERSION = 4
+MIGRATES_FROM = (1, 2, 3)  # older schema versions read_manifest migrates
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -181,6 +183,35 @@ class Thresholds(Section):
         return self.per_class.get(label, self.global_)
 
 
+class OutOfScope(Section):
+    """The out-of-scope detector (``classifier.oos``) and the score above which a ticket is flagged."""
+
+    method: str = Field(description="a string")
+    feature: str = Field(description="a string")
+    file: str = Field(description="a file name in the bundle")
+    target_abstention: float = Field(ge=0, lt=1, description="a share of in-scope tickets, at least 0 and below 1")
+    # By the model that scores: torch (chosen at training), fp32 and int8 (chosen again by the export,
+    # whose models' features differ a little), each on the validation split for the target abstention.
+    thresholds: dict[str, float] = Field(description="an object of numbers by engine")
+    threshold: float | None = Field(default=None, description="a number")  # set by hand: overrides ``thresholds``
+    route_to: str | None = None  # the data's "Other" class: flagged tickets are labelled with it
+    training_tickets: int = 0
+    validation_tickets: int = 0
+
+    def threshold_for(self, engine: str) -> float:
+        """The threshold for the model ``engine`` runs: the hand-set one, else its own, else PyTorch's."""
+        if self.threshold is not None:
+            return self.threshold
+        return self.thresholds.get(engine, self.thresholds["torch"])
+
+    @field_validator("thresholds")
+    @classmethod
+    def _has_torch(cls, thresholds: dict[str, float]) -> dict[str, float]:
+        if "torch" not in thresholds:
+            raise ValueError("a threshold for torch (the model as trained) expected")
+        return thresholds
+
+
 class FileDigest(Section):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hexadecimal digits")
     size: int = Field(ge=0, description="a whole number of bytes")
@@ -219,6 +250,7 @@ class Manifest(Section):
     export: ExportSection | None = None  # None until 'ticketclf export'
     serving: Serving | None = None  # None: the torch model (not exported)
     thresholds: Thresholds = Field(default_factory=lambda: Thresholds.model_validate({}))
+    out_of_scope: OutOfScope | None = None  # None: no detector (trained before it, or without features)
     versions: dict[str, str] = Field(default_factory=dict)
     integrity: Integrity | None = None  # None: unsealed (schema 2 and before), its files cannot be verified
 
@@ -254,6 +286,8 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         raw = _from_v1(raw)
     if raw.get("schema_version") == 2:  # version 3 added ``integrity``: without it the bundle is unsealed
         raw = {**raw, "schema_version": 3}
+    if raw.get("schema_version") == 3:  # version 4 added ``out_of_scope``: without it, no detector
+        raw = {**raw, "schema_version": 4}
     return raw
 
 

@@ -132,3 +132,28 @@ def _constant(graph: Any, name: str) -> np.ndarray | None:
         if node.op_type == "Constant" and node.output[0] == name and node.attribute[0].name == "value":
             return numpy_helper.to_array(node.attribute[0].t)
     return None
+
+
+def add_features_output(model_path: Path, output_name: str) -> bool:
+    """Make the first token's last-layer state, which the classification head reads, an output of the model
+    named ``output_name`` (for the out-of-scope detector: ``classifier.oos``), in place.
+
+    Returns whether the graph has that token's ``Gather`` (BERT's pooler, RoBERTa's head) and got the output.
+    Run it on the plain export, before the fusions and :func:`keep_first_token_after_last_attention`: graph
+    outputs survive both.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    if output_name in {value.name for value in graph.output}:
+        return True
+    gathers = [node for node in graph.node if node.op_type == "Gather" and _picks_first_token(graph, node)]
+    if not gathers:
+        return False
+    # The last first-token Gather is the head's: earlier ones (if any) would read earlier layers.
+    graph.node.append(helper.make_node("Identity", [gathers[-1].output[0]], [output_name], name="Features"))
+    graph.output.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch_size", "hidden"]))
+    onnx.save(model, str(model_path))
+    return True

@@ -52,6 +52,8 @@ class TrainingOptions:
     early_stopping_patience: int = 3
     precision: str = "auto"  # one of PRECISIONS
     resume: bool = False
+    # Share of in-scope validation tickets the out-of-scope detector's threshold flags (classifier.oos).
+    oos_abstention: float = 0.01
 
     @property
     def peak_learning_rate(self) -> float:

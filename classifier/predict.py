@@ -32,6 +32,7 @@ from classifier.cpus import count_setting, usable_cpus
 from classifier.errors import ModelError, UserError, one_line
 from classifier.manifest import Manifest
 from classifier.numerics import shown_score, softmax
+from classifier.oos import FEATURES_OUTPUT, OutOfScopeDetector
 from classifier.options import ENGINES
 from classifier.text import ticket_text, window_chars
 
@@ -47,27 +48,49 @@ class Prediction:
     label: str
     confidence: float
     top_k: list[dict[str, Any]]  # [{"label": ..., "score": ...}], best first
-    needs_review: bool  # confidence below the bundle's threshold for this label
+    needs_review: bool  # low confidence, or out of scope
     truncated: bool  # the ticket was longer than the model's window
+    review_reason: str | None = None  # REVIEW_REASONS entry when needs_review, else None
+    out_of_scope_score: float | None = None  # None: the bundle has no detector
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "confidence": self.confidence, "needs_review": self.needs_review,
+                "review_reason": self.review_reason, "out_of_scope_score": self.out_of_scope_score,
                 "truncated": self.truncated, "top_k": self.top_k}
+
+
+# Why a prediction needs review, most telling first: out of scope (the ticket belongs to no known queue,
+# so its label means little) over low confidence (a known kind of ticket, between queues).
+REVIEW_REASONS = ("out_of_scope", "low_confidence")
+
+
+@dataclass
+class Outputs:
+    """What the model gives for a batch of tickets, in input order."""
+
+    logits: np.ndarray  # (tickets, labels)
+    features: np.ndarray | None  # (tickets, hidden) for the out-of-scope detector; None: not asked for
+    truncated: list[bool]
 
 
 class Engine(Protocol):
     name: str
     max_batch: int | None  # tickets per model run at most; None: any number
     parallel_runs: int  # model runs that may go at once, on threads of their own
+    has_features: bool  # whether run() can give the out-of-scope detector's features
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def run(self, batch: dict[str, np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """The logits, and with ``features`` the detector's features (:data:`classifier.oos.FEATURE`)."""
+        ...
 
 
 class Predictor:
     """A loaded bundle that turns tickets into labels; safe to share between threads."""
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, engine: Engine, tokenizer: Any,
-                 engine_kind: str = "", pad_id: int | None = None) -> None:
+                 engine_kind: str = "", pad_id: int | None = None, detector: OutOfScopeDetector | None = None) -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.engine = engine
@@ -78,6 +101,15 @@ class Predictor:
         self.temperature = manifest.temperature
         self._tokenizer = tokenizer
         self._pad_id = pad_token_id(bundle_dir, tokenizer) if pad_id is None else pad_id
+        self.detector = detector if manifest.out_of_scope is not None else None
+        if self.detector is not None and not engine.has_features:
+            log.warning("%s: the %s model does not output the out-of-scope detector's features (exported by an "
+                        "older release?): tickets are not checked for being out of scope; export it again",
+                        bundle_dir, engine_kind or engine.name)
+            self.detector = None
+        section = manifest.out_of_scope if self.detector is not None else None
+        self.out_of_scope_threshold = section.threshold_for(engine_kind) if section else None
+        self._route_to = section.route_to if section else None  # the data's "Other" class, if any
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = 0
         self._pool_lock = threading.Lock()  # request threads may need the pool at the same moment
@@ -116,7 +148,7 @@ class Predictor:
                 runner = OnnxEngine(path, threads, max_batch=INT8_MAX_BATCH if engine == "int8" else None)
         tokenizer = truncating(parts.tokenizer, manifest.max_length)
         predictor = cls(bundle_dir, manifest, runner, tokenizer, engine,
-                        pad_id=pad_token_id(bundle_dir, tokenizer, parts.tokenizer_config))
+                        pad_id=pad_token_id(bundle_dir, tokenizer, parts.tokenizer_config), detector=parts.detector)
         predictor._check_model()
         return predictor
 
@@ -156,22 +188,46 @@ class Predictor:
         """
         if not 1 <= top_k:
             raise UserError(f"top_k must be at least 1, got {top_k}")
-        logits, truncated = self.logits(tickets, batch_size, cleaned=cleaned)
+        outputs = self.outputs(tickets, batch_size, cleaned=cleaned)
         # The same calibrated float32 softmax as predict_proba, so thresholds chosen on its scores split
         # the same way here. Top-k in plain Python: right after a model run the CPU caches hold the
         # weights, and there a few Python calls cost less than numpy's argsort and take_along_axis
         # (docs/benchmarks.md, "Decisions", "Inference: the predictor").
-        probabilities = self._probabilities(logits).tolist()
-        return [self._prediction(row, top_k, cut) for row, cut in zip(probabilities, truncated)]
+        probabilities = self.probabilities(outputs.logits).tolist()
+        scores = self._out_of_scope_scores(outputs)
+        return [self._prediction(row, top_k, cut, score)
+                for row, cut, score in zip(probabilities, outputs.truncated, scores)]
 
     def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False) -> np.ndarray:
         """Softmax probabilities, one row per ticket, columns in ``self.labels`` order.
 
         ``cleaned=True``: the tickets are model texts already (e.g. a bundle's validation split).
         """
-        return self._probabilities(self.logits(tickets, batch_size, cleaned=cleaned)[0])
+        return self.probabilities(self.logits(tickets, batch_size, cleaned=cleaned)[0])
 
-    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+    def out_of_scope_scores(self, tickets: Sequence[Ticket], batch_size: int = 32, *,
+                            cleaned: bool = False) -> np.ndarray | None:
+        """The out-of-scope score of each ticket (above :attr:`out_of_scope_threshold`: out of scope), or
+        None when the bundle has no detector."""
+        if self.detector is None:
+            return None
+        return self.scores_of(self.outputs(tickets, batch_size, cleaned=cleaned))
+
+    def scores_of(self, outputs: Outputs) -> np.ndarray | None:
+        """The out-of-scope scores of model outputs (None: no detector), as predictions show them."""
+        if self.detector is None or outputs.features is None:
+            return None
+        return np.array(self._out_of_scope_scores(outputs), dtype=float)
+
+    def _out_of_scope_scores(self, outputs: Outputs) -> list[float | None]:
+        if self.detector is None or outputs.features is None:
+            return [None] * len(outputs.logits)
+        scores = self.detector.score(outputs.features)
+        if not np.isfinite(scores).all():
+            raise ModelError(np.flatnonzero(~np.isfinite(scores)).tolist())
+        return [shown_score(score) for score in scores.tolist()]  # compared with the threshold as shown
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated softmax: the logits divided by the bundle's temperature."""
         probabilities = softmax(logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
         if not np.isfinite(probabilities).all():
@@ -202,6 +258,14 @@ class Predictor:
         ``cleaned=True`` skips cleaning: for texts that went through :func:`ticket_text`
         already, which is not idempotent for every input (an unescaped ``&lt;b&gt;`` is HTML).
         """
+        outputs = self.outputs(tickets, batch_size, cleaned=cleaned, features=False)
+        return outputs.logits, outputs.truncated
+
+    def outputs(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False,
+                features: bool | None = None) -> Outputs:
+        """The model's logits (and features: by default when the bundle has a detector) for each ticket,
+        and whether each was truncated. ``cleaned`` as for :meth:`logits`."""
+        features = self.detector is not None if features is None else features
         if isinstance(tickets, (str, Mapping)):
             raise TypeError("predict() takes a list of tickets; wrap a single ticket in a list")
         if batch_size < 1:
@@ -211,18 +275,23 @@ class Predictor:
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
         if 0 < len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order
-            return self.engine.logits(self._pad([ids for ids, _ in encodings])), truncated
+            return Outputs(*self.engine.run(self._pad([ids for ids, _ in encodings]), features), truncated)
         # Sorting by length makes each padded batch tight; results go back in input order.
         order = np.argsort([len(ids) for ids, _ in encodings], kind="stable")
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        hidden: np.ndarray | None = None
 
-        def run(chosen: np.ndarray) -> np.ndarray:
-            return self.engine.logits(self._pad([encodings[i][0] for i in chosen]))
+        def run(chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            return self.engine.run(self._pad([encodings[i][0] for i in chosen]), features)
 
-        for chosen, scores in zip(batches, self._map(run, batches)):
+        for chosen, (scores, batch_features) in zip(batches, self._map(run, batches)):
             logits[chosen] = scores
-        return logits, truncated
+            if batch_features is not None:
+                if hidden is None:
+                    hidden = np.empty((len(texts), batch_features.shape[1]), dtype=np.float32)
+                hidden[chosen] = batch_features
+        return Outputs(logits, hidden, truncated)
 
     def _map(self, function: Any, batches: list[np.ndarray]) -> Iterator[np.ndarray]:
         """``function`` over the batches in order: one after another, or side by side when the engine
@@ -252,18 +321,29 @@ class Predictor:
         mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in rows], dtype=np.int64)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
-    def _prediction(self, probabilities: list[float], top_k: int, truncated: bool) -> Prediction:
-        """One ticket's answer from its label probabilities: the ``top_k`` best labels, best first."""
+    def _prediction(self, probabilities: list[float], top_k: int, truncated: bool,
+                    out_of_scope_score: float | None) -> Prediction:
+        """One ticket's answer from its label probabilities (the ``top_k`` best labels, best first) and its
+        out-of-scope score. A ticket out of scope goes to the data's "Other" class where it has one."""
         best = heapq.nlargest(top_k, range(len(probabilities)), key=probabilities.__getitem__)  # ties: lower index
         scores = [probabilities[i] for i in best]
         label = self.labels[best[0]]
         confidence = shown_score(scores[0])
+        reason = None
+        if out_of_scope_score is not None and out_of_scope_score > cast(float, self.out_of_scope_threshold):
+            reason = "out_of_scope"
+            if self._route_to is not None and self._route_to != label:
+                label, confidence = self._route_to, shown_score(probabilities[self.labels.index(self._route_to)])
+        elif confidence < self.threshold(label):
+            reason = "low_confidence"
         return Prediction(
             label=label,
             confidence=confidence,
             top_k=[{"label": self.labels[i], "score": shown_score(score)} for i, score in zip(best, scores)],
-            needs_review=confidence < self.threshold(label),
+            needs_review=reason is not None,
             truncated=truncated,
+            review_reason=reason,
+            out_of_scope_score=out_of_scope_score,
         )
 
 
@@ -352,10 +432,19 @@ class OnnxEngine:
             raise UserError(f"{model_path}: not a model onnxruntime can load ({one_line(error)}); export the "
                             "bundle again") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.has_features = FEATURES_OUTPUT in outputs
         self.name = model_path.name
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, {name: batch[name] for name in self.input_names})[0]
+        return self.run(batch, features=False)[0]
+
+    def run(self, batch: dict[str, np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        inputs = {name: batch[name] for name in self.input_names}
+        if not (features and self.has_features):
+            return self.session.run(["logits"], inputs)[0], None
+        logits, hidden = self.session.run(["logits", FEATURES_OUTPUT], inputs)
+        return logits, hidden
 
 
 class TorchEngine:
@@ -364,6 +453,7 @@ class TorchEngine:
     name = "torch"
     max_batch: int | None = None
     parallel_runs = 1
+    has_features = True
 
     def __init__(self, bundle_dir: Path, threads: int) -> None:
         try:
@@ -385,6 +475,13 @@ class TorchEngine:
         self._accepted = set(inspect.signature(self.model.forward).parameters)
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self.run(batch, features=False)[0]
+
+    def run(self, batch: dict[str, np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        from classifier.oos import torch_features
+
         with self._torch.inference_mode():
             inputs = {k: self._torch.from_numpy(v) for k, v in batch.items() if k in self._accepted}
-            return self.model(**inputs).logits.float().numpy()
+            outputs = self.model(**inputs, output_hidden_states=features)
+            return (outputs.logits.float().numpy(),
+                    torch_features(outputs).float().numpy() if features else None)

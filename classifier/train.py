@@ -35,11 +35,11 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from classifier import bundle, integrity
+from classifier import bundle, integrity, oos
 from classifier.calibration import fit_temperature
-from classifier.data import PreparedData, prepare_data
+from classifier.data import PreparedData, other_label, prepare_data
 from classifier.errors import UserError
-from classifier.manifest import Baseline, Calibration, DataFile, DataSection, Manifest, TrainingSection
+from classifier.manifest import Baseline, Calibration, DataFile, DataSection, Manifest, OutOfScope, TrainingSection
 from classifier.options import DataOptions, TrainingOptions
 from classifier.text import nested_fields
 
@@ -69,6 +69,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     inputs = tuple(Path(path) for path in (data_path, data_options.validation_path) if path is not None)
     bundle.check_output(output_dir, overwrite, inputs)  # now, not after an hour of training
     per_process_batch(options.batch_size)  # likewise: a batch that does not split over the processes
+    oos.check_abstention(options.oos_abstention)
     resume_from = _resume_point(output_dir, options, overwrite)  # likewise: checkpoints before reading data
     # Every process reads and splits the data (seeded: the same split in each); rank 0 reports it.
     data = prepare_data(data_path, data_options, seed=options.seed)
@@ -96,6 +97,8 @@ class Fitted:
     validation_metrics: dict[str, float]
     calibration: Calibration
     writes_bundle: bool  # False in a torchrun process other than rank 0
+    detector: oos.OutOfScopeDetector | None = None
+    out_of_scope: OutOfScope | None = None
 
 
 def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_from: str | None = None) -> Fitted:
@@ -127,8 +130,59 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
                  calibration.tickets, f" (not fitted: {calibration.skipped})" if calibration.skipped else
                  f" ({calibration.method}: {calibration.why})" if calibration.why else "")
     model = _merge_adapters(cast(torch.nn.Module, trainer.model))
-    return Fitted(model, tokenizer, max_length, train_seconds, metrics, calibration,
-                  trainer.is_world_process_zero())
+    fitted = Fitted(model, tokenizer, max_length, train_seconds, metrics, calibration,
+                    trainer.is_world_process_zero())
+    if fitted.writes_bundle:
+        fitted.detector, fitted.out_of_scope = fit_out_of_scope(fitted, data, options)
+    return fitted
+
+
+# Training tickets the detector is fitted on at most: class means and one covariance settle long before
+# (384 dimensions), and scoring every ticket of a very large export would add minutes for nothing.
+MAX_DETECTOR_TICKETS = 20_000
+
+
+def fit_out_of_scope(fitted: Fitted, data: PreparedData, options: TrainingOptions
+                     ) -> tuple[oos.OutOfScopeDetector, OutOfScope]:
+    """The out-of-scope detector fitted on the training split's features, its threshold chosen on the
+    validation split's for ``options.oos_abstention`` (tickets of an "Other" class left out of both)."""
+    started = time.perf_counter()
+    label_index = {label: i for i, label in enumerate(data.labels)}
+    other = other_label(data.labels)
+    ignored = (label_index[other],) if other in label_index else ()
+    chosen = np.random.default_rng(options.seed).permutation(len(data.train))[:MAX_DETECTOR_TICKETS]
+    train_ids = np.array([label_index[data.train.labels[i]] for i in chosen])
+    train_features = model_features(fitted.model, fitted.tokenizer, [data.train.texts[i] for i in chosen],
+                                    fitted.max_length)
+    detector = oos.fit_detector(train_features, train_ids, ignored)
+    in_scope = [text for text, label in zip(data.validation.texts, data.validation.labels) if label != other]
+    scores = detector.score(model_features(fitted.model, fitted.tokenizer, in_scope, fitted.max_length))
+    threshold = oos.choose_threshold(scores, options.oos_abstention)
+    log.info("out-of-scope detector (%s) fitted on %d training tickets in %.1f s: threshold %.3f flags %.1f %% "
+             "of %d validation tickets", oos.METHOD, int(np.isin(train_ids, ignored, invert=True).sum()),
+             time.perf_counter() - started, threshold, 100 * float((scores > threshold).mean()), len(scores))
+    return detector, OutOfScope(method=oos.METHOD, feature=oos.FEATURE, file=bundle.OUT_OF_SCOPE_FILE,
+                                target_abstention=options.oos_abstention, thresholds={"torch": threshold},
+                                route_to=other if ignored else None,
+                                training_tickets=int(np.isin(train_ids, ignored, invert=True).sum()),
+                                validation_tickets=len(scores))
+
+
+def model_features(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
+                   batch_size: int = 64) -> np.ndarray:
+    """:data:`classifier.oos.FEATURE` of each text, in batches sorted by length (little padding)."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = np.argsort([len(text) for text in texts], kind="stable")
+    features = np.empty((len(texts), cast(Any, model).config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            chosen = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in chosen], truncation=True, max_length=max_length, padding=True,
+                              return_tensors="pt").to(device)
+            outputs = model(**batch, output_hidden_states=True)
+            features[chosen] = oos.torch_features(outputs).float().cpu().numpy()
+    return features
 
 
 def write_bundle(output_dir: Path, fitted: Fitted, data: PreparedData, manifest: Manifest) -> None:
@@ -138,6 +192,9 @@ def write_bundle(output_dir: Path, fitted: Fitted, data: PreparedData, manifest:
         cast(Any, fitted.model).save_pretrained(staging)  # a transformers model, typed as its Module base
         fitted.tokenizer.save_pretrained(staging)
         manifest.baseline = _fit_baseline(staging, data)
+        if fitted.detector is not None:
+            fitted.detector.save(staging / bundle.OUT_OF_SCOPE_FILE)
+            manifest.out_of_scope = fitted.out_of_scope
         bundle.write_report(staging, "data_report", data.report.to_dict())
         bundle.write_examples(staging, data.validation.texts, data.validation.labels, data.validation.ids)
         manifest.integrity = integrity.seal(staging, integrity.SEALED_BY_TRAIN)

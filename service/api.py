@@ -62,6 +62,7 @@ def labels() -> Response:
     return json_response(LabelsResponse(
         model=model.info,
         labels=[LabelOut(label=label, threshold=predictor.threshold(label)) for label in predictor.labels],
+        out_of_scope_threshold=predictor.out_of_scope_threshold,
     ))
 
 

@@ -35,7 +35,8 @@ LATENCY = Histogram("ticketclf_http_request_duration_seconds", "Time to answer a
                     ["route"], buckets=(0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
                                         0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 PREDICTIONS = Counter("ticketclf_predictions_total", "Tickets classified, by predicted label.", ["label"])
-NEEDS_REVIEW = Counter("ticketclf_needs_review_total", "Predictions below their label's confidence threshold.")
+NEEDS_REVIEW = Counter("ticketclf_needs_review_total", "Predictions that need review, by reason: out_of_scope "
+                       "(unlike every known queue) or low_confidence (below the label's threshold).", ["reason"])
 TRUNCATED = Counter("ticketclf_truncated_total", "Tickets longer than the model window (only the start was read).")
 # An info metric as a gauge: prometheus-client's Info type has no multiprocess mode.
 MODEL_INFO = Gauge("ticketclf_model_info", "The model being served (value is always 1).",
@@ -72,7 +73,8 @@ def record_request(route: str, method: str, status: int, seconds: float) -> None
 def record_predictions(predictions: Sequence[Prediction]) -> None:
     for label, count in Tally(p.label for p in predictions).items():  # one locked write per label
         PREDICTIONS.labels(label).inc(count)
-    NEEDS_REVIEW.inc(sum(p.needs_review for p in predictions))
+    for reason, count in Tally(p.review_reason for p in predictions if p.review_reason).items():
+        NEEDS_REVIEW.labels(reason).inc(count)
     TRUNCATED.inc(sum(p.truncated for p in predictions))
 
 

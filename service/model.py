@@ -278,11 +278,11 @@ def _snapshot(loaded: LoadedModel, snapshots: Path, source: BundleSource | Repos
 
 def _heavy(path: Path, served: Path | None, root: Path) -> bool:
     """Files a copy of the serving model leaves out: the weights and models it does not serve from,
-    reports and the training baseline."""
+    reports and the training baseline (the out-of-scope detector is kept: predictions need it)."""
     if served is None:  # PyTorch serves: it needs the weights
         return path.name == bundle.BASELINE_FILE
-    return (path.suffix in (".safetensors", ".bin", ".pt", ".onnx", ".npz") and path != served) or \
-        path.relative_to(root).parts[0] in ("reports",)
+    return (path.suffix in (".safetensors", ".bin", ".pt", ".onnx") and path != served) or \
+        path.name == bundle.BASELINE_FILE or path.relative_to(root).parts[0] in ("reports",)
 
 
 _ALL: weakref.WeakSet[ServedModel] = weakref.WeakSet()  # the models of this process, for SIGHUP

@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -77,7 +77,14 @@ class PredictionOut(BaseModel):
     id: StrictStr | StrictInt | None = Field(description="The ticket's id from the request, or null.")
     label: str
     confidence: float = Field(ge=0, le=1)
-    needs_review: bool = Field(description="Confidence is below the model's threshold for this label.")
+    needs_review: bool = Field(description="An agent should check this ticket: see review_reason.")
+    review_reason: Literal["out_of_scope", "low_confidence"] | None = Field(
+        description="Why it needs review: out_of_scope (unlike every queue the model was trained on: its "
+                    "label means little) or low_confidence (below the model's threshold for this label); "
+                    "null when it does not.")
+    out_of_scope_score: float | None = Field(
+        description="How far the ticket lies from every known queue; above the model's out_of_scope_threshold "
+                    "(GET /labels) it is out of scope. Null when the model has no out-of-scope detector.")
     truncated: bool = Field(description="The ticket was longer than the model reads; only its start was used.")
     top_k: list[LabelScore] = Field(description="The best labels, best first.")
 
@@ -95,6 +102,9 @@ class LabelOut(BaseModel):
 class LabelsResponse(BaseModel):
     model: ModelInfo
     labels: list[LabelOut]
+    out_of_scope_threshold: float | None = Field(
+        description="Tickets whose out_of_scope_score is above it need review as out of scope; null when the "
+                    "model has no out-of-scope detector.")
 
 
 class HealthResponse(BaseModel):

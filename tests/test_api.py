@@ -36,8 +36,12 @@ def test_classify_text_returns_the_documented_shape(client: FlaskClient, predict
     body = response.get_json()
     assert body["model"] == {"name": predictor.name, "version": predictor.version}
     [prediction] = body["predictions"]
-    assert set(prediction) == {"id", "label", "confidence", "needs_review", "truncated", "top_k"}
+    assert set(prediction) == {"id", "label", "confidence", "needs_review", "review_reason", "out_of_scope_score",
+                               "truncated", "top_k"}
     assert prediction["id"] is None and prediction["label"] in predictor.labels
+    assert prediction["review_reason"] in (None, "low_confidence", "out_of_scope")
+    assert prediction["needs_review"] == (prediction["review_reason"] is not None)
+    assert isinstance(prediction["out_of_scope_score"], float)
     assert len(prediction["top_k"]) == 3 and prediction["top_k"][0]["label"] == prediction["label"]
     scores = [item["score"] for item in prediction["top_k"]]
     assert scores == sorted(scores, reverse=True) and prediction["confidence"] == scores[0]
@@ -283,7 +287,8 @@ def test_metrics_count_requests_predictions_and_model(client: FlaskClient, predi
     assert grew("ticketclf_http_requests_total", route="/classify", method="POST", status="200") == 1
     assert grew("ticketclf_http_request_duration_seconds_count", route="/classify") == 2  # the POST and the 405
     assert grew("ticketclf_predictions_total", label=prediction["label"]) == 1
-    assert grew("ticketclf_needs_review_total") == prediction["needs_review"]
+    for reason in ("out_of_scope", "low_confidence"):
+        assert grew("ticketclf_needs_review_total", reason=reason) == (prediction["review_reason"] == reason)
     assert grew("ticketclf_truncated_total") == prediction["truncated"] == 0
     assert grew("ticketclf_http_requests_total", route="/classify", method="other", status="405") == 1
     assert grew("ticketclf_http_requests_total", route="unmatched", method="GET", status="404") == 1

@@ -20,6 +20,7 @@ from classifier.cli import main
 from classifier.errors import UserError
 from classifier.export import export
 from classifier.integrity import SEALED_BY_EXPORT, SEALED_BY_HAND, SEALED_BY_TRAIN, file_digest, seal
+from classifier.manifest import SCHEMA_VERSION
 from classifier.predict import Predictor
 
 INT8 = "onnx/model_int8.onnx"
@@ -226,7 +227,7 @@ def test_loading_reads_only_what_its_engine_needs(bundle_copy: Path, tmp_path: P
                       "RELOAD_INTERVAL": 0})
     copy = _snapshot(ctx(app).served.current, tmp_path / "snapshots", BundleSource(bundle_copy))
     assert copy is not None and not (copy / "model.safetensors").exists() and not (copy / "onnx/model.onnx").exists()
-    assert Predictor.load(copy).engine_kind == "int8"
+    assert Predictor.load(copy).engine_kind == "int8" and Predictor.load(copy).detector is not None
     (bundle_copy / "onnx" / "model.onnx").unlink()  # a sealed file no engine here reads
     assert Predictor.load(bundle_copy).engine_kind == "int8"
 
@@ -343,7 +344,7 @@ def test_an_unsealed_bundle_loads_with_one_warning_until_it_is_sealed(bundle_cop
     code, out, _ = cli(capsys, "bundle", "seal", str(bundle_copy))
     files = len(bundle.sealed_files(bundle_copy))
     assert code == 0 and out == f"{bundle_copy}: sealed {files} files (it was unsealed)\n"
-    assert json.loads((bundle_copy / "manifest.json").read_text())["schema_version"] == 3
+    assert json.loads((bundle_copy / "manifest.json").read_text())["schema_version"] == SCHEMA_VERSION
     assert cli(capsys, "bundle", "verify", str(bundle_copy))[0] == 0
     caplog.clear()
     Predictor.load(bundle_copy)

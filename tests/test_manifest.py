@@ -67,12 +67,13 @@ def test_a_manifest_of_schema_version_1_is_migrated(tmp_path: Path) -> None:
 
 def test_a_manifest_of_schema_version_2_is_migrated_unsealed(exported_bundle: Path, tmp_path: Path) -> None:
     old = json.loads((exported_bundle / "manifest.json").read_text())
-    del old["integrity"]  # schema version 3 added it
+    del old["integrity"], old["out_of_scope"]  # schema versions 3 and 4 added them
     (tmp_path / "manifest.json").write_text(json.dumps({**old, "schema_version": 2}))
     manifest = read_manifest(tmp_path)
-    assert manifest.schema_version == SCHEMA_VERSION == 3 and manifest.integrity is None
-    assert manifest.model_copy(update={"integrity": None, "schema_version": 2}).to_json() == {**old, "integrity": None,
-                                                                                            "schema_version": 2}
+    assert manifest.schema_version == SCHEMA_VERSION == 4 and manifest.integrity is None
+    assert manifest.out_of_scope is None
+    assert manifest.model_copy(update={"schema_version": 2}).to_json() == {
+        **old, "integrity": None, "out_of_scope": None, "schema_version": 2}
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -1,0 +1,135 @@
+"""Out-of-scope detection: how far a ticket lies from every queue the model was trained on.
+
+A classifier must pick one of its labels, and it picks one confidently for spam, auto-replies or
+a kind of problem no queue handles yet. The fine-tuned encoder's feature space knows better: a
+ticket of a known queue lands near that queue's training tickets, an unknown kind of ticket lands
+away from all of them. The score is the Mahalanobis distance to the nearest class mean with one
+covariance shared by the classes (Lee et al. 2018; Podolskiy et al. 2021 for fine-tuned
+transformers), on the features the classification head reads: the first token of the last layer
+(:data:`FEATURE`), which the exported ONNX model outputs beside the logits.
+
+At training, :func:`fit_detector` fits the class means and a shrunk covariance on the training
+split's features and :func:`choose_threshold` takes the score that a target share of the validation
+split's tickets exceeds (the in-scope abstention, 1 % by default). Both go into the bundle as plain
+arrays (``out_of_scope.npz``, no pickles) and the manifest's ``out_of_scope`` section. Serving needs
+numpy only: with the covariance folded into a whitening matrix, the score is one matrix product and
+a nearest-mean search.
+
+Tickets of an "Other" class are left out of the fit: that class is everything the other queues are
+not, so it has no centre, and its spread would blur the covariance that the known queues share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifier.errors import UserError
+from classifier.numerics import shown_score
+
+METHOD = "mahalanobis"
+FEATURE = "first_token"  # the last layer's first-token state, as the classification head reads it
+DEFAULT_ABSTENTION = 0.01  # share of in-scope validation tickets flagged at the default threshold
+FEATURES_OUTPUT = "features"  # the ONNX model's output holding them
+
+
+@dataclass(frozen=True)
+class OutOfScopeDetector:
+    """Squared Mahalanobis distance to the nearest class mean, per feature dimension.
+
+    ``whitening`` is ``W`` with ``W.T @ W`` the shared precision matrix, so the distance of ``x`` to
+    mean ``m`` is ``|W x - W m|^2``; ``centres`` holds the whitened class means, one row each. Dividing
+    by the dimension puts a typical in-scope ticket near 1 whatever the encoder's width.
+    """
+
+    whitening: np.ndarray  # (dim, dim) float64
+    centres: np.ndarray  # (classes fitted, dim) float64
+    # One float32 matrix [W; C W] gives W x and the products z.c with every centre in one pass over ~0.7 MB
+    # (float64 would be twice that, and twice as slow at batch 1); |c|^2 is kept in float64.
+    _stacked: np.ndarray = field(init=False, repr=False)
+    _centre_norms: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        stacked = np.vstack([self.whitening, self.centres @ self.whitening]).astype(np.float32)
+        object.__setattr__(self, "_stacked", stacked)
+        object.__setattr__(self, "_centre_norms", np.einsum("cd,cd->c", self.centres, self.centres))
+
+    @property
+    def dimension(self) -> int:
+        return int(self.whitening.shape[1])
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """One score per row of ``features``: higher is further from every known queue."""
+        if features.ndim != 2 or features.shape[1] != self.dimension:
+            raise UserError(f"the out-of-scope detector expects {self.dimension} features per ticket, the model "
+                            f"gives {features.shape[-1]}; train the bundle again")
+        rows = np.asarray(features, dtype=np.float32)
+        # A matrix-vector product per ticket: a matrix product's rounding depends on how many rows it
+        # holds (BLAS blocking), and a ticket's shown score must not depend on its batch-mates.
+        projected = np.array([self._stacked @ row for row in rows], dtype=np.float64).reshape(len(rows), -1)
+        whitened, products = projected[:, :self.dimension], projected[:, self.dimension:]
+        # |z - c|^2 = |z|^2 - 2 z.c + |c|^2 for every centre; the nearest one's.
+        squared = np.einsum("nd,nd->n", whitened, whitened)[:, None] - 2 * products + self._centre_norms
+        return np.maximum(squared.min(axis=1), 0.0) / self.dimension
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as out:
+            np.savez(out, whitening=self.whitening, centres=self.centres)
+
+    @classmethod
+    def load(cls, path: Path, data: bytes | None = None) -> OutOfScopeDetector:
+        """Read a detector saved by :meth:`save` (from ``data`` when the caller read and checked the file)."""
+        import io
+
+        try:
+            with np.load(io.BytesIO(data) if data is not None else path, allow_pickle=False) as arrays:
+                whitening, centres = arrays["whitening"], arrays["centres"]
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(f"{path}: not an out-of-scope detector ({error}); train the bundle again") from None
+        if whitening.ndim != 2 or centres.ndim != 2 or whitening.shape[1] != centres.shape[1]:
+            raise UserError(f"{path}: the detector's arrays do not fit together "
+                            f"({whitening.shape} and {centres.shape}); train the bundle again")
+        return cls(whitening.astype(np.float64), centres.astype(np.float64))
+
+
+def fit_detector(features: np.ndarray, label_ids: np.ndarray, ignored: tuple[int, ...] = ()) -> OutOfScopeDetector:
+    """Class means and a shared covariance of the training split's features (rows labelled with an
+    ``ignored`` class id left out). The covariance is Ledoit-Wolf shrunk: a small export has fewer
+    tickets than the features have dimensions, and the plain estimate then cannot be inverted."""
+    from sklearn.covariance import LedoitWolf
+
+    features = np.asarray(features, dtype=np.float64)
+    label_ids = np.asarray(label_ids)
+    kept = ~np.isin(label_ids, ignored)
+    features, label_ids = features[kept], label_ids[kept]
+    classes = np.unique(label_ids)
+    if len(features) < 2:
+        raise UserError("too few training tickets to fit the out-of-scope detector")
+    means = np.stack([features[label_ids == label].mean(axis=0) for label in classes])
+    centred = features - means[np.searchsorted(classes, label_ids)]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    # precision = L L^T (Cholesky), so |x - m|^2 under it is |L^T (x - m)|^2: W = L^T.
+    whitening = np.linalg.cholesky((precision + precision.T) / 2).T
+    return OutOfScopeDetector(whitening, means @ whitening.T)
+
+
+def check_abstention(abstention: float) -> None:
+    if not 0 <= abstention < 1:
+        raise UserError(f"--oos-abstention must be at least 0 and below 1, got {abstention}")
+
+
+def choose_threshold(scores: np.ndarray, abstention: float) -> float:
+    """The score above which a share ``abstention`` of these (in-scope) tickets falls."""
+    check_abstention(abstention)
+    if len(scores) == 0:
+        raise UserError("no validation tickets to choose the out-of-scope threshold on")
+    # Rounded as predictions show scores, so a ticket at the threshold is flagged as it was counted here.
+    return shown_score(float(np.quantile(np.asarray(scores, dtype=np.float64), 1 - abstention, method="higher")))
+
+
+def torch_features(outputs: Any) -> Any:
+    """:data:`FEATURE` from a transformers model's outputs (run with ``output_hidden_states=True``)."""
+    return outputs.hidden_states[-1][:, 0]
