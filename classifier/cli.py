@@ -194,6 +194,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                    help="auto: bf16 on GPUs and CPUs that support it, else fp32")
     m.add_argument("--resume", action="store_true", help="continue an interrupted run from the last checkpoint "
                    "of --output (same data and options)")
+    m.add_argument("--oos-abstention", type=float, default=defaults.oos_abstention, metavar="SHARE",
+                   help="share of in-scope validation tickets the out-of-scope threshold flags for review "
+                   "(default %(default)s)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -205,7 +208,7 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, lora=args.lora,
         lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, class_weighted_loss=args.class_weights,
         freeze_word_embeddings=not args.train_word_embeddings, early_stopping_patience=args.patience,
-        precision=args.precision, resume=args.resume)
+        precision=args.precision, resume=args.resume, oos_abstention=args.oos_abstention)
     data_options = DataOptions(
         text=TextOptions(fields=args.text_columns or (), strip_html=not args.keep_html,
                          strip_quoted_replies=not args.keep_quoted_replies, strip_signatures=not args.keep_signatures),
@@ -261,6 +264,11 @@ def _print_training_summary(bundle_dir: Path) -> None:
         baseline = manifest.baseline.validation_metrics
         print(f"  {manifest.baseline.name}: validation accuracy {baseline['accuracy']:.4f}, "
               f"macro-F1 {baseline['macro_f1']:.4f}")
+    if manifest.out_of_scope:
+        section = manifest.out_of_scope
+        print(f"  out-of-scope detector: {section.method} on {section.training_tickets} training tickets; threshold "
+              f"{section.threshold_for('torch'):.4f}, set to flag {section.target_abstention:.1%} of the in-scope "
+              f"validation tickets" + (f"; flagged tickets go to '{section.route_to}'" if section.route_to else ""))
     print(f"  data report: {report}")
 
 
@@ -339,6 +347,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", type=Path, metavar="OTHER_BUNDLE", help="also evaluate another bundle, side by side")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the TF-IDF + logistic regression baseline")
+    p.add_argument("--oos-label", metavar="LABEL", help="test tickets with this label are out of scope (as are "
+                   "labels the model was not trained on): the report measures the out-of-scope detector on them "
+                   "(default: the data's \"Other\" class, when the model has one)")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -348,7 +359,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         engine=args.engine, label_column=args.label_column, text_columns=args.text_columns or (),
         target_precision=args.target_precision,
         apply_threshold_for_precision=args.apply_threshold_for_precision, compare_bundle=args.compare,
-        baseline=args.baseline))
+        baseline=args.baseline, oos_label=args.oos_label))
     print(summary_table(report))
     print(f"report written to {args.output} (open {args.output / 'report.html'} in a browser)")
     return 0

@@ -39,6 +39,7 @@ from classifier import bundle
 from classifier.baseline import BASELINE_NAME
 from classifier.data import DataReport, Tickets, load_tickets, relabel_like_training, with_text_columns
 from classifier.errors import UserError
+from classifier.evaluate_oos import out_of_scope_section
 from classifier.manifest import Manifest, ThresholdSource
 from classifier.numerics import row_normalise, shown_score
 from classifier.predict import Predictor, resolve_engine
@@ -55,6 +56,7 @@ from classifier.report import (
     Metrics,
     ModelInfo,
     OperatingPoint,
+    OutOfScopeSection,
     PrecisionCoverage,
     Reliability,
     Report,
@@ -83,6 +85,7 @@ EXAMPLES_PER_CONFUSION = 3
 EXAMPLE_CHARS = 300
 REPORT_FILES = ("report.json", "report.html", "confusion_matrix.csv", "confusion_matrix.png", "precision_coverage.png",
                 "reliability.png", "misclassified.csv")
+OUT_OF_SCOPE_IMAGE = "out_of_scope.png"  # when the test file has out-of-scope tickets and the bundle a detector
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 
@@ -96,6 +99,7 @@ class EvaluationOptions:
     apply_threshold_for_precision: float | None = None  # write per-class thresholds into the bundle manifest
     compare_bundle: Path | None = None
     baseline: bool = True
+    oos_label: str | None = None  # test tickets with this label are out of scope (as are labels the model lacks)
 
 
 @dataclass
@@ -156,7 +160,7 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     """Build the report (the typed :class:`Report`), write its files; return report.json's content."""
     predictor = Predictor.load(bundle_dir, options.engine)
     tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns)
-    proba = probabilities(predictor, tickets.texts)
+    proba, oos_scores = probabilities_and_oos_scores(predictor, tickets.texts)
     scored = Scored.of(predictor.labels, proba, tickets.labels)
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = _data_section(tickets, data_report, scored, predictor.manifest)
@@ -165,11 +169,13 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
               "compare": _compare(options, data_path, tickets.source["label_column"])}
     report = _model_report(predictor, scored, tickets, options.target_precision, created_at, data, unknown_labels,
                            _side_by_side_sections(others, scored, options))
+    report.out_of_scope = _out_of_scope(predictor, tickets, proba, oos_scores, options.oos_label or (
+        predictor.manifest.out_of_scope.route_to if predictor.manifest.out_of_scope else None))
     if options.apply_threshold_for_precision is not None:
         report.thresholds_applied = apply_thresholds(bundle_dir, predictor, scored, tickets,
                                                      options.apply_threshold_for_precision)
     report.warnings = _warnings(report)
-    report.files = list(REPORT_FILES)
+    report.files = [*REPORT_FILES, *([OUT_OF_SCOPE_IMAGE] if report.out_of_scope else [])]
     content = report.to_dict()
     _write_files(output_dir, report, content, scored, tickets, _images(report, scored, others))
     return content
@@ -190,8 +196,18 @@ def summary_table(report: dict[str, Any]) -> str:
     lines += [f"{label:<{width}}" + "".join(f"{cell(metrics):>22}" for _, metrics in columns) for label, cell in rows]
     message = report["precision_coverage"]["message"]
     lines.append(message)
+    lines += _out_of_scope_lines(report.get("out_of_scope"))
     lines += [f"warning: {warning}" for warning in report["warnings"] if warning != message]  # said just above
     return "\n".join(lines)
+
+
+def _out_of_scope_lines(section: dict[str, Any] | None) -> list[str]:
+    if not section:
+        return []
+    point = section["at_threshold"]
+    return [f"out of scope: {section['out_of_scope_tickets']} tickets; detector AUROC {section['auroc']:.3f} "
+            f"(confidence alone {section['confidence_auroc']:.3f}); at threshold {point['threshold']:.4g} it flags "
+            f"{point['out_of_scope_recall']:.1%} of them and {point['in_scope_flagged']:.1%} of in-scope tickets"]
 
 
 def load_test_set(data_path: str | Path, manifest: Manifest, label_column: str | None,
@@ -213,7 +229,26 @@ def load_test_set(data_path: str | Path, manifest: Manifest, label_column: str |
 def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
     """The model's probabilities for each ticket, as the service answers it (the predictor runs the
     int8 model one ticket at a time, so batch-mates change nothing)."""
-    return predictor.predict_proba(texts, cleaned=True)  # load_tickets cleaned them
+    return probabilities_and_oos_scores(predictor, texts)[0]
+
+
+def probabilities_and_oos_scores(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`probabilities`, and each ticket's out-of-scope score (None: the bundle has no detector), from
+    one run of the model."""
+    outputs = predictor.outputs(texts, cleaned=True)  # load_tickets cleaned them
+    scores = predictor.scores_of(outputs)
+    return predictor.probabilities(outputs.logits), scores
+
+
+def _out_of_scope(predictor: Predictor, tickets: Tickets, proba: np.ndarray, scores: np.ndarray | None,
+                  oos_label: str | None) -> OutOfScopeSection | None:
+    """The out-of-scope section, when the bundle has a detector and the test file tickets of no known queue."""
+    if scores is None or predictor.out_of_scope_threshold is None or predictor.manifest.out_of_scope is None:
+        return None
+    predicted = [predictor.labels[i] for i in proba.argmax(axis=1)]
+    confidence = np.array([shown_score(value) for value in proba.max(axis=1).tolist()])
+    return out_of_scope_section(scores, tickets.labels, predicted, confidence, predictor.labels,
+                                predictor.out_of_scope_threshold, predictor.manifest.out_of_scope.method, oos_label)
 
 
 # ---------------------------------------------------------------- metrics
@@ -610,7 +645,8 @@ def _images(report: Report, scored: Scored, others: dict[str, tuple[str, str, Sc
             "precision_coverage.png": plots.precision_coverage_png(
                 {name: coverage_curve(s.confidence, s.correct) for name, s in curves.items()},
                 report.precision_coverage.target_precision, report.precision_coverage.recommended),
-            "reliability.png": plots.reliability_png(report.calibration)}
+            "reliability.png": plots.reliability_png(report.calibration),
+            **({OUT_OF_SCOPE_IMAGE: plots.out_of_scope_png(report.out_of_scope)} if report.out_of_scope else {})}
 
 
 def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scored: Scored, tickets: Tickets,

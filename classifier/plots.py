@@ -18,7 +18,7 @@ from matplotlib.colors import PowerNorm  # noqa: E402
 from classifier.numerics import row_normalise  # noqa: E402
 
 if TYPE_CHECKING:
-    from classifier.report import OperatingPoint, Reliability
+    from classifier.report import OperatingPoint, OutOfScopeSection, Reliability
 
 DPI = 110
 INCH_PT = 72
@@ -151,6 +151,29 @@ def reliability_png(calibration: Reliability) -> bytes:
     top.grid(alpha=0.3)
     bottom.bar(lowers, [b.count for b in bins], width=width, align="edge", color="#888888", edgecolor="white")
     bottom.set(xlabel="model confidence", ylabel="tickets")
+    return _png(fig)
+
+
+@_plain_text
+def out_of_scope_png(section: OutOfScopeSection) -> bytes:
+    """Out-of-scope recall, in-scope accuracy and in-scope tickets flagged against the detector's threshold."""
+    points = sorted(section.curve, key=lambda point: point.threshold)
+    thresholds = [point.threshold for point in points]
+    fig, ax = plt.subplots(figsize=(7.2, 4.6), dpi=DPI, layout="constrained")
+    ax.plot(thresholds, [100 * p.out_of_scope_recall for p in points], color=COLORS[0], linewidth=1.8,
+            marker="o", markersize=3, label="out-of-scope tickets flagged (recall)")
+    ax.plot(thresholds, [100 * p.in_scope_accuracy for p in points], color=COLORS[2], linewidth=1.8,
+            marker="o", markersize=3, label="in-scope accuracy (flagged count as errors)")
+    ax.plot(thresholds, [100 * p.in_scope_flagged for p in points], color=COLORS[1], linewidth=1.8, linestyle="--",
+            label="in-scope tickets flagged")
+    chosen = section.at_threshold
+    ax.axvline(chosen.threshold, color="#b03030", linewidth=1,
+               label=f"the bundle's threshold ({chosen.threshold:.3g}): {chosen.out_of_scope_recall:.0%} caught, "
+                     f"{chosen.in_scope_flagged:.1%} of in-scope flagged")
+    ax.set(xlabel="out-of-scope threshold (flag tickets scoring above it)", ylabel="%", ylim=(0, 101),
+           title="Effect of the out-of-scope threshold")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center right", fontsize=8, framealpha=0.9)
     return _png(fig)
 
 

@@ -224,6 +224,46 @@ class AppliedThresholds:
 
 
 @dataclass
+class OutOfScopePoint:
+    """Flag tickets whose out-of-scope score is above ``threshold``: what that catches and costs."""
+
+    threshold: float
+    out_of_scope_recall: float  # share of the out-of-scope tickets flagged
+    in_scope_flagged: float  # share of the in-scope tickets flagged (sent to review for nothing)
+    in_scope_accuracy: float  # right and not flagged, over the in-scope tickets
+
+
+@dataclass
+class OtherClassComparison:
+    """The data's "Other" class trained as a class, against the detector, on the test tickets labelled with it."""
+
+    label: str
+    tickets: int
+    caught_by_class: float  # share predicted as the class
+    caught_by_detector: float  # share flagged out of scope
+    caught_by_either: float  # what the predictor does: flagged tickets go to the class
+    in_scope_sent_by_class: float  # share of the other tickets predicted as the class
+    in_scope_sent_by_detector: float  # share of the other tickets flagged
+
+
+@dataclass
+class OutOfScopeSection:
+    """How well the detector tells tickets of no known queue from the rest (``classifier.oos``)."""
+
+    labels: list[str]  # the test labels counted as out of scope
+    out_of_scope_tickets: int
+    in_scope_tickets: int
+    method: str
+    auroc: float  # the detector's score
+    fpr_at_95_recall: float  # in-scope share flagged when 95 % of the out-of-scope tickets are
+    confidence_auroc: float  # the calibrated confidence's (low confidence as the score), for comparison
+    in_scope_accuracy_without_detector: float
+    at_threshold: OutOfScopePoint  # the bundle's threshold for the model run
+    curve: list[OutOfScopePoint]  # from flagging nothing to a third of the in-scope tickets
+    other_class: OtherClassComparison | None = None
+
+
+@dataclass
 class Report:
     created_at: str
     model: ModelInfo
@@ -237,6 +277,7 @@ class Report:
     unknown_labels: UnknownLabels
     baseline: SideBySide | Unavailable | None
     compare: SideBySide | None
+    out_of_scope: OutOfScopeSection | None = None  # test tickets of no known queue, and a detector to find them
     thresholds_applied: AppliedThresholds | None = None  # only when thresholds were written (no key otherwise)
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)

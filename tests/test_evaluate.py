@@ -230,11 +230,12 @@ def test_a_compared_bundle_reads_the_test_file_with_its_own_labels(exported_bund
 
 def test_all_files_written_and_pictures_are_real(evaluated):
     report, output = evaluated
-    assert sorted(report["files"]) == sorted(REPORT_FILES)
-    for name in REPORT_FILES:
+    files = [*REPORT_FILES, "out_of_scope.png"]  # the test file has tickets of labels the model does not know
+    assert sorted(report["files"]) == sorted(files)
+    for name in files:
         assert (output / name).stat().st_size > 0, name
     assert json.loads((output / "report.json").read_text(encoding="utf-8"))["metrics"] == report["metrics"]
-    for name in ("confusion_matrix.png", "precision_coverage.png", "reliability.png"):
+    for name in ("confusion_matrix.png", "precision_coverage.png", "reliability.png", "out_of_scope.png"):
         assert (output / name).read_bytes()[:8] == PNG_SIGNATURE
         with Image.open(output / name) as image:
             image.verify()
@@ -246,7 +247,7 @@ def test_html_embeds_the_pictures_and_shows_the_numbers(evaluated):
     page = (output / "report.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     embedded = re.findall(r"""src=["']data:image/png;base64,([A-Za-z0-9+/=]+)["']""", page)
-    assert len(embedded) == 3
+    assert len(embedded) == 4
     assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in embedded)
     assert f"{report['metrics']['accuracy']:.1%}" in page
     assert all(label in page for label in UNKNOWN)
