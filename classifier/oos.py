@@ -121,13 +121,22 @@ def check_abstention(abstention: float) -> None:
         raise UserError(f"--oos-abstention must be at least 0 and below 1, got {abstention}")
 
 
+# Past the highest kept score when no ticket is to be flagged: another engine or batch moves a score by
+# about 1e-6, and the ticket that set the threshold must not be flagged by that.
+TOP_MARGIN = 1e-3
+
+
 def choose_threshold(scores: np.ndarray, abstention: float) -> float:
-    """The score above which a share ``abstention`` of these (in-scope) tickets falls."""
+    """A score that at most a share ``abstention`` of these (in-scope) tickets exceed: halfway between the
+    highest score kept and the lowest flagged, so that the last digits of another run change nothing."""
     check_abstention(abstention)
     if len(scores) == 0:
         raise UserError("no validation tickets to choose the out-of-scope threshold on")
-    # Rounded as predictions show scores, so a ticket at the threshold is flagged as it was counted here.
-    return shown_score(float(np.quantile(np.asarray(scores, dtype=np.float64), 1 - abstention, method="higher")))
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    kept = max(1, int(np.ceil((1 - abstention) * len(ordered) - 1e-9)))  # tickets at or below the threshold
+    highest = ordered[kept - 1]
+    above = ordered[kept] if kept < len(ordered) else highest + 2 * TOP_MARGIN * max(abs(highest), 1.0)
+    return shown_score(float((highest + above) / 2))  # as predictions show scores
 
 
 def torch_features(outputs: Any) -> Any:
