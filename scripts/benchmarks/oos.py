@@ -172,7 +172,20 @@ def methods(split: dict[str, Any]) -> dict[str, Callable[[str], np.ndarray]]:
     shipped = fit_detector(train["first_token"], train["y"])
     chosen["relative Mahalanobis, first_token"] = lambda part: (shipped.score(split[part]["first_token"])
                                                                 - whole.score(split[part]["first_token"]))
+    chosen["Mahalanobis + energy, first_token"] = standardised_sum(
+        chosen["Mahalanobis, first_token"], chosen["energy"], "validation")
     return chosen
+
+
+def standardised_sum(first: Callable[[str], np.ndarray], second: Callable[[str], np.ndarray],
+                     validation: str) -> Callable[[str], np.ndarray]:
+    """Both scores standardised by their mean and deviation on the in-scope validation tickets, added."""
+    reference = [(method(validation).mean(), method(validation).std()) for method in (first, second)]
+
+    def score(part: str) -> np.ndarray:
+        return sum((method(part) - mean) / std for method, (mean, std) in zip((first, second), reference))
+
+    return score
 
 
 def nearest_neighbour(train: np.ndarray, feature: str, k: int, split: dict[str, Any]) -> Callable[[str], np.ndarray]:
@@ -196,6 +209,8 @@ def evaluate_methods(split: dict[str, Any]) -> dict[str, dict[str, float]]:
     int8_methods = {name: (lambda part, m=method: m(split[part]["logits"]))
                     for name, method in logit_methods(split["temperature"]).items()}
     int8_methods["Mahalanobis, first_token"] = lambda part: split[part]["shipped"]
+    int8_methods["Mahalanobis + energy, first_token"] = lambda part: standardised_sum(
+        int8_methods["Mahalanobis, first_token"], int8_methods["energy"], "int8_validation")(part)
     for name, score in int8_methods.items():
         results[f"{name} (int8)"] = figures(score("int8"), score("int8_validation"), truth, int8_predicted)
     return results
