@@ -129,7 +129,10 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
         log.info("calibration: temperature %.3f on %d validation tickets%s", calibration.temperature,
                  calibration.tickets, f" (not fitted: {calibration.skipped})" if calibration.skipped else
                  f" ({calibration.method}: {calibration.why})" if calibration.why else "")
-    model = _merge_adapters(cast(torch.nn.Module, trainer.model))
+    # Without the mixed-precision wrapper accelerate put on forward: the detector's features (and any later
+    # use of the model) in fp32, as the saved model computes them; under bf16 they differed by 0.1 %.
+    model = _merge_adapters(cast(torch.nn.Module, trainer.accelerator.unwrap_model(trainer.model,
+                                                                                   keep_fp32_wrapper=False)))
     fitted = Fitted(model, tokenizer, max_length, train_seconds, metrics, calibration,
                     trainer.is_world_process_zero())
     if fitted.writes_bundle:
