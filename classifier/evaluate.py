@@ -229,7 +229,7 @@ def load_test_set(data_path: str | Path, manifest: Manifest, label_column: str |
 def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
     """The model's probabilities for each ticket, as the service answers it (the predictor runs the
     int8 model one ticket at a time, so batch-mates change nothing)."""
-    return probabilities_and_oos_scores(predictor, texts)[0]
+    return predictor.predict_proba(texts, cleaned=True)  # load_tickets cleaned them; no detector features
 
 
 def probabilities_and_oos_scores(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:

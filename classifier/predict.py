@@ -79,8 +79,6 @@ class Engine(Protocol):
     parallel_runs: int  # model runs that may go at once, on threads of their own
     has_features: bool  # whether run() can give the out-of-scope detector's features
 
-    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray: ...
-
     def run(self, batch: dict[str, np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """The logits, and with ``features`` the detector's features (:data:`classifier.oos.FEATURE`)."""
         ...
@@ -194,9 +192,10 @@ class Predictor:
         # weights, and there a few Python calls cost less than numpy's argsort and take_along_axis
         # (docs/benchmarks.md, "Decisions", "Inference: the predictor").
         probabilities = self.probabilities(outputs.logits).tolist()
-        scores = self._out_of_scope_scores(outputs)
+        scores = self.scores_of(outputs)
+        shown = scores.tolist() if scores is not None else [None] * len(probabilities)
         return [self._prediction(row, top_k, cut, score)
-                for row, cut, score in zip(probabilities, outputs.truncated, scores)]
+                for row, cut, score in zip(probabilities, outputs.truncated, shown)]
 
     def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False) -> np.ndarray:
         """Softmax probabilities, one row per ticket, columns in ``self.labels`` order.
@@ -214,18 +213,14 @@ class Predictor:
         return self.scores_of(self.outputs(tickets, batch_size, cleaned=cleaned))
 
     def scores_of(self, outputs: Outputs) -> np.ndarray | None:
-        """The out-of-scope scores of model outputs (None: no detector), as predictions show them."""
+        """The out-of-scope scores of model outputs (None: no detector), rounded as predictions show them
+        (and compare them with the threshold)."""
         if self.detector is None or outputs.features is None:
             return None
-        return np.array(self._out_of_scope_scores(outputs), dtype=float)
-
-    def _out_of_scope_scores(self, outputs: Outputs) -> list[float | None]:
-        if self.detector is None or outputs.features is None:
-            return [None] * len(outputs.logits)
         scores = self.detector.score(outputs.features)
         if not np.isfinite(scores).all():
             raise ModelError(np.flatnonzero(~np.isfinite(scores)).tolist())
-        return [shown_score(score) for score in scores.tolist()]  # compared with the threshold as shown
+        return np.array([shown_score(score) for score in scores.tolist()])
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated softmax: the logits divided by the bundle's temperature."""
@@ -436,9 +431,6 @@ class OnnxEngine:
         self.has_features = FEATURES_OUTPUT in outputs
         self.name = model_path.name
 
-    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return self.run(batch, features=False)[0]
-
     def run(self, batch: dict[str, np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         inputs = {name: batch[name] for name in self.input_names}
         if not (features and self.has_features):
@@ -473,9 +465,6 @@ class TorchEngine:
             raise UserError(f"{bundle_dir}: transformers cannot load the PyTorch model ({one_line(error)}); "
                             "train it again") from None
         self._accepted = set(inspect.signature(self.model.forward).parameters)
-
-    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return self.run(batch, features=False)[0]
 
     def run(self, batch: dict[str, np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         from classifier.oos import torch_features

@@ -49,12 +49,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="graph-variants-") as work:
         variants = build_variants(args.bundle, Path(work), choose_quantization_target("auto"))
         engines = {v.name: OnnxEngine(v.model, threads=1, disabled_fusions=v.disabled_fusions) for v in variants}
-        calls = {name: engine.logits for name, engine in engines.items()}
+        calls = {name: (lambda batch, e=engine: e.run(batch, False)[0]) for name, engine in engines.items()}
         timings = time_interleaved(calls, batches[: args.latency_samples], args.rounds)
         first = variants[0].name
         ratios = {name: timings.relative(name, first) for name in engines}
         medians = {name: timings.p50(name) for name in engines}
-        predicted = {name: np.array([engine.logits(b)[0].argmax() for b in batches])
+        predicted = {name: np.array([engine.run(b, False)[0][0].argmax() for b in batches])
                      for name, engine in engines.items()}
     reference = predicted[variants[-1].name]  # the fp32 model export writes
     scores = {name: (float((p == truth).mean()), float((p == reference).mean())) for name, p in predicted.items()}
