@@ -47,6 +47,7 @@ ONNX_INT8 = "model_int8.onnx"
 REPORTS_DIR = "reports"
 VALIDATION_FILE = "validation.jsonl"  # the held-out split, cleaned: for export drift checks
 BASELINE_FILE = "baseline.npz"  # the TF-IDF baseline, fitted at training (classifier.baseline)
+FIELD_HEADS_FILE = "field_heads.safetensors"  # the heads of the fields besides the label (classifier.heads)
 OUT_OF_SCOPE_FILE = "out_of_scope.npz"  # the out-of-scope detector, fitted at training (classifier.oos)
 
 

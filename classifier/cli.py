@@ -116,6 +116,19 @@ def _csv_list(value: str) -> tuple[str, ...]:
     return items
 
 
+def _field_weights(value: str) -> dict[str, float]:
+    weights = {}
+    for part in _csv_list(value):
+        name, sign, weight = part.rpartition("=")
+        try:
+            weights[name.strip()] = float(weight)
+        except ValueError:
+            weights[name.strip()] = -1.0
+        if not sign or not name.strip() or not weights[name.strip()] >= 0:
+            raise argparse.ArgumentTypeError(f"expected COLUMN=WEIGHT with a weight of 0 or more, got {part!r}")
+    return weights
+
+
 TEXT_COLUMNS_FOR_MODEL_HELP = ("the file's columns for the model's text fields, comma-separated in the model's "
                                "order (e.g. title,description for a model trained on subject,body), or one "
                                "column with the whole ticket (default: the model's field names)")
@@ -166,7 +179,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                    help="share held out when no --validation")
     g.add_argument("--text-columns", type=_csv_list, help="comma-separated text columns, in joining order "
                    "(default: detected, e.g. subject,body or text)")
-    g.add_argument("--label-column", help="label column (default: detected, e.g. category, label, queue)")
+    g.add_argument("--label-column", type=_csv_list, metavar="COLUMNS", help="label column (default: detected, "
+                   "e.g. category, label, queue); more comma-separated columns (category,priority) are predicted "
+                   "too, by heads of their own on the same encoder")
+    g.add_argument("--tags-column", metavar="COLUMN", help="a column of tags to predict (several per ticket): a "
+                   "JSON list, or text split by --tags-delimiter")
+    g.add_argument("--tags-delimiter", metavar="CHAR", help="what separates the tags in a --tags-column cell "
+                   "(default: detected among | ; ,)")
     g.add_argument("--min-class-count", type=int, default=data_defaults.min_class_count,
                    help="fewest tickets a class may have")
     g.add_argument("--merge-rare-classes", action="store_true", help="merge classes below --min-class-count "
@@ -194,6 +213,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                    help="auto: bf16 on GPUs and CPUs that support it, else fp32")
     m.add_argument("--resume", action="store_true", help="continue an interrupted run from the last checkpoint "
                    "of --output (same data and options)")
+    m.add_argument("--field-weights", type=_field_weights, default={}, metavar="COLUMN=W,...",
+                   help="loss weight of each predicted field, e.g. priority=0.5,tags=2 (default: 1 each)")
     m.add_argument("--oos-abstention", type=float, default=defaults.oos_abstention, metavar="SHARE",
                    help="share of in-scope validation tickets the out-of-scope threshold flags for review "
                    "(default %(default)s)")
@@ -208,11 +229,14 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, lora=args.lora,
         lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, class_weighted_loss=args.class_weights,
         freeze_word_embeddings=not args.train_word_embeddings, early_stopping_patience=args.patience,
-        precision=args.precision, resume=args.resume, oos_abstention=args.oos_abstention)
+        precision=args.precision, resume=args.resume, oos_abstention=args.oos_abstention,
+        field_weights=args.field_weights)
     data_options = DataOptions(
         text=TextOptions(fields=args.text_columns or (), strip_html=not args.keep_html,
                          strip_quoted_replies=not args.keep_quoted_replies, strip_signatures=not args.keep_signatures),
-        label_column=args.label_column, validation_path=str(args.validation) if args.validation else None,
+        label_column=args.label_column[0] if args.label_column else None,
+        field_columns=tuple(args.label_column[1:]) if args.label_column else (), tags_column=args.tags_column,
+        tags_delimiter=args.tags_delimiter, validation_path=str(args.validation) if args.validation else None,
         validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
         merge_rare_classes=args.merge_rare_classes)
     _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length", "lora_rank")
@@ -264,6 +288,13 @@ def _print_training_summary(bundle_dir: Path) -> None:
         baseline = manifest.baseline.validation_metrics
         print(f"  {manifest.baseline.name}: validation accuracy {baseline['accuracy']:.4f}, "
               f"macro-F1 {baseline['macro_f1']:.4f}")
+    for field in manifest.fields or []:
+        shown = ("micro-F1 {micro_f1:.4f}, macro-F1 {macro_f1:.4f}" if field.kind == "tags" else
+                 "accuracy {accuracy:.4f}, macro-F1 {macro_f1:.4f}").format(**field.validation_metrics) \
+            if "macro_f1" in field.validation_metrics else "no validation ticket has a value"
+        left_out = f" ({len(field.left_out)} too rare, left out)" if field.left_out else ""
+        print(f"  field {field.name!r}: {len(field.labels)} {'tags' if field.kind == 'tags' else 'labels'}"
+              f"{left_out}, validation {shown}")
     if manifest.out_of_scope:
         section = manifest.out_of_scope
         print(f"  out-of-scope detector: {section.method} on {section.training_tickets} training tickets; threshold "
@@ -317,6 +348,10 @@ def _run_export(args: argparse.Namespace) -> int:
           f"{drift.fp32_max_abs_logit_diff:.2e}, argmax agreement {drift.fp32_argmax_agreement:.2%}; "
           f"int8 agreement {drift.int8_argmax_agreement:.2%}, "
           f"int8 accuracy {0.0 - drift.int8_accuracy_drop_points:+.2f} points against fp32")
+    for name, field in drift.fields.items():
+        print(f"  field {name!r}: fp32 max |logit diff| {field['fp32_max_abs_logit_diff']:.2e}, same answer as "
+              f"PyTorch {field['fp32_agreement']:.2%}; int8 {field['int8_agreement']:.2%}, int8 as fp32 on "
+              f"{field['int8_fp32_agreement']:.2%} of {sum(drift.agreement_tickets.values())} tickets")
     decision = drift.decision
     assert decision is not None  # every export decides
     print(f"  {decision.basis}")

@@ -19,11 +19,14 @@ class ColumnMapping:
     text_columns: tuple[str, ...]
     label_column: str | None
     id_column: str | None
+    field_columns: tuple[str, ...] = ()  # more label columns (classifier.fields), as the file spells them
 
 
 def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequence[str] | None = None,
-                    label_column: str | None = None, require_label: bool = True) -> ColumnMapping:
-    """Check the requested columns exist, or guess them from common helpdesk names."""
+                    label_column: str | None = None, require_label: bool = True,
+                    field_columns: Sequence[str] = ()) -> ColumnMapping:
+    """Check the requested columns exist, or guess them from common helpdesk names. ``field_columns``
+    (more fields to predict, and the tags column) must exist and be neither text nor the label."""
     available = list(dict.fromkeys(columns))
     lower = {name.lower(): name for name in available}
 
@@ -76,6 +79,16 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     if label is not None and label in texts:
         raise UserError(f"{path}: column {label!r} is both a text column and the label column; name the "
                         "label with --label-column and the text with --text-columns")
+    fields = []
+    for name in field_columns:
+        found = find(name)
+        if found is None:
+            raise UserError(f"{path}: column {name!r} not found; columns are {listed}; check --label-column "
+                            "and --tags-column")
+        if found in texts or found == label or found in fields:
+            role = "a text column" if found in texts else "the label column" if found == label else "named twice"
+            raise UserError(f"{path}: column {found!r} is {role}; a field to predict needs a column of its own")
+        fields.append(found)
     # The id at the top level, else beside the text in its object ("ticket.id" next to "ticket.subject"):
     # not any nested id, which may be the requester's.
     parents = {name.rpartition(".")[0] for name in texts}
@@ -83,4 +96,4 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     places = ("", f"{parent}.") if parent else ("",)
     ident = next((found for place in places for name in ID_COLUMN_GUESSES
                   if (found := find(place + name, look_inside=False))), None)
-    return ColumnMapping(texts, label, ident)
+    return ColumnMapping(texts, label, ident, tuple(fields))

@@ -20,6 +20,7 @@ from typing import Any
 
 from classifier.columns import ColumnMapping, resolve_columns
 from classifier.errors import UserError, where
+from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
 from classifier.options import DataOptions
 from classifier.readers import STDIN, file_sha256, records_and_columns
 from classifier.text import MAX_CELL_CHARS, TextOptions, ticket_text
@@ -42,6 +43,8 @@ class Tickets:
     ids: list[str]
     source: dict[str, Any] = field(default_factory=dict)  # path, sha256, rows
     rows: list[int] = field(default_factory=list)  # each ticket's row in its file, where read from one
+    # More fields by column (classifier.fields): a label ("" unknown) or a tags list (None unknown) per ticket.
+    fields: dict[str, list[Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -49,10 +52,11 @@ class Tickets:
     def subset(self, indices: Sequence[int]) -> Tickets:
         return Tickets([self.texts[i] for i in indices], [self.labels[i] for i in indices],
                        [self.ids[i] for i in indices], dict(self.source, rows_used=len(indices)),
-                       [self.rows[i] for i in indices] if self.rows else [])
+                       [self.rows[i] for i in indices] if self.rows else [],
+                       {name: [values[i] for i in indices] for name, values in self.fields.items()})
 
     def relabelled(self, labels: list[str]) -> Tickets:
-        return Tickets(self.texts, labels, self.ids, self.source, self.rows)
+        return Tickets(self.texts, labels, self.ids, self.source, self.rows, self.fields)
 
 
 @dataclass
@@ -74,6 +78,7 @@ class DataReport:
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     shared_texts_between_splits: int = 0
     split: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # per field besides the label: see _field_report
 
     def _mislabelled_lines(self) -> list[str]:
         review = self.label_review
@@ -123,6 +128,7 @@ class DataReport:
                          "and validation data")
         if self.split:
             lines.append(f"split: {self.split}")
+        lines += [_field_line(name, info) for name, info in self.fields.items()]
         return lines
 
 
@@ -131,25 +137,30 @@ class DataReport:
 
 def load_tickets(path: str | Path, text_options: TextOptions | None = None, label_column: str | None = None,
                  report: DataReport | None = None, require_label: bool = True, *, max_chars: int = MAX_CELL_CHARS,
+                 field_columns: Sequence[str] = (), tags_column: str | None = None, tags_delimiter: str | None = None,
                  ) -> tuple[Tickets, TextOptions]:
     """Load, map and clean one file; rows without text or label are dropped and reported.
 
     ``text_options.fields`` names the text columns; empty means detect them. Returns the
     tickets and the text options with the resolved column names, which
     is what a bundle stores so prediction reads the same fields. A text cell longer than
-    ``max_chars`` is cut to that length before cleaning, and reported.
+    ``max_chars`` is cut to that length before cleaning, and reported. ``field_columns`` and ``tags_column``
+    are read into ``Tickets.fields`` (by the names given), tags split by ``tags_delimiter`` (None: detected).
     """
     path = Path(path)
     report = report if report is not None else DataReport()
     report.cell_char_limit = max_chars
     records, columns = records_and_columns(path)
     text_options = text_options or TextOptions()
-    mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label)
+    extra = (*field_columns, *([tags_column] if tags_column else []))
+    mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label, extra)
     # Stored lower-case, since prediction matches field names case-insensitively (classifier.text).
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     corrected = _corrected_label_column(columns, mapping)
     texts, labels, ids, rows = [], [], [], []
-    for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells):
+    cells: list[list[Any]] = [[] for _ in extra]
+    for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells,
+                                           mapping.field_columns[:len(field_columns)]):
         label = label_value(record.get(mapping.label_column)) if mapping.label_column else ""
         correction = label_value(record.get(corrected)) if corrected else ""
         if correction and correction != label:
@@ -164,13 +175,20 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
             labels.append(label)
             ids.append(_row_id(record, mapping.id_column, row))
             rows.append(row)
+            for values, column in zip(cells, mapping.field_columns):
+                values.append(record.get(column))
     if not texts:
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
     source = {"path": os.path.abspath(path), "sha256": file_sha256(path), "rows_read": len(records),
               "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
     report.files[path.name] = {"rows_read": len(records), "rows_with_text_and_label": len(texts),
                                "sha256": source["sha256"]}
-    return Tickets(texts, labels, ids, source, rows), options
+    fields: dict[str, list[Any]] = {name: [label_value(value) for value in values]
+                                    for name, values in zip(field_columns, cells)}
+    if tags_column:
+        fields[tags_column], delimiter = parse_tags(cells[-1], path, rows, mapping.field_columns[-1], tags_delimiter)
+        source["tags_delimiter"] = delimiter
+    return Tickets(texts, labels, ids, source, rows, fields), options
 
 
 def _corrected_label_column(columns: Sequence[str], mapping: ColumnMapping) -> str | None:
@@ -218,17 +236,17 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_c
 
 
 def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapping, text_options: TextOptions,
-                  path: Path, max_chars: int, cut: list[str] | None = None,
+                  path: Path, max_chars: int, cut: list[str] | None = None, flat: Sequence[str] = (),
                   ) -> Iterator[tuple[int, dict[str, Any], str]]:
     """``(row, record, cleaned text)`` per record, text fields read with the file's own spelling.
 
     A text cell longer than ``max_chars`` is cut to it in ``record`` itself (freeing the rest) before
     cleaning, and its location added to ``cut``: however long a cell, cleaning, tokenising and the
-    TF-IDF baseline then see at most that much of it.
+    TF-IDF baseline then see at most that much of it. The columns ``flat`` must hold text, as the text and label do.
     """
     reading = replace(text_options, fields=tuple(mapping.text_columns))
     for row, record in records:
-        check_flat(record, (*mapping.text_columns, mapping.label_column), path, row)
+        check_flat(record, (*mapping.text_columns, mapping.label_column, *flat), path, row)
         for column in mapping.text_columns:
             value = record.get(column)
             if isinstance(value, str) and len(value) > max_chars:
@@ -393,6 +411,7 @@ class PreparedData:
     text_options: TextOptions  # the options given, with the text columns found
     report: DataReport
     options: DataOptions  # as given
+    fields: list[FieldSpec] = field(default_factory=list)  # besides the label (classifier.fields)
 
 
 def prepare_data(train_path: str | Path, options: DataOptions | None = None, seed: int = 42) -> PreparedData:
@@ -401,7 +420,9 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
     if not 0 < options.validation_fraction < 1:
         raise UserError(f"validation fraction must be between 0 and 1, got {options.validation_fraction}")
     report = DataReport()
-    train, text_options = load_tickets(train_path, options.text, options.label_column, report)
+    columns: dict[str, Any] = {"field_columns": options.field_columns, "tags_column": options.tags_column,
+               "tags_delimiter": options.tags_delimiter}
+    train, text_options = load_tickets(train_path, options.text, options.label_column, report, **columns)
     train = match_label_spellings(train, _most_common_spellings(train.labels), report)
     train = check_classes(deduplicate(train, report), options.min_class_count, options.merge_rare_classes, report,
                           train_path)
@@ -410,7 +431,7 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
         train, validation = stratified_split(train, options.validation_fraction, seed)
         report.split = {"method": "stratified", "fraction": options.validation_fraction, "seed": seed}
     else:
-        validation, _ = load_tickets(options.validation_path, text_options, options.label_column, report)
+        validation, _ = load_tickets(options.validation_path, text_options, options.label_column, report, **columns)
         known = set(train.labels)
         validation = relabel_like_training(validation, known, report.merged_into_other, report.other_label, report)
         validation = _keep_training_labels(validation, known, report, options.validation_path)
@@ -418,7 +439,82 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
     labels = sorted(set(train.labels))
     report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
     report.shared_texts_between_splits = len(set(train.texts) & set(validation.texts))
-    return PreparedData(train, validation, labels, text_options, report, options)
+    fields = [_single_field(name, train, validation, options.min_class_count, report, train_path)
+              for name in options.field_columns]
+    if options.tags_column:
+        fields.append(_tags_field(options.tags_column, train, validation, options.min_class_count, report, train_path))
+    return PreparedData(train, validation, labels, text_options, report, options, fields)
+
+
+def _single_field(name: str, train: Tickets, validation: Tickets, min_count: int, report: DataReport,
+                  path: str | Path) -> FieldSpec:
+    """A single-label field's classes, from the training split: values spelled as most tickets spell them,
+    values of classes under ``min_count`` training tickets (and, in validation, unknown ones) left empty:
+    those tickets train the other fields only."""
+    spellings = {_label_key(label): label for label in _most_common_spellings(
+        [value for value in train.fields[name] if value])}
+    for tickets in (train, validation):
+        tickets.fields[name] = [spellings.get(_label_key(value), value) if value else "" for value in
+                                tickets.fields[name]]
+    counts = counted_classes(train.fields[name])
+    rare = {label: n for label, n in counts.items() if n < min_count}
+    classes = sorted(set(counts) - set(rare))
+    if len(classes) < 2:
+        raise UserError(f"{path}: column {name!r} has {len(classes)} class{'' if len(classes) == 1 else 'es'} with "
+                        f"at least {min_count} training tickets; a field to predict needs two (lower "
+                        "--min-class-count, or leave the column out of --label-column)")
+    _field_report(name, "single", train, validation, report, counts, rare)
+    known = set(classes)
+    for tickets in (train, validation):
+        tickets.fields[name] = [value if value in known else "" for value in tickets.fields[name]]
+    return FieldSpec(name, "single", tuple(classes))
+
+
+def _tags_field(name: str, train: Tickets, validation: Tickets, min_count: int, report: DataReport,
+                path: str | Path) -> FieldSpec:
+    """The tags column's tags: those on at least ``min_count`` training tickets (the rest are reported and
+    left out: too few to learn or to set a threshold on)."""
+    counts = counted_tags(train.fields[name])
+    rare = {tag: n for tag, n in counts.items() if n < min_count}
+    tags = sorted(set(counts) - set(rare))
+    if not tags:
+        raise UserError(f"{path}: no tag in column {name!r} is on {min_count} training tickets or more "
+                        f"({len(counts)} tags in all); is it the tags column? Lower --min-class-count, or leave out "
+                        "--tags-column")
+    _field_report(name, "tags", train, validation, report, counts, rare)
+    report.fields[name]["delimiter"] = train.source.get("tags_delimiter")
+    return FieldSpec(name, "tags", tuple(tags))
+
+
+def _field_report(name: str, kind: str, train: Tickets, validation: Tickets, report: DataReport,
+                  counts: Counter[str], rare: dict[str, int]) -> None:
+    """Per field, as the data report gives for the label: tickets with a value, classes, the rare ones
+    (left out), and identical texts with conflicting values."""
+    values = train.fields[name] + validation.fields[name]
+    texts = train.texts + validation.texts
+    known = [value is not None if kind == "tags" else bool(value) for value in values]
+    seen: dict[str, set[str]] = defaultdict(set)
+    for text, value, has in zip(texts, values, known):
+        if has:
+            seen[text].add(json.dumps(sorted(value)) if kind == "tags" else value)
+    report.fields[name] = {
+        "kind": kind, "tickets_with_value": sum(known), "tickets_without": len(values) - sum(known),
+        "classes": len(counts) - len(rare), "train_counts": dict(counts.most_common()),
+        "left_out_rare": dict(sorted(rare.items(), key=lambda kv: kv[1])), "conflicting_texts": sum(
+            len(found) > 1 for found in seen.values())}
+
+
+def _field_line(name: str, info: dict[str, Any]) -> str:
+    what = "tags" if info["kind"] == "tags" else "classes"
+    line = (f"field {name!r} ({'tags' if info['kind'] == 'tags' else 'single label'}): {info['tickets_with_value']} "
+            f"tickets with a value, {info['tickets_without']} without (they train the other fields), "
+            f"{info['classes']} {what}")
+    if info["left_out_rare"]:
+        shown = ", ".join(f"{label!r} ({n})" for label, n in list(info["left_out_rare"].items())[:5])
+        line += f"; left out, too few training tickets: {shown}"
+    if info["conflicting_texts"]:
+        line += f"; {info['conflicting_texts']} identical texts with conflicting values"
+    return line
 
 
 def _review_labels(tickets: Tickets, report: DataReport) -> None:

@@ -40,9 +40,11 @@ import numpy as np
 from classifier import bundle, integrity
 from classifier.data import load_tickets
 from classifier.errors import UserError
+from classifier.fields import read_heads
 from classifier.manifest import (
     Drift,
     ExportSection,
+    FieldHead,
     Int8Decision,
     Integrity,
     Manifest,
@@ -51,10 +53,18 @@ from classifier.manifest import (
     Quantization,
     Serving,
 )
-from classifier.onnx_graph import add_features_output, keep_first_token_after_last_attention
+from classifier.onnx_graph import add_features_output, add_field_heads, keep_first_token_after_last_attention
 from classifier.oos import FEATURES_OUTPUT, OutOfScopeDetector, choose_threshold
 from classifier.options import ServingEngine
-from classifier.predict import INT8_MAX_BATCH, OnnxEngine, Predictor, TorchEngine, default_threads, load_tokenizer
+from classifier.predict import (
+    INT8_MAX_BATCH,
+    OnnxEngine,
+    Outputs,
+    Predictor,
+    TorchEngine,
+    default_threads,
+    load_tokenizer,
+)
 from classifier.readers import file_sha256
 
 log = logging.getLogger(__name__)
@@ -105,7 +115,10 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> Expo
     (work / WORK_OWNER).write_text(f"{socket.gethostname()} {os.getpid()}")
     try:
         exported, opset = export_onnx(bundle_dir, work / "exported", options.opset)
-        with_features = manifest.out_of_scope is not None and add_features_output(exported, FEATURES_OUTPUT)
+        wants_features = manifest.out_of_scope is not None or bool(manifest.fields)
+        with_features = wants_features and add_features_output(exported, FEATURES_OUTPUT)
+        if manifest.fields:
+            _add_heads(bundle_dir, manifest, exported, with_features)
         fp32_path = fuse(exported) if options.optimize else exported
         first_token_only = options.optimize and keep_first_token_after_last_attention(fp32_path)
         # Quantizing the fused graph gives int8 attention (QAttention) and no per-run shape arithmetic.
@@ -122,6 +135,19 @@ def export(bundle_dir: str | Path, options: ExportOptions | None = None) -> Expo
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return section
+
+
+def _add_heads(bundle_dir: Path, manifest: Manifest, exported: Path, with_features: bool) -> None:
+    """The fields' heads into the exported graph, on the first-token state (classifier.heads)."""
+    if not with_features:
+        raise UserError(f"{bundle_dir}: the ONNX graph has no first-token state for the heads of the fields "
+                        f"besides the label ({', '.join(spec.name for spec in manifest.fields or [])}) to read: "
+                        "fields need a BERT-style encoder")
+    fields = manifest.fields or []
+    heads = read_heads((bundle_dir / bundle.FIELD_HEADS_FILE).read_bytes(), fields,
+                       bundle_dir / bundle.FIELD_HEADS_FILE)
+    add_field_heads(exported, FEATURES_OUTPUT, [(spec.output, weight, bias)
+                                                for spec, (weight, bias) in zip(fields, heads)])
 
 
 def _remove_abandoned_work(bundle_dir: Path) -> None:
@@ -173,14 +199,20 @@ def check_drift(bundle_dir: Path, manifest: Manifest, fp32_path: Path, int8_path
     more = _training_texts(manifest, set(texts), MAX_AGREEMENT_TICKETS - len(texts))
     tokenizer = load_tokenizer(bundle_dir, manifest.max_length)
     threads = default_threads()
+    fields = manifest.fields or []
+    heads = read_heads((bundle_dir / bundle.FIELD_HEADS_FILE).read_bytes(), fields, bundle.FIELD_HEADS_FILE) \
+        if fields else None
+    outputs = [spec.output for spec in fields]
 
-    def logits(engine: TorchEngine | OnnxEngine, tickets: list[str]) -> np.ndarray:
-        return Predictor(bundle_dir, manifest, engine, tokenizer).logits(tickets, batch_size, cleaned=True)[0]
+    def run(engine: TorchEngine | OnnxEngine, tickets: list[str]) -> Outputs:
+        return Predictor(bundle_dir, manifest, engine, tokenizer).outputs(tickets, batch_size, cleaned=True,
+                                                                          features=False)
 
     # PyTorch only on the validation split: fp32 against it checks the graph, which needs no more tickets.
-    torch = logits(TorchEngine(bundle_dir, threads), texts)
-    fp32 = logits(OnnxEngine(fp32_path, threads), texts + more)
-    int8 = logits(OnnxEngine(int8_path, threads, max_batch=INT8_MAX_BATCH), texts + more)
+    runs = {"torch": run(TorchEngine(bundle_dir, threads, heads), texts),
+            "fp32": run(OnnxEngine(fp32_path, threads, field_outputs=outputs), texts + more),
+            "int8": run(OnnxEngine(int8_path, threads, max_batch=INT8_MAX_BATCH, field_outputs=outputs), texts + more)}
+    torch, fp32, int8 = (runs[name].logits for name in ("torch", "fp32", "int8"))
     n = len(texts)
     truth = np.array([manifest.labels.index(label) for label in labels])
     predicted = {"torch": torch.argmax(axis=1), "fp32": fp32[:n].argmax(axis=1), "int8": int8[:n].argmax(axis=1)}
@@ -198,7 +230,29 @@ def check_drift(bundle_dir: Path, manifest: Manifest, fp32_path: Path, int8_path
         int8_fp32_agreeing=int((fp32.argmax(axis=1) == int8.argmax(axis=1)).sum()),
         only_fp32_right=int((right["fp32"] & ~right["int8"]).sum()),
         only_int8_right=int((right["int8"] & ~right["fp32"]).sum()),
+        fields={spec.name: _field_drift(spec, *(runs[name].fields[index] for name in ("torch", "fp32", "int8")))
+                for index, spec in enumerate(fields)},
     )
+
+
+def _field_drift(spec: FieldHead, torch: np.ndarray, fp32: np.ndarray, int8: np.ndarray) -> dict[str, float]:
+    """A field's drift, as for the label: fp32 and int8 against PyTorch on the validation split (largest logit
+    difference, share of tickets with the same answer), and int8 against fp32 on every compared ticket. The
+    answer of a tags field is the set of tags given (at each tag's threshold)."""
+    def answers(logits: np.ndarray) -> np.ndarray:
+        if spec.kind == "single":
+            return logits.argmax(axis=1)[:, None]
+        thresholds = np.array([spec.threshold_of(tag) for tag in spec.labels])
+        return 1 / (1 + np.exp(-logits.astype(np.float64))) >= thresholds
+
+    n = len(torch)
+    same = {name: (answers(logits[:n]) == answers(torch)).all(axis=1) for name, logits in (("fp32", fp32),
+                                                                                          ("int8", int8))}
+    return {"fp32_max_abs_logit_diff": float(np.abs(fp32[:n] - torch).max()),
+            "fp32_agreement": float(same["fp32"].mean()),
+            "int8_max_abs_logit_diff": float(np.abs(int8[:n] - torch).max()),
+            "int8_agreement": float(same["int8"].mean()),
+            "int8_fp32_agreement": float((answers(int8) == answers(fp32)).all(axis=1).mean())}
 
 
 def _training_texts(manifest: Manifest, exclude: set[str], limit: int) -> list[str]:
@@ -417,6 +471,11 @@ def _commit(bundle_dir: Path, staged: Path, section: ExportSection, out_of_scope
     if drift.fp32_max_abs_logit_diff > MAX_FP32_LOGIT_DIFF:
         raise UserError(f"ONNX fp32 logits differ from PyTorch's by up to {drift.fp32_max_abs_logit_diff:.2g} "
                         f"(limit {MAX_FP32_LOGIT_DIFF:g}); export not written")
+    for name, field in drift.fields.items():
+        if field["fp32_max_abs_logit_diff"] > MAX_FP32_LOGIT_DIFF or field["fp32_agreement"] < MIN_FP32_AGREEMENT:
+            raise UserError(f"ONNX fp32 disagrees with PyTorch on field {name!r} (logits up to "
+                            f"{field['fp32_max_abs_logit_diff']:.2g} apart, same answer on "
+                            f"{field['fp32_agreement']:.2%} of the validation tickets); export not written")
     assert drift.int8_fp32_agreeing is not None and drift.only_fp32_right is not None \
         and drift.only_int8_right is not None  # check_drift counts them
     # Recorded in the section the export returns, so that its caller prints the same basis.

@@ -31,6 +31,7 @@ from typing import Any
 
 from classifier import bundle
 from classifier.errors import UserError
+from classifier.fields import Head, read_heads
 from classifier.manifest import FileDigest, Integrity, Manifest
 from classifier.oos import OutOfScopeDetector
 
@@ -200,6 +201,7 @@ class ModelParts:
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
     vocab: bytes | None = None  # vocab.txt, where the tokenizer has one and the files are not sealed
     detector: OutOfScopeDetector | None = None  # where the manifest names one
+    heads: list[Head] | None = None  # the heads of the fields besides the label, where the manifest lists fields
 
 
 def read_model_parts(files: BundleFiles, manifest: Manifest) -> ModelParts:
@@ -218,7 +220,14 @@ def read_model_parts(files: BundleFiles, manifest: Manifest) -> ModelParts:
     if manifest.out_of_scope is not None:
         name = manifest.out_of_scope.file
         detector = OutOfScopeDetector.load(bundle_dir / name, files.read(name))
-    return ModelParts(config, tokenizer, tokenizer_config, vocab, detector)
+    heads = None
+    if manifest.fields:
+        data = files.read(bundle.FIELD_HEADS_FILE, required=False)
+        if data is None:
+            raise UserError(f"{bundle_dir}: the manifest lists fields besides the label, but "
+                            f"{bundle.FIELD_HEADS_FILE} is missing; train the bundle again")
+        heads = read_heads(data, manifest.fields, bundle_dir / bundle.FIELD_HEADS_FILE)
+    return ModelParts(config, tokenizer, tokenizer_config, vocab, detector, heads)
 
 
 def parse_tokenizer(path: Path, data: bytes | None) -> Any:

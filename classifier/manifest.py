@@ -13,6 +13,8 @@ Sections, in the order the stages write them::
     thresholds   review thresholds, global and per class, and where they came from (evaluate)
     out_of_scope the out-of-scope detector's file and thresholds (train; export adds its models'
                  thresholds); None: no detector (bundles from before schema version 4)
+    fields       the fields predicted besides the label, each with its head's labels and thresholds
+                 (train); absent for a bundle of the label alone
     versions     library versions (train)
     integrity    sha256 and size of every file the bundle serves from (train, export, 'ticketclf bundle
                  seal'); None: an unsealed bundle, from before schema version 3 (classifier.integrity)
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import json
 from pathlib import PurePosixPath
-from typing import Any, get_origin
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -143,6 +145,8 @@ class Drift(Record):
     only_fp32_right: int | None = None  # validation tickets only fp32 answers right
     only_int8_right: int | None = None  # and only int8
     decision: Int8Decision | None = None
+    # Per field besides the label (classifier.fields): logit differences and agreements, as for the label.
+    fields: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 class ExportSection(Section):
@@ -212,6 +216,26 @@ class OutOfScope(Section):
         return thresholds
 
 
+class FieldHead(Section):
+    """A field the bundle predicts besides its label (classifier.fields): a single-label column or the tags."""
+
+    name: str = Field(description="a column name")
+    kind: Literal["single", "tags"] = Field(description="single or tags")
+    labels: list[str] = Field(min_length=1, description="a list of label (or tag) names")
+    output: str = Field(description="an ONNX output name")  # the field's logits in the exported graph
+    loss_weight: float = 1.0
+    # single: below ``threshold`` (or the class's in ``per_class``), the field needs review; tags: a tag is
+    # given when its sigmoid score reaches its ``per_class`` threshold (chosen on validation for F1).
+    threshold: float = Field(default=DEFAULT_THRESHOLD, description="a number")
+    per_class: dict[str, float] = Field(default_factory=dict, description="an object of numbers by label")
+    left_out: dict[str, int] = Field(default_factory=dict)  # classes or tags too rare to learn: training tickets
+    delimiter: str | None = None  # tags: how the training file's cells were split (None: JSON lists, or one tag)
+    validation_metrics: dict[str, Any] = Field(default_factory=dict)
+
+    def threshold_of(self, label: str) -> float:
+        return self.per_class.get(label, self.threshold)
+
+
 class FileDigest(Section):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hexadecimal digits")
     size: int = Field(ge=0, description="a whole number of bytes")
@@ -251,6 +275,7 @@ class Manifest(Section):
     serving: Serving | None = None  # None: the torch model (not exported)
     thresholds: Thresholds = Field(default_factory=lambda: Thresholds.model_validate({}))
     out_of_scope: OutOfScope | None = None  # None: no detector (trained before it, or without features)
+    fields: list[FieldHead] | None = None  # None: the label alone (classifier.fields); the heads in FIELD_HEADS_FILE
     versions: dict[str, str] = Field(default_factory=dict)
     integrity: Integrity | None = None  # None: unsealed (schema 2 and before), its files cannot be verified
 
@@ -274,7 +299,8 @@ class Manifest(Section):
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as manifest.json holds it."""
-        return self.model_dump(mode="json", by_alias=True)
+        # A bundle of the label alone keeps the manifest it always had: no ``fields`` key.
+        return self.model_dump(mode="json", by_alias=True, exclude={"fields"} if self.fields is None else None)
 
 
 # ---------------------------------------------------------------- older schema versions

@@ -157,3 +157,28 @@ def add_features_output(model_path: Path, output_name: str) -> bool:
     graph.output.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch_size", "hidden"]))
     onnx.save(model, str(model_path))
     return True
+
+
+def add_field_heads(model_path: Path, features_output: str, heads: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    """Add each field's head (classifier.heads) to the model, in place: ``name = features @ weight.T + bias``,
+    an output of the graph beside the logits, so that one run yields every field. ``features_output`` is the
+    first-token state :func:`add_features_output` made an output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    outputs = {value.name for value in graph.output}
+    if features_output not in outputs:
+        raise ValueError(f"the model has no {features_output!r} output for the field heads to read")
+    for name, weight, bias in heads:
+        if name in outputs:
+            continue
+        graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(weight.T, dtype=np.float32),
+                                                          f"{name}_weight"),
+                                  numpy_helper.from_array(bias.astype(np.float32), f"{name}_bias")])
+        graph.node.extend([helper.make_node("MatMul", [features_output, f"{name}_weight"], [f"{name}_product"],
+                                            name=f"{name}_MatMul"),
+                           helper.make_node("Add", [f"{name}_product", f"{name}_bias"], [name], name=f"{name}_Add")])
+        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", len(bias)]))
+    onnx.save(model, str(model_path))

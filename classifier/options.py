@@ -24,6 +24,11 @@ class DataOptions:
 
     text: TextOptions = field(default_factory=TextOptions)  # fields empty: detect them
     label_column: str | None = None  # None: detect it
+    # More fields to predict besides the label (classifier.fields): single-label columns, and a tags column
+    # (a JSON list, or text split on tags_delimiter; None: detected).
+    field_columns: tuple[str, ...] = ()
+    tags_column: str | None = None
+    tags_delimiter: str | None = None
     validation_path: str | None = None  # a validation file; None: hold out a stratified split
     validation_fraction: float = 0.1
     min_class_count: int = 5
@@ -54,6 +59,9 @@ class TrainingOptions:
     resume: bool = False
     # Share of in-scope validation tickets the out-of-scope detector's threshold flags (classifier.oos).
     oos_abstention: float = 0.01
+    # Loss weight of each field by column name (DataOptions.field_columns, tags_column, the label column);
+    # a field not named weighs 1.
+    field_weights: dict[str, float] = field(default_factory=dict)
 
     @property
     def peak_learning_rate(self) -> float:

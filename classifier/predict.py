@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -30,6 +30,7 @@ import numpy as np
 from classifier import bundle, integrity
 from classifier.cpus import count_setting, usable_cpus
 from classifier.errors import ModelError, UserError, one_line
+from classifier.fields import Head, apply_heads
 from classifier.manifest import Manifest
 from classifier.numerics import shown_score, softmax
 from classifier.oos import FEATURES_OUTPUT, OutOfScopeDetector
@@ -52,11 +53,19 @@ class Prediction:
     truncated: bool  # the ticket was longer than the model's window
     review_reason: str | None = None  # REVIEW_REASONS entry when needs_review, else None
     out_of_scope_score: float | None = None  # None: the bundle has no detector
+    # The bundle's other fields (classifier.fields), by column: label, confidence, needs_review, top_k.
+    fields: dict[str, dict[str, Any]] | None = None  # None: the bundle predicts its label alone
+    tags: list[dict[str, Any]] | None = None  # [{"tag": ..., "score": ...}] given, best first; None: no tags field
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "confidence": self.confidence, "needs_review": self.needs_review,
-                "review_reason": self.review_reason, "out_of_scope_score": self.out_of_scope_score,
-                "truncated": self.truncated, "top_k": self.top_k}
+        answer = {"label": self.label, "confidence": self.confidence, "needs_review": self.needs_review,
+                  "review_reason": self.review_reason, "out_of_scope_score": self.out_of_scope_score,
+                  "truncated": self.truncated, "top_k": self.top_k}
+        if self.fields is not None:  # a bundle of the label alone answers as it always has
+            answer["fields"] = self.fields
+        if self.tags is not None:
+            answer["tags"] = self.tags
+        return answer
 
 
 # Why a prediction needs review, most telling first: out of scope (the ticket belongs to no known queue,
@@ -71,6 +80,10 @@ class Outputs:
     logits: np.ndarray  # (tickets, labels)
     features: np.ndarray | None  # (tickets, hidden) for the out-of-scope detector; None: not asked for
     truncated: list[bool]
+    fields: list[np.ndarray] = field(default_factory=list)  # each field's logits (manifest.fields order)
+
+
+Run = tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]  # logits, features, the fields' logits
 
 
 class Engine(Protocol):
@@ -79,8 +92,9 @@ class Engine(Protocol):
     parallel_runs: int  # model runs that may go at once, on threads of their own
     has_features: bool  # whether run() can give the out-of-scope detector's features
 
-    def run(self, batch: dict[str, np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """The logits, and with ``features`` the detector's features (:data:`classifier.oos.FEATURE`)."""
+    def run(self, batch: dict[str, np.ndarray], features: bool) -> Run:
+        """The logits, with ``features`` the detector's features (:data:`classifier.oos.FEATURE`), and the
+        logits of each of the bundle's other fields."""
         ...
 
 
@@ -99,6 +113,7 @@ class Predictor:
         self.temperature = manifest.temperature
         self._tokenizer = tokenizer
         self._pad_id = pad_token_id(bundle_dir, tokenizer) if pad_id is None else pad_id
+        self.fields = manifest.fields or []
         self.detector = detector if manifest.out_of_scope is not None else None
         if self.detector is not None and not engine.has_features:
             log.warning("%s: the %s model does not output the out-of-scope detector's features (exported by an "
@@ -140,10 +155,11 @@ class Predictor:
             if engine == "torch":
                 for name in bundle.weights_files(bundle_dir):
                     checked.enter_context(files.loading(name))
-                runner = TorchEngine(bundle_dir, threads)
+                runner = TorchEngine(bundle_dir, threads, parts.heads)
             else:
                 path = checked.enter_context(files.loading(bundle.onnx_name(engine == "int8")))
-                runner = OnnxEngine(path, threads, max_batch=INT8_MAX_BATCH if engine == "int8" else None)
+                runner = OnnxEngine(path, threads, max_batch=INT8_MAX_BATCH if engine == "int8" else None,
+                                    field_outputs=[spec.output for spec in manifest.fields or []])
         tokenizer = truncating(parts.tokenizer, manifest.max_length)
         predictor = cls(bundle_dir, manifest, runner, tokenizer, engine,
                         pad_id=pad_token_id(bundle_dir, tokenizer, parts.tokenizer_config), detector=parts.detector)
@@ -194,8 +210,32 @@ class Predictor:
         probabilities = self.probabilities(outputs.logits).tolist()
         scores = self.scores_of(outputs)
         shown = scores.tolist() if scores is not None else [None] * len(probabilities)
-        return [self._prediction(row, top_k, cut, score)
-                for row, cut, score in zip(probabilities, outputs.truncated, shown)]
+        predictions = [self._prediction(row, top_k, cut, score)
+                       for row, cut, score in zip(probabilities, outputs.truncated, shown)]
+        if self.fields:
+            self._add_fields(predictions, outputs.fields, top_k)
+        return predictions
+
+    def _add_fields(self, predictions: list[Prediction], outputs: list[np.ndarray], top_k: int) -> None:
+        """Each prediction's other fields: per single-label field its label, confidence, top-k and review
+        flag by that field's thresholds; the tags whose score reaches their threshold, best first."""
+        for prediction in predictions:
+            prediction.fields = {spec.name: {} for spec in self.fields if spec.kind == "single"}
+        for spec, logits in zip(self.fields, outputs):
+            if spec.kind == "tags":
+                scores = (1 / (1 + np.exp(-logits.astype(np.float64)))).tolist()
+                thresholds = [spec.threshold_of(tag) for tag in spec.labels]
+                for prediction, row in zip(predictions, scores):
+                    given = sorted((shown_score(score), tag) for tag, score, threshold in
+                                   zip(spec.labels, row, thresholds) if score >= threshold)
+                    prediction.tags = [{"tag": tag, "score": score} for score, tag in reversed(given)]
+                continue
+            for prediction, row in zip(predictions, softmax(logits).tolist()):
+                best = heapq.nlargest(top_k, range(len(row)), key=row.__getitem__)
+                label, confidence = spec.labels[best[0]], shown_score(row[best[0]])
+                cast(dict, prediction.fields)[spec.name] = {
+                    "label": label, "confidence": confidence, "needs_review": confidence < spec.threshold_of(label),
+                    "top_k": [{"label": spec.labels[i], "score": shown_score(row[i])} for i in best]}
 
     def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False) -> np.ndarray:
         """Softmax probabilities, one row per ticket, columns in ``self.labels`` order.
@@ -270,23 +310,29 @@ class Predictor:
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
         if 0 < len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order
-            return Outputs(*self.engine.run(self._pad([ids for ids, _ in encodings]), features), truncated)
+            run_logits, run_features, run_fields = self.engine.run(self._pad([ids for ids, _ in encodings]), features)
+            return Outputs(run_logits, run_features, truncated, run_fields)
         # Sorting by length makes each padded batch tight; results go back in input order.
         order = np.argsort([len(ids) for ids, _ in encodings], kind="stable")
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         hidden: np.ndarray | None = None
+        fields: list[np.ndarray] = []
 
-        def run(chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        def run(chosen: np.ndarray) -> Run:
             return self.engine.run(self._pad([encodings[i][0] for i in chosen]), features)
 
-        for chosen, (scores, batch_features) in zip(batches, self._map(run, batches)):
+        for chosen, (scores, batch_features, batch_fields) in zip(batches, self._map(run, batches)):
             logits[chosen] = scores
             if batch_features is not None:
                 if hidden is None:
                     hidden = np.empty((len(texts), batch_features.shape[1]), dtype=np.float32)
                 hidden[chosen] = batch_features
-        return Outputs(logits, hidden, truncated)
+            if batch_fields and not fields:
+                fields = [np.empty((len(texts), part.shape[1]), dtype=np.float32) for part in batch_fields]
+            for whole, part in zip(fields, batch_fields):
+                whole[chosen] = part
+        return Outputs(logits, hidden, truncated, fields)
 
     def _map(self, function: Any, batches: list[np.ndarray]) -> Iterator[np.ndarray]:
         """``function`` over the batches in order: one after another, or side by side when the engine
@@ -406,7 +452,7 @@ class OnnxEngine:
     """An onnxruntime session tuned for low-latency CPU inference."""
 
     def __init__(self, model_path: Path, threads: int, disabled_fusions: Sequence[str] = SLOWER_FUSIONS,
-                 max_batch: int | None = None) -> None:
+                 max_batch: int | None = None, field_outputs: Sequence[str] = ()) -> None:
         import onnxruntime as ort
 
         self.max_batch = max_batch
@@ -430,13 +476,18 @@ class OnnxEngine:
         outputs = [o.name for o in self.session.get_outputs()]
         self.has_features = FEATURES_OUTPUT in outputs
         self.name = model_path.name
+        missing = [name for name in field_outputs if name not in outputs]
+        if missing:
+            raise UserError(f"{model_path}: the model has no output {missing[0]!r} for a field the manifest lists "
+                            "(exported before the fields were trained?); export the bundle again")
+        self.field_outputs = list(field_outputs)
 
-    def run(self, batch: dict[str, np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, batch: dict[str, np.ndarray], features: bool) -> Run:
         inputs = {name: batch[name] for name in self.input_names}
-        if not (features and self.has_features):
-            return self.session.run(["logits"], inputs)[0], None
-        logits, hidden = self.session.run(["logits", FEATURES_OUTPUT], inputs)
-        return logits, hidden
+        wanted = ["logits", *([FEATURES_OUTPUT] if features and self.has_features else []), *self.field_outputs]
+        logits, *rest = self.session.run(wanted, inputs)
+        hidden = rest.pop(0) if len(wanted) > 1 + len(self.field_outputs) else None
+        return logits, hidden, rest
 
 
 class TorchEngine:
@@ -447,7 +498,8 @@ class TorchEngine:
     parallel_runs = 1
     has_features = True
 
-    def __init__(self, bundle_dir: Path, threads: int) -> None:
+    def __init__(self, bundle_dir: Path, threads: int, heads: Sequence[Head] | None = None) -> None:
+        self.heads = list(heads or [])  # the fields' heads, applied to the features (classifier.fields)
         try:
             import torch
             from transformers import AutoModelForSequenceClassification
@@ -466,11 +518,12 @@ class TorchEngine:
                             "train it again") from None
         self._accepted = set(inspect.signature(self.model.forward).parameters)
 
-    def run(self, batch: dict[str, np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, batch: dict[str, np.ndarray], features: bool) -> Run:
         from classifier.oos import torch_features
 
         with self._torch.inference_mode():
             inputs = {k: self._torch.from_numpy(v) for k, v in batch.items() if k in self._accepted}
-            outputs = self.model(**inputs, output_hidden_states=features)
-            return (outputs.logits.float().numpy(),
-                    torch_features(outputs).float().numpy() if features else None)
+            outputs = self.model(**inputs, output_hidden_states=features or bool(self.heads))
+            hidden = torch_features(outputs).float().numpy() if features or self.heads else None
+            fields = apply_heads(hidden, self.heads) if hidden is not None and self.heads else []
+            return outputs.logits.float().numpy(), hidden if features else None, fields

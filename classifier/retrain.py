@@ -132,6 +132,10 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
     repository, name = open_model(model_dir)
     champion = repository.champion(name)
     manifest = champion.manifest()
+    if manifest.fields:  # agents' feedback corrects the label only: a challenger would lose the other fields
+        raise UserError(f"{model_dir}: the serving model predicts fields besides its label "
+                        f"({', '.join(field.name for field in manifest.fields)}), which feedback does not correct; "
+                        "retrain it with 'ticketclf train' on the export")
     columns = Columns(manifest.text.fields, manifest.data.train.label_column if manifest.data.train else None)
     holdout = _holdout(repository, name, Path(data_path), holdout_path, columns)
     work = Path(tempfile.mkdtemp(prefix="ticketclf-retrain-"))

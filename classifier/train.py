@@ -35,11 +35,21 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from classifier import bundle, integrity, oos
+from classifier import bundle, fields, integrity, oos
 from classifier.calibration import fit_temperature
-from classifier.data import PreparedData, other_label, prepare_data
+from classifier.data import PreparedData, Tickets, other_label, prepare_data
 from classifier.errors import UserError
-from classifier.manifest import Baseline, Calibration, DataFile, DataSection, Manifest, OutOfScope, TrainingSection
+from classifier.heads import MultiFieldModel, save_heads
+from classifier.manifest import (
+    Baseline,
+    Calibration,
+    DataFile,
+    DataSection,
+    FieldHead,
+    Manifest,
+    OutOfScope,
+    TrainingSection,
+)
 from classifier.options import DataOptions, TrainingOptions
 from classifier.text import nested_fields
 
@@ -99,6 +109,8 @@ class Fitted:
     writes_bundle: bool  # False in a torchrun process other than rank 0
     detector: oos.OutOfScopeDetector | None = None
     out_of_scope: OutOfScope | None = None
+    heads: MultiFieldModel | None = None  # the fields' heads, where the data has fields besides the label
+    fields: list[FieldHead] | None = None
 
 
 def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_from: str | None = None) -> Fitted:
@@ -115,26 +127,31 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
                                                                              ("validation", data.validation))},
         "data_options": asdict(data.options), "training": {k: v for k, v in asdict(options).items() if k != "resume"}})
     model = _load_model(base_model, data.labels, options)
-    limit = min(tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 512))
+    limit = min(tokenizer.model_max_length, getattr(cast(Any, model).config, "max_position_embeddings", 512))
     if max_length > limit:
         raise UserError(f"--max-length {max_length} is over what {base_model} can read ({limit} tokens)")
+    if data.fields:
+        model = _with_field_heads(model, data, options)
     trainer, validation_set = _build_trainer(model, tokenizer, data, options, max_length, checkpoints)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
     metrics = {k.removeprefix("eval_"): float(v) for k, v in trainer.evaluate().items()}
     validation = trainer.predict(validation_set)
-    calibration = Calibration(**fit_temperature(_first(validation.predictions), np.asarray(validation.label_ids)))
+    calibration = Calibration(**fit_temperature(_first(validation.predictions), _first(validation.label_ids)))
     if trainer.is_world_process_zero():  # every process has the gathered predictions and fits the same
         log.info("calibration: temperature %.3f on %d validation tickets%s", calibration.temperature,
                  calibration.tickets, f" (not fitted: {calibration.skipped})" if calibration.skipped else
                  f" ({calibration.method}: {calibration.why})" if calibration.why else "")
     # Without the mixed-precision wrapper accelerate put on forward: the detector's features (and any later
     # use of the model) in fp32, as the saved model computes them; under bf16 they differed by 0.1 %.
-    model = _merge_adapters(cast(torch.nn.Module, trainer.accelerator.unwrap_model(trainer.model,
-                                                                                   keep_fp32_wrapper=False)))
-    fitted = Fitted(model, tokenizer, max_length, train_seconds, metrics, calibration,
-                    trainer.is_world_process_zero())
+    model = cast(torch.nn.Module, trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False))
+    heads = model if isinstance(model, MultiFieldModel) else None
+    fitted = Fitted(_merge_adapters(heads.model if heads else model), tokenizer, max_length, train_seconds, metrics,
+                    calibration, trainer.is_world_process_zero(), heads=heads)
+    if heads is not None:
+        heads.float()
+        fitted.fields = field_heads(data, heads, validation.predictions, validation.label_ids)
     if fitted.writes_bundle:
         fitted.detector, fitted.out_of_scope = fit_out_of_scope(fitted, data, options)
     return fitted
@@ -198,6 +215,9 @@ def write_bundle(output_dir: Path, fitted: Fitted, data: PreparedData, manifest:
         if fitted.detector is not None:
             fitted.detector.save(staging / bundle.OUT_OF_SCOPE_FILE)
             manifest.out_of_scope = fitted.out_of_scope
+        if fitted.heads is not None:
+            save_heads(fitted.heads, staging / bundle.FIELD_HEADS_FILE)
+            manifest.fields = fitted.fields
         bundle.write_report(staging, "data_report", data.report.to_dict())
         bundle.write_examples(staging, data.validation.texts, data.validation.labels, data.validation.ids)
         manifest.integrity = integrity.seal(staging, integrity.SEALED_BY_TRAIN)
@@ -242,8 +262,8 @@ def _fit_baseline(staging: Path, data: PreparedData) -> Baseline:
 
 
 def _first(predictions: Any) -> np.ndarray:
-    """The logits of ``Trainer.predict``: a model that returns more (hidden states) gives a tuple."""
-    return predictions[0] if isinstance(predictions, tuple) else predictions
+    """The label's logits (or ids) of ``Trainer.predict``: with fields, it gives a tuple, the label's first."""
+    return np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
 
 
 def choose_max_length(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> int:
@@ -270,15 +290,29 @@ class _Encoded(torch.utils.data.Dataset):
     """Tokenised tickets; padding is left to the collator so each batch pads to its longest."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, texts: list[str], label_ids: list[int],
-                 max_length: int) -> None:
+                 max_length: int, fields: dict[str, np.ndarray] | None = None) -> None:
         self.encodings = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         self.label_ids = label_ids
+        self.fields = {name: values.tolist() for name, values in (fields or {}).items()}  # field_labels, tag_labels
 
     def __len__(self) -> int:
         return len(self.label_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"input_ids": self.encodings[index], "labels": self.label_ids[index]}
+        return {"input_ids": self.encodings[index], "labels": self.label_ids[index],
+                **{name: values[index] for name, values in self.fields.items()}}
+
+
+def _field_targets(data: PreparedData, tickets: Tickets) -> dict[str, np.ndarray]:
+    """The fields' targets as the model takes them: ``field_labels`` (tickets, single-label fields) of class
+    ids, and ``tag_labels`` (tickets, tags) of 0/1; unknown values masked (classifier.fields)."""
+    single = [fields.single_ids(tickets.fields[spec.name], spec.labels) for spec in data.fields
+              if spec.kind == "single"]
+    targets = {"field_labels": np.stack(single, axis=1)} if single else {}
+    for spec in data.fields:
+        if spec.kind == "tags":  # one tags field at most (--tags-column)
+            targets["tag_labels"] = fields.tag_matrix(tickets.fields[spec.name], spec.labels)
+    return targets
 
 
 def _load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
@@ -299,6 +333,51 @@ def _load_model(base_model: str, labels: list[str], options: TrainingOptions) ->
     if options.lora:
         model = _with_lora(model, options)
     return model
+
+
+def _with_field_heads(model: torch.nn.Module, data: PreparedData, options: TrainingOptions) -> MultiFieldModel:
+    """The model with a head per field. It computes the whole loss: the label's part as training
+    without fields would (label smoothing, or inverse-frequency class weights), each field's weighted."""
+    weights = dict(options.field_weights)
+    unknown = sorted(set(weights) - {spec.name for spec in data.fields} - {data.train.source["label_column"]})
+    if unknown:
+        raise UserError(f"--field-weights: {', '.join(map(repr, unknown))} is not a field of this training; name "
+                        "the label column or a column of --label-column or --tags-column")
+    specs = [replace(spec, loss_weight=weights.get(spec.name, 1.0)) for spec in data.fields]
+    data.fields = specs  # with their weights, as the manifest records them
+    label_index = {label: i for i, label in enumerate(data.labels)}
+    class_weights = _class_weights(data, label_index) if options.class_weighted_loss else None
+    return MultiFieldModel(model, specs, weights.get(data.train.source["label_column"], 1.0),
+                           0.0 if options.class_weighted_loss else options.label_smoothing, class_weights)
+
+
+def field_heads(data: PreparedData, heads: MultiFieldModel, predictions: Any, label_ids: Any) -> list[FieldHead]:
+    """The manifest's ``fields``: per field, its validation metrics and (tags) the threshold of each tag,
+    chosen on the validation split for F1."""
+    outputs = predictions[1:]  # after the label's logits: one array per field, in data.fields order
+    targets = _field_targets(data, data.validation)
+    single = 0
+    sections = []
+    for spec, logits in zip(data.fields, outputs):
+        report = data.report.fields[spec.name]
+        section = FieldHead(name=spec.name, kind=spec.kind, labels=list(spec.labels), output=spec.output,
+                            loss_weight=spec.loss_weight, left_out=report["left_out_rare"],
+                            delimiter=report.get("delimiter"))
+        if spec.kind == "tags":
+            scores = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+            truth = targets["tag_labels"]
+            thresholds = fields.choose_tag_thresholds(scores, truth)
+            section.per_class = {tag: round(value, 6) for tag, value in zip(spec.labels, thresholds)}
+            metrics = fields.tag_metrics(scores >= np.array(thresholds), truth, spec.labels)
+            section.validation_metrics = {k: v for k, v in metrics.items() if k != "per_tag"}
+        else:
+            section.validation_metrics = fields.single_metrics(np.asarray(logits).argmax(axis=1),
+                                                               targets["field_labels"][:, single])
+            single += 1
+        log.info("field %r: validation %s", spec.name, ", ".join(
+            f"{k} {v:.4f}" for k, v in section.validation_metrics.items() if isinstance(v, float)))
+        sections.append(section)
+    return sections
 
 
 def _with_lora(model: torch.nn.Module, options: TrainingOptions) -> torch.nn.Module:
@@ -417,9 +496,11 @@ def micro_batches(batch_size: int, max_length: int) -> tuple[int, int]:
 def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
                    options: TrainingOptions, max_length: int, checkpoints: Path) -> tuple[Trainer, _Encoded]:
     label_index = {label: i for i, label in enumerate(data.labels)}
-    train_set = _Encoded(tokenizer, data.train.texts, [label_index[x] for x in data.train.labels], max_length)
-    validation_set = _Encoded(tokenizer, data.validation.texts,
-                              [label_index[x] for x in data.validation.labels], max_length)
+    train_set, validation_set = (
+        _Encoded(tokenizer, tickets.texts, [label_index[x] for x in tickets.labels], max_length,
+                 _field_targets(data, tickets) if data.fields else None)
+        for tickets in (data.train, data.validation))
+    multi = isinstance(model, MultiFieldModel)  # it computes its whole loss itself
     precision = _precision(options.precision)
     micro, accumulation = micro_batches(per_process_batch(options.batch_size), max_length)
     args = TrainingArguments(
@@ -431,7 +512,8 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         per_device_eval_batch_size=max(1, min(max(64, options.batch_size), EVAL_ATTENTION_BUDGET // max_length**2)),
         warmup_ratio=options.warmup_ratio,
         weight_decay=options.weight_decay,
-        label_smoothing_factor=options.label_smoothing,
+        label_smoothing_factor=0.0 if multi else options.label_smoothing,
+        label_names=["labels", *sorted(train_set.fields)] if multi else None,
         lr_scheduler_type="linear",
         eval_strategy="epoch",
         save_strategy="epoch",
@@ -456,8 +538,8 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         train_dataset=train_set,
         eval_dataset=validation_set,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=_compute_metrics,
-        compute_loss_func=_weighted_loss(data, label_index) if options.class_weighted_loss else None,
+        compute_metrics=_field_metrics(data) if multi else _compute_metrics,
+        compute_loss_func=_weighted_loss(data, label_index) if options.class_weighted_loss and not multi else None,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience)],
     )
     return trainer, validation_set
@@ -469,11 +551,40 @@ def _compute_metrics(prediction: Any) -> dict[str, float]:
             "macro_f1": float(f1_score(prediction.label_ids, predicted, average="macro"))}
 
 
-def _weighted_loss(data: PreparedData, label_index: dict[str, int]) -> Any:
-    """Cross-entropy weighted by inverse class frequency, so small queues are not ignored."""
+def _field_metrics(data: PreparedData) -> Any:
+    """Trainer's metrics with fields: the label's accuracy and macro-F1, each field's, and as ``macro_f1``
+    (what early stopping watches) the mean of the label's and the fields' macro-F1 (tags at 0.5)."""
+    def metrics(prediction: Any) -> dict[str, float]:
+        logits, outputs = prediction.predictions[0], prediction.predictions[1:]
+        labels, *targets = prediction.label_ids
+        by_name = dict(zip(sorted(_field_targets(data, data.validation)), targets))  # label_names' order
+        found = _compute_metrics(type(prediction)(logits, labels))
+        scores = [found["macro_f1"]]
+        single = 0
+        for spec, field_logits in zip(data.fields, outputs):
+            if spec.kind == "tags":
+                measured = fields.tag_metrics(np.asarray(field_logits) >= 0, by_name["tag_labels"], spec.labels)
+            else:
+                measured = fields.single_metrics(np.asarray(field_logits).argmax(axis=1),
+                                                 by_name["field_labels"][:, single])
+                single += 1
+            scores.append(measured.get("macro_f1", 0.0))
+            found |= {f"{spec.name}_{k}": v for k, v in measured.items() if isinstance(v, float)}
+        return found | {"label_macro_f1": found["macro_f1"], "macro_f1": float(np.mean(scores))}
+
+    return metrics
+
+
+def _class_weights(data: PreparedData, label_index: dict[str, int]) -> torch.Tensor:
+    """Inverse class frequency, so small queues are not ignored."""
     counts = Counter(label_index[label] for label in data.train.labels)
     total = sum(counts.values())
-    weights = torch.tensor([total / (len(counts) * counts[i]) for i in range(len(label_index))])
+    return torch.tensor([total / (len(counts) * counts[i]) for i in range(len(label_index))])
+
+
+def _weighted_loss(data: PreparedData, label_index: dict[str, int]) -> Any:
+    """Cross-entropy weighted by inverse class frequency (:func:`_class_weights`)."""
+    weights = _class_weights(data, label_index)
 
     def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
         logits = outputs["logits"].float()

@@ -6,7 +6,6 @@ behaviour of the real pipeline, not mocks. Everything runs offline.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from csv_files import read_csv, write_csv
 from flask import Flask
 from flask.testing import FlaskClient
 from service_helpers import KEYS, ctx
@@ -40,20 +40,13 @@ def sample_csv() -> Path:
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A class-balanced slice of the sample data: enough to learn something in seconds."""
-    with open(SAMPLE_DATA, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
     taken: dict[str, int] = {}
     kept = []
-    for row in rows:
+    for row in read_csv(SAMPLE_DATA):
         if taken.get(row["category"], 0) < TINY_ROWS_PER_CLASS:
             taken[row["category"]] = taken.get(row["category"], 0) + 1
             kept.append(row)
-    path = tmp_path_factory.mktemp("data") / "tiny.csv"
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(kept)
-    return path
+    return write_csv(tmp_path_factory.mktemp("data") / "tiny.csv", kept)
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +67,31 @@ def exported_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
 
     output = tmp_path_factory.mktemp("bundles") / "exported"
     shutil.copytree(tiny_bundle, output)
+    export(output)
+    return output
+
+
+@pytest.fixture(scope="session")
+def fields_csv(tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_csv`` with the priority of every seventh ticket unknown (empty) and every eleventh without tags."""
+    rows = read_csv(tiny_csv)
+    for index, row in enumerate(rows):
+        row["priority"] = "" if index % 7 == 3 else row["priority"]
+        row["tags"] = "" if index % 11 == 5 else row["tags"]
+    return write_csv(tmp_path_factory.mktemp("data") / "fields.csv", rows)
+
+
+@pytest.fixture(scope="session")
+def fields_bundle(fields_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle predicting category, priority and tags, trained as ``tiny_bundle`` and exported."""
+    from classifier.export import export
+    from classifier.options import DataOptions, TrainingOptions
+    from classifier.train import train
+
+    output = tmp_path_factory.mktemp("bundles") / "fields"
+    options = TrainingOptions(epochs=3, learning_rate=3e-4, batch_size=16, max_length=96, seed=0)
+    train(fields_csv, output, options, DataOptions(validation_fraction=0.2, label_column="category",
+                                                   field_columns=("priority",), tags_column="tags"))
     export(output)
     return output
 

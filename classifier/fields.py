@@ -1,0 +1,213 @@
+"""Fields a bundle predicts besides its category: more single-label columns (priority, queue) and one
+multi-label tags column. No torch here: reading tag cells, choosing tag thresholds, scoring fields.
+
+The category stays the bundle's main field (``manifest.labels``); each other field gets a head of its own
+on the encoder's first-token state (:mod:`classifier.heads`), listed in ``manifest.fields``. A cell with
+no value leaves that field out of the ticket's loss and metrics, not the ticket out of training.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from classifier.errors import UserError, where
+
+FieldKind = Literal["single", "tags"]
+# Delimiters a tags cell of a CSV export may use, in the order they are tried; a JSON list needs none.
+TAG_DELIMITERS = ("|", ";", ",")
+MISSING = -100  # a single-label field's id where the ticket has no value (cross-entropy's ignore_index)
+DEFAULT_TAG_THRESHOLD = 0.5  # a tag without validation positives to choose its threshold on
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field a model learns besides the main label: its column, kind and labels (tags for ``tags``)."""
+
+    name: str  # the column, as the file spells it
+    kind: FieldKind
+    labels: tuple[str, ...]
+    loss_weight: float = 1.0
+
+    @property
+    def output(self) -> str:
+        """The ONNX output holding the field's logits (column names may hold anything: not used in it)."""
+        return f"logits_{self.kind}_{_slug(self.name)}"
+
+
+def _slug(name: str) -> str:
+    return "".join(char if char.isalnum() else "_" for char in name.lower())
+
+
+# ---------------------------------------------------------------- tags cells
+
+
+def parse_tags(values: Sequence[Any], path: object, rows: Sequence[int], column: str,
+               delimiter: str | None = None) -> tuple[list[list[str] | None], str | None]:
+    """Each cell's tags (None: no value, the field is unknown for that ticket) and the delimiter used.
+
+    A cell is a JSON list (``["refund", "vip"]``, from a JSON export or written so in a CSV) or a string of
+    tags joined by ``delimiter``; None detects it: the one of :data:`TAG_DELIMITERS` found in most cells
+    (none found: each cell is one tag). An empty string or list is a ticket with no tags. Tags are stripped,
+    and each is counted once per ticket.
+    """
+    if delimiter == "":
+        raise UserError("--tags-delimiter: give a character that separates the tags (e.g. '|' or ',')")
+    strings = [value for value in values if isinstance(value, str) and not value.lstrip().startswith("[")]
+    delimiter = delimiter if delimiter is not None else detect_delimiter(strings)
+    return [_cell_tags(value, path, row, column, delimiter) for value, row in zip(values, rows)], delimiter
+
+
+def detect_delimiter(cells: Sequence[str]) -> str | None:
+    """The :data:`TAG_DELIMITERS` entry most cells contain (ties: the earlier), or None if none has any."""
+    counts = {delimiter: sum(delimiter in cell for cell in cells) for delimiter in TAG_DELIMITERS}
+    best = max(TAG_DELIMITERS, key=lambda delimiter: counts[delimiter])
+    return best if counts[best] else None
+
+
+def _cell_tags(value: Any, path: object, row: int, column: str, delimiter: str | None) -> list[str] | None:
+    if value is None or (isinstance(value, float) and value != value):  # JSON null, pandas NaN
+        return None
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{where(path, row, column)}: starts like a JSON list of tags but is not one "
+                            f"({error.msg} at character {error.pos}); write it as [\"a\", \"b\"] or as "
+                            "delimited text") from None
+    if isinstance(value, list):
+        if not all(isinstance(tag, (str, int, float)) and not isinstance(tag, bool) for tag in value):
+            raise UserError(f"{where(path, row, column)}: a list of tags must hold text only, got {value!r:.80}")
+        tags = [str(tag).strip() for tag in value]
+    elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        text = str(value)
+        tags = text.split(delimiter) if delimiter else [text]
+    else:
+        kind = "object" if isinstance(value, dict) else type(value).__name__
+        raise UserError(f"{where(path, row, column)}: holds a JSON {kind}; tags are a list of text or a "
+                        "delimited string")
+    return list(dict.fromkeys(tag.strip() for tag in tags if tag.strip()))
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def single_ids(values: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """Each value's index in ``labels``; :data:`MISSING` for an empty or unknown one."""
+    index = {label: i for i, label in enumerate(labels)}
+    return np.array([index.get(value, MISSING) for value in values], dtype=np.int64)
+
+
+def tag_matrix(rows: Sequence[list[str] | None], tags: Sequence[str]) -> np.ndarray:
+    """A (tickets, tags) 0/1 float matrix; a ticket with unknown tags (None) is a row of -1 (masked)."""
+    index = {tag: i for i, tag in enumerate(tags)}
+    matrix = np.zeros((len(rows), len(tags)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        if row is None:
+            matrix[i] = -1
+            continue
+        for tag in row:
+            if tag in index:
+                matrix[i, index[tag]] = 1
+    return matrix
+
+
+def counted_classes(values: Sequence[str]) -> Counter[str]:
+    return Counter(value for value in values if value)
+
+
+def counted_tags(rows: Sequence[list[str] | None]) -> Counter[str]:
+    return Counter(tag for row in rows if row is not None for tag in row)
+
+
+# ---------------------------------------------------------------- thresholds and scores
+
+
+def choose_tag_thresholds(scores: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Per tag, the score threshold with the best F1 on ``truth`` (rows of -1 ignored): halfway between the
+    lowest score kept and the next one below, so that rounding cannot flip the ticket that set it. A tag
+    with no positive ticket keeps :data:`DEFAULT_TAG_THRESHOLD`."""
+    known = truth[:, 0] >= 0 if truth.size else np.zeros(0, dtype=bool)
+    return [_best_f1_threshold(scores[known, j], truth[known, j]) for j in range(truth.shape[1])]
+
+
+def _best_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
+    positives = int(truth.sum())
+    if positives == 0:
+        return DEFAULT_TAG_THRESHOLD
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], np.cumsum(truth[order])
+    kept = np.arange(1, len(ranked) + 1)
+    f1 = 2 * hits / (kept + positives)
+    # Only where the next score is lower can the threshold fall between them.
+    distinct = np.append(ranked[1:] < ranked[:-1], True)
+    best = int(np.argmax(np.where(distinct, f1, -1)))
+    below = ranked[best + 1] if best + 1 < len(ranked) else 0.0
+    return float((ranked[best] + below) / 2)
+
+
+def tag_metrics(predicted: np.ndarray, truth: np.ndarray, tags: Sequence[str]) -> dict[str, Any]:
+    """Micro and macro F1, subset accuracy and per-tag precision/recall/support of 0/1 ``predicted`` tags
+    against ``truth`` (rows of -1: unknown tags, left out)."""
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    known = truth[:, 0] >= 0 if truth.size else np.zeros(0, dtype=bool)
+    y_true, y_pred = truth[known].astype(int), predicted[known].astype(int)
+    if not len(y_true):
+        return {"tickets": 0}
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    return {
+        "tickets": int(len(y_true)),
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "subset_accuracy": float((y_true == y_pred).all(axis=1).mean()),
+        "per_tag": {tag: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                    for tag, p, r, f, s in zip(tags, precision, recall, f1, support)},
+    }
+
+
+def single_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 over the tickets whose value is known (truth not :data:`MISSING`)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    known = truth != MISSING
+    if not known.any():
+        return {"tickets": 0}
+    return {"tickets": int(known.sum()), "accuracy": float(accuracy_score(truth[known], predicted[known])),
+            "macro_f1": float(f1_score(truth[known], predicted[known], average="macro"))}
+
+
+# ---------------------------------------------------------------- the heads as arrays (classifier.heads saves them)
+
+Head = tuple[np.ndarray, np.ndarray]  # weight (labels, hidden) and bias (labels,), float32
+
+
+def read_heads(data: bytes, fields: Sequence[Any], source: object) -> list[Head]:
+    """The field heads from the bytes of a bundle's heads file, checked against the manifest's ``fields``
+    (each with ``labels``): one head per field, as many outputs as it has labels."""
+    from safetensors.numpy import load
+
+    try:
+        arrays = load(data)
+    except Exception as error:  # noqa: BLE001  safetensors raises its own error types
+        raise UserError(f"{source}: not a safetensors file of field heads ({str(error)[:120]}); train the "
+                        "bundle again") from None
+    heads = []
+    for index, spec in enumerate(fields):
+        weight, bias = arrays.get(f"{index}.weight"), arrays.get(f"{index}.bias")
+        if weight is None or bias is None or weight.ndim != 2 or weight.shape[0] != len(spec.labels) \
+                or bias.shape != (len(spec.labels),):
+            raise UserError(f"{source}: no head for field {spec.name!r} with {len(spec.labels)} outputs; the "
+                            "manifest and the heads file do not agree: train the bundle again")
+        heads.append((weight.astype(np.float32), bias.astype(np.float32)))
+    return heads
+
+
+def apply_heads(features: np.ndarray, heads: Sequence[Head]) -> list[np.ndarray]:
+    """Each field's logits from the first-token features, as the ONNX graph computes them."""
+    return [features @ weight.T + bias for weight, bias in heads]

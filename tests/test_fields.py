@@ -1,0 +1,163 @@
+"""Fields besides the label (classifier.fields): tags read from CSV and JSON, joint training with a
+field missing in some rows, the heads in the ONNX graph, and predictions per field."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from csv_files import read_csv, write_csv
+
+from classifier import bundle
+from classifier.data import load_tickets, prepare_data
+from classifier.errors import UserError
+from classifier.fields import choose_tag_thresholds, detect_delimiter, tag_matrix
+from classifier.options import DataOptions
+from classifier.predict import Predictor
+
+
+def tickets_with_tags(cells: list[str]) -> list[dict[str, str]]:
+    return [{"subject": f"ticket {i}", "body": "text", "category": "a" if i % 2 else "b", "tags": cell}
+            for i, cell in enumerate(cells)]
+
+
+# ---------------------------------------------------------------- reading tags
+
+
+@pytest.mark.parametrize("cells, expected", [
+    (["refund|vip", "api", ""], [["refund", "vip"], ["api"], []]),
+    (["refund, vip", "api , outage", "api"], [["refund", "vip"], ["api", "outage"], ["api"]]),
+    (["refund; vip", "a;b;a", "x"], [["refund", "vip"], ["a", "b"], ["x"]]),
+    (['["refund", "vip"]', '[]', '["a, b"]'], [["refund", "vip"], [], ["a, b"]]),
+])
+def test_tags_cells_of_a_csv_are_split_by_the_delimiter_found(tmp_path: Path, cells: list[str],
+                                                               expected: list[list[str]]) -> None:
+    path = write_csv(tmp_path / "t.csv", tickets_with_tags(cells))
+    tickets, _ = load_tickets(path, tags_column="tags")
+    assert tickets.fields["tags"] == expected
+
+
+def test_tags_of_a_json_export_are_lists_and_null_is_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    records = [{"subject": "a", "body": "b", "category": "x", "tags": ["refund", "vip"]},
+               {"subject": "c", "body": "d", "category": "y", "tags": None},
+               {"subject": "e", "body": "f", "category": "y", "tags": []}]
+    path.write_text("\n".join(json.dumps(record) for record in records), encoding="utf-8")
+    tickets, _ = load_tickets(path, tags_column="tags")
+    assert tickets.fields["tags"] == [["refund", "vip"], None, []]
+    # An unknown ticket is masked in the training targets; a ticket without tags is all negatives.
+    assert tag_matrix(tickets.fields["tags"], ["refund", "vip"]).tolist() == [[1, 1], [-1, -1], [0, 0]]
+
+
+def test_a_given_delimiter_wins_over_detection(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", tickets_with_tags(["refund vip", "a,b c"]))
+    tickets, _ = load_tickets(path, tags_column="tags", tags_delimiter=" ")
+    assert tickets.fields["tags"] == [["refund", "vip"], ["a,b", "c"]]
+    assert detect_delimiter(["a|b", "c,d", "e|f"]) == "|"
+    assert detect_delimiter(["one", "two"]) is None
+
+
+def _error(call: object) -> str:
+    try:
+        call()  # type: ignore[operator]
+    except UserError as error:
+        return str(error)
+    raise AssertionError("no UserError")
+
+
+@pytest.mark.parametrize("cell, message", [
+    ('["refund", "vip"', "row 3, column 'tags': starts like a JSON list of tags but is not one"),
+    ('[{"name": "vip"}]', "row 3, column 'tags': a list of tags must hold text only"),
+])
+def test_bad_tags_cells_are_one_line_naming_the_row(tmp_path: Path, cell: str, message: str) -> None:
+    path = write_csv(tmp_path / "t.csv", tickets_with_tags(["api", cell]))
+    error = _error(lambda: load_tickets(path, tags_column="tags"))
+    assert message in error and "\n" not in error
+
+
+def test_bad_tags_columns_are_one_line_errors(tmp_path: Path, sample_csv: Path) -> None:
+    missing = _error(lambda: prepare_data(sample_csv, DataOptions(tags_column="labels")))
+    assert "column 'labels' not found" in missing and "--tags-column" in missing
+    same = _error(lambda: prepare_data(sample_csv, DataOptions(label_column="category", tags_column="category")))
+    assert "column 'category' is the label column" in same
+    path = write_csv(tmp_path / "rare.csv",  # every ticket a tag of its own
+                     [dict(row, tags=f"tag{i}") for i, row in enumerate(read_csv(sample_csv))])
+    rare = _error(lambda: prepare_data(path, DataOptions(tags_column="tags")))
+    assert re.search(r"no tag in column 'tags' is on 5 training tickets or more \(1\d\d\d tags in all\)", rare)
+    for error in (missing, same, rare):
+        assert "\n" not in error
+
+
+def test_the_data_report_counts_each_field(fields_csv: Path) -> None:
+    data = prepare_data(fields_csv, DataOptions(label_column="category", field_columns=("priority",),
+                                                tags_column="tags"))
+    rows = read_csv(fields_csv)
+    priority = data.report.fields["priority"]
+    assert priority["tickets_without"] == sum(not row["priority"] for row in rows)
+    assert priority["classes"] == len({row["priority"] for row in rows if row["priority"]})
+    tags = data.report.fields["tags"]
+    assert tags["tickets_without"] == 0  # an empty cell is a ticket without tags, not an unknown one
+    assert "legal" not in [spec for spec in data.fields if spec.kind == "tags"][0].labels  # on too few tickets
+    lines = "\n".join(data.report.summary_lines())
+    assert "field 'priority' (single label)" in lines and "field 'tags' (tags)" in lines
+
+
+def test_choose_tag_thresholds_picks_the_best_f1() -> None:
+    scores = np.array([[0.9, 0.2], [0.7, 0.1], [0.4, 0.3], [0.2, 0.05]])
+    truth = np.array([[1, 0], [1, 0], [0, 0], [-1, -1]], dtype=np.float32)
+    thresholds = choose_tag_thresholds(scores, truth)
+    assert thresholds[0] == pytest.approx((0.7 + 0.4) / 2)  # keeps both positives, drops the negative
+    assert thresholds[1] == 0.5  # no positive to choose on
+
+
+# ---------------------------------------------------------------- training, export, prediction
+
+
+def test_one_bundle_learns_every_field(fields_bundle: Path) -> None:
+    manifest = bundle.read_manifest(fields_bundle)
+    assert manifest.fields is not None
+    priority, tags = manifest.fields
+    assert (priority.name, priority.kind, tags.name, tags.kind) == ("priority", "single", "tags", "tags")
+    assert priority.validation_metrics["tickets"] > 0 and 0 <= priority.validation_metrics["accuracy"] <= 1
+    assert set(tags.per_class) == set(tags.labels) and "legal" in tags.left_out
+    assert (fields_bundle / bundle.FIELD_HEADS_FILE).is_file()
+    assert bundle.FIELD_HEADS_FILE in (manifest.integrity.files if manifest.integrity else {})
+
+
+def test_the_exported_heads_compute_what_pytorch_does(fields_bundle: Path, fields_csv: Path) -> None:
+    texts = bundle.read_examples(fields_bundle)[0][:40]
+    torch = Predictor.load(fields_bundle, engine="torch").outputs(texts, cleaned=True)
+    fp32 = Predictor.load(fields_bundle, engine="fp32").outputs(texts, cleaned=True)
+    assert len(torch.fields) == len(fp32.fields) == 2
+    for expected, got in zip(torch.fields, fp32.fields):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    drift = bundle.read_manifest(fields_bundle).export.drift.fields  # type: ignore[union-attr]
+    assert set(drift) == {"priority", "tags"}
+    assert all(field["fp32_agreement"] == 1.0 for field in drift.values())
+
+
+def test_predictions_carry_every_field(fields_bundle: Path) -> None:
+    manifest = bundle.read_manifest(fields_bundle)
+    priority, tags = manifest.fields or []
+    predictions = Predictor.load(fields_bundle).predict(["I was charged twice, please refund me",
+                                                         "The app crashes when I export a CSV"])
+    for prediction in predictions:
+        answer = prediction.to_dict()
+        assert answer["label"] in manifest.labels
+        field = answer["fields"]["priority"]
+        assert field["label"] in priority.labels and field["label"] == field["top_k"][0]["label"]
+        assert field["needs_review"] == (field["confidence"] < priority.threshold_of(field["label"]))
+        scores = [tag["score"] for tag in answer["tags"]]
+        assert scores == sorted(scores, reverse=True)
+        assert all(tag["tag"] in tags.labels and tag["score"] >= tags.threshold_of(tag["tag"]) - 1e-6
+                   for tag in answer["tags"])
+
+
+def test_a_bundle_of_the_label_alone_is_as_before(exported_bundle: Path) -> None:
+    raw = json.loads((exported_bundle / bundle.MANIFEST).read_text(encoding="utf-8"))
+    assert "fields" not in raw and not (exported_bundle / bundle.FIELD_HEADS_FILE).exists()
+    answer = Predictor.load(exported_bundle).predict(["I was charged twice"])[0].to_dict()
+    assert "fields" not in answer and "tags" not in answer
