@@ -15,7 +15,16 @@ from classifier.text import ticket_text
 from service import metrics
 from service.context import context
 from service.errors import ApiError
-from service.schemas import ClassifyResponse, LabelOut, LabelsResponse, ModelInput, PredictionOut, describe
+from service.schemas import (
+    ClassifyResponse,
+    FieldLabelOut,
+    FieldLabelsOut,
+    LabelOut,
+    LabelsResponse,
+    ModelInput,
+    PredictionOut,
+    describe,
+)
 
 bp = Blueprint("api", __name__)
 
@@ -63,6 +72,11 @@ def labels() -> Response:
         model=model.info,
         labels=[LabelOut(label=label, threshold=predictor.threshold(label)) for label in predictor.labels],
         out_of_scope_threshold=predictor.out_of_scope_threshold,
+        # only for a bundle predicting more than its label: one of the label alone answers as it always has
+        fields=[FieldLabelsOut(name=spec.name, kind=spec.kind,
+                               labels=[FieldLabelOut(label=label, threshold=spec.threshold_of(label))
+                                       for label in spec.labels])
+                for spec in predictor.fields] or None,
     ))
 
 
@@ -153,5 +167,16 @@ def _too_large(limit: int | None) -> ApiError:
 def _note_for_access_log(items: list[tuple[Any, ModelInput]], predictions: list[Prediction]) -> None:
     g.ticket_count = len(items)
     if current_app.config["LOG_TEXT"]:
-        g.log_tickets = [{"id": ticket_id, "text": ticket, "label": p.label}
-                         for (ticket_id, ticket), p in zip(items, predictions, strict=True)]
+        g.log_tickets = [_logged(ticket_id, ticket, prediction)
+                         for (ticket_id, ticket), prediction in zip(items, predictions, strict=True)]
+
+
+def _logged(ticket_id: Any, ticket: ModelInput, prediction: Prediction) -> dict[str, Any]:
+    """A ticket as the LOG_TEXT access log shows it: its label, and its other fields' and tags where the model
+    predicts them."""
+    line: dict[str, Any] = {"id": ticket_id, "text": ticket, "label": prediction.label}
+    if prediction.fields is not None:
+        line["fields"] = {name: field["label"] for name, field in prediction.fields.items()}
+    if prediction.tags is not None:
+        line["tags"] = [given["tag"] for given in prediction.tags]
+    return line

@@ -37,6 +37,14 @@ LATENCY = Histogram("ticketclf_http_request_duration_seconds", "Time to answer a
 PREDICTIONS = Counter("ticketclf_predictions_total", "Tickets classified, by predicted label.", ["label"])
 NEEDS_REVIEW = Counter("ticketclf_needs_review_total", "Predictions that need review, by reason: out_of_scope "
                        "(unlike every known queue) or low_confidence (below the label's threshold).", ["reason"])
+# A bundle predicting more than its label (manifest.fields): its other fields' labels and the tags given. The
+# label values are the manifest's field names, labels and tags, never text from a request: bounded.
+FIELD_PREDICTIONS = Counter("ticketclf_field_predictions_total", "Tickets classified, by field besides the label "
+                            "(e.g. priority) and that field's predicted label.", ["field", "label"])
+FIELD_NEEDS_REVIEW = Counter("ticketclf_field_needs_review_total", "Fields besides the label whose prediction "
+                             "needs review (below that field's threshold), by field.", ["field"])
+TAGS = Counter("ticketclf_tags_total", "Tags given to tickets (score at or above the tag's threshold), by tag.",
+               ["tag"])
 TRUNCATED = Counter("ticketclf_truncated_total", "Tickets longer than the model window (only the start was read).")
 # An info metric as a gauge: prometheus-client's Info type has no multiprocess mode.
 MODEL_INFO = Gauge("ticketclf_model_info", "The model being served (value is always 1).",
@@ -76,6 +84,14 @@ def record_predictions(predictions: Sequence[Prediction]) -> None:
     for reason, count in Tally(p.review_reason for p in predictions if p.review_reason).items():
         NEEDS_REVIEW.labels(reason).inc(count)
     TRUNCATED.inc(sum(p.truncated for p in predictions))
+    fields = Tally((name, field["label"]) for p in predictions for name, field in (p.fields or {}).items())
+    for (name, label), count in fields.items():
+        FIELD_PREDICTIONS.labels(name, label).inc(count)
+    review = Tally(name for p in predictions for name, field in (p.fields or {}).items() if field["needs_review"])
+    for name, count in review.items():
+        FIELD_NEEDS_REVIEW.labels(name).inc(count)
+    for tag, count in Tally(given["tag"] for p in predictions for given in p.tags or ()).items():
+        TAGS.labels(tag).inc(count)
 
 
 def record_model(name: str, version: str, engine: str) -> None:

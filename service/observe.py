@@ -1,7 +1,8 @@
 """Per request: an id, the time taken, metrics and one JSON access-log line.
 
 The access log never holds ticket text unless ``LOG_TEXT`` is on: the classify view
-sets ``g.ticket_count``, and ``g.log_tickets`` (id, text, label) only then.
+sets ``g.ticket_count``, and ``g.log_tickets`` (id, text, label; fields and tags where the model
+predicts them) only then.
 """
 
 from __future__ import annotations

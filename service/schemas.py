@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -29,8 +30,10 @@ from pydantic import (
     ValidationError,
     WrapValidator,
     create_model,
+    model_serializer,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from classifier.feedback import MAX_ID, MAX_LABEL, MAX_VERSION
@@ -73,6 +76,28 @@ class LabelScore(BaseModel):
     score: float
 
 
+_ONLY_WHEN_PREDICTED = ("fields", "tags")  # response keys a model of the label alone leaves out
+
+
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    """A key left out when the model has nothing for it, never null: no default to document."""
+    schema.pop("default", None)
+
+
+class FieldPredictionOut(BaseModel):
+    label: str
+    confidence: float = Field(ge=0, le=1)
+    needs_review: bool = Field(description="The confidence is below this field's threshold for the label "
+                               "(GET /labels).")
+    top_k: list[LabelScore] = Field(description="The field's best labels, best first.")
+
+
+class TagScore(BaseModel):
+    tag: str
+    score: float = Field(ge=0, le=1, description="The tag's probability; the tag is given when it reaches the "
+                         "tag's threshold.")
+
+
 class PredictionOut(BaseModel):
     id: StrictStr | StrictInt | None = Field(description="The ticket's id from the request, or null.")
     label: str
@@ -87,6 +112,28 @@ class PredictionOut(BaseModel):
                     "(GET /labels) it is out of scope. Null when the model has no out-of-scope detector.")
     truncated: bool = Field(description="The ticket was longer than the model reads; only its start was used.")
     top_k: list[LabelScore] = Field(description="The best labels, best first.")
+    fields: dict[str, FieldPredictionOut] | SkipJsonSchema[None] = Field(
+        None, description="Only for a model that predicts more than its label: each other single-label field "
+        "(e.g. priority), by column name, with its own label, confidence, review flag and best labels.",
+        examples=[{"priority": {"label": "high", "confidence": 0.87, "needs_review": False,
+                                "top_k": [{"label": "high", "score": 0.87}, {"label": "normal", "score": 0.11}]}}],
+        json_schema_extra=_absent_not_null)
+    tags: list[TagScore] | SkipJsonSchema[None] = Field(
+        None, description="Only for a model that predicts tags: the tags given to the ticket (each score reached "
+        "that tag's threshold, GET /labels), best first; an empty list when none was.",
+        examples=[[{"tag": "refund", "score": 0.93}, {"tag": "vip", "score": 0.61}]],
+        json_schema_extra=_absent_not_null)
+
+    # No return annotation, here and below: pydantic then documents the model's own properties (an annotation
+    # would replace them with its type's schema).
+    @model_serializer(mode="wrap")
+    def _leave_out_absent_fields(self, handler: SerializerFunctionWrapHandler):
+        # A model of the label alone answers exactly as before: no "fields" or "tags" key, not even null.
+        answer = handler(self)
+        for key in _ONLY_WHEN_PREDICTED:
+            if answer.get(key) is None:
+                answer.pop(key, None)
+        return answer
 
 
 class ClassifyResponse(BaseModel):
@@ -99,12 +146,40 @@ class LabelOut(BaseModel):
     threshold: float = Field(description="Predictions of this label below this confidence need review.")
 
 
+class FieldLabelOut(BaseModel):
+    label: str = Field(description="A label of the field (a tag, for the tags field).")
+    threshold: float = Field(description="single: predictions of this label below this confidence need review; "
+                             "tags: the tag is given when its score reaches this.")
+
+
+class FieldLabelsOut(BaseModel):
+    name: str = Field(description="The field's column, as the response's fields (or tags) name it.",
+                      examples=["priority"])
+    kind: Literal["single", "tags"] = Field(description="single: one label per ticket (in the response's "
+                                            "fields); tags: any number per ticket (the response's tags).")
+    labels: list[FieldLabelOut]
+
+
 class LabelsResponse(BaseModel):
     model: ModelInfo
     labels: list[LabelOut]
     out_of_scope_threshold: float | None = Field(
         description="Tickets whose out_of_scope_score is above it need review as out of scope; null when the "
                     "model has no out-of-scope detector.")
+    fields: list[FieldLabelsOut] | SkipJsonSchema[None] = Field(
+        None, description="Only for a model that predicts more than its label: every other field (single-label "
+        "fields and the tags), with its labels and thresholds.",
+        examples=[[{"name": "priority", "kind": "single", "labels": [{"label": "high", "threshold": 0.5},
+                                                                     {"label": "normal", "threshold": 0.5}]},
+                   {"name": "tags", "kind": "tags", "labels": [{"label": "refund", "threshold": 0.42}]}]],
+        json_schema_extra=_absent_not_null)
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent_fields(self, handler: SerializerFunctionWrapHandler):
+        answer = handler(self)
+        if answer.get("fields") is None:
+            answer.pop("fields", None)
+        return answer
 
 
 class HealthResponse(BaseModel):
