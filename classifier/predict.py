@@ -221,6 +221,9 @@ class Predictor:
         flag by that field's thresholds; the tags whose score reaches their threshold, best first."""
         for prediction in predictions:
             prediction.fields = {spec.name: {} for spec in self.fields if spec.kind == "single"}
+        for logits in outputs:
+            if not np.isfinite(logits).all():
+                raise ModelError(np.flatnonzero(~np.isfinite(logits).all(axis=1)).tolist())
         for spec, logits in zip(self.fields, outputs):
             if spec.kind == "tags":
                 scores = (1 / (1 + np.exp(-logits.astype(np.float64)))).tolist()
