@@ -15,6 +15,10 @@ Test tickets whose label the model does not know are counted and listed, and lef
 the metrics. With ``apply_threshold_for_precision`` the per-class confidence thresholds
 reaching that precision are written into the bundle manifest, which the predictor's
 ``needs_review`` follows.
+
+A bundle that predicts more fields than its label (``manifest.fields``) gets a section per field
+from the same model run (:mod:`classifier.evaluate_fields`), with a confusion matrix (CSV, PNG)
+and precision / coverage curves per single-label field (``field_<column>_*``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
@@ -67,6 +71,9 @@ from classifier.report import (
     UnknownLabel,
     UnknownLabels,
 )
+
+if TYPE_CHECKING:
+    from classifier.evaluate_fields import FieldRun
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +165,12 @@ def evaluate(bundle_dir: str | Path, data_path: str | Path, output_dir: str | Pa
 
 def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options: EvaluationOptions) -> dict[str, Any]:
     """Build the report (the typed :class:`Report`), write its files; return report.json's content."""
+    from classifier import evaluate_fields
+
     predictor = Predictor.load(bundle_dir, options.engine)
-    tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns)
-    proba, oos_scores = probabilities_and_oos_scores(predictor, tickets.texts)
+    tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns,
+                                         with_fields=True)
+    proba, oos_scores, field_logits = model_run(predictor, tickets.texts)  # one run: the label and every field
     scored = Scored.of(predictor.labels, proba, tickets.labels)
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = _data_section(tickets, data_report, scored, predictor.manifest)
@@ -171,13 +181,21 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
                            _side_by_side_sections(others, scored, options))
     report.out_of_scope = _out_of_scope(predictor, tickets, proba, oos_scores, options.oos_label or (
         predictor.manifest.out_of_scope.route_to if predictor.manifest.out_of_scope else None))
+    fields: list[FieldRun] = []
+    if predictor.fields:
+        fields = evaluate_fields.field_runs(predictor.fields, tickets, field_logits, options.target_precision)
+        report.fields = {run.spec.name: run.section for run in fields}
     if options.apply_threshold_for_precision is not None:
         report.thresholds_applied = apply_thresholds(bundle_dir, predictor, scored, tickets,
-                                                     options.apply_threshold_for_precision)
+                                                     options.apply_threshold_for_precision, fields)
     report.warnings = _warnings(report)
-    report.files = [*REPORT_FILES, *([OUT_OF_SCOPE_IMAGE] if report.out_of_scope else [])]
+    if report.fields is not None:
+        report.warnings += evaluate_fields.field_warnings(report.fields, report.thresholds_applied is not None)
+    report.files = [*REPORT_FILES, *([OUT_OF_SCOPE_IMAGE] if report.out_of_scope else []),
+                    *evaluate_fields.field_files(fields)]
     content = report.to_dict()
-    _write_files(output_dir, report, content, scored, tickets, _images(report, scored, others))
+    images = {**_images(report, scored, others), **evaluate_fields.field_images(fields)}
+    _write_files(output_dir, report, content, scored, tickets, images)
     return content
 
 
@@ -197,6 +215,10 @@ def summary_table(report: dict[str, Any]) -> str:
     message = report["precision_coverage"]["message"]
     lines.append(message)
     lines += _out_of_scope_lines(report.get("out_of_scope"))
+    if report.get("fields") is not None:
+        from classifier.evaluate_fields import summary_lines
+
+        lines += summary_lines(report["fields"])
     lines += [f"warning: {warning}" for warning in report["warnings"] if warning != message]  # said just above
     return "\n".join(lines)
 
@@ -211,19 +233,58 @@ def _out_of_scope_lines(section: dict[str, Any] | None) -> list[str]:
 
 
 def load_test_set(data_path: str | Path, manifest: Manifest, label_column: str | None,
-                  text_columns: Sequence[str] = ()) -> tuple[Tickets, DataReport]:
+                  text_columns: Sequence[str] = (), *, with_fields: bool = False) -> tuple[Tickets, DataReport]:
     """Read the test file with the bundle's text fields and cleaning, and training's loader and errors.
 
     Labels come from ``label_column``, else the column the bundle was trained on (if it recorded it);
     text from ``text_columns`` (the file's names for the bundle's fields), else the bundle's field names.
+    With ``with_fields``, the columns of the bundle's other fields, as trained, go into ``Tickets.fields``
+    (by the manifest's names); a field whose column the file lacks is not there.
     """
     data_report = DataReport()
     label_column = label_column or (manifest.data.train.label_column if manifest.data.train else None)
     text_options = with_text_columns(manifest.text, text_columns)
-    tickets, _ = load_tickets(data_path, text_options, label_column, data_report)
+    columns = _field_columns(manifest) if with_fields else {}
+    try:
+        tickets, _ = load_tickets(data_path, text_options, label_column, data_report, **columns)
+    except UserError:
+        if not columns:
+            raise
+        # A field's column missing fails the whole read: read it again without those columns (the
+        # report says which fields it could not evaluate). Any other error is the file's own.
+        absent = _absent_columns(data_path, [*columns["field_columns"], columns["tags_column"]])
+        if not absent:
+            raise
+        data_report = DataReport()
+        columns = _field_columns(manifest, absent)
+        tickets, _ = load_tickets(data_path, text_options, label_column, data_report, **columns)
     # Test tickets of the classes training merged count as "other", as they did in validation.
     merged, other = manifest.data.merged_into_other, manifest.data.other_label
     return relabel_like_training(tickets, manifest.labels, merged, other, data_report), data_report
+
+
+def _field_columns(manifest: Manifest, absent: Sequence[str] = ()) -> dict[str, Any]:
+    """``load_tickets``'s arguments for the bundle's fields as trained, less the ``absent`` columns."""
+    if not manifest.fields:
+        return {}
+    options = manifest.data.options
+    tags = next((spec for spec in manifest.fields if spec.kind == "tags"), None)
+    tags_column = options.tags_column if options.tags_column and options.tags_column not in absent else None
+    return {"field_columns": tuple(name for name in options.field_columns if name not in absent),
+            "tags_column": tags_column,
+            # As training split the cells: the delimiter given, else the one it found.
+            "tags_delimiter": options.tags_delimiter or (tags.delimiter if tags else None)}
+
+
+def _absent_columns(data_path: str | Path, names: Sequence[str | None]) -> list[str]:
+    """Those of ``names`` that the file has no column for (as :func:`classifier.columns.resolve_columns` finds
+    one: any case, or the one field of that name inside objects)."""
+    from classifier.readers import records_and_columns
+
+    _, columns = records_and_columns(data_path)
+    top = {name.lower() for name in columns}
+    nested = Counter(name.rsplit(".", 1)[1].lower() for name in columns if "." in name)
+    return [name for name in names if name and name.lower() not in top and nested[name.lower()] != 1]
 
 
 def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
@@ -235,9 +296,16 @@ def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
 def probabilities_and_oos_scores(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`probabilities`, and each ticket's out-of-scope score (None: the bundle has no detector), from
     one run of the model."""
+    proba, scores, _ = model_run(predictor, texts)
+    return proba, scores
+
+
+def model_run(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+    """:func:`probabilities_and_oos_scores`, and the logits of each of the bundle's other fields (in the
+    manifest's order; none for a bundle of the label alone), from one run of the model."""
     outputs = predictor.outputs(texts, cleaned=True)  # load_tickets cleaned them
     scores = predictor.scores_of(outputs)
-    return predictor.probabilities(outputs.logits), scores
+    return predictor.probabilities(outputs.logits), scores, outputs.fields
 
 
 def _out_of_scope(predictor: Predictor, tickets: Tickets, proba: np.ndarray, scores: np.ndarray | None,
@@ -388,26 +456,28 @@ def routing_with(scored: Scored, threshold_of: Callable[[str], float]) -> dict[s
 # ---------------------------------------------------------------- report sections
 
 
-def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target: float, created_at: str,
-                  data: TestFileSection, unknown_labels: UnknownLabels,
-                  others: tuple[SideBySide | Unavailable | None, SideBySide | None]) -> Report:
-    """The report on the evaluated model, with the sections about the test file and the other models."""
-    labels = predictor.labels
-    matrix = confusion_matrix(scored.y_true, scored.predicted, labels=labels)
+class ClassSections(NamedTuple):
+    """The sections about one set of classes: the label's, or a single-label field's."""
+
+    metrics: Metrics
+    matrix: np.ndarray  # counts, true class per row
+    per_class: list[ClassRow]
+    confusion_matrix: Confusion
+    precision_coverage: PrecisionCoverage
+
+
+def class_sections(scored: Scored, target: float, bundle_threshold_of: Callable[[str], float],
+                   bundle_source: dict[str, Any] | None) -> ClassSections:
+    """Headline numbers, per-class rows, confusion matrix and precision / coverage of ``scored`` at ``target``
+    precision; ``bundle_threshold_of``: the review threshold the bundle applies to a predicted class now (and
+    ``bundle_source``: where an earlier evaluation's thresholds came from, as the manifest records it)."""
+    matrix = confusion_matrix(scored.y_true, scored.predicted, labels=scored.classes)
     metrics = model_metrics(scored, target)
     thresholds = class_thresholds(scored, target)
-    source = predictor.manifest.thresholds.source  # thresholds an earlier evaluation wrote into the bundle
-    return Report(
-        created_at=created_at,
-        model=ModelInfo(bundle=str(predictor.bundle_dir), name=predictor.name, version=predictor.version,
-                        engine=predictor.engine_kind, labels=len(labels)),
-        metrics=metrics,
-        per_class=_per_class(scored, matrix, thresholds),
-        confusion_matrix=Confusion(labels=labels, matrix=matrix.tolist(),
+    return ClassSections(
+        metrics=metrics, matrix=matrix, per_class=_per_class(scored, matrix, thresholds),
+        confusion_matrix=Confusion(labels=list(scored.classes), matrix=matrix.tolist(),
                                    display_order=[int(i) for i in cluster_order(matrix)]),
-        top_confusions=_top_confusions(scored, matrix, tickets),
-        calibration=Reliability(ece=metrics.ece, bins=[CalibrationBin(**b) for b in
-                                                       calibration_bins(scored.confidence, scored.correct)]),
         precision_coverage=PrecisionCoverage(
             target_precision=target,
             recommended=metrics.at_target,
@@ -415,9 +485,30 @@ def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target
             table=[OperatingPoint(**point) for point in threshold_table(scored.confidence, scored.correct)],
             per_class_thresholds={label: ClassThreshold(**info) for label, info in thresholds.items()},
             with_per_class_thresholds=Routing(**routing_with(scored, lambda label: thresholds[label]["threshold"])),
-            with_bundle_thresholds=Routing(**routing_with(scored, predictor.threshold)),
-            bundle_thresholds_source=source.model_dump(mode="json") if source else None,
-        ),
+            with_bundle_thresholds=Routing(**routing_with(scored, bundle_threshold_of)),
+            bundle_thresholds_source=bundle_source,
+        ))
+
+
+def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target: float, created_at: str,
+                  data: TestFileSection, unknown_labels: UnknownLabels,
+                  others: tuple[SideBySide | Unavailable | None, SideBySide | None]) -> Report:
+    """The report on the evaluated model, with the sections about the test file and the other models."""
+    source = predictor.manifest.thresholds.source  # thresholds an earlier evaluation wrote into the bundle
+    sections = class_sections(scored, target, predictor.threshold,
+                              source.model_dump(mode="json") if source else None)
+    metrics = sections.metrics
+    return Report(
+        created_at=created_at,
+        model=ModelInfo(bundle=str(predictor.bundle_dir), name=predictor.name, version=predictor.version,
+                        engine=predictor.engine_kind, labels=len(predictor.labels)),
+        metrics=metrics,
+        per_class=sections.per_class,
+        confusion_matrix=sections.confusion_matrix,
+        top_confusions=_top_confusions(scored, sections.matrix, tickets),
+        calibration=Reliability(ece=metrics.ece, bins=[CalibrationBin(**b) for b in
+                                                       calibration_bins(scored.confidence, scored.correct)]),
+        precision_coverage=sections.precision_coverage,
         data=data, unknown_labels=unknown_labels, baseline=others[0], compare=others[1])
 
 
@@ -612,8 +703,15 @@ def _warnings(report: Report) -> list[str]:
 
 
 def apply_thresholds(bundle_dir: Path, predictor: Predictor, scored: Scored, tickets: Tickets,
-                     precision: float) -> AppliedThresholds:
-    """Write per-class thresholds reaching ``precision`` into the manifest (atomically); return what was written."""
+                     precision: float, fields: Sequence[FieldRun] = ()) -> AppliedThresholds:
+    """Write per-class thresholds reaching ``precision`` into the manifest (atomically); return what was written.
+
+    With ``fields`` (the bundle's other fields on the test file), each single-label field scored gets its own
+    per-class thresholds in its ``fields`` entry, chosen the same way, in the same write; its report section
+    records them, and ``thresholds.source`` names the fields (``fields``: their tickets and expected routing).
+    """
+    from classifier.evaluate_fields import field_thresholds, with_field_thresholds
+
     thresholds = class_thresholds(scored, precision)
     applied = AppliedThresholds(
         target_precision=precision, engine=predictor.engine_kind,
@@ -624,11 +722,17 @@ def apply_thresholds(bundle_dir: Path, predictor: Predictor, scored: Scored, tic
         per_class={label: info["threshold"] for label, info in thresholds.items()})
     source = {k: v for k, v in asdict(applied).items() if k != "per_class"}
     manifest = bundle.read_manifest(bundle_dir)  # fresh: keep edits made since the predictor loaded it
+    written = field_thresholds(fields, precision)
+    if written and manifest.fields:
+        manifest.fields = with_field_thresholds(manifest.fields, written)
+        source["fields"] = {name: {"tickets": field.tickets, "expected": asdict(field.expected)}
+                            for name, field in written.items()}
     manifest.thresholds = manifest.thresholds.model_copy(update={
         "per_class": applied.per_class, "source": ThresholdSource.model_validate(source)})
     bundle.write_manifest(bundle_dir, manifest)
-    log.info("wrote %d per-class thresholds for %.0f%% precision to %s", len(thresholds), precision * 100,
-             bundle_dir / bundle.MANIFEST)
+    log.info("wrote %d per-class thresholds for %.0f%% precision to %s%s", len(thresholds), precision * 100,
+             bundle_dir / bundle.MANIFEST, "".join(f", and {len(field.per_class)} for field {name!r}"
+                                                   for name, field in written.items()))
     return applied
 
 
@@ -660,11 +764,15 @@ def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scor
     for name, data in images.items():
         (output_dir / name).write_bytes(data)
     _write_confusion_csv(output_dir / "confusion_matrix.csv", content["confusion_matrix"])
+    for field in (content.get("fields") or {}).values():  # each single-label field scored: files[0]
+        if "confusion_matrix" in field:
+            _write_confusion_csv(output_dir / field["files"][0], field["confusion_matrix"])
     _write_misclassified(output_dir / "misclassified.csv", scored, tickets)
     (output_dir / "report.html").write_text(html, encoding="utf-8")
 
 
 def _write_confusion_csv(path: Path, section: dict[str, Any]) -> None:
+    """A confusion matrix's counts (``section``: ``labels`` and ``matrix``), true class per row."""
     with open(path, "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(["true \\ predicted", *map(spreadsheet_safe, section["labels"])])

@@ -38,8 +38,10 @@ def _plain_text(draw: Callable[_Arguments, bytes]) -> Callable[_Arguments, bytes
 
 
 @_plain_text
-def confusion_matrix_png(matrix: np.ndarray, labels: list[str], order: list[int] | np.ndarray) -> bytes:
-    """Rows: true class, normalised to 100 %; cells: ticket counts where the font still fits."""
+def confusion_matrix_png(matrix: np.ndarray, labels: list[str], order: list[int] | np.ndarray,
+                         subject: str | None = None) -> bytes:
+    """Rows: true class, normalised to 100 %; cells: ticket counts where the font still fits. ``subject``: the
+    field the classes are of, when not the label."""
     order = np.asarray(order, dtype=int)
     counts = matrix[np.ix_(order, order)]
     names = [_short(labels[i]) for i in order]
@@ -60,7 +62,8 @@ def confusion_matrix_png(matrix: np.ndarray, labels: list[str], order: list[int]
     colorbar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, aspect=40)
     colorbar.set_label("share of the true class's tickets")
     colorbar.set_ticks([0, 0.05, 0.2, 0.5, 1.0], labels=["0", "5 %", "20 %", "50 %", "100 %"])
-    ax.set_title("Confusion matrix: each row is one true class (sums to 100 %); numbers are tickets.\n"
+    of = f" of {_short(subject)}" if subject else ""
+    ax.set_title(f"Confusion matrix{of}: each row is one true class (sums to 100 %); numbers are tickets.\n"
                  "Classes that get confused are placed next to each other.", fontsize=11, loc="left", pad=10)
     return _png(fig)
 
@@ -100,8 +103,9 @@ def _label_axes(ax: Any, names: list[str], n: int) -> None:
 
 @_plain_text
 def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], target: float,
-                           recommended: OperatingPoint | None) -> bytes:
-    """Left: precision against coverage per model. Right: both against the threshold, for the first model."""
+                           recommended: OperatingPoint | None, subject: str | None = None) -> bytes:
+    """Left: precision against coverage per model. Right: both against the threshold, for the first model.
+    ``subject``: the field whose confidence the curves are of, when not the label."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=DPI, layout="constrained")
     for (name, (_, coverage, precision)), color in zip(curves.items(), COLORS):
         left.plot(coverage * 100, precision * 100, color=color, label=name, linewidth=1.8)
@@ -123,9 +127,10 @@ def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.nd
                       bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#b03030", "alpha": 0.9})
         right.axvline(recommended.threshold, color="#b03030", linewidth=1)
     left.set(xlabel="coverage: % of tickets routed without review", ylabel="precision: % routed correctly",
-             xlim=(0, 101), title="Precision vs coverage")
+             xlim=(0, 101), title=f"Precision vs coverage{f' of {_short(subject)}' if subject else ''}")
     # No fixed x range: a model whose confidences all sit near 0.02 must still show its curve.
-    right.set(xlabel="confidence threshold", ylabel="%", title="Effect of the threshold (this model)")
+    right.set(xlabel="confidence threshold", ylabel="%",
+              title=f"Effect of the threshold ({_short(subject) if subject else 'this model'})")
     left.legend(loc="lower left", fontsize=9)
     right.legend(loc="lower left", fontsize=9)
     return _png(fig)

@@ -264,6 +264,81 @@ class OutOfScopeSection:
 
 
 @dataclass
+class FieldThresholdsApplied:
+    """A single-label field's per-class review thresholds written into the bundle (its ``fields`` entry)."""
+
+    target_precision: float
+    tickets: int
+    expected: Routing  # coverage and precision on these test tickets with them
+    per_class: dict[str, float]
+
+
+@dataclass
+class SingleFieldSection:
+    """A single-label field besides the label (priority, queue), reported as the label is, on the test tickets
+    with a value the model knows (``classifier.evaluate_fields``)."""
+
+    name: str  # the column
+    kind: str  # "single"
+    labels: list[str]  # the field's classes
+    tickets: int  # evaluated
+    without_value: int  # test tickets with an empty cell: left out
+    unknown_values: dict[str, int]  # values the model was not trained on (left out), most tickets first
+    spellings_matched: dict[str, str]  # test values read as the model spells them (case, number format)
+    labels_without_test_tickets: list[str]
+    metrics: Metrics
+    per_class: list[ClassRow]
+    confusion_matrix: Confusion
+    precision_coverage: PrecisionCoverage
+    bundle_thresholds: dict[str, Any]  # the field's review thresholds in the bundle as evaluated: global, per_class
+    files: list[str]  # confusion matrix CSV and PNG, precision / coverage PNG
+    thresholds_applied: FieldThresholdsApplied | None = None
+
+
+@dataclass
+class TagRow:
+    tag: str
+    support: int  # test tickets with the tag
+    predicted: int  # test tickets given it
+    precision: float
+    recall: float
+    f1: float
+    threshold: float  # the tag is given when its score reaches this (chosen at training for F1)
+
+
+@dataclass
+class TagsSection:
+    """The tags field: each tag given when its score reaches its threshold, on the test tickets with a value."""
+
+    name: str  # the column
+    kind: str  # "tags"
+    tags: list[str]
+    tickets: int  # evaluated
+    without_value: int  # test tickets with no value in the column (an empty list is a ticket without tags)
+    unknown_tags: dict[str, int]  # tags on test tickets the model does not give (not counted), most first
+    micro_f1: float  # over every (ticket, tag) decision
+    macro_f1: float  # every tag counts the same
+    micro_precision: float  # of the tags given, the share right
+    micro_recall: float  # of the tags the tickets carry, the share given
+    subset_accuracy: float  # tickets given exactly their tags
+    tickets_without_tags: int
+    tickets_given_no_tag: int
+    per_tag: list[TagRow]
+
+
+@dataclass
+class FieldUnavailable:
+    """A field that could not be evaluated on this test file, and why."""
+
+    name: str
+    kind: str
+    reason: str
+
+
+FieldSection = SingleFieldSection | TagsSection | FieldUnavailable
+
+
+@dataclass
 class Report:
     created_at: str
     model: ModelInfo
@@ -278,6 +353,8 @@ class Report:
     baseline: SideBySide | Unavailable | None
     compare: SideBySide | None
     out_of_scope: OutOfScopeSection | None = None  # test tickets of no known queue, and a detector to find them
+    # The fields besides the label, by column, in the manifest's order; None (no key): the label alone.
+    fields: dict[str, FieldSection] | None = None
     thresholds_applied: AppliedThresholds | None = None  # only when thresholds were written (no key otherwise)
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
@@ -293,4 +370,6 @@ class Report:
         report["data"] = self.data.to_dict()
         if self.thresholds_applied is None:
             del report["thresholds_applied"]
+        if self.fields is None:  # a bundle of the label alone: the report it always had
+            del report["fields"]
         return report

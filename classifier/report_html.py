@@ -26,7 +26,8 @@ def render(report: Report, images: dict[str, bytes]) -> str:
         report=report,
         headlines=HEADLINES,
         others=report.others(),
-        class_rows=sorted(report.per_class, key=lambda row: (row.support == 0, row.f1)),  # worst first
+        fields_written=[name for name, section in (report.fields or {}).items()
+                        if getattr(section, "thresholds_applied", None)],  # single-label fields given thresholds
         images={name: base64.b64encode(data).decode("ascii") for name, data in images.items()})
 
 
@@ -37,12 +38,18 @@ def _environment() -> Environment:
                               keep_trailing_newline=True)
     environment.filters["fmt"] = _fmt
     environment.filters["breakable"] = _breakable
+    environment.filters["worst_first"] = _worst_first
     return environment
 
 
 def _fmt(value: Any, spec: str) -> str:
     """``value`` formatted as ``format(value, spec)`` does (``{{ share|fmt(".1%") }}``)."""
     return format(value, spec)
+
+
+def _worst_first(rows: list[Any]) -> list[Any]:
+    """Class (or tag) rows, the worst F1 first, those with no test tickets last."""
+    return sorted(rows, key=lambda row: (row.support == 0, row.f1))
 
 
 def _breakable(label: str) -> Markup:

@@ -1,0 +1,237 @@
+"""The evaluation report's sections on the fields a bundle predicts besides its label (:mod:`classifier.fields`).
+
+A bundle trained with more label columns (priority, queue) and a tags column answers every field from the
+one model run that gives the label (:meth:`Predictor.outputs`); :func:`classifier.evaluate.evaluate` hands
+each field's logits here, and the report gets a section per field, in the manifest's order:
+
+* a single-label field, as the label: accuracy, macro-F1, per-class precision and recall, the confusion
+  matrix, precision / coverage and a review threshold per class, computed by the label's own functions
+  (:func:`classifier.evaluate.class_sections`) on the field's softmax (fields have no temperature);
+* the tags: micro and macro F1, subset accuracy and per-tag precision / recall / support, a tag being given
+  when its sigmoid score reaches the threshold training chose for it, as the predictor gives it.
+
+A test ticket with no value for a field (an empty cell; for tags, no value at all, while an empty list is a
+ticket without tags) is left out of that field's numbers, as is a value the model was not trained on (both
+counted, the latter listed). A test file without a field's column gives a section that says so; the rest
+of the report is unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
+
+from classifier.data import DataReport, Tickets, match_label_spellings
+from classifier.errors import ModelError
+from classifier.evaluate import Scored, class_sections, class_thresholds, routing_with
+from classifier.fields import tag_matrix, tag_metrics
+from classifier.manifest import FieldHead
+from classifier.numerics import softmax
+from classifier.report import (
+    FieldSection,
+    FieldThresholdsApplied,
+    FieldUnavailable,
+    Routing,
+    SingleFieldSection,
+    TagRow,
+    TagsSection,
+)
+
+LISTED_VALUES = 10  # values the model does not know, listed in a warning
+
+
+@dataclass
+class FieldRun:
+    """One field on the test tickets: its report section, and for a single-label field its scores."""
+
+    spec: FieldHead
+    section: FieldSection
+    scored: Scored | None = None  # a single-label field with test tickets the model can be scored on
+
+
+def field_runs(fields: Sequence[FieldHead], tickets: Tickets, logits: Sequence[np.ndarray],
+               target: float) -> list[FieldRun]:
+    """Each field's section: ``tickets.fields`` holds the test file's values of the fields whose column it has
+    (the others' sections say it lacks them), ``logits`` each field's logits from the model run."""
+    if len(logits) != len(fields):
+        raise ModelError(f"the model gave {len(logits)} outputs for the {len(fields)} fields its manifest lists "
+                         "besides the label; export the bundle again")
+    stems = file_stems([spec.name for spec in fields])
+    runs = []
+    for spec, field_logits, stem in zip(fields, logits, stems):
+        if spec.name not in tickets.fields:
+            runs.append(FieldRun(spec, FieldUnavailable(
+                name=spec.name, kind=spec.kind, reason=f"the test file has no column {spec.name!r}")))
+        elif spec.kind == "tags":
+            runs.append(_tags_run(spec, tickets.fields[spec.name], field_logits))
+        else:
+            runs.append(_single_run(spec, tickets, field_logits, target, stem))
+    return runs
+
+
+def file_stems(names: Sequence[str]) -> list[str]:
+    """A file-name stem per field (``field_priority``), made of letters, digits and ``_``, each its own."""
+    stems: list[str] = []
+    for name in names:
+        stem = "field_" + (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "column")
+        while stem in stems:
+            stem += "_"
+        stems.append(stem)
+    return stems
+
+
+def _single_run(spec: FieldHead, tickets: Tickets, logits: np.ndarray, target: float, stem: str) -> FieldRun:
+    """A single-label field as the label is reported, on the tickets with a value the model knows."""
+    spellings = DataReport()
+    values = match_label_spellings(tickets.relabelled(list(tickets.fields[spec.name])),
+                                   [*spec.labels, *spec.left_out], spellings).labels
+    known = set(spec.labels)
+    without = sum(not value for value in values)
+    unknown = Counter(value for value in values if value and value not in known)
+    unknown_values = dict(unknown.most_common())
+    if without + sum(unknown.values()) == len(values):
+        listed = ", ".join(f"{value!r} ({n})" for value, n in list(unknown_values.items())[:LISTED_VALUES])
+        return FieldRun(spec, FieldUnavailable(
+            name=spec.name, kind=spec.kind, reason=f"no test ticket has a value the model knows ({without} without "
+            f"a value, {sum(unknown.values())} with values it was not trained on{': ' + listed if listed else ''})"))
+    scored = Scored.of(spec.labels, softmax(np.asarray(logits)), values)  # as the predictor: no temperature
+    sections = class_sections(scored, target, spec.threshold_of, None)
+    section = SingleFieldSection(
+        name=spec.name, kind=spec.kind, labels=list(spec.labels), tickets=int(len(scored.rows)),
+        without_value=without, unknown_values=unknown_values, spellings_matched=spellings.merged_label_spellings,
+        labels_without_test_tickets=sorted(known - set(scored.y_true)),
+        metrics=sections.metrics, per_class=sections.per_class, confusion_matrix=sections.confusion_matrix,
+        precision_coverage=sections.precision_coverage,
+        bundle_thresholds={"global": spec.threshold, "per_class": dict(spec.per_class)},
+        files=[f"{stem}_confusion_matrix.csv", f"{stem}_confusion_matrix.png", f"{stem}_precision_coverage.png"])
+    return FieldRun(spec, section, scored)
+
+
+def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndarray) -> FieldRun:
+    """The tags field: a tag is given when its score reaches its threshold, as the predictor gives it."""
+    tags = list(spec.labels)
+    known_tags = set(tags)
+    without = sum(row is None for row in rows)
+    unknown = Counter(tag for row in rows if row is not None for tag in row if tag not in known_tags)
+    if without == len(rows):
+        return FieldRun(spec, FieldUnavailable(name=spec.name, kind=spec.kind,
+                                               reason="no test ticket has a value in the tags column"))
+    truth = tag_matrix(rows, tags)
+    scores = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    thresholds = [spec.threshold_of(tag) for tag in tags]
+    given = (scores >= np.array(thresholds)).astype(int)
+    metrics = tag_metrics(given, truth, tags)
+    known = truth[:, 0] >= 0
+    y_true, y_pred = truth[known].astype(int), given[known]
+    precision, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
+    predicted = y_pred.sum(axis=0)
+    per_tag = [TagRow(tag=tag, support=info["support"], predicted=int(predicted[j]), precision=info["precision"],
+                      recall=info["recall"], f1=info["f1"], threshold=thresholds[j])
+               for j, (tag, info) in enumerate(metrics["per_tag"].items())]
+    section = TagsSection(
+        name=spec.name, kind=spec.kind, tags=tags, tickets=metrics["tickets"], without_value=without,
+        unknown_tags=dict(unknown.most_common()), micro_f1=metrics["micro_f1"], macro_f1=metrics["macro_f1"],
+        micro_precision=float(precision), micro_recall=float(recall), subset_accuracy=metrics["subset_accuracy"],
+        tickets_without_tags=int((y_true.sum(axis=1) == 0).sum()),
+        tickets_given_no_tag=int((y_pred.sum(axis=1) == 0).sum()), per_tag=per_tag)
+    return FieldRun(spec, section)
+
+
+# ---------------------------------------------------------------- thresholds into the bundle
+
+
+def field_thresholds(runs: Sequence[FieldRun], precision: float) -> dict[str, FieldThresholdsApplied]:
+    """Per single-label field scored on the test file, the per-class review thresholds reaching ``precision``
+    (chosen as the label's are, :func:`classifier.evaluate.class_thresholds`), by field name; each field's
+    section records its own."""
+    applied = {}
+    for run in runs:
+        if run.scored is None or not isinstance(run.section, SingleFieldSection):
+            continue
+        thresholds = class_thresholds(run.scored, precision)
+        per_class = {label: info["threshold"] for label, info in thresholds.items()}
+        run.section.thresholds_applied = applied[run.spec.name] = FieldThresholdsApplied(
+            target_precision=precision, tickets=run.section.tickets, per_class=per_class,
+            expected=Routing(**routing_with(run.scored, per_class.__getitem__)))
+    return applied
+
+
+def with_field_thresholds(fields: list[FieldHead], applied: dict[str, FieldThresholdsApplied]) -> list[FieldHead]:
+    """The manifest's ``fields`` with the per-class thresholds ``applied`` (by field name) in place of theirs."""
+    return [spec.model_copy(update={"per_class": applied[spec.name].per_class}) if spec.name in applied else spec
+            for spec in fields]
+
+
+# ---------------------------------------------------------------- warnings, summary, files
+
+
+def field_warnings(sections: dict[str, FieldSection], applied: bool) -> list[str]:
+    """What a reviewer must know about the fields' numbers: fields not evaluated, values left out."""
+    warnings = []
+    for name, section in sections.items():
+        if isinstance(section, FieldUnavailable):
+            warnings.append(f"field {name!r} not evaluated: {section.reason}"
+                            + ("; its thresholds in the bundle are left as they were"
+                               if applied and section.kind == "single" else ""))
+            continue
+        unknown = section.unknown_values if isinstance(section, SingleFieldSection) else {}
+        if unknown:
+            count = sum(unknown.values())
+            listed = ", ".join(f"{value!r} ({n})" for value, n in list(unknown.items())[:LISTED_VALUES])
+            warnings.append(f"field {name!r}: {count} test ticket{'s' if count != 1 else ''} with values the model "
+                            f"was not trained on, left out of its numbers: {listed}"
+                            + (" ..." if len(unknown) > LISTED_VALUES else ""))
+    return warnings
+
+
+def summary_lines(fields: dict[str, dict[str, Any]] | None) -> list[str]:
+    """The terminal's lines on the fields, from report.json's ``fields``: one per field."""
+    lines = []
+    for name, section in (fields or {}).items():
+        if "reason" in section:
+            lines.append(f"field {name}: not evaluated: {section['reason']}")
+            continue
+        left_out = section["without_value"] + sum(section.get("unknown_values", {}).values())
+        counted = f"{section['tickets']} tickets" + (f", {left_out} left out (no value it knows)" if left_out else "")
+        if section["kind"] == "tags":
+            lines.append(f"field {name} (tags, {counted}): micro F1 {section['micro_f1']:.3f}, macro F1 "
+                         f"{section['macro_f1']:.3f}, subset accuracy {section['subset_accuracy']:.1%}")
+            continue
+        metrics, coverage = section["metrics"], section["precision_coverage"]
+        point = metrics["at_target"]
+        routed = "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:.3g})"
+        lines.append(f"field {name} (single label, {counted}): accuracy {metrics['accuracy']:.1%}, macro F1 "
+                     f"{metrics['macro_f1']:.3f}; routed at {coverage['target_precision']:.0%} precision: {routed}")
+    return lines
+
+
+def field_files(runs: Sequence[FieldRun]) -> list[str]:
+    """The report files the fields add (:class:`SingleFieldSection`'s ``files``)."""
+    return [name for run in runs if isinstance(run.section, SingleFieldSection) for name in run.section.files]
+
+
+def field_images(runs: Sequence[FieldRun]) -> dict[str, bytes]:
+    """Per single-label field scored: its confusion matrix and precision / coverage curves, by file name."""
+    from classifier import plots  # matplotlib only when a report is drawn
+    from classifier.evaluate import coverage_curve
+
+    images = {}
+    for run in runs:
+        section = run.section
+        if run.scored is None or not isinstance(section, SingleFieldSection):
+            continue
+        matrix, coverage = section.confusion_matrix, section.precision_coverage
+        csv_name, matrix_name, curve_name = section.files
+        images[matrix_name] = plots.confusion_matrix_png(np.asarray(matrix.matrix), matrix.labels,
+                                                         matrix.display_order, subject=section.name)
+        images[curve_name] = plots.precision_coverage_png(
+            {section.name: coverage_curve(run.scored.confidence, run.scored.correct)},
+            coverage.target_precision, coverage.recommended, subject=section.name)
+    return images
+

@@ -1,0 +1,230 @@
+"""The report's sections on the fields a bundle predicts besides its label: numbers checked against sklearn on
+the predictor's own answers, files, a test file without a field's column, thresholds written for a field.
+
+Everything runs the real exported ``fields_bundle`` (category, priority, tags) on ``fields_csv``, the file it was
+trained on (some priorities empty, some tickets without tags), or on files made from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.preprocessing import MultiLabelBinarizer
+
+from classifier.bundle import read_manifest
+from classifier.evaluate import REPORT_FILES, EvaluationOptions, evaluate, summary_table
+from classifier.evaluate_fields import file_stems
+from classifier.predict import Predictor
+
+PRIORITY_FILES = ("field_priority_confusion_matrix.csv", "field_priority_confusion_matrix.png",
+                  "field_priority_precision_coverage.png")
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluated(fields_bundle: Path, fields_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    output = tmp_path_factory.mktemp("fields_report")
+    return evaluate(fields_bundle, fields_csv, output, EvaluationOptions(baseline=False)), output
+
+
+@pytest.fixture(scope="module")
+def answers(fields_bundle: Path, fields_csv: Path) -> tuple[list[dict[str, str]], list]:
+    """The test rows, read with plain csv, and the predictor's answers to them (one ticket per batch, as the
+    evaluation runs the int8 model)."""
+    rows = read_rows(fields_csv)
+    return rows, Predictor.load(fields_bundle).predict(rows, top_k=1, batch_size=1)
+
+
+# ---------------------------------------------------------------- the single-label field
+
+
+def test_the_report_has_a_section_per_field_in_the_manifests_order(evaluated, fields_bundle):
+    report, output = evaluated
+    assert list(report["fields"]) == [spec.name for spec in read_manifest(fields_bundle).fields] == ["priority", "tags"]
+    assert report["fields"]["priority"]["kind"] == "single" and report["fields"]["tags"]["kind"] == "tags"
+    assert report["files"] == [*REPORT_FILES, *PRIORITY_FILES]
+    summary = summary_table(report)
+    assert "field priority (single label" in summary and "field tags (tags" in summary
+    page = (output / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Field: priority</h2>" in page and "<h2>Field: tags</h2>" in page
+    assert json.loads((output / "report.json").read_text(encoding="utf-8"))["fields"] == report["fields"]
+
+
+def test_single_field_metrics_equal_sklearn_and_leave_out_tickets_without_a_value(evaluated, answers):
+    report, output = evaluated
+    rows, predictions = answers
+    section = report["fields"]["priority"]
+    known = [i for i, row in enumerate(rows) if row["priority"]]
+    y_true = [rows[i]["priority"] for i in known]
+    y_pred = [predictions[i].fields["priority"]["label"] for i in known]
+    assert section["without_value"] == len(rows) - len(known) > 0  # the fixture empties every seventh priority
+    assert section["tickets"] == section["metrics"]["tickets"] == len(known)
+    assert section["metrics"]["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert section["metrics"]["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    labels = section["labels"]
+    assert section["confusion_matrix"]["matrix"] == confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    precision, recall, _, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    by_label = {row["label"]: row for row in section["per_class"]}
+    for i, label in enumerate(labels):
+        assert by_label[label]["precision"] == pytest.approx(precision[i])
+        assert by_label[label]["recall"] == pytest.approx(recall[i])
+        assert by_label[label]["support"] == support[i]
+    # The thresholds: one per class for the target, and the bundle's as evaluated.
+    coverage = section["precision_coverage"]
+    assert set(coverage["per_class_thresholds"]) == set(labels)
+    assert coverage["table"] and coverage["target_precision"] == 0.95
+    assert section["bundle_thresholds"] == {"global": 0.5, "per_class": {}}
+    # The bundle's thresholds route a ticket whose field confidence reaches them, as predictions flag them.
+    confidence = [predictions[i].fields["priority"]["confidence"] for i in known]
+    assert coverage["with_bundle_thresholds"]["tickets"] == sum(c >= 0.5 for c in confidence) == sum(
+        not predictions[i].fields["priority"]["needs_review"] for i in known)
+
+
+def test_each_single_field_has_its_confusion_matrix_and_curves(evaluated):
+    report, output = evaluated
+    for name in PRIORITY_FILES:
+        assert (output / name).is_file(), name
+    for name in PRIORITY_FILES[1:]:
+        with Image.open(output / name) as image:
+            assert image.format == "PNG" and image.width > 300
+    with open(output / PRIORITY_FILES[0], newline="", encoding="utf-8") as handle:
+        table = list(csv.reader(handle))
+    section = report["fields"]["priority"]["confusion_matrix"]
+    assert table[0][1:] == section["labels"]
+    assert [[int(cell) for cell in row[1:]] for row in table[1:]] == section["matrix"]
+
+
+# ---------------------------------------------------------------- tags
+
+
+def test_tags_metrics_equal_a_recomputation_with_sklearn(evaluated, answers, fields_bundle):
+    report, _ = evaluated
+    rows, predictions = answers
+    section = report["fields"]["tags"]
+    spec = read_manifest(fields_bundle).fields[1]
+    tags = spec.labels
+    binarizer = MultiLabelBinarizer(classes=tags)
+    truth_sets = [[tag.strip() for tag in row["tags"].split(spec.delimiter) if tag.strip() in tags] for row in rows]
+    y_true = binarizer.fit_transform(truth_sets)
+    y_pred = binarizer.transform([[answer["tag"] for answer in p.tags] for p in predictions])
+    assert section["tickets"] == len(rows) and section["without_value"] == 0  # an empty cell: a ticket without tags
+    assert section["tickets_without_tags"] == int((y_true.sum(axis=1) == 0).sum()) > 0
+    assert section["micro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="micro", zero_division=0))
+    assert section["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert section["subset_accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    rows_by_tag = {row["tag"]: row for row in section["per_tag"]}
+    assert list(rows_by_tag) == tags
+    for j, tag in enumerate(tags):
+        row = rows_by_tag[tag]
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((precision[j], recall[j], f1[j]))
+        assert row["support"] == support[j] and row["predicted"] == int(y_pred[:, j].sum())
+        assert row["threshold"] == spec.threshold_of(tag)  # the thresholds training chose, as the predictor uses
+
+
+# ---------------------------------------------------------------- a file without a field's column, odd values
+
+
+def test_a_test_file_without_the_priority_column_still_gives_a_report(fields_bundle, fields_csv, evaluated, tmp_path):
+    full, _ = evaluated
+    rows = [{key: value for key, value in row.items() if key != "priority"} for row in read_rows(fields_csv)]
+    report = evaluate(fields_bundle, write_rows(tmp_path / "no_priority.csv", rows), tmp_path / "report",
+                      EvaluationOptions(baseline=False))
+    priority = report["fields"]["priority"]
+    assert priority["kind"] == "single" and "no column 'priority'" in priority["reason"]
+    assert report["fields"]["tags"] == full["fields"]["tags"]  # the rest of the report as with the column
+    assert report["metrics"] == full["metrics"]
+    assert any("'priority' not evaluated" in warning for warning in report["warnings"])
+    assert "field priority: not evaluated: the test file has no column 'priority'" in summary_table(report)
+    assert report["files"] == list(REPORT_FILES)
+    assert not any((tmp_path / "report" / name).exists() for name in PRIORITY_FILES)
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Not evaluated: the test file has no column" in page
+
+
+def test_field_values_the_model_does_not_know_are_counted_and_left_out(fields_bundle, fields_csv, tmp_path):
+    rows = read_rows(fields_csv)
+    known = [i for i, row in enumerate(rows) if row["priority"]]
+    rows[known[0]]["priority"] = "blocker"
+    rows[known[1]]["priority"] = "blocker"
+    rows[known[2]]["priority"] = rows[known[2]]["priority"].upper()  # the model's value, spelled otherwise
+    report = evaluate(fields_bundle, write_rows(tmp_path / "odd.csv", rows), tmp_path / "report",
+                      EvaluationOptions(baseline=False))
+    section = report["fields"]["priority"]
+    assert section["unknown_values"] == {"blocker": 2}
+    assert section["spellings_matched"] == {rows[known[2]]["priority"]: rows[known[2]]["priority"].lower()}
+    assert section["tickets"] == len(known) - 2
+    assert any("'blocker' (2)" in warning for warning in report["warnings"])
+
+
+# ---------------------------------------------------------------- thresholds into the bundle
+
+
+def test_apply_threshold_writes_the_fields_per_class_thresholds(fields_bundle, fields_csv, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(fields_bundle, bundle)
+    before = read_manifest(bundle)
+    report = evaluate(bundle, fields_csv, tmp_path / "report",
+                      EvaluationOptions(baseline=False, apply_threshold_for_precision=0.5))
+    manifest = read_manifest(bundle)
+    priority, tags = manifest.fields
+    applied = report["fields"]["priority"]["thresholds_applied"]
+    assert applied["target_precision"] == 0.5
+    assert priority.per_class == applied["per_class"] and set(priority.per_class) == set(priority.labels)
+    assert tags.per_class == before.fields[1].per_class  # the tags keep the thresholds training chose
+    assert manifest.thresholds.per_class == report["thresholds_applied"]["per_class"]  # the label's, as before
+    assert manifest.thresholds.source.model_dump()["fields"]["priority"]["tickets"] == applied["tickets"]
+    # The predictor flags the field by its new thresholds.
+    predictions = Predictor.load(bundle).predict(read_rows(fields_csv)[:40], top_k=1, batch_size=1)
+    for prediction in predictions:
+        field = prediction.fields["priority"]
+        assert field["needs_review"] == (field["confidence"] < priority.per_class[field["label"]])
+    expected = applied["expected"]
+    assert 0 <= expected["coverage"] <= 1
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "for the label's classes and for the field" in page
+
+
+def test_apply_without_the_fields_column_leaves_its_thresholds(fields_bundle, fields_csv, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(fields_bundle, bundle)
+    rows = [{key: value for key, value in row.items() if key != "priority"} for row in read_rows(fields_csv)]
+    report = evaluate(bundle, write_rows(tmp_path / "no_priority.csv", rows), tmp_path / "report",
+                      EvaluationOptions(baseline=False, apply_threshold_for_precision=0.5))
+    assert read_manifest(bundle).fields == read_manifest(fields_bundle).fields
+    assert read_manifest(bundle).thresholds.per_class  # the label's were written
+    assert any("thresholds in the bundle are left as they were" in warning for warning in report["warnings"])
+
+
+# ---------------------------------------------------------------- a bundle of the label alone
+
+
+def test_a_bundle_of_the_label_alone_has_no_field_sections(exported_bundle, fields_csv, tmp_path):
+    report = evaluate(exported_bundle, fields_csv, tmp_path / "report", EvaluationOptions(baseline=False))
+    assert "fields" not in report
+    assert report["files"] == list(REPORT_FILES)
+    assert not any(line.startswith("field ") for line in summary_table(report).splitlines())
+    assert "Field:" not in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_file_stems_are_safe_and_distinct():
+    assert file_stems(["priority", "Queue name", "queue-name", "ü"]) == [
+        "field_priority", "field_queue_name", "field_queue_name_", "field_column"]
