@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 from classifier.fields import MISSING, FieldSpec
@@ -25,16 +26,22 @@ class MultiFieldModel(torch.nn.Module):
     the loss is the label's cross-entropy plus each field's, weighted; a ticket without a field's value
     (-100, or a tags row of -1) adds nothing to that field's loss."""
 
-    def __init__(self, model: torch.nn.Module, fields: Sequence[FieldSpec], label_weight: float = 1.0,
-                 label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, fields: Sequence[FieldSpec], priors: Sequence[np.ndarray],
+                 label_weight: float = 1.0, label_smoothing: float = 0.0,
+                 class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
         config: Any = model.config
         self.model = model
         self.fields = list(fields)
         heads = [torch.nn.Linear(config.hidden_size, len(spec.labels)) for spec in fields]
-        for head in heads:  # as transformers initialises a new classification head
+        for head, spec, prior in zip(heads, fields, priors):
             head.weight.data.normal_(0.0, getattr(config, "initializer_range", 0.02))
-            head.bias.data.zero_()
+            # Biases start at the training split's log-odds (tags) or log-frequencies (classes): a tag on 5 % of
+            # tickets would otherwise start at 0.5 for every ticket, and at the learning rate that suits the
+            # encoder its bias needs thousands of steps to get down to -3.
+            rate = np.clip(np.asarray(prior, dtype=np.float64), 1e-4, 1 - 1e-4)
+            start = np.log(rate / (1 - rate)) if spec.kind == "tags" else np.log(rate)
+            head.bias.data.copy_(torch.from_numpy(start.astype(np.float32)))
         self.heads = torch.nn.ModuleList(heads)
         self.dropout = torch.nn.Dropout(getattr(config, "hidden_dropout_prob", 0.1) or 0.1)
         self.label_weight = label_weight

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 LENGTH_QUANTILE = 0.99  # --max-length default: cover 99 % of training tickets untruncated
 LENGTH_MULTIPLE = 16
+HEAD_LR_MULTIPLIER = 10  # the field heads' learning rate, times the encoder's (_FieldsTrainer)
 
 
 def default_base_model() -> str:
@@ -347,15 +348,51 @@ def _with_field_heads(model: torch.nn.Module, data: PreparedData, options: Train
     data.fields = specs  # with their weights, as the manifest records them
     label_index = {label: i for i, label in enumerate(data.labels)}
     class_weights = _class_weights(data, label_index) if options.class_weighted_loss else None
-    return MultiFieldModel(model, specs, weights.get(data.train.source["label_column"], 1.0),
+    targets = _field_targets(data, data.train)
+    priors = [_prior(targets["tag_labels"] if spec.kind == "tags" else
+                     _one_hot(targets["field_labels"][:, index], len(spec.labels)))
+              for index, spec in enumerate(specs)]  # single-label fields come first, tags last (one at most)
+    return MultiFieldModel(model, specs, priors, weights.get(data.train.source["label_column"], 1.0),
                            0.0 if options.class_weighted_loss else options.label_smoothing, class_weights)
+
+
+def _one_hot(ids: np.ndarray, classes: int) -> np.ndarray:
+    """Class ids as rows of 0/1 (an unknown value, ``fields.MISSING``, as a row of -1, masked)."""
+    rows = np.zeros((len(ids), classes), dtype=np.float32)
+    known = ids != fields.MISSING
+    rows[np.flatnonzero(known), ids[known]] = 1
+    rows[~known] = -1
+    return rows
+
+
+def _prior(rows: np.ndarray) -> np.ndarray:
+    """Each column's share of positive rows among the known ones (rows of -1 left out)."""
+    known = rows[rows[:, 0] >= 0] if len(rows) else rows
+    return known.mean(axis=0) if len(known) else np.full(rows.shape[1], 0.5)
+
+
+class _FieldsTrainer(Trainer):
+    """Trainer whose optimizer gives the field heads :data:`HEAD_LR_MULTIPLIER` times the learning rate:
+    a new linear head on a pre-trained encoder learns at the rate that fine-tunes the encoder far too slowly
+    (on the sample, 12 epochs at 2e-4 left the tags at 0.22 micro-F1 against 0.62 for TF-IDF)."""
+
+    def create_optimizer(self) -> Any:
+        optimizer = super().create_optimizer()
+        heads = {id(parameter) for parameter in cast(MultiFieldModel, self.model).heads.parameters()}
+        for group in list(optimizer.param_groups):
+            own = [parameter for parameter in group["params"] if id(parameter) in heads]
+            if own:  # the same settings (weight decay), a larger learning rate; the schedule scales both
+                group["params"] = [parameter for parameter in group["params"] if id(parameter) not in heads]
+                optimizer.add_param_group({**group, "params": own, "lr": group["lr"] * HEAD_LR_MULTIPLIER})
+        return optimizer
 
 
 def field_heads(data: PreparedData, heads: MultiFieldModel, predictions: Any, label_ids: Any) -> list[FieldHead]:
     """The manifest's ``fields``: per field, its validation metrics and (tags) the threshold of each tag,
-    chosen on the validation split for F1."""
+    chosen on the validation split for F1. ``predictions`` and ``label_ids``: ``Trainer.predict``'s on the
+    validation split (in its order, which length grouping may change)."""
     outputs = predictions[1:]  # after the label's logits: one array per field, in data.fields order
-    targets = _field_targets(data, data.validation)
+    targets = _targets_by_name(data, label_ids)
     single = 0
     sections = []
     for spec, logits in zip(data.fields, outputs):
@@ -532,7 +569,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    trainer = Trainer(
+    trainer = (_FieldsTrainer if multi else Trainer)(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -556,8 +593,8 @@ def _field_metrics(data: PreparedData) -> Any:
     (what early stopping watches) the mean of the label's and the fields' macro-F1 (tags at 0.5)."""
     def metrics(prediction: Any) -> dict[str, float]:
         logits, outputs = prediction.predictions[0], prediction.predictions[1:]
-        labels, *targets = prediction.label_ids
-        by_name = dict(zip(sorted(_field_targets(data, data.validation)), targets))  # label_names' order
+        labels = prediction.label_ids[0]
+        by_name = _targets_by_name(data, prediction.label_ids)
         found = _compute_metrics(type(prediction)(logits, labels))
         scores = [found["macro_f1"]]
         single = 0
@@ -573,6 +610,12 @@ def _field_metrics(data: PreparedData) -> Any:
         return found | {"label_macro_f1": found["macro_f1"], "macro_f1": float(np.mean(scores))}
 
     return metrics
+
+
+def _targets_by_name(data: PreparedData, label_ids: Any) -> dict[str, np.ndarray]:
+    """The fields' targets as Trainer gathered them (``label_ids``: the label's, then one array per name of
+    :func:`_field_targets` in ``label_names``' sorted order), by name."""
+    return dict(zip(sorted(_field_targets(data, data.validation)), label_ids[1:]))
 
 
 def _class_weights(data: PreparedData, label_index: dict[str, int]) -> torch.Tensor:
