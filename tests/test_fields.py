@@ -161,3 +161,25 @@ def test_a_bundle_of_the_label_alone_is_as_before(exported_bundle: Path) -> None
     assert "fields" not in raw and not (exported_bundle / bundle.FIELD_HEADS_FILE).exists()
     answer = Predictor.load(exported_bundle).predict(["I was charged twice"])[0].to_dict()
     assert "fields" not in answer and "tags" not in answer
+
+
+def test_field_heads_start_at_the_priors_and_learn_faster(fields_csv: Path, tmp_path: Path) -> None:
+    from classifier import train
+    from classifier.options import TrainingOptions
+
+    data = prepare_data(fields_csv, DataOptions(label_column="category", field_columns=("priority",),
+                                                tags_column="tags"))
+    options = TrainingOptions(max_length=64)
+    model = train._with_field_heads(train._load_model(train.default_base_model(), data.labels, options), data,
+                                    options)
+    tags = data.fields[1]
+    truth = tag_matrix(data.train.fields["tags"], tags.labels)
+    rate = truth[truth[:, 0] >= 0].mean(axis=0)
+    np.testing.assert_allclose(model.heads[1].bias.detach().numpy(), np.log(rate / (1 - rate)), rtol=1e-5)
+    trainer, _ = train._build_trainer(model, train._load_tokenizer(train.default_base_model()), data, options, 64,
+                                      tmp_path)
+    optimizer = trainer.create_optimizer()
+    heads = {id(parameter) for parameter in model.heads.parameters()}
+    rates = {id(parameter): group["lr"] for group in optimizer.param_groups for parameter in group["params"]}
+    assert {rates[key] for key in heads} == {options.peak_learning_rate * train.HEAD_LR_MULTIPLIER}
+    assert {rate for key, rate in rates.items() if key not in heads} == {options.peak_learning_rate}
