@@ -191,19 +191,31 @@ def fit_out_of_scope(fitted: Fitted, data: PreparedData, options: TrainingOption
 
 def model_features(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
                    batch_size: int = 64) -> np.ndarray:
-    """:data:`classifier.oos.FEATURE` of each text, in batches sorted by length (little padding)."""
+    """:data:`classifier.oos.FEATURE` of each text, in batches of similar length (little padding) of at most
+    ``batch_size`` tickets and within the evaluation's attention budget: 64 tickets of 512 tokens at once
+    took training on 10,000 such tickets to 3.7 GB."""
     model.eval()
     device = next(model.parameters()).device
-    order = np.argsort([len(text) for text in texts], kind="stable")
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     features = np.empty((len(texts), cast(Any, model).config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            chosen = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in chosen], truncation=True, max_length=max_length, padding=True,
-                              return_tensors="pt").to(device)
+        for chosen in _length_batches([len(ids) for ids in encoded], batch_size):
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in chosen]}, return_tensors="pt").to(device)
             outputs = model(**batch, output_hidden_states=True)
             features[chosen] = oos.torch_features(outputs).float().cpu().numpy()
     return features
+
+
+def _length_batches(lengths: list[int], most: int) -> list[list[int]]:
+    """Indices in order of length, cut into batches of at most ``most`` whose size x longest length squared
+    stays within :data:`EVAL_ATTENTION_BUDGET` (one at least)."""
+    batches: list[list[int]] = []
+    for index in np.argsort(lengths, kind="stable").tolist():  # ascending: each new index is its batch's longest
+        if not batches or len(batches[-1]) >= most or \
+                (len(batches[-1]) + 1) * lengths[index] ** 2 > EVAL_ATTENTION_BUDGET:
+            batches.append([])
+        batches[-1].append(index)
+    return batches
 
 
 def write_bundle(output_dir: Path, fitted: Fitted, data: PreparedData, manifest: Manifest) -> None:

@@ -15,7 +15,15 @@ from classifier.bundle import SCHEMA_VERSION, read_examples, read_manifest
 from classifier.calibration import negative_log_likelihood
 from classifier.errors import UserError
 from classifier.options import LORA_LEARNING_RATE, TrainingOptions
-from classifier.train import ATTENTION_BUDGET, choose_max_length, default_base_model, micro_batches, train
+from classifier.train import (
+    ATTENTION_BUDGET,
+    EVAL_ATTENTION_BUDGET,
+    _length_batches,
+    choose_max_length,
+    default_base_model,
+    micro_batches,
+    train,
+)
 
 
 def test_bundle_manifest_is_complete(tiny_bundle: Path, tiny_csv: Path) -> None:
@@ -136,3 +144,15 @@ def test_long_tickets_train_in_micro_batches_that_add_up_to_the_batch(batch: int
     micro, steps = micro_batches(batch, length)
     assert (micro, steps) == expected and micro * steps == batch and micro * length**2 <= ATTENTION_BUDGET or \
         micro == 1
+
+
+def test_detector_features_are_computed_in_batches_within_the_attention_budget() -> None:
+    lengths = [512, 20, 300, 20, 512, 64, 512, 512, 512, 30]
+    batches = _length_batches(lengths, most=3)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * longest**2 <= EVAL_ATTENTION_BUDGET)
+        assert [lengths[i] for i in batch] == sorted(lengths[i] for i in batch)
+    assert batches == [[1, 3, 9], [5, 2, 0], [4, 6, 7], [8]]  # shortest first, three at most
+    assert _length_batches([512] * 6, most=64) == [[0, 1, 2, 3], [4, 5]]  # 4 x 512^2 is the whole budget
