@@ -102,7 +102,7 @@ def review_labels(texts: Sequence[str], labels: Sequence[str], ids: Sequence[str
         raise UserError(f"--folds {folds}: give at least 2 folds, twice as many tickets ({len(texts)} here) and no "
                         f"more than the largest class has ({largest})")
     y = np.searchsorted(classes, labels)
-    union = baseline_features()
+    union = baseline_features(len(classes))  # bounded weights: see baseline.MAX_WEIGHTS
     features = union.fit_transform(list(texts))
     similar = Similar(union.transformer_list[0][1].transform(list(texts)))  # on the word n-grams
     probabilities = out_of_fold_probabilities(features, y, similar.groups, folds, seed)

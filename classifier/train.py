@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 LENGTH_QUANTILE = 0.99  # --max-length default: cover 99 % of training tickets untruncated
 LENGTH_MULTIPLE = 16
+# Batches are padded to a multiple of this many tokens: every new (batch, length) shape leaves memory behind
+# in PyTorch's CPU kernels and the allocator, and length-grouped batches would otherwise bring hundreds.
+PAD_MULTIPLE = 16
 HEAD_LR_MULTIPLIER = 10  # the field heads' learning rate, times the encoder's (_FieldsTrainer)
 
 
@@ -200,7 +203,8 @@ def model_features(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, t
     features = np.empty((len(texts), cast(Any, model).config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for chosen in _length_batches([len(ids) for ids in encoded], batch_size):
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in chosen]}, return_tensors="pt").to(device)
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in chosen]}, pad_to_multiple_of=PAD_MULTIPLE,
+                                  return_tensors="pt").to(device)
             outputs = model(**batch, output_hidden_states=True)
             features[chosen] = oos.torch_features(outputs).float().cpu().numpy()
     return features
@@ -586,7 +590,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         args=args,
         train_dataset=train_set,
         eval_dataset=validation_set,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=PAD_MULTIPLE),
         compute_metrics=_field_metrics(data) if multi else _compute_metrics,
         compute_loss_func=_weighted_loss(data, label_index) if options.class_weighted_loss and not multi else None,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience)],
