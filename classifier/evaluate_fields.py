@@ -32,7 +32,7 @@ from classifier.errors import ModelError
 from classifier.evaluate import Scored, class_sections, class_thresholds, routing_with
 from classifier.fields import tag_matrix, tag_metrics
 from classifier.manifest import FieldHead
-from classifier.numerics import softmax
+from classifier.numerics import sigmoid, softmax
 from classifier.report import (
     FieldSection,
     FieldThresholdsApplied,
@@ -123,7 +123,7 @@ def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndar
         return FieldRun(spec, FieldUnavailable(name=spec.name, kind=spec.kind,
                                                reason="no test ticket has a value in the tags column"))
     truth = tag_matrix(rows, tags)
-    scores = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    scores = sigmoid(logits)
     thresholds = [spec.threshold_of(tag) for tag in tags]
     given = (scores >= np.array(thresholds)).astype(int)
     metrics = tag_metrics(given, truth, tags)

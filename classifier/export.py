@@ -40,7 +40,7 @@ import numpy as np
 from classifier import bundle, integrity
 from classifier.data import load_tickets
 from classifier.errors import UserError
-from classifier.fields import read_heads
+from classifier.fields import Head, read_heads
 from classifier.manifest import (
     Drift,
     ExportSection,
@@ -53,6 +53,7 @@ from classifier.manifest import (
     Quantization,
     Serving,
 )
+from classifier.numerics import sigmoid
 from classifier.onnx_graph import add_features_output, add_field_heads, keep_first_token_after_last_attention
 from classifier.oos import FEATURES_OUTPUT, OutOfScopeDetector, choose_threshold
 from classifier.options import ServingEngine
@@ -144,10 +145,15 @@ def _add_heads(bundle_dir: Path, manifest: Manifest, exported: Path, with_featur
                         f"besides the label ({', '.join(spec.name for spec in manifest.fields or [])}) to read: "
                         "fields need a BERT-style encoder")
     fields = manifest.fields or []
-    heads = read_heads((bundle_dir / bundle.FIELD_HEADS_FILE).read_bytes(), fields,
-                       bundle_dir / bundle.FIELD_HEADS_FILE)
+    heads = _bundle_heads(bundle_dir, manifest)
     add_field_heads(exported, FEATURES_OUTPUT, [(spec.output, weight, bias)
                                                 for spec, (weight, bias) in zip(fields, heads)])
+
+
+def _bundle_heads(bundle_dir: Path, manifest: Manifest) -> list[Head]:
+    """The bundle's field heads, checked against its manifest (classifier.heads saved them)."""
+    path = bundle_dir / bundle.FIELD_HEADS_FILE
+    return read_heads(path.read_bytes(), manifest.fields or [], path)
 
 
 def _remove_abandoned_work(bundle_dir: Path) -> None:
@@ -200,8 +206,7 @@ def check_drift(bundle_dir: Path, manifest: Manifest, fp32_path: Path, int8_path
     tokenizer = load_tokenizer(bundle_dir, manifest.max_length)
     threads = default_threads()
     fields = manifest.fields or []
-    heads = read_heads((bundle_dir / bundle.FIELD_HEADS_FILE).read_bytes(), fields, bundle.FIELD_HEADS_FILE) \
-        if fields else None
+    heads = _bundle_heads(bundle_dir, manifest) if fields else None
     outputs = [spec.output for spec in fields]
 
     def run(engine: TorchEngine | OnnxEngine, tickets: list[str]) -> Outputs:
@@ -243,7 +248,7 @@ def _field_drift(spec: FieldHead, torch: np.ndarray, fp32: np.ndarray, int8: np.
         if spec.kind == "single":
             return logits.argmax(axis=1)[:, None]
         thresholds = np.array([spec.threshold_of(tag) for tag in spec.labels])
-        return 1 / (1 + np.exp(-logits.astype(np.float64))) >= thresholds
+        return sigmoid(logits) >= thresholds
 
     n = len(torch)
     same = {name: (answers(logits[:n]) == answers(torch)).all(axis=1) for name, logits in (("fp32", fp32),

@@ -16,6 +16,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Each logit's sigmoid (a tag's score), computed in float64."""
+    return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def shown_score(probability: float) -> float:
     """A probability as predictions show it (6 decimals). Review thresholds are compared with this value,
     both where the predictor answers and where ``evaluate`` chooses them, so a client comparing a shown

@@ -32,7 +32,7 @@ from classifier.cpus import count_setting, usable_cpus
 from classifier.errors import ModelError, UserError, one_line
 from classifier.fields import Head, apply_heads
 from classifier.manifest import Manifest
-from classifier.numerics import shown_score, softmax
+from classifier.numerics import shown_score, sigmoid, softmax
 from classifier.oos import FEATURES_OUTPUT, OutOfScopeDetector
 from classifier.options import ENGINES
 from classifier.text import ticket_text, window_chars
@@ -226,7 +226,7 @@ class Predictor:
                 raise ModelError(np.flatnonzero(~np.isfinite(logits).all(axis=1)).tolist())
         for spec, logits in zip(self.fields, outputs):
             if spec.kind == "tags":
-                scores = (1 / (1 + np.exp(-logits.astype(np.float64)))).tolist()
+                scores = sigmoid(logits).tolist()
                 thresholds = [spec.threshold_of(tag) for tag in spec.labels]
                 for prediction, row in zip(predictions, scores):
                     given = sorted((shown_score(score), tag) for tag, score, threshold in

@@ -50,6 +50,7 @@ from classifier.manifest import (
     OutOfScope,
     TrainingSection,
 )
+from classifier.numerics import sigmoid
 from classifier.options import DataOptions, TrainingOptions
 from classifier.text import nested_fields
 
@@ -417,7 +418,7 @@ def field_heads(data: PreparedData, heads: MultiFieldModel, predictions: Any, la
                             loss_weight=spec.loss_weight, left_out=report["left_out_rare"],
                             delimiter=report.get("delimiter"))
         if spec.kind == "tags":
-            scores = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+            scores = sigmoid(logits)
             truth = targets["tag_labels"]
             thresholds = fields.choose_tag_thresholds(scores, truth)
             section.per_class = {tag: round(value, 6) for tag, value in zip(spec.labels, thresholds)}

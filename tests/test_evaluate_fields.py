@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from csv_files import read_csv, write_csv
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 from sklearn.preprocessing import MultiLabelBinarizer
@@ -26,19 +27,6 @@ PRIORITY_FILES = ("field_priority_confusion_matrix.csv", "field_priority_confusi
                   "field_priority_precision_coverage.png")
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def evaluated(fields_bundle: Path, fields_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     output = tmp_path_factory.mktemp("fields_report")
@@ -49,7 +37,7 @@ def evaluated(fields_bundle: Path, fields_csv: Path, tmp_path_factory: pytest.Te
 def answers(fields_bundle: Path, fields_csv: Path) -> tuple[list[dict[str, str]], list]:
     """The test rows, read with plain csv, and the predictor's answers to them (one ticket per batch, as the
     evaluation runs the int8 model)."""
-    rows = read_rows(fields_csv)
+    rows = read_csv(fields_csv)
     return rows, Predictor.load(fields_bundle).predict(rows, top_k=1, batch_size=1)
 
 
@@ -145,8 +133,8 @@ def test_tags_metrics_equal_a_recomputation_with_sklearn(evaluated, answers, fie
 
 def test_a_test_file_without_the_priority_column_still_gives_a_report(fields_bundle, fields_csv, evaluated, tmp_path):
     full, _ = evaluated
-    rows = [{key: value for key, value in row.items() if key != "priority"} for row in read_rows(fields_csv)]
-    report = evaluate(fields_bundle, write_rows(tmp_path / "no_priority.csv", rows), tmp_path / "report",
+    rows = [{key: value for key, value in row.items() if key != "priority"} for row in read_csv(fields_csv)]
+    report = evaluate(fields_bundle, write_csv(tmp_path / "no_priority.csv", rows), tmp_path / "report",
                       EvaluationOptions(baseline=False))
     priority = report["fields"]["priority"]
     assert priority["kind"] == "single" and "no column 'priority'" in priority["reason"]
@@ -161,12 +149,12 @@ def test_a_test_file_without_the_priority_column_still_gives_a_report(fields_bun
 
 
 def test_field_values_the_model_does_not_know_are_counted_and_left_out(fields_bundle, fields_csv, tmp_path):
-    rows = read_rows(fields_csv)
+    rows = read_csv(fields_csv)
     known = [i for i, row in enumerate(rows) if row["priority"]]
     rows[known[0]]["priority"] = "blocker"
     rows[known[1]]["priority"] = "blocker"
     rows[known[2]]["priority"] = rows[known[2]]["priority"].upper()  # the model's value, spelled otherwise
-    report = evaluate(fields_bundle, write_rows(tmp_path / "odd.csv", rows), tmp_path / "report",
+    report = evaluate(fields_bundle, write_csv(tmp_path / "odd.csv", rows), tmp_path / "report",
                       EvaluationOptions(baseline=False))
     section = report["fields"]["priority"]
     assert section["unknown_values"] == {"blocker": 2}
@@ -193,7 +181,7 @@ def test_apply_threshold_writes_the_fields_per_class_thresholds(fields_bundle, f
     assert manifest.thresholds.per_class == report["thresholds_applied"]["per_class"]  # the label's, as before
     assert manifest.thresholds.source.model_dump()["fields"]["priority"]["tickets"] == applied["tickets"]
     # The predictor flags the field by its new thresholds.
-    predictions = Predictor.load(bundle).predict(read_rows(fields_csv)[:40], top_k=1, batch_size=1)
+    predictions = Predictor.load(bundle).predict(read_csv(fields_csv)[:40], top_k=1, batch_size=1)
     for prediction in predictions:
         field = prediction.fields["priority"]
         assert field["needs_review"] == (field["confidence"] < priority.per_class[field["label"]])
@@ -206,8 +194,8 @@ def test_apply_threshold_writes_the_fields_per_class_thresholds(fields_bundle, f
 def test_apply_without_the_fields_column_leaves_its_thresholds(fields_bundle, fields_csv, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(fields_bundle, bundle)
-    rows = [{key: value for key, value in row.items() if key != "priority"} for row in read_rows(fields_csv)]
-    report = evaluate(bundle, write_rows(tmp_path / "no_priority.csv", rows), tmp_path / "report",
+    rows = [{key: value for key, value in row.items() if key != "priority"} for row in read_csv(fields_csv)]
+    report = evaluate(bundle, write_csv(tmp_path / "no_priority.csv", rows), tmp_path / "report",
                       EvaluationOptions(baseline=False, apply_threshold_for_precision=0.5))
     assert read_manifest(bundle).fields == read_manifest(fields_bundle).fields
     assert read_manifest(bundle).thresholds.per_class  # the label's were written
