@@ -2,9 +2,8 @@
 
 Training fits it on the bundle's training split and keeps it in the bundle
 (``baseline.npz``: vocabularies, IDF weights and coefficients as plain arrays, no pickles), so
-evaluation sets the model beside it without the original export. It reads at most as much of a
-ticket as the largest model window could (:func:`classifier.text.window_chars`): reading a 50 MB ticket
-whole, its character n-grams took an evaluation to 12.5 GB (issue 19).
+evaluation sets the model beside it without the original export, and the service can blend it with the
+fine-tuned model (:mod:`classifier.blend`, which computes the same features without scikit-learn).
 """
 
 from __future__ import annotations
@@ -19,16 +18,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline, make_union
 
-from classifier.text import window_chars
+from classifier.blend import CHAR_NGRAMS, WORD_NGRAMS, read_text
 
 BASELINE_NAME = "TF-IDF + logistic regression"
-_READ_CHARS = window_chars()  # of each ticket's text
-
-
-def _read(text: str) -> str:
-    """What the vectorizers see of a ticket: its start, lower-cased (their default preprocessing)."""
-    return text[:_READ_CHARS].lower()
-
 
 # Weights of the logistic regression at most (features x classes). L-BFGS keeps 20 vectors of that size
 # besides the weights: on 10,000 synthetic tickets of 2,000 characters in 20 queues, 1.14 million features
@@ -49,9 +41,10 @@ def baseline_features(classes: int = 0) -> FeatureUnion:
     :data:`MAX_WEIGHTS` weights."""
     most = max(MIN_FEATURES, MAX_WEIGHTS // (2 * classes)) if classes else None
     return make_union(
-        TfidfVectorizer(preprocessor=_read, ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=most),
-        TfidfVectorizer(preprocessor=_read, analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2,
+        TfidfVectorizer(preprocessor=read_text, ngram_range=WORD_NGRAMS, sublinear_tf=True, min_df=1,
                         max_features=most),
+        TfidfVectorizer(preprocessor=read_text, analyzer="char_wb", ngram_range=CHAR_NGRAMS, sublinear_tf=True,
+                        min_df=2, max_features=most),
     )
 
 

@@ -305,7 +305,7 @@ def model_run(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, n
     manifest's order; none for a bundle of the label alone), from one run of the model."""
     outputs = predictor.outputs(texts, cleaned=True)  # load_tickets cleaned them
     scores = predictor.scores_of(outputs)
-    return predictor.probabilities(outputs.logits), scores, outputs.fields
+    return predictor.probabilities(outputs.logits, outputs.tfidf), scores, outputs.fields
 
 
 def _out_of_scope(predictor: Predictor, tickets: Tickets, proba: np.ndarray, scores: np.ndarray | None,
@@ -501,7 +501,8 @@ def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target
     return Report(
         created_at=created_at,
         model=ModelInfo(bundle=str(predictor.bundle_dir), name=predictor.name, version=predictor.version,
-                        engine=predictor.engine_kind, labels=len(predictor.labels)),
+                        engine=predictor.engine_kind, labels=len(predictor.labels),
+                        blend_weight=predictor.blend_weight),
         metrics=metrics,
         per_class=sections.per_class,
         confusion_matrix=sections.confusion_matrix,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier import bundle
+from classifier.blend import TfidfModel
 from classifier.errors import UserError
 from classifier.fields import Head, read_heads
 from classifier.manifest import FileDigest, Integrity, Manifest
@@ -202,6 +203,8 @@ class ModelParts:
     vocab: bytes | None = None  # vocab.txt, where the tokenizer has one and the files are not sealed
     detector: OutOfScopeDetector | None = None  # where the manifest names one
     heads: list[Head] | None = None  # the heads of the fields besides the label, where the manifest lists fields
+    tfidf: TfidfModel | None = None  # the TF-IDF model the served scores blend in, where the manifest says so
+    tfidf_path: Path | None = None
 
 
 def read_model_parts(files: BundleFiles, manifest: Manifest) -> ModelParts:
@@ -227,7 +230,19 @@ def read_model_parts(files: BundleFiles, manifest: Manifest) -> ModelParts:
             raise UserError(f"{bundle_dir}: the manifest lists fields besides the label, but "
                             f"{bundle.FIELD_HEADS_FILE} is missing; train the bundle again")
         heads = read_heads(data, manifest.fields, bundle_dir / bundle.FIELD_HEADS_FILE)
-    return ModelParts(config, tokenizer, tokenizer_config, vocab, detector, heads)
+    tfidf = tfidf_path = None
+    if manifest.baseline is not None and manifest.blend_weight > 0:
+        tfidf_path = bundle_dir / manifest.baseline.file
+        tfidf = TfidfModel.load(tfidf_path, files.read(manifest.baseline.file))
+    return ModelParts(config, tokenizer, tokenizer_config, vocab, detector, heads, tfidf, tfidf_path)
+
+
+def part_files(manifest: Manifest) -> set[str]:
+    """The files :func:`read_model_parts` reads, besides the model itself."""
+    names = {bundle.CONFIG_FILE, bundle.TOKENIZER_FILE, bundle.TOKENIZER_CONFIG_FILE, bundle.VOCAB_FILE}
+    names |= {manifest.out_of_scope.file} if manifest.out_of_scope else set()
+    names |= {bundle.FIELD_HEADS_FILE} if manifest.fields else set()
+    return names | ({manifest.baseline.file} if manifest.baseline and manifest.blend_weight > 0 else set())
 
 
 def parse_tokenizer(path: Path, data: bytes | None) -> Any:
@@ -355,8 +370,7 @@ def _model_problems(bundle_dir: Path, manifest: Manifest, skip: set[str]) -> tup
     try:
         parts = read_model_parts(files, manifest)
     except UserError as error:  # a file that differs from its seal is reported as that already
-        parts_files = {bundle.CONFIG_FILE, bundle.TOKENIZER_FILE, bundle.TOKENIZER_CONFIG_FILE, bundle.VOCAB_FILE}
-        return [], [] if skip & parts_files else [str(error)]
+        return [], [] if skip & part_files(manifest) else [str(error)]
     problems = agreement_problems(bundle_dir, manifest, parts)
     if problems:
         return [], problems  # every model would be refused for them

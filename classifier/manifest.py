@@ -7,7 +7,8 @@ Sections, in the order the stages write them::
     data         the files, the data options, what was merged (train)
     training     hyper-parameters, time, precision, validation metrics (train)
     calibration  the softmax temperature and how it was chosen (train)
-    baseline     the TF-IDF baseline kept in the bundle (train; None in bundles from before)
+    baseline     the TF-IDF baseline kept in the bundle, and its weight in the served blend (train; None
+                 in bundles from before)
     export       ONNX files, quantization, the drift check (export)
     serving      which model the predictor and the service run, and why (export)
     thresholds   review thresholds, global and per class, and where they came from (evaluate)
@@ -102,6 +103,11 @@ class Baseline(Section):
     name: str
     file: str  # in the bundle
     validation_metrics: dict[str, float] = Field(default_factory=dict)
+    # The weight of this model's logits in the served scores (classifier.blend), fitted on the validation
+    # split; 0: the fine-tuned model alone (and bundles from before the blend).
+    blend_weight: float = Field(default=0.0, ge=0.0, le=1.0, description="a number from 0 to 1")
+    # Validation accuracy and log-loss of the model alone, the TF-IDF model alone and the blend.
+    blend_metrics: dict[str, float] = Field(default_factory=dict)
 
 
 class OnnxFile(Record):
@@ -291,6 +297,11 @@ class Manifest(Section):
     def temperature(self) -> float:
         """The softmax temperature: 1 for bundles without calibration."""
         return (self.calibration.temperature if self.calibration else None) or 1.0
+
+    @property
+    def blend_weight(self) -> float:
+        """The TF-IDF model's weight in the served scores (classifier.blend); 0: the model alone."""
+        return self.baseline.blend_weight if self.baseline else 0.0
 
     @property
     def engine(self) -> str:

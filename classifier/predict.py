@@ -28,6 +28,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from classifier import bundle, integrity
+from classifier.blend import TfidfModel, blend
 from classifier.cpus import count_setting, usable_cpus
 from classifier.errors import ModelError, UserError, one_line
 from classifier.fields import Head, apply_heads
@@ -81,6 +82,7 @@ class Outputs:
     features: np.ndarray | None  # (tickets, hidden) for the out-of-scope detector; None: not asked for
     truncated: list[bool]
     fields: list[np.ndarray] = field(default_factory=list)  # each field's logits (manifest.fields order)
+    tfidf: np.ndarray | None = None  # the TF-IDF model's logits, where the bundle blends it in (classifier.blend)
 
 
 Run = tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]  # logits, features, the fields' logits
@@ -102,7 +104,8 @@ class Predictor:
     """A loaded bundle that turns tickets into labels; safe to share between threads."""
 
     def __init__(self, bundle_dir: Path, manifest: Manifest, engine: Engine, tokenizer: Any,
-                 engine_kind: str = "", pad_id: int | None = None, detector: OutOfScopeDetector | None = None) -> None:
+                 engine_kind: str = "", pad_id: int | None = None, detector: OutOfScopeDetector | None = None
+                 ) -> None:
         self.bundle_dir = bundle_dir
         self.manifest = manifest
         self.engine = engine
@@ -111,6 +114,9 @@ class Predictor:
         self.text_options = manifest.text
         self.max_length = manifest.max_length
         self.temperature = manifest.temperature
+        # The TF-IDF model blended into the served scores, and its weight (classifier.blend): see blend_with.
+        self.tfidf: TfidfModel | None = None
+        self.blend_weight = 0.0
         self._tokenizer = tokenizer
         self._pad_id = pad_token_id(bundle_dir, tokenizer) if pad_id is None else pad_id
         self.fields = manifest.fields or []
@@ -164,7 +170,14 @@ class Predictor:
         predictor = cls(bundle_dir, manifest, runner, tokenizer, engine,
                         pad_id=pad_token_id(bundle_dir, tokenizer, parts.tokenizer_config), detector=parts.detector)
         predictor._check_model()
+        if parts.tfidf is not None and parts.tfidf_path is not None:
+            predictor.blend_with(parts.tfidf.aligned(manifest.labels, parts.tfidf_path))
         return predictor
+
+    def blend_with(self, tfidf: TfidfModel) -> None:
+        """Serve scores blended with ``tfidf`` (its columns in label order) at the manifest's weight."""
+        self.tfidf, self.blend_weight = tfidf, self.manifest.blend_weight
+        self._check_model()
 
     def _check_model(self) -> None:
         """One ticket through the model: a score per label (an onnx/ folder copied from another bundle
@@ -207,7 +220,7 @@ class Predictor:
         # the same way here. Top-k in plain Python: right after a model run the CPU caches hold the
         # weights, and there a few Python calls cost less than numpy's argsort and take_along_axis
         # (docs/benchmarks.md, "Decisions", "Inference: the predictor").
-        probabilities = self.probabilities(outputs.logits).tolist()
+        probabilities = self.probabilities(outputs.logits, outputs.tfidf).tolist()
         scores = self.scores_of(outputs)
         shown = scores.tolist() if scores is not None else [None] * len(probabilities)
         predictions = [self._prediction(row, top_k, cut, score)
@@ -245,7 +258,8 @@ class Predictor:
 
         ``cleaned=True``: the tickets are model texts already (e.g. a bundle's validation split).
         """
-        return self.probabilities(self.logits(tickets, batch_size, cleaned=cleaned)[0])
+        outputs = self.outputs(tickets, batch_size, cleaned=cleaned, features=False)
+        return self.probabilities(outputs.logits, outputs.tfidf)
 
     def out_of_scope_scores(self, tickets: Sequence[Ticket], batch_size: int = 32, *,
                             cleaned: bool = False) -> np.ndarray | None:
@@ -265,9 +279,11 @@ class Predictor:
             raise ModelError(np.flatnonzero(~np.isfinite(scores)).tolist())
         return np.array([shown_score(score) for score in scores.tolist()])
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated softmax: the logits divided by the bundle's temperature."""
-        probabilities = softmax(logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
+    def probabilities(self, logits: np.ndarray, tfidf: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated softmax: the logits divided by the bundle's temperature, blended with the TF-IDF
+        model's logits ``tfidf`` where the bundle blends (:attr:`Outputs.tfidf`)."""
+        probabilities = softmax(blend(logits, tfidf, self.blend_weight, self.temperature) if tfidf is not None
+                                else logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
         if not np.isfinite(probabilities).all():
             raise ModelError(np.flatnonzero(~np.isfinite(probabilities).all(axis=1)).tolist())
         return probabilities
@@ -291,7 +307,8 @@ class Predictor:
 
     def logits(self, tickets: Sequence[Ticket], batch_size: int = 32, *,
                cleaned: bool = False) -> tuple[np.ndarray, list[bool]]:
-        """Raw model scores per ticket, and whether each ticket was truncated.
+        """Raw model scores per ticket (the fine-tuned model's alone, unblended), and whether each ticket
+        was truncated.
 
         ``cleaned=True`` skips cleaning: for texts that went through :func:`ticket_text`
         already, which is not idempotent for every input (an unescaped ``&lt;b&gt;`` is HTML).
@@ -302,7 +319,8 @@ class Predictor:
     def outputs(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False,
                 features: bool | None = None) -> Outputs:
         """The model's logits (and features: by default when the bundle has a detector) for each ticket,
-        and whether each was truncated. ``cleaned`` as for :meth:`logits`."""
+        whether each was truncated, and the TF-IDF model's logits where the bundle blends. ``cleaned`` as
+        for :meth:`logits`."""
         features = self.detector is not None if features is None else features
         if isinstance(tickets, (str, Mapping)):
             raise TypeError("predict() takes a list of tickets; wrap a single ticket in a list")
@@ -312,9 +330,10 @@ class Predictor:
         texts = self._check_not_empty(cast(list[str], list(tickets))) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
+        tfidf = self.tfidf.logits(texts) if self.tfidf is not None else None
         if 0 < len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order
             run_logits, run_features, run_fields = self.engine.run(self._pad([ids for ids, _ in encodings]), features)
-            return Outputs(run_logits, run_features, truncated, run_fields)
+            return Outputs(run_logits, run_features, truncated, run_fields, tfidf)
         # Sorting by length makes each padded batch tight; results go back in input order.
         order = np.argsort([len(ids) for ids, _ in encodings], kind="stable")
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
@@ -335,7 +354,7 @@ class Predictor:
                 fields = [np.empty((len(texts), part.shape[1]), dtype=np.float32) for part in batch_fields]
             for whole, part in zip(fields, batch_fields):
                 whole[chosen] = part
-        return Outputs(logits, hidden, truncated, fields)
+        return Outputs(logits, hidden, truncated, fields, tfidf)
 
     def _map(self, function: Any, batches: list[np.ndarray]) -> Iterator[np.ndarray]:
         """``function`` over the batches in order: one after another, or side by side when the engine

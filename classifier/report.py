@@ -20,6 +20,7 @@ class ModelInfo:
     version: str
     engine: str  # int8, fp32 or torch: the model that was run
     labels: int  # how many classes
+    blend_weight: float = 0.0  # the TF-IDF model's weight in the scores evaluated (classifier.blend); 0: none
 
 
 @dataclass

@@ -277,15 +277,15 @@ def _snapshot(loaded: LoadedModel, snapshots: Path, source: BundleSource | Repos
 
 
 def _heavy(path: Path, served: Path | None, root: Path) -> bool:
-    """Files a copy of the serving model leaves out: the weights and models it does not serve from,
-    reports and the training baseline (the out-of-scope detector and the other fields' heads are kept:
+    """Files a copy of the serving model leaves out: the weights and models it does not serve from, and
+    reports (the out-of-scope detector, the other fields' heads and the TF-IDF model blended in are kept:
     loading reads and checks them whatever the engine)."""
     if served is None:  # PyTorch serves: it needs the weights
-        return path.name == bundle.BASELINE_FILE
+        return False
     if path.name in (bundle.OUT_OF_SCOPE_FILE, bundle.FIELD_HEADS_FILE):
         return False
     return (path.suffix in (".safetensors", ".bin", ".pt", ".onnx") and path != served) or \
-        path.name == bundle.BASELINE_FILE or path.relative_to(root).parts[0] in ("reports",)
+        path.relative_to(root).parts[0] in ("reports",)
 
 
 _ALL: weakref.WeakSet[ServedModel] = weakref.WeakSet()  # the models of this process, for SIGHUP

@@ -270,13 +270,13 @@ def test_verify_says_ok_for_an_intact_bundle(exported_bundle: Path, capsys: pyte
 
 def test_verify_prints_one_line_per_problem(bundle_copy: Path, capsys: pytest.CaptureFixture) -> None:
     flip_bytes(bundle_copy)
-    (bundle_copy / "baseline.npz").unlink()
+    (bundle_copy / "special_tokens_map.json").unlink()  # sealed, read by no engine
     max_length_1000(bundle_copy)
     code, out, err = cli(capsys, "bundle", "verify", str(bundle_copy))
     assert code == 2 and out == "" and len(err) == 3, err
     assert all(line.startswith("ticketclf bundle verify: ") for line in err)
-    assert "baseline.npz: missing, but the manifest seals it" in err[0]
-    assert INT8 + ": sha256 differs from the sealed one" in err[1]
+    assert INT8 + ": sha256 differs from the sealed one" in err[0]
+    assert "special_tokens_map.json: missing, but the manifest seals it" in err[1]
     assert "manifest.json: max_length 1000 is more than the encoder reads" in err[2]
 
 

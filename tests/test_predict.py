@@ -52,6 +52,7 @@ def test_top_k_ranks_every_label_as_predict_proba_scores_it(exported_bundle: Pat
 def test_the_bundles_temperature_scales_confidence_but_not_the_ranking(bundle_copy: Path, hand_edit) -> None:
     texts, _ = read_examples(bundle_copy)
     hand_edit(bundle_copy, lambda manifest: manifest.update(calibration={"temperature": 1.0, "tickets": 60}))
+    hand_edit(bundle_copy, lambda manifest: manifest["baseline"].update(blend_weight=0.0))  # the model alone
     before = Predictor.load(bundle_copy).predict(texts[:6], top_k=3)
     hand_edit(bundle_copy, lambda manifest: manifest["calibration"].update(temperature=0.5))
     predictor = Predictor.load(bundle_copy)
