@@ -208,7 +208,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
     m.add_argument("--train-word-embeddings", action="store_true", help="also update the vocabulary embeddings")
     m.add_argument("--patience", type=int, default=defaults.early_stopping_patience,
-                   help="epochs without validation macro-F1 gain before stopping")
+                   help="epochs without validation macro-F1 gain before the learning rate decays to 0 over one "
+                        "more epoch and training stops")
     m.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                    help="auto: bf16 on GPUs and CPUs that support it, else fp32")
     m.add_argument("--resume", action="store_true", help="continue an interrupted run from the last checkpoint "

@@ -1,8 +1,9 @@
 """Fine-tune a BERT-family encoder on a ticket export and write a model bundle.
 
-Hugging Face ``Trainer`` does the loop (progress bar, mixed precision, early stopping,
-checkpoints and resume, multi-GPU under ``torchrun``/``accelerate launch``). This module
-only chooses the settings, adapts the data, and writes the bundle.
+Hugging Face ``Trainer`` does the loop (progress bar, mixed precision, checkpoints and resume,
+multi-GPU under ``torchrun``/``accelerate launch``), with a schedule that anneals before it stops
+early (:mod:`classifier.schedule`). This module only chooses the settings, adapts the data, and
+writes the bundle.
 """
 
 from __future__ import annotations
@@ -27,15 +28,13 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
-    EarlyStoppingCallback,
     PreTrainedTokenizerBase,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from classifier import bundle, fields, integrity, oos
+from classifier import blend, bundle, fields, integrity, oos
 from classifier.calibration import fit_temperature
 from classifier.data import PreparedData, Tickets, other_label, prepare_data
 from classifier.errors import UserError
@@ -52,6 +51,7 @@ from classifier.manifest import (
 )
 from classifier.numerics import sigmoid
 from classifier.options import DataOptions, TrainingOptions
+from classifier.schedule import AnnealingTrainer, PlateauAnnealing, steps_per_epoch
 from classifier.text import nested_fields
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class Fitted:
     out_of_scope: OutOfScope | None = None
     heads: MultiFieldModel | None = None  # the fields' heads, where the data has fields besides the label
     fields: list[FieldHead] | None = None
+    validation_logits: np.ndarray | None = None  # the label's, in the validation split's order (rank 0 only)
 
 
 def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_from: str | None = None) -> Fitted:
@@ -141,8 +142,12 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
-    metrics = {k.removeprefix("eval_"): float(v) for k, v in trainer.evaluate().items()}
-    validation = trainer.predict(validation_set)
+    annealing = trainer.annealing
+    if annealing.anneal_from is not None and trainer.is_world_process_zero():
+        log.info("validation macro-F1 stopped improving at step %d: the learning rate decayed to 0 over %d more "
+                 "steps, and training stopped there", annealing.anneal_from, annealing.anneal_steps)
+    validation = trainer.predict(validation_set, metric_key_prefix="eval")
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in (validation.metrics or {}).items()}
     calibration = Calibration(**fit_temperature(_first(validation.predictions), _first(validation.label_ids)))
     if trainer.is_world_process_zero():  # every process has the gathered predictions and fits the same
         log.info("calibration: temperature %.3f on %d validation tickets%s", calibration.temperature,
@@ -158,7 +163,9 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
         heads.float()
         fitted.fields = field_heads(data, heads, validation.predictions, validation.label_ids)
     if fitted.writes_bundle:
-        fitted.detector, fitted.out_of_scope = fit_out_of_scope(fitted, data, options)
+        fitted.validation_logits, validation_features = model_outputs(fitted.model, tokenizer,
+                                                                      data.validation.texts, max_length)
+        fitted.detector, fitted.out_of_scope = fit_out_of_scope(fitted, data, options, validation_features)
     return fitted
 
 
@@ -167,21 +174,22 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
 MAX_DETECTOR_TICKETS = 20_000
 
 
-def fit_out_of_scope(fitted: Fitted, data: PreparedData, options: TrainingOptions
+def fit_out_of_scope(fitted: Fitted, data: PreparedData, options: TrainingOptions, validation_features: np.ndarray
                      ) -> tuple[oos.OutOfScopeDetector, OutOfScope]:
     """The out-of-scope detector fitted on the training split's features, its threshold chosen on the
-    validation split's for ``options.oos_abstention`` (tickets of an "Other" class left out of both)."""
+    validation split's (``validation_features``, in its order) for ``options.oos_abstention`` (tickets of an
+    "Other" class left out of both)."""
     started = time.perf_counter()
     label_index = {label: i for i, label in enumerate(data.labels)}
     other = other_label(data.labels)
     ignored = (label_index[other],) if other in label_index else ()
     chosen = np.random.default_rng(options.seed).permutation(len(data.train))[:MAX_DETECTOR_TICKETS]
     train_ids = np.array([label_index[data.train.labels[i]] for i in chosen])
-    train_features = model_features(fitted.model, fitted.tokenizer, [data.train.texts[i] for i in chosen],
-                                    fitted.max_length)
+    _, train_features = model_outputs(fitted.model, fitted.tokenizer, [data.train.texts[i] for i in chosen],
+                                      fitted.max_length)
     detector = oos.fit_detector(train_features, train_ids, ignored)
-    in_scope = [text for text, label in zip(data.validation.texts, data.validation.labels) if label != other]
-    scores = detector.score(model_features(fitted.model, fitted.tokenizer, in_scope, fitted.max_length))
+    in_scope = np.array([label != other for label in data.validation.labels], dtype=bool)
+    scores = detector.score(validation_features[in_scope])
     threshold = oos.choose_threshold(scores, options.oos_abstention)
     log.info("out-of-scope detector (%s) fitted on %d training tickets in %.1f s: threshold %.3f flags %.1f %% "
              "of %d validation tickets", oos.METHOD, int(np.isin(train_ids, ignored, invert=True).sum()),
@@ -193,22 +201,25 @@ def fit_out_of_scope(fitted: Fitted, data: PreparedData, options: TrainingOption
                                 validation_tickets=len(scores))
 
 
-def model_features(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
-                   batch_size: int = 64) -> np.ndarray:
-    """:data:`classifier.oos.FEATURE` of each text, in batches of similar length (little padding) of at most
-    ``batch_size`` tickets and within the evaluation's attention budget: 64 tickets of 512 tokens at once
-    took training on 10,000 such tickets to 3.7 GB."""
+def model_outputs(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
+                  batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The label's logits and :data:`classifier.oos.FEATURE` of each text, in the texts' order. In batches of
+    similar length (little padding) of at most ``batch_size`` tickets and within the evaluation's attention
+    budget: 64 tickets of 512 tokens at once took training on 10,000 such tickets to 3.7 GB."""
     model.eval()
+    config = cast(Any, model).config
     device = next(model.parameters()).device
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    features = np.empty((len(texts), cast(Any, model).config.hidden_size), dtype=np.float32)
+    logits = np.empty((len(texts), config.num_labels), dtype=np.float32)
+    features = np.empty((len(texts), config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for chosen in _length_batches([len(ids) for ids in encoded], batch_size):
             batch = tokenizer.pad({"input_ids": [encoded[i] for i in chosen]}, pad_to_multiple_of=PAD_MULTIPLE,
                                   return_tensors="pt").to(device)
             outputs = model(**batch, output_hidden_states=True)
+            logits[chosen] = outputs.logits.float().cpu().numpy()
             features[chosen] = oos.torch_features(outputs).float().cpu().numpy()
-    return features
+    return logits, features
 
 
 def _length_batches(lengths: list[int], most: int) -> list[list[int]]:
@@ -229,7 +240,7 @@ def write_bundle(output_dir: Path, fitted: Fitted, data: PreparedData, manifest:
     with bundle.staged_directory(output_dir, overwrite=True) as staging:
         cast(Any, fitted.model).save_pretrained(staging)  # a transformers model, typed as its Module base
         fitted.tokenizer.save_pretrained(staging)
-        manifest.baseline = _fit_baseline(staging, data)
+        manifest.baseline = _fit_baseline(staging, data, fitted)
         if fitted.detector is not None:
             fitted.detector.save(staging / bundle.OUT_OF_SCOPE_FILE)
             manifest.out_of_scope = fitted.out_of_scope
@@ -265,9 +276,10 @@ def _manifest(output_dir: Path, data: PreparedData, options: TrainingOptions, fi
     )
 
 
-def _fit_baseline(staging: Path, data: PreparedData) -> Baseline:
+def _fit_baseline(staging: Path, data: PreparedData, fitted: Fitted) -> Baseline:
     """Fit the TF-IDF baseline on the training split and keep it in the bundle, so that evaluation can
-    set the model beside it without the original export."""
+    set the model beside it without the original export; and fit its weight in the served blend
+    (:mod:`classifier.blend`) on the validation split."""
     from classifier.baseline import BASELINE_NAME, fit_baseline, save_baseline, score_baseline
 
     started = time.perf_counter()
@@ -276,7 +288,34 @@ def _fit_baseline(staging: Path, data: PreparedData) -> Baseline:
     metrics = score_baseline(model, data.validation.texts, data.validation.labels)
     log.info("baseline (%s) fitted in %.1f s: validation accuracy %.4f", BASELINE_NAME,
              time.perf_counter() - started, metrics["accuracy"])
-    return Baseline(name=BASELINE_NAME, file=bundle.BASELINE_FILE, validation_metrics=metrics)
+    section = Baseline(name=BASELINE_NAME, file=bundle.BASELINE_FILE, validation_metrics=metrics)
+    if fitted.validation_logits is not None:
+        classes = list(model.classes_)
+        probabilities = model.predict_proba(data.validation.texts)[:, [classes.index(label) for label in data.labels]]
+        _fit_blend(section, staging, data, fitted, probabilities)
+    return section
+
+
+def _fit_blend(section: Baseline, staging: Path, data: PreparedData, fitted: Fitted,
+               fitted_probabilities: np.ndarray) -> None:
+    """The baseline's weight in the served scores, fitted on the validation split with the TF-IDF model as
+    the service computes it (``fitted_probabilities``: the fitted pipeline's, columns in label order); left
+    at 0 if the two differ."""
+    path = staging / section.file
+    served = blend.TfidfModel.load(path).aligned(data.labels, path)
+    difference = blend.parity(served, fitted_probabilities, data.validation.texts)
+    if difference > blend.PARITY_TOLERANCE:
+        log.warning("the served TF-IDF model differs from the fitted one by %.2g on a validation ticket: the "
+                    "served scores are the fine-tuned model's alone", difference)
+        return
+    truth = np.array([data.labels.index(label) for label in data.validation.labels])
+    weight, measured = blend.fit_blend_weight(cast(np.ndarray, fitted.validation_logits),
+                                              served.logits(data.validation.texts), truth,
+                                              fitted.calibration.temperature or 1.0)
+    section.blend_weight, section.blend_metrics = weight, {k: round(v, 6) for k, v in measured.items()}
+    log.info("blend with the TF-IDF model: weight %.2f, validation accuracy %.4f (model alone %.4f, TF-IDF "
+             "alone %.4f)", weight, measured["blend_accuracy"], measured["model_accuracy"],
+             measured["tfidf_accuracy"])
 
 
 def _first(predictions: Any) -> np.ndarray:
@@ -388,7 +427,7 @@ def _prior(rows: np.ndarray) -> np.ndarray:
     return known.mean(axis=0) if len(known) else np.full(rows.shape[1], 0.5)
 
 
-class _FieldsTrainer(Trainer):
+class _FieldsTrainer(AnnealingTrainer):
     """Trainer whose optimizer gives the field heads :data:`HEAD_LR_MULTIPLIER` times the learning rate:
     a new linear head on a pre-trained encoder learns at the rate that fine-tunes the encoder far too slowly
     (on the sample, 12 epochs at 2e-4 left the tags at 0.22 micro-F1 against 0.62 for TF-IDF)."""
@@ -548,7 +587,7 @@ def micro_batches(batch_size: int, max_length: int) -> tuple[int, int]:
 
 
 def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                   options: TrainingOptions, max_length: int, checkpoints: Path) -> tuple[Trainer, _Encoded]:
+                   options: TrainingOptions, max_length: int, checkpoints: Path) -> tuple[AnnealingTrainer, _Encoded]:
     label_index = {label: i for i, label in enumerate(data.labels)}
     train_set, validation_set = (
         _Encoded(tokenizer, tickets.texts, [label_index[x] for x in tickets.labels], max_length,
@@ -571,8 +610,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         lr_scheduler_type="linear",
         eval_strategy="epoch",
         save_strategy="epoch",
-        save_total_limit=2,
-        load_best_model_at_end=True,
+        save_total_limit=2,  # for --resume; the model kept is the last (classifier.schedule)
         metric_for_best_model="macro_f1",
         greater_is_better=True,
         group_by_length=options.group_by_length,
@@ -586,7 +624,9 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    trainer = (_FieldsTrainer if multi else Trainer)(
+    # A plateau anneals over one more epoch, then stops (classifier.schedule).
+    annealing = PlateauAnnealing(options.early_stopping_patience, steps_per_epoch(len(train_set), options.batch_size))
+    trainer = (_FieldsTrainer if multi else AnnealingTrainer)(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -594,7 +634,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=PAD_MULTIPLE),
         compute_metrics=_field_metrics(data) if multi else _compute_metrics,
         compute_loss_func=_weighted_loss(data, label_index) if options.class_weighted_loss and not multi else None,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience)],
+        annealing=annealing,
     )
     return trainer, validation_set
 

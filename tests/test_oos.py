@@ -84,7 +84,7 @@ def test_training_leaves_an_other_class_out_of_the_fit_and_routes_to_it(tiny_bun
     from classifier.data import prepare_data
     from classifier.manifest import Calibration
     from classifier.options import DataOptions, TrainingOptions
-    from classifier.train import Fitted, fit_out_of_scope
+    from classifier.train import Fitted, fit_out_of_scope, model_outputs
 
     with open(tiny_csv, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -97,7 +97,8 @@ def test_training_leaves_an_other_class_out_of_the_fit_and_routes_to_it(tiny_bun
     data = prepare_data(path, DataOptions(validation_fraction=0.2), seed=0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bundle)  # any model of as many labels
     fitted = Fitted(model, AutoTokenizer.from_pretrained(tiny_bundle), 96, 0.0, {}, Calibration(), True)
-    detector, section = fit_out_of_scope(fitted, data, TrainingOptions())
+    _, validation_features = model_outputs(model, fitted.tokenizer, data.validation.texts, 96)
+    detector, section = fit_out_of_scope(fitted, data, TrainingOptions(), validation_features)
     assert section.route_to == "Other" and detector.centres.shape[0] == len(data.labels) - 1
     assert section.training_tickets == sum(label != "Other" for label in data.train.labels)
     assert section.validation_tickets == sum(label != "Other" for label in data.validation.labels)

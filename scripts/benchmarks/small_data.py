@@ -1,0 +1,111 @@
+"""The served model against the TF-IDF baseline, from a few hundred tickets to all of BANKING77, in one run each.
+
+    python scripts/benchmarks/small_data.py                          # BANKING77 subsets 500, 1k, 2k and all
+    python scripts/benchmarks/small_data.py --sizes sample           # the quickstart's split of data/tickets.csv
+    python scripts/benchmarks/small_data.py --sizes 500,1000 --set epochs=40 --name "40 epochs"
+
+For each size: a stratified subset of BANKING77's train.csv (``ticketclf split``'s split, seed 0), trained
+with ``ticketclf train``'s defaults (or ``--set`` overrides), exported (the export decides int8 or fp32),
+and evaluated on all 3,080 test tickets, with the TF-IDF baseline the bundle keeps scored on the same tickets.
+``sample`` is the quickstart: data/tickets.csv split 80/20, category with priority and tags.
+Rows: the served model (the blend of classifier.blend), the fine-tuned model alone (same engine) and the
+baseline: accuracy and the share of tickets routed at 95 % precision. Appends to docs/benchmarks/runs.jsonl
+(area "small-data").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from banking77 import DATA, apply_overrides  # noqa: E402
+from common import ROOT, publish, record_arguments, table_figures  # noqa: E402
+
+from classifier.data import load_tickets, split_file  # noqa: E402
+from classifier.evaluate import evaluate  # noqa: E402
+from classifier.export import export  # noqa: E402
+from classifier.options import DataOptions, TrainingOptions  # noqa: E402
+from classifier.predict import Predictor  # noqa: E402
+from classifier.train import train  # noqa: E402
+
+BANKING77_TRAIN_ROWS = 10_003
+SAMPLE = ROOT / "data" / "tickets.csv"
+
+
+def main() -> int:
+    args = parse_args()
+    options = apply_overrides(TrainingOptions(), args.set)
+    work = ROOT / "runs" / "small-data" / args.name.replace(" ", "-")
+    rows = [measure(size, options, work / size) for size in args.sizes.split(",")]
+    lines = ["| data | training tickets | served: accuracy, routed at 95 % | model alone | TF-IDF baseline | "
+             "served minus baseline | blend weight | training time |", "|" + " --- |" * 8]
+    for row in rows:
+        lines.append(f"| {row['data']} | {row['tickets']} | {row['served']:.2f} %, {row['served_routed']:.1f} % "
+                     f"({row['engine']}) | {row['alone']:.2f} % | {row['baseline']:.2f} %, "
+                     f"{row['baseline_routed']:.1f} % | {row['served'] - row['baseline']:+.2f} points, "
+                     f"{row['served_routed'] - row['baseline_routed']:+.1f} routed | {row['weight']:.2f} | "
+                     f"{row['minutes']:.1f} min |")
+    overrides = " ".join(f"--set {item}" for item in args.set)
+    command = f"python scripts/benchmarks/small_data.py --sizes {args.sizes} --name '{args.name}' {overrides}".strip()
+    body = "\n".join(lines)
+    publish(args, "small-data", body, table_figures(body) | {"rows": rows}, command,
+            "served: the model the export marked for serving, blended as the manifest says; routed: share of test "
+            "tickets at or above the confidence threshold that reaches 95 % precision")
+    return 0
+
+
+def measure(size: str, options: TrainingOptions, work: Path) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    data_options = DataOptions()
+    if size == "sample":
+        train_file, test_file = work / "train.csv", work / "test.csv"
+        split_file(SAMPLE, train_file, test_file)  # the quickstart's split (ticketclf split's defaults)
+        data_options = DataOptions(label_column="category", field_columns=("priority",), tags_column="tags")
+    else:
+        test_file = DATA / "test.csv"
+        train_file = DATA / "train.csv"
+        if size != "all":
+            train_file = work / "train.csv"
+            split_file(DATA / "train.csv", train_file, work / "rest.csv",
+                       test_fraction=1 - int(size) / BANKING77_TRAIN_ROWS)
+    bundle = work / "bundle"
+    started = time.perf_counter()
+    train(train_file, bundle, options, data_options, overwrite=True)
+    minutes = (time.perf_counter() - started) / 60
+    export(bundle)
+    report = evaluate(bundle, test_file, work / "report")
+    served = Predictor.load(bundle)
+    test, _ = load_tickets(test_file, served.manifest.text, "category")
+    alone = served.logits(test.texts, cleaned=True)[0].argmax(axis=1)
+    alone_accuracy = float((alone == [served.labels.index(label) for label in test.labels]).mean())
+    baseline = report["baseline"]["metrics"]
+    return {"data": "sample (quickstart split)" if size == "sample" else f"BANKING77 {size}",
+            "tickets": served.manifest.data.train.rows_used, "engine": served.engine_kind,
+            "served": 100 * report["metrics"]["accuracy"], "served_routed": 100 * _routed(report["metrics"]),
+            "alone": 100 * alone_accuracy, "baseline": 100 * baseline["accuracy"],
+            "baseline_routed": 100 * _routed(baseline), "weight": served.manifest.blend_weight, "minutes": minutes}
+
+
+def _routed(metrics: dict) -> float:
+    return (metrics.get("at_target") or {}).get("coverage", 0.0)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="500,1000,2000,all",
+                        help="comma-separated: BANKING77 training tickets, 'all', or 'sample'")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TrainingOptions field, e.g. epochs=30 (repeatable)")
+    parser.add_argument("--name", default="default", help="short name of this configuration")
+    return record_arguments(parser).parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
