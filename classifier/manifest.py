@@ -106,6 +106,7 @@ class Baseline(Section):
     # The weight of this model's logits in the served scores (classifier.blend), fitted on the validation
     # split; 0: the fine-tuned model alone (and bundles from before the blend).
     blend_weight: float = Field(default=0.0, ge=0.0, le=1.0, description="a number from 0 to 1")
+    blend_scale: float = Field(default=1.0, gt=0.0, description="a positive number")  # the blend's sharpness
     # Validation accuracy and log-loss of the model alone, the TF-IDF model alone and the blend.
     blend_metrics: dict[str, float] = Field(default_factory=dict)
 

@@ -117,6 +117,7 @@ class Predictor:
         # The TF-IDF model blended into the served scores, and its weight (classifier.blend): see blend_with.
         self.tfidf: TfidfModel | None = None
         self.blend_weight = 0.0
+        self.blend_scale = 1.0
         self._tokenizer = tokenizer
         self._pad_id = pad_token_id(bundle_dir, tokenizer) if pad_id is None else pad_id
         self.fields = manifest.fields or []
@@ -177,6 +178,7 @@ class Predictor:
     def blend_with(self, tfidf: TfidfModel) -> None:
         """Serve scores blended with ``tfidf`` (its columns in label order) at the manifest's weight."""
         self.tfidf, self.blend_weight = tfidf, self.manifest.blend_weight
+        self.blend_scale = self.manifest.baseline.blend_scale if self.manifest.baseline else 1.0
         self._check_model()
 
     def _check_model(self) -> None:
@@ -282,7 +284,8 @@ class Predictor:
     def probabilities(self, logits: np.ndarray, tfidf: np.ndarray | None = None) -> np.ndarray:
         """Calibrated softmax: the logits divided by the bundle's temperature, blended with the TF-IDF
         model's logits ``tfidf`` where the bundle blends (:attr:`Outputs.tfidf`)."""
-        probabilities = softmax(blend(logits, tfidf, self.blend_weight, self.temperature) if tfidf is not None
+        probabilities = softmax(blend(logits, tfidf, self.blend_weight, self.temperature, self.blend_scale)
+                                if tfidf is not None
                                 else logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
         if not np.isfinite(probabilities).all():
             raise ModelError(np.flatnonzero(~np.isfinite(probabilities).all(axis=1)).tolist())

@@ -51,7 +51,7 @@ from classifier.manifest import (
 )
 from classifier.numerics import sigmoid
 from classifier.options import DataOptions, TrainingOptions
-from classifier.schedule import AnnealingTrainer, PlateauAnnealing, steps_per_epoch
+from classifier.schedule import AnnealingTrainer, PlateauAnnealing, planned_epochs, steps_per_epoch
 from classifier.text import nested_fields
 
 log = logging.getLogger(__name__)
@@ -309,12 +309,13 @@ def _fit_blend(section: Baseline, staging: Path, data: PreparedData, fitted: Fit
                     "served scores are the fine-tuned model's alone", difference)
         return
     truth = np.array([data.labels.index(label) for label in data.validation.labels])
-    weight, measured = blend.fit_blend_weight(cast(np.ndarray, fitted.validation_logits),
+    weight, scale, measured = blend.fit_blend(cast(np.ndarray, fitted.validation_logits),
                                               served.logits(data.validation.texts), truth,
                                               fitted.calibration.temperature or 1.0)
-    section.blend_weight, section.blend_metrics = weight, {k: round(v, 6) for k, v in measured.items()}
-    log.info("blend with the TF-IDF model: weight %.2f, validation accuracy %.4f (model alone %.4f, TF-IDF "
-             "alone %.4f)", weight, measured["blend_accuracy"], measured["model_accuracy"],
+    section.blend_weight, section.blend_scale = weight, scale
+    section.blend_metrics = {k: round(v, 6) for k, v in measured.items()}
+    log.info("blend with the TF-IDF model: weight %.2f, sharpness %.2f, validation accuracy %.4f (model alone "
+             "%.4f, TF-IDF alone %.4f)", weight, scale, measured["blend_accuracy"], measured["model_accuracy"],
              measured["tfidf_accuracy"])
 
 
@@ -598,7 +599,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     micro, accumulation = micro_batches(per_process_batch(options.batch_size), max_length)
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        num_train_epochs=options.epochs,
+        num_train_epochs=planned_epochs(options.epochs, options.min_steps, len(train_set), options.batch_size),
         learning_rate=options.peak_learning_rate,
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accumulation,

@@ -14,7 +14,7 @@ from csv_files import read_csv
 
 from classifier import bundle
 from classifier.baseline import baseline_features, fit_baseline, save_baseline
-from classifier.blend import TfidfModel, blend, char_terms, fit_blend_weight, parity, read_text, word_terms
+from classifier.blend import TfidfModel, blend, char_terms, fit_blend, parity, read_text, word_terms
 from classifier.errors import UserError
 from classifier.numerics import softmax
 from classifier.predict import Predictor
@@ -70,11 +70,17 @@ def test_the_blend_weight_follows_which_model_knows() -> None:
     truth = rng.integers(0, 5, 400)
     informed = np.eye(5, dtype=np.float32)[truth] * 4 + rng.normal(0, 1, (400, 5)).astype(np.float32)
     noise = rng.normal(0, 1, (400, 5)).astype(np.float32)
-    weight, measured = fit_blend_weight(informed, noise, truth)
+    weight, scale, measured = fit_blend(informed, noise, truth)
     assert weight <= 0.1 and measured["blend_log_loss"] <= measured["model_log_loss"]
-    weight, measured = fit_blend_weight(noise, informed, truth)
+    weight, scale, measured = fit_blend(noise, informed, truth)
     assert weight >= 0.9 and measured["blend_accuracy"] > measured["model_accuracy"]
-    assert np.array_equal(blend(informed, noise, 0.0, 2.0), informed / 2)
+    # Two equally weak models, both far too sure: the sharpness, not the weight, takes the confidence down.
+    weak, other = (6 * (np.eye(5, dtype=np.float32)[truth] + rng.normal(0, 1, (400, 5)).astype(np.float32))
+                   for _ in range(2))
+    weight, scale, _ = fit_blend(weak, other, truth)
+    assert 0.3 <= weight <= 0.7 and scale < 1
+    assert np.array_equal(blend(informed, noise, 0.0, 2.0, 3.0), informed / 2)  # weight 0: the model alone
+    assert np.allclose(blend(informed, noise, 0.25, 2.0, 3.0), 3 * (0.75 * informed / 2 + 0.25 * noise))
 
 
 def test_training_fits_the_blend_and_the_predictor_serves_it(tiny_bundle: Path, tmp_path: Path,
@@ -87,12 +93,13 @@ def test_training_fits_the_blend_and_the_predictor_serves_it(tiny_bundle: Path, 
 
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, copy)
-    hand_edit(copy, lambda data: data["baseline"].update(blend_weight=0.5))
+    hand_edit(copy, lambda data: data["baseline"].update(blend_weight=0.5, blend_scale=1.5))
     texts = ["I was charged twice for my subscription", "cannot log in since the password reset"]
     served = Predictor.load(copy)
     assert served.blend_weight == 0.5 and served.tfidf is not None
     outputs = served.outputs(texts, features=False)
-    expected = softmax(0.5 * outputs.logits / served.temperature + 0.5 * served.tfidf.logits(served.texts(texts)))
+    expected = softmax(1.5 * (0.5 * outputs.logits / served.temperature
+                              + 0.5 * served.tfidf.logits(served.texts(texts))))
     assert np.allclose(served.predict_proba(texts), expected, atol=1e-6)
     assert [p.confidence for p in served.predict(texts)] == pytest.approx(expected.max(axis=1).tolist(), abs=1e-6)
 
