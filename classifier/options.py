@@ -41,6 +41,8 @@ class TrainingOptions:
 
     base_model: str | None = None  # hub id or local path; None: the packaged MiniLM
     epochs: float = 12.0
+    # Optimisation steps at least: a small export trains for more epochs (classifier.schedule.planned_epochs).
+    min_steps: int = 0
     learning_rate: float | None = None  # None: FULL_LEARNING_RATE, or LORA_LEARNING_RATE with lora
     batch_size: int = 32
     max_length: int | None = None  # None: from the training data's token lengths

@@ -90,3 +90,9 @@ class AnnealingTrainer(Trainer):
 def steps_per_epoch(tickets: int, batch_size: int) -> int:
     """Optimisation steps in one epoch of ``tickets`` at ``batch_size`` tickets per step."""
     return max(1, math.ceil(tickets / batch_size))
+
+
+def planned_epochs(epochs: float, min_steps: int, tickets: int, batch_size: int) -> float:
+    """``epochs``, or more where they would make fewer than ``min_steps`` optimisation steps: sized by
+    steps, a schedule gives 500 tickets as many updates as it gives 5,000."""
+    return max(epochs, math.ceil(min_steps / steps_per_epoch(tickets, batch_size)))
