@@ -27,6 +27,9 @@ BASELINE_NAME = "TF-IDF + logistic regression"
 # took the fit to 7.1 GB. 2^22 weights bound it near 0.8 GB and cut no feature of BANKING77 (37,700 x 77).
 MAX_WEIGHTS = 2**22
 MIN_FEATURES = 2**15  # per vectorizer, however many classes
+# Per vectorizer at most: the service keeps each term in a dict (classifier.blend), about 100 bytes a term,
+# in every worker; 2^18 terms is ~26 MB, where two classes under MAX_WEIGHTS alone would allow 2^20.
+MAX_FEATURES = 2**18
 
 
 def _unfitted(seed: int = 0, classes: int = 0) -> Pipeline:
@@ -39,7 +42,7 @@ def baseline_features(classes: int = 0) -> FeatureUnion:
     each TF-IDF weighted. Character n-grams catch typos and word fragments that a word vocabulary misses.
     With ``classes``, each vectorizer keeps its most frequent terms, so that the classifier has at most
     :data:`MAX_WEIGHTS` weights."""
-    most = max(MIN_FEATURES, MAX_WEIGHTS // (2 * classes)) if classes else None
+    most = min(MAX_FEATURES, max(MIN_FEATURES, MAX_WEIGHTS // (2 * classes))) if classes else None
     return make_union(
         TfidfVectorizer(preprocessor=read_text, ngram_range=WORD_NGRAMS, sublinear_tf=True, min_df=1,
                         max_features=most),

@@ -199,7 +199,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--lora-rank", type=int, default=defaults.lora_rank,
                    help="rank of the LoRA adapters (alpha is twice it)")
     m.add_argument("--epochs", type=float, default=defaults.epochs,
-                   help="maximum epochs (early stopping may end sooner)")
+                   help="maximum epochs (early stopping may end sooner; --min-steps may give a small export more)")
     m.add_argument("--min-steps", type=int, default=defaults.min_steps,
                    help="optimisation steps at least: a small export trains for more epochs than --epochs")
     m.add_argument("--learning-rate", type=float, help=f"peak learning rate, decayed linearly (default: "
@@ -287,6 +287,10 @@ def _print_training_summary(bundle_dir: Path) -> None:
     print(f"  labels: {len(manifest.labels)}, max length: {manifest.max_length}, "
           f"training time: {manifest.training.train_seconds} s")
     print(f"  validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    blended = manifest.baseline.blend_metrics if manifest.baseline and manifest.blend_weight > 0 else None
+    if blended:
+        print(f"  served (blended with TF-IDF at weight {manifest.blend_weight}): validation accuracy "
+              f"{blended['blend_accuracy']:.4f}")
     if manifest.baseline and manifest.baseline.validation_metrics:
         baseline = manifest.baseline.validation_metrics
         print(f"  {manifest.baseline.name}: validation accuracy {baseline['accuracy']:.4f}, "

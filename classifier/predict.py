@@ -269,7 +269,7 @@ class Predictor:
         None when the bundle has no detector."""
         if self.detector is None:
             return None
-        return self.scores_of(self.outputs(tickets, batch_size, cleaned=cleaned))
+        return self.scores_of(self.outputs(tickets, batch_size, cleaned=cleaned, blended=False))
 
     def scores_of(self, outputs: Outputs) -> np.ndarray | None:
         """The out-of-scope scores of model outputs (None: no detector), rounded as predictions show them
@@ -284,6 +284,8 @@ class Predictor:
     def probabilities(self, logits: np.ndarray, tfidf: np.ndarray | None = None) -> np.ndarray:
         """Calibrated softmax: the logits divided by the bundle's temperature, blended with the TF-IDF
         model's logits ``tfidf`` where the bundle blends (:attr:`Outputs.tfidf`)."""
+        if self.tfidf is not None and tfidf is None:  # the served scores of a blending bundle need both
+            raise ValueError("this bundle blends its TF-IDF model in: pass its logits (Outputs.tfidf)")
         probabilities = softmax(blend(logits, tfidf, self.blend_weight, self.temperature, self.blend_scale)
                                 if tfidf is not None
                                 else logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
@@ -316,14 +318,14 @@ class Predictor:
         ``cleaned=True`` skips cleaning: for texts that went through :func:`ticket_text`
         already, which is not idempotent for every input (an unescaped ``&lt;b&gt;`` is HTML).
         """
-        outputs = self.outputs(tickets, batch_size, cleaned=cleaned, features=False)
+        outputs = self.outputs(tickets, batch_size, cleaned=cleaned, features=False, blended=False)
         return outputs.logits, outputs.truncated
 
     def outputs(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False,
-                features: bool | None = None) -> Outputs:
+                features: bool | None = None, blended: bool = True) -> Outputs:
         """The model's logits (and features: by default when the bundle has a detector) for each ticket,
-        whether each was truncated, and the TF-IDF model's logits where the bundle blends. ``cleaned`` as
-        for :meth:`logits`."""
+        whether each was truncated, and with ``blended`` the TF-IDF model's logits where the bundle blends.
+        ``cleaned`` as for :meth:`logits`."""
         features = self.detector is not None if features is None else features
         if isinstance(tickets, (str, Mapping)):
             raise TypeError("predict() takes a list of tickets; wrap a single ticket in a list")
@@ -333,7 +335,7 @@ class Predictor:
         texts = self._check_not_empty(cast(list[str], list(tickets))) if cleaned else self.texts(tickets)
         encodings = self._encode(texts)
         truncated = [cut for _, cut in encodings]
-        tfidf = self.tfidf.logits(texts) if self.tfidf is not None else None
+        tfidf = self.tfidf.logits(texts) if self.tfidf is not None and blended else None
         if 0 < len(encodings) <= batch_size:  # one batch: it is padded to its longest text whatever the order
             run_logits, run_features, run_fields = self.engine.run(self._pad([ids for ids, _ in encodings]), features)
             return Outputs(run_logits, run_features, truncated, run_fields, tfidf)

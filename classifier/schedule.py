@@ -20,7 +20,10 @@ from transformers import Trainer, TrainerCallback
 class PlateauAnnealing(TrainerCallback):
     """Linear warm-up then linear decay to zero over the whole budget (``transformers``' "linear" schedule)
     until the watched validation metric has not improved for ``patience`` evaluations; from there, a linear
-    decay to zero over ``anneal_steps`` and a stop."""
+    decay to zero over ``anneal_steps`` and a stop.
+
+    The object is the scheduler's ``lr_lambda`` too: ``LambdaLR`` saves a callable object's attributes in
+    the checkpoint and restores them into it, so ``--resume`` continues a plateau count or an anneal."""
 
     def __init__(self, patience: int, anneal_steps: int, metric: str = "eval_macro_f1") -> None:
         self.patience = patience
@@ -39,6 +42,9 @@ class PlateauAnnealing(TrainerCallback):
             return step / max(1, self.warmup_steps)
         return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
 
+    def __call__(self, step: int) -> float:
+        return self.factor(step)
+
     def factor(self, step: int) -> float:
         """The factor of the peak learning rate at ``step``: planned, or annealing after a plateau."""
         if self.anneal_from is None:
@@ -46,9 +52,10 @@ class PlateauAnnealing(TrainerCallback):
         done = (step - self.anneal_from) / self.anneal_steps
         return max(0.0, self.anneal_start_factor * (1.0 - done))
 
-    def scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> Any:
+    def scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.factor)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     **kwargs: Any) -> None:

@@ -308,12 +308,15 @@ def _fit_blend(section: Baseline, staging: Path, data: PreparedData, fitted: Fit
         log.warning("the served TF-IDF model differs from the fitted one by %.2g on a validation ticket: the "
                     "served scores are the fine-tuned model's alone", difference)
         return
+    if len(data.validation) < blend.MIN_TICKETS:
+        log.info("no blend with the TF-IDF model: fewer than %d validation tickets to fit it on", blend.MIN_TICKETS)
+        return
     truth = np.array([data.labels.index(label) for label in data.validation.labels])
     weight, scale, measured = blend.fit_blend(cast(np.ndarray, fitted.validation_logits),
                                               served.logits(data.validation.texts), truth,
                                               fitted.calibration.temperature or 1.0)
     section.blend_weight, section.blend_scale = weight, scale
-    section.blend_metrics = {k: round(v, 6) for k, v in measured.items()}
+    section.blend_metrics = {k: round(v, 6) for k, v in measured.items()} | {"tfidf_parity": difference}
     log.info("blend with the TF-IDF model: weight %.2f, sharpness %.2f, validation accuracy %.4f (model alone "
              "%.4f, TF-IDF alone %.4f)", weight, scale, measured["blend_accuracy"], measured["model_accuracy"],
              measured["tfidf_accuracy"])
@@ -612,8 +615,6 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=2,  # for --resume; the model kept is the last (classifier.schedule)
-        metric_for_best_model="macro_f1",
-        greater_is_better=True,
         group_by_length=options.group_by_length,
         bf16=precision == "bf16",
         fp16=precision == "fp16",

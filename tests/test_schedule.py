@@ -70,3 +70,21 @@ def test_a_small_export_trains_for_at_least_the_minimum_steps() -> None:
     assert planned_epochs(12, 0, 450, 32) == 12  # no minimum: the epochs given
     assert planned_epochs(12, 600, 450, 32) == 40  # 15 steps an epoch: 40 epochs make 600 steps
     assert planned_epochs(12, 600, 9_000, 32) == 12  # 282 steps an epoch: 12 epochs are more than 600
+
+
+def test_the_plateau_count_and_the_anneal_travel_in_the_schedulers_checkpoint() -> None:
+    import torch
+
+    def scheduler(annealing: PlateauAnnealing) -> torch.optim.lr_scheduler.LambdaLR:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return annealing.scheduler(optimizer, total_steps=100, warmup_steps=0)
+
+    before = PlateauAnnealing(patience=1, anneal_steps=10)
+    saved = scheduler(before)
+    _evaluate(before, 20, 0.5)
+    _evaluate(before, 30, 0.5)  # a plateau: annealing from step 30
+    state = saved.state_dict()
+    after = PlateauAnnealing(patience=1, anneal_steps=10)  # what --resume builds, before it loads the state
+    scheduler(after).load_state_dict(state)
+    assert (after.anneal_from, after.best, after.anneal_start_factor) == (30, 0.5, pytest.approx(0.7))
+    assert after.factor(35) == pytest.approx(0.35)
