@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from classifier.errors import ModelError, UserError
-from classifier.options import ENGINES
+from classifier.options import DEFAULT_EPOCHS, ENGINES, MIN_STEPS
 from classifier.text import TextOptions, ticket_text
 
 if TYPE_CHECKING:
@@ -199,9 +199,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--lora-rank", type=int, default=defaults.lora_rank,
                    help="rank of the LoRA adapters (alpha is twice it)")
     m.add_argument("--epochs", type=float, default=defaults.epochs,
-                   help="maximum epochs (early stopping may end sooner; --min-steps may give a small export more)")
-    m.add_argument("--min-steps", type=int, default=defaults.min_steps,
-                   help="optimisation steps at least: a small export trains for more epochs than --epochs")
+                   help=f"maximum epochs (early stopping may end sooner); default {DEFAULT_EPOCHS:g}, or as many as "
+                        f"make {MIN_STEPS} optimisation steps on a small export")
     m.add_argument("--learning-rate", type=float, help=f"peak learning rate, decayed linearly (default: "
                    f"{FULL_LEARNING_RATE:g}; with --lora {LORA_LEARNING_RATE:g})")
     m.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tickets per training step")
@@ -228,7 +227,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from classifier.train import checkpoint_dir, train
 
     options = TrainingOptions(
-        base_model=args.base_model, epochs=args.epochs, min_steps=args.min_steps, learning_rate=args.learning_rate,
+        base_model=args.base_model, epochs=args.epochs, learning_rate=args.learning_rate,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, lora=args.lora,
         lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, class_weighted_loss=args.class_weights,
         freeze_word_embeddings=not args.train_word_embeddings, early_stopping_patience=args.patience,

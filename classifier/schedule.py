@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from classifier.options import DEFAULT_EPOCHS, MIN_STEPS
+
 
 class PlateauAnnealing(TrainerCallback):
     """Linear warm-up then linear decay to zero over the whole budget (``transformers``' "linear" schedule)
@@ -99,7 +101,9 @@ def steps_per_epoch(tickets: int, batch_size: int) -> int:
     return max(1, math.ceil(tickets / batch_size))
 
 
-def planned_epochs(epochs: float, min_steps: int, tickets: int, batch_size: int) -> float:
-    """``epochs``, or more where they would make fewer than ``min_steps`` optimisation steps: sized by
-    steps, a schedule gives 500 tickets as many updates as it gives 5,000."""
-    return max(epochs, math.ceil(min_steps / steps_per_epoch(tickets, batch_size)))
+def planned_epochs(epochs: float | None, tickets: int, batch_size: int) -> float:
+    """The epochs given; without them :data:`DEFAULT_EPOCHS`, or more where those would make fewer than
+    :data:`MIN_STEPS` optimisation steps: sized by steps, 500 tickets get as many updates as 5,000."""
+    if epochs is not None:
+        return epochs
+    return max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch(tickets, batch_size)))

@@ -602,7 +602,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     micro, accumulation = micro_batches(per_process_batch(options.batch_size), max_length)
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        num_train_epochs=planned_epochs(options.epochs, options.min_steps, len(train_set), options.batch_size),
+        num_train_epochs=planned_epochs(options.epochs, len(train_set), options.batch_size),
         learning_rate=options.peak_learning_rate,
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accumulation,

@@ -67,9 +67,9 @@ def test_training_on_a_plateau_stops_after_the_learning_rate_has_decayed(tiny_cs
 def test_a_small_export_trains_for_at_least_the_minimum_steps() -> None:
     from classifier.schedule import planned_epochs
 
-    assert planned_epochs(12, 0, 450, 32) == 12  # no minimum: the epochs given
-    assert planned_epochs(12, 600, 450, 32) == 40  # 15 steps an epoch: 40 epochs make 600 steps
-    assert planned_epochs(12, 600, 9_000, 32) == 12  # 282 steps an epoch: 12 epochs are more than 600
+    assert planned_epochs(3, 450, 32) == 3  # epochs given: those
+    assert planned_epochs(None, 450, 32) == 40  # 15 steps an epoch: 40 epochs make 600 steps
+    assert planned_epochs(None, 9_000, 32) == 12  # 282 steps an epoch: 12 epochs are more than 600
 
 
 def test_the_plateau_count_and_the_anneal_travel_in_the_schedulers_checkpoint() -> None:
