@@ -136,11 +136,12 @@ class TfidfModel:
         return logits
 
 
-def blend(model_logits: np.ndarray, tfidf_logits: np.ndarray, weight: float, temperature: float = 1.0,
+def blend(model_logits: np.ndarray, tfidf_logits: np.ndarray | None, weight: float, temperature: float = 1.0,
           scale: float = 1.0) -> np.ndarray:
-    """The blended logits: softmax of them is the product of experts the module docstring gives."""
+    """The blended logits: softmax of them is the product of experts the module docstring gives. Weight 0
+    (or no TF-IDF logits): the model's calibrated logits alone."""
     calibrated = model_logits / np.float32(temperature) if temperature != 1.0 else model_logits
-    if weight <= 0.0:
+    if weight <= 0.0 or tfidf_logits is None:
         return calibrated
     return np.float32(scale) * (np.float32(1.0 - weight) * calibrated + np.float32(weight) * tfidf_logits)
 

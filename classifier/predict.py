@@ -286,9 +286,7 @@ class Predictor:
         model's logits ``tfidf`` where the bundle blends (:attr:`Outputs.tfidf`)."""
         if self.tfidf is not None and tfidf is None:  # the served scores of a blending bundle need both
             raise ValueError("this bundle blends its TF-IDF model in: pass its logits (Outputs.tfidf)")
-        probabilities = softmax(blend(logits, tfidf, self.blend_weight, self.temperature, self.blend_scale)
-                                if tfidf is not None
-                                else logits / np.float32(self.temperature) if self.temperature != 1.0 else logits)
+        probabilities = softmax(blend(logits, tfidf, self.blend_weight, self.temperature, self.blend_scale))
         if not np.isfinite(probabilities).all():
             raise ModelError(np.flatnonzero(~np.isfinite(probabilities).all(axis=1)).tolist())
         return probabilities
