@@ -3,6 +3,7 @@
     python scripts/benchmarks/small_data.py                          # BANKING77 subsets 500, 1k, 2k and all
     python scripts/benchmarks/small_data.py --sizes sample           # the quickstart's split of data/tickets.csv
     python scripts/benchmarks/small_data.py --sizes 500,1000 --set epochs=40 --name "40 epochs"
+    python scripts/benchmarks/small_data.py --sizes sample --variant lp-ft --name lp-ft   # variants.py
 
 For each size: a class-balanced subset of BANKING77's train.csv (seeded; 500 tickets is 6 or 7 per intent), trained
 with ``ticketclf train``'s defaults (or ``--set`` overrides), exported (the export decides int8 or fp32),
@@ -28,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import variants  # noqa: E402
 from banking77 import DATA, apply_overrides  # noqa: E402
 from common import ROOT, publish, record_arguments, table_figures  # noqa: E402
 
@@ -45,7 +47,7 @@ def main() -> int:
     args = parse_args()
     options = apply_overrides(TrainingOptions(), args.set)
     work = ROOT / "runs" / "small-data" / args.name.replace(" ", "-")
-    rows = [measure(size, options, work / size) for size in args.sizes.split(",")]
+    rows = [measure(size, options, work / size, args.variant) for size in args.sizes.split(",")]
     lines = ["| data | training tickets | served: accuracy, routed at 95 % | model alone | TF-IDF baseline | "
              "served minus baseline | blend weight | training time |", "|" + " --- |" * 8]
     for row in rows:
@@ -55,7 +57,9 @@ def main() -> int:
                      f"{row['served_routed'] - row['baseline_routed']:+.1f} routed | {row['weight']:.2f} | "
                      f"{row['minutes']:.1f} min |")
     overrides = " ".join(f"--set {item}" for item in args.set)
-    command = f"python scripts/benchmarks/small_data.py --sizes {args.sizes} --name '{args.name}' {overrides}".strip()
+    variant = f" --variant {args.variant}" if args.variant else ""
+    command = (f"python scripts/benchmarks/small_data.py --sizes {args.sizes} --name '{args.name}'{variant} "
+               f"{overrides}").strip()
     body = "\n".join(lines)
     publish(args, "small-data", body, table_figures(body) | {"rows": rows}, command,
             "served: the model the export marked for serving, blended as the manifest says; routed: share of test "
@@ -63,7 +67,7 @@ def main() -> int:
     return 0
 
 
-def measure(size: str, options: TrainingOptions, work: Path) -> dict:
+def measure(size: str, options: TrainingOptions, work: Path, variant: str | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data_options = DataOptions()
     if size == "sample":
@@ -76,16 +80,19 @@ def measure(size: str, options: TrainingOptions, work: Path) -> dict:
         if size != "all":
             train_file = balanced_subset(DATA / "train.csv", int(size), work / "train.csv")
     bundle = work / "bundle"
-    started = time.perf_counter()
+    started = time.perf_counter()  # a variant's warm-up counts as training time
+    options = variants.apply(variant, train_file, options, data_options, work)
     train(train_file, bundle, options, data_options, overwrite=True)
     minutes = (time.perf_counter() - started) / 60
-    export(bundle)
+    if variants.exported(variant):
+        export(bundle)
     report = evaluate(bundle, test_file, work / "report")
     served = Predictor.load(bundle)
     test, _ = load_tickets(test_file, served.manifest.text, "category")
     alone = served.logits(test.texts, cleaned=True)[0].argmax(axis=1)
     alone_accuracy = float((alone == [served.labels.index(label) for label in test.labels]).mean())
     baseline = report["baseline"]["metrics"]
+    variants.reset()
     return {"data": "sample (quickstart split)" if size == "sample" else f"BANKING77 {size}",
             "tickets": served.manifest.data.train.rows_used, "engine": served.engine_kind,
             "served": 100 * report["metrics"]["accuracy"], "served_routed": 100 * _routed(report["metrics"]),
@@ -120,6 +127,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainingOptions field, e.g. epochs=30 (repeatable)")
     parser.add_argument("--name", default="default", help="short name of this configuration")
+    parser.add_argument("--variant", choices=variants.VARIANTS, help="one change to training (variants.py)")
     return record_arguments(parser).parse_args()
 
 
