@@ -208,6 +208,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=defaults.seed, help="seed for the split, shuffling and the new head")
     m.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
     m.add_argument("--train-word-embeddings", action="store_true", help="also update the vocabulary embeddings")
+    m.add_argument("--layer-lr-decay", type=float, default=defaults.layer_lr_decay, metavar="FACTOR",
+                   help="each encoder layer learns FACTOR times the rate of the layer above it; 1: one rate for "
+                        "all (default %(default)s)")
     m.add_argument("--patience", type=int, default=defaults.early_stopping_patience,
                    help="epochs without validation macro-F1 gain before the learning rate decays to 0 over one "
                         "more epoch and training stops")
@@ -231,8 +234,8 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, lora=args.lora,
         lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, class_weighted_loss=args.class_weights,
         freeze_word_embeddings=not args.train_word_embeddings, early_stopping_patience=args.patience,
-        precision=args.precision, resume=args.resume, oos_abstention=args.oos_abstention,
-        field_weights=args.field_weights)
+        layer_lr_decay=args.layer_lr_decay, precision=args.precision, resume=args.resume,
+        oos_abstention=args.oos_abstention, field_weights=args.field_weights)
     data_options = DataOptions(
         text=TextOptions(fields=args.text_columns or (), strip_html=not args.keep_html,
                          strip_quoted_replies=not args.keep_quoted_replies, strip_signatures=not args.keep_signatures),

@@ -60,6 +60,9 @@ class TrainingOptions:
     freeze_word_embeddings: bool = True
     group_by_length: bool = True
     early_stopping_patience: int = 3
+    # Each encoder layer learns this many times the rate of the layer above it (the embeddings below the
+    # first); what sits on top (pooler, heads) learns at the full rate. 1: one rate for all.
+    layer_lr_decay: float = 1.0
     precision: str = "auto"  # one of PRECISIONS
     resume: bool = False
     # Share of in-scope validation tickets the out-of-scope detector's threshold flags (classifier.oos).

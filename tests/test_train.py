@@ -13,14 +13,19 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from classifier.bundle import SCHEMA_VERSION, read_examples, read_manifest
 from classifier.calibration import negative_log_likelihood
+from classifier.data import prepare_data
 from classifier.errors import UserError
 from classifier.options import LORA_LEARNING_RATE, TrainingOptions
 from classifier.train import (
     ATTENTION_BUDGET,
     EVAL_ATTENTION_BUDGET,
+    _build_trainer,
     _length_batches,
+    _load_model,
+    _load_tokenizer,
     choose_max_length,
     default_base_model,
+    layer_depth,
     micro_batches,
     train,
 )
@@ -156,3 +161,45 @@ def test_detector_features_are_computed_in_batches_within_the_attention_budget()
         assert [lengths[i] for i in batch] == sorted(lengths[i] for i in batch)
     assert batches == [[1, 3, 9], [5, 2, 0], [4, 6, 7], [8]]  # shortest first, three at most
     assert _length_batches([512] * 6, most=64) == [[0, 1, 2, 3], [4, 5]]  # 4 x 512^2 is the whole budget
+
+
+@pytest.mark.parametrize(("name", "depth"), [
+    ("bert.embeddings.LayerNorm.weight", 0),
+    ("bert.encoder.layer.0.attention.self.query.weight", 1),
+    ("bert.encoder.layer.5.output.dense.bias", 6),
+    ("roberta.encoder.layer.11.output.LayerNorm.weight", 12),
+    ("distilbert.transformer.layer.3.attention.q_lin.weight", 4),
+    ("model.layers.21.attn.Wqkv.weight", 22),  # ModernBERT
+    ("base_model.model.bert.encoder.layer.2.attention.self.query.lora_A.default.weight", 3),  # peft
+    ("bert.pooler.dense.weight", None),
+    ("classifier.weight", None),
+    ("model.heads.0.weight", None),
+])
+def test_layer_depth_reads_the_common_encoders_names(name: str, depth: int | None) -> None:
+    assert layer_depth(name) == depth
+
+
+def test_layer_lr_decay_scales_each_layer_below_the_top(tiny_csv: Path, tmp_path: Path) -> None:
+    data = prepare_data(tiny_csv)
+    options = TrainingOptions(max_length=64, layer_lr_decay=0.5)
+    model = _load_model(default_base_model(), data.labels, options)
+    trainer, _ = _build_trainer(model, _load_tokenizer(default_base_model()), data, options, 64, tmp_path)
+    optimizer = trainer.create_optimizer()
+    assert trainer.create_optimizer() is optimizer  # asked again, not scaled twice
+    rates = {id(parameter): group["lr"] for group in optimizer.param_groups for parameter in group["params"]}
+    peak = options.peak_learning_rate
+    parameters = dict(model.named_parameters())
+    expected = {"classifier.weight": peak, "bert.pooler.dense.weight": peak,
+                "bert.encoder.layer.5.attention.self.query.weight": peak / 2,
+                "bert.encoder.layer.0.attention.self.query.weight": peak / 2**6,
+                "bert.embeddings.LayerNorm.weight": peak / 2**7}
+    assert {name: rates[id(parameters[name])] for name in expected} == pytest.approx(expected)
+    assert id(parameters["bert.embeddings.word_embeddings.weight"]) not in rates  # frozen, as without decay
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == sum(
+        parameter.requires_grad for parameter in model.parameters())
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.5])
+def test_layer_lr_decay_out_of_range_is_a_user_error(tiny_csv: Path, tmp_path: Path, decay: float) -> None:
+    with pytest.raises(UserError, match="--layer-lr-decay must be above 0 and at most 1"):
+        train(tiny_csv, tmp_path / "model", TrainingOptions(layer_lr_decay=decay))

@@ -150,13 +150,15 @@ def contrastive(train_file: Path, options: TrainingOptions, data_options: DataOp
 
 def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Khosla et al.'s loss on unit-length ``embeddings``: for each ticket with a same-label partner in the
-    batch, the mean log-probability of its partners among all the other tickets."""
+    batch, the mean log-probability of its partners among all the other tickets (0 with no such ticket)."""
     similarity = embeddings @ embeddings.T / CONTRASTIVE_TEMPERATURE
     self_mask = torch.eye(len(labels), dtype=torch.bool)
     similarity = similarity.masked_fill(self_mask, float("-inf"))
     log_probability = similarity - torch.logsumexp(similarity, dim=1, keepdim=True)
     partners = (labels[:, None] == labels[None, :]) & ~self_mask
     has_partner = partners.any(dim=1)
+    if not has_partner.any():  # with many labels, a batch may hold none twice: nothing to pull together
+        return embeddings.sum() * 0.0
     per_ticket = log_probability.masked_fill(~partners, 0).sum(1) / partners.sum(1).clamp(min=1)
     return -per_ticket[has_partner].mean()
 
