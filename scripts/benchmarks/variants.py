@@ -9,7 +9,8 @@ that loses leaves no option behind. ``small_data.py --variant NAME`` trains with
   supervised contrastive loss on its mean-pooled sentence embeddings (tickets of one label pulled
   together, the others pushed apart; Khosla et al. 2020), then fine-tuned as usual.
 - ``llrd``: layer-wise learning-rate decay: each layer below the top learns ``LLRD_DECAY`` times the rate
-  of the one above it (the head and the pooler at the full rate).
+  of the one above it (the head and the pooler at the full rate). Measured with a patch of this module, since
+  then the product's ``--layer-lr-decay``, which this variant now sets.
 - ``rdrop``: R-Drop: every batch goes through the model twice (two dropout masks), and the loss adds
   ``RDROP_ALPHA`` times the symmetric KL divergence of the two predictions (Liang et al. 2021).
 - ``mean-pooling``: the head reads the mean of the last layer over the ticket's tokens (how the encoder was
@@ -51,6 +52,8 @@ def apply(variant: str | None, train_file: Path, options: TrainingOptions, data_
     reset()
     if variant is None:
         return options
+    if variant in SETTINGS:
+        return dataclasses.replace(options, **SETTINGS[variant])
     if variant in WARM_STARTS:
         base = WARM_STARTS[variant](train_file, options, data_options, work / f"base-{variant}")
         return dataclasses.replace(options, base_model=str(base))
@@ -163,35 +166,6 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor) 
     return -per_ticket[has_partner].mean()
 
 
-def _layer_decay_optimizer(self: AnnealingTrainer) -> Any:
-    """Trainer's optimizer with each parameter group split by depth, every level ``LLRD_DECAY`` times the
-    rate of the one above; groups a subclass adds afterwards (the field heads) keep their rate."""
-    optimizer = Trainer.create_optimizer(self)
-    names = {id(parameter): name for name, parameter in self.model.named_parameters()}
-    layers = self.model.config.num_hidden_layers
-    split = []
-    for group in optimizer.param_groups:
-        by_depth: dict[int, list] = {}
-        for parameter in group["params"]:
-            by_depth.setdefault(_depth(names[id(parameter)], layers), []).append(parameter)
-        split += [{**group, "params": params, "lr": group["lr"] * LLRD_DECAY ** (layers + 1 - depth)}
-                  for depth, params in sorted(by_depth.items())]
-    optimizer.param_groups.clear()
-    for group in split:
-        optimizer.add_param_group(group)
-    return optimizer
-
-
-def _depth(name: str, layers: int) -> int:
-    """0 for the embeddings, i + 1 for encoder layer i, layers + 1 for the pooler and the heads."""
-    if ".embeddings." in f".{name}":
-        return 0
-    marker = ".layer."
-    if marker in name:
-        return int(name.split(marker, 1)[1].split(".", 1)[0]) + 1
-    return layers + 1
-
-
 def _rdrop_loss(self: AnnealingTrainer, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                 num_items_in_batch: Any = None) -> Any:
     if not model.training:
@@ -247,8 +221,8 @@ def _mean_pooling_engine(self: predict.TorchEngine, *args: Any, **kwargs: Any) -
 
 WARM_STARTS: dict[str, Callable[..., Path]] = {"lp-ft": linear_probe, "contrastive": contrastive}
 PATCHES: dict[str, list[tuple[Any, str, Callable[..., Any]]]] = {
-    "llrd": [(AnnealingTrainer, "create_optimizer", _layer_decay_optimizer)],
     "rdrop": [(AnnealingTrainer, "compute_loss", _rdrop_loss)],
     "mean-pooling": [(training, "_load_model", _load_mean_pooling_model),
                      (predict.TorchEngine, "__init__", _mean_pooling_engine)]}
-VARIANTS = (*WARM_STARTS, *PATCHES)
+SETTINGS: dict[str, dict[str, Any]] = {"llrd": {"layer_lr_decay": LLRD_DECAY}}
+VARIANTS = (*WARM_STARTS, *SETTINGS, *PATCHES)
