@@ -106,7 +106,7 @@ def measure(run: Path, kinds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     tfidf = TfidfModel.load(baseline).aligned(labels, baseline)
     tfidf_labels = [labels[i] for i in tfidf.logits(test.texts).argmax(axis=1)]
     majority = _borderline_majority(run / "train.csv", kinds)
-    ids = _ids(run / "test.csv")
+    ids = test.ids
     rows = []
     for kind in KINDS:
         chosen = [i for i, ticket in enumerate(ids) if kinds[ticket]["kind"] == kind]
@@ -117,11 +117,6 @@ def measure(run: Path, kinds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
             row["majority_wrong"] = sum(majority.get(kinds[ids[i]]["issue"]) != test.labels[i] for i in chosen)
         rows.append(row)
     return rows
-
-
-def _ids(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [row["id"] for row in csv.DictReader(handle)]
 
 
 def _borderline_majority(train_file: Path, kinds: dict[str, dict[str, Any]]) -> dict[str, str]:
