@@ -199,7 +199,7 @@ def test_layer_lr_decay_scales_each_layer_below_the_top(tiny_csv: Path, tmp_path
         parameter.requires_grad for parameter in model.parameters())
 
 
-@pytest.mark.parametrize("decay", [0.0, 1.5])
+@pytest.mark.parametrize("decay", [0.0, -0.5, 1.5])
 def test_layer_lr_decay_out_of_range_is_a_user_error(tiny_csv: Path, tmp_path: Path, decay: float) -> None:
     with pytest.raises(UserError, match="--layer-lr-decay must be above 0 and at most 1"):
         train(tiny_csv, tmp_path / "model", TrainingOptions(layer_lr_decay=decay))
