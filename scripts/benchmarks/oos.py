@@ -182,8 +182,7 @@ def methods(split: dict[str, Any]) -> dict[str, Callable[[str], np.ndarray]]:
     shipped = fit_detector(train["first_token"], train["y"])
     chosen["relative Mahalanobis, first_token"] = lambda part: (shipped.score(split[part]["first_token"])
                                                                 - whole.score(split[part]["first_token"]))
-    chosen["Mahalanobis + energy, first_token"] = standardised_sum(
-        chosen["Mahalanobis, first_token"], chosen["energy"], "validation")
+    chosen["Mahalanobis + energy, first_token"] = standardised_sum(chosen[SHIPPED], chosen["energy"], "validation")
     add_served(chosen, split, "validation")
     return chosen
 
@@ -227,8 +226,8 @@ def evaluate_methods(split: dict[str, Any]) -> dict[str, dict[str, float]]:
     int8_methods = {name: (lambda part, m=method: m(split[part]["logits"]))
                     for name, method in logit_methods(split["temperature"]).items()}
     int8_methods[SHIPPED] = lambda part: split[part]["shipped"]
-    int8_methods["Mahalanobis + energy, first_token"] = lambda part: standardised_sum(
-        int8_methods[SHIPPED], int8_methods["energy"], "int8_validation")(part)
+    int8_methods["Mahalanobis + energy, first_token"] = standardised_sum(
+        int8_methods[SHIPPED], int8_methods["energy"], "int8_validation")
     add_served(int8_methods, split, "int8_validation")
     for name, score in int8_methods.items():
         results[f"{name} (int8)"] = figures(score("int8"), score("int8_validation"), truth, int8_predicted)

@@ -9,8 +9,8 @@ that loses leaves no option behind. ``small_data.py --variant NAME`` trains with
   supervised contrastive loss on its mean-pooled sentence embeddings (tickets of one label pulled
   together, the others pushed apart; Khosla et al. 2020), then fine-tuned as usual.
 - ``llrd``: layer-wise learning-rate decay: each layer below the top learns ``LLRD_DECAY`` times the rate
-  of the one above it (the head and the pooler at the full rate). Measured with a patch of this module, since
-  then the product's ``--layer-lr-decay``, which this variant now sets.
+  of the one above it (the head and the pooler at the full rate): the product's ``--layer-lr-decay``, which
+  this variant sets.
 - ``rdrop``: R-Drop: every batch goes through the model twice (two dropout masks), and the loss adds
   ``RDROP_ALPHA`` times the symmetric KL divergence of the two predictions (Liang et al. 2021).
 - ``mean-pooling``: the head reads the mean of the last layer over the ticket's tokens (how the encoder was
