@@ -33,8 +33,9 @@ def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv
     checkpoints = tmp_path / "model.checkpoints"
     command = ["train", str(tiny_csv), "--output", str(output), "--epochs", "12", "--max-length", "32"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # A shell's background job (nohup ... &) inherits SIGINT ignored; the child must see it as Ctrl-C.
     run = subprocess.Popen([sys.executable, "-m", "classifier.cli", *command], stderr=subprocess.PIPE, text=True,
-                           env=env)
+                           env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # 12 epochs: on a fast, idle machine 3 epochs of tiny_csv ended before the signal arrived.
     deadline = time.monotonic() + 240
     while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
