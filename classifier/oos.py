@@ -12,8 +12,8 @@ At training, :func:`fit_detector` fits the class means and a shrunk covariance o
 split's features and :func:`choose_threshold` takes the score that a target share of the validation
 split's tickets exceeds (the in-scope abstention, 1 % by default). Both go into the bundle as plain
 arrays (``out_of_scope.npz``, no pickles) and the manifest's ``out_of_scope`` section. Serving needs
-numpy only: with the covariance folded into a whitening matrix, the score is one matrix product and
-a nearest-mean search.
+numpy and scipy's BLAS only: with the covariance folded into a triangular whitening matrix, the score
+is a triangular and a plain matrix-vector product and a nearest-mean search.
 
 Tickets of an "Other" class are left out of the fit: that class is everything the other queues are
 not, so it has no centre, and its spread would blur the covariance that the known queues share.
@@ -45,17 +45,27 @@ class OutOfScopeDetector:
     by the dimension puts a typical in-scope ticket near 1 whatever the encoder's width.
     """
 
-    whitening: np.ndarray  # (dim, dim) float64
+    whitening: np.ndarray  # (dim, dim) float64, upper triangular
     centres: np.ndarray  # (classes fitted, dim) float64
-    # One float32 matrix [W; C W] gives W x and the products z.c with every centre in one pass over ~0.7 MB
-    # (float64 would be twice that, and twice as slow at batch 1); |c|^2 is kept in float64.
-    _stacked: np.ndarray = field(init=False, repr=False)
-    _centre_norms: np.ndarray = field(init=False, repr=False)
+    # At batch 1 the score's cost is reading its matrices: the model's run has just pushed them out of the
+    # CPU caches, and reading them pushes out the model's weights. So W is kept packed (its upper triangle
+    # column by column, as BLAS's tpmv reads it: half the bytes) and in float32, beside C W, whose rows'
+    # products with x are the products z.c with every centre; |c|^2 / 2 is kept in float64.
+    _packed: np.ndarray = field(init=False, repr=False)
+    _centre_products: np.ndarray = field(init=False, repr=False)
+    _half_centre_norms: np.ndarray = field(init=False, repr=False)
+    _tpmv: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        stacked = np.vstack([self.whitening, self.centres @ self.whitening]).astype(np.float32)
-        object.__setattr__(self, "_stacked", stacked)
-        object.__setattr__(self, "_centre_norms", np.einsum("cd,cd->c", self.centres, self.centres))
+        from scipy.linalg.blas import stpmv  # here, not at the first ticket: scipy.linalg takes ~0.2 s to import
+
+        if np.any(np.tril(self.whitening, -1)):
+            raise ValueError("the whitening matrix must be upper triangular")
+        object.__setattr__(self, "_tpmv", stpmv)
+        lower = np.tril_indices(self.dimension)  # W's transpose row by row: W's upper triangle column by column
+        object.__setattr__(self, "_packed", np.ascontiguousarray(self.whitening.T[lower], dtype=np.float32))
+        object.__setattr__(self, "_centre_products", (self.centres @ self.whitening).astype(np.float32))
+        object.__setattr__(self, "_half_centre_norms", np.einsum("cd,cd->c", self.centres, self.centres) / 2)
 
     @property
     def dimension(self) -> int:
@@ -67,13 +77,16 @@ class OutOfScopeDetector:
             raise UserError(f"the out-of-scope detector expects {self.dimension} features per ticket, the model "
                             f"gives {features.shape[-1]}; train the bundle again")
         rows = np.asarray(features, dtype=np.float32)
-        # A matrix-vector product per ticket: a matrix product's rounding depends on how many rows it
-        # holds (BLAS blocking), and a ticket's shown score must not depend on its batch-mates.
-        projected = np.array([self._stacked @ row for row in rows], dtype=np.float64).reshape(len(rows), -1)
-        whitened, products = projected[:, :self.dimension], projected[:, self.dimension:]
-        # |z - c|^2 = |z|^2 - 2 z.c + |c|^2 for every centre; the nearest one's.
-        squared = np.einsum("nd,nd->n", whitened, whitened)[:, None] - 2 * products + self._centre_norms
-        return np.maximum(squared.min(axis=1), 0.0) / self.dimension
+        return np.fromiter(map(self._score_row, rows), dtype=np.float64, count=len(rows))
+
+    def _score_row(self, row: np.ndarray) -> float:
+        # Row by row: a matrix product's rounding depends on how many rows it holds (BLAS blocking), and a
+        # ticket's shown score must not depend on its batch-mates. Few numpy calls: at batch 1 each costs
+        # about as much as the arithmetic.
+        whitened = self._tpmv(self.dimension, self._packed, row).astype(np.float64)
+        # min |z - c|^2 = |z|^2 - 2 max (z.c - |c|^2 / 2), the maximum at the nearest centre.
+        nearest = float((self._centre_products @ row - self._half_centre_norms).max())
+        return max(float(whitened @ whitened) - 2 * nearest, 0.0) / self.dimension
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as out:
@@ -89,9 +102,10 @@ class OutOfScopeDetector:
                 whitening, centres = arrays["whitening"], arrays["centres"]
         except (OSError, ValueError, KeyError) as error:
             raise UserError(f"{path}: not an out-of-scope detector ({error}); train the bundle again") from None
-        if whitening.ndim != 2 or centres.ndim != 2 or whitening.shape[1] != centres.shape[1]:
-            raise UserError(f"{path}: the detector's arrays do not fit together "
-                            f"({whitening.shape} and {centres.shape}); train the bundle again")
+        if (whitening.ndim != 2 or centres.ndim != 2 or whitening.shape[0] != whitening.shape[1]
+                or whitening.shape[1] != centres.shape[1] or np.any(np.tril(whitening, -1))):
+            raise UserError(f"{path}: the detector's arrays do not fit together (a {whitening.shape} whitening "
+                            f"matrix, upper triangular, and {centres.shape} centres); train the bundle again")
         return cls(whitening.astype(np.float64), centres.astype(np.float64))
 
 

@@ -72,6 +72,10 @@ def test_a_detector_survives_saving_and_a_broken_file_is_one_line(tmp_path: Path
     (tmp_path / "broken.npz").write_bytes(b"not numpy")
     with pytest.raises(UserError, match="broken.npz: not an out-of-scope detector"):
         OutOfScopeDetector.load(tmp_path / "broken.npz")
+    # The score reads the whitening matrix's upper triangle only: a full one would be scored wrongly.
+    np.savez(tmp_path / "full.npz", whitening=np.ones((3, 3)), centres=detector.centres)
+    with pytest.raises(UserError, match="full.npz: the detector's arrays do not fit together .*upper triangular"):
+        OutOfScopeDetector.load(tmp_path / "full.npz")
 
 
 # ---------------------------------------------------------------- in a bundle
