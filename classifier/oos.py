@@ -59,8 +59,11 @@ class OutOfScopeDetector:
     def __post_init__(self) -> None:
         from scipy.linalg.blas import stpmv  # here, not at the first ticket: scipy.linalg takes ~0.2 s to import
 
-        if np.any(np.tril(self.whitening, -1)):
-            raise ValueError("the whitening matrix must be upper triangular")
+        whitening, centres = self.whitening, self.centres
+        if (whitening.ndim != 2 or centres.ndim != 2 or whitening.shape[0] != whitening.shape[1]
+                or whitening.shape[1] != centres.shape[1] or np.any(np.tril(whitening, -1))):
+            # The score reads W's upper triangle only: a full matrix would be scored wrongly, not refused.
+            raise ValueError(f"a {whitening.shape} whitening matrix, upper triangular, and {centres.shape} centres")
         object.__setattr__(self, "_tpmv", stpmv)
         lower = np.tril_indices(self.dimension)  # W's transpose row by row: W's upper triangle column by column
         object.__setattr__(self, "_packed", np.ascontiguousarray(self.whitening.T[lower], dtype=np.float32))
@@ -102,11 +105,11 @@ class OutOfScopeDetector:
                 whitening, centres = arrays["whitening"], arrays["centres"]
         except (OSError, ValueError, KeyError) as error:
             raise UserError(f"{path}: not an out-of-scope detector ({error}); train the bundle again") from None
-        if (whitening.ndim != 2 or centres.ndim != 2 or whitening.shape[0] != whitening.shape[1]
-                or whitening.shape[1] != centres.shape[1] or np.any(np.tril(whitening, -1))):
-            raise UserError(f"{path}: the detector's arrays do not fit together (a {whitening.shape} whitening "
-                            f"matrix, upper triangular, and {centres.shape} centres); train the bundle again")
-        return cls(whitening.astype(np.float64), centres.astype(np.float64))
+        try:
+            return cls(whitening.astype(np.float64), centres.astype(np.float64))
+        except ValueError as error:
+            raise UserError(f"{path}: the detector's arrays do not fit together ({error}); train the bundle "
+                            "again") from None
 
 
 def fit_detector(features: np.ndarray, label_ids: np.ndarray, ignored: tuple[int, ...] = ()) -> OutOfScopeDetector:
