@@ -15,7 +15,10 @@ test tickets:
 - Mahalanobis distance to the nearest class mean (shared, shrunk covariance) and the nearest training
   neighbour's cosine distance (k = 1 and 10), on three features of the last layer: the first token (what
   the shipped detector and the classification head read), BERT's pooled output, and the mean over tokens;
-- relative Mahalanobis (the class distance minus the distance to the whole training set).
+- relative Mahalanobis (the class distance minus the distance to the whole training set);
+- ViM (Wang et al. 2022, virtual-logit matching): the pooled feature's norm off its principal subspace (2/3 of
+  the dimensions, from the training tickets) as one more logit, scaled to the logits; the score is that
+  logit's softmax probability.
 
 Thresholds for the recall figures are chosen as the product chooses them, on the in-scope validation
 tickets for a target abstention (1 % and 5 %); AUROC and FPR at 95 % recall need none. Feature methods
@@ -65,7 +68,7 @@ def main() -> int:
     results: dict[int, dict[str, dict[str, float]]] = {}
     latency: dict[int, dict[str, float]] = {}
     for seed in args.seeds:
-        bundle_dir = trained_bundle(seed, args.work / f"seed{seed}", args.reuse)
+        bundle_dir = trained_bundle(seed, args.work / f"seed{seed}", args.reuse, args.set)
         split = scored_split(bundle_dir, seed)
         results[seed] = evaluate_methods(split)
         latency[seed] = detector_latency(bundle_dir, split["test_texts"][:args.latency_samples], args.rounds)
@@ -81,6 +84,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true", help="keep bundles already trained and exported in --work")
     parser.add_argument("--latency-samples", type=int, default=300, help="test tickets timed one by one")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a TrainingOptions field of the bundles trained, e.g. epochs=10 (repeatable)")
     return record_arguments(parser).parse_args()
 
 
@@ -94,8 +99,11 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def trained_bundle(seed: int, work: Path, reuse: bool) -> Path:
+def trained_bundle(seed: int, work: Path, reuse: bool, overrides: list[str]) -> Path:
     """Train (``ticketclf train`` defaults) and export a bundle on the in-scope intents of BANKING77's train."""
+    from banking77 import apply_overrides
+
+    from classifier.options import TrainingOptions
     from classifier.train import train
 
     bundle_dir = work / "bundle"
@@ -110,7 +118,7 @@ def trained_bundle(seed: int, work: Path, reuse: bool) -> Path:
         writer.writerows({"text": row["text"], "category": row["category"]} for row in rows)
     shutil.rmtree(bundle_dir, ignore_errors=True)
     started = time.perf_counter()
-    train(work / "train.csv", bundle_dir)
+    train(work / "train.csv", bundle_dir, apply_overrides(TrainingOptions(), overrides))
     export(bundle_dir)
     print(f"seed {seed}: trained and exported in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return bundle_dir
@@ -130,7 +138,8 @@ def scored_split(bundle_dir: Path, seed: int) -> dict[str, Any]:
     model = AutoModelForSequenceClassification.from_pretrained(bundle_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(bundle_dir)
     split: dict[str, Any] = {"labels": list(manifest.labels), "temperature": manifest.temperature,
-                             "test_texts": test_texts}
+                             "test_texts": test_texts, "head": (model.classifier.weight.detach().numpy(),
+                                                                model.classifier.bias.detach().numpy())}
     served = Predictor.load(bundle_dir, engine="int8")
     tfidf: dict[str, np.ndarray | None] = {}
     for name, texts, labels in (("train", data.train.texts, data.train.labels),
@@ -183,8 +192,27 @@ def methods(split: dict[str, Any]) -> dict[str, Callable[[str], np.ndarray]]:
     chosen["relative Mahalanobis, first_token"] = lambda part: (shipped.score(split[part]["first_token"])
                                                                 - whole.score(split[part]["first_token"]))
     chosen["Mahalanobis + energy, first_token"] = standardised_sum(chosen[SHIPPED], chosen["energy"], "validation")
+    chosen["ViM, pooled"] = virtual_logit(split)
     add_served(chosen, split, "validation")
     return chosen
+
+
+def virtual_logit(split: dict[str, Any]) -> Callable[[str], np.ndarray]:
+    """ViM: features moved to the origin the head's bias implies, their residual off the training tickets'
+    principal subspace as a virtual logit (scaled so that its training mean matches the top logit's); the
+    score is the virtual logit's softmax probability, as log-odds (the same order, without rounding to 1)."""
+    weight, bias = split["head"]
+    origin = -np.linalg.pinv(weight) @ bias
+    train = split["train"]["pooled"] - origin
+    values, vectors = np.linalg.eigh(train.T @ train / len(train))
+    residual_space = vectors[:, np.argsort(values)[::-1][2 * train.shape[1] // 3:]]
+    scale = split["train"]["logits"].max(axis=1).mean() / np.linalg.norm(train @ residual_space, axis=1).mean()
+
+    def score(part: str) -> np.ndarray:
+        virtual = scale * np.linalg.norm((split[part]["pooled"] - origin) @ residual_space, axis=1)
+        return virtual - np.logaddexp.reduce(split[part]["logits"], axis=1)
+
+    return score
 
 
 def add_served(chosen: dict[str, Callable[[str], np.ndarray]], split: dict[str, Any], validation: str) -> None:
