@@ -85,6 +85,16 @@ def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> Non
     assert "Booting worker" in output and "Traceback" not in output and "hello" not in output
 
 
+def test_a_worker_runs_blas_on_its_model_threads() -> None:
+    # In a process of its own, as a forked worker: the limit holds for the whole process.
+    limited = subprocess.run([sys.executable, "-c", (
+        "from service import gunicorn_conf; gunicorn_conf.post_fork(None, None); "
+        "from threadpoolctl import threadpool_info; "
+        "print(sorted({pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas'}))")],
+        cwd=ROOT, env={**os.environ, "TICKETCLF_THREADS": "1"}, capture_output=True, text=True, check=True)
+    assert limited.stdout.strip() == "[1]"
+
+
 def test_sigterm_answers_the_requests_already_waiting(exported_bundle: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     body = json.dumps({"text": "I was charged twice"}).encode()
