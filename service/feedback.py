@@ -39,6 +39,7 @@ from service import metrics
 from service.api import _json_body, json_response
 from service.context import context
 from service.errors import ApiError
+from service.model import LoadedModel
 from service.schemas import (
     FeedbackBase,
     FeedbackResponse,
@@ -129,7 +130,7 @@ def feedback() -> Response:
         raise ApiError(422, "invalid_request", describe(error)) from None
     batch = isinstance(body, dict) and any(key.lower() == "feedback" for key in body)
     names = [f"feedback[{index}]" if batch else "" for index in range(len(items))]
-    return _store([_event(item) for item in items], names)
+    return _store([_event(item) for item in items], names, model)
 
 
 @bp.post("/feedback/zendesk")
@@ -145,6 +146,7 @@ def freshdesk() -> Response:
 def _helpdesk(source: str) -> Response:
     """``{"ticket": {"id", "subject", "description", "updated_at", <category field>, "custom_fields"}}``."""
     body = _json_body()
+    model = context().model()
     try:
         parsed = HelpdeskWebhook.model_validate(body)
     except ValidationError as error:
@@ -154,9 +156,9 @@ def _helpdesk(source: str) -> Response:
     field = current_app.config[HELPDESK_FIELDS[source]]
     label = _label_from(extra, field, "ticket", source)
     event = FeedbackEvent(
-        ticket_id=str(ticket.id), label=label, text_fields=_text(ticket), updated_at=ticket.updated_at,
+        ticket_id=str(ticket.id), label=label, text_fields=_text(ticket, model), updated_at=ticket.updated_at,
         event_id=parsed.event_id, source=source, **_prediction(extra, "ticket"))
-    return _store([event], ["ticket"])
+    return _store([event], ["ticket"], model)
 
 
 @bp.post("/feedback/jira")
@@ -164,6 +166,7 @@ def jira() -> Response:
     """Jira Service Management: ``{"issue": {"key", "fields": {"summary", "description", "updated", <field>}}}``,
     or the issue itself (automation's own format)."""
     body = _json_body()
+    model = context().model()
     if isinstance(body, dict) and "issue" not in body and "fields" in body:
         body = {"issue": body}
     try:
@@ -176,10 +179,10 @@ def jira() -> Response:
     description = issue.fields.description
     text = _text(ZendeskTicket.model_construct(
         id=issue.key, subject=issue.fields.summary,
-        description=_document_text(description) if isinstance(description, dict) else description))
+        description=_document_text(description) if isinstance(description, dict) else description), model)
     event = FeedbackEvent(ticket_id=issue.key, label=label, text_fields=text, updated_at=issue.fields.updated,
                           event_id=parsed.event_id, source="jira", **_prediction(fields, "issue.fields"))
-    return _store([event], ["issue"])
+    return _store([event], ["issue"], model)
 
 
 # ---------------------------------------------------------------- shared steps
@@ -193,12 +196,13 @@ def _event(item: FeedbackBase) -> FeedbackEvent:
         updated_at=item.updated_at)
 
 
-def _store(events: list[FeedbackEvent], names: Sequence[str]) -> Response:
-    """Check the labels against the served model's, store all in one transaction, count and answer."""
+def _store(events: list[FeedbackEvent], names: Sequence[str], model: LoadedModel) -> Response:
+    """Check the labels against ``model``'s (the one the request read), store all in one transaction, count
+    and answer."""
     database: FeedbackDatabase = current_app.extensions[EXTENSION]
     events = [_checked_values(event, name) for event, name in zip(events, names, strict=True)]
     store = database.store()
-    events = _check_labels(events, names, store)
+    events = _check_labels(events, names, store, model)
     if not current_app.config["FEEDBACK_STORE_TEXT"]:
         events = [_without_text(event) for event in events]
     g.ticket_count = len(events)  # the access log's count; it never holds feedback text
@@ -208,7 +212,7 @@ def _store(events: list[FeedbackEvent], names: Sequence[str]) -> Response:
         metrics.record_feedback_store_error()
         log.error("feedback not stored (nothing of this request was): %s", _first_line(error))
         raise _unavailable(f"{database.describe()}: {_first_line(error)}") from None
-    metrics.record_feedback(outcomes)
+    metrics.record_feedback(outcomes, model.predictor.labels)
     return json_response(_response(outcomes))
 
 
@@ -226,10 +230,10 @@ def _checked_values(event: FeedbackEvent, name: str) -> FeedbackEvent:
     return event
 
 
-def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: FeedbackStore) -> list[FeedbackEvent]:
+def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: FeedbackStore,
+                  model: LoadedModel) -> list[FeedbackEvent]:
     """Labels are the served model's (matched in any case, stored in its spelling), or new ones the request
     (``new_label``), the settings (``FEEDBACK_NEW_LABELS``) or an earlier request accepted."""
-    model = context().model()
     known = {label.casefold(): label for label in model.predictor.labels}
     checked, unknown = [], []
     taught: set[str] | None = None
@@ -271,11 +275,11 @@ def _response(outcomes: list[Outcome]) -> FeedbackResponse:
                             results=[FeedbackResult(ticket_id=o.ticket_id, status=o.status) for o in outcomes])
 
 
-def _text(ticket: ZendeskTicket) -> dict[str, str] | None:
+def _text(ticket: ZendeskTicket, model: LoadedModel) -> dict[str, str] | None:
     """A webhook ticket's subject and description mapped onto the model's fields, as /classify maps them."""
     if not (ticket.subject or ticket.description):
         return None
-    record = zendesk_record(ticket, context().model().predictor.text_options.record_fields)
+    record = zendesk_record(ticket, model.predictor.text_options.record_fields)
     if isinstance(record, str):
         return {"text": record}
     return {key: value for key, value in record.items() if value and value.strip()} or None

@@ -94,8 +94,14 @@ def record_predictions(predictions: Sequence[Prediction]) -> None:
         TAGS.labels(tag).inc(count)
 
 
+# The model versions this worker has served: feedback names the version that predicted a ticket, and a
+# version it never served counts as "(not served here)" (a request's text must not make new series).
+_SERVED_VERSIONS: set[str] = set()
+
+
 def record_model(name: str, version: str, engine: str) -> None:
     MODEL_INFO.labels(name, version, engine).set(1)
+    _SERVED_VERSIONS.add(version)
 
 
 def record_swap(ok: bool, served: tuple[str, str, str] | None = None,
@@ -109,18 +115,25 @@ def record_swap(ok: bool, served: tuple[str, str, str] | None = None,
         record_model(*served)
 
 
-def record_feedback(outcomes: Sequence[FeedbackOutcome]) -> None:
-    """Count stored feedback once its transaction has committed (duplicates and unchanged labels apart)."""
+def record_feedback(outcomes: Sequence[FeedbackOutcome], labels: Sequence[str]) -> None:
+    """Count stored feedback once its transaction has committed (duplicates and unchanged labels apart). Metric
+    labels come from the served model (``labels``, the versions served), never from the request alone: a
+    predicted label the model does not have counts as "(not a model label)", a new queue's label as
+    "(new label)": in parentheses, so as not to be taken for a queue named Other."""
+    known = set(labels)
     for outcome in outcomes:
         if outcome.status != "stored":
             FEEDBACK_SKIPPED.labels(outcome.status).inc()
             continue
         agreed = outcome.agreed
         result = "unknown" if agreed is None else "agreed" if agreed else "corrected"
-        FEEDBACK.labels(outcome.model_version or "unknown", result).inc()
-        FEEDBACK_LABELS.labels(outcome.label, result).inc()
+        version = outcome.model_version
+        served = version in _SERVED_VERSIONS
+        FEEDBACK.labels("unknown" if version is None else version if served else "(not served here)", result).inc()
+        FEEDBACK_LABELS.labels("(new label)" if outcome.new_label else outcome.label, result).inc()
         if outcome.predicted_label is not None:
-            FEEDBACK_PREDICTED.labels(outcome.predicted_label, result).inc()
+            predicted = outcome.predicted_label
+            FEEDBACK_PREDICTED.labels(predicted if predicted in known else "(not a model label)", result).inc()
             if outcome.needs_review is not None:
                 FEEDBACK_REVIEW.labels(str(outcome.needs_review).lower(), result).inc()
         if outcome.new_label:

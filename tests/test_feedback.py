@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from flask import Flask
-from service_helpers import KEYS, ROOT, error_of, free_port, http_call, metric_values, wait_ready
+from service_helpers import KEYS, ROOT, ctx, error_of, free_port, http_call, metric_values, wait_ready
 
 from classifier.cli import main
 from classifier.data import load_tickets
@@ -430,21 +430,32 @@ def test_freshdesk_and_jira_webhooks(feedback_app: Flask) -> None:
 
 def test_metrics_count_agreement_by_version_and_label(feedback_app: Flask) -> None:
     client = feedback_app.test_client()
+    served = ctx(feedback_app).model().version
 
     def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return metric_values(client.get("/metrics").get_data(as_text=True))
 
-    agreed = ("ticketclf_feedback_total", (("model_version", "m-7"), ("outcome", "agreed")))
-    corrected = ("ticketclf_feedback_total", (("model_version", "m-7"), ("outcome", "corrected")))
+    def gained(key: tuple[str, tuple[tuple[str, str], ...]]) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
     before = samples()
     client.post("/feedback", json={"feedback": [
-        {"ticket_id": fresh_id(), "label": "billing", "predicted_label": "billing", "model_version": "m-7"},
+        {"ticket_id": fresh_id(), "label": "billing", "predicted_label": "billing", "model_version": served},
         {"ticket_id": fresh_id(), "label": "cancellation", "predicted_label": "billing",
-         "model_version": "m-7", "needs_review": True}]})
+         "model_version": served, "needs_review": True},
+        # What a client makes up must not become series of its own.
+        {"ticket_id": fresh_id(), "label": "made-up queue 1", "new_label": True,
+         "predicted_label": "made-up prediction", "model_version": "made-up version"}]})
     after = samples()
-    assert after[agreed] - before.get(agreed, 0) == 1 and after[corrected] - before.get(corrected, 0) == 1
-    assert after[("ticketclf_feedback_labels_total", (("label", "cancellation"), ("outcome", "corrected")))] >= 1
-    assert after[("ticketclf_feedback_review_total", (("needs_review", "true"), ("outcome", "corrected")))] >= 1
+    assert gained(("ticketclf_feedback_total", (("model_version", served), ("outcome", "agreed")))) == 1
+    assert gained(("ticketclf_feedback_total", (("model_version", served), ("outcome", "corrected")))) == 1
+    assert gained(("ticketclf_feedback_labels_total", (("label", "cancellation"), ("outcome", "corrected")))) == 1
+    assert gained(("ticketclf_feedback_review_total", (("needs_review", "true"), ("outcome", "corrected")))) == 1
+    assert gained(("ticketclf_feedback_total", (("model_version", "(not served here)"), ("outcome", "corrected")))) == 1
+    assert gained(("ticketclf_feedback_labels_total", (("label", "(new label)"), ("outcome", "corrected")))) == 1
+    assert gained(("ticketclf_feedback_predicted_total",
+                   (("outcome", "corrected"), ("predicted", "(not a model label)")))) == 1
+    assert not [key for key in after if "made-up" in str(key)]
 
 
 def test_feedback_needs_the_api_key_and_text_can_be_left_out(exported_bundle: Path, tmp_path: Path) -> None:
