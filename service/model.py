@@ -71,8 +71,9 @@ class BundleSource:
 
 def _files_digest(directory: Path) -> str:
     """Changes when any file of the bundle is replaced, rewritten or touched (a stat per file, no reading)."""
-    stats = sorted((str(p.relative_to(directory)), p.stat()) for p in (*directory.glob("*"),
-                                                                      *directory.glob("onnx/*")) if p.is_file())
+    files = (p for p in (*directory.glob("*"), *directory.glob("onnx/*")) if p.is_file())
+    # Hidden files aside: an edit's temporary file (".manifest.json.tmp") is not a change of model.
+    stats = sorted((str(p.relative_to(directory)), p.stat()) for p in files if not p.name.startswith("."))
     return hashlib.sha256(repr([(name, s.st_ino, s.st_mtime_ns, s.st_size) for name, s in stats]).encode()
                           ).hexdigest()[:16]
 
@@ -246,6 +247,7 @@ class ServedModel:
             temporary = self.state_dir / f".{_LAST_GOOD}.{os.getpid()}"
             temporary.write_text(json.dumps(record), encoding="utf-8")
             os.replace(temporary, self.state_dir / _LAST_GOOD)
+            _prune_snapshots(path.parent, keep=path)
         except OSError as error:
             log.warning("could not keep a copy of the serving model for restarting workers: %s", error)
 
@@ -274,6 +276,19 @@ def _snapshot(loaded: LoadedModel, snapshots: Path, source: BundleSource | Repos
     except OSError:  # another worker made the same copy first
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+# Copies kept besides the last good one: another worker may have just made one it is about to record.
+OTHER_SNAPSHOTS_KEPT = 2
+
+
+def _prune_snapshots(snapshots: Path, keep: Path) -> None:
+    """Remove the copies of models that served before, but ``keep`` (the last good) and the newest others:
+    each accepted swap makes one (up to a model's size), in a temporary directory often held in memory."""
+    others = [path for path in snapshots.iterdir() if path.is_dir() and path != keep and not path.name.startswith(".")]
+    others.sort(key=lambda path: path.stat().st_mtime_ns, reverse=True)
+    for old in others[OTHER_SNAPSHOTS_KEPT:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _heavy(path: Path, served: Path | None, root: Path) -> bool:

@@ -113,6 +113,27 @@ def test_a_flipped_link_deploys_and_a_broken_bundle_is_refused(exported_bundle: 
     assert "second" in served.swap_error
 
 
+def test_swaps_keep_a_bounded_number_of_model_copies(exported_bundle: Path, tmp_path: Path, hand_edit,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from service.model import OTHER_SNAPSHOTS_KEPT, STATE_DIR_VARIABLE
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(exported_bundle, bundle_dir)
+    monkeypatch.setenv(STATE_DIR_VARIABLE, str(tmp_path / "state"))  # as gunicorn's workers have it
+    app = create_app({"BUNDLE": bundle_dir, "THREADS": 1, "API_KEYS": "", "ACCESS_LOG": False, "RELOAD_INTERVAL": 0})
+    served = ctx(app).served
+    (bundle_dir / ".manifest.json.tmp").write_text("an edit under way")
+    assert not served.check()  # a hidden file is no new model
+    for build in range(4):
+        hand_edit(bundle_dir, lambda manifest, build=build: manifest.update(bundle_version=f"build-{build}"))
+        assert served.check() and served_version(app) == f"build-{build}"
+    copies = list((tmp_path / "state" / "snapshots").iterdir())
+    last_good = Path(json.loads((tmp_path / "state" / "last-good.json").read_text())["path"])
+    assert len(copies) == 1 + OTHER_SNAPSHOTS_KEPT and last_good in copies
+
+
 def test_no_request_fails_while_gunicorn_workers_swap_versions(repository: ModelRepository,
                                                                 tmp_path: Path) -> None:
     failures: list[str] = []
