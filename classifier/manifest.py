@@ -32,7 +32,7 @@ import json
 from pathlib import PurePosixPath
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from classifier.options import SERVING_ENGINES, DataOptions, ServingEngine, TrainingOptions
@@ -294,6 +294,13 @@ class Manifest(Section):
             raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once")
         return labels
 
+    @model_validator(mode="after")
+    def _routes_to_a_label(self) -> Manifest:
+        route_to = self.out_of_scope.route_to if self.out_of_scope else None
+        if route_to is not None and route_to not in self.labels:
+            raise ValueError(f"out_of_scope.route_to: {route_to!r} is not one of the labels")
+        return self
+
     @property
     def temperature(self) -> float:
         """The softmax temperature: 1 for bundles without calibration."""
@@ -372,8 +379,9 @@ def problems(error: ValidationError) -> list[str]:
         location = [part for part in problem["loc"] if isinstance(part, str)]
         name = ".".join(str(part) for part in problem["loc"])
         field = _field(location)
-        if problem["type"] == "value_error":  # our own validators' messages say it all
-            lines.append(f"{name}: {problem['ctx']['error']}")
+        if problem["type"] == "value_error":  # our own validators' messages say it all (a check of the whole
+            message = str(problem["ctx"]["error"])  # manifest names its fields itself)
+            lines.append(f"{name}: {message}" if name else message)
             continue
         if problem["type"] == "extra_forbidden":
             lines.append(f"{name}: not a manifest field (a typo?)")

@@ -197,6 +197,11 @@ class Predictor:
             raise UserError(f"{self.bundle_dir}: the {self.engine_kind} model gives {scores.shape[-1]} scores per "
                             f"ticket, but the manifest lists {len(self.labels)} labels; was the model copied from "
                             "another bundle? Export or train it again")
+        if self.detector is not None:  # what else a request reads: an unfit detector must fail here, not there
+            try:
+                self.predict(["a ticket to check the model"], cleaned=True)
+            except UserError as error:
+                raise UserError(f"{self.bundle_dir}: {error}") from None
 
     @property
     def name(self) -> str:

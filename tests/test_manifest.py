@@ -30,6 +30,8 @@ V1_MANIFEST = Path(__file__).parent / "data" / "manifest_v1.json"
     (lambda m: m["text"].update(strip_html="no"), r"text.strip_html: true or false expected, found \"no\""),
     (lambda m: m["text"].update(fields="subject"), r"text.fields: a list expected, found \"subject\""),
     (lambda m: m.update(max_lenght=96), r"max_lenght: not a manifest field"),  # a typo is not ignored
+    # Read only when a ticket is out of scope: checked at load, not left to fail a request.
+    (lambda m: m["out_of_scope"].update(route_to="Misc"), r"out_of_scope.route_to: 'Misc' is not one of the labels"),
 ])
 def test_a_manifest_edited_out_of_shape_is_a_clear_error(bundle_copy: Path, hand_edit, edit, message: str) -> None:
     hand_edit(bundle_copy, edit)

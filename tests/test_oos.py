@@ -156,6 +156,17 @@ def test_a_bundle_without_a_detector_predicts_as_before(bundle_copy: Path,
     assert prediction.review_reason == ("low_confidence" if prediction.needs_review else None)
 
 
+def test_a_detector_that_does_not_fit_the_model_is_refused_at_load(bundle_copy: Path) -> None:
+    # Sealed as if on purpose: only loading can tell that its 8 features are not the model's.
+    fit_detector(np.random.default_rng(2).normal(size=(40, 8)), np.repeat([0, 1], 20)).save(
+        bundle_copy / "out_of_scope.npz")
+    manifest = read_manifest(bundle_copy)
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest.model_copy(
+        update={"integrity": seal(bundle_copy, "test")}).to_json()))
+    with pytest.raises(UserError, match=f"{bundle_copy}: the out-of-scope detector expects 8 features per ticket"):
+        Predictor.load(bundle_copy)
+
+
 def test_a_threshold_set_by_hand_wins_and_flagged_tickets_go_to_the_route_class(
         bundle_copy: Path, hand_edit: Callable[[Path, Callable[[dict[str, Any]], object]], None]) -> None:
     route_to = read_manifest(bundle_copy).labels[-1]
