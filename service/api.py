@@ -112,7 +112,7 @@ def _json_body() -> Any:
     try:
         # JSON on the wire is UTF-8 (RFC 8259; a BOM may be ignored): json.loads(bytes) would guess UTF-16/32
         text = raw.decode("utf-8-sig")
-        parsed = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+        parsed = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
     except ValueError as error:
         if "integer string conversion" in str(error):  # Python's advice to raise its limit is not the client's
             raise ApiError(400, "bad_json", "the body holds a number of more than 4,300 digits") from None
@@ -157,6 +157,11 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise ValueError(f"the key {key!r} is given twice in one object")
             seen.add(key)
     return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _too_large(limit: int | None) -> ApiError:

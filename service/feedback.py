@@ -27,6 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from classifier.errors import UserError
 from classifier.feedback import (
     MAX_ID,
+    MAX_LABEL,
+    MAX_VERSION,
     FeedbackEvent,
     FeedbackStore,
     Outcome,
@@ -297,8 +299,8 @@ def _label_from(data: dict[str, Any], field: str, where: str, source: str) -> st
         raise ApiError(422, "invalid_request", f"{where}.{field}: expected the category as a string (or a select "
                        "field's {\"value\": ...}), got " + type(value).__name__)
     label = str(value).strip()
-    if not label or len(label) > 256:
-        raise ApiError(422, "invalid_request", f"{where}.{field}: a label of 1 to 256 characters, got "
+    if not label or len(label) > MAX_LABEL:
+        raise ApiError(422, "invalid_request", f"{where}.{field}: a label of 1 to {MAX_LABEL} characters, got "
                        f"{len(label)}")
     return label
 
@@ -334,7 +336,7 @@ def _prediction(data: dict[str, Any], where: str) -> dict[str, Any]:
     """``predicted_label`` and ``model_version`` when the helpdesk keeps them in fields of those names (an
     integration that wrote /classify's answer into the ticket)."""
     found: dict[str, Any] = {}
-    for name, limit in (("predicted_label", 256), ("model_version", 128)):
+    for name, limit in (("predicted_label", MAX_LABEL), ("model_version", MAX_VERSION)):
         value = _field_value(data, name)
         if value is None:
             continue

@@ -561,7 +561,7 @@ class HelpdeskTicket(ZendeskTicket):
 
     model_config = ConfigDict(extra="allow")
 
-    id: TicketId
+    id: FeedbackTicketId  # what feedback is stored under: a blank id would mix unrelated tickets
     updated_at: UpdateTime | None = Field(None, description="When the ticket was updated (ISO 8601).")
 
     @model_validator(mode="after")

@@ -130,6 +130,7 @@ def test_long_ticket_is_truncated_and_flagged_not_refused(client: FlaskClient) -
     ({"data": '{"tickets": [{"subject": "\\udbff"}]}', "content_type": "application/json"}, 400, "bad_json"),
     ({"data": '{"a": ' + "[" * 900 + "]" * 900 + ', "text": "\\udc00 card"}', "content_type": "application/json"},
      400, "bad_json"),  # nested deeper than Python recursion goes, with a lone surrogate
+    ({"data": '{"text": "card", "id": NaN}', "content_type": "application/json"}, 400, "bad_json"),  # not JSON
     ({"data": "{}", "content_type": "application/json", "headers": {"Content-Encoding": "gzip"}}, 415,
      "unsupported_media_type"),
     ({"data": "{\"text\": \"" + "a" * (1024 * 1024) + "\"}", "content_type": "application/json"}, 413,

@@ -399,8 +399,8 @@ def test_zendesk_webhook_reads_the_category_and_a_retry_counts_once(feedback_app
     assert client.post("/feedback/zendesk", json=listed).get_json()["stored"] == 1
     missing = error_of(client.post("/feedback/zendesk", json={"ticket": {"id": 5, "category": ""}}), 422)
     assert "ticket.category: missing" in missing["message"]
-    assert "ticket.id" in error_of(client.post("/feedback/zendesk", json={"ticket": {"category": "billing"}}),
-                                   422)["message"]
+    for ticket in ({"category": "billing"}, {"id": " ", "category": "billing"}):  # no id, a blank one
+        assert "ticket.id" in error_of(client.post("/feedback/zendesk", json={"ticket": ticket}), 422)["message"]
 
 
 def test_freshdesk_and_jira_webhooks(feedback_app: Flask) -> None:
