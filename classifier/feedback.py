@@ -64,7 +64,6 @@ _MIGRATION_LOCK = 7_201_818  # PostgreSQL advisory lock id held while migrating 
 MAX_ID = 256
 MAX_LABEL = 256
 MAX_VERSION = 128
-SOURCES = ("api", "zendesk", "freshdesk", "jira")
 
 Status = Literal["stored", "duplicate", "unchanged"]
 

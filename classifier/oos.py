@@ -32,7 +32,6 @@ from classifier.numerics import shown_score
 
 METHOD = "mahalanobis"
 FEATURE = "first_token"  # the last layer's first-token state, as the classification head reads it
-DEFAULT_ABSTENTION = 0.01  # share of in-scope validation tickets flagged at the default threshold
 FEATURES_OUTPUT = "features"  # the ONNX model's output holding them
 
 

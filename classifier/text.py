@@ -131,12 +131,6 @@ class TextOptions:
         data["fields"] = list(self.fields)
         return data
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TextOptions:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["fields"] = tuple(known.get("fields", ()))
-        return cls(**known)
-
 
 def ticket_text(ticket: str | Mapping[str, Any], options: TextOptions = TextOptions()) -> str:
     """Return the cleaned model text of one ticket.

@@ -146,7 +146,7 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
     trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
     annealing = trainer.annealing
-    if annealing.anneal_from is not None and trainer.is_world_process_zero():
+    if annealing.stopped_early() and trainer.is_world_process_zero():
         log.info("validation macro-F1 stopped improving at step %d: the learning rate decayed to 0 over %d more "
                  "steps, and training stopped there", annealing.anneal_from, annealing.anneal_steps)
     validation = trainer.predict(validation_set, metric_key_prefix="eval")

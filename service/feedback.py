@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from classifier.errors import UserError
@@ -377,10 +377,4 @@ def _unavailable(reason: str) -> ApiError:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
-
-
-def document_models() -> dict[str, type[BaseModel]]:
-    """The models the OpenAPI document describes the webhooks and answers with."""
-    return {"ZendeskFeedbackWebhook": HelpdeskWebhook, "JiraFeedbackWebhook": JiraWebhook,
-            "FeedbackResponse": FeedbackResponse}
 
