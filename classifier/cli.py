@@ -244,7 +244,8 @@ def _run_train(args: argparse.Namespace) -> int:
         tags_delimiter=args.tags_delimiter, validation_path=str(args.validation) if args.validation else None,
         validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
         merge_rare_classes=args.merge_rare_classes)
-    _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length", "lora_rank")
+    _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length", "lora_rank", "patience",
+                    "min_class_count")
     if args.repository is not None:
         return _train_into_repository(args, lambda path: train(args.data, path, options, data_options))
     if args.name is not None:

@@ -80,6 +80,8 @@ def test_train_on_a_malformed_file_fails_in_one_line(tmp_path: Path) -> None:
     (["train", "{csv}", "-o", "m", "--text-columns", "title"], "text column 'title' not found"),
     (["train", "{csv}", "-o", "m", "--epochs", "0"], "--epochs must be positive"),
     (["train", "{csv}", "-o", "m", "--lora", "--lora-rank", "0"], "--lora-rank must be positive"),
+    (["train", "{csv}", "-o", "m", "--patience", "0"], "--patience must be positive"),
+    (["train", "{csv}", "-o", "m", "--min-class-count", "-1"], "--min-class-count must be positive"),
     (["predict", "no-bundle", "hello"], "no-bundle: bundle directory not found"),
     (["export", "{tmp}"], "not a model bundle (no manifest.json)"),
     (["evaluate", "{csv}", "--data", "{csv}", "--output", "r"], "is a file; a model bundle is a directory"),
