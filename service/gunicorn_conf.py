@@ -10,9 +10,9 @@ other (our reading of the figures; the split itself was not logged). Six alterna
 at 8 concurrent clients on 2 cores (docs/benchmarks.md): sync 606-678 req/s with p99
 16.5-18.5 ms; gthread (2 threads) 673-720 req/s with p99 22.7-28.8 ms.
 
-The worker class is gunicorn's sync worker with one change (``service/worker.py``): once the
-whole request has been read it closes the connection at once instead of waiting for the
-client to close first. Sync workers close the connection after each answer, and a client
+The worker class is gunicorn's sync worker with the changes ``service/worker.py`` lists; the
+one that matters here: once the whole request has been read it closes the connection at once
+instead of waiting for the client to close first. Sync workers close the connection after each answer, and a client
 that connects and sends slowly (or not at all) holds a worker until the master kills it
 after ``timeout`` and starts a new one, which loads the model again: open to callers you do
 not control, put a buffering proxy in front (an nginx ingress buffers request bodies by
