@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class UserError(Exception):
@@ -37,8 +38,21 @@ def one_line(error: BaseException) -> str:
     and the first line of its message."""
     if isinstance(error, UserError):
         return str(error)
+    if callable(getattr(error, "errors", None)) and hasattr(error, "error_count"):  # pydantic's ValidationError,
+        return _validation_problem(error)  # whose first line only counts the problems
     text = (str(error).strip().splitlines() or [""])[0][:200]
     return f"{type(error).__name__}: {text}".rstrip(": ")
+
+
+def _validation_problem(error: Any) -> str:
+    """A pydantic ``ValidationError``'s first problem as ``where: what``, and how many more there are."""
+    problems = error.errors(include_url=False)
+    if not problems:
+        return str(error).strip()[:200]
+    first = problems[0]
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: {first['msg']}{more}" if where else f"{first['msg']}{more}"
 
 
 def where(path: object, row: int | None = None, column: str | None = None) -> str:

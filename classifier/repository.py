@@ -46,7 +46,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from classifier.bundle import read_manifest
-from classifier.errors import UserError
+from classifier.errors import UserError, one_line
 from classifier.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Version:
         except FileNotFoundError:
             return None
         except (OSError, ValidationError) as error:
-            log.warning("%s: not an evaluation report (%s)", path, str(error).splitlines()[0])
+            log.warning("%s: not an evaluation report (%s)", path, one_line(error))
             return None
 
 
@@ -365,7 +365,7 @@ class ModelRepository:
             raise UserError(f"{self.model_dir(name)}: not a model in a repository (no {ALIASES_FILE}); add a "
                             f"version with 'ticketclf train DATA --repository {self.root} --name {name}'") from None
         except ValidationError as error:
-            raise UserError(f"{path}: not an aliases file ({str(error).splitlines()[0]})") from None
+            raise UserError(f"{path}: not an aliases file ({one_line(error)})") from None
 
     def _commit(self, name: str, state: Aliases, action: str, version: int, champion_before: int | None,
                 reason: str, details: Mapping[str, Any] | None) -> Event:

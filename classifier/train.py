@@ -38,7 +38,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from classifier import blend, bundle, fields, integrity, oos
 from classifier.calibration import fit_temperature
 from classifier.data import PreparedData, Tickets, other_label, prepare_data
-from classifier.errors import UserError
+from classifier.errors import UserError, one_line
 from classifier.heads import MultiFieldModel, save_heads
 from classifier.manifest import (
     Baseline,
@@ -383,7 +383,7 @@ def _load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(base_model, use_fast=True)
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot load base model {base_model!r}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"cannot load base model {base_model!r}: {one_line(error)}") from None
 
 
 def _load_model(base_model: str, labels: list[str], options: TrainingOptions) -> torch.nn.Module:

@@ -186,6 +186,13 @@ for _ in range(int(sys.argv[2])):
 """
 
 
+def test_an_aliases_file_edited_out_of_shape_names_the_field(three: ModelRepository) -> None:
+    aliases = three.root / "tickets" / ALIASES_FILE
+    aliases.write_text(json.dumps({**json.loads(aliases.read_text()), "aliases": {"champion": "two"}}))
+    with pytest.raises(UserError, match=r"not an aliases file \(aliases.champion: Input should be a valid integer"):
+        three.serving_state("tickets")
+
+
 def test_concurrent_writers_get_distinct_numbers_and_never_corrupt_the_aliases(repo: ModelRepository,
                                                                               tiny_bundle: Path) -> None:
     per_writer = 12
