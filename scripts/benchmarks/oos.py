@@ -16,6 +16,8 @@ test tickets:
   neighbour's cosine distance (k = 1 and 10), on three features of the last layer: the first token (what
   the shipped detector and the classification head read), BERT's pooled output, and the mean over tokens;
 - relative Mahalanobis (the class distance minus the distance to the whole training set);
+- the shipped detector combined with energy: standardised and added, or by Fisher's method on their
+  p-values against the in-scope validation tickets (no weight to choose);
 - ViM (Wang et al. 2022, virtual-logit matching): the pooled feature's norm off its principal subspace (2/3 of
   the dimensions, from the training tickets) as one more logit, scaled to the logits; the score is that
   logit's softmax probability.
@@ -61,6 +63,7 @@ ABSTENTIONS = (0.01, 0.05)
 FEATURES = ("first_token", "pooled", "mean")
 SHIPPED, SOFTMAX = "Mahalanobis, first_token", "max softmax (calibrated)"
 SERVED = "served confidence (blend)"
+FISHER = "Mahalanobis + energy (Fisher), first_token"
 
 
 def main() -> int:
@@ -192,6 +195,7 @@ def methods(split: dict[str, Any]) -> dict[str, Callable[[str], np.ndarray]]:
     chosen["relative Mahalanobis, first_token"] = lambda part: (shipped.score(split[part]["first_token"])
                                                                 - whole.score(split[part]["first_token"]))
     chosen["Mahalanobis + energy, first_token"] = standardised_sum(chosen[SHIPPED], chosen["energy"], "validation")
+    chosen[FISHER] = fisher_sum(chosen[SHIPPED], chosen["energy"], "validation")
     chosen["ViM, pooled"] = virtual_logit(split)
     add_served(chosen, split, "validation")
     return chosen
@@ -233,6 +237,22 @@ def standardised_sum(first: Callable[[str], np.ndarray], second: Callable[[str],
     return score
 
 
+def fisher_sum(first: Callable[[str], np.ndarray], second: Callable[[str], np.ndarray],
+                validation: str) -> Callable[[str], np.ndarray]:
+    """Fisher's combination of both scores' p-values: each score's share of in-scope validation tickets
+    scoring at least as high (no weight to choose), as -log p, added."""
+    references = [np.sort(method(validation)) for method in (first, second)]
+
+    def score(part: str) -> np.ndarray:
+        total = np.zeros(len(first(part)))
+        for method, reference in zip((first, second), references):
+            above = len(reference) - np.searchsorted(reference, method(part), side="left")
+            total -= np.log((above + 1) / (len(reference) + 1))
+        return total
+
+    return score
+
+
 def nearest_neighbour(train: np.ndarray, feature: str, k: int, split: dict[str, Any]) -> Callable[[str], np.ndarray]:
     bank = train / np.linalg.norm(train, axis=1, keepdims=True)
 
@@ -256,6 +276,7 @@ def evaluate_methods(split: dict[str, Any]) -> dict[str, dict[str, float]]:
     int8_methods[SHIPPED] = lambda part: split[part]["shipped"]
     int8_methods["Mahalanobis + energy, first_token"] = standardised_sum(
         int8_methods[SHIPPED], int8_methods["energy"], "int8_validation")
+    int8_methods[FISHER] = fisher_sum(int8_methods[SHIPPED], int8_methods["energy"], "int8_validation")
     add_served(int8_methods, split, "int8_validation")
     for name, score in int8_methods.items():
         results[f"{name} (int8)"] = figures(score("int8"), score("int8_validation"), truth, int8_predicted)
