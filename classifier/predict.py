@@ -281,7 +281,7 @@ class Predictor:
         (and compare them with the threshold)."""
         if self.detector is None or outputs.features is None:
             return None
-        scores = self.detector.score(outputs.features)
+        scores = self.detector.score(outputs.features, outputs.logits)
         if not np.isfinite(scores).all():
             raise ModelError(np.flatnonzero(~np.isfinite(scores)).tolist())
         return np.array([shown_score(score) for score in scores.tolist()])

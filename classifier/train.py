@@ -168,7 +168,8 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
     if fitted.writes_bundle:
         fitted.validation_logits, validation_features = model_outputs(fitted.model, tokenizer,
                                                                       data.validation.texts, max_length)
-        fitted.detector, fitted.out_of_scope = fit_out_of_scope(fitted, data, options, validation_features)
+        fitted.detector, fitted.out_of_scope = fit_out_of_scope(fitted, data, options, fitted.validation_logits,
+                                                                validation_features)
     return fitted
 
 
@@ -177,11 +178,11 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
 MAX_DETECTOR_TICKETS = 20_000
 
 
-def fit_out_of_scope(fitted: Fitted, data: PreparedData, options: TrainingOptions, validation_features: np.ndarray
-                     ) -> tuple[oos.OutOfScopeDetector, OutOfScope]:
-    """The out-of-scope detector fitted on the training split's features, its threshold chosen on the
-    validation split's (``validation_features``, in its order) for ``options.oos_abstention`` (tickets of an
-    "Other" class left out of both)."""
+def fit_out_of_scope(fitted: Fitted, data: PreparedData, options: TrainingOptions, validation_logits: np.ndarray,
+                     validation_features: np.ndarray) -> tuple[oos.OutOfScopeDetector, OutOfScope]:
+    """The out-of-scope detector fitted on the training split's features, with the validation split's
+    (``validation_logits`` and ``validation_features``, in its order) as its references and its threshold
+    chosen on them for ``options.oos_abstention`` (tickets of an "Other" class left out of all)."""
     started = time.perf_counter()
     label_index = {label: i for i, label in enumerate(data.labels)}
     other = other_label(data.labels)
@@ -190,9 +191,10 @@ def fit_out_of_scope(fitted: Fitted, data: PreparedData, options: TrainingOption
     train_ids = np.array([label_index[data.train.labels[i]] for i in chosen])
     _, train_features = model_outputs(fitted.model, fitted.tokenizer, [data.train.texts[i] for i in chosen],
                                       fitted.max_length)
-    detector = oos.fit_detector(train_features, train_ids, ignored)
     in_scope = np.array([label != other for label in data.validation.labels], dtype=bool)
-    scores = detector.score(validation_features[in_scope])
+    detector = oos.fit_detector(train_features, train_ids, ignored).with_references(
+        validation_features[in_scope], validation_logits[in_scope])
+    scores = detector.score(validation_features[in_scope], validation_logits[in_scope])
     threshold = oos.choose_threshold(scores, options.oos_abstention)
     log.info("out-of-scope detector (%s) fitted on %d training tickets in %.1f s: threshold %.3f flags %.1f %% "
              "of %d validation tickets", oos.METHOD, int(np.isin(train_ids, ignored, invert=True).sum()),

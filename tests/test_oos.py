@@ -40,7 +40,29 @@ def test_detector_scores_equal_a_direct_computation_on_a_real_models_features(ti
     label_ids = np.array([predictor.labels.index(label) for label in labels])
     detector = fit_detector(features, label_ids)
     queries = predictor.outputs([UNRELATED, *texts[:5]]).features
-    np.testing.assert_allclose(detector.score(queries), direct_scores(features, label_ids, queries), rtol=2e-4)
+    np.testing.assert_allclose(detector.distance(queries), direct_scores(features, label_ids, queries), rtol=2e-4)
+
+
+def test_the_score_combines_the_p_values_of_distance_and_energy() -> None:
+    rng = np.random.default_rng(3)
+    features, logits, labels = rng.normal(size=(40, 3)), rng.normal(size=(40, 2)), np.repeat([0, 1], 20)
+    detector = fit_detector(features, labels).with_references(features[:30], logits[:30])
+    distances = direct_scores(features, labels, features[:30])
+    energies = -np.log(np.exp(logits[:30]).sum(axis=1))
+
+    def p_values(values: np.ndarray) -> np.ndarray:  # of each reference ticket: the share at least as high
+        at_least = len(values) - np.argsort(np.argsort(values))
+        return (at_least + 1) / (len(values) + 1)
+
+    expected = -np.log(p_values(distances)) - np.log(p_values(energies))
+    np.testing.assert_allclose(detector.score(features[:30], logits[:30]), expected, rtol=1e-6)
+    # Past every reference ticket on both, as at the highest: (1 + 1) / (30 + 1) each.
+    far = detector.score(features[:1] * 100, np.full((1, 2), -100.0))
+    np.testing.assert_allclose(far, [2 * np.log(31 / 2)])
+    # Counts interpolated between reference values: a rounding's worth moves a score by little, where a
+    # count's step (a reference ticket passed) would move it by log(31 / 30) or more.
+    moved = detector.score(features[:30] * (1 + 1e-6), logits[:30]) - detector.score(features[:30], logits[:30])
+    assert np.abs(moved).max() < 1e-3
 
 
 def test_a_class_left_out_of_the_fit_has_no_centre_and_no_weight() -> None:
@@ -49,7 +71,7 @@ def test_a_class_left_out_of_the_fit_has_no_centre_and_no_weight() -> None:
     labels = np.repeat([0, 1, 2], 20)
     kept = labels != 2
     fitted = fit_detector(features, labels, ignored=(2,))
-    np.testing.assert_allclose(fitted.score(features[:5]),
+    np.testing.assert_allclose(fitted.distance(features[:5]),
                                direct_scores(features[kept], labels[kept], features[:5]), rtol=1e-5)
     assert fitted.centres.shape == (2, 4)
 
@@ -64,11 +86,15 @@ def test_the_threshold_flags_the_target_share_of_tickets() -> None:
 
 
 def test_a_detector_survives_saving_and_a_broken_file_is_one_line(tmp_path: Path) -> None:
-    detector = fit_detector(np.random.default_rng(1).normal(size=(40, 3)), np.repeat([0, 1], 20))
-    detector.save(tmp_path / "oos.npz")
-    loaded = OutOfScopeDetector.load(tmp_path / "oos.npz")
-    queries = np.ones((2, 3), dtype=np.float32)
-    assert np.array_equal(loaded.score(queries), detector.score(queries))
+    features = np.random.default_rng(1).normal(size=(40, 3))
+    logits = np.random.default_rng(2).normal(size=(40, 2))
+    queries, query_logits = np.ones((2, 3), dtype=np.float32), np.zeros((2, 2))
+    without = fit_detector(features, np.repeat([0, 1], 20))  # a bundle's from before the references
+    for detector in (without, without.with_references(features, logits)):
+        detector.save(tmp_path / "oos.npz")
+        loaded = OutOfScopeDetector.load(tmp_path / "oos.npz")
+        assert np.array_equal(loaded.score(queries, query_logits), detector.score(queries, query_logits))
+    assert np.array_equal(without.score(queries, query_logits), without.distance(queries))
     (tmp_path / "broken.npz").write_bytes(b"not numpy")
     with pytest.raises(UserError, match="broken.npz: not an out-of-scope detector"):
         OutOfScopeDetector.load(tmp_path / "broken.npz")
@@ -101,16 +127,17 @@ def test_training_leaves_an_other_class_out_of_the_fit_and_routes_to_it(tiny_bun
     data = prepare_data(path, DataOptions(validation_fraction=0.2), seed=0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bundle)  # any model of as many labels
     fitted = Fitted(model, AutoTokenizer.from_pretrained(tiny_bundle), 96, 0.0, {}, Calibration(), True)
-    _, validation_features = model_outputs(model, fitted.tokenizer, data.validation.texts, 96)
-    detector, section = fit_out_of_scope(fitted, data, TrainingOptions(), validation_features)
+    validation_logits, validation_features = model_outputs(model, fitted.tokenizer, data.validation.texts, 96)
+    detector, section = fit_out_of_scope(fitted, data, TrainingOptions(), validation_logits, validation_features)
     assert section.route_to == "Other" and detector.centres.shape[0] == len(data.labels) - 1
+    assert detector.energies is not None and len(detector.energies) == section.validation_tickets
     assert section.training_tickets == sum(label != "Other" for label in data.train.labels)
     assert section.validation_tickets == sum(label != "Other" for label in data.validation.labels)
 
 
 def test_training_puts_a_detector_and_its_threshold_in_the_bundle(tiny_bundle: Path) -> None:
     section = read_manifest(tiny_bundle).out_of_scope
-    assert section is not None and section.method == "mahalanobis" and section.target_abstention == 0.01
+    assert section is not None and section.method == "mahalanobis+energy" and section.target_abstention == 0.01
     assert (tiny_bundle / section.file).is_file() and section.route_to is None  # the tiny data has no "other"
     texts, _ = read_examples(tiny_bundle)
     scores = Predictor.load(tiny_bundle, engine="torch").out_of_scope_scores(texts, cleaned=True)

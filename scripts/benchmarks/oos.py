@@ -16,8 +16,9 @@ test tickets:
   neighbour's cosine distance (k = 1 and 10), on three features of the last layer: the first token (what
   the shipped detector and the classification head read), BERT's pooled output, and the mean over tokens;
 - relative Mahalanobis (the class distance minus the distance to the whole training set);
-- the shipped detector combined with energy: standardised and added, or by Fisher's method on their
-  p-values against the in-scope validation tickets (no weight to choose);
+- the shipped detector (classifier.oos): the first token's Mahalanobis distance and the energy combined by
+  Fisher's method on their p-values against the in-scope validation tickets; beside it the distance alone,
+  and the distance and energy standardised and added;
 - ViM (Wang et al. 2022, virtual-logit matching): the pooled feature's norm off its principal subspace (2/3 of
   the dimensions, from the training tickets) as one more logit, scaled to the logits; the score is that
   logit's softmax probability.
@@ -53,7 +54,7 @@ from classifier import bundle  # noqa: E402
 from classifier.data import prepare_data  # noqa: E402
 from classifier.export import export  # noqa: E402
 from classifier.numerics import softmax  # noqa: E402
-from classifier.oos import fit_detector  # noqa: E402
+from classifier.oos import METHOD, fit_detector  # noqa: E402
 from classifier.predict import Predictor  # noqa: E402
 from classifier.text import ticket_text  # noqa: E402
 
@@ -61,9 +62,9 @@ DATA = ROOT.parent / "shared" / "data" / "banking77"
 HIDDEN = 19  # of 77 intents: a quarter
 ABSTENTIONS = (0.01, 0.05)
 FEATURES = ("first_token", "pooled", "mean")
-SHIPPED, SOFTMAX = "Mahalanobis, first_token", "max softmax (calibrated)"
+SHIPPED, SOFTMAX = "shipped: Mahalanobis + energy (Fisher), first_token", "max softmax (calibrated)"
+DISTANCE = "Mahalanobis, first_token"  # the shipped detector's distance alone
 SERVED = "served confidence (blend)"
-FISHER = "Mahalanobis + energy (Fisher), first_token"
 
 
 def main() -> int:
@@ -155,8 +156,12 @@ def scored_split(bundle_dir: Path, seed: int) -> dict[str, Any]:
             split[name]["served"] = -served.probabilities(split[name]["logits"], tfidf[name]).max(axis=1)
     for name, texts, part in (("int8", test_texts, "test"), ("int8_validation", data.validation.texts, "validation")):
         outputs = served.outputs(texts, cleaned=True, blended=False)
-        split[name] = {"logits": outputs.logits, "shipped": served.detector.score(outputs.features),
+        split[name] = {"logits": outputs.logits, "shipped": served.detector.score(outputs.features, outputs.logits),
+                       "distance": served.detector.distance(outputs.features),
                        "served": -served.probabilities(outputs.logits, tfidf[part]).max(axis=1)}
+    split["detector"] = served.detector
+    if manifest.out_of_scope is None or manifest.out_of_scope.method != METHOD:
+        raise SystemExit(f"{bundle_dir} was trained before the detector it measures: leave out --reuse")
     if not set(split["labels"]).isdisjoint(hidden_intents(seed)):
         raise SystemExit(f"{bundle_dir} was trained on intents seed {seed} hides: remove it, or leave out --reuse")
     return split
@@ -187,15 +192,14 @@ def methods(split: dict[str, Any]) -> dict[str, Callable[[str], np.ndarray]]:
         for name, method in logit_methods(split["temperature"]).items()}
     for feature in FEATURES:
         detector = fit_detector(train[feature], train["y"])
-        chosen[f"Mahalanobis, {feature}"] = lambda part, d=detector, f=feature: d.score(split[part][f])
+        chosen[f"Mahalanobis, {feature}"] = lambda part, d=detector, f=feature: d.distance(split[part][f])
         for k in (1, 10):
             chosen[f"kNN (k={k}), {feature}"] = nearest_neighbour(train[feature], feature, k, split)
     whole = fit_detector(train["first_token"], np.zeros(len(train["y"]), dtype=int))
-    shipped = fit_detector(train["first_token"], train["y"])
-    chosen["relative Mahalanobis, first_token"] = lambda part: (shipped.score(split[part]["first_token"])
-                                                                - whole.score(split[part]["first_token"]))
-    chosen["Mahalanobis + energy, first_token"] = standardised_sum(chosen[SHIPPED], chosen["energy"], "validation")
-    chosen[FISHER] = fisher_sum(chosen[SHIPPED], chosen["energy"], "validation")
+    chosen["relative Mahalanobis, first_token"] = lambda part: (chosen[DISTANCE](part)
+                                                                - whole.distance(split[part]["first_token"]))
+    chosen["Mahalanobis + energy, first_token"] = standardised_sum(chosen[DISTANCE], chosen["energy"], "validation")
+    chosen[SHIPPED] = lambda part: split["detector"].score(split[part]["first_token"], split[part]["logits"])
     chosen["ViM, pooled"] = virtual_logit(split)
     add_served(chosen, split, "validation")
     return chosen
@@ -237,22 +241,6 @@ def standardised_sum(first: Callable[[str], np.ndarray], second: Callable[[str],
     return score
 
 
-def fisher_sum(first: Callable[[str], np.ndarray], second: Callable[[str], np.ndarray],
-                validation: str) -> Callable[[str], np.ndarray]:
-    """Fisher's combination of both scores' p-values: each score's share of in-scope validation tickets
-    scoring at least as high (no weight to choose), as -log p, added."""
-    references = [np.sort(method(validation)) for method in (first, second)]
-
-    def score(part: str) -> np.ndarray:
-        total = np.zeros(len(first(part)))
-        for method, reference in zip((first, second), references):
-            above = len(reference) - np.searchsorted(reference, method(part), side="left")
-            total -= np.log((above + 1) / (len(reference) + 1))
-        return total
-
-    return score
-
-
 def nearest_neighbour(train: np.ndarray, feature: str, k: int, split: dict[str, Any]) -> Callable[[str], np.ndarray]:
     bank = train / np.linalg.norm(train, axis=1, keepdims=True)
 
@@ -274,9 +262,9 @@ def evaluate_methods(split: dict[str, Any]) -> dict[str, dict[str, float]]:
     int8_methods = {name: (lambda part, m=method: m(split[part]["logits"]))
                     for name, method in logit_methods(split["temperature"]).items()}
     int8_methods[SHIPPED] = lambda part: split[part]["shipped"]
+    int8_methods[DISTANCE] = lambda part: split[part]["distance"]
     int8_methods["Mahalanobis + energy, first_token"] = standardised_sum(
-        int8_methods[SHIPPED], int8_methods["energy"], "int8_validation")
-    int8_methods[FISHER] = fisher_sum(int8_methods[SHIPPED], int8_methods["energy"], "int8_validation")
+        int8_methods[DISTANCE], int8_methods["energy"], "int8_validation")
     add_served(int8_methods, split, "int8_validation")
     for name, score in int8_methods.items():
         results[f"{name} (int8)"] = figures(score("int8"), score("int8_validation"), truth, int8_predicted)
