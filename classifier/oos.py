@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -68,6 +68,9 @@ class OutOfScopeDetector:
     _centre_products: np.ndarray = field(init=False, repr=False)
     _half_centre_norms: np.ndarray = field(init=False, repr=False)
     _tpmv: Any = field(init=False, repr=False)
+    # -log p at each reference value, which the score interpolates: one numpy call per reference.
+    _distance_evidence: np.ndarray | None = field(init=False, repr=False, default=None)
+    _energy_evidence: np.ndarray | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         from scipy.linalg.blas import stpmv  # here, not at the first ticket: scipy.linalg takes ~0.2 s to import
@@ -87,6 +90,9 @@ class OutOfScopeDetector:
         object.__setattr__(self, "_packed", np.ascontiguousarray(self.whitening.T[lower], dtype=np.float32))
         object.__setattr__(self, "_centre_products", (self.centres @ self.whitening).astype(np.float32))
         object.__setattr__(self, "_half_centre_norms", np.einsum("cd,cd->c", self.centres, self.centres) / 2)
+        if self.distances is not None and self.energies is not None:
+            object.__setattr__(self, "_distance_evidence", minus_log_p(len(self.distances)))
+            object.__setattr__(self, "_energy_evidence", minus_log_p(len(self.energies)))
 
     @property
     def dimension(self) -> int:
@@ -95,17 +101,19 @@ class OutOfScopeDetector:
     def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """One score per ticket, from its ``features`` and label ``logits`` (a row each): higher is further
         from every known queue. ``-log p_distance - log p_energy``, each p the share of in-scope validation
-        tickets at least as far (:func:`minus_log_p`)."""
+        tickets at least as far (:func:`minus_log_p`), interpolated between reference values so that a
+        score moves by little when its value does (another engine's rounding); past the highest reference
+        value, as at the highest."""
         distances = self.distance(features)
-        if self.distances is None or self.energies is None:
+        if self._distance_evidence is None or self._energy_evidence is None:
             return distances
-        energies = -np.logaddexp.reduce(np.asarray(logits, dtype=np.float64), axis=1)
-        return minus_log_p(self.distances, distances) + minus_log_p(self.energies, energies)
+        return (np.interp(distances, cast(np.ndarray, self.distances), self._distance_evidence)
+                + np.interp(energies(logits), cast(np.ndarray, self.energies), self._energy_evidence))
 
     def with_references(self, features: np.ndarray, logits: np.ndarray) -> OutOfScopeDetector:
         """This detector with the in-scope validation tickets' ``features`` and ``logits`` as its references."""
-        energies = -np.logaddexp.reduce(np.asarray(logits, dtype=np.float64), axis=1)
-        return OutOfScopeDetector(self.whitening, self.centres, np.sort(self.distance(features)), np.sort(energies))
+        return OutOfScopeDetector(self.whitening, self.centres, np.sort(self.distance(features)),
+                                  np.sort(energies(logits)))
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """The squared Mahalanobis distance of each row of ``features`` to the nearest class mean."""
@@ -150,13 +158,15 @@ class OutOfScopeDetector:
                             "again") from None
 
 
-def minus_log_p(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """-log of each value's p-value against the sorted ``reference``: ``(at least as high + 1) / (n + 1)``,
-    the count interpolated between reference values, so that a score moves by little when its value does
-    (another engine's rounding); past the highest, as at the highest."""
-    count = len(reference)
-    at_least = count - np.interp(values, reference, np.arange(count, dtype=np.float64))
-    return -np.log((at_least + 1) / (count + 1))
+def minus_log_p(count: int) -> np.ndarray:
+    """-log p of each of ``count`` sorted reference values (distinct) against all of them: the k-th (from 0)
+    has ``count - k`` at least as high, and ``p = (count - k + 1) / (count + 1)``, never 0."""
+    return np.log((count + 1) / (count + 1 - np.arange(count, dtype=np.float64)))
+
+
+def energies(logits: np.ndarray) -> np.ndarray:
+    """The energy of each row of label logits, ``-logsumexp``: low when some label's logit is high."""
+    return -np.logaddexp.reduce(np.asarray(logits, dtype=np.float64), axis=1)
 
 
 def fit_detector(features: np.ndarray, label_ids: np.ndarray, ignored: tuple[int, ...] = ()) -> OutOfScopeDetector:

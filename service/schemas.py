@@ -108,8 +108,10 @@ class PredictionOut(BaseModel):
                     "label means little) or low_confidence (below the model's threshold for this label); "
                     "null when it does not.")
     out_of_scope_score: float | None = Field(
-        description="How far the ticket lies from every known queue; above the model's out_of_scope_threshold "
-                    "(GET /labels) it is out of scope. Null when the model has no out-of-scope detector.")
+        description="How unlike the known queues the ticket is (its distance to them and its logits, each "
+                    "against the validation tickets): near 0 for a typical ticket; above the model's "
+                    "out_of_scope_threshold (GET /labels) it is out of scope. Null when the model has no "
+                    "out-of-scope detector.")
     truncated: bool = Field(description="The ticket was longer than the model reads; only its start was used.")
     top_k: list[LabelScore] = Field(description="The best labels, best first.")
     fields: dict[str, FieldPredictionOut] | SkipJsonSchema[None] = Field(
