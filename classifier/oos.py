@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -68,9 +68,10 @@ class OutOfScopeDetector:
     _centre_products: np.ndarray = field(init=False, repr=False)
     _half_centre_norms: np.ndarray = field(init=False, repr=False)
     _tpmv: Any = field(init=False, repr=False)
-    # -log p at each reference value, which the score interpolates: one numpy call per reference.
-    _distance_evidence: np.ndarray | None = field(init=False, repr=False, default=None)
-    _energy_evidence: np.ndarray | None = field(init=False, repr=False, default=None)
+    # (values, -log p) points that the score interpolates, the reference values and a tail past them: one
+    # numpy call per reference.
+    _distance_evidence: tuple[np.ndarray, np.ndarray] | None = field(init=False, repr=False, default=None)
+    _energy_evidence: tuple[np.ndarray, np.ndarray] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         from scipy.linalg.blas import stpmv  # here, not at the first ticket: scipy.linalg takes ~0.2 s to import
@@ -91,8 +92,8 @@ class OutOfScopeDetector:
         object.__setattr__(self, "_centre_products", (self.centres @ self.whitening).astype(np.float32))
         object.__setattr__(self, "_half_centre_norms", np.einsum("cd,cd->c", self.centres, self.centres) / 2)
         if self.distances is not None and self.energies is not None:
-            object.__setattr__(self, "_distance_evidence", minus_log_p(len(self.distances)))
-            object.__setattr__(self, "_energy_evidence", minus_log_p(len(self.energies)))
+            object.__setattr__(self, "_distance_evidence", evidence_curve(self.distances))
+            object.__setattr__(self, "_energy_evidence", evidence_curve(self.energies))
 
     @property
     def dimension(self) -> int:
@@ -101,14 +102,13 @@ class OutOfScopeDetector:
     def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """One score per ticket, from its ``features`` and label ``logits`` (a row each): higher is further
         from every known queue. ``-log p_distance - log p_energy``, each p the share of in-scope validation
-        tickets at least as far (:func:`minus_log_p`), interpolated between reference values so that a
-        score moves by little when its value does (another engine's rounding); past the highest reference
-        value, as at the highest."""
+        tickets at least as far (:func:`evidence_curve`), interpolated between reference values so that a
+        score moves by little when its value does (another engine's rounding)."""
         distances = self.distance(features)
         if self._distance_evidence is None or self._energy_evidence is None:
             return distances
-        return (np.interp(distances, cast(np.ndarray, self.distances), self._distance_evidence)
-                + np.interp(energies(logits), cast(np.ndarray, self.energies), self._energy_evidence))
+        return (np.interp(distances, *self._distance_evidence)
+                + np.interp(energies(logits), *self._energy_evidence))
 
     def with_references(self, features: np.ndarray, logits: np.ndarray) -> OutOfScopeDetector:
         """This detector with the in-scope validation tickets' ``features`` and ``logits`` as its references."""
@@ -158,10 +158,24 @@ class OutOfScopeDetector:
                             "again") from None
 
 
-def minus_log_p(count: int) -> np.ndarray:
-    """-log p of each of ``count`` sorted reference values (distinct) against all of them: the k-th (from 0)
-    has ``count - k`` at least as high, and ``p = (count - k + 1) / (count + 1)``, never 0."""
-    return np.log((count + 1) / (count + 1 - np.arange(count, dtype=np.float64)))
+# Past the highest reference value, -log p grows by one every tail scale (an exponential tail) up to this
+# much more; a ticket that far out is out of scope on this count alone, whatever the other says.
+TAIL_EVIDENCE = 50.0
+TAIL_SHARE = 0.1  # the top share of reference values whose mean excess is the tail scale
+
+
+def evidence_curve(reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points (value, -log p) to interpolate, from the sorted ``reference`` values (distinct): the k-th (from
+    0) has ``n - k`` at least as high, ``p = (n - k + 1) / (n + 1)``, never 0. Past the highest, p keeps
+    falling as an exponential tail fitted to the top tenth (scale: their mean excess over its lowest), so
+    that a ticket far beyond every reference ticket on one count is not capped at ``log((n + 1) / 2)``:
+    with 100 validation tickets that cap let a far-away ticket with confident logits pass."""
+    count = len(reference)
+    evidence = np.log((count + 1) / (count + 1 - np.arange(count, dtype=np.float64)))
+    top = reference[max(0, min(count - 2, int(count * (1 - TAIL_SHARE)))):]  # two values at least
+    scale = float(np.mean(top - top[0])) or float(reference[-1] - reference[0]) / count or 1.0
+    return (np.append(reference, reference[-1] + TAIL_EVIDENCE * scale),
+            np.append(evidence, evidence[-1] + TAIL_EVIDENCE))
 
 
 def energies(logits: np.ndarray) -> np.ndarray:

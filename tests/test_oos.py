@@ -56,9 +56,16 @@ def test_the_score_combines_the_p_values_of_distance_and_energy() -> None:
 
     expected = -np.log(p_values(distances)) - np.log(p_values(energies))
     np.testing.assert_allclose(detector.score(features[:30], logits[:30]), expected, rtol=1e-6)
-    # Past every reference ticket on both, as at the highest: (1 + 1) / (30 + 1) each.
-    far = detector.score(features[:1] * 100, np.full((1, 2), -100.0))
-    np.testing.assert_allclose(far, [2 * np.log(31 / 2)])
+    # Past the farthest reference ticket, -log p grows by 1 every tail scale (the mean excess of the farthest
+    # three of 30 over the nearest of them), up to 50 more: far out on one count alone is out of scope.
+    top = np.sort(distances)[-3:]
+    scale = np.mean(top - top[0])
+    beyond = direct_scores(features, labels, features[:1] * 1.5)[0]
+    assert beyond > distances.max()
+    np.testing.assert_allclose(detector.score(features[:1] * 1.5, logits[:1]), [
+        np.log(31 / 2) + min(50, (beyond - distances.max()) / scale) - np.log(p_values(energies)[0])], rtol=1e-4)
+    very_far = detector.score(features[:1] * 1000, logits[:1])
+    np.testing.assert_allclose(very_far, [np.log(31 / 2) + 50 - np.log(p_values(energies)[0])], rtol=1e-6)
     # Counts interpolated between reference values: a rounding's worth moves a score by little, where a
     # count's step (a reference ticket passed) would move it by log(31 / 30) or more.
     moved = detector.score(features[:30] * (1 + 1e-6), logits[:30]) - detector.score(features[:30], logits[:30])
