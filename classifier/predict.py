@@ -183,9 +183,11 @@ class Predictor:
 
     def _check_model(self) -> None:
         """One ticket through the model: a score per label (an onnx/ folder copied from another bundle
-        has other labels), and numbers (a broken model gives NaN)."""
+        has other labels), numbers (a broken model gives NaN), and an out-of-scope score (a detector fitted
+        to another model's features would fail every request instead)."""
         try:
-            scores = self.predict_proba(["a ticket to check the model"], cleaned=True)
+            outputs = self.outputs(["a ticket to check the model"], cleaned=True)
+            scores = self.probabilities(outputs.logits, outputs.tfidf)
         except ModelError as error:
             raise UserError(f"{self.bundle_dir}: {error}") from None
         except UserError:
@@ -197,11 +199,10 @@ class Predictor:
             raise UserError(f"{self.bundle_dir}: the {self.engine_kind} model gives {scores.shape[-1]} scores per "
                             f"ticket, but the manifest lists {len(self.labels)} labels; was the model copied from "
                             "another bundle? Export or train it again")
-        if self.detector is not None:  # what else a request reads: an unfit detector must fail here, not there
-            try:
-                self.predict(["a ticket to check the model"], cleaned=True)
-            except UserError as error:
-                raise UserError(f"{self.bundle_dir}: {error}") from None
+        try:
+            self.scores_of(outputs)
+        except UserError as error:
+            raise UserError(f"{self.bundle_dir}: {error}") from None
 
     @property
     def name(self) -> str:

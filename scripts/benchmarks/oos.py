@@ -55,7 +55,7 @@ from classifier import bundle  # noqa: E402
 from classifier.data import prepare_data  # noqa: E402
 from classifier.export import export  # noqa: E402
 from classifier.numerics import softmax  # noqa: E402
-from classifier.oos import METHOD, fit_detector  # noqa: E402
+from classifier.oos import METHOD, energies, fit_detector  # noqa: E402
 from classifier.predict import Predictor  # noqa: E402
 from classifier.text import ticket_text  # noqa: E402
 
@@ -219,7 +219,7 @@ def virtual_logit(split: dict[str, Any]) -> Callable[[str], np.ndarray]:
 
     def score(part: str) -> np.ndarray:
         virtual = scale * np.linalg.norm((split[part]["pooled"] - origin) @ residual_space, axis=1)
-        return virtual - np.logaddexp.reduce(split[part]["logits"], axis=1)
+        return virtual + energies(split[part]["logits"])  # the virtual logit minus logsumexp
 
     return score
 
@@ -274,7 +274,7 @@ def evaluate_methods(split: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def logit_methods(temperature: float) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     return {"max softmax (calibrated)": lambda logits: -softmax(logits / temperature).max(axis=1),
-            "energy": lambda logits: -np.logaddexp.reduce(logits, axis=1)}
+            "energy": energies}
 
 
 def figures(test: np.ndarray, validation: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
