@@ -41,7 +41,7 @@ from classifier.text import FIELD_SEPARATOR, MAX_CELL_CHARS, TEXT_COLUMN_GUESSES
 
 ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
 DEFAULT_TOP_K = 3
-ZENDESK_SUBJECT = "subject"
+ZENDESK_SUBJECT, ZENDESK_DESCRIPTION = "subject", "description"
 
 
 def _single_error(message: str) -> WrapValidator:
@@ -326,18 +326,27 @@ class ZendeskTicket(BaseModel):
 def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
     """Map a Zendesk ticket onto the bundle's fields.
 
-    ``subject`` goes to the bundle's ``subject`` field and ``description`` to its first
-    other field (the body). A bundle without a ``subject`` field reads one text, so it
-    gets subject and description joined, as ``ticket_text`` joins fields.
+    ``subject`` and ``description`` go to the bundle's fields of those names (nested ones such as
+    ``ticket.subject`` too); where only one of the two names is there, the other goes to the bundle's
+    first other field (``title`` for the subject, ``body`` for the description). A bundle that reads one
+    text, or none of the two names, gets subject and description joined, as ``ticket_text`` joins fields.
     """
-    # "subject", or a nested one such as "ticket.subject" (a bundle trained on a nested export)
-    subject = next((name for name in fields if name.rsplit(".", 1)[-1] == ZENDESK_SUBJECT), None)
-    body = next((name for name in fields if name != subject), None)
-    if subject and body:
-        record = {subject: ticket.subject, body: ticket.description}
+    subject, description = (_field_named(fields, name) for name in (ZENDESK_SUBJECT, ZENDESK_DESCRIPTION))
+    other = next((name for name in fields if name not in (subject, description)), None)
+    if subject is not None and description is None:
+        description = other
+    elif description is not None and subject is None:
+        subject = other
+    if subject is not None and description is not None:
+        record = {subject: ticket.subject, description: ticket.description}
         return {name: value for name, value in record.items() if value is not None}
     parts = [part for part in (ticket.subject, ticket.description) if part]
-    return {body or subject or ZENDESK_SUBJECT: FIELD_SEPARATOR.join(parts)}
+    return {subject or description or other or ZENDESK_SUBJECT: FIELD_SEPARATOR.join(parts)}
+
+
+def _field_named(fields: Sequence[str], name: str) -> str | None:
+    """The bundle field called ``name``, or ending in ``.name`` (a bundle trained on a nested export)."""
+    return next((field for field in fields if field.rsplit(".", 1)[-1] == name), None)
 
 
 def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:

@@ -103,6 +103,9 @@ def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predi
     (("subject", "description"), {"subject": "S", "description": "D"}),
     (("text",), {"text": "S\nD"}),  # a one-text model reads subject and description together
     (("body",), {"body": "S\nD"}),
+    (("title", "description"), {"title": "S", "description": "D"}),  # the description found by its name
+    (("description", "title"), {"title": "S", "description": "D"}),
+    (("title", "body"), {"title": "S\nD"}),  # neither name: one text, nothing guessed
     (("ticket.subject", "ticket.description"), {"ticket.subject": "S", "ticket.description": "D"}),  # nested export
 ])
 def test_zendesk_record_follows_the_bundle_fields(fields: tuple[str, ...], expected: dict[str, str]) -> None:
