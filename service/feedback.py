@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, g
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from classifier.errors import UserError
+from classifier.errors import UserError, one_line
 from classifier.feedback import (
     MAX_ID,
     MAX_LABEL,
@@ -85,7 +85,7 @@ class FeedbackDatabase:
         try:
             self._store = FeedbackStore.open(self.url, create=True)
         except (UserError, SQLAlchemyError, OSError) as error:
-            self._error = f"{self.describe()}: {_first_line(error)}"
+            self._error = f"{self.describe()}: {one_line(error)}"
             log.error("feedback database unavailable (classification is not affected): %s", self._error)
         else:
             self._error = None
@@ -212,8 +212,8 @@ def _store(events: list[FeedbackEvent], names: Sequence[str], model: LoadedModel
         outcomes = store.add(events)
     except SQLAlchemyError as error:
         metrics.record_feedback_store_error()
-        log.error("feedback not stored (nothing of this request was): %s", _first_line(error))
-        raise _unavailable(f"{database.describe()}: {_first_line(error)}") from None
+        log.error("feedback not stored (nothing of this request was): %s", one_line(error))
+        raise _unavailable(f"{database.describe()}: {one_line(error)}") from None
     metrics.record_feedback(outcomes, model.predictor.labels)
     return json_response(_response(outcomes))
 
@@ -264,7 +264,7 @@ def _taught(store: FeedbackStore) -> set[str]:
         return store.taught_labels()
     except SQLAlchemyError as error:
         metrics.record_feedback_store_error()
-        raise _unavailable(_first_line(error)) from None
+        raise _unavailable(one_line(error)) from None
 
 
 def _without_text(event: FeedbackEvent) -> FeedbackEvent:
@@ -372,9 +372,4 @@ def _document_text(document: dict[str, Any]) -> str | None:
 def _unavailable(reason: str) -> ApiError:
     return ApiError(503, "feedback_unavailable", f"the feedback database cannot take feedback now ({reason}); "
                     "nothing was stored, retry later", headers={"Retry-After": "5"})
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
