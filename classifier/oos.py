@@ -81,6 +81,8 @@ class OutOfScopeDetector:
                 or whitening.shape[1] != centres.shape[1] or np.any(np.tril(whitening, -1))):
             # The score reads W's upper triangle only: a full matrix would be scored wrongly, not refused.
             raise ValueError(f"a {whitening.shape} whitening matrix, upper triangular, and {centres.shape} centres")
+        if not (np.isfinite(whitening).all() and np.isfinite(centres).all()):
+            raise ValueError("the whitening matrix and the centres must hold numbers only (no NaN or infinity)")
         if (self.distances is None) != (self.energies is None) or any(
                 reference is not None and (reference.ndim != 1 or len(reference) == 0 or
                                            np.any(np.diff(reference) < 0) or not np.isfinite(reference).all())

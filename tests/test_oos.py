@@ -109,6 +109,10 @@ def test_a_detector_survives_saving_and_a_broken_file_is_one_line(tmp_path: Path
     np.savez(tmp_path / "full.npz", whitening=np.ones((3, 3)), centres=detector.centres)
     with pytest.raises(UserError, match="full.npz: the detector's arrays do not fit together .*upper triangular"):
         OutOfScopeDetector.load(tmp_path / "full.npz")
+    # NaN in the matrices would make every score NaN, so every request would fail: refused at load instead.
+    np.savez(tmp_path / "nan.npz", whitening=np.triu(np.full((3, 3), np.nan)), centres=detector.centres)
+    with pytest.raises(UserError, match="nan.npz: the detector's arrays do not fit together .*no NaN"):
+        OutOfScopeDetector.load(tmp_path / "nan.npz")
 
 
 # ---------------------------------------------------------------- in a bundle
