@@ -73,7 +73,8 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
             raise UserError(f"{path}: label column {label_column!r} not found; columns are {listed}; "
                             "name the file's label column with --label-column")
     else:
-        label = next(iter(guess([(name,) for name in LABEL_COLUMN_GUESSES])), None)
+        # A text column is never the guessed label: "topic" read as text is not a label column too.
+        label = next(iter(guess([(name,) for name in LABEL_COLUMN_GUESSES if find(name) not in texts])), None)
         if label is None and require_label:
             raise UserError(f"{path}: no label column found among {listed}; name it with --label-column")
     if label is not None and label in texts:

@@ -252,6 +252,17 @@ def test_a_text_column_as_label_is_refused_and_long_class_lists_are_cut(tmp_path
         prepare_data(path, DataOptions(text=TextOptions(fields=("subject",)), label_column="body"))
 
 
+def test_a_text_column_with_a_label_like_name_is_read_as_text_only(tmp_path: Path) -> None:
+    # "topic" is among the guessed label names; named as text, it is not the label too.
+    rows = [{"id": f"T-{i}", "subject": f"subject {i}", "topic": "ab"[i % 2]} for i in range(4)]
+    path = write_csv(tmp_path / "new.csv", rows)
+    classified = read_tickets_to_classify(path, TextOptions(fields=("subject", "topic")))
+    assert [ticket_id for ticket_id, _ in classified] == ["T-0", "T-1", "T-2", "T-3"]
+    rows = [dict(row, type="xy"[i % 2]) for i, row in enumerate(rows * 10)]
+    tickets, _ = load_tickets(write_csv(tmp_path / "labelled.csv", rows), TextOptions(fields=("subject", "topic")))
+    assert set(tickets.labels) == {"x", "y"}
+
+
 def test_merged_rare_classes_must_make_a_large_enough_other(tmp_path: Path) -> None:
     rows = [{"text": f"t {i}", "label": "ab"[i % 2]} for i in range(20)] + [{"text": "rare", "label": "c"}]
     with pytest.raises(UserError, match="merging the rare classes gives 'other' only 1 ticket, fewer than 5"):
