@@ -42,16 +42,16 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from classifier import bundle
-from classifier.columns import ColumnMapping, resolve_columns
+from classifier.columns import ColumnMapping
 from classifier.cpus import usable_cpus
-from classifier.data import check_flat, with_text_columns
+from classifier.data import check_flat, columns_to_classify, with_text_columns
 from classifier.errors import ModelError, UserError, one_line, where
 from classifier.readers import file_sha256, read_records
 from classifier.text import MAX_CELL_CHARS, TextOptions, nested_fields, ticket_text
@@ -499,13 +499,7 @@ def _file_columns(path: Path, first: list[Item], reading: _Reading) -> tuple[Col
     columns = list(dict.fromkeys(name for _, record in first if isinstance(record, dict) for name in record))
     if not columns:
         return ColumnMapping((), None, None), reading.text_options  # no record read: only rejects follow
-    options = with_text_columns(reading.text_options, reading.text_columns)
-    fields = options.record_fields
-    lower = {name.lower() for name in columns}
-    if not reading.text_columns and not lower & {name.lower() for name in fields} and "text" in lower:
-        fields = ("text",)
-    mapping = resolve_columns(columns, path, fields, require_label=False)
-    return mapping, replace(options, fields=tuple(mapping.text_columns))
+    return columns_to_classify(columns, path, reading.text_options, reading.text_columns)
 
 
 def _clean(path: Path, item: Item, mapping: ColumnMapping, options: TextOptions) -> tuple[Any, ...]:

@@ -225,14 +225,23 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_c
     """
     path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
     records, columns = records_and_columns(path)
+    mapping, text_options = columns_to_classify(columns, path, text_options, text_columns)
+    return [(_row_id(record, mapping.id_column, row), text)
+            for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars)]
+
+
+def columns_to_classify(columns: Sequence[str], path: Path, text_options: TextOptions,
+                        text_columns: Sequence[str] = ()) -> tuple[ColumnMapping, TextOptions]:
+    """The text and id columns of an unlabelled file with ``columns``, and the text options reading them:
+    ``text_columns`` (see :func:`with_text_columns`), else the model's text fields, else a ``text`` column
+    alone. No label column is read, so none is looked for."""
     text_options = with_text_columns(text_options, text_columns)
     fields = text_options.record_fields
     lower_columns = {name.lower() for name in columns}
     if not text_columns and not lower_columns & {name.lower() for name in fields} and "text" in lower_columns:
         fields = ("text",)
-    mapping = replace(resolve_columns(columns, path, fields, require_label=False), label_column=None)  # none read
-    return [(_row_id(record, mapping.id_column, row), text)
-            for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars)]
+    mapping = replace(resolve_columns(columns, path, fields, require_label=False), label_column=None)
+    return mapping, replace(text_options, fields=tuple(mapping.text_columns))
 
 
 def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapping, text_options: TextOptions,
