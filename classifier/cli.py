@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from classifier.errors import ModelError, UserError
+from classifier.errors import ModelError, UserError, one_line
 from classifier.options import DEFAULT_EPOCHS, ENGINES, MIN_STEPS
 from classifier.text import TextOptions, ticket_text
 
@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"ticketclf {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a path that cannot be written (a folder under a file, no permission, disk full)
+        print(f"ticketclf {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
         print(f"ticketclf {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -309,6 +309,11 @@ def test_split_writes_a_training_and_a_test_file(tmp_path: Path, capsys: pytest.
     assert main(["split", str(export), "--output-train", str(train), "--output-test", str(test)]) == 0
     assert capsys.readouterr().out == f"8 training and 2 test tickets from {export}\n"
     assert len(train.read_text().splitlines()) == 9 and len(test.read_text().splitlines()) == 3
+    # An output that cannot be written (its folder is a file): one line naming it, not a traceback.
+    code = main(["split", str(export), "--output-train", str(export / "train.csv"), "--output-test", str(test)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("ticketclf split: error: ") and f"'{export}'" in err
+    assert err.count("\n") == 1
 
 
 def test_split_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
