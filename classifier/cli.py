@@ -952,7 +952,8 @@ examples:
 Stratified by label, with the seeded split training uses for validation. Reads every format
 train reads and finds the columns the same way; both outputs are CSV with all the input's
 columns (a JSON object's fields as dotted columns), so the test file reads like the export.
-A class with a single ticket, and rows without a label, go to the training file.
+A class with a single ticket, rows without a label, and copies of a training ticket (the same
+text once cleaned) go to the training file: nothing in the test file was trained on.
 """
 
 

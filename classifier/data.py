@@ -366,8 +366,8 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
 
     Reads every format training reads and finds the columns the same way; both outputs are CSV with all
     the input's columns (a JSON object's fields as its dotted columns, lists as JSON), so the test file
-    reads like the export it came from. A class with a single ticket, and rows without a label, go to
-    the training file (training reports them).
+    reads like the export it came from. A class with a single ticket, rows without a label, and copies of a
+    training ticket (the same text as the model reads it) go to the training file (training reports them).
     """
     data, train_path, test_path = Path(data), Path(train_path), Path(test_path)
     if not 0 < test_fraction < 1:
@@ -386,13 +386,21 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
     labelled = [i for i, value in enumerate(labels) if value]
     rows = Tickets([str(i) for i in labelled], [labels[i] for i in labelled], [str(i) for i in labelled])
     _, test = stratified_split(rows, test_fraction, seed)  # the split training itself uses
-    test_rows = {int(i) for i in test.ids}
+    test_rows = _not_in_training({int(i) for i in test.ids}, records, mapping.text_columns)
     if not test_rows:
         raise UserError(f"{data}: no class has two tickets, so none can be held out for testing")
     train_rows = [i for i in range(len(records)) if i not in test_rows]
     write_csv(train_path, columns, [records[i] for i in train_rows])
     write_csv(test_path, columns, [records[i] for i in sorted(test_rows)])
     return len(train_rows), len(test_rows)
+
+
+def _not_in_training(test_rows: set[int], records: list[dict[str, Any]], text_columns: Sequence[str]) -> set[int]:
+    """The test rows whose model text no training row has: a copy on both sides (an auto-reply, a templated
+    mail) would be scored as if held out while the model learned it, so it goes to training."""
+    options = TextOptions(fields=tuple(text_columns))
+    training = {ticket_text(record, options) for i, record in enumerate(records) if i not in test_rows}
+    return {i for i in test_rows if ticket_text(records[i], options) not in training}
 
 
 def flat_columns(records: Iterable[dict[str, Any]], columns: Sequence[str]) -> list[str]:

@@ -359,6 +359,17 @@ def test_split_file_splits_a_semicolon_export_with_a_bom_by_its_detected_label_c
     assert {"T-20", "T-21"} <= {row["id"] for row in train}  # a one-ticket class and an unlabelled row
 
 
+def test_split_file_holds_out_no_copy_of_a_training_ticket(tmp_path: Path) -> None:
+    # Ten copies of an auto-reply, differing only in spacing: the model reads one text, kept on one side.
+    rows = [{"id": f"T-{i}", "text": f"ticket {i}", "label": "ab"[i % 2]} for i in range(20)]
+    rows += [{"id": f"R-{i}", "text": "Thanks,  we got your   message" + " " * i, "label": "a"} for i in range(10)]
+    export = write_csv(tmp_path / "export.csv", rows)
+    assert sum(split_file(export, tmp_path / "train.csv", tmp_path / "test.csv")) == 30  # nothing lost
+    train, test = read_csv(tmp_path / "train.csv"), read_csv(tmp_path / "test.csv")
+    replies_in_train, replies_in_test = (sum(row["id"].startswith("R-") for row in side) for side in (train, test))
+    assert not (replies_in_train and replies_in_test) and len(test) >= 2  # on one side; tickets still held out
+
+
 def test_split_file_writes_nested_json_as_the_dotted_columns_training_reads(tmp_path: Path) -> None:
     export = tmp_path / "export.jsonl"
     export.write_text("".join(f'{{"ticket": {{"subject": "s{i}", "body": "b{i}"}}, "group": "{"ab"[i % 2]}"}}\n'
