@@ -181,7 +181,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
     source = {"path": os.path.abspath(path), "sha256": file_sha256(path), "rows_read": len(records),
               "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
-    report.files[path.name] = {"rows_read": len(records), "rows_with_text_and_label": len(texts),
+    report.files[str(path)] = {"rows_read": len(records), "rows_with_text_and_label": len(texts),
                                "sha256": source["sha256"]}
     fields: dict[str, list[Any]] = {name: [label_value(value) for value in values]
                                     for name, values in zip(field_columns, cells)}

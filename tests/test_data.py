@@ -98,7 +98,12 @@ def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> 
     assert report.dropped["no text after cleaning"] == [f"{tmp_path / 't.csv'}, row 6"]
     assert report.dropped["no label"] == [f"{tmp_path / 't.csv'}, row 7, column 'category'"]
     # Counted before deduplication, so not called "used" (the manifest's rows_used is after it).
-    assert report.summary_lines()[0] == "t.csv: 6 rows read, 4 with text and a label"
+    assert report.summary_lines()[0] == f"{tmp_path / 't.csv'}: 6 rows read, 4 with text and a label"
+    # A validation file of the same name in another folder is a line of its own, not written over it.
+    (tmp_path / "validation").mkdir()
+    load_tickets(write_csv(tmp_path / "validation" / "t.csv", ROWS[:2]), report=report)
+    assert report.summary_lines()[:2] == [f"{tmp_path / 't.csv'}: 6 rows read, 4 with text and a label",
+                                          f"{tmp_path / 'validation' / 't.csv'}: 2 rows read, 2 with text and a label"]
 
 
 @pytest.mark.parametrize("content, message", [
