@@ -93,18 +93,36 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> None:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    path = Path(path)
+    """Replace ``path`` with ``data`` as indented JSON, atomically and durably (:func:`write_text_atomic`)."""
+    write_text_atomic(Path(path), json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by a temporary file renamed over it, fsynced before and after, so that after a crash
+    or a power loss the file is the old or the new one, whole (the manifest holds the seal and the served
+    engine)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, ensure_ascii=False, default=str)
-            out.write("\n")
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
         os.chmod(temporary, _default_mode(0o666))  # mkstemp makes it private
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    fsync(path.parent)
+
+
+def fsync(path: Path) -> None:
+    """Flush a file or a folder (its entries: a rename) to disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def write_report(bundle_dir: str | Path, name: str, data: Any) -> Path:

@@ -35,7 +35,6 @@ import re
 import shutil
 import socket
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from classifier.bundle import read_manifest
+from classifier.bundle import fsync, read_manifest, write_text_atomic
 from classifier.errors import UserError, one_line
 from classifier.manifest import Manifest
 
@@ -280,7 +279,7 @@ class ModelRepository:
                 state = self._state(name, missing_ok=True)
                 number = max([state.last_version, *(v.number for v in self.versions(name))]) + 1
                 os.rename(target, directory / str(number))
-                _fsync(directory)
+                fsync(directory)
                 champion = state.aliases.get(CHAMPION)
                 state.aliases[CHALLENGER if champion is not None else CHAMPION] = number
                 state.last_version = number
@@ -337,7 +336,7 @@ class ModelRepository:
             retired = self.model_dir(name) / INCOMING_DIR / f"removed-{chosen.number}"
             shutil.rmtree(retired, ignore_errors=True)
             os.rename(chosen.path, retired)  # gone at once; deleted below (or by the next add's sweep)
-            _fsync(self.model_dir(name))
+            fsync(self.model_dir(name))
             event = self._commit(name, state, "remove", chosen.number, state.aliases.get(CHAMPION), reason, None)
         shutil.rmtree(retired, ignore_errors=True)
         return event
@@ -372,7 +371,7 @@ class ModelRepository:
         """Write the new state, then log it (a crash between the two loses a history line, not a choice)."""
         event = _event(action, version, champion_before, state.aliases.get(CHAMPION), reason, details)
         state.updated_at = event.time
-        _write_atomic(self.model_dir(name) / ALIASES_FILE, state.model_dump_json(indent=2) + "\n")
+        write_text_atomic(self.model_dir(name) / ALIASES_FILE, state.model_dump_json(indent=2) + "\n")
         _append_line(self.model_dir(name) / HISTORY_FILE, event.model_dump_json())
         return event
 
@@ -439,23 +438,6 @@ def _sweep_incoming(incoming: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by a temporary file renamed over it, fsynced before and after, so that after a crash
-    the file is the old or the new one, whole."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask's permissions
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
-
-
 def _append_line(path: Path, line: str) -> None:
     """Append one line durably; after a line that a crash cut short, start a new line."""
     handle = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
@@ -472,12 +454,6 @@ def _fsync_tree(directory: Path) -> None:
     """Flush a built bundle's files to disk before it is renamed into place."""
     for path in [*directory.rglob("*"), directory]:
         if not path.is_symlink():
-            _fsync(path)
+            fsync(path)
 
 
-def _fsync(path: Path) -> None:
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
