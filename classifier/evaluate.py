@@ -293,16 +293,10 @@ def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
     return predictor.predict_proba(texts, cleaned=True)  # load_tickets cleaned them; no detector features
 
 
-def probabilities_and_oos_scores(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`probabilities`, and each ticket's out-of-scope score (None: the bundle has no detector), from
-    one run of the model."""
-    proba, scores, _ = model_run(predictor, texts)
-    return proba, scores
-
-
 def model_run(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
-    """:func:`probabilities_and_oos_scores`, and the logits of each of the bundle's other fields (in the
-    manifest's order; none for a bundle of the label alone), from one run of the model."""
+    """:func:`probabilities`, each ticket's out-of-scope score (None: the bundle has no detector), and the
+    logits of each of the bundle's other fields (in the manifest's order; none for a bundle of the label
+    alone), from one run of the model."""
     outputs = predictor.outputs(texts, cleaned=True)  # load_tickets cleaned them
     scores = predictor.scores_of(outputs)
     return predictor.probabilities(outputs.logits, outputs.tfidf), scores, outputs.fields
