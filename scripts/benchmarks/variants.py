@@ -17,6 +17,9 @@ that loses leaves no option behind. ``small_data.py --variant NAME`` trains with
   pre-trained for sentence embeddings) instead of the first token through BERT's pooler. Optimum's export
   knows only the pooler, so this variant is not exported: its bundle is scored by PyTorch (the same patch
   applied to the loaded model), blended with the TF-IDF model as the export would serve it.
+- ``averaging``: tail weight averaging (SWA on the product's decaying schedule; Izmailov et al. 2018): the
+  model kept is the mean of the weights at the end of each epoch from the middle of the planned epochs on,
+  instead of the last epoch's weights alone.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, Trainer
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainerCallback
 
 from classifier import predict
 from classifier import train as training
@@ -206,6 +209,44 @@ def with_mean_pooling(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+class WeightAveraging(TrainerCallback):
+    """Keeps the running mean of the model's floating-point weights at the end of each epoch from
+    ``start`` of the planned epochs on, and puts it into the model when training ends."""
+
+    def __init__(self, start: float = 0.5) -> None:
+        self.start = start
+        self.mean: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: torch.nn.Module | None = None,
+                     **kwargs: Any) -> None:
+        if model is None or state.epoch < self.start * args.num_train_epochs:
+            return
+        self.count += 1
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                value = value.detach().float()
+                if name in self.mean:
+                    self.mean[name] += (value - self.mean[name]) / self.count
+                else:
+                    self.mean[name] = value.clone()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: torch.nn.Module | None = None,
+                     **kwargs: Any) -> None:
+        if model is not None and self.mean:
+            print(f"weight averaging: the mean of {self.count} epochs' weights", flush=True)
+            state = model.state_dict()
+            model.load_state_dict({name: mean.to(state[name].dtype) for name, mean in self.mean.items()}, strict=False)
+
+
+_annealing_trainer_init = AnnealingTrainer.__init__
+
+
+def _averaging_trainer_init(self: AnnealingTrainer, *args: Any, **kwargs: Any) -> None:
+    _annealing_trainer_init(self, *args, **kwargs)
+    self.add_callback(WeightAveraging())
+
+
 _load_model = training._load_model
 _torch_engine_init = predict.TorchEngine.__init__
 
@@ -222,6 +263,7 @@ def _mean_pooling_engine(self: predict.TorchEngine, *args: Any, **kwargs: Any) -
 WARM_STARTS: dict[str, Callable[..., Path]] = {"lp-ft": linear_probe, "contrastive": contrastive}
 PATCHES: dict[str, list[tuple[Any, str, Callable[..., Any]]]] = {
     "rdrop": [(AnnealingTrainer, "compute_loss", _rdrop_loss)],
+    "averaging": [(AnnealingTrainer, "__init__", _averaging_trainer_init)],
     "mean-pooling": [(training, "_load_model", _load_mean_pooling_model),
                      (predict.TorchEngine, "__init__", _mean_pooling_engine)]}
 SETTINGS: dict[str, dict[str, Any]] = {"llrd": {"layer_lr_decay": LLRD_DECAY}}
