@@ -29,6 +29,8 @@ OTHER_LABEL = "other"
 # A file's corrected labels: where this column has a value, it replaces the label (a file that
 # 'ticketclf review-labels' wrote, filled in by an agent, trains as it is).
 CORRECTED_LABEL_COLUMN = "corrected_label"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet runs as a formula at a cell's start
+PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 LISTED_MISLABELLED = 20  # likely mislabelled tickets listed in the data report (classifier.label_review)
 _LISTED_CLASSES = 10  # rare classes named in an error; a wrong label column has thousands
 _WHOLE_FLOAT = re.compile(r"([-+]?\d+)\.0+")  # "3.0": how floats spell a whole-number label
@@ -157,6 +159,8 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     # Stored lower-case, since prediction matches field names case-insensitively (classifier.text).
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     corrected = _corrected_label_column(columns, mapping)
+    if is_review_file(columns):  # written for spreadsheets (ticketclf review-labels): its cells as they were
+        from_review_file(records)
     texts, labels, ids, rows = [], [], [], []
     cells: list[list[Any]] = [[] for _ in extra]
     for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells,
@@ -189,6 +193,21 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
         fields[tags_column], delimiter = parse_tags(cells[-1], path, rows, mapping.field_columns[-1], tags_delimiter)
         source["tags_delimiter"] = delimiter
     return Tickets(texts, labels, ids, source, rows, fields), options
+
+
+def is_review_file(columns: Sequence[str]) -> bool:
+    """Whether a file with ``columns`` is a label review (``ticketclf review-labels``), by its corrected_label
+    column."""
+    return any(name.lower() == CORRECTED_LABEL_COLUMN for name in columns)
+
+
+def from_review_file(records: list[tuple[int, dict[str, Any]]]) -> None:
+    """Undo, in place, the escaping that a file written ``for_spreadsheets`` (:func:`write_csv`) put on
+    its text cells."""
+    for _, record in records:
+        for key, value in record.items():
+            if isinstance(value, str):
+                record[key] = from_spreadsheet_safe(value)
 
 
 def _corrected_label_column(columns: Sequence[str], mapping: ColumnMapping) -> str | None:
@@ -410,14 +429,42 @@ def flat_columns(records: Iterable[dict[str, Any]], columns: Sequence[str]) -> l
     return [column for column in columns if column not in objects]
 
 
-def write_csv(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
-    """Records as a CSV file that training reads: the given columns, lists as JSON."""
+def write_csv(path: Path, columns: list[str], records: list[dict[str, Any]], *, for_spreadsheets: bool = False
+              ) -> None:
+    """Records as a CSV file that training reads: the given columns, lists as JSON. ``for_spreadsheets``: a
+    file people open in Excel or Sheets, its text cells :func:`spreadsheet_safe` (training reads them back as
+    they were: such a file has a corrected_label column, see :func:`load_tickets`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def cell(value: Any) -> Any:
+        value = json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
+        return spreadsheet_safe(value) if for_spreadsheets and isinstance(value, str) else value
+
     with open(path, "w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")  # objects: as dotted columns
         writer.writeheader()
-        writer.writerows({key: json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
-                          for key, value in record.items()} for record in records)
+        writer.writerows({key: cell(value) for key, value in record.items()} for record in records)
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A text cell that Excel or Sheets shows as text: ticket text is customer input, and a cell starting
+    with ``=``, ``+``, ``-``, ``@`` (or a tab or carriage return before one) would run as a formula. A plain
+    number (an id of -2) cannot, and stays as it is so the file still joins with the export. A quote is put
+    before the cell, and before a cell that starts with a quote and would be escaped without it, so that
+    :func:`from_spreadsheet_safe` gives back every cell exactly."""
+    return f"'{cell}" if _runs_as_formula(cell) else cell
+
+
+def from_spreadsheet_safe(cell: str) -> str:
+    """The cell that :func:`spreadsheet_safe` was given."""
+    return cell[1:] if cell[:1] == "'" and _runs_as_formula(cell[1:]) else cell
+
+
+def _runs_as_formula(cell: str) -> bool:
+    """Whether :func:`spreadsheet_safe` puts a quote before ``cell``."""
+    if cell[:1] == "'":
+        return _runs_as_formula(cell[1:])
+    return cell[:1] in FORMULA_STARTS and not PLAIN_NUMBER.fullmatch(cell)
 
 
 @dataclass

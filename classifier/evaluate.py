@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -41,7 +40,14 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from classifier import bundle
 from classifier.baseline import BASELINE_NAME
-from classifier.data import DataReport, Tickets, load_tickets, relabel_like_training, with_text_columns
+from classifier.data import (
+    DataReport,
+    Tickets,
+    load_tickets,
+    relabel_like_training,
+    spreadsheet_safe,
+    with_text_columns,
+)
 from classifier.errors import UserError
 from classifier.evaluate_oos import out_of_scope_section
 from classifier.manifest import Manifest, ThresholdSource
@@ -93,8 +99,6 @@ EXAMPLE_CHARS = 300
 REPORT_FILES = ("report.json", "report.html", "confusion_matrix.csv", "confusion_matrix.png", "precision_coverage.png",
                 "reliability.png", "misclassified.csv")
 OUT_OF_SCOPE_IMAGE = "out_of_scope.png"  # when the test file has out-of-scope tickets and the bundle a detector
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 
 
 @dataclass
@@ -786,13 +790,6 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
             row = int(scored.rows[i])
             writer.writerow([*map(spreadsheet_safe, (tickets.ids[row], tickets.texts[row], scored.y_true[i],
                                                      predicted[i])), f"{confidence[i]:.4f}"])
-
-
-def spreadsheet_safe(cell: str) -> str:
-    """A text cell that Excel or Sheets shows as text: ticket text is customer input, and a cell starting
-    with ``=``, ``+``, ``-``, ``@`` (or a tab or carriage return before one) would run as a formula. A plain
-    number (an id of -2) cannot, and stays as it is so the file still joins with the export."""
-    return f"'{cell}" if cell[:1] in FORMULA_STARTS and not PLAIN_NUMBER.fullmatch(cell) else cell
 
 
 def _make_output_dir(output_dir: Path) -> Path | None:

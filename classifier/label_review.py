@@ -39,7 +39,14 @@ from threadpoolctl import threadpool_limits
 
 from classifier.baseline import baseline_classifier, baseline_features
 from classifier.cpus import usable_cpus
-from classifier.data import CORRECTED_LABEL_COLUMN, flat_columns, load_tickets, write_csv
+from classifier.data import (
+    CORRECTED_LABEL_COLUMN,
+    flat_columns,
+    from_review_file,
+    is_review_file,
+    load_tickets,
+    write_csv,
+)
 from classifier.errors import UserError, one_line
 from classifier.readers import records_and_columns
 from classifier.text import TextOptions
@@ -248,6 +255,8 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
     tickets, _ = load_tickets(data, text_options, label_column)
     review = review_labels(tickets.texts, tickets.labels, tickets.ids, folds, seed)
     numbered, columns = records_and_columns(data)
+    if is_review_file(columns):  # a review reviewed again: its cells as they were, escaped once when written
+        from_review_file(numbered)
     records = dict(numbered)
     first = [tickets.rows[finding.index] for finding in review.findings()]
     listed = set(first)
@@ -260,5 +269,5 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
         record.update(suggested_label=finding.suggested, confidence=f"{finding.confidence:.3f}",
                       reason="; ".join(finding.reasons))
     out_columns = [name for name in flat_columns(records.values(), columns) if name not in REVIEW_COLUMNS]
-    write_csv(output, out_columns + list(REVIEW_COLUMNS), [records[row] for row in rows])
+    write_csv(output, out_columns + list(REVIEW_COLUMNS), [records[row] for row in rows], for_spreadsheets=True)
     return ReviewFile(review, len(rows), tickets.texts, tickets.ids)

@@ -13,11 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from classifier.data import (
+    FORMULA_STARTS,
+    PLAIN_NUMBER,
     DataReport,
+    from_spreadsheet_safe,
     load_tickets,
     prepare_data,
     read_tickets_to_classify,
     split_file,
+    spreadsheet_safe,
     stratified_split,
 )
 from classifier.errors import UserError
@@ -362,6 +366,13 @@ def test_split_file_splits_a_semicolon_export_with_a_bom_by_its_detected_label_c
     assert Counter(row["Queue"] for row in test) == {"billing": 2, "login": 2}  # a quarter of each class
     assert sorted(row["id"] for row in train + test) == sorted(f"T-{i}" for i in range(22))  # nothing lost
     assert {"T-20", "T-21"} <= {row["id"] for row in train}  # a one-ticket class and an unlabelled row
+
+
+@given(st.text(alphabet="'=+-@\t\r1.a ", max_size=8))
+def test_spreadsheet_escaping_gives_back_every_cell_and_leaves_no_formula(cell: str) -> None:
+    safe = spreadsheet_safe(cell)
+    assert from_spreadsheet_safe(safe) == cell
+    assert safe[:1] not in FORMULA_STARTS or PLAIN_NUMBER.fullmatch(safe)
 
 
 def test_split_file_holds_out_no_copy_of_a_training_ticket(tmp_path: Path) -> None:

@@ -92,6 +92,9 @@ def test_review_labels_writes_a_file_that_train_reads_with_its_corrections(sampl
                                                                             capsys: pytest.CaptureFixture[str]) -> None:
     rows = read_csv(sample_csv)[:300]
     flipped = flip(rows, 0.1)
+    # Customer text a spreadsheet would run as a formula, and one quoted already.
+    formulas = {rows[0]["id"]: '=HYPERLINK("http://evil.example")', rows[1]["id"]: "'=1+1"}
+    rows[0]["body"], rows[1]["body"] = (formulas[rows[i]["id"]] + " " + rows[i]["body"] for i in (0, 1))
     data = write_csv(tmp_path / "export.csv", rows)
     output = tmp_path / "review.csv"
     assert main(["review-labels", str(data), "--output", str(output), "--folds", "4"]) == 0
@@ -103,6 +106,8 @@ def test_review_labels_writes_a_file_that_train_reads_with_its_corrections(sampl
     listed = [row for row in written if row["reason"]]
     assert listed and written[:len(listed)] == listed  # the findings first
     assert all(row["corrected_label"] == "" for row in written)
+    shown = {row["id"]: row["body"] for row in written if row["id"] in formulas}
+    assert shown == {rows[i]["id"]: "'" + rows[i]["body"] for i in (0, 1)}  # a quote before each: text to Excel
     flipped_ids = {rows[i]["id"] for i in flipped}
     assert sum(row["id"] in flipped_ids for row in listed) >= len(flipped) // 2
 
@@ -112,6 +117,8 @@ def test_review_labels_writes_a_file_that_train_reads_with_its_corrections(sampl
     report = DataReport()
     tickets, _ = load_tickets(corrected, report=report)
     by_id = dict(zip(tickets.ids, tickets.labels))
+    original, _ = load_tickets(data)  # the review's cells read back as the export had them
+    assert dict(zip(tickets.ids, tickets.texts)) == dict(zip(original.ids, original.texts))
     assert all(by_id[row["id"]] == row["suggested_label"] for row in listed)
     assert report.corrected_labels == sum(row["suggested_label"] != row["category"] for row in listed)
     assert f"{report.corrected_labels} labels replaced by the file's corrected_label column" in report.summary_lines()
@@ -120,6 +127,7 @@ def test_review_labels_writes_a_file_that_train_reads_with_its_corrections(sampl
     assert main(["review-labels", str(corrected), "--output", str(again), "--folds", "4"]) == 0
     rewritten = {row["id"]: row for row in read_csv(again)}
     assert all(rewritten[row["id"]]["corrected_label"] == row["corrected_label"] for row in written)
+    assert all(rewritten[ticket_id]["body"] == body for ticket_id, body in shown.items())  # quoted once, not twice
     assert len([row for row in rewritten.values() if row["reason"]]) < len(listed)
 
 
