@@ -292,7 +292,7 @@ def _print_training_summary(bundle_dir: Path) -> None:
     print(f"bundle written to {bundle_dir}")
     print(f"  labels: {len(manifest.labels)}, max length: {manifest.max_length}, "
           f"training time: {manifest.training.train_seconds} s")
-    print(f"  validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+    print(f"  validation accuracy {metrics['accuracy']:.4f}, macro-F1 {manifest.training.label_macro_f1:.4f}")
     blended = manifest.baseline.blend_metrics if manifest.baseline and manifest.blend_weight > 0 else None
     if blended:
         print(f"  served (blended with TF-IDF at weight {manifest.blend_weight}): validation accuracy "

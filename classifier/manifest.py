@@ -81,6 +81,12 @@ class TrainingSection(Section):
     precision_used: str | None = None
     validation_metrics: dict[str, float] = Field(default_factory=dict)  # the kept epoch's, from Trainer
 
+    @property
+    def label_macro_f1(self) -> float | None:
+        """The label's validation macro-F1: with fields, ``macro_f1`` is the mean over the label and the fields
+        (what early stopping watches) and the label's own is ``label_macro_f1``."""
+        return self.validation_metrics.get("label_macro_f1", self.validation_metrics.get("macro_f1"))
+
 
 class Calibration(Record):
     temperature: float | None = Field(None, description="a positive number")  # None: 1, written by hand

@@ -240,7 +240,7 @@ class ModelRepository:
         summary.data_sha256 = train.sha256 if train else None
         summary.train_rows = train.rows_used if train else None
         summary.validation_accuracy = metrics.get("accuracy")
-        summary.validation_macro_f1 = metrics.get("macro_f1")
+        summary.validation_macro_f1 = manifest.training.label_macro_f1
         summary.engine = manifest.engine
         return summary
 

@@ -127,6 +127,17 @@ def test_one_bundle_learns_every_field(fields_bundle: Path) -> None:
     assert bundle.FIELD_HEADS_FILE in (manifest.integrity.files if manifest.integrity else {})
 
 
+def test_the_training_summary_shows_the_labels_macro_f1_not_the_mean_over_fields(
+        fields_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from classifier.cli import _print_training_summary
+
+    metrics = bundle.read_manifest(fields_bundle).training.validation_metrics
+    assert metrics["macro_f1"] != metrics["label_macro_f1"]  # the mean over the fields, which early stopping watches
+    _print_training_summary(fields_bundle)
+    assert f"validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['label_macro_f1']:.4f}\n" in \
+        capsys.readouterr().out
+
+
 def test_the_exported_heads_compute_what_pytorch_does(fields_bundle: Path, fields_csv: Path) -> None:
     texts = bundle.read_examples(fields_bundle)[0][:40]
     torch = Predictor.load(fields_bundle, engine="torch").outputs(texts, cleaned=True)
