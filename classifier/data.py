@@ -159,8 +159,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     # Stored lower-case, since prediction matches field names case-insensitively (classifier.text).
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     corrected = _corrected_label_column(columns, mapping)
-    if is_review_file(columns):  # written for spreadsheets (ticketclf review-labels): its cells as they were
-        from_review_file(records)
+    from_review_file(records, columns)
     texts, labels, ids, rows = [], [], [], []
     cells: list[list[Any]] = [[] for _ in extra]
     for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells,
@@ -195,15 +194,11 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     return Tickets(texts, labels, ids, source, rows, fields), options
 
 
-def is_review_file(columns: Sequence[str]) -> bool:
-    """Whether a file with ``columns`` is a label review (``ticketclf review-labels``), by its corrected_label
-    column."""
-    return any(name.lower() == CORRECTED_LABEL_COLUMN for name in columns)
-
-
-def from_review_file(records: list[tuple[int, dict[str, Any]]]) -> None:
-    """Undo, in place, the escaping that a file written ``for_spreadsheets`` (:func:`write_csv`) put on
-    its text cells."""
+def from_review_file(records: list[tuple[int, dict[str, Any]]], columns: Sequence[str]) -> None:
+    """A label review's cells as they were before :func:`write_csv` escaped them ``for_spreadsheets``, in
+    place; a review is told by its corrected_label column, and any other file is left as it is."""
+    if _corrected_column(columns) is None:
+        return
     for _, record in records:
         for key, value in record.items():
             if isinstance(value, str):
@@ -214,8 +209,12 @@ def _corrected_label_column(columns: Sequence[str], mapping: ColumnMapping) -> s
     """The file's corrected_label column (any case), if it has one besides its label column."""
     if mapping.label_column is None:
         return None
-    found = next((name for name in columns if name.lower() == CORRECTED_LABEL_COLUMN), None)
+    found = _corrected_column(columns)
     return found if found != mapping.label_column else None
+
+
+def _corrected_column(columns: Sequence[str]) -> str | None:
+    return next((name for name in columns if name.lower() == CORRECTED_LABEL_COLUMN), None)
 
 
 def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) -> TextOptions:

@@ -43,7 +43,6 @@ from classifier.data import (
     CORRECTED_LABEL_COLUMN,
     flat_columns,
     from_review_file,
-    is_review_file,
     load_tickets,
     write_csv,
 )
@@ -255,8 +254,7 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
     tickets, _ = load_tickets(data, text_options, label_column)
     review = review_labels(tickets.texts, tickets.labels, tickets.ids, folds, seed)
     numbered, columns = records_and_columns(data)
-    if is_review_file(columns):  # a review reviewed again: its cells as they were, escaped once when written
-        from_review_file(numbered)
+    from_review_file(numbered, columns)  # a review reviewed again: escaped once when written, not twice
     records = dict(numbered)
     first = [tickets.rows[finding.index] for finding in review.findings()]
     listed = set(first)
