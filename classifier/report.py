@@ -191,6 +191,45 @@ class UnknownLabels:
 
 
 @dataclass
+class Interval:
+    """A difference and the 95 % interval a paired bootstrap over the test tickets puts around it."""
+
+    value: float
+    low: float
+    high: float
+    verdict: str = field(init=False)  # whether the whole interval is on one side of 0
+
+    def __post_init__(self) -> None:
+        self.verdict = ("better beyond chance" if self.low > 0 else "worse beyond chance" if self.high < 0
+                        else "within chance")
+
+    def in_points(self) -> str:
+        """E.g. "+1.6 points (95 % interval -1.3 to +4.6: within chance)"."""
+        return (f"{self.value * 100:+.1f} points (95 % interval {self.low * 100:+.1f} to {self.high * 100:+.1f}: "
+                f"{self.verdict})")
+
+
+@dataclass
+class Difference:
+    """The evaluated model minus another on the same test tickets: is the gap more than which tickets were drawn?"""
+
+    accuracy: Interval
+    routed: Interval  # share of tickets routed at the target precision (0 where no threshold reaches it)
+    only_this_right: int  # tickets this model gets right and the other wrong
+    only_other_right: int
+    resamples: int
+    summary: str = ""  # the above in one line, as the terminal and the page show it
+
+
+def difference_summary(accuracy: Interval, routed: Interval, target: float, only_this_right: int,
+                       only_other_right: int) -> str:
+    """One line on the evaluated model against another, e.g. "accuracy +1.6 points (95 % interval -1.3 to
+    +4.6: within chance), routed at 95 % precision ...; right on 12 tickets it gets wrong, wrong on 8"."""
+    return (f"accuracy {accuracy.in_points()}, routed at {target:.0%} precision {routed.in_points()}; right on "
+            f"{only_this_right} tickets it gets wrong, wrong on {only_other_right} it gets right")
+
+
+@dataclass
 class SideBySide:
     """Another model (the baseline, or a compared bundle) on the same test tickets."""
 
@@ -199,6 +238,7 @@ class SideBySide:
     metrics: Metrics
     per_class_f1: dict[str, float]
     f1_delta: dict[str, float]  # the evaluated model's F1 minus this one's, per class present in the test set
+    difference: Difference | None = None  # None: the two were not scored on the same tickets
 
 
 @dataclass

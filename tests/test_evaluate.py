@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
@@ -25,12 +27,17 @@ from classifier.cli import main
 from classifier.data import load_tickets, prepare_data
 from classifier.errors import UserError
 from classifier.evaluate import (
+    BOOTSTRAP_RESAMPLES,
     REPORT_FILES,
     EvaluationOptions,
+    Scored,
     cluster_order,
+    coverage_curve,
     evaluate,
     load_test_set,
+    paired_difference,
     recommend_threshold,
+    routed_at_target,
     summary_table,
 )
 from classifier.manifest import Calibration, DataSection, Manifest
@@ -181,6 +188,50 @@ def test_unreachable_target_gives_no_threshold():
     assert recommend_threshold(confidence, correct, 0.6)["threshold"] == 0.7  # 2 of 3 right
 
 
+@given(st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=30), st.integers(0, 2))
+def test_routed_at_target_counts_the_tickets_of_the_lowest_threshold_reaching_it(tickets, leading):
+    # Few distinct confidences, so ties are common; and leading axes (resamples) answered at once.
+    confidence, correct = (np.array(column, dtype=float if i == 0 else bool) for i, column in enumerate(zip(*tickets)))
+    confidence = confidence / 4
+    thresholds, coverage, precision = coverage_curve(confidence, correct)
+    reaching = coverage[precision >= 0.75 - 1e-9]
+    expected = round(reaching.max() * len(confidence)) if reaching.size else 0
+    assert routed_at_target(confidence, correct, 0.75) == expected
+    stacked = routed_at_target(np.broadcast_to(confidence, (3,) * leading + confidence.shape),
+                               np.broadcast_to(correct, (3,) * leading + correct.shape), 0.75)
+    assert stacked.shape == (3,) * leading and (stacked == expected).all()
+
+
+def _scored(correct: list[bool], confidence: list[float]) -> Scored:
+    """Two-class scores whose predicted class is right where ``correct`` says, at ``confidence``."""
+    truth = ["a"] * len(correct)
+    proba = np.array([[c, 1 - c] if right else [1 - c, c] for right, c in zip(correct, confidence)])
+    return Scored.of(["a", "b"], proba, truth)
+
+
+def test_a_paired_difference_says_whether_a_gap_is_beyond_chance():
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.6, 0.99, 200).tolist()
+    always, half = _scored([True] * 200, confidence), _scored([i % 2 == 0 for i in range(200)], confidence)
+    gap = paired_difference(always, half, 0.95)
+    assert gap.accuracy.value == pytest.approx(0.5) and gap.accuracy.low > 0
+    assert gap.accuracy.verdict == "better beyond chance"
+    assert gap.routed.value > 0.9 and gap.routed.low > 0  # 'half' reaches 95 % precision at its top tickets only
+    assert (gap.only_this_right, gap.only_other_right, gap.resamples) == (100, 0, BOOTSTRAP_RESAMPLES)
+    assert paired_difference(half, always, 0.95).accuracy.verdict == "worse beyond chance"
+    # One ticket apart on 200: the draw of tickets decides it.
+    one_more = _scored([True] * 199 + [False], confidence)
+    close = paired_difference(always, one_more, 0.95)
+    assert close.accuracy.value == pytest.approx(0.005) and close.accuracy.low <= 0 < close.accuracy.high
+    assert close.accuracy.verdict == "within chance" and "+0.5 points" in close.summary
+    # The same model: no gap, in any draw.
+    same = paired_difference(half, half, 0.95)
+    assert (same.accuracy.low, same.accuracy.high, same.routed.low, same.routed.high) == (0, 0, 0, 0)
+    # Not scored on the same tickets: nothing to pair.
+    fewer = Scored.of(["a", "b"], half.proba, ["a"] * 199 + ["c"])
+    assert paired_difference(always, fewer, 0.95) is None
+
+
 def test_baseline_and_compare_side_by_side(evaluated, exported_bundle, tiny_bundle, known_rows, test_csv):
     report, _ = evaluated
     manifest = read_manifest(exported_bundle)
@@ -196,10 +247,21 @@ def test_baseline_and_compare_side_by_side(evaluated, exported_bundle, tiny_bund
     compare_true, compare_pred, _ = independent_scores(tiny_bundle, known_rows, engine="torch")
     assert report["compare"]["metrics"]["accuracy"] == pytest.approx(accuracy_score(compare_true, compare_pred))
     own = {row["label"]: row["f1"] for row in report["per_class"]}
-    for section in (report["baseline"], report["compare"]):
+    _, own_pred, _ = independent_scores(exported_bundle, known_rows)
+    summary = summary_table(report)
+    for name, pred in (("baseline", baseline_pred), ("compare", compare_pred)):
+        section = report[name]
         assert set(section["f1_delta"]) == set(manifest.labels)
         for label, delta in section["f1_delta"].items():
             assert delta == pytest.approx(own[label] - section["per_class_f1"][label])
+        gap = section["difference"]
+        assert gap["accuracy"]["value"] == pytest.approx(report["metrics"]["accuracy"] - section["metrics"]["accuracy"])
+        assert gap["accuracy"]["low"] <= gap["accuracy"]["value"] <= gap["accuracy"]["high"]
+        assert gap["routed"]["low"] <= gap["routed"]["value"] <= gap["routed"]["high"]
+        right = [(mine == truth, theirs == truth) for mine, theirs, truth in zip(own_pred, pred, y_true)]
+        assert gap["only_this_right"] == right.count((True, False))
+        assert gap["only_other_right"] == right.count((False, True))
+        assert f"this model against the {name}: {gap['summary']}" in summary
 
 
 def test_a_compared_bundle_reads_the_test_file_with_its_own_labels(exported_bundle, tiny_bundle, test_csv,
@@ -221,6 +283,7 @@ def test_a_compared_bundle_reads_the_test_file_with_its_own_labels(exported_bund
     # A class the other model does not have: its numbers cover fewer tickets, and the report says so.
     report = compared_with({"billing": "invoices"})
     assert report["compare"]["metrics"]["tickets"] == 9 * PER_CLASS
+    assert report["compare"]["difference"] is None  # nothing to pair ticket by ticket
     assert any(f"scored on {9 * PER_CLASS} test tickets, this model on {10 * PER_CLASS}" in warning
                for warning in report["warnings"])
 
@@ -252,6 +315,8 @@ def test_html_embeds_the_pictures_and_shows_the_numbers(evaluated):
     assert f"{report['metrics']['accuracy']:.1%}" in page
     assert all(label in page for label in UNKNOWN)
     assert report["top_confusions"][0]["examples"][0]["id"] in page
+    assert f"Drawn again {BOOTSTRAP_RESAMPLES}" in page
+    assert report["baseline"]["difference"]["accuracy"]["verdict"] in page
 
 
 def test_misclassified_csv_lists_every_mistake(evaluated, known_rows, exported_scores):

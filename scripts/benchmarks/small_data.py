@@ -10,7 +10,8 @@ with ``ticketclf train``'s defaults (or ``--set`` overrides), exported (the expo
 and evaluated on all 3,080 test tickets, with the TF-IDF baseline the bundle keeps scored on the same tickets.
 ``sample`` is the quickstart: data/tickets.csv split 80/20, category with priority and tags.
 Rows: the served model (the blend of classifier.blend), the fine-tuned model alone (same engine) and the
-baseline: accuracy and the share of tickets routed at 95 % precision. Appends to docs/benchmarks/runs.jsonl
+baseline: accuracy and the share of tickets routed at 95 % precision; each gap with the 95 % interval of the
+evaluation's paired bootstrap over the test tickets. Appends to docs/benchmarks/runs.jsonl
 (area "small-data").
 """
 
@@ -53,8 +54,8 @@ def main() -> int:
     for row in rows:
         lines.append(f"| {row['data']} | {row['tickets']} | {row['served']:.2f} %, {row['served_routed']:.1f} % "
                      f"({row['engine']}) | {row['alone']:.2f} % | {row['baseline']:.2f} %, "
-                     f"{row['baseline_routed']:.1f} % | {row['served'] - row['baseline']:+.2f} points, "
-                     f"{row['served_routed'] - row['baseline_routed']:+.1f} routed | {row['weight']:.2f} | "
+                     f"{row['baseline_routed']:.1f} % | {_gap(row['gap']['accuracy'])}, "
+                     f"{_gap(row['gap']['routed'])} routed | {row['weight']:.2f} | "
                      f"{row['minutes']:.1f} min |")
     overrides = " ".join(f"--set {item}" for item in args.set)
     variant = f" --variant {args.variant}" if args.variant else ""
@@ -97,7 +98,8 @@ def measure(size: str, options: TrainingOptions, work: Path, variant: str | None
             "tickets": served.manifest.data.train.rows_used, "engine": served.engine_kind,
             "served": 100 * report["metrics"]["accuracy"], "served_routed": 100 * _routed(report["metrics"]),
             "alone": 100 * alone_accuracy, "baseline": 100 * baseline["accuracy"],
-            "baseline_routed": 100 * _routed(baseline), "weight": served.manifest.blend_weight, "minutes": minutes}
+            "baseline_routed": 100 * _routed(baseline), "gap": report["baseline"]["difference"],
+            "weight": served.manifest.blend_weight, "minutes": minutes}
 
 
 def balanced_subset(source: Path, size: int, target: Path, seed: int = 0) -> Path:
@@ -114,6 +116,11 @@ def balanced_subset(source: Path, size: int, target: Path, seed: int = 0) -> Pat
         writer.writeheader()
         writer.writerows(taken)
     return target
+
+
+def _gap(interval: dict) -> str:
+    """A served-minus-baseline difference with its 95 % interval (paired bootstrap over the test tickets)."""
+    return f"{100 * interval['value']:+.2f} points ({100 * interval['low']:+.1f} to {100 * interval['high']:+.1f})"
 
 
 def _routed(metrics: dict) -> float:
