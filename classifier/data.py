@@ -486,7 +486,7 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
     columns: dict[str, Any] = {"field_columns": options.field_columns, "tags_column": options.tags_column,
                "tags_delimiter": options.tags_delimiter}
     train, text_options = load_tickets(train_path, options.text, options.label_column, report, **columns)
-    train = match_label_spellings(train, _most_common_spellings(train.labels), report)
+    train = one_spelling_per_label(train, report)
     train = check_classes(deduplicate(train, report), options.min_class_count, options.merge_rare_classes, report,
                           train_path)
     _review_labels(train, report)
@@ -609,6 +609,11 @@ def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataRe
         return tickets
     report.merged_label_spellings.update(renamed)
     return tickets.relabelled([renamed.get(label, label) for label in tickets.labels])
+
+
+def one_spelling_per_label(tickets: Tickets, report: DataReport) -> Tickets:
+    """Labels that differ only in case or number format as one class, spelled as most of its tickets spell it."""
+    return match_label_spellings(tickets, _most_common_spellings(tickets.labels), report)
 
 
 def _most_common_spellings(labels: Sequence[str]) -> list[str]:

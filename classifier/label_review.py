@@ -41,9 +41,11 @@ from classifier.baseline import baseline_classifier, baseline_features
 from classifier.cpus import usable_cpus
 from classifier.data import (
     CORRECTED_LABEL_COLUMN,
+    DataReport,
     flat_columns,
     from_review_file,
     load_tickets,
+    one_spelling_per_label,
     write_csv,
 )
 from classifier.errors import UserError, one_line
@@ -104,9 +106,13 @@ def review_labels(texts: Sequence[str], labels: Sequence[str], ids: Sequence[str
     if len(classes) < 2:
         raise UserError("reviewing labels needs at least two classes")
     largest = max(Counter(labels).values())
-    if folds < 2 or len(texts) < 2 * folds or folds > largest:
-        raise UserError(f"--folds {folds}: give at least 2 folds, twice as many tickets ({len(texts)} here) and no "
-                        f"more than the largest class has ({largest})")
+    most = min(len(texts) // 2, largest)  # each fold needs 2 tickets, and the largest class one in each fold
+    if most < 2:
+        raise UserError(f"too few tickets to review in folds: {len(texts)} tickets, the largest class {largest} "
+                        "(at least 4 tickets and a class of 2 are needed)")
+    if not 2 <= folds <= most:
+        raise UserError(f"--folds {folds}: choose 2 to {most} folds for these tickets (at most half of the "
+                        f"{len(texts)} tickets and at most the {largest} of the largest class)")
     y = np.searchsorted(classes, labels)
     union = baseline_features(len(classes))  # bounded weights: see baseline.MAX_WEIGHTS
     features = union.fit_transform(list(texts))
@@ -252,6 +258,7 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
     if output.resolve() == data.resolve():
         raise UserError(f"{output}: is the input file; write the review to another file")
     tickets, _ = load_tickets(data, text_options, label_column)
+    tickets = one_spelling_per_label(tickets, DataReport())  # 'Billing ' and 'billing' are one class, as in training
     review = review_labels(tickets.texts, tickets.labels, tickets.ids, folds, seed)
     numbered, columns = records_and_columns(data)
     from_review_file(numbered, columns)  # a review reviewed again: escaped once when written, not twice
