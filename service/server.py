@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import runpy
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,11 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     default_threads()  # TICKETCLF_THREADS
     runpy.run_path(str(CONFIG_FILE))  # what gunicorn will read: TICKETCLF_WORKERS, TICKETCLF_LOG_LEVEL, ...
     resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
+    _check_address(host, port, workers)
     if dev:
         return _serve_dev(host, port)
     overrides: dict[str, Any] = {"bind": [_address(host, port)]}
-    if workers:
+    if workers is not None:
         overrides["workers"] = workers
     master = os.getpid()
     try:
@@ -75,6 +78,24 @@ def _log_like_gunicorn() -> None:
     ours.handlers = list(gunicorns.handlers)
     ours.setLevel(gunicorns.level)
     ours.propagate = False
+
+
+def _check_address(host: str, port: int, workers: int | None) -> None:
+    """Refuse a port or worker count out of range, and an address another server holds, in one line: gunicorn
+    would print a traceback for the first and retry the last for five seconds, one error line a second."""
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise UserError(f"{_address(host, port)} is in use by another server: choose another --port") from None
+            raise UserError(f"cannot listen on {_address(host, port)}: {error.strerror or error}") from None
 
 
 def _address(host: str, port: int) -> str:

@@ -69,6 +69,24 @@ def test_serve_refuses_a_bad_setting_before_starting_workers(tiny_bundle: Path, 
         serve(tiny_bundle)
 
 
+def test_serve_refuses_a_bad_address_before_starting_workers(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    monkeypatch.setenv("TICKETCLF_BUNDLE", "")
+    monkeypatch.setattr(server_module._Gunicorn, "run", lambda self: pytest.fail("gunicorn started"))
+    with pytest.raises(UserError, match="--port must be between 1 and 65535, got 99999"):
+        serve(tiny_bundle, port=99999)
+    with pytest.raises(UserError, match="--workers must be at least 1, got 0"):
+        serve(tiny_bundle, workers=0)
+    with socket.socket() as taken:  # another server listening there
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"127.0.0.1:{port} is in use by another server"):
+            serve(tiny_bundle, port=port)
+    with pytest.raises(UserError, match="cannot listen on 192.0.2.1:"):  # an address this machine does not have
+        serve(tiny_bundle, host="192.0.2.1", port=8000)
+
+
 def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     key = {"X-API-Key": KEYS[0]}
