@@ -648,9 +648,14 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     multi = isinstance(model, MultiFieldModel)  # it computes its whole loss itself
     precision = _precision(options.precision)
     micro, accumulation = micro_batches(per_process_batch(options.batch_size), max_length)
+    epochs = planned_epochs(options.epochs, len(train_set), options.batch_size)
+    log.info("training on %d tickets, %d for validation: up to %g epochs (%d steps of %d tickets; %s), at most %d "
+             "tokens a ticket", len(train_set), len(validation_set), epochs,
+             math.ceil(epochs * steps_per_epoch(len(train_set), options.batch_size)), options.batch_size,
+             "as given" if options.epochs is not None else "sized to the data", max_length)
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        num_train_epochs=planned_epochs(options.epochs, len(train_set), options.batch_size),
+        num_train_epochs=epochs,
         learning_rate=options.peak_learning_rate,
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accumulation,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +199,23 @@ def test_layer_lr_decay_scales_each_layer_below_the_top(tiny_csv: Path, tmp_path
     assert id(parameters["bert.embeddings.word_embeddings.weight"]) not in rates  # frozen, as without decay
     assert sum(len(group["params"]) for group in optimizer.param_groups) == sum(
         parameter.requires_grad for parameter in model.parameters())
+
+
+def test_training_says_its_plan_before_it_starts(tiny_csv: Path, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    data = prepare_data(tiny_csv)
+    model = _load_model(default_base_model(), data.labels, TrainingOptions())
+    tokenizer = _load_tokenizer(default_base_model())
+    with caplog.at_level(logging.INFO, logger="classifier.train"):
+        _build_trainer(model, tokenizer, data, TrainingOptions(), 64, tmp_path)
+        _build_trainer(model, tokenizer, data, TrainingOptions(epochs=2, batch_size=8), 64, tmp_path)
+    sized, given = (re.search(r"training on (\d+) tickets, (\d+) for validation: up to (\d+) epochs \((\d+) steps "
+                              r"of (\d+) tickets; ([a-z ]+)\), at most 64 tokens", record.getMessage()).groups()
+                    for record in caplog.records if record.getMessage().startswith("training on"))
+    assert (int(sized[0]), int(sized[1])) == (len(data.train), len(data.validation))
+    # Few tickets: more epochs than the default 12, so that training still takes 600 steps.
+    assert int(sized[2]) > 12 and int(sized[3]) >= 600 and sized[4:] == ("32", "sized to the data")
+    assert given[2:] == ("2", str(2 * -(-len(data.train) // 8)), "8", "as given")
 
 
 @pytest.mark.parametrize("decay", [0.0, -0.5, 1.5])
