@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -30,6 +31,7 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     PreTrainedTokenizerBase,
+    ProgressCallback,
     TrainingArguments,
     set_seed,
 )
@@ -692,7 +694,31 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         annealing=annealing,
         layer_decay=options.layer_lr_decay,
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_EpochLines)
     return trainer, validation_set
+
+
+class _EpochLines(ProgressCallback):
+    """Trainer's progress bar, with each log as one readable line on stderr: its own writes raw dicts to
+    stdout, in the middle of the training summary that ``train > file`` keeps."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(epoch_line(logs), file=sys.stderr)
+
+
+def epoch_line(logs: dict[str, Any]) -> str:
+    """A Trainer log as a line, e.g. "epoch 3 validation: loss 0.9573, accuracy 0.875, macro f1 0.874"."""
+    if "train_runtime" in logs:
+        return f"training done in {logs['train_runtime']:.0f} s, mean training loss {logs.get('train_loss', 0.0):.4g}"
+    phase = "validation" if any(key.startswith("eval_") for key in logs) else "training"
+    figures = [f"{key.removeprefix('eval_').replace('_', ' ')} {value:.4g}" for key, value in logs.items()
+               if key != "epoch" and isinstance(value, int | float) and not key.endswith(_UNSHOWN)]
+    return f"epoch {logs.get('epoch', 0):g} {phase}: {', '.join(figures)}"
+
+
+_UNSHOWN = ("runtime", "per_second", "total_flos")  # speeds, not results
 
 
 def _compute_metrics(prediction: Any) -> dict[str, float]:

@@ -50,6 +50,8 @@ def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv
     assert changed.returncode == 2 and "made with other data or options (training.epochs 3.0 -> 1.0)" in changed.stderr
     resumed = run_cli(*command, "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    # Each epoch's figures as a line on stderr; stdout holds the summary alone (no Trainer dicts).
+    assert "epoch 3 validation: loss " in resumed.stderr and "{'" not in resumed.stdout
     assert read_manifest(output).training.options.epochs == 3.0 and not checkpoints.exists()
 
 

@@ -27,6 +27,7 @@ from classifier.train import (
     _load_tokenizer,
     choose_max_length,
     default_base_model,
+    epoch_line,
     layer_depth,
     micro_batches,
     train,
@@ -216,6 +217,16 @@ def test_training_says_its_plan_before_it_starts(tiny_csv: Path, tmp_path: Path,
     # Few tickets: more epochs than the default 12, so that training still takes 600 steps.
     assert int(sized[2]) > 12 and int(sized[3]) >= 600 and sized[4:] == ("32", "sized to the data")
     assert given[2:] == ("2", str(2 * -(-len(data.train) // 8)), "8", "as given")
+
+
+def test_trainer_logs_read_as_lines() -> None:
+    assert epoch_line({"loss": 1.20521, "grad_norm": 1.37, "learning_rate": 1.89e-04, "epoch": 4.0}) == \
+        "epoch 4 training: loss 1.205, grad norm 1.37, learning rate 0.000189"
+    validation = {"eval_loss": 0.9573, "eval_accuracy": 0.875, "eval_runtime": 0.07, "eval_samples_per_second": 450.9,
+                  "epoch": 4.0}
+    assert epoch_line(validation) == "epoch 4 validation: loss 0.9573, accuracy 0.875"
+    assert epoch_line({"train_runtime": 1591.3, "train_samples_per_second": 12.4, "train_loss": 1.4211, "epoch": 23.0}
+                      ) == "training done in 1591 s, mean training loss 1.421"
 
 
 @pytest.mark.parametrize("decay", [0.0, -0.5, 1.5])
