@@ -29,6 +29,7 @@ import numpy as np
 
 from classifier.errors import UserError, one_line
 from classifier.numerics import softmax
+from classifier.options import MIN_FITTED_TICKETS
 from classifier.text import window_chars
 
 # The features, as both the fitted pipeline (classifier.baseline) and TfidfModel compute them.
@@ -42,7 +43,7 @@ _SPACES = re.compile(r"\s\s+")
 # sharpness factors. Below MIN_TICKETS validation tickets nothing is fitted: 189 candidates on 11 tickets
 # would fit noise (the same floor as calibration's).
 BLEND_WEIGHTS = np.round(np.linspace(0.0, 0.9, 19), 2)
-MIN_TICKETS = 50
+MIN_TICKETS = MIN_FITTED_TICKETS
 BLEND_SCALES = (0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 # Largest difference between TfidfModel's probabilities and scikit-learn's that still counts as the same model
 # (float32 weights: 8e-7 on BANKING77 and the sample; a probability 1e-4 off changes no answer that matters).

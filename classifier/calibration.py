@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 
 from classifier.numerics import softmax
+from classifier.options import MIN_FITTED_TICKETS
 
 # Fewer validation tickets than this: one parameter fits their noise (in a walkthrough, 29 tickets
-# drove it to its lower bound, ten times sharper confidences).
-MIN_TICKETS = 50
+# drove it to its lower bound, ten times sharper confidences). Training's validation split reaches it
+# where the data allows.
+MIN_TICKETS = MIN_FITTED_TICKETS
 # With no mistakes to weigh, the likelihood grows without bound as the temperature falls: every
 # confidence would become 1.0 and nothing would ever need review. A few mistakes are needed.
 MIN_MISTAKES = 5

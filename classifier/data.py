@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 import re
@@ -21,7 +22,7 @@ from typing import Any
 from classifier.columns import ColumnMapping, resolve_columns
 from classifier.errors import UserError, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
-from classifier.options import DataOptions
+from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
 from classifier.readers import STDIN, file_sha256, records_and_columns
 from classifier.text import MAX_CELL_CHARS, TextOptions, ticket_text
 
@@ -356,21 +357,37 @@ def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: Da
     return tickets
 
 
-def stratified_split(tickets: Tickets, fraction: float, seed: int) -> tuple[Tickets, Tickets]:
-    """Hold out ``fraction`` of each class (at least one ticket) with a seeded shuffle."""
+def stratified_split(tickets: Tickets, fraction: float, seed: int, at_least: int = 0) -> tuple[Tickets, Tickets]:
+    """Hold out ``fraction`` of each class (at least one ticket) with a seeded shuffle, and ``at_least``
+    tickets in all where every class can keep two for training."""
     by_label: dict[str, list[int]] = defaultdict(list)
     for index, label in enumerate(tickets.labels):
         by_label[label].append(index)
     rng = random.Random(seed)
-    train, held_out = [], []
     for label in sorted(by_label):
-        indices = by_label[label]
-        rng.shuffle(indices)
-        # Every class keeps at least one training ticket, and gets one validation ticket if it can.
-        n_held = min(len(indices) - 1, max(1, round(len(indices) * fraction)))
-        held_out += indices[:n_held]
-        train += indices[n_held:]
+        rng.shuffle(by_label[label])
+    # Every class keeps at least one training ticket, and gets one validation ticket if it can.
+    held = {label: min(len(indices) - 1, max(1, round(len(indices) * fraction))) for label, indices in by_label.items()}
+    # Rounding per class can fall short of the total (8 classes of 40 at 15.6 %: 48, not 50): one more ticket at
+    # a time from the class holding out the smallest share.
+    while sum(held.values()) < at_least:
+        open_classes = [label for label in sorted(by_label) if len(by_label[label]) - held[label] > 2]
+        if not open_classes:
+            break
+        held[min(open_classes, key=lambda label: held[label] / len(by_label[label]))] += 1
+    train = [i for label in sorted(by_label) for i in by_label[label][held[label]:]]
+    held_out = [i for label in sorted(by_label) for i in by_label[label][:held[label]]]
     return tickets.subset(sorted(train)), tickets.subset(sorted(held_out))
+
+
+def validation_share(tickets: int, given: float | None = None) -> tuple[float, int]:
+    """The share of each class training holds out for validation, and the fewest validation tickets in all:
+    ``given``, or :data:`VALIDATION_SHARE` raised to :data:`MIN_FITTED_TICKETS` up to
+    :data:`MAX_VALIDATION_SHARE` (options.py says why)."""
+    if given is not None:
+        return given, 0
+    at_least = min(MIN_FITTED_TICKETS, math.floor(tickets * MAX_VALIDATION_SHARE))
+    return max(VALIDATION_SHARE, at_least / max(1, tickets)), at_least
 
 
 # ---------------------------------------------------------------- a held-out test file
@@ -480,7 +497,7 @@ class PreparedData:
 def prepare_data(train_path: str | Path, options: DataOptions | None = None, seed: int = 42) -> PreparedData:
     """Everything between a ticket export and a model: load, clean, check, split (seeded)."""
     options = options or DataOptions()
-    if not 0 < options.validation_fraction < 1:
+    if options.validation_fraction is not None and not 0 < options.validation_fraction < 1:
         raise UserError(f"validation fraction must be between 0 and 1, got {options.validation_fraction}")
     report = DataReport()
     columns: dict[str, Any] = {"field_columns": options.field_columns, "tags_column": options.tags_column,
@@ -491,8 +508,9 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
                           train_path)
     _review_labels(train, report)
     if options.validation_path is None:
-        train, validation = stratified_split(train, options.validation_fraction, seed)
-        report.split = {"method": "stratified", "fraction": options.validation_fraction, "seed": seed}
+        fraction, at_least = validation_share(len(train), options.validation_fraction)
+        train, validation = stratified_split(train, fraction, seed, at_least)
+        report.split = {"method": "stratified", "fraction": round(fraction, 4), "seed": seed}
     else:
         validation, _ = load_tickets(options.validation_path, text_options, options.label_column, report, **columns)
         known = set(train.labels)

@@ -337,6 +337,27 @@ def test_stratified_split_keeps_every_class_on_both_sides(counts: list[int], fra
     assert sorted(train.ids + held_out.ids) == sorted(tickets.ids)
     assert set(train.labels) == set(held_out.labels) == set(labels)
     assert stratified_split(tickets, fraction, seed)[1].ids == held_out.ids  # seeded
+    # Asked for more than rounding gives: the total is reached while every class keeps two for training.
+    at_least, before = len(held_out) + 5, Counter(held_out.labels)
+    room = sum(max(0, n - 2 - before[f"c{c}"]) for c, n in enumerate(counts))  # two training tickets left each
+    train, held_out = stratified_split(tickets, fraction, seed, at_least)
+    assert len(held_out) == min(at_least, sum(before.values()) + room)
+    assert set(train.labels) == set(labels) and sorted(train.ids + held_out.ids) == sorted(tickets.ids)
+
+
+@pytest.mark.parametrize(("per_class", "classes", "validation"), [
+    (40, 8, 50),  # a tenth would be 32: raised to the 50 calibration and the blend need
+    (120, 8, 96),  # a tenth already is more
+    (12, 12, 36),  # 144 tickets: at most a quarter
+])
+def test_the_validation_split_is_sized_for_calibration_and_the_blend(tmp_path: Path, per_class: int, classes: int,
+                                                                     validation: int) -> None:
+    rows = [{"text": f"ticket {c} {i} words", "label": f"queue {c}"} for c in range(classes) for i in range(per_class)]
+    prepared = prepare_data(write_csv(tmp_path / "export.csv", rows))
+    assert len(prepared.validation) == validation
+    assert len(prepared.train) == per_class * classes - validation
+    given = prepare_data(write_csv(tmp_path / "export.csv", rows), DataOptions(validation_fraction=0.1))
+    assert len(given.validation) == classes * max(1, round(per_class * 0.1))  # a fraction given is kept as given
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
