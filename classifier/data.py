@@ -629,6 +629,16 @@ def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataRe
     return tickets.relabelled([renamed.get(label, label) for label in tickets.labels])
 
 
+def training_file_texts(path: str | Path, sha256: str | None, text_options: TextOptions,
+                        label_column: str | None) -> list[str] | None:
+    """The cleaned texts of the file a bundle was trained on, as training read them; None when the file is
+    no longer where training read it, or has changed since."""
+    path = Path(path)
+    if not path.is_file() or (sha256 and file_sha256(path) != sha256):
+        return None
+    return load_tickets(path, text_options, label_column, require_label=False)[0].texts
+
+
 def one_spelling_per_label(tickets: Tickets, report: DataReport) -> Tickets:
     """Labels that differ only in case or number format as one class, spelled as most of its tickets spell it."""
     return match_label_spellings(tickets, _most_common_spellings(tickets.labels), report)

@@ -46,6 +46,7 @@ from classifier.data import (
     load_tickets,
     relabel_like_training,
     spreadsheet_safe,
+    training_file_texts,
     with_text_columns,
 )
 from classifier.errors import UserError
@@ -593,7 +594,19 @@ def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored,
         is_training_file=trained_on is not None and trained_on == tickets.source.get("sha256"),
         dropped={reason: Dropped(count=len(where), rows=where) for reason, where in data_report.dropped.items()},
         label_spellings_matched=data_report.merged_label_spellings,
-        labels_without_test_tickets=sorted(set(scored.classes) - set(scored.y_true)))
+        labels_without_test_tickets=sorted(set(scored.classes) - set(scored.y_true)),
+        training_copies=_training_copies(tickets, scored, manifest))
+
+
+def _training_copies(tickets: Tickets, scored: Scored, manifest: Manifest) -> int | None:
+    """How many evaluated tickets have the text of a ticket of the training file, where it can be read."""
+    source = manifest.data.train
+    trained_on = training_file_texts(source.path, source.sha256, manifest.text, source.label_column) \
+        if source and source.path else None
+    if trained_on is None:
+        return None
+    known = set(trained_on)
+    return sum(tickets.texts[row] in known for row in scored.rows.tolist())
 
 
 def _unknown_labels(tickets: Tickets, scored: Scored, classes: list[str], proba: np.ndarray) -> UnknownLabels:
@@ -694,6 +707,11 @@ def _warnings(report: Report) -> list[str]:
     if data.is_training_file:
         warnings.append("the test file is the file this model was trained on: these numbers overstate how it "
                         "does on new tickets; evaluate on tickets kept out of training")
+    elif data.training_copies:
+        share = data.training_copies / data.evaluated
+        warnings.append(f"{data.training_copies} of the {data.evaluated} test tickets ({share:.0%}) have the text of "
+                        "a ticket in the training file: these numbers overstate how the model does on new tickets; "
+                        "'ticketclf split' holds out a test file without them")
     if unknown.count:
         listed = ", ".join(f"{label!r} ({info.count})" for label, info in unknown.labels.items())
         counted, have = ("1 test ticket", "has a label") if unknown.count == 1 else \

@@ -38,7 +38,7 @@ from typing import Any, cast
 import numpy as np
 
 from classifier import bundle, integrity
-from classifier.data import load_tickets
+from classifier.data import training_file_texts
 from classifier.errors import UserError
 from classifier.fields import Head, read_heads
 from classifier.manifest import (
@@ -66,7 +66,6 @@ from classifier.predict import (
     default_threads,
     load_tokenizer,
 )
-from classifier.readers import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -269,13 +268,12 @@ def _training_texts(manifest: Manifest, exclude: set[str], limit: int) -> list[s
     source = manifest.data.train
     if limit <= 0 or source is None or not source.path:
         return []
-    path = Path(source.path)
-    if not path.is_file() or (source.sha256 and file_sha256(path) != source.sha256):
+    trained_on = training_file_texts(source.path, source.sha256, manifest.text, source.label_column)
+    if trained_on is None:
         log.info("%s is gone or changed since training: int8 is compared with fp32 on the validation split only",
-                 path)
+                 source.path)
         return []
-    tickets, _ = load_tickets(path, manifest.text, source.label_column, require_label=False)
-    texts = [text for text in dict.fromkeys(tickets.texts) if text not in exclude]
+    texts = [text for text in dict.fromkeys(trained_on) if text not in exclude]
     random.Random(manifest.data.seed).shuffle(texts)
     return texts[:limit]
 

@@ -160,6 +160,9 @@ class TestFileSection:
     dropped: dict[str, Dropped]  # by reason
     label_spellings_matched: dict[str, str]
     labels_without_test_tickets: list[str]
+    # Evaluated tickets with the text of a ticket in the training file (the same ticket in another export);
+    # None: that file is no longer where training read it, or has changed.
+    training_copies: int | None = None
 
     @property
     def path(self) -> Any:

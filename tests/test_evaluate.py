@@ -533,6 +533,18 @@ def test_evaluating_on_the_training_file_is_flagged(evaluated, exported_bundle, 
     assert report["data"]["is_training_file"]
     assert any("the file this model was trained on" in warning for warning in report["warnings"])
 
+    # Training tickets in another file and format: counted as copies, by their text.
+    before = evaluated[0]["data"]["training_copies"]
+    with open(tiny_csv, newline="", encoding="utf-8") as handle:
+        copies = list(csv.DictReader(handle))[:5]
+    with open(test_csv_path := tmp_path / "mixed.jsonl", "w", encoding="utf-8") as handle:
+        with open(evaluated[0]["data"]["path"], newline="", encoding="utf-8") as test_handle:
+            handle.writelines(json.dumps(row) + "\n" for row in [*copies, *csv.DictReader(test_handle)])
+    report = evaluate(exported_bundle, test_csv_path, tmp_path / "mixed", EvaluationOptions(baseline=False))
+    assert report["data"]["training_copies"] == before + 5 and not report["data"]["is_training_file"]
+    assert any(f"{before + 5} of the {report['data']['evaluated']} test tickets" in warning
+               for warning in report["warnings"])
+
 
 @pytest.mark.parametrize(("temperature", "how"), [(20.0, "less sure than it is right"),
                                                    (0.1, "surer than it is right")])
