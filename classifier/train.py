@@ -316,7 +316,10 @@ def _fit_blend(section: Baseline, staging: Path, data: PreparedData, fitted: Fit
                     "served scores are the fine-tuned model's alone", difference)
         return
     if len(data.validation) < blend.MIN_TICKETS:
-        log.info("no blend with the TF-IDF model: fewer than %d validation tickets to fit it on", blend.MIN_TICKETS)
+        log.warning("no blend with the TF-IDF model and no calibration: %d validation tickets, fewer than the %d they "
+                    "are fitted on; on a small export the TF-IDF model alone may do better (the evaluation report "
+                    "shows it beside this model), and a --validation file of %d tickets or more fits both",
+                    len(data.validation), blend.MIN_TICKETS, blend.MIN_TICKETS)
         return
     truth = np.array([data.labels.index(label) for label in data.validation.labels])
     weight, scale, measured = blend.fit_blend(cast(np.ndarray, fitted.validation_logits),
