@@ -179,8 +179,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--validation", type=Path, help="validation file (default: a stratified split of DATA)")
     g.add_argument("--validation-fraction", type=float, default=data_defaults.validation_fraction,
-                   help="share held out when no --validation (default: 10 %%, raised to 50 tickets up to 25 %% of "
-                        "the data: what calibration and the blend with TF-IDF need to be fitted)")
+                   help="share held out when no --validation (default: 10 %%, raised to 50 tickets where that is "
+                        "at most 25 %%: what calibration and the blend with TF-IDF need to be fitted)")
     g.add_argument("--text-columns", type=_csv_list, help="comma-separated text columns, in joining order "
                    "(default: detected, e.g. subject,body or text)")
     g.add_argument("--label-column", type=_csv_list, metavar="COLUMNS", help="label column (default: detected, "

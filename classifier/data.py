@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import random
 import re
@@ -382,12 +381,14 @@ def stratified_split(tickets: Tickets, fraction: float, seed: int, at_least: int
 
 def validation_share(tickets: int, given: float | None = None) -> tuple[float, int]:
     """The share of each class training holds out for validation, and the fewest validation tickets in all:
-    ``given``, or :data:`VALIDATION_SHARE` raised to :data:`MIN_FITTED_TICKETS` up to
-    :data:`MAX_VALIDATION_SHARE` (options.py says why)."""
+    ``given``, or :data:`VALIDATION_SHARE` raised to :data:`MIN_FITTED_TICKETS` where that is no more than
+    :data:`MAX_VALIDATION_SHARE` (options.py says why). Where it would be more, a larger split would fit
+    nothing more and train on fewer tickets: the tenth stays."""
     if given is not None:
         return given, 0
-    at_least = min(MIN_FITTED_TICKETS, math.floor(tickets * MAX_VALIDATION_SHARE))
-    return max(VALIDATION_SHARE, at_least / max(1, tickets)), at_least
+    if tickets * MAX_VALIDATION_SHARE < MIN_FITTED_TICKETS:
+        return VALIDATION_SHARE, 0
+    return max(VALIDATION_SHARE, MIN_FITTED_TICKETS / tickets), MIN_FITTED_TICKETS
 
 
 # ---------------------------------------------------------------- a held-out test file

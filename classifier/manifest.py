@@ -38,8 +38,8 @@ from pydantic.fields import FieldInfo
 from classifier.options import SERVING_ENGINES, DataOptions, ServingEngine, TrainingOptions
 from classifier.text import TextOptions
 
-SCHEMA_VERSION = 4
-MIGRATES_FROM = (1, 2, 3)  # older schema versions read_manifest migrates
+SCHEMA_VERSION = 5
+MIGRATES_FROM = (1, 2, 3, 4)  # older schema versions read_manifest migrates
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -339,7 +339,19 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         raw = {**raw, "schema_version": 3}
     if raw.get("schema_version") == 3:  # version 4 added ``out_of_scope``: without it, no detector
         raw = {**raw, "schema_version": 4}
+    if raw.get("schema_version") == 4:
+        raw = _from_v4(raw)
     return raw
+
+
+def _from_v4(old: dict[str, Any]) -> dict[str, Any]:
+    """Version 5 lets ``data.options.validation_fraction`` be null (sized to the data, the new default); 4 wrote
+    the default of its time, 0.1, as if given. Read as the default it was, so that a retrain sizes its split."""
+    data = old.get("data")
+    options = data.get("options") if isinstance(data, dict) else None
+    if isinstance(options, dict) and options.get("validation_fraction") == 0.1:
+        old = {**old, "data": {**data, "options": {**options, "validation_fraction": None}}}
+    return {**old, "schema_version": 5}
 
 
 def _from_v1(old: dict[str, Any]) -> dict[str, Any]:

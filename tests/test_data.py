@@ -348,7 +348,8 @@ def test_stratified_split_keeps_every_class_on_both_sides(counts: list[int], fra
 @pytest.mark.parametrize(("per_class", "classes", "validation"), [
     (40, 8, 50),  # a tenth would be 32: raised to the 50 calibration and the blend need
     (120, 8, 96),  # a tenth already is more
-    (12, 12, 36),  # 144 tickets: at most a quarter
+    (25, 8, 50),  # 200 tickets: a quarter
+    (12, 12, 12),  # 144 tickets: 50 would be more than a quarter and fit nothing more; a tenth stays
 ])
 def test_the_validation_split_is_sized_for_calibration_and_the_blend(tmp_path: Path, per_class: int, classes: int,
                                                                      validation: int) -> None:

@@ -16,6 +16,16 @@ from classifier.predict import Predictor
 V1_MANIFEST = Path(__file__).parent / "data" / "manifest_v1.json"
 
 
+@pytest.mark.parametrize(("written", "read"), [(0.1, None), (0.2, 0.2)])
+def test_version_4s_default_validation_share_reads_as_the_default(exported_bundle: Path, tmp_path: Path,
+                                                                    written: float, read: float | None) -> None:
+    # Version 4 wrote its default 0.1 as if given; a retrain of such a bundle sizes its split as training now does.
+    old = json.loads((exported_bundle / "manifest.json").read_text())
+    old["data"]["options"]["validation_fraction"] = written
+    (tmp_path / "manifest.json").write_text(json.dumps({**old, "schema_version": 4}))
+    assert read_manifest(tmp_path).data.options.validation_fraction == read
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda m: m.pop("max_length"), r"\(max_length: a whole number >= 2 expected, found null\)"),
     (lambda m: m.update(labels="billing"), r"labels: a list of label names expected, found \"billing\""),
@@ -72,7 +82,7 @@ def test_a_manifest_of_schema_version_2_is_migrated_unsealed(exported_bundle: Pa
     del old["integrity"], old["out_of_scope"]  # schema versions 3 and 4 added them
     (tmp_path / "manifest.json").write_text(json.dumps({**old, "schema_version": 2}))
     manifest = read_manifest(tmp_path)
-    assert manifest.schema_version == SCHEMA_VERSION == 4 and manifest.integrity is None
+    assert manifest.schema_version == SCHEMA_VERSION == 5 and manifest.integrity is None
     assert manifest.out_of_scope is None
     assert manifest.model_copy(update={"schema_version": 2}).to_json() == {
         **old, "integrity": None, "out_of_scope": None, "schema_version": 2}
