@@ -348,9 +348,9 @@ def _from_v4(old: dict[str, Any]) -> dict[str, Any]:
     """Version 5 lets ``data.options.validation_fraction`` be null (sized to the data, the new default); 4 wrote
     the default of its time, 0.1, as if given. Read as the default it was, so that a retrain sizes its split."""
     data = old.get("data")
-    options = data.get("options") if isinstance(data, dict) else None
-    if isinstance(options, dict) and options.get("validation_fraction") == 0.1:
-        old = {**old, "data": {**data, "options": {**options, "validation_fraction": None}}}
+    if isinstance(data, dict) and isinstance(data.get("options"), dict) \
+            and data["options"].get("validation_fraction") == 0.1:
+        old = {**old, "data": {**data, "options": {**data["options"], "validation_fraction": None}}}
     return {**old, "schema_version": 5}
 
 
