@@ -193,6 +193,10 @@ class UnknownLabels:
     labels: dict[str, UnknownLabel]  # most tickets first
 
 
+# How sentences name the models a report sets beside the evaluated one, by their report.json key.
+CALLED = {"baseline": "the baseline", "compare": "the compared model"}
+
+
 @dataclass
 class Interval:
     """A difference and the 95 % interval a paired bootstrap over the test tickets puts around it."""
@@ -208,8 +212,13 @@ class Interval:
 
     def in_points(self) -> str:
         """E.g. "+1.6 points (95 % interval -1.3 to +4.6: within chance)"."""
-        return (f"{self.value * 100:+.1f} points (95 % interval {self.low * 100:+.1f} to {self.high * 100:+.1f}: "
+        return (f"{_points(self.value)} points (95 % interval {_points(self.low)} to {_points(self.high)}: "
                 f"{self.verdict})")
+
+
+def _points(share: float) -> str:
+    """A share as signed percentage points, "+0.0" rather than "-0.0"."""
+    return f"{round(share * 100, 1) + 0.0:+.1f}"
 
 
 @dataclass
@@ -225,11 +234,12 @@ class Difference:
 
 
 def difference_summary(accuracy: Interval, routed: Interval, target: float, only_this_right: int,
-                       only_other_right: int) -> str:
-    """One line on the evaluated model against another, e.g. "accuracy +1.6 points (95 % interval -1.3 to
-    +4.6: within chance), routed at 95 % precision ...; right on 12 tickets it gets wrong, wrong on 8"."""
+                       only_other_right: int, other: str) -> str:
+    """One line on the evaluated model against ``other`` ("the baseline"), e.g. "accuracy +1.6 points (95 %
+    interval -1.3 to +4.6: within chance), routed at 95% precision ...; right on 12 tickets the baseline gets
+    wrong, wrong on 8 the baseline gets right"."""
     return (f"accuracy {accuracy.in_points()}, routed at {target:.0%} precision {routed.in_points()}; right on "
-            f"{only_this_right} tickets it gets wrong, wrong on {only_other_right} it gets right")
+            f"{only_this_right} tickets {other} gets wrong, wrong on {only_other_right} {other} gets right")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from classifier.report import HEADLINES, Report
+from classifier.report import CALLED, HEADLINES, Report
 
 TEMPLATE = "report.html.j2"
 
@@ -25,6 +25,7 @@ def render(report: Report, images: dict[str, bytes]) -> str:
     return _environment().get_template(TEMPLATE).render(
         report=report,
         headlines=HEADLINES,
+        called=CALLED,
         others=report.others(),
         fields_written=[name for name, section in (report.fields or {}).items()
                         if getattr(section, "thresholds_applied", None)],  # single-label fields given thresholds

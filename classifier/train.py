@@ -654,10 +654,6 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     precision = _precision(options.precision)
     micro, accumulation = micro_batches(per_process_batch(options.batch_size), max_length)
     epochs = planned_epochs(options.epochs, len(train_set), options.batch_size)
-    log.info("training on %d tickets, %d for validation: up to %g epochs (%d steps of %d tickets; %s), at most %d "
-             "tokens a ticket", len(train_set), len(validation_set), epochs,
-             math.ceil(epochs * steps_per_epoch(len(train_set), options.batch_size)), options.batch_size,
-             "as given" if options.epochs is not None else "sized to the data", max_length)
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
@@ -684,6 +680,11 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+    if args.process_index == 0:  # once, not once per torchrun process
+        log.info("training on %d tickets, %d for validation: up to %g epochs (%d steps of %d tickets; %s), at most "
+                 "%d tokens a ticket", len(train_set), len(validation_set), epochs,
+                 math.ceil(epochs * steps_per_epoch(len(train_set), options.batch_size)), options.batch_size,
+                 "as given" if options.epochs is not None else "sized to the data", max_length)
     # A plateau anneals over one more epoch, then stops (classifier.schedule).
     annealing = PlateauAnnealing(options.early_stopping_patience, steps_per_epoch(len(train_set), options.batch_size))
     trainer = _Trainer(

@@ -42,6 +42,7 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     default_threads()  # TICKETCLF_THREADS
     runpy.run_path(str(CONFIG_FILE))  # what gunicorn will read: TICKETCLF_WORKERS, TICKETCLF_LOG_LEVEL, ...
     resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
+    host = host.removeprefix("[").removesuffix("]")  # "[::1]", as URLs write it
     _check_address(host, port, workers)
     if dev:
         return _serve_dev(host, port)
@@ -87,15 +88,17 @@ def _check_address(host: str, port: int, workers: int | None) -> None:
         raise UserError(f"--port must be between 1 and 65535, got {port}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no owner
-        try:
+    inherited = any(os.environ.get(name) for name in ("GUNICORN_FD", "LISTEN_FDS"))  # a USR2 re-exec, systemd's
+    if inherited or "reuse-port" in os.environ.get("GUNICORN_CMD_ARGS", ""):  # socket: the port is ours, or shared
+        return
+    try:  # a machine without IPv6 fails at the socket already
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: TIME_WAIT is no owner
             probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise UserError(f"{_address(host, port)} is in use by another server: choose another --port") from None
-            raise UserError(f"cannot listen on {_address(host, port)}: {error.strerror or error}") from None
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(f"{_address(host, port)} is in use by another server: choose another --port") from None
+        raise UserError(f"cannot listen on {_address(host, port)}: {error.strerror or error}") from None
 
 
 def _address(host: str, port: int) -> str:

@@ -32,7 +32,6 @@ from classifier.evaluate import (
     EvaluationOptions,
     Scored,
     cluster_order,
-    coverage_curve,
     evaluate,
     load_test_set,
     paired_difference,
@@ -42,6 +41,7 @@ from classifier.evaluate import (
 )
 from classifier.manifest import Calibration, DataSection, Manifest
 from classifier.predict import Predictor
+from classifier.report import CALLED
 from classifier.text import TextOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,11 +191,10 @@ def test_unreachable_target_gives_no_threshold():
 @given(st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=30), st.integers(0, 2))
 def test_routed_at_target_counts_the_tickets_of_the_lowest_threshold_reaching_it(tickets, leading):
     # Few distinct confidences, so ties are common; and leading axes (resamples) answered at once.
-    confidence, correct = (np.array(column, dtype=float if i == 0 else bool) for i, column in enumerate(zip(*tickets)))
-    confidence = confidence / 4
-    thresholds, coverage, precision = coverage_curve(confidence, correct)
-    reaching = coverage[precision >= 0.75 - 1e-9]
-    expected = round(reaching.max() * len(confidence)) if reaching.size else 0
+    confidence = np.array([level / 4 for level, _ in tickets])
+    correct = np.array([right for _, right in tickets])
+    reaching = [t for t in set(confidence.tolist()) if correct[confidence >= t].mean() >= 0.75]
+    expected = int((confidence >= min(reaching)).sum()) if reaching else 0  # by brute force, threshold by threshold
     assert routed_at_target(confidence, correct, 0.75) == expected
     stacked = routed_at_target(np.broadcast_to(confidence, (3,) * leading + confidence.shape),
                                np.broadcast_to(correct, (3,) * leading + correct.shape), 0.75)
@@ -221,9 +220,14 @@ def test_a_paired_difference_says_whether_a_gap_is_beyond_chance():
     assert paired_difference(half, always, 0.95).accuracy.verdict == "worse beyond chance"
     # One ticket apart on 200: the draw of tickets decides it.
     one_more = _scored([True] * 199 + [False], confidence)
-    close = paired_difference(always, one_more, 0.95)
+    close = paired_difference(always, one_more, 0.95, "the baseline")
     assert close.accuracy.value == pytest.approx(0.005) and close.accuracy.low <= 0 < close.accuracy.high
     assert close.accuracy.verdict == "within chance" and "+0.5 points" in close.summary
+    assert "right on 1 tickets the baseline gets wrong, wrong on 0 the baseline gets right" in close.summary
+    # 4 tickets of 10 where only this model is right, none the other way: no evidence (McNemar's exact p = 0.125).
+    few = paired_difference(_scored([True] * 10, confidence[:10]), _scored([False] * 4 + [True] * 6, confidence[:10]),
+                            0.95)
+    assert few.accuracy.value == pytest.approx(0.4) and few.accuracy.verdict == "within chance"
     # The same model: no gap, in any draw.
     same = paired_difference(half, half, 0.95)
     assert (same.accuracy.low, same.accuracy.high, same.routed.low, same.routed.high) == (0, 0, 0, 0)
@@ -256,12 +260,13 @@ def test_baseline_and_compare_side_by_side(evaluated, exported_bundle, tiny_bund
             assert delta == pytest.approx(own[label] - section["per_class_f1"][label])
         gap = section["difference"]
         assert gap["accuracy"]["value"] == pytest.approx(report["metrics"]["accuracy"] - section["metrics"]["accuracy"])
-        assert gap["accuracy"]["low"] <= gap["accuracy"]["value"] <= gap["accuracy"]["high"]
-        assert gap["routed"]["low"] <= gap["routed"]["value"] <= gap["routed"]["high"]
+        routed = (report["metrics"]["at_target"] or {}).get("coverage", 0) - \
+            (section["metrics"]["at_target"] or {}).get("coverage", 0)
+        assert gap["routed"]["value"] == pytest.approx(routed)
         right = [(mine == truth, theirs == truth) for mine, theirs, truth in zip(own_pred, pred, y_true)]
         assert gap["only_this_right"] == right.count((True, False))
         assert gap["only_other_right"] == right.count((False, True))
-        assert f"this model against the {name}: {gap['summary']}" in summary
+        assert f"this model against {CALLED[name]}: {gap['summary']}" in summary
 
 
 def test_a_compared_bundle_reads_the_test_file_with_its_own_labels(exported_bundle, tiny_bundle, test_csv,
@@ -315,7 +320,7 @@ def test_html_embeds_the_pictures_and_shows_the_numbers(evaluated):
     assert f"{report['metrics']['accuracy']:.1%}" in page
     assert all(label in page for label in UNKNOWN)
     assert report["top_confusions"][0]["examples"][0]["id"] in page
-    assert f"Drawn again {BOOTSTRAP_RESAMPLES}" in page
+    assert f"drawing the test tickets again\n{BOOTSTRAP_RESAMPLES} times" in page
     assert report["baseline"]["difference"]["accuracy"]["verdict"] in page
 
 

@@ -85,6 +85,8 @@ def test_serve_refuses_a_bad_address_before_starting_workers(tiny_bundle: Path, 
             serve(tiny_bundle, port=port)
     with pytest.raises(UserError, match="cannot listen on 192.0.2.1:"):  # an address this machine does not have
         serve(tiny_bundle, host="192.0.2.1", port=8000)
+    with pytest.raises(UserError, match=r"cannot listen on \[2001:db8::1\]:8000: "):  # written as in a URL
+        serve(tiny_bundle, host="[2001:db8::1]", port=8000)
 
 
 def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
