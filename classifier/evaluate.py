@@ -104,8 +104,7 @@ EXAMPLE_CHARS = 300
 REPORT_FILES = ("report.json", "report.html", "confusion_matrix.csv", "confusion_matrix.png", "precision_coverage.png",
                 "reliability.png", "misclassified.csv")
 OUT_OF_SCOPE_IMAGE = "out_of_scope.png"  # when the test file has out-of-scope tickets and the bundle a detector
-# Resamples of the test tickets behind each difference's interval: the percentile interval's ends move by a
-# few tenths of a point between seeds at 999, a second's work on 3,080 tickets.
+# Resamples of the test tickets behind the interval of the gap in share routed (the accuracy gap's is exact).
 BOOTSTRAP_RESAMPLES = 999
 # Resamples scored at once: up to 100, fewer on big test sets, so that the few (resamples x tickets) arrays
 # scoring needs stay near 2 million values each (about 100 MB in all).

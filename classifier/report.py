@@ -199,7 +199,7 @@ CALLED = {"baseline": "the baseline", "compare": "the compared model"}
 
 @dataclass
 class Interval:
-    """A difference and the 95 % interval a paired bootstrap over the test tickets puts around it."""
+    """A difference between two models on the same test tickets, and a 95 % interval around it."""
 
     value: float
     low: float
