@@ -450,14 +450,15 @@ def write_csv(path: Path, columns: list[str], records: list[dict[str, Any]], *, 
               ) -> None:
     """Records as a CSV file that training reads: the given columns, lists as JSON. ``for_spreadsheets``: a
     file people open in Excel or Sheets, its text cells :func:`spreadsheet_safe` (training reads them back as
-    they were: such a file has a corrected_label column, see :func:`load_tickets`)."""
+    they were: such a file has a corrected_label column, see :func:`load_tickets`), and a byte-order mark
+    first: without one, Excel reads UTF-8 as the machine's code page, and "Müller" saved back is mangled."""
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def cell(value: Any) -> Any:
         value = json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
         return spreadsheet_safe(value) if for_spreadsheets and isinstance(value, str) else value
 
-    with open(path, "w", newline="", encoding="utf-8") as out:
+    with open(path, "w", newline="", encoding="utf-8-sig" if for_spreadsheets else "utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")  # objects: as dotted columns
         writer.writeheader()
         writer.writerows({key: cell(value) for key, value in record.items()} for record in records)

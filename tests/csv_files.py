@@ -16,5 +16,6 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
+    """The rows of a CSV file, as a spreadsheet reads it: a byte-order mark first is not part of the header."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         return list(csv.DictReader(handle))

@@ -3,6 +3,7 @@ near-duplicates labelled otherwise are listed, `ticketclf review-labels` writes 
 
 from __future__ import annotations
 
+import codecs
 import random
 from pathlib import Path
 
@@ -100,6 +101,7 @@ def test_review_labels_writes_a_file_that_train_reads_with_its_corrections(sampl
     assert main(["review-labels", str(data), "--output", str(output), "--folds", "4"]) == 0
     printed = capsys.readouterr().out
     assert "300 tickets reviewed (4-fold TF-IDF out-of-fold)" in printed and f"written to {output}" in printed
+    assert output.read_bytes().startswith(codecs.BOM_UTF8)  # Excel then reads it as UTF-8, not the code page
     written = read_csv(output)
     assert list(written[0]) == list(rows[0]) + list(REVIEW_COLUMNS)
     assert sorted(row["id"] for row in written) == sorted(row["id"] for row in rows)
