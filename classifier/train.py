@@ -654,6 +654,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     precision = _precision(options.precision)
     micro, accumulation = micro_batches(per_process_batch(options.batch_size), max_length)
     epochs = planned_epochs(options.epochs, len(train_set), options.batch_size)
+    per_epoch = steps_per_epoch(len(train_set), options.batch_size)
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=epochs,
@@ -682,11 +683,11 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     )
     if args.process_index == 0:  # once, not once per torchrun process
         log.info("training on %d tickets, %d for validation: up to %g epochs (%d steps of %d tickets; %s), at most "
-                 "%d tokens a ticket", len(train_set), len(validation_set), epochs,
-                 math.ceil(epochs * steps_per_epoch(len(train_set), options.batch_size)), options.batch_size,
+                 "%d tokens a ticket", len(train_set), len(validation_set), epochs, math.ceil(epochs * per_epoch),
+                 options.batch_size,
                  "as given" if options.epochs is not None else "sized to the data", max_length)
     # A plateau anneals over one more epoch, then stops (classifier.schedule).
-    annealing = PlateauAnnealing(options.early_stopping_patience, steps_per_epoch(len(train_set), options.batch_size))
+    annealing = PlateauAnnealing(options.early_stopping_patience, per_epoch)
     trainer = _Trainer(
         model=model,
         args=args,
@@ -712,6 +713,9 @@ class _EpochLines(ProgressCallback):
             self.training_bar.write(epoch_line(logs), file=sys.stderr)
 
 
+_UNSHOWN = ("runtime", "per_second", "total_flos")  # speeds, not results
+
+
 def epoch_line(logs: dict[str, Any]) -> str:
     """A Trainer log as a line, e.g. "epoch 3 validation: loss 0.9573, accuracy 0.875, macro f1 0.874"."""
     if "train_runtime" in logs:
@@ -720,9 +724,6 @@ def epoch_line(logs: dict[str, Any]) -> str:
     figures = [f"{key.removeprefix('eval_').replace('_', ' ')} {value:.4g}" for key, value in logs.items()
                if key != "epoch" and isinstance(value, int | float) and not key.endswith(_UNSHOWN)]
     return f"epoch {logs.get('epoch', 0):g} {phase}: {', '.join(figures)}"
-
-
-_UNSHOWN = ("runtime", "per_second", "total_flos")  # speeds, not results
 
 
 def _compute_metrics(prediction: Any) -> dict[str, float]:
