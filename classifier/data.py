@@ -22,7 +22,7 @@ from classifier.columns import ColumnMapping, resolve_columns
 from classifier.errors import UserError, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
 from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
-from classifier.readers import STDIN, file_sha256, records_and_columns
+from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns
 from classifier.text import MAX_CELL_CHARS, TextOptions, ticket_text
 
 OTHER_LABEL = "other"
@@ -401,9 +401,10 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
     the split training uses (:func:`stratified_split`); return how many rows each file got.
 
     Reads every format training reads and finds the columns the same way; both outputs are CSV with all
-    the input's columns (a JSON object's fields as its dotted columns, lists as JSON), so the test file
-    reads like the export it came from. A class with a single ticket, rows without a label, and copies of a
-    training ticket (the same text as the model reads it) go to the training file (training reports them).
+    the input's columns (a JSON object's fields as its dotted columns, lists as JSON) and its semicolons if it
+    has them, so the test file reads like the export it came from. A class with a single ticket, rows without
+    a label, and copies of a training ticket (the same text as the model reads it) go to the training file
+    (training reports them).
     """
     data, train_path, test_path = Path(data), Path(train_path), Path(test_path)
     if not 0 < test_fraction < 1:
@@ -426,8 +427,8 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
     if not test_rows:
         raise UserError(f"{data}: no class has two tickets, so none can be held out for testing")
     train_rows = [i for i in range(len(records)) if i not in test_rows]
-    write_csv(train_path, columns, [records[i] for i in train_rows])
-    write_csv(test_path, columns, [records[i] for i in sorted(test_rows)])
+    write_csv(train_path, columns, [records[i] for i in train_rows], like=data)
+    write_csv(test_path, columns, [records[i] for i in sorted(test_rows)], like=data)
     return len(train_rows), len(test_rows)
 
 
@@ -446,12 +447,13 @@ def flat_columns(records: Iterable[dict[str, Any]], columns: Sequence[str]) -> l
     return [column for column in columns if column not in objects]
 
 
-def write_csv(path: Path, columns: list[str], records: list[dict[str, Any]], *, for_spreadsheets: bool = False
-              ) -> None:
-    """Records as a CSV file that training reads: the given columns, lists as JSON. ``for_spreadsheets``: a
-    file people open in Excel or Sheets, its text cells :func:`spreadsheet_safe` (training reads them back as
-    they were: such a file has a corrected_label column, see :func:`load_tickets`), and a byte-order mark
-    first: without one, Excel reads UTF-8 as the machine's code page, and "Müller" saved back is mangled."""
+def write_csv(path: Path, columns: list[str], records: list[dict[str, Any]], *, for_spreadsheets: bool = False,
+              like: Path | None = None) -> None:
+    """Records as a CSV file that training reads: the given columns, lists as JSON, separated as in the file
+    ``like`` (:func:`delimiter_like`). ``for_spreadsheets``: a file people open in Excel or Sheets, its text
+    cells :func:`spreadsheet_safe` (training reads them back as they were: such a file has a corrected_label
+    column, see :func:`load_tickets`), and a byte-order mark first: without one, Excel reads UTF-8 as the
+    machine's code page, and "Müller" saved back is mangled."""
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def cell(value: Any) -> Any:
@@ -459,9 +461,19 @@ def write_csv(path: Path, columns: list[str], records: list[dict[str, Any]], *, 
         return spreadsheet_safe(value) if for_spreadsheets and isinstance(value, str) else value
 
     with open(path, "w", newline="", encoding="utf-8-sig" if for_spreadsheets else "utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")  # objects: as dotted columns
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore",  # objects: as dotted columns
+                                delimiter=delimiter_like(path, like))
         writer.writeheader()
         writer.writerows({key: cell(value) for key, value in record.items()} for record in records)
+
+
+def delimiter_like(path: Path, source: Path | None) -> str:
+    """The delimiter of a file written at ``path`` from ``source``: tabs for a .tsv; semicolons where the
+    source has them, as an Excel whose locale writes decimal commas does, since it opens a comma-separated
+    file as one column; commas otherwise."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    return ";" if source is not None and delimiter_of(source) == ";" else ","
 
 
 def spreadsheet_safe(cell: str) -> str:

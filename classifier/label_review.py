@@ -274,5 +274,6 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
         record.update(suggested_label=finding.suggested, confidence=f"{finding.confidence:.3f}",
                       reason="; ".join(finding.reasons))
     out_columns = [name for name in flat_columns(records.values(), columns) if name not in REVIEW_COLUMNS]
-    write_csv(output, out_columns + list(REVIEW_COLUMNS), [records[row] for row in rows], for_spreadsheets=True)
+    write_csv(output, out_columns + list(REVIEW_COLUMNS), [records[row] for row in rows], for_spreadsheets=True,
+              like=data)
     return ReviewFile(review, len(rows), tickets.texts, tickets.ids)

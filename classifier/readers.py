@@ -217,13 +217,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
     and as pandas writes them, with an unnamed index column first.
     """
     first_line, _, rest = text.partition("\n")
-    skipped = 0
-    if re.fullmatch(r"sep=(.)\r?", first_line):
-        delimiter, text, skipped = first_line[4], rest, 1
-    elif delimiter == "," and "," not in first_line and ";" in first_line:
-        delimiter = ";"
-    elif delimiter == "," and "," not in first_line and "\t" in first_line:  # Excel's "Unicode text", as .csv
-        delimiter = "\t"
+    delimiter, skipped = _delimiter(first_line, delimiter)
+    text = rest if skipped else text
     csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD_CHARS))  # pasted logs pass Python's 128 KiB
     reader = csv.reader(_lines(text), delimiter=delimiter, strict=True)
     start = 1 + skipped  # the line the next record starts on
@@ -249,6 +244,30 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
             yield number, dict(zip(header, row + [""] * (len(header) - len(row)), strict=False))  # extra cells: empty
     except csv.Error as error:
         raise UserError(f"{_row_and_line(path, number + 1, start)}: malformed CSV ({error})") from None
+
+
+def _delimiter(first_line: str, by_name: str) -> tuple[str, int]:
+    """The delimiter a delimited file's rows use, from its first line and the one its name implies, and how
+    many lines come before the header: Excel's "sep=;" line, or semicolons (or tabs) in a .csv file's header."""
+    if re.fullmatch(r"sep=(.)\r?", first_line):
+        return first_line[4], 1
+    if by_name == "," and "," not in first_line:
+        if ";" in first_line:
+            return ";", 0
+        if "\t" in first_line:  # Excel's "Unicode text", saved as .csv
+            return "\t", 0
+    return by_name, 0
+
+
+def delimiter_of(path: str | Path) -> str:
+    """The delimiter of a CSV or TSV file's rows as reading finds it, so that a file written from it can be
+    opened the same way (a semicolon-locale Excel shows a comma-separated file as one column); "," for
+    other formats."""
+    path = Path(path)
+    fmt = _detect_format(path)
+    if fmt not in ("csv", "tsv"):
+        return ","
+    return _delimiter(_read_text(path).partition("\n")[0], "\t" if fmt == "tsv" else ",")[0]
 
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")

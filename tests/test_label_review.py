@@ -146,6 +146,24 @@ def test_labels_spelled_differently_are_reviewed_as_one_class(sample_csv: Path, 
     assert {written[row["id"]]["category"] for row in respelled} == {"BILLING "}  # the export's cells, as they were
 
 
+@pytest.mark.parametrize(("export_name", "delimiter", "output_name", "written_delimiter"), [
+    ("export.csv", ";", "review.csv", ";"),  # as Excel writes CSV where the decimal mark is a comma
+    ("export.csv", ",", "review.csv", ","),
+    ("export.csv", ";", "review.tsv", "\t"),
+    ("export.tsv", "\t", "review.csv", ","),
+])
+def test_the_review_is_separated_as_the_export_was(sample_csv: Path, tmp_path: Path, export_name: str,
+                                                    delimiter: str, output_name: str, written_delimiter: str) -> None:
+    rows = read_csv(sample_csv)[:200]
+    data, output = write_csv(tmp_path / export_name, rows, delimiter), tmp_path / output_name
+    assert main(["review-labels", str(data), "--output", str(output), "--folds", "3"]) == 0
+    written = read_csv(output, written_delimiter)
+    assert list(written[0]) == list(rows[0]) + list(REVIEW_COLUMNS)
+    assert {row["id"]: row["body"] for row in written} == {row["id"]: row["body"] for row in rows}
+    tickets, _ = load_tickets(output)  # and training reads it back
+    assert sorted(tickets.ids) == sorted(row["id"] for row in rows)
+
+
 def test_the_data_report_lists_likely_mislabelled_tickets(sample_csv: Path, tmp_path: Path) -> None:
     rows = read_csv(sample_csv)[:400]
     flipped = flip(rows, 0.1)
