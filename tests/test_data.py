@@ -115,7 +115,8 @@ def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> 
     (b"subject,body,category\n", "no tickets in file"),
     (b"sep=;\n", "no tickets in file"),  # Excel's delimiter line and nothing else
     (b"subject,body,category\nhi,there,\x92 billing\n", r"line 2: bytes are not valid UTF-8 \(byte 0x92 at offset 31; "
-                                                          r"Windows-1252 or Latin-1\?\)"),
+                                                          r"Windows-1252 or Latin-1\?\); re-export the file as UTF-8 "
+                                                          r"\(Excel: Save As, 'CSV UTF-8'\)"),
     (b"subject,body,category\nhi,there,billing,extra\n", "row 2: 4 fields but the header has 3"),
     (b"title,category\nhi,billing\n", "no text column found"),
     (b"subject,body\nhi,there\n", "no label column found"),
