@@ -597,11 +597,13 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
 
 RETRAIN_EPILOG = """\
 examples:
-  ticketclf retrain models/tickets --data export.csv
-  ticketclf retrain models/tickets --data export.csv --feedback sqlite:///models/tickets/feedback.sqlite
+  ticketclf retrain models/tickets --data export.csv      # + corrections in the service's feedback database
+  ticketclf retrain models/tickets --data export.csv --feedback postgresql+psycopg://user@db/feedback
   ticketclf retrain models/tickets --data export.csv --corrections corrections.csv --no-promote
 
-The challenger is trained with the champion's settings on the export plus the agents' corrections,
+The challenger is trained with the champion's settings on the export plus the agents' corrections
+(by default from the database 'ticketclf serve' keeps them in: $TICKETCLF_FEEDBACK_DB, else
+REPO/NAME/feedback.sqlite),
 evaluated side by side with the champion on the repository's fixed holdout (holdout.csv, made on the
 first retrain) and recent corrected tickets neither trained on, and promoted only if it is better by
 --margin and no label with --min-support test tickets loses more than --tolerance F1. The decision,
@@ -620,7 +622,9 @@ def _add_retrain(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="the helpdesk's labelled export (what train reads)")
     corrections = p.add_mutually_exclusive_group()
     corrections.add_argument("--feedback", metavar="DB_URL", help="the feedback database with the agents' "
-                             "corrections (e.g. sqlite:///models/tickets/feedback.sqlite, postgresql+psycopg://...)")
+                             "corrections (a SQLite file or postgresql+psycopg://...); default: the service's, "
+                             "where it exists")
+    corrections.add_argument("--no-feedback", action="store_true", help="train on the export alone")
     corrections.add_argument("--corrections", type=Path, help="corrections as 'ticketclf feedback export' writes "
                              "them (ticket id, label, text fields, received_at)")
     p.add_argument("--holdout", type=Path, help="set the repository's fixed holdout to this labelled file")
@@ -636,13 +640,7 @@ def _run_retrain(args: argparse.Namespace) -> int:
     from classifier.evaluate import summary_table
     from classifier.retrain import PromotionPolicy, corrections_from_file, retrain
 
-    corrections = []
-    if args.corrections:
-        corrections = corrections_from_file(args.corrections)
-    elif args.feedback:
-        from classifier.feedback import corrections_for_retraining
-
-        corrections = corrections_for_retraining(args.feedback)
+    corrections = corrections_from_file(args.corrections) if args.corrections else _feedback_corrections(args)
     result = retrain(args.model, args.data, corrections, holdout_path=args.holdout,
                      policy=PromotionPolicy(args.margin, args.tolerance, args.min_support),
                      promote=not args.no_promote,
@@ -654,6 +652,21 @@ def _run_retrain(args: argparse.Namespace) -> int:
     print(f"version {result.version.number} {verdict} ({'; '.join(result.decision.reasons)})")
     print(f"report: {result.version.path / 'reports' / 'evaluation' / 'report.html'}")
     return 0
+
+
+def _feedback_corrections(args: argparse.Namespace) -> list[Any]:
+    """The corrections in --feedback's database, else in the one the service keeps them in where it exists:
+    a retrain that silently left out the agents' work would undo it."""
+    from classifier.feedback import DB_VARIABLE, corrections_for_retraining, default_location, resolve_url, shown
+
+    if args.no_feedback:
+        return []
+    if args.feedback is None and not os.environ.get(DB_VARIABLE) and not default_location(args.model).is_file():
+        print(f"no feedback database at {default_location(args.model)}: the export alone")
+        return []
+    corrections = corrections_for_retraining(args.feedback, args.model)
+    print(f"{len(corrections)} corrected tickets in {shown(resolve_url(args.feedback, args.model))}")
+    return corrections
 
 
 def _model(args: argparse.Namespace) -> tuple[ModelRepository, str]:

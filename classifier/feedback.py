@@ -47,6 +47,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from classifier.errors import UserError
+from classifier.text import into_fields
 
 if TYPE_CHECKING:
     from classifier.retrain import Correction as RetrainCorrection
@@ -684,11 +685,8 @@ def export_csv(store: FeedbackStore, output: str | os.PathLike[str], *, label_co
             writer = csv.writer(out)
             writer.writerow(["ticket_id", *columns, label_column, "received_at"])
             for row in rows:
-                text = dict(row.text or {})
-                if "text" in text and columns != ("text",):
-                    whole = text.pop("text")
-                    text.setdefault(columns[-1], whole)
-                writer.writerow([row.ticket_id, *(text.get(column, "") for column in columns), row.label,
+                text = into_fields(row.text or {}, columns)
+                writer.writerow([row.ticket_id, *(text[column] for column in columns), row.label,
                                  row.received_at.isoformat()])
         os.replace(temporary, output)
     except BaseException:

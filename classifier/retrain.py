@@ -38,6 +38,7 @@ from classifier.data import label_value, split_file
 from classifier.errors import UserError
 from classifier.readers import records_and_columns
 from classifier.repository import EVALUATION_REPORT, ModelRepository, Version, open_model
+from classifier.text import into_fields
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +261,7 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
         if not correction.fields or not any((value or "").strip() for value in correction.fields.values()):
             report.without_text += 1
             continue
-        fields = {key.lower(): value for key, value in correction.fields.items()}
-        row = {column: fields.get(column.lower(), "") for column in text_columns}
-        row.update(label=correction.label, id=correction.ticket_id)
+        row = {**into_fields(correction.fields, text_columns), "label": correction.label, "id": correction.ticket_id}
         if _key(row, text_columns, id_column) in holdout_keys:
             continue
         recent = correction.received_at > since

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -149,6 +149,17 @@ def ticket_text(ticket: str | Mapping[str, Any], options: TextOptions = TextOpti
     if not joined and "text" not in options.record_fields:  # {"text": ...}: the whole ticket, as the service takes it
         return clean_text(_as_str(_field(ticket, "text"), "text"), options)
     return joined
+
+
+def into_fields(sent: Mapping[str, str], fields: Sequence[str]) -> dict[str, str]:
+    """A ticket's text as feedback stored it (by field, or whole as ``text``) in a file's ``fields``, matched
+    without case. A whole text goes to the last field, the body, unless that was sent too: the model then
+    reads it as the service read it (:func:`ticket_text` joins the fields that are not empty)."""
+    by_name = {key.lower(): value for key, value in sent.items()}
+    row = {name: by_name.get(name.lower(), "") for name in fields}
+    if fields and "text" in by_name and not row[fields[-1]]:
+        row[fields[-1]] = by_name["text"]
+    return row
 
 
 def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:

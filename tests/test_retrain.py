@@ -11,6 +11,7 @@ import pytest
 from csv_files import read_csv, write_csv
 
 from classifier.cli import main
+from classifier.feedback import FeedbackEvent, open_store
 from classifier.repository import HISTORY_FILE, ModelRepository
 from classifier.retrain import (
     Columns,
@@ -39,6 +40,7 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
         Correction("T-9", "login", None, NEW),  # a holdout ticket: never trained on
         Correction("N-1", "billing", {"subject": "new one", "body": "a ticket only feedback holds"}, OLD),
         Correction("N-2", "billing", None, OLD),  # no text anywhere
+        Correction("N-3", "login", {"text": "a whole ticket, as the API's 'text'"}, OLD),  # read as the service did
         *[Correction(f"Q-{i}", "shipping", {"subject": "where is my parcel", "body": f"order {i}"}, OLD)
           for i in range(2)],  # a new label with two tickets: too few to train yet
     ]
@@ -50,7 +52,8 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
     assert rows["T-1"]["label"] == "login" and rows["T-2"]["label"] == "login" and rows["T-3"]["label"] == "billing"
     assert "T-9" not in rows and report.held_out == 1
     assert rows["N-1"]["Subject"] == "new one" and rows["N-1"]["label"] == "billing"
-    assert (report.corrected, report.confirmed, report.added, report.without_text) == (1, 2, 3, 1)
+    assert (rows["N-3"]["Subject"], rows["N-3"]["Body"]) == ("", "a whole ticket, as the API's 'text'")
+    assert (report.corrected, report.confirmed, report.added, report.without_text) == (1, 2, 4, 1)
     assert report.conflicts == [{"ticket_id": "T-3", "labels": ["login", "billing"]}]
     assert report.new_labels == {} and report.too_few == {"shipping": 2}
     assert not any(row["label"] == "shipping" for row in rows.values())
@@ -116,9 +119,17 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     assert set(last.details["decision"]["champion"]) == {"accuracy", "macro_f1", "tickets"}
     assert (repository.model_dir("tickets") / HISTORY_FILE).is_file()
 
-    # --no-promote stages only; the holdout made by the first retrain is reused.
+    assert "no feedback database at" not in out  # --corrections given
+
+    # --no-promote stages only; the holdout made by the first retrain is reused. Without --feedback, the
+    # corrections are those the service stored in its default database, the ticket sent as one 'text'.
+    with open_store(model=model, create=True) as store:
+        store.add([FeedbackEvent("N-1", rows[3]["category"], {"text": "a new ticket, sent whole as the API's text"})])
     shutil.copy(repository.model_dir("tickets") / "holdout.csv", tmp_path / "holdout-before.csv")
     code = main(["retrain", model, "--data", str(tiny_csv), "--epochs", "1", "--margin", "-1", "--no-promote"])
+    out = capsys.readouterr().out
+    assert f"1 corrected tickets in sqlite:///{repository.model_dir('tickets') / 'feedback.sqlite'}" in out
+    assert "1 new tickets added" in out  # N-1 is not among the recent ones kept for evaluation (its hash)
     assert code == 0 and repository.serving_state("tickets").version == 2
     assert repository.aliases("tickets")["challenger"] == 3
     assert (repository.model_dir("tickets") / "holdout.csv").read_bytes() == \
