@@ -292,14 +292,15 @@ class ModelRepository:
 
     def promote(self, name: str, version: int | str, *, reason: str = "",
                 details: Mapping[str, Any] | None = None) -> Event:
-        """Make ``version`` the champion (it serves); the champion before is remembered for rollback."""
+        """Make ``version`` the champion (it serves); the champion before is remembered for rollback. A version
+        that fails :func:`~classifier.integrity.verify_bundle` is refused."""
+        _require_intact(self.version(name, version), "promoted")  # versions do not change: checked unlocked
         with self._lock(name):
             state = self._state(name)
             chosen = self.version(name, version)
             champion = state.aliases.get(CHAMPION)
             if chosen.number == champion:
                 raise UserError(f"{self.model_dir(name)}: version {champion} already serves")
-            chosen.manifest()  # a version whose manifest does not read is not promoted
             if champion is not None:
                 state.previous_champions.append(champion)
             state.aliases[CHAMPION] = chosen.number
@@ -320,6 +321,7 @@ class ModelRepository:
                 raise UserError(f"{self.model_dir(name)}: no earlier champion to roll back to (version {champion} "
                                 "serves); promote another version instead")
             state.aliases[CHAMPION] = state.previous_champions.pop()
+            _require_intact(self.version(name, state.aliases[CHAMPION]), "served again")
             return self._commit(name, state, "rollback", state.aliases[CHAMPION], champion, reason, details)
 
     def remove(self, name: str, version: int | str, *, reason: str = "") -> Event:
@@ -387,6 +389,18 @@ class ModelRepository:
             yield
         finally:
             os.close(handle)  # closing releases the lock
+
+
+def _require_intact(version: Version, outcome: str) -> None:
+    """Refuse to serve a version the service would refuse to load: it would keep the old model while it runs,
+    and serve nothing once restarted."""
+    from classifier.integrity import verify_bundle
+
+    problems = verify_bundle(version.path).problems
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise UserError(f"version {version.number} is not {outcome}: {problems[0]}{more}; "
+                        f"'ticketclf bundle verify {version.path}' checks it")
 
 
 def open_model(path: str | Path) -> tuple[ModelRepository, str]:

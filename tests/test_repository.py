@@ -101,6 +101,26 @@ def test_rollback_goes_back_through_the_champions_that_served_before(three: Mode
     assert history[3].reason == "better on the holdout" and history[3].user and history[3].host
 
 
+def test_a_version_that_fails_its_check_is_neither_promoted_nor_rolled_back_to(repo: ModelRepository,
+                                                                                 tiny_bundle: Path) -> None:
+    for _ in range(3):
+        repo.add_version("tickets", tiny_bundle)  # copies, not links: one can break alone
+
+    def break_weights(version: int) -> None:
+        with open(repo.version("tickets", version).path / "model.safetensors", "r+b") as weights:
+            weights.truncate(1_000_000)
+
+    break_weights(2)
+    with pytest.raises(UserError, match=r"version 2 is not promoted: .*model\.safetensors.*'ticketclf bundle verify"):
+        repo.promote("tickets", 2)
+    assert repo.serving_state("tickets").version == 1 and len(repo.history("tickets")) == 3  # the adds only
+    repo.promote("tickets", 3)
+    break_weights(1)
+    with pytest.raises(UserError, match="version 1 is not served again: "):
+        repo.rollback("tickets")
+    assert repo.serving_state("tickets").version == 3
+
+
 def test_remove_refuses_the_serving_version_and_never_reuses_a_number(three: ModelRepository,
                                                                      tiny_bundle: Path) -> None:
     with pytest.raises(UserError, match=r"version 1 serves \(champion\); promote another version or roll back"):

@@ -73,8 +73,8 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repository: M
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     app = repository_app(repository)
     served = ctx(app).served
+    repository.promote("tickets", 2)  # which refuses a broken version: this one breaks after (a disk, a hand edit)
     break_model(repository.version("tickets", 2).path)
-    repository.promote("tickets", 2)
 
     assert not served.check()
     assert served_version(app) == "1"
