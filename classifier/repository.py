@@ -290,15 +290,19 @@ class ModelRepository:
             shutil.rmtree(staging, ignore_errors=True)
         return Version(name, number, directory / str(number))
 
-    def promote(self, name: str, version: int | str, *, reason: str = "",
-                details: Mapping[str, Any] | None = None) -> Event:
+    def promote(self, name: str, version: int | str, *, reason: str = "", details: Mapping[str, Any] | None = None,
+                replacing: int | None = None) -> Event:
         """Make ``version`` the champion (it serves); the champion before is remembered for rollback. A version
-        that fails :func:`~classifier.integrity.verify_bundle` is refused."""
+        that fails :func:`~classifier.integrity.verify_bundle` is refused, and so is any where ``replacing`` is
+        given and no longer the champion (:class:`ChampionChanged`: a decision made against another one)."""
         _require_intact(self.version(name, version), "promoted")  # versions do not change: checked unlocked
         with self._lock(name):
             state = self._state(name)
             chosen = self.version(name, version)
             champion = state.aliases.get(CHAMPION)
+            if replacing is not None and champion != replacing:
+                raise ChampionChanged(f"{self.model_dir(name)}: version {champion} became the champion after "
+                                      f"version {chosen.number} was compared with version {replacing}")
             if chosen.number == champion:
                 raise UserError(f"{self.model_dir(name)}: version {champion} already serves")
             if champion is not None:
@@ -389,6 +393,10 @@ class ModelRepository:
             yield
         finally:
             os.close(handle)  # closing releases the lock
+
+
+class ChampionChanged(UserError):
+    """Another version was promoted (or rolled back to) since a decision to promote was made."""
 
 
 def _require_intact(version: Version, outcome: str) -> None:

@@ -15,8 +15,9 @@
 4. **Decision**: both models are evaluated on the same tickets (``evaluate --compare``: the report
    goes to the challenger's ``reports/evaluation``). The challenger is promoted only when its
    accuracy is higher by at least ``margin`` and no label with at least ``min_support`` test tickets
-   loses more than ``tolerance`` of F1; otherwise it stays the challenger, with the reasons. The
-   decision and both models' figures go to the repository's history.
+   loses more than ``tolerance`` of F1; otherwise it stays the challenger, with the reasons. It replaces
+   only the champion it was compared with: where another retrain (or a person) promoted a version
+   meanwhile, it stays the challenger. The decision and both models' figures go to the repository's history.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from classifier.columns import ColumnMapping, resolve_columns
 from classifier.data import label_value, split_file
 from classifier.errors import UserError
 from classifier.readers import records_and_columns
-from classifier.repository import EVALUATION_REPORT, ModelRepository, Version, open_model
+from classifier.repository import EVALUATION_REPORT, ChampionChanged, ModelRepository, Version, open_model
 from classifier.text import into_fields
 
 log = logging.getLogger(__name__)
@@ -167,17 +168,24 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
         shutil.rmtree(work, ignore_errors=True)
 
     decision = decide(report, policy)
-    details = {"decision": decision.to_dict(), "merge": dataclasses.asdict(merge), "policy": dataclasses.asdict(policy),
-               "report": str(version.path / EVALUATION_REPORT)}
-    reason = "; ".join(decision.reasons)
+
+    def details() -> dict[str, Any]:
+        return {"decision": decision.to_dict(), "merge": dataclasses.asdict(merge),
+                "policy": dataclasses.asdict(policy), "report": str(version.path / EVALUATION_REPORT)}
+
     if decision.promoted and promote:
-        repository.promote(name, version.number, reason=f"retrain: {reason}", details=details)
-    else:
-        staged = "" if decision.promoted else "not promoted: "
-        repository.record(name, "retrain", version.number,
-                          reason=f"{staged}{reason}" + ("; --no-promote: staged only" if not promote else ""),
-                          details=details)
-        decision.promoted = decision.promoted and promote
+        try:
+            repository.promote(name, version.number, reason=f"retrain: {'; '.join(decision.reasons)}",
+                               details=details(), replacing=champion.number)
+            return RetrainResult(version, champion, decision, merge, report)
+        except ChampionChanged as changed:  # another retrain, or a person, promoted meanwhile
+            decision.promoted = False
+            decision.reasons.append(f"{changed}; retrain again to compare it with the new champion")
+    staged = "" if decision.promoted else "not promoted: "
+    repository.record(name, "retrain", version.number,
+                      reason=f"{staged}{'; '.join(decision.reasons)}"
+                             + ("; --no-promote: staged only" if not promote else ""), details=details())
+    decision.promoted = decision.promoted and promote
     return RetrainResult(version, champion, decision, merge, report)
 
 

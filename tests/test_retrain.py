@@ -5,6 +5,7 @@ champion on the fixed holdout, promoted, recorded in the history)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from classifier.retrain import (
     corrections_from_file,
     decide,
     merge_corrections,
+    retrain,
 )
 
 OLD, NEW = "2026-01-01T00:00:00+00:00", "2026-12-01T00:00:00+00:00"  # before and after the champion
@@ -135,3 +137,22 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     assert (repository.model_dir("tickets") / "holdout.csv").read_bytes() == \
         (tmp_path / "holdout-before.csv").read_bytes()
     assert "staged only" in repository.history("tickets")[-1].reason
+
+
+def test_a_challenger_is_not_promoted_over_a_champion_it_was_not_compared_with(tiny_bundle: Path, tiny_csv: Path,
+                                                                              tmp_path: Path) -> None:
+    repository = ModelRepository(tmp_path / "models")
+    for _ in range(2):
+        repository.add_version("tickets", tiny_bundle)
+
+    def promoted_meanwhile() -> Iterator[Correction]:  # read once the champion is known: another retrain won
+        repository.promote("tickets", 2)
+        yield from ()
+
+    result = retrain(repository.model_dir("tickets"), tiny_csv, promoted_meanwhile(),
+                     policy=PromotionPolicy(margin=-1, tolerance=1), training_overrides={"epochs": 1})
+    assert result.champion.number == 1 and not result.decision.promoted
+    assert repository.serving_state("tickets").version == 2 and repository.aliases("tickets")["challenger"] == 3
+    last = repository.history("tickets")[-1]
+    assert last.action == "retrain" and "version 2 became the champion after version 3 was compared with version 1" \
+        in last.reason and "retrain again" in last.reason
