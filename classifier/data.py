@@ -16,14 +16,18 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from classifier.bundle import TRAINING_COPY_FILE
 from classifier.columns import ColumnMapping, resolve_columns
 from classifier.errors import UserError, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
 from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
 from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns
 from classifier.text import MAX_CELL_CHARS, TextOptions, ticket_text
+
+if TYPE_CHECKING:
+    from classifier.manifest import Manifest
 
 OTHER_LABEL = "other"
 # A file's corrected labels: where this column has a value, it replaces the label (a file that
@@ -643,14 +647,17 @@ def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataRe
     return tickets.relabelled([renamed.get(label, label) for label in tickets.labels])
 
 
-def training_file_texts(path: str | Path, sha256: str | None, text_options: TextOptions,
-                        label_column: str | None) -> list[str] | None:
-    """The cleaned texts of the file a bundle was trained on, as training read them; None when the file is
-    no longer where training read it, or has changed since."""
-    path = Path(path)
-    if not path.is_file() or (sha256 and file_sha256(path) != sha256):
+def training_file_texts(manifest: Manifest, bundle_dir: Path | None = None) -> list[str] | None:
+    """The cleaned texts of the file a bundle was trained on, as training read them, from where training read
+    it or the copy in ``bundle_dir`` (:data:`~classifier.bundle.TRAINING_COPY_FILE`); None when neither is
+    there as it was."""
+    source = manifest.data.train
+    if source is None or not source.path:
         return None
-    return load_tickets(path, text_options, label_column, require_label=False)[0].texts
+    for path in (Path(source.path), *([bundle_dir / TRAINING_COPY_FILE] if bundle_dir else [])):
+        if path.is_file() and (not source.sha256 or file_sha256(path) == source.sha256):
+            return load_tickets(path, manifest.text, source.label_column, require_label=False)[0].texts
+    return None
 
 
 def one_spelling_per_label(tickets: Tickets, report: DataReport) -> Tickets:

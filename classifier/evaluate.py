@@ -187,7 +187,7 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     proba, oos_scores, field_logits = model_run(predictor, tickets.texts)  # one run: the label and every field
     scored = Scored.of(predictor.labels, proba, tickets.labels)
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    data = _data_section(tickets, data_report, scored, predictor.manifest)
+    data = _data_section(tickets, data_report, scored, predictor.manifest, predictor.bundle_dir)
     unknown_labels = _unknown_labels(tickets, scored, predictor.labels, proba)
     others = {"baseline": _baseline(predictor, tickets) if options.baseline else None,
               "compare": _compare(options, data_path, tickets.source["label_column"])}
@@ -588,8 +588,8 @@ def _routed_at_target(point: dict[str, Any] | None) -> str:
     return "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:.3g})"
 
 
-def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored,
-                  manifest: Manifest) -> TestFileSection:
+def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored, manifest: Manifest,
+                  bundle_dir: Path) -> TestFileSection:
     trained_on = manifest.data.train.sha256 if manifest.data.train else None
     is_training_file = trained_on is not None and trained_on == tickets.source.get("sha256")
     return TestFileSection(
@@ -597,14 +597,12 @@ def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored,
         dropped={reason: Dropped(count=len(where), rows=where) for reason, where in data_report.dropped.items()},
         label_spellings_matched=data_report.merged_label_spellings,
         labels_without_test_tickets=sorted(set(scored.classes) - set(scored.y_true)),
-        training_copies=None if is_training_file else _training_copies(tickets, scored, manifest))
+        training_copies=None if is_training_file else _training_copies(tickets, scored, manifest, bundle_dir))
 
 
-def _training_copies(tickets: Tickets, scored: Scored, manifest: Manifest) -> int | None:
+def _training_copies(tickets: Tickets, scored: Scored, manifest: Manifest, bundle_dir: Path) -> int | None:
     """How many evaluated tickets have the text of a ticket of the training file, where it can be read."""
-    source = manifest.data.train
-    trained_on = training_file_texts(source.path, source.sha256, manifest.text, source.label_column) \
-        if source and source.path else None
+    trained_on = training_file_texts(manifest, bundle_dir)
     if trained_on is None:
         return None
     known = set(trained_on)

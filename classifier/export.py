@@ -201,7 +201,7 @@ def check_drift(bundle_dir: Path, manifest: Manifest, fp32_path: Path, int8_path
     """Compare PyTorch, ONNX fp32 and ONNX int8 on the bundle's validation split, and int8 with fp32 on
     tickets of the training file too (up to MAX_AGREEMENT_TICKETS): the evidence :func:`decide_int8` reads."""
     texts, labels = bundle.read_examples(bundle_dir)
-    more = _training_texts(manifest, set(texts), MAX_AGREEMENT_TICKETS - len(texts))
+    more = _training_texts(manifest, bundle_dir, set(texts), MAX_AGREEMENT_TICKETS - len(texts))
     tokenizer = load_tokenizer(bundle_dir, manifest.max_length)
     threads = default_threads()
     fields = manifest.fields or []
@@ -259,19 +259,18 @@ def _field_drift(spec: FieldHead, torch: np.ndarray, fp32: np.ndarray, int8: np.
             "int8_fp32_agreement": float((answers(int8) == answers(fp32)).all(axis=1).mean())}
 
 
-def _training_texts(manifest: Manifest, exclude: set[str], limit: int) -> list[str]:
+def _training_texts(manifest: Manifest, bundle_dir: Path, exclude: set[str], limit: int) -> list[str]:
     """Up to ``limit`` distinct tickets of the file the bundle was trained on, none of ``exclude`` (the
     validation split), a seeded sample; none when the file is not where training read it or has changed.
 
     Their labels are not used: the model has learnt them, but int8 and fp32 agree or not on them as on
     any ticket, and agreement bounds what int8 can lose (docs/benchmarks.md, "int8 accuracy vs fp32")."""
-    source = manifest.data.train
-    if limit <= 0 or source is None or not source.path:
+    if limit <= 0:
         return []
-    trained_on = training_file_texts(source.path, source.sha256, manifest.text, source.label_column)
+    trained_on = training_file_texts(manifest, bundle_dir)
     if trained_on is None:
-        log.info("%s is gone or changed since training: int8 is compared with fp32 on the validation split only",
-                 source.path)
+        log.info("the training file is gone or changed since training: int8 is compared with fp32 on the "
+                 "validation split only")
         return []
     texts = [text for text in dict.fromkeys(trained_on) if text not in exclude]
     random.Random(manifest.data.seed).shuffle(texts)

@@ -7,8 +7,9 @@
    the text the feedback stored. Corrections that disagree with each other are listed; the latest
    wins. Tickets of the fixed holdout never train.
 2. **Holdout**: ``REPO/NAME/holdout.csv``, kept in the repository so that every retrain compares
-   its models on the same tickets. The first retrain makes it (a stratified tenth of the export);
-   ``--holdout FILE`` sets it. Corrected tickets received since the champion was trained, which
+   its models on the same tickets. The first retrain makes it (a stratified tenth of the export, drawn
+   from the tickets the champion did not train on where there are enough); ``--holdout FILE`` sets it.
+   Its tickets are scored against the label an agent corrected them to, if one did. Corrected tickets received since the champion was trained, which
    neither model trained on, join the evaluation (one in five of them is kept out of training).
 3. **Challenger**: trained with the champion's data and training options, exported like the
    champion (int8 when it holds), and added as a new version (the challenger).
@@ -29,24 +30,26 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from classifier.bundle import TRAINING_COPY_FILE
 from classifier.columns import ColumnMapping, resolve_columns
-from classifier.data import label_value, split_file
+from classifier.data import flat_columns, label_value, split_file, training_file_texts, write_csv
 from classifier.errors import UserError
 from classifier.readers import records_and_columns
 from classifier.repository import EVALUATION_REPORT, ChampionChanged, ModelRepository, Version, open_model
-from classifier.text import into_fields
+from classifier.text import TextOptions, into_fields, ticket_text
 
 log = logging.getLogger(__name__)
 
 HOLDOUT_FILE = "holdout.csv"
 HOLDOUT_FRACTION = 0.1
-TRAINING_FILE = "training-data.csv"  # kept in each retrained version: what it was trained on
 RECENT_HELD_OUT = 5  # one recent corrected ticket in this many is kept out of training, for evaluation
+# The holdout is drawn from the tickets the champion did not train on where at least this many are in the export.
+MIN_UNSEEN_FOR_HOLDOUT = 50
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class MergeReport:
     confirmed: int = 0  # export tickets an agent gave the label they had
     added: int = 0  # corrected tickets the export did not hold, trained on
     evaluated: int = 0  # recent corrected tickets kept for evaluation instead
+    holdout_relabelled: int = 0  # holdout tickets an agent relabelled: scored with the agent's label
+    holdout_trained: int | None = None  # holdout tickets the champion trained on (None: its training file is gone)
     without_text: int = 0  # corrections of tickets neither the export nor the feedback has text for
     conflicts: list[dict[str, Any]] = field(default_factory=list)  # a ticket given different labels
     new_labels: dict[str, int] = field(default_factory=dict)  # labels the champion does not know: tickets
@@ -89,6 +94,12 @@ class MergeReport:
         lines = [f"export: {self.export_rows} tickets, {self.held_out} of them in the holdout (not trained on)",
                  f"corrections: {self.corrected} relabelled, {self.confirmed} confirmed, {self.added} new tickets "
                  f"added, {self.evaluated} recent ones kept for evaluation, {self.without_text} without text"]
+        if self.holdout_relabelled:
+            lines.append(f"{self.holdout_relabelled} holdout ticket(s) relabelled by agents: both models are scored "
+                         "against the agents' label")
+        if self.holdout_trained:
+            lines.append(f"warning: {self.holdout_trained} holdout tickets are in the champion's training file, "
+                         "which favours it; give --holdout a labelled file of tickets neither model trained on")
         if self.conflicts:
             lines.append(f"{len(self.conflicts)} ticket(s) corrected to different labels (the latest wins): "
                          + ", ".join(f"{c['ticket_id']} {' -> '.join(c['labels'])}" for c in self.conflicts[:5]))
@@ -139,13 +150,16 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
                         f"({', '.join(field.name for field in manifest.fields)}), which feedback does not correct; "
                         "retrain it with 'ticketclf train' on the export")
     columns = Columns(manifest.text.fields, manifest.data.train.label_column if manifest.data.train else None)
-    holdout = _holdout(repository, name, Path(data_path), holdout_path, columns)
+    trained = training_file_texts(manifest, champion.path)
+    champion_trained = TrainedOn(set(trained), manifest.text) if trained is not None else None
+    holdout = _holdout(repository, name, Path(data_path), holdout_path, columns, champion_trained)
     work = Path(tempfile.mkdtemp(prefix="ticketclf-retrain-"))
     try:
-        training_file, evaluation_file = work / TRAINING_FILE, work / "evaluation.csv"
+        training_file, evaluation_file = work / TRAINING_COPY_FILE, work / "evaluation.csv"
         merge = merge_corrections(Path(data_path), list(corrections), training_file, evaluation_file, columns,
                                   holdout=holdout, known_labels=set(manifest.labels), since=manifest.created_at,
                                   min_class_count=manifest.data.options.min_class_count)
+        merge.holdout_trained = champion_trained.count(holdout) if champion_trained else None
         for line in merge.lines():
             log.info("%s", line)
         data_options = dataclasses.replace(manifest.data.options, validation_path=None)
@@ -153,7 +167,7 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
 
         def build(path: Path) -> None:
             train(training_file, path, options, data_options)
-            shutil.copy2(training_file, path / TRAINING_FILE)
+            shutil.copy2(training_file, path / TRAINING_COPY_FILE)
             if manifest.export is not None:  # served as the champion is: exported, checked for drift
                 export(path)
 
@@ -244,6 +258,7 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
     text_columns, id_column = list(mapping.text_columns), mapping.id_column
     holdout_keys = {_key(row, text_columns, id_column) for row in holdout}
     latest, report = _latest(corrections)
+    holdout = [_as_corrected(row, latest, report) for row in holdout]
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     for _, record in numbered:
@@ -295,6 +310,16 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
     return report
 
 
+def _as_corrected(row: dict[str, Any], latest: dict[str, Correction], report: MergeReport) -> dict[str, Any]:
+    """A holdout ticket with the label an agent set since, where one did: the truth both models are scored
+    against (it still never trains)."""
+    correction = latest.get(row["id"]) if row["id"] else None
+    if correction is None or correction.label == row["label"]:
+        return row
+    report.holdout_relabelled += 1
+    return {**row, "label": correction.label}
+
+
 def _latest(corrections: list[Correction]) -> tuple[dict[str, Correction], MergeReport]:
     report = MergeReport()
     by_ticket: dict[str, list[Correction]] = {}
@@ -307,22 +332,54 @@ def _latest(corrections: list[Correction]) -> tuple[dict[str, Correction], Merge
     return {ticket_id: history[-1] for ticket_id, history in by_ticket.items()}, report
 
 
+@dataclass(frozen=True)
+class TrainedOn:
+    """The texts of the tickets a model trained on, as its bundle cleans them."""
+
+    texts: set[str]
+    text_options: TextOptions
+
+    def has(self, record: dict[str, Any], text_columns: Sequence[str]) -> bool:
+        return ticket_text(record, dataclasses.replace(self.text_options, fields=tuple(text_columns))) in self.texts
+
+    def count(self, rows: list[dict[str, str]]) -> int:
+        return sum(self.has(row, [key for key in row if key not in ("label", "id")]) for row in rows)
+
+
 def _holdout(repository: ModelRepository, name: str, export_path: Path, given: str | Path | None,
-             columns: Columns) -> list[dict[str, str]]:
+             columns: Columns, champion_trained: TrainedOn | None) -> list[dict[str, str]]:
     """The repository's fixed holdout (made from the export on the first retrain), as rows."""
     kept = repository.model_dir(name) / HOLDOUT_FILE
     if given is not None:
         shutil.copyfile(given, kept)
     elif not kept.is_file():
-        with tempfile.TemporaryDirectory() as scratch:
-            split_file(export_path, Path(scratch) / "rest.csv", kept, label_column=columns.label,
-                       text_columns=columns.text_fields or None, test_fraction=HOLDOUT_FRACTION)
-        log.info("%s: a stratified tenth of %s, kept as the fixed holdout of every retrain", kept, export_path)
+        make_holdout(export_path, kept, columns, champion_trained)
     numbered, mapping = columns.resolve(kept)
     assert mapping.label_column is not None
     return [{**{column: _cell(record.get(column)) for column in mapping.text_columns},
              "label": label_value(record.get(mapping.label_column)),
              "id": _cell(record.get(mapping.id_column)) if mapping.id_column else ""} for _, record in numbered]
+
+
+def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_trained: TrainedOn | None) -> None:
+    """A stratified tenth of the export, drawn from the tickets the champion did not train on where there are
+    enough of them (at most half of those, so that the challenger learns from the rest): on tickets it has
+    learnt, the champion would look better than it is."""
+    numbered, mapping = columns.resolve(export_path)
+    records = [record for _, record in numbered]
+    unseen = records if champion_trained is None else \
+        [record for record in records if not champion_trained.has(record, mapping.text_columns)]
+    with tempfile.TemporaryDirectory() as scratch:
+        source, fraction = export_path, HOLDOUT_FRACTION
+        if champion_trained is not None and len(unseen) >= MIN_UNSEEN_FOR_HOLDOUT:
+            source = Path(scratch) / "unseen.csv"
+            write_csv(source, flat_columns(unseen, list(dict.fromkeys(key for row in unseen for key in row))), unseen)
+            fraction = min(0.5, HOLDOUT_FRACTION * len(records) / len(unseen))
+        split_file(source, Path(scratch) / "rest.csv", holdout, label_column=mapping.label_column,
+                   text_columns=mapping.text_columns, test_fraction=fraction)
+    drawn = "the tickets the champion did not train on" if source != export_path else "all its tickets"
+    log.info("%s: a stratified tenth of %s, drawn from %s, kept as the fixed holdout of every retrain", holdout,
+             export_path, drawn)
 
 
 def _key(row: dict[str, Any], text_columns: list[str], id_column: str | None) -> str:

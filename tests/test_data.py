@@ -23,6 +23,7 @@ from classifier.data import (
     split_file,
     spreadsheet_safe,
     stratified_split,
+    training_file_texts,
 )
 from classifier.errors import UserError
 from classifier.options import DataOptions
@@ -454,3 +455,21 @@ def test_the_baseline_reads_as_much_of_a_ticket_as_the_largest_window(tmp_path: 
     model = fit_baseline(texts, ["billing", "login", "billing", "login", "billing", "login"])
     words = model.steps[0][1].transformer_list[0][1].vocabulary_
     assert "refund" in words and "zzzfarword" not in words  # past 32,768 characters: not read
+
+
+def test_a_bundles_training_texts_come_from_its_copy_where_the_file_is_gone(tiny_bundle: Path, tiny_csv: Path,
+                                                                          tmp_path: Path) -> None:
+    import shutil
+
+    from classifier.bundle import TRAINING_COPY_FILE, read_manifest
+
+    manifest = read_manifest(tiny_bundle)
+    assert manifest.data.train is not None
+    texts = training_file_texts(manifest)
+    assert texts == load_tickets(tiny_csv, manifest.text)[0].texts
+    manifest.data.train.path = str(tmp_path / "gone.csv")  # a temporary file retrain trained on
+    assert training_file_texts(manifest, tmp_path) is None
+    shutil.copy(tiny_csv, tmp_path / TRAINING_COPY_FILE)
+    assert training_file_texts(manifest, tmp_path) == texts
+    (tmp_path / TRAINING_COPY_FILE).write_text("subject,body,category\nother,file,billing\n")
+    assert training_file_texts(manifest, tmp_path) is None  # not the file it was trained on

@@ -18,11 +18,14 @@ from classifier.retrain import (
     Columns,
     Correction,
     PromotionPolicy,
+    TrainedOn,
     corrections_from_file,
     decide,
+    make_holdout,
     merge_corrections,
     retrain,
 )
+from classifier.text import TextOptions, ticket_text
 
 OLD, NEW = "2026-01-01T00:00:00+00:00", "2026-12-01T00:00:00+00:00"  # before and after the champion
 
@@ -53,6 +56,8 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
     rows = {row["id"]: {**row, "label": row["Category"]} for row in read_csv(training)}
     assert rows["T-1"]["label"] == "login" and rows["T-2"]["label"] == "login" and rows["T-3"]["label"] == "billing"
     assert "T-9" not in rows and report.held_out == 1
+    scored = {row["id"]: row["Category"] for row in read_csv(evaluation)}
+    assert scored["T-9"] == "login" and report.holdout_relabelled == 1  # scored against the agent's label
     assert rows["N-1"]["Subject"] == "new one" and rows["N-1"]["label"] == "billing"
     assert (rows["N-3"]["Subject"], rows["N-3"]["Body"]) == ("", "a whole ticket, as the API's 'text'")
     assert (report.corrected, report.confirmed, report.added, report.without_text) == (1, 2, 4, 1)
@@ -112,6 +117,7 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     out = capsys.readouterr().out
     assert code == 0, out
     assert "version 2 promoted" in out and "relabelled" in out
+    assert "holdout tickets are in the champion's training file, which favours it" in out  # it trained on all
     assert repository.serving_state("tickets").version == 2
     assert (repository.model_dir("tickets") / "holdout.csv").is_file()
     version = repository.version("tickets", 2)
@@ -156,3 +162,22 @@ def test_a_challenger_is_not_promoted_over_a_champion_it_was_not_compared_with(t
     last = repository.history("tickets")[-1]
     assert last.action == "retrain" and "version 2 became the champion after version 3 was compared with version 1" \
         in last.reason and "retrain again" in last.reason
+
+
+def test_the_first_holdout_is_drawn_from_tickets_the_champion_did_not_train_on(tmp_path: Path) -> None:
+    rows = [{"id": f"T-{i}", "subject": f"subject {i}", "body": f"ticket number {i}",
+             "category": ("billing", "login")[i % 2]} for i in range(400)]
+    export, holdout = write_csv(tmp_path / "export.csv", rows), tmp_path / "holdout.csv"
+    options = TextOptions(fields=("subject", "body"))
+    trained = TrainedOn({ticket_text(row, options) for row in rows[:300]}, options)  # the champion's 300
+    make_holdout(export, holdout, Columns(("subject", "body"), "category"), trained)
+    drawn = read_csv(holdout)
+    assert len(drawn) == 40 and all(int(row["id"][2:]) >= 300 for row in drawn)  # a tenth of 400, all unseen
+    assert {row["category"] for row in drawn} == {"billing", "login"}
+
+    make_holdout(export, holdout, Columns(("subject", "body"), "category"),
+                 TrainedOn({ticket_text(row, options) for row in rows[:380]}, options))  # 20 unseen: too few
+    drawn = read_csv(holdout)
+    as_holdout = [{"subject": row["subject"], "body": row["body"], "label": row["category"], "id": row["id"]}
+                  for row in drawn]
+    assert len(drawn) == 40 and trained.count(as_holdout) > 0  # from the whole export, as before
