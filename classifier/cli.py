@@ -8,9 +8,11 @@ Heavy libraries are imported inside the commands, so ``ticketclf --help`` is ins
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -62,7 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ticketclf {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     except OSError as error:  # a path that cannot be written (a folder under a file, no permission, disk full)
-        print(f"ticketclf {args.command}: error: {one_line(error)}", file=sys.stderr)
+        print(f"ticketclf {args.command}: error: {_os_problem(error)}", file=sys.stderr)
+        return UserError.exit_code
+    except Exception as error:
+        if _NO_SPACE not in str(error):  # a library's own error for a full disk (safetensors, torch.save)
+            raise
+        print(f"ticketclf {args.command}: error: {_NO_SPACE.lower()} ({one_line(error)})", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print(f"ticketclf {args.command}: interrupted", file=sys.stderr)
@@ -72,6 +79,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() may run inside a longer-lived process (tests)
+
+
+_NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
+
+
+def _os_problem(error: OSError) -> str:
+    """An OSError as one line. ``shutil.copytree`` gathers its failures into one error whose message is the
+    list of them all: the first one's reason and its file are what a person needs."""
+    if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list) and error.args[0]:
+        source, target, why = error.args[0][0]
+        more = f" (and {len(error.args[0]) - 1} more files)" if len(error.args[0]) > 1 else ""
+        return f"cannot copy {source} to {target}: {why}{more}"
+    return one_line(error)
 
 
 class _Terminated(BaseException):

@@ -9,8 +9,9 @@
 2. **Holdout**: ``REPO/NAME/holdout.csv``, kept in the repository so that every retrain compares
    its models on the same tickets. The first retrain makes it (a stratified tenth of the export, drawn
    from the tickets the champion did not train on where there are enough); ``--holdout FILE`` sets it.
-   Its tickets are scored against the label an agent corrected them to, if one did. Corrected tickets received since the champion was trained, which
-   neither model trained on, join the evaluation (one in five of them is kept out of training).
+   Its tickets are scored against the label an agent corrected them to, if one did. Corrected tickets
+   received since the champion was trained, which neither model trained on, join the evaluation (one in
+   five of them is kept out of training).
 3. **Challenger**: trained with the champion's data and training options, exported like the
    champion (int8 when it holds), and added as a new version (the challenger).
 4. **Decision**: both models are evaluated on the same tickets (``evaluate --compare``: the report

@@ -312,3 +312,27 @@ def test_train_adds_a_version_to_a_repository(tiny_csv: Path, tmp_path: Path,
         with pytest.raises(SystemExit) as exit:
             main(wrong)
         assert exit.value.code == 2 and "--output" in capsys.readouterr().err
+
+
+def test_a_full_disk_ends_in_one_line_and_leaves_no_version(tiny_bundle: Path, tiny_csv: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        model = disk / "models" / "tickets"
+        assert main(["models", "add", str(model), str(tiny_bundle)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("ticketclf models: error: cannot copy ") and error.count("\n") == 1
+        assert "No space left on device" in error
+        assert not [path for path in model.iterdir() if path.name.isdigit()]
+        # A library's own error for it (safetensors writing the weights), not a traceback.
+        assert main(["train", str(tiny_csv), "--repository", str(disk / "models"), "--epochs", "0.1"]) == 2
+        printed = capsys.readouterr().err
+        errors = [line[line.index("ticketclf"):] for line in printed.splitlines() if "ticketclf train: error: " in line]
+        assert "Traceback (most recent call last)" not in printed and len(errors) == 1  # after a progress bar's end
+        assert errors[0].startswith("ticketclf train: error: no space left on device (")
+        assert not [path for path in model.iterdir() if path.name.isdigit()]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
