@@ -14,6 +14,7 @@ on a later request.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -103,19 +104,23 @@ class FeedbackDatabase:
 
 def install(app: Flask) -> None:
     """Open the feedback store (``FEEDBACK_DB``, default beside the model) and register the routes."""
-    configured = app.config["FEEDBACK_DB"]
-    if configured and str(configured).strip().lower() == OFF:
-        url = None
-    else:
-        url = database_url(configured or default_location(app.config["BUNDLE"]))
-        try:
-            check_url(url)  # a mistake in the setting stops the server with one line
-        except UserError as error:
-            raise UserError(f"FEEDBACK_DB (TICKETCLF_FEEDBACK_DB): {error}") from None
-    database = FeedbackDatabase(url)
+    database = FeedbackDatabase(feedback_url(app.config["FEEDBACK_DB"], app.config["BUNDLE"]))
     database.open()
     app.extensions[EXTENSION] = database
     app.register_blueprint(bp)
+
+
+def feedback_url(configured: str | None, bundle: str | os.PathLike[str]) -> str | None:
+    """The feedback database's URL from the ``FEEDBACK_DB`` setting (None: feedback is off); a mistake in the
+    setting (not a URL, no driver) is a :class:`UserError` that stops the server in one line."""
+    if configured and str(configured).strip().lower() == OFF:
+        return None
+    url = database_url(configured or default_location(bundle))
+    try:
+        check_url(url)
+    except UserError as error:
+        raise UserError(f"FEEDBACK_DB (TICKETCLF_FEEDBACK_DB): {error}") from None
+    return url
 
 
 # ---------------------------------------------------------------- routes

@@ -20,9 +20,11 @@ from gunicorn.errors import AppImportError, HaltServer
 
 from classifier import bundle as bundles
 from classifier.errors import UserError
+from classifier.integrity import file_problems
 from classifier.predict import default_threads, resolve_engine
 from classifier.repository import is_model_dir, open_model
 from service import settings
+from service.feedback import feedback_url
 
 CONFIG_FILE = Path(__file__).with_name("gunicorn_conf.py")
 
@@ -36,9 +38,13 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
         repository, name = open_model(bundle_dir)
         serving = repository.resolve(name)
     manifest = bundles.read_manifest(serving)
+    broken = list(file_problems(serving, manifest).values())  # a truncated model, an edited file
+    if broken:
+        raise UserError(broken[0] + (f" (and {len(broken) - 1} more problems)" if len(broken) > 1 else ""))
     # How the app (in every worker) finds it. Not resolved: a symbolic link is followed afresh at each look.
     os.environ["TICKETCLF_BUNDLE"] = os.path.abspath(bundle_dir)
     config = settings()
+    feedback_url(config["FEEDBACK_DB"], bundle_dir)  # e.g. a database no driver is installed for
     default_threads()  # TICKETCLF_THREADS
     runpy.run_path(str(CONFIG_FILE))  # what gunicorn will read: TICKETCLF_WORKERS, TICKETCLF_LOG_LEVEL, ...
     resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported

@@ -59,6 +59,7 @@ def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
     ("WEB_CONCURRENCY", "two", "WEB_CONCURRENCY must be a whole number"),
     ("TICKETCLF_LOG_LEVEL", "verbose", "TICKETCLF_LOG_LEVEL must be debug, info"),
     ("TICKETCLF_API_KEYS", " , ", r"API_KEYS \(TICKETCLF_API_KEYS\): no key in"),
+    ("TICKETCLF_FEEDBACK_DB", "mysql://x/y", r"FEEDBACK_DB \(TICKETCLF_FEEDBACK_DB\): .*SQLite or PostgreSQL only"),
 ])
 def test_serve_refuses_a_bad_setting_before_starting_workers(tiny_bundle: Path, variable: str, value: str,
                                                              message: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,6 +68,16 @@ def test_serve_refuses_a_bad_setting_before_starting_workers(tiny_bundle: Path, 
     monkeypatch.setattr(server_module._Gunicorn, "run", lambda self: pytest.fail("gunicorn started"))
     with pytest.raises(UserError, match=message):
         serve(tiny_bundle)
+
+
+def test_serve_refuses_a_bundle_whose_files_changed_before_starting_workers(bundle_copy: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKETCLF_BUNDLE", "")
+    monkeypatch.setattr(server_module._Gunicorn, "run", lambda self: pytest.fail("gunicorn started"))
+    with open(bundle_copy / "model.safetensors", "r+b") as weights:  # cut short, as by a full disk
+        weights.truncate(1_000_000)
+    with pytest.raises(UserError, match=r"model\.safetensors: .*sealed"):
+        serve(bundle_copy)
 
 
 def test_serve_refuses_a_bad_address_before_starting_workers(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
@@ -154,7 +165,11 @@ def test_a_reloaded_server_still_removes_its_metrics_directory(exported_bundle: 
 
 def test_a_bundle_mistake_found_only_by_loading_stops_gunicorn_with_one_line(bundle_copy: Path,
                                                                             tmp_path: Path) -> None:
-    (bundle_copy / "tokenizer.json").unlink()  # the manifest is fine: only loading the model finds this
+    # An unsealed bundle (an older release's) without its tokenizer: nothing tells but loading the model.
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    del manifest["integrity"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    (bundle_copy / "tokenizer.json").unlink()
     environment = {key: value for key, value in os.environ.items() if key not in ("GUNICORN_CMD_ARGS",)}
     environment["TMPDIR"] = str(tmp_path)  # where the metrics directory goes
     server = subprocess.Popen([sys.executable, "-m", "classifier.cli", "serve", str(bundle_copy), "--port",
