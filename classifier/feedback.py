@@ -321,7 +321,10 @@ class FeedbackStore:
             "new_label": event.new_label, "text_fields": dict(event.text_fields) if event.text_fields else None,
             "predicted_label": event.predicted_label, "model_version": event.model_version,
             "confidence": event.confidence, "needs_review": event.needs_review, "source": event.source,
-            "event_id": event.event_id, "occurred_at": as_utc(event.updated_at) if event.updated_at else received,
+            # Not after its arrival: an update time in the future (a helpdesk's clock, a typo) would outrank
+            # every later correction of the ticket.
+            "event_id": event.event_id,
+            "occurred_at": min(as_utc(event.updated_at), received) if event.updated_at else received,
             "received_at": received,
         }
         inserted = connection.execute(_insert_ignoring_duplicates(connection).values(**values))

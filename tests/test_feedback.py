@@ -188,6 +188,12 @@ def test_a_later_correction_supersedes_and_the_events_are_kept(store: FeedbackSt
     later, earlier = event("8", "refund", updated_at=T0 + timedelta(hours=1)), event("8", "billing", updated_at=T0)
     assert statuses(store, later) == ["stored"] and statuses(store, earlier) == ["stored"]
     assert {c.ticket_id: c.label for c in store.corrections()}["8"] == "refund"
+    # An update time after the event arrived (a helpdesk's clock ahead) counts as its arrival: it does not
+    # outrank the corrections that come after it.
+    tomorrow = datetime.now(timezone.utc) + timedelta(days=1)
+    assert statuses(store, event("9", "refund", updated_at=tomorrow)) == ["stored"]
+    assert statuses(store, event("9", "billing")) == ["stored"]
+    assert {c.ticket_id: c.label for c in store.corrections()}["9"] == "billing"
 
 
 def test_a_batch_is_stored_whole_or_not_at_all(store: FeedbackStore) -> None:
