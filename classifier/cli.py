@@ -59,10 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # exports and staged bundles are removed on the way out. gunicorn sets its own handler.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # inside the try: a reader gone before the last buffered lines is handled too
+        return code
     except UserError as error:
         print(f"ticketclf {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # the reader left early (`ticketclf feedback stats ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except OSError as error:  # a path that cannot be written (a folder under a file, no permission, disk full)
         print(f"ticketclf {args.command}: error: {_os_problem(error)}", file=sys.stderr)
         return UserError.exit_code
@@ -494,12 +499,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     # Arguments are numbered 1, 2, ...; file rows keep their ids. A bad file fails before any output.
     rows = [(str(number), ticket_text(text, predictor.text_options)) for number, text in enumerate(args.texts, 1)]
     rows += read_tickets_to_classify(args.file, predictor.text_options, args.text_columns or ()) if args.file else []
-    try:
-        _print_predictions(predictor, rows, top_k)
-        sys.stdout.flush()  # inside the try: a reader gone before the last buffered lines is handled too
-    except BrokenPipeError:  # the reader left early (`ticketclf predict ... | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
-        return 141  # what a shell reports for a process ended by SIGPIPE
+    _print_predictions(predictor, rows, top_k)
     return 0
 
 

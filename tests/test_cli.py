@@ -304,6 +304,18 @@ def test_predict_stops_quietly_when_its_reader_leaves(exported_bundle: Path, tmp
         assert process.stderr.read() == b""
 
 
+def test_any_command_stops_quietly_when_its_reader_is_gone(tmp_path: Path) -> None:
+    export = tmp_path / "export.csv"
+    export.write_text("text,category\n" + "".join(f"ticket {i},{'ab'[i % 2]}\n" for i in range(10)))
+    reader, writer = os.pipe()
+    os.close(reader)  # like `| head` that has already left: the summary's first write fails
+    split = subprocess.run([sys.executable, "-m", "classifier.cli", "split", str(export), "--output-train",
+                            str(tmp_path / "train.csv"), "--output-test", str(tmp_path / "test.csv")],
+                           stdout=writer, stderr=subprocess.PIPE, check=False)
+    os.close(writer)
+    assert (split.returncode, split.stderr) == (141, b"")
+
+
 def test_split_writes_a_training_and_a_test_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     export = tmp_path / "export.csv"
     export.write_text("text,category\n" + "".join(f"ticket {i},{'ab'[i % 2]}\n" for i in range(10)))
