@@ -47,7 +47,7 @@ TAGS = Counter("ticketclf_tags_total", "Tags given to tickets (score at or above
                ["tag"])
 TRUNCATED = Counter("ticketclf_truncated_total", "Tickets longer than the model window (only the start was read).")
 # An info metric as a gauge: prometheus-client's Info type has no multiprocess mode.
-MODEL_INFO = Gauge("ticketclf_model_info", "The model being served (value is always 1).",
+MODEL_INFO = Gauge("ticketclf_model_info", "The model served (1), and the ones served before a swap (0).",
                    ["name", "version", "engine"], multiprocess_mode="livemax")
 MODEL_SWAPS = Counter("ticketclf_model_swaps_total", "New models tried while serving: accepted, or refused "
                       "(the model before kept serving).", ["outcome"])
