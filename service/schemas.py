@@ -7,6 +7,7 @@ Unknown keys are ignored: helpdesk payloads carry many fields we do not read.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -236,7 +237,8 @@ class TicketBase(BaseModel):
         its subject alone: refused, naming the field to use. Keys that are not text (priority) stay ignored."""
         missing = [name for name in cls.text_fields if not _has_words(data.get(name))]
         given_leaves = {name.rsplit(".", 1)[-1] for name in cls.text_fields if name not in missing}
-        stray = [key for key in _unread_body_keys(data, given_leaves) if key not in cls.model_fields]
+        stray = [key for key in data if key not in cls.model_fields and _has_words(data[key])
+                 and (key in _unread_body_keys(data, given_leaves) or _misspelt(key, missing))]
         whole_text = data.get("text") is not None and "text" not in cls.text_fields
         if missing and stray and not whole_text:
             raise PydanticCustomError(
@@ -379,6 +381,11 @@ def _canonical_keys(data: dict[str, Any], names: Sequence[str]) -> dict[str, Any
     a key spelled exactly as the name wins over another spelling."""
     renamed = {key: name for name in names if (key := field_key(data, name)) not in (None, name)}
     return {renamed.get(key, key): value for key, value in data.items()} if renamed else data
+
+
+def _misspelt(key: str, names: Sequence[str]) -> bool:
+    """Whether ``key`` reads like a typo of one of ``names`` ("bdy" for "body", "subjct" for "subject")."""
+    return bool(difflib.get_close_matches(key.lower(), [name.lower() for name in names], n=1, cutoff=0.75))
 
 
 def _unread_body_keys(data: dict[str, Any], read: Collection[str]) -> list[str]:

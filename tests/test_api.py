@@ -236,6 +236,7 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
      "this model reads 'subject', 'body': the ticket has no 'body' but has 'description', which it does not read"),
     ({"tickets": [{"subject": "a", "Message": "b"}]}, "tickets[0]: this model reads"),
     ({"subject": "a", "body": " ", "description": "the real text"}, "the ticket has no 'body' but has 'description'"),
+    ({"subject": "Help", "bdy": "cannot log in"}, "the ticket has no 'body' but has 'bdy', which it does not read"),
     ({"tickets": [{"text": "a"}], "Text": "b"}, "exactly one shape"),  # fields are read in any case
     ({"ticket": {"subject": "a"}, "Subject": "b"}, "exactly one shape"),
 ])
