@@ -257,14 +257,7 @@ class ModelRepository:
         directory = self.model_dir(name)
         if not callable(source):
             read_manifest(source)  # refuse a directory that is not a bundle before anything is made
-        with self._lock(name):
-            _sweep_incoming(directory / INCOMING_DIR)
-            (directory / INCOMING_DIR).mkdir(exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=directory / INCOMING_DIR,
-                                            prefix=f"{socket.gethostname()}-{os.getpid()}-"))
-            building = os.open(staging / BUILDING_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-            fcntl.flock(building, fcntl.LOCK_EX)  # under the model's lock: no sweep sees it unheld
-        try:
+        with self.scratch(name) as staging:
             target = staging / name  # train() names the bundle after its directory: the model's name
             if callable(source):
                 source(target)
@@ -285,10 +278,25 @@ class ModelRepository:
                 state.last_version = number
                 self._commit(name, state, "add", number, champion, reason or (
                     "first version: it serves" if champion is None else "new version: the challenger"), details)
+        return Version(name, number, directory / str(number))
+
+    @contextmanager
+    def scratch(self, name: str) -> Iterator[Path]:
+        """A private directory in the model's ``.incoming``, removed on exit. One that a killed process left is
+        removed by the model's next writer, since its building lock is no longer held: new versions are built
+        there, and retrain keeps the ticket text it trains on there, not in a /tmp nothing cleans."""
+        incoming = self.model_dir(name) / INCOMING_DIR
+        with self._lock(name):
+            _sweep_incoming(incoming)
+            incoming.mkdir(exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=incoming, prefix=f"{socket.gethostname()}-{os.getpid()}-"))
+            building = os.open(staging / BUILDING_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(building, fcntl.LOCK_EX)  # under the model's lock: no sweep sees it unheld
+        try:
+            yield staging
         finally:
             os.close(building)
             shutil.rmtree(staging, ignore_errors=True)
-        return Version(name, number, directory / str(number))
 
     def promote(self, name: str, version: int | str, *, reason: str = "", details: Mapping[str, Any] | None = None,
                 replacing: int | None = None) -> Event:

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,9 +152,8 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
     columns = Columns(manifest.text.fields, manifest.data.train.label_column if manifest.data.train else None)
     trained = training_file_texts(manifest, champion.path)
     champion_trained = TrainedOn(set(trained), manifest.text) if trained is not None else None
-    holdout = _holdout(repository, name, Path(data_path), holdout_path, columns, champion_trained)
-    work = Path(tempfile.mkdtemp(prefix="ticketclf-retrain-"))
-    try:
+    with repository.scratch(name) as work:  # removed after, or by the next writer if this process is killed
+        holdout = _holdout(repository, name, Path(data_path), holdout_path, columns, champion_trained, work)
         training_file, evaluation_file = work / TRAINING_COPY_FILE, work / "evaluation.csv"
         merge = merge_corrections(Path(data_path), list(corrections), training_file, evaluation_file, columns,
                                   holdout=holdout, known_labels=set(manifest.labels), since=manifest.created_at,
@@ -179,8 +177,6 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
                           EvaluationOptions(compare_bundle=champion.path, label_column=merge.label_column,
                                             text_columns=tuple(merge.text_columns)))
         shutil.copy2(evaluation_file, reports / "evaluation-set.csv")  # the tickets both models were scored on
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
     decision = decide(report, policy)
 
@@ -348,13 +344,13 @@ class TrainedOn:
 
 
 def _holdout(repository: ModelRepository, name: str, export_path: Path, given: str | Path | None,
-             columns: Columns, champion_trained: TrainedOn | None) -> list[dict[str, str]]:
+             columns: Columns, champion_trained: TrainedOn | None, scratch: Path) -> list[dict[str, str]]:
     """The repository's fixed holdout (made from the export on the first retrain), as rows."""
     kept = repository.model_dir(name) / HOLDOUT_FILE
     if given is not None:
         shutil.copyfile(given, kept)
     elif not kept.is_file():
-        make_holdout(export_path, kept, columns, champion_trained)
+        make_holdout(export_path, kept, columns, champion_trained, scratch)
     numbered, mapping = columns.resolve(kept)
     assert mapping.label_column is not None
     return [{**{column: _cell(record.get(column)) for column in mapping.text_columns},
@@ -362,22 +358,22 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
              "id": _cell(record.get(mapping.id_column)) if mapping.id_column else ""} for _, record in numbered]
 
 
-def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_trained: TrainedOn | None) -> None:
+def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_trained: TrainedOn | None,
+                 scratch: Path) -> None:
     """A stratified tenth of the export, drawn from the tickets the champion did not train on where there are
     enough of them (at most half of those, so that the challenger learns from the rest): on tickets it has
-    learnt, the champion would look better than it is."""
+    learnt, the champion would look better than it is. ``scratch``: a directory for the files in between."""
     numbered, mapping = columns.resolve(export_path)
     records = [record for _, record in numbered]
     unseen = records if champion_trained is None else \
         [record for record in records if not champion_trained.has(record, mapping.text_columns)]
-    with tempfile.TemporaryDirectory() as scratch:
-        source, fraction = export_path, HOLDOUT_FRACTION
-        if champion_trained is not None and len(unseen) >= MIN_UNSEEN_FOR_HOLDOUT:
-            source = Path(scratch) / "unseen.csv"
-            write_csv(source, flat_columns(unseen, list(dict.fromkeys(key for row in unseen for key in row))), unseen)
-            fraction = min(0.5, HOLDOUT_FRACTION * len(records) / len(unseen))
-        split_file(source, Path(scratch) / "rest.csv", holdout, label_column=mapping.label_column,
-                   text_columns=mapping.text_columns, test_fraction=fraction)
+    source, fraction = export_path, HOLDOUT_FRACTION
+    if champion_trained is not None and len(unseen) >= MIN_UNSEEN_FOR_HOLDOUT:
+        source = scratch / "unseen.csv"
+        write_csv(source, flat_columns(unseen, list(dict.fromkeys(key for row in unseen for key in row))), unseen)
+        fraction = min(0.5, HOLDOUT_FRACTION * len(records) / len(unseen))
+    split_file(source, scratch / "rest.csv", holdout, label_column=mapping.label_column,
+               text_columns=mapping.text_columns, test_fraction=fraction)
     drawn = "the tickets the champion did not train on" if source != export_path else "all its tickets"
     log.info("%s: a stratified tenth of %s, drawn from %s, kept as the fixed holdout of every retrain", holdout,
              export_path, drawn)

@@ -13,7 +13,7 @@ from csv_files import read_csv, write_csv
 
 from classifier.cli import main
 from classifier.feedback import FeedbackEvent, open_store
-from classifier.repository import HISTORY_FILE, ModelRepository
+from classifier.repository import HISTORY_FILE, INCOMING_DIR, ModelRepository
 from classifier.retrain import (
     Columns,
     Correction,
@@ -122,6 +122,9 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     assert (repository.model_dir("tickets") / "holdout.csv").is_file()
     version = repository.version("tickets", 2)
     assert version.evaluation() is not None and (version.path / "training-data.csv").is_file()
+    # Trained in the model's .incoming, which the next writer sweeps if a retrain is killed, not in /tmp.
+    trained_on = Path(version.manifest().data.train.path)
+    assert trained_on.parent.parent == repository.model_dir("tickets") / INCOMING_DIR and not trained_on.exists()
     last = repository.history("tickets")[-1]
     assert last.action == "promote" and last.details["decision"]["promoted"] is True
     assert set(last.details["decision"]["champion"]) == {"accuracy", "macro_f1", "tickets"}
@@ -170,13 +173,13 @@ def test_the_first_holdout_is_drawn_from_tickets_the_champion_did_not_train_on(t
     export, holdout = write_csv(tmp_path / "export.csv", rows), tmp_path / "holdout.csv"
     options = TextOptions(fields=("subject", "body"))
     trained = TrainedOn({ticket_text(row, options) for row in rows[:300]}, options)  # the champion's 300
-    make_holdout(export, holdout, Columns(("subject", "body"), "category"), trained)
+    make_holdout(export, holdout, Columns(("subject", "body"), "category"), trained, tmp_path)
     drawn = read_csv(holdout)
     assert len(drawn) == 40 and all(int(row["id"][2:]) >= 300 for row in drawn)  # a tenth of 400, all unseen
     assert {row["category"] for row in drawn} == {"billing", "login"}
 
     make_holdout(export, holdout, Columns(("subject", "body"), "category"),
-                 TrainedOn({ticket_text(row, options) for row in rows[:380]}, options))  # 20 unseen: too few
+                 TrainedOn({ticket_text(row, options) for row in rows[:380]}, options), tmp_path)  # 20: too few
     drawn = read_csv(holdout)
     as_holdout = [{"subject": row["subject"], "body": row["body"], "label": row["category"], "id": row["id"]}
                   for row in drawn]
