@@ -699,20 +699,21 @@ def _run_models_list(args: argparse.Namespace) -> int:
     repository, name = _model(args)
     summaries = repository.describe(name)
     header = ("", "VERSION", "CREATED (UTC)", "DATA SHA256", "ROWS", "VAL ACC", "VAL F1", "TEST ACC", "TEST F1",
-              "ENGINE", "ALIASES")
+              "TEST N", "ENGINE", "ALIASES")
     rows = [header] + [(
         "*" if s.serving else "", str(s.version), (s.created_at or "")[:19].replace("T", " ") or "-",
         (s.data_sha256 or "-")[:12], _figure(s.train_rows, "d"), _figure(s.validation_accuracy),
         _figure(s.validation_macro_f1), _figure(s.evaluation.accuracy if s.evaluation else None),
-        _figure(s.evaluation.macro_f1 if s.evaluation else None), s.engine or "-",
+        _figure(s.evaluation.macro_f1 if s.evaluation else None),
+        _figure(s.evaluation.tickets if s.evaluation else None, "d"), s.engine or "-",
         ", ".join(s.aliases) + (f" (unreadable: {s.problem})" if s.problem else "")) for s in summaries]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     for row in rows:
-        print("  ".join(cell.ljust(width) if column in (0, 2, 3, 9, 10) else cell.rjust(width)
+        print("  ".join(cell.ljust(width) if column in (0, 2, 3, 10, 11) else cell.rjust(width)
                         for column, (cell, width) in enumerate(zip(row, widths))).rstrip())
     serving = repository.serving_state(name)
     print(f"* serves: version {serving.version} ({serving.path}); TEST: reports/evaluation/report.json in the "
-          "version, where there is one")
+          "version, where there is one, on TEST N tickets (figures on other test files do not compare)")
     return 0
 
 

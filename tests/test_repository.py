@@ -249,13 +249,14 @@ def test_models_list_shows_each_version_its_figures_and_which_serves(three: Mode
     lines = capsys.readouterr().out.splitlines()
     manifest = read_manifest(tiny_bundle)
     assert lines[0].split() == ["VERSION", "CREATED", "(UTC)", "DATA", "SHA256", "ROWS", "VAL", "ACC", "VAL", "F1",
-                                "TEST", "ACC", "TEST", "F1", "ENGINE", "ALIASES"]
+                                "TEST", "ACC", "TEST", "F1", "TEST", "N", "ENGINE", "ALIASES"]
     rows = {line.split()[0].lstrip("*") or line.split()[1]: line for line in lines[1:4]}
     assert rows["2"].startswith("*") and rows["2"].rstrip().endswith("champion")
     assert rows["3"].rstrip().endswith("challenger") and not rows["1"].startswith("*")
     assert manifest.data.train.sha256 == file_sha256(tiny_csv) and manifest.data.train.sha256[:12] in rows["1"]
     assert f"{manifest.training.validation_metrics['accuracy']:.4f}" in rows["1"]
-    assert f"{report['metrics']['accuracy']:.4f}" in rows["2"] and rows["1"].count(" - ") == 2
+    assert f"{report['metrics']['accuracy']:.4f}" in rows["2"] and rows["1"].count(" - ") == 3
+    assert f" {report['metrics']['tickets']} " in rows["2"]
     assert lines[4].startswith(f"* serves: version 2 ({three.root / 'tickets' / '2'})")
 
 
