@@ -341,6 +341,12 @@ def _vocabulary_problems(bundle_dir: Path, parts: ModelParts) -> list[str]:
 class Verification:
     problems: list[str]  # one line each; none: the bundle is intact
     summary: str  # what was checked, for the OK line
+    sealed: bool = True  # False: nothing vouches for the files (a bundle of a release before seals), a problem too
+
+    @property
+    def defects(self) -> list[str]:
+        """The problems that stop a model from serving: an unsealed bundle still loads (with a warning)."""
+        return self.problems[:-1] if not self.sealed else self.problems
 
 
 def verify_bundle(bundle_dir: str | Path) -> Verification:
@@ -351,14 +357,15 @@ def verify_bundle(bundle_dir: str | Path) -> Verification:
     bundle_dir = Path(bundle_dir)
     manifest = bundle.read_manifest(bundle_dir)
     broken = file_problems(bundle_dir, manifest)
-    problems = list(broken.values()) + ([unsealed_warning(bundle_dir)] if manifest.integrity is None else [])
     engines, model_problems = _model_problems(bundle_dir, manifest, skip=set(broken))
-    problems += model_problems
+    problems = list(broken.values()) + model_problems
+    problems += [unsealed_warning(bundle_dir)] if manifest.integrity is None else []  # last: see defects
     sealed = manifest.integrity
     files = f"{len(sealed.files)} sealed files match their size and sha256 (sealed by {sealed.sealed_by}, " \
             f"{sealed.sealed_at})" if sealed else "files not sealed"
     return Verification(problems, f"{bundle_dir}: OK: {files}; labels, tokenizer, config and max_length agree; "
-                                  f"{', '.join(engines)} load and score a ticket; {manifest.engine} serves")
+                                  f"{', '.join(engines)} load and score a ticket; {manifest.engine} serves",
+                        sealed=sealed is not None)
 
 
 def _model_problems(bundle_dir: Path, manifest: Manifest, skip: set[str]) -> tuple[list[str], list[str]]:

@@ -322,19 +322,31 @@ class ModelRepository:
 
     def rollback(self, name: str, *, reason: str = "", details: Mapping[str, Any] | None = None) -> Event:
         """Serve again the version that served before the champion. Each rollback goes one champion further
-        back (an undo of promotions); the version rolled back from keeps no alias."""
+        back (an undo of promotions); the version rolled back from keeps no alias. A version that fails
+        :func:`~classifier.integrity.verify_bundle` is refused (checked before the lock: it loads the models)."""
+        champion, checked = self._rollback_target(name)
+        _require_intact(self.version(name, checked), "served again",
+                        "; promote another version with 'ticketclf models promote'")
         with self._lock(name):
             state = self._state(name)
-            champion = state.aliases.get(CHAMPION)
-            existing = {version.number for version in self.versions(name)}
-            while state.previous_champions and state.previous_champions[-1] not in existing:
-                state.previous_champions.pop()  # deleted by hand
-            if not state.previous_champions:
-                raise UserError(f"{self.model_dir(name)}: no earlier champion to roll back to (version {champion} "
-                                "serves); promote another version instead")
-            state.aliases[CHAMPION] = state.previous_champions.pop()
-            _require_intact(self.version(name, state.aliases[CHAMPION]), "served again")
-            return self._commit(name, state, "rollback", state.aliases[CHAMPION], champion, reason, details)
+            if self._rollback_target(name, state) != (champion, checked):
+                raise UserError(f"{self.model_dir(name)}: another promotion or rollback came first; see 'ticketclf "
+                                "models history', and roll back again if still needed")
+            earlier = state.previous_champions
+            state.previous_champions = earlier[:len(earlier) - 1 - earlier[::-1].index(checked)]
+            state.aliases[CHAMPION] = checked
+            return self._commit(name, state, "rollback", checked, champion, reason, details)
+
+    def _rollback_target(self, name: str, state: Aliases | None = None) -> tuple[int | None, int]:
+        """The champion, and the version a rollback would serve: the last earlier champion that still exists."""
+        state = state or self._state(name)
+        champion = state.aliases.get(CHAMPION)
+        existing = {version.number for version in self.versions(name)}
+        earlier = [number for number in state.previous_champions if number in existing]  # not deleted by hand
+        if not earlier:
+            raise UserError(f"{self.model_dir(name)}: no earlier champion to roll back to (version {champion} "
+                            "serves); promote another version instead")
+        return champion, earlier[-1]
 
     def remove(self, name: str, version: int | str, *, reason: str = "") -> Event:
         """Delete a version; never the one that serves."""
@@ -407,16 +419,16 @@ class ChampionChanged(UserError):
     """Another version was promoted (or rolled back to) since a decision to promote was made."""
 
 
-def _require_intact(version: Version, outcome: str) -> None:
+def _require_intact(version: Version, outcome: str, instead: str = "") -> None:
     """Refuse to serve a version the service would refuse to load: it would keep the old model while it runs,
-    and serve nothing once restarted."""
+    and serve nothing once restarted. An unsealed version (an older release's) loads, and passes."""
     from classifier.integrity import verify_bundle
 
-    problems = verify_bundle(version.path).problems
+    problems = verify_bundle(version.path).defects
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise UserError(f"version {version.number} is not {outcome}: {problems[0]}{more}; "
-                        f"'ticketclf bundle verify {version.path}' checks it")
+                        f"'ticketclf bundle verify {version.path}' checks it{instead}")
 
 
 def open_model(path: str | Path) -> tuple[ModelRepository, str]:

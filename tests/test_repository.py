@@ -114,9 +114,13 @@ def test_a_version_that_fails_its_check_is_neither_promoted_nor_rolled_back_to(r
     with pytest.raises(UserError, match=r"version 2 is not promoted: .*model\.safetensors.*'ticketclf bundle verify"):
         repo.promote("tickets", 2)
     assert repo.serving_state("tickets").version == 1 and len(repo.history("tickets")) == 3  # the adds only
+    manifest_path = repo.version("tickets", 3).path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["integrity"]  # a version from a release before seals: the service loads it, with a warning
+    manifest_path.write_text(json.dumps(manifest))
     repo.promote("tickets", 3)
     break_weights(1)
-    with pytest.raises(UserError, match="version 1 is not served again: "):
+    with pytest.raises(UserError, match="version 1 is not served again: .*; promote another version"):
         repo.rollback("tickets")
     assert repo.serving_state("tickets").version == 3
 
