@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 HOLDOUT_FILE = "holdout.csv"
 HOLDOUT_FRACTION = 0.1
 RECENT_HELD_OUT = 5  # one recent corrected ticket in this many is kept out of training, for evaluation
-# The holdout is drawn from the tickets the champion did not train on where at least this many are in the export.
-MIN_UNSEEN_FOR_HOLDOUT = 50
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,9 @@ class MergeReport:
         if self.holdout_trained:
             lines.append(f"warning: {self.holdout_trained} holdout tickets are in the champion's training file, "
                          "which favours it; give --holdout a labelled file of tickets neither model trained on")
+        elif self.holdout_trained is None:
+            lines.append("the champion's training file is no longer where it was trained: whether the holdout "
+                         "holds tickets it trained on (which would favour it) cannot be told")
         if self.conflicts:
             lines.append(f"{len(self.conflicts)} ticket(s) corrected to different labels (the latest wins): "
                          + ", ".join(f"{c['ticket_id']} {' -> '.join(c['labels'])}" for c in self.conflicts[:5]))
@@ -347,10 +349,16 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
              columns: Columns, champion_trained: TrainedOn | None, scratch: Path) -> list[dict[str, str]]:
     """The repository's fixed holdout (made from the export on the first retrain), as rows."""
     kept = repository.model_dir(name) / HOLDOUT_FILE
+    made = scratch / HOLDOUT_FILE  # then put in place whole: a retrain killed while writing leaves no half
     if given is not None:
-        shutil.copyfile(given, kept)
+        shutil.copyfile(given, made)
+        os.replace(made, kept)
     elif not kept.is_file():
-        make_holdout(export_path, kept, columns, champion_trained, scratch)
+        make_holdout(export_path, made, columns, champion_trained, scratch)
+        try:
+            os.link(made, kept)  # only if none is there: a retrain started beside this one may have made it
+        except FileExistsError:
+            pass
     numbered, mapping = columns.resolve(kept)
     assert mapping.label_column is not None
     return [{**{column: _cell(record.get(column)) for column in mapping.text_columns},
@@ -360,23 +368,23 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
 
 def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_trained: TrainedOn | None,
                  scratch: Path) -> None:
-    """A stratified tenth of the export, drawn from the tickets the champion did not train on where there are
-    enough of them (at most half of those, so that the challenger learns from the rest): on tickets it has
-    learnt, the champion would look better than it is. ``scratch``: a directory for the files in between."""
+    """A stratified tenth of the export, drawn from the tickets the champion did not train on where they
+    are enough for it twice over (the challenger learns from the other half at least): on tickets it has
+    learnt, the champion would look better than it is. Otherwise a tenth of the whole export, which the
+    retrain's output then warns about. ``scratch``: a directory for the files in between."""
     numbered, mapping = columns.resolve(export_path)
     records = [record for _, record in numbered]
     unseen = records if champion_trained is None else \
         [record for record in records if not champion_trained.has(record, mapping.text_columns)]
     source, fraction = export_path, HOLDOUT_FRACTION
-    if champion_trained is not None and len(unseen) >= MIN_UNSEEN_FOR_HOLDOUT:
+    if champion_trained is not None and len(unseen) >= 2 * HOLDOUT_FRACTION * len(records):
         source = scratch / "unseen.csv"
         write_csv(source, flat_columns(unseen, list(dict.fromkeys(key for row in unseen for key in row))), unseen)
-        fraction = min(0.5, HOLDOUT_FRACTION * len(records) / len(unseen))
+        fraction = HOLDOUT_FRACTION * len(records) / len(unseen)
     split_file(source, scratch / "rest.csv", holdout, label_column=mapping.label_column,
                text_columns=mapping.text_columns, test_fraction=fraction)
     drawn = "the tickets the champion did not train on" if source != export_path else "all its tickets"
-    log.info("%s: a stratified tenth of %s, drawn from %s, kept as the fixed holdout of every retrain", holdout,
-             export_path, drawn)
+    log.info("the fixed holdout of every retrain: a stratified tenth of %s, drawn from %s", export_path, drawn)
 
 
 def _key(row: dict[str, Any], text_columns: list[str], id_column: str | None) -> str:

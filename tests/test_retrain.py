@@ -17,6 +17,7 @@ from classifier.repository import HISTORY_FILE, INCOMING_DIR, ModelRepository
 from classifier.retrain import (
     Columns,
     Correction,
+    MergeReport,
     PromotionPolicy,
     TrainedOn,
     corrections_from_file,
@@ -178,9 +179,14 @@ def test_the_first_holdout_is_drawn_from_tickets_the_champion_did_not_train_on(t
     assert len(drawn) == 40 and all(int(row["id"][2:]) >= 300 for row in drawn)  # a tenth of 400, all unseen
     assert {row["category"] for row in drawn} == {"billing", "login"}
 
-    make_holdout(export, holdout, Columns(("subject", "body"), "category"),
-                 TrainedOn({ticket_text(row, options) for row in rows[:380]}, options), tmp_path)  # 20: too few
+    make_holdout(export, holdout, Columns(("subject", "body"), "category"),  # 60 unseen: a tenth of 400 would
+                 TrainedOn({ticket_text(row, options) for row in rows[:340]}, options), tmp_path)  # leave 20 to learn
     drawn = read_csv(holdout)
     as_holdout = [{"subject": row["subject"], "body": row["body"], "label": row["category"], "id": row["id"]}
                   for row in drawn]
     assert len(drawn) == 40 and trained.count(as_holdout) > 0  # from the whole export, as before
+    # Which the retrain's output then says, as it says when it cannot tell.
+    assert any("holdout tickets are in the champion's training file" in line
+               for line in MergeReport(holdout_trained=3).lines())
+    assert any("cannot be told" in line for line in MergeReport(holdout_trained=None).lines())
+    assert not any("holdout" in line for line in MergeReport(holdout_trained=0).lines()[1:])
