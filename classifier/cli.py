@@ -677,15 +677,26 @@ def _run_retrain(args: argparse.Namespace) -> int:
 def _feedback_corrections(args: argparse.Namespace) -> list[Any]:
     """The corrections in --feedback's database, else in the one the service keeps them in where it exists:
     a retrain that silently left out the agents' work would undo it."""
-    from classifier.feedback import DB_VARIABLE, corrections_for_retraining, default_location, resolve_url, shown
+    from classifier.feedback import (
+        DB_VARIABLE,
+        corrections_for_retraining,
+        default_location,
+        is_off,
+        resolve_url,
+        shown,
+    )
 
     if args.no_feedback:
         return []
-    if args.feedback is None and not os.environ.get(DB_VARIABLE) and not default_location(args.model).is_file():
-        print(f"no feedback database at {default_location(args.model)}: the export alone")
-        return []
+    if args.feedback is None:
+        if is_off(os.environ.get(DB_VARIABLE)):
+            print(f"feedback is off ({DB_VARIABLE}=off): the export alone")
+            return []
+        if not os.environ.get(DB_VARIABLE) and not default_location(args.model).is_file():
+            print(f"no feedback database at {default_location(args.model)}: the export alone")
+            return []
     corrections = corrections_for_retraining(args.feedback, args.model)
-    print(f"{len(corrections)} corrected tickets in {shown(resolve_url(args.feedback, args.model))}")
+    print(f"{len(corrections)} tickets labelled by agents in {shown(resolve_url(args.feedback, args.model))}")
     return corrections
 
 

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DB_VARIABLE = "TICKETCLF_FEEDBACK_DB"
+OFF = "off"  # TICKETCLF_FEEDBACK_DB=off: the service stores no feedback (its routes answer 503)
 DEFAULT_FILE = "feedback.sqlite"  # inside REPO/NAME when serving a repository
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's transaction before giving up
@@ -181,6 +182,11 @@ def database_url(value: str | os.PathLike[str]) -> str:
     if "://" in text:
         return text
     return f"sqlite:///{os.path.abspath(text)}"
+
+
+def is_off(setting: str | None) -> bool:
+    """Whether a FEEDBACK_DB setting turns feedback off."""
+    return bool(setting) and str(setting).strip().lower() == OFF
 
 
 def default_location(model: str | os.PathLike[str]) -> Path:

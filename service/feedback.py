@@ -30,12 +30,14 @@ from classifier.feedback import (
     MAX_ID,
     MAX_LABEL,
     MAX_VERSION,
+    OFF,
     FeedbackEvent,
     FeedbackStore,
     Outcome,
     check_url,
     database_url,
     default_location,
+    is_off,
     shown,
 )
 from service import metrics
@@ -58,7 +60,6 @@ from service.schemas import (
 log = logging.getLogger("ticketclf.service")
 bp = Blueprint("feedback", __name__)
 EXTENSION = "ticketclf.feedback"
-OFF = "off"  # TICKETCLF_FEEDBACK_DB=off: no feedback routes' storage (503)
 RETRY_SECONDS = 5.0  # a store that failed to open is tried again at most this often
 # The helpdesks' settings: which field of their ticket holds the label.
 HELPDESK_FIELDS = {"zendesk": "FEEDBACK_ZENDESK_FIELD", "freshdesk": "FEEDBACK_FRESHDESK_FIELD",
@@ -113,7 +114,7 @@ def install(app: Flask) -> None:
 def feedback_url(configured: str | None, bundle: str | os.PathLike[str]) -> str | None:
     """The feedback database's URL from the ``FEEDBACK_DB`` setting (None: feedback is off); a mistake in the
     setting (not a URL, no driver) is a :class:`UserError` that stops the server in one line."""
-    if configured and str(configured).strip().lower() == OFF:
+    if is_off(configured):
         return None
     url = database_url(configured or default_location(bundle))
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from csv_files import read_csv, write_csv
 
-from classifier.cli import main
+from classifier.cli import _feedback_corrections, build_parser, main
 from classifier.feedback import FeedbackEvent, open_store
 from classifier.repository import HISTORY_FILE, INCOMING_DIR, ModelRepository
 from classifier.retrain import (
@@ -140,7 +140,7 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     shutil.copy(repository.model_dir("tickets") / "holdout.csv", tmp_path / "holdout-before.csv")
     code = main(["retrain", model, "--data", str(tiny_csv), "--epochs", "1", "--margin", "-1", "--no-promote"])
     out = capsys.readouterr().out
-    assert f"1 corrected tickets in sqlite:///{repository.model_dir('tickets') / 'feedback.sqlite'}" in out
+    assert f"1 tickets labelled by agents in sqlite:///{repository.model_dir('tickets') / 'feedback.sqlite'}" in out
     assert "1 new tickets added" in out  # N-1 is not among the recent ones kept for evaluation (its hash)
     assert code == 0 and repository.serving_state("tickets").version == 2
     assert repository.aliases("tickets")["challenger"] == 3
@@ -190,3 +190,30 @@ def test_the_first_holdout_is_drawn_from_tickets_the_champion_did_not_train_on(t
                for line in MergeReport(holdout_trained=3).lines())
     assert any("cannot be told" in line for line in MergeReport(holdout_trained=None).lines())
     assert not any("holdout" in line for line in MergeReport(holdout_trained=0).lines()[1:])
+
+
+def test_retrain_reads_the_feedback_database_the_service_writes(tiny_bundle: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    repository = ModelRepository(tmp_path / "models")
+    repository.add_version("tickets", tiny_bundle)
+    model = repository.model_dir("tickets")
+
+    def corrections(*flags: str) -> list[str]:
+        args = build_parser().parse_args(["retrain", str(model), "--data", "export.csv", *flags])
+        return [correction.ticket_id for correction in _feedback_corrections(args)]
+
+    monkeypatch.delenv("TICKETCLF_FEEDBACK_DB", raising=False)
+    assert corrections() == [] and "no feedback database at" in capsys.readouterr().out
+    with open_store(model=model, create=True) as store:  # where `ticketclf serve models/tickets` keeps it
+        store.add([FeedbackEvent("T-1", "billing")])
+    assert corrections() == ["T-1"] and corrections("--no-feedback") == []
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    with open_store(str(elsewhere), create=True) as store:
+        store.add([FeedbackEvent("T-2", "login")])
+    monkeypatch.setenv("TICKETCLF_FEEDBACK_DB", str(elsewhere))  # as the service was told
+    assert corrections() == ["T-2"] and f"1 tickets labelled by agents in sqlite:///{elsewhere}" in \
+        capsys.readouterr().out
+    monkeypatch.setenv("TICKETCLF_FEEDBACK_DB", "off")  # the service stores none
+    assert corrections() == [] and "feedback is off" in capsys.readouterr().out
+    assert corrections("--feedback", str(elsewhere)) == ["T-2"]
