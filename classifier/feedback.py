@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 DB_VARIABLE = "TICKETCLF_FEEDBACK_DB"
 OFF = "off"  # TICKETCLF_FEEDBACK_DB=off: the service stores no feedback (its routes answer 503)
+# How far a helpdesk's update time may be ahead of the event's arrival (its clock ahead of ours): further, it
+# counts as this far, or a time in the future (a clock far off, a typo) would outrank every later correction.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
 DEFAULT_FILE = "feedback.sqlite"  # inside REPO/NAME when serving a repository
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's transaction before giving up
@@ -327,10 +330,8 @@ class FeedbackStore:
             "new_label": event.new_label, "text_fields": dict(event.text_fields) if event.text_fields else None,
             "predicted_label": event.predicted_label, "model_version": event.model_version,
             "confidence": event.confidence, "needs_review": event.needs_review, "source": event.source,
-            # Not after its arrival: an update time in the future (a helpdesk's clock, a typo) would outrank
-            # every later correction of the ticket.
             "event_id": event.event_id,
-            "occurred_at": min(as_utc(event.updated_at), received) if event.updated_at else received,
+            "occurred_at": min(as_utc(event.updated_at), received + MAX_CLOCK_AHEAD) if event.updated_at else received,
             "received_at": received,
         }
         inserted = connection.execute(_insert_ignoring_duplicates(connection).values(**values))
