@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import sys
@@ -65,16 +66,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"ticketclf {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
-    except BrokenPipeError:  # the reader left early (`ticketclf feedback stats ... | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+    except BrokenPipeError as error:
+        if not _stdout_gone():  # another pipe (a FIFO given as an output file): an error like any
+            print(f"ticketclf {args.command}: error: {_os_problem(error)}", file=sys.stderr)
+            return UserError.exit_code
+        # The reader left early (`ticketclf feedback stats ... | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the exit flush must not fail again
         return 141  # what a shell reports for a process ended by SIGPIPE
     except OSError as error:  # a path that cannot be written (a folder under a file, no permission, disk full)
         print(f"ticketclf {args.command}: error: {_os_problem(error)}", file=sys.stderr)
         return UserError.exit_code
     except Exception as error:
-        if _NO_SPACE not in str(error):  # a library's own error for a full disk (safetensors, torch.save)
+        if not any(sign in str(error) for sign in _WRITE_FAILED):  # a library's own error for a failed write
             raise
-        print(f"ticketclf {args.command}: error: {_NO_SPACE.lower()} ({one_line(error)})", file=sys.stderr)
+        print(f"ticketclf {args.command}: error: writing a file failed; is the disk full? ({one_line(error)})",
+              file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print(f"ticketclf {args.command}: interrupted", file=sys.stderr)
@@ -86,7 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)  # main() may run inside a longer-lived process (tests)
 
 
-_NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
+# How libraries word a write that failed, mostly on a full disk: safetensors passes the OS's message on;
+# torch.save does not ("PytorchStreamWriter failed writing file", or "unexpected pos" at its end).
+_WRITE_FAILED = (os.strerror(errno.ENOSPC), "PytorchStreamWriter failed writing", "inline_container.cc")
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has left."""
+    try:
+        poller = select.poll()
+        poller.register(1, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _os_problem(error: OSError) -> str:

@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 from classifier.errors import UserError, where
 from classifier.text import nested_fields
 
+_HEAD_BYTES = 2**16  # a header line longer than this is not one
 MAX_FILE_BYTES = 256 * 2**20  # a ticket file's content (after gunzip): read whole, it and its records stay in memory
 MAX_JSON_DEPTH = 100  # objects and lists inside each other; a helpdesk export nests a few levels
 _MAX_FIELD_CHARS = 64 * 1024 * 1024  # one CSV field; the whole file is in memory anyway
@@ -268,7 +269,22 @@ def delimiter_of(path: str | Path) -> str:
     fmt = _detect_format(path)
     if fmt not in ("csv", "tsv"):
         return ","
-    return _delimiter(_read_text(path).partition("\n")[0], "\t" if fmt == "tsv" else ",")[0]
+    return _delimiter(_first_line(path), "\t" if fmt == "tsv" else ",")[0]
+
+
+def _first_line(path: Path) -> str:
+    """A file's first line, read from its start only (gunzipped where it is gzipped); bytes that are not
+    text become replacement characters, as only its delimiters matter."""
+    try:
+        with gzip.open(path) if path.suffix.lower() == ".gz" else open(path, "rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{path}: cannot read file ({error})") from None
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        text = head.decode("utf-16", errors="replace")
+    else:
+        text = head.partition(b"\n")[0].decode("utf-8-sig", errors="replace")
+    return text.lstrip("\ufeff").partition("\n")[0]
 
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")

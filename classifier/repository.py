@@ -283,8 +283,9 @@ class ModelRepository:
     @contextmanager
     def scratch(self, name: str) -> Iterator[Path]:
         """A private directory in the model's ``.incoming``, removed on exit. One that a killed process left is
-        removed by the model's next writer, since its building lock is no longer held: new versions are built
-        there, and retrain keeps the ticket text it trains on there, not in a /tmp nothing cleans."""
+        removed when the next one is made (by a training into the repository, ``models add`` or ``retrain``),
+        since its building lock is no longer held: new versions are built there, and retrain keeps the ticket
+        text it trains on there, not in a /tmp nothing cleans."""
         incoming = self.model_dir(name) / INCOMING_DIR
         with self._lock(name):
             _sweep_incoming(incoming)

@@ -384,8 +384,9 @@ def _canonical_keys(data: dict[str, Any], names: Sequence[str]) -> dict[str, Any
 
 
 def _misspelt(key: str, names: Sequence[str]) -> bool:
-    """Whether ``key`` reads like a typo of one of ``names`` ("bdy" for "body", "subjct" for "subject")."""
-    return bool(difflib.get_close_matches(key.lower(), [name.lower() for name in names], n=1, cutoff=0.75))
+    """Whether ``key`` reads like a typo of one of ``names`` ("bdy" for "body", "subjct" for "subject"; not
+    "object" or "raw_subject", which other exports use for other things)."""
+    return bool(difflib.get_close_matches(key.lower(), [name.lower() for name in names], n=1, cutoff=0.85))
 
 
 def _unread_body_keys(data: dict[str, Any], read: Collection[str]) -> list[str]:

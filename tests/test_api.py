@@ -177,7 +177,7 @@ def test_a_number_too_long_to_read_is_a_400_without_python_advice(client: FlaskC
 
 
 @pytest.mark.parametrize("extra", [{"title": "Ms"}, {"content": {"attachments": []}}, {"message": ""},
-                                   {"priority": "high"}])
+                                   {"priority": "high"}, {"nobody": "assigned"}])  # not a typo of 'body'
 def test_keys_that_hold_no_ticket_body_are_ignored(client: FlaskClient, extra: dict) -> None:
     response = client.post("/classify", json={"subject": "Printer jam", **extra})
     assert response.status_code == 200, response.get_json()

@@ -14,7 +14,7 @@ import pytest
 
 from classifier.data import DataReport, load_tickets
 from classifier.errors import UserError
-from classifier.readers import MAX_JSON_DEPTH, STDIN, read_records
+from classifier.readers import MAX_JSON_DEPTH, STDIN, delimiter_of, read_records
 
 
 def test_corrupt_gzip_is_a_user_error(tmp_path: Path) -> None:
@@ -184,3 +184,19 @@ def test_json_nested_within_the_limit_is_read(tmp_path: Path) -> None:
     path.write_text('[{"text": "a", "label": "x", "meta": ' + '{"a": ' * depth + "1" + "}" * depth + "}]")
     [(_, record)] = list(read_records(path))
     assert record["text"] == "a" and "meta" + ".a" * depth in record
+
+
+@pytest.mark.parametrize(("name", "content", "delimiter"), [
+    ("export.csv", b"id;text;category\n1;a;b\n", ";"),
+    ("export.csv.gz", gzip.compress("\ufeffid;text;category\n1;a;b\n".encode()), ";"),
+    ("export.csv", b"sep=;\nid;text,more;category\n", ";"),  # Excel's line says it, whatever follows
+    ("export.csv", "id\ttext\tcategory\n1\ta\tb\n".encode("utf-16"), "\t"),  # Excel's "Unicode text"
+    ("export.csv", b"id,text,category\n1,a;b,c\n", ","),
+    ("export.tsv", b"id\ttext\n", "\t"),
+    ("export.jsonl", b'{"text": "a;b"}\n', ","),
+])
+def test_the_delimiter_of_a_file_is_told_by_its_first_line(tmp_path: Path, name: str, content: bytes,
+                                                           delimiter: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert delimiter_of(path) == delimiter

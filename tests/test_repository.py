@@ -337,7 +337,7 @@ def test_a_full_disk_ends_in_one_line_and_leaves_no_version(tiny_bundle: Path, t
         printed = capsys.readouterr().err
         errors = [line[line.index("ticketclf"):] for line in printed.splitlines() if "ticketclf train: error: " in line]
         assert "Traceback (most recent call last)" not in printed and len(errors) == 1  # after a progress bar's end
-        assert errors[0].startswith("ticketclf train: error: no space left on device (")
+        assert errors[0].startswith("ticketclf train: error: writing a file failed; is the disk full? (")
         assert not [path for path in model.iterdir() if path.name.isdigit()]
     finally:
         subprocess.run(["umount", str(disk)], check=True)
