@@ -104,6 +104,7 @@ class BatchSummary:
     rejected: int = 0
     needs_review: int = 0
     labels: Counter[str] = field(default_factory=Counter)
+    stopped: int = 0  # files read only up to a place they could not be read past (the reason is a reject)
     shards_written: int = 0
     shards_skipped: int = 0
     seconds: float = 0.0
@@ -120,6 +121,9 @@ class BatchSummary:
                                                 for label, count in self.labels.most_common()))
         if self.rejected:
             lines.append(f"rejected: {self.rejected:,} rows, each with the reason, in {self.output / REJECTS_FILE}")
+        if self.stopped:
+            lines.append(f"error: {self.stopped} file{'s' * (self.stopped != 1)} could not be read to the end: "
+                         f"the rows after the place named in {self.output / REJECTS_FILE} were not classified")
         first = f" (the first after {self.first_output_s:.1f} s)" if self.first_output_s is not None else ""
         lines.append(f"shards: {self.shards_written} written{first}" + (
             f", {self.shards_skipped} done by an earlier run and skipped" if self.shards_skipped else ""))
@@ -139,7 +143,7 @@ def classify_files(bundle_dir: Path, inputs: str, output: Path, options: BatchOp
         raise UserError(f"{inputs}: no ticket files outside --output {output}")
     predictor = Predictor.load(bundle_dir, engine=options.engine)  # a bad bundle: one line, before any Ray work
     _check_options(options, predictor)
-    identity = _identity(bundle_dir, inputs, options)
+    identity = _identity(bundle_dir, inputs, files, options)
     done = _prepare_output(output, identity, options.overwrite)
     summary = BatchSummary(output, shards_skipped=len(done))
     with ray_session(options.ray_address) as ray:
@@ -184,11 +188,14 @@ def shard_key(path: Path) -> str:
 # ---------------------------------------------------------------- the output folder
 
 
-def _identity(bundle_dir: Path, inputs: str, options: BatchOptions) -> dict[str, Any]:
-    """What makes two runs' output the same: a rerun with this identity resumes, another is refused."""
+def _identity(bundle_dir: Path, inputs: str, files: list[Path], options: BatchOptions) -> dict[str, Any]:
+    """What makes two runs' output the same: a rerun with this identity resumes, another is refused. Each input
+    file is known by its size and modification time: a nightly file replaced under the same name is new input,
+    whose tickets the old shards do not hold."""
     return {"bundle": str(bundle_dir.resolve()), "bundle_manifest_sha256": file_sha256(bundle_dir / bundle.MANIFEST),
             "input": os.path.abspath(inputs), "engine": options.engine, "format": options.format,
-            "top_k": options.top_k, "text_columns": list(options.text_columns), "shard_rows": options.shard_rows}
+            "top_k": options.top_k, "text_columns": list(options.text_columns), "shard_rows": options.shard_rows,
+            "input_files": {str(path.resolve()): [path.stat().st_size, path.stat().st_mtime_ns] for path in files}}
 
 
 def _prepare_output(output: Path, identity: dict[str, Any], overwrite: bool) -> set[str]:
@@ -225,6 +232,12 @@ def _require_same_run(output: Path, entries: list[str], identity: dict[str, Any]
         raise UserError(f"{output}: is not empty ({', '.join(entries[:3])}) and holds no batch output "
                         f"({BATCH_FILE}); choose an empty or new --output") from None
     changed = [key for key in identity if recorded.get(key) != identity[key]]
+    files, before = identity["input_files"], recorded.get("input_files") or {}
+    if changed == ["input_files"] and set(files) == set(before):
+        edited = [Path(name).name for name in files if files[name] != before[name]]
+        raise UserError(f"{output}: {', '.join(edited[:3])} changed since the run that wrote it (size or time): its "
+                        "shards hold the old content; pass --overwrite to classify the files as they are now, or "
+                        "choose another --output")
     if changed:
         raise UserError(f"{output}: holds the output of another run (its {', '.join(changed)} differ); "
                         "pass --overwrite to start over there, or choose another --output")
@@ -262,7 +275,7 @@ class _ShardWriter:
             rejects_path.unlink(missing_ok=True)  # from an earlier, interrupted run of this shard
         shard_path = self.output / SHARDS_DIR / f"{shard}.{self.format}"
         _write_atomic(shard_path, lambda path: self._write_records(path, records))
-        self._count(records, len(rejects))
+        self._count(records, rejects)
 
     def _write_records(self, path: Path, records: list[dict[str, Any]]) -> None:
         if self.format == "jsonl":
@@ -276,11 +289,12 @@ class _ShardWriter:
                           "row": pa.array([], pa.int64())})  # a shard of rejects only: still a file, marking it done
         pq.write_table(pa.Table.from_pylist(records) if records else empty, path)
 
-    def _count(self, records: list[dict[str, Any]], rejected: int) -> None:
+    def _count(self, records: list[dict[str, Any]], rejects: list[str]) -> None:
         summary = self.summary
         summary.shards_written += 1
         summary.tickets += len(records)
-        summary.rejected += rejected
+        summary.rejected += len(rejects)
+        summary.stopped += sum(json.loads(record)["row"] is None for record in rejects)  # where reading stopped
         summary.labels.update(record["label"] for record in records)
         summary.needs_review += sum(bool(record["needs_review"]) for record in records)
         if summary.first_output_s is None:

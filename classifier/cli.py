@@ -532,7 +532,7 @@ def _run_batch(args: argparse.Namespace) -> int:
                            text_columns=args.text_columns or (), overwrite=args.overwrite, ray_address=args.ray)
     summary = classify_files(args.bundle, args.input, args.output, options)
     print("\n".join(summary.lines()))
-    return 0
+    return UserError.exit_code if summary.stopped else 0  # a file not read to its end: an input mistake
 
 
 def _print_predictions(predictor: Predictor, rows: list[tuple[str, str]], top_k: int) -> None:

@@ -180,6 +180,25 @@ def test_another_run_in_the_same_folder_needs_overwrite(exported_bundle: Path, i
         assert len(record.pop("top_k")) == 2 and record == before[place]
 
 
+def test_a_file_read_only_in_part_is_an_error_and_a_changed_one_is_not_resumed(exported_bundle: Path,
+                                                                              ray_local: None, tmp_path: Path) -> None:
+    folder, output = tmp_path / "nightly", tmp_path / "out"
+    folder.mkdir()
+    rows = [f"T-{i},Refund please,I was charged twice for order {i}" for i in range(8)]
+    rows[3] += ",an extra field"  # row 5, as a spreadsheet numbers it: the CSV cannot be read past it
+    (folder / "tickets.csv").write_text("id,subject,body\n" + "\n".join(rows) + "\n")
+    options = BatchOptions(actors=1, shard_rows=SHARD_ROWS, progress=False)
+    summary = classify_files(exported_bundle, str(folder), output, options)
+    assert (summary.tickets, summary.rejected, summary.stopped) == (3, 1, 1)
+    assert any(line.startswith("error: 1 file could not be read to the end") for line in summary.lines())
+
+    (folder / "tickets.csv").write_text("id,subject,body\n" + "\n".join(rows[:3] + rows[4:]) + "\n")  # mended
+    with pytest.raises(UserError, match=r"tickets\.csv changed since the run that wrote it .*--overwrite"):
+        classify_files(exported_bundle, str(folder), output, options)
+    summary = classify_files(exported_bundle, str(folder), output, BatchOptions(**{**vars(options), "overwrite": True}))
+    assert (summary.tickets, summary.rejected, summary.stopped) == (7, 0, 0)
+
+
 def test_output_folders_that_are_not_batch_output_are_left_alone(exported_bundle: Path, inputs: Path,
                                                                  tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
