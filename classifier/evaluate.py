@@ -57,6 +57,7 @@ from classifier.predict import Predictor, resolve_engine
 from classifier.report import (
     CALLED,
     HEADLINES,
+    THRESHOLD,
     AppliedThresholds,
     CalibrationBin,
     ClassRow,
@@ -579,13 +580,13 @@ def _recommendation_message(point: OperatingPoint | None, target: float) -> str:
         return (f"No confidence threshold reaches {target:.0%} precision on this test set: at this target "
                 "every ticket would need review.")
     precision = point.precision or 0.0  # a recommended threshold routes tickets, so precision is set
-    return (f"Route automatically when confidence >= {point.threshold:.3g}: {point.coverage:.1%} of "
+    return (f"Route automatically when confidence >= {point.threshold:{THRESHOLD}}: {point.coverage:.1%} of "
             f"tickets ({point.tickets}) would be routed, {precision:.1%} of them correctly "
             f"(target {target:.0%}).")
 
 
 def _routed_at_target(point: dict[str, Any] | None) -> str:
-    return "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:.3g})"
+    return "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:{THRESHOLD}})"
 
 
 def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored, manifest: Manifest,

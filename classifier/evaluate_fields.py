@@ -34,6 +34,7 @@ from classifier.fields import tag_matrix, tag_metrics
 from classifier.manifest import FieldHead
 from classifier.numerics import sigmoid, softmax
 from classifier.report import (
+    THRESHOLD,
     FieldSection,
     FieldThresholdsApplied,
     FieldUnavailable,
@@ -205,7 +206,7 @@ def summary_lines(fields: dict[str, dict[str, Any]] | None) -> list[str]:
             continue
         metrics, coverage = section["metrics"], section["precision_coverage"]
         point = metrics["at_target"]
-        routed = "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:.3g})"
+        routed = "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:{THRESHOLD}})"
         lines.append(f"field {name} (single label, {counted}): accuracy {metrics['accuracy']:.1%}, macro F1 "
                      f"{metrics['macro_f1']:.3f}; routed at {coverage['target_precision']:.0%} precision: {routed}")
     return lines

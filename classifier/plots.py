@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
 from classifier.numerics import row_normalise  # noqa: E402
+from classifier.report import THRESHOLD  # noqa: E402
 
 if TYPE_CHECKING:
     from classifier.report import OperatingPoint, OutOfScopeSection, Reliability
@@ -121,7 +122,7 @@ def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.nd
         point = (recommended.coverage * 100, (recommended.precision or 0.0) * 100)  # it routes tickets: a precision
         left.plot(*point, "o", color="#b03030")
         on_right = recommended.coverage > 0.5  # put the label on the side with room
-        left.annotate(f"confidence >= {recommended.threshold:.3g}\n{recommended.coverage:.1%} routed", point,
+        left.annotate(f"confidence >= {recommended.threshold:{THRESHOLD}}\n{recommended.coverage:.1%} routed", point,
                       xytext=(-20 if on_right else 20, -45), textcoords="offset points", fontsize=9,
                       ha="right" if on_right else "left", arrowprops={"arrowstyle": "-", "color": "#b03030"},
                       bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#b03030", "alpha": 0.9})

@@ -15,7 +15,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from classifier.report import CALLED, HEADLINES, Report
+from classifier.report import CALLED, HEADLINES, THRESHOLD, Report
 
 TEMPLATE = "report.html.j2"
 
@@ -38,6 +38,7 @@ def _environment() -> Environment:
                               undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                               keep_trailing_newline=True)
     environment.filters["fmt"] = _fmt
+    environment.globals["THRESHOLD"] = THRESHOLD
     environment.filters["breakable"] = _breakable
     environment.filters["worst_first"] = _worst_first
     return environment

@@ -182,6 +182,12 @@ def test_the_summary_says_an_unreachable_target_once(evaluated):
     assert summary.count(message) == 1 and "warning: another warning" in summary
 
 
+def test_a_threshold_near_1_is_shown_with_the_digits_that_tell_it_from_1(evaluated):
+    report = copy.deepcopy(evaluated[0])
+    report["metrics"]["at_target"] = {"threshold": 0.999783, "coverage": 0.1, "tickets": 24, "precision": 0.96}
+    assert "10.0% (t>=0.999783)" in summary_table(report)  # "t>=1" would route nothing once set
+
+
 def test_unreachable_target_gives_no_threshold():
     confidence, correct = np.array([0.9, 0.8, 0.7]), np.array([False, True, True])
     assert recommend_threshold(confidence, correct, 0.95) is None
