@@ -45,6 +45,7 @@ from classifier.report import (
 )
 
 LISTED_VALUES = 10  # values the model does not know, listed in a warning
+MAJORITY_MARGIN = 0.05  # a field's accuracy within this of its most common value's share is warned about
 
 
 @dataclass
@@ -181,6 +182,8 @@ def field_warnings(sections: dict[str, FieldSection], applied: bool) -> list[str
                             + ("; its thresholds in the bundle are left as they were"
                                if applied and section.kind == "single" else ""))
             continue
+        if isinstance(section, SingleFieldSection) and (hint := _majority_hint(name, section)):
+            warnings.append(hint)
         unknown = section.unknown_values if isinstance(section, SingleFieldSection) else {}
         if unknown:
             count = sum(unknown.values())
@@ -189,6 +192,20 @@ def field_warnings(sections: dict[str, FieldSection], applied: bool) -> list[str
                             f"was not trained on, left out of its numbers: {listed}"
                             + (" ..." if len(unknown) > LISTED_VALUES else ""))
     return warnings
+
+
+def _majority_hint(name: str, section: SingleFieldSection) -> str | None:
+    """A warning where the field's model is hardly better than always answering its most common value: its
+    answers and needs_review flags then tell an agent nothing."""
+    if not section.tickets or not section.per_class:
+        return None
+    common = max(section.per_class, key=lambda row: row.support)
+    share = common.support / section.tickets
+    if section.metrics.accuracy >= share + MAJORITY_MARGIN:
+        return None
+    return (f"field {name!r} is right on {section.metrics.accuracy:.1%} of its test tickets, hardly more than "
+            f"always answering {common.label!r} would be ({share:.1%}): its answers are no guide; train on more "
+            "tickets with it, or leave the field out")
 
 
 def summary_lines(fields: dict[str, dict[str, Any]] | None) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,10 @@ def test_single_field_metrics_equal_sklearn_and_leave_out_tickets_without_a_valu
     assert section["without_value"] == len(rows) - len(known) > 0  # the fixture empties every seventh priority
     assert section["tickets"] == section["metrics"]["tickets"] == len(known)
     assert section["metrics"]["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    # Warned where always answering the most common priority would be right almost as often.
+    majority = Counter(y_true).most_common(1)[0][1] / len(y_true)
+    warned = [w for w in report["warnings"] if w.startswith("field 'priority' is right on ")]
+    assert bool(warned) == (accuracy_score(y_true, y_pred) < majority + 0.05)
     assert section["metrics"]["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     labels = section["labels"]
     assert section["confusion_matrix"]["matrix"] == confusion_matrix(y_true, y_pred, labels=labels).tolist()
