@@ -192,6 +192,20 @@ def is_off(setting: str | None) -> bool:
     return bool(setting) and str(setting).strip().lower() == OFF
 
 
+def feedback_url(configured: str | None, bundle: str | os.PathLike[str]) -> str | None:
+    """The feedback database's URL from the service's ``FEEDBACK_DB`` setting (None: feedback is off), beside
+    ``bundle`` where not set; a mistake in the setting (not a URL, no driver) is a :class:`UserError` that stops
+    the server in one line, before its workers start (``service.server``) and in each (``service.feedback``)."""
+    if is_off(configured):
+        return None
+    url = database_url(configured or default_location(bundle))
+    try:
+        check_url(url)
+    except UserError as error:
+        raise UserError(f"FEEDBACK_DB (TICKETCLF_FEEDBACK_DB): {error}") from None
+    return url
+
+
 def default_location(model: str | os.PathLike[str]) -> Path:
     """Where the service keeps feedback when ``TICKETCLF_FEEDBACK_DB`` is not set: ``REPO/NAME/feedback.sqlite``
     for a model in a repository, else a file beside the bundle directory, ``BUNDLE.feedback.sqlite`` (never

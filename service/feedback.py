@@ -14,7 +14,6 @@ on a later request.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -34,10 +33,7 @@ from classifier.feedback import (
     FeedbackEvent,
     FeedbackStore,
     Outcome,
-    check_url,
-    database_url,
-    default_location,
-    is_off,
+    feedback_url,
     shown,
 )
 from service import metrics
@@ -109,19 +105,6 @@ def install(app: Flask) -> None:
     database.open()
     app.extensions[EXTENSION] = database
     app.register_blueprint(bp)
-
-
-def feedback_url(configured: str | None, bundle: str | os.PathLike[str]) -> str | None:
-    """The feedback database's URL from the ``FEEDBACK_DB`` setting (None: feedback is off); a mistake in the
-    setting (not a URL, no driver) is a :class:`UserError` that stops the server in one line."""
-    if is_off(configured):
-        return None
-    url = database_url(configured or default_location(bundle))
-    try:
-        check_url(url)
-    except UserError as error:
-        raise UserError(f"FEEDBACK_DB (TICKETCLF_FEEDBACK_DB): {error}") from None
-    return url
 
 
 # ---------------------------------------------------------------- routes

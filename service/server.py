@@ -20,11 +20,11 @@ from gunicorn.errors import AppImportError, HaltServer
 
 from classifier import bundle as bundles
 from classifier.errors import UserError
+from classifier.feedback import feedback_url
 from classifier.integrity import file_problems
 from classifier.predict import default_threads, resolve_engine
 from classifier.repository import is_model_dir, open_model
 from service import settings
-from service.feedback import feedback_url
 
 CONFIG_FILE = Path(__file__).with_name("gunicorn_conf.py")
 
@@ -44,7 +44,10 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     # How the app (in every worker) finds it. Not resolved: a symbolic link is followed afresh at each look.
     os.environ["TICKETCLF_BUNDLE"] = os.path.abspath(bundle_dir)
     config = settings()
-    feedback_url(config["FEEDBACK_DB"], bundle_dir)  # e.g. a database no driver is installed for
+    # e.g. a database no driver is installed for. classifier.feedback's check, not service.feedback's: that
+    # imports the metrics, which must not load here before gunicorn's configuration names their multiprocess
+    # directory (the workers' /metrics would count nothing).
+    feedback_url(config["FEEDBACK_DB"], bundle_dir)
     default_threads()  # TICKETCLF_THREADS
     runpy.run_path(str(CONFIG_FILE))  # what gunicorn will read: TICKETCLF_WORKERS, TICKETCLF_LOG_LEVEL, ...
     resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
