@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # How libraries word a write that failed, mostly on a full disk: safetensors passes the OS's message on;
 # torch.save does not ("PytorchStreamWriter failed writing file", or "unexpected pos" at its end).
-_WRITE_FAILED = (os.strerror(errno.ENOSPC), "PytorchStreamWriter failed writing", "inline_container.cc")
+_WRITE_FAILED = (os.strerror(errno.ENOSPC), "PytorchStreamWriter failed writing", "unexpected pos")
 
 
 def _stdout_gone() -> bool:
