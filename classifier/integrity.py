@@ -339,14 +339,14 @@ def _vocabulary_problems(bundle_dir: Path, parts: ModelParts) -> list[str]:
 
 @dataclass
 class Verification:
-    problems: list[str]  # one line each; none: the bundle is intact
+    defects: list[str]  # one line each of what stops a model from serving; none: it can serve
     summary: str  # what was checked, for the OK line
-    sealed: bool = True  # False: nothing vouches for the files (a bundle of a release before seals), a problem too
+    unsealed: str | None = None  # nothing vouches for the files (a release before seals): it loads, with this warning
 
     @property
-    def defects(self) -> list[str]:
-        """The problems that stop a model from serving: an unsealed bundle still loads (with a warning)."""
-        return self.problems[:-1] if not self.sealed else self.problems
+    def problems(self) -> list[str]:
+        """Everything ``bundle verify`` reports: the defects, and a missing seal."""
+        return self.defects + ([self.unsealed] if self.unsealed else [])
 
 
 def verify_bundle(bundle_dir: str | Path) -> Verification:
@@ -358,14 +358,13 @@ def verify_bundle(bundle_dir: str | Path) -> Verification:
     manifest = bundle.read_manifest(bundle_dir)
     broken = file_problems(bundle_dir, manifest)
     engines, model_problems = _model_problems(bundle_dir, manifest, skip=set(broken))
-    problems = list(broken.values()) + model_problems
-    problems += [unsealed_warning(bundle_dir)] if manifest.integrity is None else []  # last: see defects
     sealed = manifest.integrity
     files = f"{len(sealed.files)} sealed files match their size and sha256 (sealed by {sealed.sealed_by}, " \
             f"{sealed.sealed_at})" if sealed else "files not sealed"
-    return Verification(problems, f"{bundle_dir}: OK: {files}; labels, tokenizer, config and max_length agree; "
-                                  f"{', '.join(engines)} load and score a ticket; {manifest.engine} serves",
-                        sealed=sealed is not None)
+    return Verification(list(broken.values()) + model_problems,
+                        f"{bundle_dir}: OK: {files}; labels, tokenizer, config and max_length agree; "
+                        f"{', '.join(engines)} load and score a ticket; {manifest.engine} serves",
+                        unsealed=unsealed_warning(bundle_dir) if sealed is None else None)
 
 
 def _model_problems(bundle_dir: Path, manifest: Manifest, skip: set[str]) -> tuple[list[str], list[str]]:
