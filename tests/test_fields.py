@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from csv_files import read_csv, write_csv
 
-from classifier import bundle
+from classifier import bundle, fields
 from classifier.data import load_tickets, prepare_data
 from classifier.errors import UserError
 from classifier.fields import choose_tag_thresholds, detect_delimiter, tag_matrix
@@ -105,12 +105,28 @@ def test_the_data_report_counts_each_field(fields_csv: Path) -> None:
     assert "field 'priority' (single label)" in lines and "field 'tags' (tags)" in lines
 
 
-def test_choose_tag_thresholds_picks_the_best_f1() -> None:
-    scores = np.array([[0.9, 0.2], [0.7, 0.1], [0.4, 0.3], [0.2, 0.05]])
-    truth = np.array([[1, 0], [1, 0], [0, 0], [-1, -1]], dtype=np.float32)
-    thresholds = choose_tag_thresholds(scores, truth)
-    assert thresholds[0] == pytest.approx((0.7 + 0.4) / 2)  # keeps both positives, drops the negative
-    assert thresholds[1] == 0.5  # no positive to choose on
+def test_a_frequent_tag_gets_the_threshold_of_its_best_f1() -> None:
+    positives = fields.MIN_TAG_POSITIVES
+    scores = np.concatenate([np.linspace(0.9, 0.7, positives), [0.4, 0.2], [0.05]])[:, None]
+    truth = np.concatenate([np.ones(positives), [0, 0], [-1]])[:, None].astype(np.float32)
+    assert choose_tag_thresholds(scores, truth) == [pytest.approx((0.7 + 0.4) / 2)]  # all positives, no negative
+
+
+def test_rare_tags_share_one_threshold_so_a_lone_positive_cannot_give_a_tag_to_everyone() -> None:
+    # Tag 0: its one positive scored lowest of all; chosen alone, F1 picks a threshold under it and gives
+    # the tag to every ticket. Tag 1: scored well. Together they choose a threshold that suits them both.
+    rng = np.random.default_rng(0)
+    scores = np.column_stack([np.r_[rng.uniform(0.05, 0.3, 49), 0.01],
+                              np.r_[rng.uniform(0.7, 0.9, 8), rng.uniform(0, 0.3, 42)]])
+    truth = np.column_stack([np.r_[np.zeros(49), 1], np.r_[np.ones(8), np.zeros(42)]]).astype(np.float32)
+    first, second = choose_tag_thresholds(scores, truth)
+    assert first == second and 0.3 < first < 0.7
+
+
+def test_tags_with_too_few_positives_together_keep_the_default_threshold() -> None:
+    scores = np.array([[0.9, 0.02], [0.7, 0.1], [0.4, 0.3], [0.2, 0.05]])
+    truth = np.array([[1, 0], [1, 0], [0, 1], [-1, -1]], dtype=np.float32)
+    assert choose_tag_thresholds(scores, truth) == [fields.DEFAULT_TAG_THRESHOLD] * 2
 
 
 # ---------------------------------------------------------------- training, export, prediction
