@@ -117,7 +117,9 @@ def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> 
     (b"sep=;\n", "no tickets in file"),  # Excel's delimiter line and nothing else
     (b"subject,body,category\nhi,there,\x92 billing\n", r"line 2: bytes are not valid UTF-8 \(byte 0x92 at offset 31; "
                                                           r"Windows-1252 or Latin-1\?\); re-export the file as UTF-8 "
-                                                          r"\(Excel: Save As, 'CSV UTF-8'\)"),
+                                                          r"\(Excel: Save As, 'CSV UTF-8'\), or convert it: "
+                                                          r"iconv -f WINDOWS-1252 -t UTF-8 '.*bad.csv' > "
+                                                          r"'.*bad-utf8.csv'"),
     (b"subject,body,category\nhi,there,billing,extra\n", "row 2: 4 fields but the header has 3"),
     (b"title,category\nhi,billing\n", "no text column found"),
     (b"subject,body\nhi,there\n", "no label column found"),
