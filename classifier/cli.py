@@ -237,6 +237,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                    help="fewest tickets a class may have")
     g.add_argument("--merge-rare-classes", action="store_true", help="merge classes below --min-class-count "
                    "into 'other' (or the data's own 'Other' class) instead of failing")
+    g.add_argument("--drop-rare-classes", action="store_true", help="train without the tickets of classes below "
+                   "--min-class-count (one-off queues) instead of failing; the data report lists them")
     g.add_argument("--keep-quoted-replies", action="store_true", help="do not cut quoted previous replies")
     g.add_argument("--keep-signatures", action="store_true", help="do not cut e-mail signatures")
     g.add_argument("--keep-html", action="store_true", help="do not convert HTML to text")
@@ -290,7 +292,7 @@ def _run_train(args: argparse.Namespace) -> int:
         field_columns=tuple(args.label_column[1:]) if args.label_column else (), tags_column=args.tags_column,
         tags_delimiter=args.tags_delimiter, validation_path=str(args.validation) if args.validation else None,
         validation_fraction=args.validation_fraction, min_class_count=args.min_class_count,
-        merge_rare_classes=args.merge_rare_classes)
+        merge_rare_classes=args.merge_rare_classes, drop_rare_classes=args.drop_rare_classes)
     _check_positive(args, "epochs", "learning_rate", "batch_size", "max_length", "lora_rank", "patience",
                     "min_class_count")
     if args.repository is not None:

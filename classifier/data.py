@@ -332,19 +332,26 @@ def deduplicate(tickets: Tickets, report: DataReport) -> Tickets:
 
 
 def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: DataReport,
-                  path: str | Path) -> Tickets:
-    """Refuse (or merge into ``other``) classes with fewer than ``min_count`` tickets."""
+                  path: str | Path, drop_rare: bool = False) -> Tickets:
+    """Refuse classes with fewer than ``min_count`` tickets, or merge them into ``other``, or leave their
+    tickets out (each one reported)."""
     counts = Counter(tickets.labels)
     rare = {label: n for label, n in counts.items() if n < min_count}
+    if rare and drop_rare:
+        reason = f"class with fewer than {min_count} tickets (--drop-rare-classes)"
+        for i, label in enumerate(tickets.labels):
+            if label in rare:
+                report.drop(reason, f"{path}, id {tickets.ids[i]} ({label!r})")
+        tickets, rare = tickets.subset([i for i, label in enumerate(tickets.labels) if label not in rare]), {}
     if rare and not merge_rare:
         smallest = sorted(rare.items(), key=lambda kv: kv[1])
         listed = ", ".join(f"{label!r} ({n})" for label, n in smallest[:_LISTED_CLASSES])
         listed += f" and {len(rare) - _LISTED_CLASSES} more" if len(rare) > _LISTED_CLASSES else ""
         classes = f"{len(rare)} of {len(counts)} classes {'has' if len(rare) == 1 else 'have'}"
-        hint = ("add examples, lower --min-class-count, or pass --merge-rare-classes"
+        hint = ("add examples, lower --min-class-count, or pass --merge-rare-classes (or --drop-rare-classes)"
                 if len(rare) <= len(counts) // 2 else  # most classes tiny: more likely the wrong column
                 "is --label-column the column of categories? Otherwise add examples, lower --min-class-count, "
-                "or pass --merge-rare-classes")
+                "or pass --merge-rare-classes (or --drop-rare-classes)")
         raise UserError(f"{path}: {classes} fewer than {min_count} tickets: {listed}; {hint}")
     if rare:
         other = report.other_label = other_label(counts)
@@ -354,7 +361,8 @@ def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: Da
         if merged < min_count:
             raise UserError(f"{path}: merging the rare classes gives '{other}' only {merged} "
                             f"ticket{'' if merged == 1 else 's'}, fewer "
-                            f"than {min_count}; add examples or lower --min-class-count")
+                            f"than {min_count}; add examples, lower --min-class-count, or leave the rare classes "
+                            "out with --drop-rare-classes")
     if len(set(tickets.labels)) < 2:
         raise UserError(f"{path}: only one class ({tickets.labels[0]!r}); a classifier needs at least two")
     return tickets
@@ -522,8 +530,10 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
                "tags_delimiter": options.tags_delimiter}
     train, text_options = load_tickets(train_path, options.text, options.label_column, report, **columns)
     train = one_spelling_per_label(train, report)
+    if options.merge_rare_classes and options.drop_rare_classes:
+        raise UserError("--merge-rare-classes and --drop-rare-classes: choose one")
     train = check_classes(deduplicate(train, report), options.min_class_count, options.merge_rare_classes, report,
-                          train_path)
+                          train_path, drop_rare=options.drop_rare_classes)
     _review_labels(train, report)
     if options.validation_path is None:
         fraction, at_least = validation_share(len(train), options.validation_fraction)

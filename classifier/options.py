@@ -43,6 +43,7 @@ class DataOptions:
     validation_fraction: float | None = None  # None: sized to the data (classifier.data.validation_share)
     min_class_count: int = 5
     merge_rare_classes: bool = False  # else classes under min_class_count are an error
+    drop_rare_classes: bool = False  # train without them instead (one-off queues); not with merge_rare_classes
 
 
 @dataclass

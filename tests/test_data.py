@@ -282,6 +282,21 @@ def test_merged_rare_classes_must_make_a_large_enough_other(tmp_path: Path) -> N
         prepare_data(write_csv(tmp_path / "t.csv", rows), DataOptions(merge_rare_classes=True))
 
 
+def test_rare_classes_can_be_left_out_each_ticket_listed(tmp_path: Path) -> None:
+    # Two one-off queues: too few to merge into an 'other' of 5, and not worth a class of their own.
+    rows = [{"id": f"T-{i}", "text": f"t {i}", "label": "ab"[i % 2]} for i in range(20)]
+    rows += [{"id": "R-1", "text": "rare legal", "label": "legal"}, {"id": "R-2", "text": "press", "label": "press"}]
+    path = write_csv(tmp_path / "t.csv", rows)
+    with pytest.raises(UserError, match="or leave the rare classes out with --drop-rare-classes"):
+        prepare_data(path, DataOptions(merge_rare_classes=True))
+    prepared = prepare_data(path, DataOptions(drop_rare_classes=True))
+    assert prepared.labels == ["a", "b"] and len(prepared.train) + len(prepared.validation) == 20
+    reason = "class with fewer than 5 tickets (--drop-rare-classes)"
+    assert prepared.report.dropped[reason] == [f"{path}, id R-1 ('legal')", f"{path}, id R-2 ('press')"]
+    with pytest.raises(UserError, match="choose one"):
+        prepare_data(path, DataOptions(drop_rare_classes=True, merge_rare_classes=True))
+
+
 def test_rare_classes_merge_into_the_exports_own_other_class(tmp_path: Path) -> None:
     rows = [{"text": f"t {i}", "label": ["billing", "Other"][i % 2]} for i in range(20)]
     rows += [{"text": "rare legal", "label": "Legal"}, {"text": "rare press", "label": "press"}]
