@@ -180,7 +180,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
         else:
             texts.append(text)
             labels.append(label)
-            ids.append(_row_id(record, mapping.id_column, row))
+            ids.append(row_id(record, mapping.id_column, row))
             rows.append(row)
             for values, column in zip(cells, mapping.field_columns):
                 values.append(record.get(column))
@@ -248,7 +248,7 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_c
     path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
     records, columns = records_and_columns(path)
     mapping, text_options = columns_to_classify(columns, path, text_options, text_columns)
-    return [(_row_id(record, mapping.id_column, row), text)
+    return [(row_id(record, mapping.id_column, row), text)
             for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars)]
 
 
@@ -299,8 +299,9 @@ def check_flat(record: dict[str, Any], columns: Iterable[str | None], path: Path
             raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; {way} flatten the export")
 
 
-def _row_id(record: dict[str, Any], id_column: str | None, row: int) -> str:
-    """The record's id from the id column, or its row number where it has none."""
+def row_id(record: dict[str, Any], id_column: str | None, row: int) -> str:
+    """The record's id from the id column, or its row number where it has none (no id column, or an empty
+    cell): every tool that classifies a file names its tickets so."""
     value = record.get(id_column) if id_column else None
     return str(row) if value is None or str(value).strip() == "" else str(value)
 

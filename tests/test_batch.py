@@ -47,7 +47,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of three files, each with rows that must become rejects:
 
     - a.csv: sample rows with their ids, and a row with no text after cleaning (its HTML is empty);
-    - b.jsonl.gz: sample rows, a line that is not JSON, a record without its id, a body that is a list;
+    - b.jsonl.gz: sample rows, a line that is not JSON, a body that is a list, and a record without its id
+      (classified, named by its row number as ``predict --file`` names it);
     - c.parquet: sample rows without an id column (ids are row numbers).
     """
     with open(SAMPLE, newline="", encoding="utf-8") as handle:
@@ -81,8 +82,8 @@ def expected_texts(folder: Path, predictor: Predictor) -> dict[tuple[str, int], 
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "id" in record and isinstance(record["body"], str):
-                expected["b.jsonl.gz", number] = (record["id"], ticket_text(record, options))
+            if isinstance(record["body"], str):
+                expected["b.jsonl.gz", number] = (record.get("id", str(number)), ticket_text(record, options))
     for number, record in enumerate(pq.read_table(folder / "c.parquet").to_pylist(), start=1):
         expected["c.parquet", number] = (str(number), ticket_text(record, options))
     return expected
@@ -114,7 +115,7 @@ def test_a_folder_of_mixed_files_is_classified_as_the_predictor_does(exported_bu
     predictor = Predictor.load(exported_bundle)
     expected = expected_texts(inputs, predictor)
     got = by_place(read_output(output))
-    assert set(got) == set(expected) and len(got) == 3 * PER_FILE
+    assert set(got) == set(expected) and len(got) == 3 * PER_FILE + 1
     places = sorted(expected)
     predictions = predictor.predict([expected[place][1] for place in places], cleaned=True)
     for place, prediction in zip(places, predictions):
@@ -122,7 +123,8 @@ def test_a_folder_of_mixed_files_is_classified_as_the_predictor_does(exported_bu
         assert record["id"] == expected[place][0]
         assert {key: record[key] for key in PREDICTION} == {key: prediction.to_dict()[key] for key in PREDICTION}
         assert "top_k" not in record  # only when asked
-    assert summary.tickets == 3 * PER_FILE and summary.rejected == 4
+    assert summary.tickets == 3 * PER_FILE + 1 and summary.rejected == 3
+    assert got["b.jsonl.gz", 12]["id"] == "12"  # no id: its row number, as predict --file gives it
     assert summary.labels == {label: sum(1 for p in predictions if p.label == label) for label in summary.labels}
     assert summary.needs_review == sum(p.needs_review for p in predictions)
     assert summary.shards_written == 9 and summary.first_output_s is not None  # 61, 63, 60 rows in shards of 25
@@ -136,12 +138,11 @@ def test_bad_rows_go_to_the_rejects_file_with_the_reason(inputs: Path,
     rejects = [json.loads(line) for line in (output / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
     reasons = {(Path(reject["source"]).name, reject["row"]): reject["reason"] for reject in rejects}
     ids = {(Path(reject["source"]).name, reject["row"]): reject["id"] for reject in rejects}
-    assert len(rejects) == len(reasons) == 4
-    assert ids == {("a.csv", PER_FILE + 2): "EMPTY-1", ("b.jsonl.gz", 11): None, ("b.jsonl.gz", 12): None,
+    assert len(rejects) == len(reasons) == 3
+    assert ids == {("a.csv", PER_FILE + 2): "EMPTY-1", ("b.jsonl.gz", 11): None,
                    ("b.jsonl.gz", 13): "LIST-1"}  # the id where the row has one
     assert "no text after cleaning" in reasons["a.csv", PER_FILE + 2]
     assert "invalid JSON" in reasons["b.jsonl.gz", 11]
-    assert "column 'id'" in reasons["b.jsonl.gz", 12] and "no id" in reasons["b.jsonl.gz", 12]
     assert "holds a JSON list" in reasons["b.jsonl.gz", 13]
 
 
