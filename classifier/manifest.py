@@ -318,6 +318,12 @@ class Manifest(Section):
         return self.baseline.blend_weight if self.baseline else 0.0
 
     @property
+    def served_validation_accuracy(self) -> float | None:
+        """Validation accuracy of what the bundle serves: the blend where it blends, else the model alone."""
+        blended = self.baseline.blend_metrics.get("blend_accuracy") if self.baseline and self.blend_weight > 0 else None
+        return blended if blended is not None else self.training.validation_metrics.get("accuracy")
+
+    @property
     def engine(self) -> str:
         """The model the bundle marks for serving: torch until it is exported."""
         return self.serving.engine if self.serving else "torch"

@@ -235,11 +235,11 @@ class ModelRepository:
         except UserError as error:
             summary.problem = str(error)
             return summary
-        metrics, train = manifest.training.validation_metrics, manifest.data.train
+        train = manifest.data.train
         summary.created_at = manifest.created_at
         summary.data_sha256 = train.sha256 if train else None
         summary.train_rows = train.rows_used if train else None
-        summary.validation_accuracy = metrics.get("accuracy")
+        summary.validation_accuracy = manifest.served_validation_accuracy
         summary.validation_macro_f1 = manifest.training.label_macro_f1
         summary.engine = manifest.engine
         return summary

@@ -106,3 +106,13 @@ def test_a_manifest_of_an_unknown_schema_version_is_refused(tmp_path: Path) -> N
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(UserError, match="manifest schema version 99, this release reads 1, 2, 3"):
         read_manifest(tmp_path)
+
+
+def test_the_served_validation_accuracy_is_the_blends_where_the_bundle_blends(exported_bundle: Path) -> None:
+    manifest = read_manifest(exported_bundle)
+    assert manifest.baseline is not None
+    alone = manifest.training.validation_metrics["accuracy"]
+    blended = manifest.baseline.model_copy(update={"blend_weight": 0.4, "blend_metrics": {"blend_accuracy": 0.5}})
+    assert manifest.model_copy(update={"baseline": blended}).served_validation_accuracy == 0.5
+    unblended = blended.model_copy(update={"blend_weight": 0.0})
+    assert manifest.model_copy(update={"baseline": unblended}).served_validation_accuracy == alone
