@@ -37,8 +37,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     """Keep the examples' line breaks and show each option's default (where there is one)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        # A flag's default (True for --no-baseline) reads as if the flag were on by default.
-        if action.default is None or action.nargs == 0:
+        # A flag's default (True for --no-baseline) reads as if the flag were on by default; a help that
+        # states its default in words ("1 each") needs no "(default: {})" after it.
+        if action.default is None or action.nargs == 0 or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -245,8 +246,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("model and training")
     m.add_argument("--base-model", help="hub id or local path of the encoder (default: packaged all-MiniLM-L6-v2)")
     m.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")
-    m.add_argument("--lora-rank", type=int, default=defaults.lora_rank,
-                   help="rank of the LoRA adapters (alpha is twice it)")
+    m.add_argument("--lora-rank", type=int, help=f"with --lora: rank of the LoRA adapters (alpha is twice it; "
+                   f"default {defaults.lora_rank})")
     m.add_argument("--epochs", type=float, default=defaults.epochs,
                    help=f"maximum epochs (early stopping may end sooner); default {DEFAULT_EPOCHS:g}, or as many as "
                         f"make {MIN_STEPS} optimisation steps on a small export")
@@ -278,10 +279,13 @@ def _run_train(args: argparse.Namespace) -> int:
     from classifier.options import DataOptions, TrainingOptions
     from classifier.train import checkpoint_dir, train
 
+    if args.lora_rank is not None and not args.lora:
+        raise UserError("--lora-rank goes with --lora: without it, all weights are trained and there are no adapters")
+    lora_rank = TrainingOptions.lora_rank if args.lora_rank is None else args.lora_rank
     options = TrainingOptions(
         base_model=args.base_model, epochs=args.epochs, learning_rate=args.learning_rate,
         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed, lora=args.lora,
-        lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank, class_weighted_loss=args.class_weights,
+        lora_rank=lora_rank, lora_alpha=2 * lora_rank, class_weighted_loss=args.class_weights,
         freeze_word_embeddings=not args.train_word_embeddings, early_stopping_patience=args.patience,
         layer_lr_decay=args.layer_lr_decay, precision=args.precision, resume=args.resume,
         oos_abstention=args.oos_abstention, field_weights=args.field_weights)
@@ -359,8 +363,9 @@ def _print_training_summary(bundle_dir: Path) -> None:
     if manifest.out_of_scope:
         section = manifest.out_of_scope
         print(f"  out-of-scope detector: {section.method} on {section.training_tickets} training tickets; threshold "
-              f"{section.threshold_for('torch'):.4f}, set to flag {section.target_abstention:.1%} of the in-scope "
-              f"validation tickets" + (f"; flagged tickets go to '{section.route_to}'" if section.route_to else ""))
+              f"{section.threshold_for('torch'):.4f}, aimed at flagging {section.target_abstention:.1%} of in-scope "
+              f"tickets (chosen on {section.validation_tickets} validation tickets)"
+              + (f"; flagged tickets go to '{section.route_to}'" if section.route_to else ""))
     print(f"  data report: {report}")
 
 

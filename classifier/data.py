@@ -526,6 +526,9 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
     options = options or DataOptions()
     if options.validation_fraction is not None and not 0 < options.validation_fraction < 1:
         raise UserError(f"validation fraction must be between 0 and 1, got {options.validation_fraction}")
+    if options.validation_fraction is not None and options.validation_path is not None:
+        raise UserError("--validation-fraction sizes a split held out of the export, and --validation FILE "
+                        "replaces that split: give one of them")
     report = DataReport()
     columns: dict[str, Any] = {"field_columns": options.field_columns, "tags_column": options.tags_column,
                "tags_delimiter": options.tags_delimiter}

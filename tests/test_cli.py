@@ -62,6 +62,19 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture) -> 
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert f"usage: ticketclf {command}" in out and "example" in out
+    assert "(default: {})" not in out and "(default: 1 each) (default" not in out  # a default said once
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--lora-rank", "8"], "--lora-rank goes with --lora"),  # would train all weights, no adapters
+    (["--field-weights", "priority=2"], "--field-weights: 'priority' is not a field of this training"),
+    (["--validation-fraction", "0.2", "--validation", "VALIDATION"], "give one of them"),
+])
+def test_train_options_that_would_do_nothing_are_refused(options: list[str], message: str, tiny_csv: Path,
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    options = [str(tiny_csv) if option == "VALIDATION" else option for option in options]
+    assert main(["train", str(tiny_csv), "--output", str(tmp_path / "model"), *options]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "model").exists()
 
 
 def test_train_on_a_malformed_file_fails_in_one_line(tmp_path: Path) -> None:

@@ -225,8 +225,20 @@ def test_trainer_logs_read_as_lines() -> None:
     validation = {"eval_loss": 0.9573, "eval_accuracy": 0.875, "eval_runtime": 0.07, "eval_samples_per_second": 450.9,
                   "epoch": 4.0}
     assert epoch_line(validation) == "epoch 4 validation: loss 0.9573, accuracy 0.875"
+    with_fields = {"eval_accuracy": 0.74, "eval_macro_f1": 0.4228, "eval_label_macro_f1": 0.6521, "epoch": 2.0}
+    assert epoch_line(with_fields) == ("epoch 2 validation: accuracy 0.74, mean macro f1 of label and fields 0.4228, "
+                                       "label macro f1 0.6521")
     assert epoch_line({"train_runtime": 1591.3, "train_samples_per_second": 12.4, "train_loss": 1.4211, "epoch": 23.0}
                       ) == "training done in 1591 s, mean training loss 1.421"
+
+
+def test_a_diverged_training_says_so(tiny_csv: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A learning rate of 5 wrecks the encoder in one epoch; the bundle is still written, with a warning that
+    # what it serves is far below its own TF-IDF model.
+    with caplog.at_level(logging.WARNING, logger="classifier.train"):
+        train(tiny_csv, tmp_path / "model", TrainingOptions(epochs=1, learning_rate=5.0, max_length=64, seed=0))
+    [warning] = [record.getMessage() for record in caplog.records if "training went wrong" in record.getMessage()]
+    assert "points below its TF-IDF model alone" in warning and "(peak learning rate 5: too high?)" in warning
 
 
 @pytest.mark.parametrize("decay", [0.0, -0.5, 1.5])
