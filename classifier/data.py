@@ -529,13 +529,13 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
     if options.validation_fraction is not None and options.validation_path is not None:
         raise UserError("--validation-fraction sizes a split held out of the export, and --validation FILE "
                         "replaces that split: give one of them")
+    if options.merge_rare_classes and options.drop_rare_classes:
+        raise UserError("--merge-rare-classes and --drop-rare-classes: choose one")
     report = DataReport()
     columns: dict[str, Any] = {"field_columns": options.field_columns, "tags_column": options.tags_column,
                "tags_delimiter": options.tags_delimiter}
     train, text_options = load_tickets(train_path, options.text, options.label_column, report, **columns)
     train = one_spelling_per_label(train, report)
-    if options.merge_rare_classes and options.drop_rare_classes:
-        raise UserError("--merge-rare-classes and --drop-rare-classes: choose one")
     train = check_classes(deduplicate(train, report), options.min_class_count, options.merge_rare_classes, report,
                           train_path, drop_rare=options.drop_rare_classes)
     _review_labels(train, report)

@@ -123,8 +123,9 @@ def far_behind_tfidf(manifest: Manifest) -> str | None:
     alone = manifest.training.validation_metrics.get("accuracy", float("nan"))
     rate = manifest.training.learning_rate
     return (f"warning: this bundle serves {served:.1%} validation accuracy, {100 * (tfidf - served):.0f} points below "
-            f"its TF-IDF model alone ({tfidf:.1%}; the fine-tuned model alone {alone:.1%}): training went wrong"
-            + (f" (peak learning rate {rate:g}: too high?)" if rate else "") + "; train again before serving it")
+            f"its TF-IDF model alone ({tfidf:.1%}; the fine-tuned model alone {alone:.1%}): training diverged"
+            + (f" (peak learning rate {rate:g}: too high?)" if rate else "")
+            + " or had too few tickets to learn from; check it before serving it")
 
 
 @dataclass

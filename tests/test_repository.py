@@ -258,7 +258,7 @@ def test_models_list_shows_each_version_its_figures_and_which_serves(three: Mode
     assert rows["2"].startswith("*") and rows["2"].rstrip().endswith("champion")
     assert rows["3"].rstrip().endswith("challenger") and not rows["1"].startswith("*")
     assert manifest.data.train.sha256 == file_sha256(tiny_csv) and manifest.data.train.sha256[:12] in rows["1"]
-    assert f"{manifest.training.validation_metrics['accuracy']:.4f}" in rows["1"]
+    assert f"{manifest.served_validation_accuracy:.4f}" in rows["1"]  # what it serves: the blend where it blends
     assert f"{report['metrics']['accuracy']:.4f}" in rows["2"] and rows["1"].count(" - ") == 3
     assert f" {report['metrics']['tickets']} " in rows["2"]
     assert lines[4].startswith(f"* serves: version 2 ({three.root / 'tickets' / '2'})")

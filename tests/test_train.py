@@ -237,7 +237,7 @@ def test_a_diverged_training_says_so(tiny_csv: Path, tmp_path: Path, caplog: pyt
     # what it serves is far below its own TF-IDF model.
     with caplog.at_level(logging.WARNING, logger="classifier.train"):
         train(tiny_csv, tmp_path / "model", TrainingOptions(epochs=1, learning_rate=5.0, max_length=64, seed=0))
-    [warning] = [record.getMessage() for record in caplog.records if "training went wrong" in record.getMessage()]
+    [warning] = [record.getMessage() for record in caplog.records if "training diverged" in record.getMessage()]
     assert "points below its TF-IDF model alone" in warning and "(peak learning rate 5: too high?)" in warning
 
 
