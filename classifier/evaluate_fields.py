@@ -203,7 +203,9 @@ def _majority_hint(name: str, section: SingleFieldSection) -> str | None:
     share = common.support / section.tickets
     if section.metrics.accuracy >= share + MAJORITY_MARGIN:
         return None
-    compared = "less than" if section.metrics.accuracy < share else "hardly more than"
+    right = round(section.metrics.accuracy * section.tickets)  # in tickets: the two shares compare exactly
+    compared = "less than" if right < common.support else "no more than" if right == common.support else \
+        "hardly more than"
     return (f"field {name!r} is right on {section.metrics.accuracy:.1%} of its test tickets, {compared} "
             f"always answering {common.label!r} would be ({share:.1%}): its answers are no guide; train on more "
             "tickets with it, or leave the field out")
