@@ -38,7 +38,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from classifier.feedback import MAX_ID, MAX_LABEL, MAX_VERSION
-from classifier.text import FIELD_SEPARATOR, MAX_CELL_CHARS, TEXT_COLUMN_GUESSES, field_key, nested_fields
+from classifier.text import FIELD_SEPARATOR, MAX_CELL_CHARS, TEXT_COLUMN_GUESSES, field_key
 
 ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
 DEFAULT_TOP_K = 3
@@ -221,7 +221,7 @@ class TicketBase(BaseModel):
     @classmethod
     def _has_text(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            data = _canonical_keys(_fields_by_last_name(data, cls.text_fields), ("id", *cls.text_keys()))
+            data = _canonical_keys(data, ("id", *cls.text_keys()))
         if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
             unread = [key for key in data if key not in cls.model_fields]  # e.g. fields of another model
             raise PydanticCustomError("missing_text", "missing ticket text: give {keys}{unread}", {
@@ -370,28 +370,6 @@ def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
 # Keys that hold a ticket's body in common exports. Not subject or title: a heading left unread
 # costs little, and "title" is also a person's (Ms, Dr).
 _BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in group) - {"subject", "title"}
-
-
-def _fields_by_last_name(data: dict[str, Any], fields: Sequence[str]) -> dict[str, Any]:
-    """The text fields a ticket lacks, found under the same last name once elsewhere in it: a nested export's
-    field sent nested (``{"ticket": {"subject": ...}}`` for ``ticket.subject``) or plain (``{"subject": ...}``),
-    as the webhook shape reads it, and a plain field inside an object, as in a batch of webhook tickets. The
-    object the text came from gives the id, where the ticket has none of its own."""
-    if all(field_key(data, name) is not None for name in fields):
-        return data
-    flat = nested_fields(data)
-    found: dict[str, Any] = {}
-    for name in fields:
-        if field_key(data, name) is not None:
-            continue
-        last = name.rsplit(".", 1)[-1].lower()
-        keys = [key for key in flat if key.rsplit(".", 1)[-1].lower() == last and isinstance(flat[key], str)]
-        if len(keys) == 1:
-            found[name] = flat[keys[0]]
-            source = keys[0].rpartition(".")[0]
-            if source and field_key(data, "id") is None and (id_key := field_key(flat, f"{source}.id")) is not None:
-                found.setdefault("id", flat[id_key])
-    return {**data, **found}
 
 
 def _has_words(value: Any) -> bool:

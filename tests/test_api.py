@@ -25,7 +25,7 @@ from service_helpers import TICKET, error_of, metric_values
 
 from classifier.predict import Predictor
 from service import create_app
-from service.schemas import ZendeskTicket, build_schemas, zendesk_record
+from service.schemas import ZendeskTicket, zendesk_record
 
 # ------------------------------------------------------------------ classify
 
@@ -78,25 +78,6 @@ def test_batch_keeps_order_ids_and_top_k(client: FlaskClient, predictor: Predict
     # Shape keys in any case, as ticket fields are read.
     again = client.post("/classify", json={"Tickets": tickets, "Top_K": 2}).get_json()["predictions"]
     assert again == predictions
-
-
-def test_a_batch_of_webhook_tickets_reads_each_ticket_object(client: FlaskClient, predictor: Predictor) -> None:
-    # Webhook payloads collected into a batch: each ticket's fields inside its own object, with its id.
-    batch = {"tickets": [{"ticket": {"id": 41, **TICKET}}, {"ticket": {"id": 42, "body": "The app crashes"}}]}
-    predictions = client.post("/classify", json=batch).get_json()["predictions"]
-    expected = predictor.predict([TICKET, {"body": "The app crashes"}])
-    assert predictions == [{"id": 41, **expected[0].to_dict()}, {"id": 42, **expected[1].to_dict()}]
-
-
-@pytest.mark.parametrize("ticket", [
-    {"ticket.subject": "S", "ticket.description": "D", "id": 3},  # as the export's columns are named
-    {"ticket": {"subject": "S", "description": "D", "id": 3}},  # nested, as the export had it
-    {"subject": "S", "description": "D", "id": 3},  # plain, as the webhook's ticket object has it
-])
-def test_a_model_of_nested_fields_reads_a_batch_ticket_in_each_shape(ticket: dict[str, Any]) -> None:
-    schemas = build_schemas(("ticket.subject", "ticket.description"), label_count=3, max_batch=8)
-    parsed = schemas.parse({"tickets": [ticket]})
-    assert schemas.tickets(parsed) == [(3, {"ticket.subject": "S", "ticket.description": "D"})]
 
 
 def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
