@@ -279,6 +279,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from classifier.options import DataOptions, TrainingOptions
     from classifier.train import checkpoint_dir, train
 
+    if args.validation_fraction is not None and args.validation is not None:
+        raise UserError("--validation-fraction sizes a split held out of the export, and --validation FILE "
+                        "replaces that split: give one of them")
     if args.lora_rank is not None and not args.lora:
         raise UserError("--lora-rank goes with --lora: without it, all weights are trained and there are no adapters")
     lora_rank = TrainingOptions.lora_rank if args.lora_rank is None else args.lora_rank

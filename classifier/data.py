@@ -364,6 +364,9 @@ def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: Da
                             f"ticket{'' if merged == 1 else 's'}, fewer "
                             f"than {min_count}; add examples, lower --min-class-count, or leave the rare classes "
                             "out with --drop-rare-classes")
+    if not tickets.labels:
+        raise UserError(f"{path}: no class has {min_count} tickets, so --drop-rare-classes left none; lower "
+                        "--min-class-count or add examples")
     if len(set(tickets.labels)) < 2:
         raise UserError(f"{path}: only one class ({tickets.labels[0]!r}); a classifier needs at least two")
     return tickets
@@ -526,9 +529,6 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
     options = options or DataOptions()
     if options.validation_fraction is not None and not 0 < options.validation_fraction < 1:
         raise UserError(f"validation fraction must be between 0 and 1, got {options.validation_fraction}")
-    if options.validation_fraction is not None and options.validation_path is not None:
-        raise UserError("--validation-fraction sizes a split held out of the export, and --validation FILE "
-                        "replaces that split: give one of them")
     if options.merge_rare_classes and options.drop_rare_classes:
         raise UserError("--merge-rare-classes and --drop-rare-classes: choose one")
     report = DataReport()

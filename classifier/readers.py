@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import re
+import shlex
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
@@ -205,8 +206,8 @@ def _decode(raw: bytes | bytearray, path: Path) -> str:
         return raw.decode("utf-8-sig").lstrip("\ufeff")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1  # before parsing: a line, not a row
-        convert = "" if path is STDIN or path.suffix.lower() == ".gz" else \
-            f", or convert it: iconv -f WINDOWS-1252 -t UTF-8 '{path}' > '{path.with_stem(path.stem + '-utf8')}'"
+        convert = "" if path is STDIN or path.suffix.lower() == ".gz" else ", or convert it: iconv -f WINDOWS-1252 " \
+            f"-t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(path.with_stem(path.stem + '-utf8')))}"
         raise UserError(f"{path}, line {line}: bytes are not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "
                         f"{error.start}; Windows-1252 or Latin-1?); re-export the file as UTF-8 (Excel: Save As, "
                         f"'CSV UTF-8'){convert}") from None

@@ -118,8 +118,8 @@ def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> 
     (b"subject,body,category\nhi,there,\x92 billing\n", r"line 2: bytes are not valid UTF-8 \(byte 0x92 at offset 31; "
                                                           r"Windows-1252 or Latin-1\?\); re-export the file as UTF-8 "
                                                           r"\(Excel: Save As, 'CSV UTF-8'\), or convert it: "
-                                                          r"iconv -f WINDOWS-1252 -t UTF-8 '.*bad.csv' > "
-                                                          r"'.*bad-utf8.csv'"),
+                                                          r"iconv -f WINDOWS-1252 -t UTF-8 \S*bad.csv > "
+                                                          r"\S*bad-utf8.csv"),
     (b"subject,body,category\nhi,there,billing,extra\n", "row 2: 4 fields but the header has 3"),
     (b"title,category\nhi,billing\n", "no text column found"),
     (b"subject,body\nhi,there\n", "no label column found"),
@@ -295,6 +295,8 @@ def test_rare_classes_can_be_left_out_each_ticket_listed(tmp_path: Path) -> None
     assert prepared.report.dropped[reason] == [f"{path}, id R-1 ('legal')", f"{path}, id R-2 ('press')"]
     with pytest.raises(UserError, match="choose one"):
         prepare_data(path, DataOptions(drop_rare_classes=True, merge_rare_classes=True))
+    with pytest.raises(UserError, match="no class has 30 tickets, so --drop-rare-classes left none"):
+        prepare_data(path, DataOptions(drop_rare_classes=True, min_class_count=30))
 
 
 def test_rare_classes_merge_into_the_exports_own_other_class(tmp_path: Path) -> None:
