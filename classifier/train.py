@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -88,6 +89,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     bundle.check_output(output_dir, overwrite, inputs)  # now, not after an hour of training
     per_process_batch(options.batch_size)  # likewise: a batch that does not split over the processes
     oos.check_abstention(options.oos_abstention)
+    check_encoder(options)  # likewise: a base model that does not load, or cannot take the options
     if not 0 < options.layer_lr_decay <= 1:
         raise UserError(f"--layer-lr-decay must be above 0 and at most 1, got {options.layer_lr_decay:g}")
     resume_from = _resume_point(output_dir, options, overwrite)  # likewise: checkpoints before reading data
@@ -152,7 +154,7 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
     base_model = options.base_model or default_base_model()
     set_seed(options.seed)
     tokenizer = _load_tokenizer(base_model)
-    max_length = options.max_length or choose_max_length(tokenizer, data.train.texts)
+    max_length = options.max_length or choose_max_length(tokenizer, data.train.texts, check_encoder(options))
     # The base model as given (in the training options), not its resolved path, which differs per venv.
     _record_run(checkpoints, resume_from, {
         "labels": data.labels, "max_length": max_length, "text": data.text_options.to_dict(),
@@ -160,9 +162,6 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
                                                                              ("validation", data.validation))},
         "data_options": asdict(data.options), "training": {k: v for k, v in asdict(options).items() if k != "resume"}})
     model = _load_model(base_model, data.labels, options)
-    limit = min(tokenizer.model_max_length, getattr(cast(Any, model).config, "max_position_embeddings", 512))
-    if max_length > limit:
-        raise UserError(f"--max-length {max_length} is over what {base_model} can read ({limit} tokens)")
     if data.fields:
         model = _with_field_heads(model, data, options)
     trainer, validation_set = _build_trainer(model, tokenizer, data, options, max_length, checkpoints)
@@ -359,13 +358,31 @@ def _first(predictions: Any) -> np.ndarray:
     return np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
 
 
-def choose_max_length(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> int:
-    """The token length covering :data:`LENGTH_QUANTILE` of texts, rounded up, within the model's limit."""
+def choose_max_length(tokenizer: PreTrainedTokenizerBase, texts: list[str], limit: int = 512) -> int:
+    """The token length covering :data:`LENGTH_QUANTILE` of texts, rounded up, within the encoder's ``limit``."""
     lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
     wanted = int(np.quantile(lengths, LENGTH_QUANTILE))
     rounded = LENGTH_MULTIPLE * math.ceil(wanted / LENGTH_MULTIPLE)
-    limit = min(tokenizer.model_max_length, 512)
-    return max(LENGTH_MULTIPLE * 2, min(rounded, limit))
+    return max(LENGTH_MULTIPLE * 2, min(rounded, limit, tokenizer.model_max_length))
+
+
+def check_encoder(options: TrainingOptions) -> int:
+    """Load the encoder's tokenizer and config, refuse options it cannot take, and return how many tokens it
+    reads. train() calls it before the data is read: a wrong path fails in a second, not after the data report."""
+    base_model = options.base_model or default_base_model()
+    tokenizer = _load_tokenizer(base_model)
+    try:
+        config = AutoConfig.from_pretrained(base_model)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load base model {base_model!r}: {one_line(error)}") from None
+    limit = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", None) or 512)
+    if options.max_length is not None and options.max_length > limit:
+        raise UserError(f"--max-length {options.max_length} is over what {base_model} can read ({limit} tokens)")
+    hidden = getattr(config, "hidden_size", None)
+    if options.lora and hidden and options.lora_rank > hidden:
+        raise UserError(f"--lora-rank {options.lora_rank} is over the encoder's hidden size ({hidden}): an adapter "
+                        f"cannot have a higher rank than the weights it adapts")
+    return int(limit)
 
 
 def library_versions() -> dict[str, str]:

@@ -245,3 +245,16 @@ def test_a_diverged_training_says_so(tiny_csv: Path, tmp_path: Path, caplog: pyt
 def test_layer_lr_decay_out_of_range_is_a_user_error(tiny_csv: Path, tmp_path: Path, decay: float) -> None:
     with pytest.raises(UserError, match="--layer-lr-decay must be above 0 and at most 1"):
         train(tiny_csv, tmp_path / "model", TrainingOptions(layer_lr_decay=decay))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (TrainingOptions(max_length=1024), r"--max-length 1024 is over what .* can read \(512 tokens\)"),
+    (TrainingOptions(lora=True, lora_rank=1000), r"--lora-rank 1000 is over the encoder's hidden size \(384\)"),
+    (TrainingOptions(base_model="/nonexistent/encoder"), "cannot load base model '/nonexistent/encoder'"),
+])
+def test_options_the_encoder_cannot_take_are_refused_before_the_data_is_read(
+        tmp_path: Path, options: TrainingOptions, message: str) -> None:
+    unreadable = tmp_path / "tickets.csv"  # no label column: reading it would fail with another error
+    unreadable.write_text("text\nmy invoice is wrong\n", encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        train(unreadable, tmp_path / "model", options)
