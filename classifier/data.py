@@ -82,7 +82,8 @@ class DataReport:
     other_label: str = OTHER_LABEL  # the data's own spelling of the class rare ones merge into
     merged_label_spellings: dict[str, str] = field(default_factory=dict)  # e.g. "Billing" -> "billing"
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    shared_texts_between_splits: int = 0
+    # Validation tickets whose text a training ticket has too: {"validation": id, "train": id}.
+    shared_texts_between_splits: list[dict[str, str]] = field(default_factory=list)
     split: dict[str, Any] = field(default_factory=dict)
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # per field besides the label: see _field_report
 
@@ -129,9 +130,11 @@ class DataReport:
         if self.merged_into_other:
             merged = ", ".join(f"{k} ({v})" for k, v in self.merged_into_other.items())
             lines.append(f"merged rare classes into '{self.other_label}': {merged}")
-        if self.shared_texts_between_splits:
-            lines.append(f"warning: {self.shared_texts_between_splits} texts appear in both training "
-                         "and validation data")
+        if shared := self.shared_texts_between_splits:
+            pairs = ", ".join(f"{pair['validation']} = {pair['train']}" for pair in shared[:5])
+            lines.append(f"warning: {len(shared)} validation tickets have the text of a training ticket, so validation "
+                         f"overstates accuracy on them (validation id = training id): {pairs}"
+                         f"{' ...' if len(shared) > 5 else ''}")
         if self.split:
             lines.append(f"split: {self.split}")
         lines += [_field_line(name, info) for name, info in self.fields.items()]
@@ -551,12 +554,21 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
         report.split = {"method": "file", "path": str(options.validation_path)}
     labels = sorted(set(train.labels))
     report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
-    report.shared_texts_between_splits = len(set(train.texts) & set(validation.texts))
+    report.shared_texts_between_splits = _shared_texts(train, validation)
     fields = [_single_field(name, train, validation, options.min_class_count, report, train_path)
               for name in options.field_columns]
     if options.tags_column:
         fields.append(_tags_field(options.tags_column, train, validation, options.min_class_count, report, train_path))
     return PreparedData(train, validation, labels, text_options, report, options, fields)
+
+
+def _shared_texts(train: Tickets, validation: Tickets) -> list[dict[str, str]]:
+    """Each validation ticket whose text is a training ticket's, with the (first such) training ticket."""
+    training_id: dict[str, str] = {}
+    for text, ticket_id in zip(train.texts, train.ids):
+        training_id.setdefault(text, ticket_id)
+    return [{"validation": ticket_id, "train": training_id[text]}
+            for text, ticket_id in zip(validation.texts, validation.ids) if text in training_id]
 
 
 def _single_field(name: str, train: Tickets, validation: Tickets, min_count: int, report: DataReport,
