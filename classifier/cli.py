@@ -777,7 +777,9 @@ def _run_models_show(args: argparse.Namespace) -> int:
     print(f"  path: {version.path}")
     print(f"  bundle: {manifest.bundle_version}, created {manifest.created_at}")
     print(f"  labels ({len(manifest.labels)}): {', '.join(manifest.labels)}")
-    print(f"  base model: {manifest.base_model}; max length {manifest.max_length}")
+    weights = ", ".join(f"{key.removeprefix('base-model ')} {value[:12]}" for key, value in manifest.versions.items()
+                        if key.startswith("base-model "))
+    print(f"  base model: {manifest.base_model}{f', {weights}' if weights else ''}; max length {manifest.max_length}")
     if train:
         print(f"  training data: {train.path} (sha256 {train.sha256}), {train.rows_used} tickets used"
               + (f"; validation: {validation.rows_used} tickets" if validation else ""))

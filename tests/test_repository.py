@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -272,7 +273,9 @@ def test_models_show_promote_rollback_remove_add_and_their_errors(three: ModelRe
     assert shown["version"] == 3 and shown["aliases"] == ["challenger"] and not shown["serving"]
     assert shown["manifest"]["labels"] == read_manifest(three.resolve("tickets")).labels
     assert main(["models", "show", model, "1"]) == 0
-    assert capsys.readouterr().out.startswith(f"version 1 of {model} (champion; serves)\n")
+    shown_text = capsys.readouterr().out
+    assert shown_text.startswith(f"version 1 of {model} (champion; serves)\n")
+    assert re.search(r"\n  base model: .*, model\.safetensors sha256 [0-9a-f]{12}; max length 96\n", shown_text)
     assert main(["models", "promote", model, "3", "--reason", "better"]) == 0
     assert capsys.readouterr().out == f"{model}: version 3 serves now (before: version 1)\n"
     assert main(["models", "rollback", model]) == 0

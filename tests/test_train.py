@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -48,6 +49,9 @@ def test_bundle_manifest_is_complete(tiny_bundle: Path, tiny_csv: Path) -> None:
     assert manifest.training.learning_rate == 3e-4
     assert {"accuracy", "macro_f1"} <= set(manifest.training.validation_metrics)
     assert {"torch", "transformers", "python"} <= set(manifest.versions)
+    # The encoder's weights, not its path only: the packaged folder's file, as sha256sum gives it.
+    weights = Path(default_base_model()) / "model.safetensors"
+    assert manifest.versions["base-model model.safetensors sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert manifest.bundle_version and manifest.created_at
     assert (tiny_bundle / "reports" / "data_report.json").is_file()
     assert not tiny_bundle.with_name(tiny_bundle.name + ".checkpoints").exists()
