@@ -59,8 +59,8 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
     return document
 
 
-_REQUEST_HELP = ("One ticket ({'text': ...} or the model's text fields), a batch {'tickets': [...]}, or a "
-                 "Zendesk-style webhook {'ticket': {'id', 'subject', 'description'}}.")
+_REQUEST_HELP = ("One ticket ({'text': ...} or the model's text fields), a Zendesk-style webhook {'ticket': {'id', "
+                 "'subject', 'description'}}, or a batch {'tickets': [...]} of either.")
 
 
 _FEEDBACK_HELP = ("One ticket's label as an agent set it ({'ticket_id', 'label', ...} with optionally the model's "

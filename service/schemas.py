@@ -325,6 +325,19 @@ class ZendeskTicket(BaseModel):
         return schema
 
 
+class ZendeskWebhook(BaseModel):
+    """A Zendesk-style webhook's body, ``{"ticket": {...}}``: a request, or an item of a batch."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ticket: ZendeskTicket
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_in_any_case(cls, data: Any) -> Any:
+        return _canonical_keys(data, ("ticket",)) if isinstance(data, dict) else data
+
+
 def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
     """Map a Zendesk ticket onto the bundle's fields.
 
@@ -367,6 +380,19 @@ def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
     return present[0] if present else "single"  # no text at all: validated as one ticket, which names what is missing
 
 
+# A batch item's shapes, as pydantic tags them in an error's location (left out of the message).
+ITEM_TAGS = ("item: ticket", "item: webhook")
+
+
+def _batch_item_shape(text_keys: Collection[str], item: Any) -> str | None:
+    """A batch item's shape: a webhook's ``{"ticket": {...}}``, or a ticket (text under ``text_keys``); None
+    (refused) for both at once, as for a whole request (:func:`_request_shape`)."""
+    given = {key.lower() for key, value in item.items() if value is not None} if isinstance(item, dict) else set()
+    if "ticket" not in given:
+        return ITEM_TAGS[0]  # a ticket, or not an object: validated as a ticket, which says what is wrong
+    return None if given & set(text_keys) else ITEM_TAGS[1]
+
+
 # Keys that hold a ticket's body in common exports. Not subject or title: a heading left unread
 # costs little, and "title" is also a person's (Ms, Dr).
 _BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in group) - {"subject", "title"}
@@ -403,7 +429,7 @@ class Schemas:
     ticket: type[TicketBase]
     single: type[BaseModel]
     batch: type[BaseModel]
-    zendesk: type[BaseModel]
+    zendesk: type[BaseModel]  # the webhook as a request: ZendeskWebhook and top_k
     fields: tuple[str, ...]
     max_batch: int = 256  # tickets (or feedback items) per request
 
@@ -416,12 +442,14 @@ class Schemas:
 
     def tickets(self, parsed: BaseModel) -> list[tuple[str | int | None, ModelInput]]:
         """The (id, model input) pairs of a validated request, in request order."""
-        if isinstance(parsed, self.batch):
-            return [(t.id, t.model_input()) for t in parsed.tickets]  # type: ignore[attr-defined]
-        if isinstance(parsed, self.zendesk):
-            ticket = parsed.ticket  # type: ignore[attr-defined]
-            return [(ticket.id, zendesk_record(ticket, self.fields))]
-        return [(parsed.id, parsed.model_input())]  # type: ignore[attr-defined]
+        items = parsed.tickets if isinstance(parsed, self.batch) else [parsed]  # type: ignore[attr-defined]
+        return [self._ticket(item) for item in items]
+
+    def _ticket(self, item: Any) -> tuple[str | int | None, ModelInput]:
+        if isinstance(item, ZendeskWebhook):
+            ticket = item.ticket
+            return ticket.id, zendesk_record(ticket, self.fields)
+        return item.id, item.model_input()
 
 
 def build_schemas(fields: tuple[str, ...], label_count: int, max_batch: int) -> Schemas:
@@ -433,11 +461,18 @@ def build_schemas(fields: tuple[str, ...], label_count: int, max_batch: int) -> 
     ticket = create_model("Ticket", __base__=TicketBase, **extra_fields)  # type: ignore[call-overload]
     ticket.text_fields = fields
     single = create_model("SingleTicketRequest", __base__=ticket, top_k=top_k)
-    tickets: Any = (Annotated[list[ticket], Field(min_length=1, max_length=max_batch,  # type: ignore[valid-type]
-                                             description=f"1 to {max_batch} tickets.")], ...)
+    def batch_item_shape(item: Any) -> str | None:
+        return _batch_item_shape(ticket.text_keys(), item)
+
+    # A batch item is a ticket or a webhook's {"ticket": {...}}, read as that webhook alone would be.
+    item: Any = Annotated[
+        Union[Annotated[ticket, Tag(ITEM_TAGS[0])], Annotated[ZendeskWebhook, Tag(ITEM_TAGS[1])]],  # noqa: UP007
+        Discriminator(batch_item_shape, custom_error_type="invalid_shape",
+                      custom_error_message="a batch item is one ticket or a webhook's {'ticket': {...}}, not both")]
+    tickets: Any = (Annotated[list[item], Field(min_length=1, max_length=max_batch,
+                                           description=f"1 to {max_batch} tickets.")], ...)
     batch = create_model("BatchRequest", __config__=ConfigDict(extra="ignore"), tickets=tickets, top_k=top_k)
-    zendesk = create_model("ZendeskWebhookRequest", __config__=ConfigDict(extra="ignore"),
-                           ticket=(ZendeskTicket, ...), top_k=top_k)
+    zendesk = create_model("ZendeskWebhookRequest", __base__=ZendeskWebhook, top_k=top_k)
     def request_shape(body: Any) -> str | None:  # pydantic needs a named function, not a partial
         return _request_shape(fields, body)
 
@@ -457,7 +492,7 @@ def describe(error: ValidationError, tagged: bool = True) -> str:
     the error comes from a union of request shapes, whose tag starts each location (and is left out)."""
     messages = []
     for item in error.errors(include_url=False):
-        location = _location(item["loc"][1:] if tagged else item["loc"])
+        location = _location([part for part in (item["loc"][1:] if tagged else item["loc"]) if part not in ITEM_TAGS])
         messages.append(f"{location}: {item['msg']}" if location else item["msg"])
     return "; ".join(dict.fromkeys(messages))
 

@@ -98,6 +98,16 @@ def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predi
     assert "body goes in 'description'" in message and "'body'" in message
 
 
+def test_a_batch_takes_webhook_tickets_read_as_the_webhook_reads_them(client: FlaskClient,
+                                                                     predictor: Predictor) -> None:
+    webhook = {"ticket": {"id": 4821, "subject": TICKET["subject"], "description": TICKET["body"]}}
+    body = {"tickets": [webhook, {"id": 2, "text": "How do I reset my password?"}, {"Ticket": webhook["ticket"]}]}
+    predictions = client.post("/classify", json=body).get_json()["predictions"]
+    expected = predictor.predict([TICKET, "How do I reset my password?", TICKET])
+    assert predictions == [{"id": ticket_id, **prediction.to_dict()}
+                           for ticket_id, prediction in zip((4821, 2, 4821), expected)]
+
+
 @pytest.mark.parametrize(("fields", "expected"), [
     (("subject", "body"), {"subject": "S", "body": "D"}),
     (("subject", "description"), {"subject": "S", "description": "D"}),
@@ -227,6 +237,9 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ({"tickets": []}, "tickets: List should have at least 1 item"),
     ({"tickets": [{"text": "a"}] * 257}, "tickets: List should have at most 256 items"),
     ({"tickets": [{"text": "fine"}, {"subject": None}]}, "tickets[1]: missing ticket text"),
+    ({"tickets": [{"text": "fine"}, {"ticket": {"id": 1}}]}, "tickets[1].ticket: missing ticket text"),
+    ({"tickets": [{"ticket": {"subject": "a"}, "body": "b"}]},  # neither may be dropped, as for a whole request
+     "tickets[0]: a batch item is one ticket or a webhook's {'ticket': {...}}, not both"),
     ({"tickets": "not a list"}, "tickets"),
     ({"ticket": {"id": 1}}, "ticket: missing ticket text"),
     ({"tickets": [{"text": "a"}], "ticket": {"subject": "b"}}, "exactly one shape"),  # neither may be dropped
