@@ -38,7 +38,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from classifier.feedback import MAX_ID, MAX_LABEL, MAX_VERSION
-from classifier.text import FIELD_SEPARATOR, MAX_CELL_CHARS, TEXT_COLUMN_GUESSES, field_key
+from classifier.text import FIELD_SEPARATOR, MAX_CELL_CHARS, TEXT_COLUMN_GUESSES
 
 ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
 DEFAULT_TOP_K = 3
@@ -223,7 +223,8 @@ class TicketBase(BaseModel):
         if isinstance(data, dict):
             data = _canonical_keys(data, ("id", *cls.text_keys()))
         if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
-            unread = [key for key in data if key not in cls.model_fields]  # e.g. fields of another model
+            # e.g. fields of another model; not a null ("tickets": null is no batch, not a field left unread)
+            unread = [key for key in data if key not in cls.model_fields and data[key] is not None]
             raise PydanticCustomError("missing_text", "missing ticket text: give {keys}{unread}", {
                 "keys": " or ".join(repr(k) for k in cls.text_keys()),
                 "unread": f" (this model does not read {', '.join(map(repr, unread))})" if unread else ""})
@@ -403,10 +404,37 @@ def _has_words(value: Any) -> bool:
 
 
 def _canonical_keys(data: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    """``names`` in any case ("Subject"), as the Python API and the file loaders take field names;
-    a key spelled exactly as the name wins over another spelling."""
-    renamed = {key: name for name in names if (key := field_key(data, name)) not in (None, name)}
-    return {renamed.get(key, key): value for key, value in data.items()} if renamed else data
+    """``data`` with ``names`` given in any case ("Subject") under their own spelling, as the Python API and the
+    file loaders take field names. Two spellings of one name both holding a value are refused: either would be
+    lost (null counts as absent, as everywhere in a request)."""
+    spellings: dict[str, list[str]] = {}
+    for key in data:
+        if isinstance(key, str):
+            spellings.setdefault(key.lower(), []).append(key)
+    renamed: dict[str, str] = {}
+    dropped: set[str] = set()
+    for name in dict.fromkeys(names):
+        keys = spellings.get(name.lower(), [])
+        given = [key for key in keys if data[key] is not None]
+        if len(given) > 1:
+            raise PydanticCustomError("duplicate_key", "{keys} are one key in any case: give {name} once", {
+                "keys": " and ".join(map(repr, sorted(given))), "name": repr(name)})
+        kept = given[0] if given else name if name in keys else keys[0] if keys else None
+        dropped.update(key for key in keys if key != kept)
+        if kept is not None and kept != name:
+            renamed[kept] = name
+    if not renamed and not dropped:
+        return data
+    return {renamed.get(key, key): value for key, value in data.items() if key not in dropped}
+
+
+def _top_level_keys(body: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """:func:`_canonical_keys` for a request body, told apart before validation: its error as a validation error."""
+    try:
+        return _canonical_keys(body, names)
+    except PydanticCustomError as error:
+        raise ValidationError.from_exception_data("request", [{"type": error, "loc": ("body",), "input": body}]
+                                                  ) from None
 
 
 def _misspelt(key: str, names: Sequence[str]) -> bool:
@@ -437,7 +465,7 @@ class Schemas:
         """Validate a request body. Its keys are read in any case ("Tickets", "Subject"), as ticket fields
         are everywhere, so the shape is told and validated on the models' own spelling."""
         if isinstance(body, dict):
-            body = _canonical_keys(body, ("tickets", "ticket", "top_k", "id", *self.ticket.text_keys()))
+            body = _top_level_keys(body, ("tickets", "ticket", "top_k", "id", *self.ticket.text_keys()))
         return self.request.validate_python(body)
 
     def tickets(self, parsed: BaseModel) -> list[tuple[str | int | None, ModelInput]]:
@@ -584,7 +612,7 @@ class FeedbackSchemas:
     def items(self, body: Any) -> list[FeedbackBase]:
         """The validated feedback of a request body, in order."""
         if isinstance(body, dict):
-            body = _canonical_keys(body, ("feedback",))
+            body = _top_level_keys(body, ("feedback",))
         parsed = self.request.validate_python(body)
         return list(parsed.feedback) if isinstance(parsed, self.batch) else [parsed]  # type: ignore[attr-defined]
 

@@ -251,11 +251,25 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ({"subject": "a", "body": " ", "description": "the real text"}, "the ticket has no 'body' but has 'description'"),
     ({"subject": "Help", "bdy": "cannot log in"}, "the ticket has no 'body' but has 'bdy', which it does not read"),
     ({"tickets": [{"text": "a"}], "Text": "b"}, "exactly one shape"),  # fields are read in any case
+    # ... so two spellings of one key would lose one of them: refused at every level
+    ({"tickets": [{"text": "a"}], "Tickets": [{"text": "b"}]}, "'Tickets' and 'tickets' are one key in any case: "
+                                                               "give 'tickets' once"),
+    ({"text": "a", "Text": "b"}, "'Text' and 'text' are one key in any case"),
+    ({"tickets": [{"text": "a", "TEXT": "b"}]}, "tickets[0]: 'TEXT' and 'text' are one key in any case"),
+    ({"ticket": {"subject": "a", "Subject": "b"}}, "ticket: 'Subject' and 'subject' are one key in any case"),
     ({"ticket": {"subject": "a"}, "Subject": "b"}, "exactly one shape"),
 ])
 def test_schema_errors_are_422_naming_the_field(client: FlaskClient, body: Any, named: str) -> None:
     error = error_of(client.post("/classify", json=body), 422)
     assert error["code"] == "invalid_request" and named in error["message"]
+
+
+def test_a_null_key_is_absent_beside_its_other_spelling_and_unnamed_as_unread(client: FlaskClient,
+                                                                              predictor: Predictor) -> None:
+    [prediction] = client.post("/classify", json={"text": None, "Text": "refund please"}).get_json()["predictions"]
+    assert prediction == {"id": None, **predictor.predict(["refund please"])[0].to_dict()}
+    error = error_of(client.post("/classify", json={"tickets": None}), 422)
+    assert error["message"] == "missing ticket text: give 'text' or 'subject' or 'body'"
 
 
 def test_ticket_with_no_text_after_cleaning_is_422_naming_it_as_the_request_does(client: FlaskClient) -> None:
