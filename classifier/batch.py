@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from classifier import bundle
 from classifier.columns import ColumnMapping
 from classifier.cpus import usable_cpus
-from classifier.data import check_flat, columns_to_classify, row_id, with_text_columns
+from classifier.data import check_flat, columns_to_classify, given_id, with_text_columns
 from classifier.errors import ModelError, UserError, one_line, where
 from classifier.readers import file_sha256, read_records
 from classifier.text import MAX_CELL_CHARS, TextOptions, nested_fields, ticket_text
@@ -518,11 +518,11 @@ def _file_columns(path: Path, first: list[Item], reading: _Reading) -> tuple[Col
 
 def _clean(path: Path, item: Item, mapping: ColumnMapping, options: TextOptions) -> tuple[Any, ...]:
     """(row, id, cleaned text, reason): reason empty for a row to classify; the id as ``predict --file`` gives
-    it (the row number where the id cell is empty), None for a line that could not be read."""
+    it (:func:`classifier.data.given_id`), None for a line that could not be read."""
     row, record = item
     if isinstance(record, str):
         return row, None, "", record
-    ticket_id = row_id(record, mapping.id_column, row or 0)
+    ticket_id = given_id(record, mapping.id_column, row or 0)
     try:
         check_flat(record, mapping.text_columns, path, row or 0)
         for column in mapping.text_columns:  # cut as predict --file cuts: no cell costs more than a window reads

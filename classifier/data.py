@@ -238,20 +238,20 @@ def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) 
 
 
 def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_columns: Sequence[str] = (), *,
-                             max_chars: int = MAX_CELL_CHARS) -> list[tuple[str, str]]:
+                             max_chars: int = MAX_CELL_CHARS) -> list[tuple[str | None, str]]:
     """``(id, cleaned text)`` for every row of an unlabelled file (``-``: standard input), in file order.
 
     Reads ``text_columns`` (the file's names for the bundle's fields, see :func:`with_text_columns`),
     else the bundle's text fields, or a ``text`` column alone when the file has none of them
-    (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle). The id is the file's id
-    column, else the row number. A row with nothing left after cleaning keeps its place with
-    an empty text, so that no row is silently lost. A text cell is cut to ``max_chars`` before cleaning
-    (the prediction then says ``truncated``, as for any ticket past the model's window).
+    (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle); the id is :func:`given_id`'s. A row
+    with nothing left after cleaning keeps its place with an empty text, so that no row is silently lost. A text
+    cell is cut to ``max_chars`` before cleaning (the prediction then says ``truncated``, as for any ticket past the
+    model's window).
     """
     path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
     records, columns = records_and_columns(path)
     mapping, text_options = columns_to_classify(columns, path, text_options, text_columns)
-    return [(row_id(record, mapping.id_column, row), text)
+    return [(given_id(record, mapping.id_column, row), text)
             for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars)]
 
 
@@ -303,10 +303,17 @@ def check_flat(record: dict[str, Any], columns: Iterable[str | None], path: Path
 
 
 def row_id(record: dict[str, Any], id_column: str | None, row: int) -> str:
-    """The record's id from the id column, or its row number where it has none (no id column, or an empty
-    cell): every tool that classifies a file names its tickets so."""
-    value = record.get(id_column) if id_column else None
-    return str(row) if value is None or str(value).strip() == "" else str(value)
+    """A training ticket's id, for reports: its id cell, or its row number where it has none."""
+    return given_id(record, id_column, row) or str(row)
+
+
+def given_id(record: dict[str, Any], id_column: str | None, row: int) -> str | None:
+    """A classified row's id, as every tool that classifies a file gives it: the id cell; the row number where the
+    file has no id column; None where the id cell is blank, as a row number there could be another ticket's id."""
+    if not id_column:
+        return str(row)
+    value = record.get(id_column)
+    return None if value is None or str(value).strip() == "" else str(value)
 
 
 def label_value(value: Any) -> str:

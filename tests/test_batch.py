@@ -48,7 +48,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     - a.csv: sample rows with their ids, and a row with no text after cleaning (its HTML is empty);
     - b.jsonl.gz: sample rows, a line that is not JSON, a body that is a list, and a record without its id
-      (classified, named by its row number as ``predict --file`` names it);
+      (classified with id null, as ``predict --file`` gives it: a row number could be another ticket's id);
     - c.parquet: sample rows without an id column (ids are row numbers).
     """
     with open(SAMPLE, newline="", encoding="utf-8") as handle:
@@ -83,7 +83,7 @@ def expected_texts(folder: Path, predictor: Predictor) -> dict[tuple[str, int], 
             except json.JSONDecodeError:
                 continue
             if isinstance(record["body"], str):
-                expected["b.jsonl.gz", number] = (record.get("id", str(number)), ticket_text(record, options))
+                expected["b.jsonl.gz", number] = (record.get("id"), ticket_text(record, options))
     for number, record in enumerate(pq.read_table(folder / "c.parquet").to_pylist(), start=1):
         expected["c.parquet", number] = (str(number), ticket_text(record, options))
     return expected
@@ -124,7 +124,7 @@ def test_a_folder_of_mixed_files_is_classified_as_the_predictor_does(exported_bu
         assert {key: record[key] for key in PREDICTION} == {key: prediction.to_dict()[key] for key in PREDICTION}
         assert "top_k" not in record  # only when asked
     assert summary.tickets == 3 * PER_FILE + 1 and summary.rejected == 3
-    assert got["b.jsonl.gz", 12]["id"] == "12"  # no id: its row number, as predict --file gives it
+    assert got["b.jsonl.gz", 12]["id"] is None  # no id: null, as predict --file gives it (source and row name it)
     assert summary.labels == {label: sum(1 for p in predictions if p.label == label) for label in summary.labels}
     assert summary.needs_review == sum(p.needs_review for p in predictions)
     assert summary.shards_written == 9 and summary.first_output_s is not None  # 61, 63, 60 rows in shards of 25

@@ -167,6 +167,20 @@ def test_predict_file_keeps_every_row_in_order_with_its_id(exported_bundle: Path
         [prediction.to_dict() for prediction in expected]  # each row's own prediction, whatever the pieces
 
 
+def test_a_row_with_a_blank_id_gets_id_null_not_a_row_number_another_ticket_may_have(
+        exported_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tickets = tmp_path / "new.csv"  # row 3's number is the next row's id: a write-back by id would hit ticket 3
+    tickets.write_text("id,subject,body\n1,Login,cannot log in\n,Invoice,where is my invoice\n3,Refund,refund it\n")
+    assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["id"] for line in captured.out.splitlines()] == ["1", None, "3"]
+    assert "warning: 1 of 3 rows have no value in the id column; their lines have id null" in captured.err
+    # Without an id column, row numbers are the ids: no ticket has another.
+    tickets.write_text("subject,body\nLogin,cannot log in\nRefund,refund it\n")
+    assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["2", "3"]
+
+
 def test_predict_reads_tickets_piped_to_standard_input(exported_bundle: Path) -> None:
     piped = '{"id": "T-1", "text": "I was charged twice"}\n{"id": "T-2", "text": "cannot log in"}\n'
     result = subprocess.run([sys.executable, "-m", "classifier.cli", "predict", str(exported_bundle), "--file", "-"],
