@@ -289,6 +289,15 @@ def _labels_problem(bundle_dir: Path, manifest: Manifest, config: dict[str, Any]
     return None
 
 
+def renamed_labels(manifest: Manifest, config: dict[str, Any]) -> list[str]:
+    """``'old' -> 'new'`` for each label the manifest names otherwise than config.json's id2label (which
+    training wrote): renamed by hand, which serves, but is worth saying where a check says the labels agree."""
+    id2label = config.get("id2label")
+    trained = id2label if isinstance(id2label, dict) else {}
+    return [f"{trained[str(position)]!r} -> {label!r}" for position, label in enumerate(manifest.labels)
+            if isinstance(trained.get(str(position)), str) and trained[str(position)] != label]
+
+
 def _max_length_problem(bundle_dir: Path, manifest: Manifest, config: dict[str, Any]) -> str | None:
     positions, padding = config.get("max_position_embeddings"), config.get("pad_token_id")
     if not isinstance(positions, int) or isinstance(positions, bool):
@@ -361,8 +370,11 @@ def verify_bundle(bundle_dir: str | Path) -> Verification:
     sealed = manifest.integrity
     files = f"{len(sealed.files)} sealed files match their size and sha256 (sealed by {sealed.sealed_by}, " \
             f"{sealed.sealed_at})" if sealed else "files not sealed"
+    renamed = renamed_labels(manifest, bundle.read_json_object(bundle_dir / bundle.CONFIG_FILE)) \
+        if (bundle_dir / bundle.CONFIG_FILE).is_file() else []
+    labels = f"labels (renamed in the manifest since training: {', '.join(renamed)})" if renamed else "labels"
     return Verification(list(broken.values()) + model_problems,
-                        f"{bundle_dir}: OK: {files}; labels, tokenizer, config and max_length agree; "
+                        f"{bundle_dir}: OK: {files}; {labels}, tokenizer, config and max_length agree; "
                         f"{', '.join(engines)} load and score a ticket; {manifest.engine} serves",
                         unsealed=unsealed_warning(bundle_dir) if sealed is None else None)
 

@@ -164,13 +164,18 @@ def test_an_unsealed_bundle_broken_so_is_refused_by_agreement_or_parsing(bundle_
     assert_refused_in_one_line(bundle_copy, message, capsys)
 
 
-def test_two_labels_swapped_are_refused_and_a_label_renamed_is_not(bundle_copy: Path, hand_edit) -> None:
+def test_two_labels_swapped_are_refused_and_a_label_renamed_is_not(bundle_copy: Path, hand_edit,
+                                                                   capsys: pytest.CaptureFixture) -> None:
     labels = read_manifest(bundle_copy).labels
     hand_edit(bundle_copy, lambda m: m.update(labels=[labels[1], labels[0], *labels[2:]]))
     with pytest.raises(UserError, match=rf"labels disagree .*: '{labels[1]}' is output 1 there, 0 in the manifest"):
         Predictor.load(bundle_copy)
     hand_edit(bundle_copy, lambda m: m.update(labels=[labels[0].upper(), "renamed", *labels[2:]]))
     assert Predictor.load(bundle_copy).labels[:2] == [labels[0].upper(), "renamed"]
+    # It serves, and verify, which says the labels agree with the config, says which were renamed.
+    code, out, _ = cli(capsys, "bundle", "verify", str(bundle_copy))
+    assert code == 0 and (f"; labels (renamed in the manifest since training: {labels[0]!r} -> "
+                          f"{labels[0].upper()!r}, {labels[1]!r} -> 'renamed'), tokenizer, config") in out
 
 
 @pytest.mark.parametrize(("edit", "message"), [
