@@ -68,7 +68,7 @@ class FeedbackDatabase:
     def __init__(self, url: str | None) -> None:
         self.url = url
         self._store: FeedbackStore | None = None
-        self._error: str | None = None if url else "feedback is turned off (TICKETCLF_FEEDBACK_DB=off)"
+        self._error: str | None = None
         self._tried = 0.0
         self._lock = threading.Lock()
 
@@ -108,6 +108,14 @@ def install(app: Flask) -> None:
 
 
 # ---------------------------------------------------------------- routes
+
+
+@bp.before_request
+def _refuse_when_off() -> None:
+    """Feedback turned off is a 404 before the body is read: not a 503, which helpdesks would retry for ever."""
+    if current_app.extensions[EXTENSION].url is None:
+        raise ApiError(404, "feedback_off", "this service does not take feedback (TICKETCLF_FEEDBACK_DB=off): "
+                       "nothing was stored; turn feedback on, or remove the helpdesk's webhook")
 
 
 @bp.post("/feedback")

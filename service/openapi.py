@@ -13,6 +13,7 @@ _ERRORS = {
     400: "The body is not valid JSON.",
     401: "Missing or wrong API key.",
     413: "The body is larger than the configured limit.",
+    404: "Feedback is turned off on this service (TICKETCLF_FEEDBACK_DB=off): nothing was stored, do not retry.",
     415: "The body is not application/json.",
     422: "The JSON does not match the schema; the message names the field.",
     503: "The feedback database cannot take feedback now; nothing was stored: retry later (Retry-After).",
@@ -77,7 +78,7 @@ def _feedback_path(operation: str, summary: str, request: str, description: str)
             "schema": {"$ref": REF.format(model=request)}}}},
         "responses": {"200": _json("FeedbackResponse", "Stored (committed durably), or recognised as already "
                                    "stored; counts per outcome, and one result per ticket."),
-                      **_errors(400, 401, 413, 415, 422, 503)},
+                      **_errors(400, 401, 404, 413, 415, 422, 503)},
     }}
 
 

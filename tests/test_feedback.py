@@ -496,6 +496,16 @@ def test_without_a_usable_database_classification_goes_on_and_feedback_is_503(ex
         create_app({"BUNDLE": exported_bundle, "THREADS": 1, "FEEDBACK_DB": "mysql://u@h/db"})
 
 
+
+def test_feedback_turned_off_is_a_404_that_asks_for_no_retry(exported_bundle: Path) -> None:
+    # A 503 with Retry-After had helpdesks retry forever something that can never succeed.
+    app = create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": "", "ACCESS_LOG": False,
+                      "FEEDBACK_DB": "off"})
+    for path in ("/feedback", "/feedback/zendesk"):
+        answer = app.test_client().post(path, json={"ticket_id": "1", "label": "billing"})
+        assert error_of(answer, 404)["code"] == "feedback_off" and "Retry-After" not in answer.headers
+
+
 def test_openapi_documents_the_feedback_routes(feedback_app: Flask) -> None:
     document = feedback_app.test_client().get("/openapi.json").get_json()
     assert {"/feedback", "/feedback/zendesk", "/feedback/freshdesk", "/feedback/jira"} <= set(document["paths"])
