@@ -8,6 +8,7 @@ Unknown keys are ignored: helpdesk payloads carry many fields we do not read.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -536,10 +537,22 @@ def _location(parts: Sequence[str | int]) -> str:
 
 # Bounds of the store's columns, so that a value too long is refused naming its field, not cut.
 FeedbackLabel = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_LABEL)]
+def _filled_in(ticket_id: Any) -> Any:
+    """Refuse an id that is a helpdesk placeholder left as written ("{{ticket.id}}", a trigger's body not
+    rendered): stored, every such event would be one ticket's, hiding the misconfigured webhook."""
+    if isinstance(ticket_id, str) and _PLACEHOLDER.fullmatch(ticket_id):
+        raise PydanticCustomError("placeholder", "{id} is a placeholder the helpdesk did not fill in: check the "
+                                  "webhook's body", {"id": repr(ticket_id)})
+    return ticket_id
+
+
+_PLACEHOLDER = re.compile(r"\{\{.*\}\}|\{%.*%\}", re.DOTALL)  # Zendesk, Freshdesk, Jira; Liquid tags
+
 FeedbackTicketId = Annotated[
     Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID)] | StrictInt,
     Field(description="Your ticket's id (the helpdesk's).", examples=["12345"]),
     _single_error(f"Input should be a string of 1 to {MAX_ID} characters or an integer"),
+    AfterValidator(_filled_in),
 ]
 FeedbackText = Annotated[StrictStr, Field(max_length=MAX_CELL_CHARS)]
 _Version = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_VERSION)]
@@ -673,7 +686,8 @@ class JiraFields(BaseModel):
 class JiraIssue(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    key: Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID)] = Field(examples=["SD-12"])
+    key: Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_ID), AfterValidator(_filled_in)] = Field(
+        examples=["SD-12"])
     fields: JiraFields
 
 

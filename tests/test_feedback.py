@@ -415,6 +415,12 @@ def test_zendesk_webhook_reads_the_category_and_a_retry_counts_once(feedback_app
     assert "ticket.category: missing" in missing["message"]
     for ticket in ({"category": "billing"}, {"id": " ", "category": "billing"}):  # no id, a blank one
         assert "ticket.id" in error_of(client.post("/feedback/zendesk", json={"ticket": ticket}), 422)["message"]
+    # A trigger's body sent unrendered: every event would be stored as one ticket, '{{ticket.id}}'.
+    placeholder = {"ticket": {"id": "{{ticket.id}}", "category": "billing"}}
+    assert error_of(client.post("/feedback/zendesk", json=placeholder), 422)["message"] == (
+        "ticket.id: '{{ticket.id}}' is a placeholder the helpdesk did not fill in: check the webhook's body")
+    assert error_of(client.post("/feedback/jira", json={"issue": {"key": "{{issue.key}}", "fields": {
+        "customfield_10050": "billing"}}}), 422)["message"].startswith("issue.key: '{{issue.key}}' is a placeholder")
 
 
 def test_freshdesk_and_jira_webhooks(feedback_app: Flask) -> None:
@@ -528,8 +534,10 @@ def test_cli_stats_export_and_delete(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert json.loads(capsys.readouterr().out)["windows"][0]["overall"]["agreed"] == 1
     assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "out.csv")]) == 0
     assert "2 tickets' labels written" in capsys.readouterr().out
+    assert main(["feedback", "delete", "--db", str(database), "--ticket", "1", "--text-only"]) == 0
+    assert capsys.readouterr().out == "text deleted from 1 event (tickets 1)\n"
     assert main(["feedback", "delete", "--db", str(database), "--ticket", "1"]) == 0
-    assert "1 events deleted" in capsys.readouterr().out
+    assert capsys.readouterr().out == "1 event deleted (tickets 1)\n"
     assert main(["feedback", "stats", "--db", str(tmp_path / "nowhere.sqlite")]) == 2
     assert "no feedback database" in capsys.readouterr().err
 
