@@ -1018,8 +1018,9 @@ def _run_feedback_delete(args: argparse.Namespace) -> int:
 
     with open_store(args.db, args.model) as store:
         changed = store.delete(args.ticket, text_only=args.text_only)
-    what = "events had their text deleted" if args.text_only else "events deleted"
-    print(f"{changed} {what} (tickets {', '.join(args.ticket)})")
+    events = f"{changed} event{'s' * (changed != 1)}"
+    what = f"text deleted from {events}" if args.text_only else f"{events} deleted"
+    print(f"{what} (tickets {', '.join(args.ticket)})")
     return 0
 
 
