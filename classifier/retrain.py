@@ -148,9 +148,12 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
     champion = repository.champion(name)
     manifest = champion.manifest()
     if manifest.fields:  # agents' feedback corrects the label only: a challenger would lose the other fields
-        raise UserError(f"{model_dir}: the serving model predicts fields besides its label "
-                        f"({', '.join(field.name for field in manifest.fields)}), which feedback does not correct; "
-                        "retrain it with 'ticketclf train' on the export")
+        fields = ", ".join(field.name for field in manifest.fields)
+        raise UserError(f"{model_dir}: the serving model also predicts {fields}, which retrain does not train "
+                        "(feedback and its training file carry the label only): its challenger would lose them. "
+                        f"Train a new version on the export with 'ticketclf train EXPORT --repository "
+                        f"{repository.root} --name {name}' and the same field options, then 'ticketclf models "
+                        "promote' it")
     columns = Columns(manifest.text.fields, manifest.data.train.label_column if manifest.data.train else None)
     trained = training_file_texts(manifest, champion.path)
     champion_trained = TrainedOn(set(trained), manifest.text) if trained is not None else None

@@ -4,6 +4,7 @@ champion on the fixed holdout, promoted, recorded in the history)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from csv_files import read_csv, write_csv
 
 from classifier.cli import _feedback_corrections, build_parser, main
+from classifier.errors import UserError
 from classifier.feedback import FeedbackEvent, open_store
 from classifier.repository import HISTORY_FILE, INCOMING_DIR, ModelRepository
 from classifier.retrain import (
@@ -102,6 +104,18 @@ def test_corrections_file_reads_what_feedback_export_writes(tmp_path: Path) -> N
     path = write_csv(tmp_path / "c.csv", [{"ticket_id": "T-1", "label": "login", "subject": "s", "body": "b",
                                             "received_at": NEW}])
     assert corrections_from_file(path) == [Correction("T-1", "login", {"subject": "s", "body": "b"}, NEW)]
+
+
+def test_retrain_of_a_model_with_fields_is_refused_saying_how_to_train_one(fields_bundle: Path, fields_csv: Path,
+                                                                           tmp_path: Path) -> None:
+    repository = ModelRepository(tmp_path / "models")
+    repository.add_version("tickets", fields_bundle)
+    for corrections in ([Correction("T-1", "billing", None, NEW)], []):  # with feedback or without
+        with pytest.raises(UserError, match=r"also predicts priority, tags, which retrain does not train .* "
+                                            r"Train a new version on the export with 'ticketclf train EXPORT "
+                                            rf"--repository {re.escape(str(repository.root))} --name tickets'"):
+            retrain(repository.model_dir("tickets"), fields_csv, corrections)
+    assert [version.number for version in repository.versions("tickets")] == [1]  # nothing trained
 
 
 def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path, tiny_csv: Path, tmp_path: Path,
