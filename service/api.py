@@ -61,7 +61,7 @@ def _check_texts(items: list[tuple[Any, ModelInput]], texts: list[str], batch: b
         where = f"tickets[{index}]" if batch else "the ticket"
         return where if ticket_id is None else f"{where} (id {ticket_id!r})"
     raise ApiError(422, "invalid_ticket", f"{', '.join(name(i) for i in empty)}: no text left after cleaning "
-                                          "(markup, quoted replies and signatures are removed)")
+                   "(markup, quoted replies and signatures are removed)", tickets=empty if batch else None)
 
 
 @bp.get("/labels")

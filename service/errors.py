@@ -19,14 +19,19 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "
 class ApiError(Exception):
     """An error answer: HTTP status, a stable machine code and a message for people."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None, *,
+                 tickets: list[int] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        self.tickets = tickets  # the batch positions it concerns, for a client to drop them (ErrorBody.tickets)
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps({"error": {"code": code, "message": message}})
-    return Response(body, status=status, mimetype="application/json", headers=headers)
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   tickets: list[int] | None = None) -> Response:
+    error: dict[str, object] = {"code": code, "message": message}
+    if tickets is not None:
+        error["tickets"] = tickets
+    return Response(json.dumps({"error": error}), status=status, mimetype="application/json", headers=headers)
 
 
 def register(app: Flask) -> None:
@@ -38,7 +43,7 @@ def register(app: Flask) -> None:
 
 
 def _api_error(error: ApiError) -> Response:
-    return error_response(error.status, error.code, error.message, error.headers)
+    return error_response(error.status, error.code, error.message, error.headers, error.tickets)
 
 
 def _http_error(error: HTTPException) -> Response:

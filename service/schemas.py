@@ -200,6 +200,9 @@ class ReadyResponse(BaseModel):
 class ErrorBody(BaseModel):
     code: str = Field(examples=["invalid_request"])
     message: str
+    tickets: list[int] | SkipJsonSchema[None] = Field(
+        None, description="Only for invalid_ticket: the positions (from 0) of the tickets refused in the request's "
+        "'tickets', to send the batch again without them.", examples=[[0, 2]], json_schema_extra=_absent_not_null)
 
 
 class ErrorResponse(BaseModel):
