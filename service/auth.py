@@ -21,13 +21,17 @@ def parse_keys(value: str | Iterable[str] | None) -> tuple[bytes, ...]:
 
 def require_api_key() -> None:
     """``before_request`` hook: 401 unless a configured key is presented (when any are configured)."""
-    keys: tuple[bytes, ...] = current_app.config["API_KEYS"]
-    if not keys or request.endpoint in PUBLIC_ENDPOINTS:
+    if request.endpoint in PUBLIC_ENDPOINTS or authorized():
         return
-    presented = _presented_key()
-    if presented is None or not _matches(presented, keys):
-        raise ApiError(401, "unauthorized", "missing or invalid API key: send 'Authorization: Bearer <key>' "
-                       "or 'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
+    raise ApiError(401, "unauthorized", "missing or invalid API key: send 'Authorization: Bearer <key>' "
+                   "or 'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
+
+
+def authorized() -> bool:
+    """Whether the request may see everything: no keys are configured, or it presents one of them."""
+    keys: tuple[bytes, ...] = current_app.config["API_KEYS"]
+    presented = _presented_key() if keys else None
+    return not keys or (presented is not None and _matches(presented, keys))
 
 
 def _presented_key() -> bytes | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from service import metrics
+from service import auth, metrics
 from service.api import json_response
 from service.context import context
 from service.schemas import HealthResponse, ReadyResponse
@@ -25,7 +25,10 @@ def health() -> Response:
 @bp.get("/ready")
 def ready() -> Response:
     served = context().served
-    return json_response(ReadyResponse(status="ready", model=served.current.info, swap_error=served.swap_error))
+    swap_error = served.swap_error
+    if swap_error is not None and not auth.authorized():  # open to probes: the reason names server paths
+        swap_error = "a new model was refused; the server's log, or this route with an API key, says why"
+    return json_response(ReadyResponse(status="ready", model=served.current.info, swap_error=swap_error))
 
 
 @bp.get("/metrics")
