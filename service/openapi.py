@@ -12,6 +12,7 @@ REF = "#/components/schemas/{model}"
 _ERRORS = {
     400: "The body is not valid JSON.",
     401: "Missing or wrong API key.",
+    408: "The body stopped arriving before its Content-Length was reached.",
     413: "The body is larger than the configured limit.",
     404: "Feedback is turned off on this service (TICKETCLF_FEEDBACK_DB=off): nothing was stored, do not retry.",
     415: "The body is not application/json.",
@@ -78,7 +79,7 @@ def _feedback_path(operation: str, summary: str, request: str, description: str)
             "schema": {"$ref": REF.format(model=request)}}}},
         "responses": {"200": _json("FeedbackResponse", "Stored (committed durably), or recognised as already "
                                    "stored; counts per outcome, and one result per ticket."),
-                      **_errors(400, 401, 404, 413, 415, 422, 503)},
+                      **_errors(400, 401, 404, 408, 413, 415, 422, 503)},
     }}
 
 
@@ -98,7 +99,7 @@ def _paths() -> dict[str, Any]:
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": REF.format(model="ClassifyRequest")}}}},
             "responses": {"200": _json("ClassifyResponse", "One prediction per ticket, in request order."),
-                          **_errors(400, 401, 413, 415, 422)},
+                          **_errors(400, 401, 408, 413, 415, 422)},
         }},
         "/labels": {"get": {"summary": "The labels the model predicts", "operationId": "labels",
                             "responses": {"200": _json("LabelsResponse", "Labels and thresholds."),

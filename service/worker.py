@@ -10,6 +10,9 @@
    line or header, a request line over 4,094 bytes, too many headers) are answered with
    the API's JSON error body instead of gunicorn's HTML page.
 4. SIGHUP makes it look for a new model at once (``service.model``) instead of ending it.
+5. A client that sends nothing for a third of gunicorn's ``timeout`` (10 s) is timed out: gunicorn reads
+   a connection with no time limit, so a body shorter than its Content-Length held the worker until the
+   master killed it (a 500, and the model loaded again). Behind nginx (deploy/) this never reaches us.
 
 Closing at once:
 
@@ -37,6 +40,7 @@ from gunicorn import util
 from gunicorn.http.body import LengthReader
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
+CLIENT_TIMEOUT_DIVISOR = 3  # a silent client is timed out at this fraction of the worker timeout
 DRAIN_MARGIN_S = 2.0  # stop taking queued connections this long before the master's graceful timeout
 # gunicorn's statuses for requests it refuses itself, named like the app's error codes.
 _GUNICORN_ERROR_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
@@ -86,6 +90,22 @@ class SyncWorker(GunicornSyncWorker):
                 except OSError:
                     break
 
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        timeout = self.cfg.timeout / CLIENT_TIMEOUT_DIVISOR if self.cfg.timeout else None
+        client.settimeout(timeout)
+        try:  # a connection opened and left silent (a load balancer's spare) is closed with one quiet line
+            if not client.recv(1, socket.MSG_PEEK):
+                util.close(client)
+                return
+        except TimeoutError:
+            self.log.info("closed a connection from %s that sent nothing for %.0f s", addr, timeout)
+            util.close(client)
+            return
+        except OSError:
+            util.close(client)
+            return
+        super().handle(listener, client, addr)
+
     def handle_request(self, listener: Any, req: Any, client: socket.socket, addr: Any) -> None:
         super().handle_request(listener, req, client, addr)
         if request_read_whole(req) and not bytes_waiting(client):
@@ -110,9 +130,13 @@ def request_read_whole(req: Any) -> bool:
 
 def bytes_waiting(client: socket.socket) -> bool:
     """The client sent more than the request (or the state is unknown, e.g. TLS)."""
+    timeout = client.gettimeout()
+    client.setblocking(False)  # with a timeout set, Python would wait for data despite MSG_DONTWAIT
     try:
         return bool(client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except BlockingIOError:
         return False
     except (OSError, ValueError):  # ValueError: a TLS socket takes no recv flags
         return True
+    finally:
+        client.settimeout(timeout)

@@ -65,9 +65,10 @@ def http_call(port: int, method: str, path: str, body: dict[str, Any] | None = N
 def running_server(bundle: Path, log: Path, *options: str, stop: int = signal.SIGTERM, **env: str) -> Iterator[int]:
     """``ticketclf serve`` on a free loopback port until ready; always stopped (by ``stop``), cleanly."""
     port = free_port()
-    environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}
+    environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     for variable in ("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS"):  # the server under test, not the caller's
         environment.pop(variable, None)
+    environment.update(env)
     command = [sys.executable, "-m", "classifier.cli", "serve", str(bundle), "--host", "127.0.0.1",
                "--port", str(port), *options]
     with open(log, "w") as out:

@@ -40,7 +40,7 @@ from service import worker as service_worker
 # The methods ours override, by the gunicorn class they override them in (names and parameters must match).
 GUNICORN_OVERRIDES: dict[type, tuple[type, set[str]]] = {
     service_worker.SyncWorker: (GunicornSyncWorker, {"init_process", "init_signals", "handle_exit", "run",
-                                                               "handle_request"}),
+                                                               "handle", "handle_request"}),
     server_module._Arbiter: (Arbiter, {"halt", "reap_workers", "handle_hup"}),
     server_module._RunsOurArbiter: (BaseApplication, {"run"}),
     server_module._Gunicorn: (Application, {"init", "load_config", "load"}),
@@ -83,6 +83,8 @@ def test_gunicorn_calls_we_make_still_bind() -> None:
         (gunicorn_util.write_nonblock, ("sock", b"data"), {}),  # worker.write_json_error
         (gunicorn_util.import_app, ("module:app()",), {}),  # server._Gunicorn.load
         (GunicornSyncWorker.accept, ("self", "listener"), {}),  # worker.answer_waiting_connections
+        (GunicornSyncWorker.handle, ("self", "listener", "client", "addr"), {}),  # worker.handle, after its timeout
+        (gunicorn_util.close, ("sock",), {}),  # worker.handle closes a silent connection
         (GunicornSyncWorker.notify, ("self",), {}),
         (GunicornSyncWorker.is_parent_alive, ("self",), {}),  # worker.run
         (Application.load_config_from_file, ("self", "gunicorn_conf.py"), {}),  # server._Gunicorn.load_config

@@ -116,6 +116,25 @@ def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> Non
     assert "Booting worker" in output and "Traceback" not in output and "hello" not in output
 
 
+def test_a_body_shorter_than_its_length_is_a_408_not_a_killed_worker(exported_bundle: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    # A worker timeout of 3 s times a silent client out after 1 s (a third), as 30 s does after 10 s.
+    with running_server(exported_bundle, log, "--workers", "1", GUNICORN_CMD_ARGS="--timeout 3") as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 100\r\n\r\n" + b'{"text": "hello"')  # 16 of the 100 bytes
+            answer = client.makefile("rb").read().decode()
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert json.loads(answer.split("\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+        assert http_call(port, "POST", "/classify", {"text": "hello"})[0] == 200  # the same worker, at once
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:  # sends nothing: closed
+            assert silent.recv(1) == b""
+        assert http_call(port, "GET", "/ready")[0] == 200
+    output = log.read_text()
+    assert "WORKER TIMEOUT" not in output and "Traceback" not in output
+    assert "that sent nothing for 1 s" in output
+
+
 def test_a_worker_runs_blas_on_its_model_threads() -> None:
     # In a process of its own, as a forked worker: the limit holds for the whole process.
     limited = subprocess.run([sys.executable, "-c", (
