@@ -34,6 +34,7 @@ import json
 import signal
 import socket
 import time
+import uuid
 from typing import Any
 
 from gunicorn import util
@@ -114,11 +115,12 @@ class SyncWorker(GunicornSyncWorker):
 
 
 def write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
-    """gunicorn's ``util.write_error``, with ``{"error": {"code", "message"}}`` as the body."""
+    """gunicorn's ``util.write_error``, with ``{"error": {"code", "message"}}`` as the body, and a request id as
+    every answer of the app has (the request was not read far enough to take the caller's)."""
     body = json.dumps({"error": {"code": _GUNICORN_ERROR_CODES.get(status, "bad_request"),
                                  "message": message or reason}}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+            f"X-Request-ID: {uuid.uuid4().hex}\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
     util.write_nonblock(sock, head + body)
 
 

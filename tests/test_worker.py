@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ def test_gunicorn_answers_malformed_http_with_json_errors(exported_bundle: Path,
             client.sendall(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
             status, headers, body = read_answer(client)
         assert status == 414 and b"content-type: application/json" in headers.lower()
+        assert re.search(rb"\r\nX-Request-ID: [0-9a-f]{32}\r\n", headers)  # as every answer of the app
         assert json.loads(body)["error"]["code"] == "uri_too_long"
 
 
