@@ -326,7 +326,11 @@ class ZendeskTicket(BaseModel):
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
         schema = handler.resolve_ref_schema(handler(core_schema))
-        schema["anyOf"] = [_given("subject"), _given("description")]
+        comment = {"type": "object", "properties": {"body": {"type": "string"}},
+                   "description": "Zendesk's API shape: the first comment, read as the description."}
+        schema["properties"]["comment"] = comment
+        schema["anyOf"] = [_given("subject"), _given("description"),
+                           {"required": ["comment"], "properties": {"comment": {"required": ["body"]}}}]
         return schema
 
 

@@ -341,6 +341,9 @@ def test_openapi_document_describes_this_bundle(client: FlaskClient) -> None:
                                       "/feedback", "/feedback/zendesk", "/feedback/freshdesk", "/feedback/jira"}
     ticket = document["components"]["schemas"]["Ticket"]
     assert {"id", "text", "subject", "body"} <= set(ticket["properties"])
+    # A webhook ticket with its text in comment.body only is valid, as the server reads it.
+    webhook_ticket = document["components"]["schemas"]["ZendeskTicket"]
+    assert {"required": ["comment"], "properties": {"comment": {"required": ["body"]}}} in webhook_ticket["anyOf"]
     assert "security" not in document  # no keys configured
 
 
