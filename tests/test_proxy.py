@@ -94,6 +94,8 @@ def test_nginx_refuses_in_the_services_json_errors_at_the_same_body_limit(proxie
         status, headers, body = raw(proxied.port, request)
         assert status == expected_status and json.loads(body)["error"]["code"] == code, (status, body)
         assert b"x-request-id: " in headers.lower()
+    logged = [json.loads(line) for line in (proxied.nginx_dir / "access.log").read_text().splitlines()]
+    assert [line["method"] for line in logged if line["status"] == 413] == ["POST"]  # not error_page's GET
 
 
 def test_a_service_that_is_down_is_a_json_502(tmp_path: Path) -> None:
