@@ -59,9 +59,9 @@ def _single_error(message: str) -> WrapValidator:
 
 
 TicketId = Annotated[
-    StrictStr | StrictInt,
+    Annotated[StrictStr, StringConstraints(max_length=MAX_ID)] | StrictInt,
     Field(description="Your ticket id, echoed in the prediction.", examples=["12345"]),
-    _single_error("Input should be a string or an integer"),
+    _single_error(f"Input should be a string of at most {MAX_ID} characters or an integer"),
 ]
 
 

@@ -230,7 +230,8 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ({"text": 5}, "text: Input should be a valid string"),
     ({"subject": ["a"]}, "subject: Input should be a valid string"),
     ({"text": "a", "subject": "b"}, "either 'text' or the ticket's fields (subject), not both"),
-    ({"text": "a", "id": 1.5}, "id: Input should be a string or an integer"),
+    ({"text": "a", "id": 1.5}, "id: Input should be a string of at most 256 characters or an integer"),
+    ({"text": "a", "id": "x" * 257}, "id: Input should be a string of at most 256"),  # as feedback's ids
     ({"text": "a", "top_k": 0}, "top_k"),
     ({"text": "a", "top_k": 1000}, "top_k"),
     ({"text": "a", "top_k": "3"}, "top_k"),
