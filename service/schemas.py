@@ -586,7 +586,8 @@ class FeedbackBase(BaseModel):
     model_config = ConfigDict(extra="ignore")
     text_fields: ClassVar[tuple[str, ...]] = ("text",)
 
-    ticket_id: FeedbackTicketId = Field(validation_alias=AliasChoices("ticket_id", "id"))
+    ticket_id: FeedbackTicketId = Field(validation_alias=AliasChoices("ticket_id", "id"),
+                                        description="Your ticket's id (the helpdesk's); 'id' is read as it too.")
     label: FeedbackLabel = Field(description="The label (queue) the agent set.", examples=["billing"])
     new_label: StrictBool = Field(False, description="The label is not one of the model's yet: accept it, to "
                                   "teach a new queue at the next retraining.")
@@ -605,7 +606,10 @@ class FeedbackBase(BaseModel):
     @classmethod
     def _keys_in_any_case(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            data = _canonical_keys(data, ("ticket_id", *cls.model_fields, *cls.text_fields))
+            data = _canonical_keys(data, ("ticket_id", "id", *cls.model_fields, *cls.text_fields))
+            if data.get("id") is not None and data.get("ticket_id") is not None and data["id"] != data["ticket_id"]:
+                raise PydanticCustomError("ambiguous_id", "give the ticket's id once, as 'ticket_id' ('id' is read "
+                                          "as it too): got both, and they differ")
         return data
 
     def text_record(self) -> dict[str, str] | None:

@@ -372,6 +372,7 @@ def test_post_feedback_one_and_a_batch(feedback_app: Flask) -> None:
     ({"feedback": [{"ticket_id": "1", "label": "billing"}], "Feedback": [{"ticket_id": "2", "label": "billing"}]},
      422, "'Feedback' and 'feedback' are one key in any case"),  # neither batch is lost
     ({"ticket_id": "1", "Ticket_ID": "2", "label": "billing"}, 422, "'Ticket_ID' and 'ticket_id' are one key"),
+    ({"id": "1", "ticket_id": "2", "label": "billing"}, 422, "give the ticket's id once, as 'ticket_id'"),
 ])
 def test_bad_feedback_is_refused_naming_the_field_and_nothing_is_stored(
         feedback_app: Flask, body: dict[str, object], status: int, named: str) -> None:
