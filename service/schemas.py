@@ -335,16 +335,30 @@ class ZendeskTicket(BaseModel):
 
 
 class ZendeskWebhook(BaseModel):
-    """A Zendesk-style webhook's body, ``{"ticket": {...}}``: a request, or an item of a batch."""
+    """A Zendesk-style webhook's body, ``{"ticket": {...}}``: a request, or an item of a batch. The ticket's id
+    is its own ``id``, else one given beside it."""
 
     model_config = ConfigDict(extra="ignore")
 
     ticket: ZendeskTicket
+    id: TicketId | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _key_in_any_case(cls, data: Any) -> Any:
-        return _canonical_keys(data, ("ticket",)) if isinstance(data, dict) else data
+        return _canonical_keys(data, ("ticket", "id")) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _one_id(self) -> ZendeskWebhook:
+        if self.id is not None and self.ticket.id is not None and self.id != self.ticket.id:
+            raise PydanticCustomError("ambiguous_id", "the ticket's id is given twice and differs: 'id' {outer} "
+                                      "and 'ticket.id' {inner}",
+                                      {"outer": repr(self.id), "inner": repr(self.ticket.id)})
+        return self
+
+    @property
+    def ticket_id(self) -> str | int | None:
+        return self.ticket.id if self.ticket.id is not None else self.id
 
 
 def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
@@ -382,7 +396,9 @@ def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
     if not isinstance(body, dict):
         return None
     given = {key for key, value in body.items() if value is not None}  # null counts as absent, as in a ticket
-    present = [shape for shape, keys in (("batch", {"tickets"}), ("zendesk", {"ticket"}),
+    # A webhook's ticket is an object, under a key that is not one of the model's text fields.
+    webhook = {"ticket"} if isinstance(body.get("ticket"), dict) and "ticket" not in text_fields else set()
+    present = [shape for shape, keys in (("batch", {"tickets"}), ("zendesk", webhook),
                                          ("single", {"text", *text_fields})) if keys & given]
     if len(present) > 1:
         return None
@@ -394,12 +410,18 @@ ITEM_TAGS = ("item: ticket", "item: webhook")
 
 
 def _batch_item_shape(text_keys: Collection[str], item: Any) -> str | None:
-    """A batch item's shape: a webhook's ``{"ticket": {...}}``, or a ticket (text under ``text_keys``); None
-    (refused) for both at once, as for a whole request (:func:`_request_shape`)."""
-    given = {key.lower() for key, value in item.items() if value is not None} if isinstance(item, dict) else set()
-    if "ticket" not in given:
-        return ITEM_TAGS[0]  # a ticket, or not an object: validated as a ticket, which says what is wrong
-    return None if given & set(text_keys) else ITEM_TAGS[1]
+    """A batch item's shape: a webhook's ``{"ticket": {...}}`` (an object under a key ``ticket`` that is not one
+    of the model's ``text_keys``), else a ticket; None (refused) for a webhook ticket beside text under
+    ``text_keys``, as for a whole request (:func:`_request_shape`). Keys in any case, as everywhere."""
+    if not isinstance(item, dict):
+        return ITEM_TAGS[0]  # validated as a ticket, which says it must be an object
+    keys = {key.lower() for key in text_keys}
+    webhook = "ticket" not in keys and any(isinstance(key, str) and key.lower() == "ticket" and isinstance(value, dict)
+                                           for key, value in item.items())
+    if not webhook:
+        return ITEM_TAGS[0]
+    given = {key.lower() for key, value in item.items() if isinstance(key, str) and value is not None}
+    return None if given & keys else ITEM_TAGS[1]
 
 
 # Keys that hold a ticket's body in common exports. Not subject or title: a heading left unread
@@ -483,8 +505,7 @@ class Schemas:
 
     def _ticket(self, item: Any) -> tuple[str | int | None, ModelInput]:
         if isinstance(item, ZendeskWebhook):
-            ticket = item.ticket
-            return ticket.id, zendesk_record(ticket, self.fields)
+            return item.ticket_id, zendesk_record(item.ticket, self.fields)
         return item.id, item.model_input()
 
 

@@ -25,7 +25,7 @@ from service_helpers import TICKET, error_of, metric_values
 
 from classifier.predict import Predictor
 from service import create_app
-from service.schemas import ZendeskTicket, zendesk_record
+from service.schemas import ZendeskTicket, _batch_item_shape, zendesk_record
 
 # ------------------------------------------------------------------ classify
 
@@ -106,6 +106,25 @@ def test_a_batch_takes_webhook_tickets_read_as_the_webhook_reads_them(client: Fl
     expected = predictor.predict([TICKET, "How do I reset my password?", TICKET])
     assert predictions == [{"id": ticket_id, **prediction.to_dict()}
                            for ticket_id, prediction in zip((4821, 2, 4821), expected)]
+    # The id may sit beside the webhook's ticket; a ticket number under 'ticket' is no webhook.
+    beside = {"tickets": [{"id": 9, "ticket": {"subject": TICKET["subject"], "description": TICKET["body"]}},
+                          {"id": 10, "ticket": 123, **TICKET}]}
+    assert [p["id"] for p in client.post("/classify", json=beside).get_json()["predictions"]] == [9, 10]
+    differing = {"tickets": [{"id": 9, "ticket": {"id": 8, "subject": "a"}}]}
+    assert "'id' 9 and 'ticket.id' 8" in error_of(client.post("/classify", json=differing), 422)["message"]
+
+
+@pytest.mark.parametrize(("fields", "item", "shape"), [
+    (("Subject", "Body"), {"ticket": {"subject": "a"}, "Body": "b"}, None),  # the model's field in another case
+    (("Subject", "Body"), {"ticket": {"subject": "a"}, "body": "b"}, None),
+    (("Subject", "Body"), {"Ticket": {"subject": "a"}}, "item: webhook"),
+    (("ticket",), {"ticket": "my printer is broken"}, "item: ticket"),  # a model whose text field is 'ticket'
+    (("ticket",), {"ticket": {"subject": "a"}}, "item: ticket"),
+    (("subject", "body"), {"ticket": 123, "subject": "a"}, "item: ticket"),  # a ticket number
+])
+def test_a_batch_item_is_a_webhook_only_with_an_object_under_ticket(fields: tuple[str, ...], item: dict,
+                                                                    shape: str | None) -> None:
+    assert _batch_item_shape(("text", *fields), item) == shape
 
 
 @pytest.mark.parametrize(("fields", "expected"), [
@@ -243,6 +262,8 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
      "tickets[0]: a batch item is one ticket or a webhook's {'ticket': {...}}, not both"),
     ({"tickets": "not a list"}, "tickets"),
     ({"ticket": {"id": 1}}, "ticket: missing ticket text"),
+    ({"ticket": "printer broken"}, "missing ticket text: give 'text' or 'subject' or 'body' (this model does not "
+                                   "read 'ticket')"),  # a webhook's ticket is an object
     ({"tickets": [{"text": "a"}], "ticket": {"subject": "b"}}, "exactly one shape"),  # neither may be dropped
     ({"tickets": [{"text": "a"}], "text": "b"}, "exactly one shape"),
     ({"ticket": {"subject": "a"}, "text": "b"}, "exactly one shape"),
