@@ -298,14 +298,21 @@ def renamed_labels(manifest: Manifest, config: dict[str, Any]) -> list[str]:
             if isinstance(trained.get(str(position)), str) and trained[str(position)] != label]
 
 
-def _max_length_problem(bundle_dir: Path, manifest: Manifest, config: dict[str, Any]) -> str | None:
+def encoder_token_limit(config: dict[str, Any]) -> int | None:
+    """The tokens an encoder with this config.json reads at most (its positions, less RoBERTa's family's
+    offset); None when the config does not say."""
     positions, padding = config.get("max_position_embeddings"), config.get("pad_token_id")
     if not isinstance(positions, int) or isinstance(positions, bool):
         return None
     offset = padding + 1 if config.get("model_type") in POSITIONS_AFTER_PADDING and isinstance(padding, int) else 0
-    limit = positions - offset
-    if manifest.max_length <= limit:
+    return positions - offset
+
+
+def _max_length_problem(bundle_dir: Path, manifest: Manifest, config: dict[str, Any]) -> str | None:
+    limit = encoder_token_limit(config)
+    if limit is None or manifest.max_length <= limit:
         return None
+    positions = config["max_position_embeddings"]
     return (f"{bundle_dir / bundle.MANIFEST}: max_length {manifest.max_length} is more than the encoder reads: "
             f"{limit} tokens ({bundle.CONFIG_FILE} max_position_embeddings {positions}); set it to {limit} or less")
 

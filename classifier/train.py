@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 LENGTH_QUANTILE = 0.99  # --max-length default: cover 99 % of training tickets untruncated
 LENGTH_MULTIPLE = 16
+MAX_CHOSEN_LENGTH = 512  # the longest window chosen from the data (BERT's); --max-length may ask for more
 # Batches are padded to a multiple of this many tokens: every new (batch, length) shape leaves memory behind
 # in PyTorch's CPU kernels and the allocator, and length-grouped batches would otherwise bring hundreds.
 PAD_MULTIPLE = 16
@@ -370,12 +371,13 @@ def _first(predictions: Any) -> np.ndarray:
     return np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
 
 
-def choose_max_length(tokenizer: PreTrainedTokenizerBase, texts: list[str], limit: int = 512) -> int:
-    """The token length covering :data:`LENGTH_QUANTILE` of texts, rounded up, within the encoder's ``limit``."""
+def choose_max_length(tokenizer: PreTrainedTokenizerBase, texts: list[str], limit: int = MAX_CHOSEN_LENGTH) -> int:
+    """The token length covering :data:`LENGTH_QUANTILE` of texts, rounded up, within the encoder's ``limit`` and
+    :data:`MAX_CHOSEN_LENGTH` (attention costs the square of it: a longer window is for --max-length to ask)."""
     lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
     wanted = int(np.quantile(lengths, LENGTH_QUANTILE))
     rounded = LENGTH_MULTIPLE * math.ceil(wanted / LENGTH_MULTIPLE)
-    return max(LENGTH_MULTIPLE * 2, min(rounded, limit, tokenizer.model_max_length))
+    return max(LENGTH_MULTIPLE * 2, min(rounded, limit, MAX_CHOSEN_LENGTH, tokenizer.model_max_length))
 
 
 def check_encoder(options: TrainingOptions) -> int:
@@ -387,7 +389,7 @@ def check_encoder(options: TrainingOptions) -> int:
         config = AutoConfig.from_pretrained(base_model)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load base model {base_model!r}: {one_line(error)}") from None
-    limit = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", None) or 512)
+    limit = min(tokenizer.model_max_length, integrity.encoder_token_limit(config.to_dict()) or MAX_CHOSEN_LENGTH)
     if options.max_length is not None and options.max_length > limit:
         raise UserError(f"--max-length {options.max_length} is over what {base_model} can read ({limit} tokens)")
     hidden = getattr(config, "hidden_size", None)

@@ -141,6 +141,8 @@ def test_max_length_follows_the_data() -> None:
     long = choose_max_length(tokenizer, ["word " * 200] * 50)
     assert short == 32 and long == 208
     assert choose_max_length(tokenizer, ["word " * 2000] * 5) == 512
+    assert choose_max_length(tokenizer, ["word " * 2000] * 5, limit=4096) == 512  # a longer window only if asked
+    assert choose_max_length(tokenizer, ["word " * 2000] * 5, limit=256) == 256  # within what the encoder reads
 
 
 def test_data_report_is_stored(tiny_bundle: Path) -> None:
