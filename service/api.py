@@ -105,8 +105,8 @@ def _json_body() -> Any:
         # Werkzeug reports the worker's socket timeout (service.worker) as a disconnect: a body shorter than
         # its Content-Length, the client still waiting for an answer.
         if isinstance(error.__context__, TimeoutError):
-            raise ApiError(408, "request_timeout", "the body stopped arriving before its Content-Length was "
-                           "reached; send the whole body") from None
+            raise ApiError(408, "request_timeout", "the body stopped arriving before its end; send the whole "
+                           "body") from None
         raise
     except Exception as error:  # noqa: BLE001  the server's body reader, e.g. a malformed chunk size
         raise ApiError(400, "bad_request", f"the request body could not be read: {error}") from None

@@ -31,6 +31,7 @@ unread byte can reset the connection, so this worker closes at once, as nginx's 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import time
@@ -53,6 +54,7 @@ class SyncWorker(GunicornSyncWorker):
         # gunicorn's error path (Worker.handle_error) writes through util.write_error; this process
         # serves only this app, so its errors take the app's format.
         util.write_error = write_json_error
+        self.log.error_log.addFilter(_quiet_client_timeouts)
         super().init_process()
 
     def init_signals(self) -> None:
@@ -114,13 +116,26 @@ class SyncWorker(GunicornSyncWorker):
             client.close()
 
 
+def _quiet_client_timeouts(record: logging.LogRecord) -> bool:
+    """gunicorn logs a socket timeout mid-headers (our client timeout, see handle) as an error with a traceback:
+    made one info line, as a client that stops sending is the client's doing."""
+    if record.exc_info and isinstance(record.exc_info[1], TimeoutError):
+        record.msg, record.args = "closed a connection whose client stopped sending in the middle of its request", ()
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+    return True
+
+
 def write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
     """gunicorn's ``util.write_error``, with ``{"error": {"code", "message"}}`` as the body, and a request id as
     every answer of the app has (the request was not read far enough to take the caller's)."""
-    body = json.dumps({"error": {"code": _GUNICORN_ERROR_CODES.get(status, "bad_request"),
-                                 "message": message or reason}}).encode()
+    request_id = uuid.uuid4().hex  # logged below, so that a caller's report can be found
+    code = _GUNICORN_ERROR_CODES.get(status, "bad_request")
+    logging.getLogger("gunicorn.error").info("answered %d %s before the app (request id %s): %s", status, code,
+                                             request_id, message or reason)
+    body = json.dumps({"error": {"code": code, "message": message or reason}}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"X-Request-ID: {uuid.uuid4().hex}\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
+            f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")
     util.write_nonblock(sock, head + body)
 
 

@@ -129,10 +129,14 @@ def test_a_body_shorter_than_its_length_is_a_408_not_a_killed_worker(exported_bu
         assert http_call(port, "POST", "/classify", {"text": "hello"})[0] == 200  # the same worker, at once
         with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:  # sends nothing: closed
             assert silent.recv(1) == b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:  # stops mid-headers: closed
+            stalled.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Ty")
+            assert stalled.recv(1) == b""
         assert http_call(port, "GET", "/ready")[0] == 200
     output = log.read_text()
     assert "WORKER TIMEOUT" not in output and "Traceback" not in output
     assert "that sent nothing for 1 s" in output
+    assert "INFO] closed a connection whose client stopped sending in the middle of its request" in output
 
 
 def test_a_worker_runs_blas_on_its_model_threads() -> None:

@@ -58,8 +58,10 @@ def test_gunicorn_answers_malformed_http_with_json_errors(exported_bundle: Path,
             client.sendall(b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
             status, headers, body = read_answer(client)
         assert status == 414 and b"content-type: application/json" in headers.lower()
-        assert re.search(rb"\r\nX-Request-ID: [0-9a-f]{32}\r\n", headers)  # as every answer of the app
-        assert json.loads(body)["error"]["code"] == "uri_too_long"
+        request_id = re.search(rb"\r\nX-Request-ID: ([0-9a-f]{32})\r\n", headers)  # as every answer of the app
+        assert request_id and json.loads(body)["error"]["code"] == "uri_too_long"
+    assert f"answered 414 uri_too_long before the app (request id {request_id[1].decode()})" in \
+        (tmp_path / "server.log").read_text()
 
 
 def test_worker_closes_at_once_only_when_nothing_is_left_unread() -> None:
@@ -77,3 +79,9 @@ def test_worker_closes_at_once_only_when_nothing_is_left_unread() -> None:
     with server_side:
         client_side.close()  # the client is done: nothing can arrive any more
         assert not bytes_waiting(server_side)
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        server_side.settimeout(5)  # as the worker reads (handle): the peek must not wait for it
+        started = time.monotonic()
+        assert not bytes_waiting(server_side)
+        assert time.monotonic() - started < 1 and server_side.gettimeout() == 5
