@@ -82,8 +82,8 @@ class DataReport:
     other_label: str = OTHER_LABEL  # the data's own spelling of the class rare ones merge into
     merged_label_spellings: dict[str, str] = field(default_factory=dict)  # e.g. "Billing" -> "billing"
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    # Validation tickets whose text a training ticket has too: {"validation": id, "train": id}.
-    shared_texts_between_splits: list[dict[str, str]] = field(default_factory=list)
+    shared_texts_between_splits: int = 0  # validation tickets whose text a training ticket has too
+    shared_text_examples: list[dict[str, str]] = field(default_factory=list)  # the first of them: validation/train id
     split: dict[str, Any] = field(default_factory=dict)
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # per field besides the label: see _field_report
 
@@ -131,10 +131,10 @@ class DataReport:
             merged = ", ".join(f"{k} ({v})" for k, v in self.merged_into_other.items())
             lines.append(f"merged rare classes into '{self.other_label}': {merged}")
         if shared := self.shared_texts_between_splits:
-            pairs = ", ".join(f"{pair['validation']} = {pair['train']}" for pair in shared[:5])
-            lines.append(f"warning: {len(shared)} validation tickets have the text of a training ticket, so validation "
+            pairs = ", ".join(f"{pair['validation']} = {pair['train']}" for pair in self.shared_text_examples[:5])
+            lines.append(f"warning: {shared} validation tickets have the text of a training ticket, so validation "
                          f"overstates accuracy on them (validation id = training id): {pairs}"
-                         f"{' ...' if len(shared) > 5 else ''}")
+                         f"{' ...' if shared > 5 else ''}")
         if self.split:
             lines.append(f"split: {self.split}")
         lines += [_field_line(name, info) for name, info in self.fields.items()]
@@ -561,12 +561,16 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
         report.split = {"method": "file", "path": str(options.validation_path)}
     labels = sorted(set(train.labels))
     report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
-    report.shared_texts_between_splits = _shared_texts(train, validation)
+    shared = _shared_texts(train, validation)
+    report.shared_texts_between_splits, report.shared_text_examples = len(shared), shared[:MAX_LISTED_SHARED]
     fields = [_single_field(name, train, validation, options.min_class_count, report, train_path)
               for name in options.field_columns]
     if options.tags_column:
         fields.append(_tags_field(options.tags_column, train, validation, options.min_class_count, report, train_path))
     return PreparedData(train, validation, labels, text_options, report, options, fields)
+
+
+MAX_LISTED_SHARED = 100  # shared texts named in the data report; the count is of all
 
 
 def _shared_texts(train: Tickets, validation: Tickets) -> list[dict[str, str]]:

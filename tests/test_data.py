@@ -252,7 +252,7 @@ def test_duplicates_conflicts_and_rare_classes(tmp_path: Path) -> None:
     assert report.merged_into_other == {"c": 1, "d": 1}
     assert "other" in prepared.labels
     assert len(prepared.train) + len(prepared.validation) == 23
-    assert len(report.shared_texts_between_splits) in (0, 1)  # only the conflicting text can be on both sides
+    assert report.shared_texts_between_splits in (0, 1)  # only the conflicting text can be on both sides
 
 
 def test_a_text_column_as_label_is_refused_and_long_class_lists_are_cut(tmp_path: Path) -> None:
@@ -342,7 +342,8 @@ def test_validation_file_overlap_and_unseen_labels_reported(tmp_path: Path) -> N
     prepared = prepare_data(write_csv(tmp_path / "train.csv", train_rows),
                             DataOptions(validation_path=str(write_csv(tmp_path / "val.csv", val_rows))))
     assert len(prepared.validation) == 2
-    assert prepared.report.shared_texts_between_splits == [{"validation": "2", "train": "2"}]  # row numbers
+    assert prepared.report.shared_texts_between_splits == 1
+    assert prepared.report.shared_text_examples == [{"validation": "2", "train": "2"}]  # row numbers
     assert ("warning: 1 validation tickets have the text of a training ticket, so validation overstates accuracy on "
             "them (validation id = training id): 2 = 2") in prepared.report.summary_lines()
     assert len(prepared.report.dropped["label not in training data"]) == 1
