@@ -202,9 +202,11 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
 
 
 def from_review_file(records: list[tuple[int, dict[str, Any]]], columns: Sequence[str]) -> None:
-    """A label review's cells as they were before :func:`write_csv` escaped them ``for_spreadsheets``, in
-    place; a review is told by its corrected_label column, and any other file is left as it is."""
-    if _corrected_column(columns) is None:
+    """The cells of a file written for spreadsheets as they were before :func:`spreadsheet_safe` escaped them, in
+    place: a label review (told by its corrected_label column) or a feedback export (ticket_id and received_at,
+    :func:`classifier.feedback.export_csv`); any other file is left as it is."""
+    names = {name.lower() for name in columns}
+    if _corrected_column(columns) is None and not FEEDBACK_EXPORT_COLUMNS <= names:
         return
     for _, record in records:
         for key, value in record.items():
@@ -218,6 +220,9 @@ def _corrected_label_column(columns: Sequence[str], mapping: ColumnMapping) -> s
         return None
     found = _corrected_column(columns)
     return found if found != mapping.label_column else None
+
+
+FEEDBACK_EXPORT_COLUMNS = frozenset({"ticket_id", "received_at"})  # the columns a feedback export always has
 
 
 def _corrected_column(columns: Sequence[str]) -> str | None:

@@ -46,6 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from classifier.data import spreadsheet_safe
 from classifier.errors import UserError
 from classifier.text import into_fields
 
@@ -708,10 +709,10 @@ def export_csv(store: FeedbackStore, output: str | os.PathLike[str], *, label_co
         with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
             writer = csv.writer(out)
             writer.writerow(["ticket_id", *columns, label_column, "received_at"])
-            for row in rows:
+            for row in rows:  # cells customers or agents wrote, escaped for spreadsheets (training undoes it)
                 text = into_fields(row.text or {}, columns)
-                writer.writerow([row.ticket_id, *(text[column] for column in columns), row.label,
-                                 row.received_at.isoformat()])
+                writer.writerow([*map(spreadsheet_safe, (row.ticket_id, *(text[column] for column in columns),
+                                                         row.label)), row.received_at.isoformat()])
         os.replace(temporary, output)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -38,7 +38,14 @@ from typing import Any
 
 from classifier.bundle import TRAINING_COPY_FILE
 from classifier.columns import ColumnMapping, resolve_columns
-from classifier.data import flat_columns, label_value, split_file, training_file_texts, write_csv
+from classifier.data import (
+    flat_columns,
+    from_review_file,
+    label_value,
+    split_file,
+    training_file_texts,
+    write_csv,
+)
 from classifier.errors import UserError
 from classifier.readers import records_and_columns
 from classifier.repository import EVALUATION_REPORT, ChampionChanged, ModelRepository, Version, open_model
@@ -413,6 +420,7 @@ def _write(path: Path, text_columns: list[str], names: dict[str, str], rows: lis
 def corrections_from_file(path: str | Path) -> list[Correction]:
     """Corrections as ``ticketclf feedback export`` writes them (id, label, text fields, received_at)."""
     numbered, columns = records_and_columns(path)
+    from_review_file(numbered, columns)  # its cells as stored, not as escaped for spreadsheets
     mapping = resolve_columns(columns, path)
     text_columns = [c for c in columns if c not in (mapping.id_column, mapping.label_column, "received_at")]
     if mapping.id_column is None or mapping.label_column is None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from csv_files import read_csv
 from flask import Flask
 from service_helpers import KEYS, ROOT, ctx, error_of, free_port, http_call, metric_values, wait_ready
 
@@ -42,6 +43,7 @@ from classifier.feedback import (
     metadata,
     resolve_url,
 )
+from classifier.retrain import corrections_from_file
 from service import create_app
 
 REQUIRE_SERVERS = os.environ.get("TICKETCLF_REQUIRE_SERVERS") == "1"
@@ -299,6 +301,20 @@ def test_export_is_a_training_file_that_load_tickets_reads(store: FeedbackStore,
     assert tickets.labels == ["billing", "login_access", "billing"]  # T-4 has no text: dropped, reported
     assert tickets.ids == ["T-1", "T-2", "T-3"]
     assert "Charged twice" in tickets.texts[0] and "Invoice is wrong" in tickets.texts[2]
+
+
+
+def test_export_cells_cannot_run_as_formulas_and_read_back_as_stored(store: FeedbackStore, tmp_path: Path) -> None:
+    hostile = {"subject": "=HYPERLINK(\"http://evil.example\",\"click\")", "body": "@SUM(A1) is my total"}
+    store.add([event("=1+1", "billing", text_fields=hostile)])
+    output = tmp_path / "corrections.csv"
+    export_csv(store, output)
+    [row] = read_csv(output)
+    assert (row["ticket_id"], row["subject"], row["body"]) == ("'=1+1", "'" + hostile["subject"], "'" + hostile["body"])
+    tickets, _ = load_tickets(output)  # train reads the cells as they were stored
+    assert tickets.ids == ["=1+1"] and tickets.texts[0].startswith(hostile["subject"])
+    [correction] = corrections_from_file(output)  # as retrain --corrections does
+    assert correction.ticket_id == "=1+1" and correction.fields == hostile
 
 
 def test_where_the_database_is() -> None:
