@@ -209,7 +209,6 @@ def _store(events: list[FeedbackEvent], names: Sequence[str], model: LoadedModel
         outcomes = store.add(events)
     except SQLAlchemyError as error:
         metrics.record_feedback_store_error()
-        log.error("feedback not stored (nothing of this request was): %s", one_line(error))
         raise _unavailable(f"{database.describe()}: {one_line(error)}") from None
     metrics.record_feedback(outcomes, model.predictor.labels)
     return json_response(_response(outcomes))
@@ -367,6 +366,10 @@ def _document_text(document: dict[str, Any]) -> str | None:
 
 
 def _unavailable(reason: str) -> ApiError:
-    return ApiError(503, "feedback_unavailable", f"the feedback database cannot take feedback now ({reason}); "
-                    "nothing was stored, retry later", headers={"Retry-After": "5"})
+    """A 503 saying to retry; ``reason`` goes to the log only, as it names the database and server paths."""
+    request_id = g.get("request_id")
+    log.error("feedback not stored (request %s; nothing of it was): %s", request_id, reason)
+    return ApiError(503, "feedback_unavailable", "the feedback database cannot take feedback now: nothing was "
+                    f"stored, retry later (the server's log says why, under request id {request_id})",
+                    headers={"Retry-After": "5"})
 

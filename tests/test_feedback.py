@@ -514,7 +514,10 @@ def test_without_a_usable_database_classification_goes_on_and_feedback_is_503(ex
     client = app.test_client()
     assert client.post("/classify", json={"text": "I was charged twice"}).status_code == 200
     answer = client.post("/feedback", json={"ticket_id": "1", "label": "billing"})
-    assert error_of(answer, 503)["code"] == "feedback_unavailable" and answer.headers["Retry-After"] == "5"
+    error = error_of(answer, 503)
+    assert error["code"] == "feedback_unavailable" and answer.headers["Retry-After"] == "5"
+    assert str(tmp_path) not in error["message"]  # the database's path is for the log, not for callers
+    assert f"under request id {answer.headers['X-Request-ID']}" in error["message"]
     with pytest.raises(UserError, match="FEEDBACK_DB"):
         create_app({"BUNDLE": exported_bundle, "THREADS": 1, "FEEDBACK_DB": "mysql://u@h/db"})
 
