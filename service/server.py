@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import runpy
@@ -25,8 +26,21 @@ from classifier.integrity import file_problems
 from classifier.predict import default_threads, resolve_engine
 from classifier.repository import is_model_dir, open_model
 from service import settings
+from service.auth import parse_keys
 
 CONFIG_FILE = Path(__file__).with_name("gunicorn_conf.py")
+
+
+def no_keys_warning(keys: Any, host: str) -> str | None:
+    """What to say when serving without API keys on an address other machines can reach; None otherwise."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if parse_keys(keys) or loopback:
+        return None
+    return (f"no API keys (TICKETCLF_API_KEYS) on {host}, an address others can reach: anyone there can classify, "
+            "and store or overwrite agents' labels through /feedback")
 
 
 def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int | None = None,
@@ -53,6 +67,8 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
     host = host.removeprefix("[").removesuffix("]")  # "[::1]", as URLs write it
     _check_address(host, port, workers)
+    if (warning := no_keys_warning(config["API_KEYS"], host)) is not None:
+        print(f"ticketclf serve: warning: {warning}", file=sys.stderr)
     if dev:
         return _serve_dev(host, port)
     overrides: dict[str, Any] = {"bind": [_address(host, port)]}

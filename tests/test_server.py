@@ -100,6 +100,14 @@ def test_serve_refuses_a_bad_address_before_starting_workers(tiny_bundle: Path, 
         serve(tiny_bundle, host="[2001:db8::1]", port=8000)
 
 
+@pytest.mark.parametrize(("keys", "host", "warned"), [
+    ("", "0.0.0.0", True), ("", "10.1.2.3", True), ("", "::", True), ("", "ci-host.internal", True),
+    ("", "127.0.0.1", False), ("", "::1", False), ("", "localhost", False), ("k1", "0.0.0.0", False),
+])
+def test_serving_without_keys_where_others_can_reach_it_is_warned(keys: str, host: str, warned: bool) -> None:
+    assert (server_module.no_keys_warning(keys, host) is not None) == warned
+
+
 def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     key = {"X-API-Key": KEYS[0]}
