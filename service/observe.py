@@ -85,7 +85,8 @@ def _entry(response: Response, seconds: float) -> dict[str, object]:
     }
     forwarded = request.headers.get("X-Forwarded-For")
     if forwarded:  # behind a proxy or ingress, "remote" is the proxy; this is who it says called
-        entry["forwarded_for"] = forwarded[:256]
+        # Its end, where the proxies write the addresses they saw: the start is whatever the caller sent.
+        entry["forwarded_for"] = forwarded if len(forwarded) <= 256 else "..." + forwarded[-253:]
     if "ticket_count" in g:
         entry["ticket_count"] = g.ticket_count
     if "log_tickets" in g:  # only set when LOG_TEXT is on
