@@ -96,6 +96,11 @@ def test_nginx_refuses_in_the_services_json_errors_at_the_same_body_limit(proxie
         assert b"x-request-id: " in headers.lower()
     logged = [json.loads(line) for line in (proxied.nginx_dir / "access.log").read_text().splitlines()]
     assert [line["method"] for line in logged if line["status"] == 413] == ["POST"]  # not error_page's GET
+    # A caller's id the service would not echo is not echoed by nginx's own answers either.
+    hostile = head.replace(b"Host: x\r\n", b"Host: x\r\nX-Request-ID: <b>id with markup</b>\r\n")
+    status, headers, body = raw(proxied.port, hostile % (limit + 1) + at_limit + b" ")
+    assert status == 413 and b"markup" not in headers + body
+    assert re.search(rb"\r\nx-request-id: [0-9a-f]{32}(\r\n|$)", headers.lower())
 
 
 def test_a_service_that_is_down_is_a_json_502(tmp_path: Path) -> None:
