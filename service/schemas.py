@@ -396,8 +396,7 @@ def _request_shape(text_fields: Sequence[str], body: Any) -> str | None:
     if not isinstance(body, dict):
         return None
     given = {key for key, value in body.items() if value is not None}  # null counts as absent, as in a ticket
-    # A webhook's ticket is an object, under a key that is not one of the model's text fields.
-    webhook = {"ticket"} if isinstance(body.get("ticket"), dict) and "ticket" not in text_fields else set()
+    webhook = {"ticket"} if _holds_webhook_ticket(body, text_fields) else set()
     present = [shape for shape, keys in (("batch", {"tickets"}), ("zendesk", webhook),
                                          ("single", {"text", *text_fields})) if keys & given]
     if len(present) > 1:
@@ -413,15 +412,19 @@ def _batch_item_shape(text_keys: Collection[str], item: Any) -> str | None:
     """A batch item's shape: a webhook's ``{"ticket": {...}}`` (an object under a key ``ticket`` that is not one
     of the model's ``text_keys``), else a ticket; None (refused) for a webhook ticket beside text under
     ``text_keys``, as for a whole request (:func:`_request_shape`). Keys in any case, as everywhere."""
-    if not isinstance(item, dict):
-        return ITEM_TAGS[0]  # validated as a ticket, which says it must be an object
-    keys = {key.lower() for key in text_keys}
-    webhook = "ticket" not in keys and any(isinstance(key, str) and key.lower() == "ticket" and isinstance(value, dict)
-                                           for key, value in item.items())
-    if not webhook:
-        return ITEM_TAGS[0]
+    if not isinstance(item, dict) or not _holds_webhook_ticket(item, text_keys):
+        return ITEM_TAGS[0]  # a ticket, or not an object: validated as a ticket, which says what is wrong
     given = {key.lower() for key, value in item.items() if isinstance(key, str) and value is not None}
-    return None if given & keys else ITEM_TAGS[1]
+    return None if given & {key.lower() for key in text_keys} else ITEM_TAGS[1]
+
+
+def _holds_webhook_ticket(data: dict[str, Any], text_keys: Collection[str]) -> bool:
+    """Whether ``data`` holds a webhook's ticket: an object under a key ``ticket`` (any case) that is not one of
+    the model's text fields (a ticket number there, or a model reading a 'ticket' column, is no webhook)."""
+    if "ticket" in {key.lower() for key in text_keys}:
+        return False
+    return any(isinstance(key, str) and key.lower() == "ticket" and isinstance(value, dict)
+               for key, value in data.items())
 
 
 # Keys that hold a ticket's body in common exports. Not subject or title: a heading left unread
