@@ -154,8 +154,8 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
     keeping checkpoints in ``checkpoints``; resume from the checkpoint ``resume_from`` if given."""
     base_model = options.base_model or default_base_model()
     set_seed(options.seed)
-    tokenizer = _load_tokenizer(base_model)
-    max_length = options.max_length or choose_max_length(tokenizer, data.train.texts, check_encoder(options))
+    tokenizer, limit = check_encoder(options)
+    max_length = options.max_length or choose_max_length(tokenizer, data.train.texts, limit)
     # The base model as given (in the training options), not its resolved path, which differs per venv.
     _record_run(checkpoints, resume_from, {
         "labels": data.labels, "max_length": max_length, "text": data.text_options.to_dict(),
@@ -380,9 +380,10 @@ def choose_max_length(tokenizer: PreTrainedTokenizerBase, texts: list[str], limi
     return max(LENGTH_MULTIPLE * 2, min(rounded, limit, MAX_CHOSEN_LENGTH, tokenizer.model_max_length))
 
 
-def check_encoder(options: TrainingOptions) -> int:
-    """Load the encoder's tokenizer and config, refuse options it cannot take, and return how many tokens it
-    reads. train() calls it before the data is read: a wrong path fails in a second, not after the data report."""
+def check_encoder(options: TrainingOptions) -> tuple[PreTrainedTokenizerBase, int]:
+    """Load the encoder's tokenizer and config, refuse options it cannot take, and return the tokenizer and how
+    many tokens the encoder reads. train() calls it before the data is read: a wrong path fails in a second, not
+    after the data report."""
     base_model = options.base_model or default_base_model()
     tokenizer = _load_tokenizer(base_model)
     try:
@@ -396,7 +397,7 @@ def check_encoder(options: TrainingOptions) -> int:
     if options.lora and hidden and options.lora_rank > hidden:
         raise UserError(f"--lora-rank {options.lora_rank} is over the encoder's hidden size ({hidden}): an adapter "
                         f"cannot have a higher rank than the weights it adapts")
-    return int(limit)
+    return tokenizer, int(limit)
 
 
 def library_versions() -> dict[str, str]:
