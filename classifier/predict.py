@@ -36,7 +36,7 @@ from classifier.manifest import Manifest
 from classifier.numerics import shown_score, sigmoid, softmax
 from classifier.oos import FEATURES_OUTPUT, OutOfScopeDetector
 from classifier.options import ENGINES
-from classifier.text import ticket_text, window_chars
+from classifier.text import canonical_keys, ticket_text, window_chars
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +303,8 @@ class Predictor:
 
     def _text(self, index: int, ticket: Ticket) -> str:
         try:
+            if isinstance(ticket, Mapping):  # {"text": .., "Text": ..}: refused, as the service refuses it
+                ticket = canonical_keys(ticket, (*self.text_options.record_fields, "text"))
             return ticket_text(ticket, self.text_options)
         except UserError as error:
             raise UserError(f"ticket {index}: {error}") from None

@@ -284,6 +284,39 @@ def _lookup(record: Mapping[str, Any], name: str) -> Any:
     return None if key is None else record[key]
 
 
+class SpelledTwice(UserError):
+    """A record holds one field under two spellings (any case), each with a value: reading either would
+    lose the other."""
+
+    def __init__(self, keys: list[str], name: str) -> None:
+        self.keys, self.name = keys, name
+        super().__init__(f"{' and '.join(map(repr, keys))} are one field in any case: give {name!r} once")
+
+
+def canonical_keys(record: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``record`` with ``names`` given in any case ("Subject") under their own spelling, as the file loaders
+    read them. Two spellings of one name both holding a value (None counts as absent) raise
+    :class:`SpelledTwice`; the others of an absent name's spellings are dropped."""
+    spellings: dict[str, list[str]] = {}
+    for key in record:
+        if isinstance(key, str):
+            spellings.setdefault(key.lower(), []).append(key)
+    renamed: dict[str, str] = {}
+    dropped: set[str] = set()
+    for name in dict.fromkeys(names):
+        keys = spellings.get(name.lower(), [])
+        given = [key for key in keys if record[key] is not None]
+        if len(given) > 1:
+            raise SpelledTwice(sorted(given), name)
+        kept = given[0] if given else name if name in keys else keys[0] if keys else None
+        dropped.update(key for key in keys if key != kept)
+        if kept is not None and kept != name:
+            renamed[kept] = name
+    if not renamed and not dropped:  # no copy: the service canonicalises every ticket of a batch
+        return record if isinstance(record, dict) else dict(record)
+    return {renamed.get(key, key): value for key, value in record.items() if key not in dropped}
+
+
 def field_key(record: Mapping[str, Any], name: str) -> Any:
     """The key under which ``record`` holds field ``name``: spelled exactly, else in any case; None if absent."""
     if name in record:
@@ -327,6 +360,6 @@ def _as_str(value: Any, name: str) -> str:
 
 __all__ = [
     "CHARS_PER_TOKEN_CAP", "FIELD_SEPARATOR", "MAX_CELL_CHARS", "MAX_WINDOW_TOKENS", "TEXT_COLUMN_GUESSES",
-    "TextOptions", "clean_text", "field_key", "html_to_text", "nested_fields", "strip_quoted_replies",
-    "strip_signature", "ticket_text", "window_chars",
+    "SpelledTwice", "TextOptions", "canonical_keys", "clean_text", "field_key", "html_to_text", "nested_fields",
+    "strip_quoted_replies", "strip_signature", "ticket_text", "window_chars",
 ]

@@ -39,7 +39,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from classifier.feedback import MAX_ID, MAX_LABEL, MAX_VERSION
-from classifier.text import FIELD_SEPARATOR, MAX_CELL_CHARS, TEXT_COLUMN_GUESSES
+from classifier.text import FIELD_SEPARATOR, MAX_CELL_CHARS, TEXT_COLUMN_GUESSES, SpelledTwice, canonical_keys
 
 ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
 DEFAULT_TOP_K = 3
@@ -437,28 +437,12 @@ def _has_words(value: Any) -> bool:
 
 
 def _canonical_keys(data: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    """``data`` with ``names`` given in any case ("Subject") under their own spelling, as the Python API and the
-    file loaders take field names. Two spellings of one name both holding a value are refused: either would be
-    lost (null counts as absent, as everywhere in a request)."""
-    spellings: dict[str, list[str]] = {}
-    for key in data:
-        if isinstance(key, str):
-            spellings.setdefault(key.lower(), []).append(key)
-    renamed: dict[str, str] = {}
-    dropped: set[str] = set()
-    for name in dict.fromkeys(names):
-        keys = spellings.get(name.lower(), [])
-        given = [key for key in keys if data[key] is not None]
-        if len(given) > 1:
-            raise PydanticCustomError("duplicate_key", "{keys} are one key in any case: give {name} once", {
-                "keys": " and ".join(map(repr, sorted(given))), "name": repr(name)})
-        kept = given[0] if given else name if name in keys else keys[0] if keys else None
-        dropped.update(key for key in keys if key != kept)
-        if kept is not None and kept != name:
-            renamed[kept] = name
-    if not renamed and not dropped:
-        return data
-    return {renamed.get(key, key): value for key, value in data.items() if key not in dropped}
+    """:func:`classifier.text.canonical_keys`, its refusal as a validation error of the field."""
+    try:
+        return canonical_keys(data, names)
+    except SpelledTwice as error:
+        raise PydanticCustomError("duplicate_key", "{keys} are one key in any case: give {name} once", {
+            "keys": " and ".join(map(repr, error.keys)), "name": repr(error.name)}) from None
 
 
 def _top_level_keys(body: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:

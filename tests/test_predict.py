@@ -147,6 +147,15 @@ def test_tickets_that_are_not_text_are_a_clear_error(exported_bundle: Path, tick
         Predictor.load(exported_bundle).predict(["fine ticket", ticket])  # type: ignore[list-item]
 
 
+def test_a_field_spelled_twice_is_refused_as_the_service_refuses_it(exported_bundle: Path) -> None:
+    predictor = Predictor.load(exported_bundle)
+    with pytest.raises(UserError, match="ticket 1: 'Text' and 'text' are one field in any case: give 'text' once"):
+        predictor.predict(["fine ticket", {"text": "printer jams", "Text": "refund please"}])
+    # One spelling holding a value is read, whichever its case; a null one is absent.
+    assert predictor.predict_proba([{"TEXT": "refund please", "text": None}]).tolist() == \
+        predictor.predict_proba(["refund please"]).tolist()
+
+
 def test_bundle_without_onnx_falls_back_to_torch(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
     predictor = Predictor.load(tiny_bundle)
     assert predictor.engine.name == "torch"
