@@ -527,7 +527,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.texts and args.file:  # arguments are numbered 1, 2, ... and file rows from 2: ids would collide
         raise UserError("give ticket texts as arguments or a --file, not both")
     # Arguments are numbered 1, 2, ...; file rows keep their ids. A bad file fails before any output.
-    rows: list[tuple[str | int | None, str]] = [(str(number), ticket_text(text, predictor.text_options))
+    rows: list[tuple[str | None, str]] = [(str(number), ticket_text(text, predictor.text_options))
                                           for number, text in enumerate(args.texts, 1)]
     rows += read_tickets_to_classify(args.file, predictor.text_options, args.text_columns or ()) if args.file else []
     _print_predictions(predictor, rows, top_k)
@@ -548,7 +548,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     return UserError.exit_code if summary.stopped else 0  # a file not read to its end: an input mistake
 
 
-def _print_predictions(predictor: Predictor, rows: list[tuple[str | int | None, str]], top_k: int) -> None:
+def _print_predictions(predictor: Predictor, rows: list[tuple[str | None, str]], top_k: int) -> None:
     """One JSON line per (id, cleaned text), in order, each with its id: the prediction, or why there is none.
 
     Tickets are predicted PREDICT_CHUNK at a time, so lines flow out as they are ready, and a file of any
@@ -572,7 +572,7 @@ def _print_predictions(predictor: Predictor, rows: list[tuple[str | int | None, 
         print(f"ticketclf predict: warning: {unnamed} of {len(rows)} rows have no value in the id column; their "
               "lines have id null (lines are in the file's order)", file=sys.stderr)
     if empty:
-        shown = ", ".join("null" if i is None else str(i) for i in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        shown = ", ".join("null" if i is None else i for i in empty[:10]) + (" ..." if len(empty) > 10 else "")
         print(f"ticketclf predict: warning: {len(empty)} of {len(rows)} tickets have no text after "
               f"cleaning (ids {shown}); their lines carry an error instead of a label", file=sys.stderr)
 

@@ -243,13 +243,12 @@ def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) 
 
 
 def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_columns: Sequence[str] = (), *,
-                             max_chars: int = MAX_CELL_CHARS) -> list[tuple[str | int | None, str]]:
+                             max_chars: int = MAX_CELL_CHARS) -> list[tuple[str | None, str]]:
     """``(id, cleaned text)`` for every row of an unlabelled file (``-``: standard input), in file order.
 
     Reads ``text_columns`` (the file's names for the bundle's fields, see :func:`with_text_columns`),
     else the bundle's text fields, or a ``text`` column alone when the file has none of them
-    (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle); the id is :func:`given_id`'s, a JSON
-    number kept a number (as the service echoes it: a consumer joining on it must not get "42" for 42). A row
+    (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle); the id is :func:`given_id`'s. A row
     with nothing left after cleaning keeps its place with an empty text, so that no row is silently lost. A text
     cell is cut to ``max_chars`` before cleaning (the prediction then says ``truncated``, as for any ticket past the
     model's window).
@@ -257,14 +256,8 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_c
     path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
     records, columns = records_and_columns(path)
     mapping, text_options = columns_to_classify(columns, path, text_options, text_columns)
-    return [(_as_given(record, mapping.id_column, row), text)
+    return [(given_id(record, mapping.id_column, row), text)
             for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars)]
-
-
-def _as_given(record: dict[str, Any], id_column: str | None, row: int) -> str | int | None:
-    """:func:`given_id`, or the id cell itself where it is a whole number (from JSON; a CSV cell is text)."""
-    value = record.get(id_column) if id_column else None
-    return value if isinstance(value, int) else given_id(record, id_column, row)
 
 
 def columns_to_classify(columns: Sequence[str], path: Path, text_options: TextOptions,

@@ -181,14 +181,6 @@ def test_a_row_with_a_blank_id_gets_id_null_not_a_row_number_another_ticket_may_
     assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["2", "3"]
 
 
-def test_a_json_number_id_stays_a_number_as_the_service_echoes_it(exported_bundle: Path, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture) -> None:
-    tickets = tmp_path / "new.jsonl"  # a consumer joining on ids would not find 42 under "42"
-    tickets.write_text('{"id": 42, "text": "charged twice"}\n{"id": "T-7", "text": "cannot log in"}\n')
-    assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
-    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [42, "T-7"]
-
-
 def test_predict_reads_tickets_piped_to_standard_input(exported_bundle: Path) -> None:
     piped = '{"id": "T-1", "text": "I was charged twice"}\n{"id": "T-2", "text": "cannot log in"}\n'
     result = subprocess.run([sys.executable, "-m", "classifier.cli", "predict", str(exported_bundle), "--file", "-"],
