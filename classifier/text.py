@@ -292,11 +292,15 @@ class SpelledTwice(UserError):
         self.keys, self.name = keys, name
         super().__init__(f"{' and '.join(map(repr, keys))} are one field in any case: give {name!r} once")
 
+    def __reduce__(self) -> tuple[type, tuple[list[str], str]]:  # across processes, as errors of a batch travel
+        return SpelledTwice, (self.keys, self.name)
+
 
 def canonical_keys(record: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    """``record`` with ``names`` given in any case ("Subject") under their own spelling, as the file loaders
-    read them. Two spellings of one name both holding a value (None counts as absent) raise
-    :class:`SpelledTwice`; the others of an absent name's spellings are dropped."""
+    """``record`` with ``names`` given in any case ("Subject") under their own spelling, for tickets sent as
+    records (the service, the Python API; a file's columns are found once, by :mod:`classifier.columns`). Two
+    spellings of one name both holding a value (None counts as absent) raise :class:`SpelledTwice`; the
+    other spellings of a name are dropped."""
     spellings: dict[str, list[str]] = {}
     for key in record:
         if isinstance(key, str):
@@ -312,7 +316,7 @@ def canonical_keys(record: Mapping[str, Any], names: Sequence[str]) -> dict[str,
         dropped.update(key for key in keys if key != kept)
         if kept is not None and kept != name:
             renamed[kept] = name
-    if not renamed and not dropped:  # no copy: the service canonicalises every ticket of a batch
+    if not renamed and not dropped:  # the record itself: callers canonicalise every ticket of a batch
         return record if isinstance(record, dict) else dict(record)
     return {renamed.get(key, key): value for key, value in record.items() if key not in dropped}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from classifier.errors import UserError
-from classifier.text import TextOptions, clean_text, ticket_text
+from classifier.text import SpelledTwice, TextOptions, canonical_keys, clean_text, ticket_text
 
 SUBJECT_BODY = TextOptions(fields=("subject", "body"))
 
@@ -89,6 +90,15 @@ def test_sign_off_cuts_only_a_name_and_what_follows_it() -> None:
 
 def test_field_names_match_regardless_of_case() -> None:
     assert ticket_text({"Subject": "Refund", "BODY": "charged twice"}, SUBJECT_BODY) == "Refund\ncharged twice"
+
+
+def test_a_field_spelled_twice_with_values_is_refused_and_the_error_travels_between_processes() -> None:
+    assert canonical_keys({"Text": "refund", "text": None, "id": 1}, ("text",)) == {"text": "refund", "id": 1}
+    with pytest.raises(SpelledTwice) as refused:
+        canonical_keys({"text": "printer jams", "TEXT": "refund"}, ("text",))
+    travelled = pickle.loads(pickle.dumps(refused.value))  # as a batch's errors cross from a worker
+    assert (travelled.keys, travelled.name, str(travelled)) == \
+        (["TEXT", "text"], "text", "'TEXT' and 'text' are one field in any case: give 'text' once")
 
 
 def test_sign_off_far_up_is_part_of_the_message() -> None:
