@@ -36,14 +36,19 @@ SCORES = ("confidence", "sharpness x2", "margin", "TF-IDF confidence", "TF-IDF m
 def main() -> int:
     args = parse_args()
     logging.disable(logging.WARNING)  # each bundle's load notes; the table is the output
+    for skipped in (run for run in args.runs if not (run / "bundle").is_dir()):
+        print(f"skipped {skipped}: no bundle/ in it", file=sys.stderr)
     rows = [(run, routed_by_score(run)) for run in args.runs if (run / "bundle").is_dir()]
     lines = ["| run | test tickets | " + " | ".join(SCORES) + " |", "|" + " --- |" * (len(SCORES) + 2)]
     for run, (tickets, routed) in rows:
         lines.append(f"| {run.parent.name}/{run.name} | {tickets} | "
                      + " | ".join(str(routed.get(score, "")) for score in SCORES) + " |")
-    shares = {score: [routed[score] / tickets for _, (tickets, routed) in rows if score in routed] for score in SCORES}
-    lines.append("| mean share routed | | " + " | ".join(f"{100 * np.mean(shares[score]):.1f} %" if shares[score]
-                                                          else "" for score in SCORES) + " |")
+    # Over the runs every score has (TF-IDF's are missing where a bundle has no TF-IDF model), so that the
+    # columns compare.
+    complete = [(tickets, routed) for _, (tickets, routed) in rows if len(routed) == len(SCORES)]
+    lines.append(f"| mean share routed ({len(complete)} runs with every score) | | " + " | ".join(
+        f"{100 * np.mean([routed[score] / tickets for tickets, routed in complete]):.1f} %" if complete else ""
+        for score in SCORES) + " |")
     body = "\n".join(lines)
     publish(args, "routing-scores", body, table_figures(body))
     return 0
@@ -54,6 +59,8 @@ def routed_by_score(run: Path) -> tuple[int, dict[str, int]]:
     predictor = Predictor.load(run / "bundle")
     test_file = run / "test.csv" if (run / "test.csv").exists() else BANKING77_TEST
     tickets, _ = load_test_set(test_file, predictor.manifest, None)
+    known = [i for i, label in enumerate(tickets.labels) if label in predictor.labels]  # a label it never saw
+    tickets = tickets.subset(known)  # is no routing decision of its own
     outputs = predictor.outputs(tickets.texts, cleaned=True, features=False)
     truth = np.array([predictor.labels.index(label) for label in tickets.labels])
     served = blend(outputs.logits.astype(np.float64),
