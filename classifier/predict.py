@@ -239,7 +239,8 @@ class Predictor:
 
     def _add_fields(self, predictions: list[Prediction], outputs: list[np.ndarray], top_k: int) -> None:
         """Each prediction's other fields: per single-label field its label, confidence, top-k and review
-        flag by that field's thresholds; the tags whose score reaches their threshold, best first."""
+        flag by that field's thresholds (and always for a ticket out of scope: a priority read from a text the
+        model was not trained on is no answer either); the tags whose score reaches their threshold, best first."""
         for prediction in predictions:
             prediction.fields = {spec.name: {} for spec in self.fields if spec.kind == "single"}
         for logits in outputs:
@@ -257,8 +258,9 @@ class Predictor:
             for prediction, row in zip(predictions, softmax(logits).tolist()):
                 best = heapq.nlargest(top_k, range(len(row)), key=row.__getitem__)
                 label, confidence = spec.labels[best[0]], shown_score(row[best[0]])
+                review = prediction.review_reason == "out_of_scope" or confidence < spec.threshold_of(label)
                 cast(dict, prediction.fields)[spec.name] = {
-                    "label": label, "confidence": confidence, "needs_review": confidence < spec.threshold_of(label),
+                    "label": label, "confidence": confidence, "needs_review": review,
                     "top_k": [{"label": spec.labels[i], "score": shown_score(row[i])} for i in best]}
 
     def predict_proba(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False) -> np.ndarray:

@@ -90,7 +90,7 @@ class FieldPredictionOut(BaseModel):
     label: str
     confidence: float = Field(ge=0, le=1)
     needs_review: bool = Field(description="The confidence is below this field's threshold for the label "
-                               "(GET /labels).")
+                               "(GET /labels), or the ticket is out of scope.")
     top_k: list[LabelScore] = Field(description="The field's best labels, best first.")
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -176,11 +179,29 @@ def test_predictions_carry_every_field(fields_bundle: Path) -> None:
         assert answer["label"] in manifest.labels
         field = answer["fields"]["priority"]
         assert field["label"] in priority.labels and field["label"] == field["top_k"][0]["label"]
-        assert field["needs_review"] == (field["confidence"] < priority.threshold_of(field["label"]))
+        assert field["needs_review"] == (field["confidence"] < priority.threshold_of(field["label"])
+                                         or prediction.review_reason == "out_of_scope")
         scores = [tag["score"] for tag in answer["tags"]]
         assert scores == sorted(scores, reverse=True)
         assert all(tag["tag"] in tags.labels and tag["score"] >= tags.threshold_of(tag["tag"]) - 1e-6
                    for tag in answer["tags"])
+
+
+def test_the_fields_of_a_ticket_out_of_scope_need_review_too(fields_bundle: Path, tmp_path: Path,
+                                                             hand_edit: Callable[[Path, Any], None]) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(fields_bundle, copy)
+
+    def every_ticket_out_of_scope_and_every_priority_sure(manifest: dict[str, Any]) -> None:
+        manifest["out_of_scope"]["threshold"] = 0.0
+        for field in manifest["fields"]:
+            if field["kind"] == "single":  # no priority is flagged for its own confidence
+                field.update(threshold=0.0, per_class={})
+
+    hand_edit(copy, every_ticket_out_of_scope_and_every_priority_sure)
+    predictions = Predictor.load(copy).predict(["I was charged twice, please refund me", "What's the weather?"])
+    assert all(p.review_reason == "out_of_scope" for p in predictions)
+    assert all(cast(dict, p.fields)["priority"]["needs_review"] for p in predictions)
 
 
 def test_a_bundle_of_the_label_alone_is_as_before(exported_bundle: Path) -> None:
