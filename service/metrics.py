@@ -42,7 +42,8 @@ NEEDS_REVIEW = Counter("ticketclf_needs_review_total", "Predictions that need re
 FIELD_PREDICTIONS = Counter("ticketclf_field_predictions_total", "Tickets classified, by field besides the label "
                             "(e.g. priority) and that field's predicted label.", ["field", "label"])
 FIELD_NEEDS_REVIEW = Counter("ticketclf_field_needs_review_total", "Fields besides the label whose prediction "
-                             "needs review (below that field's threshold), by field.", ["field"])
+                             "needs review (below that field's threshold, or the ticket out of scope), by field.",
+                             ["field"])
 TAGS = Counter("ticketclf_tags_total", "Tags given to tickets (score at or above the tag's threshold), by tag.",
                ["tag"])
 TRUNCATED = Counter("ticketclf_truncated_total", "Tickets longer than the model window (only the start was read).")
