@@ -40,6 +40,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from classifier import bundle
 from classifier.baseline import BASELINE_NAME
+from classifier.calibration import wilson_lower_bound
 from classifier.data import (
     DataReport,
     Tickets,
@@ -757,6 +758,8 @@ def _warnings(report: Report) -> list[str]:
                         + (" ..." if len(missing) > 10 else ""))
     if report.precision_coverage.recommended is None:
         warnings.append(report.precision_coverage.message)
+    elif (below := _bundle_thresholds_below_target(report)) is not None:
+        warnings.append(below)
     tickets, accuracy = report.metrics.tickets, report.metrics.accuracy
     confident = sum(b.count * (b.confidence or 0.0) for b in report.calibration.bins) / tickets
     if tickets >= POOR_CALIBRATION_MIN_TICKETS and abs(confident - accuracy) > POOR_CALIBRATION_GAP:
@@ -792,6 +795,23 @@ def _warnings(report: Report) -> list[str]:
         warnings.append(f"thresholds were measured with the {applied.engine} model but the bundle serves "
                         f"{applied.served_engine}: confidences may differ slightly")
     return warnings
+
+
+def _bundle_thresholds_below_target(report: Report) -> str | None:
+    """A warning where the review thresholds in the bundle now route these tickets at a precision below the
+    report's target beyond chance (the top of its 95 % interval under the target), unless this run writes
+    new ones: the headline's threshold is not what the service applies until it is written."""
+    coverage = report.precision_coverage
+    now, target = coverage.with_bundle_thresholds, coverage.target_precision
+    if report.thresholds_applied or now.precision is None:
+        return None
+    wrong = now.tickets - round(now.precision * now.tickets)
+    if 1 - wilson_lower_bound(wrong, now.tickets) >= target:
+        return None
+    return (f"the review thresholds in the bundle now route {now.coverage:.1%} of these tickets without review at "
+            f"{now.precision:.1%} precision, below the {target:.0%} target: until thresholds are written into the "
+            f"bundle (--apply-threshold-for-precision {target:g}, on a holdout file you do not report on), the "
+            "service routes more tickets, less precisely, than this report's recommended threshold")
 
 
 # ---------------------------------------------------------------- thresholds into the bundle

@@ -557,6 +557,20 @@ def test_evaluating_on_the_training_file_is_flagged(evaluated, exported_bundle, 
                for warning in report["warnings"])
 
 
+def test_thresholds_in_the_bundle_that_route_below_the_target_are_flagged(bundle_copy, test_csv, tmp_path):
+    manifest = read_manifest(bundle_copy)
+    manifest.thresholds.global_ = 0.0  # every ticket routed: precision is the accuracy
+    write_manifest(bundle_copy, manifest)
+    report = evaluate(bundle_copy, test_csv, tmp_path / "report", EvaluationOptions(baseline=False))
+    assert report["metrics"]["accuracy"] < 0.9 and report["metrics"]["tickets"] >= 100  # below 95 % beyond chance
+    [warning] = [w for w in report["warnings"] if w.startswith("the review thresholds in the bundle now route")]
+    assert "100.0% of these tickets without review" in warning and "below the 95% target" in warning
+    # Thresholds that reach the target here, written by this run: nothing to warn about.
+    report = evaluate(bundle_copy, test_csv, tmp_path / "applied", EvaluationOptions(
+        baseline=False, apply_threshold_for_precision=0.95))
+    assert not any(w.startswith("the review thresholds in the bundle now route") for w in report["warnings"])
+
+
 @pytest.mark.parametrize(("temperature", "how"), [(20.0, "less sure than it is right"),
                                                    (0.1, "surer than it is right")])
 def test_confidences_far_from_accuracy_are_flagged(bundle_copy, test_csv, tmp_path, temperature, how):
