@@ -30,7 +30,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from classifier.data import DataReport, Tickets, match_label_spellings
 from classifier.errors import ModelError
 from classifier.evaluate import Scored, class_sections, class_thresholds, routing_with
-from classifier.fields import tag_matrix, tag_metrics
+from classifier.fields import hardly_beats_majority, tag_matrix, tag_metrics
 from classifier.manifest import FieldHead
 from classifier.numerics import sigmoid, softmax
 from classifier.report import (
@@ -45,7 +45,6 @@ from classifier.report import (
 )
 
 LISTED_VALUES = 10  # values the model does not know, listed in a warning
-MAJORITY_MARGIN = 0.05  # a field's accuracy within this of its most common value's share is warned about
 
 
 @dataclass
@@ -201,7 +200,7 @@ def _majority_hint(name: str, section: SingleFieldSection) -> str | None:
         return None
     common = max(section.per_class, key=lambda row: row.support)
     share = common.support / section.tickets
-    if section.metrics.accuracy >= share + MAJORITY_MARGIN:
+    if not hardly_beats_majority(section.metrics.accuracy, share):
         return None
     right = round(section.metrics.accuracy * section.tickets)  # in tickets: the two shares compare exactly
     compared = "less than" if right < common.support else "no more than" if right == common.support else \

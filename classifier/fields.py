@@ -183,15 +183,28 @@ def tag_metrics(predicted: np.ndarray, truth: np.ndarray, tags: Sequence[str]) -
     }
 
 
+# A field's accuracy within this of its most common value's share is no guide: evaluation warns about it, and
+# training flags every answer of such a field for review.
+MAJORITY_MARGIN = 0.05
+
+
+def hardly_beats_majority(accuracy: float, most_common_share: float) -> bool:
+    """Whether a field right on ``accuracy`` of its tickets does hardly better than always answering its most
+    common value, which is right on ``most_common_share``."""
+    return accuracy < most_common_share + MAJORITY_MARGIN
+
+
 def single_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro-F1 over the tickets whose value is known (truth not :data:`MISSING`)."""
+    """Accuracy and macro-F1 over the tickets whose value is known (truth not :data:`MISSING`), and the share of
+    them its most common value has (what always answering it would score)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     known = truth != MISSING
     if not known.any():
         return {"tickets": 0}
     return {"tickets": int(known.sum()), "accuracy": float(accuracy_score(truth[known], predicted[known])),
-            "macro_f1": float(f1_score(truth[known], predicted[known], average="macro"))}
+            "macro_f1": float(f1_score(truth[known], predicted[known], average="macro")),
+            "most_common_share": float(np.bincount(truth[known]).max() / known.sum())}
 
 
 # ---------------------------------------------------------------- the heads as arrays (classifier.heads saves them)

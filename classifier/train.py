@@ -54,7 +54,7 @@ from classifier.manifest import (
     TrainingSection,
 )
 from classifier.numerics import sigmoid
-from classifier.options import DataOptions, TrainingOptions
+from classifier.options import MIN_FITTED_TICKETS, DataOptions, TrainingOptions
 from classifier.schedule import AnnealingTrainer, PlateauAnnealing, planned_epochs, steps_per_epoch
 from classifier.text import nested_fields
 
@@ -580,13 +580,31 @@ def field_heads(data: PreparedData, heads: MultiFieldModel, predictions: Any, la
             metrics = fields.tag_metrics(scores >= np.array(thresholds), truth, spec.labels)
             section.validation_metrics = {k: v for k, v in metrics.items() if k != "per_tag"}
         else:
-            section.validation_metrics = fields.single_metrics(np.asarray(logits).argmax(axis=1),
-                                                               targets["field_labels"][:, single])
+            section.validation_metrics = metrics = fields.single_metrics(np.asarray(logits).argmax(axis=1),
+                                                                         targets["field_labels"][:, single])
             single += 1
+            if _no_guide(metrics):  # safe by default: its answers go to a person until thresholds are measured
+                section.threshold = NO_GUIDE_THRESHOLD
+                log.warning("field %r: validation accuracy %.1f%% is hardly more than always answering its most "
+                            "common value (%.1f%%): every answer of it is flagged needs_review; 'ticketclf evaluate "
+                            "--apply-threshold-for-precision' on a holdout file sets thresholds from measured "
+                            "precision", spec.name, 100 * metrics["accuracy"], 100 * metrics["most_common_share"])
         log.info("field %r: validation %s", spec.name, ", ".join(
             f"{k} {v:.4f}" for k, v in section.validation_metrics.items() if isinstance(v, float)))
         sections.append(section)
     return sections
+
+
+# The review threshold of a single-label field that is no guide (:func:`_no_guide`): no confidence below 1
+# reaches it.
+NO_GUIDE_THRESHOLD = 1.0
+
+
+def _no_guide(metrics: dict[str, float]) -> bool:
+    """Whether a field's validation answers hardly beat always answering its most common value, measured on
+    enough tickets to tell (:data:`MIN_FITTED_TICKETS`, as for calibration)."""
+    return metrics.get("tickets", 0) >= MIN_FITTED_TICKETS and \
+        fields.hardly_beats_majority(metrics["accuracy"], metrics["most_common_share"])
 
 
 def _with_lora(model: torch.nn.Module, options: TrainingOptions) -> torch.nn.Module:

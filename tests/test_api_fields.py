@@ -66,7 +66,8 @@ def check_fields(prediction: dict[str, Any], heads: dict[str, FieldHead], top_k:
         spec, field = heads[name], prediction["fields"][name]
         assert set(field) == {"label", "confidence", "needs_review", "top_k"}
         assert field["label"] in spec.labels and 0 <= field["confidence"] <= 1
-        assert field["needs_review"] == (field["confidence"] < spec.threshold_of(field["label"]))
+        assert field["needs_review"] == (field["confidence"] < spec.threshold_of(field["label"])
+                                         or prediction["review_reason"] == "out_of_scope")
         assert len(field["top_k"]) == min(top_k, len(spec.labels))
         assert field["top_k"][0] == {"label": field["label"], "score": field["confidence"]}
         scores = [item["score"] for item in field["top_k"]]

@@ -135,6 +135,28 @@ def test_tags_with_too_few_positives_together_keep_the_default_threshold() -> No
 # ---------------------------------------------------------------- training, export, prediction
 
 
+@pytest.mark.parametrize(("answers", "threshold"), [("always the most common", 1.0), ("always right", 0.5)])
+def test_a_field_no_better_than_its_most_common_value_flags_every_answer(
+        sample_csv: Path, answers: str, threshold: float, caplog: pytest.LogCaptureFixture) -> None:
+    from classifier.train import _field_targets, field_heads
+
+    data = prepare_data(sample_csv, DataOptions(label_column="category", field_columns=("priority",),
+                                                validation_fraction=0.2))
+    truth = _field_targets(data, data.validation)["field_labels"]
+    known = truth[:, 0][truth[:, 0] != fields.MISSING]
+    assert len(known) >= 50  # enough validation tickets to judge the field
+    [priority] = data.fields
+    chosen = np.full(len(truth), np.bincount(known).argmax()) if answers.startswith("always the") else \
+        np.where(truth[:, 0] == fields.MISSING, 0, truth[:, 0])
+    field_logits = 5 * np.eye(len(priority.labels))[chosen]
+    label_ids = np.array([data.labels.index(label) for label in data.validation.labels])
+    label_logits = np.eye(len(data.labels))[label_ids]
+    [section] = field_heads(data, cast(Any, None), (label_logits, field_logits), (label_ids, truth))
+    assert section.threshold == threshold
+    assert section.validation_metrics["most_common_share"] == pytest.approx(np.bincount(known).max() / len(known))
+    assert ("every answer of it is flagged needs_review" in caplog.text) == (threshold == 1.0)
+
+
 def test_one_bundle_learns_every_field(fields_bundle: Path) -> None:
     manifest = bundle.read_manifest(fields_bundle)
     assert manifest.fields is not None
