@@ -629,15 +629,20 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
                             formatter_class=_HelpFormatter)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def action(name: str, help: str, run: Command, version: bool = False) -> argparse.ArgumentParser:
+    def action(name: str, help: str, run: Command, version: bool = False, default: str | None = None
+               ) -> argparse.ArgumentParser:
         parser = _subcommand(actions, name, help, run)
         parser.add_argument("model", type=Path, metavar="MODEL", help="REPO/NAME, e.g. models/tickets")
         if version:
-            parser.add_argument("version", help="version number, or an alias (champion, challenger)")
+            parser.add_argument("version", nargs="?" if default else None, default=default,
+                                help="version number, or an alias (champion, challenger)"
+                                + (f"; default: {default}" if default else ""))
         return parser
 
     action("list", "each version with its figures, aliases and which one serves", _run_models_list)
-    action("show", "one version's manifest summary", _run_models_show, version=True).add_argument(
+    show = action("show", "one version's manifest summary", _run_models_show, version=True,
+                  default="champion")  # repository.CHAMPION: the version that serves
+    show.add_argument(
         "--json", action="store_true", help="print the summary and the whole manifest as JSON")
     action("promote", "make a version the champion: it serves", _run_models_promote, version=True).add_argument(
         "--reason", default="", help="why, for the history")
@@ -795,6 +800,17 @@ def _run_models_show(args: argparse.Namespace) -> int:
               f"{summary.evaluation.tickets} tickets")
     print(f"  serves with: {manifest.engine}; calibration temperature {manifest.temperature:.3f}; review "
           f"threshold {manifest.thresholds.global_} ({len(manifest.thresholds.per_class)} per class)")
+    if manifest.out_of_scope is not None:
+        print(f"  out of scope above score {manifest.out_of_scope.threshold_for(manifest.engine):.4g} (flags "
+              f"{manifest.out_of_scope.target_abstention:.0%} of in-scope validation tickets)")
+    for field in manifest.fields or []:
+        accuracy = field.validation_metrics.get("accuracy", field.validation_metrics.get("micro_f1"))
+        measured = "accuracy" if "accuracy" in field.validation_metrics else "micro-F1"
+        review = (f"review threshold {field.threshold} ({len(field.per_class)} per class)" if field.kind == "single"
+                  else f"{len(field.per_class)} tag thresholds")
+        kind = "labels" if field.kind == "single" else "tags"
+        print(f"  field {field.name} ({field.kind}, {len(field.labels)} {kind}): validation {measured} "
+              f"{_figure(accuracy)}; {review}")
     return 0
 
 

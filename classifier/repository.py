@@ -44,7 +44,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from classifier.bundle import fsync, read_manifest, write_text_atomic
+from classifier.bundle import MANIFEST, fsync, read_manifest, write_text_atomic
 from classifier.errors import UserError, one_line
 from classifier.manifest import Manifest
 
@@ -388,6 +388,10 @@ class ModelRepository:
         except FileNotFoundError:
             if missing_ok:
                 return Aliases()
+            if (self.model_dir(name) / MANIFEST).is_file():  # a bundle trained with --output
+                raise UserError(f"{self.model_dir(name)}: a bundle, not a model in a repository (REPO/NAME); its "
+                                f"summary is its {MANIFEST}, or add it to a repository with 'ticketclf models add "
+                                f"models/tickets {self.model_dir(name)}' and name the version there") from None
             raise UserError(f"{self.model_dir(name)}: not a model in a repository (no {ALIASES_FILE}); add a "
                             f"version with 'ticketclf train DATA --repository {self.root} --name {name}'") from None
         except ValidationError as error:

@@ -226,6 +226,22 @@ def test_the_fields_of_a_ticket_out_of_scope_need_review_too(fields_bundle: Path
     assert all(cast(dict, p.fields)["priority"]["needs_review"] for p in predictions)
 
 
+def test_models_show_lists_each_field_with_its_review_thresholds(fields_bundle: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from classifier.cli import main
+
+    model = str(tmp_path / "models" / "tickets")
+    assert main(["models", "add", model, str(fields_bundle)]) == 0
+    capsys.readouterr()
+    assert main(["models", "show", model]) == 0
+    priority, tags = bundle.read_manifest(fields_bundle).fields or []
+    shown = capsys.readouterr().out
+    assert (f"\n  field priority (single, {len(priority.labels)} labels): validation accuracy "
+            f"{priority.validation_metrics['accuracy']:.4f}; review threshold {priority.threshold} (0 per class)\n"
+            ) in shown
+    assert f"\n  field tags (tags, {len(tags.labels)} tags): validation micro-F1 " in shown
+
+
 def test_a_bundle_of_the_label_alone_is_as_before(exported_bundle: Path) -> None:
     raw = json.loads((exported_bundle / bundle.MANIFEST).read_text(encoding="utf-8"))
     assert "fields" not in raw and not (exported_bundle / bundle.FIELD_HEADS_FILE).exists()

@@ -276,6 +276,9 @@ def test_models_show_promote_rollback_remove_add_and_their_errors(three: ModelRe
     shown_text = capsys.readouterr().out
     assert shown_text.startswith(f"version 1 of {model} (champion; serves)\n")
     assert re.search(r"\n  base model: .*, model\.safetensors sha256 [0-9a-f]{12}; max length 96\n", shown_text)
+    assert re.search(r"\n  out of scope above score [0-9.]+ \(flags 1% of in-scope validation tickets\)\n", shown_text)
+    assert main(["models", "show", model]) == 0  # no version: the one that serves
+    assert capsys.readouterr().out == shown_text
     assert main(["models", "promote", model, "3", "--reason", "better"]) == 0
     assert capsys.readouterr().out == f"{model}: version 3 serves now (before: version 1)\n"
     assert main(["models", "rollback", model]) == 0
@@ -292,7 +295,9 @@ def test_models_show_promote_rollback_remove_add_and_their_errors(three: ModelRe
                              (["rollback", model], "no earlier champion to roll back to"),
                              (["show", model, "7"], "no version 7; versions: 1, 3, 4"),
                              (["promote", model, "best"], "no alias 'best'"),
-                             (["list", str(three.root / "nothing")], "not a model in a repository")]:
+                             (["list", str(three.root / "nothing")], "not a model in a repository"),
+                             (["show", str(tiny_bundle)], "a bundle, not a model in a repository (REPO/NAME); "
+                                                          "its summary is its manifest.json, or add it")]:
         assert main(["models", *command]) == 2
         error = capsys.readouterr().err
         assert error.startswith("ticketclf models: error: ") and message in error and error.count("\n") == 1
