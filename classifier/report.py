@@ -235,6 +235,20 @@ class Difference:
     resamples: int
     summary: str = ""  # the above in one line, as the terminal and the page show it
 
+    def plain(self, other: str, tickets: int) -> str:
+        """The comparison in one plain sentence, for readers who skip intervals, e.g. "On these 239 tickets this
+        model is not shown to be better or worse than the baseline: both gaps are within chance"."""
+        accuracy, routed = self.accuracy.verdict, self.routed.verdict
+        if accuracy == routed == "within chance":
+            return (f"On these {tickets} tickets this model is not shown to be better or worse than {other}: both "
+                    "gaps are within chance, and more test tickets would tell")
+        said = {"better beyond chance": "more", "worse beyond chance": "less"}
+        parts = [f"{said[accuracy]} accurate than {other}, beyond chance" if accuracy in said
+                 else f"as accurate as {other} within chance",
+                 f"routes {'more' if routed == 'better beyond chance' else 'fewer'} tickets at the target precision, "
+                 "beyond chance" if routed in said else "routes as many within chance"]
+        return f"On these {tickets} tickets this model is {parts[0]}, and {parts[1]}"
+
 
 def difference_summary(accuracy: Interval, routed: Interval, target: float, only_this_right: int,
                        only_other_right: int, other: str) -> str:

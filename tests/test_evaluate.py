@@ -223,13 +223,21 @@ def test_a_paired_difference_says_whether_a_gap_is_beyond_chance():
     assert gap.accuracy.verdict == "better beyond chance"
     assert gap.routed.value > 0.9 and gap.routed.low > 0  # 'half' reaches 95 % precision at its top tickets only
     assert (gap.only_this_right, gap.only_other_right, gap.resamples) == (100, 0, BOOTSTRAP_RESAMPLES)
+    assert gap.plain("the baseline", 200) == ("On these 200 tickets this model is more accurate than the baseline, "
+                                              "beyond chance, and routes more tickets at the target precision, "
+                                              "beyond chance")
     assert paired_difference(half, always, 0.95).accuracy.verdict == "worse beyond chance"
+    assert paired_difference(half, always, 0.95).plain("the baseline", 200).startswith(
+        "On these 200 tickets this model is less accurate than the baseline, beyond chance, and routes fewer")
     # One ticket apart on 200: the draw of tickets decides it.
     one_more = _scored([True] * 199 + [False], confidence)
     close = paired_difference(always, one_more, 0.95, "the baseline")
     assert close.accuracy.value == pytest.approx(0.005) and close.accuracy.low <= 0 < close.accuracy.high
     assert close.accuracy.verdict == "within chance" and "+0.5 points" in close.summary
     assert "right on 1 tickets the baseline gets wrong, wrong on 0 the baseline gets right" in close.summary
+    assert close.plain("the baseline", 200) == ("On these 200 tickets this model is not shown to be better or worse "
+                                                "than the baseline: both gaps are within chance, and more test "
+                                                "tickets would tell")
     # 4 tickets of 10 where only this model is right, none the other way: no evidence (McNemar's exact p = 0.125).
     few = paired_difference(_scored([True] * 10, confidence[:10]), _scored([False] * 4 + [True] * 6, confidence[:10]),
                             0.95)
