@@ -155,7 +155,10 @@ def reliability_png(calibration: Reliability) -> bytes:
                   f"expected calibration error {calibration.ece:.3f}")
     top.legend(loc="best", fontsize=8, framealpha=0.9)
     top.grid(alpha=0.3)
-    bottom.bar(lowers, [b.count for b in bins], width=width, align="edge", color="#888888", edgecolor="white")
+    counts = bottom.bar(lowers, [b.count for b in bins], width=width, align="edge", color="#888888",
+                        edgecolor="white")
+    bottom.bar_label(counts, fontsize=7, padding=1)  # a full bar above of 1 ticket says little: show how many
+    bottom.margins(y=0.25)
     bottom.set(xlabel="model confidence", ylabel="tickets")
     return _png(fig)
 
