@@ -520,6 +520,7 @@ def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target
                   others: tuple[SideBySide | Unavailable | None, SideBySide | None]) -> Report:
     """The report on the evaluated model, with the sections about the test file and the other models."""
     source = predictor.manifest.thresholds.source  # thresholds an earlier evaluation wrote into the bundle
+    validation = predictor.manifest.data.validation
     sections = class_sections(scored, target, predictor.threshold,
                               source.model_dump(mode="json") if source else None)
     metrics = sections.metrics
@@ -527,7 +528,9 @@ def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target
         created_at=created_at,
         model=ModelInfo(bundle=str(predictor.bundle_dir), name=predictor.name, version=predictor.version,
                         engine=predictor.engine_kind, labels=len(predictor.labels),
-                        blend_weight=predictor.blend_weight),
+                        blend_weight=predictor.blend_weight,
+                        validation_accuracy=predictor.manifest.served_validation_accuracy,
+                        validation_tickets=validation.rows_used if validation else None),
         metrics=metrics,
         per_class=sections.per_class,
         confusion_matrix=sections.confusion_matrix,
@@ -769,6 +772,8 @@ def _warnings(report: Report) -> list[str]:
                         f"accuracy {accuracy:.1%} on {tickets} tickets), so the bundle's review threshold flags "
                         f"{flags} tickets than its value suggests; the thresholds in this report are measured on "
                         "these tickets and hold")
+    if (drop := _below_validation(report)) is not None:
+        warnings.append(drop)
     if isinstance(report.baseline, Unavailable):
         warnings.append(f"no baseline: {report.baseline.reason}")
     for key, other in report.others():
@@ -795,6 +800,27 @@ def _warnings(report: Report) -> list[str]:
         warnings.append(f"thresholds were measured with the {applied.engine} model but the bundle serves "
                         f"{applied.served_engine}: confidences may differ slightly")
     return warnings
+
+
+def _below_validation(report: Report) -> str | None:
+    """A warning where the test accuracy is below what training measured on its validation split, beyond chance
+    (Fisher's exact test on the two splits' right and wrong answers, p < 0.05): the numbers differ for a reason
+    a reader should know before choosing which to believe."""
+    model, metrics = report.model, report.metrics
+    validation = model.validation_accuracy
+    if validation is None or not model.validation_tickets or metrics.accuracy >= validation:
+        return None
+    from scipy.stats import fisher_exact
+
+    tickets = model.validation_tickets
+    validation_right, test_right = round(validation * tickets), round(metrics.accuracy * metrics.tickets)
+    table = [[validation_right, tickets - validation_right], [test_right, metrics.tickets - test_right]]
+    if fisher_exact(table, alternative="greater").pvalue >= 0.05:
+        return None
+    return (f"accuracy on these tickets ({metrics.accuracy:.1%}) is below the {validation:.1%} training "
+            f"measured on its {tickets} validation tickets, beyond chance: these tickets differ from "
+            "the training export (newer, other wording, another source), or the validation split drew easy ones; "
+            "for tickets like these, trust this report's figures")
 
 
 def _bundle_thresholds_below_target(report: Report) -> str | None:

@@ -21,6 +21,9 @@ class ModelInfo:
     engine: str  # int8, fp32 or torch: the model that was run
     labels: int  # how many classes
     blend_weight: float = 0.0  # the TF-IDF model's weight in the scores evaluated (classifier.blend); 0: none
+    # What training measured on its validation split, as the bundle serves (None: a bundle that did not record it).
+    validation_accuracy: float | None = None
+    validation_tickets: int | None = None
 
 
 @dataclass

@@ -579,6 +579,23 @@ def test_thresholds_in_the_bundle_that_route_below_the_target_are_flagged(bundle
     assert not any(w.startswith("the review thresholds in the bundle now route") for w in report["warnings"])
 
 
+def test_a_test_accuracy_below_validation_beyond_chance_is_explained(bundle_copy, test_csv, tmp_path):
+    def evaluated_with_validation(accuracy: float, tickets: int) -> list[str]:
+        manifest = read_manifest(bundle_copy)
+        manifest.training.validation_metrics["accuracy"] = accuracy
+        if manifest.baseline is not None:  # what the bundle serves: the blend, where it blends
+            manifest.baseline.blend_metrics["blend_accuracy"] = accuracy
+        manifest.data.validation.rows_used = tickets  # type: ignore[union-attr]
+        write_manifest(bundle_copy, manifest)
+        report = evaluate(bundle_copy, test_csv, tmp_path / f"{accuracy}-{tickets}", EvaluationOptions(baseline=False))
+        assert report["model"]["validation_accuracy"] == accuracy and report["model"]["validation_tickets"] == tickets
+        return [w for w in report["warnings"] if w.startswith("accuracy on these tickets")]
+
+    [warning] = evaluated_with_validation(1.0, 400)  # 400 of 400 right in validation: far above any test figure
+    assert "is below the 100.0% training measured on its 400 validation tickets, beyond chance" in warning
+    assert not evaluated_with_validation(1.0, 3)  # 3 of 3: no evidence of a gap
+
+
 @pytest.mark.parametrize(("temperature", "how"), [(20.0, "less sure than it is right"),
                                                    (0.1, "surer than it is right")])
 def test_confidences_far_from_accuracy_are_flagged(bundle_copy, test_csv, tmp_path, temperature, how):
