@@ -801,13 +801,19 @@ def _run_models_show(args: argparse.Namespace) -> int:
     print(f"  serves with: {manifest.engine}; calibration temperature {manifest.temperature:.3f}; review "
           f"threshold {manifest.thresholds.global_} ({len(manifest.thresholds.per_class)} per class)")
     if manifest.out_of_scope is not None:
-        print(f"  out of scope above score {manifest.out_of_scope.threshold_for(manifest.engine):.4g} (flags "
-              f"{manifest.out_of_scope.target_abstention:.0%} of in-scope validation tickets)")
+        section = manifest.out_of_scope
+        chosen = ("set by hand" if section.threshold is not None
+                  else f"flags {section.target_abstention:.0%} of in-scope validation tickets")
+        print(f"  out of scope above score {section.threshold_for(manifest.engine):.4g} ({chosen})")
     for field in manifest.fields or []:
         accuracy = field.validation_metrics.get("accuracy", field.validation_metrics.get("micro_f1"))
         measured = "accuracy" if "accuracy" in field.validation_metrics else "micro-F1"
-        review = (f"review threshold {field.threshold} ({len(field.per_class)} per class)" if field.kind == "single"
-                  else f"{len(field.per_class)} tag thresholds")
+        if field.kind == "tags":
+            review = f"{len(field.per_class)} tag thresholds"
+        elif field.threshold > 1 and not field.per_class:  # training's verdict on a field that is no guide
+            review = "every answer needs review"
+        else:
+            review = f"review threshold {field.threshold} ({len(field.per_class)} per class)"
         kind = "labels" if field.kind == "single" else "tags"
         print(f"  field {field.name} ({field.kind}, {len(field.labels)} {kind}): validation {measured} "
               f"{_figure(accuracy)}; {review}")

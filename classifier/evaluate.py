@@ -52,7 +52,7 @@ from classifier.data import (
 )
 from classifier.errors import UserError
 from classifier.evaluate_oos import out_of_scope_section
-from classifier.manifest import Manifest, ThresholdSource
+from classifier.manifest import ALWAYS_REVIEW, Manifest, ThresholdSource
 from classifier.numerics import row_normalise, shown_score
 from classifier.predict import Predictor, resolve_engine
 from classifier.report import (
@@ -94,8 +94,6 @@ ECE_BINS = 15
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # rows of the threshold table
 # Below this many predictions of a class, its own precision estimate is noise: use the global threshold.
 MIN_PREDICTIONS_FOR_CLASS_THRESHOLD = 10
-# Above any softmax confidence (float32 can round to exactly 1.0): every ticket of the class goes to review.
-ALWAYS_REVIEW = 1.01
 # A warning when the mean confidence is this far from the accuracy on at least this many tickets. Not the
 # binned calibration error, which few tickets spread over 15 bins push up by chance; the plain gap's
 # standard error is at most 0.05 at 100 tickets (that of an accuracy: sqrt(p(1 - p) / n), p = 0.5).
@@ -837,7 +835,7 @@ def _bundle_thresholds_below_target(report: Report) -> str | None:
     return (f"the review thresholds in the bundle now route {now.coverage:.1%} of these tickets without review at "
             f"{now.precision:.1%} precision, below the {target:.0%} target: until thresholds are written into the "
             f"bundle (--apply-threshold-for-precision {target:g}, on a holdout file you do not report on), the "
-            "service routes more tickets, less precisely, than this report's recommended threshold")
+            "service does not route as this report's recommended threshold would")
 
 
 # ---------------------------------------------------------------- thresholds into the bundle

@@ -183,15 +183,16 @@ def tag_metrics(predicted: np.ndarray, truth: np.ndarray, tags: Sequence[str]) -
     }
 
 
-# A field's accuracy within this of its most common value's share is no guide: evaluation warns about it, and
-# training flags every answer of such a field for review.
-MAJORITY_MARGIN = 0.05
+# A field whose model avoids less than this share of the mistakes that always answering its most common value
+# makes is no guide: evaluation warns about it, and training flags every answer of such a field for review. In
+# mistakes, not points: 99.5 % right where 96 % share one value avoids 88 % of them, 44 % where 42 % do, 3 %.
+MIN_MISTAKES_AVOIDED = 0.25
 
 
 def hardly_beats_majority(accuracy: float, most_common_share: float) -> bool:
     """Whether a field right on ``accuracy`` of its tickets does hardly better than always answering its most
     common value, which is right on ``most_common_share``."""
-    return accuracy < most_common_share + MAJORITY_MARGIN
+    return 1 - accuracy > (1 - MIN_MISTAKES_AVOIDED) * (1 - most_common_share)
 
 
 def single_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -41,6 +41,8 @@ from classifier.text import TextOptions
 SCHEMA_VERSION = 5
 MIGRATES_FROM = (1, 2, 3, 4)  # older schema versions read_manifest migrates
 DEFAULT_THRESHOLD = 0.5
+# A review threshold above any confidence (float32 can round to exactly 1.0): every answer goes to review.
+ALWAYS_REVIEW = 1.01
 
 
 class Section(BaseModel):

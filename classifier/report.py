@@ -244,12 +244,12 @@ class Difference:
         accuracy, routed = self.accuracy.verdict, self.routed.verdict
         if accuracy == routed == "within chance":
             return (f"On these {tickets} tickets this model is not shown to be better or worse than {other}: both "
-                    "gaps are within chance, and more test tickets would tell")
+                    "gaps are within chance, and more test tickets might tell")
         said = {"better beyond chance": "more", "worse beyond chance": "less"}
         parts = [f"{said[accuracy]} accurate than {other}, beyond chance" if accuracy in said
-                 else f"as accurate as {other} within chance",
+                 else f"not shown more or less accurate than {other}",
                  f"routes {'more' if routed == 'better beyond chance' else 'fewer'} tickets at the target precision, "
-                 "beyond chance" if routed in said else "routes as many within chance"]
+                 "beyond chance" if routed in said else "not shown to route more or fewer"]
         return f"On these {tickets} tickets this model is {parts[0]}, and {parts[1]}"
 
 

@@ -391,7 +391,7 @@ class ModelRepository:
             if (self.model_dir(name) / MANIFEST).is_file():  # a bundle trained with --output
                 raise UserError(f"{self.model_dir(name)}: a bundle, not a model in a repository (REPO/NAME); its "
                                 f"summary is its {MANIFEST}, or add it to a repository with 'ticketclf models add "
-                                f"models/tickets {self.model_dir(name)}' and name the version there") from None
+                                f"REPO/NAME {self.model_dir(name)}' and show it there") from None
             raise UserError(f"{self.model_dir(name)}: not a model in a repository (no {ALIASES_FILE}); add a "
                             f"version with 'ticketclf train DATA --repository {self.root} --name {name}'") from None
         except ValidationError as error:

@@ -44,6 +44,7 @@ from classifier.data import PreparedData, Tickets, other_label, prepare_data
 from classifier.errors import UserError, one_line
 from classifier.heads import MultiFieldModel, save_heads
 from classifier.manifest import (
+    ALWAYS_REVIEW,
     Baseline,
     Calibration,
     DataFile,
@@ -584,7 +585,7 @@ def field_heads(data: PreparedData, heads: MultiFieldModel, predictions: Any, la
                                                                          targets["field_labels"][:, single])
             single += 1
             if _no_guide(metrics):  # safe by default: its answers go to a person until thresholds are measured
-                section.threshold = NO_GUIDE_THRESHOLD
+                section.threshold = ALWAYS_REVIEW
                 log.warning("field %r: validation accuracy %.1f%% is hardly more than always answering its most "
                             "common value (%.1f%%): every answer of it is flagged needs_review; 'ticketclf evaluate "
                             "--apply-threshold-for-precision' on a holdout file sets thresholds from measured "
@@ -593,11 +594,6 @@ def field_heads(data: PreparedData, heads: MultiFieldModel, predictions: Any, la
             f"{k} {v:.4f}" for k, v in section.validation_metrics.items() if isinstance(v, float)))
         sections.append(section)
     return sections
-
-
-# The review threshold of a single-label field that is no guide (:func:`_no_guide`): no confidence below 1
-# reaches it.
-NO_GUIDE_THRESHOLD = 1.0
 
 
 def _no_guide(metrics: dict[str, float]) -> bool:

@@ -237,7 +237,7 @@ def test_a_paired_difference_says_whether_a_gap_is_beyond_chance():
     assert "right on 1 tickets the baseline gets wrong, wrong on 0 the baseline gets right" in close.summary
     assert close.plain("the baseline", 200) == ("On these 200 tickets this model is not shown to be better or worse "
                                                 "than the baseline: both gaps are within chance, and more test "
-                                                "tickets would tell")
+                                                "tickets might tell")
     # 4 tickets of 10 where only this model is right, none the other way: no evidence (McNemar's exact p = 0.125).
     few = paired_difference(_scored([True] * 10, confidence[:10]), _scored([False] * 4 + [True] * 6, confidence[:10]),
                             0.95)

@@ -70,7 +70,8 @@ def test_single_field_metrics_equal_sklearn_and_leave_out_tickets_without_a_valu
     # Warned where always answering the most common priority would be right almost as often.
     majority = Counter(y_true).most_common(1)[0][1] / len(y_true)
     warned = [w for w in report["warnings"] if w.startswith("field 'priority' is right on ")]
-    assert bool(warned) == (accuracy_score(y_true, y_pred) < majority + 0.05)
+    avoided = 1 - (1 - accuracy_score(y_true, y_pred)) / (1 - majority)  # of the mistakes the majority makes
+    assert bool(warned) == (avoided < 0.25)
     if warned:  # says which side of the majority it is on
         right, common = sum(t == p for t, p in zip(y_true, y_pred)), Counter(y_true).most_common(1)[0][1]
         compared = "less than" if right < common else "no more than" if right == common else "hardly more than"
