@@ -826,7 +826,8 @@ def _field_metrics(data: PreparedData) -> Any:
                                                  by_name["field_labels"][:, single])
                 single += 1
             scores.append(measured.get("macro_f1", 0.0))
-            found |= {f"{spec.name}_{k}": v for k, v in measured.items() if isinstance(v, float)}
+            found |= {f"{spec.name}_{k}": v for k, v in measured.items()  # the share is the data's, not the model's
+                      if isinstance(v, float) and k != "most_common_share"}
         return found | {"label_macro_f1": found["macro_f1"], "macro_f1": float(np.mean(scores))}
 
     return metrics
