@@ -91,7 +91,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     bundle.check_output(output_dir, overwrite, inputs)  # now, not after an hour of training
     per_process_batch(options.batch_size)  # likewise: a batch that does not split over the processes
     oos.check_abstention(options.oos_abstention)
-    check_encoder(options)  # likewise: a base model that does not load, or cannot take the options
+    encoder = check_encoder(options)  # likewise: a base model that does not load, or cannot take the options
     if not 0 < options.layer_lr_decay <= 1:
         raise UserError(f"--layer-lr-decay must be above 0 and at most 1, got {options.layer_lr_decay:g}")
     resume_from = _resume_point(output_dir, options, overwrite)  # likewise: checkpoints before reading data
@@ -102,7 +102,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
         log.info("text from column%s %s, labels from column %s", "s" if len(data.text_options.fields) > 1 else "",
                  ", ".join(data.text_options.fields), data.train.source["label_column"])
         log.info("data report:\n  %s", "\n  ".join(data.report.summary_lines()))
-    fitted = fit(data, options, checkpoint_dir(output_dir), resume_from)
+    fitted = fit(data, options, checkpoint_dir(output_dir), resume_from, encoder)
     if not fitted.writes_bundle:  # under torchrun, one process writes the bundle
         return None
     manifest = _manifest(output_dir, data, options, fitted)
@@ -150,12 +150,14 @@ class Fitted:
     validation_logits: np.ndarray | None = None  # the label's, in the validation split's order (rank 0 only)
 
 
-def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_from: str | None = None) -> Fitted:
+def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_from: str | None = None,
+        encoder: tuple[PreTrainedTokenizerBase, int] | None = None) -> Fitted:
     """Fine-tune the encoder on ``data.train`` (early stopping and calibration on ``data.validation``),
-    keeping checkpoints in ``checkpoints``; resume from the checkpoint ``resume_from`` if given."""
+    keeping checkpoints in ``checkpoints``; resume from the checkpoint ``resume_from`` if given. ``encoder``:
+    what :func:`check_encoder` returned, where the caller checked the options already."""
     base_model = options.base_model or default_base_model()
     set_seed(options.seed)
-    tokenizer, limit = check_encoder(options)
+    tokenizer, limit = encoder or check_encoder(options)
     max_length = options.max_length or choose_max_length(tokenizer, data.train.texts, limit)
     # The base model as given (in the training options), not its resolved path, which differs per venv.
     _record_run(checkpoints, resume_from, {
@@ -581,8 +583,10 @@ def field_heads(data: PreparedData, heads: MultiFieldModel, predictions: Any, la
             metrics = fields.tag_metrics(scores >= np.array(thresholds), truth, spec.labels)
             section.validation_metrics = {k: v for k, v in metrics.items() if k != "per_tag"}
         else:
-            section.validation_metrics = metrics = fields.single_metrics(np.asarray(logits).argmax(axis=1),
-                                                                         targets["field_labels"][:, single])
+            truth = targets["field_labels"][:, single]
+            metrics = {**fields.single_metrics(np.asarray(logits).argmax(axis=1), truth),
+                       "most_common_share": fields.most_common_share(truth)}
+            section.validation_metrics = metrics
             single += 1
             if _no_guide(metrics):  # safe by default: its answers go to a person until thresholds are measured
                 section.threshold = ALWAYS_REVIEW
@@ -826,8 +830,7 @@ def _field_metrics(data: PreparedData) -> Any:
                                                  by_name["field_labels"][:, single])
                 single += 1
             scores.append(measured.get("macro_f1", 0.0))
-            found |= {f"{spec.name}_{k}": v for k, v in measured.items()  # the share is the data's, not the model's
-                      if isinstance(v, float) and k != "most_common_share"}
+            found |= {f"{spec.name}_{k}": v for k, v in measured.items() if isinstance(v, float)}
         return found | {"label_macro_f1": found["macro_f1"], "macro_f1": float(np.mean(scores))}
 
     return metrics
