@@ -50,8 +50,8 @@ BASELINE_FILE = "baseline.npz"  # the TF-IDF baseline, fitted at training (class
 FIELD_HEADS_FILE = "field_heads.safetensors"  # the heads of the fields besides the label (classifier.heads)
 OUT_OF_SCOPE_FILE = "out_of_scope.npz"  # the out-of-scope detector, fitted at training (classifier.oos)
 # A copy of the file the bundle was trained on, where one is kept (retrain keeps one: it trains on a
-# temporary file): read where the file named in the manifest is gone.
-TRAINING_COPY_FILE = "training-data.csv"
+# temporary file), under that file's name: read where the file named in the manifest is gone.
+TRAINING_COPY_FILE = "training-data.jsonl"
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:

@@ -23,10 +23,11 @@ class ColumnMapping:
 
 
 def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequence[str] | None = None,
-                    label_column: str | None = None, require_label: bool = True,
-                    field_columns: Sequence[str] = ()) -> ColumnMapping:
+                    label_column: str | None = None, require_label: bool = True, field_columns: Sequence[str] = (),
+                    missing_field_hint: str = "check --label-column and --tags-column") -> ColumnMapping:
     """Check the requested columns exist, or guess them from common helpdesk names. ``field_columns``
-    (more fields to predict, and the tags column) must exist and be neither text nor the label."""
+    (more fields to predict, and the tags column) must exist and be neither text nor the label; where one
+    does not, the error ends with ``missing_field_hint``."""
     available = list(dict.fromkeys(columns))
     lower = {name.lower(): name for name in available}
 
@@ -84,8 +85,7 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     for name in field_columns:
         found = find(name)
         if found is None:
-            raise UserError(f"{path}: column {name!r} not found; columns are {listed}; check --label-column "
-                            "and --tags-column")
+            raise UserError(f"{path}: column {name!r} not found; columns are {listed}; {missing_field_hint}")
         if found in texts or found == label or found in fields:
             role = "a text column" if found in texts else "the label column" if found == label else "named twice"
             raise UserError(f"{path}: column {found!r} is {role}; a field to predict needs a column of its own")

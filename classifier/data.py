@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from classifier.bundle import TRAINING_COPY_FILE
 from classifier.columns import ColumnMapping, resolve_columns
 from classifier.errors import UserError, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
@@ -691,12 +690,12 @@ def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataRe
 
 def training_file_texts(manifest: Manifest, bundle_dir: Path | None = None) -> list[str] | None:
     """The cleaned texts of the file a bundle was trained on, as training read them, from where training read
-    it or the copy in ``bundle_dir`` (:data:`~classifier.bundle.TRAINING_COPY_FILE`); None when neither is
-    there as it was."""
+    it or the copy of it by the same name in ``bundle_dir`` (:data:`~classifier.bundle.TRAINING_COPY_FILE`, or
+    ``training-data.csv`` before it); None when neither is there as it was."""
     source = manifest.data.train
     if source is None or not source.path:
         return None
-    for path in (Path(source.path), *([bundle_dir / TRAINING_COPY_FILE] if bundle_dir else [])):
+    for path in (Path(source.path), *([bundle_dir / Path(source.path).name] if bundle_dir else [])):
         if path.is_file() and (not source.sha256 or file_sha256(path) == source.sha256):
             return load_tickets(path, manifest.text, source.label_column, require_label=False)[0].texts
     return None

@@ -5,7 +5,9 @@
 1. **Training set**: the helpdesk export plus the agents' corrections. A correction replaces the
    label of the same ticket (matched by id); a corrected ticket the export does not hold joins with
    the text the feedback stored. Corrections that disagree with each other are listed; the latest
-   wins. Tickets of the fixed holdout never train.
+   wins. Tickets of the fixed holdout never train. A champion that also predicts fields (priority,
+   tags) trains them again from the export's columns; a ticket only the feedback holds trains the
+   label alone (feedback corrects the label, so its fields are unknown to training, not empty).
 2. **Holdout**: ``REPO/NAME/holdout.csv``, kept in the repository so that every retrain compares
    its models on the same tickets. The first retrain makes it (a stratified tenth of the export, drawn
    from the tickets the champion did not train on where there are enough); ``--holdout FILE`` sets it.
@@ -24,7 +26,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -47,6 +48,7 @@ from classifier.data import (
     write_csv,
 )
 from classifier.errors import UserError
+from classifier.manifest import Manifest
 from classifier.readers import records_and_columns
 from classifier.repository import EVALUATION_REPORT, ChampionChanged, ModelRepository, Version, open_model
 from classifier.text import TextOptions, into_fields, ticket_text
@@ -54,6 +56,8 @@ from classifier.text import TextOptions, into_fields, ticket_text
 log = logging.getLogger(__name__)
 
 HOLDOUT_FILE = "holdout.csv"
+EVALUATION_SET_FILE = "evaluation-set.jsonl"  # the tickets both models are scored on, kept with the report
+FIELDS = "fields"  # a merged row's field values, by column
 HOLDOUT_FRACTION = 0.1
 RECENT_HELD_OUT = 5  # one recent corrected ticket in this many is kept out of training, for evaluation
 
@@ -95,6 +99,8 @@ class MergeReport:
     text_columns: list[str] = field(default_factory=list)
     label_column: str = "label"
     id_column: str = "id"
+    field_columns: list[str] = field(default_factory=list)  # the other fields the champion predicts
+    fields_unknown: int = 0  # trained tickets only the feedback holds: their fields are unknown
 
     def lines(self) -> list[str]:
         lines = [f"export: {self.export_rows} tickets, {self.held_out} of them in the holdout (not trained on)",
@@ -112,6 +118,9 @@ class MergeReport:
         if self.conflicts:
             lines.append(f"{len(self.conflicts)} ticket(s) corrected to different labels (the latest wins): "
                          + ", ".join(f"{c['ticket_id']} {' -> '.join(c['labels'])}" for c in self.conflicts[:5]))
+        if self.fields_unknown:
+            lines.append(f"{self.fields_unknown} ticket(s) only the feedback holds train the label alone: their "
+                         f"{', '.join(self.field_columns)} unknown")
         if self.new_labels:
             lines.append("new labels, trained: " + ", ".join(f"{label} ({n})" for label, n in self.new_labels.items()))
         if self.too_few:
@@ -154,23 +163,16 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
     repository, name = open_model(model_dir)
     champion = repository.champion(name)
     manifest = champion.manifest()
-    if manifest.fields:  # agents' feedback corrects the label only: a challenger would lose the other fields
-        fields = ", ".join(field.name for field in manifest.fields)
-        raise UserError(f"{model_dir}: the serving model also predicts {fields}, which retrain does not train "
-                        "(feedback and its training file carry the label only): its challenger would lose them. "
-                        f"Train a new version on the export with 'ticketclf train EXPORT --repository "
-                        f"{repository.root} --name {name}' and the same field options, then 'ticketclf models "
-                        "promote' it")
-    columns = Columns(manifest.text.fields, manifest.data.train.label_column if manifest.data.train else None)
+    columns = Columns.of(manifest)
     trained = training_file_texts(manifest, champion.path)
     champion_trained = TrainedOn(set(trained), manifest.text) if trained is not None else None
     with repository.scratch(name) as work:  # removed after, or by the next writer if this process is killed
         holdout = _holdout(repository, name, Path(data_path), holdout_path, columns, champion_trained, work)
-        training_file, evaluation_file = work / TRAINING_COPY_FILE, work / "evaluation.csv"
+        training_file, evaluation_file = work / TRAINING_COPY_FILE, work / EVALUATION_SET_FILE
         merge = merge_corrections(Path(data_path), list(corrections), training_file, evaluation_file, columns,
                                   holdout=holdout, known_labels=set(manifest.labels), since=manifest.created_at,
                                   min_class_count=manifest.data.options.min_class_count)
-        merge.holdout_trained = champion_trained.count(holdout) if champion_trained else None
+        merge.holdout_trained = champion_trained.count(holdout, merge.text_columns) if champion_trained else None
         for line in merge.lines():
             log.info("%s", line)
         data_options = dataclasses.replace(manifest.data.options, validation_path=None)
@@ -188,7 +190,7 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
         report = evaluate(version.path, evaluation_file, reports,
                           EvaluationOptions(compare_bundle=champion.path, label_column=merge.label_column,
                                             text_columns=tuple(merge.text_columns)))
-        shutil.copy2(evaluation_file, reports / "evaluation-set.csv")  # the tickets both models were scored on
+        shutil.copy2(evaluation_file, reports / EVALUATION_SET_FILE)  # the tickets both models were scored on
 
     decision = decide(report, policy)
 
@@ -247,24 +249,37 @@ def decide(report: dict[str, Any], policy: PromotionPolicy) -> Decision:
 
 @dataclass(frozen=True)
 class Columns:
-    """The columns the champion was trained on: its text fields and its label column (None: detect)."""
+    """The columns the champion was trained on: its text fields, its label column (None: detect), and the
+    columns of the other fields it predicts (single-label ones, then its tags column, if any)."""
 
     text_fields: tuple[str, ...]
     label: str | None
+    fields: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Columns:
+        options = manifest.data.options
+        return cls(manifest.text.fields, manifest.data.train.label_column if manifest.data.train else None,
+                   (*options.field_columns, *([options.tags_column] if options.tags_column else [])))
 
     def resolve(self, path: Path) -> tuple[list[tuple[int, dict[str, Any]]], ColumnMapping]:
         numbered, columns = records_and_columns(path)
-        return numbered, resolve_columns(columns, path, self.text_fields or None, self.label)
+        return numbered, resolve_columns(
+            columns, path, self.text_fields or None, self.label, field_columns=self.fields,
+            missing_field_hint="the model predicts it too, and retrain trains it again from a column of that name")
 
 
 def merge_corrections(export_path: Path, corrections: list[Correction], training_file: Path, evaluation_file: Path,
                       columns: Columns, *, holdout: list[dict[str, str]], known_labels: set[str], since: str,
                       min_class_count: int) -> MergeReport:
     """Write the training file (export + corrections, holdout tickets out) and the recent corrected
-    tickets kept for evaluation; both as CSV with the export's text columns, ``label`` and ``id``."""
+    tickets kept for evaluation; both as JSON Lines with the export's text columns, label, id and field
+    columns. A ticket only the feedback holds has its fields unknown (null): it trains the label and
+    leaves them out of its loss, where an empty cell would say "no tags"."""
     numbered, mapping = columns.resolve(export_path)
     assert mapping.label_column is not None
     text_columns, id_column = list(mapping.text_columns), mapping.id_column
+    field_columns = list(mapping.field_columns)
     holdout_keys = {_key(row, text_columns, id_column) for row in holdout}
     latest, report = _latest(corrections)
     holdout = [_as_corrected(row, latest, report) for row in holdout]
@@ -272,10 +287,8 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
     seen: set[str] = set()
     for _, record in numbered:
         report.export_rows += 1
-        row = {column: _cell(record.get(column)) for column in text_columns}
-        row["label"] = label_value(record.get(mapping.label_column))
-        ticket_id = _cell(record.get(id_column)) if id_column else ""
-        row["id"] = ticket_id
+        row = _row(record, mapping)
+        ticket_id = row["id"]
         correction = latest.pop(ticket_id, None) if ticket_id else None
         if _key(row, text_columns, id_column) in holdout_keys:  # its corrections too: evaluation only
             report.held_out += 1
@@ -293,7 +306,8 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
         if not correction.fields or not any((value or "").strip() for value in correction.fields.values()):
             report.without_text += 1
             continue
-        row = {**into_fields(correction.fields, text_columns), "label": correction.label, "id": correction.ticket_id}
+        row = {**into_fields(correction.fields, text_columns), "label": correction.label, "id": correction.ticket_id,
+               FIELDS: dict.fromkeys(field_columns)}
         if _key(row, text_columns, id_column) in holdout_keys:
             continue
         recent = correction.received_at > since
@@ -302,6 +316,7 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
             evaluation.append(row)
         else:
             report.added += 1
+            report.fields_unknown += bool(field_columns)
             rows.append(row)
     for row in rows:
         if row["label"] not in known_labels:
@@ -313,10 +328,21 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
         del report.new_labels[label]
     report.text_columns, report.label_column = text_columns, mapping.label_column
     report.id_column = id_column or "id"
+    report.field_columns = field_columns
     names = {"label": report.label_column, "id": report.id_column}
     _write(training_file, text_columns, names, rows)
     _write(evaluation_file, text_columns, names, evaluation + holdout)  # both models are scored on these
     return report
+
+
+def _row(record: dict[str, Any], mapping: ColumnMapping) -> dict[str, Any]:
+    """An export's (or the holdout's) ticket as merged: its text cells, label, id and field values (a tags
+    cell as read: a JSON list, or text that training splits as it split the champion's)."""
+    assert mapping.label_column is not None
+    return {**{column: _cell(record.get(column)) for column in mapping.text_columns},
+            "label": label_value(record.get(mapping.label_column)),
+            "id": _cell(record.get(mapping.id_column)) if mapping.id_column else "",
+            FIELDS: {column: record.get(column) for column in mapping.field_columns}}
 
 
 def _as_corrected(row: dict[str, Any], latest: dict[str, Correction], report: MergeReport) -> dict[str, Any]:
@@ -351,8 +377,8 @@ class TrainedOn:
     def has(self, record: dict[str, Any], text_columns: Sequence[str]) -> bool:
         return ticket_text(record, dataclasses.replace(self.text_options, fields=tuple(text_columns))) in self.texts
 
-    def count(self, rows: list[dict[str, str]]) -> int:
-        return sum(self.has(row, [key for key in row if key not in ("label", "id")]) for row in rows)
+    def count(self, rows: list[dict[str, Any]], text_columns: Sequence[str]) -> int:
+        return sum(self.has(row, text_columns) for row in rows)
 
 
 def _holdout(repository: ModelRepository, name: str, export_path: Path, given: str | Path | None,
@@ -370,10 +396,7 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
         except FileExistsError:
             pass
     numbered, mapping = columns.resolve(kept)
-    assert mapping.label_column is not None
-    return [{**{column: _cell(record.get(column)) for column in mapping.text_columns},
-             "label": label_value(record.get(mapping.label_column)),
-             "id": _cell(record.get(mapping.id_column)) if mapping.id_column else ""} for _, record in numbered]
+    return [_row(record, mapping) for _, record in numbered]
 
 
 def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_trained: TrainedOn | None,
@@ -409,12 +432,12 @@ def _cell(value: Any) -> str:
 
 
 def _write(path: Path, text_columns: list[str], names: dict[str, str], rows: list[dict[str, Any]]) -> None:
-    """Rows with ``label`` and ``id`` written under the export's own names for them."""
-    with open(path, "w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out)
-        writer.writerow([*text_columns, names["label"], names["id"]])
-        writer.writerows([*(row.get(column, "") for column in text_columns), row["label"], row["id"]]
-                         for row in rows)
+    """Rows as JSON Lines, ``label`` and ``id`` under the export's own names for them."""
+    with open(path, "w", encoding="utf-8") as out:
+        for row in rows:
+            record = {**{column: row.get(column, "") for column in text_columns}, names["label"]: row["label"],
+                      names["id"]: row["id"], **row.get(FIELDS, {})}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def corrections_from_file(path: str | Path) -> list[Correction]:

@@ -1,8 +1,9 @@
-"""Reading and writing the CSV ticket files tests make."""
+"""Reading and writing the CSV (and JSON Lines) ticket files tests make."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 
@@ -19,3 +20,8 @@ def read_csv(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
     """The rows of a CSV file, as a spreadsheet reads it: a byte-order mark first is not part of the header."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
         return list(csv.DictReader(handle, delimiter=delimiter))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The objects of a JSON Lines file, one a line."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

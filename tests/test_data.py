@@ -483,7 +483,7 @@ def test_a_bundles_training_texts_come_from_its_copy_where_the_file_is_gone(tiny
                                                                           tmp_path: Path) -> None:
     import shutil
 
-    from classifier.bundle import TRAINING_COPY_FILE, read_manifest
+    from classifier.bundle import read_manifest
 
     manifest = read_manifest(tiny_bundle)
     assert manifest.data.train is not None
@@ -491,7 +491,7 @@ def test_a_bundles_training_texts_come_from_its_copy_where_the_file_is_gone(tiny
     assert texts == load_tickets(tiny_csv, manifest.text)[0].texts
     manifest.data.train.path = str(tmp_path / "gone.csv")  # a temporary file retrain trained on
     assert training_file_texts(manifest, tmp_path) is None
-    shutil.copy(tiny_csv, tmp_path / TRAINING_COPY_FILE)
+    shutil.copy(tiny_csv, tmp_path / "gone.csv")  # kept in the bundle under its name
     assert training_file_texts(manifest, tmp_path) == texts
-    (tmp_path / TRAINING_COPY_FILE).write_text("subject,body,category\nother,file,billing\n")
+    (tmp_path / "gone.csv").write_text("subject,body,category\nother,file,billing\n")
     assert training_file_texts(manifest, tmp_path) is None  # not the file it was trained on

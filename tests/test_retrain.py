@@ -4,13 +4,12 @@ champion on the fixed holdout, promoted, recorded in the history)."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from csv_files import read_csv, write_csv
+from csv_files import read_csv, read_jsonl, write_csv
 
 from classifier.cli import _feedback_corrections, build_parser, main
 from classifier.errors import UserError
@@ -52,14 +51,14 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
         *[Correction(f"Q-{i}", "shipping", {"subject": "where is my parcel", "body": f"order {i}"}, OLD)
           for i in range(2)],  # a new label with two tickets: too few to train yet
     ]
-    training, evaluation = tmp_path / "train.csv", tmp_path / "eval.csv"
+    training, evaluation = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     report = merge_corrections(export, corrections, training, evaluation, Columns(("subject", "body"), "category"),
                                holdout=holdout, known_labels={"billing", "login"}, since="2026-06-01",
                                min_class_count=5)
-    rows = {row["id"]: {**row, "label": row["Category"]} for row in read_csv(training)}
+    rows = {row["id"]: {**row, "label": row["Category"]} for row in read_jsonl(training)}
     assert rows["T-1"]["label"] == "login" and rows["T-2"]["label"] == "login" and rows["T-3"]["label"] == "billing"
     assert "T-9" not in rows and report.held_out == 1
-    scored = {row["id"]: row["Category"] for row in read_csv(evaluation)}
+    scored = {row["id"]: row["Category"] for row in read_jsonl(evaluation)}
     assert scored["T-9"] == "login" and report.holdout_relabelled == 1  # scored against the agent's label
     assert rows["N-1"]["Subject"] == "new one" and rows["N-1"]["label"] == "billing"
     assert (rows["N-3"]["Subject"], rows["N-3"]["Body"]) == ("", "a whole ticket, as the API's 'text'")
@@ -74,12 +73,42 @@ def test_recent_corrected_tickets_are_partly_kept_for_evaluation(tmp_path: Path)
     export = write_csv(tmp_path / "export.csv", export_rows())
     corrections = [Correction(f"N-{i}", "billing", {"subject": "s", "body": f"new ticket {i}"}, NEW)
                    for i in range(50)]
-    report = merge_corrections(export, corrections, tmp_path / "t.csv", tmp_path / "e.csv",
+    report = merge_corrections(export, corrections, tmp_path / "t.jsonl", tmp_path / "e.jsonl",
                                Columns(("subject", "body"), "category"), holdout=[],
                                known_labels={"billing", "login"}, since="2026-06-01", min_class_count=5)
-    kept = read_csv(tmp_path / "e.csv")
+    kept = read_jsonl(tmp_path / "e.jsonl")
     assert 0 < report.evaluated == len(kept) < 25 and report.added + report.evaluated == 50
-    assert not {row["id"] for row in kept} & {row["id"] for row in read_csv(tmp_path / "t.csv")}
+    assert not {row["id"] for row in kept} & {row["id"] for row in read_jsonl(tmp_path / "t.jsonl")}
+
+
+def test_the_fields_of_a_corrected_ticket_are_kept_and_those_only_feedback_knows_are_unknown(tmp_path: Path) -> None:
+    rows = [{**row, "Priority": "high" if i % 3 else "low", "Tags": "refund|vip" if i % 2 else ""}
+            for i, row in enumerate(export_rows())]
+    export = write_csv(tmp_path / "export.csv", rows)
+    holdout = [{"Subject": "subject 9", "Body": "body of ticket 9", "label": "billing", "id": "T-9",
+                "fields": {"Priority": "low", "Tags": "vip"}}]
+    corrections = [Correction("T-1", "login", None, OLD),
+                   Correction("N-1", "billing", {"subject": "new one", "body": "only feedback has it"}, OLD)]
+    report = merge_corrections(export, corrections, tmp_path / "t.jsonl", tmp_path / "e.jsonl",
+                               Columns(("subject", "body"), "category", ("priority", "tags")), holdout=holdout,
+                               known_labels={"billing", "login"}, since="2026-06-01", min_class_count=1)
+    trained = {row["id"]: row for row in read_jsonl(tmp_path / "t.jsonl")}
+    # Relabelled, its other fields as the export has them; an empty tags cell stays "no tags".
+    assert (trained["T-1"]["Category"], trained["T-1"]["Priority"], trained["T-1"]["Tags"]) == \
+        ("login", "high", "refund|vip")
+    assert trained["T-0"]["Tags"] == ""
+    assert (trained["N-1"]["Priority"], trained["N-1"]["Tags"]) == (None, None)  # unknown, not empty
+    assert "T-9" not in trained and [row["Tags"] for row in read_jsonl(tmp_path / "e.jsonl")] == ["vip"]
+    assert report.fields_unknown == 1 and report.field_columns == ["Priority", "Tags"]
+    assert "1 ticket(s) only the feedback holds train the label alone: their Priority, Tags unknown" in report.lines()
+
+    # Read back as training reads the champion's field columns: the unknown ticket is left out of the fields.
+    from classifier.data import load_tickets
+    tickets, _ = load_tickets(tmp_path / "t.jsonl", TextOptions(fields=("subject", "body")), "category",
+                              field_columns=("priority",), tags_column="tags", tags_delimiter="|")
+    by_id = dict(zip(tickets.ids, range(len(tickets.ids))))
+    assert tickets.fields["priority"][by_id["N-1"]] == "" and tickets.fields["tags"][by_id["N-1"]] is None
+    assert tickets.fields["tags"][by_id["T-1"]] == ["refund", "vip"] and tickets.fields["tags"][by_id["T-0"]] == []
 
 
 def report_with(accuracy: float, champion: float, f1_delta: dict[str, float], support: int = 30) -> dict:
@@ -106,16 +135,30 @@ def test_corrections_file_reads_what_feedback_export_writes(tmp_path: Path) -> N
     assert corrections_from_file(path) == [Correction("T-1", "login", {"subject": "s", "body": "b"}, NEW)]
 
 
-def test_retrain_of_a_model_with_fields_is_refused_saying_how_to_train_one(fields_bundle: Path, fields_csv: Path,
-                                                                           tmp_path: Path) -> None:
+def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, fields_csv: Path,
+                                                        tmp_path: Path) -> None:
     repository = ModelRepository(tmp_path / "models")
     repository.add_version("tickets", fields_bundle)
-    for corrections in ([Correction("T-1", "billing", None, NEW)], []):  # with feedback or without
-        with pytest.raises(UserError, match=r"also predicts priority, tags, which retrain does not train .* "
-                                            r"Train a new version on the export with 'ticketclf train EXPORT "
-                                            rf"--repository {re.escape(str(repository.root))} --name tickets'"):
-            retrain(repository.model_dir("tickets"), fields_csv, corrections)
-    assert [version.number for version in repository.versions("tickets")] == [1]  # nothing trained
+    rows = read_csv(fields_csv)
+    corrections = [Correction(rows[0]["id"], rows[1]["category"], None, NEW),
+                   Correction("N-1", rows[2]["category"], {"subject": "a ticket only feedback holds",
+                                                           "body": rows[2]["body"]}, OLD)]
+    result = retrain(repository.model_dir("tickets"), fields_csv, corrections,
+                     policy=PromotionPolicy(margin=-1, tolerance=1), training_overrides={"epochs": 1})
+    challenger = result.version.manifest()
+    assert [(field.name, field.kind) for field in challenger.fields] == [("priority", "single"), ("tags", "tags")]
+    assert challenger.export is not None  # served as the champion: exported
+    trained = {row["id"]: row for row in read_jsonl(result.version.path / "training-data.jsonl")}
+    assert (trained["N-1"]["priority"], trained["N-1"]["tags"]) == (None, None)
+    assert trained[rows[0]["id"]]["tags"] == rows[0]["tags"] and result.merge.fields_unknown == 1
+    assert set(result.report["fields"]) == {"priority", "tags"}  # scored on the holdout's fields
+    assert result.report["fields"]["priority"]["tickets"] > 0
+
+    without_tags = write_csv(tmp_path / "without-tags.csv", [{k: v for k, v in row.items() if k != "tags"}
+                                                              for row in rows])
+    with pytest.raises(UserError, match=r"column 'tags' not found; .* the model predicts it too, and retrain "
+                                        "trains it again from a column of that name"):
+        retrain(repository.model_dir("tickets"), without_tags, [])
 
 
 def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path, tiny_csv: Path, tmp_path: Path,
@@ -136,7 +179,7 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     assert repository.serving_state("tickets").version == 2
     assert (repository.model_dir("tickets") / "holdout.csv").is_file()
     version = repository.version("tickets", 2)
-    assert version.evaluation() is not None and (version.path / "training-data.csv").is_file()
+    assert version.evaluation() is not None and (version.path / "training-data.jsonl").is_file()
     # Trained in the model's .incoming, which the next writer sweeps if a retrain is killed, not in /tmp.
     trained_on = Path(version.manifest().data.train.path)
     assert trained_on.parent.parent == repository.model_dir("tickets") / INCOMING_DIR and not trained_on.exists()
@@ -198,7 +241,7 @@ def test_the_first_holdout_is_drawn_from_tickets_the_champion_did_not_train_on(t
     drawn = read_csv(holdout)
     as_holdout = [{"subject": row["subject"], "body": row["body"], "label": row["category"], "id": row["id"]}
                   for row in drawn]
-    assert len(drawn) == 40 and trained.count(as_holdout) > 0  # from the whole export, as before
+    assert len(drawn) == 40 and trained.count(as_holdout, ["subject", "body"]) > 0  # from the whole export, as before
     # Which the retrain's output then says, as it says when it cannot tell.
     assert any("holdout tickets are in the champion's training file" in line
                for line in MergeReport(holdout_trained=3).lines())
