@@ -3,6 +3,7 @@ helpdesk names (top-level columns first, then the fields of nested JSON objects)
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,15 @@ class ColumnMapping:
     label_column: str | None
     id_column: str | None
     field_columns: tuple[str, ...] = ()  # more label columns (classifier.fields), as the file spells them
+
+
+def absent_columns(columns: Iterable[str], names: Sequence[str | None]) -> list[str]:
+    """Those of ``names`` that ``columns`` (a file's) has no column for, as :func:`resolve_columns` finds one:
+    any case, or the one field of that name inside objects."""
+    columns = list(columns)
+    top = {name.lower() for name in columns}
+    nested = Counter(name.rsplit(".", 1)[1].lower() for name in columns if "." in name)
+    return [name for name in names if name and name.lower() not in top and nested[name.lower()] != 1]
 
 
 def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequence[str] | None = None,

@@ -41,6 +41,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from classifier import bundle
 from classifier.baseline import BASELINE_NAME
 from classifier.calibration import wilson_lower_bound
+from classifier.columns import absent_columns
 from classifier.data import (
     DataReport,
     Tickets,
@@ -293,14 +294,10 @@ def _field_columns(manifest: Manifest, absent: Sequence[str] = ()) -> dict[str, 
 
 
 def _absent_columns(data_path: str | Path, names: Sequence[str | None]) -> list[str]:
-    """Those of ``names`` that the file has no column for (as :func:`classifier.columns.resolve_columns` finds
-    one: any case, or the one field of that name inside objects)."""
+    """Those of ``names`` that the file has no column for."""
     from classifier.readers import records_and_columns
 
-    _, columns = records_and_columns(data_path)
-    top = {name.lower() for name in columns}
-    nested = Counter(name.rsplit(".", 1)[1].lower() for name in columns if "." in name)
-    return [name for name in names if name and name.lower() not in top and nested[name.lower()] != 1]
+    return absent_columns(records_and_columns(data_path)[1], names)
 
 
 def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:

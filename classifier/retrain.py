@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.bundle import TRAINING_COPY_FILE
-from classifier.columns import ColumnMapping, resolve_columns
+from classifier.columns import ColumnMapping, absent_columns, resolve_columns
 from classifier.data import (
     flat_columns,
     from_review_file,
@@ -262,11 +262,40 @@ class Columns:
         return cls(manifest.text.fields, manifest.data.train.label_column if manifest.data.train else None,
                    (*options.field_columns, *([options.tags_column] if options.tags_column else [])))
 
-    def resolve(self, path: Path) -> tuple[list[tuple[int, dict[str, Any]]], ColumnMapping]:
+    def resolve(self, path: Path, fields_required: bool = True) -> Resolved:
+        """The file's records and columns. The export must hold every field the champion predicts: its
+        challenger trains them. A holdout without some of them is scored without them (``fields_required``
+        False)."""
         numbered, columns = records_and_columns(path)
-        return numbered, resolve_columns(
-            columns, path, self.text_fields or None, self.label, field_columns=self.fields,
-            missing_field_hint="the model predicts it too, and retrain trains it again from a column of that name")
+        absent = absent_columns(columns, self.fields)
+        if absent and fields_required:
+            raise UserError(f"{path}: no column {absent[0]!r}; the model also predicts {', '.join(self.fields)}, "
+                            "and retrain trains its challenger's fields from the export's columns of those names. "
+                            "Give an export that has them, or train a version of the label alone with 'ticketclf "
+                            "train EXPORT --repository REPO --name NAME' and promote it")
+        present = [name for name in self.fields if name not in absent]
+        mapping = resolve_columns(columns, path, self.text_fields or None, self.label, field_columns=present)
+        return Resolved(numbered, mapping, {**dict.fromkeys(self.fields), **dict(zip(present, mapping.field_columns))})
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A file read by :meth:`Columns.resolve`."""
+
+    records: list[tuple[int, dict[str, Any]]]
+    mapping: ColumnMapping
+    fields: dict[str, str | None]  # the champion's field names -> the file's column (None: the file has none)
+
+    def row(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A ticket as merged: its text cells, label and id, and its field values by the champion's names (a
+        tags cell as read: a JSON list, or text that training splits as it split the champion's; None where
+        the file has no such column: unknown)."""
+        mapping = self.mapping
+        assert mapping.label_column is not None
+        return {**{column: _cell(record.get(column)) for column in mapping.text_columns},
+                "label": label_value(record.get(mapping.label_column)),
+                "id": _cell(record.get(mapping.id_column)) if mapping.id_column else "",
+                FIELDS: {name: record.get(column) if column else None for name, column in self.fields.items()}}
 
 
 def merge_corrections(export_path: Path, corrections: list[Correction], training_file: Path, evaluation_file: Path,
@@ -276,18 +305,19 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
     tickets kept for evaluation; both as JSON Lines with the export's text columns, label, id and field
     columns. A ticket only the feedback holds has its fields unknown (null): it trains the label and
     leaves them out of its loss, where an empty cell would say "no tags"."""
-    numbered, mapping = columns.resolve(export_path)
+    export = columns.resolve(export_path)
+    mapping = export.mapping
     assert mapping.label_column is not None
     text_columns, id_column = list(mapping.text_columns), mapping.id_column
-    field_columns = list(mapping.field_columns)
+    field_columns = list(export.fields)
     holdout_keys = {_key(row, text_columns, id_column) for row in holdout}
     latest, report = _latest(corrections)
     holdout = [_as_corrected(row, latest, report) for row in holdout]
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for _, record in numbered:
+    for _, record in export.records:
         report.export_rows += 1
-        row = _row(record, mapping)
+        row = export.row(record)
         ticket_id = row["id"]
         correction = latest.pop(ticket_id, None) if ticket_id else None
         if _key(row, text_columns, id_column) in holdout_keys:  # its corrections too: evaluation only
@@ -316,7 +346,6 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
             evaluation.append(row)
         else:
             report.added += 1
-            report.fields_unknown += bool(field_columns)
             rows.append(row)
     for row in rows:
         if row["label"] not in known_labels:
@@ -329,20 +358,11 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
     report.text_columns, report.label_column = text_columns, mapping.label_column
     report.id_column = id_column or "id"
     report.field_columns = field_columns
+    report.fields_unknown = sum(row["id"] in latest for row in rows) if field_columns else 0  # feedback's own
     names = {"label": report.label_column, "id": report.id_column}
     _write(training_file, text_columns, names, rows)
     _write(evaluation_file, text_columns, names, evaluation + holdout)  # both models are scored on these
     return report
-
-
-def _row(record: dict[str, Any], mapping: ColumnMapping) -> dict[str, Any]:
-    """An export's (or the holdout's) ticket as merged: its text cells, label, id and field values (a tags
-    cell as read: a JSON list, or text that training splits as it split the champion's)."""
-    assert mapping.label_column is not None
-    return {**{column: _cell(record.get(column)) for column in mapping.text_columns},
-            "label": label_value(record.get(mapping.label_column)),
-            "id": _cell(record.get(mapping.id_column)) if mapping.id_column else "",
-            FIELDS: {column: record.get(column) for column in mapping.field_columns}}
 
 
 def _as_corrected(row: dict[str, Any], latest: dict[str, Correction], report: MergeReport) -> dict[str, Any]:
@@ -387,6 +407,7 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
     kept = repository.model_dir(name) / HOLDOUT_FILE
     made = scratch / HOLDOUT_FILE  # then put in place whole: a retrain killed while writing leaves no half
     if given is not None:
+        columns.resolve(Path(given), fields_required=False)  # one that cannot serve fails here, the kept one kept
         shutil.copyfile(given, made)
         os.replace(made, kept)
     elif not kept.is_file():
@@ -395,8 +416,8 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
             os.link(made, kept)  # only if none is there: a retrain started beside this one may have made it
         except FileExistsError:
             pass
-    numbered, mapping = columns.resolve(kept)
-    return [_row(record, mapping) for _, record in numbered]
+    holdout = columns.resolve(kept, fields_required=False)
+    return [holdout.row(record) for _, record in holdout.records]
 
 
 def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_trained: TrainedOn | None,
@@ -405,8 +426,9 @@ def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_tr
     are enough for it twice over (the challenger learns from the other half at least): on tickets it has
     learnt, the champion would look better than it is. Otherwise a tenth of the whole export, which the
     retrain's output then warns about. ``scratch``: a directory for the files in between."""
-    numbered, mapping = columns.resolve(export_path)
-    records = [record for _, record in numbered]
+    export = columns.resolve(export_path)
+    mapping = export.mapping
+    records = [record for _, record in export.records]
     unseen = records if champion_trained is None else \
         [record for record in records if not champion_trained.has(record, mapping.text_columns)]
     source, fraction = export_path, HOLDOUT_FRACTION

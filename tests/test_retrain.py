@@ -4,6 +4,7 @@ champion on the fixed holdout, promoted, recorded in the history)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,21 +87,23 @@ def test_the_fields_of_a_corrected_ticket_are_kept_and_those_only_feedback_knows
             for i, row in enumerate(export_rows())]
     export = write_csv(tmp_path / "export.csv", rows)
     holdout = [{"Subject": "subject 9", "Body": "body of ticket 9", "label": "billing", "id": "T-9",
-                "fields": {"Priority": "low", "Tags": "vip"}}]
+                "fields": {"priority": "low", "tags": "vip"}}]
     corrections = [Correction("T-1", "login", None, OLD),
-                   Correction("N-1", "billing", {"subject": "new one", "body": "only feedback has it"}, OLD)]
+                   Correction("N-1", "billing", {"subject": "new one", "body": "only feedback has it"}, OLD),
+                   Correction("Q-1", "shipping", {"subject": "parcel", "body": "a new queue, too few"}, OLD)]
     report = merge_corrections(export, corrections, tmp_path / "t.jsonl", tmp_path / "e.jsonl",
                                Columns(("subject", "body"), "category", ("priority", "tags")), holdout=holdout,
-                               known_labels={"billing", "login"}, since="2026-06-01", min_class_count=1)
+                               known_labels={"billing", "login"}, since="2026-06-01", min_class_count=2)
     trained = {row["id"]: row for row in read_jsonl(tmp_path / "t.jsonl")}
-    # Relabelled, its other fields as the export has them; an empty tags cell stays "no tags".
-    assert (trained["T-1"]["Category"], trained["T-1"]["Priority"], trained["T-1"]["Tags"]) == \
+    # Relabelled, its other fields as the export has them (under the names training reads); an empty tags
+    # cell stays "no tags".
+    assert (trained["T-1"]["Category"], trained["T-1"]["priority"], trained["T-1"]["tags"]) == \
         ("login", "high", "refund|vip")
-    assert trained["T-0"]["Tags"] == ""
-    assert (trained["N-1"]["Priority"], trained["N-1"]["Tags"]) == (None, None)  # unknown, not empty
-    assert "T-9" not in trained and [row["Tags"] for row in read_jsonl(tmp_path / "e.jsonl")] == ["vip"]
-    assert report.fields_unknown == 1 and report.field_columns == ["Priority", "Tags"]
-    assert "1 ticket(s) only the feedback holds train the label alone: their Priority, Tags unknown" in report.lines()
+    assert trained["T-0"]["tags"] == ""
+    assert (trained["N-1"]["priority"], trained["N-1"]["tags"]) == (None, None)  # unknown, not empty
+    assert "T-9" not in trained and [row["tags"] for row in read_jsonl(tmp_path / "e.jsonl")] == ["vip"]
+    assert report.fields_unknown == 1 and report.field_columns == ["priority", "tags"]
+    assert "1 ticket(s) only the feedback holds train the label alone: their priority, tags unknown" in report.lines()
 
     # Read back as training reads the champion's field columns: the unknown ticket is left out of the fields.
     from classifier.data import load_tickets
@@ -109,6 +112,19 @@ def test_the_fields_of_a_corrected_ticket_are_kept_and_those_only_feedback_knows
     by_id = dict(zip(tickets.ids, range(len(tickets.ids))))
     assert tickets.fields["priority"][by_id["N-1"]] == "" and tickets.fields["tags"][by_id["N-1"]] is None
     assert tickets.fields["tags"][by_id["T-1"]] == ["refund", "vip"] and tickets.fields["tags"][by_id["T-0"]] == []
+
+
+def test_a_json_exports_tags_keep_their_lists_and_nulls(tmp_path: Path) -> None:
+    export = tmp_path / "export.jsonl"
+    export.write_text("\n".join(json.dumps({**row, "priority": None if i == 2 else "high",
+                                            "tags": None if i == 2 else ["refund"] if i % 2 else []})
+                                for i, row in enumerate(export_rows())))
+    merge_corrections(export, [], tmp_path / "t.jsonl", tmp_path / "e.jsonl",
+                      Columns(("subject", "body"), "category", ("priority", "tags")), holdout=[],
+                      known_labels={"billing", "login"}, since="2026-06-01", min_class_count=1)
+    trained = {row["id"]: row for row in read_jsonl(tmp_path / "t.jsonl")}
+    assert (trained["T-1"]["tags"], trained["T-0"]["tags"], trained["T-2"]["tags"]) == (["refund"], [], None)
+    assert trained["T-2"]["priority"] is None
 
 
 def report_with(accuracy: float, champion: float, f1_delta: dict[str, float], support: int = 30) -> dict:
@@ -139,11 +155,15 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
                                                         tmp_path: Path) -> None:
     repository = ModelRepository(tmp_path / "models")
     repository.add_version("tickets", fields_bundle)
+    model = repository.model_dir("tickets")
     rows = read_csv(fields_csv)
     corrections = [Correction(rows[0]["id"], rows[1]["category"], None, NEW),
                    Correction("N-1", rows[2]["category"], {"subject": "a ticket only feedback holds",
                                                            "body": rows[2]["body"]}, OLD)]
-    result = retrain(repository.model_dir("tickets"), fields_csv, corrections,
+    # A holdout without the tags column (cut from an export before the model had tags): scored without them.
+    holdout = write_csv(tmp_path / "holdout.csv", [{k: v for k, v in row.items() if k != "tags"}
+                                                   for row in rows[-12:]])
+    result = retrain(model, fields_csv, corrections, holdout_path=holdout,
                      policy=PromotionPolicy(margin=-1, tolerance=1), training_overrides={"epochs": 1})
     challenger = result.version.manifest()
     assert [(field.name, field.kind) for field in challenger.fields] == [("priority", "single"), ("tags", "tags")]
@@ -151,14 +171,21 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     trained = {row["id"]: row for row in read_jsonl(result.version.path / "training-data.jsonl")}
     assert (trained["N-1"]["priority"], trained["N-1"]["tags"]) == (None, None)
     assert trained[rows[0]["id"]]["tags"] == rows[0]["tags"] and result.merge.fields_unknown == 1
-    assert set(result.report["fields"]) == {"priority", "tags"}  # scored on the holdout's fields
-    assert result.report["fields"]["priority"]["tickets"] > 0
+    assert result.report["fields"]["priority"]["tickets"] > 0  # scored on the holdout's priorities
+    assert "reason" in result.report["fields"]["tags"] and "tickets" not in result.report["fields"]["tags"]
 
     without_tags = write_csv(tmp_path / "without-tags.csv", [{k: v for k, v in row.items() if k != "tags"}
                                                               for row in rows])
-    with pytest.raises(UserError, match=r"column 'tags' not found; .* the model predicts it too, and retrain "
-                                        "trains it again from a column of that name"):
-        retrain(repository.model_dir("tickets"), without_tags, [])
+    with pytest.raises(UserError, match=r"without-tags.csv: no column 'tags'; the model also predicts priority, "
+                                        r"tags, and retrain trains .* or train a version of the label alone"):
+        retrain(model, without_tags, [])
+    # A --holdout file that cannot be read as one fails before it replaces the repository's.
+    unlabelled = write_csv(tmp_path / "unlabelled.csv", [{"subject": row["subject"], "body": row["body"]}
+                                                         for row in rows[-12:]])
+    with pytest.raises(UserError, match="unlabelled.csv"):
+        retrain(model, fields_csv, [], holdout_path=unlabelled)
+    assert (model / "holdout.csv").read_bytes() == holdout.read_bytes()
+    assert [version.number for version in repository.versions("tickets")] == [1, 2]
 
 
 def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path, tiny_csv: Path, tmp_path: Path,
