@@ -95,7 +95,8 @@ class MergeReport:
     conflicts: list[dict[str, Any]] = field(default_factory=list)  # a ticket given different labels
     new_labels: dict[str, int] = field(default_factory=dict)  # labels the champion does not know: tickets
     too_few: dict[str, int] = field(default_factory=dict)  # new labels left out: fewer tickets than training needs
-    # The files written keep the export's column names, so a retrained version reads exports as the first did.
+    # The files written name the text fields as the champion does (columns are read in any case) and the label
+    # and id as the export does.
     text_columns: list[str] = field(default_factory=list)
     label_column: str = "label"
     id_column: str = "id"
@@ -275,7 +276,8 @@ class Columns:
                             "train EXPORT --repository REPO --name NAME' and promote it")
         present = [name for name in self.fields if name not in absent]
         mapping = resolve_columns(columns, path, self.text_fields or None, self.label, field_columns=present)
-        return Resolved(numbered, mapping, {**dict.fromkeys(self.fields), **dict(zip(present, mapping.field_columns))})
+        return Resolved(numbered, mapping, dict(zip(self.text_fields or mapping.text_columns, mapping.text_columns)),
+                        {**dict.fromkeys(self.fields), **dict(zip(present, mapping.field_columns))})
 
 
 @dataclass(frozen=True)
@@ -284,15 +286,17 @@ class Resolved:
 
     records: list[tuple[int, dict[str, Any]]]
     mapping: ColumnMapping
+    texts: dict[str, str]  # the champion's text fields -> the file's columns
     fields: dict[str, str | None]  # the champion's field names -> the file's column (None: the file has none)
 
     def row(self, record: dict[str, Any]) -> dict[str, Any]:
-        """A ticket as merged: its text cells, label and id, and its field values by the champion's names (a
-        tags cell as read: a JSON list, or text that training splits as it split the champion's; None where
-        the file has no such column: unknown)."""
+        """A ticket as merged, by the champion's names whatever the file's spelling (an export's "Subject" and
+        a holdout's "subject" are one column): its text cells, label and id, and its field values (a tags cell
+        as read: a JSON list, or text that training splits as it split the champion's; None where the file
+        has no such column: unknown)."""
         mapping = self.mapping
         assert mapping.label_column is not None
-        return {**{column: _cell(record.get(column)) for column in mapping.text_columns},
+        return {**{name: _cell(record.get(column)) for name, column in self.texts.items()},
                 "label": label_value(record.get(mapping.label_column)),
                 "id": _cell(record.get(mapping.id_column)) if mapping.id_column else "",
                 FIELDS: {name: record.get(column) if column else None for name, column in self.fields.items()}}
@@ -308,7 +312,7 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
     export = columns.resolve(export_path)
     mapping = export.mapping
     assert mapping.label_column is not None
-    text_columns, id_column = list(mapping.text_columns), mapping.id_column
+    text_columns, id_column = list(export.texts), mapping.id_column
     field_columns = list(export.fields)
     holdout_keys = {_key(row, text_columns, id_column) for row in holdout}
     latest, report = _latest(corrections)

@@ -40,7 +40,7 @@ def export_rows() -> list[dict[str, str]]:
 
 def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path: Path) -> None:
     export = write_csv(tmp_path / "export.csv", export_rows())
-    holdout = [{"Subject": "subject 9", "Body": "body of ticket 9", "label": "billing", "id": "T-9"}]
+    holdout = [{"subject": "subject 9", "body": "body of ticket 9", "label": "billing", "id": "T-9"}]
     corrections = [
         Correction("T-1", "login", None, OLD),  # relabelled
         Correction("T-2", "login", None, OLD),  # confirmed
@@ -61,8 +61,8 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
     assert "T-9" not in rows and report.held_out == 1
     scored = {row["id"]: row["Category"] for row in read_jsonl(evaluation)}
     assert scored["T-9"] == "login" and report.holdout_relabelled == 1  # scored against the agent's label
-    assert rows["N-1"]["Subject"] == "new one" and rows["N-1"]["label"] == "billing"
-    assert (rows["N-3"]["Subject"], rows["N-3"]["Body"]) == ("", "a whole ticket, as the API's 'text'")
+    assert rows["N-1"]["subject"] == "new one" and rows["N-1"]["label"] == "billing"
+    assert (rows["N-3"]["subject"], rows["N-3"]["body"]) == ("", "a whole ticket, as the API's 'text'")
     assert (report.corrected, report.confirmed, report.added, report.without_text) == (1, 2, 4, 1)
     assert report.conflicts == [{"ticket_id": "T-3", "labels": ["login", "billing"]}]
     assert report.new_labels == {} and report.too_few == {"shipping": 2}
@@ -86,7 +86,7 @@ def test_the_fields_of_a_corrected_ticket_are_kept_and_those_only_feedback_knows
     rows = [{**row, "Priority": "high" if i % 3 else "low", "Tags": "refund|vip" if i % 2 else ""}
             for i, row in enumerate(export_rows())]
     export = write_csv(tmp_path / "export.csv", rows)
-    holdout = [{"Subject": "subject 9", "Body": "body of ticket 9", "label": "billing", "id": "T-9",
+    holdout = [{"subject": "subject 9", "body": "body of ticket 9", "label": "billing", "id": "T-9",
                 "fields": {"priority": "low", "tags": "vip"}}]
     corrections = [Correction("T-1", "login", None, OLD),
                    Correction("N-1", "billing", {"subject": "new one", "body": "only feedback has it"}, OLD),
@@ -125,6 +125,14 @@ def test_a_json_exports_tags_keep_their_lists_and_nulls(tmp_path: Path) -> None:
     trained = {row["id"]: row for row in read_jsonl(tmp_path / "t.jsonl")}
     assert (trained["T-1"]["tags"], trained["T-0"]["tags"], trained["T-2"]["tags"]) == (["refund"], [], None)
     assert trained["T-2"]["priority"] is None
+
+
+def test_a_holdout_spelling_the_columns_otherwise_is_read_by_the_champions_names(tmp_path: Path) -> None:
+    holdout = write_csv(tmp_path / "holdout.csv", [{"SUBJECT": "s", "body": "b", "CATEGORY": "billing", "ID": "T-1",
+                                                    "Priority": "low"}])
+    resolved = Columns(("subject", "body"), "category", ("priority", "tags")).resolve(holdout, fields_required=False)
+    assert resolved.row(resolved.records[0][1]) == {"subject": "s", "body": "b", "label": "billing", "id": "T-1",
+                                                    "fields": {"priority": "low", "tags": None}}
 
 
 def report_with(accuracy: float, champion: float, f1_delta: dict[str, float], support: int = 30) -> dict:
