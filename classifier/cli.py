@@ -348,8 +348,9 @@ def _print_training_summary(bundle_dir: Path) -> None:
     print(f"  validation accuracy {metrics['accuracy']:.4f}, macro-F1 {manifest.training.label_macro_f1:.4f}")
     blended = manifest.baseline.blend_metrics if manifest.baseline and manifest.blend_weight > 0 else None
     if blended:
+        served_f1 = manifest.served_validation_macro_f1
         print(f"  served (blended with TF-IDF at weight {manifest.blend_weight}): validation accuracy "
-              f"{blended['blend_accuracy']:.4f}")
+              f"{blended['blend_accuracy']:.4f}" + (f", macro-F1 {served_f1:.4f}" if served_f1 is not None else ""))
     if manifest.baseline and manifest.baseline.validation_metrics:
         baseline = manifest.baseline.validation_metrics
         print(f"  {manifest.baseline.name}: validation accuracy {baseline['accuracy']:.4f}, "
@@ -687,12 +688,27 @@ def _add_retrain(commands: argparse._SubParsersAction) -> None:
     corrections.add_argument("--corrections", type=Path, help="corrections as 'ticketclf feedback export' writes "
                              "them (ticket id, label, text fields, received_at)")
     p.add_argument("--holdout", type=Path, help="set the repository's fixed holdout to this labelled file")
-    p.add_argument("--margin", type=float, default=policy.margin, help="accuracy the challenger must gain")
-    p.add_argument("--tolerance", type=float, default=policy.tolerance, help="F1 a label may lose")
+    p.add_argument("--margin", type=_signed_share, default=policy.margin,
+                   help="accuracy the challenger must gain, as a share (default: %(default)s, half a point; "
+                        "-1 promotes whatever the figures)")
+    p.add_argument("--tolerance", type=_signed_share, default=policy.tolerance,
+                   help="F1 a label may lose, as a share (default: %(default)s)")
     p.add_argument("--min-support", type=int, default=policy.min_support,
                    help="test tickets a label needs for --tolerance to apply to it")
     p.add_argument("--epochs", type=float, help="override the champion's number of epochs")
     p.add_argument("--no-promote", action="store_true", help="stage the challenger only, whatever the decision")
+
+
+def _signed_share(value: str) -> float:
+    """A share between -1 and 1 (``--margin 5`` meant as points could never be met; the help gives the unit,
+    and the decision prints the margin in points)."""
+    try:
+        share = float(value)
+    except ValueError:
+        share = float("nan")
+    if not -1 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between -1 and 1 (0.005 is half a point), got {value!r}")
+    return share
 
 
 def _run_retrain(args: argparse.Namespace) -> int:

@@ -34,10 +34,10 @@ def absent_columns(columns: Iterable[str], names: Sequence[str | None]) -> list[
 
 def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequence[str] | None = None,
                     label_column: str | None = None, require_label: bool = True, field_columns: Sequence[str] = (),
-                    missing_field_hint: str = "check --label-column and --tags-column") -> ColumnMapping:
+                    hint: str | None = None) -> ColumnMapping:
     """Check the requested columns exist, or guess them from common helpdesk names. ``field_columns``
-    (more fields to predict, and the tags column) must exist and be neither text nor the label; where one
-    does not, the error ends with ``missing_field_hint``."""
+    (more fields to predict, and the tags column) must exist and be neither text nor the label. ``hint``: what
+    an error about a named column that is not there advises, where the command's options cannot help."""
     available = list(dict.fromkeys(columns))
     lower = {name.lower(): name for name in available}
 
@@ -68,10 +68,10 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     if text_columns:
         missing = [name for name in text_columns if find(name) is None]
         if missing:
-            also = (f" (nor label column {label_column!r}: name it with --label-column)"
+            also = (f" (nor label column {label_column!r}{'' if hint else ': name it with --label-column'})"
                     if label_column and find(label_column) is None else "")  # both in one run, not two
-            raise UserError(f"{path}: text column {missing[0]!r} not found{also}; columns are {listed}; check "
-                            "the names, or name the file's text columns with --text-columns")
+            raise UserError(f"{path}: text column {missing[0]!r} not found{also}; columns are {listed}; "
+                            + (hint or "check the names, or name the file's text columns with --text-columns"))
         texts = tuple(name for name in map(find, text_columns) if name is not None)  # each found: checked above
     else:
         texts = guess(TEXT_COLUMN_GUESSES)
@@ -82,7 +82,7 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         label = find(label_column)
         if label is None:
             raise UserError(f"{path}: label column {label_column!r} not found; columns are {listed}; "
-                            "name the file's label column with --label-column")
+                            + (hint or "name the file's label column with --label-column"))
     else:
         # A text column is never the guessed label: "topic" read as text is not a label column too.
         label = next(iter(guess([(name,) for name in LABEL_COLUMN_GUESSES if find(name) not in texts])), None)
@@ -95,7 +95,8 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     for name in field_columns:
         found = find(name)
         if found is None:
-            raise UserError(f"{path}: column {name!r} not found; columns are {listed}; {missing_field_hint}")
+            raise UserError(f"{path}: column {name!r} not found; columns are {listed}; "
+                            + (hint or "check --label-column and --tags-column"))
         if found in texts or found == label or found in fields:
             role = "a text column" if found in texts else "the label column" if found == label else "named twice"
             raise UserError(f"{path}: column {found!r} is {role}; a field to predict needs a column of its own")

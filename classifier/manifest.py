@@ -326,6 +326,14 @@ class Manifest(Section):
         return blended if blended is not None else self.training.validation_metrics.get("accuracy")
 
     @property
+    def served_validation_macro_f1(self) -> float | None:
+        """The label's validation macro-F1 of what the bundle serves, beside :attr:`served_validation_accuracy`
+        (None for a blending bundle trained before it was recorded: the model alone's would not match)."""
+        if self.baseline and self.blend_weight > 0:
+            return self.baseline.blend_metrics.get("blend_macro_f1")
+        return self.training.label_macro_f1
+
+    @property
     def engine(self) -> str:
         """The model the bundle marks for serving: torch until it is exported."""
         return self.serving.engine if self.serving else "torch"

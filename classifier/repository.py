@@ -240,7 +240,7 @@ class ModelRepository:
         summary.data_sha256 = train.sha256 if train else None
         summary.train_rows = train.rows_used if train else None
         summary.validation_accuracy = manifest.served_validation_accuracy
-        summary.validation_macro_f1 = manifest.training.label_macro_f1
+        summary.validation_macro_f1 = manifest.served_validation_macro_f1  # of the same model as the accuracy
         summary.engine = manifest.engine
         return summary
 

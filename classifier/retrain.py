@@ -238,8 +238,8 @@ def decide(report: dict[str, Any], policy: PromotionPolicy) -> Decision:
     promoted = not reasons
     if promoted:
         reasons.append(f"accuracy {ours['accuracy']:.2%} against the champion's {theirs['accuracy']:.2%} "
-                       f"({gain * 100:+.2f} points), no label with {policy.min_support}+ test tickets loses more "
-                       f"than {policy.tolerance:.2f} F1")
+                       f"({gain * 100:+.2f} points, the margin is {policy.margin * 100:+.2f}), no label with "
+                       f"{policy.min_support}+ test tickets loses more than {policy.tolerance:.2f} F1")
     figures = ("accuracy", "macro_f1", "tickets")
     return Decision(promoted, reasons, {key: ours[key] for key in figures}, {key: theirs[key] for key in figures},
                     losses)
@@ -275,7 +275,9 @@ class Columns:
                             "Give an export that has them, or train a version of the label alone with 'ticketclf "
                             "train EXPORT --repository REPO --name NAME' and promote it")
         present = [name for name in self.fields if name not in absent]
-        mapping = resolve_columns(columns, path, self.text_fields or None, self.label, field_columns=present)
+        mapping = resolve_columns(columns, path, self.text_fields or None, self.label, field_columns=present,
+                                  hint="retrain reads a file by the columns the model was trained on; give it "
+                                       "one that has them")
         return Resolved(numbered, mapping, dict(zip(self.text_fields or mapping.text_columns, mapping.text_columns)),
                         {**dict.fromkeys(self.fields), **dict(zip(present, mapping.field_columns))})
 
@@ -411,9 +413,12 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
     kept = repository.model_dir(name) / HOLDOUT_FILE
     made = scratch / HOLDOUT_FILE  # then put in place whole: a retrain killed while writing leaves no half
     if given is not None:
-        columns.resolve(Path(given), fields_required=False)  # one that cannot serve fails here, the kept one kept
+        tickets = len(columns.resolve(Path(given), fields_required=False).records)  # a file that cannot serve
+        before = len(columns.resolve(kept, fields_required=False).records) if kept.is_file() else None  # fails here
         shutil.copyfile(given, made)
         os.replace(made, kept)
+        log.info("the fixed holdout of every retrain is now %s's %d tickets, kept as %s%s", given, tickets, kept,
+                 f" (it held {before} tickets before, which train from now on)" if before is not None else "")
     elif not kept.is_file():
         make_holdout(export_path, made, columns, champion_trained, scratch)
         try:

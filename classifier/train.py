@@ -359,10 +359,12 @@ def _fit_blend(section: Baseline, staging: Path, data: PreparedData, fitted: Fit
                     len(data.validation), blend.MIN_TICKETS, blend.MIN_TICKETS)
         return
     truth = np.array([data.labels.index(label) for label in data.validation.labels])
-    weight, scale, measured = blend.fit_blend(cast(np.ndarray, fitted.validation_logits),
-                                              served.logits(data.validation.texts), truth,
-                                              fitted.calibration.temperature or 1.0)
+    model_logits, tfidf_logits = cast(np.ndarray, fitted.validation_logits), served.logits(data.validation.texts)
+    temperature = fitted.calibration.temperature or 1.0
+    weight, scale, measured = blend.fit_blend(model_logits, tfidf_logits, truth, temperature)
     section.blend_weight, section.blend_scale = weight, scale
+    answers = blend.blend(model_logits, tfidf_logits, weight, temperature, scale).argmax(axis=1)
+    measured["blend_macro_f1"] = float(f1_score(truth, answers, average="macro"))  # as the model's, on its labels
     section.blend_metrics = {k: round(v, 6) for k, v in measured.items()} | {"tfidf_parity": difference}
     log.info("blend with the TF-IDF model: weight %.2f, sharpness %.2f, validation accuracy %.4f (model alone "
              "%.4f, TF-IDF alone %.4f)", weight, scale, measured["blend_accuracy"], measured["model_accuracy"],
@@ -594,6 +596,12 @@ def field_heads(data: PreparedData, heads: MultiFieldModel, predictions: Any, la
                             "common value (%.1f%%): every answer of it is flagged needs_review; 'ticketclf evaluate "
                             "--apply-threshold-for-precision' on a holdout file sets thresholds from measured "
                             "precision", spec.name, 100 * metrics["accuracy"], 100 * metrics["most_common_share"])
+            elif metrics.get("tickets", 0) < MIN_FITTED_TICKETS:
+                log.warning("field %r: %d validation tickets have a value, too few (under %d) to tell whether its "
+                            "answers beat always answering its most common value: they are routed at the %.2f "
+                            "threshold unchecked; 'ticketclf evaluate --apply-threshold-for-precision' on a holdout "
+                            "file sets thresholds from measured precision", spec.name, metrics.get("tickets", 0),
+                            MIN_FITTED_TICKETS, section.threshold)
         log.info("field %r: validation %s", spec.name, ", ".join(
             f"{k} {v:.4f}" for k, v in section.validation_metrics.items() if isinstance(v, float)))
         sections.append(section)

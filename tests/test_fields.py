@@ -157,6 +157,24 @@ def test_a_field_no_better_than_its_most_common_value_flags_every_answer(
     assert ("every answer of it is flagged needs_review" in caplog.text) == (threshold > 1)
 
 
+def test_a_field_with_too_few_validation_tickets_to_judge_routes_unchecked_and_says_so(
+        sample_csv: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from classifier.train import _field_targets, field_heads
+
+    data = prepare_data(sample_csv, DataOptions(label_column="category", field_columns=("priority",),
+                                                validation_fraction=0.03))
+    truth = _field_targets(data, data.validation)["field_labels"]
+    known = truth[:, 0][truth[:, 0] != fields.MISSING]
+    assert 0 < len(known) < 50
+    [priority] = data.fields
+    field_logits = 40 * np.eye(len(priority.labels))[np.full(len(truth), np.bincount(known).argmax())]
+    label_ids = np.array([data.labels.index(label) for label in data.validation.labels])
+    [section] = field_heads(data, cast(Any, None), (np.eye(len(data.labels))[label_ids], field_logits),
+                            (label_ids, truth))
+    assert section.threshold == 0.5  # no better than the most common value, but too few tickets to tell
+    assert f"field 'priority': {len(known)} validation tickets have a value, too few (under 50) to tell" in caplog.text
+
+
 def test_a_field_that_avoids_most_mistakes_of_its_most_common_value_is_a_guide() -> None:
     assert fields.hardly_beats_majority(0.4375, 0.42)  # the sample's priority: 3 % of the mistakes avoided
     assert fields.hardly_beats_majority(0.55, 0.5)  # 10 %

@@ -108,11 +108,21 @@ def test_a_manifest_of_an_unknown_schema_version_is_refused(tmp_path: Path) -> N
         read_manifest(tmp_path)
 
 
-def test_the_served_validation_accuracy_is_the_blends_where_the_bundle_blends(exported_bundle: Path) -> None:
+def test_the_served_validation_figures_are_the_blends_where_the_bundle_blends(exported_bundle: Path) -> None:
     manifest = read_manifest(exported_bundle)
     assert manifest.baseline is not None
-    alone = manifest.training.validation_metrics["accuracy"]
-    blended = manifest.baseline.model_copy(update={"blend_weight": 0.4, "blend_metrics": {"blend_accuracy": 0.5}})
-    assert manifest.model_copy(update={"baseline": blended}).served_validation_accuracy == 0.5
-    unblended = blended.model_copy(update={"blend_weight": 0.0})
-    assert manifest.model_copy(update={"baseline": unblended}).served_validation_accuracy == alone
+    alone, alone_f1 = manifest.training.validation_metrics["accuracy"], manifest.training.label_macro_f1
+    blended = manifest.baseline.model_copy(update={"blend_weight": 0.4, "blend_metrics": {
+        "blend_accuracy": 0.5, "blend_macro_f1": 0.25}})
+    served = manifest.model_copy(update={"baseline": blended})
+    assert (served.served_validation_accuracy, served.served_validation_macro_f1) == (0.5, 0.25)
+    before = manifest.model_copy(update={"baseline": blended.model_copy(update={"blend_metrics": {
+        "blend_accuracy": 0.5}})})  # blended before its macro-F1 was recorded: not the model alone's
+    assert before.served_validation_macro_f1 is None
+    unblended = manifest.model_copy(update={"baseline": blended.model_copy(update={"blend_weight": 0.0})})
+    assert (unblended.served_validation_accuracy, unblended.served_validation_macro_f1) == (alone, alone_f1)
+
+
+def test_a_blending_bundle_records_the_blends_macro_f1(exported_bundle: Path) -> None:
+    manifest = read_manifest(exported_bundle)
+    assert manifest.baseline is not None and 0 <= manifest.baseline.blend_metrics["blend_macro_f1"] <= 1

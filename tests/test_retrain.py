@@ -5,6 +5,7 @@ champion on the fixed holdout, promoted, recorded in the history)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,6 +152,15 @@ def test_promotion_needs_the_margin_and_no_well_supported_label_losing(report: d
                                                                         named: str) -> None:
     decision = decide(report, PromotionPolicy(margin=0.005, tolerance=0.05, min_support=20))
     assert decision.promoted is promoted and named in " ".join(decision.reasons)
+    if promoted:  # a margin of -1 given shows as -100.00: a forced promotion says so
+        assert "the margin is +0.50" in " ".join(decision.reasons)
+
+
+@pytest.mark.parametrize("margin", ["5", "-2", "half"])
+def test_a_margin_outside_minus_one_to_one_is_refused(margin: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["retrain", "models/tickets", "--data", "export.csv", "--margin", margin])
+    assert "expected a share between -1 and 1 (0.005 is half a point)" in capsys.readouterr().err
 
 
 def test_corrections_file_reads_what_feedback_export_writes(tmp_path: Path) -> None:
@@ -159,8 +169,8 @@ def test_corrections_file_reads_what_feedback_export_writes(tmp_path: Path) -> N
     assert corrections_from_file(path) == [Correction("T-1", "login", {"subject": "s", "body": "b"}, NEW)]
 
 
-def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, fields_csv: Path,
-                                                        tmp_path: Path) -> None:
+def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, fields_csv: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     repository = ModelRepository(tmp_path / "models")
     repository.add_version("tickets", fields_bundle)
     model = repository.model_dir("tickets")
@@ -171,8 +181,10 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     # A holdout without the tags column (cut from an export before the model had tags): scored without them.
     holdout = write_csv(tmp_path / "holdout.csv", [{k: v for k, v in row.items() if k != "tags"}
                                                    for row in rows[-12:]])
-    result = retrain(model, fields_csv, corrections, holdout_path=holdout,
-                     policy=PromotionPolicy(margin=-1, tolerance=1), training_overrides={"epochs": 1})
+    with caplog.at_level(logging.INFO, logger="classifier.retrain"):
+        result = retrain(model, fields_csv, corrections, holdout_path=holdout,
+                         policy=PromotionPolicy(margin=-1, tolerance=1), training_overrides={"epochs": 1})
+    assert f"the fixed holdout of every retrain is now {holdout}'s 12 tickets" in caplog.text
     challenger = result.version.manifest()
     assert [(field.name, field.kind) for field in challenger.fields] == [("priority", "single"), ("tags", "tags")]
     assert challenger.export is not None  # served as the champion: exported
@@ -190,7 +202,8 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     # A --holdout file that cannot be read as one fails before it replaces the repository's.
     unlabelled = write_csv(tmp_path / "unlabelled.csv", [{"subject": row["subject"], "body": row["body"]}
                                                          for row in rows[-12:]])
-    with pytest.raises(UserError, match="unlabelled.csv"):
+    with pytest.raises(UserError, match="unlabelled.csv: label column 'category' not found; .* retrain reads a "
+                                        "file by the columns the model was trained on; give it one that has them"):
         retrain(model, fields_csv, [], holdout_path=unlabelled)
     assert (model / "holdout.csv").read_bytes() == holdout.read_bytes()
     assert [version.number for version in repository.versions("tickets")] == [1, 2]
