@@ -188,6 +188,17 @@ def test_a_threshold_near_1_is_shown_with_the_digits_that_tell_it_from_1(evaluat
     assert "10.0% (t>=0.999783)" in summary_table(report)  # "t>=1" would route nothing once set
 
 
+@pytest.mark.parametrize(("tickets", "right", "uncertain"), [(2, 2, True), (191, 182, False)])
+def test_a_recommendation_on_few_tickets_says_how_little_it_rests_on(tickets, right, uncertain):
+    from classifier.evaluate import _recommendation_message
+    from classifier.report import OperatingPoint
+
+    point = OperatingPoint(threshold=0.5, coverage=tickets / 239, tickets=tickets, precision=right / tickets)
+    message = _recommendation_message(point, 0.95)
+    assert message.startswith(f"Route automatically when confidence >= 0.5: {tickets / 239:.1%} of tickets ({tickets})")
+    assert (f"That rests on {tickets} tickets: the precision's 95 % interval reaches down to" in message) is uncertain
+
+
 def test_unreachable_target_gives_no_threshold():
     confidence, correct = np.array([0.9, 0.8, 0.7]), np.array([False, True, True])
     assert recommend_threshold(confidence, correct, 0.95) is None
