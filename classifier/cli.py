@@ -690,8 +690,8 @@ def _add_retrain(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", type=Path, help="set the repository's fixed holdout to this labelled file")
     p.add_argument("--margin", type=_signed_share, default=policy.margin,
                    help="accuracy the challenger must gain, as a share (default: %(default)s, half a point; "
-                        "-1 promotes whatever the figures)")
-    p.add_argument("--tolerance", type=_signed_share, default=policy.tolerance,
+                        "-1 with --tolerance 1 promotes whatever the figures)")
+    p.add_argument("--tolerance", type=_share, default=policy.tolerance,
                    help="F1 a label may lose, as a share (default: %(default)s)")
     p.add_argument("--min-support", type=int, default=policy.min_support,
                    help="test tickets a label needs for --tolerance to apply to it")
@@ -699,16 +699,21 @@ def _add_retrain(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-promote", action="store_true", help="stage the challenger only, whatever the decision")
 
 
-def _signed_share(value: str) -> float:
-    """A share between -1 and 1 (``--margin 5`` meant as points could never be met; the help gives the unit,
+def _signed_share(value: str, low: float = -1.0) -> float:
+    """A share between ``low`` and 1 (``--margin 5`` meant as points could never be met; the help gives the unit,
     and the decision prints the margin in points)."""
     try:
         share = float(value)
     except ValueError:
         share = float("nan")
-    if not -1 <= share <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share between -1 and 1 (0.005 is half a point), got {value!r}")
+    if not low <= share <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between {low:g} and 1 (0.005 is half a point), "
+                                         f"got {value!r}")
     return share
+
+
+def _share(value: str) -> float:
+    return _signed_share(value, low=0.0)
 
 
 def _run_retrain(args: argparse.Namespace) -> int:

@@ -49,7 +49,7 @@ from classifier.data import (
 )
 from classifier.errors import UserError
 from classifier.manifest import Manifest
-from classifier.readers import records_and_columns
+from classifier.readers import file_sha256, records_and_columns
 from classifier.repository import EVALUATION_REPORT, ChampionChanged, ModelRepository, Version, open_model
 from classifier.text import TextOptions, into_fields, ticket_text
 
@@ -165,6 +165,8 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
     champion = repository.champion(name)
     manifest = champion.manifest()
     columns = Columns.of(manifest)
+    # An export the challenger cannot train on is refused before anything changes (the holdout included).
+    columns.resolve(Path(data_path), label_alone=f"ticketclf train EXPORT --repository {repository.root} --name {name}")
     trained = training_file_texts(manifest, champion.path)
     champion_trained = TrainedOn(set(trained), manifest.text) if trained is not None else None
     with repository.scratch(name) as work:  # removed after, or by the next writer if this process is killed
@@ -263,28 +265,29 @@ class Columns:
         return cls(manifest.text.fields, manifest.data.train.label_column if manifest.data.train else None,
                    (*options.field_columns, *([options.tags_column] if options.tags_column else [])))
 
-    def resolve(self, path: Path, fields_required: bool = True) -> Resolved:
+    def resolve(self, path: Path, fields_required: bool = True,
+                label_alone: str = "ticketclf train EXPORT --repository REPO --name NAME") -> TicketFile:
         """The file's records and columns. The export must hold every field the champion predicts: its
-        challenger trains them. A holdout without some of them is scored without them (``fields_required``
-        False)."""
+        challenger trains them (``label_alone``: the command the refusal suggests instead). A holdout without
+        some of them is scored without them (``fields_required`` False)."""
         numbered, columns = records_and_columns(path)
         absent = absent_columns(columns, self.fields)
         if absent and fields_required:
             raise UserError(f"{path}: no column {absent[0]!r}; the model also predicts {', '.join(self.fields)}, "
                             "and retrain trains its challenger's fields from the export's columns of those names. "
-                            "Give an export that has them, or train a version of the label alone with 'ticketclf "
-                            "train EXPORT --repository REPO --name NAME' and promote it")
+                            f"Give an export that has them, or train a version of the label alone with "
+                            f"'{label_alone}' and promote it")
         present = [name for name in self.fields if name not in absent]
         mapping = resolve_columns(columns, path, self.text_fields or None, self.label, field_columns=present,
                                   hint="retrain reads a file by the columns the model was trained on; give it "
                                        "one that has them")
-        return Resolved(numbered, mapping, dict(zip(self.text_fields or mapping.text_columns, mapping.text_columns)),
+        return TicketFile(numbered, mapping, dict(zip(self.text_fields or mapping.text_columns, mapping.text_columns)),
                         {**dict.fromkeys(self.fields), **dict(zip(present, mapping.field_columns))})
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """A file read by :meth:`Columns.resolve`."""
+class TicketFile:
+    """A file read by :meth:`Columns.resolve`: its records, and its columns as the champion names them."""
 
     records: list[tuple[int, dict[str, Any]]]
     mapping: ColumnMapping
@@ -305,7 +308,7 @@ class Resolved:
 
 
 def merge_corrections(export_path: Path, corrections: list[Correction], training_file: Path, evaluation_file: Path,
-                      columns: Columns, *, holdout: list[dict[str, str]], known_labels: set[str], since: str,
+                      columns: Columns, *, holdout: list[dict[str, Any]], known_labels: set[str], since: str,
                       min_class_count: int) -> MergeReport:
     """Write the training file (export + corrections, holdout tickets out) and the recent corrected
     tickets kept for evaluation; both as JSON Lines with the export's text columns, label, id and field
@@ -338,7 +341,8 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
                 row["label"] = correction.label
         rows.append(row)
     evaluation: list[dict[str, Any]] = []
-    for correction in latest.values():  # tickets the export does not hold
+    only_feedback = set(latest)  # tickets the export does not hold: their fields are unknown
+    for correction in latest.values():
         if not correction.fields or not any((value or "").strip() for value in correction.fields.values()):
             report.without_text += 1
             continue
@@ -364,7 +368,7 @@ def merge_corrections(export_path: Path, corrections: list[Correction], training
     report.text_columns, report.label_column = text_columns, mapping.label_column
     report.id_column = id_column or "id"
     report.field_columns = field_columns
-    report.fields_unknown = sum(row["id"] in latest for row in rows) if field_columns else 0  # feedback's own
+    report.fields_unknown = sum(row["id"] in only_feedback for row in rows) if field_columns else 0
     names = {"label": report.label_column, "id": report.id_column}
     _write(training_file, text_columns, names, rows)
     _write(evaluation_file, text_columns, names, evaluation + holdout)  # both models are scored on these
@@ -408,17 +412,18 @@ class TrainedOn:
 
 
 def _holdout(repository: ModelRepository, name: str, export_path: Path, given: str | Path | None,
-             columns: Columns, champion_trained: TrainedOn | None, scratch: Path) -> list[dict[str, str]]:
+             columns: Columns, champion_trained: TrainedOn | None, scratch: Path) -> list[dict[str, Any]]:
     """The repository's fixed holdout (made from the export on the first retrain), as rows."""
     kept = repository.model_dir(name) / HOLDOUT_FILE
     made = scratch / HOLDOUT_FILE  # then put in place whole: a retrain killed while writing leaves no half
-    if given is not None:
-        tickets = len(columns.resolve(Path(given), fields_required=False).records)  # a file that cannot serve
-        before = len(columns.resolve(kept, fields_required=False).records) if kept.is_file() else None  # fails here
-        shutil.copyfile(given, made)
-        os.replace(made, kept)
-        log.info("the fixed holdout of every retrain is now %s's %d tickets, kept as %s%s", given, tickets, kept,
-                 f" (it held {before} tickets before, which train from now on)" if before is not None else "")
+    if given is not None and not (kept.is_file() and file_sha256(Path(given)) == file_sha256(kept)):
+        _set_holdout(Path(given), kept, made, columns)
+    elif given is None and not kept.is_file():
+        make_holdout(export_path, made, columns, champion_trained, scratch)
+        try:
+            os.link(made, kept)  # only if none is there: a retrain started beside this one may have made it
+        except FileExistsError:
+            pass
     elif not kept.is_file():
         make_holdout(export_path, made, columns, champion_trained, scratch)
         try:
@@ -427,6 +432,22 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
             pass
     holdout = columns.resolve(kept, fields_required=False)
     return [holdout.row(record) for _, record in holdout.records]
+
+
+def _set_holdout(given: Path, kept: Path, made: Path, columns: Columns) -> None:
+    """``--holdout FILE`` as the repository's fixed holdout, kept as CSV whatever its format: checked first, so a
+    file that cannot serve leaves the kept one as it was."""
+    holdout = columns.resolve(given, fields_required=False)
+    records = [record for _, record in holdout.records]
+    write_csv(made, flat_columns(records, list(dict.fromkeys(key for record in records for key in record))), records)
+    try:
+        before = f"; it held {len(columns.resolve(kept, fields_required=False).records)} tickets before" \
+            if kept.is_file() else ""
+    except UserError:  # one the champion's columns no longer read: what the new file is for
+        before = "; the one before could not be read by this model's columns"
+    os.replace(made, kept)
+    log.info("the fixed holdout of every retrain is now the %d tickets of %s, kept as %s%s", len(records), given,
+             kept, before)
 
 
 def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_trained: TrainedOn | None,

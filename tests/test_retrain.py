@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +129,29 @@ def test_a_json_exports_tags_keep_their_lists_and_nulls(tmp_path: Path) -> None:
     assert trained["T-2"]["priority"] is None
 
 
+def test_a_holdout_given_in_any_format_is_kept_as_csv_and_giving_it_again_changes_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from classifier.retrain import _holdout
+
+    repository = ModelRepository(tmp_path / "models")
+    model = repository.model_dir("tickets")
+    model.mkdir(parents=True)
+    (model / "holdout.csv").write_text("something,else\n1,2\n")  # one this model's columns cannot read
+    given = tmp_path / "holdout.jsonl"
+    given.write_text("\n".join(json.dumps(row) for row in export_rows()[:4]))
+    columns = Columns(("subject", "body"), "category")
+    with caplog.at_level(logging.INFO, logger="classifier.retrain"):
+        rows = _holdout(repository, "tickets", tmp_path / "export.csv", given, columns, None, tmp_path)
+        assert [row["id"] for row in rows] == ["T-0", "T-1", "T-2", "T-3"]
+        assert f"is now the 4 tickets of {given}, kept as {model / 'holdout.csv'}; the one before could not be " \
+               "read by this model's columns" in caplog.text
+        kept = (model / "holdout.csv").read_bytes()
+        caplog.clear()
+        assert _holdout(repository, "tickets", tmp_path / "export.csv", model / "holdout.csv", columns, None,
+                        tmp_path) == rows
+        assert "is now" not in caplog.text and (model / "holdout.csv").read_bytes() == kept
+
+
 def test_a_holdout_spelling_the_columns_otherwise_is_read_by_the_champions_names(tmp_path: Path) -> None:
     holdout = write_csv(tmp_path / "holdout.csv", [{"SUBJECT": "s", "body": "b", "CATEGORY": "billing", "ID": "T-1",
                                                     "Priority": "low"}])
@@ -163,6 +187,11 @@ def test_a_margin_outside_minus_one_to_one_is_refused(margin: str, capsys: pytes
     assert "expected a share between -1 and 1 (0.005 is half a point)" in capsys.readouterr().err
 
 
+def test_a_margin_of_minus_one_still_keeps_a_label_from_losing_more_than_the_tolerance() -> None:
+    decision = decide(report_with(0.80, 0.90, {"a": -0.2}), PromotionPolicy(margin=-1, tolerance=0.05))
+    assert not decision.promoted and decision.f1_losses == {"a": 0.2}
+
+
 def test_corrections_file_reads_what_feedback_export_writes(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "c.csv", [{"ticket_id": "T-1", "label": "login", "subject": "s", "body": "b",
                                             "received_at": NEW}])
@@ -184,7 +213,8 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     with caplog.at_level(logging.INFO, logger="classifier.retrain"):
         result = retrain(model, fields_csv, corrections, holdout_path=holdout,
                          policy=PromotionPolicy(margin=-1, tolerance=1), training_overrides={"epochs": 1})
-    assert f"the fixed holdout of every retrain is now {holdout}'s 12 tickets" in caplog.text
+    assert f"the fixed holdout of every retrain is now the 12 tickets of {holdout}" in caplog.text
+    kept_holdout = (model / "holdout.csv").read_bytes()
     challenger = result.version.manifest()
     assert [(field.name, field.kind) for field in challenger.fields] == [("priority", "single"), ("tags", "tags")]
     assert challenger.export is not None  # served as the champion: exported
@@ -197,15 +227,18 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     without_tags = write_csv(tmp_path / "without-tags.csv", [{k: v for k, v in row.items() if k != "tags"}
                                                               for row in rows])
     with pytest.raises(UserError, match=r"without-tags.csv: no column 'tags'; the model also predicts priority, "
-                                        r"tags, and retrain trains .* or train a version of the label alone"):
-        retrain(model, without_tags, [])
+                                        r"tags, and retrain trains .* or train a version of the label alone with "
+                                        rf"'ticketclf train EXPORT --repository {re.escape(str(repository.root))} "
+                                        "--name tickets'"):
+        retrain(model, without_tags, [], holdout_path=fields_csv)  # refused before the holdout changes
+    assert (model / "holdout.csv").read_bytes() == kept_holdout
     # A --holdout file that cannot be read as one fails before it replaces the repository's.
     unlabelled = write_csv(tmp_path / "unlabelled.csv", [{"subject": row["subject"], "body": row["body"]}
                                                          for row in rows[-12:]])
     with pytest.raises(UserError, match="unlabelled.csv: label column 'category' not found; .* retrain reads a "
                                         "file by the columns the model was trained on; give it one that has them"):
         retrain(model, fields_csv, [], holdout_path=unlabelled)
-    assert (model / "holdout.csv").read_bytes() == holdout.read_bytes()
+    assert (model / "holdout.csv").read_bytes() == kept_holdout
     assert [version.number for version in repository.versions("tickets")] == [1, 2]
 
 
