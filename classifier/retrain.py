@@ -281,8 +281,9 @@ class Columns:
         mapping = resolve_columns(columns, path, self.text_fields or None, self.label, field_columns=present,
                                   hint="retrain reads a file by the columns the model was trained on; give it "
                                        "one that has them")
-        return TicketFile(numbered, mapping, dict(zip(self.text_fields or mapping.text_columns, mapping.text_columns)),
-                        {**dict.fromkeys(self.fields), **dict(zip(present, mapping.field_columns))})
+        texts = dict(zip(self.text_fields or mapping.text_columns, mapping.text_columns))
+        fields = {**dict.fromkeys(self.fields), **dict(zip(present, mapping.field_columns))}
+        return TicketFile(numbered, mapping, texts, fields)
 
 
 @dataclass(frozen=True)
@@ -419,12 +420,6 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
     if given is not None and not (kept.is_file() and file_sha256(Path(given)) == file_sha256(kept)):
         _set_holdout(Path(given), kept, made, columns)
     elif given is None and not kept.is_file():
-        make_holdout(export_path, made, columns, champion_trained, scratch)
-        try:
-            os.link(made, kept)  # only if none is there: a retrain started beside this one may have made it
-        except FileExistsError:
-            pass
-    elif not kept.is_file():
         make_holdout(export_path, made, columns, champion_trained, scratch)
         try:
             os.link(made, kept)  # only if none is there: a retrain started beside this one may have made it
