@@ -417,9 +417,9 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
     """The repository's fixed holdout (made from the export on the first retrain), as rows."""
     kept = repository.model_dir(name) / HOLDOUT_FILE
     made = scratch / HOLDOUT_FILE  # then put in place whole: a retrain killed while writing leaves no half
-    if given is not None and not (kept.is_file() and file_sha256(Path(given)) == file_sha256(kept)):
+    if given is not None:
         _set_holdout(Path(given), kept, made, columns)
-    elif given is None and not kept.is_file():
+    elif not kept.is_file():
         make_holdout(export_path, made, columns, champion_trained, scratch)
         try:
             os.link(made, kept)  # only if none is there: a retrain started beside this one may have made it
@@ -431,10 +431,12 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
 
 def _set_holdout(given: Path, kept: Path, made: Path, columns: Columns) -> None:
     """``--holdout FILE`` as the repository's fixed holdout, kept as CSV whatever its format: checked first, so a
-    file that cannot serve leaves the kept one as it was."""
+    file that cannot serve leaves the kept one as it was; the same tickets given again change nothing."""
     holdout = columns.resolve(given, fields_required=False)
     records = [record for _, record in holdout.records]
     write_csv(made, flat_columns(records, list(dict.fromkeys(key for record in records for key in record))), records)
+    if kept.is_file() and file_sha256(made) == file_sha256(kept):
+        return
     try:
         before = f"; it held {len(columns.resolve(kept, fields_required=False).records)} tickets before" \
             if kept.is_file() else ""

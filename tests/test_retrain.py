@@ -147,8 +147,8 @@ def test_a_holdout_given_in_any_format_is_kept_as_csv_and_giving_it_again_change
                "read by this model's columns" in caplog.text
         kept = (model / "holdout.csv").read_bytes()
         caplog.clear()
-        assert _holdout(repository, "tickets", tmp_path / "export.csv", model / "holdout.csv", columns, None,
-                        tmp_path) == rows
+        for again in (model / "holdout.csv", given):  # the kept file itself, or the file given before
+            assert _holdout(repository, "tickets", tmp_path / "export.csv", again, columns, None, tmp_path) == rows
         assert "is now" not in caplog.text and (model / "holdout.csv").read_bytes() == kept
 
 
