@@ -166,13 +166,14 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
     manifest = champion.manifest()
     columns = Columns.of(manifest)
     # An export the challenger cannot train on is refused before anything changes (the holdout included).
-    columns.resolve(Path(data_path), label_alone=f"ticketclf train EXPORT --repository {repository.root} --name {name}")
+    export_file = columns.resolve(Path(data_path),
+                                  label_alone=f"ticketclf train EXPORT --repository {repository.root} --name {name}")
     trained = training_file_texts(manifest, champion.path)
     champion_trained = TrainedOn(set(trained), manifest.text) if trained is not None else None
     with repository.scratch(name) as work:  # removed after, or by the next writer if this process is killed
         holdout = _holdout(repository, name, Path(data_path), holdout_path, columns, champion_trained, work)
         training_file, evaluation_file = work / TRAINING_COPY_FILE, work / EVALUATION_SET_FILE
-        merge = merge_corrections(Path(data_path), list(corrections), training_file, evaluation_file, columns,
+        merge = merge_corrections(export_file, list(corrections), training_file, evaluation_file,
                                   holdout=holdout, known_labels=set(manifest.labels), since=manifest.created_at,
                                   min_class_count=manifest.data.options.min_class_count)
         merge.holdout_trained = champion_trained.count(holdout, merge.text_columns) if champion_trained else None
@@ -270,20 +271,20 @@ class Columns:
         """The file's records and columns. The export must hold every field the champion predicts: its
         challenger trains them (``label_alone``: the command the refusal suggests instead). A holdout without
         some of them is scored without them (``fields_required`` False)."""
-        numbered, columns = records_and_columns(path)
-        absent = absent_columns(columns, self.fields)
+        numbered, file_columns = records_and_columns(path)
+        absent = absent_columns(file_columns, self.fields)
         if absent and fields_required:
             raise UserError(f"{path}: no column {absent[0]!r}; the model also predicts {', '.join(self.fields)}, "
                             "and retrain trains its challenger's fields from the export's columns of those names. "
                             f"Give an export that has them, or train a version of the label alone with "
                             f"'{label_alone}' and promote it")
         present = [name for name in self.fields if name not in absent]
-        mapping = resolve_columns(columns, path, self.text_fields or None, self.label, field_columns=present,
+        mapping = resolve_columns(file_columns, path, self.text_fields or None, self.label, field_columns=present,
                                   hint="retrain reads a file by the columns the model was trained on; give it "
                                        "one that has them")
         texts = dict(zip(self.text_fields or mapping.text_columns, mapping.text_columns))
         fields = {**dict.fromkeys(self.fields), **dict(zip(present, mapping.field_columns))}
-        return TicketFile(numbered, mapping, texts, fields)
+        return TicketFile(numbered, file_columns, mapping, texts, fields)
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,7 @@ class TicketFile:
     """A file read by :meth:`Columns.resolve`: its records, and its columns as the champion names them."""
 
     records: list[tuple[int, dict[str, Any]]]
+    columns: list[str]  # all of the file's, as read
     mapping: ColumnMapping
     texts: dict[str, str]  # the champion's text fields -> the file's columns
     fields: dict[str, str | None]  # the champion's field names -> the file's column (None: the file has none)
@@ -308,14 +310,13 @@ class TicketFile:
                 FIELDS: {name: record.get(column) if column else None for name, column in self.fields.items()}}
 
 
-def merge_corrections(export_path: Path, corrections: list[Correction], training_file: Path, evaluation_file: Path,
-                      columns: Columns, *, holdout: list[dict[str, Any]], known_labels: set[str], since: str,
+def merge_corrections(export: TicketFile, corrections: list[Correction], training_file: Path, evaluation_file: Path,
+                      *, holdout: list[dict[str, Any]], known_labels: set[str], since: str,
                       min_class_count: int) -> MergeReport:
     """Write the training file (export + corrections, holdout tickets out) and the recent corrected
     tickets kept for evaluation; both as JSON Lines with the export's text columns, label, id and field
     columns. A ticket only the feedback holds has its fields unknown (null): it trains the label and
     leaves them out of its loss, where an empty cell would say "no tags"."""
-    export = columns.resolve(export_path)
     mapping = export.mapping
     assert mapping.label_column is not None
     text_columns, id_column = list(export.texts), mapping.id_column
@@ -434,7 +435,7 @@ def _set_holdout(given: Path, kept: Path, made: Path, columns: Columns) -> None:
     file that cannot serve leaves the kept one as it was; the same tickets given again change nothing."""
     holdout = columns.resolve(given, fields_required=False)
     records = [record for _, record in holdout.records]
-    write_csv(made, flat_columns(records, list(dict.fromkeys(key for record in records for key in record))), records)
+    write_csv(made, flat_columns(records, holdout.columns), records)
     if kept.is_file() and file_sha256(made) == file_sha256(kept):
         return
     try:
@@ -461,7 +462,7 @@ def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_tr
     source, fraction = export_path, HOLDOUT_FRACTION
     if champion_trained is not None and len(unseen) >= 2 * HOLDOUT_FRACTION * len(records):
         source = scratch / "unseen.csv"
-        write_csv(source, flat_columns(unseen, list(dict.fromkeys(key for row in unseen for key in row))), unseen)
+        write_csv(source, flat_columns(unseen, export.columns), unseen)
         fraction = HOLDOUT_FRACTION * len(records) / len(unseen)
     split_file(source, scratch / "rest.csv", holdout, label_column=mapping.label_column,
                text_columns=mapping.text_columns, test_fraction=fraction)

@@ -55,8 +55,8 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
           for i in range(2)],  # a new label with two tickets: too few to train yet
     ]
     training, evaluation = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
-    report = merge_corrections(export, corrections, training, evaluation, Columns(("subject", "body"), "category"),
-                               holdout=holdout, known_labels={"billing", "login"}, since="2026-06-01",
+    report = merge_corrections(Columns(("subject", "body"), "category").resolve(export), corrections, training,
+                               evaluation, holdout=holdout, known_labels={"billing", "login"}, since="2026-06-01",
                                min_class_count=5)
     rows = {row["id"]: {**row, "label": row["Category"]} for row in read_jsonl(training)}
     assert rows["T-1"]["label"] == "login" and rows["T-2"]["label"] == "login" and rows["T-3"]["label"] == "billing"
@@ -76,8 +76,8 @@ def test_recent_corrected_tickets_are_partly_kept_for_evaluation(tmp_path: Path)
     export = write_csv(tmp_path / "export.csv", export_rows())
     corrections = [Correction(f"N-{i}", "billing", {"subject": "s", "body": f"new ticket {i}"}, NEW)
                    for i in range(50)]
-    report = merge_corrections(export, corrections, tmp_path / "t.jsonl", tmp_path / "e.jsonl",
-                               Columns(("subject", "body"), "category"), holdout=[],
+    report = merge_corrections(Columns(("subject", "body"), "category").resolve(export), corrections,
+                               tmp_path / "t.jsonl", tmp_path / "e.jsonl", holdout=[],
                                known_labels={"billing", "login"}, since="2026-06-01", min_class_count=5)
     kept = read_jsonl(tmp_path / "e.jsonl")
     assert 0 < report.evaluated == len(kept) < 25 and report.added + report.evaluated == 50
@@ -93,8 +93,8 @@ def test_the_fields_of_a_corrected_ticket_are_kept_and_those_only_feedback_knows
     corrections = [Correction("T-1", "login", None, OLD),
                    Correction("N-1", "billing", {"subject": "new one", "body": "only feedback has it"}, OLD),
                    Correction("Q-1", "shipping", {"subject": "parcel", "body": "a new queue, too few"}, OLD)]
-    report = merge_corrections(export, corrections, tmp_path / "t.jsonl", tmp_path / "e.jsonl",
-                               Columns(("subject", "body"), "category", ("priority", "tags")), holdout=holdout,
+    report = merge_corrections(Columns(("subject", "body"), "category", ("priority", "tags")).resolve(export),
+                               corrections, tmp_path / "t.jsonl", tmp_path / "e.jsonl", holdout=holdout,
                                known_labels={"billing", "login"}, since="2026-06-01", min_class_count=2)
     trained = {row["id"]: row for row in read_jsonl(tmp_path / "t.jsonl")}
     # Relabelled, its other fields as the export has them (under the names training reads); an empty tags
@@ -121,8 +121,8 @@ def test_a_json_exports_tags_keep_their_lists_and_nulls(tmp_path: Path) -> None:
     export.write_text("\n".join(json.dumps({**row, "priority": None if i == 2 else "high",
                                             "tags": None if i == 2 else ["refund"] if i % 2 else []})
                                 for i, row in enumerate(export_rows())))
-    merge_corrections(export, [], tmp_path / "t.jsonl", tmp_path / "e.jsonl",
-                      Columns(("subject", "body"), "category", ("priority", "tags")), holdout=[],
+    merge_corrections(Columns(("subject", "body"), "category", ("priority", "tags")).resolve(export), [],
+                      tmp_path / "t.jsonl", tmp_path / "e.jsonl", holdout=[],
                       known_labels={"billing", "login"}, since="2026-06-01", min_class_count=1)
     trained = {row["id"]: row for row in read_jsonl(tmp_path / "t.jsonl")}
     assert (trained["T-1"]["tags"], trained["T-0"]["tags"], trained["T-2"]["tags"]) == (["refund"], [], None)
