@@ -673,7 +673,7 @@ reports/evaluation/.
 
 
 def _add_retrain(commands: argparse._SubParsersAction) -> None:
-    from classifier.retrain import PromotionPolicy
+    from classifier.retrain import MARGIN_RANGE, TOLERANCE_RANGE, PromotionPolicy
 
     policy = PromotionPolicy()
     p = _subcommand(commands, "retrain", "train a challenger on new data and corrections; promote it if better",
@@ -688,10 +688,10 @@ def _add_retrain(commands: argparse._SubParsersAction) -> None:
     corrections.add_argument("--corrections", type=Path, help="corrections as 'ticketclf feedback export' writes "
                              "them (ticket id, label, text fields, received_at)")
     p.add_argument("--holdout", type=Path, help="set the repository's fixed holdout to this labelled file")
-    p.add_argument("--margin", type=_signed_share, default=policy.margin,
+    p.add_argument("--margin", type=_share_in(MARGIN_RANGE), default=policy.margin,
                    help="accuracy the challenger must gain, as a share (default: %(default)s, half a point; "
                         "-1 with --tolerance 1 promotes whatever the figures)")
-    p.add_argument("--tolerance", type=_share, default=policy.tolerance,
+    p.add_argument("--tolerance", type=_share_in(TOLERANCE_RANGE), default=policy.tolerance,
                    help="F1 a label may lose, as a share (default: %(default)s)")
     p.add_argument("--min-support", type=int, default=policy.min_support,
                    help="test tickets a label needs for --tolerance to apply to it")
@@ -699,21 +699,21 @@ def _add_retrain(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-promote", action="store_true", help="stage the challenger only, whatever the decision")
 
 
-def _signed_share(value: str, low: float = -1.0) -> float:
-    """A share between ``low`` and 1 (``--margin 5`` meant as points could never be met; the help gives the unit,
-    and the decision prints the margin in points)."""
-    try:
-        share = float(value)
-    except ValueError:
-        share = float("nan")
-    if not low <= share <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share between {low:g} and 1 (0.005 is half a point), "
-                                         f"got {value!r}")
+def _share_in(bounds: tuple[float, float]) -> Callable[[str], float]:
+    """An argparse type for a share within ``bounds`` (retrain's MARGIN_RANGE, TOLERANCE_RANGE): ``--margin 5``
+    meant as points could never be met; the help gives the unit, and the decision prints the margin in points."""
+    low, high = bounds
+
+    def share(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"expected a share between {low:g} and {high:g} (0.005 is half a "
+                                             f"point), got {value!r}")
+        return number
     return share
-
-
-def _share(value: str) -> float:
-    return _signed_share(value, low=0.0)
 
 
 def _run_retrain(args: argparse.Namespace) -> int:

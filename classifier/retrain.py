@@ -72,11 +72,25 @@ class Correction:
     received_at: str  # ISO 8601, UTC: orders corrections of the same ticket
 
 
+# Shares, not points: a margin of 5 could never be met, and one below -1 or a tolerance above 1 means nothing.
+MARGIN_RANGE = (-1.0, 1.0)
+TOLERANCE_RANGE = (0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class PromotionPolicy:
     margin: float = 0.005  # accuracy the challenger must gain over the champion (0.005: half a point)
     tolerance: float = 0.05  # F1 any well-supported label may lose
     min_support: int = 20  # test tickets a label needs for its F1 to count
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in (("margin", MARGIN_RANGE), ("tolerance", TOLERANCE_RANGE)):
+            value = getattr(self, name)
+            if not low <= value <= high:  # NaN fails too
+                raise UserError(f"{name} {value!r}: expected a share between {low:g} and {high:g} "
+                                "(0.005 is half a point)")
+        if self.min_support < 0:
+            raise UserError(f"min_support {self.min_support}: expected a number of tickets, 0 or more")
 
 
 @dataclass

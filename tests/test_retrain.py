@@ -187,6 +187,13 @@ def test_a_margin_outside_minus_one_to_one_is_refused(margin: str, capsys: pytes
     assert "expected a share between -1 and 1 (0.005 is half a point)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("policy", [{"margin": 5}, {"margin": float("nan")}, {"tolerance": -0.1},
+                                    {"tolerance": 2}, {"min_support": -1}])
+def test_a_policy_out_of_range_is_refused_through_the_api_too(policy: dict) -> None:
+    with pytest.raises(UserError, match="expected a"):
+        PromotionPolicy(**policy)
+
+
 def test_a_margin_of_minus_one_still_keeps_a_label_from_losing_more_than_the_tolerance() -> None:
     decision = decide(report_with(0.80, 0.90, {"a": -0.2}), PromotionPolicy(margin=-1, tolerance=0.05))
     assert not decision.promoted and decision.f1_losses == {"a": 0.2}
