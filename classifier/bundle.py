@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from classifier.errors import UserError
-from classifier.manifest import MIGRATES_FROM, SCHEMA_VERSION, Manifest, migrate, problems
+from classifier.manifest import MIGRATES_FROM, SCHEMA_VERSION, DataFile, Manifest, migrate, problems
 
 MANIFEST = "manifest.json"
 CONFIG_FILE = "config.json"  # the model's transformers config
@@ -50,8 +50,25 @@ BASELINE_FILE = "baseline.npz"  # the TF-IDF baseline, fitted at training (class
 FIELD_HEADS_FILE = "field_heads.safetensors"  # the heads of the fields besides the label (classifier.heads)
 OUT_OF_SCOPE_FILE = "out_of_scope.npz"  # the out-of-scope detector, fitted at training (classifier.oos)
 # A copy of the file the bundle was trained on, where one is kept (retrain keeps one: it trains on a
-# temporary file), under that file's name: read where the file named in the manifest is gone.
+# temporary file): the manifest names it by this name alone (bundles before it: their scratch path).
 TRAINING_COPY_FILE = "training-data.jsonl"
+
+
+def keep_training_copy(bundle_dir: Path, training_file: Path) -> None:
+    """Copy the file the bundle was just trained on into it, as :data:`TRAINING_COPY_FILE`, and name the copy
+    in the manifest (by its name alone: the bundle directory may move) instead of ``training_file``, which is
+    about to be removed (retrain trains on a temporary file)."""
+    shutil.copy2(training_file, bundle_dir / TRAINING_COPY_FILE)
+    manifest = read_manifest(bundle_dir)
+    data = manifest.data
+    read_from = data.train.path if data.train else None
+
+    def the_copy(source: DataFile | None) -> DataFile | None:
+        return source.model_copy(update={"path": TRAINING_COPY_FILE}) if source and source.path == read_from \
+            else source
+
+    manifest.data = data.model_copy(update={"train": the_copy(data.train), "validation": the_copy(data.validation)})
+    write_manifest(bundle_dir, manifest)
 
 
 def read_manifest(bundle_dir: str | Path) -> Manifest:

@@ -793,6 +793,8 @@ def _figure(value: float | None, spec: str = ".4f") -> str:
 
 
 def _run_models_show(args: argparse.Namespace) -> int:
+    from classifier.data import training_file_path
+
     repository, name = _model(args)
     version = repository.version(name, args.version)
     summary = repository.summary(version)
@@ -811,7 +813,9 @@ def _run_models_show(args: argparse.Namespace) -> int:
                         if key.startswith("base-model "))
     print(f"  base model: {manifest.base_model}{f', {weights}' if weights else ''}; max length {manifest.max_length}")
     if train:
-        print(f"  training data: {train.path} (sha256 {train.sha256}), {train.rows_used} tickets used"
+        kept = training_file_path(manifest, version.path)
+        print(f"  training data: {kept or f'{train.path} (gone)'} (sha256 {train.sha256}), {train.rows_used} "
+              "tickets used"
               + (f"; validation: {validation.rows_used} tickets" if validation else ""))
     print(f"  validation accuracy {_figure(summary.validation_accuracy)}, macro-F1 "
           f"{_figure(summary.validation_macro_f1)}; training time {manifest.training.train_seconds} s")

@@ -688,17 +688,27 @@ def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataRe
     return tickets.relabelled([renamed.get(label, label) for label in tickets.labels])
 
 
-def training_file_texts(manifest: Manifest, bundle_dir: Path | None = None) -> list[str] | None:
-    """The cleaned texts of the file a bundle was trained on, as training read them, from where training read
-    it or the copy of it by the same name in ``bundle_dir`` (:data:`~classifier.bundle.TRAINING_COPY_FILE`, or
-    ``training-data.csv`` before it); None when neither is there as it was."""
+def training_file_path(manifest: Manifest, bundle_dir: Path | None = None) -> Path | None:
+    """Where the file a bundle was trained on is, as training read it: where training read it, or its copy in
+    ``bundle_dir`` (:data:`~classifier.bundle.TRAINING_COPY_FILE`, which the manifest names without a
+    directory; ``training-data.csv`` before it, named by its scratch path); None when neither is there as it was."""
     source = manifest.data.train
     if source is None or not source.path:
         return None
-    for path in (Path(source.path), *([bundle_dir / Path(source.path).name] if bundle_dir else [])):
+    named = Path(source.path)
+    for path in ([named] if named.is_absolute() else []) + ([bundle_dir / named.name] if bundle_dir else []):
         if path.is_file() and (not source.sha256 or file_sha256(path) == source.sha256):
-            return load_tickets(path, manifest.text, source.label_column, require_label=False)[0].texts
+            return path
     return None
+
+
+def training_file_texts(manifest: Manifest, bundle_dir: Path | None = None) -> list[str] | None:
+    """The cleaned texts of the file a bundle was trained on (:func:`training_file_path`), as training read
+    them; None when the file is not there as it was."""
+    path = training_file_path(manifest, bundle_dir)
+    if path is None or manifest.data.train is None:
+        return None
+    return load_tickets(path, manifest.text, manifest.data.train.label_column, require_label=False)[0].texts
 
 
 def one_spelling_per_label(tickets: Tickets, report: DataReport) -> Tickets:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from classifier.bundle import TRAINING_COPY_FILE
+from classifier.bundle import TRAINING_COPY_FILE, keep_training_copy
 from classifier.columns import ColumnMapping, absent_columns, resolve_columns
 from classifier.data import (
     flat_columns,
@@ -198,7 +198,7 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
 
         def build(path: Path) -> None:
             train(training_file, path, options, data_options)
-            shutil.copy2(training_file, path / TRAINING_COPY_FILE)
+            keep_training_copy(path, training_file)
             if manifest.export is not None:  # served as the champion is: exported, checked for drift
                 export(path)
 

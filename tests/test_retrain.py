@@ -268,9 +268,11 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     assert (repository.model_dir("tickets") / "holdout.csv").is_file()
     version = repository.version("tickets", 2)
     assert version.evaluation() is not None and (version.path / "training-data.jsonl").is_file()
-    # Trained in the model's .incoming, which the next writer sweeps if a retrain is killed, not in /tmp.
-    trained_on = Path(version.manifest().data.train.path)
-    assert trained_on.parent.parent == repository.model_dir("tickets") / INCOMING_DIR and not trained_on.exists()
+    # Trained on a scratch file, gone now: the manifest names the copy the version keeps, wherever it moves.
+    assert version.manifest().data.train.path == version.manifest().data.validation.path == "training-data.jsonl"
+    assert not list((repository.model_dir("tickets") / INCOMING_DIR).iterdir())
+    assert main(["models", "show", f"{model}", "2"]) == 0
+    assert f"training data: {version.path / 'training-data.jsonl'} (sha256 " in capsys.readouterr().out
     last = repository.history("tickets")[-1]
     assert last.action == "promote" and last.details["decision"]["promoted"] is True
     assert set(last.details["decision"]["champion"]) == {"accuracy", "macro_f1", "tickets"}
