@@ -385,10 +385,15 @@ class Predictor:
     def _encode(self, texts: list[str]) -> list[tuple[list[int], bool]]:
         """Token ids of each text, and whether it was truncated. Only the ids are kept: an Encoding of a long
         text holds its overflowing pieces too (about 200 KB for 8,000 characters at max_length 128)."""
-        char_cap = window_chars(self.max_length)  # past this, text cannot reach the window: cut before tokenising
-        capped = [text[:char_cap] for text in texts]
-        encodings = self._tokenizer.encode_batch_fast(capped)  # no character offsets: nothing here reads them
-        return [(enc.ids, bool(enc.overflowing) or len(text) > char_cap) for enc, text in zip(encodings, texts)]
+        char_cap = window_chars(self.max_length)  # past this, text rarely reaches the window: cut before tokenising
+        encodings = self._tokenizer.encode_batch_fast([text[:char_cap] for text in texts])  # no offsets: unread
+        # A cut text that did not fill the window held words of over 100 characters (hashes, log lines), each one
+        # token: tokenised whole, as training tokenises it, so that the words after them are read too.
+        unfilled = [i for i, enc in enumerate(encodings) if len(texts[i]) > char_cap and not enc.overflowing]
+        if unfilled:
+            for i, enc in zip(unfilled, self._tokenizer.encode_batch_fast([texts[i] for i in unfilled])):
+                encodings[i] = enc
+        return [(enc.ids, bool(enc.overflowing)) for enc in encodings]
 
     def _pad(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
         """Model inputs for one batch of token ids, padded to its longest (padded in lists: three numpy calls)."""

@@ -113,7 +113,6 @@ def test_no_tickets_give_no_predictions(exported_bundle: Path) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "x" * 100_000,
     "refund " * 5_000,
     "refund " * 150,  # over the window in tokens, under the character cap: the tokenizer says truncated
     "😀🔥 my invoice 💸 is wrong 🙃",
@@ -129,6 +128,15 @@ def test_hostile_inputs_get_a_valid_prediction(exported_bundle: Path, text: str)
     assert prediction.label in predictor.labels
     assert 0.0 < prediction.confidence <= 1.0
     assert prediction.truncated == (len(text) > 1000)
+
+
+def test_words_too_long_for_a_word_piece_do_not_hide_the_text_after_them(exported_bundle: Path) -> None:
+    predictor = Predictor.load(exported_bundle)
+    hashes = " ".join(["a1b2c3d4" * 19] * 60)  # 9,000 characters, 60 tokens: each word one unknown token
+    asked, silent = predictor.predict([f"{hashes} I was charged twice, please refund my invoice", hashes])
+    assert not asked.truncated and asked.top_k != silent.top_k
+    [one_word] = predictor.predict(["x" * 100_000])  # one token: read whole
+    assert not one_word.truncated
 
 
 @pytest.mark.parametrize("text", ["", "   \n\t  ", "\x00\x01", "\ud800"])
