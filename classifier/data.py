@@ -522,9 +522,8 @@ def from_spreadsheet_safe(cell: str) -> str:
 
 def _runs_as_formula(cell: str) -> bool:
     """Whether :func:`spreadsheet_safe` puts a quote before ``cell``."""
-    if cell[:1] == "'":
-        return _runs_as_formula(cell[1:])
-    return cell[:1] in FORMULA_STARTS and not PLAIN_NUMBER.fullmatch(cell)
+    unquoted = cell.lstrip("'")  # a loop, not recursion: customer text may start with thousands of quotes
+    return unquoted[:1] in FORMULA_STARTS and not PLAIN_NUMBER.fullmatch(unquoted)
 
 
 @dataclass

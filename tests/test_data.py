@@ -422,6 +422,11 @@ def test_spreadsheet_escaping_gives_back_every_cell_and_leaves_no_formula(cell: 
     assert safe[:1] not in FORMULA_STARTS or PLAIN_NUMBER.fullmatch(safe)
 
 
+def test_spreadsheet_escaping_takes_any_number_of_leading_quotes() -> None:
+    cell = "'" * 5_000 + "=HYPERLINK(\"x\")"  # customer text: deeper than Python's recursion limit
+    assert spreadsheet_safe(cell) == "'" + cell and from_spreadsheet_safe("'" + cell) == cell
+
+
 def test_split_file_holds_out_no_copy_of_a_training_ticket(tmp_path: Path) -> None:
     # Ten copies of an auto-reply, differing only in spacing: the model reads one text, kept on one side.
     rows = [{"id": f"T-{i}", "text": f"ticket {i}", "label": "ab"[i % 2]} for i in range(20)]
