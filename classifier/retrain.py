@@ -34,6 +34,7 @@ import os
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -339,34 +340,37 @@ def merge_corrections(export: TicketFile, corrections: list[Correction], trainin
     latest, report = _latest(corrections)
     holdout = [_as_corrected(row, latest, report) for row in holdout]
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    in_export: set[str] = set()
     for _, record in export.records:
         report.export_rows += 1
         row = export.row(record)
         ticket_id = row["id"]
-        correction = latest.pop(ticket_id, None) if ticket_id else None
+        in_export.add(ticket_id)
+        correction = latest.get(ticket_id) if ticket_id else None  # every row of the ticket, if it has several
         if _key(row, text_columns, id_column) in holdout_keys:  # its corrections too: evaluation only
             report.held_out += 1
             continue
         if correction is not None:
-            seen.add(ticket_id)
             if correction.label == row["label"]:
                 report.confirmed += 1
             else:
                 report.corrected += 1
                 row["label"] = correction.label
         rows.append(row)
+    for ticket_id in in_export:
+        latest.pop(ticket_id, None)
     evaluation: list[dict[str, Any]] = []
     only_feedback = set(latest)  # tickets the export does not hold: their fields are unknown
     for correction in latest.values():
-        if not correction.fields or not any((value or "").strip() for value in correction.fields.values()):
+        sent = into_fields(correction.fields or {}, text_columns)  # a corrections file's other columns are not text
+        if not any((value or "").strip() for value in sent.values()):
             report.without_text += 1
             continue
-        row = {**into_fields(correction.fields, text_columns), "label": correction.label, "id": correction.ticket_id,
+        row = {**sent, "label": correction.label, "id": correction.ticket_id,
                FIELDS: dict.fromkeys(field_columns)}
         if _key(row, text_columns, id_column) in holdout_keys:
             continue
-        recent = correction.received_at > since
+        recent = instant(correction.received_at) > instant(since)
         if recent and int(hashlib.sha256(correction.ticket_id.encode()).hexdigest(), 16) % RECENT_HELD_OUT == 0:
             report.evaluated += 1
             evaluation.append(row)
@@ -404,7 +408,7 @@ def _as_corrected(row: dict[str, Any], latest: dict[str, Correction], report: Me
 def _latest(corrections: list[Correction]) -> tuple[dict[str, Correction], MergeReport]:
     report = MergeReport()
     by_ticket: dict[str, list[Correction]] = {}
-    for correction in sorted(corrections, key=lambda c: c.received_at):
+    for correction in sorted(corrections, key=lambda c: instant(c.received_at)):
         by_ticket.setdefault(correction.ticket_id, []).append(correction)
     for ticket_id, history in by_ticket.items():
         labels = list(dict.fromkeys(c.label for c in history))
@@ -491,6 +495,15 @@ def _key(row: dict[str, Any], text_columns: list[str], id_column: str | None) ->
     return "text:" + json.dumps([row.get(column, "") for column in text_columns])
 
 
+def instant(text: str) -> datetime:
+    """An ISO 8601 time as an instant, to order and compare by (``+02:00`` and ``Z`` alike; UTC where it names
+    no zone); the earliest for none. ValueError for text that is not one."""
+    if not text:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    parsed = datetime.fromisoformat(text)
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
+
+
 def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -512,7 +525,15 @@ def corrections_from_file(path: str | Path) -> list[Correction]:
     text_columns = [c for c in columns if c not in (mapping.id_column, mapping.label_column, "received_at")]
     if mapping.id_column is None or mapping.label_column is None:
         raise UserError(f"{path}: corrections need a ticket id and a label column")
-    return [Correction(_cell(record[mapping.id_column]), label_value(record.get(mapping.label_column)),
-                       {c: _cell(record.get(c)) for c in text_columns} or None, _cell(record.get("received_at")))
-            for _, record in numbered]
+    corrections = [Correction(_cell(record[mapping.id_column]), label_value(record.get(mapping.label_column)),
+                              {c: _cell(record.get(c)) for c in text_columns} or None,
+                              _cell(record.get("received_at")))
+                   for _, record in numbered]
+    for (number, _), correction in zip(numbered, corrections):
+        try:
+            instant(correction.received_at)
+        except ValueError:
+            raise UserError(f"{path}: row {number}: received_at {correction.received_at!r} is not an ISO 8601 time "
+                            "(e.g. 2026-03-03T10:14:00Z); it orders an agent's corrections of one ticket") from None
+    return corrections
 

@@ -50,6 +50,7 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
         Correction("T-9", "login", None, NEW),  # a holdout ticket: never trained on
         Correction("N-1", "billing", {"subject": "new one", "body": "a ticket only feedback holds"}, OLD),
         Correction("N-2", "billing", None, OLD),  # no text anywhere
+        Correction("N-4", "billing", {"priority": "high"}, OLD),  # a corrections file's column, but no text
         Correction("N-3", "login", {"text": "a whole ticket, as the API's 'text'"}, OLD),  # read as the service did
         *[Correction(f"Q-{i}", "shipping", {"subject": "where is my parcel", "body": f"order {i}"}, OLD)
           for i in range(2)],  # a new label with two tickets: too few to train yet
@@ -65,11 +66,32 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
     assert scored["T-9"] == "login" and report.holdout_relabelled == 1  # scored against the agent's label
     assert rows["N-1"]["subject"] == "new one" and rows["N-1"]["label"] == "billing"
     assert (rows["N-3"]["subject"], rows["N-3"]["body"]) == ("", "a whole ticket, as the API's 'text'")
-    assert (report.corrected, report.confirmed, report.added, report.without_text) == (1, 2, 4, 1)
+    assert (report.corrected, report.confirmed, report.added, report.without_text) == (1, 2, 4, 2)
     assert report.conflicts == [{"ticket_id": "T-3", "labels": ["login", "billing"]}]
     assert report.new_labels == {} and report.too_few == {"shipping": 2}
     assert not any(row["label"] == "shipping" for row in rows.values())
     assert any("too few tickets" in line for line in report.lines())
+
+
+def test_a_correction_relabels_every_row_of_its_ticket_and_times_compare_as_instants(tmp_path: Path) -> None:
+    updated = {**export_rows()[1], "Body": "body of ticket 1, updated"}  # an export listing a ticket twice
+    export = write_csv(tmp_path / "export.csv", [*export_rows(), updated])
+    corrections = [Correction("T-1", "login", None, OLD),
+                   Correction("T-4", "billing", None, "2026-12-07T09:30:00Z"),  # the later one, in UTC
+                   Correction("T-4", "login", None, "2026-12-07 10:00:00+02:00")]  # 08:00 UTC: the earlier
+    merge_corrections(Columns(("subject", "body"), "category").resolve(export), corrections, tmp_path / "t.jsonl",
+                      tmp_path / "e.jsonl", holdout=[], known_labels={"billing", "login"}, since="2026-06-01",
+                      min_class_count=5)
+    labels = [(row["id"], row["Category"]) for row in read_jsonl(tmp_path / "t.jsonl")]
+    assert [label for ticket, label in labels if ticket == "T-1"] == ["login", "login"]
+    assert dict(labels)["T-4"] == "billing" and len(labels) == 11  # nothing added as a feedback-only ticket
+
+
+def test_a_correction_time_that_is_not_iso_8601_is_refused_with_its_row(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "c.csv", [{"ticket_id": f"T-{i}", "label": "login", "text": "t", "received_at": at}
+                                          for i, at in enumerate([NEW, "07/12/2026"])])
+    with pytest.raises(UserError, match=r"c.csv: row 3: received_at '07/12/2026' is not an ISO 8601 time"):
+        corrections_from_file(path)
 
 
 def test_recent_corrected_tickets_are_partly_kept_for_evaluation(tmp_path: Path) -> None:
