@@ -230,11 +230,12 @@ def _checked_values(event: FeedbackEvent, name: str) -> FeedbackEvent:
 
 def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: FeedbackStore,
                   model: LoadedModel) -> list[FeedbackEvent]:
-    """Labels are the served model's (matched in any case, stored in its spelling), or new ones the request
-    (``new_label``), the settings (``FEEDBACK_NEW_LABELS``) or an earlier request accepted."""
+    """Labels are the served model's, or new ones the request (``new_label``), the settings
+    (``FEEDBACK_NEW_LABELS``) or an earlier request accepted; matched in any case and stored in the spelling
+    first known, so that 'Refunds' and 'refunds' stay one queue."""
     known = {label.casefold(): label for label in model.predictor.labels}
     checked, unknown = [], []
-    taught: set[str] | None = None
+    taught: dict[str, str] | None = None
     for index, event in enumerate(events):
         label = known.get(event.label.casefold())
         if label is not None:
@@ -242,8 +243,10 @@ def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: Feed
             continue
         if taught is None:
             taught = _taught(store)
-        if event.new_label or current_app.config["FEEDBACK_NEW_LABELS"] or event.label in taught:
-            checked.append(replace(event, new_label=True))
+        label = taught.get(event.label.casefold())
+        if label is not None or event.new_label or current_app.config["FEEDBACK_NEW_LABELS"]:
+            label = taught.setdefault(event.label.casefold(), event.label)
+            checked.append(replace(event, label=label, new_label=True))
         else:
             unknown.append(index)
     if unknown:
@@ -255,9 +258,10 @@ def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: Feed
     return checked
 
 
-def _taught(store: FeedbackStore) -> set[str]:
+def _taught(store: FeedbackStore) -> dict[str, str]:
+    """New labels accepted before, by their case-folded spelling (the first in sort order of those stored)."""
     try:
-        return store.taught_labels()
+        return {label.casefold(): label for label in sorted(store.taught_labels(), reverse=True)}
     except SQLAlchemyError as error:
         metrics.record_feedback_store_error()
         raise _unavailable(one_line(error)) from None

@@ -411,6 +411,12 @@ def test_a_new_label_is_taught_once_then_accepted(feedback_app: Flask) -> None:
     ticket = fresh_id()
     assert client.post("/feedback", json={"ticket_id": ticket, "label": label}).get_json()["stored"] == 1
     assert app_store(feedback_app).events(ticket)[0]["new_label"] is True
+    # Another spelling is the same queue, stored as first taught, asked for new or not.
+    tickets = [fresh_id(), fresh_id()]
+    assert client.post("/feedback", json={"feedback": [{"ticket_id": tickets[0], "label": label.upper()},
+                                                     {"ticket_id": tickets[1], "label": label.title(),
+                                                      "new_label": True}]}).get_json()["stored"] == 2
+    assert [app_store(feedback_app).events(t)[0]["label"] for t in tickets] == [label, label]
 
 
 def test_zendesk_webhook_reads_the_category_and_a_retry_counts_once(feedback_app: Flask) -> None:
