@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "ACCESS_LOG": True,  # one JSON line per request on stdout
     "RELOAD_INTERVAL": 2.0,  # seconds between looks for a new model (a promotion, a changed bundle); 0: SIGHUP only
     # Feedback (POST /feedback, docs/feedback.md): a database URL or SQLite file; None: REPO/NAME/feedback.sqlite
-    # for a model in a repository, BUNDLE.feedback.sqlite beside a bundle; "off": no feedback stored (503).
+    # for a model in a repository, BUNDLE.feedback.sqlite beside a bundle; "off": no feedback stored (404).
     "FEEDBACK_DB": None,
     "FEEDBACK_STORE_TEXT": True,  # keep the ticket text sent with feedback (off: labels only)
     "FEEDBACK_NEW_LABELS": False,  # accept labels the model does not have without "new_label": true
