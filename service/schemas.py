@@ -58,10 +58,13 @@ def _single_error(message: str) -> WrapValidator:
     return WrapValidator(validate)
 
 
+# A 64-bit integer: any helpdesk's, and one /feedback takes back (a 4,000-digit one would not fit its column).
+_IntegerId = Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
+
 TicketId = Annotated[
-    Annotated[StrictStr, StringConstraints(max_length=MAX_ID)] | StrictInt,
+    Annotated[StrictStr, StringConstraints(max_length=MAX_ID)] | _IntegerId,
     Field(description="Your ticket id, echoed in the prediction.", examples=["12345"]),
-    _single_error(f"Input should be a string of at most {MAX_ID} characters or an integer"),
+    _single_error(f"Input should be a string of at most {MAX_ID} characters or a 64-bit integer"),
 ]
 
 
@@ -226,11 +229,15 @@ class TicketBase(BaseModel):
     def _has_text(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = _canonical_keys(data, ("id", *cls.text_keys()))
+        if isinstance(data, dict) and "top_k" not in cls.model_fields and any(k.lower() == "top_k" for k in data):
+            # a batch's ticket: its own top_k would be ignored without a word
+            raise PydanticCustomError("misplaced_top_k", "top_k is given once for the whole batch, beside 'tickets'")
         if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
             # e.g. fields of another model; not a null ("tickets": null is no batch, not a field left unread)
             unread = [key for key in data if key not in cls.model_fields and data[key] is not None]
-            raise PydanticCustomError("missing_text", "missing ticket text: give {keys}{unread}", {
-                "keys": " or ".join(repr(k) for k in cls.text_keys()),
+            webhook = " or a webhook's {'ticket': {...}} with the ticket's fields inside" if "ticket" in unread else ""
+            raise PydanticCustomError("missing_text", "missing ticket text: give {keys}{webhook}{unread}", {
+                "keys": " or ".join(repr(k) for k in cls.text_keys()), "webhook": webhook,
                 "unread": f" (this model does not read {', '.join(map(repr, unread))})" if unread else ""})
         if isinstance(data, dict):
             cls._refuse_text_under_another_name(data)
@@ -564,9 +571,9 @@ def _filled_in(ticket_id: Any) -> Any:
 _PLACEHOLDER = re.compile(r"\{\{.*\}\}|\{%.*%\}", re.DOTALL)  # Zendesk, Freshdesk, Jira; Liquid tags
 
 FeedbackTicketId = Annotated[
-    Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID)] | StrictInt,
+    Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID)] | _IntegerId,
     Field(description="Your ticket's id (the helpdesk's).", examples=["12345"]),
-    _single_error(f"Input should be a string of 1 to {MAX_ID} characters or an integer"),
+    _single_error(f"Input should be a string of 1 to {MAX_ID} characters or a 64-bit integer"),
     AfterValidator(_filled_in),
 ]
 FeedbackText = Annotated[StrictStr, Field(max_length=MAX_CELL_CHARS)]

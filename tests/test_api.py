@@ -249,9 +249,11 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ({"text": 5}, "text: Input should be a valid string"),
     ({"subject": ["a"]}, "subject: Input should be a valid string"),
     ({"text": "a", "subject": "b"}, "either 'text' or the ticket's fields (subject), not both"),
-    ({"text": "a", "id": 1.5}, "id: Input should be a string of at most 256 characters or an integer"),
+    ({"text": "a", "id": 1.5}, "id: Input should be a string of at most 256 characters or a 64-bit integer"),
     ({"text": "a", "id": "x" * 257}, "id: Input should be a string of at most 256"),  # as feedback's ids
+    ({"text": "a", "id": 2**63}, "id: Input should be a string of at most 256 characters or a 64-bit integer"),
     ({"text": "a", "top_k": 0}, "top_k"),
+    ({"tickets": [{"text": "a", "top_k": 1}]}, "tickets[0]: top_k is given once for the whole batch, beside 'tickets'"),
     ({"text": "a", "top_k": 1000}, "top_k"),
     ({"text": "a", "top_k": "3"}, "top_k"),
     ({"tickets": []}, "tickets: List should have at least 1 item"),
@@ -262,8 +264,9 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
      "tickets[0]: a batch item is one ticket or a webhook's {'ticket': {...}}, not both"),
     ({"tickets": "not a list"}, "tickets"),
     ({"ticket": {"id": 1}}, "ticket: missing ticket text"),
-    ({"ticket": "printer broken"}, "missing ticket text: give 'text' or 'subject' or 'body' (this model does not "
-                                   "read 'ticket')"),  # a webhook's ticket is an object
+    ({"ticket": "printer broken"}, "missing ticket text: give 'text' or 'subject' or 'body' or a webhook's "
+                                   "{'ticket': {...}} with the ticket's fields inside (this model does not read "
+                                   "'ticket')"),  # a webhook's ticket is an object
     ({"tickets": [{"text": "a"}], "ticket": {"subject": "b"}}, "exactly one shape"),  # neither may be dropped
     ({"tickets": [{"text": "a"}], "text": "b"}, "exactly one shape"),
     ({"ticket": {"subject": "a"}, "text": "b"}, "exactly one shape"),
