@@ -304,10 +304,14 @@ class ModelRepository:
         """Make ``version`` the champion (it serves); the champion before is remembered for rollback. A version
         that fails :func:`~classifier.integrity.verify_bundle` is refused, and so is any where ``replacing`` is
         given and no longer the champion (:class:`ChampionChanged`: a decision made against another one)."""
-        _require_intact(self.version(name, version), "promoted")  # versions do not change: checked unlocked
+        checked = self.version(name, version)  # an alias resolved once: the version checked is the one promoted
+        _require_intact(checked, "promoted")  # versions do not change: checked unlocked
         with self._lock(name):
             state = self._state(name)
-            chosen = self.version(name, version)
+            chosen = self.version(name, checked.number)
+            if isinstance(version, str) and not version.isdigit() and state.aliases.get(version) != chosen.number:
+                raise UserError(f"{self.model_dir(name)}: {version} became version {state.aliases.get(version)} "
+                                f"while version {chosen.number} was checked; promote again")
             champion = state.aliases.get(CHAMPION)
             if replacing is not None and champion != replacing:
                 raise ChampionChanged(f"{self.model_dir(name)}: version {champion} became the champion after "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from classifier import repository as repository_module
 from classifier.bundle import read_manifest
 from classifier.cli import main
 from classifier.errors import UserError
@@ -29,6 +30,7 @@ from classifier.repository import (
     INCOMING_DIR,
     Aliases,
     ModelRepository,
+    Version,
     is_model_dir,
     open_model,
 )
@@ -100,6 +102,22 @@ def test_rollback_goes_back_through_the_champions_that_served_before(three: Mode
     assert [(e.action, e.champion_before, e.champion_after) for e in history[3:]] == [
         ("promote", 1, 2), ("promote", 2, 3), ("rollback", 3, 2), ("rollback", 2, 1)]
     assert history[3].reason == "better on the holdout" and history[3].user and history[3].host
+
+
+def test_promoting_an_alias_that_moves_while_its_version_is_checked_is_refused(
+        repo: ModelRepository, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for _ in range(2):
+        repo.add_version("tickets", linked(tiny_bundle))
+    check = repository_module._require_intact
+
+    def a_retrain_adds_a_challenger_meanwhile(version: Version, *args: str) -> None:
+        check(version, *args)
+        repo.add_version("tickets", linked(tiny_bundle))  # version 3, not checked, becomes the challenger
+
+    monkeypatch.setattr(repository_module, "_require_intact", a_retrain_adds_a_challenger_meanwhile)
+    with pytest.raises(UserError, match="challenger became version 3 while version 2 was checked; promote again"):
+        repo.promote("tickets", "challenger")
+    assert repo.serving_state("tickets").version == 1
 
 
 def test_a_version_that_fails_its_check_is_neither_promoted_nor_rolled_back_to(repo: ModelRepository,
