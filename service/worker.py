@@ -1,4 +1,4 @@
-"""gunicorn's sync worker with four changes for this service.
+"""gunicorn's sync worker with five changes for this service.
 
 1. It closes a connection at once when the whole request has been read (below).
 2. On a graceful stop (SIGTERM) it keeps answering connections from the listen queue until
