@@ -7,6 +7,7 @@ classifier is imported (onnxruntime + tokenizers, no torch).
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,6 +40,20 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _whole(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {value!r}") from None
+
+
+def _seconds(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+
+
 def _flag(value: str) -> bool:
     if value.strip().lower() in ("1", "true", "yes", "on"):
         return True
@@ -51,11 +66,11 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BUNDLE": ("TICKETCLF_BUNDLE", str),
     "ENGINE": ("TICKETCLF_ENGINE", str),
     "API_KEYS": ("TICKETCLF_API_KEYS", str),
-    "MAX_BATCH": ("TICKETCLF_MAX_BATCH", int),
-    "MAX_CONTENT_LENGTH": ("TICKETCLF_MAX_BODY_BYTES", int),
+    "MAX_BATCH": ("TICKETCLF_MAX_BATCH", _whole),
+    "MAX_CONTENT_LENGTH": ("TICKETCLF_MAX_BODY_BYTES", _whole),
     "LOG_TEXT": ("TICKETCLF_LOG_TEXT", _flag),
     "ACCESS_LOG": ("TICKETCLF_ACCESS_LOG", _flag),
-    "RELOAD_INTERVAL": ("TICKETCLF_RELOAD_INTERVAL", float),
+    "RELOAD_INTERVAL": ("TICKETCLF_RELOAD_INTERVAL", _seconds),
     "FEEDBACK_DB": ("TICKETCLF_FEEDBACK_DB", str),
     "FEEDBACK_STORE_TEXT": ("TICKETCLF_FEEDBACK_STORE_TEXT", _flag),
     "FEEDBACK_NEW_LABELS": ("TICKETCLF_FEEDBACK_NEW_LABELS", _flag),
@@ -63,6 +78,23 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "FEEDBACK_FRESHDESK_FIELD": ("TICKETCLF_FEEDBACK_FRESHDESK_FIELD", str),
     "FEEDBACK_JIRA_FIELD": ("TICKETCLF_FEEDBACK_JIRA_FIELD", str),
 }
+
+
+# Read outside settings(): by gunicorn's configuration, the predictor, the server, and the tests.
+OTHER_VARIABLES = frozenset({"TICKETCLF_THREADS", "TICKETCLF_WORKERS", "TICKETCLF_LOG_LEVEL", "TICKETCLF_STATE_DIR",
+                             "TICKETCLF_CREATED_DIRS", "TICKETCLF_REQUIRE_SERVERS"})
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """A line for each TICKETCLF_ variable nothing reads (a typo would otherwise change nothing, silently),
+    naming the known one it most likely meant."""
+    known = {variable for variable, _ in ENVIRONMENT.values()} | OTHER_VARIABLES
+    lines = []
+    for name in sorted(environ):
+        if name.startswith("TICKETCLF_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            lines.append(f"{name} is not a setting{f' (did you mean {close[0]}?)' if close else ''}: ignored")
+    return lines
 
 
 def settings(config: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from classifier.feedback import feedback_url
 from classifier.integrity import file_problems
 from classifier.predict import default_threads, resolve_engine
 from classifier.repository import is_model_dir, open_model
-from service import settings
+from service import settings, unknown_variables
 from service.auth import parse_keys
 
 CONFIG_FILE = Path(__file__).with_name("gunicorn_conf.py")
@@ -67,9 +67,14 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
     host = host.removeprefix("[").removesuffix("]")  # "[::1]", as URLs write it
     _check_address(host, port, workers)
-    if (warning := no_keys_warning(config["API_KEYS"], host)) is not None:
+    warnings = [no_keys_warning(config["API_KEYS"], host), *unknown_variables()]
+    if config["LOG_TEXT"]:
+        warnings.append("the access log carries ticket text (TICKETCLF_LOG_TEXT): customer data in the logs")
+    for warning in filter(None, warnings):
         print(f"ticketclf serve: warning: {warning}", file=sys.stderr)
     if dev:
+        print(f"ticketclf serve: Flask's development server on http://{_address(host, port)} (one process; "
+              "production: without --dev)", file=sys.stderr)
         return _serve_dev(host, port)
     overrides: dict[str, Any] = {"bind": [_address(host, port)]}
     if workers is not None:

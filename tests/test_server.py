@@ -28,6 +28,7 @@ from service_helpers import (
 from classifier.errors import UserError
 from service import server as server_module
 from service import settings as service_settings
+from service import unknown_variables
 from service.server import serve
 
 
@@ -47,7 +48,8 @@ def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("variable", "value", "message"), [
-    ("TICKETCLF_MAX_BATCH", "abc", "TICKETCLF_MAX_BATCH: invalid literal"),
+    ("TICKETCLF_MAX_BATCH", "abc", "TICKETCLF_MAX_BATCH: expected a whole number, got 'abc'"),
+    ("TICKETCLF_RELOAD_INTERVAL", "soon", "TICKETCLF_RELOAD_INTERVAL: expected a number of seconds, got 'soon'"),
     ("TICKETCLF_MAX_BATCH", "0", r"MAX_BATCH \(TICKETCLF_MAX_BATCH\): must be at least 1"),
     ("TICKETCLF_ENGINE", "bogus", "unknown engine 'bogus'"),
     ("TICKETCLF_ENGINE", "fp32", "no fp32 ONNX model; run 'ticketclf export"),  # tiny_bundle is not exported
@@ -106,6 +108,13 @@ def test_serve_refuses_a_bad_address_before_starting_workers(tiny_bundle: Path, 
 ])
 def test_serving_without_keys_where_others_can_reach_it_is_warned(keys: str, host: str, warned: bool) -> None:
     assert (server_module.no_keys_warning(keys, host) is not None) == warned
+
+
+def test_a_setting_nothing_reads_is_named_with_the_one_it_likely_meant() -> None:
+    environ = {"TICKETCLF_ENGIN": "fp32", "TICKETCLF_ENGINE": "int8", "TICKETCLF_COLOUR": "blue", "PATH": "/bin",
+               "TICKETCLF_WORKERS": "2"}
+    assert unknown_variables(environ) == ["TICKETCLF_COLOUR is not a setting: ignored",
+                                          "TICKETCLF_ENGIN is not a setting (did you mean TICKETCLF_ENGINE?): ignored"]
 
 
 def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> None:
