@@ -270,11 +270,12 @@ class _ShardWriter:
         rejects = [record for _, rejected, record in rows if rejected]
         rejects_path = self.output / REJECTS_DIR / f"{shard}.jsonl"
         if rejects:
-            _write_atomic(rejects_path, lambda path: path.write_text("\n".join(rejects) + "\n", encoding="utf-8"))
+            text = "\n".join(rejects) + "\n"
+            bundle.replace_atomically(rejects_path, lambda path: path.write_text(text, encoding="utf-8"))
         else:
             rejects_path.unlink(missing_ok=True)  # from an earlier, interrupted run of this shard
         shard_path = self.output / SHARDS_DIR / f"{shard}.{self.format}"
-        _write_atomic(shard_path, lambda path: self._write_records(path, records))
+        bundle.replace_atomically(shard_path, lambda path: self._write_records(path, records))
         self._count(records, rejects)
 
     def _write_records(self, path: Path, records: list[dict[str, Any]]) -> None:
@@ -301,16 +302,6 @@ class _ShardWriter:
             summary.first_output_s = time.perf_counter() - self.started
 
 
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _gather_rejects(output: Path) -> None:
     """``rejects.jsonl``: every shard's rejects, in shard order, rebuilt after each run (a resumed one too)."""
     def write(path: Path) -> None:
@@ -318,7 +309,7 @@ def _gather_rejects(output: Path) -> None:
             for part in sorted((output / REJECTS_DIR).glob("*.jsonl")):
                 out.write(part.read_text(encoding="utf-8"))
 
-    _write_atomic(output / REJECTS_FILE, write)
+    bundle.replace_atomically(output / REJECTS_FILE, write)
 
 
 # ---------------------------------------------------------------- Ray

@@ -118,20 +118,26 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by a temporary file renamed over it, fsynced before and after, so that after a crash
-    or a power loss the file is the old or the new one, whole (the manifest holds the seal and the served
-    engine)."""
+    """Replace ``path`` with ``text`` (:func:`replace_atomically`): the manifest holds the seal and the served
+    engine, so after a crash or a power loss it must be the old one or the new one, whole."""
+    replace_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Make ``path`` by ``write(temporary)``: a file of its own beside it (two writers never share one),
+    flushed to disk and renamed over ``path``, the folder flushed after. Readers see the old file or the new
+    one whole, also after a crash or a power loss; a failed write leaves the old one and no temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
+        write(temporary)
+        fsync(temporary)
         os.chmod(temporary, _default_mode(0o666))  # mkstemp makes it private
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     fsync(path.parent)
 

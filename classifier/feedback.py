@@ -32,7 +32,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,6 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from classifier.bundle import replace_atomically
 from classifier.data import spreadsheet_safe
 from classifier.errors import UserError
 from classifier.text import into_fields
@@ -702,19 +702,14 @@ def export_csv(store: FeedbackStore, output: str | os.PathLike[str], *, label_co
     if reserved:
         raise UserError(f"the text fields {sorted(reserved)} collide with the export's own columns; choose "
                         "another --label-column")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
+    def write(path: Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as out:
             writer = csv.writer(out)
             writer.writerow(["ticket_id", *columns, label_column, "received_at"])
             for row in rows:  # cells customers or agents wrote, escaped for spreadsheets (training undoes it)
                 text = into_fields(row.text or {}, columns)
                 writer.writerow([*map(spreadsheet_safe, (row.ticket_id, *(text[column] for column in columns),
                                                          row.label)), row.received_at.isoformat()])
-        os.replace(temporary, output)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    replace_atomically(Path(output), write)
     return len(rows), sum(row.text is None for row in rows), columns

@@ -244,9 +244,8 @@ class ServedModel:
                 return
             version = loaded.version if isinstance(self.source, RepositorySource) else None
             record = {"key": loaded.key, "path": str(path), "version": version}
-            temporary = self.state_dir / f".{_LAST_GOOD}.{os.getpid()}"
-            temporary.write_text(json.dumps(record), encoding="utf-8")
-            os.replace(temporary, self.state_dir / _LAST_GOOD)
+            bundle.replace_atomically(self.state_dir / _LAST_GOOD,
+                                      lambda temporary: temporary.write_text(json.dumps(record), encoding="utf-8"))
             _prune_snapshots(path.parent, keep=path)
         except OSError as error:
             log.warning("could not keep a copy of the serving model for restarting workers: %s", error)
