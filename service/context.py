@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app
+from flask import current_app, g
 
 from service.model import LoadedModel, ServedModel
 
@@ -17,8 +17,10 @@ class Context:
 
     def model(self) -> LoadedModel:
         """The model to answer this request with. Read it once per request, so that a swap in the middle
-        of a request does not mix two models in one answer."""
-        return self.served.current
+        of a request does not mix two models in one answer. The access log names its version."""
+        model = self.served.current
+        g.model_version = model.info.version
+        return model
 
 
 def context() -> Context:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, g, json
+from flask import Flask, Response, g, has_request_context, json
 from werkzeug.exceptions import HTTPException
 
 from classifier.errors import ModelError, UserError
@@ -29,6 +29,8 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
                    tickets: list[int] | None = None) -> Response:
     error: dict[str, object] = {"code": code, "message": message}
+    if has_request_context():
+        g.error_code = code  # for the access log: a 422 invalid_request and a 422 invalid_ticket differ
     if tickets is not None:
         error["tickets"] = tickets
     return Response(json.dumps({"error": error}), status=status, mimetype="application/json", headers=headers)

@@ -87,8 +87,9 @@ def _entry(response: Response, seconds: float) -> dict[str, object]:
     if forwarded:  # behind a proxy or ingress, "remote" is the proxy; this is who it says called
         # Its end, where the proxies write the addresses they saw: the start is whatever the caller sent.
         entry["forwarded_for"] = forwarded if len(forwarded) <= 256 else "..." + forwarded[-253:]
-    if "ticket_count" in g:
-        entry["ticket_count"] = g.ticket_count
+    for key in ("error_code", "model_version", "ticket_count"):
+        if key in g:
+            entry[key] = g.get(key)
     if "log_tickets" in g:  # only set when LOG_TEXT is on
         entry["tickets"] = g.log_tickets
     return entry

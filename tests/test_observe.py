@@ -41,6 +41,11 @@ def test_access_log_is_json_without_ticket_text(client: FlaskClient, access_line
     assert entry["forwarded_for"] == "203.0.113.7, 10.0.0.2"  # behind an ingress, "remote" is the ingress
     assert entry["duration_ms"] > 0 and entry["request_id"]
     assert "4242" not in line and "T-9" not in line and "tickets" not in entry
+    assert entry["model_version"] == client.get("/labels").get_json()["model"]["version"] and "error_code" not in entry
+    # Two 422s an operator tells apart: the request's shape, or a ticket without text.
+    client.post("/classify", json={"text": 5})
+    client.post("/classify", json={"text": "<p></p>"})
+    assert [json.loads(line).get("error_code") for line in access_lines[-2:]] == ["invalid_request", "invalid_ticket"]
     # A caller padding the header with made-up addresses cannot push out the one the proxy appended.
     client.post("/classify", json={"text": "hi"}, headers={"X-Forwarded-For": "10.0.0.1, " * 30 + "198.51.100.9"})
     forwarded = json.loads(access_lines[-1])["forwarded_for"]
