@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import current_app, g
+from flask import current_app, g, has_request_context
 
 from service.model import LoadedModel, ServedModel
 
@@ -19,7 +19,8 @@ class Context:
         """The model to answer this request with. Read it once per request, so that a swap in the middle
         of a request does not mix two models in one answer. The access log names its version."""
         model = self.served.current
-        g.model_version = model.info.version
+        if has_request_context():
+            g.model_version = model.info.version
         return model
 
 
