@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from classifier.manifest import FieldHead
 from classifier.predict import Prediction
 from classifier.text import ticket_text
 from service import metrics
@@ -75,9 +76,20 @@ def labels() -> Response:
         # only for a bundle predicting more than its label: one of the label alone answers as it always has
         fields=[FieldLabelsOut(name=spec.name, kind=spec.kind,
                                labels=[FieldLabelOut(label=label, threshold=spec.threshold_of(label))
-                                       for label in spec.labels])
+                                       for label in spec.labels], always_review=_always_review(spec))
                 for spec in predictor.fields] or None,
     ))
+
+
+def _always_review(spec: FieldHead) -> str | None:
+    if spec.kind != "single" or any(spec.threshold_of(label) <= 1 for label in spec.labels):
+        return None
+    metrics = spec.validation_metrics
+    if not spec.per_class and "accuracy" in metrics and "most_common_share" in metrics:  # as training left it
+        return (f"validation accuracy {metrics['accuracy']:.1%} is hardly above always answering its most common "
+                f"value ({metrics['most_common_share']:.1%}); thresholds measured on a holdout ('ticketclf "
+                "evaluate --apply-threshold-for-precision') replace this")
+    return "no threshold reached the precision asked of 'ticketclf evaluate --apply-threshold-for-precision'"
 
 
 @bp.get("/openapi.json")

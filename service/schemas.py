@@ -165,6 +165,10 @@ class FieldLabelsOut(BaseModel):
     kind: Literal["single", "tags"] = Field(description="single: one label per ticket (in the response's "
                                             "fields); tags: any number per ticket (the response's tags).")
     labels: list[FieldLabelOut]
+    always_review: str | None = Field(
+        None, description="Why every answer of this field is marked needs_review (all its thresholds are above "
+        "1), e.g. validation accuracy hardly above always answering its most common value; null when its "
+        "thresholds route answers.")
 
 
 class LabelsResponse(BaseModel):

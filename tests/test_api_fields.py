@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,23 @@ def test_labels_list_every_field_with_its_thresholds(fields_client: FlaskClient,
     for field in body["fields"]:
         spec = heads[field["name"]]
         assert field["labels"] == [{"label": label, "threshold": spec.threshold_of(label)} for label in spec.labels]
+        assert field["always_review"] is None or field["kind"] == "single"
+
+
+def test_labels_say_why_every_answer_of_a_field_needs_review(fields_bundle: Path, tmp_path: Path, hand_edit) -> None:
+    bundle = Path(shutil.copytree(fields_bundle, tmp_path / "fields"))
+
+    def as_training_leaves_a_field_no_better_than_its_most_common_value(manifest: dict) -> None:
+        [priority] = [field for field in manifest["fields"] if field["name"] == "priority"]
+        priority.update(threshold=1.01, per_class={})
+        priority["validation_metrics"].update(accuracy=0.417, most_common_share=0.344)
+
+    hand_edit(bundle, as_training_leaves_a_field_no_better_than_its_most_common_value)
+    app = create_app({"BUNDLE": bundle, "THREADS": 1, "API_KEYS": "", "RELOAD_INTERVAL": 0})
+    notes = {field["name"]: field["always_review"] for field in app.test_client().get("/labels").get_json()["fields"]}
+    assert notes["priority"].startswith("validation accuracy 41.7% is hardly above always answering its most "
+                                        "common value (34.4%)")
+    assert notes["tags"] is None
 
 
 def test_labels_of_a_bundle_of_the_label_alone_are_as_before(client: FlaskClient) -> None:
@@ -237,7 +255,7 @@ def test_openapi_documents_fields_and_tags_as_optional(fields_client: FlaskClien
     assert set(schemas["TagScore"]["properties"]) == {"tag", "score"}
     labels = schemas["LabelsResponse"]
     assert "fields" in labels["properties"] and "fields" not in labels["required"]
-    assert set(schemas["FieldLabelsOut"]["properties"]) == {"name", "kind", "labels"}
+    assert set(schemas["FieldLabelsOut"]["properties"]) == {"name", "kind", "labels", "always_review"}
 
 
 def test_answers_of_both_bundles_fit_the_openapi_document(fields_client: FlaskClient, client: FlaskClient,
