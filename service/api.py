@@ -126,6 +126,8 @@ def _json_body() -> Any:
     # one that reaches the limit is refused rather than parsed cut short (one of exactly `limit` bytes too).
     if request.content_length is None and limit is not None and len(raw) >= limit:
         raise _too_large(limit)
+    if not raw.strip():
+        raise ApiError(400, "bad_json", "the body is empty; send a JSON object (e.g. {\"text\": \"...\"})")
     try:
         # JSON on the wire is UTF-8 (RFC 8259; a BOM may be ignored): json.loads(bytes) would guess UTF-16/32
         text = raw.decode("utf-8-sig")

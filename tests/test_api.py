@@ -172,6 +172,11 @@ def test_unreadable_bodies(client: FlaskClient, kwargs: dict[str, Any], status: 
     assert error_of(client.post("/classify", **kwargs), status)["code"] == code
 
 
+def test_an_empty_body_is_named_as_empty(client: FlaskClient) -> None:
+    assert error_of(client.post("/classify", data=" \n", content_type="application/json"), 400)["message"] == \
+        'the body is empty; send a JSON object (e.g. {"text": "..."})'
+
+
 def test_a_utf8_byte_order_mark_and_identity_encoding_are_accepted(client: FlaskClient) -> None:
     body = '\ufeff{"text": "card lost"}'.encode()  # some Windows and .NET clients send one
     response = client.post("/classify", data=body, content_type="application/json",
