@@ -882,6 +882,12 @@ def _run_models_add(args: argparse.Namespace) -> int:
     repository, name = _model(args)
     version = repository.add_version(name, args.bundle, reason=f"ticketclf models add {args.bundle}")
     print(f"{args.bundle} added as {version.path}; {_aliases_line(repository, version)}")
+    added = version.manifest().bundle_version
+    same = [other.number for other in repository.versions(name)
+            if other.number != version.number and other.manifest().bundle_version == added]
+    if same:  # allowed (e.g. to serve it again under a new number), but most often a mistake
+        print(f"note: {'versions' if len(same) > 1 else 'version'} {' and '.join(map(str, same))} "
+              f"{'hold' if len(same) > 1 else 'holds'} the same bundle ({added})")
     return 0
 
 

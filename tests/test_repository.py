@@ -304,8 +304,10 @@ def test_models_show_promote_rollback_remove_add_and_their_errors(three: ModelRe
     assert main(["models", "remove", model, "2"]) == 0
     assert capsys.readouterr().out == f"{model}: version 2 removed\n"
     assert main(["models", "add", model, str(tiny_bundle)]) == 0
+    same = read_manifest(tiny_bundle).bundle_version  # versions 1 and 3 are links to it
     assert capsys.readouterr().out == (f"{tiny_bundle} added as {model}/4; version 4: challenger; 'ticketclf models "
-                                       "promote' makes it serve\n")
+                                       "promote' makes it serve\n"
+                                       f"note: versions 1 and 3 hold the same bundle ({same})\n")
     assert main(["models", "history", model]) == 0
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == [
         "add", "add", "add", "promote", "rollback", "remove", "add"]
