@@ -223,7 +223,7 @@ def summary_table(report: dict[str, Any]) -> str:
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("tickets", lambda m: f"{m['tickets']}"),
         *[(h.title, lambda m, h=h: format(m[h.key], h.spec)) for h in HEADLINES],
-        (f"routed at {target:.0%} precision", lambda m: _routed_at_target(m["at_target"]))]
+        (f"routed at {target:.0%} precision", lambda m: routed_shown(m["at_target"]))]
     width = max(len(name) for name, _ in rows) + 2
     lines = [" " * width + "".join(f"{name:>22}" for name, _ in columns)]
     lines += [f"{label:<{width}}" + "".join(f"{cell(metrics):>22}" for _, metrics in columns) for label, cell in rows]
@@ -593,8 +593,16 @@ def _recommendation_message(point: OperatingPoint | None, target: float) -> str:
     return message
 
 
-def _routed_at_target(point: dict[str, Any] | None) -> str:
-    return "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:{THRESHOLD}})"
+def routed_shown(point: dict[str, Any] | None, target: float | None = None) -> str:
+    """A report's ``at_target`` point for the terminal: "79.9% (t>=0.902307)", or "none"; given the
+    ``target``, a point resting on too few tickets to trust (as :func:`_recommendation_message` judges) says so."""
+    if point is None:
+        return "none"
+    shown = f"{point['coverage']:.1%} (t>={point['threshold']:{THRESHOLD}})"
+    right = round((point["precision"] or 0.0) * point["tickets"])
+    if target is not None and wilson_lower_bound(right, point["tickets"]) < target - UNCERTAIN_RECOMMENDATION:
+        shown += f", only {point['tickets']} tickets: too few to rely on"
+    return shown
 
 
 def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored, manifest: Manifest,

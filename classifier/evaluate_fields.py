@@ -29,12 +29,11 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from classifier.data import DataReport, Tickets, match_label_spellings
 from classifier.errors import ModelError
-from classifier.evaluate import Scored, class_sections, class_thresholds, routing_with
+from classifier.evaluate import Scored, class_sections, class_thresholds, routed_shown, routing_with
 from classifier.fields import hardly_beats_majority, tag_matrix, tag_metrics
 from classifier.manifest import FieldHead
 from classifier.numerics import sigmoid, softmax
 from classifier.report import (
-    THRESHOLD,
     FieldSection,
     FieldThresholdsApplied,
     FieldUnavailable,
@@ -224,8 +223,7 @@ def summary_lines(fields: dict[str, dict[str, Any]] | None) -> list[str]:
                          f"{section['macro_f1']:.3f}, subset accuracy {section['subset_accuracy']:.1%}")
             continue
         metrics, coverage = section["metrics"], section["precision_coverage"]
-        point = metrics["at_target"]
-        routed = "none" if point is None else f"{point['coverage']:.1%} (t>={point['threshold']:{THRESHOLD}})"
+        routed = routed_shown(metrics["at_target"], coverage["target_precision"])
         lines.append(f"field {name} (single label, {counted}): accuracy {metrics['accuracy']:.1%}, macro F1 "
                      f"{metrics['macro_f1']:.3f}; routed at {coverage['target_precision']:.0%} precision: {routed}")
     return lines

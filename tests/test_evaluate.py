@@ -37,6 +37,7 @@ from classifier.evaluate import (
     paired_difference,
     recommend_threshold,
     routed_at_target,
+    routed_shown,
     summary_table,
 )
 from classifier.manifest import Calibration, DataSection, Manifest
@@ -628,3 +629,10 @@ def test_confidences_far_from_accuracy_are_flagged(bundle_copy, test_csv, tmp_pa
     assert not any(w.startswith("confidences do not match accuracy") for w in report["warnings"])
 
 
+
+
+def test_a_threshold_resting_on_a_few_tickets_says_so_in_the_terminal() -> None:
+    thin = {"threshold": 0.982738, "tickets": 3, "coverage": 0.0126, "precision": 1.0}  # 3 of 3: 44 % to 100 %
+    solid = {"threshold": 0.902307, "tickets": 191, "coverage": 0.799, "precision": 0.953}  # 91 % to 98 %
+    assert routed_shown(thin, 0.95) == "1.3% (t>=0.982738), only 3 tickets: too few to rely on"
+    assert routed_shown(solid, 0.95) == "79.9% (t>=0.902307)" and routed_shown(None, 0.95) == "none"
