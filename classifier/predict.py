@@ -388,11 +388,14 @@ class Predictor:
         char_cap = window_chars(self.max_length)  # past this, text rarely reaches the window: cut before tokenising
         encodings = self._tokenizer.encode_batch_fast([text[:char_cap] for text in texts])  # no offsets: unread
         # A cut text that did not fill the window held words of over 100 characters (hashes, log lines), each one
-        # token: tokenised whole, as training tokenises it, so that the words after them are read too.
+        # token: cut 4 times longer until it fills the window or is whole, as training reads it, so the words
+        # after them are read too, and no text is tokenised much beyond what fills the window (memory, time).
         unfilled = [i for i, enc in enumerate(encodings) if len(texts[i]) > char_cap and not enc.overflowing]
-        if unfilled:
-            for i, enc in zip(unfilled, self._tokenizer.encode_batch_fast([texts[i] for i in unfilled])):
+        while unfilled:
+            char_cap *= 4
+            for i, enc in zip(unfilled, self._tokenizer.encode_batch_fast([texts[i][:char_cap] for i in unfilled])):
                 encodings[i] = enc
+            unfilled = [i for i in unfilled if len(texts[i]) > char_cap and not encodings[i].overflowing]
         return [(enc.ids, bool(enc.overflowing)) for enc in encodings]
 
     def _pad(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
