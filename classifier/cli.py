@@ -813,9 +813,8 @@ def _run_models_show(args: argparse.Namespace) -> int:
                         if key.startswith("base-model "))
     print(f"  base model: {manifest.base_model}{f', {weights}' if weights else ''}; max length {manifest.max_length}")
     if train:
-        kept = training_file_path(manifest, version.path)
-        print(f"  training data: {kept or f'{train.path} (gone)'} (sha256 {train.sha256}), {train.rows_used} "
-              "tickets used"
+        kept = training_file_path(manifest, version.path) or f"{train.path} (changed or gone)"
+        print(f"  training data: {kept} (sha256 {train.sha256}), {train.rows_used} tickets used"
               + (f"; validation: {validation.rows_used} tickets" if validation else ""))
     print(f"  validation accuracy {_figure(summary.validation_accuracy)}, macro-F1 "
           f"{_figure(summary.validation_macro_f1)}; training time {manifest.training.train_seconds} s")
@@ -1000,8 +999,12 @@ def _add_feedback(commands: argparse._SubParsersAction) -> None:
 
 
 def _utc_time(value: str) -> datetime:
+    from classifier.retrain import instant
+
     try:
-        return datetime.fromisoformat(value)
+        if not value.strip():
+            raise ValueError(value)
+        return instant(value.strip())  # a Z as UTC on Python 3.10 too
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a time in ISO 8601 (2026-11-30T12:00:00Z), got {value!r}") from None
 

@@ -341,21 +341,25 @@ def merge_corrections(export: TicketFile, corrections: list[Correction], trainin
     holdout = [_as_corrected(row, latest, report) for row in holdout]
     rows: list[dict[str, Any]] = []
     in_export: set[str] = set()
+    counted: set[str] = set()  # tickets counted as confirmed or corrected: once, however many rows they have
     for _, record in export.records:
         report.export_rows += 1
         row = export.row(record)
         ticket_id = row["id"]
-        in_export.add(ticket_id)
         correction = latest.get(ticket_id) if ticket_id else None  # every row of the ticket, if it has several
+        if ticket_id:
+            in_export.add(ticket_id)
         if _key(row, text_columns, id_column) in holdout_keys:  # its corrections too: evaluation only
             report.held_out += 1
             continue
         if correction is not None:
-            if correction.label == row["label"]:
-                report.confirmed += 1
-            else:
-                report.corrected += 1
-                row["label"] = correction.label
+            if ticket_id not in counted:
+                counted.add(ticket_id)
+                if correction.label == row["label"]:
+                    report.confirmed += 1
+                else:
+                    report.corrected += 1
+            row["label"] = correction.label
         rows.append(row)
     for ticket_id in in_export:
         latest.pop(ticket_id, None)
@@ -500,7 +504,7 @@ def instant(text: str) -> datetime:
     no zone); the earliest for none. ValueError for text that is not one."""
     if not text:
         return datetime.min.replace(tzinfo=timezone.utc)
-    parsed = datetime.fromisoformat(text)
+    parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" else text)  # Python 3.10 reads no Z
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
 
 

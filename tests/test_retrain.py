@@ -78,10 +78,11 @@ def test_a_correction_relabels_every_row_of_its_ticket_and_times_compare_as_inst
     export = write_csv(tmp_path / "export.csv", [*export_rows(), updated])
     corrections = [Correction("T-1", "login", None, OLD),
                    Correction("T-4", "billing", None, "2026-12-07T09:30:00Z"),  # the later one, in UTC
-                   Correction("T-4", "login", None, "2026-12-07 10:00:00+02:00")]  # 08:00 UTC: the earlier
-    merge_corrections(Columns(("subject", "body"), "category").resolve(export), corrections, tmp_path / "t.jsonl",
-                      tmp_path / "e.jsonl", holdout=[], known_labels={"billing", "login"}, since="2026-06-01",
-                      min_class_count=5)
+                   Correction("T-4", "login", None, "2026-12-07T10:00:00+02:00")]  # 08:00 UTC: the earlier
+    report = merge_corrections(Columns(("subject", "body"), "category").resolve(export), corrections,
+                               tmp_path / "t.jsonl", tmp_path / "e.jsonl", holdout=[],
+                               known_labels={"billing", "login"}, since="2026-06-01", min_class_count=5)
+    assert (report.corrected, report.confirmed) == (2, 0)  # tickets: T-1 once, however many rows
     labels = [(row["id"], row["Category"]) for row in read_jsonl(tmp_path / "t.jsonl")]
     assert [label for ticket, label in labels if ticket == "T-1"] == ["login", "login"]
     assert dict(labels)["T-4"] == "billing" and len(labels) == 11  # nothing added as a feedback-only ticket
