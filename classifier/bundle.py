@@ -123,10 +123,11 @@ def write_text_atomic(path: Path, text: str) -> None:
     replace_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
-def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+def replace_atomically(path: Path, write: Callable[[Path], object], private: bool = False) -> None:
     """Make ``path`` by ``write(temporary)``: a file of its own beside it (two writers never share one),
     flushed to disk and renamed over ``path``, the folder flushed after. Readers see the old file or the new
-    one whole, also after a crash or a power loss; a failed write leaves the old one and no temporary file."""
+    one whole, also after a crash or a power loss; a failed write leaves the old one and no temporary file.
+    ``private``: readable by its owner alone (customer text), else as the umask allows."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -134,7 +135,8 @@ def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
     try:
         write(temporary)
         fsync(temporary)
-        os.chmod(temporary, _default_mode(0o666))  # mkstemp makes it private
+        if not private:
+            os.chmod(temporary, _default_mode(0o666))  # mkstemp makes it private
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -245,10 +247,17 @@ def _make_readable(directory: Path) -> None:
         os.chmod(path, _default_mode(0o777 if path.is_dir() else 0o666))
 
 
-def _default_mode(base: int) -> int:
-    umask = os.umask(0)
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it, and it sets it: once, at import, before any thread runs
     os.umask(umask)
-    return base & ~umask
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def _default_mode(base: int) -> int:
+    return base & ~_UMASK
 
 
 def onnx_path(bundle_dir: str | Path, quantized: bool) -> Path:

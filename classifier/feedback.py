@@ -711,5 +711,5 @@ def export_csv(store: FeedbackStore, output: str | os.PathLike[str], *, label_co
                 writer.writerow([*map(spreadsheet_safe, (row.ticket_id, *(text[column] for column in columns),
                                                          row.label)), row.received_at.isoformat()])
 
-    replace_atomically(Path(output), write)
+    replace_atomically(Path(output), write, private=True)  # customers' ticket text
     return len(rows), sum(row.text is None for row in rows), columns

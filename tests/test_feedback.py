@@ -296,6 +296,7 @@ def test_export_is_a_training_file_that_load_tickets_reads(store: FeedbackStore,
     output = tmp_path / "corrections.csv"
     rows, without_text, columns = export_csv(store, output)
     assert (rows, without_text, columns) == (4, 1, ("subject", "body"))
+    assert output.stat().st_mode & 0o777 == 0o600  # customers' text: the owner's alone
     tickets, options = load_tickets(output)
     assert options.fields == ("subject", "body")
     assert tickets.labels == ["billing", "login_access", "billing"]  # T-4 has no text: dropped, reported
