@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from classifier.fields import hardly_beats_majority
 from classifier.manifest import FieldHead
 from classifier.predict import Prediction
 from classifier.text import ticket_text
@@ -84,12 +85,15 @@ def labels() -> Response:
 def _always_review(spec: FieldHead) -> str | None:
     if spec.kind != "single" or any(spec.threshold_of(label) <= 1 for label in spec.labels):
         return None
-    metrics = spec.validation_metrics
-    if not spec.per_class and "accuracy" in metrics and "most_common_share" in metrics:  # as training left it
-        return (f"validation accuracy {metrics['accuracy']:.1%} is hardly above always answering its most common "
-                f"value ({metrics['most_common_share']:.1%}); thresholds measured on a holdout ('ticketclf "
-                "evaluate --apply-threshold-for-precision') replace this")
-    return "no threshold reached the precision asked of 'ticketclf evaluate --apply-threshold-for-precision'"
+    if spec.per_class:  # written by evaluate
+        return "no threshold reached the precision asked of 'ticketclf evaluate --apply-threshold-for-precision'"
+    measured = spec.validation_metrics
+    accuracy, majority = measured.get("accuracy"), measured.get("most_common_share")
+    if accuracy is not None and majority is not None and hardly_beats_majority(accuracy, majority):  # training's
+        return (f"validation accuracy {accuracy:.1%} is hardly above always answering its most common value "
+                f"({majority:.1%}); thresholds measured on a holdout ('ticketclf evaluate "
+                "--apply-threshold-for-precision') replace this")
+    return f"its threshold in the manifest is {spec.threshold}, above any confidence"
 
 
 @bp.get("/openapi.json")

@@ -232,7 +232,8 @@ def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: Feed
                   model: LoadedModel) -> list[FeedbackEvent]:
     """Labels are the served model's, or new ones the request (``new_label``), the settings
     (``FEEDBACK_NEW_LABELS``) or an earlier request accepted; matched in any case and stored in the spelling
-    first known, so that 'Refunds' and 'refunds' stay one queue."""
+    known already, so that 'Refunds' and 'refunds' stay one queue (two workers teaching both spellings at
+    the same moment may still store both; retrain then reads them as one, as training does)."""
     known = {label.casefold(): label for label in model.predictor.labels}
     checked, unknown = [], []
     taught: dict[str, str] | None = None
@@ -259,7 +260,8 @@ def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: Feed
 
 
 def _taught(store: FeedbackStore) -> dict[str, str]:
-    """New labels accepted before, by their case-folded spelling (the first in sort order of those stored)."""
+    """New labels accepted before, by their case-folded spelling (where several spellings are stored, the
+    first in sort order)."""
     try:
         return {label.casefold(): label for label in sorted(store.taught_labels(), reverse=True)}
     except SQLAlchemyError as error:

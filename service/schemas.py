@@ -219,6 +219,14 @@ class ErrorResponse(BaseModel):
 # ------------------------------------------------------------------ requests
 
 
+def _no_top_k_of_its_own(model: type[BaseModel], data: Any) -> None:
+    """A batch's item (a model without top_k) may not give its own: it would be ignored without a word. A null
+    is no value (a client's single-ticket object, reused as an item, may carry one)."""
+    if isinstance(data, dict) and "top_k" not in model.model_fields and \
+            any(key.lower() == "top_k" and value is not None for key, value in data.items()):
+        raise PydanticCustomError("misplaced_top_k", "top_k is given once for the whole batch, beside 'tickets'")
+
+
 class TicketBase(BaseModel):
     """One ticket: either ``text`` (the whole ticket) or the bundle's text fields."""
 
@@ -233,9 +241,7 @@ class TicketBase(BaseModel):
     def _has_text(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = _canonical_keys(data, ("id", *cls.text_keys()))
-        if isinstance(data, dict) and "top_k" not in cls.model_fields and any(k.lower() == "top_k" for k in data):
-            # a batch's ticket: its own top_k would be ignored without a word
-            raise PydanticCustomError("misplaced_top_k", "top_k is given once for the whole batch, beside 'tickets'")
+        _no_top_k_of_its_own(cls, data)
         if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
             # e.g. fields of another model; not a null ("tickets": null is no batch, not a field left unread)
             unread = [key for key in data if key not in cls.model_fields and data[key] is not None]
@@ -357,6 +363,7 @@ class ZendeskWebhook(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _key_in_any_case(cls, data: Any) -> Any:
+        _no_top_k_of_its_own(cls, data)
         return _canonical_keys(data, ("ticket", "id")) if isinstance(data, dict) else data
 
     @model_validator(mode="after")

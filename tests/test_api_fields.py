@@ -141,7 +141,6 @@ def test_labels_list_every_field_with_its_thresholds(fields_client: FlaskClient,
     for field in body["fields"]:
         spec = heads[field["name"]]
         assert field["labels"] == [{"label": label, "threshold": spec.threshold_of(label)} for label in spec.labels]
-        assert field["always_review"] is None or field["kind"] == "single"
 
 
 def test_labels_say_why_every_answer_of_a_field_needs_review(fields_bundle: Path, tmp_path: Path, hand_edit) -> None:
