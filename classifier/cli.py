@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from classifier.errors import ModelError, UserError, one_line
+from classifier.errors import ModelError, UserError, first_of, one_line
 from classifier.options import DEFAULT_EPOCHS, ENGINES, MIN_STEPS
 from classifier.text import TextOptions, ticket_text
 
@@ -573,7 +573,7 @@ def _print_predictions(predictor: Predictor, rows: list[tuple[str | None, str]],
         print(f"ticketclf predict: warning: {unnamed} of {len(rows)} rows have no value in the id column; their "
               "lines have id null (lines are in the file's order)", file=sys.stderr)
     if empty:
-        shown = ", ".join("null" if i is None else i for i in empty[:10]) + (" ..." if len(empty) > 10 else "")
+        shown = first_of(["null" if i is None else i for i in empty], 10)
         print(f"ticketclf predict: warning: {len(empty)} of {len(rows)} tickets have no text after "
               f"cleaning (ids {shown}); their lines carry an error instead of a label", file=sys.stderr)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from classifier.columns import ColumnMapping, resolve_columns
-from classifier.errors import UserError, where
+from classifier.errors import UserError, first_of, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
 from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
 from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns
@@ -109,12 +109,10 @@ class DataReport:
         lines = [f"{name}: {info['rows_read']} rows read, {info['rows_with_text_and_label']} with text and a label"
                  for name, info in self.files.items()]
         for reason, locations in self.dropped.items():
-            shown = ", ".join(locations[:5]) + (" ..." if len(locations) > 5 else "")
-            lines.append(f"dropped {len(locations)} rows ({reason}): {shown}")
+            lines.append(f"dropped {len(locations)} rows ({reason}): {first_of(locations, 5)}")
         if self.cut_cells:
-            shown = ", ".join(self.cut_cells[:5]) + (" ..." if len(self.cut_cells) > 5 else "")
             lines.append(f"cut {len(self.cut_cells)} text cells longer than {self.cell_char_limit:,} characters "
-                         f"to that length: {shown}")
+                         f"to that length: {first_of(self.cut_cells, 5)}")
         if self.duplicates_removed:
             lines.append(f"removed {self.duplicates_removed} exact duplicates (same text and label)")
         if self.conflicting_texts:
@@ -360,8 +358,7 @@ def check_classes(tickets: Tickets, min_count: int, merge_rare: bool, report: Da
         tickets, rare = tickets.subset([i for i, label in enumerate(tickets.labels) if label not in rare]), {}
     if rare and not merge_rare:
         smallest = sorted(rare.items(), key=lambda kv: kv[1])
-        listed = ", ".join(f"{label!r} ({n})" for label, n in smallest[:_LISTED_CLASSES])
-        listed += f" and {len(rare) - _LISTED_CLASSES} more" if len(rare) > _LISTED_CLASSES else ""
+        listed = first_of([f"{label!r} ({n})" for label, n in smallest], _LISTED_CLASSES)
         classes = f"{len(rare)} of {len(counts)} classes {'has' if len(rare) == 1 else 'have'}"
         hint = ("add examples, lower --min-class-count, or pass --merge-rare-classes (or --drop-rare-classes)"
                 if len(rare) <= len(counts) // 2 else  # most classes tiny: more likely the wrong column

@@ -25,12 +25,18 @@ class ModelError(UserError):
 
     def __init__(self, tickets: Sequence[object]) -> None:
         self.tickets = list(tickets)
-        named = ", ".join(map(str, self.tickets[:5])) + (" ..." if len(self.tickets) > 5 else "")
+        named = first_of(self.tickets, 5)
         super().__init__(f"the model gave scores that are not numbers (NaN or infinity) for ticket {named}; "
                          "export or train the bundle again")
 
     def __reduce__(self) -> tuple[type, tuple[list[object]]]:  # copy and pickle rebuild from the tickets
         return type(self), (self.tickets,)
+
+
+def first_of(items: Sequence[object], limit: int, separator: str = ", ") -> str:
+    """The first ``limit`` items joined, and how many more there are: a list cut short says so."""
+    shown = separator.join(map(str, items[:limit]))
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def one_line(error: BaseException) -> str:

@@ -51,7 +51,7 @@ from classifier.data import (
     training_file_texts,
     with_text_columns,
 )
-from classifier.errors import UserError
+from classifier.errors import UserError, first_of
 from classifier.evaluate_oos import out_of_scope_section
 from classifier.manifest import ALWAYS_REVIEW, Manifest, ThresholdSource
 from classifier.numerics import row_normalise, shown_score
@@ -759,18 +759,17 @@ def _warnings(report: Report) -> list[str]:
         warnings.append(f"{counted} ({unknown.share:.1%}) {have} the model does not know, left out of the "
                         f"metrics: {listed}")
     for reason, dropped in data.dropped.items():
-        rows = ", ".join(dropped.rows[:3]) + (" ..." if dropped.count > 3 else "")
+        rows = first_of(dropped.rows, 3)
         warnings.append(f"{dropped.count} test row{'s' if dropped.count > 1 else ''} dropped ({reason}): {rows}")
     spellings = data.label_spellings_matched
     if spellings:
-        shown = ", ".join(f"{k!r} as {v!r}" for k, v in list(spellings.items())[:10])
+        shown = first_of([f"{k!r} as {v!r}" for k, v in spellings.items()], 10)
         warnings.append("test labels matched to the model's spelling (they differ only in case or number "
                         f"format): {shown}")
     missing = data.labels_without_test_tickets
     if missing:
         classes = "1 model class has" if len(missing) == 1 else f"{len(missing)} model classes have"
-        warnings.append(f"{classes} no test tickets: {', '.join(missing[:10])}"
-                        + (" ..." if len(missing) > 10 else ""))
+        warnings.append(f"{classes} no test tickets: {first_of(missing, 10)}")
     if report.precision_coverage.recommended is None:
         warnings.append(report.precision_coverage.message)
     elif (below := _bundle_thresholds_below_target(report)) is not None:

@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
 from classifier.data import DataReport, Tickets, match_label_spellings
-from classifier.errors import ModelError
+from classifier.errors import ModelError, first_of
 from classifier.evaluate import Scored, class_sections, class_thresholds, routed_shown, routing_with
 from classifier.fields import hardly_beats_majority, tag_matrix, tag_metrics
 from classifier.manifest import FieldHead
@@ -185,10 +185,9 @@ def field_warnings(sections: dict[str, FieldSection], applied: bool) -> list[str
         unknown = section.unknown_values if isinstance(section, SingleFieldSection) else {}
         if unknown:
             count = sum(unknown.values())
-            listed = ", ".join(f"{value!r} ({n})" for value, n in list(unknown.items())[:LISTED_VALUES])
+            listed = first_of([f"{value!r} ({n})" for value, n in unknown.items()], LISTED_VALUES)
             warnings.append(f"field {name!r}: {count} test ticket{'s' if count != 1 else ''} with values the model "
-                            f"was not trained on, left out of its numbers: {listed}"
-                            + (" ..." if len(unknown) > LISTED_VALUES else ""))
+                            f"was not trained on, left out of its numbers: {listed}")
     return warnings
 
 

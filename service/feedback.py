@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, g
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from classifier.errors import UserError, one_line
+from classifier.errors import UserError, first_of, one_line
 from classifier.feedback import (
     MAX_ID,
     MAX_LABEL,
@@ -253,7 +253,7 @@ def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: Feed
     if unknown:
         where = ", ".join(f"{names[i]}.label" if names[i] else "label" for i in unknown[:10])
         labels = ", ".join(dict.fromkeys(repr(events[i].label) for i in unknown[:10]))
-        shown_labels = ", ".join(model.predictor.labels[:20]) + (" ..." if len(model.predictor.labels) > 20 else "")
+        shown_labels = first_of(model.predictor.labels, 20)
         raise ApiError(422, "unknown_label", f"{where}: {labels}: not a label of the model {model.name} "
                        f"{model.version} ({shown_labels}); to teach a new queue send \"new_label\": true")
     return checked

@@ -25,7 +25,7 @@ from classifier.data import (
     stratified_split,
     training_file_texts,
 )
-from classifier.errors import UserError
+from classifier.errors import UserError, first_of
 from classifier.options import DataOptions
 from classifier.readers import read_records
 from classifier.text import MAX_CELL_CHARS, TextOptions, nested_fields, ticket_text, window_chars
@@ -500,3 +500,8 @@ def test_a_bundles_training_texts_come_from_its_copy_where_the_file_is_gone(tiny
     assert training_file_texts(manifest, tmp_path) == texts
     (tmp_path / "gone.csv").write_text("subject,body,category\nother,file,billing\n")
     assert training_file_texts(manifest, tmp_path) is None  # not the file it was trained on
+
+
+def test_a_list_cut_short_says_how_many_more_there_are() -> None:
+    assert first_of([f"'v{i}' as 'V{i}'" for i in range(11)], 10).endswith("'v9' as 'V9' and 1 more")
+    assert first_of(["row 2", "row 3"], 3) == "row 2, row 3"
