@@ -343,14 +343,19 @@ def _print_training_summary(bundle_dir: Path) -> None:
     metrics = manifest.training.validation_metrics
     report = bundle_dir / "reports" / "data_report.json"
     print(f"bundle written to {bundle_dir}")
-    print(f"  labels: {len(manifest.labels)}, max length: {manifest.max_length}, "
-          f"training time: {manifest.training.train_seconds} s")
-    print(f"  validation accuracy {metrics['accuracy']:.4f}, macro-F1 {manifest.training.label_macro_f1:.4f}")
+    merged = manifest.data.merged_into_other
+    print(f"  labels: {len(manifest.labels)}"
+          + (f" ({first_of(merged, 5)} merged into {manifest.data.other_label!r})" if merged else "")
+          + f", max length: {manifest.max_length}, training time: {manifest.training.train_seconds} s")
+    alone = f"validation accuracy {metrics['accuracy']:.4f}, macro-F1 {manifest.training.label_macro_f1:.4f}"
     blended = manifest.baseline.blend_metrics if manifest.baseline and manifest.blend_weight > 0 else None
-    if blended:
+    if blended:  # what serves first: the fine-tuned model alone can read far worse after a short training
         served_f1 = manifest.served_validation_macro_f1
         print(f"  served (blended with TF-IDF at weight {manifest.blend_weight}): validation accuracy "
               f"{blended['blend_accuracy']:.4f}" + (f", macro-F1 {served_f1:.4f}" if served_f1 is not None else ""))
+        print(f"  the fine-tuned model alone: {alone}")
+    else:
+        print(f"  served (the fine-tuned model): {alone}")
     if manifest.baseline and manifest.baseline.validation_metrics:
         baseline = manifest.baseline.validation_metrics
         print(f"  {manifest.baseline.name}: validation accuracy {baseline['accuracy']:.4f}, "

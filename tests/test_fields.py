@@ -200,8 +200,9 @@ def test_the_training_summary_shows_the_labels_macro_f1_not_the_mean_over_fields
     metrics = bundle.read_manifest(fields_bundle).training.validation_metrics
     assert metrics["macro_f1"] != metrics["label_macro_f1"]  # the mean over the fields, which early stopping watches
     _print_training_summary(fields_bundle)
-    assert f"validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['label_macro_f1']:.4f}\n" in \
-        capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"validation accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['label_macro_f1']:.4f}\n" in out
+    assert out.splitlines()[2].startswith("  served (")  # what serves first, the model alone after it
 
 
 def test_the_exported_heads_compute_what_pytorch_does(fields_bundle: Path, fields_csv: Path) -> None:
