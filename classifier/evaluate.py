@@ -215,8 +215,9 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """A few lines for the terminal from report.json's content (as :func:`evaluate` returns it): headline
-    numbers side by side, threshold, warnings."""
+    """A few lines for the terminal from report.json's content (as :func:`evaluate` returns it): warnings
+    first, as the report puts them (what can make the numbers below mislead), then the headline numbers side
+    by side and the threshold."""
     columns = [("model", report["metrics"])] + [(name, report[name]["metrics"]) for name in ("baseline", "compare")
                                                 if report.get(name) and report[name].get("metrics")]
     target = report["precision_coverage"]["target_precision"]
@@ -225,18 +226,18 @@ def summary_table(report: dict[str, Any]) -> str:
         *[(h.title, lambda m, h=h: format(m[h.key], h.spec)) for h in HEADLINES],
         (f"routed at {target:.0%} precision", lambda m: routed_shown(m["at_target"]))]
     width = max(len(name) for name, _ in rows) + 2
-    lines = [" " * width + "".join(f"{name:>22}" for name, _ in columns)]
+    message = report["precision_coverage"]["message"]
+    lines = [f"warning: {warning}" for warning in report["warnings"] if warning != message]  # said below
+    lines += [" " * width + "".join(f"{name:>22}" for name, _ in columns)]
     lines += [f"{label:<{width}}" + "".join(f"{cell(metrics):>22}" for _, metrics in columns) for label, cell in rows]
     lines += [f"this model against {CALLED[name]}: {report[name]['difference']['summary']}"
               for name in ("baseline", "compare") if (report.get(name) or {}).get("difference")]
-    message = report["precision_coverage"]["message"]
     lines.append(message)
     lines += _out_of_scope_lines(report.get("out_of_scope"))
     if report.get("fields") is not None:
         from classifier.evaluate_fields import summary_lines
 
         lines += summary_lines(report["fields"])
-    lines += [f"warning: {warning}" for warning in report["warnings"] if warning != message]  # said just above
     return "\n".join(lines)
 
 
