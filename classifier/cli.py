@@ -559,6 +559,8 @@ def _print_predictions(predictor: Predictor, rows: list[tuple[str | None, str]],
 
     Tickets are predicted PREDICT_CHUNK at a time, so lines flow out as they are ready, and a file of any
     length needs the memory of one chunk's scores."""
+    from classifier.data import ids_are, repeated_ids
+
     empty = []
     for start in range(0, len(rows), PREDICT_CHUNK):
         chunk = rows[start:start + PREDICT_CHUNK]
@@ -574,6 +576,10 @@ def _print_predictions(predictor: Predictor, rows: list[tuple[str | None, str]],
             else:
                 empty.append(ticket_id)
                 print(json.dumps({"id": ticket_id, "error": "no text after cleaning"}, ensure_ascii=False))
+    if repeated := repeated_ids([ticket_id for ticket_id, _ in rows], [text for _, text in rows]):
+        print(f"ticketclf predict: warning: {ids_are(len(repeated))} on more than one ticket, each of another text "
+              f"({first_of(repeated, 5)}): match these lines to tickets by their order, not their id",
+              file=sys.stderr)
     if unnamed := sum(ticket_id is None for ticket_id, _ in rows):
         print(f"ticketclf predict: warning: {unnamed} of {len(rows)} rows have no value in the id column; their "
               "lines have id null (lines are in the file's order)", file=sys.stderr)

@@ -81,6 +81,7 @@ class DataReport:
     other_label: str = OTHER_LABEL  # the data's own spelling of the class rare ones merge into
     merged_label_spellings: dict[str, str] = field(default_factory=dict)  # e.g. "Billing" -> "billing"
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    repeated_ids: list[str] = field(default_factory=list)  # ids on more than one ticket, each of another text
     shared_texts_between_splits: int = 0  # validation tickets whose text a training ticket has too
     shared_text_examples: list[dict[str, str]] = field(default_factory=list)  # the first of them: validation/train id
     split: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +116,10 @@ class DataReport:
                          f"to that length: {first_of(self.cut_cells, 5)}")
         if self.duplicates_removed:
             lines.append(f"removed {self.duplicates_removed} exact duplicates (same text and label)")
+        if self.repeated_ids:
+            lines.append(f"warning: {ids_are(len(self.repeated_ids))} on more than one ticket, each of another text "
+                         f"({first_of(self.repeated_ids, 5)}): reviews and answers that name tickets by id cannot "
+                         "tell these apart")
         if self.conflicting_texts:
             lines.append(f"{len(self.conflicting_texts)} identical texts carry conflicting labels "
                          f"(kept; see reports/data_report.json)")
@@ -186,6 +191,8 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
                 values.append(record.get(column))
     if not texts:
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
+    if mapping.id_column:
+        report.repeated_ids += repeated_ids(ids, texts)
     source = {"path": os.path.abspath(path), "sha256": file_sha256(path), "rows_read": len(records),
               "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
     report.files[str(path)] = {"rows_read": len(records), "rows_with_text_and_label": len(texts),
@@ -196,6 +203,20 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
         fields[tags_column], delimiter = parse_tags(cells[-1], path, rows, mapping.field_columns[-1], tags_delimiter)
         source["tags_delimiter"] = delimiter
     return Tickets(texts, labels, ids, source, rows, fields), options
+
+
+def ids_are(count: int) -> str:
+    return f"{count} ids are" if count != 1 else "1 id is"
+
+
+def repeated_ids(ids: Sequence[str | None], texts: Sequence[str]) -> list[str]:
+    """The ids given to tickets of different texts (a copy of one ticket is no conflict): answers, reviews and
+    feedback name tickets by id, and these cannot be told apart."""
+    texts_of: dict[str, set[str]] = defaultdict(set)
+    for ticket_id, text in zip(ids, texts):
+        if ticket_id is not None:
+            texts_of[ticket_id].add(text)
+    return [ticket_id for ticket_id, seen in texts_of.items() if len(seen) > 1]
 
 
 def from_review_file(records: list[tuple[int, dict[str, Any]]], columns: Sequence[str]) -> None:

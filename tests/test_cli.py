@@ -16,7 +16,7 @@ import pytest
 
 from classifier.bundle import read_manifest
 from classifier.cli import main
-from classifier.data import read_tickets_to_classify
+from classifier.data import DataReport, load_tickets, read_tickets_to_classify
 from classifier.errors import UserError
 from classifier.predict import Predictor
 from classifier.text import TextOptions
@@ -165,6 +165,20 @@ def test_predict_file_keeps_every_row_in_order_with_its_id(exported_bundle: Path
     expected = Predictor.load(exported_bundle).predict(["I was charged twice", "cannot log in"])
     assert [{k: v for k, v in line.items() if k != "id"} for line in (lines[0], lines[2])] == \
         [prediction.to_dict() for prediction in expected]  # each row's own prediction, whatever the pieces
+
+
+def test_an_id_on_two_different_tickets_is_warned_at_predict_and_at_training(
+        exported_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tickets = tmp_path / "new.csv"  # a helpdesk export merged twice: 11089 is two tickets, 7 one ticket twice
+    tickets.write_text("id,subject,body,category\n11089,Login,cannot log in,login\n7,Refund,refund it,billing\n"
+                       "11089,Invoice,where is my invoice,billing\n7,Refund,refund it,billing\n")
+    assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
+    assert "warning: 1 id is on more than one ticket, each of another text (11089): match these lines to " \
+        "tickets by their order" in capsys.readouterr().err
+    report = DataReport()
+    load_tickets(tickets, label_column="category", report=report)
+    assert report.repeated_ids == ["11089"] and any("(11089): reviews and answers" in line
+                                                    for line in report.summary_lines())
 
 
 def test_a_row_with_a_blank_id_gets_id_null_not_a_row_number_another_ticket_may_have(
