@@ -23,12 +23,19 @@ class ColumnMapping:
     field_columns: tuple[str, ...] = ()  # more label columns (classifier.fields), as the file spells them
 
 
+def inner_names(column: str) -> list[str]:
+    """The names that find a nested field without its outer objects, innermost last:
+    ``ticket.custom_fields.queue`` -> ``custom_fields.queue``, ``queue``."""
+    parts = column.split(".")
+    return [".".join(parts[start:]) for start in range(1, len(parts))]
+
+
 def absent_columns(columns: Iterable[str], names: Sequence[str | None]) -> list[str]:
     """Those of ``names`` that ``columns`` (a file's) has no column for, as :func:`resolve_columns` finds one:
-    any case, or the one field of that name inside objects."""
+    any case, or the one field inside objects that the name ends (:func:`inner_names`)."""
     columns = list(columns)
     top = {name.lower() for name in columns}
-    nested = Counter(name.rsplit(".", 1)[1].lower() for name in columns if "." in name)
+    nested = Counter(inner.lower() for name in columns for inner in inner_names(name))
     return [name for name in names if name and name.lower() not in top and nested[name.lower()] != 1]
 
 
@@ -41,16 +48,16 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     available = list(dict.fromkeys(columns))
     lower = {name.lower(): name for name in available}
 
-    nested: dict[str, list[str]] = {}  # "queue" -> ["custom_fields.queue"]: fields of nested JSON objects
+    nested: dict[str, list[str]] = {}  # "queue" -> ["ticket.custom_fields.queue"]: fields of nested JSON objects
     for name in available:
-        if "." in name:
-            nested.setdefault(name.rsplit(".", 1)[1].lower(), []).append(name)
+        for inner in inner_names(name):  # "custom_fields.queue" finds it too
+            nested.setdefault(inner.lower(), []).append(name)
     # What messages list: not the objects themselves ("ticket"), whose fields ("ticket.subject") are listed.
     objects = {name[:index] for name in available for index, char in enumerate(name) if char == "."}
     listed = [name for name in available if name not in objects]
 
     def find(name: str, look_inside: bool = True) -> str | None:
-        """A column by name (any case), else, with ``look_inside``, the one nested field of that name."""
+        """A column by name (any case), else, with ``look_inside``, the one nested field the name ends."""
         if name in available or name.lower() in lower:
             return name if name in available else lower[name.lower()]
         matches = nested.get(name.lower(), []) if look_inside else []

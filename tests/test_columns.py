@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from classifier.columns import ColumnMapping, resolve_columns
+from classifier.columns import ColumnMapping, absent_columns, resolve_columns
 from classifier.errors import UserError
 
 
@@ -28,3 +28,12 @@ def test_messages_list_fields_not_the_objects_holding_them() -> None:
     listed = r"columns are \['ticket.subject', 'ticket.via.channel', 'custom_fields.queue'\]"
     with pytest.raises(UserError, match=listed):
         resolve_columns(columns, "export.jsonl", ("Title",))
+
+
+@pytest.mark.parametrize(("asked", "found"), [
+    ("custom_fields.queue", "ticket.custom_fields.queue"),  # the README's name, in a webhook-shaped export
+    ("QUEUE", "ticket.custom_fields.queue"), ("ticket.custom_fields.queue", "ticket.custom_fields.queue")])
+def test_a_nested_field_is_found_by_any_end_of_its_dotted_name(asked: str, found: str) -> None:
+    columns = ["ticket.subject", "ticket.description", "ticket.custom_fields.queue", "requester.custom_fields.tier"]
+    assert resolve_columns(columns, "export.jsonl", label_column=asked).label_column == found
+    assert absent_columns(columns, [asked, "fields.queue", "custom_fields"]) == ["fields.queue", "custom_fields"]
