@@ -1123,9 +1123,15 @@ def _add_split(commands: argparse._SubParsersAction) -> None:
 def _run_split(args: argparse.Namespace) -> int:
     from classifier.data import split_file
 
-    n_train, n_test = split_file(args.data, args.output_train, args.output_test, label_column=args.label_column,
-                                 text_columns=args.text_columns, test_fraction=args.test_fraction, seed=args.seed)
-    print(f"{n_train} training and {n_test} test tickets from {args.data}")
+    split = split_file(args.data, args.output_train, args.output_test, label_column=args.label_column,
+                       text_columns=args.text_columns, test_fraction=args.test_fraction, seed=args.seed)
+    print(f"{split.train} training and {split.test} test tickets from {args.data} (text from "
+          f"{', '.join(split.mapping.text_columns)}; labels from {split.mapping.label_column})")
+    if split.unlabelled:
+        print(f"  {split.unlabelled} rows without a label went to the training file: training leaves them out "
+              "and lists them; 'ticketclf review-labels' suggests one")
+    if split.copies:
+        print(f"  {split.copies} tickets drawn for testing have the text of a training ticket: kept for training")
     return 0
 
 
@@ -1177,6 +1183,9 @@ def _run_review_labels(args: argparse.Namespace) -> int:
         entry = finding.entry(written.texts, written.ids)
         print(f"  {entry['id']}: {entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f}): "
               f"{entry['text'][:60]!r}")
+    if (unreviewed := written.rows - review.tickets) > 0:
+        print(f"  {unreviewed} rows without a label or text were not reviewed: written after the findings; give "
+              "them a corrected_label to train on them")
     print(f"{written.rows} rows written to {args.output}, those first; fill corrected_label where a label is wrong, "
           f"then train on it: ticketclf train {args.output} --output runs/model")
     return 0

@@ -442,11 +442,22 @@ def validation_share(tickets: int, given: float | None = None) -> tuple[float, i
 # ---------------------------------------------------------------- a held-out test file
 
 
+@dataclass(frozen=True)
+class SplitFiles:
+    """What :func:`split_file` wrote, for the lines ``ticketclf split`` prints."""
+
+    train: int  # rows in the training file
+    test: int  # rows in the test file
+    mapping: ColumnMapping  # the columns found
+    unlabelled: int  # rows without a label: in the training file, which training reports
+    copies: int  # drawn for the test file but the text of a training row: kept in training
+
+
 def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, *, label_column: str | None = None,
                text_columns: Sequence[str] | None = None, test_fraction: float = 0.2,
-               seed: int = 0) -> tuple[int, int]:
+               seed: int = 0) -> SplitFiles:
     """Split a labelled export into a training file and a held-out test file, stratified by label with
-    the split training uses (:func:`stratified_split`); return how many rows each file got.
+    the split training uses (:func:`stratified_split`); return what each file got.
 
     Reads every format training reads and finds the columns the same way; both outputs are CSV with all
     the input's columns (a JSON object's fields as its dotted columns, lists as JSON) and its semicolons if it
@@ -471,13 +482,15 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
     labelled = [i for i, value in enumerate(labels) if value]
     rows = Tickets([str(i) for i in labelled], [labels[i] for i in labelled], [str(i) for i in labelled])
     _, test = stratified_split(rows, test_fraction, seed)  # the split training itself uses
-    test_rows = _not_in_training({int(i) for i in test.ids}, records, mapping.text_columns)
+    drawn = {int(i) for i in test.ids}
+    test_rows = _not_in_training(drawn, records, mapping.text_columns)
     if not test_rows:
         raise UserError(f"{data}: no class has two tickets, so none can be held out for testing")
     train_rows = [i for i in range(len(records)) if i not in test_rows]
     write_csv(train_path, columns, [records[i] for i in train_rows], like=data)
     write_csv(test_path, columns, [records[i] for i in sorted(test_rows)], like=data)
-    return len(train_rows), len(test_rows)
+    return SplitFiles(len(train_rows), len(test_rows), mapping, len(records) - len(labelled),
+                      len(drawn) - len(test_rows))
 
 
 def _not_in_training(test_rows: set[int], records: list[dict[str, Any]], text_columns: Sequence[str]) -> set[int]:

@@ -359,11 +359,13 @@ def test_any_command_stops_quietly_when_its_reader_is_gone(tmp_path: Path) -> No
 
 def test_split_writes_a_training_and_a_test_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     export = tmp_path / "export.csv"
-    export.write_text("text,category\n" + "".join(f"ticket {i},{'ab'[i % 2]}\n" for i in range(10)))
+    export.write_text("text,category\n" + "".join(f"ticket {i},{'ab'[i % 2]}\n" for i in range(10)) + "no queue,\n")
     train, test = tmp_path / "out" / "train.csv", tmp_path / "out" / "test.csv"
     assert main(["split", str(export), "--output-train", str(train), "--output-test", str(test)]) == 0
-    assert capsys.readouterr().out == f"8 training and 2 test tickets from {export}\n"
-    assert len(train.read_text().splitlines()) == 9 and len(test.read_text().splitlines()) == 3
+    assert capsys.readouterr().out == (f"9 training and 2 test tickets from {export} (text from text; labels from "
+                                       "category)\n  1 rows without a label went to the training file: training "
+                                       "leaves them out and lists them; 'ticketclf review-labels' suggests one\n")
+    assert len(train.read_text().splitlines()) == 10 and len(test.read_text().splitlines()) == 3
     # An output that cannot be written (its folder is a file): one line naming it, not a traceback.
     code = main(["split", str(export), "--output-train", str(export / "train.csv"), "--output-test", str(test)])
     err = capsys.readouterr().err

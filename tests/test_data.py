@@ -406,7 +406,8 @@ def test_split_file_splits_a_semicolon_export_with_a_bom_by_its_detected_label_c
     rows += ["T-20;Lonely;the only one;legal", "T-21;No label;nothing here;"]
     export = tmp_path / "export.csv"
     export.write_bytes("\ufeffid;subject;body;Queue\n".encode() + "\n".join(rows).encode() + b"\n")
-    assert split_file(export, tmp_path / "train.csv", tmp_path / "test.csv", test_fraction=0.25) == (18, 4)
+    split = split_file(export, tmp_path / "train.csv", tmp_path / "test.csv", test_fraction=0.25)
+    assert (split.train, split.test, split.unlabelled, split.mapping.label_column) == (18, 4, 1, "Queue")
     # Separated as the export was: the Excel that wrote it opens a comma-separated file as one column.
     train, test = (read_csv(tmp_path / name, delimiter=";") for name in ("train.csv", "test.csv"))
     assert list(test[0]) == ["id", "subject", "body", "Queue"]
@@ -432,7 +433,8 @@ def test_split_file_holds_out_no_copy_of_a_training_ticket(tmp_path: Path) -> No
     rows = [{"id": f"T-{i}", "text": f"ticket {i}", "label": "ab"[i % 2]} for i in range(20)]
     rows += [{"id": f"R-{i}", "text": "Thanks,  we got your   message" + " " * i, "label": "a"} for i in range(10)]
     export = write_csv(tmp_path / "export.csv", rows)
-    assert sum(split_file(export, tmp_path / "train.csv", tmp_path / "test.csv")) == 30  # nothing lost
+    split = split_file(export, tmp_path / "train.csv", tmp_path / "test.csv")
+    assert split.train + split.test == 30  # nothing lost
     train, test = read_csv(tmp_path / "train.csv"), read_csv(tmp_path / "test.csv")
     replies_in_train, replies_in_test = (sum(row["id"].startswith("R-") for row in side) for side in (train, test))
     assert not (replies_in_train and replies_in_test) and len(test) >= 2  # on one side; tickets still held out

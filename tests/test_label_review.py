@@ -196,3 +196,13 @@ def test_review_labels_errors_are_one_line(tiny_csv: Path, tmp_path: Path, capsy
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("ticketclf review-labels: error:") and message in error
     assert not (tmp_path / "review.csv").exists()
+
+
+def test_review_labels_says_which_rows_it_could_not_review(sample_csv: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rows = read_csv(sample_csv)[:60]
+    data = write_csv(tmp_path / "export.csv", [*rows, {**rows[0], "id": "T-new", "category": ""}])
+    assert main(["review-labels", str(data), "--output", str(tmp_path / "review.csv"), "--folds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "60 tickets reviewed" in printed and "\n  1 rows without a label or text were not reviewed" in printed
+    assert "T-new" in {row["id"] for row in read_csv(tmp_path / "review.csv")}  # written, nothing lost
