@@ -536,8 +536,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     rows: list[tuple[str | None, str]] = [(str(number), ticket_text(text, predictor.text_options))
                                           for number, text in enumerate(args.texts, 1)]
     rows += read_tickets_to_classify(args.file, predictor.text_options, args.text_columns or ()) if args.file else []
-    _print_predictions(predictor, rows, top_k)
-    return 0
+    empty = _print_predictions(predictor, rows, top_k)
+    # A file's empty tickets are its rows' business (each line says so); an argument with no text is a mistake.
+    return UserError.exit_code if empty and args.texts else 0
 
 
 def _run_batch(args: argparse.Namespace) -> int:
@@ -554,8 +555,9 @@ def _run_batch(args: argparse.Namespace) -> int:
     return UserError.exit_code if summary.stopped else 0  # a file not read to its end: an input mistake
 
 
-def _print_predictions(predictor: Predictor, rows: list[tuple[str | None, str]], top_k: int) -> None:
-    """One JSON line per (id, cleaned text), in order, each with its id: the prediction, or why there is none.
+def _print_predictions(predictor: Predictor, rows: list[tuple[str | None, str]], top_k: int) -> list[str | None]:
+    """One JSON line per (id, cleaned text), in order, each with its id: the prediction, or why there is none
+    (the ids of those tickets are returned).
 
     Tickets are predicted PREDICT_CHUNK at a time, so lines flow out as they are ready, and a file of any
     length needs the memory of one chunk's scores."""
@@ -587,6 +589,7 @@ def _print_predictions(predictor: Predictor, rows: list[tuple[str | None, str]],
         shown = first_of(["null" if i is None else i for i in empty], 10)
         print(f"ticketclf predict: warning: {len(empty)} of {len(rows)} tickets have no text after "
               f"cleaning (ids {shown}); their lines carry an error instead of a label", file=sys.stderr)
+    return empty
 
 
 # ---------------------------------------------------------------- serve

@@ -127,7 +127,7 @@ def test_predict_prints_json_lines(exported_bundle: Path) -> None:
     # Options may come between the bundle and the texts, and between texts.
     result = run_cli("predict", str(exported_bundle), "--top-k", "2", "I was charged twice", "<p> </p>",
                      "--engine", "auto", "Cannot log in")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr  # an argument with no text is a mistake; the others answered
     lines = check_one_empty_ticket(result.stdout, result.stderr, ["1", "2", "3"], "2")  # numbered from 1
     assert {"label", "confidence", "needs_review", "truncated", "top_k"} <= set(lines[0])
     assert len(lines[0]["top_k"]) == 2
