@@ -18,7 +18,16 @@ _ERRORS = {
     415: "The body is not application/json.",
     422: "The JSON does not match the schema; the message names the field.",
     503: "The feedback database cannot take feedback now; nothing was stored: retry later (Retry-After).",
+    500: "model_error: the model gave scores that are not numbers (the bundle is broken, not the request); "
+         "internal_error: a bug. The message gives the request id to find it in the server log.",
 }
+# Every answer carries it: the caller's own, where it is a plain one, else a new one; the access log has it too.
+_REQUEST_ID_HEADER = {"description": "The request's id: the X-Request-ID sent, if it matches [A-Za-z0-9._:-]{1,128}, "
+                      "else a new one. The access log line of the request has the same id.",
+                      "schema": {"type": "string"}}
+_REQUEST_ID_PARAMETER = {"name": "X-Request-ID", "in": "header", "required": False,
+                         "description": "Your id for this request, echoed in the answer and logged with it.",
+                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}
 
 
 def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body: int,
@@ -79,12 +88,14 @@ def _feedback_path(operation: str, summary: str, request: str, description: str)
             "schema": {"$ref": REF.format(model=request)}}}},
         "responses": {"200": _json("FeedbackResponse", "Stored (committed durably), or recognised as already "
                                    "stored; counts per outcome, and one result per ticket."),
-                      **_errors(400, 401, 404, 408, 413, 415, 422, 503)},
+                      **_errors(400, 401, 404, 408, 413, 415, 422, 500, 503)},
+        "parameters": [_REQUEST_ID_PARAMETER],
     }}
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": REF.format(model=ref)}}}}
+    return {"description": description, "headers": {"X-Request-ID": _REQUEST_ID_HEADER},
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=ref)}}}}
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -98,8 +109,9 @@ def _paths() -> dict[str, Any]:
             "operationId": "classify",
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": REF.format(model="ClassifyRequest")}}}},
+            "parameters": [_REQUEST_ID_PARAMETER],
             "responses": {"200": _json("ClassifyResponse", "One prediction per ticket, in request order."),
-                          **_errors(400, 401, 408, 413, 415, 422)},
+                          **_errors(400, 401, 408, 413, 415, 422, 500)},
         }},
         "/labels": {"get": {"summary": "The labels the model predicts", "operationId": "labels",
                             "responses": {"200": _json("LabelsResponse", "Labels and thresholds."),

@@ -377,6 +377,9 @@ def test_openapi_document_describes_this_bundle(client: FlaskClient) -> None:
     webhook_ticket = document["components"]["schemas"]["ZendeskTicket"]
     assert {"required": ["comment"], "properties": {"comment": {"required": ["body"]}}} in webhook_ticket["anyOf"]
     assert "security" not in document  # no keys configured
+    classify = document["paths"]["/classify"]["post"]
+    assert "500" in classify["responses"] and classify["parameters"][0]["name"] == "X-Request-ID"
+    assert "X-Request-ID" in classify["responses"]["200"]["headers"]
 
 
 def test_request_id_is_echoed_or_made(client: FlaskClient) -> None:
