@@ -797,6 +797,13 @@ class _EpochLines(ProgressCallback):
         if state.is_world_process_zero and self.training_bar is not None and logs:
             self.training_bar.write(epoch_line(logs), file=sys.stderr)
 
+    def on_prediction_step(self, args: Any, state: Any, control: Any, eval_dataloader: Any = None,
+                           **kwargs: Any) -> None:
+        # The validation bar nests under the training bar by moving the cursor up: in a log file (not a
+        # terminal) those moves are "\x1b[A" litter between the lines. The training bar alone shows progress.
+        if sys.stderr.isatty():
+            super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
 
 _UNSHOWN = ("runtime", "per_second", "total_flos")  # speeds, not results
 

@@ -52,6 +52,7 @@ def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv
     assert resumed.returncode == 0, resumed.stderr
     # Each epoch's figures as a line on stderr; stdout holds the summary alone (no Trainer dicts).
     assert "epoch 3 validation: loss " in resumed.stderr and "{'" not in resumed.stdout
+    assert "\x1b[A" not in resumed.stderr  # no nested bar's cursor moves in a log file
     assert read_manifest(output).training.options.epochs == 3.0 and not checkpoints.exists()
 
 
