@@ -104,11 +104,14 @@ def worker_app() -> Flask:
 
 
 def _log_like_gunicorn() -> None:
-    """The service's own log lines (a model swapped or refused) go where gunicorn's go, in its format."""
-    ours, gunicorns = logging.getLogger("ticketclf.service"), logging.getLogger("gunicorn.error")
-    ours.handlers = list(gunicorns.handlers)
-    ours.setLevel(gunicorns.level)
-    ours.propagate = False
+    """The service's own log lines (a model swapped or refused) and the classifier's (the feedback database
+    migrated) go where gunicorn's go, in its format."""
+    gunicorns = logging.getLogger("gunicorn.error")
+    for name in ("ticketclf.service", "classifier"):
+        ours = logging.getLogger(name)
+        ours.handlers = list(gunicorns.handlers)
+        ours.setLevel(gunicorns.level)
+        ours.propagate = False
 
 
 def _check_address(host: str, port: int, workers: int | None) -> None:

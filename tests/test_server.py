@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -131,6 +132,9 @@ def test_gunicorn_serves_over_http(exported_bundle: Path, tmp_path: Path) -> Non
         assert sum(v for (name, _), v in values.items() if name == "ticketclf_predictions_total") == 8
     output = log.read_text()
     assert "Booting worker" in output and "Traceback" not in output and "hello" not in output
+    # The classifier's own lines (the feedback database made beside the bundle) in gunicorn's format too.
+    database_lines = [line for line in output.splitlines() if "feedback database" in line]
+    assert database_lines and all(re.match(r"\[[^]]+\] \[\d+\] \[INFO\] ", line) for line in database_lines)
 
 
 def test_a_body_shorter_than_its_length_is_a_408_not_a_killed_worker(exported_bundle: Path, tmp_path: Path) -> None:
