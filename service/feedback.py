@@ -214,14 +214,21 @@ def _store(events: list[FeedbackEvent], names: Sequence[str], model: LoadedModel
     return json_response(_response(outcomes))
 
 
+# The columns' lengths, checked here whatever the event came from (the API's schema, a webhook's fields): an
+# over-long value would otherwise reach PostgreSQL, which refuses it (a 503 for a request that can never pass).
+_LIMITS = {"ticket_id": MAX_ID, "label": MAX_LABEL, "predicted_label": MAX_LABEL, "model_version": MAX_VERSION,
+           "event_id": MAX_ID}
+
+
 def _checked_values(event: FeedbackEvent, name: str) -> FeedbackEvent:
-    """What every database stores: ids within the column's length and no NUL character (PostgreSQL refuses it
-    in text; in ticket text it is dropped)."""
+    """What every database stores: values within their column's length and no NUL character (PostgreSQL refuses
+    it in text; in ticket text it is dropped)."""
     where = f"{name}." if name else ""
-    if len(event.ticket_id) > MAX_ID:
-        raise ApiError(422, "invalid_request", f"{where}ticket_id: at most {MAX_ID} characters")
-    for key in ("ticket_id", "label", "predicted_label", "model_version", "event_id"):
-        if "\x00" in (getattr(event, key) or ""):
+    for key, limit in _LIMITS.items():
+        value = getattr(event, key) or ""
+        if len(value) > limit:
+            raise ApiError(422, "invalid_request", f"{where}{key}: at most {limit} characters")
+        if "\x00" in value:
             raise ApiError(422, "invalid_request", f"{where}{key}: contains a NUL character")
     if event.text_fields and any("\x00" in value for value in event.text_fields.values()):
         event = replace(event, text_fields={key: value.replace("\x00", "") for key, value in event.text_fields.items()})
