@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from classifier.errors import ModelError, UserError, first_of, one_line
+from classifier.errors import ModelError, UserError, counted, first_of, one_line
 from classifier.options import DEFAULT_EPOCHS, ENGINES, MIN_STEPS
 from classifier.text import TextOptions, ticket_text
 
@@ -348,11 +348,11 @@ def _print_training_summary(bundle_dir: Path) -> None:
           + (f" ({first_of(merged, 5)} merged into {manifest.data.other_label!r})" if merged else "")
           + f", max length: {manifest.max_length}, training time: {manifest.training.train_seconds} s")
     alone = f"validation accuracy {metrics['accuracy']:.4f}, macro-F1 {manifest.training.label_macro_f1:.4f}"
-    blended = manifest.baseline.blend_metrics if manifest.baseline and manifest.blend_weight > 0 else None
-    if blended:  # what serves first: the fine-tuned model alone can read far worse after a short training
+    if manifest.blend_weight > 0:  # what serves first: the fine-tuned model alone can read far worse early on
+        served_accuracy = manifest.baseline.blend_metrics.get("blend_accuracy") if manifest.baseline else None
         served_f1 = manifest.served_validation_macro_f1
         print(f"  served (blended with TF-IDF at weight {manifest.blend_weight}): validation accuracy "
-              f"{blended['blend_accuracy']:.4f}" + (f", macro-F1 {served_f1:.4f}" if served_f1 is not None else ""))
+              f"{_figure(served_accuracy)}" + (f", macro-F1 {served_f1:.4f}" if served_f1 is not None else ""))
         print(f"  the fine-tuned model alone: {alone}")
     else:
         print(f"  served (the fine-tuned model): {alone}")
@@ -538,7 +538,11 @@ def _run_predict(args: argparse.Namespace) -> int:
     rows += read_tickets_to_classify(args.file, predictor.text_options, args.text_columns or ()) if args.file else []
     empty = _print_predictions(predictor, rows, top_k)
     # A file's empty tickets are its rows' business (each line says so); an argument with no text is a mistake.
-    return UserError.exit_code if empty and args.texts else 0
+    if empty and args.texts:
+        print(f"ticketclf predict: error: {'argument' if len(empty) == 1 else 'arguments'} {first_of(empty, 10)} "
+              "had no text after cleaning (the others are answered)", file=sys.stderr)
+        return UserError.exit_code
+    return 0
 
 
 def _run_batch(args: argparse.Namespace) -> int:
@@ -1131,10 +1135,11 @@ def _run_split(args: argparse.Namespace) -> int:
     print(f"{split.train} training and {split.test} test tickets from {args.data} (text from "
           f"{', '.join(split.mapping.text_columns)}; labels from {split.mapping.label_column})")
     if split.unlabelled:
-        print(f"  {split.unlabelled} rows without a label went to the training file: training leaves them out "
-              "and lists them; 'ticketclf review-labels' suggests one")
+        print(f"  {counted(split.unlabelled, 'row')} without a label went to the training file: training leaves "
+              "such rows out and lists them; 'ticketclf review-labels' suggests a label")
     if split.copies:
-        print(f"  {split.copies} tickets drawn for testing have the text of a training ticket: kept for training")
+        print(f"  {counted(split.copies, 'ticket')} drawn for testing had the text of a training ticket: kept for "
+              "training")
     return 0
 
 
@@ -1187,8 +1192,8 @@ def _run_review_labels(args: argparse.Namespace) -> int:
         print(f"  {entry['id']}: {entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f}): "
               f"{entry['text'][:60]!r}")
     if (unreviewed := written.rows - review.tickets) > 0:
-        print(f"  {unreviewed} rows without a label or text were not reviewed: written after the findings; give "
-              "them a corrected_label to train on them")
+        print(f"  {counted(unreviewed, 'row')} without a label or text: not reviewed, written after the findings "
+              "(a corrected_label trains on it)")
     print(f"{written.rows} rows written to {args.output}, those first; fill corrected_label where a label is wrong, "
           f"then train on it: ticketclf train {args.output} --output runs/model")
     return 0

@@ -81,7 +81,6 @@ class DataReport:
     other_label: str = OTHER_LABEL  # the data's own spelling of the class rare ones merge into
     merged_label_spellings: dict[str, str] = field(default_factory=dict)  # e.g. "Billing" -> "billing"
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    repeated_ids: list[str] = field(default_factory=list)  # ids on more than one ticket, each of another text
     shared_texts_between_splits: int = 0  # validation tickets whose text a training ticket has too
     shared_text_examples: list[dict[str, str]] = field(default_factory=list)  # the first of them: validation/train id
     split: dict[str, Any] = field(default_factory=dict)
@@ -116,10 +115,11 @@ class DataReport:
                          f"to that length: {first_of(self.cut_cells, 5)}")
         if self.duplicates_removed:
             lines.append(f"removed {self.duplicates_removed} exact duplicates (same text and label)")
-        if self.repeated_ids:
-            lines.append(f"warning: {ids_are(len(self.repeated_ids))} on more than one ticket, each of another text "
-                         f"({first_of(self.repeated_ids, 5)}): reviews and answers that name tickets by id cannot "
-                         "tell these apart")
+        for name, info in self.files.items():
+            if repeated := info.get("repeated_ids"):
+                lines.append(f"warning: {name}: {ids_are(len(repeated))} on more than one ticket, each of another "
+                             f"text ({first_of(repeated, 5)}): reviews and answers that name tickets by id cannot "
+                             "tell these apart")
         if self.conflicting_texts:
             lines.append(f"{len(self.conflicting_texts)} identical texts carry conflicting labels "
                          f"(kept; see reports/data_report.json)")
@@ -170,6 +170,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     corrected = _corrected_label_column(columns, mapping)
     from_review_file(records, columns)
     texts, labels, ids, rows = [], [], [], []
+    given: list[str | None] = []
     cells: list[list[Any]] = [[] for _ in extra]
     for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells,
                                            mapping.field_columns[:len(field_columns)]):
@@ -186,17 +187,16 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
             texts.append(text)
             labels.append(label)
             ids.append(row_id(record, mapping.id_column, row))
+            given.append(given_id(record, mapping.id_column, row))  # a blank cell's row number is no ticket's id
             rows.append(row)
             for values, column in zip(cells, mapping.field_columns):
                 values.append(record.get(column))
     if not texts:
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
-    if mapping.id_column:
-        report.repeated_ids += repeated_ids(ids, texts)
     source = {"path": os.path.abspath(path), "sha256": file_sha256(path), "rows_read": len(records),
               "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
     report.files[str(path)] = {"rows_read": len(records), "rows_with_text_and_label": len(texts),
-                               "sha256": source["sha256"]}
+                               "sha256": source["sha256"], "repeated_ids": repeated_ids(given, texts)}
     fields: dict[str, list[Any]] = {name: [label_value(value) for value in values]
                                     for name, values in zip(field_columns, cells)}
     if tags_column:
@@ -680,7 +680,7 @@ def _field_line(name: str, info: dict[str, Any]) -> str:
             f"tickets with a value, {info['tickets_without']} without (they train the other fields), "
             f"{info['classes']} {what}")
     if info["left_out_rare"]:
-        shown = ", ".join(f"{label!r} ({n})" for label, n in list(info["left_out_rare"].items())[:5])
+        shown = first_of([f"{label!r} ({n})" for label, n in info["left_out_rare"].items()], 5)
         line += f"; left out, too few training tickets: {shown}"
     if info["conflicting_texts"]:
         line += f"; {info['conflicting_texts']} identical texts with conflicting values"

@@ -39,6 +39,11 @@ def first_of(items: Sequence[object], limit: int, separator: str = ", ") -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def counted(count: int, noun: str) -> str:
+    """``count`` and the noun in its number: "1 row", "3 rows"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def one_line(error: BaseException) -> str:
     """An error as one short line: a :class:`UserError`'s message as it is, a library's exception as its type
     and the first line of its message."""

@@ -45,6 +45,7 @@ from classifier.columns import absent_columns
 from classifier.data import (
     DataReport,
     Tickets,
+    ids_are,
     load_tickets,
     relabel_like_training,
     spreadsheet_safe,
@@ -140,7 +141,7 @@ class Scored:
         rows = np.array([i for i, label in enumerate(labels) if label in known], dtype=int)
         if not rows.size:
             raise UserError(f"no test ticket has a label the model knows (model labels: "
-                            f"{', '.join(list(classes)[:10])}{' ...' if len(classes) > 10 else ''}); "
+                            f"{first_of(list(classes), 10)}); "
                             "is --label-column right?")
         return cls(list(classes), rows, np.asarray(labels, dtype=object)[rows], np.asarray(proba)[rows])
 
@@ -615,7 +616,8 @@ def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored, man
         dropped={reason: Dropped(count=len(where), rows=where) for reason, where in data_report.dropped.items()},
         label_spellings_matched=data_report.merged_label_spellings,
         labels_without_test_tickets=sorted(set(scored.classes) - set(scored.y_true)),
-        training_copies=None if is_training_file else _training_copies(tickets, scored, manifest, bundle_dir))
+        training_copies=None if is_training_file else _training_copies(tickets, scored, manifest, bundle_dir),
+        repeated_ids=[ticket_id for info in data_report.files.values() for ticket_id in info.get("repeated_ids", [])])
 
 
 def _training_copies(tickets: Tickets, scored: Scored, manifest: Manifest, bundle_dir: Path) -> int | None:
@@ -762,6 +764,9 @@ def _warnings(report: Report) -> list[str]:
     for reason, dropped in data.dropped.items():
         rows = first_of(dropped.rows, 3)
         warnings.append(f"{dropped.count} test row{'s' if dropped.count > 1 else ''} dropped ({reason}): {rows}")
+    if data.repeated_ids:
+        warnings.append(f"{ids_are(len(data.repeated_ids))} on more than one test ticket, each of another text "
+                        f"({first_of(data.repeated_ids, 5)}): misclassified.csv names tickets by id")
     spellings = data.label_spellings_matched
     if spellings:
         shown = first_of([f"{k!r} as {v!r}" for k, v in spellings.items()], 10)

@@ -169,6 +169,7 @@ class TestFileSection:
     # Evaluated tickets with the text of a ticket in the training file (the same ticket in another export);
     # None: that file is no longer where training read it, or has changed.
     training_copies: int | None = None
+    repeated_ids: list[str] = field(default_factory=list)  # ids on tickets of different texts
 
     @property
     def path(self) -> Any:

@@ -19,7 +19,8 @@ _ERRORS = {
     422: "The JSON does not match the schema; the message names the field.",
     503: "The feedback database cannot take feedback now; nothing was stored: retry later (Retry-After).",
     500: "model_error: the model gave scores that are not numbers (the bundle is broken, not the request); "
-         "internal_error: a bug. The message gives the request id to find it in the server log.",
+         "internal_error: a bug, whose message gives the request id to find it in the server log (the "
+         "X-Request-ID header has it in both cases).",
 }
 # Every answer carries it: the caller's own, where it is a plain one, else a new one; the access log has it too.
 _REQUEST_ID_HEADER = {"description": "The request's id: the X-Request-ID sent, if it matches [A-Za-z0-9._:-]{1,128}, "

@@ -129,6 +129,7 @@ def test_predict_prints_json_lines(exported_bundle: Path) -> None:
     result = run_cli("predict", str(exported_bundle), "--top-k", "2", "I was charged twice", "<p> </p>",
                      "--engine", "auto", "Cannot log in")
     assert result.returncode == 2, result.stderr  # an argument with no text is a mistake; the others answered
+    assert "ticketclf predict: error: argument 2 had no text after cleaning (the others are answered)" in result.stderr
     lines = check_one_empty_ticket(result.stdout, result.stderr, ["1", "2", "3"], "2")  # numbered from 1
     assert {"label", "confidence", "needs_review", "truncated", "top_k"} <= set(lines[0])
     assert len(lines[0]["top_k"]) == 2
@@ -172,14 +173,16 @@ def test_an_id_on_two_different_tickets_is_warned_at_predict_and_at_training(
         exported_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     tickets = tmp_path / "new.csv"  # a helpdesk export merged twice: 11089 is two tickets, 7 one ticket twice
     tickets.write_text("id,subject,body,category\n11089,Login,cannot log in,login\n7,Refund,refund it,billing\n"
-                       "11089,Invoice,where is my invoice,billing\n7,Refund,refund it,billing\n")
+                       "11089,Invoice,where is my invoice,billing\n7,Refund,refund it,billing\n"
+                       ",Row six,a blank id: its row number is ticket 6's id below,login\n6,Six,slow,billing\n")
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
     assert "warning: 1 id is on more than one ticket, each of another text (11089): match these lines to " \
         "tickets by their order" in capsys.readouterr().err
     report = DataReport()
     load_tickets(tickets, label_column="category", report=report)
-    assert report.repeated_ids == ["11089"] and any("(11089): reviews and answers" in line
-                                                    for line in report.summary_lines())
+    assert report.files[str(tickets)]["repeated_ids"] == ["11089"]
+    assert any(f"{tickets}: 1 id is on more than one ticket, each of another text (11089): reviews" in line
+               for line in report.summary_lines())
 
 
 def test_a_row_with_a_blank_id_gets_id_null_not_a_row_number_another_ticket_may_have(
@@ -364,8 +367,9 @@ def test_split_writes_a_training_and_a_test_file(tmp_path: Path, capsys: pytest.
     train, test = tmp_path / "out" / "train.csv", tmp_path / "out" / "test.csv"
     assert main(["split", str(export), "--output-train", str(train), "--output-test", str(test)]) == 0
     assert capsys.readouterr().out == (f"9 training and 2 test tickets from {export} (text from text; labels from "
-                                       "category)\n  1 rows without a label went to the training file: training "
-                                       "leaves them out and lists them; 'ticketclf review-labels' suggests one\n")
+                                       "category)\n  1 row without a label went to the training file: training "
+                                       "leaves such rows out and lists them; 'ticketclf review-labels' suggests a "
+                                       "label\n")
     assert len(train.read_text().splitlines()) == 10 and len(test.read_text().splitlines()) == 3
     # An output that cannot be written (its folder is a file): one line naming it, not a traceback.
     code = main(["split", str(export), "--output-train", str(export / "train.csv"), "--output-test", str(test)])

@@ -204,5 +204,5 @@ def test_review_labels_says_which_rows_it_could_not_review(sample_csv: Path, tmp
     data = write_csv(tmp_path / "export.csv", [*rows, {**rows[0], "id": "T-new", "category": ""}])
     assert main(["review-labels", str(data), "--output", str(tmp_path / "review.csv"), "--folds", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "60 tickets reviewed" in printed and "\n  1 rows without a label or text were not reviewed" in printed
+    assert "60 tickets reviewed" in printed and "\n  1 row without a label or text: not reviewed" in printed
     assert "T-new" in {row["id"] for row in read_csv(tmp_path / "review.csv")}  # written, nothing lost
