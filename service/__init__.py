@@ -89,12 +89,15 @@ OTHER_VARIABLES = frozenset({"TICKETCLF_THREADS", "TICKETCLF_WORKERS", "TICKETCL
 def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
     """A line for each TICKETCLF_ variable nothing reads (a typo would otherwise change nothing, silently),
     naming the known one it most likely meant."""
+    prefix = "TICKETCLF_"
     known = {variable for variable, _ in ENVIRONMENT.values()} | OTHER_VARIABLES
     lines = []
     for name in sorted(environ):
-        if name.startswith("TICKETCLF_") and name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
-            lines.append(f"{name} is not a setting{f' (did you mean {close[0]}?)' if close else ''}: ignored")
+        if name.startswith(prefix) and name not in known:
+            # Compared without the prefix all share: with it, any two names look alike.
+            close = difflib.get_close_matches(name.removeprefix(prefix), sorted(k.removeprefix(prefix) for k in known),
+                                              n=1, cutoff=0.75)
+            lines.append(f"{name} is not a setting{f' (did you mean {prefix}{close[0]}?)' if close else ''}: ignored")
     return lines
 
 
