@@ -292,8 +292,8 @@ def decide_int8(agreeing: int, compared: int, only_fp32_right: int, only_int8_ri
     agreement, max_drop = agreeing / compared, 100 * (1 - interval.low)
     p_value = drop_within_limit_p(only_fp32_right, only_int8_right, labelled, limit_points)
     limit = f"{limit_points:g} point{'' if limit_points == 1 else 's'}"
-    scored = f" ({labelled:,} validation and {compared - labelled:,} training tickets)" if compared > labelled else ""
-    stated = (f"int8 gives fp32's label on {agreeing:,} of {compared:,} tickets{scored} ({100 * agreement:.2f} %, "
+    scored = f"{labelled:,} validation and {compared - labelled:,} training tickets; " if compared > labelled else ""
+    stated = (f"int8 gives fp32's label on {agreeing:,} of {compared:,} tickets ({scored}{100 * agreement:.2f} %, "
               f"{100 * confidence:g} % CI {100 * interval.low:.2f} to {100 * interval.high:.2f} %)")
     paired = (f"only fp32 is right on {only_fp32_right}, only int8 on {only_int8_right} of {labelled:,} validation "
               f"tickets (int8 {100 * (only_int8_right - only_fp32_right) / labelled:+.2f} points, p = {p_value:.2g})")
