@@ -22,7 +22,7 @@ FIELD_SEPARATOR = "\n"
 # How much text can matter: the one place these limits are set. A word piece is 4 characters on average, so
 # cleaned text past max_length times CHARS_PER_TOKEN_CAP reaches the window only through words of over 100
 # characters, which WordPiece reads as one unknown token each: the predictor cuts there before tokenising
-# (window_chars), and tokenises whole a cut text that did not fill the window. A file's text cell is
+# (window_chars), and cuts a text that did not fill the window four times longer, until it does. A file's text cell is
 # cut at MAX_CELL_CHARS when it is read, before cleaning, so that no cell costs more memory or time than one
 # the largest window could read, with room for the HTML, quoted replies and signatures cleaning removes.
 CHARS_PER_TOKEN_CAP = 64
