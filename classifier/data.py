@@ -23,7 +23,7 @@ from classifier.errors import UserError, first_of, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
 from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
 from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns
-from classifier.text import MAX_CELL_CHARS, TextOptions, ticket_text
+from classifier.text import MAX_CELL_CHARS, TextOptions, field_key, ticket_text
 
 if TYPE_CHECKING:
     from classifier.manifest import Manifest
@@ -244,7 +244,7 @@ FEEDBACK_EXPORT_COLUMNS = frozenset({"ticket_id", "received_at"})  # the columns
 
 
 def _corrected_column(columns: Sequence[str]) -> str | None:
-    return next((name for name in columns if name.lower() == CORRECTED_LABEL_COLUMN), None)
+    return field_key(columns, CORRECTED_LABEL_COLUMN)
 
 
 def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) -> TextOptions:

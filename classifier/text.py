@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -156,10 +156,10 @@ def into_fields(sent: Mapping[str, str], fields: Sequence[str]) -> dict[str, str
     """A ticket's text as feedback stored it (by field, or whole as ``text``) in a file's ``fields``, matched
     without case. A whole text goes to the last field, the body, unless that was sent too: the model then
     reads it as the service read it (:func:`ticket_text` joins the fields that are not empty)."""
-    by_name = {key.lower(): value for key, value in sent.items()}
-    row = {name: by_name.get(name.lower(), "") for name in fields}
-    if fields and "text" in by_name and not row[fields[-1]]:
-        row[fields[-1]] = by_name["text"]
+    row = {name: field_value(sent, name, "") for name in fields}
+    whole = field_value(sent, "text")
+    if fields and whole is not None and not row[fields[-1]]:
+        row[fields[-1]] = whole
     return row
 
 
@@ -274,15 +274,10 @@ def _name_like(line: str) -> bool:
 def _field(ticket: Mapping[str, Any], name: str) -> Any:
     """A record's field by name, ignoring case: exports and API clients capitalise differently.
     A dotted name ("ticket.subject", from a nested export) also reads the nested record."""
-    value = _lookup(ticket, name)
+    value = field_value(ticket, name)
     if value is None and "." in name:
-        value = _lookup(nested_fields(ticket), name)
+        value = field_value(nested_fields(ticket), name)
     return value
-
-
-def _lookup(record: Mapping[str, Any], name: str) -> Any:
-    key = field_key(record, name)
-    return None if key is None else record[key]
 
 
 class SpelledTwice(UserError):
@@ -322,12 +317,19 @@ def canonical_keys(record: Mapping[str, Any], names: Sequence[str]) -> dict[str,
     return {renamed.get(key, key): value for key, value in record.items() if key not in dropped}
 
 
-def field_key(record: Mapping[str, Any], name: str) -> Any:
-    """The key under which ``record`` holds field ``name``: spelled exactly, else in any case; None if absent."""
+def field_key(record: Collection[Any], name: str) -> Any:
+    """The key under which ``record`` (a mapping, or a file's column names) holds field ``name``: spelled
+    exactly, else in any case; None if absent. Exports and API clients capitalise differently."""
     if name in record:
         return name
     wanted = name.lower()
     return next((key for key in record if isinstance(key, str) and key.lower() == wanted), None)
+
+
+def field_value(record: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """``record``'s value for field ``name``, found as :func:`field_key` finds it; ``default`` if absent."""
+    key = field_key(record, name)
+    return default if key is None else record[key]
 
 
 def nested_fields(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -365,6 +367,6 @@ def _as_str(value: Any, name: str) -> str:
 
 __all__ = [
     "CHARS_PER_TOKEN_CAP", "FIELD_SEPARATOR", "MAX_CELL_CHARS", "MAX_WINDOW_TOKENS", "TEXT_COLUMN_GUESSES",
-    "SpelledTwice", "TextOptions", "canonical_keys", "clean_text", "field_key", "html_to_text", "nested_fields",
-    "strip_quoted_replies", "strip_signature", "ticket_text", "window_chars",
+    "SpelledTwice", "TextOptions", "canonical_keys", "clean_text", "field_key", "field_value", "html_to_text",
+    "nested_fields", "strip_quoted_replies", "strip_signature", "ticket_text", "window_chars",
 ]

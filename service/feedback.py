@@ -36,6 +36,7 @@ from classifier.feedback import (
     feedback_url,
     shown,
 )
+from classifier.text import field_key, field_value
 from service import metrics
 from service.api import _json_body, json_response
 from service.context import context
@@ -127,7 +128,7 @@ def feedback() -> Response:
         items = schemas.items(body)
     except ValidationError as error:
         raise ApiError(422, "invalid_request", describe(error)) from None
-    batch = isinstance(body, dict) and any(key.lower() == "feedback" for key in body)
+    batch = isinstance(body, dict) and field_key(body, "feedback") is not None
     names = [f"feedback[{index}]" if batch else "" for index in range(len(items))]
     return _store([_event(item) for item in items], names, model)
 
@@ -315,12 +316,11 @@ def _label_from(data: dict[str, Any], field: str, where: str, source: str) -> st
 
 
 def _field_value(data: dict[str, Any], field: str) -> Any:
-    lowered = {str(key).lower(): value for key, value in data.items()}
-    value = lowered.get(field.lower())
+    value = field_value(data, field)
     if value is None:
-        custom = lowered.get("custom_fields")
+        custom = field_value(data, "custom_fields")
         if isinstance(custom, dict):
-            value = {str(k).lower(): v for k, v in custom.items()}.get(field.lower())
+            value = field_value(custom, field)
         elif isinstance(custom, list):
             value = next((entry.get("value") for entry in custom
                           if isinstance(entry, dict) and str(entry.get("id")).lower() == field.lower()), None)

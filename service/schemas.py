@@ -39,7 +39,14 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from classifier.feedback import MAX_ID, MAX_LABEL, MAX_VERSION
-from classifier.text import FIELD_SEPARATOR, MAX_CELL_CHARS, TEXT_COLUMN_GUESSES, SpelledTwice, canonical_keys
+from classifier.text import (
+    FIELD_SEPARATOR,
+    MAX_CELL_CHARS,
+    TEXT_COLUMN_GUESSES,
+    SpelledTwice,
+    canonical_keys,
+    field_value,
+)
 
 ModelInput = str | dict[str, str]  # one ticket as Predictor.predict takes it
 DEFAULT_TOP_K = 3
@@ -222,8 +229,7 @@ class ErrorResponse(BaseModel):
 def _no_top_k_of_its_own(model: type[BaseModel], data: Any) -> None:
     """A batch's item (a model without top_k) may not give its own: it would be ignored without a word. A null
     is no value (a client's single-ticket object, reused as an item, may carry one)."""
-    if isinstance(data, dict) and "top_k" not in model.model_fields and \
-            any(key.lower() == "top_k" and value is not None for key, value in data.items()):
+    if isinstance(data, dict) and "top_k" not in model.model_fields and field_value(data, "top_k") is not None:
         raise PydanticCustomError("misplaced_top_k", "top_k is given once for the whole batch, beside 'tickets'")
 
 
@@ -441,8 +447,7 @@ def _holds_webhook_ticket(data: dict[str, Any], text_keys: Collection[str]) -> b
     the model's text fields (a ticket number there, or a model reading a 'ticket' column, is no webhook)."""
     if "ticket" in {key.lower() for key in text_keys}:
         return False
-    return any(isinstance(key, str) and key.lower() == "ticket" and isinstance(value, dict)
-               for key, value in data.items())
+    return isinstance(field_value(data, "ticket"), dict)
 
 
 # Keys that hold a ticket's body in common exports. Not subject or title: a heading left unread
