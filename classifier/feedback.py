@@ -9,8 +9,11 @@ update does not.
 Idempotency: every event gets a key, unique in the table, so a helpdesk that retries a webhook does not
 count twice:
 
-- the client's ``event_id`` when it sends one;
-- else a hash of ticket id, label and the ticket's ``updated_at``, when sent (a retry repeats it);
+- the client's ``event_id`` when it sends one (another ticket or label under an id already stored is refused:
+  two integrations numbering alike would otherwise lose events as retries);
+- else a hash of ticket id, label and the ticket's ``updated_at``, when sent (a retry repeats it), and of the
+  ticket's latest event where that moved it to another label at the same update time (Zendesk's is to the
+  minute): a ticket moved and moved back within the minute is a new event;
 - else a hash of ticket id, label and the ticket's latest event before it: the same correction posted
   twice in a row is one event, while a ticket moved back to a label it had before is a new one.
 
@@ -128,6 +131,17 @@ def now() -> datetime:
 
 
 # ---------------------------------------------------------------- what goes in and comes out
+
+
+class EventIdReused(UserError):
+    """An ``event_id`` already stored for another ticket or label: a retry repeats its event, so this is another
+    event under the same id (two integrations counting alike?), which would otherwise be dropped as a retry."""
+
+    def __init__(self, event: FeedbackEvent, ticket_id: str, label: str) -> None:
+        self.index = 0  # the event's place in its batch
+        super().__init__(f"event_id {event.event_id!r} was stored for ticket {ticket_id!r} with label {label!r}; "
+                         f"this event (ticket {event.ticket_id!r}, label {event.label!r}) reuses it: give each "
+                         "event its own id")
 
 
 @dataclass(frozen=True)
@@ -320,20 +334,34 @@ class FeedbackStore:
         once the commit is durable."""
         received = as_utc(received_at or now())
         with self._writer.begin() as connection:
-            return [self._add_one(connection, event, received) for event in batch]
+            outcomes = []
+            for index, event in enumerate(batch):
+                try:
+                    outcomes.append(self._add_one(connection, event, received))
+                except EventIdReused as error:
+                    error.index = index
+                    raise
+            return outcomes
 
     def _add_one(self, connection: Connection, event: FeedbackEvent, received: datetime) -> Outcome:
         latest = connection.execute(
             sa.select(events.c.id, events.c.label, events.c.occurred_at, events.c.text_fields.is_(None))
             .where(events.c.ticket_id == event.ticket_id)
             .order_by(events.c.occurred_at.desc(), events.c.id.desc()).limit(1)).first()
-        key = idempotency_key(event, latest.id if latest else None)
+        occurred = min(as_utc(event.updated_at), received + MAX_CLOCK_AHEAD) if event.updated_at else received
+        # Moved away at the same update time (Zendesk's is to the minute): coming back is a new event, not a retry.
+        moved_away = latest is not None and latest.label != event.label and latest.occurred_at == occurred
+        key = idempotency_key(event, latest.id if latest else None, moved_away)
         prediction = self._prediction(connection, event)
 
         def outcome(status: Status) -> Outcome:
             return Outcome(event.ticket_id, event.label, status, *prediction, event.new_label)
 
-        if connection.execute(sa.select(events.c.id).where(events.c.idempotency_key == key)).first():
+        stored = connection.execute(sa.select(events.c.ticket_id, events.c.label)
+                                    .where(events.c.idempotency_key == key)).first()
+        if stored is not None:
+            if event.event_id is not None and (stored.ticket_id, stored.label) != (event.ticket_id, event.label):
+                raise EventIdReused(event, stored.ticket_id, stored.label)
             return outcome("duplicate")
         if latest is not None and latest.label == event.label:
             if event.text_fields and latest[3]:  # the ticket's text arrives with a repeat: keep it
@@ -346,7 +374,7 @@ class FeedbackStore:
             "predicted_label": event.predicted_label, "model_version": event.model_version,
             "confidence": event.confidence, "needs_review": event.needs_review, "source": event.source,
             "event_id": event.event_id,
-            "occurred_at": min(as_utc(event.updated_at), received + MAX_CLOCK_AHEAD) if event.updated_at else received,
+            "occurred_at": occurred,
             "received_at": received,
         }
         inserted = connection.execute(_insert_ignoring_duplicates(connection).values(**values))
@@ -441,12 +469,15 @@ class FeedbackStore:
         return [_window_stats(window, at, rows) for window in windows]
 
 
-def idempotency_key(event: FeedbackEvent, latest_id: int | None) -> str:
-    """The event's key (see the module's docstring): sha256 of what identifies it."""
+def idempotency_key(event: FeedbackEvent, latest_id: int | None, moved_away: bool = False) -> str:
+    """The event's key (see the module's docstring): sha256 of what identifies it. ``moved_away``: the
+    ticket's latest event, at the same update time, has another label (so the event moves it back)."""
     if event.event_id is not None:
         identity = ["event", event.event_id]
     elif event.updated_at is not None:
         identity = ["update", event.ticket_id, event.label, as_utc(event.updated_at).isoformat()]
+        if moved_away:
+            identity.append(str(latest_id))
     else:
         identity = ["after", event.ticket_id, event.label, str(latest_id or 0)]
     return hashlib.sha256("\x00".join(identity).encode("utf-8")).hexdigest()

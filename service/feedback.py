@@ -30,6 +30,7 @@ from classifier.feedback import (
     MAX_LABEL,
     MAX_VERSION,
     OFF,
+    EventIdReused,
     FeedbackEvent,
     FeedbackStore,
     Outcome,
@@ -208,6 +209,9 @@ def _store(events: list[FeedbackEvent], names: Sequence[str], model: LoadedModel
     g.ticket_count = len(events)  # the access log's count; it never holds feedback text
     try:
         outcomes = store.add(events)
+    except EventIdReused as error:
+        where = f"{names[error.index]}.event_id" if names[error.index] else "event_id"
+        raise ApiError(409, "event_id_conflict", f"{where}: {error}; nothing was stored") from None
     except SQLAlchemyError as error:
         metrics.record_feedback_store_error()
         raise _unavailable(f"{database.describe()}: {one_line(error)}") from None

@@ -15,6 +15,8 @@ _ERRORS = {
     408: "The body stopped arriving before its Content-Length was reached.",
     413: "The body is larger than the configured limit.",
     404: "Feedback is turned off on this service (TICKETCLF_FEEDBACK_DB=off): nothing was stored, do not retry.",
+    409: "event_id_conflict: an item's event_id was stored already for another ticket or label (a retry repeats "
+         "its event exactly); nothing was stored: give each event its own id.",
     415: "The body is not application/json.",
     422: "The JSON does not match the schema; the message names the field.",
     503: "The feedback database cannot take feedback now; nothing was stored: retry later (Retry-After).",
@@ -26,6 +28,7 @@ _ERRORS = {
 _REQUEST_ID_HEADER = {"description": "The request's id: the X-Request-ID sent, if it matches [A-Za-z0-9._:-]{1,128}, "
                       "else a new one. The access log line of the request has the same id.",
                       "schema": {"type": "string"}}
+_RETRY_AFTER_HEADER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
 _REQUEST_ID_PARAMETER = {"name": "X-Request-ID", "in": "header", "required": False,
                          "description": "Your id for this request, echoed in the answer and logged with it.",
                          "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}
@@ -89,7 +92,7 @@ def _feedback_path(operation: str, summary: str, request: str, description: str)
             "schema": {"$ref": REF.format(model=request)}}}},
         "responses": {"200": _json("FeedbackResponse", "Stored (committed durably), or recognised as already "
                                    "stored; counts per outcome, and one result per ticket."),
-                      **_errors(400, 401, 404, 408, 413, 415, 422, 500, 503)},
+                      **_errors(400, 401, 404, 408, 409, 413, 415, 422, 500, 503)},
         "parameters": [_REQUEST_ID_PARAMETER],
     }}
 
@@ -100,7 +103,10 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(status): _json("ErrorResponse", _ERRORS[status]) for status in statuses}
+    described = {str(status): _json("ErrorResponse", _ERRORS[status]) for status in statuses}
+    if "503" in described:
+        described["503"]["headers"]["Retry-After"] = _RETRY_AFTER_HEADER
+    return described
 
 
 def _paths() -> dict[str, Any]:

@@ -34,6 +34,7 @@ from classifier.cli import main
 from classifier.data import load_tickets
 from classifier.errors import UserError
 from classifier.feedback import (
+    EventIdReused,
     FeedbackEvent,
     FeedbackStore,
     Window,
@@ -177,6 +178,29 @@ def test_a_retried_event_counts_once(store: FeedbackStore) -> None:
     assert statuses(store, event("1", "billing", event_id="zd-1")) == ["duplicate"]
     assert {c.ticket_id: c.label for c in store.corrections()} == {"1": "refund", "2": "billing"}
     assert len(store.events()) == 3
+
+
+def test_a_ticket_moved_back_within_its_update_time_is_a_new_event(store: FeedbackStore) -> None:
+    # Zendesk's update time is to the minute: billing, refund, billing again within it.
+    minute = {"updated_at": T0}
+    assert statuses(store, event("3", "billing", **minute), event("3", "refund", **minute),
+                    event("3", "billing", **minute)) == ["stored", "stored", "stored"]
+    assert statuses(store, event("3", "billing", **minute)) == ["duplicate"]  # the last one's retry
+    assert {c.ticket_id: c.label for c in store.corrections()} == {"3": "billing"}
+    # A retry of the first update, after the ticket moved on at a later time, is still a retry.
+    later = {"updated_at": T0 + timedelta(minutes=1)}
+    assert statuses(store, event("4", "billing", **minute), event("4", "refund", **later),
+                    event("4", "billing", **minute)) == ["stored", "stored", "duplicate"]
+    assert {c.ticket_id: c.label for c in store.corrections()}["4"] == "refund"
+
+
+def test_an_event_id_reused_for_another_event_is_refused(store: FeedbackStore) -> None:
+    assert statuses(store, event("5", "billing", event_id="e-1")) == ["stored"]
+    for other in (event("6", "billing", event_id="e-1"), event("5", "refund", event_id="e-1")):
+        with pytest.raises(EventIdReused, match="'e-1' was stored for ticket '5' with label 'billing'") as raised:
+            store.add([event("7", "billing"), other])
+        assert raised.value.index == 1
+    assert [e["ticket_id"] for e in store.events()] == ["5"]  # the batch is stored whole or not at all
 
 
 def test_a_later_correction_supersedes_and_the_events_are_kept(store: FeedbackStore) -> None:
@@ -390,9 +414,13 @@ def test_post_feedback_one_and_a_batch(feedback_app: Flask) -> None:
      422, "'Feedback' and 'feedback' are one key in any case"),  # neither batch is lost
     ({"ticket_id": "1", "Ticket_ID": "2", "label": "billing"}, 422, "'Ticket_ID' and 'ticket_id' are one key"),
     ({"id": "1", "ticket_id": "2", "label": "billing"}, 422, "give the ticket's id once, as 'ticket_id'"),
+    ({"feedback": [{"ticket_id": "1", "label": "billing"}, {"ticket_id": "other", "label": "billing",
+                                                           "event_id": "taken"}]},
+     409, "feedback[1].event_id: event_id 'taken' was stored for ticket 'taker'"),
 ])
 def test_bad_feedback_is_refused_naming_the_field_and_nothing_is_stored(
         feedback_app: Flask, body: dict[str, object], status: int, named: str) -> None:
+    feedback_app.test_client().post("/feedback", json={"ticket_id": "taker", "label": "billing", "event_id": "taken"})
     before = len(app_store(feedback_app).events())
     error = error_of(feedback_app.test_client().post("/feedback", json=body), status)
     assert named in error["message"], error
