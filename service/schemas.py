@@ -233,6 +233,31 @@ def _no_top_k_of_its_own(model: type[BaseModel], data: Any) -> None:
         raise PydanticCustomError("misplaced_top_k", "top_k is given once for the whole batch, beside 'tickets'")
 
 
+def _refuse_text_under_another_name(model: type[TicketBase | FeedbackBase], data: dict[str, Any]) -> None:
+    """{"subject": ..., "body": ...} to a model that reads subject and description would be classified (or
+    retrained) on its subject alone: refused, naming the field to use. Keys that are not text (priority) stay
+    ignored."""
+    missing = [name for name in model.text_fields if not _has_words(data.get(name))]
+    given_leaves = {name.rsplit(".", 1)[-1] for name in model.text_fields if name not in missing}
+    stray = [key for key in data if key not in model.model_fields and _has_words(data[key])
+             and (key in _unread_body_keys(data, given_leaves) or _misspelt(key, missing))]
+    whole_text = data.get("text") is not None and "text" not in model.text_fields
+    if missing and stray and not whole_text:
+        raise PydanticCustomError(
+            "unread_text", "this model reads {fields}: the ticket has no {missing} but has {stray}, which it "
+            "does not read; send that text as {missing}", {
+                "fields": ", ".join(map(repr, model.text_fields)), "missing": " or ".join(map(repr, missing)),
+                "stray": ", ".join(map(repr, stray))})
+
+
+def _refuse_text_given_twice(ticket: TicketBase | FeedbackBase) -> None:
+    """The whole text and the fields both: which one the model should read is a guess."""
+    given = [name for name in ticket.text_fields if getattr(ticket, name, None) is not None]
+    if ticket.text is not None and "text" not in ticket.text_fields and given:
+        raise PydanticCustomError("ambiguous_text", "give either 'text' or the ticket's fields ({fields}), not both",
+                                  {"fields": ", ".join(given)})
+
+
 class TicketBase(BaseModel):
     """One ticket: either ``text`` (the whole ticket) or the bundle's text fields."""
 
@@ -256,32 +281,12 @@ class TicketBase(BaseModel):
                 "keys": " or ".join(repr(k) for k in cls.text_keys()), "webhook": webhook,
                 "unread": f" (this model does not read {', '.join(map(repr, unread))})" if unread else ""})
         if isinstance(data, dict):
-            cls._refuse_text_under_another_name(data)
+            _refuse_text_under_another_name(cls, data)
         return data
-
-    @classmethod
-    def _refuse_text_under_another_name(cls, data: dict[str, Any]) -> None:
-        """{"subject": ..., "body": ...} to a model that reads subject and description would be classified on
-        its subject alone: refused, naming the field to use. Keys that are not text (priority) stay ignored."""
-        missing = [name for name in cls.text_fields if not _has_words(data.get(name))]
-        given_leaves = {name.rsplit(".", 1)[-1] for name in cls.text_fields if name not in missing}
-        stray = [key for key in data if key not in cls.model_fields and _has_words(data[key])
-                 and (key in _unread_body_keys(data, given_leaves) or _misspelt(key, missing))]
-        whole_text = data.get("text") is not None and "text" not in cls.text_fields
-        if missing and stray and not whole_text:
-            raise PydanticCustomError(
-                "unread_text", "this model reads {fields}: the ticket has no {missing} but has {stray}, which it "
-                "does not read; send that text as {missing}", {
-                    "fields": ", ".join(map(repr, cls.text_fields)), "missing": " or ".join(map(repr, missing)),
-                    "stray": ", ".join(map(repr, stray))})
 
     @model_validator(mode="after")
     def _text_given_once(self) -> TicketBase:
-        given = [name for name in self.text_fields if getattr(self, name, None) is not None]
-        if self.text is not None and "text" not in self.text_fields and given:
-            raise PydanticCustomError("ambiguous_text",
-                                      "give either 'text' or the ticket's fields ({fields}), not both",
-                                      {"fields": ", ".join(given)})
+        _refuse_text_given_twice(self)
         return self
 
     @classmethod
@@ -641,7 +646,13 @@ class FeedbackBase(BaseModel):
             if data.get("id") is not None and data.get("ticket_id") is not None and data["id"] != data["ticket_id"]:
                 raise PydanticCustomError("ambiguous_id", "give the ticket's id once, as 'ticket_id' ('id' is read "
                                           "as it too): got both, and they differ")
+            _refuse_text_under_another_name(cls, data)
         return data
+
+    @model_validator(mode="after")
+    def _text_given_once(self) -> FeedbackBase:
+        _refuse_text_given_twice(self)
+        return self
 
     def text_record(self) -> dict[str, str] | None:
         """The ticket's text as sent, by field (the bundle's fields, or 'text'); None when none was sent."""

@@ -414,6 +414,10 @@ def test_post_feedback_one_and_a_batch(feedback_app: Flask) -> None:
      422, "'Feedback' and 'feedback' are one key in any case"),  # neither batch is lost
     ({"ticket_id": "1", "Ticket_ID": "2", "label": "billing"}, 422, "'Ticket_ID' and 'ticket_id' are one key"),
     ({"id": "1", "ticket_id": "2", "label": "billing"}, 422, "give the ticket's id once, as 'ticket_id'"),
+    ({"ticket_id": "1", "label": "billing", "description": "Charged twice."}, 422,
+     "has 'description', which it does not read; send that text as 'subject' or 'body'"),
+    ({"ticket_id": "1", "label": "billing", "text": "Charged twice.", "subject": "Billing"}, 422,
+     "give either 'text' or the ticket's fields (subject), not both"),
     ({"feedback": [{"ticket_id": "1", "label": "billing"}, {"ticket_id": "other", "label": "billing",
                                                            "event_id": "taken"}]},
      409, "feedback[1].event_id: event_id 'taken' was stored for ticket 'taker'"),
