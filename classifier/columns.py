@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.errors import UserError
-from classifier.text import TEXT_COLUMN_GUESSES
+from classifier.text import TEXT_COLUMN_GUESSES, name_key
 
-LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type")
-ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key")
+LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type",
+                                         "kategorie", "catégorie", "categoría", "categoria")
+ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key", "ticket-nr", "ticketnummer")
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,21 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     (more fields to predict, and the tags column) must exist and be neither text nor the label. ``hint``: what
     an error about a named column that is not there advises, where the command's options cannot help."""
     available = list(dict.fromkeys(columns))
-    lower = {name.lower(): name for name in available}
+    lower = {name_key(name): name for name in available}
 
     nested: dict[str, list[str]] = {}  # "queue" -> ["ticket.custom_fields.queue"]: fields of nested JSON objects
     for name in available:
         for inner in inner_names(name):  # "custom_fields.queue" finds it too
-            nested.setdefault(inner.lower(), []).append(name)
+            nested.setdefault(name_key(inner), []).append(name)
     # What messages list: not the objects themselves ("ticket"), whose fields ("ticket.subject") are listed.
     objects = {name[:index] for name in available for index, char in enumerate(name) if char == "."}
     listed = [name for name in available if name not in objects]
 
     def find(name: str, look_inside: bool = True) -> str | None:
         """A column by name (any case), else, with ``look_inside``, the one nested field the name ends."""
-        if name in available or name.lower() in lower:
-            return name if name in available else lower[name.lower()]
-        matches = nested.get(name.lower(), []) if look_inside else []
+        if name in available or name_key(name) in lower:
+            return name if name in available else lower[name_key(name)]
+        matches = nested.get(name_key(name), []) if look_inside else []
         return matches[0] if len(matches) == 1 else None
 
     def guess(groups: Sequence[tuple[str, ...]]) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -340,10 +341,11 @@ def given_id(record: dict[str, Any], id_column: str | None, row: int) -> str | N
 
 
 def label_value(value: Any) -> str:
-    """A label cell as text: stripped, and empty for a missing value (None, NaN)."""
+    """A label cell as text: stripped, in Unicode's composed form (a Mac's "é" typed as "e" and an accent is
+    the same label), and empty for a missing value (None, NaN)."""
     if value is None or (isinstance(value, float) and value != value):
         return ""
-    return str(value).strip()
+    return unicodedata.normalize("NFC", str(value).strip())
 
 
 # ---------------------------------------------------------------- checks and split

@@ -45,11 +45,19 @@ TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
     ("title", "body"),
     ("title", "description"),
     ("subject", "message"),
+    ("betreff", "beschreibung"),  # German, French and Spanish exports
+    ("betreff", "nachricht"),
+    ("objet", "description"),
+    ("objet", "message"),
+    ("asunto", "descripción"),
+    ("asunto", "mensaje"),
     ("text",),
     ("body",),
     ("description",),
     ("message",),
     ("content",),
+    ("beschreibung",),
+    ("nachricht",),
 )
 
 # Elements that helpdesk and mail-client HTML uses. Only these are markup: "<Connection refused>",
@@ -300,11 +308,11 @@ def canonical_keys(record: Mapping[str, Any], names: Sequence[str]) -> dict[str,
     spellings: dict[str, list[str]] = {}
     for key in record:
         if isinstance(key, str):
-            spellings.setdefault(key.lower(), []).append(key)
+            spellings.setdefault(name_key(key), []).append(key)
     renamed: dict[str, str] = {}
     dropped: set[str] = set()
     for name in dict.fromkeys(names):
-        keys = spellings.get(name.lower(), [])
+        keys = spellings.get(name_key(name), [])
         given = [key for key in keys if record[key] is not None]
         if len(given) > 1:
             raise SpelledTwice(sorted(given), name)
@@ -322,8 +330,14 @@ def field_key(record: Collection[Any], name: str) -> Any:
     exactly, else in any case; None if absent. Exports and API clients capitalise differently."""
     if name in record:
         return name
-    wanted = name.lower()
-    return next((key for key in record if isinstance(key, str) and key.lower() == wanted), None)
+    wanted = name_key(name)
+    return next((key for key in record if isinstance(key, str) and name_key(key) == wanted), None)
+
+
+def name_key(name: str) -> str:
+    """What two spellings of one field or column name share: any case, and any Unicode form (a Mac writes
+    "é" as "e" and a combining accent)."""
+    return unicodedata.normalize("NFC", name).lower()
 
 
 def field_value(record: Mapping[str, Any], name: str, default: Any = None) -> Any:
@@ -368,5 +382,5 @@ def _as_str(value: Any, name: str) -> str:
 __all__ = [
     "CHARS_PER_TOKEN_CAP", "FIELD_SEPARATOR", "MAX_CELL_CHARS", "MAX_WINDOW_TOKENS", "TEXT_COLUMN_GUESSES",
     "SpelledTwice", "TextOptions", "canonical_keys", "clean_text", "field_key", "field_value", "html_to_text",
-    "nested_fields", "strip_quoted_replies", "strip_signature", "ticket_text", "window_chars",
+    "name_key", "nested_fields", "strip_quoted_replies", "strip_signature", "ticket_text", "window_chars",
 ]

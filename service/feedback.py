@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -227,7 +228,7 @@ _LIMITS = {"ticket_id": MAX_ID, "label": MAX_LABEL, "predicted_label": MAX_LABEL
 
 def _checked_values(event: FeedbackEvent, name: str) -> FeedbackEvent:
     """What every database stores: values within their column's length and no NUL character (PostgreSQL refuses
-    it in text; in ticket text it is dropped)."""
+    it in text; in ticket text it is dropped); labels in composed Unicode form."""
     where = f"{name}." if name else ""
     for key, limit in _LIMITS.items():
         value = getattr(event, key) or ""
@@ -235,6 +236,9 @@ def _checked_values(event: FeedbackEvent, name: str) -> FeedbackEvent:
             raise ApiError(422, "invalid_request", f"{where}{key}: at most {limit} characters")
         if "\x00" in value:
             raise ApiError(422, "invalid_request", f"{where}{key}: contains a NUL character")
+    # Labels in composed form, as training reads them: a Mac's "é" (e and an accent) is the same queue.
+    event = replace(event, label=unicodedata.normalize("NFC", event.label),
+                    predicted_label=event.predicted_label and unicodedata.normalize("NFC", event.predicted_label))
     if event.text_fields and any("\x00" in value for value in event.text_fields.values()):
         event = replace(event, text_fields={key: value.replace("\x00", "") for key, value in event.text_fields.items()})
     return event

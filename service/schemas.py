@@ -455,9 +455,10 @@ def _holds_webhook_ticket(data: dict[str, Any], text_keys: Collection[str]) -> b
     return isinstance(field_value(data, "ticket"), dict)
 
 
-# Keys that hold a ticket's body in common exports. Not subject or title: a heading left unread
-# costs little, and "title" is also a person's (Ms, Dr).
-_BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in group) - {"subject", "title"}
+# Keys that hold a ticket's body in common exports. Not the headings (subject, title, in German, French and
+# Spanish too): a heading left unread costs little, and "title" is also a person's (Ms, Dr).
+_BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in group) - {
+    "subject", "title", "betreff", "objet", "asunto"}
 
 
 def _has_words(value: Any) -> bool:

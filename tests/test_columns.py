@@ -23,6 +23,15 @@ def test_detection_prefers_top_level_columns_to_nested_fields(columns: list[str]
     assert resolve_columns(columns, "export.jsonl") == ColumnMapping(texts, label, ident)
 
 
+def test_german_french_and_spanish_exports_are_detected_in_any_unicode_form() -> None:
+    assert resolve_columns(["Ticket-Nr", "Betreff", "Beschreibung", "Kategorie", "Priorit\u00e4t"], "export.csv") == \
+        ColumnMapping(("Betreff", "Beschreibung"), "Kategorie", "Ticket-Nr")
+    assert resolve_columns(["Objet", "Description", "Cate\u0301gorie"], "export.csv") == \
+        ColumnMapping(("Objet", "Description"), "Cate\u0301gorie", None)
+    assert resolve_columns(["Asunto", "Descripci\u00f3n", "Categor\u00eda"], "export.csv",
+                           ("asunto", "descripcio\u0301n")).text_columns == ("Asunto", "Descripci\u00f3n")
+
+
 def test_messages_list_fields_not_the_objects_holding_them() -> None:
     columns = ["ticket", "ticket.subject", "ticket.via", "ticket.via.channel", "custom_fields", "custom_fields.queue"]
     listed = r"columns are \['ticket.subject', 'ticket.via.channel', 'custom_fields.queue'\]"

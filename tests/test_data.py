@@ -160,6 +160,16 @@ def test_labels_differing_only_in_case_are_one_class(tmp_path: Path) -> None:
     assert any("differing only in case" in line for line in data.report.summary_lines())
 
 
+def test_a_label_typed_in_another_unicode_form_is_the_same_label(tmp_path: Path) -> None:
+    composed, decomposed = "R\u00e9seau", "Re\u0301seau"  # "é" as one character, and as "e" and an accent (a Mac)
+    rows = [(composed, f"network down {i}") for i in range(6)] + [(decomposed, f"wifi drops {i}") for i in range(3)]
+    rows += [("login", f"cannot sign in {i}") for i in range(9)]
+    train = tmp_path / "train.csv"
+    train.write_text("text,category\n" + "".join(f"{text},{label}\n" for label, text in rows), encoding="utf-8")
+    data = prepare_data(train, DataOptions())
+    assert data.labels == ["R\u00e9seau", "login"]
+
+
 def test_whole_number_labels_written_as_floats_are_one_class(tmp_path: Path) -> None:
     rows = [f"charged twice {i},3\n" for i in range(6)] + [f"cannot sign in {i},12\n" for i in range(6)]
     train = tmp_path / "train.csv"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from classifier.errors import UserError
-from classifier.text import SpelledTwice, TextOptions, canonical_keys, clean_text, ticket_text
+from classifier.text import SpelledTwice, TextOptions, canonical_keys, clean_text, field_value, ticket_text
 
 SUBJECT_BODY = TextOptions(fields=("subject", "body"))
 
@@ -90,6 +90,9 @@ def test_sign_off_cuts_only_a_name_and_what_follows_it() -> None:
 
 def test_field_names_match_regardless_of_case() -> None:
     assert ticket_text({"Subject": "Refund", "BODY": "charged twice"}, SUBJECT_BODY) == "Refund\ncharged twice"
+    # and of Unicode form: "é" as one character, or as "e" and an accent (a Mac)
+    assert field_value({"Re\u0301sume\u0301": "wifi down"}, "R\u00e9sum\u00e9") == "wifi down"
+    assert canonical_keys({"RE\u0301SUME\u0301": "x"}, ("r\u00e9sum\u00e9",)) == {"r\u00e9sum\u00e9": "x"}
 
 
 def test_a_field_spelled_twice_with_values_is_refused_and_the_error_travels_between_processes() -> None:
