@@ -84,26 +84,37 @@ _MARKUP = re.compile(r"<(?:(?P<end>/)?(?P<tag>[a-zA-Z][^\s/<>]*)(?![^\s/<>])"
                      r"|(?P<comment>!--)|![^<>]*>|\?[^<>]*>)")
 
 # "On Tue, 3 Mar 2026 at 10:14, Support <s@example.com> wrote:" (mail clients may wrap it
-# over two lines), Outlook's "-----Original Message-----" and "From: ... Sent: ..." headers.
+# over two lines), Outlook's "-----Original Message-----" and "From: ... Sent: ..." headers; and
+# the same in German, French and Spanish mail clients ("Am 3.12.2026 um 10:14 schrieb Max <m@x.de>:",
+# "Le 3 déc. 2026 à 10:14, Marie a écrit :", "El 3 dic 2026, Juan escribió:", "Von: ... Gesendet: ...").
 # No pattern crosses more than one line break or starts with a run of blank lines, so a
 # request made of 500,000 newlines cleans in linear time.
+_WRAPPED = r"[^\n]{0,300}(?:\n[^\n]{0,300})?"  # a header's middle, over at most two lines
 _REPLY_HEADER = re.compile(
-    r"^[ \t]*(?:(?P<on>On\b[^\n]{0,300}(?:\n[^\n]{0,300})?\bwrote:)[ \t]*$"
-    r"|-{2,}[ \t]*Original Message[ \t]*-{2,}"
-    r"|From:[ \t][^\n]+\n[ \t]*(?:Sent|Date):[ \t])",
+    r"^[ \t]*(?P<on>(?:On\b" + _WRAPPED + r"\bwrote|Am\b" + _WRAPPED + r"\bschrieb\b[^\n]{0,200}"
+    r"|Le\b" + _WRAPPED + r"\ba[ \t]+écrit|El\b" + _WRAPPED + r"\bescribió)[ \t]?:)[ \t]*$"
+    r"|^[ \t]*-{2,}[ \t]*(?:Original Message|Ursprüngliche Nachricht|Message d'origine|Mensaje original)[ \t]*-{2,}"
+    r"|^[ \t]*(?:From|Von|De)[ \t]?:[ \t][^\n]+\n[ \t]*(?:Sent|Date|Gesendet|Datum|Envoyé|Enviado|Fecha)[ \t]?:[ \t]",
     re.IGNORECASE | re.MULTILINE,
 )
 # An "On ... wrote:" header names a date or an address; "On Monday I upgraded ...\nAnna wrote:"
 # is the customer's own message.
 _HEADER_DETAIL = re.compile(r"\d|@")
+_DEVICE = r"(?:iphone|ipad|android|outlook|mail|samsung|galaxy|mobile|blackberry|smartphone)\b"
 _SIGNATURE_START = re.compile(
-    r"^(?:--\s*|get outlook for \w+.*"
-    r"|sent from (?:my )?(?:iphone|ipad|android|outlook|mail|samsung|galaxy|mobile|blackberry)\b.*)$",
+    r"^(?:--\s*|get outlook for \w+.*|sent from (?:my )?" + _DEVICE + ".*"
+    r"|(?:gesendet von|envoyé de|enviado desde) (?:meinem |mon |mi )?" + _DEVICE + ".*"
+    r"|von meinem " + _DEVICE + ".*gesendet)$",
     re.IGNORECASE
 )
 _SIGN_OFF = re.compile(
     r"^(?:thanks?(?: you| again| in advance)?|many thanks|thx|cheers|best|best regards|"
-    r"kind regards|regards|warm regards|sincerely|br|__+)[ ,.!]*$",
+    r"kind regards|regards|warm regards|sincerely|br|__+"
+    # German, French and Spanish
+    r"|(?:mit )?(?:freundlichen|freundliche|besten|beste|viele|liebe|herzliche) gr(?:ü|ue)(?:ß|ss)(?:en|e)|"
+    r"gr(?:ü|ue)(?:ß|ss)e?|mfg|lg|vg|danke(?: schön| sehr| im voraus)?|vielen dank(?: im voraus)?|"
+    r"(?:bien )?cordialement|bien à vous|merci(?: beaucoup| d'avance| par avance)?|salutations|"
+    r"bonne journée|un saludo|saludos(?: cordiales)?|atentamente|(?:muchas )?gracias(?: de antemano)?)[ ,.!]*$",
     re.IGNORECASE,
 )
 _SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message

@@ -59,6 +59,32 @@ def test_outlook_original_message_is_cut() -> None:
     assert clean_text(body) == "Any news?"
 
 
+@pytest.mark.parametrize("reply", [
+    "Am 03.12.2026 um 10:14 schrieb Max Mustermann <max@example.de>:\n> Haben Sie es neu gestartet?",
+    "Le lun. 3 déc. 2026 à 10:14, Marie <marie@example.fr> a écrit :\n> Avez-vous redémarré ?",
+    "El lun, 3 dic 2026 a las 10:14, Juan (<juan@example.es>) escribió:\n> ¿Ha reiniciado?",
+    "-----Ursprüngliche Nachricht-----\nVon: Support\nGesendet: Montag",
+    "De : Support <help@example.fr>\nEnvoyé : lundi 3 décembre 2026 10:14\nObjet : votre ticket",
+    "De: Support\nEnviado: lunes\nAsunto: su ticket",
+])
+def test_quoted_replies_of_german_french_and_spanish_mail_clients_are_cut(reply: str) -> None:
+    assert clean_text(f"Das WLAN fällt aus.\n\n{reply}") == "Das WLAN fällt aus."
+
+
+@pytest.mark.parametrize("signature", [
+    "Mit freundlichen Grüßen\nMax Mustermann\nIT-Abteilung", "Viele Grüße\nAnna", "Cordialement,\nMarie Dupont",
+    "Saludos cordiales,\nJuan Pérez", "Gesendet von meinem iPhone", "Envoyé de mon iPhone",
+    "Enviado desde mi iPhone", "Von meinem iPhone gesendet",
+])
+def test_german_french_and_spanish_signatures_are_cut(signature: str) -> None:
+    assert clean_text(f"Le VPN ne marche plus.\n\n{signature}") == "Le VPN ne marche plus."
+
+
+def test_a_german_line_ending_in_schrieb_inside_the_message_is_kept() -> None:
+    text = "Am Montag habe ich das Formular geschickt, wie Herr Roth schrieb:\ndas Portal zeigt einen Fehler."
+    assert clean_text(text) == text.replace("\n", " ")
+
+
 def test_signature_is_cut_and_can_be_kept() -> None:
     body = "Please cancel my plan.\n\nThanks,\nMaria Lopez\nAcme Corp | Ops lead"
     assert clean_text(body) == "Please cancel my plan."
