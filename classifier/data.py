@@ -23,7 +23,7 @@ from classifier.columns import ColumnMapping, resolve_columns
 from classifier.errors import UserError, first_of, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
 from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
-from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns
+from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns, starts_with_bom
 from classifier.text import MAX_CELL_CHARS, TextOptions, field_key, ticket_text
 
 if TYPE_CHECKING:
@@ -513,17 +513,18 @@ def flat_columns(records: Iterable[dict[str, Any]], columns: Sequence[str]) -> l
 def write_csv(path: Path, columns: list[str], records: list[dict[str, Any]], *, for_spreadsheets: bool = False,
               like: Path | None = None) -> None:
     """Records as a CSV file that training reads: the given columns, lists as JSON, separated as in the file
-    ``like`` (:func:`delimiter_like`). ``for_spreadsheets``: a file people open in Excel or Sheets, its text
-    cells :func:`spreadsheet_safe` (training reads them back as they were: such a file has a corrected_label
-    column, see :func:`load_tickets`), and a byte-order mark first: without one, Excel reads UTF-8 as the
-    machine's code page, and "Müller" saved back is mangled."""
+    ``like`` (:func:`delimiter_like`), with a byte-order mark where ``like`` has one. ``for_spreadsheets``: a
+    file people open in Excel or Sheets, its text cells :func:`spreadsheet_safe` (training reads them back as
+    they were: such a file has a corrected_label column, see :func:`load_tickets`), and a byte-order mark first:
+    without one, Excel reads UTF-8 as the machine's code page, and "Müller" saved back is mangled."""
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def cell(value: Any) -> Any:
         value = json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
         return spreadsheet_safe(value) if for_spreadsheets and isinstance(value, str) else value
 
-    with open(path, "w", newline="", encoding="utf-8-sig" if for_spreadsheets else "utf-8") as out:
+    bom = for_spreadsheets or (like is not None and starts_with_bom(like))
+    with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore",  # objects: as dotted columns
                                 delimiter=delimiter_like(path, like))
         writer.writeheader()

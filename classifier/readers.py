@@ -275,14 +275,25 @@ def delimiter_of(path: str | Path) -> str:
     return _delimiter(_first_line(path), "\t" if fmt == "tsv" else ",")[0]
 
 
-def _first_line(path: Path) -> str:
-    """A file's first line, read from its start only (gunzipped where it is gzipped); bytes that are not
-    text become replacement characters, as only its delimiters matter."""
+def starts_with_bom(path: str | Path) -> bool:
+    """Whether a file starts with UTF-8's byte-order mark, as Excel writes "CSV UTF-8": a file written from it
+    keeps one, or the Excel it goes back to reads its accents in the machine's code page."""
+    return _head(Path(path)).startswith(codecs.BOM_UTF8)
+
+
+def _head(path: Path) -> bytes:
+    """A file's first bytes (gunzipped where it is gzipped)."""
     try:
         with gzip.open(path) if path.suffix.lower() == ".gz" else open(path, "rb") as handle:
-            head = handle.read(_HEAD_BYTES)
+            return handle.read(_HEAD_BYTES)
     except (OSError, EOFError, zlib.error) as error:
         raise UserError(f"{path}: cannot read file ({error})") from None
+
+
+def _first_line(path: Path) -> str:
+    """A file's first line, read from its start only; bytes that are not text become replacement characters,
+    as only its delimiters matter."""
+    head = _head(path)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         text = head.decode("utf-16", errors="replace")
     else:

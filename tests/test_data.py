@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from csv_files import read_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -406,11 +407,6 @@ def test_arbitrary_bytes_load_or_fail_with_a_user_error(tmp_path: Path, blob: by
         assert str(path) in str(error)
 
 
-def read_csv(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter=delimiter))
-
-
 def test_split_file_splits_a_semicolon_export_with_a_bom_by_its_detected_label_column(tmp_path: Path) -> None:
     rows = [f"T-{i};Subject {i};body {i};{'billing' if i % 2 else 'login'}" for i in range(20)]
     rows += ["T-20;Lonely;the only one;legal", "T-21;No label;nothing here;"]
@@ -418,7 +414,9 @@ def test_split_file_splits_a_semicolon_export_with_a_bom_by_its_detected_label_c
     export.write_bytes("\ufeffid;subject;body;Queue\n".encode() + "\n".join(rows).encode() + b"\n")
     split = split_file(export, tmp_path / "train.csv", tmp_path / "test.csv", test_fraction=0.25)
     assert (split.train, split.test, split.unlabelled, split.mapping.label_column) == (18, 4, 1, "Queue")
-    # Separated as the export was: the Excel that wrote it opens a comma-separated file as one column.
+    # Separated as the export was, and with its byte-order mark: the Excel that wrote it opens a comma-separated
+    # file as one column, and reads UTF-8 without the mark in its own code page.
+    assert all((tmp_path / name).read_bytes().startswith("\ufeffid;".encode()) for name in ("train.csv", "test.csv"))
     train, test = (read_csv(tmp_path / name, delimiter=";") for name in ("train.csv", "test.csv"))
     assert list(test[0]) == ["id", "subject", "body", "Queue"]
     assert Counter(row["Queue"] for row in test) == {"billing": 2, "login": 2}  # a quarter of each class
