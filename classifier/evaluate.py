@@ -28,7 +28,8 @@ import logging
 import math
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -45,6 +46,7 @@ from classifier.columns import absent_columns
 from classifier.data import (
     DataReport,
     Tickets,
+    delimiter_like,
     ids_are,
     load_tickets,
     relabel_like_training,
@@ -211,7 +213,7 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
                     *evaluate_fields.field_files(fields)]
     content = report.to_dict()
     images = {**_images(report, scored, others), **evaluate_fields.field_images(fields)}
-    _write_files(output_dir, report, content, scored, tickets, images)
+    _write_files(output_dir, report, content, scored, tickets, images, Path(data_path))
     return content
 
 
@@ -912,8 +914,9 @@ def _images(report: Report, scored: Scored, others: dict[str, tuple[str, str, Sc
 
 
 def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scored: Scored, tickets: Tickets,
-                 images: dict[str, bytes]) -> None:
-    """``content``: report.json's, ``report.to_dict()``, made once by the caller, which returns it."""
+                 images: dict[str, bytes], test_file: Path) -> None:
+    """``content``: report.json's, ``report.to_dict()``, made once by the caller, which returns it. The CSV
+    files are separated as ``test_file`` is (:func:`_spreadsheet_csv`)."""
     from classifier import report_html
 
     html = report_html.render(report, images)
@@ -921,34 +924,47 @@ def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scor
     bundle.write_json_atomic(output_dir / "report.json", content)
     for name, data in images.items():
         (output_dir / name).write_bytes(data)
-    _write_confusion_csv(output_dir / "confusion_matrix.csv", content["confusion_matrix"])
+    _write_confusion_csv(output_dir / "confusion_matrix.csv", content["confusion_matrix"], test_file)
     for field in (content.get("fields") or {}).values():  # each single-label field scored: files[0]
         if "confusion_matrix" in field:
-            _write_confusion_csv(output_dir / field["files"][0], field["confusion_matrix"])
-    _write_misclassified(output_dir / "misclassified.csv", scored, tickets)
+            _write_confusion_csv(output_dir / field["files"][0], field["confusion_matrix"], test_file)
+    _write_misclassified(output_dir / "misclassified.csv", scored, tickets, test_file)
     (output_dir / "report.html").write_text(html, encoding="utf-8")
 
 
-def _write_confusion_csv(path: Path, section: dict[str, Any]) -> None:
+@contextmanager
+def _spreadsheet_csv(path: Path, like: Path) -> Iterator[Any]:
+    """A CSV writer for a file a support lead opens in Excel: a byte-order mark first (without one, Excel reads
+    UTF-8 in the machine's code page) and separated as the test file is (a semicolon-locale Excel opens a
+    comma-separated file as one column; its numbers then have decimal commas, see :func:`_decimal`)."""
+    with open(path, "w", newline="", encoding="utf-8-sig") as out:
+        yield csv.writer(out, delimiter=delimiter_like(path, like))
+
+
+def _decimal(value: float, delimiter: str) -> str:
+    """``value`` to four places, as the locale that separates with ``delimiter`` writes it."""
+    text = f"{value:.4f}"
+    return text.replace(".", ",") if delimiter == ";" else text
+
+
+def _write_confusion_csv(path: Path, section: dict[str, Any], like: Path) -> None:
     """A confusion matrix's counts (``section``: ``labels`` and ``matrix``), true class per row."""
-    with open(path, "w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out)
+    with _spreadsheet_csv(path, like) as writer:
         writer.writerow(["true \\ predicted", *map(spreadsheet_safe, section["labels"])])
         writer.writerows([spreadsheet_safe(label), *row] for label, row in zip(section["labels"], section["matrix"]))
 
 
-def _write_misclassified(path: Path, scored: Scored, tickets: Tickets) -> None:
+def _write_misclassified(path: Path, scored: Scored, tickets: Tickets, like: Path) -> None:
     """Wrong predictions, most confident first: those are label noise or the model's blind spots."""
     wrong = np.flatnonzero(~scored.correct)
     wrong = wrong[np.argsort(-scored.confidence[wrong], kind="stable")]
     predicted, confidence = scored.predicted, scored.confidence
-    with open(path, "w", newline="", encoding="utf-8") as out:
-        writer = csv.writer(out)
+    with _spreadsheet_csv(path, like) as writer:
         writer.writerow(["id", "text", "true", "predicted", "confidence"])
         for i in wrong:
             row = int(scored.rows[i])
             writer.writerow([*map(spreadsheet_safe, (tickets.ids[row], tickets.texts[row], scored.y_true[i],
-                                                     predicted[i])), f"{confidence[i]:.4f}"])
+                                                     predicted[i])), _decimal(confidence[i], writer.dialect.delimiter)])
 
 
 def _make_output_dir(output_dir: Path) -> Path | None:

@@ -7,6 +7,7 @@ sample data plus tickets with labels the model has never seen and one row withou
 from __future__ import annotations
 
 import base64
+import codecs
 import copy
 import csv
 import json
@@ -133,7 +134,7 @@ def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle
     assert report["confusion_matrix"]["labels"] == labels
     assert np.array_equal(report["confusion_matrix"]["matrix"], expected)
     assert sorted(report["confusion_matrix"]["display_order"]) == list(range(len(labels)))
-    with open(output / "confusion_matrix.csv", newline="", encoding="utf-8") as handle:
+    with open(output / "confusion_matrix.csv", newline="", encoding="utf-8-sig") as handle:  # a mark for Excel
         table = list(csv.reader(handle))
     assert table[0][1:] == labels
     assert np.array_equal(np.array([row[1:] for row in table[1:]], dtype=int), expected)
@@ -353,7 +354,7 @@ def test_html_embeds_the_pictures_and_shows_the_numbers(evaluated):
 def test_misclassified_csv_lists_every_mistake(evaluated, known_rows, exported_scores):
     _, output = evaluated
     y_true, y_pred, _ = exported_scores
-    with open(output / "misclassified.csv", newline="", encoding="utf-8") as handle:
+    with open(output / "misclassified.csv", newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     expected = {row["id"] for row, t, p in zip(known_rows, y_true, y_pred) if t != p}
     assert {row["id"] for row in rows} == expected
@@ -548,14 +549,34 @@ def test_report_csvs_show_ticket_text_as_text_not_formulas(tmp_path: Path) -> No
     tickets = Tickets(['=HYPERLINK("http://x.example","refund")', "+1 555 0100 call me", "fine"],
                       ["a", "b", "a"], ["@1", "-2", "3"])  # a plain number stays, so the file joins by id
     scored = Scored.of(["a", "b"], np.array([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4]]), tickets.labels)
-    _write_misclassified(tmp_path / "misclassified.csv", scored, tickets)
-    with open(tmp_path / "misclassified.csv", newline="", encoding="utf-8") as handle:
+    test_file = tmp_path / "test.csv"
+    test_file.write_text("text,label\n")
+    _write_misclassified(tmp_path / "misclassified.csv", scored, tickets, test_file)
+    with open(tmp_path / "misclassified.csv", newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
     assert rows[1:] == [["'@1", '\'=HYPERLINK("http://x.example","refund")', "a", "b", "0.9000"],
                         ["-2", "'+1 555 0100 call me", "b", "a", "0.8000"]]
-    _write_confusion_csv(tmp_path / "matrix.csv", {"labels": ["-1", "=cmd|' /C calc'!A0"], "matrix": [[1, 0], [0, 1]]})
-    with open(tmp_path / "matrix.csv", newline="", encoding="utf-8") as handle:
+    _write_confusion_csv(tmp_path / "matrix.csv", {"labels": ["-1", "=cmd|' /C calc'!A0"], "matrix": [[1, 0], [0, 1]]},
+                         test_file)
+    with open(tmp_path / "matrix.csv", newline="", encoding="utf-8-sig") as handle:
         assert list(csv.reader(handle))[0] == ["true \\ predicted", "-1", "'=cmd|' /C calc'!A0"]
+
+
+def test_report_csvs_open_in_the_excel_the_test_file_came_from(tmp_path: Path) -> None:
+    """A semicolon-separated test file (a German or French Excel's): the report's files are separated alike,
+    with decimal commas, and start with a byte-order mark, or that Excel mangles "Réseau"."""
+    from classifier.data import Tickets
+    from classifier.evaluate import Scored, _write_misclassified
+
+    test_file = tmp_path / "test.csv"
+    test_file.write_bytes("\ufefftext;label\n".encode())
+    tickets = Tickets(["WLAN fällt aus", "fine"], ["Réseau", "Matériel"], ["1", "2"])
+    scored = Scored.of(["Matériel", "Réseau"], np.array([[0.75, 0.25], [0.9, 0.1]]), tickets.labels)
+    _write_misclassified(tmp_path / "misclassified.csv", scored, tickets, test_file)
+    written = (tmp_path / "misclassified.csv").read_bytes()
+    assert written.startswith(codecs.BOM_UTF8)
+    assert written.decode("utf-8-sig").splitlines() == ["id;text;true;predicted;confidence",
+                                                        "1;WLAN fällt aus;Réseau;Matériel;0,7500"]
 
 
 def test_evaluating_on_the_training_file_is_flagged(evaluated, exported_bundle, tiny_csv, tmp_path):
