@@ -63,14 +63,15 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
         "paths": _paths(),
         "components": {"schemas": components},
     }
-    if auth:
-        document["components"]["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        }
-        document["security"] = [{"bearer": []}, {"apiKey": []}]
-        for path in ("/health", "/ready"):
-            document["paths"][path]["get"]["security"] = []
+    # Declared whether or not this server needs a key now, so a client generated against a server without keys
+    # (a developer's) can send one to a server with keys (production): {} in the list makes a key optional.
+    document["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    document["security"] = [*([] if auth else [{}]), {"bearer": []}, {"apiKey": []}]
+    for path in ("/health", "/ready"):
+        document["paths"][path]["get"]["security"] = []
     return document
 
 

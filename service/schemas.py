@@ -38,13 +38,14 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
-from classifier.feedback import MAX_ID, MAX_LABEL, MAX_VERSION
+from classifier.feedback import MAX_ID, MAX_LABEL, MAX_VERSION, Status
 from classifier.text import (
     FIELD_SEPARATOR,
     MAX_CELL_CHARS,
     TEXT_COLUMN_GUESSES,
     SpelledTwice,
     canonical_keys,
+    field_key,
     field_value,
 )
 
@@ -274,6 +275,8 @@ class TicketBase(BaseModel):
             data = _canonical_keys(data, ("id", *cls.text_keys()))
         _no_top_k_of_its_own(cls, data)
         if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
+            if field_key(data, "tickets") is not None and field_value(data, "tickets") is None:
+                raise PydanticCustomError("null_batch", "tickets: null is no batch: give a list of tickets")
             # e.g. fields of another model; not a null ("tickets": null is no batch, not a field left unread)
             unread = [key for key in data if key not in cls.model_fields and data[key] is not None]
             webhook = " or a webhook's {'ticket': {...}} with the ticket's fields inside" if "ticket" in unread else ""
@@ -757,8 +760,8 @@ class JiraWebhook(BaseModel):
 
 class FeedbackResult(BaseModel):
     ticket_id: str
-    status: str = Field(description="stored; duplicate (a retry of an event already stored); unchanged (the "
-                        "ticket already has this label)", examples=["stored"])
+    status: Status = Field(description="stored; duplicate (a retry of an event already stored); unchanged (the "
+                           "ticket already has this label)", examples=["stored"])
 
 
 class FeedbackResponse(BaseModel):

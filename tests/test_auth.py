@@ -31,6 +31,7 @@ def test_auth_accepts_either_header_and_any_key(auth_app: Flask, headers: dict[s
     assert client.get("/labels", headers=headers).status_code == 200
     document = client.get("/openapi.json", headers=headers).get_json()
     assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert document["security"] == [{"bearer": []}, {"apiKey": []}]  # a key is required
     assert document["paths"]["/health"]["get"]["security"] == []
 
 
