@@ -136,6 +136,9 @@ def _json_body() -> Any:
         # JSON on the wire is UTF-8 (RFC 8259; a BOM may be ignored): json.loads(bytes) would guess UTF-16/32
         text = raw.decode("utf-8-sig")
         parsed = json.loads(text, object_pairs_hook=_refuse_duplicate_keys, parse_constant=_refuse_constant)
+    except UnicodeDecodeError as error:
+        raise ApiError(400, "bad_json", f"the body is not UTF-8 (byte {error.object[error.start]:#04x} at position "
+                       f"{error.start}): send JSON encoded as UTF-8, as JSON always is") from None
     except ValueError as error:
         if "integer string conversion" in str(error):  # Python's advice to raise its limit is not the client's
             raise ApiError(400, "bad_json", "the body holds a number of more than 4,300 digits") from None

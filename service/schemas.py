@@ -635,7 +635,7 @@ class FeedbackBase(BaseModel):
     predicted_label: FeedbackLabel | None = Field(None, description="The label the model predicted.")
     model_version: _Version | None = Field(None, description="The version that predicted it (the response's "
                                            "model.version).")
-    confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)] | None = None
     needs_review: StrictBool | None = Field(None, description="The prediction's needs_review.")
     event_id: _EventId | None = Field(None, description="Your id for this event: a retry with the same id is "
                                       "stored once.")

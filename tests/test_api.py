@@ -172,6 +172,12 @@ def test_unreadable_bodies(client: FlaskClient, kwargs: dict[str, Any], status: 
     assert error_of(client.post("/classify", **kwargs), status)["code"] == code
 
 
+def test_a_body_that_is_not_utf8_is_named_so(client: FlaskClient) -> None:
+    body = '{"text": "WLAN fällt aus"}'.encode("latin-1")  # a client sending its platform's code page
+    assert error_of(client.post("/classify", data=body, content_type="application/json"), 400)["message"] == \
+        "the body is not UTF-8 (byte 0xe4 at position 16): send JSON encoded as UTF-8, as JSON always is"
+
+
 def test_an_empty_body_is_named_as_empty(client: FlaskClient) -> None:
     assert error_of(client.post("/classify", data=" \n", content_type="application/json"), 400)["message"] == \
         'the body is empty; send a JSON object (e.g. {"text": "..."})'

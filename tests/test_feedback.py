@@ -405,6 +405,7 @@ def test_post_feedback_one_and_a_batch(feedback_app: Flask) -> None:
     ({"ticket_id": "1", "label": "no-such-queue"}, 422, "label: 'no-such-queue': not a label of the model"),
     ({"ticket_id": "1", "label": "x" * 300, "new_label": True}, 422, "label: String should have at most 256"),
     ({"ticket_id": "1", "label": "billing", "confidence": 2}, 422, "confidence: Input should be less than"),
+    ({"ticket_id": "1", "label": "billing", "confidence": "0.9"}, 422, "confidence: Input should be a valid number"),
     ({"ticket_id": "1", "label": "billing", "updated_at": "yesterday"}, 422, "updated_at:"),
     ({"feedback": []}, 422, "feedback: List should have at least 1 item"),
     ({"feedback": [{"ticket_id": "1", "label": "billing"}, {"ticket_id": "2", "label": "nope"}]}, 422,
