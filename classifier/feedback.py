@@ -12,8 +12,9 @@ count twice:
 - the client's ``event_id`` when it sends one (another ticket or label under an id already stored is refused:
   two integrations numbering alike would otherwise lose events as retries);
 - else a hash of ticket id, label and the ticket's ``updated_at``, when sent (a retry repeats it), and of the
-  ticket's latest event where that moved it to another label at the same update time (Zendesk's is to the
-  minute): a ticket moved and moved back within the minute is a new event;
+  label it moves the ticket from where the ticket's latest event has the same update time (Zendesk's is to
+  the minute): a ticket moved and moved back within the minute is a new event, once (a retry of the first
+  move arriving after the second cannot be told from a move back, and counts as one);
 - else a hash of ticket id, label and the ticket's latest event before it: the same correction posted
   twice in a row is one event, while a ticket moved back to a label it had before is a new one.
 
@@ -349,19 +350,16 @@ class FeedbackStore:
             .where(events.c.ticket_id == event.ticket_id)
             .order_by(events.c.occurred_at.desc(), events.c.id.desc()).limit(1)).first()
         occurred = min(as_utc(event.updated_at), received + MAX_CLOCK_AHEAD) if event.updated_at else received
-        # Moved away at the same update time (Zendesk's is to the minute): coming back is a new event, not a retry.
-        moved_away = latest is not None and latest.label != event.label and latest.occurred_at == occurred
-        key = idempotency_key(event, latest.id if latest else None, moved_away)
+        # Moved away at the same update time (Zendesk's is to the minute): coming back is a new event.
+        moved_from = latest.label if latest is not None and latest.label != event.label and \
+            latest.occurred_at == occurred else None
+        key = idempotency_key(event, latest.id if latest else None, moved_from)
         prediction = self._prediction(connection, event)
 
         def outcome(status: Status) -> Outcome:
             return Outcome(event.ticket_id, event.label, status, *prediction, event.new_label)
 
-        stored = connection.execute(sa.select(events.c.ticket_id, events.c.label)
-                                    .where(events.c.idempotency_key == key)).first()
-        if stored is not None:
-            if event.event_id is not None and (stored.ticket_id, stored.label) != (event.ticket_id, event.label):
-                raise EventIdReused(event, stored.ticket_id, stored.label)
+        if self._stored_already(connection, event, key):
             return outcome("duplicate")
         if latest is not None and latest.label == event.label:
             if event.text_fields and latest[3]:  # the ticket's text arrives with a repeat: keep it
@@ -378,8 +376,23 @@ class FeedbackStore:
             "received_at": received,
         }
         inserted = connection.execute(_insert_ignoring_duplicates(connection).values(**values))
-        # 0 rows: another process stored the same key since the check above (PostgreSQL; SQLite writers queue)
-        return outcome("stored" if inserted.rowcount else "duplicate")
+        if inserted.rowcount:
+            return outcome("stored")
+        # Another process stored the same key since the check above (PostgreSQL; SQLite writers queue): this
+        # event's retry, or another event under its event_id, refused as above.
+        self._stored_already(connection, event, key)
+        return outcome("duplicate")
+
+    @staticmethod
+    def _stored_already(connection: Connection, event: FeedbackEvent, key: str) -> bool:
+        """Whether an event of ``key`` is stored: this one's retry. Under the client's ``event_id``, another ticket
+        or label is another event, refused (:class:`EventIdReused`) rather than dropped as a retry."""
+        stored = connection.execute(sa.select(events.c.ticket_id, events.c.label)
+                                    .where(events.c.idempotency_key == key)).first()
+        if stored is not None and event.event_id is not None and \
+                (stored.ticket_id, stored.label) != (event.ticket_id, event.label):
+            raise EventIdReused(event, stored.ticket_id, stored.label)
+        return stored is not None
 
     @staticmethod
     def _prediction(connection: Connection, event: FeedbackEvent) -> tuple[str | None, str | None, bool | None]:
@@ -469,15 +482,16 @@ class FeedbackStore:
         return [_window_stats(window, at, rows) for window in windows]
 
 
-def idempotency_key(event: FeedbackEvent, latest_id: int | None, moved_away: bool = False) -> str:
-    """The event's key (see the module's docstring): sha256 of what identifies it. ``moved_away``: the
-    ticket's latest event, at the same update time, has another label (so the event moves it back)."""
+def idempotency_key(event: FeedbackEvent, latest_id: int | None, moved_from: str | None = None) -> str:
+    """The event's key (see the module's docstring): sha256 of what identifies it. ``moved_from``: the label of
+    the ticket's latest event where that has the same update time (the event moves the ticket back). The label,
+    not the event: a batch sent again then repeats every key, so nothing is stored twice."""
     if event.event_id is not None:
         identity = ["event", event.event_id]
     elif event.updated_at is not None:
         identity = ["update", event.ticket_id, event.label, as_utc(event.updated_at).isoformat()]
-        if moved_away:
-            identity.append(str(latest_id))
+        if moved_from is not None:
+            identity += ["from", moved_from]
     else:
         identity = ["after", event.ticket_id, event.label, str(latest_id or 0)]
     return hashlib.sha256("\x00".join(identity).encode("utf-8")).hexdigest()
