@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -38,7 +37,7 @@ from classifier.feedback import (
     feedback_url,
     shown,
 )
-from classifier.text import field_key, field_value
+from classifier.text import field_key, field_value, name_key
 from service import metrics
 from service.api import _json_body, json_response
 from service.context import context
@@ -228,7 +227,7 @@ _LIMITS = {"ticket_id": MAX_ID, "label": MAX_LABEL, "predicted_label": MAX_LABEL
 
 def _checked_values(event: FeedbackEvent, name: str) -> FeedbackEvent:
     """What every database stores: values within their column's length and no NUL character (PostgreSQL refuses
-    it in text; in ticket text it is dropped); labels in composed Unicode form."""
+    it in text; in ticket text it is dropped)."""
     where = f"{name}." if name else ""
     for key, limit in _LIMITS.items():
         value = getattr(event, key) or ""
@@ -236,9 +235,6 @@ def _checked_values(event: FeedbackEvent, name: str) -> FeedbackEvent:
             raise ApiError(422, "invalid_request", f"{where}{key}: at most {limit} characters")
         if "\x00" in value:
             raise ApiError(422, "invalid_request", f"{where}{key}: contains a NUL character")
-    # Labels in composed form, as training reads them: a Mac's "é" (e and an accent) is the same queue.
-    event = replace(event, label=unicodedata.normalize("NFC", event.label),
-                    predicted_label=event.predicted_label and unicodedata.normalize("NFC", event.predicted_label))
     if event.text_fields and any("\x00" in value for value in event.text_fields.values()):
         event = replace(event, text_fields={key: value.replace("\x00", "") for key, value in event.text_fields.items()})
     return event
@@ -247,22 +243,22 @@ def _checked_values(event: FeedbackEvent, name: str) -> FeedbackEvent:
 def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: FeedbackStore,
                   model: LoadedModel) -> list[FeedbackEvent]:
     """Labels are the served model's, or new ones the request (``new_label``), the settings
-    (``FEEDBACK_NEW_LABELS``) or an earlier request accepted; matched in any case and stored in the spelling
-    known already, so that 'Refunds' and 'refunds' stay one queue (two workers teaching both spellings at
-    the same moment may still store both; retrain then reads them as one, as training does)."""
-    known = {label.casefold(): label for label in model.predictor.labels}
+    (``FEEDBACK_NEW_LABELS``) or an earlier request accepted; matched in any case and Unicode form and stored
+    in the spelling known already, so that 'Refunds' and 'refunds' stay one queue (two workers teaching both
+    spellings at the same moment may still store both; retrain then reads them as one, as training does)."""
+    known = {name_key(label): label for label in model.predictor.labels}
     checked, unknown = [], []
     taught: dict[str, str] | None = None
     for index, event in enumerate(events):
-        label = known.get(event.label.casefold())
+        label = known.get(name_key(event.label))
         if label is not None:
             checked.append(replace(event, label=label, new_label=False))
             continue
         if taught is None:
             taught = _taught(store)
-        label = taught.get(event.label.casefold())
+        label = taught.get(name_key(event.label))
         if label is not None or event.new_label or current_app.config["FEEDBACK_NEW_LABELS"]:
-            label = taught.setdefault(event.label.casefold(), event.label)
+            label = taught.setdefault(name_key(event.label), event.label)
             checked.append(replace(event, label=label, new_label=True))
         else:
             unknown.append(index)
@@ -279,7 +275,7 @@ def _taught(store: FeedbackStore) -> dict[str, str]:
     """New labels accepted before, by their case-folded spelling (where several spellings are stored, the
     first in sort order)."""
     try:
-        return {label.casefold(): label for label in sorted(store.taught_labels(), reverse=True)}
+        return {name_key(label): label for label in sorted(store.taught_labels(), reverse=True)}
     except SQLAlchemyError as error:
         metrics.record_feedback_store_error()
         raise _unavailable(one_line(error)) from None

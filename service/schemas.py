@@ -234,14 +234,15 @@ def _no_top_k_of_its_own(model: type[BaseModel], data: Any) -> None:
         raise PydanticCustomError("misplaced_top_k", "top_k is given once for the whole batch, beside 'tickets'")
 
 
-def _refuse_text_under_another_name(model: type[TicketBase | FeedbackBase], data: dict[str, Any]) -> None:
+def _refuse_text_under_another_name(model: type[TicketBase | FeedbackBase], data: dict[str, Any],
+                                    body_names: Collection[str]) -> None:
     """{"subject": ..., "body": ...} to a model that reads subject and description would be classified (or
-    retrained) on its subject alone: refused, naming the field to use. Keys that are not text (priority) stay
-    ignored."""
+    retrained) on its subject alone: refused, naming the field to use. A stray key is one of ``body_names`` or a
+    typo of a field; keys that are not text (priority) stay ignored."""
     missing = [name for name in model.text_fields if not _has_words(data.get(name))]
     given_leaves = {name.rsplit(".", 1)[-1] for name in model.text_fields if name not in missing}
     stray = [key for key in data if key not in model.model_fields and _has_words(data[key])
-             and (key in _unread_body_keys(data, given_leaves) or _misspelt(key, missing))]
+             and (key in _unread_body_keys(data, given_leaves, body_names) or _misspelt(key, missing))]
     whole_text = data.get("text") is not None and "text" not in model.text_fields
     if missing and stray and not whole_text:
         raise PydanticCustomError(
@@ -249,14 +250,6 @@ def _refuse_text_under_another_name(model: type[TicketBase | FeedbackBase], data
             "does not read; send that text as {missing}", {
                 "fields": ", ".join(map(repr, model.text_fields)), "missing": " or ".join(map(repr, missing)),
                 "stray": ", ".join(map(repr, stray))})
-
-
-def _refuse_text_given_twice(ticket: TicketBase | FeedbackBase) -> None:
-    """The whole text and the fields both: which one the model should read is a guess."""
-    given = [name for name in ticket.text_fields if getattr(ticket, name, None) is not None]
-    if ticket.text is not None and "text" not in ticket.text_fields and given:
-        raise PydanticCustomError("ambiguous_text", "give either 'text' or the ticket's fields ({fields}), not both",
-                                  {"fields": ", ".join(given)})
 
 
 class TicketBase(BaseModel):
@@ -284,12 +277,16 @@ class TicketBase(BaseModel):
                 "keys": " or ".join(repr(k) for k in cls.text_keys()), "webhook": webhook,
                 "unread": f" (this model does not read {', '.join(map(repr, unread))})" if unread else ""})
         if isinstance(data, dict):
-            _refuse_text_under_another_name(cls, data)
+            _refuse_text_under_another_name(cls, data, _BODY_FIELD_NAMES)
         return data
 
     @model_validator(mode="after")
     def _text_given_once(self) -> TicketBase:
-        _refuse_text_given_twice(self)
+        given = [name for name in self.text_fields if getattr(self, name, None) is not None]
+        if self.text is not None and "text" not in self.text_fields and given:
+            raise PydanticCustomError("ambiguous_text",
+                                      "give either 'text' or the ticket's fields ({fields}), not both",
+                                      {"fields": ", ".join(given)})
         return self
 
     @classmethod
@@ -342,7 +339,7 @@ class ZendeskTicket(BaseModel):
         body = _canonical_keys(comment, ("body",)).get("body") if isinstance(comment, dict) else None
         if _has_words(body):
             return {**data, "description": body}
-        if stray := _unread_body_keys(data, {"description"}):
+        if stray := _unread_body_keys(data, {"description"}, _BODY_FIELD_NAMES):
             raise PydanticCustomError(
                 "unread_text", "a webhook ticket's body goes in 'description' (or 'comment.body'); got {stray}, "
                 "which is not read", {"stray": ", ".join(map(repr, stray))})
@@ -462,6 +459,9 @@ def _holds_webhook_ticket(data: dict[str, Any], text_keys: Collection[str]) -> b
 # Spanish too): a heading left unread costs little, and "title" is also a person's (Ms, Dr).
 _BODY_FIELD_NAMES = frozenset(name for group in TEXT_COLUMN_GUESSES for name in group) - {
     "subject", "title", "betreff", "objet", "asunto"}
+# In feedback, where text is optional, only the helpdesks' own names of a ticket's body: a "message" or "comment"
+# beside a label may be the agent's note on the correction.
+_FEEDBACK_BODY_NAMES = frozenset({"body", "description"})
 
 
 def _has_words(value: Any) -> bool:
@@ -492,10 +492,10 @@ def _misspelt(key: str, names: Sequence[str]) -> bool:
     return bool(difflib.get_close_matches(key.lower(), [name.lower() for name in names], n=1, cutoff=0.85))
 
 
-def _unread_body_keys(data: dict[str, Any], read: Collection[str]) -> list[str]:
-    """Keys of ``data`` named like a ticket body in common exports, holding words, other than ``read``."""
+def _unread_body_keys(data: dict[str, Any], read: Collection[str], names: Collection[str]) -> list[str]:
+    """Keys of ``data`` among ``names`` (names of a ticket's body), holding words, other than ``read``."""
     return [key for key, value in data.items()
-            if _has_words(value) and key.lower() in _BODY_FIELD_NAMES and key.lower() not in read]
+            if _has_words(value) and key.lower() in names and key.lower() not in read]
 
 
 @dataclass(frozen=True)
@@ -650,13 +650,8 @@ class FeedbackBase(BaseModel):
             if data.get("id") is not None and data.get("ticket_id") is not None and data["id"] != data["ticket_id"]:
                 raise PydanticCustomError("ambiguous_id", "give the ticket's id once, as 'ticket_id' ('id' is read "
                                           "as it too): got both, and they differ")
-            _refuse_text_under_another_name(cls, data)
+            _refuse_text_under_another_name(cls, data, _FEEDBACK_BODY_NAMES)
         return data
-
-    @model_validator(mode="after")
-    def _text_given_once(self) -> FeedbackBase:
-        _refuse_text_given_twice(self)
-        return self
 
     def text_record(self) -> dict[str, str] | None:
         """The ticket's text as sent, by field (the bundle's fields, or 'text'); None when none was sent."""

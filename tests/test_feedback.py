@@ -183,10 +183,13 @@ def test_a_retried_event_counts_once(store: FeedbackStore) -> None:
 def test_a_ticket_moved_back_within_its_update_time_is_a_new_event(store: FeedbackStore) -> None:
     # Zendesk's update time is to the minute: billing, refund, billing again within it.
     minute = {"updated_at": T0}
-    assert statuses(store, event("3", "billing", **minute), event("3", "refund", **minute),
-                    event("3", "billing", **minute)) == ["stored", "stored", "stored"]
-    assert statuses(store, event("3", "billing", **minute)) == ["duplicate"]  # the last one's retry
+    moves = [event("3", "billing", **minute), event("3", "refund", **minute), event("3", "billing", **minute)]
+    assert statuses(store, *moves) == ["stored", "stored", "stored"]
+    assert statuses(store, moves[2]) == ["duplicate"]  # the last one's retry
+    for _ in range(2):  # the whole batch sent again: every key repeats, nothing is stored twice
+        assert statuses(store, *moves) == ["duplicate", "duplicate", "duplicate"]
     assert {c.ticket_id: c.label for c in store.corrections()} == {"3": "billing"}
+    assert len(store.events("3")) == 3
     # A retry of the first update, after the ticket moved on at a later time, is still a retry.
     later = {"updated_at": T0 + timedelta(minutes=1)}
     assert statuses(store, event("4", "billing", **minute), event("4", "refund", **later),
@@ -417,8 +420,6 @@ def test_post_feedback_one_and_a_batch(feedback_app: Flask) -> None:
     ({"id": "1", "ticket_id": "2", "label": "billing"}, 422, "give the ticket's id once, as 'ticket_id'"),
     ({"ticket_id": "1", "label": "billing", "description": "Charged twice."}, 422,
      "has 'description', which it does not read; send that text as 'subject' or 'body'"),
-    ({"ticket_id": "1", "label": "billing", "text": "Charged twice.", "subject": "Billing"}, 422,
-     "give either 'text' or the ticket's fields (subject), not both"),
     ({"feedback": [{"ticket_id": "1", "label": "billing"}, {"ticket_id": "other", "label": "billing",
                                                            "event_id": "taken"}]},
      409, "feedback[1].event_id: event_id 'taken' was stored for ticket 'taker'"),
@@ -430,6 +431,13 @@ def test_bad_feedback_is_refused_naming_the_field_and_nothing_is_stored(
     error = error_of(feedback_app.test_client().post("/feedback", json=body), status)
     assert named in error["message"], error
     assert len(app_store(feedback_app).events()) == before
+
+
+def test_a_note_beside_the_label_is_not_taken_for_ticket_text(feedback_app: Flask) -> None:
+    ticket = fresh_id()  # feedback needs no text: a "message" may be the agent's note on the correction
+    body = {"ticket_id": ticket, "label": "billing", "message": "moved after a call with the customer"}
+    assert feedback_app.test_client().post("/feedback", json=body).get_json()["stored"] == 1
+    assert app_store(feedback_app).events(ticket)[0]["text_fields"] is None
 
 
 def test_a_body_over_the_limit_is_413(feedback_app: Flask) -> None:
