@@ -80,9 +80,22 @@ def test_german_french_and_spanish_signatures_are_cut(signature: str) -> None:
     assert clean_text(f"Le VPN ne marche plus.\n\n{signature}") == "Le VPN ne marche plus."
 
 
-def test_a_german_line_ending_in_schrieb_inside_the_message_is_kept() -> None:
-    text = "Am Montag habe ich das Formular geschickt, wie Herr Roth schrieb:\ndas Portal zeigt einen Fehler."
-    assert clean_text(text) == text.replace("\n", " ")
+@pytest.mark.parametrize("text", [
+    "Am Montag habe ich das Formular geschickt, wie Herr Roth schrieb:\ndas Portal zeigt einen Fehler.",
+    "Guten Tag,\nAm 3.12. um 10:14 schrieb ich Ihnen bereits wegen Rechnung 4711, hier die Details:\nBetrag doppelt.",
+    "Hallo,\nAm 5.12. um 9:30 schrieb mir Ihr Kollege Herr Meier folgendes:\nDas Update kommt morgen.",
+    "Bonjour,\nLe colis n° 12345 est arrivé à 10:14\nLe livreur a écrit :\nabsent, merci de rappeler.",
+    "Hola,\nEl pedido 12345 llegó a las 10:14\nEl repartidor escribió:\nno había nadie en casa.",
+    "Neue Kontaktanfrage\nVon: Max Mustermann\nDatum: 03.12.2026\nNachricht: Das WLAN fällt aus.",
+    "Still broken.\nOn Monday I upgraded, and Anna wrote :\nthe app crashes.",
+])
+def test_lines_like_a_reply_header_inside_the_message_are_kept(text: str) -> None:
+    assert clean_text(text) == " ".join(text.split())
+
+
+@pytest.mark.parametrize("sign_off", ["Gruß", "Mit freundlichem Gruß", "Schöne Grüße", "Beste Grüße", "Gruss"])
+def test_german_sign_offs_in_every_spelling_are_cut(sign_off: str) -> None:
+    assert clean_text(f"Drucker offline.\n\n{sign_off}\nJana") == "Drucker offline."
 
 
 def test_signature_is_cut_and_can_be_kept() -> None:
