@@ -19,6 +19,7 @@ of the report is unchanged.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,10 +77,12 @@ def field_runs(fields: Sequence[FieldHead], tickets: Tickets, logits: Sequence[n
 
 
 def file_stems(names: Sequence[str]) -> list[str]:
-    """A file-name stem per field (``field_priority``), made of letters, digits and ``_``, each its own."""
+    """A file-name stem per field (``field_priority``), made of letters, digits and ``_``, each its own; accents
+    dropped ("Priorität" gives ``field_prioritat``)."""
     stems: list[str] = []
     for name in names:
-        stem = "field_" + (re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "column")
+        plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+        stem = "field_" + (re.sub(r"[^a-z0-9]+", "_", plain).strip("_") or "column")
         while stem in stems:
             stem += "_"
         stems.append(stem)
