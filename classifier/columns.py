@@ -35,9 +35,9 @@ def absent_columns(columns: Iterable[str], names: Sequence[str | None]) -> list[
     """Those of ``names`` that ``columns`` (a file's) has no column for, as :func:`resolve_columns` finds one:
     any case, or the one field inside objects that the name ends (:func:`inner_names`)."""
     columns = list(columns)
-    top = {name.lower() for name in columns}
-    nested = Counter(inner.lower() for name in columns for inner in inner_names(name))
-    return [name for name in names if name and name.lower() not in top and nested[name.lower()] != 1]
+    top = {name_key(name) for name in columns}
+    nested = Counter(name_key(inner) for name in columns for inner in inner_names(name))
+    return [name for name in names if name and name_key(name) not in top and nested[name_key(name)] != 1]
 
 
 def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequence[str] | None = None,

@@ -24,7 +24,7 @@ from classifier.errors import UserError, first_of, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
 from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
 from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns, starts_with_bom
-from classifier.text import MAX_CELL_CHARS, TextOptions, field_key, name_key, ticket_text
+from classifier.text import MAX_CELL_CHARS, TextOptions, field_key, label_key, ticket_text
 
 if TYPE_CHECKING:
     from classifier.manifest import Manifest
@@ -763,7 +763,7 @@ def _label_key(label: str) -> str:
     """What two spellings of one label share: case folded in one Unicode form, and "3.0" read as "3" (a numeric label
     column that passed through pandas or a spreadsheet with an empty cell becomes floats)."""
     whole_number = _WHOLE_FLOAT.fullmatch(label)
-    return whole_number.group(1) if whole_number else name_key(label)
+    return whole_number.group(1) if whole_number else label_key(label)
 
 
 def other_label(labels: Iterable[str]) -> str:

@@ -89,21 +89,32 @@ _MARKUP = re.compile(r"<(?:(?P<end>/)?(?P<tag>[a-zA-Z][^\s/<>]*)(?![^\s/<>])"
 # request made of 500,000 newlines cleans in linear time.
 #
 # German, French and Spanish mail clients write a clock time and then the sender: "Am 03.12.2026 um 10:14
-# schrieb Max Mustermann <max@example.de>:", "Le 3 déc. 2026 à 10:14, Marie <m@example.fr> a écrit :",
-# "El 3 dic 2026 a las 10:14, Juan (<j@example.es>) escribió:". Both are required, so that a customer's
-# "Am 5.12. schrieb mir Ihr Kollege folgendes:" or "Le livreur a écrit :" is message, not a header.
-_CLOCK = r"\d{1,2}:\d{2}"
-_ADDRESS = r"[(<]{1,2}[^\s<>()]{1,200}[)>]{1,2}"  # "<max@example.de>", "(<juan@example.es>)"
-_SENDER = r"(?:[^\n,.!?:;<>()]|" + _ADDRESS + r"){1,120}?"  # a name and maybe an address, no sentence
-_CAPITALISED_NAME = r"(?-i:(?:[ \t]+[\"']?[A-ZÀ-ÖØ-Þ][^\s,:;<>()]*){0,5})"  # "Max Mustermann", not "mir Ihr"
-_GERMAN = (r"Am\b[^\n]{0,80}?" + _CLOCK + r"(?:[ \t]+Uhr)?\s{1,3}schrieb" + _CAPITALISED_NAME
-           + r"(?:[ \t]*" + _ADDRESS + r")?[ \t]?:")
-_FRENCH = r"Le\b[^\n]{0,80}?" + _CLOCK + r"[^\n,]{0,10},\s{1,3}" + _SENDER + r"\s{1,3}a\s{1,3}écrit[ \t]?:"
-_SPANISH = r"El\b[^\n]{0,80}?" + _CLOCK + r"[^\n,]{0,10},\s{1,3}" + _SENDER + r"\s{1,3}escribió[ \t]?:"
+# schrieb Max Mustermann <max@example.de>:", "Le 3 déc. 2026 à 10h14, Marie <m@example.fr> a écrit :",
+# "El 3 dic 2026 a las 10:14, Juan (<j@example.es>) escribió:". Both are required, and a sender starts with
+# no pronoun or article, so that a customer's "Am 5.12. schrieb mir Ihr Kollege folgendes:", "Le 3 mars à
+# 10:14, votre technicien a écrit :" or "Le livreur a écrit :" is message, not a header.
+_CLOCK = r"\d{1,2}[:h]\d{2}"
+_GAP = r"[^\S\n]?"  # before a colon: nothing, a space, or French typography's no-break space
+_ADDRESS = r"[(<]{0,2}\s?[^\s<>()@]{1,100}@[^\s<>()]{1,100}[)>]{0,2}"  # "<max@example.de>", bare, or wrapped
+_NOT_A_SENDER = (r"(?!(?:ich|er|sie|es|wir|mir|uns|ihr|ihre|ihnen|mein|meine|unser|unsere|der|die|das|ein|eine"
+                 r"|je|il|elle|nous|vous|votre|vos|notre|mon|ma|le|la|les|un|une"
+                 r"|yo|él|ella|usted|su|sus|mi|nuestro|nuestra|el|los|las|una)\b)")
+# A display name: a few words (initials, "Last, First", "von"), maybe quoted, then maybe the address.
+_SENDER = (_NOT_A_SENDER + r"(?:[\"']?[^\s,:;!?<>()\"']{1,60}[\"']?,?[^\S\n]{1,3}){0,6}?"
+           r"(?:" + _ADDRESS + r"|[\"']?[^\s,:;!?<>()\"']{1,60}[\"']?)")
+_GERMAN = (r"Am\b[^\n]{0,80}?" + _CLOCK + r"(?:[ \t]+Uhr)?,?\s{1,3}schrieb[^\S\n]{1,3}" + _SENDER
+           + r"(?:\s{1,3}" + _ADDRESS + r")?" + _GAP + ":")
+_FRENCH = (r"Le\b[^\n]{0,80}?" + _CLOCK + r"[^\n,]{0,10},\s{1,3}" + _SENDER + r"(?:\s{1,3}" + _ADDRESS + r")?"
+           r"\s{1,3}a\s{1,3}écrit" + _GAP + ":")
+_SPANISH = (r"El\b[^\n]{0,80}?" + _CLOCK + r"[^\n,]{0,10},\s{1,3}" + _SENDER + r"(?:\s{1,3}" + _ADDRESS + r")?"
+            r"\s{1,3}escribió" + _GAP + ":")
 # Outlook's "From: ... Sent: ..." in the same languages ("Von: ... Gesendet:", "De : ... Envoyé :", "De: ...
-# Enviado el:"); not "Datum" or "Fecha", which contact forms write under a "Von:" line.
-_OUTLOOK = (r"(?:From:[ \t][^\n]+\n[ \t]*(?:Sent|Date):|Von:[ \t][^\n]+\n[ \t]*Gesendet:"
-            r"|De[ \t]?:[ \t][^\n]+\n[ \t]*(?:Envoyé[ \t]?:|Enviado(?:[ \t]el)?:))[ \t]")
+# Enviado el:"), and Outlook for Mac's "Von: ... Datum: ... An:"; not "Von: ... Datum:" alone, which contact
+# forms write.
+_OUTLOOK = (r"(?:From:[ \t][^\n]+\n[ \t]*(?:Sent|Date):"
+            r"|(?:Von|De)" + _GAP + r":[ \t][^\n]+\n[ \t]*(?:Gesendet|Envoyé|Enviado(?:[ \t]el)?)" + _GAP + ":"
+            r"|(?:Von|De)" + _GAP + r":[ \t][^\n]+\n[ \t]*(?:Datum|Date|Fecha)" + _GAP + r":[^\n]+\n[ \t]*"
+            r"(?:An|À|Para)" + _GAP + r":)[^\S\n]")
 _REPLY_HEADER = re.compile(
     r"^[ \t]*(?:(?P<on>On\b[^\n]{0,300}(?:\n[^\n]{0,300})?\bwrote:|" + "|".join((_GERMAN, _FRENCH, _SPANISH))
     + r")[ \t]*$"
@@ -360,9 +371,14 @@ def field_key(record: Collection[Any], name: str) -> Any:
 
 
 def name_key(name: str) -> str:
-    """What two spellings of one name (a field, a column, a label) share: any case, and any Unicode form (a Mac
-    writes "é" as "e" and a combining accent)."""
-    return unicodedata.normalize("NFC", name).casefold()
+    """What two spellings of one field or column name share: any case, and any Unicode form (a Mac writes "é"
+    as "e" and a combining accent)."""
+    return unicodedata.normalize("NFC", name).lower()
+
+
+def label_key(label: str) -> str:
+    """What two spellings of one label share: case folded ("Straße" is "STRASSE"), in any Unicode form."""
+    return unicodedata.normalize("NFC", label).casefold()
 
 
 def field_value(record: Mapping[str, Any], name: str, default: Any = None) -> Any:
@@ -407,5 +423,5 @@ def _as_str(value: Any, name: str) -> str:
 __all__ = [
     "CHARS_PER_TOKEN_CAP", "FIELD_SEPARATOR", "MAX_CELL_CHARS", "MAX_WINDOW_TOKENS", "TEXT_COLUMN_GUESSES",
     "SpelledTwice", "TextOptions", "canonical_keys", "clean_text", "field_key", "field_value", "html_to_text",
-    "name_key", "nested_fields", "strip_quoted_replies", "strip_signature", "ticket_text", "window_chars",
+    "label_key", "name_key", "nested_fields", "strip_quoted_replies", "strip_signature", "ticket_text", "window_chars",
 ]

@@ -37,7 +37,7 @@ from classifier.feedback import (
     feedback_url,
     shown,
 )
-from classifier.text import field_key, field_value, name_key
+from classifier.text import field_key, field_value, label_key
 from service import metrics
 from service.api import _json_body, json_response
 from service.context import context
@@ -246,19 +246,19 @@ def _check_labels(events: list[FeedbackEvent], names: Sequence[str], store: Feed
     (``FEEDBACK_NEW_LABELS``) or an earlier request accepted; matched in any case and Unicode form and stored
     in the spelling known already, so that 'Refunds' and 'refunds' stay one queue (two workers teaching both
     spellings at the same moment may still store both; retrain then reads them as one, as training does)."""
-    known = {name_key(label): label for label in model.predictor.labels}
+    known = {label_key(label): label for label in model.predictor.labels}
     checked, unknown = [], []
     taught: dict[str, str] | None = None
     for index, event in enumerate(events):
-        label = known.get(name_key(event.label))
+        label = known.get(label_key(event.label))
         if label is not None:
             checked.append(replace(event, label=label, new_label=False))
             continue
         if taught is None:
             taught = _taught(store)
-        label = taught.get(name_key(event.label))
+        label = taught.get(label_key(event.label))
         if label is not None or event.new_label or current_app.config["FEEDBACK_NEW_LABELS"]:
-            label = taught.setdefault(name_key(event.label), event.label)
+            label = taught.setdefault(label_key(event.label), event.label)
             checked.append(replace(event, label=label, new_label=True))
         else:
             unknown.append(index)
@@ -275,7 +275,7 @@ def _taught(store: FeedbackStore) -> dict[str, str]:
     """New labels accepted before, by their case-folded spelling (where several spellings are stored, the
     first in sort order)."""
     try:
-        return {name_key(label): label for label in sorted(store.taught_labels(), reverse=True)}
+        return {label_key(label): label for label in sorted(store.taught_labels(), reverse=True)}
     except SQLAlchemyError as error:
         metrics.record_feedback_store_error()
         raise _unavailable(one_line(error)) from None

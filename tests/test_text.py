@@ -66,6 +66,14 @@ def test_outlook_original_message_is_cut() -> None:
     "-----Ursprüngliche Nachricht-----\nVon: Support\nGesendet: Montag",
     "De : Support <help@example.fr>\nEnvoyé : lundi 3 décembre 2026 10:14\nObjet : votre ticket",
     "De: Support\nEnviado: lunes\nAsunto: su ticket",
+    "Am 03.03.2026 um 10:14 schrieb Mustermann, Max <max@example.de>:\n> Frage",  # "Last, First"
+    "Am 03.03.2026 um 10:14 schrieb max@example.de:\n> Frage",  # no display name
+    "Am 03.03.2026 10:14, schrieb Anna von Berg:\n> Frage",  # older Thunderbird; a name particle
+    "Am Mo., 3. März 2026 um 10:14 Uhr schrieb Max Mustermann <\nmax@example.de>:\n> Frage",  # wrapped
+    "Le 3 mars 2026 à 10:14, marie@example.fr a écrit :\n> Question",
+    "Le 3 mars 2026 à 10h14, J. Dupont <j@example.fr> a écrit\u00a0:\n> Question",  # French no-break space
+    "El 3 mar 2026, a las 10:14, juan@example.es escribió:\n> Pregunta",
+    "Von: Support <help@example.de>\nDatum: Montag, 3. März 2026 10:14\nAn: Max\nBetreff: Ticket",  # Outlook Mac
 ])
 def test_quoted_replies_of_german_french_and_spanish_mail_clients_are_cut(reply: str) -> None:
     assert clean_text(f"Das WLAN fällt aus.\n\n{reply}") == "Das WLAN fällt aus."
@@ -88,6 +96,9 @@ def test_german_french_and_spanish_signatures_are_cut(signature: str) -> None:
     "Hola,\nEl pedido 12345 llegó a las 10:14\nEl repartidor escribió:\nno había nadie en casa.",
     "Neue Kontaktanfrage\nVon: Max Mustermann\nDatum: 03.12.2026\nNachricht: Das WLAN fällt aus.",
     "Still broken.\nOn Monday I upgraded, and Anna wrote :\nthe app crashes.",
+    "Hallo,\nAm Freitag um 14:30 schrieb Ihr Support:\nbitte neu starten. Das half nicht.",
+    "Bonjour,\nLe 3 mars à 10:14, votre technicien a écrit :\nredémarrez. Sans effet.",
+    "Hola,\nEl lunes a las 10:14, su técnico escribió:\nreinicie. No sirvió.",
 ])
 def test_lines_like_a_reply_header_inside_the_message_are_kept(text: str) -> None:
     assert clean_text(text) == " ".join(text.split())
