@@ -11,10 +11,9 @@ count twice:
 
 - the client's ``event_id`` when it sends one (another ticket or label under an id already stored is refused:
   two integrations numbering alike would otherwise lose events as retries);
-- else a hash of ticket id, label and the ticket's ``updated_at``, when sent (a retry repeats it), and of the
-  label it moves the ticket from where the ticket's latest event has the same update time (Zendesk's is to
-  the minute): a ticket moved and moved back within the minute is a new event, once (a retry of the first
-  move arriving after the second cannot be told from a move back, and counts as one);
+- else a hash of ticket id, label and the ticket's ``updated_at``, when sent (a retry repeats it, whenever it
+  arrives). A ticket moved to another label and back within one ``updated_at`` (Zendesk's is to the minute)
+  repeats it too, and is taken for a retry: only an ``event_id`` tells the two apart;
 - else a hash of ticket id, label and the ticket's latest event before it: the same correction posted
   twice in a row is one event, while a ticket moved back to a label it had before is a new one.
 
@@ -52,7 +51,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from classifier.bundle import replace_atomically
 from classifier.data import spreadsheet_safe
 from classifier.errors import UserError
-from classifier.text import into_fields
+from classifier.text import into_fields, label_key
 
 if TYPE_CHECKING:
     from classifier.retrain import Correction as RetrainCorrection
@@ -349,11 +348,7 @@ class FeedbackStore:
             sa.select(events.c.id, events.c.label, events.c.occurred_at, events.c.text_fields.is_(None))
             .where(events.c.ticket_id == event.ticket_id)
             .order_by(events.c.occurred_at.desc(), events.c.id.desc()).limit(1)).first()
-        occurred = min(as_utc(event.updated_at), received + MAX_CLOCK_AHEAD) if event.updated_at else received
-        # Moved away at the same update time (Zendesk's is to the minute): coming back is a new event.
-        moved_from = latest.label if latest is not None and latest.label != event.label and \
-            latest.occurred_at == occurred else None
-        key = idempotency_key(event, latest.id if latest else None, moved_from)
+        key = idempotency_key(event, latest.id if latest else None)
         prediction = self._prediction(connection, event)
 
         def outcome(status: Status) -> Outcome:
@@ -372,7 +367,7 @@ class FeedbackStore:
             "predicted_label": event.predicted_label, "model_version": event.model_version,
             "confidence": event.confidence, "needs_review": event.needs_review, "source": event.source,
             "event_id": event.event_id,
-            "occurred_at": occurred,
+            "occurred_at": min(as_utc(event.updated_at), received + MAX_CLOCK_AHEAD) if event.updated_at else received,
             "received_at": received,
         }
         inserted = connection.execute(_insert_ignoring_duplicates(connection).values(**values))
@@ -390,7 +385,7 @@ class FeedbackStore:
         stored = connection.execute(sa.select(events.c.ticket_id, events.c.label)
                                     .where(events.c.idempotency_key == key)).first()
         if stored is not None and event.event_id is not None and \
-                (stored.ticket_id, stored.label) != (event.ticket_id, event.label):
+                (stored.ticket_id, label_key(stored.label)) != (event.ticket_id, label_key(event.label)):
             raise EventIdReused(event, stored.ticket_id, stored.label)
         return stored is not None
 
@@ -482,16 +477,12 @@ class FeedbackStore:
         return [_window_stats(window, at, rows) for window in windows]
 
 
-def idempotency_key(event: FeedbackEvent, latest_id: int | None, moved_from: str | None = None) -> str:
-    """The event's key (see the module's docstring): sha256 of what identifies it. ``moved_from``: the label of
-    the ticket's latest event where that has the same update time (the event moves the ticket back). The label,
-    not the event: a batch sent again then repeats every key, so nothing is stored twice."""
+def idempotency_key(event: FeedbackEvent, latest_id: int | None) -> str:
+    """The event's key (see the module's docstring): sha256 of what identifies it."""
     if event.event_id is not None:
         identity = ["event", event.event_id]
     elif event.updated_at is not None:
         identity = ["update", event.ticket_id, event.label, as_utc(event.updated_at).isoformat()]
-        if moved_from is not None:
-            identity += ["from", moved_from]
     else:
         identity = ["after", event.ticket_id, event.label, str(latest_id or 0)]
     return hashlib.sha256("\x00".join(identity).encode("utf-8")).hexdigest()
