@@ -81,7 +81,7 @@ def file_stems(names: Sequence[str]) -> list[str]:
     dropped ("Priorität" gives ``field_prioritat``)."""
     stems: list[str] = []
     for name in names:
-        plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+        plain = unicodedata.normalize("NFKD", name.replace("ß", "ss")).encode("ascii", "ignore").decode().lower()
         stem = "field_" + (re.sub(r"[^a-z0-9]+", "_", plain).strip("_") or "column")
         while stem in stems:
             stem += "_"

@@ -226,5 +226,6 @@ def test_a_bundle_of_the_label_alone_has_no_field_sections(exported_bundle, fiel
 
 
 def test_file_stems_are_safe_and_distinct():
-    assert file_stems(["priority", "Queue name", "queue-name", "ü", "Priorität", "优先级"]) == [
-        "field_priority", "field_queue_name", "field_queue_name_", "field_u", "field_prioritat", "field_column"]
+    assert file_stems(["priority", "Queue name", "queue-name", "ü", "Priorität", "Größe", "优先级"]) == [
+        "field_priority", "field_queue_name", "field_queue_name_", "field_u", "field_prioritat", "field_grosse",
+        "field_column"]
