@@ -15,12 +15,13 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from classifier.columns import ColumnMapping, resolve_columns
-from classifier.errors import UserError, first_of, where
+from classifier.errors import UserError, counted, first_of, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
 from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
 from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns, starts_with_bom
@@ -207,7 +208,8 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
 
 
 def ids_are(count: int) -> str:
-    return f"{count} ids are" if count != 1 else "1 id is"
+    """``count`` ids and the verb in its number: "1 id is", "3 ids are"."""
+    return f"{counted(count, 'id')} {'is' if count == 1 else 'are'}"
 
 
 def repeated_ids(ids: Sequence[str | None], texts: Sequence[str]) -> list[str]:
@@ -523,12 +525,18 @@ def write_csv(path: Path, columns: list[str], records: list[dict[str, Any]], *, 
         value = json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
         return spreadsheet_safe(value) if for_spreadsheets and isinstance(value, str) else value
 
+    with csv_writer(path, like, for_spreadsheets=for_spreadsheets) as writer:
+        writer.writerow(columns)  # a record's other keys (objects, written as dotted columns) are left out
+        writer.writerows([cell(record.get(column, "")) for column in columns] for record in records)
+
+
+@contextmanager
+def csv_writer(path: Path, like: Path | None, *, for_spreadsheets: bool = False) -> Iterator[Any]:
+    """A CSV writer on ``path``, separated as the file ``like`` (:func:`delimiter_like`), with a byte-order mark
+    where ``like`` has one or ``for_spreadsheets`` (without one, Excel reads UTF-8 in the machine's code page)."""
     bom = for_spreadsheets or (like is not None and starts_with_bom(like))
     with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore",  # objects: as dotted columns
-                                delimiter=delimiter_like(path, like))
-        writer.writeheader()
-        writer.writerows({key: cell(value) for key, value in record.items()} for record in records)
+        yield csv.writer(out, delimiter=delimiter_like(path, like))
 
 
 def delimiter_like(path: Path, source: Path | None) -> str:

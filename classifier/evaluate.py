@@ -23,13 +23,11 @@ and precision / coverage curves per single-label field (``field_<column>_*``).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -46,7 +44,7 @@ from classifier.columns import absent_columns
 from classifier.data import (
     DataReport,
     Tickets,
-    delimiter_like,
+    csv_writer,
     ids_are,
     load_tickets,
     relabel_like_training,
@@ -916,7 +914,8 @@ def _images(report: Report, scored: Scored, others: dict[str, tuple[str, str, Sc
 def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scored: Scored, tickets: Tickets,
                  images: dict[str, bytes], test_file: Path) -> None:
     """``content``: report.json's, ``report.to_dict()``, made once by the caller, which returns it. The CSV
-    files are separated as ``test_file`` is (:func:`_spreadsheet_csv`)."""
+    files, opened in Excel, start with a byte-order mark and are separated as ``test_file`` is (a semicolon-locale
+    Excel opens a comma-separated file as one column; numbers then have decimal commas, :func:`_decimal`)."""
     from classifier import report_html
 
     html = report_html.render(report, images)
@@ -932,15 +931,6 @@ def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scor
     (output_dir / "report.html").write_text(html, encoding="utf-8")
 
 
-@contextmanager
-def _spreadsheet_csv(path: Path, like: Path) -> Iterator[Any]:
-    """A CSV writer for a file a support lead opens in Excel: a byte-order mark first (without one, Excel reads
-    UTF-8 in the machine's code page) and separated as the test file is (a semicolon-locale Excel opens a
-    comma-separated file as one column; its numbers then have decimal commas, see :func:`_decimal`)."""
-    with open(path, "w", newline="", encoding="utf-8-sig") as out:
-        yield csv.writer(out, delimiter=delimiter_like(path, like))
-
-
 def _decimal(value: float, delimiter: str) -> str:
     """``value`` to four places, as the locale that separates with ``delimiter`` writes it."""
     text = f"{value:.4f}"
@@ -949,7 +939,7 @@ def _decimal(value: float, delimiter: str) -> str:
 
 def _write_confusion_csv(path: Path, section: dict[str, Any], like: Path) -> None:
     """A confusion matrix's counts (``section``: ``labels`` and ``matrix``), true class per row."""
-    with _spreadsheet_csv(path, like) as writer:
+    with csv_writer(path, like, for_spreadsheets=True) as writer:
         writer.writerow(["true \\ predicted", *map(spreadsheet_safe, section["labels"])])
         writer.writerows([spreadsheet_safe(label), *row] for label, row in zip(section["labels"], section["matrix"]))
 
@@ -959,7 +949,7 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets, like: Pat
     wrong = np.flatnonzero(~scored.correct)
     wrong = wrong[np.argsort(-scored.confidence[wrong], kind="stable")]
     predicted, confidence = scored.predicted, scored.confidence
-    with _spreadsheet_csv(path, like) as writer:
+    with csv_writer(path, like, for_spreadsheets=True) as writer:
         writer.writerow(["id", "text", "true", "predicted", "confidence"])
         for i in wrong:
             row = int(scored.rows[i])
