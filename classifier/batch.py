@@ -88,6 +88,7 @@ class BatchOptions:
     threads_per_actor: int = 1  # onnxruntime threads, and the CPUs each actor asks Ray for
     engine: str = "auto"  # what the bundle marks for serving (int8 once exported)
     text_columns: tuple[str, ...] = ()  # the files' names for the bundle's text fields
+    id_column: str | None = None  # the files' id column; None: a common id name
     overwrite: bool = False  # start over in an output folder of another run
     ray_address: str | None = None  # None: a local Ray on this machine
     shard_rows: int = SHARD_ROWS
@@ -149,7 +150,8 @@ def classify_files(bundle_dir: Path, inputs: str, output: Path, options: BatchOp
     with ray_session(options.ray_address) as ray:
         _configure(ray)
         summary.actors = options.actors or _cluster_actors(ray, options.threads_per_actor)
-        reading = _Reading(predictor.text_options, options.text_columns, options.shard_rows, frozenset(done))
+        reading = _Reading(predictor.text_options, options.text_columns, options.id_column, options.shard_rows,
+                           frozenset(done))
         dataset = _pipeline(ray, files, reading, bundle_dir, summary.actors, options)
         writer = _ShardWriter(output, options.format, summary, started)
         with _progress(options.progress) as advance:
@@ -194,7 +196,8 @@ def _identity(bundle_dir: Path, inputs: str, files: list[Path], options: BatchOp
     whose tickets the old shards do not hold."""
     return {"bundle": str(bundle_dir.resolve()), "bundle_manifest_sha256": file_sha256(bundle_dir / bundle.MANIFEST),
             "input": os.path.abspath(inputs), "engine": options.engine, "format": options.format,
-            "top_k": options.top_k, "text_columns": list(options.text_columns), "shard_rows": options.shard_rows,
+            "top_k": options.top_k, "text_columns": list(options.text_columns),
+            "id_column": options.id_column, "shard_rows": options.shard_rows,
             "input_files": {str(path.resolve()): [path.stat().st_size, path.stat().st_mtime_ns] for path in files}}
 
 
@@ -468,6 +471,7 @@ class _Reading:
 
     text_options: TextOptions
     text_columns: tuple[str, ...]
+    id_column: str | None
     shard_rows: int
     done: frozenset[str]
 
@@ -504,7 +508,7 @@ def _file_columns(path: Path, first: list[Item], reading: _Reading) -> tuple[Col
     columns = list(dict.fromkeys(name for _, record in first if isinstance(record, dict) for name in record))
     if not columns:
         return ColumnMapping((), None, None), reading.text_options  # no record read: only rejects follow
-    return columns_to_classify(columns, path, reading.text_options, reading.text_columns)
+    return columns_to_classify(columns, path, reading.text_options, reading.text_columns, reading.id_column)
 
 
 def _clean(path: Path, item: Item, mapping: ColumnMapping, options: TextOptions) -> tuple[Any, ...]:

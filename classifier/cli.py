@@ -27,7 +27,7 @@ from classifier.text import TextOptions, ticket_text
 
 if TYPE_CHECKING:
     from classifier.feedback import WindowStats
-    from classifier.predict import Predictor
+    from classifier.predict import Prediction, Predictor
     from classifier.repository import ModelRepository, Version
 
 Command = Callable[[argparse.Namespace], int]
@@ -450,6 +450,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", help="label column (default: the one the model was trained on)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
                    help=TEXT_COLUMNS_FOR_MODEL_HELP)
+    p.add_argument("--id-column", metavar="COLUMN", help="the column of the tickets' ids in misclassified.csv "
+                   "(default: detected as predict does, else the row number)")
     p.add_argument("--target-precision", type=float, default=0.95,
                    help="precision the recommended confidence threshold must reach")
     p.add_argument("--apply-threshold-for-precision", type=float, metavar="P",
@@ -467,6 +469,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate(args.bundle, args.data, args.output, EvaluationOptions(
         engine=args.engine, label_column=args.label_column, text_columns=args.text_columns or (),
+        id_column=args.id_column,
         target_precision=args.target_precision,
         apply_threshold_for_precision=args.apply_threshold_for_precision, compare_bundle=args.compare,
         baseline=args.baseline, oos_label=args.oos_label))
@@ -481,10 +484,12 @@ PREDICT_CHUNK = 1024  # tickets per predict() call in `ticketclf predict --file`
 
 
 def _add_predict(commands: argparse._SubParsersAction) -> None:
-    p = _subcommand(commands, "predict", "classify tickets with a bundle; prints JSON", _run_predict,
+    p = _subcommand(commands, "predict", "classify tickets with a bundle; prints JSON lines or writes a CSV",
+                    _run_predict,
                     epilog='example:\n  ticketclf predict runs/model "I was charged twice this month"\n'
                            '  ticketclf predict runs/model --file new_tickets.jsonl\n'
                            '  export_tickets | ticketclf predict runs/model --file -\n'
+                           '  ticketclf predict runs/model --file new.csv --csv classified.csv\n'
                            "  ticketclf predict runs/model --input 'exports/*.jsonl.gz' --output runs/classified  "
                            "# on Ray: pip install \"ticket-classifier[ray]\"")
     p.add_argument("bundle", type=Path, help="model bundle directory")
@@ -494,6 +499,11 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
                    "('-': standard input, its format told by its content)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
                    help="with --file or --input: " + TEXT_COLUMNS_FOR_MODEL_HELP)
+    p.add_argument("--id-column", metavar="COLUMN", help="with --file or --input: the column of the tickets' ids "
+                   "(default: detected: id, ticket_id, issue key, case number, number, ...; else the row number)")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="write the predictions to this CSV file for Excel or "
+                   "Sheets, a row per ticket (id, text, label, confidence, needs_review, ..., the next labels), "
+                   "instead of printing JSON lines")
     p.add_argument("--top-k", type=int, help="how many labels to list per ticket (default: 3, or all if fewer)")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto: the model the bundle marks for serving")
@@ -528,15 +538,21 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.top_k is not None and not 1 <= args.top_k <= labels:
         raise UserError(f"--top-k must be between 1 and {labels} (the model's labels), got {args.top_k}")
     top_k = args.top_k or min(3, labels)
-    if args.text_columns and not args.file:
-        raise UserError("--text-columns names the columns of a --file; give one")
+    for option in ("text_columns", "id_column"):
+        if getattr(args, option) and not args.file:
+            raise UserError(f"--{option.replace('_', '-')} names the columns of a --file; give one")
     if args.texts and args.file:  # arguments are numbered 1, 2, ... and file rows from 2: ids would collide
         raise UserError("give ticket texts as arguments or a --file, not both")
     # Arguments are numbered 1, 2, ...; file rows keep their ids. A bad file fails before any output.
     rows: list[tuple[str | None, str]] = [(str(number), ticket_text(text, predictor.text_options))
                                           for number, text in enumerate(args.texts, 1)]
-    rows += read_tickets_to_classify(args.file, predictor.text_options, args.text_columns or ()) if args.file else []
-    empty = _print_predictions(predictor, rows, top_k)
+    rows += read_tickets_to_classify(args.file, predictor.text_options, args.text_columns or (),
+                                     id_column=args.id_column) if args.file else []
+    if args.csv:
+        empty = _write_csv(args.csv, Path(args.file) if args.file and args.file != "-" else None, predictor, rows,
+                           top_k)
+    else:
+        empty = _write_predictions(predictor, rows, top_k, _print_json_line)
     # A file's empty tickets are its rows' business (each line says so); an argument with no text is a mistake.
     if empty and args.texts:
         print(f"ticketclf predict: error: {'argument' if len(empty) == 1 else 'arguments'} {first_of(empty, 10)} "
@@ -552,16 +568,93 @@ def _run_batch(args: argparse.Namespace) -> int:
         raise UserError("--input and --output go together: the files to classify on Ray, and the folder for the output")
     if args.texts or args.file:
         raise UserError("give ticket texts, a --file, or --input and --output, not several")
+    if args.csv:
+        raise UserError("--csv writes the predictions of ticket texts or a --file; --input writes --output's shards")
     options = BatchOptions(format=args.format or "parquet", top_k=args.top_k, actors=args.actors, engine=args.engine,
-                           text_columns=args.text_columns or (), overwrite=args.overwrite, ray_address=args.ray)
+                           text_columns=args.text_columns or (), id_column=args.id_column, overwrite=args.overwrite,
+                           ray_address=args.ray)
     summary = classify_files(args.bundle, args.input, args.output, options)
     print("\n".join(summary.lines()))
     return UserError.exit_code if summary.stopped else 0  # a file not read to its end: an input mistake
 
 
-def _print_predictions(predictor: Predictor, rows: list[tuple[str | None, str]], top_k: int) -> list[str | None]:
-    """One JSON line per (id, cleaned text), in order, each with its id: the prediction, or why there is none
-    (the ids of those tickets are returned).
+NO_TEXT = "no text after cleaning"
+Answer = Callable[[str | None, str, "Prediction | None"], None]  # (id, cleaned text, prediction or None: no text)
+
+
+def _print_json_line(ticket_id: str | None, text: str, prediction: Prediction | None) -> None:
+    print(json.dumps({"id": ticket_id, **(prediction.to_dict() if prediction else {"error": NO_TEXT})},
+                     ensure_ascii=False))
+
+
+class _CsvPredictions:
+    """``predict --csv``: the JSON line's answer in flat columns, a row per ticket, for a spreadsheet to sort
+    and filter: the label and its confidence, the next ``top_k - 1`` labels, each field's label, the tags."""
+
+    def __init__(self, writer: Any, predictor: Predictor, top_k: int) -> None:
+        from classifier.data import decimal_cell
+
+        self.writer, self.top_k = writer, top_k
+        self.number = lambda value: "" if value is None else decimal_cell(value, writer.dialect.delimiter)
+        self.fields = [spec.name for spec in predictor.fields if spec.kind == "single"]
+        self.tags = any(spec.kind == "tags" for spec in predictor.fields)
+        writer.writerow(["id", "text", "label", "confidence", "needs_review", "review_reason", "out_of_scope_score",
+                         "truncated", *(f"{name}_{rank}" for rank in range(2, top_k + 1)
+                                        for name in ("label", "confidence")),
+                         *(f"{name}{suffix}" for name in self.fields
+                           for suffix in ("", "_confidence", "_needs_review")),
+                         *(["tags"] if self.tags else []), "error"])
+
+    def write(self, ticket_id: str | None, text: str, prediction: Prediction | None) -> None:
+        from classifier.data import spreadsheet_safe
+
+        cells: list[Any] = [spreadsheet_safe(ticket_id or ""), spreadsheet_safe(text)]
+        if prediction is None:
+            columns = 6 + 2 * (self.top_k - 1) + 3 * len(self.fields) + self.tags
+            self.writer.writerow([*cells, *[""] * columns, NO_TEXT])
+            return
+        cells += [spreadsheet_safe(prediction.label), self.number(prediction.confidence),
+                  _yes_no(prediction.needs_review), prediction.review_reason or "",
+                  self.number(prediction.out_of_scope_score), _yes_no(prediction.truncated)]
+        for rank in range(1, self.top_k):  # top_k[0] is the label itself
+            cells += [spreadsheet_safe(prediction.top_k[rank]["label"]), self.number(prediction.top_k[rank]["score"])]
+        for name in self.fields:
+            answer = (prediction.fields or {})[name]
+            cells += [spreadsheet_safe(answer["label"]), self.number(answer["confidence"]),
+                      _yes_no(answer["needs_review"])]
+        if self.tags:
+            cells.append(spreadsheet_safe("; ".join(tag["tag"] for tag in prediction.tags or [])))
+        self.writer.writerow([*cells, ""])
+
+
+def _write_csv(path: Path, input_file: Path | None, predictor: Predictor, rows: list[tuple[str | None, str]],
+               top_k: int) -> list[str | None]:
+    """``predict --csv``: separated as the input file, for the same Excel to open. Written beside ``path`` and
+    moved there when whole, so a run that fails halfway leaves no file that looks complete."""
+    from classifier.data import csv_writer
+
+    if input_file is not None and path.resolve() == input_file.resolve():
+        raise UserError(f"{path}: is the input file; write the predictions to another file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix kept: .tsv is tab-separated
+    try:
+        with csv_writer(partial, input_file, for_spreadsheets=True) as writer:
+            empty = _write_predictions(predictor, rows, top_k, _CsvPredictions(writer, predictor, top_k).write)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"{len(rows) - len(empty)} of {len(rows)} tickets classified; written to {path}", file=sys.stderr)
+    return empty
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _write_predictions(predictor: Predictor, rows: list[tuple[str | None, str]], top_k: int,
+                       answer: Answer) -> list[str | None]:
+    """``answer`` each (id, cleaned text), in order: with the prediction, or None where there is none (the
+    ids of those tickets are returned).
 
     Tickets are predicted PREDICT_CHUNK at a time, so lines flow out as they are ready, and a file of any
     length needs the memory of one chunk's scores."""
@@ -577,22 +670,20 @@ def _print_predictions(predictor: Predictor, rows: list[tuple[str | None, str]],
             ids = [ticket_id for ticket_id, text in chunk if text]
             raise ModelError([ids[cast(int, position)] for position in error.tickets]) from None
         for ticket_id, text in chunk:
-            if text:
-                print(json.dumps({"id": ticket_id, **next(predictions).to_dict()}, ensure_ascii=False))
-            else:
+            answer(ticket_id, text, next(predictions) if text else None)
+            if not text:
                 empty.append(ticket_id)
-                print(json.dumps({"id": ticket_id, "error": "no text after cleaning"}, ensure_ascii=False))
     if repeated := repeated_ids([ticket_id for ticket_id, _ in rows], [text for _, text in rows]):
         print(f"ticketclf predict: warning: {ids_are(len(repeated))} on more than one ticket, each of another text "
-              f"({first_of(repeated, 5)}): match these lines to tickets by their order, not their id",
+              f"({first_of(repeated, 5)}): match the predictions to tickets by their order, not their id",
               file=sys.stderr)
     if unnamed := sum(ticket_id is None for ticket_id, _ in rows):
         print(f"ticketclf predict: warning: {unnamed} of {len(rows)} rows have no value in the id column; their "
-              "lines have id null (lines are in the file's order)", file=sys.stderr)
+              "predictions have no id (they are in the file's order)", file=sys.stderr)
     if empty:
         shown = first_of(["null" if i is None else i for i in empty], 10)
         print(f"ticketclf predict: warning: {len(empty)} of {len(rows)} tickets have no text after "
-              f"cleaning (ids {shown}); their lines carry an error instead of a label", file=sys.stderr)
+              f"cleaning (ids {shown}); their predictions carry an error instead of a label", file=sys.stderr)
     return empty
 
 

@@ -13,7 +13,12 @@ from classifier.text import TEXT_COLUMN_GUESSES, name_key
 
 LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type",
                                          "kategorie", "catégorie", "categoría", "categoria")
-ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key", "ticket-nr", "ticketnummer")
+# The id each helpdesk's export shows people, before its internal one: Jira's "Issue key" (PROJ-12) before
+# "Issue id", Salesforce's "Case Number" before "Case ID", ServiceNow's "number" (INC0010001) before "sys_id".
+ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key", "ticket-nr", "ticketnummer",
+                                      "ticket_number", "ticket number", "issue key", "issue_key", "case number",
+                                      "case_number", "number", "issue id", "case id", "conversation id",
+                                      "conversation_id", "sys_id")
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,11 @@ def absent_columns(columns: Iterable[str], names: Sequence[str | None]) -> list[
 
 def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequence[str] | None = None,
                     label_column: str | None = None, require_label: bool = True, field_columns: Sequence[str] = (),
-                    hint: str | None = None) -> ColumnMapping:
+                    hint: str | None = None, id_column: str | None = None) -> ColumnMapping:
     """Check the requested columns exist, or guess them from common helpdesk names. ``field_columns``
     (more fields to predict, and the tags column) must exist and be neither text nor the label. ``hint``: what
-    an error about a named column that is not there advises, where the command's options cannot help."""
+    an error about a named column that is not there advises, where the command's options cannot help.
+    ``id_column``: the tickets' ids, where no guessed name finds them."""
     available = list(dict.fromkeys(columns))
     lower = {name_key(name): name for name in available}
 
@@ -109,6 +115,15 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
             role = "a text column" if found in texts else "the label column" if found == label else "named twice"
             raise UserError(f"{path}: column {found!r} is {role}; a field to predict needs a column of its own")
         fields.append(found)
+    if id_column:
+        ident = find(id_column)
+        if ident is None:
+            raise UserError(f"{path}: id column {id_column!r} not found; columns are {listed}; "
+                            "name the file's id column with --id-column")
+        if ident in texts or ident == label:
+            raise UserError(f"{path}: column {ident!r} is {'a text column' if ident in texts else 'the label column'}; "
+                            "the id column is another")
+        return ColumnMapping(texts, label, ident, tuple(fields))
     # The id at the top level, else beside the text in its object ("ticket.id" next to "ticket.subject"):
     # not any nested id, which may be the requester's.
     parents = {name.rpartition(".")[0] for name in texts}

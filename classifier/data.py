@@ -151,7 +151,7 @@ class DataReport:
 def load_tickets(path: str | Path, text_options: TextOptions | None = None, label_column: str | None = None,
                  report: DataReport | None = None, require_label: bool = True, *, max_chars: int = MAX_CELL_CHARS,
                  field_columns: Sequence[str] = (), tags_column: str | None = None, tags_delimiter: str | None = None,
-                 ) -> tuple[Tickets, TextOptions]:
+                 id_column: str | None = None) -> tuple[Tickets, TextOptions]:
     """Load, map and clean one file; rows without text or label are dropped and reported.
 
     ``text_options.fields`` names the text columns; empty means detect them. Returns the
@@ -159,6 +159,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     is what a bundle stores so prediction reads the same fields. A text cell longer than
     ``max_chars`` is cut to that length before cleaning, and reported. ``field_columns`` and ``tags_column``
     are read into ``Tickets.fields`` (by the names given), tags split by ``tags_delimiter`` (None: detected).
+    ``id_column`` names the ids' column, where no common name finds it.
     """
     path = Path(path)
     report = report if report is not None else DataReport()
@@ -166,7 +167,8 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     records, columns = records_and_columns(path)
     text_options = text_options or TextOptions()
     extra = (*field_columns, *([tags_column] if tags_column else []))
-    mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label, extra)
+    mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label, extra,
+                              id_column=id_column)
     # Stored lower-case, since prediction matches field names case-insensitively (classifier.text).
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     corrected = _corrected_label_column(columns, mapping)
@@ -264,34 +266,38 @@ def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) 
 
 
 def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_columns: Sequence[str] = (), *,
-                             max_chars: int = MAX_CELL_CHARS) -> list[tuple[str | None, str]]:
+                             id_column: str | None = None, max_chars: int = MAX_CELL_CHARS,
+                             ) -> list[tuple[str | None, str]]:
     """``(id, cleaned text)`` for every row of an unlabelled file (``-``: standard input), in file order.
 
     Reads ``text_columns`` (the file's names for the bundle's fields, see :func:`with_text_columns`),
     else the bundle's text fields, or a ``text`` column alone when the file has none of them
-    (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle); the id is :func:`given_id`'s. A row
+    (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle); the id is :func:`given_id`'s, from
+    ``id_column`` or a column of a common id name. A row
     with nothing left after cleaning keeps its place with an empty text, so that no row is silently lost. A text
     cell is cut to ``max_chars`` before cleaning (the prediction then says ``truncated``, as for any ticket past the
     model's window).
     """
     path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
     records, columns = records_and_columns(path)
-    mapping, text_options = columns_to_classify(columns, path, text_options, text_columns)
+    mapping, text_options = columns_to_classify(columns, path, text_options, text_columns, id_column)
     return [(given_id(record, mapping.id_column, row), text)
             for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars)]
 
 
 def columns_to_classify(columns: Sequence[str], path: Path, text_options: TextOptions,
-                        text_columns: Sequence[str] = ()) -> tuple[ColumnMapping, TextOptions]:
+                        text_columns: Sequence[str] = (), id_column: str | None = None,
+                        ) -> tuple[ColumnMapping, TextOptions]:
     """The text and id columns of an unlabelled file with ``columns``, and the text options reading them:
     ``text_columns`` (see :func:`with_text_columns`), else the model's text fields, else a ``text`` column
-    alone. No label column is read, so none is looked for."""
+    alone; ``id_column``, else a common id name. No label column is read, so none is looked for."""
     text_options = with_text_columns(text_options, text_columns)
     fields = text_options.record_fields
     lower_columns = {name.lower() for name in columns}
     if not text_columns and not lower_columns & {name.lower() for name in fields} and "text" in lower_columns:
         fields = ("text",)
-    mapping = replace(resolve_columns(columns, path, fields, require_label=False), label_column=None)
+    mapping = replace(resolve_columns(columns, path, fields, require_label=False, id_column=id_column),
+                      label_column=None)
     return mapping, replace(text_options, fields=tuple(mapping.text_columns))
 
 
@@ -537,6 +543,12 @@ def csv_writer(path: Path, like: Path | None, *, for_spreadsheets: bool = False)
     bom = for_spreadsheets or (like is not None and starts_with_bom(like))
     with open(path, "w", newline="", encoding="utf-8-sig" if bom else "utf-8") as out:
         yield csv.writer(out, delimiter=delimiter_like(path, like))
+
+
+def decimal_cell(value: float, delimiter: str) -> str:
+    """``value`` to four places, as the locale that separates with ``delimiter`` writes it."""
+    text = f"{value:.4f}"
+    return text.replace(".", ",") if delimiter == ";" else text
 
 
 def delimiter_like(path: Path, source: Path | None) -> str:

@@ -45,6 +45,7 @@ from classifier.data import (
     DataReport,
     Tickets,
     csv_writer,
+    decimal_cell,
     ids_are,
     load_tickets,
     relabel_like_training,
@@ -118,6 +119,7 @@ class EvaluationOptions:
     engine: str = "auto"  # auto|int8|fp32|torch, passed to Predictor.load
     label_column: str | None = None
     text_columns: tuple[str, ...] = ()  # the file's columns for the model's text fields; empty: the model's names
+    id_column: str | None = None  # the file's id column (misclassified.csv's ids); None: a common id name
     target_precision: float = 0.95
     apply_threshold_for_precision: float | None = None  # write per-class thresholds into the bundle manifest
     compare_bundle: Path | None = None
@@ -185,7 +187,7 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
 
     predictor = Predictor.load(bundle_dir, options.engine)
     tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns,
-                                         with_fields=True)
+                                         with_fields=True, id_column=options.id_column)
     proba, oos_scores, field_logits = model_run(predictor, tickets.texts)  # one run: the label and every field
     scored = Scored.of(predictor.labels, proba, tickets.labels)
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -252,20 +254,22 @@ def _out_of_scope_lines(section: dict[str, Any] | None) -> list[str]:
 
 
 def load_test_set(data_path: str | Path, manifest: Manifest, label_column: str | None,
-                  text_columns: Sequence[str] = (), *, with_fields: bool = False) -> tuple[Tickets, DataReport]:
+                  text_columns: Sequence[str] = (), *, with_fields: bool = False, id_column: str | None = None,
+                  ) -> tuple[Tickets, DataReport]:
     """Read the test file with the bundle's text fields and cleaning, and training's loader and errors.
 
     Labels come from ``label_column``, else the column the bundle was trained on (if it recorded it);
     text from ``text_columns`` (the file's names for the bundle's fields), else the bundle's field names.
     With ``with_fields``, the columns of the bundle's other fields, as trained, go into ``Tickets.fields``
-    (by the manifest's names); a field whose column the file lacks is not there.
+    (by the manifest's names); a field whose column the file lacks is not there. Ids from ``id_column``, else
+    a common id name.
     """
     data_report = DataReport()
     label_column = label_column or (manifest.data.train.label_column if manifest.data.train else None)
     text_options = with_text_columns(manifest.text, text_columns)
     columns = _field_columns(manifest) if with_fields else {}
     try:
-        tickets, _ = load_tickets(data_path, text_options, label_column, data_report, **columns)
+        tickets, _ = load_tickets(data_path, text_options, label_column, data_report, **columns, id_column=id_column)
     except UserError:
         if not columns:
             raise
@@ -276,7 +280,7 @@ def load_test_set(data_path: str | Path, manifest: Manifest, label_column: str |
             raise
         data_report = DataReport()
         columns = _field_columns(manifest, absent)
-        tickets, _ = load_tickets(data_path, text_options, label_column, data_report, **columns)
+        tickets, _ = load_tickets(data_path, text_options, label_column, data_report, **columns, id_column=id_column)
     # Test tickets of the classes training merged count as "other", as they did in validation.
     merged, other = manifest.data.merged_into_other, manifest.data.other_label
     return relabel_like_training(tickets, manifest.labels, merged, other, data_report), data_report
@@ -737,7 +741,8 @@ def _compare(options: EvaluationOptions, data_path: str | Path, label_column: st
     if options.compare_bundle is None:
         return None
     other = Predictor.load(options.compare_bundle, "auto")
-    tickets, _ = load_test_set(data_path, other.manifest, label_column, options.text_columns)
+    tickets, _ = load_test_set(data_path, other.manifest, label_column, options.text_columns,
+                               id_column=options.id_column)
     scored = Scored.of(other.labels, probabilities(other, tickets.texts), tickets.labels)
     return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
             scored)
@@ -915,7 +920,7 @@ def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scor
                  images: dict[str, bytes], test_file: Path) -> None:
     """``content``: report.json's, ``report.to_dict()``, made once by the caller, which returns it. The CSV
     files, opened in Excel, start with a byte-order mark and are separated as ``test_file`` is (a semicolon-locale
-    Excel opens a comma-separated file as one column; numbers then have decimal commas, :func:`_decimal`)."""
+    Excel opens a comma-separated file as one column; numbers then have decimal commas, :func:`decimal_cell`)."""
     from classifier import report_html
 
     html = report_html.render(report, images)
@@ -929,12 +934,6 @@ def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scor
             _write_confusion_csv(output_dir / field["files"][0], field["confusion_matrix"], test_file)
     _write_misclassified(output_dir / "misclassified.csv", scored, tickets, test_file)
     (output_dir / "report.html").write_text(html, encoding="utf-8")
-
-
-def _decimal(value: float, delimiter: str) -> str:
-    """``value`` to four places, as the locale that separates with ``delimiter`` writes it."""
-    text = f"{value:.4f}"
-    return text.replace(".", ",") if delimiter == ";" else text
 
 
 def _write_confusion_csv(path: Path, section: dict[str, Any], like: Path) -> None:
@@ -953,8 +952,8 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets, like: Pat
         writer.writerow(["id", "text", "true", "predicted", "confidence"])
         for i in wrong:
             row = int(scored.rows[i])
-            writer.writerow([*map(spreadsheet_safe, (tickets.ids[row], tickets.texts[row], scored.y_true[i],
-                                                     predicted[i])), _decimal(confidence[i], writer.dialect.delimiter)])
+            cells = (tickets.ids[row], tickets.texts[row], scored.y_true[i], predicted[i])
+            writer.writerow([*map(spreadsheet_safe, cells), decimal_cell(confidence[i], writer.dialect.delimiter)])
 
 
 def _make_output_dir(output_dir: Path) -> Path | None:

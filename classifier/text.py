@@ -45,6 +45,9 @@ TEXT_COLUMN_GUESSES: tuple[tuple[str, ...], ...] = (
     ("title", "body"),
     ("title", "description"),
     ("subject", "message"),
+    ("summary", "description"),  # Jira
+    ("short_description", "description"),  # ServiceNow, by field name and by label
+    ("short description", "description"),
     ("betreff", "beschreibung"),  # German, French and Spanish exports
     ("betreff", "nachricht"),
     ("objet", "description"),

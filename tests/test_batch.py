@@ -200,6 +200,15 @@ def test_a_file_read_only_in_part_is_an_error_and_a_changed_one_is_not_resumed(e
     assert (summary.tickets, summary.rejected, summary.stopped) == (7, 0, 0)
 
 
+def test_ids_come_from_the_named_id_column(exported_bundle: Path, ray_local: None, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "tickets.csv").write_text("Ref,subject,body\nA-7,Refund,charged twice\nA-8,Login,cannot log in\n")
+    options = BatchOptions(actors=1, shard_rows=SHARD_ROWS, progress=False, id_column="ref")
+    classify_files(exported_bundle, str(folder), tmp_path / "out", options)
+    assert [record["id"] for record in read_output(tmp_path / "out")] == ["A-7", "A-8"]
+
+
 def test_output_folders_that_are_not_batch_output_are_left_alone(exported_bundle: Path, inputs: Path,
                                                                  tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")

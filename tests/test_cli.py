@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from csv_files import read_csv
 
 from classifier.bundle import read_manifest
 from classifier.cli import main
 from classifier.data import DataReport, load_tickets, read_tickets_to_classify
 from classifier.errors import UserError
+from classifier.evaluate import load_test_set
 from classifier.predict import Predictor
 from classifier.text import TextOptions
 
@@ -176,7 +178,7 @@ def test_an_id_on_two_different_tickets_is_warned_at_predict_and_at_training(
                        "11089,Invoice,where is my invoice,billing\n7,Refund,refund it,billing\n"
                        ",Row six,a blank id: its row number is ticket 6's id below,login\n6,Six,slow,billing\n")
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
-    assert "warning: 1 id is on more than one ticket, each of another text (11089): match these lines to " \
+    assert "warning: 1 id is on more than one ticket, each of another text (11089): match the predictions to " \
         "tickets by their order" in capsys.readouterr().err
     report = DataReport()
     load_tickets(tickets, label_column="category", report=report)
@@ -192,11 +194,73 @@ def test_a_row_with_a_blank_id_gets_id_null_not_a_row_number_another_ticket_may_
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
     captured = capsys.readouterr()
     assert [json.loads(line)["id"] for line in captured.out.splitlines()] == ["1", None, "3"]
-    assert "warning: 1 of 3 rows have no value in the id column; their lines have id null" in captured.err
+    assert "warning: 1 of 3 rows have no value in the id column; their predictions have no id" in captured.err
     # Without an id column, row numbers are the ids: no ticket has another.
     tickets.write_text("subject,body\nLogin,cannot log in\nRefund,refund it\n")
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 0
     assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["2", "3"]
+
+
+def test_predict_writes_a_csv_for_spreadsheets_as_its_input_file_is_separated(
+        exported_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tickets, out = tmp_path / "tickets.csv", tmp_path / "classified.csv"
+    # A German Excel's export: a byte-order mark, semicolons, Salesforce's id column; one ticket empty.
+    tickets.write_text("\ufeffCase Number;Subject;Body\nCS-1;Refund;I was charged twice\nCS-2;;> only a quote\n"
+                       "CS-3;=cmd;cannot log in\n", encoding="utf-8")
+    assert main(["predict", str(exported_bundle), "--file", str(tickets), "--top-k", "2", "--csv", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"2 of 3 tickets classified; written to {out}" in captured.err
+    assert out.read_bytes().startswith(b"\xef\xbb\xbfid;text;label;confidence;needs_review;review_reason;"
+                                       b"out_of_scope_score;truncated;label_2;confidence_2;error\r\n")
+    rows = read_csv(out, delimiter=";")
+    assert [row["id"] for row in rows] == ["CS-1", "CS-2", "CS-3"]
+    assert rows[1]["error"] == "no text after cleaning" and rows[1]["label"] == ""
+    assert rows[2]["text"].startswith("'=cmd")  # customer text never runs as a formula
+    expected = Predictor.load(exported_bundle).predict(["Refund\n\nI was charged twice"], top_k=2)[0]
+    assert (rows[0]["label"], rows[0]["confidence"], rows[0]["label_2"], rows[0]["needs_review"], rows[0]["error"]) \
+        == (expected.label, f"{expected.confidence:.4f}".replace(".", ","), expected.top_k[1]["label"],
+            "yes" if expected.needs_review else "no", "")
+    before = tickets.read_bytes()
+    assert main(["predict", str(exported_bundle), "--file", str(tickets), "--csv", str(tickets)]) == 2
+    assert "is the input file; write the predictions to another file" in capsys.readouterr().err
+    assert tickets.read_bytes() == before and sorted(path.name for path in tmp_path.iterdir()) == \
+        ["classified.csv", "tickets.csv"]  # nothing half-written left behind
+
+
+def test_predict_csv_has_each_fields_label_and_the_tags(fields_bundle: Path, fields_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "classified.csv"
+    assert main(["predict", str(fields_bundle), "--file", str(fields_csv), "--top-k", "1", "--csv", str(out)]) == 0
+    rows = read_csv(out)
+    assert list(rows[0]) == ["id", "text", "label", "confidence", "needs_review", "review_reason", "out_of_scope_score",
+                             "truncated", "priority", "priority_confidence", "priority_needs_review", "tags", "error"]
+    assert [row["id"] for row in rows] == [row["id"] for row in read_csv(fields_csv)]
+    expected = Predictor.load(fields_bundle).predict([row["text"] for row in rows[:5]], top_k=1, cleaned=True)
+    for row, prediction in zip(rows, expected):
+        priority = (prediction.fields or {})["priority"]
+        assert (row["label"], row["priority"], float(row["priority_confidence"]), row["tags"]) == \
+            (prediction.label, priority["label"], round(priority["confidence"], 4),
+             "; ".join(tag["tag"] for tag in prediction.tags or []))
+
+
+def test_evaluate_reads_ids_from_the_named_column(exported_bundle: Path, tmp_path: Path) -> None:
+    tickets = tmp_path / "test.csv"
+    tickets.write_text("Ref,id,subject,body,category\nA-7,1,Refund,I was charged twice,billing\n")
+    manifest = read_manifest(exported_bundle)
+    assert load_test_set(tickets, manifest, None, id_column="REF")[0].ids == ["A-7"]
+    assert load_test_set(tickets, manifest, None)[0].ids == ["1"]
+
+
+def test_predict_reads_ids_from_the_named_column(exported_bundle: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    tickets = tmp_path / "tickets.csv"
+    tickets.write_text("Ref,subject,body\nA-7,Refund,I was charged twice\nA-8,Login,cannot log in\n")
+    assert main(["predict", str(exported_bundle), "--file", str(tickets), "--id-column", "ref"]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == ["A-7", "A-8"]
+    assert main(["predict", str(exported_bundle), "--file", str(tickets), "--id-column", "ticket"]) == 2
+    assert "id column 'ticket' not found; columns are ['Ref', 'subject', 'body']" in capsys.readouterr().err
+    assert main(["predict", str(exported_bundle), "hello", "--id-column", "ref"]) == 2
+    assert "--id-column names the columns of a --file" in capsys.readouterr().err
 
 
 def test_predict_reads_tickets_piped_to_standard_input(exported_bundle: Path) -> None:

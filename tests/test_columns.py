@@ -32,6 +32,28 @@ def test_german_french_and_spanish_exports_are_detected_in_any_unicode_form() ->
                            ("asunto", "descripcio\u0301n")).text_columns == ("Asunto", "Descripci\u00f3n")
 
 
+@pytest.mark.parametrize(("columns", "texts", "ident"), [
+    (["Issue key", "Issue id", "Summary", "Description", "Component/s"], ("Summary", "Description"), "Issue key"),
+    (["number", "sys_id", "short_description", "description", "assignment_group"],
+     ("short_description", "description"), "number"),
+    (["Case Number", "Case ID", "Subject", "Description", "Type"], ("Subject", "Description"), "Case Number"),
+    (["Conversation ID", "Subject", "Body", "Tag"], ("Subject", "Body"), "Conversation ID"),
+], ids=["jira", "servicenow", "salesforce", "intercom"])
+def test_helpdesk_exports_ids_and_texts_are_detected(columns: list[str], texts: tuple[str, ...], ident: str) -> None:
+    mapping = resolve_columns(columns, "export.csv", require_label=False)
+    assert (mapping.text_columns, mapping.id_column) == (texts, ident)
+
+
+def test_a_named_id_column_is_read_and_a_wrong_one_refused() -> None:
+    columns = ["Ref", "id", "subject", "body", "queue"]
+    assert resolve_columns(columns, "export.csv", id_column="REF").id_column == "Ref"
+    with pytest.raises(UserError, match=r"export.csv: id column 'ticket' not found; columns are \['Ref', 'id', "
+                                        r"'subject', 'body', 'queue'\]; name the file's id column with --id-column"):
+        resolve_columns(columns, "export.csv", id_column="ticket")
+    with pytest.raises(UserError, match="column 'queue' is the label column; the id column is another"):
+        resolve_columns(columns, "export.csv", id_column="queue")
+
+
 def test_messages_list_fields_not_the_objects_holding_them() -> None:
     columns = ["ticket", "ticket.subject", "ticket.via", "ticket.via.channel", "custom_fields", "custom_fields.queue"]
     listed = r"columns are \['ticket.subject', 'ticket.via.channel', 'custom_fields.queue'\]"
