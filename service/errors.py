@@ -8,25 +8,27 @@ from flask import Flask, Response, g, has_request_context, json
 from werkzeug.exceptions import HTTPException
 
 from classifier.errors import ModelError, UserError
+from service.schemas import ErrorCode
 
 log = logging.getLogger("ticketclf.service")
 
 # Werkzeug's exceptions carry the status and a human description; these name them for machines.
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               413: "payload_too_large", 415: "unsupported_media_type"}
+_HTTP_CODES: dict[int, ErrorCode] = {
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+    415: "unsupported_media_type"}
 
 
 class ApiError(Exception):
     """An error answer: HTTP status, a stable machine code and a message for people."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None, *,
+    def __init__(self, status: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None, *,
                  tickets: list[int] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
         self.tickets = tickets  # the batch positions it concerns, for a client to drop them (ErrorBody.tickets)
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+def error_response(status: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None,
                    tickets: list[int] | None = None) -> Response:
     error: dict[str, object] = {"code": code, "message": message}
     if has_request_context():

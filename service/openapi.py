@@ -9,21 +9,29 @@ from pydantic import BaseModel, TypeAdapter
 from service import schemas
 
 REF = "#/components/schemas/{model}"
-_ERRORS = {
-    400: "The body is not valid JSON.",
-    401: "Missing or wrong API key.",
-    408: "The body stopped arriving before its Content-Length was reached.",
-    413: "The body is larger than the configured limit.",
-    404: "Feedback is turned off on this service (TICKETCLF_FEEDBACK_DB=off): nothing was stored, do not retry.",
+_ERRORS = {  # each status's codes (ErrorBody.code), named first
+    400: "bad_json: the body is empty, not UTF-8 or not valid JSON; bad_request: it could not be read.",
+    401: "unauthorized: a missing or wrong API key.",
+    408: "request_timeout: the body stopped arriving before its Content-Length was reached.",
+    413: "payload_too_large: the body is larger than the configured limit.",
+    404: "feedback_off: feedback is turned off on this service (TICKETCLF_FEEDBACK_DB=off): nothing was stored, "
+         "do not retry.",
     409: "event_id_conflict: an item's event_id was stored already for another ticket or label (a retry repeats "
          "its event exactly); nothing was stored: give each event its own id.",
-    415: "The body is not application/json.",
-    422: "The JSON does not match the schema; the message names the field.",
-    503: "The feedback database cannot take feedback now; nothing was stored: retry later (Retry-After).",
+    415: "unsupported_media_type: the body is not application/json.",
+    422: "invalid_request: the JSON does not match the schema, and the message names the field; invalid_ticket: "
+         "a ticket has no text left after cleaning ('tickets' lists their positions in a batch); unknown_label "
+         "(feedback): a label the model does not predict.",
+    503: "feedback_unavailable: the feedback database cannot take feedback now; nothing was stored: retry later "
+         "(Retry-After).",
     500: "model_error: the model gave scores that are not numbers (the bundle is broken, not the request); "
          "internal_error: a bug, whose message gives the request id to find it in the server log (the "
          "X-Request-ID header has it in both cases).",
 }
+# Every operation's other answers, in the same shape: what any route can answer besides those it lists.
+_OTHER_ERRORS = ("Any other error, in the same shape: not_found (404, no such path), method_not_allowed (405, with "
+                 "an Allow header), or one the HTTP server refuses before the app (headers_too_large 431, "
+                 "uri_too_long 414, ...).")
 # Every answer carries it: the caller's own, where it is a plain one, else a new one; the access log has it too.
 _REQUEST_ID_HEADER = {"description": "The request's id: the X-Request-ID sent, if it matches [A-Za-z0-9._:-]{1,128}, "
                       "else a new one. The access log line of the request has the same id.",
@@ -105,6 +113,7 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     described = {str(status): _json("ErrorResponse", _ERRORS[status]) for status in statuses}
+    described["default"] = _json("ErrorResponse", _OTHER_ERRORS)
     if "503" in described:
         described["503"]["headers"]["Retry-After"] = _RETRY_AFTER_HEADER
     return described
@@ -125,9 +134,9 @@ def _paths() -> dict[str, Any]:
                             "responses": {"200": _json("LabelsResponse", "Labels and thresholds."),
                                           **_errors(401)}}},
         "/health": {"get": {"summary": "Liveness: the process answers", "operationId": "health",
-                            "responses": {"200": _json("HealthResponse", "Alive.")}}},
+                            "responses": {"200": _json("HealthResponse", "Alive."), **_errors()}}},
         "/ready": {"get": {"summary": "Readiness: the model is loaded and warmed up", "operationId": "ready",
-                           "responses": {"200": _json("ReadyResponse", "Ready for traffic.")}}},
+                           "responses": {"200": _json("ReadyResponse", "Ready for traffic."), **_errors()}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
                              "responses": {"200": {"description": "Prometheus text format.",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},

@@ -212,8 +212,18 @@ class ReadyResponse(BaseModel):
                                    "named here kept serving); null once a new model is accepted.")
 
 
+# Every error's code for machines (its message is for people): a client switches on these, so the document lists
+# them. The last ones are gunicorn's, for requests it refuses before the app (service.worker).
+ErrorCode = Literal[
+    "bad_json", "bad_request", "invalid_request", "invalid_ticket", "unknown_label", "unauthorized", "feedback_off",
+    "not_found", "method_not_allowed", "request_timeout", "event_id_conflict", "payload_too_large",
+    "unsupported_media_type", "model_error", "internal_error", "feedback_unavailable",
+    "http_error",  # any other status the web framework answers with
+    "forbidden", "uri_too_long", "expectation_failed", "headers_too_large", "not_implemented"]
+
+
 class ErrorBody(BaseModel):
-    code: str = Field(examples=["invalid_request"])
+    code: ErrorCode = Field(examples=["invalid_request"])
     message: str
     tickets: list[int] | SkipJsonSchema[None] = Field(
         None, description="Only for invalid_ticket: the positions (from 0) of the tickets refused in the request's "

@@ -36,17 +36,21 @@ import signal
 import socket
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn import util
 from gunicorn.http.body import LengthReader
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
+if TYPE_CHECKING:
+    from service.schemas import ErrorCode
+
 CLIENT_TIMEOUT_DIVISOR = 3  # a silent client is timed out at this fraction of the worker timeout
 DRAIN_MARGIN_S = 2.0  # stop taking queued connections this long before the master's graceful timeout
 # gunicorn's statuses for requests it refuses itself, named like the app's error codes.
-_GUNICORN_ERROR_CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
-                         431: "headers_too_large", 500: "internal_error", 501: "not_implemented"}
+_GUNICORN_ERROR_CODES: dict[int, ErrorCode] = {
+    400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed", 431: "headers_too_large",
+    500: "internal_error", 501: "not_implemented"}
 
 
 class SyncWorker(GunicornSyncWorker):

@@ -388,6 +388,13 @@ def test_openapi_document_describes_this_bundle(client: FlaskClient) -> None:
     classify = document["paths"]["/classify"]["post"]
     assert "500" in classify["responses"] and classify["parameters"][0]["name"] == "X-Request-ID"
     assert "X-Request-ID" in classify["responses"]["200"]["headers"]
+    # A client generated from it knows every error code, and every route's other errors (404, 405) by their shape.
+    codes = document["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+    assert {"invalid_request", "invalid_ticket", "not_found", "method_not_allowed", "headers_too_large"} <= set(codes)
+    assert all("default" in operation["responses"] for path in document["paths"].values()
+               for operation in path.values())
+    answer = client.put("/classify", json={"text": "hello"})
+    assert answer.status_code == 405 and answer.get_json()["error"]["code"] in codes
 
 
 def test_request_id_is_echoed_or_made(client: FlaskClient) -> None:
