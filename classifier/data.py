@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from classifier.columns import ColumnMapping, resolve_columns
 from classifier.errors import UserError, counted, first_of, where
 from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_tags
+from classifier.languages import language_counts
 from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
 from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns, starts_with_bom
 from classifier.text import MAX_CELL_CHARS, TextOptions, field_key, label_key, ticket_text
@@ -87,6 +88,7 @@ class DataReport:
     shared_text_examples: list[dict[str, str]] = field(default_factory=list)  # the first of them: validation/train id
     split: dict[str, Any] = field(default_factory=dict)
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # per field besides the label: see _field_report
+    languages: dict[str, int] = field(default_factory=dict)  # tickets per guessed language (classifier.languages)
 
     def _mislabelled_lines(self) -> list[str]:
         review = self.label_review
@@ -141,6 +143,10 @@ class DataReport:
                          f"{' ...' if shared > 5 else ''}")
         if self.split:
             lines.append(f"split: {self.split}")
+        if set(self.languages) - {"en"}:  # an English export says nothing
+            told = sum(self.languages.values())
+            shares = ", ".join(f"{language} {count / told:.0%}" for language, count in self.languages.items())
+            lines.append(f"languages, guessed from common words in {told} tickets: {shares}")
         lines += [_field_line(name, info) for name, info in self.fields.items()]
         return lines
 
@@ -618,6 +624,7 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
         report.split = {"method": "file", "path": str(options.validation_path)}
     labels = sorted(set(train.labels))
     report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
+    report.languages = language_counts([*train.texts, *validation.texts])
     shared = _shared_texts(train, validation)
     report.shared_texts_between_splits, report.shared_text_examples = len(shared), shared[:MAX_LISTED_SHARED]
     fields = [_single_field(name, train, validation, options.min_class_count, report, train_path)

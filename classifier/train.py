@@ -43,6 +43,7 @@ from classifier.calibration import fit_temperature
 from classifier.data import PreparedData, Tickets, other_label, prepare_data
 from classifier.errors import UserError, one_line
 from classifier.heads import MultiFieldModel, save_heads
+from classifier.languages import encoder_advice
 from classifier.manifest import (
     ALWAYS_REVIEW,
     Baseline,
@@ -102,6 +103,8 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
         log.info("text from column%s %s, labels from column %s", "s" if len(data.text_options.fields) > 1 else "",
                  ", ".join(data.text_options.fields), data.train.source["label_column"])
         log.info("data report:\n  %s", "\n  ".join(data.report.summary_lines()))
+        if options.base_model is None and (advice := encoder_advice(data.report.languages)):
+            log.warning("%s", advice)
     fitted = fit(data, options, checkpoint_dir(output_dir), resume_from, encoder)
     if not fitted.writes_bundle:  # under torchrun, one process writes the bundle
         return None
