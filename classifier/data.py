@@ -39,7 +39,6 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet runs as 
 PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 LISTED_MISLABELLED = 20  # likely mislabelled tickets listed in the data report (classifier.label_review)
 _LISTED_CLASSES = 10  # rare classes named in an error; a wrong label column has thousands
-_WHOLE_FLOAT = re.compile(r"([-+]?\d+)\.0+")  # "3.0": how floats spell a whole-number label
 
 
 @dataclass
@@ -651,10 +650,10 @@ def _single_field(name: str, train: Tickets, validation: Tickets, min_count: int
     """A single-label field's classes, from the training split: values spelled as most tickets spell them,
     values of classes under ``min_count`` training tickets (and, in validation, unknown ones) left empty:
     those tickets train the other fields only."""
-    spellings = {_label_key(label): label for label in _most_common_spellings(
+    spellings = {label_key(label): label for label in _most_common_spellings(
         [value for value in train.fields[name] if value])}
     for tickets in (train, validation):
-        tickets.fields[name] = [spellings.get(_label_key(value), value) if value else "" for value in
+        tickets.fields[name] = [spellings.get(label_key(value), value) if value else "" for value in
                                 tickets.fields[name]]
     counts = counted_classes(train.fields[name])
     rare = {label: n for label, n in counts.items() if n < min_count}
@@ -739,9 +738,9 @@ def match_label_spellings(tickets: Tickets, known: Iterable[str], report: DataRe
     known = sorted(set(known))
     spelling: dict[str, str] = {}
     for label in known:
-        spelling.setdefault(_label_key(label), label)
-    renamed = {label: spelling[_label_key(label)] for label in sorted(set(tickets.labels) - set(known))
-               if _label_key(label) in spelling}
+        spelling.setdefault(label_key(label), label)
+    renamed = {label: spelling[label_key(label)] for label in sorted(set(tickets.labels) - set(known))
+               if label_key(label) in spelling}
     if not renamed:
         return tickets
     report.merged_label_spellings.update(renamed)
@@ -782,21 +781,14 @@ def _most_common_spellings(labels: Sequence[str]) -> list[str]:
     counts = Counter(labels)
     best: dict[str, str] = {}
     for label in sorted(counts, key=lambda label: (-counts[label], label)):
-        best.setdefault(_label_key(label), label)
+        best.setdefault(label_key(label), label)
     return list(best.values())
-
-
-def _label_key(label: str) -> str:
-    """What two spellings of one label share: case folded in one Unicode form, and "3.0" read as "3" (a numeric label
-    column that passed through pandas or a spreadsheet with an empty cell becomes floats)."""
-    whole_number = _WHOLE_FLOAT.fullmatch(label)
-    return whole_number.group(1) if whole_number else label_key(label)
 
 
 def other_label(labels: Iterable[str]) -> str:
     """The catch-all class rare classes merge into: the data's own spelling of "other" ("Other",
     "OTHER") when it has that class, else ``other``."""
-    return next((label for label in sorted(labels) if _label_key(label) == OTHER_LABEL), OTHER_LABEL)
+    return next((label for label in sorted(labels) if label_key(label) == OTHER_LABEL), OTHER_LABEL)
 
 
 def merge_into_other(tickets: Tickets, merged: Iterable[str], other: str = OTHER_LABEL) -> Tickets:

@@ -379,9 +379,14 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFC", name).lower()
 
 
+_WHOLE_FLOAT = re.compile(r"([-+]?\d+)\.0+")  # "3.0": how floats spell a whole-number label
+
+
 def label_key(label: str) -> str:
-    """What two spellings of one label share: case folded ("Straße" is "STRASSE"), in any Unicode form."""
-    return unicodedata.normalize("NFC", label).casefold()
+    """What two spellings of one label share: case folded ("Straße" is "STRASSE") in any Unicode form, and "3.0"
+    read as "3" (a numeric label column that passed through pandas or a spreadsheet with an empty cell is floats)."""
+    whole_number = _WHOLE_FLOAT.fullmatch(label)
+    return whole_number.group(1) if whole_number else unicodedata.normalize("NFC", label).casefold()
 
 
 def field_value(record: Mapping[str, Any], name: str, default: Any = None) -> Any:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from classifier.errors import UserError
-from classifier.text import SpelledTwice, TextOptions, canonical_keys, clean_text, field_value, ticket_text
+from classifier.text import SpelledTwice, TextOptions, canonical_keys, clean_text, field_value, label_key, ticket_text
 
 SUBJECT_BODY = TextOptions(fields=("subject", "body"))
 
@@ -240,3 +240,10 @@ def test_a_missing_ticket_has_no_text(ticket: object) -> None:
 def test_a_ticket_that_is_neither_text_nor_a_record_is_a_user_error() -> None:
     with pytest.raises(UserError, match="a ticket is a string or a record of fields, not int"):
         ticket_text(123)  # type: ignore[arg-type]
+
+
+def test_label_spellings_training_feedback_and_retraining_read_as_one() -> None:
+    # Case, Unicode form, and a whole number a spreadsheet wrote as a float: the same queue.
+    assert label_key("R\u00e9seau") == label_key("RE\u0301SEAU")
+    assert label_key("3.0") == label_key("3") == "3" and label_key("-2.00") == "-2"
+    assert label_key("3.5") != label_key("3") and label_key("v3.0") != label_key("v3")
