@@ -52,7 +52,7 @@ from classifier.errors import UserError
 from classifier.manifest import Manifest
 from classifier.readers import file_sha256, records_and_columns
 from classifier.repository import EVALUATION_REPORT, ChampionChanged, ModelRepository, Version, open_model
-from classifier.text import TextOptions, into_fields, ticket_text
+from classifier.text import TextOptions, into_fields, label_key, ticket_text
 
 log = logging.getLogger(__name__)
 
@@ -381,12 +381,16 @@ def merge_corrections(export: TicketFile, corrections: list[Correction], trainin
         else:
             report.added += 1
             rows.append(row)
+    # In any spelling, as training counts classes: "Billing" in the export is the model's "billing", not a new queue.
+    known, spelling = {label_key(label) for label in known_labels}, dict[str, str]()
     for row in rows:
-        if row["label"] not in known_labels:
-            report.new_labels[row["label"]] = report.new_labels.get(row["label"], 0) + 1
+        if (key := label_key(row["label"])) not in known:
+            label = spelling.setdefault(key, row["label"])
+            report.new_labels[label] = report.new_labels.get(label, 0) + 1
     # A new queue with a handful of tickets would stop training (too few to split): left for a later retrain.
     report.too_few = {label: n for label, n in report.new_labels.items() if n < min_class_count}
-    rows = [row for row in rows if row["label"] not in report.too_few]
+    too_few = {label_key(label) for label in report.too_few}
+    rows = [row for row in rows if label_key(row["label"]) not in too_few]
     for label in report.too_few:
         del report.new_labels[label]
     report.text_columns, report.label_column = text_columns, mapping.label_column
