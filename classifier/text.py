@@ -93,10 +93,12 @@ _MARKUP = re.compile(r"<(?:(?P<end>/)?(?P<tag>[a-zA-Z][^\s/<>]*)(?![^\s/<>])"
 #
 # German, French and Spanish mail clients write a clock time and then the sender: "Am 03.12.2026 um 10:14
 # schrieb Max Mustermann <max@example.de>:", "Le 3 déc. 2026 à 10h14, Marie <m@example.fr> a écrit :",
-# "El 3 dic 2026 a las 10:14, Juan (<j@example.es>) escribió:". Both are required, and a sender starts with
-# no pronoun or article, so that a customer's "Am 5.12. schrieb mir Ihr Kollege folgendes:", "Le 3 mars à
-# 10:14, votre technicien a écrit :" or "Le livreur a écrit :" is message, not a header.
+# "El 3 dic 2026 a las 10:14, Juan (<j@example.es>) escribió:". A date's number, the clock and a sender are
+# required, and a sender starts with no pronoun or article, so that a customer's "Am Freitag um 14:30 schrieb
+# Max Weber:", "Am 5.12. schrieb mir Ihr Kollege folgendes:", "Le 3 mars à 10:14, votre technicien a écrit :"
+# or "Le livreur a écrit :" is message, not a header.
 _CLOCK = r"\d{1,2}[:h]\d{2}"
+_DATED = r"\b[^\n\d]{0,40}\d+[^\d\n][^\n]{0,80}?"  # up to the clock: a day's number first, not the clock's own
 _GAP = r"[^\S\n]?"  # before a colon: nothing, a space, or French typography's no-break space
 _ADDRESS = r"[(<]{0,2}\s?[^\s<>()@]{1,100}@[^\s<>()]{1,100}[)>]{0,2}"  # "<max@example.de>", bare, or wrapped
 _NOT_A_SENDER = (r"(?!(?:ich|er|sie|es|wir|mir|uns|ihr|ihre|ihnen|mein|meine|unser|unsere|der|die|das|ein|eine"
@@ -105,11 +107,11 @@ _NOT_A_SENDER = (r"(?!(?:ich|er|sie|es|wir|mir|uns|ihr|ihre|ihnen|mein|meine|uns
 # A display name: a few words (initials, "Last, First", "von"), maybe quoted, then maybe the address.
 _SENDER = (_NOT_A_SENDER + r"(?:[\"']?[^\s,:;!?<>()\"']{1,60}[\"']?,?[^\S\n]{1,3}){0,6}?"
            r"(?:" + _ADDRESS + r"|[\"']?[^\s,:;!?<>()\"']{1,60}[\"']?)")
-_GERMAN = (r"Am\b[^\n]{0,80}?" + _CLOCK + r"(?:[ \t]+Uhr)?,?\s{1,3}schrieb[^\S\n]{1,3}" + _SENDER
+_GERMAN = (r"Am" + _DATED + _CLOCK + r"(?:[ \t]+Uhr)?,?\s{1,3}schrieb[^\S\n]{1,3}" + _SENDER
            + r"(?:\s{1,3}" + _ADDRESS + r")?" + _GAP + ":")
-_FRENCH = (r"Le\b[^\n]{0,80}?" + _CLOCK + r"[^\n,]{0,10},\s{1,3}" + _SENDER + r"(?:\s{1,3}" + _ADDRESS + r")?"
+_FRENCH = (r"Le" + _DATED + _CLOCK + r"[^\n,]{0,10},\s{1,3}" + _SENDER + r"(?:\s{1,3}" + _ADDRESS + r")?"
            r"\s{1,3}a\s{1,3}écrit" + _GAP + ":")
-_SPANISH = (r"El\b[^\n]{0,80}?" + _CLOCK + r"[^\n,]{0,10},\s{1,3}" + _SENDER + r"(?:\s{1,3}" + _ADDRESS + r")?"
+_SPANISH = (r"El" + _DATED + _CLOCK + r"[^\n,]{0,10},\s{1,3}" + _SENDER + r"(?:\s{1,3}" + _ADDRESS + r")?"
             r"\s{1,3}escribió" + _GAP + ":")
 # Outlook's "From: ... Sent: ..." in the same languages ("Von: ... Gesendet:", "De : ... Envoyé :", "De: ...
 # Enviado el:"), and Outlook for Mac's "Von: ... Datum: ... An:"; not "Von: ... Datum:" alone, which contact

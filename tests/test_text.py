@@ -99,6 +99,8 @@ def test_german_french_and_spanish_signatures_are_cut(signature: str) -> None:
     "Hallo,\nAm Freitag um 14:30 schrieb Ihr Support:\nbitte neu starten. Das half nicht.",
     "Bonjour,\nLe 3 mars à 10:14, votre technicien a écrit :\nredémarrez. Sans effet.",
     "Hola,\nEl lunes a las 10:14, su técnico escribió:\nreinicie. No sirvió.",
+    "Hallo,\nAm Freitag um 14:30 schrieb Max Weber:\nbitte neu starten. Das half nicht.",  # no date: a sentence
+    "Bonjour,\nLe lundi à 10h14, Marie Curie a écrit :\nredémarrez. Sans effet.",
 ])
 def test_lines_like_a_reply_header_inside_the_message_are_kept(text: str) -> None:
     assert clean_text(text) == " ".join(text.split())
