@@ -91,8 +91,10 @@ def _cell_tags(value: Any, path: object, row: int, column: str, delimiter: str |
             raise UserError(f"{where(path, row, column)}: a list of tags must hold text only, got {value!r:.80}")
         tags = [str(tag).strip() for tag in value]
     elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        text = str(value)
-        tags = text.split(delimiter) if delimiter else [text]
+        # A tag holds no line break: a cell's lines are tags apart (a spreadsheet cell's, or Jira's repeated
+        # "Labels" columns joined), each split on the delimiter.
+        lines = str(value).splitlines()
+        tags = [tag for line in lines for tag in (line.split(delimiter) if delimiter else [line])]
     else:
         kind = "object" if isinstance(value, dict) else type(value).__name__
         raise UserError(f"{where(path, row, column)}: holds a JSON {kind}; tags are a list of text or a "

@@ -235,8 +235,12 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
         # pandas' to_csv writes its row index as a first column with no name: not part of the tickets.
         skip = 1 if len(header) > 1 and header[0] == "" else 0
         header = header[skip:]
-        if len(set(header)) != len(header) or "" in header:
-            raise UserError(f"{where(path, 1)}: header has empty or repeated column names: {header}")
+        if unnamed := [index + 1 + skip for index, name in enumerate(header) if not name]:
+            places = ", ".join(f"{index} ({_column_letter(index)})" for index in unnamed[:5])
+            them = "it" if len(unnamed) == 1 else "them"
+            raise UserError(f"{where(path, 1)}: the header has no name for column {places}; name {them} or "
+                            f"delete {them}")
+        unique = len(set(header)) == len(header)
         start, number = reader.line_num + 1 + skipped, 1
         for number, row in enumerate(reader, start=2):
             line, start = start, reader.line_num + 1 + skipped
@@ -246,9 +250,31 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
             if any(cell.strip() for cell in row[len(header):]):
                 raise UserError(f"{_row_and_line(path, number, line)}: {len(row)} fields but the header has "
                                 f"{len(header)}; is a text field missing its quotes?")
-            yield number, dict(zip(header, row + [""] * (len(header) - len(row)), strict=False))  # extra cells: empty
+            cells = row + [""] * (len(header) - len(row))  # missing cells at the end: empty
+            yield number, dict(zip(header, cells, strict=False)) if unique else _joined(header, cells)
     except csv.Error as error:
         raise UserError(f"{_row_and_line(path, number + 1, start)}: malformed CSV ({error})") from None
+
+
+def _joined(header: list[str], cells: list[str]) -> dict[str, Any]:
+    """A row whose header repeats names, as Jira writes a column per label or comment ("Labels", "Labels"): one
+    column per name, its non-empty cells joined by line breaks (a tags column splits on them)."""
+    record: dict[str, Any] = {}
+    for name, cell in zip(header, cells, strict=False):
+        if name not in record or not record[name].strip():
+            record[name] = cell
+        elif cell.strip():
+            record[name] += "\n" + cell
+    return record
+
+
+def _column_letter(number: int) -> str:
+    """A spreadsheet's name for column ``number`` (from 1): A ... Z, AA ..."""
+    letters = ""
+    while number:
+        number, rest = divmod(number - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
 
 
 def _delimiter(first_line: str, by_name: str) -> tuple[str, int]:

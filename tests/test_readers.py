@@ -14,6 +14,7 @@ import pytest
 
 from classifier.data import DataReport, load_tickets
 from classifier.errors import UserError
+from classifier.fields import parse_tags
 from classifier.readers import MAX_JSON_DEPTH, STDIN, delimiter_of, read_records
 
 
@@ -64,8 +65,21 @@ def test_a_pandas_index_column_is_ignored_and_other_unnamed_columns_refused(tmp_
     assert [record for _, record in read_records(path)] == [{"text": "charged twice", "category": "billing"},
                                                            {"text": "locked out", "category": "login"}]
     path.write_text("text,,category\ncharged twice,x,billing\n")
-    with pytest.raises(UserError, match=r"row 1: header has empty or repeated column names: \['text', '', "):
+    with pytest.raises(UserError, match=r"row 1: the header has no name for column 2 \(B\); name it or delete it"):
         list(read_records(path))
+
+
+def test_columns_of_one_name_are_read_as_one_their_cells_joined(tmp_path: Path) -> None:
+    path = tmp_path / "jira.csv"  # Jira writes a column per label and per comment, all of one name
+    path.write_text("Summary,Labels,Labels,Labels,Description,Comment,Comment\n"
+                    "Charged twice,billing,vip,,refund please,first reply,second reply\n"
+                    "Locked out,,,,cannot log in,,\n")
+    assert [record for _, record in read_records(path)] == [
+        {"Summary": "Charged twice", "Labels": "billing\nvip", "Description": "refund please",
+         "Comment": "first reply\nsecond reply"},
+        {"Summary": "Locked out", "Labels": "", "Description": "cannot log in", "Comment": ""}]
+    tags, _ = parse_tags(["billing\nvip", "", "a|b\nc"], path, [2, 3, 4], "Labels")
+    assert tags == [["billing", "vip"], [], ["a", "b", "c"]]
 
 
 def test_long_fields_and_multi_line_records_are_read(tmp_path: Path) -> None:
