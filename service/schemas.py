@@ -38,6 +38,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from classifier.columns import ID_COLUMN_GUESSES
 from classifier.feedback import MAX_ID, MAX_LABEL, MAX_VERSION, Status
 from classifier.text import (
     FIELD_SEPARATOR,
@@ -71,9 +72,12 @@ _IntegerId = Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
 
 TicketId = Annotated[
     Annotated[StrictStr, StringConstraints(max_length=MAX_ID)] | _IntegerId,
-    Field(description="Your ticket id, echoed in the prediction.", examples=["12345"]),
+    Field(description="Your ticket id, echoed in the prediction (without it, a helpdesk's own is: 'number', "
+          "'key', 'ticket_id', ...).", examples=["12345"]),
     _single_error(f"Input should be a string of at most {MAX_ID} characters or a 64-bit integer"),
 ]
+
+_TICKET_ID = TypeAdapter(TicketId)
 
 
 # ------------------------------------------------------------------ responses
@@ -275,7 +279,7 @@ class TicketBase(BaseModel):
     @classmethod
     def _has_text(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            data = _canonical_keys(data, ("id", *cls.text_keys()))
+            data = _with_helpdesk_id(_canonical_keys(data, ("id", *cls.text_keys())))
         _no_top_k_of_its_own(cls, data)
         if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
             if field_key(data, "tickets") is not None and field_value(data, "tickets") is None:
@@ -320,6 +324,20 @@ class TicketBase(BaseModel):
             schema["anyOf"] = [{**_given("text"), "not": {"anyOf": fields}},
                                *({**field, "not": _given("text")} for field in fields)]
         return schema
+
+
+def _with_helpdesk_id(data: dict[str, Any]) -> dict[str, Any]:
+    """A ticket without "id" takes its helpdesk's own (ServiceNow's "number", Jira's "key", "ticket_id", ...) as
+    ``predict --file`` finds an id column; a value that is no id (a reference object) is left alone."""
+    if data.get("id") is not None:
+        return data
+    for name in ID_COLUMN_GUESSES:
+        if (value := field_value(data, name)) not in (None, ""):
+            try:
+                return {**data, "id": _TICKET_ID.validate_python(value)}
+            except ValidationError:
+                continue
+    return data
 
 
 def _given(key: str) -> dict[str, Any]:

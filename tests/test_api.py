@@ -80,6 +80,14 @@ def test_batch_keeps_order_ids_and_top_k(client: FlaskClient, predictor: Predict
     assert again == predictions
 
 
+def test_a_helpdesks_own_id_name_is_echoed_as_the_id(client: FlaskClient) -> None:
+    tickets = [{"number": "INC0010001", **TICKET}, {"Issue key": "SD-12", **TICKET}, {"sys_id": 9, **TICKET},
+               {"number": {"value": "INC1", "link": "https://x.service-now.com"}, **TICKET},  # a reference: no id
+               {"id": 5, "number": "INC2", **TICKET}]
+    predictions = client.post("/classify", json={"tickets": tickets}).get_json()["predictions"]
+    assert [p["id"] for p in predictions] == ["INC0010001", "SD-12", 9, None, 5]
+
+
 def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
     webhook = {"ticket": {"id": 4821, "subject": TICKET["subject"], "description": TICKET["body"],
                           "status": "new", "requester": {"email": "a@example.com"}}}
