@@ -242,7 +242,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                    "--min-class-count (one-off queues) instead of failing; the data report lists them")
     g.add_argument("--keep-quoted-replies", action="store_true", help="do not cut quoted previous replies")
     g.add_argument("--keep-signatures", action="store_true", help="do not cut e-mail signatures")
-    g.add_argument("--keep-html", action="store_true", help="do not convert HTML to text")
+    g.add_argument("--keep-html", action="store_true", help="do not convert HTML and Jira's wiki markup to text")
     m = p.add_argument_group("model and training")
     m.add_argument("--base-model", help="hub id or local path of the encoder (default: packaged all-MiniLM-L6-v2)")
     m.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of all weights")

@@ -157,6 +157,16 @@ _CONTROL_CHARS = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u00
 # Direction marks and stray byte-order marks go; the zero-width (non-)joiners U+200C/U+200D stay:
 # they are part of words (Persian "نمی‌توانم") and of emoji sequences.
 _INVISIBLE_MARKS = re.compile(r"[\u200e\u200f\ufeff]")
+# Jira's wiki markup (descriptions and comments of Jira Server, Data Center and CSV exports): block markers,
+# heading and quote prefixes, user mentions, embedded images and link targets are no words of the ticket.
+# What {code} and {quote} hold stays: a stack trace or a pasted e-mail is what the ticket is about.
+_JIRA_MARKUP = re.compile(
+    r"(?P<block>\{(?:code|noformat|quote|panel|color)(?::[^}\n]{0,200})?\})"
+    r"|^[ \t]*(?:h[1-6]|bq)\.[ \t]+"
+    r"|\[~[^\]\n]{1,100}\]"
+    r"|![^!\s|]{1,200}\.(?:png|jpe?g|gif|bmp|svg|webp)(?:\|[^!\n]{0,100})?!"
+    r"|\[(?P<link>[^\[\]|\n]{1,200})\|(?:https?://|mailto:)[^\[\]\s]{1,2000}\]",
+    re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -217,12 +227,20 @@ def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:
     text = unicodedata.normalize("NFC", raw).replace("\r\n", "\n").replace("\r", "\n")
     if options.strip_html and _HTML_HINT.search(text):
         text = html_to_text(text)
+    if options.strip_html:
+        text = jira_markup_to_text(text)
     text = _INVISIBLE_MARKS.sub("", _CONTROL_CHARS.sub(" ", text))
     if options.strip_quoted_replies:
         text = strip_quoted_replies(text)
     if options.strip_signatures:
         text = strip_signature(text)
     return " ".join(text.split())
+
+
+def jira_markup_to_text(markup: str) -> str:
+    """Jira wiki markup read as text: "h2. Steps" is "Steps", "[status page|https://...]" is "status page", a
+    {code} block its lines; mentions and images go."""
+    return _JIRA_MARKUP.sub(lambda match: "\n" if match["block"] else match["link"] or "", markup)
 
 
 def html_to_text(markup: str) -> str:

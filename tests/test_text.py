@@ -249,3 +249,16 @@ def test_label_spellings_training_feedback_and_retraining_read_as_one() -> None:
     assert label_key("R\u00e9seau") == label_key("RE\u0301SEAU")
     assert label_key("3.0") == label_key("3") == "3" and label_key("-2.00") == "-2"
     assert label_key("3.5") != label_key("3") and label_key("v3.0") != label_key("v3")
+
+
+def test_jira_wiki_markup_is_read_as_text() -> None:
+    description = ("h2. Problem\nThe export fails. See [our status page|https://status.example.com/x] and "
+                   "!screenshot-1.png|thumbnail!\n{code:java}\nNullPointerException at Export.run(Export.java:12)\n"
+                   "{code}\n{quote}billing is wrong{quote}\n[~accountid:557058:f3a1b2c3] please check")
+    assert clean_text(description) == ("Problem The export fails. See our status page and NullPointerException at "
+                                       "Export.run(Export.java:12) billing is wrong please check")
+    assert clean_text("{code}{code}") == ""  # nothing to classify
+    assert clean_text("h1. Title", TextOptions(strip_html=False)) == "h1. Title"
+    # Not markup: a bracketed remark, a version, an exclamation.
+    for text in ("Order [2 items] | https://shop.example.com not shipped", "Upgrade to v2.1. Now!", "h1 is wrong"):
+        assert clean_text(text) == text
