@@ -52,6 +52,7 @@ from service.schemas import (
     ZendeskTicket,
     build_feedback_schemas,
     describe,
+    document_text,
     zendesk_record,
 )
 
@@ -180,7 +181,7 @@ def jira() -> Response:
     description = issue.fields.description
     text = _text(ZendeskTicket.model_construct(
         id=issue.key, subject=issue.fields.summary,
-        description=_document_text(description) if isinstance(description, dict) else description), model)
+        description=document_text(description) if isinstance(description, dict) else description), model)
     event = FeedbackEvent(ticket_id=issue.key, label=label, text_fields=text, updated_at=issue.fields.updated,
                           event_id=parsed.event_id, source="jira", **_prediction(fields, "issue.fields"))
     return _store([event], ["issue"], model)
@@ -357,29 +358,6 @@ def _prediction(data: dict[str, Any], where: str) -> dict[str, Any]:
             raise ApiError(422, "invalid_request", f"{where}.{name}: a string of at most {limit} characters")
         found[name] = str(value).strip()
     return found
-
-
-def _document_text(document: dict[str, Any]) -> str | None:
-    """The text of an Atlassian document (Jira's rich-text description): its text nodes, a block a line."""
-    lines: list[str] = []
-    current: list[str] = []
-    pending: list[Any] = [document]
-    while pending:  # depth-first, without recursion: a hostile document may nest deeply
-        node = pending.pop()
-        if node is None:  # the end of a block
-            lines.append("".join(current))
-            current = []
-        elif isinstance(node, dict):
-            if isinstance(node.get("text"), str):
-                current.append(node["text"])
-            children = node.get("content")
-            if isinstance(children, list):
-                if node.get("type") in ("paragraph", "heading", "listItem", "codeBlock", "blockquote"):
-                    pending.append(None)  # popped after the block's children
-                pending.extend(reversed(children))
-    lines.append("".join(current))
-    text = "\n".join(line for line in lines if line.strip())
-    return text or None
 
 
 def _unavailable(reason: str) -> ApiError:

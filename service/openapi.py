@@ -59,7 +59,9 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
     components = dict(definitions.get("$defs", {}))
     request = keyed[("ClassifyRequest", "validation")]
     # The shapes are told apart by key ('tickets', 'ticket', else one ticket); a body may match two.
-    components["ClassifyRequest"] = {"anyOf": request["oneOf"], "description": _REQUEST_HELP}
+    jira = {"type": "object", "required": ["issue"], "properties": {"issue": {"$ref": REF.format(model="JiraIssue")}},
+            "description": "A Jira issue, as a webhook or automation's 'Send web request' sends it."}
+    components["ClassifyRequest"] = {"anyOf": [*request["oneOf"], jira], "description": _REQUEST_HELP}
     for name in ("HelpdeskFeedbackWebhook", "JiraFeedbackWebhook"):
         components[name] = keyed[(name, "validation")]
     components["FeedbackRequest"] = {"anyOf": keyed[("FeedbackRequest", "validation")]["oneOf"],
@@ -84,7 +86,8 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
 
 
 _REQUEST_HELP = ("One ticket ({'text': ...} or the model's text fields), a Zendesk-style webhook {'ticket': {'id', "
-                 "'subject', 'description'}}, or a batch {'tickets': [...]} of either.")
+                 "'subject', 'description'}}, a Jira issue {'issue': {'key', 'fields': {'summary', 'description'}}}, "
+                 "or a batch {'tickets': [...]} of any of them.")
 
 
 _FEEDBACK_HELP = ("One ticket's label as an agent set it ({'ticket_id', 'label', ...} with optionally the model's "

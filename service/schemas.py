@@ -439,6 +439,59 @@ def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
     return {subject or description or other or ZENDESK_SUBJECT: FIELD_SEPARATOR.join(parts)}
 
 
+def document_text(document: dict[str, Any]) -> str | None:
+    """The text of an Atlassian document (Jira's rich-text description): its text nodes, a block a line."""
+    lines: list[str] = []
+    current: list[str] = []
+    pending: list[Any] = [document]
+    while pending:  # depth-first, without recursion: a hostile document may nest deeply
+        node = pending.pop()
+        if node is None:  # the end of a block
+            lines.append("".join(current))
+            current = []
+        elif isinstance(node, dict):
+            if isinstance(node.get("text"), str):
+                current.append(node["text"])
+            children = node.get("content")
+            if isinstance(children, list):
+                if node.get("type") in ("paragraph", "heading", "listItem", "codeBlock", "blockquote"):
+                    pending.append(None)  # popped after the block's children
+                pending.extend(reversed(children))
+    lines.append("".join(current))
+    text = "\n".join(line for line in lines if line.strip())
+    return text or None
+
+
+def _jira_as_webhook(data: Any, text_keys: Collection[str], where: tuple[str | int, ...]) -> Any:
+    """A Jira issue (``{"issue": {"key", "fields": {"summary", "description"}}}``, as a webhook or automation sends
+    it, or automation's own format with the issue's keys at the top) as the webhook ticket it is:
+    ``{"ticket": {"id": key, "subject": summary, "description": ...}}``, an Atlassian document read as its text.
+    Anything else, or an ``issue`` or ``fields`` that is one of the model's text fields, is left as it is.
+    ``where``: the location of ``data`` in the request, for an error about it."""
+    if not isinstance(data, dict) or {"issue", "fields"} & {key.lower() for key in text_keys}:
+        return data
+    issue = field_value(data, "issue")
+    inside: tuple[str, ...] = ("issue",)  # where the issue's fields are
+    rest = {key: value for key, value in data.items() if key.lower() != "issue"}
+    if not isinstance(issue, dict):  # automation's format, told by the issue's text in "fields"
+        issue, inside = data, ()
+        rest = {key: value for key, value in data.items() if key.lower() not in ("key", "fields")}
+        inner = field_value(data, "fields")
+        if not isinstance(inner, dict) or all(field_value(inner, name) is None for name in ("summary", "description")):
+            return data
+    fields = field_value(issue, "fields")
+    if not isinstance(fields, dict) or not isinstance(field_value(issue, "key"), str):
+        return data
+    description = field_value(fields, "description")
+    ticket = {"id": field_value(issue, "key"), "subject": field_value(fields, "summary"),
+              "description": document_text(description) if isinstance(description, dict) else description}
+    if ticket["subject"] is None and ticket["description"] is None:  # said in Jira's terms, not the webhook's
+        error = PydanticCustomError("missing_text", "missing ticket text: give 'summary' or 'description'")
+        raise ValidationError.from_exception_data("request", [{"type": error, "loc": (*where, *inside, "fields"),
+                                                               "input": fields}])
+    return {**rest, "ticket": ticket}
+
+
 def _field_named(fields: Sequence[str], name: str) -> str | None:
     """The bundle field called ``name``, or ending in ``.name`` (a bundle trained on a nested export)."""
     return next((field for field in fields if field.rsplit(".", 1)[-1] == name), None)
@@ -541,8 +594,13 @@ class Schemas:
     def parse(self, body: Any) -> BaseModel:
         """Validate a request body. Its keys are read in any case ("Tickets", "Subject"), as ticket fields
         are everywhere, so the shape is told and validated on the models' own spelling."""
+        text_keys = self.ticket.text_keys()
+        body = _jira_as_webhook(body, text_keys, ("body",))  # the first location part is a shape's tag
         if isinstance(body, dict):
-            body = _top_level_keys(body, ("tickets", "ticket", "top_k", "id", *self.ticket.text_keys()))
+            body = _top_level_keys(body, ("tickets", "ticket", "top_k", "id", *text_keys))
+            if isinstance(body.get("tickets"), list):
+                body = {**body, "tickets": [_jira_as_webhook(item, text_keys, ("body", "tickets", index))
+                                            for index, item in enumerate(body["tickets"])]}
         return self.request.validate_python(body)
 
     def tickets(self, parsed: BaseModel) -> list[tuple[str | int | None, ModelInput]]:

@@ -88,6 +88,22 @@ def test_a_helpdesks_own_id_name_is_echoed_as_the_id(client: FlaskClient) -> Non
     assert [p["id"] for p in predictions] == ["INC0010001", "SD-12", 9, None, 5]
 
 
+def test_a_jira_issue_is_classified_as_its_summary_and_description(client: FlaskClient, predictor: Predictor) -> None:
+    expected = predictor.predict([TICKET])[0].to_dict()
+    document = {"type": "doc", "version": 1, "content": [  # Jira Cloud's description: an Atlassian document
+        {"type": "paragraph", "content": [{"type": "text", "text": TICKET["body"]}]}]}
+    fields = {"summary": TICKET["subject"], "description": document, "priority": {"name": "High"}}
+    webhook = {"webhookEvent": "jira:issue_created", "issue": {"id": "10042", "key": "SD-9", "fields": fields}}
+    [prediction] = client.post("/classify", json=webhook).get_json()["predictions"]
+    assert prediction == {"id": "SD-9", **expected}
+    automation = {"key": "SD-9", "fields": {**fields, "description": TICKET["body"]}}  # automation's own format
+    assert client.post("/classify", json=automation).get_json()["predictions"] == [prediction]
+    batch = client.post("/classify", json={"tickets": [webhook, {"id": 1, **TICKET}]}).get_json()["predictions"]
+    assert batch == [prediction, {"id": 1, **expected}]
+    empty = client.post("/classify", json={"issue": {"key": "SD-10", "fields": {"summary": None}}})
+    assert error_of(empty, 422)["message"] == "issue.fields: missing ticket text: give 'summary' or 'description'"
+
+
 def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
     webhook = {"ticket": {"id": 4821, "subject": TICKET["subject"], "description": TICKET["body"],
                           "status": "new", "requester": {"email": "a@example.com"}}}
