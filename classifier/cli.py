@@ -502,8 +502,8 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", metavar="COLUMN", help="with --file or --input: the column of the tickets' ids "
                    "(default: detected: id, ticket_id, issue key, case number, number, ...; else the row number)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write the predictions to this CSV file for Excel or "
-                   "Sheets, a row per ticket (id, text, label, confidence, needs_review, ..., the next labels), "
-                   "instead of printing JSON lines")
+                   "Sheets, a row per ticket (id, text, predicted_label, confidence, needs_review, ..., the next "
+                   "labels), instead of printing JSON lines")
     p.add_argument("--top-k", type=int, help="how many labels to list per ticket (default: 3, or all if fewer)")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto: the model the bundle marks for serving")
@@ -598,12 +598,13 @@ class _CsvPredictions:
         self.number = lambda value: "" if value is None else decimal_cell(value, writer.dialect.delimiter)
         self.fields = [spec.name for spec in predictor.fields if spec.kind == "single"]
         self.tags = any(spec.kind == "tags" for spec in predictor.fields)
-        writer.writerow(["id", "text", "label", "confidence", "needs_review", "review_reason", "out_of_scope_score",
-                         "truncated", *(f"{name}_{rank}" for rank in range(2, top_k + 1)
-                                        for name in ("label", "confidence")),
-                         *(f"{name}{suffix}" for name in self.fields
-                           for suffix in ("", "_confidence", "_needs_review")),
-                         *(["tags"] if self.tags else []), "error"])
+        # "predicted_...": merged back into the export, a column must not pass for the agents' own "Priority".
+        writer.writerow(["id", "text", "predicted_label", "confidence", "needs_review", "review_reason",
+                         "out_of_scope_score", "truncated", *(f"{name}_{rank}" for rank in range(2, top_k + 1)
+                                                              for name in ("label", "confidence")),
+                         *(name.format(field) for field in self.fields
+                           for name in ("predicted_{}", "{}_confidence", "{}_needs_review")),
+                         *(["predicted_tags"] if self.tags else []), "error"])
 
     def write(self, ticket_id: str | None, text: str, prediction: Prediction | None) -> None:
         from classifier.data import spreadsheet_safe

@@ -211,14 +211,15 @@ def test_predict_writes_a_csv_for_spreadsheets_as_its_input_file_is_separated(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"2 of 3 tickets classified; written to {out}" in captured.err
-    assert out.read_bytes().startswith(b"\xef\xbb\xbfid;text;label;confidence;needs_review;review_reason;"
+    assert out.read_bytes().startswith(b"\xef\xbb\xbfid;text;predicted_label;confidence;needs_review;review_reason;"
                                        b"out_of_scope_score;truncated;label_2;confidence_2;error\r\n")
     rows = read_csv(out, delimiter=";")
     assert [row["id"] for row in rows] == ["CS-1", "CS-2", "CS-3"]
-    assert rows[1]["error"] == "no text after cleaning" and rows[1]["label"] == ""
+    assert rows[1]["error"] == "no text after cleaning" and rows[1]["predicted_label"] == ""
     assert rows[2]["text"].startswith("'=cmd")  # customer text never runs as a formula
     expected = Predictor.load(exported_bundle).predict(["Refund\n\nI was charged twice"], top_k=2)[0]
-    assert (rows[0]["label"], rows[0]["confidence"], rows[0]["label_2"], rows[0]["needs_review"], rows[0]["error"]) \
+    first = rows[0]
+    assert (first["predicted_label"], first["confidence"], first["label_2"], first["needs_review"], first["error"]) \
         == (expected.label, f"{expected.confidence:.4f}".replace(".", ","), expected.top_k[1]["label"],
             "yes" if expected.needs_review else "no", "")
     before = tickets.read_bytes()
@@ -232,13 +233,15 @@ def test_predict_csv_has_each_fields_label_and_the_tags(fields_bundle: Path, fie
     out = tmp_path / "classified.csv"
     assert main(["predict", str(fields_bundle), "--file", str(fields_csv), "--top-k", "1", "--csv", str(out)]) == 0
     rows = read_csv(out)
-    assert list(rows[0]) == ["id", "text", "label", "confidence", "needs_review", "review_reason", "out_of_scope_score",
-                             "truncated", "priority", "priority_confidence", "priority_needs_review", "tags", "error"]
+    assert list(rows[0]) == ["id", "text", "predicted_label", "confidence", "needs_review", "review_reason",
+                             "out_of_scope_score", "truncated", "predicted_priority", "priority_confidence",
+                             "priority_needs_review", "predicted_tags", "error"]
     assert [row["id"] for row in rows] == [row["id"] for row in read_csv(fields_csv)]
     expected = Predictor.load(fields_bundle).predict([row["text"] for row in rows[:5]], top_k=1, cleaned=True)
     for row, prediction in zip(rows, expected):
         priority = (prediction.fields or {})["priority"]
-        assert (row["label"], row["priority"], float(row["priority_confidence"]), row["tags"]) == \
+        assert (row["predicted_label"], row["predicted_priority"], float(row["priority_confidence"]),
+                row["predicted_tags"]) == \
             (prediction.label, priority["label"], round(priority["confidence"], 4),
              "; ".join(tag["tag"] for tag in prediction.tags or []))
 
