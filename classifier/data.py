@@ -334,9 +334,24 @@ def check_flat(record: dict[str, Any], columns: Iterable[str | None], path: Path
         value = record.get(column) if column else None
         if isinstance(value, (dict, list)):
             kind = "object" if isinstance(value, dict) else "list"
-            inside = next((name for name in record if name.startswith(f"{column}.")), None)
+            inside = _readable_field(record, column)
             way = f"name a field inside it with a dot (e.g. '{inside}'), or" if inside else "use another column or"
             raise UserError(f"{where(path, row, column)}: holds a JSON {kind}, not text; {way} flatten the export")
+
+
+# The fields of a reference or select object that people read: ServiceNow's {"display_value", "link", "value"},
+# Jira's {"self", "value", "id"}, {"name": ...}. Never a link or an id, where another field is there.
+_READABLE_FIELDS = ("display_value", "name", "value", "label", "title", "text")
+_MACHINE_FIELDS = ("link", "self", "url", "href", "id", "sys_id")
+
+
+def _readable_field(record: dict[str, Any], column: str) -> str | None:
+    """The dotted name of the field inside ``column``'s object to suggest reading instead: a readable one."""
+    inside = [name for name in record if name.startswith(f"{column}.")]
+    ends = {name[len(column) + 1:].lower(): name for name in inside}
+    return next((ends[end] for end in _READABLE_FIELDS if end in ends),
+                next((name for name in inside if name[len(column) + 1:].lower() not in _MACHINE_FIELDS),
+                     inside[0] if inside else None))
 
 
 def row_id(record: dict[str, Any], id_column: str | None, row: int) -> str:

@@ -190,6 +190,11 @@ def test_nested_json_fields_are_refused_not_read_as_python_text(tmp_path: Path) 
     with pytest.raises(UserError, match=r"export.jsonl, row 1, column 'ticket': holds a JSON object, not text; "
                                         r"name a field inside it with a dot \(e.g. 'ticket.subject'\)"):
         load_tickets(path, TextOptions(fields=("ticket",)), label_column="group")
+    # A ServiceNow reference: the name people read is suggested, not its link or its sys_id.
+    path.write_text('{"short_description": "Refund", "assignment_group": {"link": "https://x.service-now.com/a", '
+                    '"value": "8a4dde73c6112278017a6a4baf547aa7", "display_value": "Finance Ops"}}\n')
+    with pytest.raises(UserError, match=r"e.g. 'assignment_group.display_value'"):
+        load_tickets(path, TextOptions(fields=("short_description",)), label_column="assignment_group")
     path.write_text('{"text": "charged twice", "category": ["billing", "refunds"]}\n')
     with pytest.raises(UserError, match=r"row 1, column 'category': holds a JSON list, not text; use another "
                                         r"column or flatten the export$"):
