@@ -8,6 +8,7 @@ Heavy libraries are imported inside the commands, so ``ticketclf --help`` is ins
 from __future__ import annotations
 
 import argparse
+import csv
 import errno
 import json
 import logging
@@ -157,7 +158,12 @@ def _subcommand(commands: argparse._SubParsersAction, name: str, help: str, run:
 
 
 def _csv_list(value: str) -> tuple[str, ...]:
-    items = tuple(part.strip() for part in value.split(",") if part.strip())
+    """Comma-separated names; one with a comma of its own in double quotes, as a CSV writes it."""
+    try:
+        parts = next(csv.reader([value], skipinitialspace=True), [])
+    except csv.Error as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names ({error})") from None
+    items = tuple(part.strip() for part in parts if part.strip())
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list of column names")
     return items

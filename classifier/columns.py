@@ -45,6 +45,12 @@ def absent_columns(columns: Iterable[str], names: Sequence[str | None]) -> list[
     return [name for name in names if name and name_key(name) not in top and nested[name_key(name)] != 1]
 
 
+def _quote_hint(name: str, columns: Sequence[str]) -> str:
+    """Where ``name`` is the start of a column name holding a comma, which a list of names split: how to give it."""
+    whole = next((column for column in columns if column.startswith(f"{name},")), None)
+    return f"a name with a comma goes in double quotes ('\"{whole}\"'); " if whole else ""
+
+
 def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequence[str] | None = None,
                     label_column: str | None = None, require_label: bool = True, field_columns: Sequence[str] = (),
                     hint: str | None = None, id_column: str | None = None) -> ColumnMapping:
@@ -85,6 +91,7 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
             also = (f" (nor label column {label_column!r}{'' if hint else ': name it with --label-column'})"
                     if label_column and find(label_column) is None else "")  # both in one run, not two
             raise UserError(f"{path}: text column {missing[0]!r} not found{also}; columns are {listed}; "
+                            + _quote_hint(missing[0], listed)
                             + (hint or "check the names, or name the file's text columns with --text-columns"))
         texts = tuple(name for name in map(find, text_columns) if name is not None)  # each found: checked above
     else:
@@ -96,6 +103,7 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         label = find(label_column)
         if label is None:
             raise UserError(f"{path}: label column {label_column!r} not found; columns are {listed}; "
+                            + _quote_hint(label_column, listed)
                             + (hint or "name the file's label column with --label-column"))
     else:
         # A text column is never the guessed label: "topic" read as text is not a label column too.
@@ -109,7 +117,7 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     for name in field_columns:
         found = find(name)
         if found is None:
-            raise UserError(f"{path}: column {name!r} not found; columns are {listed}; "
+            raise UserError(f"{path}: column {name!r} not found; columns are {listed}; " + _quote_hint(name, listed)
                             + (hint or "check --label-column and --tags-column"))
         if found in texts or found == label or found in fields:
             role = "a text column" if found in texts else "the label column" if found == label else "named twice"

@@ -330,8 +330,8 @@ def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapp
 def check_flat(record: dict[str, Any], columns: Iterable[str | None], path: Path, row: int) -> None:
     """Text and label fields must be text or numbers: a nested JSON object or list would be read
     as its Python spelling ("{'subject': ...}") and trained on as if it were the ticket."""
-    for column in columns:
-        value = record.get(column) if column else None
+    for column in filter(None, columns):
+        value = record.get(column)
         if isinstance(value, (dict, list)):
             kind = "object" if isinstance(value, dict) else "list"
             inside = _readable_field(record, column)

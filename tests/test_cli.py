@@ -16,7 +16,7 @@ import pytest
 from csv_files import read_csv
 
 from classifier.bundle import read_manifest
-from classifier.cli import main
+from classifier.cli import build_parser, main
 from classifier.data import DataReport, load_tickets, read_tickets_to_classify
 from classifier.errors import UserError
 from classifier.evaluate import load_test_set
@@ -124,6 +124,12 @@ def test_serve_without_a_bundle_argument_uses_ticketclf_bundle(tmp_path: Path, c
     monkeypatch.delenv("TICKETCLF_BUNDLE")
     assert main(["serve"]) == 2
     assert "give a bundle directory or set TICKETCLF_BUNDLE" in capsys.readouterr().err
+
+
+def test_a_column_name_with_a_comma_is_given_in_double_quotes() -> None:
+    args = build_parser().parse_args(["train", "jira.csv", "--output", "out",
+                                      "--label-column", '"Custom field (Team, Queue)", priority'])
+    assert args.label_column == ("Custom field (Team, Queue)", "priority")
 
 
 def test_predict_prints_json_lines(exported_bundle: Path) -> None:

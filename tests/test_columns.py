@@ -54,6 +54,13 @@ def test_a_named_id_column_is_read_and_a_wrong_one_refused() -> None:
         resolve_columns(columns, "export.csv", id_column="queue")
 
 
+def test_a_name_cut_at_its_comma_is_told_how_to_quote_it() -> None:
+    columns = ["Summary", "Description", "Custom field (Team, Queue)"]
+    with pytest.raises(UserError, match=r"label column 'Custom field \(Team' not found; columns are .*; a name with a "
+                                        r"comma goes in double quotes \('\"Custom field \(Team, Queue\)\"'\)"):
+        resolve_columns(columns, "jira.csv", label_column="Custom field (Team")
+
+
 def test_messages_list_fields_not_the_objects_holding_them() -> None:
     columns = ["ticket", "ticket.subject", "ticket.via", "ticket.via.channel", "custom_fields", "custom_fields.queue"]
     listed = r"columns are \['ticket.subject', 'ticket.via.channel', 'custom_fields.queue'\]"
