@@ -160,12 +160,18 @@ _INVISIBLE_MARKS = re.compile(r"[\u200e\u200f\ufeff]")
 # Jira's wiki markup (descriptions and comments of Jira Server, Data Center and CSV exports): block markers,
 # heading and quote prefixes, user mentions, embedded images and link targets are no words of the ticket.
 # What {code} and {quote} hold stays: a stack trace or a pasted e-mail is what the ticket is about.
-_JIRA_MARKUP = re.compile(
+_HELPDESK_MARKUP = re.compile(
     r"(?P<block>\{(?:code|noformat|quote|panel|color)(?::[^}\n]{0,200})?\})"
     r"|^[ \t]*(?:h[1-6]|bq)\.[ \t]+"
     r"|\[~[^\]\n]{1,100}\]"
     r"|![^!\s|]{1,200}\.(?:png|jpe?g|gif|bmp|svg|webp)(?:\|[^!\n]{0,100})?!"
-    r"|\[(?P<link>[^\[\]|\n]{1,200})\|(?:https?://|mailto:)[^\[\]\s]{1,2000}\]",
+    r"|\[(?P<link>[^\[\]|\n]{1,200})\|(?:https?://|mailto:)[^\[\]\s]{1,2000}\]"
+    # Who wrote an entry, and when: a Jira CSV comment's "03/Dec/26 9:14 PM;557058:f3a1...;" and a ServiceNow
+    # journal's "2026-12-03 10:14:00 - Jane Doe (Work notes)" line. An agent's name teaches the model who
+    # handles a queue, not what the ticket is about.
+    r"|^[ \t]*\d{1,2}/[a-z]{3}/\d{2,4} \d{1,2}:\d{2}(?: [ap]m)?;[^;\n]{1,200};"
+    r"|^[ \t]*\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} - [^\n]{1,100} \((?:work notes|additional comments|comments)\)"
+    r"[ \t]*$",
     re.IGNORECASE | re.MULTILINE)
 
 
@@ -228,7 +234,7 @@ def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:
     if options.strip_html and _HTML_HINT.search(text):
         text = html_to_text(text)
     if options.strip_html:
-        text = jira_markup_to_text(text)
+        text = helpdesk_markup_to_text(text)
     text = _INVISIBLE_MARKS.sub("", _CONTROL_CHARS.sub(" ", text))
     if options.strip_quoted_replies:
         text = strip_quoted_replies(text)
@@ -237,10 +243,11 @@ def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:
     return " ".join(text.split())
 
 
-def jira_markup_to_text(markup: str) -> str:
+def helpdesk_markup_to_text(markup: str) -> str:
     """Jira wiki markup read as text: "h2. Steps" is "Steps", "[status page|https://...]" is "status page", a
-    {code} block its lines; mentions and images go."""
-    return _JIRA_MARKUP.sub(lambda match: "\n" if match["block"] else match["link"] or "", markup)
+    {code} block its lines; mentions, images and the author-and-time prefixes of Jira comments and ServiceNow
+    journal entries go."""
+    return _HELPDESK_MARKUP.sub(lambda match: "\n" if match["block"] else match["link"] or "", markup)
 
 
 def html_to_text(markup: str) -> str:

@@ -262,3 +262,13 @@ def test_jira_wiki_markup_is_read_as_text() -> None:
     # Not markup: a bracketed remark, a version, an exclamation.
     for text in ("Order [2 items] | https://shop.example.com not shipped", "Upgrade to v2.1. Now!", "h1 is wrong"):
         assert clean_text(text) == text
+
+
+def test_who_wrote_a_jira_comment_or_servicenow_journal_entry_and_when_goes() -> None:
+    comments = "03/Dec/26 9:14 PM;557058:f3a1b2c3;Export still fails\n04/Dec/26 10:00 AM;jdoe;Restarted the job"
+    assert clean_text(comments) == "Export still fails Restarted the job"
+    journal = ("2026-12-03 10:14:00 - Jane Doe (Work notes)\nchecked the invoice\n\n"
+               "2026-12-03 09:00:00 - Sam Lee (Additional comments)\nPlease refund me")
+    assert clean_text(journal) == "checked the invoice Please refund me"
+    assert clean_text("On 2026-12-03 10:14:00 - the job (nightly) failed") == \
+        "On 2026-12-03 10:14:00 - the job (nightly) failed"
