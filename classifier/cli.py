@@ -157,6 +157,11 @@ def _subcommand(commands: argparse._SubParsersAction, name: str, help: str, run:
     return parser
 
 
+def _column_name(value: str) -> str:
+    """One column name, as given or in double quotes, as the list options take a name holding a comma."""
+    return value[1:-1] if len(value) > 1 and value[0] == value[-1] == '"' else value
+
+
 def _csv_list(value: str) -> tuple[str, ...]:
     """Comma-separated names; one with a comma of its own in double quotes, as a CSV writes it."""
     try:
@@ -236,8 +241,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--label-column", type=_csv_list, metavar="COLUMNS", help="label column (default: detected, "
                    "e.g. category, label, queue); more comma-separated columns (category,priority) are predicted "
                    "too, by heads of their own on the same encoder")
-    g.add_argument("--tags-column", metavar="COLUMN", help="a column of tags to predict (several per ticket): a "
-                   "JSON list, or text split by --tags-delimiter")
+    g.add_argument("--tags-column", type=_column_name, metavar="COLUMN", help="a column of tags to predict (several "
+                   "per ticket): a JSON list, or text split by --tags-delimiter")
     g.add_argument("--tags-delimiter", metavar="CHAR", help="what separates the tags in a --tags-column cell "
                    "(default: detected among | ; ,)")
     g.add_argument("--min-class-count", type=int, default=data_defaults.min_class_count,
@@ -453,11 +458,11 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", type=Path, required=True, help="directory for the report files")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="auto: the model that would be served")
-    p.add_argument("--label-column", help="label column (default: the one the model was trained on)")
+    p.add_argument("--label-column", type=_column_name, help="label column (default: the one the model was trained on)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
                    help=TEXT_COLUMNS_FOR_MODEL_HELP)
-    p.add_argument("--id-column", metavar="COLUMN", help="the column of the tickets' ids in misclassified.csv "
-                   "(default: detected as predict does, else the row number)")
+    p.add_argument("--id-column", type=_column_name, metavar="COLUMN", help="the column of the tickets' ids in "
+                   "misclassified.csv (default: detected as predict does, else the row number)")
     p.add_argument("--target-precision", type=float, default=0.95,
                    help="precision the recommended confidence threshold must reach")
     p.add_argument("--apply-threshold-for-precision", type=float, metavar="P",
@@ -505,8 +510,9 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
                    "('-': standard input, its format told by its content)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
                    help="with --file or --input: " + TEXT_COLUMNS_FOR_MODEL_HELP)
-    p.add_argument("--id-column", metavar="COLUMN", help="with --file or --input: the column of the tickets' ids "
-                   "(default: detected: id, ticket_id, issue key, case number, number, ...; else the row number)")
+    p.add_argument("--id-column", type=_column_name, metavar="COLUMN", help="with --file or --input: the column of "
+                   "the tickets' ids (default: detected: id, ticket_id, issue key, case number, number, ...; else the "
+                   "row number)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write the predictions to this CSV file for Excel or "
                    "Sheets, a row per ticket (id, text, predicted_label, confidence, needs_review, ..., the next "
                    "labels), instead of printing JSON lines")
@@ -1218,7 +1224,8 @@ def _add_split(commands: argparse._SubParsersAction) -> None:
     p.add_argument("data", type=Path, help="labelled tickets: CSV, TSV, JSONL or JSON, optionally .gz")
     p.add_argument("--output-train", type=Path, required=True, metavar="TRAIN", help="CSV file for training")
     p.add_argument("--output-test", type=Path, required=True, metavar="TEST", help="CSV file held out for testing")
-    p.add_argument("--label-column", help="label column (default: detected as train does: category, label, queue, ...)")
+    p.add_argument("--label-column", type=_column_name,
+                   help="label column (default: detected as train does: category, label, queue, ...)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
                    help="comma-separated text columns (default: detected as train does)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of each class held out")
@@ -1273,7 +1280,8 @@ def _add_review_labels(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="folds of the out-of-fold scores")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
                    help="comma-separated text columns (default: detected as train does)")
-    p.add_argument("--label-column", help="label column (default: detected as train does: category, label, queue, ...)")
+    p.add_argument("--label-column", type=_column_name,
+                   help="label column (default: detected as train does: category, label, queue, ...)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds")
 
 

@@ -184,6 +184,8 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells,
                                            mapping.field_columns[:len(field_columns)]):
         label = label_value(record.get(mapping.label_column)) if mapping.label_column else ""
+        for column in (mapping.label_column, *mapping.field_columns[:len(field_columns)]):
+            _check_one_value(record, column, path, row)
         correction = label_value(record.get(corrected)) if corrected else ""
         if correction and correction != label:
             label = correction
@@ -325,6 +327,15 @@ def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapp
                 if cut is not None:
                     cut.append(where(path, row, column))
         yield row, record, ticket_text(record, reading)
+
+
+def _check_one_value(record: dict[str, Any], column: str | None, path: Path, row: int) -> None:
+    """A label is one value: cells of a column the header repeats (Jira's "Component/s", one per value) are read
+    joined by line breaks, and several of them would train as a class of their own."""
+    value = record.get(column) if column else None
+    if isinstance(value, str) and "\n" in value.strip():
+        raise UserError(f"{where(path, row, column)}: holds several values ({value.strip()!r:.80}), one per line or "
+                        "per column of that name; a label is one value: give each ticket one")
 
 
 def check_flat(record: dict[str, Any], columns: Iterable[str | None], path: Path, row: int) -> None:

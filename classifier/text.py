@@ -98,7 +98,7 @@ _MARKUP = re.compile(r"<(?:(?P<end>/)?(?P<tag>[a-zA-Z][^\s/<>]*)(?![^\s/<>])"
 # Max Weber:", "Am 5.12. schrieb mir Ihr Kollege folgendes:", "Le 3 mars à 10:14, votre technicien a écrit :"
 # or "Le livreur a écrit :" is message, not a header.
 _CLOCK = r"\d{1,2}[:h]\d{2}"
-_DATED = r"\b[^\n\d]{0,40}\d+[^\d\n][^\n]{0,80}?"  # up to the clock: a day's number first, not the clock's own
+_DATED = r"\b[^\n\d]{0,40}\d+[^\d\n:][^\n]{0,80}?"  # up to the clock: a day's number first, not the clock's own
 _GAP = r"[^\S\n]?"  # before a colon: nothing, a space, or French typography's no-break space
 _ADDRESS = r"[(<]{0,2}\s?[^\s<>()@]{1,100}@[^\s<>()]{1,100}[)>]{0,2}"  # "<max@example.de>", bare, or wrapped
 _NOT_A_SENDER = (r"(?!(?:ich|er|sie|es|wir|mir|uns|ihr|ihre|ihnen|mein|meine|unser|unsere|der|die|das|ein|eine"
@@ -163,7 +163,7 @@ _INVISIBLE_MARKS = re.compile(r"[\u200e\u200f\ufeff]")
 _HELPDESK_MARKUP = re.compile(
     r"(?P<block>\{(?:code|noformat|quote|panel|color)(?::[^}\n]{0,200})?\})"
     r"|^[ \t]*(?:h[1-6]|bq)\.[ \t]+"
-    r"|\[~[^\]\n]{1,100}\]"
+    r"|\[~[^\]\s]{1,100}\]"
     r"|![^!\s|]{1,200}\.(?:png|jpe?g|gif|bmp|svg|webp)(?:\|[^!\n]{0,100})?!"
     r"|\[(?P<link>[^\[\]|\n]{1,200})\|(?:https?://|mailto:)[^\[\]\s]{1,2000}\]"
     # Who wrote an entry, and when: a Jira CSV comment's "03/Dec/26 9:14 PM;557058:f3a1...;" and a ServiceNow

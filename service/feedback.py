@@ -52,7 +52,7 @@ from service.schemas import (
     ZendeskTicket,
     build_feedback_schemas,
     describe,
-    document_text,
+    jira_ticket,
     zendesk_record,
 )
 
@@ -178,10 +178,8 @@ def jira() -> Response:
     issue = parsed.issue
     fields = {**(issue.fields.model_extra or {})}
     label = _label_from(fields, current_app.config["FEEDBACK_JIRA_FIELD"], "issue.fields", "jira")
-    description = issue.fields.description
-    text = _text(ZendeskTicket.model_construct(
-        id=issue.key, subject=issue.fields.summary,
-        description=document_text(description) if isinstance(description, dict) else description), model)
+    text = _text(ZendeskTicket.model_construct(**jira_ticket(issue.key, issue.fields.summary,
+                                                             issue.fields.description)), model)
     event = FeedbackEvent(ticket_id=issue.key, label=label, text_fields=text, updated_at=issue.fields.updated,
                           event_id=parsed.event_id, source="jira", **_prediction(fields, "issue.fields"))
     return _store([event], ["issue"], model)

@@ -279,7 +279,7 @@ class TicketBase(BaseModel):
     @classmethod
     def _has_text(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            data = _with_helpdesk_id(_canonical_keys(data, ("id", *cls.text_keys())))
+            data = _with_helpdesk_id(_canonical_keys(data, ("id", *cls.text_keys())), cls.text_keys())
         _no_top_k_of_its_own(cls, data)
         if isinstance(data, dict) and all(data.get(key) is None for key in cls.text_keys()):
             if field_key(data, "tickets") is not None and field_value(data, "tickets") is None:
@@ -326,13 +326,16 @@ class TicketBase(BaseModel):
         return schema
 
 
-def _with_helpdesk_id(data: dict[str, Any]) -> dict[str, Any]:
+def _with_helpdesk_id(data: dict[str, Any], text_keys: Collection[str]) -> dict[str, Any]:
     """A ticket without "id" takes its helpdesk's own (ServiceNow's "number", Jira's "key", "ticket_id", ...) as
-    ``predict --file`` finds an id column; a value that is no id (a reference object) is left alone."""
+    ``predict --file`` finds an id column; not one of the model's ``text_keys``, a blank, or a value that is no
+    id (a reference object)."""
     if data.get("id") is not None:
         return data
+    read = {key.lower() for key in text_keys}
     for name in ID_COLUMN_GUESSES:
-        if (value := field_value(data, name)) not in (None, ""):
+        value = field_value(data, name) if name not in read else None
+        if value is not None and str(value).strip():
             try:
                 return {**data, "id": _TICKET_ID.validate_python(value)}
             except ValidationError:
@@ -360,7 +363,8 @@ class ZendeskTicket(BaseModel):
     def _body_from_other_keys(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        data = _canonical_keys(data, ("id", "subject", "description", "comment"))
+        data = _with_helpdesk_id(_canonical_keys(data, ("id", "subject", "description", "comment")),
+                                 ("subject", "description", "comment"))
         if _has_words(data.get("description")):
             return data
         comment = data.get("comment")
@@ -462,34 +466,44 @@ def document_text(document: dict[str, Any]) -> str | None:
     return text or None
 
 
+def jira_ticket(key: str, summary: Any, description: Any) -> dict[str, Any]:
+    """A Jira issue as a webhook ticket: key as id, summary as subject, the description's text (an Atlassian
+    document, Jira Cloud's rich text, read as its text)."""
+    return {"id": key, "subject": summary,
+            "description": document_text(description) if isinstance(description, dict) else description}
+
+
 def _jira_as_webhook(data: Any, text_keys: Collection[str], where: tuple[str | int, ...]) -> Any:
     """A Jira issue (``{"issue": {"key", "fields": {"summary", "description"}}}``, as a webhook or automation sends
-    it, or automation's own format with the issue's keys at the top) as the webhook ticket it is:
-    ``{"ticket": {"id": key, "subject": summary, "description": ...}}``, an Atlassian document read as its text.
-    Anything else, or an ``issue`` or ``fields`` that is one of the model's text fields, is left as it is.
-    ``where``: the location of ``data`` in the request, for an error about it."""
+    it, or automation's own format with the issue's keys at the top) as the webhook ticket it is, ``{"ticket":
+    jira_ticket(...)}``. Anything else, or an ``issue`` or ``fields`` that is one of the model's text fields, is
+    left as it is. ``where``: the location of ``data`` in the request, for an error about it."""
     if not isinstance(data, dict) or {"issue", "fields"} & {key.lower() for key in text_keys}:
         return data
     issue = field_value(data, "issue")
     inside: tuple[str, ...] = ("issue",)  # where the issue's fields are
-    rest = {key: value for key, value in data.items() if key.lower() != "issue"}
     if not isinstance(issue, dict):  # automation's format, told by the issue's text in "fields"
         issue, inside = data, ()
-        rest = {key: value for key, value in data.items() if key.lower() not in ("key", "fields")}
         inner = field_value(data, "fields")
         if not isinstance(inner, dict) or all(field_value(inner, name) is None for name in ("summary", "description")):
             return data
-    fields = field_value(issue, "fields")
-    if not isinstance(fields, dict) or not isinstance(field_value(issue, "key"), str):
+    fields, key = field_value(issue, "fields"), field_value(issue, "key")
+    if not isinstance(fields, dict) or not isinstance(key, str) or not key.strip():
         return data
-    description = field_value(fields, "description")
-    ticket = {"id": field_value(issue, "key"), "subject": field_value(fields, "summary"),
-              "description": document_text(description) if isinstance(description, dict) else description}
+
+    def refuse(kind: str, message: str, location: tuple[str | int, ...], value: Any) -> ValidationError:
+        return ValidationError.from_exception_data("request", [{
+            "type": PydanticCustomError(kind, message), "loc": (*where, *location), "input": value}])
+
+    if field_key(data, "ticket") is not None:  # two tickets in one: neither may be left out silently
+        raise refuse("invalid_shape", "give a Jira issue or a webhook's {'ticket': {...}}, not both", (), data)
+    ticket = jira_ticket(key, field_value(fields, "summary"), field_value(fields, "description"))
     if ticket["subject"] is None and ticket["description"] is None:  # said in Jira's terms, not the webhook's
-        error = PydanticCustomError("missing_text", "missing ticket text: give 'summary' or 'description'")
-        raise ValidationError.from_exception_data("request", [{"type": error, "loc": (*where, *inside, "fields"),
-                                                               "input": fields}])
-    return {**rest, "ticket": ticket}
+        raise refuse("missing_text", "missing ticket text: give 'summary' or 'description'", (*inside, "fields"),
+                     fields)
+    # The issue's key is its id: not Jira's numeric "id", "self" or the webhook's own fields beside the issue.
+    dropped = {"issue", "key", "fields", "id", "self"}
+    return {**{name: value for name, value in data.items() if name.lower() not in dropped}, "ticket": ticket}
 
 
 def _field_named(fields: Sequence[str], name: str) -> str | None:

@@ -25,7 +25,7 @@ from service_helpers import TICKET, error_of, metric_values
 
 from classifier.predict import Predictor
 from service import create_app
-from service.schemas import ZendeskTicket, _batch_item_shape, zendesk_record
+from service.schemas import ZendeskTicket, _batch_item_shape, build_schemas, zendesk_record
 
 # ------------------------------------------------------------------ classify
 
@@ -86,6 +86,14 @@ def test_a_helpdesks_own_id_name_is_echoed_as_the_id(client: FlaskClient) -> Non
                {"id": 5, "number": "INC2", **TICKET}]
     predictions = client.post("/classify", json={"tickets": tickets}).get_json()["predictions"]
     assert [p["id"] for p in predictions] == ["INC0010001", "SD-12", 9, None, 5]
+    webhook = {"ticket": {"number": "INC5", "subject": TICKET["subject"], "description": TICKET["body"]}}
+    assert client.post("/classify", json=webhook).get_json()["predictions"][0]["id"] == "INC5"
+    blank = client.post("/classify", json={"number": "  ", **TICKET}).get_json()["predictions"][0]
+    assert blank["id"] is None
+    # A model reading a "number" field: that is the ticket's text, not its id.
+    schemas = build_schemas(("subject", "number"), label_count=3, max_batch=8)
+    assert schemas.tickets(schemas.parse({"subject": "Call me", "number": "555 0100"})) == \
+        [(None, {"subject": "Call me", "number": "555 0100"})]
 
 
 def test_a_jira_issue_is_classified_as_its_summary_and_description(client: FlaskClient, predictor: Predictor) -> None:
@@ -100,6 +108,11 @@ def test_a_jira_issue_is_classified_as_its_summary_and_description(client: Flask
     assert client.post("/classify", json=automation).get_json()["predictions"] == [prediction]
     batch = client.post("/classify", json={"tickets": [webhook, {"id": 1, **TICKET}]}).get_json()["predictions"]
     assert batch == [prediction, {"id": 1, **expected}]
+    # Jira's numeric id beside the issue, or the webhook's own, is not the ticket's id: its key is.
+    for body in ({"id": "10042", **automation}, {"id": 2, **webhook}):
+        assert client.post("/classify", json=body).get_json()["predictions"] == [prediction]
+    both = client.post("/classify", json={**webhook, "ticket": {"subject": "Login fails"}})
+    assert error_of(both, 422)["message"] == "give a Jira issue or a webhook's {'ticket': {...}}, not both"
     empty = client.post("/classify", json={"issue": {"key": "SD-10", "fields": {"summary": None}}})
     assert error_of(empty, 422)["message"] == "issue.fields: missing ticket text: give 'summary' or 'description'"
 

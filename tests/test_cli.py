@@ -130,6 +130,9 @@ def test_a_column_name_with_a_comma_is_given_in_double_quotes() -> None:
     args = build_parser().parse_args(["train", "jira.csv", "--output", "out",
                                       "--label-column", '"Custom field (Team, Queue)", priority'])
     assert args.label_column == ("Custom field (Team, Queue)", "priority")
+    split = build_parser().parse_args(["split", "jira.csv", "--output-train", "a.csv", "--output-test", "b.csv",
+                                       "--label-column", '"Custom field (Team, Queue)"'])
+    assert split.label_column == "Custom field (Team, Queue)"  # one name: quoted or not, as the lists take it
 
 
 def test_predict_prints_json_lines(exported_bundle: Path) -> None:

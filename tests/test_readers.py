@@ -16,6 +16,7 @@ from classifier.data import DataReport, load_tickets
 from classifier.errors import UserError
 from classifier.fields import parse_tags
 from classifier.readers import MAX_JSON_DEPTH, STDIN, delimiter_of, read_records
+from classifier.text import TextOptions
 
 
 def test_corrupt_gzip_is_a_user_error(tmp_path: Path) -> None:
@@ -80,6 +81,9 @@ def test_columns_of_one_name_are_read_as_one_their_cells_joined(tmp_path: Path) 
         {"Summary": "Locked out", "Labels": "", "Description": "cannot log in", "Comment": ""}]
     tags, _ = parse_tags(["billing\nvip", "", "a|b\nc"], path, [2, 3, 4], "Labels")
     assert tags == [["billing", "vip"], [], ["a", "b", "c"]]
+    # Such a column as the label: several values are no label, and would train as a class of their own.
+    with pytest.raises(UserError, match=r"jira.csv, row 2, column 'Labels': holds several values \('billing\\nvip'\)"):
+        load_tickets(path, TextOptions(fields=("Summary", "Description")), label_column="Labels")
 
 
 def test_long_fields_and_multi_line_records_are_read(tmp_path: Path) -> None:

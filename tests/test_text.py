@@ -100,6 +100,7 @@ def test_german_french_and_spanish_signatures_are_cut(signature: str) -> None:
     "Bonjour,\nLe 3 mars à 10:14, votre technicien a écrit :\nredémarrez. Sans effet.",
     "Hola,\nEl lunes a las 10:14, su técnico escribió:\nreinicie. No sirvió.",
     "Hallo,\nAm Freitag um 14:30 schrieb Max Weber:\nbitte neu starten. Das half nicht.",  # no date: a sentence
+    "Hallo,\nAm Freitag um 14:30:00 schrieb Max Weber:\nbitte neu starten. Das half nicht.",  # seconds: no date
     "Bonjour,\nLe lundi à 10h14, Marie Curie a écrit :\nredémarrez. Sans effet.",
 ])
 def test_lines_like_a_reply_header_inside_the_message_are_kept(text: str) -> None:
@@ -260,7 +261,8 @@ def test_jira_wiki_markup_is_read_as_text() -> None:
     assert clean_text("{code}{code}") == ""  # nothing to classify
     assert clean_text("h1. Title", TextOptions(strip_html=False)) == "h1. Title"
     # Not markup: a bracketed remark, a version, an exclamation.
-    for text in ("Order [2 items] | https://shop.example.com not shipped", "Upgrade to v2.1. Now!", "h1 is wrong"):
+    for text in ("Order [2 items] | https://shop.example.com not shipped", "Upgrade to v2.1. Now!", "h1 is wrong",
+                 "The outage lasted [~30 min] today"):
         assert clean_text(text) == text
 
 
