@@ -137,6 +137,8 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     parents = {name.rpartition(".")[0] for name in texts}
     parent = parents.pop() if len(parents) == 1 else ""
     places = ("", f"{parent}.") if parent else ("",)
-    ident = next((found for place in places for name in ID_COLUMN_GUESSES
+    # Jira's REST export ({"id": "10001", "key": "SD-1", "fields": {"summary", ...}}): the key people know.
+    guesses = ("key", *ID_COLUMN_GUESSES) if parent == "fields" else ID_COLUMN_GUESSES
+    ident = next((found for place in places for name in guesses
                   if (found := find(place + name, look_inside=False))), None)
     return ColumnMapping(texts, label, ident, tuple(fields))

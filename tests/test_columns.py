@@ -38,7 +38,8 @@ def test_german_french_and_spanish_exports_are_detected_in_any_unicode_form() ->
      ("short_description", "description"), "number"),
     (["Case Number", "Case ID", "Subject", "Description", "Type"], ("Subject", "Description"), "Case Number"),
     (["Conversation ID", "Subject", "Body", "Tag"], ("Subject", "Body"), "Conversation ID"),
-], ids=["jira", "servicenow", "salesforce", "intercom"])
+    (["id", "key", "self", "fields.summary", "fields.description"], ("fields.summary", "fields.description"), "key"),
+], ids=["jira", "servicenow", "salesforce", "intercom", "jira-rest-json"])
 def test_helpdesk_exports_ids_and_texts_are_detected(columns: list[str], texts: tuple[str, ...], ident: str) -> None:
     mapping = resolve_columns(columns, "export.csv", require_label=False)
     assert (mapping.text_columns, mapping.id_column) == (texts, ident)
