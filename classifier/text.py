@@ -147,6 +147,11 @@ _SIGN_OFF = re.compile(
     r"bonne journée|un saludo|saludos(?: cordiales)?|atentamente|(?:muchas )?gracias(?: de antemano)?)[ ,.!]*$",
     re.IGNORECASE,
 )
+# "Thanks, Bob" or "Mit freundlichen Grüßen - Anna Schmidt": a sign-off and a name on one line.
+_SIGN_OFF_AND_NAME = re.compile(
+    r"^(?P<sign_off>[^,\n]{1,40}?)[ \t]*(?:,|[ \t][-\u2013\u2014])[ \t]*(?P<name>[^\n]{1,60})$")
+# A stack trace or an error pasted after the name is what the ticket is about, not signature.
+_CODE_LINE = re.compile(r"\b(?:traceback|exception|error)\b|^\s*at [\w$.<>]+\(|^\s*file \"", re.IGNORECASE)
 _SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message
 _SIGNATURE_MAX_WORDS = 10  # a longer line after a sign-off is message, not signature
 _NAME_MAX_WORDS = 5  # the line right after a sign-off is a name, or the message goes on
@@ -314,11 +319,25 @@ def strip_signature(text: str) -> str:
         line = lines[index].strip()
         if _SIGNATURE_START.match(line) or (_SIGN_OFF.match(line) and _signature_like(lines[index + 1:])):
             return "\n".join(lines[:index])
+        if _signed_with_name(line) and _signature_like(lines[index + 1:], name_given=True):
+            return "\n".join(lines[:index])
     return "\n".join(lines)
 
 
-def _signature_like(lines: list[str]) -> bool:
-    """A name first ("Maria Lopez"), then titles, phone numbers, addresses: no sentences, no long lines.
+def _signed_with_name(line: str) -> bool:
+    """A sign-off and a capitalised name on one line ("Thanks, Bob", "Kind regards - Anna Smith"); not
+    "Thanks, but it still fails" nor "thanks, refund please", whose words go on with the message."""
+    match = _SIGN_OFF_AND_NAME.match(line)
+    if match is None or not _SIGN_OFF.match(match["sign_off"]):
+        return False
+    words = match["name"].rstrip(" .!").split()
+    return 0 < len(words) <= _NAME_MAX_WORDS - 1 and all(word[0].isupper() for word in words) \
+        and not any(char.isdigit() for char in match["name"])
+
+
+def _signature_like(lines: list[str], name_given: bool = False) -> bool:
+    """A name first ("Maria Lopez", unless ``name_given`` on the sign-off's line), then titles, phone numbers,
+    addresses: no sentences, no long lines, no stack trace.
 
     "Thanks!\nAlso the app crashes" is a message going on, so its last line stays.
     """
@@ -328,7 +347,8 @@ def _signature_like(lines: list[str]) -> bool:
         return False
     for line in lines:
         words = line.split()
-        if len(words) > _SIGNATURE_MAX_WORDS or (len(words) >= 4 and line.rstrip().endswith((".", "?", "!"))):
+        if len(words) > _SIGNATURE_MAX_WORDS or (len(words) >= 4 and line.rstrip().endswith((".", "?", "!"))) \
+                or _CODE_LINE.search(line):
             return False
     return True
 

@@ -141,6 +141,25 @@ def test_sign_off_cuts_only_a_name_and_what_follows_it() -> None:
     assert clean_text("Where is my card?\nThanks") == "Where is my card?"
 
 
+@pytest.mark.parametrize("signed", ["Thanks, Bob", "Kind regards, Anna Smith", "Mit freundlichen Grüßen, Anna Schmidt",
+                                    "Cordialement - Marie Dupont", "Best, Bob\n+1 555 0100", "Cheers, J."])
+def test_a_sign_off_and_a_name_on_one_line_are_cut(signed: str) -> None:
+    assert clean_text(f"Invoice is wrong.\n\n{signed}") == "Invoice is wrong."
+
+
+@pytest.mark.parametrize("text", [
+    "The app crashes.\nThanks, but that did not help at all",  # a sentence, not a name
+    "Refund\nthanks, refund please",  # lower-case words go on with the message
+    "Invoice wrong.\nThanks, Bob\nAlso the app crashes at login",
+    "VPN down.\nThanks, VPN 2 Down",
+    # what follows the signature is the ticket's subject matter: an error, a stack trace
+    "Export fails.\nThanks,\nBob\n\nTraceback (most recent call last):\n  File \"app.py\", line 3\nKeyError: id",
+    "Export fails.\nThanks,\nBob\njava.lang.NullPointerException\n  at com.acme.Export.run(Export.java:42)",
+])
+def test_words_after_a_sign_off_that_are_no_signature_are_kept(text: str) -> None:
+    assert clean_text(text) == " ".join(text.split())
+
+
 def test_field_names_match_regardless_of_case() -> None:
     assert ticket_text({"Subject": "Refund", "BODY": "charged twice"}, SUBJECT_BODY) == "Refund\ncharged twice"
     # and of Unicode form: "é" as one character, or as "e" and an accent (a Mac)
