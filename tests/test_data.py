@@ -161,6 +161,22 @@ def test_labels_differing_only_in_case_are_one_class(tmp_path: Path) -> None:
     assert any("differing only in case" in line for line in data.report.summary_lines())
 
 
+def test_a_text_column_that_names_the_label_is_reported_as_a_likely_leak(tmp_path: Path) -> None:
+    queues = {"Finance_Ops": "charged twice for order", "IT": "laptop will not boot", "login": "password reset fails"}
+    rows = [{"subject": f"{problem} {i}", "body": f"ticket {i}: {problem}, it is urgent",
+             "notes": f"escalated to {label.replace('_', ' ')} team" if i % 4 else "asked for details",
+             "queue": label} for label, problem in queues.items() for i in range(12)]
+    data = prepare_data(write_csv(tmp_path / "t.csv", rows), DataOptions(
+        text=TextOptions(fields=("subject", "body", "notes")), label_column="queue"))
+    # "IT" is named in capitals only, so "it is urgent" in every body names no queue
+    assert data.report.label_named_in == {"subject": 0.0, "body": 0.0, "notes": 0.75}
+    warnings = [line for line in data.report.summary_lines() if "names the ticket's own label" in line]
+    assert len(warnings) == 1 and "'notes'" in warnings[0] and "75%" in warnings[0]
+    without_notes = prepare_data(tmp_path / "t.csv", DataOptions(text=TextOptions(fields=("subject", "body")),
+                                                                 label_column="queue"))
+    assert not any("names the ticket's own label" in line for line in without_notes.report.summary_lines())
+
+
 def test_a_label_typed_in_another_unicode_form_is_the_same_label(tmp_path: Path) -> None:
     composed, decomposed = "R\u00e9seau", "Re\u0301seau"  # "é" as one character, and as "e" and an accent (a Mac)
     rows = [(composed, f"network down {i}") for i in range(6)] + [(decomposed, f"wifi drops {i}") for i in range(3)]
