@@ -497,8 +497,14 @@ def _jira_as_webhook(data: Any, text_keys: Collection[str], where: tuple[str | i
 
     if field_key(data, "ticket") is not None:  # two tickets in one: neither may be left out silently
         raise refuse("invalid_shape", "give a Jira issue or a webhook's {'ticket': {...}}, not both", (), data)
+    # Errors said in Jira's terms ("issue.fields.summary"), not in those of the webhook ticket it becomes.
+    for name, kinds, what in (("summary", (str,), "a string"),
+                              ("description", (str, dict), "a string or an Atlassian document")):
+        value = field_value(fields, name)
+        if value is not None and not isinstance(value, kinds):
+            raise refuse("string_type", f"Input should be {what}", (*inside, "fields", name), value)
     ticket = jira_ticket(key, field_value(fields, "summary"), field_value(fields, "description"))
-    if ticket["subject"] is None and ticket["description"] is None:  # said in Jira's terms, not the webhook's
+    if ticket["subject"] is None and ticket["description"] is None:
         raise refuse("missing_text", "missing ticket text: give 'summary' or 'description'", (*inside, "fields"),
                      fields)
     # The issue's key is its id: not Jira's numeric "id", "self" or the webhook's own fields beside the issue.

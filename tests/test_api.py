@@ -115,6 +115,12 @@ def test_a_jira_issue_is_classified_as_its_summary_and_description(client: Flask
     assert error_of(both, 422)["message"] == "give a Jira issue or a webhook's {'ticket': {...}}, not both"
     empty = client.post("/classify", json={"issue": {"key": "SD-10", "fields": {"summary": None}}})
     assert error_of(empty, 422)["message"] == "issue.fields: missing ticket text: give 'summary' or 'description'"
+    # a wrong value is named where the issue has it, not where the webhook ticket made of it would
+    wrong = client.post("/classify", json={"tickets": [{"issue": {"key": "SD-11", "fields": {"summary": 42}}}]})
+    assert error_of(wrong, 422)["message"] == "tickets[0].issue.fields.summary: Input should be a string"
+    wrong = client.post("/classify", json={"key": "SD-12", "fields": {"summary": "Refund", "description": 7}})
+    assert error_of(wrong, 422)["message"] == \
+        "fields.description: Input should be a string or an Atlassian document"
 
 
 def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
