@@ -1214,7 +1214,8 @@ Stratified by label, with the seeded split training uses for validation. Reads e
 train reads and finds the columns the same way; both outputs are CSV with all the input's
 columns (a JSON object's fields as dotted columns), so the test file reads like the export.
 A class with a single ticket, rows without a label, and copies of a training ticket (the same
-text once cleaned) go to the training file: nothing in the test file was trained on.
+text once cleaned) go to the training file: nothing in the test file was trained on. So do copies
+drawn for testing together: the test file scores each text once.
 """
 
 
@@ -1243,8 +1244,8 @@ def _run_split(args: argparse.Namespace) -> int:
         print(f"  {counted(split.unlabelled, 'row')} without a label went to the training file: training leaves "
               "such rows out and lists them; 'ticketclf review-labels' suggests a label")
     if split.copies:
-        print(f"  {counted(split.copies, 'ticket')} drawn for testing had the text of a training ticket: kept for "
-              "training")
+        print(f"  {counted(split.copies, 'ticket')} drawn for testing had the text of a training ticket or of "
+              "another test ticket: kept for training")
     return 0
 
 

@@ -545,7 +545,7 @@ class SplitFiles:
     test: int  # rows in the test file
     mapping: ColumnMapping  # the columns found
     unlabelled: int  # rows without a label: in the training file, which training reports
-    copies: int  # drawn for the test file but the text of a training row: kept in training
+    copies: int  # drawn for the test file but the text of another row: kept in training
 
 
 def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, *, label_column: str | None = None,
@@ -557,8 +557,8 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
     Reads every format training reads and finds the columns the same way; both outputs are CSV with all
     the input's columns (a JSON object's fields as its dotted columns, lists as JSON) and its semicolons if it
     has them, so the test file reads like the export it came from. A class with a single ticket, rows without
-    a label, and copies of a training ticket (the same text as the model reads it) go to the training file
-    (training reports them).
+    a label, and copies of a training ticket or of another test ticket (the same text as the model reads it) go
+    to the training file (training reports them).
     """
     data, train_path, test_path = Path(data), Path(train_path), Path(test_path)
     if not 0 < test_fraction < 1:
@@ -589,11 +589,12 @@ def split_file(data: str | Path, train_path: str | Path, test_path: str | Path, 
 
 
 def _not_in_training(test_rows: set[int], records: list[dict[str, Any]], text_columns: Sequence[str]) -> set[int]:
-    """The test rows whose model text no training row has: a copy on both sides (an auto-reply, a templated
-    mail) would be scored as if held out while the model learned it, so it goes to training."""
+    """The test rows whose model text no other row has: a copy on both sides (an auto-reply, a templated mail)
+    would be scored as if held out while the model learned it, and copies within the test file would count one
+    answer several times; they go to training."""
     options = TextOptions(fields=tuple(text_columns))
-    training = {ticket_text(record, options) for i, record in enumerate(records) if i not in test_rows}
-    return {i for i in test_rows if ticket_text(records[i], options) not in training}
+    texts = Counter(ticket_text(record, options) for record in records)
+    return {i for i in test_rows if texts[ticket_text(records[i], options)] == 1}
 
 
 def flat_columns(records: Iterable[dict[str, Any]], columns: Sequence[str]) -> list[str]:

@@ -621,7 +621,20 @@ def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored, man
         label_spellings_matched=data_report.merged_label_spellings,
         labels_without_test_tickets=sorted(set(scored.classes) - set(scored.y_true)),
         training_copies=None if is_training_file else _training_copies(tickets, scored, manifest, bundle_dir),
-        repeated_ids=[ticket_id for info in data_report.files.values() for ticket_id in info.get("repeated_ids", [])])
+        repeated_ids=[ticket_id for info in data_report.files.values() for ticket_id in info.get("repeated_ids", [])],
+        test_copies=_test_copies(tickets, scored))
+
+
+def _test_copies(tickets: Tickets, scored: Scored) -> list[str]:
+    """The evaluated tickets whose text and label an earlier evaluated ticket has: each counts in the metrics."""
+    seen: set[tuple[str, str]] = set()
+    copies = []
+    for row in scored.rows.tolist():
+        key = (tickets.texts[row], tickets.labels[row])
+        if key in seen:
+            copies.append(tickets.ids[row])
+        seen.add(key)
+    return copies
 
 
 def _training_copies(tickets: Tickets, scored: Scored, manifest: Manifest, bundle_dir: Path) -> int | None:
@@ -769,6 +782,9 @@ def _warnings(report: Report) -> list[str]:
     for reason, dropped in data.dropped.items():
         rows = first_of(dropped.rows, 3)
         warnings.append(f"{dropped.count} test row{'s' if dropped.count > 1 else ''} dropped ({reason}): {rows}")
+    if copies := data.test_copies:
+        warnings.append(f"{len(copies)} of the {data.evaluated} test tickets are copies of another test ticket (same "
+                        f"text and label), each counted, so a mistake on one counts as many: {first_of(copies, 5)}")
     if data.repeated_ids:
         warnings.append(f"{ids_are(len(data.repeated_ids))} on more than one test ticket, each of another text "
                         f"({first_of(data.repeated_ids, 5)}): misclassified.csv names tickets by id")

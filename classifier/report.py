@@ -170,6 +170,8 @@ class TestFileSection:
     # None: that file is no longer where training read it, or has changed.
     training_copies: int | None = None
     repeated_ids: list[str] = field(default_factory=list)  # ids on tickets of different texts
+    # Evaluated tickets with the text and label of an earlier one: the first of them, by id; and how many.
+    test_copies: list[str] = field(default_factory=list)
 
     @property
     def path(self) -> Any:

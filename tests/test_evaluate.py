@@ -432,6 +432,19 @@ def test_test_labels_in_another_case_are_matched_to_the_models(exported_bundle, 
     assert data_report.merged_label_spellings["BILLING"] == "billing"
 
 
+def test_copies_within_the_test_file_are_flagged(evaluated, exported_bundle, known_rows, tmp_path):
+    before = evaluated[0]["data"]["test_copies"]  # the sample has a ticket written twice
+    doubled = tmp_path / "doubled.csv"
+    with open(doubled, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, list(known_rows[0]))
+        writer.writeheader()
+        writer.writerows([*known_rows, *known_rows[:3]])  # the same tickets exported twice
+    report = evaluate(exported_bundle, doubled, tmp_path / "report", EvaluationOptions(baseline=False))
+    assert report["data"]["test_copies"] == before + [row["id"] for row in known_rows[:3]]
+    assert any(f"{len(before) + 3} of the {len(known_rows) + 3} test tickets are copies of another" in warning
+               for warning in report["warnings"])
+
+
 def test_a_file_with_only_unknown_labels_is_a_user_error(exported_bundle, test_csv, tmp_path):
     with pytest.raises(UserError, match="no test ticket has a label the model knows"):
         evaluate(exported_bundle, test_csv, tmp_path / "out", EvaluationOptions(label_column="priority",
