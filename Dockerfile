@@ -1,5 +1,5 @@
 # CPU image of the ticket-classification service: the serving install only (onnxruntime,
-# tokenizers, Flask, gunicorn; no torch). The model bundle is not inside: mount it at
+# tokenizers, Flask, gunicorn, scipy; no torch). The model bundle is not inside: mount it at
 # /model, or bake it into a derived image (docs/service.md, "Docker").
 #
 #   docker build -t ticket-classifier:0.1.0 .

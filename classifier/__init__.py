@@ -1,7 +1,7 @@
 """Ticket classification: fine-tune, export, predict, evaluate.
 
-Importing the package is cheap: ``Predictor`` and friends load onnxruntime and
-tokenizers only; torch, transformers and optimum are imported by the training,
+Importing the package is cheap: ``Predictor`` and friends load onnxruntime, tokenizers,
+scipy's BLAS and safetensors only; torch, transformers and optimum are imported by the training,
 export and evaluation modules that need them.
 """
 

@@ -2,7 +2,7 @@
 
 Configuration, lowest precedence first: :data:`DEFAULTS`, the environment variables
 in :data:`ENVIRONMENT`, then the ``config`` mapping. Only the inference side of the
-classifier is imported (onnxruntime + tokenizers, no torch).
+classifier is imported (onnxruntime, tokenizers, scipy's BLAS; no torch).
 """
 
 from __future__ import annotations
