@@ -783,7 +783,8 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         eval_dataset=validation_set,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=PAD_MULTIPLE),
         compute_metrics=_field_metrics(data) if multi else _compute_metrics,
-        compute_loss_func=_weighted_loss(data, label_index) if options.class_weighted_loss and not multi else None,
+        compute_loss_func=weighted_loss(_class_weights(data, label_index))
+        if options.class_weighted_loss and not multi else None,
         annealing=annealing,
         layer_decay=options.layer_lr_decay,
     )
@@ -867,12 +868,16 @@ def _class_weights(data: PreparedData, label_index: dict[str, int]) -> torch.Ten
     return torch.tensor([total / (len(counts) * counts[i]) for i in range(len(label_index))])
 
 
-def _weighted_loss(data: PreparedData, label_index: dict[str, int]) -> Any:
-    """Cross-entropy weighted by inverse class frequency (:func:`_class_weights`)."""
-    weights = _class_weights(data, label_index)
+def weighted_loss(weights: torch.Tensor) -> Any:
+    """Trainer's ``compute_loss_func``: cross-entropy weighted per class (:func:`_class_weights`, whose mean over
+    the training tickets is 1), summed over a micro-batch and divided by the tickets of the whole batch
+    (``num_items_in_batch``). Trainer divides by the accumulation steps only where no such function is given:
+    a mean per micro-batch would multiply the gradient by their number (4 at 144 tokens, 32 at 512), and
+    gradient clipping would cut in that much sooner."""
 
     def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
         logits = outputs["logits"].float()
-        return torch.nn.functional.cross_entropy(logits, labels, weight=weights.to(logits.device))
+        summed = torch.nn.functional.cross_entropy(logits, labels, weight=weights.to(logits.device), reduction="sum")
+        return summed / (len(labels) if num_items_in_batch is None else num_items_in_batch)
 
     return loss

@@ -32,6 +32,7 @@ from classifier.train import (
     layer_depth,
     micro_batches,
     train,
+    weighted_loss,
 )
 
 
@@ -88,6 +89,20 @@ def test_training_fits_a_temperature_that_improves_validation_likelihood(tiny_bu
     nll = {t: negative_log_likelihood(logits, truth, t) for t in (1.0, fitted, fitted * 0.8, fitted * 1.25)}
     assert nll[fitted] < nll[1.0] and nll[fitted] <= min(nll[fitted * 0.8], nll[fitted * 1.25])
     assert calibration.validation_nll["calibrated"] == pytest.approx(nll[fitted], abs=1e-3)
+
+
+def test_the_class_weighted_loss_of_micro_batches_adds_up_to_the_whole_batchs() -> None:
+    # Trainer adds the micro-batches' gradients and leaves the scaling to a custom loss: what it computes on 4
+    # micro-batches of 2 tickets must be what it computes on the batch of 8 at once, whatever the weights.
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 0, 1, 2, 2])
+    loss = weighted_loss(torch.tensor([0.5, 1.0, 2.0]))
+    whole = loss({"logits": logits}, labels)
+    parts = sum(loss({"logits": logits[i:i + 2]}, labels[i:i + 2], num_items_in_batch=8) for i in range(0, 8, 2))
+    assert float(parts) == pytest.approx(float(whole), rel=1e-6)
+    # and with all weights 1 it is the plain cross-entropy
+    plain = weighted_loss(torch.ones(3))({"logits": logits}, labels)
+    assert float(plain) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-6)
 
 
 def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_path: Path) -> None:
