@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import select
+import shlex
 import shutil
 import signal
 import sys
@@ -172,6 +173,12 @@ def _csv_list(value: str) -> tuple[str, ...]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list of column names")
     return items
+
+
+def _as_option(value: str | Sequence[str]) -> str:
+    """Column names as the list options take them back: comma-separated, one holding a comma in double quotes."""
+    names = [value] if isinstance(value, str) else list(value)
+    return ",".join(f'"{name}"' if "," in name or '"' in name else name for name in names)
 
 
 def _field_weights(value: str) -> dict[str, float]:
@@ -1239,7 +1246,7 @@ def _run_split(args: argparse.Namespace) -> int:
     split = split_file(args.data, args.output_train, args.output_test, label_column=args.label_column,
                        text_columns=args.text_columns, test_fraction=args.test_fraction, seed=args.seed)
     print(f"{split.train} training and {split.test} test tickets from {args.data} (text from "
-          f"{', '.join(split.mapping.text_columns)}; labels from {split.mapping.label_column})")
+          f"{', '.join(split.mapping.text_columns)}; {split.mapping.label_line()})")
     if split.unlabelled:
         print(f"  {counted(split.unlabelled, 'row')} without a label went to the training file: training leaves "
               "such rows out and lists them; 'ticketclf review-labels' suggests a label")
@@ -1292,8 +1299,9 @@ def _run_review_labels(args: argparse.Namespace) -> int:
     written = write_review(args.data, args.output, TextOptions(fields=args.text_columns or ()), args.label_column,
                            folds=args.folds, seed=args.seed)
     review = written.review
-    print(f"{review.tickets} tickets reviewed ({review.folds}-fold TF-IDF out-of-fold): {len(review.flagged)} look "
-          f"mislabelled, {len(review.duplicates)} more have a near-duplicate labelled otherwise")
+    print(f"{review.tickets} tickets reviewed ({review.folds}-fold TF-IDF out-of-fold; {written.labels_from}): "
+          f"{len(review.flagged)} look mislabelled, {len(review.duplicates)} more have a near-duplicate labelled "
+          "otherwise")
     for finding in review.findings()[:5]:
         entry = finding.entry(written.texts, written.ids)
         print(f"  {entry['id']}: {entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f}): "
@@ -1301,8 +1309,10 @@ def _run_review_labels(args: argparse.Namespace) -> int:
     if (unreviewed := written.rows - review.tickets) > 0:
         print(f"  {counted(unreviewed, 'row')} without a label or text: not reviewed, written after the findings "
               "(a corrected_label trains on it)")
+    options = "".join(f" {option} {shlex.quote(_as_option(value))}" for option, value in (
+        ("--text-columns", args.text_columns), ("--label-column", args.label_column)) if value)
     print(f"{written.rows} rows written to {args.output}, those first; fill corrected_label where a label is wrong, "
-          f"then train on it: ticketclf train {args.output} --output runs/model")
+          f"then train on it: ticketclf train {shlex.quote(str(args.output))}{options} --output runs/model")
     return 0
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 from classifier.errors import UserError
 from classifier.text import TEXT_COLUMN_GUESSES, name_key
 
-LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "type",
+# The queue a ticket went to before its kind: Freshdesk and Zendesk exports have a "Group" (the team routed to)
+# and a "Type" (question, incident, ...), ServiceNow an "assignment_group" beside its "category".
+LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "group",
+                                         "assignment group", "assignment_group", "assigned group", "team", "type",
                                          "kategorie", "catégorie", "categoría", "categoria")
 # The id each helpdesk's export shows people, before its internal one: Jira's "Issue key" (PROJ-12) before
 # "Issue id", Salesforce's "Case Number" before "Case ID", ServiceNow's "number" (INC0010001) before "sys_id".
@@ -27,6 +30,18 @@ class ColumnMapping:
     label_column: str | None
     id_column: str | None
     field_columns: tuple[str, ...] = ()  # more label columns (classifier.fields), as the file spells them
+    # Where the label column was guessed: the file's other columns of a guessed label name, which may be the one.
+    label_alternatives: tuple[str, ...] = ()
+
+    def label_line(self) -> str:
+        return label_line(self.label_column, self.label_alternatives)
+
+
+def label_line(column: str | None, alternatives: Sequence[str] = ()) -> str:
+    """"labels from column 'Group'", and where it was guessed among ``alternatives``, how to take another."""
+    others = ", ".join(map(repr, alternatives))
+    return f"labels from column {column!r}" + (
+        f" (guessed; {others} could be the label too: name it with --label-column)" if others else "")
 
 
 def inner_names(column: str) -> list[str]:
@@ -99,6 +114,7 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         if not texts:
             raise UserError(f"{path}: no text column found among {listed}; "
                             "name them with --text-columns (e.g. subject,body)")
+    alternatives: tuple[str, ...] = ()
     if label_column:
         label = find(label_column)
         if label is None:
@@ -110,6 +126,9 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         label = next(iter(guess([(name,) for name in LABEL_COLUMN_GUESSES if find(name) not in texts])), None)
         if label is None and require_label:
             raise UserError(f"{path}: no label column found among {listed}; name it with --label-column")
+        alternatives = tuple(dict.fromkeys(
+            found for name in LABEL_COLUMN_GUESSES if (found := find(name, look_inside=False)) is not None
+            and found != label and found not in texts and found not in [find(extra) for extra in field_columns]))
     if label is not None and label in texts:
         raise UserError(f"{path}: column {label!r} is both a text column and the label column; name the "
                         "label with --label-column and the text with --text-columns")
@@ -131,7 +150,7 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         if ident in texts or ident == label:
             raise UserError(f"{path}: column {ident!r} is {'a text column' if ident in texts else 'the label column'}; "
                             "the id column is another")
-        return ColumnMapping(texts, label, ident, tuple(fields))
+        return ColumnMapping(texts, label, ident, tuple(fields), alternatives)
     # The id at the top level, else beside the text in its object ("ticket.id" next to "ticket.subject"):
     # not any nested id, which may be the requester's.
     parents = {name.rpartition(".")[0] for name in texts}
@@ -141,4 +160,4 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
     guesses = ("key", *ID_COLUMN_GUESSES) if parent == "fields" else ID_COLUMN_GUESSES
     ident = next((found for place in places for name in guesses
                   if (found := find(place + name, look_inside=False))), None)
-    return ColumnMapping(texts, label, ident, tuple(fields))
+    return ColumnMapping(texts, label, ident, tuple(fields), alternatives)

@@ -94,6 +94,7 @@ class DataReport:
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # per field besides the label: see _field_report
     languages: dict[str, int] = field(default_factory=dict)  # tickets per guessed language (classifier.languages)
     label_named_in: dict[str, float] = field(default_factory=dict)  # text column -> share naming its ticket's label
+    label_alternatives: list[str] = field(default_factory=list)  # other columns the guessed label could be
 
     def _mislabelled_lines(self) -> list[str]:
         review = self.label_review
@@ -227,10 +228,12 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
     source = {"path": os.path.abspath(path), "sha256": file_sha256(path), "rows_read": len(records),
               "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
+    if not report.files:  # the training file, not a validation file read after it
+        report.label_alternatives = list(mapping.label_alternatives)
+        if mapping.label_column and len(mapping.text_columns) > 1:
+            report.label_named_in = mentions.shares(len(texts))
     report.files[str(path)] = {"rows_read": len(records), "rows_with_text_and_label": len(texts),
                                "sha256": source["sha256"], "repeated_ids": repeated_ids(given, texts)}
-    if mapping.label_column and len(mapping.text_columns) > 1 and not report.label_named_in:  # the training file
-        report.label_named_in = mentions.shares(len(texts))
     fields: dict[str, list[Any]] = {name: [label_value(value) for value in values]
                                     for name, values in zip(field_columns, cells)}
     if tags_column:

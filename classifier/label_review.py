@@ -38,6 +38,7 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from threadpoolctl import threadpool_limits
 
 from classifier.baseline import baseline_classifier, baseline_features
+from classifier.columns import label_line
 from classifier.cpus import usable_cpus
 from classifier.data import (
     CORRECTED_LABEL_COLUMN,
@@ -246,6 +247,7 @@ class ReviewFile:
     rows: int  # written
     texts: list[str]
     ids: list[str]
+    labels_from: str = ""  # which column the labels came from (classifier.columns.label_line)
 
 
 def write_review(data: str | Path, output: str | Path, text_options: TextOptions | None = None,
@@ -257,8 +259,9 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
     data, output = Path(data), Path(output)
     if output.resolve() == data.resolve():
         raise UserError(f"{output}: is the input file; write the review to another file")
-    tickets, _ = load_tickets(data, text_options, label_column)
-    tickets = one_spelling_per_label(tickets, DataReport())  # 'Billing ' and 'billing' are one class, as in training
+    report = DataReport()
+    tickets, _ = load_tickets(data, text_options, label_column, report)
+    tickets = one_spelling_per_label(tickets, report)  # 'Billing ' and 'billing' are one class, as in training
     review = review_labels(tickets.texts, tickets.labels, tickets.ids, folds, seed)
     numbered, columns = records_and_columns(data)
     from_review_file(numbered, columns)  # a review reviewed again: escaped once when written, not twice
@@ -276,4 +279,5 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
     out_columns = [name for name in flat_columns(records.values(), columns) if name not in REVIEW_COLUMNS]
     write_csv(output, out_columns + list(REVIEW_COLUMNS), [records[row] for row in rows], for_spreadsheets=True,
               like=data)
-    return ReviewFile(review, len(rows), tickets.texts, tickets.ids)
+    return ReviewFile(review, len(rows), tickets.texts, tickets.ids,
+                      label_line(tickets.source["label_column"], report.label_alternatives))

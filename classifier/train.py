@@ -40,6 +40,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from classifier import blend, bundle, fields, integrity, oos
 from classifier.calibration import fit_temperature
+from classifier.columns import label_line
 from classifier.data import PreparedData, Tickets, other_label, prepare_data
 from classifier.errors import UserError, one_line
 from classifier.heads import MultiFieldModel, save_heads
@@ -100,8 +101,9 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     data = prepare_data(data_path, data_options, seed=options.seed)
     _check_field_weights(data, options)
     if is_main_process():
-        log.info("text from column%s %s, labels from column %s", "s" if len(data.text_options.fields) > 1 else "",
-                 ", ".join(data.text_options.fields), data.train.source["label_column"])
+        log.info("text from column%s %s, %s", "s" if len(data.text_options.fields) > 1 else "",
+                 ", ".join(data.text_options.fields),
+                 label_line(data.train.source["label_column"], data.report.label_alternatives))
         log.info("data report:\n  %s", "\n  ".join(data.report.summary_lines()))
         if options.base_model is None and (advice := encoder_advice(data.report.languages)):
             log.warning("%s", advice)

@@ -443,9 +443,9 @@ def test_split_writes_a_training_and_a_test_file(tmp_path: Path, capsys: pytest.
     train, test = tmp_path / "out" / "train.csv", tmp_path / "out" / "test.csv"
     assert main(["split", str(export), "--output-train", str(train), "--output-test", str(test)]) == 0
     assert capsys.readouterr().out == (f"9 training and 2 test tickets from {export} (text from text; labels from "
-                                       "category)\n  1 row without a label went to the training file: training "
-                                       "leaves such rows out and lists them; 'ticketclf review-labels' suggests a "
-                                       "label\n")
+                                       "column 'category')\n  1 row without a label went to the training file: "
+                                       "training leaves such rows out and lists them; 'ticketclf review-labels' "
+                                       "suggests a label\n")
     assert len(train.read_text().splitlines()) == 10 and len(test.read_text().splitlines()) == 3
     # An output that cannot be written (its folder is a file): one line naming it, not a traceback.
     code = main(["split", str(export), "--output-train", str(export / "train.csv"), "--output-test", str(test)])

@@ -45,6 +45,21 @@ def test_helpdesk_exports_ids_and_texts_are_detected(columns: list[str], texts: 
     assert (mapping.text_columns, mapping.id_column) == (texts, ident)
 
 
+@pytest.mark.parametrize(("columns", "label", "others"), [
+    (["Ticket ID", "Subject", "Description", "Type", "Agent", "Group", "Tags"], "Group", ("Type",)),  # Freshdesk
+    (["number", "short_description", "description", "category", "assignment_group"], "category",
+     ("assignment_group",)),  # ServiceNow
+    (["subject", "body", "category", "priority"], "category", ()),
+])
+def test_the_queue_is_the_guessed_label_and_the_other_candidates_are_named(columns: list[str], label: str,
+                                                                          others: tuple[str, ...]) -> None:
+    mapping = resolve_columns(columns, "export.csv")
+    assert (mapping.label_column, mapping.label_alternatives) == (label, others)
+    assert resolve_columns(columns, "export.csv", label_column="Type" if "Type" in columns else label
+                           ).label_alternatives == ()  # a named label is no guess
+    assert mapping.label_line().startswith(f"labels from column {label!r}")
+
+
 def test_a_named_id_column_is_read_and_a_wrong_one_refused() -> None:
     columns = ["Ref", "id", "subject", "body", "queue"]
     assert resolve_columns(columns, "export.csv", id_column="REF").id_column == "Ref"

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import codecs
 import random
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 from csv_files import read_csv, write_csv
 
-from classifier.cli import main
+from classifier.cli import build_parser, main
 from classifier.data import DataReport, Tickets, load_tickets, prepare_data
 from classifier.label_review import REVIEW_COLUMNS, LabelReview, review_labels
+from classifier.text import TextOptions
 
 NOISE = 0.05
 
@@ -144,6 +146,24 @@ def test_labels_spelled_differently_are_reviewed_as_one_class(sample_csv: Path, 
     written = {row["id"]: row for row in read_csv(output)}
     assert all(written[row["id"]]["suggested_label"] != "billing" for row in respelled)
     assert {written[row["id"]]["category"] for row in respelled} == {"BILLING "}  # the export's cells, as they were
+
+
+def test_the_review_names_its_label_column_and_the_training_command_keeps_the_columns(
+        sample_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A Freshdesk export: "Type" (question, incident) beside "Group", the queue; "Sub, ject" needs its quotes.
+    rows = [{"Sub, ject": row["subject"], "Description": row["body"], "Type": "Question", "Group": row["category"]}
+            for row in read_csv(sample_csv)[:200]]
+    data, output = write_csv(tmp_path / "export.csv", rows), tmp_path / "my review.csv"
+    assert main(["review-labels", str(data), "--output", str(output), "--folds", "3",
+                 "--text-columns", '"Sub, ject",Description']) == 0
+    printed = capsys.readouterr().out
+    assert "labels from column 'Group' (guessed; 'Type' could be the label too: name it with --label-column)" in printed
+    suggested = printed.rstrip().rpartition("then train on it: ")[2]
+    assert suggested == (f"ticketclf train '{output}' --text-columns '\"Sub, ject\",Description' --output runs/model")
+    train = build_parser().parse_args(shlex.split(suggested)[1:])  # as the shell passes it to train
+    assert train.data == output and train.text_columns == ("Sub, ject", "Description")
+    tickets, _ = load_tickets(train.data, TextOptions(fields=train.text_columns), train.label_column)
+    assert tickets.source["label_column"] == "Group" and len(tickets) == len(rows)
 
 
 @pytest.mark.parametrize(("export_name", "delimiter", "output_name", "written_delimiter"), [
