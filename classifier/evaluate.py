@@ -95,7 +95,9 @@ log = logging.getLogger(__name__)
 
 ECE_BINS = 15
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # rows of the threshold table
-# Below this many predictions of a class, its own precision estimate is noise: use the global threshold.
+# Below this many predictions of a class, its own precision estimate is noise: use the global threshold. Nor
+# under 1 / (1 - target) (20 at 95 %), where the target allows no mistake and one confident mistake would set
+# the class's threshold above it (a persona's 74 test tickets gave Billing 0.999995, routing none of it).
 MIN_PREDICTIONS_FOR_CLASS_THRESHOLD = 10
 # A warning when the mean confidence is this far from the accuracy on at least this many tickets. Not the
 # binned calibration error, which few tickets spread over 15 bins push up by chance; the plain gap's
@@ -452,16 +454,18 @@ def threshold_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict[st
 def class_thresholds(scored: Scored, target: float) -> dict[str, dict[str, Any]]:
     """A threshold per class (by predicted label) reaching ``target`` precision on that class's predictions.
 
-    Classes predicted fewer than :data:`MIN_PREDICTIONS_FOR_CLASS_THRESHOLD` times take the global
-    recommendation; a class (or global) that cannot reach the target gets :data:`ALWAYS_REVIEW`.
+    Classes predicted fewer than :data:`MIN_PREDICTIONS_FOR_CLASS_THRESHOLD` times, or too few for one mistake
+    to leave the target reachable, take the global recommendation; a class (or global) that cannot reach the
+    target gets :data:`ALWAYS_REVIEW`.
     """
     confidence, correct, predicted = scored.confidence, scored.correct, scored.predicted
     overall = recommend_threshold(confidence, correct, target)
     fallback = overall["threshold"] if overall else ALWAYS_REVIEW
+    enough = max(MIN_PREDICTIONS_FOR_CLASS_THRESHOLD, math.ceil(1 / (1 - target) - 1e-9)) if target < 1 else math.inf
     result = {}
     for label in scored.classes:
         mask = predicted == label
-        if mask.sum() < MIN_PREDICTIONS_FOR_CLASS_THRESHOLD:
+        if mask.sum() < enough:
             threshold, source = fallback, "global" if overall else "unreachable"
         else:
             own = recommend_threshold(confidence[mask], correct[mask], target)
@@ -783,8 +787,9 @@ def _warnings(report: Report) -> list[str]:
         rows = first_of(dropped.rows, 3)
         warnings.append(f"{dropped.count} test row{'s' if dropped.count > 1 else ''} dropped ({reason}): {rows}")
     if copies := data.test_copies:
-        warnings.append(f"{len(copies)} of the {data.evaluated} test tickets are copies of another test ticket (same "
-                        f"text and label), each counted, so a mistake on one counts as many: {first_of(copies, 5)}")
+        are = "is a copy" if len(copies) == 1 else "are copies"
+        warnings.append(f"{len(copies)} of the {data.evaluated} test tickets {are} of another test ticket (same text "
+                        f"and label), each counted, so a mistake on one counts as many: {first_of(copies, 5)}")
     if data.repeated_ids:
         warnings.append(f"{ids_are(len(data.repeated_ids))} on more than one test ticket, each of another text "
                         f"({first_of(data.repeated_ids, 5)}): misclassified.csv names tickets by id")
@@ -909,10 +914,19 @@ def apply_thresholds(bundle_dir: Path, predictor: Predictor, scored: Scored, tic
     manifest.thresholds = manifest.thresholds.model_copy(update={
         "per_class": applied.per_class, "source": ThresholdSource.model_validate(source)})
     bundle.write_manifest(bundle_dir, manifest)
-    log.info("wrote %d per-class thresholds for %.0f%% precision to %s%s", len(thresholds), precision * 100,
+    log.info("wrote %d per-class thresholds for %.0f%% precision to %s%s: %s", len(thresholds), precision * 100,
              bundle_dir / bundle.MANIFEST, "".join(f", and {len(field.per_class)} for field {name!r}"
-                                                   for name, field in written.items()))
+                                                   for name, field in written.items()),
+             "; ".join(f"{label} {_threshold_words(info)}" for label, info in thresholds.items()))
     return applied
+
+
+def _threshold_words(info: dict[str, Any]) -> str:
+    """One class's threshold as the log line says it: "0.93 (own, 42 predictions)", "0.46 (global, 12)"."""
+    if info["source"] == "unreachable":
+        return "always review (the target is not reached)"
+    return f"{info['threshold']:{THRESHOLD}} ({'own' if info['source'] == 'class' else 'global'}, " \
+           f"{info['predicted']} predictions)"
 
 
 # ---------------------------------------------------------------- files

@@ -32,6 +32,7 @@ from classifier.evaluate import (
     REPORT_FILES,
     EvaluationOptions,
     Scored,
+    class_thresholds,
     cluster_order,
     evaluate,
     load_test_set,
@@ -199,6 +200,19 @@ def test_a_recommendation_on_few_tickets_says_how_little_it_rests_on(tickets, ri
     message = _recommendation_message(point, 0.95)
     assert message.startswith(f"Route automatically when confidence >= 0.5: {tickets / 239:.1%} of tickets ({tickets})")
     assert (f"That rests on {tickets} tickets: the precision's 95 % interval reaches down to" in message) is uncertain
+
+
+@pytest.mark.parametrize(("billing", "source"), [(15, "global"), (25, "class")])
+def test_a_class_too_small_for_one_mistake_at_the_target_takes_the_global_threshold(billing, source):
+    # "billing": one confident mistake (0.99) among its predictions; "login": 40 right answers from 0.6 up.
+    confidence = [0.99] + [0.8] * (billing - 1) + list(np.linspace(0.6, 0.95, 40))
+    predicted = ["billing"] * billing + ["login"] * 40
+    truth = ["login"] + ["billing"] * (billing - 1) + ["login"] * 40
+    proba = np.array([[c, 1 - c] if p == "billing" else [1 - c, c] for c, p in zip(confidence, predicted)])
+    thresholds = class_thresholds(Scored.of(["billing", "login"], proba, truth), 0.95)
+    # Under 1 / (1 - 0.95) = 20 predictions the mistake alone would set billing's threshold, above 0.99.
+    assert thresholds["billing"]["source"] == source
+    assert thresholds["billing"]["threshold"] <= 0.8 and thresholds["billing"]["tickets"] == billing
 
 
 def test_unreachable_target_gives_no_threshold():
@@ -476,7 +490,7 @@ def test_bad_target_precision_is_a_user_error(exported_bundle, test_csv, tmp_pat
 
 def test_applied_thresholds_drive_needs_review(bundle_copy, test_csv, known_rows, tmp_path):
     report = evaluate(bundle_copy, test_csv, tmp_path / "out",
-                      EvaluationOptions(apply_threshold_for_precision=0.9, baseline=False))
+                      EvaluationOptions(apply_threshold_for_precision=0.9, target_precision=0.9, baseline=False))
     manifest = read_manifest(bundle_copy)
     per_class = manifest.thresholds.per_class
     assert set(per_class) == set(manifest.labels)
