@@ -9,7 +9,7 @@ into one output directory::
     confusion_matrix.png     normalised by true class, confused classes next to each other
     precision_coverage.png   share of tickets routed automatically vs their accuracy
     reliability.png          calibration: confidence vs accuracy
-    misclassified.csv        id, text, true, predicted, confidence (most confident first)
+    misclassified.csv        id, text, true, predicted, confidence, routed, second_choice (most confident first)
 
 Test tickets whose label the model does not know are counted and listed, and left out of
 the metrics. With ``apply_threshold_for_precision`` the per-class confidence thresholds
@@ -215,7 +215,9 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
                     *evaluate_fields.field_files(fields)]
     content = report.to_dict()
     images = {**_images(report, scored, others), **evaluate_fields.field_images(fields)}
-    _write_files(output_dir, report, content, scored, tickets, images, Path(data_path))
+    applied = report.thresholds_applied
+    _write_files(output_dir, report, content, scored, tickets, images, Path(data_path),
+                 applied.per_class.__getitem__ if applied else predictor.threshold)
     return content
 
 
@@ -947,8 +949,9 @@ def _images(report: Report, scored: Scored, others: dict[str, tuple[str, str, Sc
 
 
 def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scored: Scored, tickets: Tickets,
-                 images: dict[str, bytes], test_file: Path) -> None:
-    """``content``: report.json's, ``report.to_dict()``, made once by the caller, which returns it. The CSV
+                 images: dict[str, bytes], test_file: Path, threshold_of: Callable[[str], float]) -> None:
+    """``content``: report.json's, ``report.to_dict()``, made once by the caller, which returns it;
+    ``threshold_of``: the review threshold of each predicted class in the bundle, as written. The CSV
     files, opened in Excel, start with a byte-order mark and are separated as ``test_file`` is (a semicolon-locale
     Excel opens a comma-separated file as one column; numbers then have decimal commas, :func:`decimal_cell`)."""
     from classifier import report_html
@@ -962,7 +965,7 @@ def _write_files(output_dir: Path, report: Report, content: dict[str, Any], scor
     for field in (content.get("fields") or {}).values():  # each single-label field scored: files[0]
         if "confusion_matrix" in field:
             _write_confusion_csv(output_dir / field["files"][0], field["confusion_matrix"], test_file)
-    _write_misclassified(output_dir / "misclassified.csv", scored, tickets, test_file)
+    _write_misclassified(output_dir / "misclassified.csv", scored, tickets, test_file, threshold_of)
     (output_dir / "report.html").write_text(html, encoding="utf-8")
 
 
@@ -973,17 +976,23 @@ def _write_confusion_csv(path: Path, section: dict[str, Any], like: Path) -> Non
         writer.writerows([spreadsheet_safe(label), *row] for label, row in zip(section["labels"], section["matrix"]))
 
 
-def _write_misclassified(path: Path, scored: Scored, tickets: Tickets, like: Path) -> None:
-    """Wrong predictions, most confident first: those are label noise or the model's blind spots."""
+def _write_misclassified(path: Path, scored: Scored, tickets: Tickets, like: Path,
+                         threshold_of: Callable[[str], float]) -> None:
+    """Wrong predictions, most confident first: those are label noise or the model's blind spots. ``routed``:
+    whether the bundle's review thresholds now (``threshold_of``) let the mistake reach the wrong queue
+    unreviewed; ``second_choice``: the model's next label, often the right one."""
     wrong = np.flatnonzero(~scored.correct)
     wrong = wrong[np.argsort(-scored.confidence[wrong], kind="stable")]
     predicted, confidence = scored.predicted, scored.confidence
+    second = np.argsort(-scored.proba, axis=1, kind="stable")[:, 1] if len(scored.classes) > 1 else None
     with csv_writer(path, like, for_spreadsheets=True) as writer:
-        writer.writerow(["id", "text", "true", "predicted", "confidence"])
+        writer.writerow(["id", "text", "true", "predicted", "confidence", "routed", "second_choice"])
         for i in wrong:
             row = int(scored.rows[i])
             cells = (tickets.ids[row], tickets.texts[row], scored.y_true[i], predicted[i])
-            writer.writerow([*map(spreadsheet_safe, cells), decimal_cell(confidence[i], writer.dialect.delimiter)])
+            routed = "yes" if confidence[i] >= threshold_of(predicted[i]) else "no"
+            writer.writerow([*map(spreadsheet_safe, cells), decimal_cell(confidence[i], writer.dialect.delimiter),
+                             routed, "" if second is None else scored.classes[second[i]]])
 
 
 def _make_output_dir(output_dir: Path) -> Path | None:

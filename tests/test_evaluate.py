@@ -372,9 +372,12 @@ def test_misclassified_csv_lists_every_mistake(evaluated, known_rows, exported_s
         rows = list(csv.DictReader(handle))
     expected = {row["id"] for row, t, p in zip(known_rows, y_true, y_pred) if t != p}
     assert {row["id"] for row in rows} == expected
-    assert list(rows[0]) == ["id", "text", "true", "predicted", "confidence"]
+    assert list(rows[0]) == ["id", "text", "true", "predicted", "confidence", "routed", "second_choice"]
     confidences = [float(row["confidence"]) for row in rows]
     assert confidences == sorted(confidences, reverse=True)
+    # the bundle's one threshold (0.5): a mistake at or above it reached the wrong queue unreviewed
+    assert [row["routed"] for row in rows] == ["yes" if c >= 0.5 else "no" for c in confidences]
+    assert all(row["second_choice"] not in ("", row["predicted"]) for row in rows)
 
 
 # ---------------------------------------------------------------- bad input
@@ -578,11 +581,11 @@ def test_report_csvs_show_ticket_text_as_text_not_formulas(tmp_path: Path) -> No
     scored = Scored.of(["a", "b"], np.array([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4]]), tickets.labels)
     test_file = tmp_path / "test.csv"
     test_file.write_text("text,label\n")
-    _write_misclassified(tmp_path / "misclassified.csv", scored, tickets, test_file)
+    _write_misclassified(tmp_path / "misclassified.csv", scored, tickets, test_file, {"a": 0.85, "b": 0.5}.get)
     with open(tmp_path / "misclassified.csv", newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
-    assert rows[1:] == [["'@1", '\'=HYPERLINK("http://x.example","refund")', "a", "b", "0.9000"],
-                        ["-2", "'+1 555 0100 call me", "b", "a", "0.8000"]]
+    assert rows[1:] == [["'@1", '\'=HYPERLINK("http://x.example","refund")', "a", "b", "0.9000", "yes", "a"],
+                        ["-2", "'+1 555 0100 call me", "b", "a", "0.8000", "no", "b"]]
     _write_confusion_csv(tmp_path / "matrix.csv", {"labels": ["-1", "=cmd|' /C calc'!A0"], "matrix": [[1, 0], [0, 1]]},
                          test_file)
     with open(tmp_path / "matrix.csv", newline="", encoding="utf-8-sig") as handle:
@@ -599,11 +602,11 @@ def test_report_csvs_open_in_the_excel_the_test_file_came_from(tmp_path: Path) -
     test_file.write_bytes("\ufefftext;label\n".encode())
     tickets = Tickets(["WLAN fällt aus", "fine"], ["Réseau", "Matériel"], ["1", "2"])
     scored = Scored.of(["Matériel", "Réseau"], np.array([[0.75, 0.25], [0.9, 0.1]]), tickets.labels)
-    _write_misclassified(tmp_path / "misclassified.csv", scored, tickets, test_file)
+    _write_misclassified(tmp_path / "misclassified.csv", scored, tickets, test_file, lambda label: 0.5)
     written = (tmp_path / "misclassified.csv").read_bytes()
     assert written.startswith(codecs.BOM_UTF8)
-    assert written.decode("utf-8-sig").splitlines() == ["id;text;true;predicted;confidence",
-                                                        "1;WLAN fällt aus;Réseau;Matériel;0,7500"]
+    assert written.decode("utf-8-sig").splitlines() == ["id;text;true;predicted;confidence;routed;second_choice",
+                                                        "1;WLAN fällt aus;Réseau;Matériel;0,7500;yes;Réseau"]
 
 
 def test_evaluating_on_the_training_file_is_flagged(evaluated, exported_bundle, tiny_csv, tmp_path):
