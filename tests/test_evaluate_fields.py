@@ -54,6 +54,11 @@ def test_the_report_has_a_section_per_field_in_the_manifests_order(evaluated, fi
     assert "field priority (single label" in summary and "field tags (tags" in summary
     page = (output / "report.html").read_text(encoding="utf-8")
     assert "<h2>Field: priority</h2>" in page and "<h2>Field: tags</h2>" in page
+    assert "every test ticket has its tags cell (empty: no tags)" in page  # an empty cell is a value: no tags
+    # A tag given to no ticket has no precision, one no ticket carries no recall: a dash, not 0.00.
+    undefined = sum((row["predicted"] == 0) + (row["support"] == 0) + (row["predicted"] == row["support"] == 0)
+                    for row in report["fields"]["tags"]["per_tag"])
+    assert page.count("<td data-v='-1'>–</td>") == undefined
     assert json.loads((output / "report.json").read_text(encoding="utf-8"))["fields"] == report["fields"]
 
 
