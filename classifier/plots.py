@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # before pyplot: render to files on servers without a dis
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from classifier.numerics import row_normalise  # noqa: E402
 from classifier.report import THRESHOLD  # noqa: E402
@@ -137,6 +138,9 @@ def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.nd
     return _png(fig)
 
 
+FEW_IN_BIN = 5  # tickets in a reliability bin below which its accuracy is drawn faint
+
+
 @_plain_text
 def reliability_png(calibration: Reliability) -> bytes:
     """Accuracy per confidence bin against the diagonal of perfect calibration, with a ticket histogram below."""
@@ -144,22 +148,29 @@ def reliability_png(calibration: Reliability) -> bytes:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 6.4), dpi=DPI, height_ratios=(3, 1), sharex=True,
                                       layout="constrained")
     width = calibration.bins[0].upper - calibration.bins[0].lower
-    lowers = [b.lower for b in bins]
-    top.bar(lowers, [b.accuracy for b in bins], width=width, align="edge", color=COLORS[0], alpha=0.8,
-            edgecolor="white", label="accuracy in bin")
+    # A bin of 1 or 2 tickets is 0 or 100 % right by chance: drawn faint, so that its full bar does not read
+    # as the model's behaviour.
+    faint = {"color": "#c6d2e6", "hatch": "//", "label": f"bin of under {FEW_IN_BIN} tickets: chance"}
+    for few, look in ((False, {"color": COLORS[0], "alpha": 0.8, "label": "accuracy in bin"}), (True, faint)):
+        shown = [b for b in bins if (b.count < FEW_IN_BIN) == few]
+        if shown:
+            top.bar([b.lower for b in shown], [b.accuracy for b in shown], width=width, align="edge",
+                    edgecolor="white", **look)
     top.plot([b.confidence for b in bins], [b.accuracy for b in bins], "o", color="#222222", markersize=3,
              label="bin: mean confidence vs accuracy")
     top.plot([0, 1], [0, 1], linestyle="--", color="#b03030", linewidth=1, label="perfect calibration")
-    top.set(ylabel="accuracy", ylim=(0, 1), xlim=(0, 1),
+    top.set(ylabel="right answers in bin", ylim=(0, 1), xlim=(0, 1),
             title="Reliability: is a 90 % confident answer right 90 % of the time?\n"
-                  f"expected calibration error {calibration.ece:.3f}")
-    top.legend(loc="best", fontsize=8, framealpha=0.9)
+                  f"expected calibration error {calibration.ece:.3f} (0: confidence is honest)")
+    top.yaxis.set_major_formatter(PercentFormatter(1.0))
+    top.legend(loc="upper left", fontsize=8, framealpha=0.9)
     top.grid(alpha=0.3)
-    counts = bottom.bar(lowers, [b.count for b in bins], width=width, align="edge", color="#888888",
-                        edgecolor="white")
+    counts = bottom.bar([b.lower for b in bins], [b.count for b in bins], width=width, align="edge",
+                        color="#888888", edgecolor="white")
     bottom.bar_label(counts, fontsize=7, padding=1)  # a full bar above of 1 ticket says little: show how many
     bottom.margins(y=0.25)
     bottom.set(xlabel="model confidence", ylabel="tickets")
+    bottom.xaxis.set_major_formatter(PercentFormatter(1.0))
     return _png(fig)
 
 
