@@ -40,8 +40,8 @@ _WORD = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
 _SPACES = re.compile(r"\s\s+")
 
 # Weights tried for the blend, 0 (the model alone) to 0.9 (the fine-tuned model always has a say), and
-# sharpness factors. Below MIN_TICKETS validation tickets nothing is fitted: 189 candidates on 11 tickets
-# would fit noise (the same floor as calibration's).
+# sharpness factors. Below MIN_TICKETS validation tickets nothing is fitted: 163 candidates (each weight
+# above 0 at each sharpness, and the model alone) on 11 tickets would fit noise (calibration's floor too).
 BLEND_WEIGHTS = np.round(np.linspace(0.0, 0.9, 19), 2)
 MIN_TICKETS = MIN_FITTED_TICKETS
 BLEND_SCALES = (0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)

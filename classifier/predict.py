@@ -282,7 +282,11 @@ class Predictor:
     def scores_of(self, outputs: Outputs) -> np.ndarray | None:
         """The out-of-scope scores of model outputs (None: no detector), rounded as predictions show them
         (and compare them with the threshold)."""
-        if self.detector is None or outputs.features is None:
+        if self.detector is None:
+            return None
+        if not len(outputs.logits):  # no tickets: no scores, not "no detector"
+            return np.empty(0)
+        if outputs.features is None:
             return None
         scores = self.detector.score(outputs.features, outputs.logits)
         if not np.isfinite(scores).all():
@@ -507,8 +511,9 @@ class OnnxEngine:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads burn CPU between requests; in a multi-worker server that CPU is needed elsewhere.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if threads > 1 else "1")
+        # A pool's threads spinning between runs burn CPU that other workers and processes need (with one
+        # thread there is no pool, and nothing to spin).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=list(disabled_fusions))

@@ -108,6 +108,8 @@ def test_no_tickets_give_no_predictions(exported_bundle: Path) -> None:
     predictor = Predictor.load(exported_bundle)
     assert predictor.predict([]) == []
     assert predictor.predict_proba([]).shape == (0, len(predictor.labels))
+    scores = predictor.out_of_scope_scores([])  # the bundle has a detector: no scores, not None ("no detector")
+    assert predictor.detector is not None and scores is not None and scores.shape == (0,)
     with pytest.raises(UserError, match="batch_size must be at least 1"):
         predictor.predict(["one ticket"], batch_size=0)
 
