@@ -35,7 +35,7 @@ bp = Blueprint("api", __name__)
 def classify() -> Response:
     model = context().model()
     try:
-        parsed = model.schemas.parse(_json_body())
+        parsed = model.schemas.parse(json_body())
     except ValidationError as error:
         raise ApiError(422, "invalid_request", describe(error)) from None
     items = model.schemas.tickets(parsed)
@@ -105,7 +105,9 @@ def json_response(model: BaseModel, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status=status, mimetype="application/json")
 
 
-def _json_body() -> Any:
+def json_body() -> Any:
+    """The request's JSON body, each way it can be wrong refused as an :class:`ApiError` (type, encoding, size,
+    a body that stops arriving): for every endpoint that takes JSON, /classify and the feedback routes."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
                        "send the body as JSON with the header 'Content-Type: application/json'")

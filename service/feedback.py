@@ -39,7 +39,7 @@ from classifier.feedback import (
 )
 from classifier.text import field_key, field_value, label_key
 from service import metrics
-from service.api import _json_body, json_response
+from service.api import json_body, json_response
 from service.context import context
 from service.errors import ApiError
 from service.model import LoadedModel
@@ -123,7 +123,7 @@ def _refuse_when_off() -> None:
 
 @bp.post("/feedback")
 def feedback() -> Response:
-    body = _json_body()
+    body = json_body()
     model = context().model()
     schemas = build_feedback_schemas(model.predictor.text_options.record_fields, current_app.config["MAX_BATCH"])
     try:
@@ -147,7 +147,7 @@ def freshdesk() -> Response:
 
 def _helpdesk(source: str) -> Response:
     """``{"ticket": {"id", "subject", "description", "updated_at", <category field>, "custom_fields"}}``."""
-    body = _json_body()
+    body = json_body()
     model = context().model()
     try:
         parsed = HelpdeskWebhook.model_validate(body)
@@ -167,7 +167,7 @@ def _helpdesk(source: str) -> Response:
 def jira() -> Response:
     """Jira Service Management: ``{"issue": {"key", "fields": {"summary", "description", "updated", <field>}}}``,
     or the issue itself (automation's own format)."""
-    body = _json_body()
+    body = json_body()
     model = context().model()
     if isinstance(body, dict) and "issue" not in body and "fields" in body:
         body = {"issue": body}
