@@ -67,6 +67,30 @@ def _single_error(message: str) -> WrapValidator:
     return WrapValidator(validate)
 
 
+_PLACEHOLDER = re.compile(r"\{\{.*\}\}|\{%.*%\}", re.DOTALL)  # Zendesk, Freshdesk, Jira; Liquid tags
+
+
+def _filled_in(ticket_id: Any) -> Any:
+    """Refuse an id that is a helpdesk placeholder left as written ("{{ticket.id}}", a trigger's body not
+    rendered): stored, every such event would be one ticket's, hiding the misconfigured webhook; answered, the
+    helpdesk could not match the answer to its ticket."""
+    if isinstance(ticket_id, str) and _PLACEHOLDER.fullmatch(ticket_id.strip()):
+        raise PydanticCustomError("placeholder", "{id} is a placeholder the helpdesk did not fill in: check the "
+                                  "webhook's body", {"id": repr(ticket_id)})
+    return ticket_id
+
+
+def _no_placeholder_text(ticket: BaseModel, names: Collection[str]) -> None:
+    """Refuse a ticket with a text field that is a placeholder left as written ("{{ticket.description}}"): the
+    webhook is misconfigured, and the model would route the template's words, confidently."""
+    unfilled = [name for name in names if isinstance(value := getattr(ticket, name, None), str)
+                and _PLACEHOLDER.fullmatch(value.strip())]
+    if unfilled:
+        raise PydanticCustomError("placeholder", "{fields}: {value} is a placeholder the helpdesk did not fill "
+                                  "in: check the webhook's body", {"fields": ", ".join(unfilled),
+                                                                    "value": repr(getattr(ticket, unfilled[0]))})
+
+
 # A 64-bit integer: any helpdesk's, and one /feedback takes back (a 4,000-digit one would not fit its column).
 _IntegerId = Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
 
@@ -75,6 +99,7 @@ TicketId = Annotated[
     Field(description="Your ticket id, echoed in the prediction (without it, a helpdesk's own is: 'number', "
           "'key', 'ticket_id', ...).", examples=["12345"]),
     _single_error(f"Input should be a string of at most {MAX_ID} characters or a 64-bit integer"),
+    AfterValidator(_filled_in),
 ]
 
 _TICKET_ID = TypeAdapter(TicketId)
@@ -296,6 +321,7 @@ class TicketBase(BaseModel):
 
     @model_validator(mode="after")
     def _text_given_once(self) -> TicketBase:
+        _no_placeholder_text(self, self.text_keys())
         given = [name for name in self.text_fields if getattr(self, name, None) is not None]
         if self.text is not None and "text" not in self.text_fields and given:
             raise PydanticCustomError("ambiguous_text",
@@ -381,6 +407,7 @@ class ZendeskTicket(BaseModel):
     def _has_text(self) -> ZendeskTicket:
         if self.subject is None and self.description is None:
             raise PydanticCustomError("missing_text", "missing ticket text: give 'subject' or 'description'")
+        _no_placeholder_text(self, ("subject", "description"))
         return self
 
     @classmethod
@@ -690,17 +717,6 @@ def _location(parts: Sequence[str | int]) -> str:
 
 # Bounds of the store's columns, so that a value too long is refused naming its field, not cut.
 FeedbackLabel = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_LABEL)]
-def _filled_in(ticket_id: Any) -> Any:
-    """Refuse an id that is a helpdesk placeholder left as written ("{{ticket.id}}", a trigger's body not
-    rendered): stored, every such event would be one ticket's, hiding the misconfigured webhook."""
-    if isinstance(ticket_id, str) and _PLACEHOLDER.fullmatch(ticket_id):
-        raise PydanticCustomError("placeholder", "{id} is a placeholder the helpdesk did not fill in: check the "
-                                  "webhook's body", {"id": repr(ticket_id)})
-    return ticket_id
-
-
-_PLACEHOLDER = re.compile(r"\{\{.*\}\}|\{%.*%\}", re.DOTALL)  # Zendesk, Freshdesk, Jira; Liquid tags
-
 FeedbackTicketId = Annotated[
     Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID)] | _IntegerId,
     Field(description="Your ticket's id (the helpdesk's).", examples=["12345"]),

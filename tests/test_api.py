@@ -123,6 +123,23 @@ def test_a_jira_issue_is_classified_as_its_summary_and_description(client: Flask
         "fields.description: Input should be a string or an Atlassian document"
 
 
+def test_a_webhook_whose_placeholders_were_not_filled_in_is_refused(client: FlaskClient) -> None:
+    # A trigger's body sent as written: routing the template's words would hide the misconfigured webhook.
+    unfilled = {"ticket": {"id": "{{ticket.id}}", "subject": "{{ticket.subject}}",
+                           "description": "{{ticket.description}}"}}
+    assert error_of(client.post("/classify", json=unfilled), 422)["message"] == \
+        "ticket.id: '{{ticket.id}}' is a placeholder the helpdesk did not fill in: check the webhook's body"
+    unfilled["ticket"]["id"] = 4821
+    assert error_of(client.post("/classify", json=unfilled), 422)["message"] == (
+        "ticket: subject, description: '{{ticket.subject}}' is a placeholder the helpdesk did not fill in: check "
+        "the webhook's body")
+    batch = {"tickets": [{"id": 1, "subject": "Refund", "body": " {{ ticket.description }} "}]}
+    assert "body: '" in error_of(client.post("/classify", json=batch), 422)["message"]
+    # A ticket that quotes a template inside its text is a ticket like any other.
+    quoted = {"subject": "Macro broken", "body": "our macro prints {{ticket.requester.name}} instead of the name"}
+    assert client.post("/classify", json=quoted).status_code == 200
+
+
 def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
     webhook = {"ticket": {"id": 4821, "subject": TICKET["subject"], "description": TICKET["body"],
                           "status": "new", "requester": {"email": "a@example.com"}}}
