@@ -61,7 +61,12 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
     # The shapes are told apart by key ('tickets', 'ticket', else one ticket); a body may match two.
     jira = {"type": "object", "required": ["issue"], "properties": {"issue": {"$ref": REF.format(model="JiraIssue")}},
             "description": "A Jira issue, as a webhook or automation's 'Send web request' sends it."}
-    components["ClassifyRequest"] = {"anyOf": [*request["oneOf"], jira], "description": _REQUEST_HELP}
+    simple = {"ticket_id": {"type": ["integer", "string"]}, "ticket_subject": {"type": "string"},
+              "ticket_description": {"type": "string"}}
+    freshdesk = {"type": "object", "required": [schemas.FRESHDESK_SIMPLE],
+                 "properties": {schemas.FRESHDESK_SIMPLE: {"type": "object", "properties": simple}},
+                 "description": "Freshdesk's webhook with 'Simple' content (the ticket's id, subject and description)."}
+    components["ClassifyRequest"] = {"anyOf": [*request["oneOf"], jira, freshdesk], "description": _REQUEST_HELP}
     for name in ("HelpdeskFeedbackWebhook", "JiraFeedbackWebhook"):
         components[name] = keyed[(name, "validation")]
     components["FeedbackRequest"] = {"anyOf": keyed[("FeedbackRequest", "validation")]["oneOf"],
@@ -87,7 +92,8 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
 
 _REQUEST_HELP = ("One ticket ({'text': ...} or the model's text fields), a Zendesk-style webhook {'ticket': {'id', "
                  "'subject', 'description'}}, a Jira issue {'issue': {'key', 'fields': {'summary', 'description'}}}, "
-                 "or a batch {'tickets': [...]} of any of them.")
+                 "Freshdesk's 'Simple' webhook {'freshdesk_webhook': {'ticket_id', 'ticket_subject', "
+                 "'ticket_description'}}, or a batch {'tickets': [...]} of any of them.")
 
 
 _FEEDBACK_HELP = ("One ticket's label as an agent set it ({'ticket_id', 'label', ...} with optionally the model's "

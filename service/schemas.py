@@ -500,6 +500,13 @@ def jira_ticket(key: str, summary: Any, description: Any) -> dict[str, Any]:
             "description": document_text(description) if isinstance(description, dict) else description}
 
 
+def _refused(kind: str, message: str, location: tuple[str | int, ...], value: Any) -> ValidationError:
+    """An error at ``location`` in the request, found before the request's models validate it (in the sender's
+    terms: a Jira issue's fields, not those of the webhook ticket it becomes)."""
+    return ValidationError.from_exception_data("request", [{
+        "type": PydanticCustomError(kind, message), "loc": location, "input": value}])
+
+
 def _jira_as_webhook(data: Any, text_keys: Collection[str], where: tuple[str | int, ...]) -> Any:
     """A Jira issue (``{"issue": {"key", "fields": {"summary", "description"}}}``, as a webhook or automation sends
     it, or automation's own format with the issue's keys at the top) as the webhook ticket it is, ``{"ticket":
@@ -518,25 +525,47 @@ def _jira_as_webhook(data: Any, text_keys: Collection[str], where: tuple[str | i
     if not isinstance(fields, dict) or not isinstance(key, str) or not key.strip():
         return data
 
-    def refuse(kind: str, message: str, location: tuple[str | int, ...], value: Any) -> ValidationError:
-        return ValidationError.from_exception_data("request", [{
-            "type": PydanticCustomError(kind, message), "loc": (*where, *location), "input": value}])
-
     if field_key(data, "ticket") is not None:  # two tickets in one: neither may be left out silently
-        raise refuse("invalid_shape", "give a Jira issue or a webhook's {'ticket': {...}}, not both", (), data)
+        raise _refused("invalid_shape", "give a Jira issue or a webhook's {'ticket': {...}}, not both", where, data)
     # Errors said in Jira's terms ("issue.fields.summary"), not in those of the webhook ticket it becomes.
     for name, kinds, what in (("summary", (str,), "a string"),
                               ("description", (str, dict), "a string or an Atlassian document")):
         value = field_value(fields, name)
         if value is not None and not isinstance(value, kinds):
-            raise refuse("string_type", f"Input should be {what}", (*inside, "fields", name), value)
+            raise _refused("string_type", f"Input should be {what}", (*where, *inside, "fields", name), value)
     ticket = jira_ticket(key, field_value(fields, "summary"), field_value(fields, "description"))
     if ticket["subject"] is None and ticket["description"] is None:
-        raise refuse("missing_text", "missing ticket text: give 'summary' or 'description'", (*inside, "fields"),
-                     fields)
+        raise _refused("missing_text", "missing ticket text: give 'summary' or 'description'",
+                       (*where, *inside, "fields"), fields)
     # The issue's key is its id: not Jira's numeric "id", "self" or the webhook's own fields beside the issue.
     dropped = {"issue", "key", "fields", "id", "self"}
     return {**{name: value for name, value in data.items() if name.lower() not in dropped}, "ticket": ticket}
+
+
+# Freshdesk's webhook with "Simple" content: the ticket's placeholders chosen, under one key, each with its prefix.
+FRESHDESK_SIMPLE = "freshdesk_webhook"
+_FRESHDESK_KEYS = {"id": "ticket_id", "subject": "ticket_subject", "description": "ticket_description"}
+
+
+def _freshdesk_as_webhook(data: Any, text_keys: Collection[str], where: tuple[str | int, ...]) -> Any:
+    """Freshdesk's "Simple" webhook (``{"freshdesk_webhook": {"ticket_id", "ticket_subject",
+    "ticket_description", ...}}``) as the webhook ticket it is, ``{"ticket": {"id", "subject", "description"}}``.
+    Anything else, or a body beside a ``ticket`` of its own, is left as it is (and refused as such)."""
+    if not isinstance(data, dict) or FRESHDESK_SIMPLE in {key.lower() for key in text_keys}:
+        return data
+    inner = field_value(data, FRESHDESK_SIMPLE)
+    if not isinstance(inner, dict) or field_key(data, "ticket") is not None:
+        return data
+    ticket = {name: value for name, key in _FRESHDESK_KEYS.items() if (value := field_value(inner, key)) is not None}
+    if "subject" not in ticket and "description" not in ticket:  # said in Freshdesk's terms
+        raise _refused("missing_text", "missing ticket text: choose 'ticket_subject' or 'ticket_description' in "
+                       "the webhook's content", (*where, FRESHDESK_SIMPLE), inner)
+    return {**{name: value for name, value in data.items() if name.lower() != FRESHDESK_SIMPLE}, "ticket": ticket}
+
+
+def _helpdesk_shapes(data: Any, text_keys: Collection[str], where: tuple[str | int, ...]) -> Any:
+    """A Jira issue or a Freshdesk "Simple" webhook as the webhook ticket it is; any other body as it is."""
+    return _freshdesk_as_webhook(_jira_as_webhook(data, text_keys, where), text_keys, where)
 
 
 def _field_named(fields: Sequence[str], name: str) -> str | None:
@@ -642,11 +671,11 @@ class Schemas:
         """Validate a request body. Its keys are read in any case ("Tickets", "Subject"), as ticket fields
         are everywhere, so the shape is told and validated on the models' own spelling."""
         text_keys = self.ticket.text_keys()
-        body = _jira_as_webhook(body, text_keys, ("body",))  # the first location part is a shape's tag
+        body = _helpdesk_shapes(body, text_keys, ("body",))  # the first location part is a shape's tag
         if isinstance(body, dict):
             body = _top_level_keys(body, ("tickets", "ticket", "top_k", "id", *text_keys))
             if isinstance(body.get("tickets"), list):
-                body = {**body, "tickets": [_jira_as_webhook(item, text_keys, ("body", "tickets", index))
+                body = {**body, "tickets": [_helpdesk_shapes(item, text_keys, ("body", "tickets", index))
                                             for index, item in enumerate(body["tickets"])]}
         return self.request.validate_python(body)
 

@@ -123,6 +123,19 @@ def test_a_jira_issue_is_classified_as_its_summary_and_description(client: Flask
         "fields.description: Input should be a string or an Atlassian document"
 
 
+def test_freshdesks_simple_webhook_is_classified_as_its_subject_and_description(client: FlaskClient,
+                                                                               predictor: Predictor) -> None:
+    expected = predictor.predict([TICKET])[0].to_dict()
+    simple = {"freshdesk_webhook": {"ticket_id": 1401, "ticket_subject": TICKET["subject"],
+                                    "ticket_description": TICKET["body"], "ticket_group_name": "Billing"}}
+    assert client.post("/classify", json=simple).get_json()["predictions"] == [{"id": 1401, **expected}]
+    batch = client.post("/classify", json={"tickets": [simple, {"id": 2, **TICKET}], "top_k": 1}).get_json()
+    assert [p["id"] for p in batch["predictions"]] == [1401, 2]
+    empty = client.post("/classify", json={"tickets": [{"freshdesk_webhook": {"ticket_id": 3}}]})
+    assert error_of(empty, 422)["message"] == ("tickets[0].freshdesk_webhook: missing ticket text: choose "
+                                               "'ticket_subject' or 'ticket_description' in the webhook's content")
+
+
 def test_a_webhook_whose_placeholders_were_not_filled_in_is_refused(client: FlaskClient) -> None:
     # A trigger's body sent as written: routing the template's words would hide the misconfigured webhook.
     unfilled = {"ticket": {"id": "{{ticket.id}}", "subject": "{{ticket.subject}}",
