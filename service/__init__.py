@@ -34,9 +34,11 @@ DEFAULTS: dict[str, Any] = {
     "FEEDBACK_DB": None,
     "FEEDBACK_STORE_TEXT": True,  # keep the ticket text sent with feedback (off: labels only)
     "FEEDBACK_NEW_LABELS": False,  # accept labels the model does not have without "new_label": true
-    "FEEDBACK_ZENDESK_FIELD": "category",  # the webhook ticket's key (or custom field id) holding the label
-    "FEEDBACK_FRESHDESK_FIELD": "category",
-    "FEEDBACK_JIRA_FIELD": "category",  # a key of the issue's fields, e.g. customfield_10050
+    # The webhook ticket's key (or custom field id) holding the label; a Jira issue's fields' key, e.g.
+    # customfield_10050. None: the column the served model was trained on, as the helpdesk names it.
+    "FEEDBACK_ZENDESK_FIELD": None,
+    "FEEDBACK_FRESHDESK_FIELD": None,
+    "FEEDBACK_JIRA_FIELD": None,
 }
 
 

@@ -547,6 +547,22 @@ def test_feedback_needs_the_api_key_and_text_can_be_left_out(exported_bundle: Pa
     assert app_store(app).events("1")[0]["text_fields"] is None
 
 
+def test_the_helpdesk_label_field_defaults_to_the_column_the_model_was_trained_on(bundle_copy: Path, hand_edit,
+                                                                                   tmp_path: Path) -> None:
+    # Trained on a Zendesk JSON export's ticket.custom_fields.queue: its webhook sends the custom field "queue".
+    hand_edit(bundle_copy, lambda manifest: manifest["data"]["train"].update(label_column="ticket.custom_fields.queue"))
+    app = create_app({"BUNDLE": bundle_copy, "THREADS": 1, "API_KEYS": "", "ACCESS_LOG": False,
+                      "FEEDBACK_DB": str(tmp_path / "feedback.sqlite")})
+    webhook = {"ticket": {"id": 7, "custom_fields": [{"id": "queue", "value": "billing"}]}}
+    assert app.test_client().post("/feedback/zendesk", json=webhook).get_json()["stored"] == 1
+    missing = error_of(app.test_client().post("/feedback/freshdesk", json={"ticket": {"id": 8, "group": "x"}}), 422)
+    assert missing["message"].startswith("ticket.queue: missing: the ticket has no value for the category field "
+                                         "'queue' (the column the model was trained on;")
+    app.config["FEEDBACK_FRESHDESK_FIELD"] = "group"  # a setting names another field
+    assert app.test_client().post("/feedback/freshdesk", json={"ticket": {"id": 8, "group": "billing"}}
+                                  ).get_json()["stored"] == 1
+
+
 def test_without_a_usable_database_classification_goes_on_and_feedback_is_503(exported_bundle: Path,
                                                                              tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
