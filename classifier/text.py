@@ -301,10 +301,12 @@ def html_to_text(markup: str) -> str:
 
 
 def strip_quoted_replies(text: str) -> str:
-    """Drop the quoted previous conversation: a reply header and everything after, ``>`` lines."""
+    """Drop the quoted previous conversation: a reply header and everything after, ``>`` lines. A message that
+    is only a quote keeps what follows its header (a forward), not the header ("On ... wrote:" says nothing of
+    the ticket)."""
     match = next((m for m in _REPLY_HEADER.finditer(text) if not m["on"] or _HEADER_DETAIL.search(m["on"])), None)
-    if match and match.start() > 0:  # a message that is only a quote keeps its text
-        text = text[: match.start()]
+    if match:
+        text = text[: match.start()] if match.start() > 0 else text[match.end():]
     return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
 
 

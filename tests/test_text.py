@@ -54,6 +54,14 @@ def test_quoted_reply_is_cut() -> None:
     assert clean_text(body) == "Still broken after the update."
 
 
+def test_a_message_that_is_only_a_quote_keeps_what_follows_the_header_not_the_header() -> None:
+    # A reply with nothing new: no text left (the service answers 422 invalid_ticket), not "On ... wrote:" to route.
+    assert clean_text("On Tue, 3 Mar 2026 at 10:14, Support <help@example.com> wrote:\n> Hi") == ""
+    # A forward: the message forwarded, without its header.
+    assert clean_text("On Tue, 3 Mar 2026 at 10:14, Anna <anna@example.com> wrote:\nMy invoice is wrong") == \
+        "My invoice is wrong"
+
+
 def test_outlook_original_message_is_cut() -> None:
     body = "Any news?\n-----Original Message-----\nFrom: Support\nSent: Monday\nSubject: your ticket"
     assert clean_text(body) == "Any news?"
