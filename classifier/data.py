@@ -151,7 +151,8 @@ class DataReport:
             lines.append(f"split: {self.split}")
         if set(self.languages) - {"en"}:  # an English export says nothing
             told = sum(self.languages.values())
-            shares = ", ".join(f"{language} {count / told:.0%}" for language, count in self.languages.items())
+            shares = ", ".join(f"{language} {count} ({count / told:.0%})" if count / told >= 0.01 else
+                               f"{language} {count}" for language, count in self.languages.items())
             lines.append(f"languages, guessed from common words in {told} tickets: {shares}")
         lines += [_field_line(name, info) for name, info in self.fields.items()]
         return lines + self._label_leak_lines()

@@ -17,7 +17,8 @@ _WORDS = {  # none in two lists, nor a word of another language or of tech Engli
     "de": "der die das und ist nicht ich mit für bitte ein eine wir sie auf mein meine kann dem zu ihr uns "
           "wurde habe haben auch noch mir sehr seit gestern hallo konto",
     "fr": "le les et est pas je vous une pour avec ne sur merci au nous votre été depuis hier compte bonjour aide",
-    "es": "el los las y por para gracias pero está hola tengo puedo desde ayer cuenta ayuda necesito",
+    "es": "el los las y por para gracias pero está hola tengo puedo desde ayer cuenta ayuda necesito tiene muy "
+          "cuando puede hay factura tarjeta",
     "it": "che è sono ho della grazie mio gli questo anche ciao posso riesco ieri aiuto buongiorno",
     "nl": "het een niet ik mijn voor van dat graag wij hebt heb bij ook sinds gisteren hulp",
     "pt": "não meu minha obrigado uma você estou tenho olá conta ontem ajuda",

@@ -17,6 +17,7 @@ from classifier.options import DataOptions
     ("Ich kann mich seit gestern nicht mehr anmelden, bitte helfen Sie mir", "de"),
     ("Je ne peux pas me connecter à mon compte depuis hier, merci de votre aide", "fr"),
     ("No puedo iniciar sesión en mi cuenta desde ayer, gracias por la ayuda", "es"),
+    ("La factura de este mes tiene un importe incorrecto, por favor revisen", "es"),  # a persona's short one
     ("Non riesco ad accedere al mio account da ieri, grazie per l'aiuto", "it"),
     ("Ik kan sinds gisteren niet inloggen op mijn account, graag hulp", "nl"),
     ("Não consigo entrar na minha conta desde ontem, obrigado pela ajuda", "pt"),
@@ -40,7 +41,7 @@ def test_a_mostly_german_export_is_reported_and_the_english_encoder_advised_agai
                       encoding="utf-8")
     report = prepare_data(export, DataOptions(validation_fraction=0.25)).report
     assert report.languages == {"de": 8, "en": 6}
-    assert "languages, guessed from common words in 14 tickets: de 57%, en 43%" in report.summary_lines()
+    assert "languages, guessed from common words in 14 tickets: de 8 (57%), en 6 (43%)" in report.summary_lines()
     advice = encoder_advice(report.languages)
     assert advice is not None and advice.startswith("warning: 57% of the tickets look written in other languages "
                                                     "than English (de 57%)")
