@@ -574,8 +574,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         empty = _write_predictions(predictor, rows, top_k, _print_json_line)
     # A file's empty tickets are its rows' business (each line says so); an argument with no text is a mistake.
     if empty and args.texts:
+        others = " (the others are answered)" if len(rows) > len(empty) else ""
         print(f"ticketclf predict: error: {'argument' if len(empty) == 1 else 'arguments'} {first_of(empty, 10)} "
-              "had no text after cleaning (the others are answered)", file=sys.stderr)
+              f"had no text after cleaning{others}", file=sys.stderr)
         return UserError.exit_code
     return 0
 

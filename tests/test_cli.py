@@ -135,6 +135,11 @@ def test_a_column_name_with_a_comma_is_given_in_double_quotes() -> None:
     assert split.label_column == "Custom field (Team, Queue)"  # one name: quoted or not, as the lists take it
 
 
+def test_predict_of_one_empty_argument_names_no_others(exported_bundle: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", str(exported_bundle), "<p> </p>"]) == 2
+    assert capsys.readouterr().err.endswith("error: argument 1 had no text after cleaning\n")
+
+
 def test_predict_prints_json_lines(exported_bundle: Path) -> None:
     # Options may come between the bundle and the texts, and between texts.
     result = run_cli("predict", str(exported_bundle), "--top-k", "2", "I was charged twice", "<p> </p>",
