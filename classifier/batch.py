@@ -51,10 +51,10 @@ from typing import TYPE_CHECKING, Any
 from classifier import bundle
 from classifier.columns import ColumnMapping
 from classifier.cpus import usable_cpus
-from classifier.data import check_flat, columns_to_classify, given_id, with_text_columns
+from classifier.data import columns_to_classify, given_id, record_text, with_text_columns
 from classifier.errors import ModelError, UserError, one_line, where
 from classifier.readers import file_sha256, read_records
-from classifier.text import MAX_CELL_CHARS, TextOptions, nested_fields, ticket_text
+from classifier.text import TextOptions, nested_fields
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -518,13 +518,8 @@ def _clean(path: Path, item: Item, mapping: ColumnMapping, options: TextOptions)
     if isinstance(record, str):
         return row, None, "", record
     ticket_id = given_id(record, mapping.id_column, row or 0)
-    try:
-        check_flat(record, mapping.text_columns, path, row or 0)
-        for column in mapping.text_columns:  # cut as predict --file cuts: no cell costs more than a window reads
-            value = record.get(column)
-            if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
-                record[column] = value[:MAX_CELL_CHARS]
-        text = ticket_text(record, options)
+    try:  # as predict --file reads a row: no cell costs more than a window reads
+        text, _ = record_text(record, options, path, row or 0)
     except UserError as error:
         return row, ticket_id, "", str(error)
     return row, ticket_id, text, "" if text else f"{where(path, row)}: no text after cleaning"

@@ -377,14 +377,25 @@ def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapp
     """
     reading = replace(text_options, fields=tuple(mapping.text_columns))
     for row, record in records:
-        check_flat(record, (*mapping.text_columns, mapping.label_column, *flat), path, row)
-        for column in mapping.text_columns:
-            value = record.get(column)
-            if isinstance(value, str) and len(value) > max_chars:
-                record[column] = value[:max_chars]
-                if cut is not None:
-                    cut.append(where(path, row, column))
-        yield row, record, ticket_text(record, reading)
+        check_flat(record, (mapping.label_column, *flat), path, row)
+        text, cut_columns = record_text(record, reading, path, row, max_chars)
+        if cut is not None:
+            cut += [where(path, row, column) for column in cut_columns]
+        yield row, record, text
+
+
+def record_text(record: dict[str, Any], options: TextOptions, path: Path, row: int,
+                max_chars: int = MAX_CELL_CHARS) -> tuple[str, list[str]]:
+    """One record's model text from the columns ``options.fields`` names, each checked to hold text and cut to
+    ``max_chars`` first, in ``record`` itself (freeing the rest); and the columns cut."""
+    check_flat(record, options.fields, path, row)
+    cut = []
+    for column in options.fields:
+        value = record.get(column)
+        if isinstance(value, str) and len(value) > max_chars:
+            record[column] = value[:max_chars]
+            cut.append(column)
+    return ticket_text(record, options), cut
 
 
 def _check_one_value(record: dict[str, Any], column: str | None, path: Path, row: int) -> None:
