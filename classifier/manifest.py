@@ -198,7 +198,7 @@ class Thresholds(Section):
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
-    def of(self, label: str) -> float:
+    def threshold_of(self, label: str) -> float:
         return self.per_class.get(label, self.global_)
 
 

@@ -213,7 +213,7 @@ class Predictor:
         return self.manifest.bundle_version
 
     def threshold(self, label: str) -> float:
-        return self.manifest.thresholds.of(label)
+        return self.manifest.thresholds.threshold_of(label)
 
     def predict(self, tickets: Sequence[Ticket], top_k: int = 3, batch_size: int = 32, *,
                 cleaned: bool = False) -> list[Prediction]:

@@ -72,7 +72,7 @@ def test_a_manifest_of_schema_version_1_is_migrated(tmp_path: Path) -> None:
     assert manifest.training.options.epochs == 12.0 and manifest.training.precision_used == "bf16"
     assert manifest.training.validation_metrics["macro_f1"] == 0.901
     assert manifest.export.drift.examples == 11 and manifest.engine == "int8"
-    assert manifest.thresholds.of("billing") == 0.62 and manifest.thresholds.of("login") == 0.5
+    assert manifest.thresholds.threshold_of("billing") == 0.62 and manifest.thresholds.threshold_of("login") == 0.5
     assert manifest.temperature == 0.61 and manifest.baseline is None
     assert json.loads((tmp_path / "manifest.json").read_text())["schema_version"] == 1  # the file is left as it is
 
