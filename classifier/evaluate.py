@@ -105,7 +105,7 @@ MIN_PREDICTIONS_FOR_CLASS_THRESHOLD = 10
 POOR_CALIBRATION_GAP, POOR_CALIBRATION_MIN_TICKETS = 0.1, 100
 TOP_CONFUSIONS = 20
 EXAMPLES_PER_CONFUSION = 3
-EXAMPLE_CHARS = 300
+EXAMPLE_CHARS = 600  # a ticket's reason often comes after its greeting and context
 REPORT_FILES = ("report.json", "report.html", "confusion_matrix.csv", "confusion_matrix.png", "precision_coverage.png",
                 "reliability.png", "misclassified.csv")
 OUT_OF_SCOPE_IMAGE = "out_of_scope.png"  # when the test file has out-of-scope tickets and the bundle a detector
@@ -576,7 +576,7 @@ def _top_confusions(scored: Scored, matrix: np.ndarray, tickets: Tickets) -> lis
         hits = hits[np.argsort(-confidence[hits], kind="stable")][:EXAMPLES_PER_CONFUSION]
         result.append(ConfusionPair(true=true, predicted=wrong, count=count, share_of_true=count / int(support[i]),
                                     examples=[_example(tickets, int(scored.rows[h]), float(confidence[h]))
-                                              for h in hits]))
+                                              for h in hits], the_other_way=int(matrix[j, i])))
     return result
 
 

@@ -120,6 +120,7 @@ class ConfusionPair:
     count: int
     share_of_true: float
     examples: list[Example]
+    the_other_way: int = 0  # tickets of `predicted` predicted as `true`: a pair confused both ways
 
 
 @dataclass

@@ -143,6 +143,9 @@ def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle
     off_diagonal = expected - np.diag(np.diag(expected))
     assert top["count"] == off_diagonal.max()
     assert all(e["id"] for e in top["examples"]) and 1 <= len(top["examples"]) <= 3
+    for pair in report["top_confusions"]:  # and how many went the other way between the same two queues
+        true, predicted = labels.index(pair["true"]), labels.index(pair["predicted"])
+        assert pair["the_other_way"] == expected[predicted, true]
 
 
 def test_calibration_error_equals_a_direct_computation(evaluated, known_rows, exported_scores):
