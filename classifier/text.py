@@ -150,6 +150,12 @@ _SIGN_OFF = re.compile(
 # "Thanks, Bob" or "Mit freundlichen Grüßen - Anna Schmidt": a sign-off and a name on one line.
 _SIGN_OFF_AND_NAME = re.compile(
     r"^(?P<sign_off>[^,\n]{1,40}?)[ \t]*(?:,|[ \t][-\u2013\u2014])[ \t]*(?P<name>[^\n]{1,60})$")
+# After "Thanks, Bob" only contact details are signature: a phone number, an address, a link. A log, steps or an
+# order number after it ("Thanks, Bob\nOrder number: 4471") is what the ticket is about.
+_CONTACT_LINE = re.compile(
+    r"^[ \t]*(?:(?:tel|phone|mobile|mob|cell|fax|direct|office|[tmpfe]|e-?mail|web)[ \t]*[.:]?[ \t]*)?"
+    r"(?:\+?[\d(][\d \t().\-/]{5,40}|[^\s@]{1,64}@[^\s@]{1,255}|(?:https?://|www\.)\S{1,200})[ \t]*$",
+    re.IGNORECASE)
 # A stack trace or an error pasted after the name is what the ticket is about, not signature.
 _CODE_LINE = re.compile(r"\b(?:traceback|exception|error)\b|^\s*at [\w$.<>]+\(|^\s*file \"", re.IGNORECASE)
 _SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message
@@ -321,7 +327,7 @@ def strip_signature(text: str) -> str:
         line = lines[index].strip()
         if _SIGNATURE_START.match(line) or (_SIGN_OFF.match(line) and _signature_like(lines[index + 1:])):
             return "\n".join(lines[:index])
-        if _signed_with_name(line) and _signature_like(lines[index + 1:], name_given=True):
+        if _signed_with_name(line) and all(_CONTACT_LINE.match(rest) for rest in lines[index + 1:] if rest.strip()):
             return "\n".join(lines[:index])
     return "\n".join(lines)
 
@@ -337,9 +343,9 @@ def _signed_with_name(line: str) -> bool:
         and not any(char.isdigit() for char in match["name"])
 
 
-def _signature_like(lines: list[str], name_given: bool = False) -> bool:
-    """A name first ("Maria Lopez", unless ``name_given`` on the sign-off's line), then titles, phone numbers,
-    addresses: no sentences, no long lines, no stack trace.
+def _signature_like(lines: list[str]) -> bool:
+    """A name first ("Maria Lopez"), then titles, phone numbers, addresses: no sentences, no long lines, no
+    stack trace.
 
     "Thanks!\nAlso the app crashes" is a message going on, so its last line stays.
     """

@@ -150,7 +150,8 @@ def test_sign_off_cuts_only_a_name_and_what_follows_it() -> None:
 
 
 @pytest.mark.parametrize("signed", ["Thanks, Bob", "Kind regards, Anna Smith", "Mit freundlichen Grüßen, Anna Schmidt",
-                                    "Cordialement - Marie Dupont", "Best, Bob\n+1 555 0100", "Cheers, J."])
+                                    "Cordialement - Marie Dupont", "Best, Bob\n+1 555 0100", "Cheers, J.",
+                                    "Regards, Anna Smith\nTel: +49 30 1234567\nanna@acme.de\nwww.acme.de"])
 def test_a_sign_off_and_a_name_on_one_line_are_cut(signed: str) -> None:
     assert clean_text(f"Invoice is wrong.\n\n{signed}") == "Invoice is wrong."
 
@@ -163,6 +164,11 @@ def test_a_sign_off_and_a_name_on_one_line_are_cut(signed: str) -> None:
     # what follows the signature is the ticket's subject matter: an error, a stack trace
     "Export fails.\nThanks,\nBob\n\nTraceback (most recent call last):\n  File \"app.py\", line 3\nKeyError: id",
     "Export fails.\nThanks,\nBob\njava.lang.NullPointerException\n  at com.acme.Export.run(Export.java:42)",
+    # after "Thanks, Bob" on one line, only contact details are signature: a log, steps, an order number are not
+    "VPN drops every hour.\nThanks, Bob\nLog:\n2026-03-01 10:00:01 WARN tunnel reset by peer",
+    "The export crashes.\nThanks, Bob\n\nSteps to reproduce:\n1) Open Reports\n2) Click Export",
+    "Please refund.\nThanks, Bob\nOrder number: 4471-2231\nAmount: 49,99 EUR",
+    "App crashes\nThanks, Bob\nSee attached screenshot",
 ])
 def test_words_after_a_sign_off_that_are_no_signature_are_kept(text: str) -> None:
     assert clean_text(text) == " ".join(text.split())
