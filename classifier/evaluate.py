@@ -96,8 +96,8 @@ log = logging.getLogger(__name__)
 ECE_BINS = 15
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # rows of the threshold table
 # Below this many predictions of a class, its own precision estimate is noise: use the global threshold. Nor
-# under 1 / (1 - target) (20 at 95 %), where the target allows no mistake and one confident mistake would set
-# the class's threshold above it (a persona's 74 test tickets gave Billing 0.999995, routing none of it).
+# where a single mistake among under 1 / (1 - target) predictions (20 at 95 %), where the target allows none,
+# would set the class's threshold above it (a persona's 74 test tickets gave Billing 0.999995, routing none).
 MIN_PREDICTIONS_FOR_CLASS_THRESHOLD = 10
 # A warning when the mean confidence is this far from the accuracy on at least this many tickets. Not the
 # binned calibration error, which few tickets spread over 15 bins push up by chance; the plain gap's
@@ -456,18 +456,20 @@ def threshold_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict[st
 def class_thresholds(scored: Scored, target: float) -> dict[str, dict[str, Any]]:
     """A threshold per class (by predicted label) reaching ``target`` precision on that class's predictions.
 
-    Classes predicted fewer than :data:`MIN_PREDICTIONS_FOR_CLASS_THRESHOLD` times, or too few for one mistake
-    to leave the target reachable, take the global recommendation; a class (or global) that cannot reach the
-    target gets :data:`ALWAYS_REVIEW`.
+    Classes predicted fewer than :data:`MIN_PREDICTIONS_FOR_CLASS_THRESHOLD` times, or with a single mistake
+    among too few predictions for one mistake to leave the target reachable, take the global recommendation;
+    two mistakes there are evidence of their own. A class (or global) that cannot reach the target gets
+    :data:`ALWAYS_REVIEW`.
     """
     confidence, correct, predicted = scored.confidence, scored.correct, scored.predicted
     overall = recommend_threshold(confidence, correct, target)
     fallback = overall["threshold"] if overall else ALWAYS_REVIEW
-    enough = max(MIN_PREDICTIONS_FOR_CLASS_THRESHOLD, math.ceil(1 / (1 - target) - 1e-9)) if target < 1 else math.inf
+    one_mistake_decides = math.ceil(1 / (1 - target) - 1e-9) if target < 1 else math.inf
     result = {}
     for label in scored.classes:
         mask = predicted == label
-        if mask.sum() < enough:
+        if mask.sum() < MIN_PREDICTIONS_FOR_CLASS_THRESHOLD or (
+                mask.sum() < one_mistake_decides and (~correct[mask]).sum() == 1):
             threshold, source = fallback, "global" if overall else "unreachable"
         else:
             own = recommend_threshold(confidence[mask], correct[mask], target)

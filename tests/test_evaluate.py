@@ -205,17 +205,29 @@ def test_a_recommendation_on_few_tickets_says_how_little_it_rests_on(tickets, ri
     assert (f"That rests on {tickets} tickets: the precision's 95 % interval reaches down to" in message) is uncertain
 
 
-@pytest.mark.parametrize(("billing", "source"), [(15, "global"), (25, "class")])
-def test_a_class_too_small_for_one_mistake_at_the_target_takes_the_global_threshold(billing, source):
-    # "billing": one confident mistake (0.99) among its predictions; "login": 40 right answers from 0.6 up.
-    confidence = [0.99] + [0.8] * (billing - 1) + list(np.linspace(0.6, 0.95, 40))
+@pytest.mark.parametrize(("billing", "mistakes", "source"),
+                         [(15, 1, "global"), (25, 1, "class"), (15, 2, "unreachable"), (15, 0, "class")])
+def test_a_single_mistake_among_too_few_predictions_for_the_target_takes_the_global_threshold(billing, mistakes,
+                                                                                            source):
+    # "billing": confident mistakes (0.99) among its predictions; "login": 40 right answers from 0.6 up.
+    confidence = [0.99] * mistakes + [0.8] * (billing - mistakes) + list(np.linspace(0.6, 0.95, 40))
     predicted = ["billing"] * billing + ["login"] * 40
-    truth = ["login"] + ["billing"] * (billing - 1) + ["login"] * 40
+    truth = ["login"] * mistakes + ["billing"] * (billing - mistakes) + ["login"] * 40
     proba = np.array([[c, 1 - c] if p == "billing" else [1 - c, c] for c, p in zip(confidence, predicted)])
     thresholds = class_thresholds(Scored.of(["billing", "login"], proba, truth), 0.95)
-    # Under 1 / (1 - 0.95) = 20 predictions the mistake alone would set billing's threshold, above 0.99.
+    # Under 1 / (1 - 0.95) = 20 predictions one mistake alone would set billing's threshold above 0.99; two are
+    # evidence that the class does not reach the target.
     assert thresholds["billing"]["source"] == source
-    assert thresholds["billing"]["threshold"] <= 0.8 and thresholds["billing"]["tickets"] == billing
+    assert (thresholds["billing"]["tickets"] == billing) == (source != "unreachable")
+
+
+def test_the_summary_box_gives_the_thresholds_written_not_the_reports_target(bundle_copy, test_csv, tmp_path):
+    report = evaluate(bundle_copy, test_csv, tmp_path / "out",
+                      EvaluationOptions(apply_threshold_for_precision=0.8, baseline=False))  # the report's: 0.95
+    expected = report["thresholds_applied"]["expected"]
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    summary = page[page.index("<b>In short</b>"):page.index("</ul></div>")]
+    assert "for\n80% precision, into the bundle" in summary and f"({expected['tickets']})" in summary
 
 
 def test_unreachable_target_gives_no_threshold():
