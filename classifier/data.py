@@ -26,7 +26,15 @@ from classifier.fields import FieldSpec, counted_classes, counted_tags, parse_ta
 from classifier.languages import language_counts
 from classifier.options import MAX_VALIDATION_SHARE, MIN_FITTED_TICKETS, VALIDATION_SHARE, DataOptions
 from classifier.readers import STDIN, delimiter_of, file_sha256, records_and_columns, starts_with_bom
-from classifier.text import MAX_CELL_CHARS, TextOptions, field_key, label_key, ticket_text
+from classifier.text import (
+    MAX_CELL_CHARS,
+    TEXT_COLUMN_GUESSES,
+    TextOptions,
+    field_key,
+    label_key,
+    name_key,
+    ticket_text,
+)
 
 if TYPE_CHECKING:
     from classifier.manifest import Manifest
@@ -44,6 +52,8 @@ _LISTED_CLASSES = 10  # rare classes named in an error; a wrong label column has
 # subjects, 5 % of bodies); "escalated to Finance Ops" in work notes does it on most tickets.
 LABEL_LEAK_SHARE = 0.3
 LABEL_LEAK_RATIO = 3
+# What the customer wrote (a subject, a description): its own words may name the queue as often as they like.
+_CUSTOMER_TEXT = {name_key(name) for names in TEXT_COLUMN_GUESSES for name in names}
 
 
 @dataclass
@@ -163,6 +173,8 @@ class DataReport:
         lines = []
         for column, share in self.label_named_in.items():
             others = [other for name, other in self.label_named_in.items() if name != column]
+            if name_key(column.rpartition(".")[2]) in _CUSTOMER_TEXT:
+                continue  # "I would like a refund" names the Refund queue in the customer's own words
             if others and share >= LABEL_LEAK_SHARE and share >= LABEL_LEAK_RATIO * min(others):
                 lines.append(f"warning: text column {column!r} names the ticket's own label in {share:.0%} of "
                              f"tickets (the other text columns in {min(others):.0%}): if it is written after routing "
