@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -80,15 +80,35 @@ def _filled_in(ticket_id: Any) -> Any:
     return ticket_id
 
 
+# A text that is only placeholders of a helpdesk's own objects ("{{ticket.description}}", "{{ issue.summary }}"):
+# a ticket about a template ("{{ customer.first_name }} shows in our mail", "{% if ... %}") is still a ticket.
+_TEXT_PLACEHOLDERS = re.compile(
+    r"\s*(?:\{\{\s*(?:ticket|issue|requester|organization|assignee|current_user|comment|triggerevent)\.[\w.]{1,100}"
+    r"\s*\}\}\s*)+", re.IGNORECASE)
+_UNFILLED = "{field}: {value} is a placeholder the helpdesk did not fill in: check the webhook's body"
+
+
+def _unfilled_text(value: Any) -> bool:
+    return isinstance(value, str) and _TEXT_PLACEHOLDERS.fullmatch(value) is not None
+
+
 def _no_placeholder_text(ticket: BaseModel, names: Collection[str]) -> None:
     """Refuse a ticket with a text field that is a placeholder left as written ("{{ticket.description}}"): the
     webhook is misconfigured, and the model would route the template's words, confidently."""
-    unfilled = [name for name in names if isinstance(value := getattr(ticket, name, None), str)
-                and _PLACEHOLDER.fullmatch(value.strip())]
+    unfilled = [name for name in names if _unfilled_text(getattr(ticket, name, None))]
     if unfilled:
-        raise PydanticCustomError("placeholder", "{fields}: {value} is a placeholder the helpdesk did not fill "
-                                  "in: check the webhook's body", {"fields": ", ".join(unfilled),
-                                                                    "value": repr(getattr(ticket, unfilled[0]))})
+        raise PydanticCustomError("placeholder", _UNFILLED, {"field": ", ".join(unfilled),
+                                                              "value": repr(getattr(ticket, unfilled[0]))})
+
+
+def _refuse_unfilled(values: Iterable[tuple[tuple[str | int, ...], Any]]) -> None:
+    """Refuse a placeholder left as written where a webhook other than our own shape has it (Jira's
+    "issue.fields.summary", Freshdesk's "freshdesk_webhook.ticket_id"), before it becomes a webhook ticket."""
+    for location, value in values:
+        if _unfilled_text(value) or (location[-1] in ("key", "ticket_id") and isinstance(value, str)
+                                     and _PLACEHOLDER.fullmatch(value.strip())):
+            raise _refused("placeholder", f"{value!r} is a placeholder the helpdesk did not fill in: check the "
+                           "webhook's body", location, value)
 
 
 # A 64-bit integer: any helpdesk's, and one /feedback takes back (a 4,000-digit one would not fit its column).
@@ -527,6 +547,8 @@ def _jira_as_webhook(data: Any, text_keys: Collection[str], where: tuple[str | i
 
     if field_key(data, "ticket") is not None:  # two tickets in one: neither may be left out silently
         raise _refused("invalid_shape", "give a Jira issue or a webhook's {'ticket': {...}}, not both", where, data)
+    _refuse_unfilled([((*where, *inside, "key"), key)] + [((*where, *inside, "fields", name), field_value(fields, name))
+                                                          for name in ("summary", "description")])
     # Errors said in Jira's terms ("issue.fields.summary"), not in those of the webhook ticket it becomes.
     for name, kinds, what in (("summary", (str,), "a string"),
                               ("description", (str, dict), "a string or an Atlassian document")):
@@ -556,6 +578,7 @@ def _freshdesk_as_webhook(data: Any, text_keys: Collection[str], where: tuple[st
     inner = field_value(data, FRESHDESK_SIMPLE)
     if not isinstance(inner, dict) or field_key(data, "ticket") is not None:
         return data
+    _refuse_unfilled(((*where, FRESHDESK_SIMPLE, key), field_value(inner, key)) for key in _FRESHDESK_KEYS.values())
     ticket = {name: value for name, key in _FRESHDESK_KEYS.items() if (value := field_value(inner, key)) is not None}
     if "subject" not in ticket and "description" not in ticket:  # said in Freshdesk's terms
         raise _refused("missing_text", "missing ticket text: choose 'ticket_subject' or 'ticket_description' in "

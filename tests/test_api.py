@@ -148,9 +148,19 @@ def test_a_webhook_whose_placeholders_were_not_filled_in_is_refused(client: Flas
         "the webhook's body")
     batch = {"tickets": [{"id": 1, "subject": "Refund", "body": " {{ ticket.description }} "}]}
     assert "body: '" in error_of(client.post("/classify", json=batch), 422)["message"]
-    # A ticket that quotes a template inside its text is a ticket like any other.
+    # A ticket that quotes a template inside its text is a ticket like any other, and one about a template too.
     quoted = {"subject": "Macro broken", "body": "our macro prints {{ticket.requester.name}} instead of the name"}
     assert client.post("/classify", json=quoted).status_code == 200
+    for template in ("{{ customer.first_name }} {{ customer.last_name }}", "{% if paid %}Thanks{% endif %}"):
+        assert client.post("/classify", json={"subject": "Merge tags", "body": template}).status_code == 200
+    # Named where the sender wrote them: a Jira issue's fields, Freshdesk's Simple webhook
+    jira = {"issue": {"key": "SD-1", "fields": {"summary": "{{issue.summary}}", "description": "Refund"}}}
+    assert error_of(client.post("/classify", json=jira), 422)["message"] == (
+        "issue.fields.summary: '{{issue.summary}}' is a placeholder the helpdesk did not fill in: check the "
+        "webhook's body")
+    simple = {"tickets": [{"freshdesk_webhook": {"ticket_id": "{{ticket.id}}", "ticket_subject": "Refund"}}]}
+    assert error_of(client.post("/classify", json=simple), 422)["message"].startswith(
+        "tickets[0].freshdesk_webhook.ticket_id: '{{ticket.id}}' is a placeholder")
 
 
 def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
