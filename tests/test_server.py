@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from service_helpers import (
@@ -57,24 +58,31 @@ print(sorted(name for name in sys.modules if name in ('classifier.train', 'class
 """
 
 
-def _installed_with(name: str, seen: set[str] | None = None) -> set[str]:
-    """``name`` and the distributions its install brings, without extras (as ``pip install .`` does)."""
-    seen = set() if seen is None else seen
-    if canonicalize_name(name) in seen:
-        return seen
-    seen.add(canonicalize_name(name))
-    for text in importlib.metadata.requires(name) or []:
+def _installed_with(requirements: list[str], seen: set[str]) -> set[str]:
+    """The distributions ``requirements`` bring, without extras, as pip installs them: each and what its installed
+    metadata requires."""
+    for text in requirements:
         requirement = Requirement(text)
-        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-            _installed_with(requirement.name, seen)
+        if (requirement.marker is not None and not requirement.marker.evaluate({"extra": ""})
+                or canonicalize_name(requirement.name) in seen):
+            continue
+        seen.add(canonicalize_name(requirement.name))
+        _installed_with(importlib.metadata.requires(requirement.name) or [], seen)
     return seen
+
+
+def serving_install() -> set[str]:
+    """What ``pip install .`` installs, from this checkout's pyproject.toml (not the metadata of the install the
+    tests run in, which a change to the dependencies leaves as it was until it is reinstalled)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return _installed_with(project["dependencies"], {canonicalize_name(project["name"])})
 
 
 def test_serving_runs_on_the_serving_install_alone(fields_bundle: Path) -> None:
     # The base install (no [train] extra) is all a server has, where the tests have everything installed: load
     # a bundle with every part (field heads, out-of-scope detector), classify and start a worker, with the other
     # distributions' modules made unimportable.
-    serving = json.dumps(sorted(_installed_with("ticket-classifier")))
+    serving = json.dumps(sorted(serving_install()))
     result = subprocess.run([sys.executable, "-c", SERVING_ONLY, str(fields_bundle), serving], cwd=ROOT, text=True,
                             capture_output=True, timeout=120, env={**os.environ, "TICKETCLF_ACCESS_LOG": "0"})
     assert result.returncode == 0, result.stderr[-2000:]
