@@ -155,7 +155,7 @@ def _helpdesk(source: str) -> Response:
         raise ApiError(422, "invalid_request", describe(error, tagged=False)) from None
     ticket = parsed.ticket
     extra = {**(ticket.model_extra or {})}
-    label = _label_from(extra, _label_field(source, model), "ticket", source)
+    label = _label_from(extra, source, model, "ticket")
     event = FeedbackEvent(
         ticket_id=str(ticket.id), label=label, text_fields=_text(ticket, model), updated_at=ticket.updated_at,
         event_id=parsed.event_id, source=source, **_prediction(extra, "ticket"))
@@ -176,7 +176,7 @@ def jira() -> Response:
         raise ApiError(422, "invalid_request", describe(error, tagged=False)) from None
     issue = parsed.issue
     fields = {**(issue.fields.model_extra or {})}
-    label = _label_from(fields, _label_field("jira", model), "issue.fields", "jira")
+    label = _label_from(fields, "jira", model, "issue.fields")
     text = _text(ZendeskTicket.model_construct(**jira_ticket(issue.key, issue.fields.summary,
                                                              issue.fields.description)), model)
     event = FeedbackEvent(ticket_id=issue.key, label=label, text_fields=text, updated_at=issue.fields.updated,
@@ -304,31 +304,31 @@ def _text(ticket: ZendeskTicket, model: LoadedModel) -> dict[str, str] | None:
 _WRAPPERS = ("ticket.", "issue.fields.", "fields.", "custom_fields.")
 
 
-def _label_field(source: str, model: LoadedModel) -> str:
-    """The helpdesk's field holding the label: its setting, else the column the served model was trained on
-    without the objects around it ("ticket.custom_fields.queue": queue; "assignment_group.display_value":
-    assignment_group), else "category"."""
+def _label_fields(source: str, model: LoadedModel) -> list[str]:
+    """The helpdesk's fields that may hold the label, in the order tried: its setting alone, else the column the
+    served model was trained on without the objects around it ("ticket.custom_fields.queue": queue;
+    "assignment_group.display_value": assignment_group), then "category" (the default before there was one)."""
     if field := current_app.config[HELPDESK_FIELDS[source]]:
-        return str(field)
+        return [str(field)]
     trained = model.predictor.manifest.data.train
     column = trained.label_column if trained else None
-    if not column:
-        return "category"
     for wrapper in _WRAPPERS:
-        column = column[len(wrapper):] if column.lower().startswith(wrapper) else column
-    return column.split(".", 1)[0]
+        column = column[len(wrapper):] if column and column.lower().startswith(wrapper) else column
+    return list(dict.fromkeys([column.split(".", 1)[0], "category"] if column else ["category"]))
 
 
-def _label_from(data: dict[str, Any], field: str, where: str, source: str) -> str:
-    """The label in the helpdesk's category field: a key of ``data``, or an entry of its custom fields (a
-    Zendesk list of ``{"id", "value"}``, a Freshdesk object); a select field's value or name."""
+def _label_from(data: dict[str, Any], source: str, model: LoadedModel, where: str) -> str:
+    """The label in the helpdesk's category field (:func:`_label_fields`): a key of ``data``, or an entry of its
+    custom fields (a Zendesk list of ``{"id", "value"}``, a Freshdesk object); a select field's value or name."""
+    fields = _label_fields(source, model)
+    field = next((name for name in fields if _field_value(data, name) is not None), fields[0])
     value = _field_value(data, field)
     setting = f"TICKETCLF_{HELPDESK_FIELDS[source]}"
     named = f"set by {setting}" if current_app.config[HELPDESK_FIELDS[source]] else \
-        f"the column the model was trained on; {setting} names another"
+        f"the column the model was trained on, else 'category'; {setting} names another"
     if value is None:
         raise ApiError(422, "invalid_request", f"{where}.{field}: missing: the ticket has no value for the "
-                       f"category field {field!r} ({named}); send only tickets that have one")
+                       f"category field {' or '.join(map(repr, fields))} ({named}); send only tickets that have one")
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise ApiError(422, "invalid_request", f"{where}.{field}: expected the category as a string (or a select "
                        "field's {\"value\": ...}), got " + type(value).__name__)

@@ -557,7 +557,10 @@ def test_the_helpdesk_label_field_defaults_to_the_column_the_model_was_trained_o
     assert app.test_client().post("/feedback/zendesk", json=webhook).get_json()["stored"] == 1
     missing = error_of(app.test_client().post("/feedback/freshdesk", json={"ticket": {"id": 8, "group": "x"}}), 422)
     assert missing["message"].startswith("ticket.queue: missing: the ticket has no value for the category field "
-                                         "'queue' (the column the model was trained on;")
+                                         "'queue' or 'category' (the column the model was trained on, else")
+    # a webhook set up as the docs said before, with "category": still read
+    assert app.test_client().post("/feedback/zendesk", json={"ticket": {"id": 9, "category": "billing"}}
+                                  ).get_json()["stored"] == 1
     app.config["FEEDBACK_FRESHDESK_FIELD"] = "group"  # a setting names another field
     assert app.test_client().post("/feedback/freshdesk", json={"ticket": {"id": 8, "group": "billing"}}
                                   ).get_json()["stored"] == 1
