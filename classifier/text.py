@@ -306,13 +306,21 @@ def html_to_text(markup: str) -> str:
     return html.unescape("".join(chunks))
 
 
+_LEADING_HEADERS = 3  # reply headers a message may start with, one after the other: each search reads the text
+
+
 def strip_quoted_replies(text: str) -> str:
     """Drop the quoted previous conversation: a reply header and everything after, ``>`` lines. A message that
     is only a quote keeps what follows its header (a forward), not the header ("On ... wrote:" says nothing of
     the ticket)."""
-    match = next((m for m in _REPLY_HEADER.finditer(text) if not m["on"] or _HEADER_DETAIL.search(m["on"])), None)
-    if match:
-        text = text[: match.start()] if match.start() > 0 else text[match.end():]
+    for _ in range(_LEADING_HEADERS):
+        match = next((m for m in _REPLY_HEADER.finditer(text) if not m["on"] or _HEADER_DETAIL.search(m["on"])), None)
+        if match is None:
+            break
+        if match.start() > 0:
+            text = text[: match.start()]
+            break
+        text = text[match.end():]  # a forward's header: what follows it is the message, up to its own quote
     return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
 
 

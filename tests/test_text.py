@@ -60,6 +60,9 @@ def test_a_message_that_is_only_a_quote_keeps_what_follows_the_header_not_the_he
     # A forward: the message forwarded, without its header.
     assert clean_text("On Tue, 3 Mar 2026 at 10:14, Anna <anna@example.com> wrote:\nMy invoice is wrong") == \
         "My invoice is wrong"
+    # and up to the forwarded message's own quoted reply
+    assert clean_text("On 3 March 2026, Anna Smith <anna@example.com> wrote:\nMy invoice is wrong\n\n"
+                      "On 2 March 2026, Support <s@example.com> wrote:\n> old") == "My invoice is wrong"
 
 
 def test_outlook_original_message_is_cut() -> None:
