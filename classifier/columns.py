@@ -16,6 +16,8 @@ from classifier.text import TEXT_COLUMN_GUESSES, name_key
 LABEL_COLUMN_GUESSES: tuple[str, ...] = ("label", "category", "queue", "intent", "class", "topic", "group",
                                          "assignment group", "assignment_group", "assigned group", "team", "type",
                                          "kategorie", "catégorie", "categoría", "categoria")
+# Never guessed as the label, but named beside a guessed one: Jira's kinds of issue and request, its components.
+_ALSO_LABEL_LIKE = ("issue type", "request type", "component/s", "components")
 # The id each helpdesk's export shows people, before its internal one: Jira's "Issue key" (PROJ-12) before
 # "Issue id", Salesforce's "Case Number" before "Case ID", ServiceNow's "number" (INC0010001) before "sys_id".
 ID_COLUMN_GUESSES: tuple[str, ...] = ("id", "ticket_id", "ticket id", "key", "ticket-nr", "ticketnummer",
@@ -127,7 +129,8 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         if label is None and require_label:
             raise UserError(f"{path}: no label column found among {listed}; name it with --label-column")
         alternatives = tuple(dict.fromkeys(
-            found for name in LABEL_COLUMN_GUESSES if (found := find(name, look_inside=False)) is not None
+            found for name in (*LABEL_COLUMN_GUESSES, *_ALSO_LABEL_LIKE)
+            if (found := find(name, look_inside=False)) is not None
             and found != label and found not in texts and found not in [find(extra) for extra in field_columns]))
     if label is not None and label in texts:
         raise UserError(f"{path}: column {label!r} is both a text column and the label column; name the "

@@ -993,7 +993,9 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets, like: Pat
             row = int(scored.rows[i])
             cells = (tickets.ids[row], tickets.texts[row], scored.y_true[i], predicted[i])
             routed = "yes" if confidence[i] >= threshold_of(predicted[i]) else "no"
-            writer.writerow([*map(spreadsheet_safe, cells), decimal_cell(confidence[i], writer.dialect.delimiter),
+            # Six places, as predictions show confidences and thresholds compare with them: 0.8741 beside a
+            # threshold of 0.874101 would read as routed below it.
+            writer.writerow([*map(spreadsheet_safe, cells), decimal_cell(confidence[i], writer.dialect.delimiter, 6),
                              routed, "" if second is None else scored.classes[second[i]]])
 
 

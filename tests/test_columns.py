@@ -50,6 +50,8 @@ def test_helpdesk_exports_ids_and_texts_are_detected(columns: list[str], texts: 
     (["number", "short_description", "description", "category", "assignment_group"], "category",
      ("assignment_group",)),  # ServiceNow
     (["subject", "body", "category", "priority"], "category", ()),
+    (["Issue key", "Summary", "Description", "Issue Type", "Component/s", "Team"], "Team",
+     ("Issue Type", "Component/s")),  # Jira
 ])
 def test_the_queue_is_the_guessed_label_and_the_other_candidates_are_named(columns: list[str], label: str,
                                                                           others: tuple[str, ...]) -> None:

@@ -599,8 +599,8 @@ def test_report_csvs_show_ticket_text_as_text_not_formulas(tmp_path: Path) -> No
     _write_misclassified(tmp_path / "misclassified.csv", scored, tickets, test_file, {"a": 0.85, "b": 0.5}.get)
     with open(tmp_path / "misclassified.csv", newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
-    assert rows[1:] == [["'@1", '\'=HYPERLINK("http://x.example","refund")', "a", "b", "0.9000", "yes", "a"],
-                        ["-2", "'+1 555 0100 call me", "b", "a", "0.8000", "no", "b"]]
+    assert rows[1:] == [["'@1", '\'=HYPERLINK("http://x.example","refund")', "a", "b", "0.900000", "yes", "a"],
+                        ["-2", "'+1 555 0100 call me", "b", "a", "0.800000", "no", "b"]]
     _write_confusion_csv(tmp_path / "matrix.csv", {"labels": ["-1", "=cmd|' /C calc'!A0"], "matrix": [[1, 0], [0, 1]]},
                          test_file)
     with open(tmp_path / "matrix.csv", newline="", encoding="utf-8-sig") as handle:
@@ -621,7 +621,7 @@ def test_report_csvs_open_in_the_excel_the_test_file_came_from(tmp_path: Path) -
     written = (tmp_path / "misclassified.csv").read_bytes()
     assert written.startswith(codecs.BOM_UTF8)
     assert written.decode("utf-8-sig").splitlines() == ["id;text;true;predicted;confidence;routed;second_choice",
-                                                        "1;WLAN fällt aus;Réseau;Matériel;0,7500;yes;Réseau"]
+                                                        "1;WLAN fällt aus;Réseau;Matériel;0,750000;yes;Réseau"]
 
 
 def test_evaluating_on_the_training_file_is_flagged(evaluated, exported_bundle, tiny_csv, tmp_path):
