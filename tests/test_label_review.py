@@ -102,7 +102,8 @@ def test_review_labels_writes_a_file_that_train_reads_with_its_corrections(sampl
     output = tmp_path / "review.csv"
     assert main(["review-labels", str(data), "--output", str(output), "--folds", "4"]) == 0
     printed = capsys.readouterr().out
-    assert "300 tickets reviewed (4-fold TF-IDF out-of-fold)" in printed and f"written to {output}" in printed
+    assert "300 tickets reviewed (4-fold TF-IDF out-of-fold; labels from column 'category')" in printed
+    assert f"written to {output}" in printed
     assert output.read_bytes().startswith(codecs.BOM_UTF8)  # Excel then reads it as UTF-8, not the code page
     written = read_csv(output)
     assert list(written[0]) == list(rows[0]) + list(REVIEW_COLUMNS)
