@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -70,26 +70,29 @@ def _single_error(message: str) -> WrapValidator:
 _PLACEHOLDER = re.compile(r"\{\{.*\}\}|\{%.*%\}", re.DOTALL)  # Zendesk, Freshdesk, Jira; Liquid tags
 
 
-def _filled_in(ticket_id: Any) -> Any:
-    """Refuse an id that is a helpdesk placeholder left as written ("{{ticket.id}}", a trigger's body not
-    rendered): stored, every such event would be one ticket's, hiding the misconfigured webhook; answered, the
-    helpdesk could not match the answer to its ticket."""
-    if isinstance(ticket_id, str) and _PLACEHOLDER.fullmatch(ticket_id.strip()):
-        raise PydanticCustomError("placeholder", "{id} is a placeholder the helpdesk did not fill in: check the "
-                                  "webhook's body", {"id": repr(ticket_id)})
-    return ticket_id
-
-
+_UNFILLED = "{value} is a placeholder the helpdesk did not fill in: check the webhook's body"
 # A text that is only placeholders of a helpdesk's own objects ("{{ticket.description}}", "{{ issue.summary }}"):
 # a ticket about a template ("{{ customer.first_name }} shows in our mail", "{% if ... %}") is still a ticket.
 _TEXT_PLACEHOLDERS = re.compile(
     r"\s*(?:\{\{\s*(?:ticket|issue|requester|organization|assignee|current_user|comment|triggerevent)\.[\w.]{1,100}"
     r"\s*\}\}\s*)+", re.IGNORECASE)
-_UNFILLED = "{field}: {value} is a placeholder the helpdesk did not fill in: check the webhook's body"
+
+
+def _unfilled_id(value: Any) -> bool:
+    return isinstance(value, str) and _PLACEHOLDER.fullmatch(value.strip()) is not None
 
 
 def _unfilled_text(value: Any) -> bool:
     return isinstance(value, str) and _TEXT_PLACEHOLDERS.fullmatch(value) is not None
+
+
+def _filled_in(ticket_id: Any) -> Any:
+    """Refuse an id that is a helpdesk placeholder left as written ("{{ticket.id}}", a trigger's body not
+    rendered): stored, every such event would be one ticket's, hiding the misconfigured webhook; answered, the
+    helpdesk could not match the answer to its ticket."""
+    if _unfilled_id(ticket_id):
+        raise PydanticCustomError("placeholder", _UNFILLED, {"value": repr(ticket_id)})
+    return ticket_id
 
 
 def _no_placeholder_text(ticket: BaseModel, names: Collection[str]) -> None:
@@ -97,18 +100,15 @@ def _no_placeholder_text(ticket: BaseModel, names: Collection[str]) -> None:
     webhook is misconfigured, and the model would route the template's words, confidently."""
     unfilled = [name for name in names if _unfilled_text(getattr(ticket, name, None))]
     if unfilled:
-        raise PydanticCustomError("placeholder", _UNFILLED, {"field": ", ".join(unfilled),
-                                                              "value": repr(getattr(ticket, unfilled[0]))})
+        raise PydanticCustomError("placeholder", "{field}: " + _UNFILLED, {
+            "field": ", ".join(unfilled), "value": repr(getattr(ticket, unfilled[0]))})
 
 
-def _refuse_unfilled(values: Iterable[tuple[tuple[str | int, ...], Any]]) -> None:
+def _refuse_unfilled(location: tuple[str | int, ...], value: Any, unfilled: Callable[[Any], bool]) -> None:
     """Refuse a placeholder left as written where a webhook other than our own shape has it (Jira's
     "issue.fields.summary", Freshdesk's "freshdesk_webhook.ticket_id"), before it becomes a webhook ticket."""
-    for location, value in values:
-        if _unfilled_text(value) or (location[-1] in ("key", "ticket_id") and isinstance(value, str)
-                                     and _PLACEHOLDER.fullmatch(value.strip())):
-            raise _refused("placeholder", f"{value!r} is a placeholder the helpdesk did not fill in: check the "
-                           "webhook's body", location, value)
+    if unfilled(value):
+        raise _refused("placeholder", _UNFILLED.format(value=repr(value)), location, value)
 
 
 # A 64-bit integer: any helpdesk's, and one /feedback takes back (a 4,000-digit one would not fit its column).
@@ -547,8 +547,9 @@ def _jira_as_webhook(data: Any, text_keys: Collection[str], where: tuple[str | i
 
     if field_key(data, "ticket") is not None:  # two tickets in one: neither may be left out silently
         raise _refused("invalid_shape", "give a Jira issue or a webhook's {'ticket': {...}}, not both", where, data)
-    _refuse_unfilled([((*where, *inside, "key"), key)] + [((*where, *inside, "fields", name), field_value(fields, name))
-                                                          for name in ("summary", "description")])
+    _refuse_unfilled((*where, *inside, "key"), key, _unfilled_id)
+    for name in ("summary", "description"):
+        _refuse_unfilled((*where, *inside, "fields", name), field_value(fields, name), _unfilled_text)
     # Errors said in Jira's terms ("issue.fields.summary"), not in those of the webhook ticket it becomes.
     for name, kinds, what in (("summary", (str,), "a string"),
                               ("description", (str, dict), "a string or an Atlassian document")):
@@ -578,7 +579,9 @@ def _freshdesk_as_webhook(data: Any, text_keys: Collection[str], where: tuple[st
     inner = field_value(data, FRESHDESK_SIMPLE)
     if not isinstance(inner, dict) or field_key(data, "ticket") is not None:
         return data
-    _refuse_unfilled(((*where, FRESHDESK_SIMPLE, key), field_value(inner, key)) for key in _FRESHDESK_KEYS.values())
+    for name, key in _FRESHDESK_KEYS.items():
+        _refuse_unfilled((*where, FRESHDESK_SIMPLE, key), field_value(inner, key),
+                         _unfilled_id if name == "id" else _unfilled_text)
     ticket = {name: value for name, key in _FRESHDESK_KEYS.items() if (value := field_value(inner, key)) is not None}
     if "subject" not in ticket and "description" not in ticket:  # said in Freshdesk's terms
         raise _refused("missing_text", "missing ticket text: choose 'ticket_subject' or 'ticket_description' in "
