@@ -128,10 +128,9 @@ def resolve_columns(columns: Iterable[str], path: str | Path, text_columns: Sequ
         label = next(iter(guess([(name,) for name in LABEL_COLUMN_GUESSES if find(name) not in texts])), None)
         if label is None and require_label:
             raise UserError(f"{path}: no label column found among {listed}; name it with --label-column")
-        alternatives = tuple(dict.fromkeys(
-            found for name in (*LABEL_COLUMN_GUESSES, *_ALSO_LABEL_LIKE)
-            if (found := find(name, look_inside=False)) is not None
-            and found != label and found not in texts and found not in [find(extra) for extra in field_columns]))
+        taken = {label, *texts, *map(find, field_columns)}
+        alternatives = tuple(dict.fromkeys(found for name in (*LABEL_COLUMN_GUESSES, *_ALSO_LABEL_LIKE)
+                                           if (found := find(name, look_inside=False)) not in taken and found))
     if label is not None and label in texts:
         raise UserError(f"{path}: column {label!r} is both a text column and the label column; name the "
                         "label with --label-column and the text with --text-columns")

@@ -213,7 +213,10 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     from_review_file(records, columns)
     texts, labels, ids, rows = [], [], [], []
     given: list[str | None] = []
-    mentions = _LabelMentions(mapping.text_columns)
+    # Counted for the first file a report reads (training's, not a validation file after it), with columns to compare.
+    first = not report.files
+    mentions = _LabelMentions(mapping.text_columns) if first and mapping.label_column and \
+        len(mapping.text_columns) > 1 else None
     cells: list[list[Any]] = [[] for _ in extra]
     for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells,
                                            mapping.field_columns[:len(field_columns)]):
@@ -234,17 +237,18 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
             ids.append(row_id(record, mapping.id_column, row))
             given.append(given_id(record, mapping.id_column, row))  # a blank cell's row number is no ticket's id
             rows.append(row)
-            mentions.count(record, label)
+            if mentions:
+                mentions.count(record, label)
             for values, column in zip(cells, mapping.field_columns):
                 values.append(record.get(column))
     if not texts:
         raise UserError(f"{path}: none of {len(records)} rows has both text and a label")
     source = {"path": os.path.abspath(path), "sha256": file_sha256(path), "rows_read": len(records),
               "rows_used": len(texts), "label_column": mapping.label_column}  # evaluation reads the same column
-    if not report.files:  # the training file, not a validation file read after it
+    if first:
         report.label_alternatives = list(mapping.label_alternatives)
-        if mapping.label_column and len(mapping.text_columns) > 1:
-            report.label_named_in = mentions.shares(len(texts))
+    if mentions:
+        report.label_named_in = mentions.shares(len(texts))
     report.files[str(path)] = {"rows_read": len(records), "rows_with_text_and_label": len(texts),
                                "sha256": source["sha256"], "repeated_ids": repeated_ids(given, texts)}
     fields: dict[str, list[Any]] = {name: [label_value(value) for value in values]
