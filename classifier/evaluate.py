@@ -163,6 +163,10 @@ class Scored:
     def correct(self) -> np.ndarray:
         return self.predicted == self.y_true
 
+    def routed(self, threshold_of: Callable[[str], float]) -> np.ndarray:
+        """Which tickets a review threshold per predicted class (``threshold_of``) lets through unreviewed."""
+        return self.confidence >= np.array([threshold_of(label) for label in self.predicted], dtype=float)
+
 
 # ---------------------------------------------------------------- the entry points
 
@@ -481,7 +485,7 @@ def class_thresholds(scored: Scored, target: float) -> dict[str, dict[str, Any]]
 
 def routing_with(scored: Scored, threshold_of: Callable[[str], float]) -> dict[str, Any]:
     """Overall coverage and precision when each ticket is routed if confidence >= its predicted class's threshold."""
-    routed = scored.confidence >= np.array([threshold_of(label) for label in scored.predicted])
+    routed = scored.routed(threshold_of)
     count = int(routed.sum())
     return {"tickets": count, "coverage": count / len(routed),
             "precision": float(scored.correct[routed].mean()) if count else None}
@@ -985,18 +989,17 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets, like: Pat
     unreviewed; ``second_choice``: the model's next label, often the right one."""
     wrong = np.flatnonzero(~scored.correct)
     wrong = wrong[np.argsort(-scored.confidence[wrong], kind="stable")]
-    predicted, confidence = scored.predicted, scored.confidence
+    predicted, confidence, routed = scored.predicted, scored.confidence, scored.routed(threshold_of)
     second = np.argsort(-scored.proba, axis=1, kind="stable")[:, 1] if len(scored.classes) > 1 else None
     with csv_writer(path, like, for_spreadsheets=True) as writer:
         writer.writerow(["id", "text", "true", "predicted", "confidence", "routed", "second_choice"])
         for i in wrong:
             row = int(scored.rows[i])
             cells = (tickets.ids[row], tickets.texts[row], scored.y_true[i], predicted[i])
-            routed = "yes" if confidence[i] >= threshold_of(predicted[i]) else "no"
             # Six places, as predictions show confidences and thresholds compare with them: 0.8741 beside a
             # threshold of 0.874101 would read as routed below it.
             writer.writerow([*map(spreadsheet_safe, cells), decimal_cell(confidence[i], writer.dialect.delimiter, 6),
-                             routed, "" if second is None else scored.classes[second[i]]])
+                             "yes" if routed[i] else "no", "" if second is None else scored.classes[second[i]]])
 
 
 def _make_output_dir(output_dir: Path) -> Path | None:
