@@ -120,12 +120,24 @@ _OUTLOOK = (r"(?:From:[ \t][^\n]+\n[ \t]*(?:Sent|Date):"
             r"|(?:Von|De)" + _GAP + r":[ \t][^\n]+\n[ \t]*(?:Gesendet|Envoyé|Enviado(?:[ \t]el)?)" + _GAP + ":"
             r"|(?:Von|De)" + _GAP + r":[ \t][^\n]+\n[ \t]*(?:Datum|Date|Fecha)" + _GAP + r":[^\n]+\n[ \t]*"
             r"(?:An|À|Para)" + _GAP + r":)[^\S\n]")
+# A forward's marker line (Gmail and Thunderbird, Apple Mail), in the same languages: what follows its header
+# block is the ticket, not a quote to cut. Outlook forwards as it replies ("From: ... Sent: ..."): cut.
+_FORWARD = (r"-{2,}[ \t]*(?:Forwarded message|Weitergeleitete Nachricht|Message transféré|Mensaje reenviado)"
+            r"[ \t]*-{2,}|(?:Begin forwarded message|Anfang der weitergeleiteten Nachricht|Début du message réexpédié"
+            r"|Inicio del mensaje reenviado)" + _GAP + ":")
 _REPLY_HEADER = re.compile(
     r"^[ \t]*(?:(?P<on>On\b[^\n]{0,300}(?:\n[^\n]{0,300})?\bwrote:|" + "|".join((_GERMAN, _FRENCH, _SPANISH))
     + r")[ \t]*$"
     r"|-{2,}[ \t]*(?:Original Message|Ursprüngliche Nachricht|Message d'origine|Mensaje original)[ \t]*-{2,}"
-    r"|" + _OUTLOOK + ")",
+    r"|(?P<forward>" + _FORWARD + r")"
+    r"|(?:_{8,}[ \t]*\n[ \t]*)?" + _OUTLOOK + ")",  # Outlook draws a line of underscores above its header
     re.IGNORECASE | re.MULTILINE,
+)
+# One line of the header block a quoted or forwarded message starts with ("To: ...", "Betreff: ...").
+_HEADER_FIELD = re.compile(
+    r"[ \t]*(?:From|Sent|Date|To|Cc|Bcc|Reply-To|Subject|Importance|Von|Gesendet|Datum|An|Betreff|Wichtigkeit"
+    r"|De|Envoyé|À|Objet|Para|Enviado(?:[ \t]el)?|Fecha|Asunto|Importancia)" + _GAP + r":(?:[^\S\n][^\n]*)?",
+    re.IGNORECASE,
 )
 # An "On ... wrote:" header names a date or an address; "On Monday I upgraded ...\nAnna wrote:"
 # is the customer's own message.
@@ -306,22 +318,35 @@ def html_to_text(markup: str) -> str:
     return html.unescape("".join(chunks))
 
 
-_LEADING_HEADERS = 3  # reply headers a message may start with, one after the other: each search reads the text
+_LEADING_HEADERS = 3  # headers a message may start with, or forwards, one after the other: each search reads it
 
 
 def strip_quoted_replies(text: str) -> str:
-    """Drop the quoted previous conversation: a reply header and everything after, ``>`` lines. A message that
-    is only a quote keeps what follows its header (a forward), not the header ("On ... wrote:" says nothing of
-    the ticket)."""
+    """Drop the quoted previous conversation: a reply header and everything after, ``>`` lines. A forward keeps
+    the forwarded message, as does a message that is only a quote, without the header and its header block
+    ("On ... wrote:" or "From: ... Sent: ... To: ..." says nothing of the ticket)."""
+    kept = []  # text above a forward's marker: the forwarder's note
     for _ in range(_LEADING_HEADERS):
         match = next((m for m in _REPLY_HEADER.finditer(text) if not m["on"] or _HEADER_DETAIL.search(m["on"])), None)
         if match is None:
             break
-        if match.start() > 0:
-            text = text[: match.start()]
+        above = text[: match.start()]
+        if above.strip() and not match["forward"]:
+            text = above  # a reply above its quote
             break
-        text = text[match.end():]  # a forward's header: what follows it is the message, up to its own quote
-    return "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(">"))
+        kept.append(above)
+        text = _after_header_block(text[match.end():])
+    return "\n".join(line for line in "\n".join([*kept, text]).split("\n") if not line.lstrip().startswith(">"))
+
+
+def _after_header_block(rest: str) -> str:
+    """What follows a header (``rest`` starts right after it): not the rest of its line (Outlook's date after
+    "Sent:"), nor the header fields below it."""
+    lines = rest.split("\n")[1:]
+    start = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    while start < len(lines) and _HEADER_FIELD.fullmatch(lines[start]):
+        start += 1
+    return "\n".join(lines[start:])
 
 
 def strip_signature(text: str) -> str:

@@ -68,6 +68,36 @@ def test_a_message_that_is_only_a_quote_keeps_what_follows_the_header_not_the_he
 def test_outlook_original_message_is_cut() -> None:
     body = "Any news?\n-----Original Message-----\nFrom: Support\nSent: Monday\nSubject: your ticket"
     assert clean_text(body) == "Any news?"
+    outlook = ("Any news?\n\n________________________________\nFrom: Support <s@example.com>\n"
+               "Sent: Monday, 3 June 2024 10:02\nTo: Anna\nSubject: your ticket\n\nWe are on it.")
+    assert clean_text(outlook) == "Any news?"
+
+
+_FORWARD_HEADERS = {
+    "gmail": "---------- Forwarded message ---------\nFrom: Anna Berg <anna@corp.example>\n"
+             "Date: Mon, 3 Jun 2024 at 10:02\nSubject: VPN\nTo: <it@corp.example>\n",
+    "apple mail": "Begin forwarded message:\n\nFrom: Anna Berg <anna@corp.example>\nSubject: VPN\n"
+                  "Date: 3 June 2024 at 10:02:11 BST\nTo: it@corp.example\n",
+    "thunderbird, german": "-------- Weitergeleitete Nachricht --------\nBetreff: \tVPN\n"
+                           "Datum: \tMon, 3 Jun 2024 10:02:11 +0200\nVon: \tAnna <a@corp.example>\n"
+                           "An: \tit@corp.example\n",
+}
+_QUOTE_HEADERS = {
+    "outlook": "From: Anna Berg\nSent: Monday, June 3, 2024 10:02 AM\nTo: IT\nCc: Bob\nSubject: VPN\n",
+    "original message": "-----Original Message-----\nFrom: Anna Berg\nSent: Monday\nSubject: VPN\n",
+}
+_FORWARDED = "The VPN drops every 5 minutes.\n\nOn Mon, 3 Jun 2024 at 09:00, Bob <bob@corp.example> wrote:\n> old"
+
+
+@pytest.mark.parametrize("header", [*_FORWARD_HEADERS.values(), *_QUOTE_HEADERS.values()],
+                         ids=[*_FORWARD_HEADERS, *_QUOTE_HEADERS])
+def test_a_message_starting_with_a_header_keeps_the_message_without_the_header_block(header: str) -> None:
+    assert clean_text(f"{header}\n{_FORWARDED}") == "The VPN drops every 5 minutes."
+
+
+@pytest.mark.parametrize("header", _FORWARD_HEADERS.values(), ids=_FORWARD_HEADERS.keys())
+def test_a_forward_keeps_the_note_above_it_and_the_message_forwarded(header: str) -> None:
+    assert clean_text(f"Can you help?\n\n{header}\n{_FORWARDED}") == "Can you help? The VPN drops every 5 minutes."
 
 
 @pytest.mark.parametrize("reply", [
