@@ -336,7 +336,7 @@ def merge_corrections(export: TicketFile, corrections: list[Correction], trainin
     assert mapping.label_column is not None
     text_columns, id_column = list(export.texts), mapping.id_column
     field_columns = list(export.fields)
-    holdout_keys = {_key(row, text_columns, id_column) for row in holdout}
+    holdout_keys = {key for row in holdout for key in _keys(row, text_columns)}
     latest, report = _latest(corrections)
     holdout = [_as_corrected(row, latest, report) for row in holdout]
     rows: list[dict[str, Any]] = []
@@ -349,7 +349,7 @@ def merge_corrections(export: TicketFile, corrections: list[Correction], trainin
         correction = latest.get(ticket_id) if ticket_id else None  # every row of the ticket, if it has several
         if ticket_id:
             in_export.add(ticket_id)
-        if _key(row, text_columns, id_column) in holdout_keys:  # its corrections too: evaluation only
+        if _keys(row, text_columns) & holdout_keys:  # its corrections too: evaluation only
             report.held_out += 1
             continue
         if correction is not None:
@@ -372,7 +372,7 @@ def merge_corrections(export: TicketFile, corrections: list[Correction], trainin
             continue
         row = {**sent, "label": correction.label, "id": correction.ticket_id,
                FIELDS: dict.fromkeys(field_columns)}
-        if _key(row, text_columns, id_column) in holdout_keys:
+        if _keys(row, text_columns) & holdout_keys:
             continue
         recent = instant(correction.received_at) > instant(since)
         if recent and int(hashlib.sha256(correction.ticket_id.encode()).hexdigest(), 16) % RECENT_HELD_OUT == 0:
@@ -496,11 +496,11 @@ def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_tr
     log.info("the fixed holdout of every retrain: a stratified tenth of %s, drawn from %s", export_path, drawn)
 
 
-def _key(row: dict[str, Any], text_columns: list[str], id_column: str | None) -> str:
-    """A ticket's identity: its id when the export has ids, else its text."""
-    if id_column and row.get("id"):
-        return f"id:{row['id']}"
-    return "text:" + json.dumps([row.get(column, "") for column in text_columns])
+def _keys(row: dict[str, Any], text_columns: list[str]) -> set[str]:
+    """What makes a ticket the same as a holdout ticket: its id, where it has one, or its text (a holdout file
+    without ids still holds the export's tickets; a copy of a holdout text would be tested on after training)."""
+    text = "text:" + json.dumps([row.get(column, "") for column in text_columns])
+    return {f"id:{row['id']}", text} if row.get("id") else {text}
 
 
 def instant(text: str) -> datetime:

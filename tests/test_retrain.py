@@ -74,6 +74,16 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
     assert any("too few tickets" in line for line in report.lines())
 
 
+@pytest.mark.parametrize("holdout_id", ["", "H-1"], ids=["holdout without ids", "ids of another system"])
+def test_a_holdout_ticket_is_known_by_its_text_where_the_ids_cannot_match(tmp_path: Path, holdout_id: str) -> None:
+    export = write_csv(tmp_path / "export.csv", export_rows())
+    holdout = [{"subject": "subject 9", "body": "body of ticket 9", "label": "billing", "id": holdout_id}]
+    report = merge_corrections(Columns(("subject", "body"), "category").resolve(export), [], tmp_path / "t.jsonl",
+                               tmp_path / "e.jsonl", holdout=holdout, known_labels={"billing", "login"},
+                               since="2026-06-01", min_class_count=1)
+    assert report.held_out == 1 and "T-9" not in {row["id"] for row in read_jsonl(tmp_path / "t.jsonl")}
+
+
 def test_a_correction_relabels_every_row_of_its_ticket_and_times_compare_as_instants(tmp_path: Path) -> None:
     updated = {**export_rows()[1], "Body": "body of ticket 1, updated"}  # an export listing a ticket twice
     export = write_csv(tmp_path / "export.csv", [*export_rows(), updated])
