@@ -139,10 +139,13 @@ class Scored:
     proba: np.ndarray
 
     @classmethod
-    def of(cls, classes: Sequence[str], proba: np.ndarray, labels: Sequence[str]) -> Scored:
-        """Keep the rows whose true label is one of ``classes``; ``proba`` covers every test ticket."""
+    def of(cls, classes: Sequence[str], proba: np.ndarray, labels: Sequence[str], rows: np.ndarray | None = None
+           ) -> Scored:
+        """Keep the rows whose true label is one of ``classes``, or the given ``rows`` (another model's: a
+        label this one lacks counts as a mistake); ``proba`` covers every test ticket."""
         known = set(classes)
-        rows = np.array([i for i, label in enumerate(labels) if label in known], dtype=int)
+        if rows is None:
+            rows = np.array([i for i, label in enumerate(labels) if label in known], dtype=int)
         if not rows.size:
             raise UserError(f"no test ticket has a label the model knows (model labels: "
                             f"{first_of(list(classes), 10)}); "
@@ -200,7 +203,8 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     data = _data_section(tickets, data_report, scored, predictor.manifest, predictor.bundle_dir)
     unknown_labels = _unknown_labels(tickets, scored, predictor.labels, proba)
     others = {"baseline": _baseline(predictor, tickets) if options.baseline else None,
-              "compare": _compare(options, data_path, tickets.source["label_column"])}
+              "compare": _compare(options, data_path, tickets.source["label_column"],
+                                  [tickets.rows[i] for i in scored.rows] if tickets.rows else [])}
     report = _model_report(predictor, scored, tickets, options.target_precision, created_at, data, unknown_labels,
                            _side_by_side_sections(others, scored, options))
     report.out_of_scope = _out_of_scope(predictor, tickets, proba, oos_scores, options.oos_label or (
@@ -760,15 +764,21 @@ def _baseline(predictor: Predictor, tickets: Tickets) -> tuple[str, str, Scored]
     return kept.name, f"trained on the bundle's {f'{train.rows_used} ' if train else ''}training tickets", scored
 
 
-def _compare(options: EvaluationOptions, data_path: str | Path, label_column: str) -> tuple[str, str, Scored] | None:
+def _compare(options: EvaluationOptions, data_path: str | Path, label_column: str, file_rows: Sequence[int]
+             ) -> tuple[str, str, Scored] | None:
     """The other bundle as it is served (engine auto), reading the test file as that bundle reads it (its
-    own text fields, label spellings and merged classes), with the labels the evaluated model is scored on."""
+    own text fields, label spellings and merged classes), with the labels the evaluated model is scored on, on
+    the tickets it is scored on (``file_rows``: a queue only the evaluated model learnt is the other's mistake,
+    not left out), where the other bundle reads them all; else on those whose label it knows."""
     if options.compare_bundle is None:
         return None
     other = Predictor.load(options.compare_bundle, "auto")
     tickets, _ = load_test_set(data_path, other.manifest, label_column, options.text_columns,
                                id_column=options.id_column)
-    scored = Scored.of(other.labels, probabilities(other, tickets.texts), tickets.labels)
+    index = {row: i for i, row in enumerate(tickets.rows)}
+    same = [index.get(row) for row in file_rows]
+    rows = np.array(same, dtype=int) if same and None not in same else None
+    scored = Scored.of(other.labels, probabilities(other, tickets.texts), tickets.labels, rows)
     return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
             scored)
 
@@ -832,6 +842,9 @@ def _warnings(report: Report) -> list[str]:
             warnings.append(f"{CALLED[key]} ({other.name}) was scored on {other.metrics.tickets} test tickets, this "
                             f"model on {report.metrics.tickets} (their classes or text fields differ): the "
                             "numbers are not like for like")
+        if lacking := [row.label for row in report.per_class if row.support and row.label not in other.per_class_f1]:
+            warnings.append(f"{CALLED[key]} ({other.name}) has no class {first_of(lacking, 5)}: its test tickets "
+                            "of those count as its mistakes (a queue this model learnt, or one renamed)")
         if other.difference and other.difference.accuracy.high < 0:
             warnings.append(f"{CALLED[key]} ({other.name}) is more accurate than this model, beyond chance; this "
                             f"model against it: {other.difference.summary}")
