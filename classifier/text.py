@@ -74,8 +74,8 @@ _HTML_TAGS = frozenset(
 _HTML_HINT = re.compile(r"<\s*(?:/\s*)?(?:" + "|".join(sorted(_HTML_TAGS, key=len, reverse=True))
                         + r")(?=[\s/>])[^<>]*>"
                         r"|&(?:[a-zA-Z]+|#\d+|#x[0-9a-fA-F]+);", re.IGNORECASE)
-_BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
-               "blockquote", "pre", "hr"}
+_BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "td", "th", "dt", "dd", "table", "h1", "h2", "h3", "h4",
+               "h5", "h6", "blockquote", "pre", "hr"}  # a table's cells too: "Requested for" "Anna", not one word
 _SKIPPED_TAGS = {"script", "style", "head", "title"}
 _SKIPPED_TAG_END = re.compile(r"<\s*/\s*(" + "|".join(sorted(_SKIPPED_TAGS)) + r")\s*>", re.IGNORECASE)
 _SKIPPED_END = {tag: re.compile(rf"<\s*/\s*{tag}\s*>", re.IGNORECASE) for tag in _SKIPPED_TAGS}
@@ -162,6 +162,24 @@ _SIGN_OFF = re.compile(
 # "Thanks, Bob" or "Mit freundlichen Grüßen - Anna Schmidt": a sign-off and a name on one line.
 _SIGN_OFF_AND_NAME = re.compile(
     r"^(?P<sign_off>[^,\n]{1,40}?)[ \t]*(?:,|[ \t][-\u2013\u2014])[ \t]*(?P<name>[^\n]{1,60})$")
+# A mail's legal disclaimer, a paragraph of its own: how it starts, a phrase only disclaimers use within its first
+# sentences ("... If you are not the intended recipient"), and confidentiality ("This email and any attachments
+# are confidential"). A ticket's "This email is confidential" or "The mail to the intended recipient bounced" stays.
+_DISCLAIMER_START = re.compile(
+    r"[ \t]*(?:this|the|any|diese[rs]?|der|die|das|ce|cette|le|la|les|este|esta|el|los|las|confidential(?:ity)?"
+    r"|privileged|disclaimer|notice|important|haftungsausschluss|vertraulich(?:keit)?|avertissement|aviso)\b",
+    re.IGNORECASE)
+_DISCLAIMER_PHRASE = re.compile(
+    r"intended (?:solely |only |exclusively )?for (?:the )?(?:sole )?(?:use of )?(?:the )?(?:named )?"
+    r"(?:addressee|recipient|individual|person)|intended recipient|not the (?:named )?addressee"
+    r"|received (?:this|it) (?:\w+ )?in error|(?:legally )?privileged and confidential|confidential and (?:may be )?"
+    r"(?:legally )?privileged|nicht (?:der|die) (?:richtige|beabsichtigte|vorgesehene)n? (?:adressat|empfänger)"
+    r"|(?:irrtümlich|versehentlich|irrtümlicherweise) erhalten|n'êtes pas (?:le|la) destinataire"
+    r"|reçu ce (?:message|courriel|e-mail) par erreur|no es (?:el|la|usted el) destinatario"
+    r"|recibido este (?:mensaje|correo) por error", re.IGNORECASE)
+_CONFIDENTIAL = re.compile(r"confiden|privileg|vertraulich", re.IGNORECASE)  # what every disclaimer is about
+_DISCLAIMER_READ = 600  # characters of a paragraph (up to its end) searched for a disclaimer's phrase
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 # After "Thanks, Bob" only contact details are signature: a phone number, an address, a link. A log, steps or an
 # order number after it ("Thanks, Bob\nOrder number: 4471") is what the ticket is about.
 _CONTACT_LINE = re.compile(
@@ -170,7 +188,7 @@ _CONTACT_LINE = re.compile(
     re.IGNORECASE)
 # A stack trace or an error pasted after the name is what the ticket is about, not signature.
 _CODE_LINE = re.compile(r"\b(?:traceback|exception|error)\b|^\s*at [\w$.<>]+\(|^\s*file \"", re.IGNORECASE)
-_SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message
+_SIGNATURE_MAX_LINES = 10  # lines with text: a sign-off further up than this is part of the message
 _SIGNATURE_MAX_WORDS = 10  # a longer line after a sign-off is message, not signature
 _NAME_MAX_WORDS = 5  # the line right after a sign-off is a name, or the message goes on
 _TITLE_SEPARATOR = re.compile(r"\s+[-|\u2013\u2014]\s+")  # "John Smith - Head of IT", "Sam Lee | Acme"
@@ -262,7 +280,7 @@ def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:
     if options.strip_quoted_replies:
         text = strip_quoted_replies(text)
     if options.strip_signatures:
-        text = strip_signature(text)
+        text = strip_signature(strip_disclaimer(text))
     return " ".join(text.split())
 
 
@@ -349,14 +367,28 @@ def _after_header_block(rest: str) -> str:
     return "\n".join(lines[start:])
 
 
+def strip_disclaimer(text: str) -> str:
+    """Cut a mail's legal disclaimer and what follows it: a paragraph after the message (after a blank line)
+    that starts as disclaimers do and names a phrase only they use."""
+    breaks = list(_PARAGRAPH_BREAK.finditer(text))
+    for paragraph, after in zip(breaks, [*breaks[1:], None]):
+        start, end = paragraph.end(), min(after.start() if after else len(text), paragraph.end() + _DISCLAIMER_READ)
+        if _DISCLAIMER_START.match(text, start) and _DISCLAIMER_PHRASE.search(text, start, end) \
+                and _CONFIDENTIAL.search(text, start, end) and text[:start].strip():
+            return text[:start]
+    return text
+
+
 def strip_signature(text: str) -> str:
     """Cut a trailing signature: a ``--`` delimiter, "Sent from my ...", or a closing sign-off.
 
-    Only the last few lines are searched, and a sign-off ("Thanks,") counts only when what
+    Only the last few lines with text are searched, and a sign-off ("Thanks,") counts only when what
     follows it looks like a signature (short lines), so a "thanks" inside the message stays.
     """
     lines = text.rstrip().split("\n")
-    for index in range(max(1, len(lines) - _SIGNATURE_MAX_LINES), len(lines)):
+    with_text = [index for index, line in enumerate(lines) if line.strip()]
+    for index in range(max(1, with_text[-_SIGNATURE_MAX_LINES] if len(with_text) >= _SIGNATURE_MAX_LINES else 0),
+                       len(lines)):
         line = lines[index].strip()
         if _SIGNATURE_START.match(line) or (_SIGN_OFF.match(line) and _signature_like(lines[index + 1:])):
             return "\n".join(lines[:index])

@@ -153,6 +153,40 @@ def test_german_sign_offs_in_every_spelling_are_cut(sign_off: str) -> None:
     assert clean_text(f"Drucker offline.\n\n{sign_off}\nJana") == "Drucker offline."
 
 
+@pytest.mark.parametrize(("signature", "disclaimer"), [
+    ("Kind regards,\nClaire Martin\nT: +44 20 7946 3134",
+     "This email and any attachments are confidential and may be legally privileged. If you are not the intended "
+     "recipient, please notify the sender and delete it."),
+    ("Mit freundlichen Grüßen\nJonas Weber", "Diese E-Mail enthält vertrauliche Informationen. Wenn Sie nicht der "
+     "richtige Adressat sind oder diese E-Mail irrtümlich erhalten haben, informieren Sie bitte den Absender."),
+    ("Cordialement,\nMarie", "Ce message est confidentiel. Si vous n'êtes pas le destinataire, détruisez-le."),
+    ("Saludos,\nJuan", "Este mensaje es confidencial. Si usted no es el destinatario, bórrelo."),
+])
+def test_a_legal_disclaimer_goes_with_the_signature_above_it(signature: str, disclaimer: str) -> None:
+    assert clean_text(f"The printer is offline.\n\n{signature}\n\n{disclaimer}") == "The printer is offline."
+
+
+@pytest.mark.parametrize("text", [
+    "Hi,\n\nThe mail to the intended recipient bounced.",  # a disclaimer's phrase, not about confidentiality
+    "Hi,\n\nThis email is confidential: my payroll login fails.\n\nThe privileged account is locked.",
+])
+def test_a_ticket_about_confidentiality_or_recipients_is_kept(text: str) -> None:
+    assert clean_text(text) == " ".join(text.split())
+
+
+def test_a_long_signature_and_one_paragraph_per_line_of_html_are_cut() -> None:
+    signature = ["Kind regards,", "Sarah Connolly", "IT Procurement Manager", "Acme Holdings Ltd", "1 King Street",
+                 "London EC2V 8AU", "T: +44 20 7946 0000", "M: +44 7700 900000", "www.acme.co.uk"]
+    assert clean_text("\n".join(["Outlook asks for my password.", "", *signature])) == "Outlook asks for my password."
+    html = "".join(f"<p>{line}</p>" for line in ["Teams will not start.", *signature[:6]])
+    assert clean_text(html) == "Teams will not start."
+
+
+def test_table_cells_stay_separate_words() -> None:
+    table = "<table><tr><th>Requested for</th><td>Anna Schmidt</td></tr><tr><td>App</td><td>Tableau</td></tr></table>"
+    assert clean_text(table) == "Requested for Anna Schmidt App Tableau"
+
+
 def test_signature_is_cut_and_can_be_kept() -> None:
     body = "Please cancel my plan.\n\nThanks,\nMaria Lopez\nAcme Corp | Ops lead"
     assert clean_text(body) == "Please cancel my plan."
