@@ -1295,7 +1295,7 @@ def _add_review_labels(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_review_labels(args: argparse.Namespace) -> int:
-    from classifier.label_review import write_review
+    from classifier.label_review import entry_line, write_review
 
     written = write_review(args.data, args.output, TextOptions(fields=args.text_columns or ()), args.label_column,
                            folds=args.folds, seed=args.seed)
@@ -1304,9 +1304,7 @@ def _run_review_labels(args: argparse.Namespace) -> int:
           f"{len(review.flagged)} look mislabelled, {len(review.duplicates)} more have a near-duplicate labelled "
           "otherwise")
     for finding in review.findings()[:5]:
-        entry = finding.entry(written.texts, written.ids)
-        print(f"  {entry['id']}: {entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f}): "
-              f"{entry['text'][:60]!r}")
+        print(entry_line(finding.entry(written.texts, written.ids), 60))
     if (unreviewed := written.rows - review.tickets) > 0:
         print(f"  {counted(unreviewed, 'row')} without a label or text: not reviewed, written after the findings "
               "(a corrected_label trains on it)")

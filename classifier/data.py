@@ -112,8 +112,9 @@ class DataReport:
             return []
         lines = [f"{review['flagged']} tickets look mislabelled, {review['near_duplicates']} more have a "
                  f"near-duplicate labelled otherwise ({review['method']}); the surest, with the suggested label:"]
-        lines += [f"  {entry['id']}: {entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f}): "
-                  f"{entry['text'][:50]!r}" for entry in self.likely_mislabelled[:5]]
+        from classifier.label_review import entry_line  # it imports this module, and scikit-learn
+
+        lines += [entry_line(entry, 50) for entry in self.likely_mislabelled[:5]]
         lines.append(f"  ({review['measured']}); {len(self.likely_mislabelled)} in reports/data_report.json with the "
                      "reasons; 'ticketclf review-labels' writes all of them into a file to correct")
         return lines

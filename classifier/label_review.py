@@ -81,6 +81,16 @@ class Finding:
                 "reason": "; ".join(self.reasons)}
 
 
+def entry_line(entry: dict[str, Any], width: int) -> str:
+    """One finding (:meth:`Finding.entry`) on a line, its text cut to ``width``: the change suggested, or for a
+    near-duplicate whose own label the model prefers, that label kept and the ticket labelled otherwise."""
+    if entry["suggested_label"] != entry["label"]:
+        verdict = f"{entry['label']!r} -> {entry['suggested_label']!r} ({entry['confidence']:.2f})"
+    else:
+        verdict = f"{entry['label']!r} kept, {entry['reason']}"
+    return f"  {entry['id']}: {verdict}: {entry['text'][:width]!r}"
+
+
 @dataclass
 class LabelReview:
     tickets: int

@@ -14,7 +14,7 @@ from csv_files import read_csv, write_csv
 
 from classifier.cli import build_parser, main
 from classifier.data import DataReport, Tickets, load_tickets, prepare_data
-from classifier.label_review import REVIEW_COLUMNS, LabelReview, review_labels
+from classifier.label_review import REVIEW_COLUMNS, LabelReview, entry_line, review_labels
 from classifier.text import TextOptions
 
 NOISE = 0.05
@@ -89,6 +89,10 @@ def test_near_duplicates_labelled_otherwise_are_listed() -> None:
     assert {80, 81} <= set(listed) and 82 not in listed
     assert "near-duplicate of 80 labelled 'billing' (cosine 1.00)" in "; ".join(listed[81].reasons)
     assert listed[80].suggested == listed[81].suggested == "billing"  # the model's choice of the two labels
+    ids = [str(i) for i in range(len(texts))]
+    assert entry_line(listed[81].entry(texts, ids), 20).startswith("  81: 'login' -> 'billing' (0.")
+    assert entry_line(listed[80].entry(texts, ids), 20) == ("  80: 'billing' kept, near-duplicate of 81 labelled "
+                                                           "'login' (cosine 1.00): 'Refund my  INVOICE, '")
 
 
 def test_review_labels_writes_a_file_that_train_reads_with_its_corrections(sample_csv: Path, tmp_path: Path,
