@@ -133,6 +133,9 @@ _REPLY_HEADER = re.compile(
     r"|(?:_{8,}[ \t]*\n[ \t]*)?" + _OUTLOOK + ")",  # Outlook draws a line of underscores above its header
     re.IGNORECASE | re.MULTILINE,
 )
+# A forward's subject ("FW:", "Fwd:", German "WG:", French "TR:", Spanish "RV:"): Outlook's first header in its
+# body then heads the message forwarded, not a quote. "RE: FW:" is a reply.
+_FORWARD_SUBJECT = re.compile(r"[ \t]*(?:fwd?|wg|tr|rv)[ \t]*:", re.IGNORECASE)
 # One line of the header block a quoted or forwarded message starts with ("To: ...", "Betreff: ...").
 _HEADER_FIELD = re.compile(
     r"[ \t]*(?:From|Sent|Date|To|Cc|Bcc|Reply-To|Subject|Importance|Von|Gesendet|Datum|An|Betreff|Wichtigkeit"
@@ -251,7 +254,9 @@ def ticket_text(ticket: str | Mapping[str, Any], options: TextOptions = TextOpti
         if ticket is None or (isinstance(ticket, float) and ticket != ticket):
             return ""
         raise UserError(f"a ticket is a string or a record of fields, not {type(ticket).__name__} ({ticket!r:.40})")
-    parts = (clean_text(_as_str(_field(ticket, name), name), options) for name in options.record_fields)
+    values = [_as_str(_field(ticket, name), name) for name in options.record_fields]
+    forwarded = any(_FORWARD_SUBJECT.match(value) and "\n" not in value.strip() for value in values[:-1])
+    parts = (clean_text(value, options, forwarded) for value in values)
     joined = FIELD_SEPARATOR.join(part for part in parts if part)
     if not joined and "text" not in options.record_fields:  # {"text": ...}: the whole ticket, as the service takes it
         return clean_text(_as_str(_field(ticket, "text"), "text"), options)
@@ -269,8 +274,10 @@ def into_fields(sent: Mapping[str, str], fields: Sequence[str]) -> dict[str, str
     return row
 
 
-def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:
-    """Clean one field: HTML to text, cut quoted replies and signatures, fold whitespace."""
+def clean_text(raw: str, options: TextOptions = TextOptions(), forwarded: bool = False) -> str:
+    """Clean one field: HTML to text, cut quoted replies and signatures, fold whitespace. ``forwarded``: the
+    ticket's subject says it is a forward (its first header heads the message, see
+    :func:`strip_quoted_replies`)."""
     text = unicodedata.normalize("NFC", raw).replace("\r\n", "\n").replace("\r", "\n")
     if options.strip_html and _HTML_HINT.search(text):
         text = html_to_text(text)
@@ -278,7 +285,7 @@ def clean_text(raw: str, options: TextOptions = TextOptions()) -> str:
         text = helpdesk_markup_to_text(text)
     text = _INVISIBLE_MARKS.sub("", _CONTROL_CHARS.sub(" ", text))
     if options.strip_quoted_replies:
-        text = strip_quoted_replies(text)
+        text = strip_quoted_replies(text, forwarded)
     if options.strip_signatures:
         text = strip_signature(strip_disclaimer(text))
     return " ".join(text.split())
@@ -339,21 +346,25 @@ def html_to_text(markup: str) -> str:
 _LEADING_HEADERS = 3  # headers a message may start with, or forwards, one after the other: each search reads it
 
 
-def strip_quoted_replies(text: str) -> str:
+def strip_quoted_replies(text: str, forwarded: bool = False) -> str:
     """Drop the quoted previous conversation: a reply header and everything after, ``>`` lines. A forward keeps
     the forwarded message, as does a message that is only a quote, without the header and its header block
-    ("On ... wrote:" or "From: ... Sent: ... To: ..." says nothing of the ticket)."""
+    ("On ... wrote:" or "From: ... Sent: ... To: ..." says nothing of the ticket). A forward is told by its
+    marker ("---------- Forwarded message ---------"), or, as Outlook marks none, by its subject: ``forwarded``,
+    or a whole ticket's first line ("FW: ...")."""
     kept = []  # text above a forward's marker: the forwarder's note
+    forwarded = forwarded or bool(_FORWARD_SUBJECT.match(text))
     for _ in range(_LEADING_HEADERS):
         match = next((m for m in _REPLY_HEADER.finditer(text) if not m["on"] or _HEADER_DETAIL.search(m["on"])), None)
         if match is None:
             break
         above = text[: match.start()]
-        if above.strip() and not match["forward"]:
+        if above.strip() and not (match["forward"] or forwarded):
             text = above  # a reply above its quote
             break
         kept.append(above)
         text = _after_header_block(text[match.end():])
+        forwarded = False  # the message forwarded may quote a reply of its own
     return "\n".join(line for line in "\n".join([*kept, text]).split("\n") if not line.lstrip().startswith(">"))
 
 

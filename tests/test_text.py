@@ -153,6 +153,23 @@ def test_german_sign_offs_in_every_spelling_are_cut(sign_off: str) -> None:
     assert clean_text(f"Drucker offline.\n\n{sign_off}\nJana") == "Drucker offline."
 
 
+_OUTLOOK_FORWARD = ("FYI, can you help?\n\nFrom: Marco Rossi <marco@corp.example>\nSent: Tuesday, 4 June 2024 14:30\n"
+                    "To: IT Helpdesk\nSubject: Account locked\n\nI am locked out.\n\nFrom: IT\nSent: Monday\n"
+                    "Subject: password\n\nPlease change your password.")
+
+
+@pytest.mark.parametrize(("subject", "body"), [
+    ("FW: Account locked", "FYI, can you help? I am locked out."),  # a forward: the message forwarded kept
+    ("WG: Konto gesperrt", "FYI, can you help? I am locked out."),
+    ("RE: FW: Account locked", "FYI, can you help?"),  # a reply to a forward: the quote goes
+    ("Account locked", "FYI, can you help?"),
+])
+def test_an_outlook_forward_is_told_by_the_tickets_subject(subject: str, body: str) -> None:
+    options = TextOptions(fields=("subject", "body"))
+    assert ticket_text({"subject": subject, "body": _OUTLOOK_FORWARD}, options) == f"{subject}\n{body}"
+    assert clean_text(f"{subject}\n{_OUTLOOK_FORWARD}") == f"{subject} {body}"  # a whole ticket, subject first
+
+
 @pytest.mark.parametrize(("signature", "disclaimer"), [
     ("Kind regards,\nClaire Martin\nT: +44 20 7946 3134",
      "This email and any attachments are confidential and may be legally privileged. If you are not the intended "
