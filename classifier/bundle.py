@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -167,13 +167,18 @@ def write_examples(bundle_dir: str | Path, texts: list[str], labels: list[str], 
             out.write(json.dumps({"id": ident, "text": text, "label": label}, ensure_ascii=False) + "\n")
 
 
-def read_examples(bundle_dir: str | Path) -> tuple[list[str], list[str]]:
-    """The bundle's validation texts and labels."""
+def read_examples(bundle_dir: str | Path, labels: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The bundle's validation texts and labels, named as the manifest's ``labels`` name them now: training wrote
+    the names of config.json's id2label, which a label renamed in the manifest since no longer matches."""
     path = Path(bundle_dir) / VALIDATION_FILE
     if not path.is_file():
         raise UserError(f"{bundle_dir}: bundle has no {VALIDATION_FILE}; retrain it with this version")
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    return [r["text"] for r in records], [r["label"] for r in records]
+    id2label = read_json_object(Path(bundle_dir) / CONFIG_FILE).get("id2label")
+    trained = id2label.items() if isinstance(id2label, dict) else ()
+    now = {name: labels[int(position)] for position, name in trained
+           if str(position).isdigit() and int(position) < len(labels)}
+    return [r["text"] for r in records], [now.get(r["label"], r["label"]) for r in records]
 
 
 def new_manifest(**sections: Any) -> Manifest:

@@ -200,7 +200,7 @@ def check_drift(bundle_dir: Path, manifest: Manifest, fp32_path: Path, int8_path
                 batch_size: int = 32) -> Drift:
     """Compare PyTorch, ONNX fp32 and ONNX int8 on the bundle's validation split, and int8 with fp32 on
     tickets of the training file too (up to MAX_AGREEMENT_TICKETS): the evidence :func:`decide_int8` reads."""
-    texts, labels = bundle.read_examples(bundle_dir)
+    texts, labels = bundle.read_examples(bundle_dir, manifest.labels)
     more = _training_texts(manifest, bundle_dir, set(texts), MAX_AGREEMENT_TICKETS - len(texts))
     tokenizer = load_tokenizer(bundle_dir, manifest.max_length)
     threads = default_threads()
@@ -453,7 +453,8 @@ def out_of_scope_thresholds(bundle_dir: Path, manifest: Manifest, models: Mappin
                     "BERT-style head?): the exported models do not check tickets for being out of scope")
         return section
     detector = OutOfScopeDetector.load(bundle_dir / section.file)
-    texts = [text for text, label in zip(*bundle.read_examples(bundle_dir)) if label != section.route_to]
+    texts = [text for text, label in zip(*bundle.read_examples(bundle_dir, manifest.labels))
+             if label != section.route_to]
     tokenizer = load_tokenizer(bundle_dir, manifest.max_length)
     thresholds = dict(section.thresholds)
     for engine, path in models.items():

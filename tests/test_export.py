@@ -93,6 +93,15 @@ def test_a_bundle_whose_training_file_changed_is_compared_on_its_validation_spli
     assert drift.agreement_tickets == {"validation": drift.examples}
 
 
+def test_a_bundle_with_a_label_renamed_in_its_manifest_exports_with_the_same_accuracy(bundle_copy: Path) -> None:
+    before = read_manifest(bundle_copy).export.drift.accuracy
+    manifest = read_manifest(bundle_copy)
+    manifest.labels[0] = f"{manifest.labels[0]} (renamed)"  # validation.jsonl keeps the name training wrote
+    write_manifest(bundle_copy, manifest)
+    export(bundle_copy)
+    assert read_manifest(bundle_copy).export.drift.accuracy == before
+
+
 def test_export_prints_the_basis_of_the_served_model(bundle_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(bundle_copy), "--no-optimize"]) == 0
     decision = read_manifest(bundle_copy).export.drift.decision
