@@ -71,6 +71,14 @@ def keep_training_copy(bundle_dir: Path, training_file: Path) -> None:
     write_manifest(bundle_dir, manifest)
 
 
+def manifest_bytes(bundle_dir: str | Path) -> bytes | None:
+    """The manifest file as it is now (None: none there), to tell whether it was written since."""
+    try:
+        return (Path(bundle_dir) / MANIFEST).read_bytes()
+    except OSError:
+        return None
+
+
 def read_manifest(bundle_dir: str | Path) -> Manifest:
     """Read, migrate and check a bundle's manifest; one clear error if it is not a bundle or does not fit."""
     path = Path(bundle_dir) / MANIFEST

@@ -105,6 +105,11 @@ def unsealed_warning(bundle_dir: Path) -> str:
             f"so its files are not verified; 'ticketclf bundle seal {bundle_dir}' records them")
 
 
+class SealBroken(UserError):
+    """A bundle file differs from the manifest's seal (or is missing, or not sealed): damaged, edited, or, for
+    a moment, an export's new models beside the manifest it has yet to write."""
+
+
 class BundleFiles:
     """A bundle's files, each read once and, with ``check``, compared with the manifest's seal before it is
     used: small ones parsed from the bytes checked (:meth:`read`), models checked before the library that
@@ -124,7 +129,7 @@ class BundleFiles:
         if record is None and not path.is_file():
             return None
         if record is not None and (problem := mismatch(self.bundle_dir, name, record, path.stat().st_size)):
-            raise UserError(problem)  # a file of another size is not read, nor hashed
+            raise SealBroken(problem)  # a file of another size is not read, nor hashed
         data = path.read_bytes()
         self._compare(name, record, digest(data) if record is not None else None)
         return data
@@ -138,13 +143,13 @@ class BundleFiles:
         record = self._record(name, path, required=True)
         before = path.stat()
         if record is not None and (problem := mismatch(self.bundle_dir, name, record, before.st_size)):
-            raise UserError(problem)
+            raise SealBroken(problem)
         self._compare(name, record, file_digest(path) if record is not None else None)
         yield path
         after = path.stat()
         if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) != \
                 (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns):
-            raise UserError(f"{path}: changed while it was loaded; load the bundle again")
+            raise SealBroken(f"{path}: changed while it was loaded; load the bundle again")
 
     def _record(self, name: str, path: Path, required: bool) -> FileDigest | None:
         if self.sealed is None:
@@ -153,9 +158,9 @@ class BundleFiles:
             return None
         record = self.sealed.get(name)
         if record is not None and not path.is_file():
-            raise UserError(_missing(self.bundle_dir, name))
+            raise SealBroken(_missing(self.bundle_dir, name))
         if record is None and path.is_file():
-            raise UserError(_not_sealed(self.bundle_dir, name))
+            raise SealBroken(_not_sealed(self.bundle_dir, name))
         if record is None and required:
             raise UserError(f"{path}: missing from the bundle")
         return record
@@ -163,7 +168,7 @@ class BundleFiles:
     def _compare(self, name: str, record: FileDigest | None, found: FileDigest | None) -> None:
         problem = mismatch(self.bundle_dir, name, record, found.size, found.sha256) if record and found else None
         if problem:
-            raise UserError(problem)
+            raise SealBroken(problem)
 
 
 def file_problems(bundle_dir: Path, manifest: Manifest, names: list[str] | None = None) -> dict[str, str]:
@@ -437,6 +442,9 @@ def seal_bundle(bundle_dir: str | Path) -> Sealed:
     now = seal(bundle_dir, SEALED_BY_HAND)
     changes = [f"{name}: {_change(before.get(name), now.files.get(name))}"
                for name in sorted(set(before) | set(now.files)) if before.get(name) != now.files.get(name)]
+    if bundle.read_manifest(bundle_dir) != manifest:  # written meanwhile: this seal would undo what was written
+        raise UserError(f"{bundle_dir}: not sealed: the bundle changed while it was checked (an export, or "
+                        "evaluate applying thresholds, wrote it); seal it again once that is done")
     bundle.write_manifest(bundle_dir, manifest.model_copy(update={"integrity": now}))
     return Sealed(changes if manifest.integrity else [], len(now.files), manifest.integrity is not None)
 

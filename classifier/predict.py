@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -72,6 +73,8 @@ class Prediction:
 # Why a prediction needs review, most telling first: out of scope (the ticket belongs to no known queue,
 # so its label means little) over low confidence (a known kind of ticket, between queues).
 REVIEW_REASONS = ("out_of_scope", "low_confidence")
+LOAD_ATTEMPTS = 3  # loads of a bundle whose manifest changed as its seal failed: being written (Predictor.load)
+SETTLE_SECONDS = 0.5  # how long after a failed seal the manifest is looked at again
 
 
 @dataclass
@@ -136,8 +139,24 @@ class Predictor:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, engine: str = "auto", threads: int | None = None) -> Predictor:
-        """Load a bundle. ``engine``: auto (what the bundle says to serve), int8, fp32 or torch."""
+        """Load a bundle. ``engine``: auto (what the bundle says to serve), int8, fp32 or torch.
+
+        An export puts its models in place, then its manifest: a load between the two sees models the manifest
+        does not seal. Where the manifest changes within :data:`SETTLE_SECONDS` of such a failure, the bundle
+        was being written, and is loaded again."""
         bundle_dir = Path(bundle_dir)
+        for _ in range(LOAD_ATTEMPTS - 1):
+            written = bundle.manifest_bytes(bundle_dir)
+            try:
+                return cls._load(bundle_dir, engine, threads)
+            except integrity.SealBroken:
+                time.sleep(SETTLE_SECONDS)
+                if bundle.manifest_bytes(bundle_dir) == written:
+                    raise
+        return cls._load(bundle_dir, engine, threads)
+
+    @classmethod
+    def _load(cls, bundle_dir: Path, engine: str, threads: int | None) -> Predictor:
         manifest = bundle.read_manifest(bundle_dir)
         if engine not in ENGINES:
             raise UserError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,24 @@ def test_loading_reads_only_what_its_engine_needs(bundle_copy: Path, tmp_path: P
     assert Predictor.load(copy).engine_kind == "int8" and Predictor.load(copy).detector is not None
     (bundle_copy / "onnx" / "model.onnx").unlink()  # a sealed file no engine here reads
     assert Predictor.load(bundle_copy).engine_kind == "int8"
+
+
+def test_a_load_as_an_export_commits_waits_for_its_manifest_and_a_broken_seal_still_fails(bundle_copy: Path) -> None:
+    """An export renames its models into place, then writes the manifest that seals them: a load in between
+    sees new models and the old seal. Here the old seal is one that records another size for the int8 model."""
+    committed, manifest = read_manifest(bundle_copy), read_manifest(bundle_copy)
+    sealed = manifest.integrity.files[INT8]
+    manifest.integrity.files[INT8] = sealed.model_copy(update={"size": sealed.size + 1})
+    write_manifest(bundle_copy, manifest)
+    export_commits = threading.Timer(0.2, write_manifest, (bundle_copy, committed))
+    export_commits.start()
+    try:
+        assert Predictor.load(bundle_copy).engine_kind == "int8"
+    finally:
+        export_commits.join()
+    write_manifest(bundle_copy, manifest)  # no export under way: the same seal is refused
+    with pytest.raises(UserError, match="truncated or replaced"):
+        Predictor.load(bundle_copy)
 
 
 def test_a_corrupted_model_is_never_served_by_a_live_swap(bundle_copy: Path) -> None:
