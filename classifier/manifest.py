@@ -231,6 +231,12 @@ class OutOfScope(Section):
         return thresholds
 
 
+def _known(where: str, per_class: dict[str, float], labels: list[str], whose: str) -> None:
+    """A threshold for a label the model lacks would never apply, silently (a typo, or a label renamed)."""
+    if unknown := [label for label in per_class if label not in labels]:
+        raise ValueError(f"{where}: {unknown[0]!r} is not one of {whose} (renamed? rename it here too)")
+
+
 class FieldHead(Section):
     """A field the bundle predicts besides its label (classifier.fields): a single-label column or the tags."""
 
@@ -249,6 +255,11 @@ class FieldHead(Section):
 
     def threshold_of(self, label: str) -> float:
         return self.per_class.get(label, self.threshold)
+
+    @model_validator(mode="after")
+    def _thresholds_of_its_labels(self) -> FieldHead:
+        _known("per_class", self.per_class, self.labels, f"field {self.name!r}")
+        return self
 
 
 class FileDigest(Section):
@@ -303,10 +314,11 @@ class Manifest(Section):
         return labels
 
     @model_validator(mode="after")
-    def _routes_to_a_label(self) -> Manifest:
+    def _names_its_labels(self) -> Manifest:
         route_to = self.out_of_scope.route_to if self.out_of_scope else None
         if route_to is not None and route_to not in self.labels:
             raise ValueError(f"out_of_scope.route_to: {route_to!r} is not one of the labels")
+        _known("thresholds.per_class", self.thresholds.per_class, self.labels, "the labels")
         return self
 
     @property

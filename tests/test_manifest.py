@@ -42,6 +42,9 @@ def test_version_4s_default_validation_share_reads_as_the_default(exported_bundl
     (lambda m: m.update(max_lenght=96), r"max_lenght: not a manifest field"),  # a typo is not ignored
     # Read only when a ticket is out of scope: checked at load, not left to fail a request.
     (lambda m: m["out_of_scope"].update(route_to="Misc"), r"out_of_scope.route_to: 'Misc' is not one of the labels"),
+    # A threshold for no label would never apply: a typo, or a label renamed above but not here.
+    (lambda m: m["thresholds"].update(per_class={"Biling": 0.9}),
+     r"thresholds.per_class: 'Biling' is not one of the labels \(renamed\? rename it here too\)"),
 ])
 def test_a_manifest_edited_out_of_shape_is_a_clear_error(bundle_copy: Path, hand_edit, edit, message: str) -> None:
     hand_edit(bundle_copy, edit)
