@@ -300,8 +300,9 @@ def _refuse_text_under_another_name(model: type[TicketBase | FeedbackBase], data
     typo of a field; keys that are not text (priority) stay ignored."""
     missing = [name for name in model.text_fields if not _has_words(data.get(name))]
     given_leaves = {name.rsplit(".", 1)[-1] for name in model.text_fields if name not in missing}
+    unread = set(_unread_body_keys(data, given_leaves, body_names))  # once: a body may have thousands of keys
     stray = [key for key in data if key not in model.model_fields and _has_words(data[key])
-             and (key in _unread_body_keys(data, given_leaves, body_names) or _misspelt(key, missing))]
+             and (key in unread or _misspelt(key, missing))]
     whole_text = data.get("text") is not None and "text" not in model.text_fields
     if missing and stray and not whole_text:
         raise PydanticCustomError(

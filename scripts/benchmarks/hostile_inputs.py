@@ -2,9 +2,10 @@
 
     python scripts/benchmarks/hostile_inputs.py runs/banking77-default
 
-In this process (best of 3 calls each): a request body of 80,000 JSON keys with the last one repeated, and
-one ticket of '<a' repeated (300,008 characters), sent to the Flask app through its test client; the HTML
-cleaning of 1,000,008 characters of '<a', '</' and '<!--'; the text cleaning of 500,000 newlines.
+In this process (best of 3 calls each): a request body of 80,000 JSON keys with the last one repeated, one
+of 20,000 distinct keys beside its text, and one ticket of '<a' repeated (300,008 characters), sent to the
+Flask app through its test client; the HTML cleaning of 1,000,008 characters of '<a', '</' and '<!--'; the
+text cleaning of 500,000 newlines.
 
 In child processes, each measured alone (peak RSS by GNU time, wall time, exit code and the last line
 of its standard error): ``ticketclf predict --file`` on 5,000 tickets of about 8,000 characters, and
@@ -118,9 +119,13 @@ def request_rows(bundle: Path, keys: int) -> str:
     logging.getLogger("ticketclf.access").disabled = True  # a JSON line per request: not this script's output
     client = create_app({"BUNDLE": bundle, "THREADS": 1, "API_KEYS": "", "LOG_TEXT": False}).test_client()
     body = "{" + ",".join(f'"k{i}":0' for i in range(keys)) + f',"k{keys - 1}":1}}'
+    # Distinct keys holding words beside the text: each was checked for text under another name (quadratic).
+    distinct = json.dumps({"text": "refund", **{f"k{i}": "v" for i in range(keys // 4)}})
     ticket = "<p>x</p>" + "<a" * 150_000
     rows = []
     for name, data in ((f"request with {keys:,} JSON keys, the last repeated ({len(body):,} bytes)", body),
+                       (f"request with {keys // 4:,} distinct JSON keys beside its text ({len(distinct):,} bytes)",
+                        distinct),
                        (f"one ticket of '<a' repeated, {len(ticket):,} characters", json.dumps({"text": ticket}))):
         seconds, response = best_of_3(lambda data=data: client.post("/classify", data=data,
                                                                     content_type="application/json"))
