@@ -491,22 +491,29 @@ def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
     return {subject or description or other or ZENDESK_SUBJECT: FIELD_SEPARATOR.join(parts)}
 
 
+_DOCUMENT_BLOCKS = frozenset(("paragraph", "heading", "listItem", "codeBlock", "blockquote", "tableCell",
+                              "tableHeader", "panel", "taskItem", "decisionItem"))
+
+
 def document_text(document: dict[str, Any]) -> str | None:
-    """The text of an Atlassian document (Jira's rich-text description): its text nodes, a block a line."""
+    """The text of an Atlassian document (Jira's rich-text description): its text nodes, and the text a mention,
+    status or emoji shows ("@Alice"); a block or a line break (``hardBreak``) a line."""
     lines: list[str] = []
     current: list[str] = []
     pending: list[Any] = [document]
     while pending:  # depth-first, without recursion: a hostile document may nest deeply
         node = pending.pop()
-        if node is None:  # the end of a block
+        if node is None or (isinstance(node, dict) and node.get("type") == "hardBreak"):  # a block's end, a break
             lines.append("".join(current))
             current = []
         elif isinstance(node, dict):
-            if isinstance(node.get("text"), str):
-                current.append(node["text"])
+            attributes = node.get("attrs")
+            shown = node.get("text", attributes.get("text") if isinstance(attributes, dict) else None)
+            if isinstance(shown, str):
+                current.append(shown)
             children = node.get("content")
             if isinstance(children, list):
-                if node.get("type") in ("paragraph", "heading", "listItem", "codeBlock", "blockquote"):
+                if node.get("type") in _DOCUMENT_BLOCKS:
                     pending.append(None)  # popped after the block's children
                 pending.extend(reversed(children))
     lines.append("".join(current))

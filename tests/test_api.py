@@ -25,7 +25,7 @@ from service_helpers import TICKET, error_of, metric_values
 
 from classifier.predict import Predictor
 from service import create_app
-from service.schemas import ZendeskTicket, _batch_item_shape, build_schemas, zendesk_record
+from service.schemas import ZendeskTicket, _batch_item_shape, build_schemas, document_text, zendesk_record
 
 # ------------------------------------------------------------------ classify
 
@@ -94,6 +94,21 @@ def test_a_helpdesks_own_id_name_is_echoed_as_the_id(client: FlaskClient) -> Non
     schemas = build_schemas(("subject", "number"), label_count=3, max_batch=8)
     assert schemas.tickets(schemas.parse({"subject": "Call me", "number": "555 0100"})) == \
         [(None, {"subject": "Call me", "number": "555 0100"})]
+
+
+def test_an_atlassian_document_keeps_words_apart_at_breaks_and_cells_and_reads_mentions() -> None:
+    def text(value: str) -> dict:
+        return {"type": "text", "text": value}
+
+    def cell(value: str) -> dict:
+        return {"type": "tableCell", "content": [{"type": "paragraph", "content": [text(value)]}]}
+
+    document = {"type": "doc", "version": 1, "content": [
+        {"type": "paragraph", "content": [
+            text("Password reset mail"), {"type": "hardBreak"}, text("never arrives, "),
+            {"type": "mention", "attrs": {"id": "5b10", "text": "@Alice"}}, text(" knows")]},
+        {"type": "table", "content": [{"type": "tableRow", "content": [cell("App"), cell("Outlook")]}]}]}
+    assert document_text(document) == "Password reset mail\nnever arrives, @Alice knows\nApp\nOutlook"
 
 
 def test_a_jira_issue_is_classified_as_its_summary_and_description(client: FlaskClient, predictor: Predictor) -> None:
