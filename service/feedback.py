@@ -211,7 +211,6 @@ def _store(events: list[FeedbackEvent], names: Sequence[str], model: LoadedModel
         where = f"{names[error.index]}.event_id" if names[error.index] else "event_id"
         raise ApiError(409, "event_id_conflict", f"{where}: {error}; nothing was stored") from None
     except SQLAlchemyError as error:
-        metrics.record_feedback_store_error()
         raise _unavailable(f"{database.describe()}: {one_line(error)}") from None
     metrics.record_feedback(outcomes, model.predictor.labels)
     return json_response(_response(outcomes))
@@ -275,7 +274,6 @@ def _taught(store: FeedbackStore) -> dict[str, str]:
     try:
         return {label_key(label): label for label in sorted(store.taught_labels(), reverse=True)}
     except SQLAlchemyError as error:
-        metrics.record_feedback_store_error()
         raise _unavailable(one_line(error)) from None
 
 
@@ -380,7 +378,9 @@ def _prediction(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _unavailable(reason: str) -> ApiError:
-    """A 503 saying to retry; ``reason`` goes to the log only, as it names the database and server paths."""
+    """A 503 saying to retry (counted, whether the database failed a write or could not be opened); ``reason``
+    goes to the log only, as it names the database and server paths."""
+    metrics.record_feedback_store_error()
     request_id = g.get("request_id")
     log.error("feedback not stored (request %s; nothing of it was): %s", request_id, reason)
     return ApiError(503, "feedback_unavailable", "the feedback database cannot take feedback now: nothing was "

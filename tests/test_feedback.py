@@ -574,7 +574,14 @@ def test_without_a_usable_database_classification_goes_on_and_feedback_is_503(ex
                       "FEEDBACK_DB": str(blocker / "feedback.sqlite")})
     client = app.test_client()
     assert client.post("/classify", json={"text": "I was charged twice"}).status_code == 200
+
+    def store_errors() -> float:
+        values = metric_values(client.get("/metrics").get_data(as_text=True))
+        return values[("ticketclf_feedback_store_errors_total", ())]
+
+    before = store_errors()
     answer = client.post("/feedback", json={"ticket_id": "1", "label": "billing"})
+    assert store_errors() == before + 1  # an alert on the counter sees a database that never opened
     error = error_of(answer, 503)
     assert error["code"] == "feedback_unavailable" and answer.headers["Retry-After"] == "5"
     assert str(tmp_path) not in error["message"]  # the database's path is for the log, not for callers
