@@ -382,6 +382,8 @@ def _with_helpdesk_id(data: dict[str, Any], text_keys: Collection[str]) -> dict[
     read = {key.lower() for key in text_keys}
     for name in ID_COLUMN_GUESSES:
         value = field_value(data, name) if name not in read else None
+        if _unfilled_id(value):  # refused as the ticket's own "id" is, not left out: the answer would match none
+            raise PydanticCustomError("placeholder", f"{name}: {_UNFILLED}", {"value": repr(value)})
         if value is not None and str(value).strip():
             try:
                 return {**data, "id": _TICKET_ID.validate_python(value)}

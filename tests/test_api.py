@@ -176,6 +176,10 @@ def test_a_webhook_whose_placeholders_were_not_filled_in_is_refused(client: Flas
     simple = {"tickets": [{"freshdesk_webhook": {"ticket_id": "{{ticket.id}}", "ticket_subject": "Refund"}}]}
     assert error_of(client.post("/classify", json=simple), 422)["message"].startswith(
         "tickets[0].freshdesk_webhook.ticket_id: '{{ticket.id}}' is a placeholder")
+    # The helpdesk's own id name, read as the id where "id" is not given: refused too, not left out
+    helpdesk_id = {"tickets": [{"ticket_id": "{{ticket.id}}", "subject": "Refund", "body": "Charged twice"}]}
+    assert error_of(client.post("/classify", json=helpdesk_id), 422)["message"].startswith(
+        "tickets[0]: ticket_id: '{{ticket.id}}' is a placeholder")
 
 
 def test_zendesk_webhook_maps_description_to_the_body(client: FlaskClient, predictor: Predictor) -> None:
