@@ -262,13 +262,15 @@ class ReadyResponse(BaseModel):
 
 
 # Every error's code for machines (its message is for people): a client switches on these, so the document lists
-# them. The last ones are gunicorn's, for requests it refuses before the app (service.worker).
+# them. Then gunicorn's, for requests it refuses before the app (service.worker), and the proxy's in front
+# (deploy/nginx.conf), for a service that did not answer.
 ErrorCode = Literal[
     "bad_json", "bad_request", "invalid_request", "invalid_ticket", "unknown_label", "unauthorized", "feedback_off",
     "not_found", "method_not_allowed", "request_timeout", "event_id_conflict", "payload_too_large",
     "unsupported_media_type", "model_error", "internal_error", "feedback_unavailable",
     "http_error",  # any other status the web framework answers with
-    "forbidden", "uri_too_long", "expectation_failed", "headers_too_large", "not_implemented"]
+    "forbidden", "uri_too_long", "expectation_failed", "headers_too_large", "not_implemented",
+    "unavailable", "upstream_timeout"]
 
 
 class ErrorBody(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from service_helpers import TICKET, error_of, metric_values
+from service_helpers import ROOT, TICKET, error_of, metric_values
 
 from classifier.predict import Predictor
 from service import create_app
@@ -493,6 +494,8 @@ def test_openapi_document_describes_this_bundle(client: FlaskClient) -> None:
     # A client generated from it knows every error code, and every route's other errors (404, 405) by their shape.
     codes = document["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
     assert {"invalid_request", "invalid_ticket", "not_found", "method_not_allowed", "headers_too_large"} <= set(codes)
+    proxy = re.findall(r'"code": "(\w+)"', (ROOT / "deploy" / "nginx.conf").read_text())  # what nginx answers
+    assert {"unavailable", "upstream_timeout"} <= set(proxy) <= set(codes)
     assert all("default" in operation["responses"] for path in document["paths"].values()
                for operation in path.values())
     answer = client.put("/classify", json={"text": "hello"})
