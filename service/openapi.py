@@ -61,12 +61,15 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
     # The shapes are told apart by key ('tickets', 'ticket', else one ticket); a body may match two.
     jira = {"type": "object", "required": ["issue"], "properties": {"issue": {"$ref": REF.format(model="JiraIssue")}},
             "description": "A Jira issue, as a webhook or automation's 'Send web request' sends it."}
+    jira_automation = {"$ref": REF.format(model="JiraIssue"),
+                       "description": "A Jira issue in automation's own format: its key and fields at the top."}
     simple = {"ticket_id": {"type": ["integer", "string"]}, "ticket_subject": {"type": "string"},
               "ticket_description": {"type": "string"}}
     freshdesk = {"type": "object", "required": [schemas.FRESHDESK_SIMPLE],
                  "properties": {schemas.FRESHDESK_SIMPLE: {"type": "object", "properties": simple}},
                  "description": "Freshdesk's webhook with 'Simple' content (the ticket's id, subject and description)."}
-    components["ClassifyRequest"] = {"anyOf": [*request["oneOf"], jira, freshdesk], "description": _REQUEST_HELP}
+    components["ClassifyRequest"] = {"anyOf": [*request["oneOf"], jira, jira_automation, freshdesk],
+                                     "description": _REQUEST_HELP}
     for name in ("HelpdeskFeedbackWebhook", "JiraFeedbackWebhook"):
         components[name] = keyed[(name, "validation")]
     components["FeedbackRequest"] = {"anyOf": keyed[("FeedbackRequest", "validation")]["oneOf"],

@@ -15,6 +15,7 @@ import schemathesis
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
+from jsonschema import Draft202012Validator
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -122,6 +123,9 @@ def test_a_jira_issue_is_classified_as_its_summary_and_description(client: Flask
     assert prediction == {"id": "SD-9", **expected}
     automation = {"key": "SD-9", "fields": {**fields, "description": TICKET["body"]}}  # automation's own format
     assert client.post("/classify", json=automation).get_json()["predictions"] == [prediction]
+    document = client.get("/openapi.json").get_json()  # a client validating its requests by it sends both
+    request = Draft202012Validator({**document, "$ref": "#/components/schemas/ClassifyRequest"})
+    assert request.is_valid(webhook) and request.is_valid(automation) and not request.is_valid({"key": "SD-9"})
     batch = client.post("/classify", json={"tickets": [webhook, {"id": 1, **TICKET}]}).get_json()["predictions"]
     assert batch == [prediction, {"id": 1, **expected}]
     # Jira's numeric id beside the issue, or the webhook's own, is not the ticket's id: its key is.
