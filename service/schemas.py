@@ -292,7 +292,8 @@ def _no_top_k_of_its_own(model: type[BaseModel], data: Any) -> None:
     """A batch's item (a model without top_k) may not give its own: it would be ignored without a word. A null
     is no value (a client's single-ticket object, reused as an item, may carry one)."""
     if isinstance(data, dict) and "top_k" not in model.model_fields and field_value(data, "top_k") is not None:
-        raise PydanticCustomError("misplaced_top_k", "top_k is given once for the whole batch, beside 'tickets'")
+        raise PydanticCustomError("misplaced_top_k", "top_k is given once for the whole request, at its top level "
+                                  "(beside 'tickets' or 'ticket')")
 
 
 def _refuse_text_under_another_name(model: type[TicketBase | FeedbackBase], data: dict[str, Any],
@@ -414,6 +415,7 @@ class ZendeskTicket(BaseModel):
     def _body_from_other_keys(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        _no_top_k_of_its_own(cls, data)
         data = _with_helpdesk_id(_canonical_keys(data, ("id", "subject", "description", "comment")),
                                  ("subject", "description", "comment"))
         if _has_words(data.get("description")):

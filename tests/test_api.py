@@ -371,9 +371,11 @@ def test_body_limit_is_configurable_and_bugs_are_json_500s(exported_bundle: Path
     ({"text": "a", "id": "x" * 257}, "id: Input should be a string of at most 256"),  # as feedback's ids
     ({"text": "a", "id": 2**63}, "id: Input should be a string of at most 256 characters or a 64-bit integer"),
     ({"text": "a", "top_k": 0}, "top_k"),
-    ({"tickets": [{"text": "a", "top_k": 1}]}, "tickets[0]: top_k is given once for the whole batch, beside 'tickets'"),
+    ({"tickets": [{"text": "a", "top_k": 1}]}, "tickets[0]: top_k is given once for the whole request, at its top "
+                                               "level (beside 'tickets' or 'ticket')"),
     ({"tickets": [{"text": "a", "top_k": None}, {"ticket": {"subject": "b"}, "Top_K": 2}]},
-     "tickets[1]: top_k is given once for the whole batch, beside 'tickets'"),  # a null is no value
+     "tickets[1]: top_k is given once for the whole request"),  # a null is no value
+    ({"ticket": {"subject": "b", "top_k": 1}}, "ticket: top_k is given once for the whole request"),
     ({"text": "a", "top_k": 1000}, "top_k"),
     ({"text": "a", "top_k": "3"}, "top_k"),
     ({"tickets": []}, "tickets: List should have at least 1 item"),
