@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -25,10 +26,16 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # a caller's id is echoed only if it is harmless
 
 
+# Per thread, the id of the request it answers, until the answer is made; kept when the worker stops in the
+# middle (its timeout, or a quick shutdown): gunicorn's answer then names it (service.worker).
+_in_flight: dict[int, str] = {}
+
+
 def install(app: Flask) -> None:
     """Register the hooks first, so requests refused by later hooks (401) are counted and logged too."""
     app.before_request(_start)
     app.after_request(_finish)
+    app.teardown_request(_stopped_mid_request)
     if app.config["ACCESS_LOG"] and not access_log.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -41,17 +48,41 @@ def _start() -> None:
     g.started = time.perf_counter()
     supplied = request.headers.get("X-Request-ID", "")
     g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    _in_flight[threading.get_ident()] = g.request_id
 
 
 def _finish(response: Response) -> Response:
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    route = _route()
-    method = request.method if request.method in _HTTP_METHODS else "other"  # any caller may invent one
-    metrics.record_request(route, method, response.status_code, seconds)
+    _in_flight.pop(threading.get_ident(), None)
     response.headers["X-Request-ID"] = g.get("request_id", "")
-    if current_app.config["ACCESS_LOG"]:
-        access_log.info(json.dumps(_entry(response, seconds), ensure_ascii=False))
+    _record(response.status_code, response.content_length)
     return response
+
+
+def _record(status: int, bytes_out: int | None) -> None:
+    """The request's metrics and access-log line."""
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    method = request.method if request.method in _HTTP_METHODS else "other"  # any caller may invent one
+    metrics.record_request(_route(), method, status, seconds)
+    if current_app.config["ACCESS_LOG"]:
+        access_log.info(json.dumps(_entry(status, bytes_out, seconds), ensure_ascii=False))
+
+
+def _stopped_mid_request(error: BaseException | None) -> None:
+    """A worker stopped while it answered (SystemExit: gunicorn's timeout, or a quick shutdown): no answer went
+    out, gunicorn writes one (:func:`stopped_request`); counted and logged here, where the request still is."""
+    if isinstance(error, SystemExit) and threading.get_ident() in _in_flight:
+        g.error_code = STOPPED_CODE
+        _record(STOPPED_STATUS, None)
+    else:
+        _in_flight.pop(threading.get_ident(), None)
+
+
+STOPPED_STATUS, STOPPED_CODE = 503, "worker_stopped"  # the answer gunicorn writes for it (service.worker)
+
+
+def stopped_request() -> str | None:
+    """The id of the request this thread was answering when its worker stopped (None: it was answered)."""
+    return _in_flight.pop(threading.get_ident(), None)
 
 
 def _route() -> str:
@@ -70,17 +101,17 @@ def _route() -> str:
     return "unmatched"
 
 
-def _entry(response: Response, seconds: float) -> dict[str, object]:
+def _entry(status: int, bytes_out: int | None, seconds: float) -> dict[str, object]:
     entry: dict[str, object] = {
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "request_id": g.get("request_id"),
         "remote": request.remote_addr,
         "method": request.method,
         "path": request.path,  # no query string: nothing of a ticket travels there, keep it that way
-        "status": response.status_code,
+        "status": status,
         "duration_ms": round(seconds * 1000, 2),
         "bytes_in": request.content_length or 0,
-        "bytes_out": response.content_length,
+        "bytes_out": bytes_out,
         "user_agent": request.user_agent.string or None,
     }
     forwarded = request.headers.get("X-Forwarded-For")

@@ -269,7 +269,7 @@ ErrorCode = Literal[
     "not_found", "method_not_allowed", "request_timeout", "event_id_conflict", "payload_too_large",
     "unsupported_media_type", "model_error", "internal_error", "feedback_unavailable",
     "http_error",  # any other status the web framework answers with
-    "forbidden", "uri_too_long", "expectation_failed", "headers_too_large", "not_implemented",
+    "forbidden", "uri_too_long", "expectation_failed", "headers_too_large", "not_implemented", "worker_stopped",
     "unavailable", "upstream_timeout"]
 
 

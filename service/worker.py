@@ -132,11 +132,23 @@ def _quiet_client_timeouts(record: logging.LogRecord) -> bool:
 
 def write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
     """gunicorn's ``util.write_error``, with ``{"error": {"code", "message"}}`` as the body, and a request id as
-    every answer of the app has (the request was not read far enough to take the caller's)."""
-    request_id = uuid.uuid4().hex  # logged below, so that a caller's report can be found
-    code = _GUNICORN_ERROR_CODES.get(status, "bad_request")
-    logging.getLogger("gunicorn.error").info("answered %d %s before the app (request id %s): %s", status, code,
-                                             request_id, message or reason)
+    every answer of the app has: a new one where the request was not read far enough to take the caller's, the
+    app's where the worker stopped while the app answered (its timeout, or a quick shutdown)."""
+    # Not at the module's top: gunicorn's master imports this module, and the metrics that observe imports
+    # must first be imported in the workers, once PROMETHEUS_MULTIPROC_DIR is set, to count across them.
+    from service import observe
+
+    code: ErrorCode
+    if (stopped := observe.stopped_request()) is not None:
+        status, reason, code, request_id = observe.STOPPED_STATUS, "Service Unavailable", "worker_stopped", stopped
+        message = ("the worker stopped before it answered (the request took longer than its timeout, or the "
+                   f"service was shut down at once; request id {stopped}): nothing was done; send it again, a "
+                   "large batch in smaller ones")
+    else:  # the id logged below, so that a caller's report can be found
+        code, request_id = _GUNICORN_ERROR_CODES.get(status, "bad_request"), uuid.uuid4().hex
+    logging.getLogger("gunicorn.error").info("answered %d %s %s (request id %s): %s", status, code,
+                                             "for the app" if stopped else "before the app", request_id,
+                                             message or reason)
     body = json.dumps({"error": {"code": code, "message": message or reason}}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n").encode("latin-1")

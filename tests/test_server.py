@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -204,6 +205,32 @@ def test_a_body_shorter_than_its_length_is_a_408_not_a_killed_worker(exported_bu
     assert "WORKER TIMEOUT" not in output and "Traceback" not in output
     assert "that sent nothing for 1 s" in output
     assert "INFO] closed a connection whose client stopped sending in the middle of its request" in output
+
+
+def test_a_worker_stopped_mid_request_answers_503_with_the_callers_request_id(exported_bundle: Path,
+                                                                               tmp_path: Path) -> None:
+    """Past its timeout gunicorn's master aborts the worker (SIGABRT, as here): the request is not lost in
+    silence, nor a 500 no log line names."""
+    log = tmp_path / "server.log"
+    words = "my card payment was declined twice and the refund never arrived on my account".split()
+    batch = {"tickets": [{"text": " ".join(random.Random(i).choices(words, k=400))} for i in range(256)]}
+    body = json.dumps(batch).encode()
+    with running_server(exported_bundle, log, "--workers", "1") as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           f"X-Request-ID: stopped-1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.5)  # the worker is classifying the batch
+            worker = int(re.findall(r"Booting worker with pid: (\d+)", log.read_text())[-1])
+            os.kill(worker, signal.SIGABRT)
+            status, head, answer = read_answer(client)
+        assert status == 503 and b"X-Request-ID: stopped-1" in head
+        error = json.loads(answer)["error"]
+        assert error["code"] == "worker_stopped" and "request id stopped-1" in error["message"]
+        values = metric_values(http_call(port, "GET", "/metrics")[1])  # from the new worker
+        assert values[("ticketclf_http_requests_total",
+                       (("method", "POST"), ("route", "/classify"), ("status", "503")))] == 1
+    logged = [json.loads(line) for line in log.read_text().splitlines() if '"request_id": "stopped-1"' in line]
+    assert [(entry["status"], entry["error_code"]) for entry in logged] == [(503, "worker_stopped")]
 
 
 def test_a_worker_runs_blas_on_its_model_threads() -> None:
