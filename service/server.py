@@ -201,6 +201,8 @@ class _Gunicorn(Application, _RunsOurArbiter):
                 self.cfg.set(key.lower(), value)
         for key, value in self.overrides.items():
             self.cfg.set(key, value)
+        if self.cfg.worker_class_str in ("gthread", "gunicorn.workers.gthread.ThreadWorker"):
+            self.cfg.set("worker_class", "service.worker.ThreadWorker")  # SIGHUP swaps the model, as in ours
 
     def load(self) -> Any:
         return util.import_app(self.cfg.wsgi_app)

@@ -1,4 +1,5 @@
-"""gunicorn's sync worker with five changes for this service.
+"""gunicorn's sync worker with five changes for this service (and its gthread worker, which ``serve`` runs
+for ``--worker-class gthread``, with changes 3 and 4).
 
 1. It closes a connection at once when the whole request has been read (below).
 2. On a graceful stop (SIGTERM) it keeps answering connections from the listen queue until
@@ -40,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn import util
 from gunicorn.http.body import LengthReader
+from gunicorn.workers.base import Worker
+from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 
 if TYPE_CHECKING:
@@ -53,7 +56,10 @@ _GUNICORN_ERROR_CODES: dict[int, ErrorCode] = {
     500: "internal_error", 501: "not_implemented"}
 
 
-class SyncWorker(GunicornSyncWorker):
+class _ServiceWorker(Worker):
+    """What every worker of this service does: answers gunicorn's own errors in the API's format (3), and
+    looks for a new model on SIGHUP (4)."""
+
     def init_process(self) -> None:
         # gunicorn's error path (Worker.handle_error) writes through util.write_error; this process
         # serves only this app, so its errors take the app's format.
@@ -72,6 +78,14 @@ class SyncWorker(GunicornSyncWorker):
         from service.model import check_all_now
 
         check_all_now()
+
+
+class ThreadWorker(_ServiceWorker, GunicornThreadWorker):
+    """gunicorn's gthread worker (``--worker-class gthread``, which serve runs as this one), with (3) and (4):
+    gunicorn's own ends on the SIGHUP the master forwards, and is replaced."""
+
+
+class SyncWorker(_ServiceWorker, GunicornSyncWorker):
 
     stop_requested_at: float | None = None  # when SIGTERM came
 

@@ -266,10 +266,12 @@ def test_sigterm_answers_the_requests_already_waiting(exported_bundle: Path, tmp
     assert not list(tmp_path.glob("ticketclf-metrics-*"))
 
 
-def test_a_server_told_to_swap_models_still_removes_its_metrics_directory(exported_bundle: Path,
-                                                                         tmp_path: Path) -> None:
+@pytest.mark.parametrize("worker_class", ["", "--worker-class gthread --threads 2"], ids=["ours", "gthread"])
+def test_a_server_told_to_swap_models_keeps_its_workers_and_removes_its_metrics_directory(
+        exported_bundle: Path, tmp_path: Path, worker_class: str) -> None:
     log = tmp_path / "server.log"
-    with running_server(exported_bundle, log, "--workers", "1", TMPDIR=str(tmp_path)) as port:
+    with running_server(exported_bundle, log, "--workers", "1", TMPDIR=str(tmp_path),
+                        GUNICORN_CMD_ARGS=worker_class) as port:
         [metrics_dir] = tmp_path.glob("ticketclf-metrics-*")
         # SIGHUP makes the workers look for a new model (service.server._Arbiter), not gunicorn reload them.
         os.kill(master_pid(log), signal.SIGHUP)
@@ -277,6 +279,7 @@ def test_a_server_told_to_swap_models_still_removes_its_metrics_directory(export
         while "model swapped" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "model swapped" in log.read_text() and http_call(port, "GET", "/ready")[0] == 200
+        assert log.read_text().count("Booting worker") == 1  # swapped live, not replaced
     assert not metrics_dir.exists()
 
 
