@@ -175,13 +175,15 @@ def write_examples(bundle_dir: str | Path, texts: list[str], labels: list[str], 
             out.write(json.dumps({"id": ident, "text": text, "label": label}, ensure_ascii=False) + "\n")
 
 
-def read_examples(bundle_dir: str | Path, labels: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The bundle's validation texts and labels, named as the manifest's ``labels`` name them now: training wrote
-    the names of config.json's id2label, which a label renamed in the manifest since no longer matches."""
+def read_examples(bundle_dir: str | Path, labels: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """The bundle's validation texts and labels: as training named them, or as the manifest's ``labels`` name
+    them now (training wrote the names of config.json's id2label, which a label renamed since no longer is)."""
     path = Path(bundle_dir) / VALIDATION_FILE
     if not path.is_file():
         raise UserError(f"{bundle_dir}: bundle has no {VALIDATION_FILE}; retrain it with this version")
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    if labels is None:
+        return [r["text"] for r in records], [r["label"] for r in records]
     id2label = read_json_object(Path(bundle_dir) / CONFIG_FILE).get("id2label")
     trained = id2label.items() if isinstance(id2label, dict) else ()
     now = {name: labels[int(position)] for position, name in trained
