@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import Any
 
 from classifier.errors import UserError
@@ -128,14 +129,15 @@ _FORWARD = (r"-{2,}[ \t]*(?:Forwarded message|Weitergeleitete Nachricht|Message 
 _REPLY_HEADER = re.compile(
     r"^[ \t]*(?:(?P<on>On\b[^\n]{0,300}(?:\n[^\n]{0,300})?\bwrote:|" + "|".join((_GERMAN, _FRENCH, _SPANISH))
     + r")[ \t]*$"
-    r"|-{2,}[ \t]*(?:Original Message|Ursprüngliche Nachricht|Message d'origine|Mensaje original)[ \t]*-{2,}"
-    r"|(?P<forward>" + _FORWARD + r")"
-    r"|(?:_{8,}[ \t]*\n[ \t]*)?" + _OUTLOOK + ")",  # Outlook draws a line of underscores above its header
+    r"|(?P<outlook>-{2,}[ \t]*(?:Original Message|Ursprüngliche Nachricht|Message d'origine|Mensaje original)"
+    r"[ \t]*-{2,}|(?:_{8,}[ \t]*\n[ \t]*)?" + _OUTLOOK + r")"  # Outlook draws a line of underscores above its header
+    r"|(?P<forward>" + _FORWARD + r"))",
     re.IGNORECASE | re.MULTILINE,
 )
-# A forward's subject ("FW:", "Fwd:", German "WG:", French "TR:", Spanish "RV:"): Outlook's first header in its
-# body then heads the message forwarded, not a quote. "RE: FW:" is a reply.
-_FORWARD_SUBJECT = re.compile(r"[ \t]*(?:fwd?|wg|tr|rv)[ \t]*:", re.IGNORECASE)
+# A forward's subject ("FW:", "Fwd:", German "WG:", French "TR:", Spanish "RV:", as mail clients write them):
+# Outlook's first header in its body then heads the message forwarded, not a quote; an "On ... wrote:" still
+# heads a quote. "RE: FW:" is a reply.
+_FORWARD_SUBJECT = re.compile(r"[ \t]*(?:[Ff][Ww][Dd]?|WG|TR|RV)[ \t]*:[ \t]*\S")
 # One line of the header block a quoted or forwarded message starts with ("To: ...", "Betreff: ...").
 _HEADER_FIELD = re.compile(
     r"[ \t]*(?:From|Sent|Date|To|Cc|Bcc|Reply-To|Subject|Importance|Von|Gesendet|Datum|An|Betreff|Wichtigkeit"
@@ -165,18 +167,19 @@ _SIGN_OFF = re.compile(
 # "Thanks, Bob" or "Mit freundlichen Grüßen - Anna Schmidt": a sign-off and a name on one line.
 _SIGN_OFF_AND_NAME = re.compile(
     r"^(?P<sign_off>[^,\n]{1,40}?)[ \t]*(?:,|[ \t][-\u2013\u2014])[ \t]*(?P<name>[^\n]{1,60})$")
-# A mail's legal disclaimer, a paragraph of its own: how it starts, a phrase only disclaimers use within its first
-# sentences ("... If you are not the intended recipient"), and confidentiality ("This email and any attachments
-# are confidential"). A ticket's "This email is confidential" or "The mail to the intended recipient bounced" stays.
+# A mail's legal disclaimer, a paragraph of its own at the end: how it starts, a phrase only disclaimers use
+# ("... If you are not the intended recipient"), and confidentiality ("This email and any attachments are
+# confidential"). A ticket's "This email is confidential" or "The confidential contract never reached the intended
+# recipient" stays, and so does what follows a paragraph like a disclaimer.
 _DISCLAIMER_START = re.compile(
     r"[ \t]*(?:this|the|any|diese[rs]?|der|die|das|ce|cette|le|la|les|este|esta|el|los|las|confidential(?:ity)?"
     r"|privileged|disclaimer|notice|important|haftungsausschluss|vertraulich(?:keit)?|avertissement|aviso)\b",
     re.IGNORECASE)
 _DISCLAIMER_PHRASE = re.compile(
-    r"intended (?:solely |only |exclusively )?for (?:the )?(?:sole )?(?:use of )?(?:the )?(?:named )?"
-    r"(?:addressee|recipient|individual|person)|intended recipient|not the (?:named )?addressee"
-    r"|received (?:this|it) (?:\w+ )?in error|(?:legally )?privileged and confidential|confidential and (?:may be )?"
-    r"(?:legally )?privileged|nicht (?:der|die) (?:richtige|beabsichtigte|vorgesehene)n? (?:adressat|empfänger)"
+    r"not the (?:intended|named) (?:recipient|addressee)|intended (?:solely |only |exclusively )?for the "
+    r"(?:sole |exclusive )?use of|intended (?:solely|only|exclusively) for (?:the )?(?:named )?"
+    r"(?:addressee|recipient|individual|person)|received this (?:\w+ )?(?:in error|by mistake)"
+    r"|sie nicht der (?:richtige|beabsichtigte|vorgesehene)n? (?:adressat|empfänger)"
     r"|(?:irrtümlich|versehentlich|irrtümlicherweise) erhalten|n'êtes pas (?:le|la) destinataire"
     r"|reçu ce (?:message|courriel|e-mail) par erreur|no es (?:el|la|usted el) destinatario"
     r"|recibido este (?:mensaje|correo) por error", re.IGNORECASE)
@@ -191,7 +194,7 @@ _CONTACT_LINE = re.compile(
     re.IGNORECASE)
 # A stack trace or an error pasted after the name is what the ticket is about, not signature.
 _CODE_LINE = re.compile(r"\b(?:traceback|exception|error)\b|^\s*at [\w$.<>]+\(|^\s*file \"", re.IGNORECASE)
-_SIGNATURE_MAX_LINES = 10  # lines with text: a sign-off further up than this is part of the message
+_SIGNATURE_MAX_LINES = 6  # lines with text: a sign-off further up than this is part of the message
 _SIGNATURE_MAX_WORDS = 10  # a longer line after a sign-off is message, not signature
 _NAME_MAX_WORDS = 5  # the line right after a sign-off is a name, or the message goes on
 _TITLE_SEPARATOR = re.compile(r"\s+[-|\u2013\u2014]\s+")  # "John Smith - Head of IT", "Sam Lee | Acme"
@@ -284,11 +287,11 @@ def clean_text(raw: str, options: TextOptions = TextOptions(), forwarded: bool =
     if options.strip_html:
         text = helpdesk_markup_to_text(text)
     text = _INVISIBLE_MARKS.sub("", _CONTROL_CHARS.sub(" ", text))
-    if options.strip_quoted_replies:
-        text = strip_quoted_replies(text, forwarded)
+    # A forward's note and the message forwarded each end with their own signature and disclaimer.
+    parts = message_parts(text, forwarded) if options.strip_quoted_replies else [text]
     if options.strip_signatures:
-        text = strip_signature(strip_disclaimer(text))
-    return " ".join(text.split())
+        parts = [strip_signature(strip_disclaimer(part)) for part in parts]
+    return " ".join("\n".join(parts).split())
 
 
 def helpdesk_markup_to_text(markup: str) -> str:
@@ -352,6 +355,11 @@ def strip_quoted_replies(text: str, forwarded: bool = False) -> str:
     ("On ... wrote:" or "From: ... Sent: ... To: ..." says nothing of the ticket). A forward is told by its
     marker ("---------- Forwarded message ---------"), or, as Outlook marks none, by its subject: ``forwarded``,
     or a whole ticket's first line ("FW: ...")."""
+    return "\n".join(message_parts(text, forwarded))
+
+
+def message_parts(text: str, forwarded: bool = False) -> list[str]:
+    """:func:`strip_quoted_replies`' text in its parts: a forward's note, then the message forwarded."""
     kept = []  # text above a forward's marker: the forwarder's note
     forwarded = forwarded or bool(_FORWARD_SUBJECT.match(text))
     for _ in range(_LEADING_HEADERS):
@@ -359,13 +367,14 @@ def strip_quoted_replies(text: str, forwarded: bool = False) -> str:
         if match is None:
             break
         above = text[: match.start()]
-        if above.strip() and not (match["forward"] or forwarded):
+        if above.strip() and not (match["forward"] or (forwarded and match["outlook"])):
             text = above  # a reply above its quote
             break
         kept.append(above)
         text = _after_header_block(text[match.end():])
         forwarded = False  # the message forwarded may quote a reply of its own
-    return "\n".join(line for line in "\n".join([*kept, text]).split("\n") if not line.lstrip().startswith(">"))
+    return ["\n".join(line for line in part.split("\n") if not line.lstrip().startswith(">"))
+            for part in [*kept, text] if part.strip()]
 
 
 def _after_header_block(rest: str) -> str:
@@ -379,15 +388,18 @@ def _after_header_block(rest: str) -> str:
 
 
 def strip_disclaimer(text: str) -> str:
-    """Cut a mail's legal disclaimer and what follows it: a paragraph after the message (after a blank line)
-    that starts as disclaimers do and names a phrase only they use."""
+    """Cut a mail's legal disclaimers at its end: paragraphs after the message (after a blank line) that start
+    as disclaimers do and speak of confidentiality, the first naming a phrase only they use."""
+    text = text.rstrip()
     breaks = list(_PARAGRAPH_BREAK.finditer(text))
-    for paragraph, after in zip(breaks, [*breaks[1:], None]):
+    cut = None  # where the disclaimers that end the text start
+    for paragraph, after in reversed(list(zip(breaks, [*breaks[1:], None]))):
         start, end = paragraph.end(), min(after.start() if after else len(text), paragraph.end() + _DISCLAIMER_READ)
-        if _DISCLAIMER_START.match(text, start) and _DISCLAIMER_PHRASE.search(text, start, end) \
-                and _CONFIDENTIAL.search(text, start, end) and text[:start].strip():
-            return text[:start]
-    return text
+        if not (_DISCLAIMER_START.match(text, start) and _CONFIDENTIAL.search(text, start, end)):
+            break
+        if _DISCLAIMER_PHRASE.search(text, start, end):
+            cut = start
+    return text[:cut] if cut is not None and text[:cut].strip() else text
 
 
 def strip_signature(text: str) -> str:
@@ -397,9 +409,9 @@ def strip_signature(text: str) -> str:
     follows it looks like a signature (short lines), so a "thanks" inside the message stays.
     """
     lines = text.rstrip().split("\n")
-    with_text = [index for index, line in enumerate(lines) if line.strip()]
-    for index in range(max(1, with_text[-_SIGNATURE_MAX_LINES] if len(with_text) >= _SIGNATURE_MAX_LINES else 0),
-                       len(lines)):
+    from_end = (index for index in range(len(lines) - 1, -1, -1) if lines[index].strip())
+    first = next(islice(from_end, _SIGNATURE_MAX_LINES - 1, None), 0)  # the last lines with text, not all lines
+    for index in range(max(1, first), len(lines)):
         line = lines[index].strip()
         if _SIGNATURE_START.match(line) or (_SIGN_OFF.match(line) and _signature_like(lines[index + 1:])):
             return "\n".join(lines[:index])

@@ -158,6 +158,24 @@ _OUTLOOK_FORWARD = ("FYI, can you help?\n\nFrom: Marco Rossi <marco@corp.example
                     "Subject: password\n\nPlease change your password.")
 
 
+def test_a_forwards_note_and_the_message_forwarded_each_lose_their_signature_and_disclaimer() -> None:
+    body = ("Can you help?\n\nKind regards,\nBob Meyer\nACME Ltd\n\nThis email and any attachments are "
+            "confidential. If you are not the intended recipient, please delete it.\n\n"
+            "From: Anna Berg <anna@corp.example>\nSent: Monday, 3 June 2024 10:02\nTo: Bob\nSubject: VPN\n\n"
+            "The VPN drops every 5 minutes.\n\nThanks,\nAnna")
+    options = TextOptions(fields=("subject", "body"))
+    assert ticket_text({"subject": "FW: VPN", "body": body}, options) == \
+        "FW: VPN\nCan you help? The VPN drops every 5 minutes."
+
+
+def test_a_forwards_subject_keeps_no_quote_under_a_reply_header() -> None:
+    body = ("Any update on my part?\n\nOn Mon, 1 Jan 2024 at 10:00, Support <help@dealer.example> wrote:\n"
+            "We shipped the motor.")
+    options = TextOptions(fields=("subject", "body"))
+    assert ticket_text({"subject": "RV: awning motor", "body": body}, options) == \
+        "RV: awning motor\nAny update on my part?"
+
+
 @pytest.mark.parametrize(("subject", "body"), [
     ("FW: Account locked", "FYI, can you help? I am locked out."),  # a forward: the message forwarded kept
     ("WG: Konto gesperrt", "FYI, can you help? I am locked out."),
@@ -186,17 +204,31 @@ def test_a_legal_disclaimer_goes_with_the_signature_above_it(signature: str, dis
 @pytest.mark.parametrize("text", [
     "Hi,\n\nThe mail to the intended recipient bounced.",  # a disclaimer's phrase, not about confidentiality
     "Hi,\n\nThis email is confidential: my payroll login fails.\n\nThe privileged account is locked.",
+    "Our gateway rejects mail.\n\nThe confidential contract we sent bounced, so the intended recipient never got "
+    "it.\n\nPlease check the relay logs.",
+    "Seit Montag kommen keine Mails an.\n\nDie vertrauliche Datei hat nicht der richtige Empfänger bekommen.\n\n"
+    "Bitte prüfen Sie die Weiterleitungsregel.",
+    "Our gateway rejects mail.\n\nThis confidential file: if you are not the intended recipient you get an "
+    "error.\n\nPlease check the relay logs.",  # a paragraph like a disclaimer, with the message after it
 ])
 def test_a_ticket_about_confidentiality_or_recipients_is_kept(text: str) -> None:
     assert clean_text(text) == " ".join(text.split())
 
 
-def test_a_long_signature_and_one_paragraph_per_line_of_html_are_cut() -> None:
+def test_a_signature_in_html_with_one_paragraph_per_line_is_cut() -> None:
+    # Each <p> is a line and a blank one: the signature is searched for in the last lines with text.
     signature = ["Kind regards,", "Sarah Connolly", "IT Procurement Manager", "Acme Holdings Ltd", "1 King Street",
-                 "London EC2V 8AU", "T: +44 20 7946 0000", "M: +44 7700 900000", "www.acme.co.uk"]
-    assert clean_text("\n".join(["Outlook asks for my password.", "", *signature])) == "Outlook asks for my password."
-    html = "".join(f"<p>{line}</p>" for line in ["Teams will not start.", *signature[:6]])
+                 "London EC2V 8AU"]
+    html = "".join(f"<p>{line}</p>" for line in ["Teams will not start.", *signature])
     assert clean_text(html) == "Teams will not start."
+
+
+@pytest.mark.parametrize("text", [
+    "VPN drops every hour\nThanks\nWhat I tried\nRestart router\nReinstall client\nNew cable\nOther laptop\n"
+    "Same result\nStill broken",  # a "thanks" further up than a signature's lines: the message goes on
+])
+def test_details_after_a_thanks_in_the_middle_stay(text: str) -> None:
+    assert clean_text(text) == " ".join(text.split())
 
 
 def test_table_cells_stay_separate_words() -> None:
