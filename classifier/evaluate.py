@@ -842,7 +842,8 @@ def _warnings(report: Report) -> list[str]:
             warnings.append(f"{CALLED[key]} ({other.name}) was scored on {other.metrics.tickets} test tickets, this "
                             f"model on {report.metrics.tickets} (their classes or text fields differ): the "
                             "numbers are not like for like")
-        if lacking := [row.label for row in report.per_class if row.support and row.label not in other.per_class_f1]:
+        lacking = [row.label for row in report.per_class if row.support and row.label not in other.per_class_f1]
+        if lacking and other.metrics.tickets == report.metrics.tickets:  # scored on the same tickets
             warnings.append(f"{CALLED[key]} ({other.name}) has no class {first_of(lacking, 5)}: its test tickets "
                             "of those count as its mistakes (a queue this model learnt, or one renamed)")
         if other.difference and other.difference.accuracy.high < 0:
