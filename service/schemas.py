@@ -497,6 +497,7 @@ def zendesk_record(ticket: ZendeskTicket, fields: Sequence[str]) -> ModelInput:
     return {subject or description or other or ZENDESK_SUBJECT: FIELD_SEPARATOR.join(parts)}
 
 
+_SHOWN_NODES = frozenset(("mention", "status", "emoji"))  # inline nodes whose attrs.text the reader sees
 _DOCUMENT_BLOCKS = frozenset(("paragraph", "heading", "listItem", "codeBlock", "blockquote", "tableCell",
                               "tableHeader", "panel", "taskItem", "decisionItem"))
 
@@ -514,9 +515,11 @@ def document_text(document: dict[str, Any]) -> str | None:
             current = []
         elif isinstance(node, dict):
             attributes = node.get("attrs")
-            shown = node.get("text", attributes.get("text") if isinstance(attributes, dict) else None)
-            if isinstance(shown, str):
-                current.append(shown)
+            if isinstance(node.get("text"), str):
+                current.append(node["text"])
+            elif node.get("type") in _SHOWN_NODES and isinstance(attributes, dict) \
+                    and isinstance(attributes.get("text"), str):
+                current.append(f" {attributes['text']} ")  # a word of its own beside the text around it
             children = node.get("content")
             if isinstance(children, list):
                 if node.get("type") in _DOCUMENT_BLOCKS:

@@ -110,7 +110,10 @@ def test_an_atlassian_document_keeps_words_apart_at_breaks_and_cells_and_reads_m
             text("Password reset mail"), {"type": "hardBreak"}, text("never arrives, "),
             {"type": "mention", "attrs": {"id": "5b10", "text": "@Alice"}}, text(" knows")]},
         {"type": "table", "content": [{"type": "tableRow", "content": [cell("App"), cell("Outlook")]}]}]}
-    assert document_text(document) == "Password reset mail\nnever arrives, @Alice knows\nApp\nOutlook"
+    document["content"][0]["content"] += [{"type": "placeholder", "attrs": {"text": "Type something"}},
+                                          {"type": "status", "attrs": {"text": "IN PROGRESS"}}]
+    assert [" ".join(line.split()) for line in document_text(document).split("\n")] == \
+        ["Password reset mail", "never arrives, @Alice knows IN PROGRESS", "App", "Outlook"]
 
 
 def test_a_jira_issue_is_classified_as_its_summary_and_description(client: FlaskClient, predictor: Predictor) -> None:
