@@ -122,7 +122,8 @@ _OUTLOOK = (r"(?:From:[ \t][^\n]+\n[ \t]*(?:Sent|Date):"
             r"|(?:Von|De)" + _GAP + r":[ \t][^\n]+\n[ \t]*(?:Datum|Date|Fecha)" + _GAP + r":[^\n]+\n[ \t]*"
             r"(?:An|À|Para)" + _GAP + r":)[^\S\n]")
 # A forward's marker line (Gmail and Thunderbird, Apple Mail), in the same languages: what follows its header
-# block is the ticket, not a quote to cut. Outlook forwards as it replies ("From: ... Sent: ..."): cut.
+# block is the ticket, not a quote to cut. Outlook forwards as it replies ("From: ... Sent: ..."): only the
+# ticket's subject tells (_FORWARD_SUBJECT).
 _FORWARD = (r"-{2,}[ \t]*(?:Forwarded message|Weitergeleitete Nachricht|Message transféré|Mensaje reenviado)"
             r"[ \t]*-{2,}|(?:Begin forwarded message|Anfang der weitergeleiteten Nachricht|Début du message réexpédié"
             r"|Inicio del mensaje reenviado)" + _GAP + ":")
