@@ -12,7 +12,6 @@ import re
 import unicodedata
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from itertools import islice
 from typing import Any
 
 from classifier.errors import UserError
@@ -75,8 +74,9 @@ _HTML_TAGS = frozenset(
 _HTML_HINT = re.compile(r"<\s*(?:/\s*)?(?:" + "|".join(sorted(_HTML_TAGS, key=len, reverse=True))
                         + r")(?=[\s/>])[^<>]*>"
                         r"|&(?:[a-zA-Z]+|#\d+|#x[0-9a-fA-F]+);", re.IGNORECASE)
-_BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "td", "th", "dt", "dd", "table", "h1", "h2", "h3", "h4",
-               "h5", "h6", "blockquote", "pre", "hr"}  # a table's cells too: "Requested for" "Anna", not one word
+_BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "h1", "h2", "h3", "h4", "h5", "h6",
+               "blockquote", "pre", "hr"}
+_CELL_TAGS = {"td", "th", "dt", "dd"}  # a word apart ("Requested for" "Anna"), a table row one line
 _SKIPPED_TAGS = {"script", "style", "head", "title"}
 _SKIPPED_TAG_END = re.compile(r"<\s*/\s*(" + "|".join(sorted(_SKIPPED_TAGS)) + r")\s*>", re.IGNORECASE)
 _SKIPPED_END = {tag: re.compile(rf"<\s*/\s*{tag}\s*>", re.IGNORECASE) for tag in _SKIPPED_TAGS}
@@ -126,7 +126,7 @@ _OUTLOOK = (r"(?:From:[ \t][^\n]+\n[ \t]*(?:Sent|Date):"
 # ticket's subject tells (_FORWARD_SUBJECT).
 _FORWARD = (r"-{2,}[ \t]*(?:Forwarded message|Weitergeleitete Nachricht|Message transféré|Mensaje reenviado)"
             r"[ \t]*-{2,}|(?:Begin forwarded message|Anfang der weitergeleiteten Nachricht|Début du message réexpédié"
-            r"|Inicio del mensaje reenviado)" + _GAP + ":")
+            r"|Inicio del mensaje reenviado)" + _GAP + r":(?=[ \t]*$)")
 _REPLY_HEADER = re.compile(
     r"^[ \t]*(?:(?P<on>On\b[^\n]{0,300}(?:\n[^\n]{0,300})?\bwrote:|" + "|".join((_GERMAN, _FRENCH, _SPANISH))
     + r")[ \t]*$"
@@ -141,10 +141,14 @@ _REPLY_HEADER = re.compile(
 _FORWARD_SUBJECT = re.compile(r"[ \t]*(?:[Ff][Ww][Dd]?|WG|TR|RV)[ \t]*:[ \t]*\S")
 # One line of the header block a quoted or forwarded message starts with ("To: ...", "Betreff: ...").
 _HEADER_FIELD = re.compile(
-    r"[ \t]*(?:From|Sent|Date|To|Cc|Bcc|Reply-To|Subject|Importance|Von|Gesendet|Datum|An|Betreff|Wichtigkeit"
-    r"|De|Envoyé|À|Objet|Para|Enviado(?:[ \t]el)?|Fecha|Asunto|Importancia)" + _GAP + r":(?:[^\S\n][^\n]*)?",
+    r"[ \t]*(?P<name>From|Sent|Date|To|Cc|Bcc|Reply-To|Subject|Importance|Attachments|Von|Gesendet|Datum|An|Betreff"
+    r"|Wichtigkeit|Anlagen|De|Envoyé|À|Objet|Pièces jointes|Para|Enviado(?:[ \t]el)?|Fecha|Asunto|Importancia"
+    r"|Adjuntos)" + _GAP + r":(?:[^\S\n](?P<value>[^\n]*))?",
     re.IGNORECASE,
 )
+_SUBJECT_FIELDS = frozenset(("subject", "betreff", "objet", "asunto"))
+# A header's value wrapped onto the next line: indented, or more addresses ("Eve <eve@acme.com>; Dan <d@a.com>").
+_HEADER_CONTINUED = re.compile(r"[ \t]+\S[^\n]*|(?:[^\n:@;,]{0,80}<?[^\s<>@;,]+@[^\s<>;,]+>?[;,]?[ \t]*)+")
 # An "On ... wrote:" header names a date or an address; "On Monday I upgraded ...\nAnna wrote:"
 # is the customer's own message.
 _HEADER_DETAIL = re.compile(r"\d|@")
@@ -173,18 +177,23 @@ _SIGN_OFF_AND_NAME = re.compile(
 # confidential"). A ticket's "This email is confidential" or "The confidential contract never reached the intended
 # recipient" stays, and so does what follows a paragraph like a disclaimer.
 _DISCLAIMER_START = re.compile(
-    r"[ \t]*(?:this|the|any|diese[rs]?|der|die|das|ce|cette|le|la|les|este|esta|el|los|las|confidential(?:ity)?"
-    r"|privileged|disclaimer|notice|important|haftungsausschluss|vertraulich(?:keit)?|avertissement|aviso)\b",
-    re.IGNORECASE)
+    r"[ \t]*(?:this|the|any|if|diese[rs]?|der|die|das|wenn|ce|cette|le|la|les|si|este|esta|el|los|las"
+    r"|confidential(?:ity)?|privileged|disclaimer|notice|important|haftungsausschluss|vertraulich(?:keit)?"
+    r"|avertissement|aviso)\b", re.IGNORECASE)
 _DISCLAIMER_PHRASE = re.compile(
-    r"not the (?:intended|named) (?:recipient|addressee)|intended (?:solely |only |exclusively )?for the "
-    r"(?:sole |exclusive )?use of|intended (?:solely|only|exclusively) for (?:the )?(?:named )?"
-    r"(?:addressee|recipient|individual|person)|received this (?:\w+ )?(?:in error|by mistake)"
-    r"|sie nicht der (?:richtige|beabsichtigte|vorgesehene)n? (?:adressat|empfänger)"
-    r"|(?:irrtümlich|versehentlich|irrtümlicherweise) erhalten|n'êtes pas (?:le|la) destinataire"
-    r"|reçu ce (?:message|courriel|e-mail) par erreur|no es (?:el|la|usted el) destinatario"
-    r"|recibido este (?:mensaje|correo) por error", re.IGNORECASE)
-_CONFIDENTIAL = re.compile(r"confiden|privileg|vertraulich", re.IGNORECASE)  # what every disclaimer is about
+    r"if you (?:are not|have received|received) |intended (?:solely |only |exclusively )?for the (?:sole |exclusive )?"
+    r"use of|(?:sole|exclusive) use of the (?:intended|named) (?:recipient|addressee)|intended (?:solely|only"
+    r"|exclusively) for the (?:person|entity|individual|addressee|named)|wenn sie (?:nicht der|diese)"
+    r"|si vous (?:n'êtes pas|avez reçu)|si (?:usted )?(?:no es|ha recibido)", re.IGNORECASE)
+_CONFIDENTIAL = re.compile(r"\b(?:confidential|privileged|vertraulich|confidentiel|confidencial)", re.IGNORECASE)
+# What a disclaimer tells the wrong recipient to do, or forbids: a customer's own paragraph seldom says it.
+_DISCLAIMER_ACTION = re.compile(
+    r"\b(?:notify|delete|destroy|prohibited|disclos|unauthori[sz]ed|copying|distribut|löschen|vernichten|absender"
+    r"|weitergabe|untersagt|détrui|supprim|expéditeur|interdit|b[oó]rr|elimin|destru|remitente|prohibid)",
+    re.IGNORECASE)
+# A note that trails a disclaimer ("Please consider the environment before printing this e-mail").
+_AFTER_DISCLAIMER = re.compile(r"[^\n]{0,40}(?:before printing|think before you print|an die umwelt|avant d'imprimer"
+                               r"|antes de imprimir)", re.IGNORECASE)
 _DISCLAIMER_READ = 600  # characters of a paragraph (up to its end) searched for a disclaimer's phrase
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 # After "Thanks, Bob" only contact details are signature: a phone number, an address, a link. A log, steps or an
@@ -195,7 +204,11 @@ _CONTACT_LINE = re.compile(
     re.IGNORECASE)
 # A stack trace or an error pasted after the name is what the ticket is about, not signature.
 _CODE_LINE = re.compile(r"\b(?:traceback|exception|error)\b|^\s*at [\w$.<>]+\(|^\s*file \"", re.IGNORECASE)
-_SIGNATURE_MAX_LINES = 6  # lines with text: a sign-off further up than this is part of the message
+_SIGNATURE_MAX_LINES = 6  # a sign-off further up than this is part of the message
+# Details after a "Thanks" are message: a labelled value or a label ("Browser: Chrome 120", "Steps:") other than a
+# contact's, and, below the name ("- J." is one), a list item.
+_LABEL_LINE = re.compile(r"[ \t]*[^\s:][^:\n]{0,30}:(?:[ \t]|$)")
+_LIST_ITEM = re.compile(r"[ \t]*(?:\d{1,2}[.)]|[-*\u2022])[ \t]")
 _SIGNATURE_MAX_WORDS = 10  # a longer line after a sign-off is message, not signature
 _NAME_MAX_WORDS = 5  # the line right after a sign-off is a name, or the message goes on
 _TITLE_SEPARATOR = re.compile(r"\s+[-|\u2013\u2014]\s+")  # "John Smith - Head of IT", "Sam Lee | Acme"
@@ -333,7 +346,7 @@ def html_to_text(markup: str) -> str:
         if tag not in _HTML_TAGS or (tag in _SKIPPED_TAGS and tag not in skippable):
             chunks.append(match[0])  # "<Connection refused>" in an HTML ticket is text
         elif match["end"]:
-            chunks.append("\n" if tag in _BLOCK_TAGS else "")
+            chunks.append("\n" if tag in _BLOCK_TAGS else " " if tag in _CELL_TAGS else "")
         elif tag in _SKIPPED_TAGS:
             closing = _SKIPPED_END[tag].search(markup, pos)
             if closing is None:
@@ -380,23 +393,37 @@ def message_parts(text: str, forwarded: bool = False) -> list[str]:
 
 def _after_header_block(rest: str) -> str:
     """What follows a header (``rest`` starts right after it): not the rest of its line (Outlook's date after
-    "Sent:"), nor the header fields below it."""
+    "Sent:"), nor the header fields below it (their values wrapped onto lines of their own too). A forward of a
+    message with no text (an alert, a scan) keeps its subject, all it says."""
     lines = rest.split("\n")[1:]
     start = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
-    while start < len(lines) and _HEADER_FIELD.fullmatch(lines[start]):
+    subject, in_block = "", start > 0 or bool(lines and _HEADER_FIELD.fullmatch(lines[start] if start < len(lines)
+                                                                                 else ""))
+    while start < len(lines):
+        field = _HEADER_FIELD.fullmatch(lines[start])
+        if field is None and not (in_block and _HEADER_CONTINUED.fullmatch(lines[start])):
+            break
+        if field is not None and field["name"].lower() in _SUBJECT_FIELDS:
+            subject = field["value"] or ""
+        in_block = True
         start += 1
-    return "\n".join(lines[start:])
+    message = "\n".join(lines[start:])
+    return message if message.strip() or not subject.strip() else subject
 
 
 def strip_disclaimer(text: str) -> str:
     """Cut a mail's legal disclaimers at its end: paragraphs after the message (after a blank line) that start
-    as disclaimers do and speak of confidentiality, the first naming a phrase only they use."""
+    as disclaimers do, speak of confidentiality and of what the wrong recipient must do, the first naming a
+    phrase only they use (maybe followed by a note not to print the mail)."""
     text = text.rstrip()
     breaks = list(_PARAGRAPH_BREAK.finditer(text))
     cut = None  # where the disclaimers that end the text start
     for paragraph, after in reversed(list(zip(breaks, [*breaks[1:], None]))):
         start, end = paragraph.end(), min(after.start() if after else len(text), paragraph.end() + _DISCLAIMER_READ)
-        if not (_DISCLAIMER_START.match(text, start) and _CONFIDENTIAL.search(text, start, end)):
+        if cut is None and _AFTER_DISCLAIMER.match(text, start):
+            continue  # the environment note after a disclaimer
+        if not (_DISCLAIMER_START.match(text, start) and _CONFIDENTIAL.search(text, start, end)
+                and _DISCLAIMER_ACTION.search(text, start, end)):
             break
         if _DISCLAIMER_PHRASE.search(text, start, end):
             cut = start
@@ -406,13 +433,11 @@ def strip_disclaimer(text: str) -> str:
 def strip_signature(text: str) -> str:
     """Cut a trailing signature: a ``--`` delimiter, "Sent from my ...", or a closing sign-off.
 
-    Only the last few lines with text are searched, and a sign-off ("Thanks,") counts only when what
+    Only the last few lines are searched, and a sign-off ("Thanks,") counts only when what
     follows it looks like a signature (short lines), so a "thanks" inside the message stays.
     """
     lines = text.rstrip().split("\n")
-    from_end = (index for index in range(len(lines) - 1, -1, -1) if lines[index].strip())
-    first = next(islice(from_end, _SIGNATURE_MAX_LINES - 1, None), 0)  # the last lines with text, not all lines
-    for index in range(max(1, first), len(lines)):
+    for index in range(max(1, len(lines) - _SIGNATURE_MAX_LINES), len(lines)):
         line = lines[index].strip()
         if _SIGNATURE_START.match(line) or (_SIGN_OFF.match(line) and _signature_like(lines[index + 1:])):
             return "\n".join(lines[:index])
@@ -434,7 +459,7 @@ def _signed_with_name(line: str) -> bool:
 
 def _signature_like(lines: list[str]) -> bool:
     """A name first ("Maria Lopez"), then titles, phone numbers, addresses: no sentences, no long lines, no
-    stack trace.
+    stack trace, no details ("OS: macOS 14", a list).
 
     "Thanks!\nAlso the app crashes" is a message going on, so its last line stays.
     """
@@ -445,7 +470,8 @@ def _signature_like(lines: list[str]) -> bool:
     for line in lines:
         words = line.split()
         if len(words) > _SIGNATURE_MAX_WORDS or (len(words) >= 4 and line.rstrip().endswith((".", "?", "!"))) \
-                or _CODE_LINE.search(line):
+                or _CODE_LINE.search(line) or (_LABEL_LINE.match(line) and not _CONTACT_LINE.match(line)) \
+                or (line is not first and _LIST_ITEM.match(line)):
             return False
     return True
 
