@@ -31,6 +31,7 @@ from gunicorn.errors import HaltServer
 from gunicorn.http.body import LengthReader
 from gunicorn.http.errors import LimitRequestLine
 from gunicorn.workers.base import Worker
+from gunicorn.workers.gthread import ThreadWorker as GunicornThreadWorker
 from gunicorn.workers.sync import SyncWorker as GunicornSyncWorker
 from service_helpers import ROOT, read_answer
 
@@ -39,8 +40,9 @@ from service import worker as service_worker
 
 # The methods ours override, by the gunicorn class they override them in (names and parameters must match).
 GUNICORN_OVERRIDES: dict[type, tuple[type, set[str]]] = {
-    service_worker.SyncWorker: (GunicornSyncWorker, {"init_process", "init_signals", "handle_exit", "run",
-                                                               "handle", "handle_request"}),
+    service_worker._ServiceWorker: (Worker, {"init_process", "init_signals"}),  # shared by both workers below
+    service_worker.SyncWorker: (GunicornSyncWorker, {"handle_exit", "run", "handle", "handle_request"}),
+    service_worker.ThreadWorker: (GunicornThreadWorker, set()),
     server_module._Arbiter: (Arbiter, {"halt", "reap_workers", "handle_hup"}),
     server_module._RunsOurArbiter: (BaseApplication, {"run"}),
     server_module._Gunicorn: (Application, {"init", "load_config", "load"}),
