@@ -397,8 +397,7 @@ def _after_header_block(rest: str) -> str:
     message with no text (an alert, a scan) keeps its subject, all it says."""
     lines = rest.split("\n")[1:]
     start = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
-    subject, in_block = "", start > 0 or bool(lines and _HEADER_FIELD.fullmatch(lines[start] if start < len(lines)
-                                                                                 else ""))
+    subject, in_block = "", False  # a wrapped value's line counts once a field has started the block
     while start < len(lines):
         field = _HEADER_FIELD.fullmatch(lines[start])
         if field is None and not (in_block and _HEADER_CONTINUED.fullmatch(lines[start])):
