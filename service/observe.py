@@ -26,8 +26,8 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # a caller's id is echoed only if it is harmless
 
 
-# Per thread, the id of the request it answers, until the answer is made; kept when the worker stops in the
-# middle (its timeout, or a quick shutdown): gunicorn's answer then names it (service.worker).
+# Per thread, the id of the request it answers, until the request is torn down; kept when the worker stops in
+# the middle (its timeout, or a quick shutdown): gunicorn's answer then names it (service.worker).
 _in_flight: dict[int, str] = {}
 
 
@@ -52,7 +52,6 @@ def _start() -> None:
 
 
 def _finish(response: Response) -> Response:
-    _in_flight.pop(threading.get_ident(), None)
     response.headers["X-Request-ID"] = g.get("request_id", "")
     _record(response.status_code, response.content_length)
     return response
