@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from classifier.errors import UserError, one_line
-from classifier.numerics import softmax
+from classifier.numerics import log_loss, softmax
 from classifier.options import MIN_FITTED_TICKETS
 from classifier.text import window_chars
 
@@ -155,9 +155,8 @@ def fit_blend(model_logits: np.ndarray, tfidf_logits: np.ndarray, truth: np.ndar
     blend. Log-loss rather than accuracy: on a few hundred tickets accuracy moves by whole tickets,
     log-loss by how sure each answer is. Weight 0 keeps scale 1: the model alone is calibrated already."""
     def measured(weight: float, scale: float) -> tuple[float, float]:
-        probabilities = softmax(blend(model_logits, tfidf_logits, weight, temperature, scale).astype(np.float64))
-        picked = np.clip(probabilities[np.arange(len(truth)), truth], 1e-12, 1.0)
-        return float(-np.log(picked).mean()), float((probabilities.argmax(axis=1) == truth).mean())
+        blended = blend(model_logits, tfidf_logits, weight, temperature, scale)
+        return log_loss(blended, truth), float((blended.argmax(axis=1) == truth).mean())
 
     candidates = [(0.0, 1.0)] + [(float(w), s) for w in BLEND_WEIGHTS if w > 0 for s in BLEND_SCALES]
     losses = {candidate: measured(*candidate) for candidate in candidates}
