@@ -329,7 +329,7 @@ def model_run(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, n
     logits of each of the bundle's other fields (in the manifest's order; none for a bundle of the label
     alone), from one run of the model."""
     outputs = predictor.outputs(texts, cleaned=True)  # load_tickets cleaned them
-    scores = predictor.scores_of(outputs)
+    scores = predictor.out_of_scope_scores_of(outputs)
     return predictor.probabilities(outputs.logits, outputs.tfidf), scores, outputs.fields
 
 

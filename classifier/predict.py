@@ -219,7 +219,7 @@ class Predictor:
                             f"ticket, but the manifest lists {len(self.labels)} labels; was the model copied from "
                             "another bundle? Export or train it again")
         try:
-            self.scores_of(outputs)
+            self.out_of_scope_scores_of(outputs)
         except UserError as error:
             raise UserError(f"{self.bundle_dir}: {error}") from None
 
@@ -248,7 +248,7 @@ class Predictor:
         # weights, and there a few Python calls cost less than numpy's argsort and take_along_axis
         # (docs/benchmarks.md, "Decisions", "Inference: the predictor").
         probabilities = self.probabilities(outputs.logits, outputs.tfidf).tolist()
-        scores = self.scores_of(outputs)
+        scores = self.out_of_scope_scores_of(outputs)
         shown = scores.tolist() if scores is not None else [None] * len(probabilities)
         predictions = [self._prediction(row, top_k, cut, score)
                        for row, cut, score in zip(probabilities, outputs.truncated, shown)]
@@ -296,9 +296,9 @@ class Predictor:
         None when the bundle has no detector."""
         if self.detector is None:
             return None
-        return self.scores_of(self.outputs(tickets, batch_size, cleaned=cleaned, blended=False))
+        return self.out_of_scope_scores_of(self.outputs(tickets, batch_size, cleaned=cleaned, blended=False))
 
-    def scores_of(self, outputs: Outputs) -> np.ndarray | None:
+    def out_of_scope_scores_of(self, outputs: Outputs) -> np.ndarray | None:
         """The out-of-scope scores of model outputs (None: no detector), rounded as predictions show them
         (and compare them with the threshold)."""
         if self.detector is None:
@@ -341,16 +341,13 @@ class Predictor:
                                 f"{', '.join(self.text_options.record_fields)})")
         return texts
 
-    def logits(self, tickets: Sequence[Ticket], batch_size: int = 32, *,
-               cleaned: bool = False) -> tuple[np.ndarray, list[bool]]:
-        """Raw model scores per ticket (the fine-tuned model's alone, unblended), and whether each ticket
-        was truncated.
+    def logits(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False) -> np.ndarray:
+        """Raw model scores per ticket: the fine-tuned model's alone, unblended and uncalibrated.
 
         ``cleaned=True`` skips cleaning: for texts that went through :func:`ticket_text`
         already, which is not idempotent for every input (an unescaped ``&lt;b&gt;`` is HTML).
         """
-        outputs = self.outputs(tickets, batch_size, cleaned=cleaned, features=False, blended=False)
-        return outputs.logits, outputs.truncated
+        return self.outputs(tickets, batch_size, cleaned=cleaned, features=False, blended=False).logits
 
     def outputs(self, tickets: Sequence[Ticket], batch_size: int = 32, *, cleaned: bool = False,
                 features: bool | None = None, blended: bool = True) -> Outputs:

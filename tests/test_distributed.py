@@ -144,6 +144,6 @@ def test_two_processes_write_one_bundle_like_one_process(launcher: str, small_cs
     assert len(texts) == manifest.data.validation.rows_used == manifest.calibration.tickets == 11
     served = Predictor.load(output)
     assert {p.label for p in served.predict(texts)} <= set(manifest.labels)
-    predicted = [served.labels[i] for i in served.logits(texts)[0].argmax(axis=1)]
+    predicted = [served.labels[i] for i in served.logits(texts).argmax(axis=1)]
     accuracy = sum(p == label for p, label in zip(predicted, labels)) / len(labels)
     assert accuracy == pytest.approx(manifest.training.validation_metrics["accuracy"], abs=1e-6)

@@ -56,7 +56,7 @@ def test_the_bundles_temperature_scales_confidence_but_not_the_ranking(bundle_co
     before = Predictor.load(bundle_copy).predict(texts[:6], top_k=3)
     hand_edit(bundle_copy, lambda manifest: manifest["calibration"].update(temperature=0.5))
     predictor = Predictor.load(bundle_copy)
-    logits, _ = predictor.logits(texts[:6])
+    logits = predictor.logits(texts[:6])
     scaled = np.exp(logits / 0.5) / np.exp(logits / 0.5).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(predictor.predict_proba(texts[:6]), scaled, rtol=1e-5)
     after = predictor.predict(texts[:6], top_k=3)

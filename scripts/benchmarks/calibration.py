@@ -34,11 +34,11 @@ def main() -> int:
     args = parse_args()
     predictor = Predictor.load(args.bundle)
     texts, labels = read_examples(args.bundle)
-    validation_logits, _ = predictor.logits(texts, cleaned=True)
+    validation_logits = predictor.logits(texts, cleaned=True)
     calibration = fit_temperature(validation_logits, np.array([predictor.labels.index(x) for x in labels]))
     tickets, _ = load_test_set(args.data, predictor.manifest, None)
     known = [i for i, label in enumerate(tickets.labels) if label in predictor.labels]
-    logits, _ = predictor.logits([tickets.texts[i] for i in known], cleaned=True)
+    logits = predictor.logits([tickets.texts[i] for i in known], cleaned=True)
     truth = np.array([predictor.labels.index(tickets.labels[i]) for i in known])
     lines = ["| temperature | test ECE | test NLL | accuracy | mean confidence | highest confidence |",
              "| --- | --- | --- | --- | --- | --- |"]

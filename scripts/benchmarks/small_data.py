@@ -109,7 +109,7 @@ def measure(size: str, options: TrainingOptions, work: Path, variant: str | None
     report = evaluate(bundle, test_file, work / "report")
     served = Predictor.load(bundle)
     test, _ = load_tickets(test_file, served.manifest.text, "category")
-    alone = served.logits(test.texts, cleaned=True)[0].argmax(axis=1)
+    alone = served.logits(test.texts, cleaned=True).argmax(axis=1)
     alone_accuracy = float((alone == [served.labels.index(label) for label in test.labels]).mean())
     baseline = report["baseline"]["metrics"]
     variants.reset()
