@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from classifier.options import SERVING_ENGINES, DataOptions, ServingEngine, TrainingOptions
-from classifier.text import TextOptions
+from classifier.text import CLEANING_VERSION, TextOptions
 
 SCHEMA_VERSION = 5
 MIGRATES_FROM = (1, 2, 3, 4)  # older schema versions read_manifest migrates
@@ -344,6 +344,18 @@ class Manifest(Section):
         if self.baseline and self.blend_weight > 0:
             return self.baseline.blend_metrics.get("blend_macro_f1")
         return self.training.label_macro_f1
+
+    @property
+    def cleaning_note(self) -> str | None:
+        """What to say where the model learnt from tickets cleaned otherwise than this release cleans them
+        (:data:`classifier.text.CLEANING_VERSION`); None where alike."""
+        trained = self.versions.get("cleaning")
+        if trained == CLEANING_VERSION:
+            return None
+        how = f"version {trained} of the cleaning" if trained else "a release before the cleaning was versioned"
+        return (f"the model learnt from tickets cleaned by {how}, and this release cleans them by version "
+                f"{CLEANING_VERSION} (mail forwards, disclaimers, ...): train it again, so that it is served "
+                "tickets as it learnt them")
 
     @property
     def engine(self) -> str:

@@ -164,6 +164,8 @@ class Predictor:
         if chosen == "torch" and engine == "auto":
             log.warning("%s has no ONNX model: running it with PyTorch, several times slower; "
                         "'ticketclf export %s' makes the fast one", bundle_dir, bundle_dir)
+        if manifest.cleaning_note:
+            log.warning("%s: %s", bundle_dir, manifest.cleaning_note)
         files = integrity.BundleFiles(bundle_dir, manifest)
         parts = integrity.read_model_parts(files, manifest)
         integrity.require_agreement(bundle_dir, manifest, parts)

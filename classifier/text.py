@@ -19,6 +19,12 @@ from classifier.errors import UserError
 FIELD_SEPARATOR = "\n"
 """Non-empty fields are joined in the configured order with this separator."""
 
+# What cleaning makes of a ticket, versioned: raise it with every change that cleans some ticket otherwise.
+# Training records it (manifest.versions["cleaning"]). A model served tickets cleaned otherwise than those it
+# learnt from loses accuracy without any error, so loading such a bundle says so. Version 2: mail forwards,
+# Outlook headers, legal disclaimers, table cells (2026-12-07); bundles trained before record none.
+CLEANING_VERSION = "2"
+
 # How much text can matter: the one place these limits are set. A word piece is 4 characters on average, so
 # cleaned text past max_length times CHARS_PER_TOKEN_CAP reaches the window only through words of over 100
 # characters, which WordPiece reads as one unknown token each: the predictor cuts there before tokenising

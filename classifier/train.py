@@ -59,7 +59,7 @@ from classifier.manifest import (
 from classifier.numerics import sigmoid
 from classifier.options import MIN_FITTED_TICKETS, DataOptions, TrainingOptions
 from classifier.schedule import AnnealingTrainer, PlateauAnnealing, planned_epochs, steps_per_epoch
-from classifier.text import nested_fields
+from classifier.text import CLEANING_VERSION, nested_fields
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +309,8 @@ def _manifest(output_dir: Path, data: PreparedData, options: TrainingOptions, fi
                                  precision_used=_precision(options.precision),
                                  validation_metrics=fitted.validation_metrics),
         calibration=fitted.calibration,
-        versions=library_versions() | base_model_version(options.base_model or default_base_model(),
-                                                         getattr(fitted.model.config, "_commit_hash", None)),
+        versions=library_versions() | {"cleaning": CLEANING_VERSION} | base_model_version(
+            options.base_model or default_base_model(), getattr(fitted.model.config, "_commit_hash", None)),
     )
 
 

@@ -67,7 +67,7 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
     host = host.removeprefix("[").removesuffix("]")  # "[::1]", as URLs write it
     _check_address(host, port, workers)
-    warnings = [no_keys_warning(config["API_KEYS"], host), *unknown_variables()]
+    warnings = [no_keys_warning(config["API_KEYS"], host), manifest.cleaning_note, *unknown_variables()]
     if config["LOG_TEXT"]:
         warnings.append("the access log carries ticket text (TICKETCLF_LOG_TEXT): customer data in the logs")
     for warning in filter(None, warnings):

@@ -13,6 +13,7 @@ from classifier.bundle import read_examples, read_manifest, write_manifest
 from classifier.errors import ModelError, UserError
 from classifier.export import ExportOptions, export
 from classifier.predict import Predictor
+from classifier.text import CLEANING_VERSION
 
 
 def test_onnx_and_torch_give_the_same_probabilities(exported_bundle: Path) -> None:
@@ -36,6 +37,23 @@ def test_predictions_follow_the_bundle_contract(exported_bundle: Path) -> None:
         assert prediction.truncated is False
     rows = predictor.predict_proba(tickets)
     np.testing.assert_allclose(rows.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_bundle_trained_on_tickets_cleaned_otherwise_says_so_when_loaded(bundle_copy: Path, hand_edit,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    def cleaning_warnings() -> list[str]:
+        caplog.clear()
+        Predictor.load(bundle_copy)
+        return [record.getMessage() for record in caplog.records if "cleaned by" in record.getMessage()]
+
+    assert read_manifest(bundle_copy).versions["cleaning"] == CLEANING_VERSION and cleaning_warnings() == []
+    hand_edit(bundle_copy, lambda manifest: manifest["versions"].pop("cleaning"))  # trained before it was recorded
+    [before] = cleaning_warnings()
+    assert before.startswith(f"{bundle_copy}: the model learnt from tickets cleaned by a release before the cleaning "
+                             f"was versioned, and this release cleans them by version {CLEANING_VERSION}")
+    assert before.endswith("train it again, so that it is served tickets as it learnt them")
+    hand_edit(bundle_copy, lambda manifest: manifest["versions"].update(cleaning="1"))
+    assert "cleaned by version 1 of the cleaning" in cleaning_warnings()[0]
 
 
 def test_top_k_ranks_every_label_as_predict_proba_scores_it(exported_bundle: Path) -> None:
