@@ -98,7 +98,7 @@ class DataReport:
     other_label: str = OTHER_LABEL  # the data's own spelling of the class rare ones merge into
     merged_label_spellings: dict[str, str] = field(default_factory=dict)  # e.g. "Billing" -> "billing"
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    shared_texts_between_splits: int = 0  # validation tickets whose text a training ticket has too
+    shared_texts_between_splits: int = 0  # validation tickets left out: their text is a training ticket's
     shared_text_examples: list[dict[str, str]] = field(default_factory=list)  # the first of them: validation/train id
     split: dict[str, Any] = field(default_factory=dict)
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # per field besides the label: see _field_report
@@ -155,8 +155,8 @@ class DataReport:
             lines.append(f"merged rare classes into '{self.other_label}': {merged}")
         if shared := self.shared_texts_between_splits:
             pairs = ", ".join(f"{pair['validation']} = {pair['train']}" for pair in self.shared_text_examples[:5])
-            lines.append(f"warning: {shared} validation tickets have the text of a training ticket, so validation "
-                         f"overstates accuracy on them (validation id = training id): {pairs}"
+            lines.append(f"{shared} validation tickets have the text of a training ticket: left out of validation, "
+                         f"whose accuracy they would overstate (validation id = training id): {pairs}"
                          f"{' ...' if shared > 5 else ''}")
         if self.split:
             lines.append(f"split: {self.split}")
@@ -737,7 +737,7 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
     labels = sorted(set(train.labels))
     report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
     report.languages = language_counts([*train.texts, *validation.texts])
-    shared = _shared_texts(train, validation)
+    validation, shared = _without_training_texts(train, validation, options.validation_path)
     report.shared_texts_between_splits, report.shared_text_examples = len(shared), shared[:MAX_LISTED_SHARED]
     fields = [_single_field(name, train, validation, options.min_class_count, report, train_path)
               for name in options.field_columns]
@@ -749,13 +749,23 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
 MAX_LISTED_SHARED = 100  # shared texts named in the data report; the count is of all
 
 
-def _shared_texts(train: Tickets, validation: Tickets) -> list[dict[str, str]]:
-    """Each validation ticket whose text is a training ticket's, with the (first such) training ticket."""
+def _without_training_texts(train: Tickets, validation: Tickets, validation_path: str | Path | None
+                            ) -> tuple[Tickets, list[dict[str, str]]]:
+    """The validation tickets whose text no training ticket has, and each one left out with the (first) training
+    ticket it copies. A copy (an auto-reply, a templated mail, a validation file overlapping the export) is
+    answered from memory: it would flatter every choice validation makes (when to stop, the temperature, the
+    blend, the out-of-scope references), as ``split_file`` keeps such copies out of a test file."""
     training_id: dict[str, str] = {}
     for text, ticket_id in zip(train.texts, train.ids):
         training_id.setdefault(text, ticket_id)
-    return [{"validation": ticket_id, "train": training_id[text]}
-            for text, ticket_id in zip(validation.texts, validation.ids) if text in training_id]
+    copies = [i for i, text in enumerate(validation.texts) if text in training_id]
+    if copies and len(copies) == len(validation):
+        raise UserError(f"{validation_path or 'the validation split'}: every validation ticket has the text of a "
+                        "training ticket, so none can tell how the model does on new ones; give a validation file "
+                        "of other tickets")
+    shared = [{"validation": validation.ids[i], "train": training_id[validation.texts[i]]} for i in copies]
+    kept = set(copies)
+    return validation.subset([i for i in range(len(validation)) if i not in kept]) if copies else validation, shared
 
 
 def _single_field(name: str, train: Tickets, validation: Tickets, min_count: int, report: DataReport,

@@ -290,8 +290,9 @@ def test_duplicates_conflicts_and_rare_classes(tmp_path: Path) -> None:
     assert report.conflicting_texts == [{"text": "ticket number 2", "labels": ["a", "b"]}]
     assert report.merged_into_other == {"c": 1, "d": 1}
     assert "other" in prepared.labels
-    assert len(prepared.train) + len(prepared.validation) == 23
-    assert report.shared_texts_between_splits in (0, 1)  # only the conflicting text can be on both sides
+    # Only the conflicting text can be on both sides: then its validation copy is left out.
+    assert report.shared_texts_between_splits in (0, 1)
+    assert len(prepared.train) + len(prepared.validation) + report.shared_texts_between_splits == 23
 
 
 def test_a_text_column_as_label_is_refused_and_long_class_lists_are_cut(tmp_path: Path) -> None:
@@ -380,12 +381,15 @@ def test_validation_file_overlap_and_unseen_labels_reported(tmp_path: Path) -> N
     val_rows = [{"text": "t 0", "label": "b"}, {"text": "new", "label": "zzz"}, {"text": "t 99", "label": "a"}]
     prepared = prepare_data(write_csv(tmp_path / "train.csv", train_rows),
                             DataOptions(validation_path=str(write_csv(tmp_path / "val.csv", val_rows))))
-    assert len(prepared.validation) == 2
+    assert prepared.validation.texts == ["t 99"]  # "t 0" is a training ticket's text, "new" an unknown label
     assert prepared.report.shared_texts_between_splits == 1
     assert prepared.report.shared_text_examples == [{"validation": "2", "train": "2"}]  # row numbers
-    assert ("warning: 1 validation tickets have the text of a training ticket, so validation overstates accuracy on "
-            "them (validation id = training id): 2 = 2") in prepared.report.summary_lines()
+    assert ("1 validation tickets have the text of a training ticket: left out of validation, whose accuracy they "
+            "would overstate (validation id = training id): 2 = 2") in prepared.report.summary_lines()
     assert len(prepared.report.dropped["label not in training data"]) == 1
+    with pytest.raises(UserError, match=r"val.csv: every validation ticket has the text of a training ticket"):
+        prepare_data(tmp_path / "train.csv",
+                     DataOptions(validation_path=str(write_csv(tmp_path / "val.csv", train_rows[:4]))))
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
