@@ -147,24 +147,40 @@ def blend(model_logits: np.ndarray, tfidf_logits: np.ndarray | None, weight: flo
     return np.float32(scale) * (np.float32(1.0 - weight) * calibrated + np.float32(weight) * tfidf_logits)
 
 
-def fit_blend(model_logits: np.ndarray, tfidf_logits: np.ndarray, truth: np.ndarray, temperature: float = 1.0
-              ) -> tuple[float, float, dict[str, float]]:
+def fit_blend(model_logits: np.ndarray, tfidf_logits: np.ndarray, truth: np.ndarray, temperature: float = 1.0,
+              target_confidence: float | None = None) -> tuple[float, float, dict[str, float]]:
     """The weight of :data:`BLEND_WEIGHTS` and the sharpness of :data:`BLEND_SCALES` whose blend has the
     lowest log-loss on ``truth`` (validation tickets; the smaller weight, then the scale nearer 1, on a
     tie), and the validation accuracy and log-loss of the model alone, the TF-IDF model alone and the
     blend. Log-loss rather than accuracy: on a few hundred tickets accuracy moves by whole tickets,
-    log-loss by how sure each answer is. Weight 0 keeps scale 1: the model alone is calibrated already."""
+    log-loss by how sure each answer is. Weight 0 keeps scale 1: the model alone is calibrated already.
+
+    ``target_confidence``: where calibration matched the model's mean confidence to a cautious accuracy (too
+    few validation mistakes for log-loss to weigh, :mod:`classifier.calibration`), each weight's sharpness is
+    the one that keeps that mean confidence. Chosen by log-loss, the sharpness undid the caution, and
+    credited the TF-IDF model with it: a weight above 0 won even for TF-IDF logits of pure noise."""
     def measured(weight: float, scale: float) -> tuple[float, float]:
         blended = blend(model_logits, tfidf_logits, weight, temperature, scale)
         return log_loss(blended, truth), float((blended.argmax(axis=1) == truth).mean())
 
-    candidates = [(0.0, 1.0)] + [(float(w), s) for w in BLEND_WEIGHTS if w > 0 for s in BLEND_SCALES]
+    if target_confidence is None:
+        candidates = [(0.0, 1.0)] + [(float(w), s) for w in BLEND_WEIGHTS if w > 0 for s in BLEND_SCALES]
+    else:
+        candidates = [(0.0, 1.0)] + [(float(w), _matched_scale(blend(model_logits, tfidf_logits, float(w), temperature),
+                                                               target_confidence)) for w in BLEND_WEIGHTS if w > 0]
     losses = {candidate: measured(*candidate) for candidate in candidates}
     weight, scale = min(losses, key=lambda c: (round(losses[c][0], 6), c[0], abs(np.log(c[1]))))
     alone, tfidf = losses[(0.0, 1.0)], measured(1.0, 1.0)  # TF-IDF alone: reported, never chosen
     return weight, scale, {"model_accuracy": alone[1], "model_log_loss": alone[0], "tfidf_accuracy": tfidf[1],
                            "tfidf_log_loss": tfidf[0], "blend_accuracy": losses[(weight, scale)][1],
                            "blend_log_loss": losses[(weight, scale)][0]}
+
+
+def _matched_scale(logits: np.ndarray, target_confidence: float) -> float:
+    """The sharpness at which the mean confidence of ``logits`` is ``target_confidence``."""
+    from classifier.calibration import matched_temperature  # training only: it needs scipy's root finder
+
+    return round(1.0 / matched_temperature(logits.astype(np.float64), target_confidence)[0], 6)
 
 
 def parity(served: TfidfModel, fitted_probabilities: np.ndarray, texts: Sequence[str]) -> float:

@@ -62,23 +62,28 @@ def fit_temperature(logits: np.ndarray, label_ids: np.ndarray) -> dict[str, Any]
 def _matched(logits: np.ndarray, label_ids: np.ndarray, right: int, why: str) -> dict[str, Any]:
     """The temperature at which the mean confidence equals the cautious accuracy (the nearest bound if
     none within them does: the mean confidence only falls as the temperature rises)."""
-    from scipy.optimize import brentq
-
     target = wilson_lower_bound(right, len(label_ids))
+    temperature, how = matched_temperature(logits, target)
+    return {"temperature": round(temperature, 6), "tickets": int(len(label_ids)),
+            "method": f"mean confidence {how} to the cautious accuracy", "why": why,
+            "target_confidence": round(target, 6), "validation_nll": _nll_before_after(logits, label_ids, temperature)}
+
+
+def matched_temperature(logits: np.ndarray, target: float) -> tuple[float, str]:
+    """The temperature (within :data:`BOUNDS`) at which the mean confidence of ``logits`` is ``target``, and how
+    it was reached: "matched", or the nearest bound where none within them does (the mean confidence only falls
+    as the temperature rises)."""
+    from scipy.optimize import brentq
 
     def gap(log_t: float) -> float:
         return mean_confidence(logits, float(np.exp(log_t))) - target
 
     low, high = np.log(BOUNDS)
     if gap(low) < 0:  # under-confident even at the lowest temperature
-        temperature, how = BOUNDS[0], "at its lower bound"
-    elif gap(high) > 0:
-        temperature, how = BOUNDS[1], "at its upper bound"
-    else:
-        temperature, how = float(np.exp(brentq(gap, low, high, xtol=1e-6))), "matched"
-    return {"temperature": round(temperature, 6), "tickets": int(len(label_ids)),
-            "method": f"mean confidence {how} to the cautious accuracy", "why": why,
-            "target_confidence": round(target, 6), "validation_nll": _nll_before_after(logits, label_ids, temperature)}
+        return BOUNDS[0], "at its lower bound"
+    if gap(high) > 0:
+        return BOUNDS[1], "at its upper bound"
+    return float(np.exp(brentq(gap, low, high, xtol=1e-6))), "matched"
 
 
 def wilson_lower_bound(right: int, tickets: int) -> float:

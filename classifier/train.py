@@ -366,7 +366,8 @@ def _fit_blend(section: Baseline, staging: Path, data: PreparedData, fitted: Fit
     truth = np.array([data.labels.index(label) for label in data.validation.labels])
     model_logits, tfidf_logits = cast(np.ndarray, fitted.validation_logits), served.logits(data.validation.texts)
     temperature = fitted.calibration.temperature or 1.0
-    weight, scale, measured = blend.fit_blend(model_logits, tfidf_logits, truth, temperature)
+    weight, scale, measured = blend.fit_blend(model_logits, tfidf_logits, truth, temperature,
+                                              fitted.calibration.target_confidence)
     section.blend_weight, section.blend_scale = weight, scale
     answers = blend.blend(model_logits, tfidf_logits, weight, temperature, scale).argmax(axis=1)
     measured["blend_macro_f1"] = float(f1_score(truth, answers, average="macro"))  # as the model's, on its labels

@@ -15,6 +15,7 @@ from csv_files import read_csv
 from classifier import bundle
 from classifier.baseline import baseline_features, fit_baseline, save_baseline
 from classifier.blend import TfidfModel, blend, char_terms, fit_blend, parity, read_text, word_terms
+from classifier.calibration import fit_temperature, mean_confidence
 from classifier.errors import UserError
 from classifier.numerics import softmax
 from classifier.predict import Predictor
@@ -82,6 +83,29 @@ def test_the_blend_weight_follows_which_model_knows() -> None:
     assert np.array_equal(blend(informed, noise, 0.0, 2.0, 3.0), informed / 2)  # weight 0: the model alone
     assert np.allclose(blend(informed, noise, 0.25, 2.0, 3.0), 3 * (0.75 * informed / 2 + 0.25 * noise))
 
+
+def test_a_cautiously_calibrated_model_keeps_its_caution_in_the_blend() -> None:
+    """Too few validation mistakes: calibration matches the mean confidence to a cautious accuracy, and the
+    blend keeps that confidence at every weight instead of sharpening it back (and crediting TF-IDF for it)."""
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 10, 60)
+    model = rng.normal(0, 0.5, (60, 10)) + 3.0 * np.eye(10)[truth]
+    wrong = rng.choice(60, 2, replace=False)
+    model[wrong, (truth[wrong] + 1) % 10] += 4  # two mistakes: fewer than the likelihood fit needs
+    model = model.astype(np.float32)
+    calibration = fit_temperature(model, truth)
+    target, temperature = calibration["target_confidence"], calibration["temperature"]
+    assert target is not None and mean_confidence(model, temperature) == pytest.approx(target, abs=1e-4)
+    useful = (rng.normal(0, 1, (60, 10)) + 2.0 * np.eye(10)[truth]).astype(np.float32)
+    noise = rng.normal(0, 1, (60, 10)).astype(np.float32)
+    for tfidf in (useful, noise):
+        weight, scale, _ = fit_blend(model, tfidf, truth, temperature)
+        served = softmax(blend(model, tfidf, weight, temperature, scale).astype(np.float64)).max(axis=1).mean()
+        assert served > target + 0.05  # chosen by log-loss alone, the sharpness undoes the caution
+        weight, scale, _ = fit_blend(model, tfidf, truth, temperature, target)
+        served = softmax(blend(model, tfidf, weight, temperature, scale).astype(np.float64)).max(axis=1).mean()
+        assert served == pytest.approx(target, abs=1e-3)
+    assert weight == 0.0  # pure noise gets no say once sharpening earns it nothing
 
 def test_training_fits_the_blend_and_the_predictor_serves_it(tiny_bundle: Path, tmp_path: Path,
                                                                hand_edit: Callable[..., None]) -> None:
