@@ -24,11 +24,18 @@ from classifier.fields import MISSING, FieldSpec
 class MultiFieldModel(torch.nn.Module):
     """``model`` (a sequence classifier, its head for the label) and a head per field, trained jointly:
     the loss is the label's cross-entropy plus each field's, weighted; a ticket without a field's value
-    (-100, or a tags row of -1) adds nothing to that field's loss."""
+    (-100, or a tags row of -1) adds nothing to that field's loss.
+
+    Every term is a sum over the tickets of a micro-batch divided by a count fixed before training, not a mean
+    over the micro-batch: long tickets train in micro-batches of 1 to 16 (``train.micro_batches``), whose
+    gradients Trainer adds, and a mean per micro-batch would cancel the class weights (a weighted mean over one
+    ticket is its plain loss) and give a field known on few tickets a weight that depends on the ticket length.
+    A field's sum is divided by the tickets times its ``coverage`` (the training split's share of tickets with
+    its value): on average, the mean over the tickets that have one."""
 
     def __init__(self, model: torch.nn.Module, fields: Sequence[FieldSpec], priors: Sequence[np.ndarray],
                  label_weight: float = 1.0, label_smoothing: float = 0.0,
-                 class_weights: torch.Tensor | None = None) -> None:
+                 class_weights: torch.Tensor | None = None, coverage: Sequence[float] | None = None) -> None:
         super().__init__()
         config: Any = model.config
         self.model = model
@@ -47,6 +54,7 @@ class MultiFieldModel(torch.nn.Module):
         self.label_weight = label_weight
         self.label_smoothing = label_smoothing
         self.class_weights = class_weights
+        self.coverage = list(coverage) if coverage is not None else [1.0] * len(self.fields)
         self._accepted = set(inspect.signature(model.forward).parameters) | {"input_ids", "attention_mask"}
 
     @property
@@ -70,25 +78,26 @@ class MultiFieldModel(torch.nn.Module):
     def _loss(self, result: dict[str, Any], labels: torch.Tensor, field_labels: torch.Tensor | None,
               tag_labels: torch.Tensor | None) -> torch.Tensor:
         logits = result["logits"].float()
+        tickets = len(labels)
         weights = self.class_weights.to(logits.device) if self.class_weights is not None else None
         loss = self.label_weight * torch.nn.functional.cross_entropy(
-            logits, labels, weight=weights, label_smoothing=self.label_smoothing, ignore_index=MISSING)
+            logits, labels, weight=weights, label_smoothing=self.label_smoothing, ignore_index=MISSING,
+            reduction="sum") / tickets
         single = 0
-        for index, spec in enumerate(self.fields):
+        for index, (spec, coverage) in enumerate(zip(self.fields, self.coverage)):
             field_logits = result[f"field_logits_{index}"].float()
             if spec.kind == "tags":
                 assert tag_labels is not None
                 known = tag_labels[:, 0] >= 0
-                if known.any():
-                    loss = loss + spec.loss_weight * torch.nn.functional.binary_cross_entropy_with_logits(
-                        field_logits[known], tag_labels[known].float())
-                continue
-            assert field_labels is not None
-            target = field_labels[:, single]
-            single += 1
-            if (target != MISSING).any():  # a batch with no value would make the mean NaN
-                loss = loss + spec.loss_weight * torch.nn.functional.cross_entropy(
-                    field_logits, target, label_smoothing=self.label_smoothing, ignore_index=MISSING)
+                summed = torch.nn.functional.binary_cross_entropy_with_logits(  # each ticket's mean over its tags
+                    field_logits[known], tag_labels[known].float(), reduction="none").mean(dim=1).sum()
+            else:
+                assert field_labels is not None
+                summed = torch.nn.functional.cross_entropy(
+                    field_logits, field_labels[:, single], label_smoothing=self.label_smoothing,
+                    ignore_index=MISSING, reduction="sum")
+                single += 1
+            loss = loss + spec.loss_weight * summed / (tickets * max(coverage, 1e-6))
         return loss
 
 

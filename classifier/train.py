@@ -492,8 +492,10 @@ def _with_field_heads(model: torch.nn.Module, data: PreparedData, options: Train
     priors = [_prior(targets["tag_labels"] if spec.kind == "tags" else
                      _one_hot(targets["field_labels"][:, index], len(spec.labels)))
               for index, spec in enumerate(specs)]  # single-label fields come first, tags last (one at most)
+    coverage = [float((targets["tag_labels"][:, 0] >= 0).mean()) if spec.kind == "tags" else
+                float((targets["field_labels"][:, index] != fields.MISSING).mean()) for index, spec in enumerate(specs)]
     return MultiFieldModel(model, specs, priors, weights.get(data.train.source["label_column"], 1.0),
-                           0.0 if options.class_weighted_loss else options.label_smoothing, class_weights)
+                           0.0 if options.class_weighted_loss else options.label_smoothing, class_weights, coverage)
 
 
 def _one_hot(ids: np.ndarray, classes: int) -> np.ndarray:

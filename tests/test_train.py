@@ -105,6 +105,30 @@ def test_the_class_weighted_loss_of_micro_batches_adds_up_to_the_whole_batchs() 
     assert float(plain) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-6)
 
 
+def test_the_multi_field_loss_of_micro_batches_adds_up_to_the_whole_batchs() -> None:
+    # The same for a model with fields: the class weights, and a field known on few tickets, must weigh the
+    # same whether the batch of 8 runs at once or as 8 micro-batches of 1 (long tickets).
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from classifier.fields import MISSING, FieldSpec
+    from classifier.heads import MultiFieldModel
+
+    torch.manual_seed(0)
+    encoder = BertForSequenceClassification(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1,
+                                                       num_attention_heads=1, intermediate_size=8, num_labels=3))
+    specs = [FieldSpec("priority", "single", ("high", "low")), FieldSpec("tags", "tags", ("vip", "eu"))]
+    model = MultiFieldModel(encoder, specs, [np.array([0.5, 0.5]), np.array([0.2, 0.3])], label_smoothing=0.1,
+                            class_weights=torch.tensor([0.5, 1.0, 4.0]), coverage=[0.25, 0.5])
+    result = {"logits": torch.randn(8, 3), "field_logits_0": torch.randn(8, 2), "field_logits_1": torch.randn(8, 2)}
+    labels = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2])
+    priority = torch.tensor([[0], [MISSING], [MISSING], [1], [MISSING], [MISSING], [MISSING], [MISSING]])
+    tags = torch.tensor([[1, 0], [-1, -1], [0, 1], [-1, -1], [0, 0], [-1, -1], [1, 1], [-1, -1]])
+    whole = model._loss(result, labels, priority, tags)
+    parts = sum(model._loss({key: value[i:i + 1] for key, value in result.items()}, labels[i:i + 1],
+                            priority[i:i + 1], tags[i:i + 1]) for i in range(8)) / 8  # Trainer's accumulation
+    assert float(parts) == pytest.approx(float(whole), rel=1e-5)
+
+
 def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_path: Path) -> None:
     options = TrainingOptions(epochs=1, batch_size=16, max_length=64, lora=True, lora_rank=4,
                               class_weighted_loss=True, seed=1)
