@@ -216,7 +216,7 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     if options.apply_threshold_for_precision is not None:
         report.thresholds_applied = apply_thresholds(bundle_dir, predictor, scored, tickets,
                                                      options.apply_threshold_for_precision, fields)
-    report.warnings = _warnings(report) + [note for note in (predictor.manifest.cleaning_note,) if note]
+    report.warnings = _warnings(report)
     if report.fields is not None:
         report.warnings += evaluate_fields.field_warnings(report.fields, report.thresholds_applied is not None)
     report.files = [*REPORT_FILES, *([OUT_OF_SCOPE_IMAGE] if report.out_of_scope else []),
