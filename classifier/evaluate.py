@@ -516,6 +516,7 @@ def class_sections(scored: Scored, target: float, bundle_threshold_of: Callable[
     matrix = confusion_matrix(scored.y_true, scored.predicted, labels=scored.classes)
     metrics = model_metrics(scored, target)
     thresholds = class_thresholds(scored, target)
+    per_class = routing_with(scored, lambda label: thresholds[label]["threshold"])
     return ClassSections(
         metrics=metrics, matrix=matrix, per_class=_per_class(scored, matrix, thresholds),
         confusion_matrix=Confusion(labels=list(scored.classes), matrix=matrix.tolist(),
@@ -523,10 +524,10 @@ def class_sections(scored: Scored, target: float, bundle_threshold_of: Callable[
         precision_coverage=PrecisionCoverage(
             target_precision=target,
             recommended=metrics.at_target,
-            message=_recommendation_message(metrics.at_target, target),
+            message=_recommendation_message(metrics.at_target, per_class, target),
             table=[OperatingPoint(**point) for point in threshold_table(scored.confidence, scored.correct)],
             per_class_thresholds={label: ClassThreshold(**info) for label, info in thresholds.items()},
-            with_per_class_thresholds=Routing(**routing_with(scored, lambda label: thresholds[label]["threshold"])),
+            with_per_class_thresholds=Routing(**per_class),
             with_bundle_thresholds=Routing(**routing_with(scored, bundle_threshold_of)),
             bundle_thresholds_source=bundle_source,
         ))
@@ -601,17 +602,28 @@ def _example(tickets: Tickets, row: int, confidence: float) -> Example:
 UNCERTAIN_RECOMMENDATION = 0.10
 
 
-def _recommendation_message(point: OperatingPoint | None, target: float) -> str:
-    if point is None:
+def _recommendation_message(point: OperatingPoint | None, per_class: dict[str, Any], target: float) -> str:
+    """The advice: the per-class thresholds ``--apply-threshold-for-precision`` writes, which is what the bundle
+    can serve, and beside them the one threshold for every class (``point``) that the figures compare models by."""
+    if point is None and not per_class["tickets"]:
         return (f"No confidence threshold reaches {target:.0%} precision on this test set: at this target "
                 "every ticket would need review.")
-    precision = point.precision or 0.0  # a recommended threshold routes tickets, so precision is set
-    message = (f"Route automatically when confidence >= {point.threshold:{THRESHOLD}}: {point.coverage:.1%} of "
-               f"tickets ({point.tickets}) would be routed, {precision:.1%} of them correctly (target {target:.0%}).")
-    low = wilson_lower_bound(round(precision * point.tickets), point.tickets)
+    if per_class["tickets"]:
+        routed, precision = per_class["tickets"], per_class["precision"] or 0.0
+        message = (f"Write a review threshold per class into the bundle (--apply-threshold-for-precision {target:g}):"
+                   f" {per_class['coverage']:.1%} of tickets ({routed}) would be routed automatically, {precision:.1%}"
+                   f" of them correctly (target {target:.0%}); the others go to an agent.")
+    else:
+        assert point is not None  # the first case returned where neither routes a ticket
+        routed, precision = point.tickets, point.precision or 0.0
+        message = f"No class's own threshold reaches {target:.0%} precision on this test set."
+    low = wilson_lower_bound(round(precision * routed), routed)
     if low < target - UNCERTAIN_RECOMMENDATION:  # e.g. 2 of 2 right: 34 % to 100 %
-        message += (f" That rests on {point.tickets} tickets: the precision's 95 % interval reaches down to "
-                    f"{low:.1%}; a larger test file would give a threshold to rely on.")
+        message += (f" That rests on {routed} tickets: the precision's 95 % interval reaches down to "
+                    f"{low:.1%}; a larger test file would give thresholds to rely on.")
+    if point is not None:
+        message += (f" One threshold for every class, confidence >= {point.threshold:{THRESHOLD}}, would route "
+                    f"{point.coverage:.1%} ({point.tickets}) at {point.precision or 0.0:.1%}.")
     return message
 
 

@@ -199,10 +199,14 @@ def test_a_recommendation_on_few_tickets_says_how_little_it_rests_on(tickets, ri
     from classifier.evaluate import _recommendation_message
     from classifier.report import OperatingPoint
 
-    point = OperatingPoint(threshold=0.5, coverage=tickets / 239, tickets=tickets, precision=right / tickets)
-    message = _recommendation_message(point, 0.95)
-    assert message.startswith(f"Route automatically when confidence >= 0.5: {tickets / 239:.1%} of tickets ({tickets})")
+    point = OperatingPoint(threshold=0.5, coverage=0.9, tickets=215, precision=0.951)
+    per_class = {"tickets": tickets, "coverage": tickets / 239, "precision": right / tickets}
+    message = _recommendation_message(point, per_class, 0.95)
+    # The advice is what the bundle can be given (a threshold per class); one threshold for all, beside it.
+    assert message.startswith("Write a review threshold per class into the bundle (--apply-threshold-for-precision "
+                              f"0.95): {tickets / 239:.1%} of tickets ({tickets}) would be routed automatically")
     assert (f"That rests on {tickets} tickets: the precision's 95 % interval reaches down to" in message) is uncertain
+    assert message.endswith("One threshold for every class, confidence >= 0.5, would route 90.0% (215) at 95.1%.")
 
 
 @pytest.mark.parametrize(("billing", "mistakes", "source"),
