@@ -895,9 +895,10 @@ def _below_validation(report: Report) -> str | None:
     if fisher_exact(table, alternative="greater").pvalue >= 0.05:
         return None
     return (f"accuracy on these tickets ({metrics.accuracy:.1%}) is below the {validation:.1%} training "
-            f"measured on its {tickets} validation tickets, beyond chance: these tickets differ from "
-            "the training export (newer, other wording, another source), or the validation split drew easy ones; "
-            "for tickets like these, trust this report's figures")
+            f"measured on its {tickets} validation tickets, beyond chance. That figure is optimistic: the same "
+            "tickets chose when training stopped, the confidence scale and the blend with the TF-IDF model. "
+            "Beyond that, these tickets may differ from the training export (newer, other wording, another "
+            "source); for tickets like these, trust this report's figures")
 
 
 def _bundle_thresholds_below_target(report: Report) -> str | None:
