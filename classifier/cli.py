@@ -224,7 +224,14 @@ On several GPUs, Trainer needs no change: torchrun --nproc_per_node 4 -m classif
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    from classifier.options import FULL_LEARNING_RATE, LORA_LEARNING_RATE, PRECISIONS, DataOptions, TrainingOptions
+    from classifier.options import (
+        FULL_LEARNING_RATE,
+        LORA_LEARNING_RATE,
+        PRECISIONS,
+        DataOptions,
+        TrainingOptions,
+        default_learning_rate,
+    )
 
     defaults, data_defaults = TrainingOptions(), DataOptions()
     p = _subcommand(commands, "train", "fine-tune an encoder on a labelled ticket export", _run_train,
@@ -270,7 +277,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
                    help=f"maximum epochs (early stopping may end sooner); default {DEFAULT_EPOCHS:g}, or as many as "
                         f"make {MIN_STEPS} optimisation steps on a small export")
     m.add_argument("--learning-rate", type=float, help=f"peak learning rate, decayed linearly (default: "
-                   f"{FULL_LEARNING_RATE:g}; with --lora {LORA_LEARNING_RATE:g})")
+                   f"{FULL_LEARNING_RATE:g} for the packaged encoder, {default_learning_rate(768):g} for 768-wide ones "
+                   f"such as BERT-base, {default_learning_rate(1024):g} wider; with --lora {LORA_LEARNING_RATE:g})")
     m.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tickets per training step")
     m.add_argument("--max-length", type=int, help="tokens per ticket (default: 99th percentile of the data)")
     m.add_argument("--seed", type=int, default=defaults.seed, help="seed for the split, shuffling and the new head")

@@ -3,12 +3,16 @@ defaults without importing torch (or pydantic). Each default is set here and now
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from classifier.text import TextOptions
 
-FULL_LEARNING_RATE = 2e-4
+FULL_LEARNING_RATE = 2e-4  # measured on MiniLM, 384 wide (the packaged encoder)
+# Wider encoders take smaller steps: published full fine-tuning of 768-wide encoders (BERT-base, RoBERTa-base,
+# XLM-R base) uses 2e-5 to 5e-5, of 1,024-wide ones 1e-5 to 3e-5, and at 2e-4 they often end up answering one
+# class. Not measured here (no other encoder's weights offline): the top of each range, by hidden size.
+LEARNING_RATE_BY_WIDTH = ((384, FULL_LEARNING_RATE), (768, 5e-5), (None, 2e-5))
 # LoRA adapters start from zero and train few weights: they need larger steps. On the bundled sample,
 # 3 epochs: 68.6 % validation accuracy at 1e-3 against 42.4 % at 2e-4 (docs/benchmarks.md, "Decisions").
 LORA_LEARNING_RATE = 1e-3
@@ -52,7 +56,9 @@ class TrainingOptions:
 
     base_model: str | None = None  # hub id or local path; None: the packaged MiniLM
     epochs: float | None = None  # None: sized to the data (classifier.schedule.planned_epochs)
-    learning_rate: float | None = None  # None: FULL_LEARNING_RATE, or LORA_LEARNING_RATE with lora
+    # None: LORA_LEARNING_RATE with lora, else by the encoder's width (default_learning_rate), FULL_LEARNING_RATE
+    # for the packaged encoder
+    learning_rate: float | None = None
     batch_size: int = 32
     max_length: int | None = None  # None: from the training data's token lengths
     seed: int = 42
@@ -77,9 +83,23 @@ class TrainingOptions:
     # a field not named weighs 1.
     field_weights: dict[str, float] = field(default_factory=dict)
 
+    def for_encoder_width(self, hidden_size: int | None) -> TrainingOptions:
+        """These options with the learning rate for an encoder ``hidden_size`` wide, where none was given and
+        the width's differs from :data:`FULL_LEARNING_RATE` (the options stay as they were for MiniLM)."""
+        rate = default_learning_rate(hidden_size)
+        if self.learning_rate is not None or self.lora or rate == FULL_LEARNING_RATE:
+            return self
+        return replace(self, learning_rate=rate)
+
     @property
     def peak_learning_rate(self) -> float:
         """The learning rate training uses: the one given, or the default for full or LoRA training."""
         if self.learning_rate is not None:
             return self.learning_rate
         return LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE
+
+
+def default_learning_rate(hidden_size: int | None) -> float:
+    """Full fine-tuning's learning rate for an encoder ``hidden_size`` wide (:data:`LEARNING_RATE_BY_WIDTH`)."""
+    return next(rate for width, rate in LEARNING_RATE_BY_WIDTH
+                if width is None or hidden_size is None or hidden_size <= width)

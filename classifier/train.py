@@ -57,7 +57,7 @@ from classifier.manifest import (
     TrainingSection,
 )
 from classifier.numerics import sigmoid
-from classifier.options import MIN_FITTED_TICKETS, DataOptions, TrainingOptions
+from classifier.options import FULL_LEARNING_RATE, MIN_FITTED_TICKETS, DataOptions, TrainingOptions
 from classifier.schedule import AnnealingTrainer, PlateauAnnealing, planned_epochs, steps_per_epoch
 from classifier.text import CLEANING_VERSION, nested_fields
 
@@ -94,6 +94,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     per_process_batch(options.batch_size)  # likewise: a batch that does not split over the processes
     oos.check_abstention(options.oos_abstention)
     encoder = check_encoder(options)  # likewise: a base model that does not load, or cannot take the options
+    options = _with_encoder_learning_rate(options)
     if not 0 < options.layer_lr_decay <= 1:
         raise UserError(f"--layer-lr-decay must be above 0 and at most 1, got {options.layer_lr_decay:g}")
     resume_from = _resume_point(output_dir, options, overwrite)  # likewise: checkpoints before reading data
@@ -409,6 +410,16 @@ def check_encoder(options: TrainingOptions) -> tuple[PreTrainedTokenizerBase, in
         raise UserError(f"--lora-rank {options.lora_rank} is over the encoder's hidden size ({hidden}): an adapter "
                         f"cannot have a higher rank than the weights it adapts")
     return tokenizer, int(limit)
+
+
+def _with_encoder_learning_rate(options: TrainingOptions) -> TrainingOptions:
+    """The options with the default learning rate for the encoder's width where none was given (and says so)."""
+    base_model = options.base_model or default_base_model()
+    resolved = options.for_encoder_width(getattr(AutoConfig.from_pretrained(base_model), "hidden_size", None))
+    if resolved is not options and is_main_process():
+        log.info("learning rate %g: the default for %s's width (%g for the packaged 384-wide MiniLM); "
+                 "--learning-rate sets another", resolved.peak_learning_rate, base_model, FULL_LEARNING_RATE)
+    return resolved
 
 
 def library_versions() -> dict[str, str]:

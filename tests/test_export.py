@@ -190,7 +190,7 @@ def test_an_encoder_of_another_family_trains_exports_and_serves(tiny_csv: Path, 
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
 
     from classifier.data import load_tickets
-    from classifier.options import TrainingOptions
+    from classifier.options import FULL_LEARNING_RATE, TrainingOptions
     from classifier.train import train
 
     tickets, _ = load_tickets(tiny_csv)
@@ -207,6 +207,7 @@ def test_an_encoder_of_another_family_trains_exports_and_serves(tiny_csv: Path, 
 
     options = TrainingOptions(base_model=str(encoder), epochs=1, batch_size=16, max_length=48)
     bundle_dir = train(tiny_csv, tmp_path / "bundle", options)
+    assert read_manifest(bundle_dir).training.learning_rate == FULL_LEARNING_RATE  # 32 wide: MiniLM's rate or under
     export(bundle_dir)
     drift = read_manifest(bundle_dir).export.drift
     assert drift.fp32_max_abs_logit_diff < 1e-3 and drift.fp32_argmax_agreement >= 0.999

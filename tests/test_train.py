@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,20 @@ def test_the_multi_field_loss_of_micro_batches_adds_up_to_the_whole_batchs() -> 
     parts = sum(model._loss({key: value[i:i + 1] for key, value in result.items()}, labels[i:i + 1],
                             priority[i:i + 1], tags[i:i + 1]) for i in range(8)) / 8  # Trainer's accumulation
     assert float(parts) == pytest.approx(float(whole), rel=1e-5)
+
+
+@pytest.mark.parametrize(("width", "rate"), [(32, 2e-4), (384, 2e-4), (768, 5e-5), (1024, 2e-5)])
+def test_the_default_learning_rate_follows_the_encoders_width(tmp_path: Path, width: int, rate: float) -> None:
+    from transformers import BertConfig
+
+    from classifier.train import _with_encoder_learning_rate
+
+    BertConfig(hidden_size=width, num_attention_heads=4).save_pretrained(tmp_path)  # what the rule reads
+    assert _with_encoder_learning_rate(TrainingOptions(base_model=str(tmp_path))).peak_learning_rate == rate
+    given = TrainingOptions(base_model=str(tmp_path), learning_rate=1e-4)
+    assert _with_encoder_learning_rate(given) is given  # a rate asked for is kept, as is LoRA's default
+    assert _with_encoder_learning_rate(replace(given, learning_rate=None, lora=True)).peak_learning_rate == \
+        LORA_LEARNING_RATE
 
 
 def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_path: Path) -> None:
