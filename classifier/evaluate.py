@@ -137,12 +137,15 @@ class Scored:
     rows: np.ndarray  # indices into the test tickets
     y_true: np.ndarray
     proba: np.ndarray
+    # The tickets the out-of-scope check sends to review whatever their confidence, as the service does: never
+    # routed. None: no detector.
+    held: np.ndarray | None = None
 
     @classmethod
-    def of(cls, classes: Sequence[str], proba: np.ndarray, labels: Sequence[str], rows: np.ndarray | None = None
-           ) -> Scored:
+    def of(cls, classes: Sequence[str], proba: np.ndarray, labels: Sequence[str], rows: np.ndarray | None = None,
+           held: np.ndarray | None = None) -> Scored:
         """Keep the rows whose true label is one of ``classes``, or the given ``rows`` (another model's: a
-        label this one lacks counts as a mistake); ``proba`` covers every test ticket."""
+        label this one lacks counts as a mistake); ``proba`` (and ``held``) cover every test ticket."""
         known = set(classes)
         if rows is None:
             rows = np.array([i for i, label in enumerate(labels) if label in known], dtype=int)
@@ -150,7 +153,8 @@ class Scored:
             raise UserError(f"no test ticket has a label the model knows (model labels: "
                             f"{first_of(list(classes), 10)}); "
                             "is --label-column right?")
-        return cls(list(classes), rows, np.asarray(labels, dtype=object)[rows], np.asarray(proba)[rows])
+        return cls(list(classes), rows, np.asarray(labels, dtype=object)[rows], np.asarray(proba)[rows],
+                   None if held is None else np.asarray(held, dtype=bool)[rows])
 
     @cached_property  # read many times per report; the scores never change
     def predicted(self) -> np.ndarray:
@@ -163,12 +167,18 @@ class Scored:
         return np.array([shown_score(value) for value in self.proba.max(axis=1).tolist()], dtype=float)
 
     @cached_property
+    def routable(self) -> np.ndarray:
+        """The confidence that routing compares with a threshold: -inf for a held ticket, which none lets through
+        (so every routed figure, threshold and curve leaves it out, while ``confidence`` stays its answer's)."""
+        return self.confidence if self.held is None else np.where(self.held, -np.inf, self.confidence)
+
+    @cached_property
     def correct(self) -> np.ndarray:
         return self.predicted == self.y_true
 
     def routed(self, threshold_of: Callable[[str], float]) -> np.ndarray:
         """Which tickets a review threshold per predicted class (``threshold_of``) lets through unreviewed."""
-        return self.confidence >= np.array([threshold_of(label) for label in self.predicted], dtype=float)
+        return self.routable >= np.array([threshold_of(label) for label in self.predicted], dtype=float)
 
 
 # ---------------------------------------------------------------- the entry points
@@ -198,7 +208,9 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns,
                                          with_fields=True, id_column=options.id_column)
     proba, oos_scores, field_logits = model_run(predictor, tickets.texts)  # one run: the label and every field
-    scored = Scored.of(predictor.labels, proba, tickets.labels)
+    threshold = predictor.out_of_scope_threshold
+    scored = Scored.of(predictor.labels, proba, tickets.labels,
+                       held=None if oos_scores is None or threshold is None else oos_scores > threshold)
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = _data_section(tickets, data_report, scored, predictor.manifest, predictor.bundle_dir)
     unknown_labels = _unknown_labels(tickets, scored, predictor.labels, proba)
@@ -368,7 +380,7 @@ def cluster_order(matrix: np.ndarray) -> np.ndarray:
 def model_metrics(scored: Scored, target_precision: float) -> Metrics:
     """Headline numbers for one model; ``at_target`` is the recommended threshold (None: none reaches it)."""
     y_pred = scored.predicted
-    at_target = recommend_threshold(scored.confidence, scored.correct, target_precision)
+    at_target = recommend_threshold(scored.routable, scored.correct, target_precision)
     return Metrics(tickets=int(len(scored.rows)),
                    accuracy=float(accuracy_score(scored.y_true, y_pred)),
                    macro_f1=float(f1_score(scored.y_true, y_pred, average="macro", zero_division=0)),
@@ -409,7 +421,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every distinct confidence t, highest first: coverage and precision of the tickets with confidence >= t."""
     ranked, precision, cut = _ranked(confidence, correct)
-    routed = np.arange(1, len(ranked) + 1)
+    routed = np.arange(1, len(ranked) + 1)  # of all tickets: a held one (-inf) counts, never routed
     return ranked[cut], routed[cut] / len(ranked), precision[cut]
 
 
@@ -434,12 +446,12 @@ def routed_at_target(confidence: np.ndarray, correct: np.ndarray, target: float)
 def _ranked(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Along the last axis, highest confidence first: the confidences, the precision of routing each ticket
     with all those above it, and where a threshold can cut (after the last of a tie only: equal confidences
-    are routed together)."""
+    are routed together; never among held tickets, whose -inf no threshold reaches)."""
     order = np.argsort(-confidence, axis=-1, kind="stable")
     ranked = np.take_along_axis(confidence, order, axis=-1)
     precision = np.cumsum(np.take_along_axis(correct, order, axis=-1), axis=-1) / np.arange(1, order.shape[-1] + 1)
     cut = np.concatenate([ranked[..., 1:] != ranked[..., :-1], np.ones_like(ranked[..., :1], dtype=bool)], axis=-1)
-    return ranked, precision, cut
+    return ranked, precision, cut & np.isfinite(ranked)
 
 
 def operating_point(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -458,7 +470,7 @@ def threshold_table(confidence: np.ndarray, correct: np.ndarray) -> list[dict[st
     """
     ranked = np.sort(confidence)[::-1]
     cuts = {float(ranked[max(math.ceil(level * len(ranked)) - 1, 0)]) for level in COVERAGE_LEVELS}
-    return [operating_point(confidence, correct, t) for t in sorted(cuts, reverse=True)]
+    return [operating_point(confidence, correct, t) for t in sorted(cuts, reverse=True) if math.isfinite(t)]
 
 
 def class_thresholds(scored: Scored, target: float) -> dict[str, dict[str, Any]]:
@@ -469,7 +481,7 @@ def class_thresholds(scored: Scored, target: float) -> dict[str, dict[str, Any]]
     two mistakes there are evidence of their own. A class (or global) that cannot reach the target gets
     :data:`ALWAYS_REVIEW`.
     """
-    confidence, correct, predicted = scored.confidence, scored.correct, scored.predicted
+    confidence, correct, predicted = scored.routable, scored.correct, scored.predicted
     overall = recommend_threshold(confidence, correct, target)
     fallback = overall["threshold"] if overall else ALWAYS_REVIEW
     one_mistake_decides = math.ceil(1 / (1 - target) - 1e-9) if target < 1 else math.inf
@@ -525,7 +537,8 @@ def class_sections(scored: Scored, target: float, bundle_threshold_of: Callable[
             target_precision=target,
             recommended=metrics.at_target,
             message=_recommendation_message(metrics.at_target, per_class, target),
-            table=[OperatingPoint(**point) for point in threshold_table(scored.confidence, scored.correct)],
+            table=[OperatingPoint(**point) for point in threshold_table(scored.routable, scored.correct)],
+            held=0 if scored.held is None else int(scored.held.sum()),
             per_class_thresholds={label: ClassThreshold(**info) for label, info in thresholds.items()},
             with_per_class_thresholds=Routing(**per_class),
             with_bundle_thresholds=Routing(**routing_with(scored, bundle_threshold_of)),
@@ -738,7 +751,7 @@ def _routed_gap(scored: Scored, other: Scored, target: float, seed: int) -> Inte
     from scipy.stats import bootstrap
 
     def statistic(rows: np.ndarray, axis: int = -1) -> np.ndarray:  # rows: one resample of tickets per row
-        routed = [routed_at_target(model.confidence[rows], model.correct[rows], target) for model in (scored, other)]
+        routed = [routed_at_target(model.routable[rows], model.correct[rows], target) for model in (scored, other)]
         return (routed[0] - routed[1]) / rows.shape[axis]
 
     everything = np.arange(len(scored.rows))
@@ -975,7 +988,7 @@ def _images(report: Report, scored: Scored, others: dict[str, tuple[str, str, Sc
     return {"confusion_matrix.png": plots.confusion_matrix_png(np.asarray(matrix.matrix), matrix.labels,
                                                                matrix.display_order),
             "precision_coverage.png": plots.precision_coverage_png(
-                {name: coverage_curve(s.confidence, s.correct) for name, s in curves.items()},
+                {name: coverage_curve(s.routable, s.correct) for name, s in curves.items()},
                 report.precision_coverage.target_precision, report.precision_coverage.recommended),
             "reliability.png": plots.reliability_png(report.calibration),
             **({OUT_OF_SCOPE_IMAGE: plots.out_of_scope_png(report.out_of_scope)} if report.out_of_scope else {})}

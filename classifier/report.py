@@ -148,6 +148,7 @@ class PrecisionCoverage:
     with_per_class_thresholds: Routing
     with_bundle_thresholds: Routing
     bundle_thresholds_source: dict[str, Any] | None  # the manifest's record of an earlier apply, as written there
+    held: int = 0  # test tickets the out-of-scope check sends to review whatever their confidence: never routed
 
 
 @dataclass

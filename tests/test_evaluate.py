@@ -97,14 +97,15 @@ def exported_scores(exported_bundle: Path, known_rows: list[dict[str, str]]):
 
 
 def independent_scores(bundle_dir: Path, rows: list[dict[str, str]], engine: str = "auto"):
-    """True labels, predictions and confidences (as predictions show them: thresholds compare with those)
-    straight from the predictor on raw records.
+    """True labels, predictions, confidences (as predictions show them: thresholds compare with those) and
+    whether the out-of-scope check holds each for review, straight from the predictor on raw records.
 
     One ticket per batch, as the evaluation does: int8 scores depend on the other tickets in a batch.
     """
     predictions = Predictor.load(bundle_dir, engine).predict(rows, top_k=1, batch_size=1)
     return ([row["category"] for row in rows], [p.label for p in predictions],
-            np.array([p.confidence for p in predictions]))
+            np.array([p.confidence for p in predictions]),
+            np.array([p.review_reason == "out_of_scope" for p in predictions]))
 
 
 # ---------------------------------------------------------------- numbers
@@ -112,7 +113,7 @@ def independent_scores(bundle_dir: Path, rows: list[dict[str, str]], engine: str
 
 def test_headline_metrics_equal_sklearn(evaluated, known_rows, exported_scores):
     report, _ = evaluated
-    y_true, y_pred, _ = exported_scores
+    y_true, y_pred, _, _ = exported_scores
     metrics = report["metrics"]
     assert metrics["tickets"] == len(known_rows) == 10 * PER_CLASS
     assert metrics["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
@@ -122,7 +123,7 @@ def test_headline_metrics_equal_sklearn(evaluated, known_rows, exported_scores):
 
 def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle, exported_scores):
     report, output = evaluated
-    y_true, y_pred, _ = exported_scores
+    y_true, y_pred, _, _ = exported_scores
     labels = read_manifest(exported_bundle).labels
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     rows = {row["label"]: row for row in report["per_class"]}
@@ -150,7 +151,7 @@ def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle
 
 def test_calibration_error_equals_a_direct_computation(evaluated, known_rows, exported_scores):
     report, _ = evaluated
-    y_true, y_pred, confidence = exported_scores
+    y_true, y_pred, confidence, _ = exported_scores
     correct = np.array(y_true) == np.array(y_pred)
     ece = 0.0
     for low in np.arange(15) / 15:
@@ -164,10 +165,12 @@ def test_calibration_error_equals_a_direct_computation(evaluated, known_rows, ex
 
 def test_recommended_threshold_is_the_lowest_reaching_the_target(evaluated, exported_scores):
     report, _ = evaluated
-    y_true, y_pred, confidence = exported_scores
+    y_true, y_pred, answered, held = exported_scores
+    confidence = np.where(held, -1.0, answered)  # a ticket held for review routes at no threshold
+    assert report["precision_coverage"]["held"] == held.sum()
     correct = np.array(y_true) == np.array(y_pred)
     target = report["precision_coverage"]["target_precision"]
-    reaching = [t for t in sorted(set(confidence.tolist())) if correct[confidence >= t].mean() >= target]
+    reaching = [t for t in sorted(set(answered[~held].tolist())) if correct[confidence >= t].mean() >= target]
     recommended = report["precision_coverage"]["recommended"]
     if not reaching:
         assert recommended is None and "No confidence threshold" in report["precision_coverage"]["message"]
@@ -207,6 +210,25 @@ def test_a_recommendation_on_few_tickets_says_how_little_it_rests_on(tickets, ri
                               f"0.95): {tickets / 239:.1%} of tickets ({tickets}) would be routed automatically")
     assert (f"That rests on {tickets} tickets: the precision's 95 % interval reaches down to" in message) is uncertain
     assert message.endswith("One threshold for every class, confidence >= 0.5, would route 90.0% (215) at 95.1%.")
+
+
+def test_a_ticket_the_out_of_scope_check_holds_is_never_routed() -> None:
+    from classifier.evaluate import class_sections
+
+    # Six confident right answers and one confident wrong one, which the detector holds (as the service does);
+    # below them, two unsure answers.
+    proba = np.array([[0.99, 0.01]] * 6 + [[0.02, 0.98], [0.6, 0.4], [0.45, 0.55]])
+    truth = ["a"] * 7 + ["b", "b"]
+    held = np.array([False] * 6 + [True, False, False])
+    scored = Scored.of(["a", "b"], proba, truth, held=held)
+    assert not scored.routed(lambda label: 0.0)[6] and scored.confidence[6] == 0.98  # its answer unchanged
+    sections = class_sections(scored, 0.95, lambda label: 0.5, None)
+    coverage = sections.precision_coverage
+    assert coverage.held == 1 and coverage.recommended.tickets == 6 and coverage.recommended.precision == 1.0
+    assert coverage.with_bundle_thresholds.tickets == 8  # of 9 above the bundle's 0.5: the held one is not
+    assert all(point.tickets <= 8 for point in coverage.table)  # no threshold lets the held ticket through
+    unheld = class_sections(Scored.of(["a", "b"], proba, truth), 0.95, lambda label: 0.5, None).precision_coverage
+    assert unheld.held == 0 and unheld.with_bundle_thresholds.tickets == 9
 
 
 @pytest.mark.parametrize(("billing", "mistakes", "source"),
@@ -308,10 +330,10 @@ def test_baseline_and_compare_side_by_side(evaluated, exported_bundle, tiny_bund
     assert report["baseline"]["metrics"]["accuracy"] == pytest.approx(accuracy_score(y_true, baseline_pred))
     assert report["baseline"]["metrics"]["macro_f1"] == pytest.approx(f1_score(y_true, baseline_pred, average="macro"))
 
-    compare_true, compare_pred, _ = independent_scores(tiny_bundle, known_rows, engine="torch")
+    compare_true, compare_pred, _, _ = independent_scores(tiny_bundle, known_rows, engine="torch")
     assert report["compare"]["metrics"]["accuracy"] == pytest.approx(accuracy_score(compare_true, compare_pred))
     own = {row["label"]: row["f1"] for row in report["per_class"]}
-    _, own_pred, _ = independent_scores(exported_bundle, known_rows)
+    _, own_pred, _, _ = independent_scores(exported_bundle, known_rows)
     summary = summary_table(report)
     for name, pred in (("baseline", baseline_pred), ("compare", compare_pred)):
         section = report[name]
@@ -386,7 +408,7 @@ def test_html_embeds_the_pictures_and_shows_the_numbers(evaluated):
 
 def test_misclassified_csv_lists_every_mistake(evaluated, known_rows, exported_scores):
     _, output = evaluated
-    y_true, y_pred, _ = exported_scores
+    y_true, y_pred, _, _ = exported_scores
     with open(output / "misclassified.csv", newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     expected = {row["id"] for row, t, p in zip(known_rows, y_true, y_pred) if t != p}
@@ -530,8 +552,12 @@ def test_applied_thresholds_drive_needs_review(bundle_copy, test_csv, known_rows
         # The out-of-scope detector may flag a ticket too, for its own reason (which comes first).
         assert prediction.needs_review == (low or prediction.review_reason == "out_of_scope")
         assert prediction.review_reason != "low_confidence" or low
-    # Served as evaluated: each threshold is one ticket's confidence, and that ticket is routed too.
-    assert sum(not low for low in below) == source.expected["tickets"]
+    # Served as evaluated: each threshold is one ticket's confidence, and that ticket is routed too; a ticket the
+    # out-of-scope check holds for review is routed by neither, whatever its confidence.
+    coverage = report["precision_coverage"]
+    routed = sum(not prediction.needs_review for prediction in predictions)
+    assert routed == source.expected["tickets"] == coverage["with_per_class_thresholds"]["tickets"]
+    assert coverage["held"] == sum(prediction.review_reason == "out_of_scope" for prediction in predictions)
     # Each class with its own threshold reaches the target on the tickets it routes.
     own = [label for label, info in report["precision_coverage"]["per_class_thresholds"].items()
            if info["source"] == "class"]
@@ -654,7 +680,9 @@ def test_thresholds_in_the_bundle_that_route_below_the_target_are_flagged(bundle
     report = evaluate(bundle_copy, test_csv, tmp_path / "report", EvaluationOptions(baseline=False))
     assert report["metrics"]["accuracy"] < 0.9 and report["metrics"]["tickets"] >= 100  # below 95 % beyond chance
     [warning] = [w for w in report["warnings"] if w.startswith("the review thresholds in the bundle now route")]
-    assert "100.0% of these tickets without review" in warning and "below the 95% target" in warning
+    held = report["precision_coverage"]["held"]  # tickets the out-of-scope check sends to review all the same
+    share = 1 - held / report["metrics"]["tickets"]
+    assert f"{share:.1%} of these tickets without review" in warning and "below the 95% target" in warning
     # Thresholds that reach the target here, written by this run: nothing to warn about.
     report = evaluate(bundle_copy, test_csv, tmp_path / "applied", EvaluationOptions(
         baseline=False, apply_threshold_for_precision=0.95))
