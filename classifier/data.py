@@ -735,10 +735,10 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
         validation = _keep_training_labels(validation, known, report, options.validation_path)
         report.split = {"method": "file", "path": str(options.validation_path)}
     labels = sorted(set(train.labels))
-    report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
-    report.languages = language_counts([*train.texts, *validation.texts])
     validation, shared = _without_training_texts(train, validation, options.validation_path)
     report.shared_texts_between_splits, report.shared_text_examples = len(shared), shared[:MAX_LISTED_SHARED]
+    report.class_counts = {"train": dict(Counter(train.labels)), "validation": dict(Counter(validation.labels))}
+    report.languages = language_counts([*train.texts, *validation.texts])
     fields = [_single_field(name, train, validation, options.min_class_count, report, train_path)
               for name in options.field_columns]
     if options.tags_column:

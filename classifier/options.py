@@ -93,7 +93,8 @@ class TrainingOptions:
 
     @property
     def peak_learning_rate(self) -> float:
-        """The learning rate training uses: the one given, or the default for full or LoRA training."""
+        """The learning rate training uses: the one given, or the default for full or LoRA training (train()
+        first sets the one for a wider encoder than MiniLM, :meth:`for_encoder_width`)."""
         if self.learning_rate is not None:
             return self.learning_rate
         return LORA_LEARNING_RATE if self.lora else FULL_LEARNING_RATE

@@ -118,7 +118,7 @@ def report(args: argparse.Namespace, options: TrainingOptions, manifest: Manifes
                      f"{wall_text} | {peak_text} |")
     overrides = " ".join(f"--set {item}" for item in args.set)
     settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("base_model", "resume")}
-    settings["learning_rate"] = options.peak_learning_rate  # None means the default: show which
+    settings["learning_rate"] = training.learning_rate  # as training used it (None: the encoder's default)
     notes = (
         f"Settings: {settings}; max length {manifest.max_length}, precision {training.precision_used}, "
         f"{manifest.data.train.rows_used} training / {manifest.data.validation.rows_used} "
