@@ -208,9 +208,8 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns,
                                          with_fields=True, id_column=options.id_column)
     proba, oos_scores, field_logits = model_run(predictor, tickets.texts)  # one run: the label and every field
-    threshold = predictor.out_of_scope_threshold
-    scored = Scored.of(predictor.labels, proba, tickets.labels,
-                       held=None if oos_scores is None or threshold is None else oos_scores > threshold)
+    held = held_for_review(predictor, oos_scores)
+    scored = Scored.of(predictor.labels, proba, tickets.labels, held=held)
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = _data_section(tickets, data_report, scored, predictor.manifest, predictor.bundle_dir)
     unknown_labels = _unknown_labels(tickets, scored, predictor.labels, proba)
@@ -223,7 +222,7 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
         predictor.manifest.out_of_scope.route_to if predictor.manifest.out_of_scope else None))
     fields: list[FieldRun] = []
     if predictor.fields:
-        fields = evaluate_fields.field_runs(predictor.fields, tickets, field_logits, options.target_precision)
+        fields = evaluate_fields.field_runs(predictor.fields, tickets, field_logits, options.target_precision, held)
         report.fields = {run.spec.name: run.section for run in fields}
     if options.apply_threshold_for_precision is not None:
         report.thresholds_applied = apply_thresholds(bundle_dir, predictor, scored, tickets,
@@ -330,19 +329,20 @@ def _absent_columns(data_path: str | Path, names: Sequence[str | None]) -> list[
     return absent_columns(records_and_columns(data_path)[1], names)
 
 
-def probabilities(predictor: Predictor, texts: Sequence[str]) -> np.ndarray:
-    """The model's probabilities for each ticket, as the service answers it (the predictor runs the
-    int8 model one ticket at a time, so batch-mates change nothing)."""
-    return predictor.predict_proba(texts, cleaned=True)  # load_tickets cleaned them; no detector features
-
-
 def model_run(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
-    """:func:`probabilities`, each ticket's out-of-scope score (None: the bundle has no detector), and the
-    logits of each of the bundle's other fields (in the manifest's order; none for a bundle of the label
-    alone), from one run of the model."""
+    """The model's probabilities for each ticket as the service answers it, each ticket's out-of-scope score
+    (None: the bundle has no detector), and the logits of each of the bundle's other fields (in the manifest's
+    order; none for a bundle of the label alone), from one run of the model."""
     outputs = predictor.outputs(texts, cleaned=True)  # load_tickets cleaned them
     scores = predictor.out_of_scope_scores_of(outputs)
     return predictor.probabilities(outputs.logits, outputs.tfidf), scores, outputs.fields
+
+
+def held_for_review(predictor: Predictor, scores: np.ndarray | None) -> np.ndarray | None:
+    """Which tickets the out-of-scope check sends to review whatever their confidence (their label and every
+    field), as :meth:`Predictor.predict` decides it; None for a bundle without a detector."""
+    threshold = predictor.out_of_scope_threshold
+    return None if scores is None or threshold is None else scores > threshold
 
 
 def _out_of_scope(predictor: Predictor, tickets: Tickets, proba: np.ndarray, scores: np.ndarray | None,
@@ -488,8 +488,9 @@ def class_thresholds(scored: Scored, target: float) -> dict[str, dict[str, Any]]
     result = {}
     for label in scored.classes:
         mask = predicted == label
-        if mask.sum() < MIN_PREDICTIONS_FOR_CLASS_THRESHOLD or (
-                mask.sum() < one_mistake_decides and (~correct[mask]).sum() == 1):
+        routable = mask & np.isfinite(confidence)  # the evidence: a held ticket is routed at no threshold
+        if routable.sum() < MIN_PREDICTIONS_FOR_CLASS_THRESHOLD or (
+                routable.sum() < one_mistake_decides and (~correct[routable]).sum() == 1):
             threshold, source = fallback, "global" if overall else "unreachable"
         else:
             own = recommend_threshold(confidence[mask], correct[mask], target)
@@ -803,7 +804,8 @@ def _compare(options: EvaluationOptions, data_path: str | Path, label_column: st
     index = {row: i for i, row in enumerate(tickets.rows)}
     same = [index.get(row) for row in file_rows]
     rows = np.array(same, dtype=int) if same and None not in same else None
-    scored = Scored.of(other.labels, probabilities(other, tickets.texts), tickets.labels, rows)
+    proba, scores, _ = model_run(other, tickets.texts)  # held as its own detector holds them where it serves
+    scored = Scored.of(other.labels, proba, tickets.labels, rows, held=held_for_review(other, scores))
     return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
             scored)
 
@@ -845,9 +847,12 @@ def _warnings(report: Report) -> list[str]:
     if missing:
         classes = "1 model class has" if len(missing) == 1 else f"{len(missing)} model classes have"
         warnings.append(f"{classes} no test tickets: {first_of(missing, 10)}")
-    if report.precision_coverage.recommended is None:
-        warnings.append(report.precision_coverage.message)
-    elif (below := _bundle_thresholds_below_target(report)) is not None:
+    coverage = report.precision_coverage
+    if coverage.recommended is None:
+        warnings.append(coverage.message if not coverage.with_per_class_thresholds.tickets else
+                        f"no single confidence threshold reaches {coverage.target_precision:.0%} precision on this "
+                        "test set; only a threshold per class does (the advice below)")
+    if (below := _bundle_thresholds_below_target(report)) is not None:
         warnings.append(below)
     tickets, accuracy = report.metrics.tickets, report.metrics.accuracy
     confident = sum(b.count * (b.confidence or 0.0) for b in report.calibration.bins) / tickets

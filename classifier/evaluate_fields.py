@@ -57,9 +57,10 @@ class FieldRun:
 
 
 def field_runs(fields: Sequence[FieldHead], tickets: Tickets, logits: Sequence[np.ndarray],
-               target: float) -> list[FieldRun]:
+               target: float, held: np.ndarray | None = None) -> list[FieldRun]:
     """Each field's section: ``tickets.fields`` holds the test file's values of the fields whose column it has
-    (the others' sections say it lacks them), ``logits`` each field's logits from the model run."""
+    (the others' sections say it lacks them), ``logits`` each field's logits from the model run, ``held`` the
+    tickets the out-of-scope check sends to review (every field of theirs too, as the service does)."""
     if len(logits) != len(fields):
         raise ModelError(f"the model gave {len(logits)} outputs for the {len(fields)} fields its manifest lists "
                          "besides the label; export the bundle again")
@@ -72,7 +73,7 @@ def field_runs(fields: Sequence[FieldHead], tickets: Tickets, logits: Sequence[n
         elif spec.kind == "tags":
             runs.append(_tags_run(spec, tickets.fields[spec.name], field_logits))
         else:
-            runs.append(_single_run(spec, tickets, field_logits, target, stem))
+            runs.append(_single_run(spec, tickets, field_logits, target, stem, held))
     return runs
 
 
@@ -89,7 +90,8 @@ def file_stems(names: Sequence[str]) -> list[str]:
     return stems
 
 
-def _single_run(spec: FieldHead, tickets: Tickets, logits: np.ndarray, target: float, stem: str) -> FieldRun:
+def _single_run(spec: FieldHead, tickets: Tickets, logits: np.ndarray, target: float, stem: str,
+                held: np.ndarray | None) -> FieldRun:
     """A single-label field as the label is reported, on the tickets with a value the model knows."""
     spellings = DataReport()
     values = match_label_spellings(tickets.relabelled(list(tickets.fields[spec.name])),
@@ -103,7 +105,7 @@ def _single_run(spec: FieldHead, tickets: Tickets, logits: np.ndarray, target: f
         return FieldRun(spec, FieldUnavailable(
             name=spec.name, kind=spec.kind, reason=f"no test ticket has a value the model knows ({without} without "
             f"a value, {sum(unknown.values())} with values it was not trained on{': ' + listed if listed else ''})"))
-    scored = Scored.of(spec.labels, softmax(np.asarray(logits)), values)  # as the predictor: no temperature
+    scored = Scored.of(spec.labels, softmax(np.asarray(logits)), values, held=held)  # as predicted: no temperature
     sections = class_sections(scored, target, spec.threshold_of, None)
     section = SingleFieldSection(
         name=spec.name, kind=spec.kind, labels=list(spec.labels), tickets=int(len(scored.rows)),
@@ -251,7 +253,7 @@ def field_images(runs: Sequence[FieldRun]) -> dict[str, bytes]:
         images[matrix_name] = plots.confusion_matrix_png(np.asarray(matrix.matrix), matrix.labels,
                                                          matrix.display_order, subject=section.name)
         images[curve_name] = plots.precision_coverage_png(
-            {section.name: coverage_curve(run.scored.confidence, run.scored.correct)},
+            {section.name: coverage_curve(run.scored.routable, run.scored.correct)},
             coverage.target_precision, coverage.recommended, subject=section.name)
     return images
 

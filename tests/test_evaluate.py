@@ -173,7 +173,8 @@ def test_recommended_threshold_is_the_lowest_reaching_the_target(evaluated, expo
     reaching = [t for t in sorted(set(answered[~held].tolist())) if correct[confidence >= t].mean() >= target]
     recommended = report["precision_coverage"]["recommended"]
     if not reaching:
-        assert recommended is None and "No confidence threshold" in report["precision_coverage"]["message"]
+        assert recommended is None and any(warning.startswith(("No confidence threshold", "no single confidence"))
+                                           for warning in report["warnings"])
         return
     assert recommended["threshold"] == pytest.approx(min(reaching))
     assert recommended["coverage"] == pytest.approx((confidence >= min(reaching)).mean())
@@ -215,20 +216,20 @@ def test_a_recommendation_on_few_tickets_says_how_little_it_rests_on(tickets, ri
 def test_a_ticket_the_out_of_scope_check_holds_is_never_routed() -> None:
     from classifier.evaluate import class_sections
 
-    # Six confident right answers and one confident wrong one, which the detector holds (as the service does);
-    # below them, two unsure answers.
-    proba = np.array([[0.99, 0.01]] * 6 + [[0.02, 0.98], [0.6, 0.4], [0.45, 0.55]])
+    # The surest answer is wrong, and the detector holds it (as the service does); below it six right answers,
+    # then two unsure ones.
+    proba = np.array([[0.005, 0.995]] + [[0.99, 0.01]] * 6 + [[0.6, 0.4], [0.45, 0.55]])
     truth = ["a"] * 7 + ["b", "b"]
-    held = np.array([False] * 6 + [True, False, False])
+    held = np.array([True] + [False] * 8)
     scored = Scored.of(["a", "b"], proba, truth, held=held)
-    assert not scored.routed(lambda label: 0.0)[6] and scored.confidence[6] == 0.98  # its answer unchanged
-    sections = class_sections(scored, 0.95, lambda label: 0.5, None)
-    coverage = sections.precision_coverage
-    assert coverage.held == 1 and coverage.recommended.tickets == 6 and coverage.recommended.precision == 1.0
+    assert not scored.routed(lambda label: 0.0)[0] and scored.confidence[0] == 0.995  # its answer unchanged
+    coverage = class_sections(scored, 0.95, lambda label: 0.5, None).precision_coverage
+    assert coverage.held == 1 and coverage.recommended.threshold == 0.99 and coverage.recommended.tickets == 6
     assert coverage.with_bundle_thresholds.tickets == 8  # of 9 above the bundle's 0.5: the held one is not
     assert all(point.tickets <= 8 for point in coverage.table)  # no threshold lets the held ticket through
+    # Counted by confidence alone, the wrong answer on top would leave no threshold reaching 95 %.
     unheld = class_sections(Scored.of(["a", "b"], proba, truth), 0.95, lambda label: 0.5, None).precision_coverage
-    assert unheld.held == 0 and unheld.with_bundle_thresholds.tickets == 9
+    assert unheld.held == 0 and unheld.recommended is None and unheld.with_bundle_thresholds.tickets == 9
 
 
 @pytest.mark.parametrize(("billing", "mistakes", "source"),
