@@ -32,7 +32,7 @@ from classifier.data import DataReport, Tickets, match_label_spellings
 from classifier.errors import ModelError, first_of
 from classifier.evaluate import Scored, class_sections, class_thresholds, routed_shown, routing_with
 from classifier.fields import hardly_beats_majority, tag_matrix, tag_metrics
-from classifier.manifest import FieldHead
+from classifier.manifest import ALWAYS_REVIEW, FieldHead
 from classifier.numerics import sigmoid, softmax
 from classifier.report import (
     FieldSection,
@@ -159,8 +159,10 @@ def field_thresholds(runs: Sequence[FieldRun], precision: float) -> dict[str, Fi
     for run in runs:
         if run.scored is None or not isinstance(run.section, SingleFieldSection):
             continue
-        thresholds = class_thresholds(run.scored, precision)
-        per_class = {label: info["threshold"] for label, info in thresholds.items()}
+        if _no_guide(run.section):  # a threshold chosen on a few lucky tickets would switch it on: review it all
+            per_class = dict.fromkeys(run.spec.labels, ALWAYS_REVIEW)
+        else:
+            per_class = {label: info["threshold"] for label, info in class_thresholds(run.scored, precision).items()}
         run.section.thresholds_applied = applied[run.spec.name] = FieldThresholdsApplied(
             target_precision=precision, tickets=run.section.tickets, per_class=per_class,
             expected=Routing(**routing_with(run.scored, per_class.__getitem__)))
@@ -196,15 +198,21 @@ def field_warnings(sections: dict[str, FieldSection], applied: bool) -> list[str
     return warnings
 
 
+def _no_guide(section: SingleFieldSection) -> bool:
+    """Whether the field's answers on the test file are hardly better than always its most common value."""
+    if not section.tickets or not section.per_class:
+        return False
+    common = max(section.per_class, key=lambda row: row.support)
+    return hardly_beats_majority(section.metrics.accuracy, common.support / section.tickets)
+
+
 def _majority_hint(name: str, section: SingleFieldSection) -> str | None:
     """A warning where the field's model is hardly better than always answering its most common value: its
     answers and needs_review flags then tell an agent nothing."""
-    if not section.tickets or not section.per_class:
+    if not _no_guide(section):
         return None
     common = max(section.per_class, key=lambda row: row.support)
     share = common.support / section.tickets
-    if not hardly_beats_majority(section.metrics.accuracy, share):
-        return None
     right = round(section.metrics.accuracy * section.tickets)  # in tickets: the two shares compare exactly
     compared = "less than" if right < common.support else "no more than" if right == common.support else \
         "hardly more than"

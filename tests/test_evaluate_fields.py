@@ -13,6 +13,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from csv_files import read_csv, write_csv
 from PIL import Image
@@ -21,7 +22,7 @@ from sklearn.preprocessing import MultiLabelBinarizer
 
 from classifier.bundle import read_manifest
 from classifier.evaluate import REPORT_FILES, EvaluationOptions, evaluate, summary_table
-from classifier.evaluate_fields import file_stems
+from classifier.evaluate_fields import field_warnings, file_stems
 from classifier.predict import Predictor
 
 PRIORITY_FILES = ("field_priority_confusion_matrix.csv", "field_priority_confusion_matrix.png",
@@ -206,6 +207,25 @@ def test_apply_threshold_writes_the_fields_per_class_thresholds(fields_bundle, f
     assert 0 <= expected["coverage"] <= 1
     page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
     assert "for the label's classes and for the field" in page
+
+
+def test_apply_keeps_every_answer_of_a_field_that_is_no_guide_in_review() -> None:
+    from classifier.data import Tickets
+    from classifier.evaluate_fields import field_runs, field_thresholds
+    from classifier.manifest import ALWAYS_REVIEW, FieldHead
+
+    # 30 tickets, 21 of them "normal": a model sure of "high" on the first 10 is right on 9 of them, then says
+    # "high" for 12 "normal" ones (17 right in all, always "normal" 21): no better than the most common value.
+    values = ["high"] * 9 + ["normal"] * 21
+    logits = np.array([[4.0, 0.0]] * 10 + [[3.0, 0.0]] * 12 + [[0.0, 3.0]] * 8)
+    spec = FieldHead(name="priority", kind="single", labels=["high", "normal"], output="logits_single_priority")
+    tickets = Tickets([f"t {i}" for i in range(30)], ["a"] * 30, [str(i) for i in range(30)],
+                      fields={"priority": values})
+    [run] = field_runs([spec], tickets, [logits], 0.9)
+    [warning] = [w for w in field_warnings({"priority": run.section}, False) if "no guide" in w]
+    applied = field_thresholds([run], 0.9)["priority"]
+    # The 10 sure answers reach 90 % precision on these tickets; written, they would route priority unreviewed.
+    assert set(applied.per_class.values()) == {ALWAYS_REVIEW} and applied.expected.tickets == 0
 
 
 def test_apply_without_the_fields_column_leaves_its_thresholds(fields_bundle, fields_csv, tmp_path):
