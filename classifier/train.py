@@ -109,6 +109,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
         if options.base_model is None and (advice := encoder_advice(data.report.languages)):
             log.warning("%s", advice)
     fitted = fit(data, options, checkpoint_dir(output_dir), resume_from, encoder)
+    leave_process_group()  # no collective follows: every process has what it needs
     if not fitted.writes_bundle:  # under torchrun, one process writes the bundle
         return None
     manifest = _manifest(output_dir, data, options, fitted)
@@ -659,6 +660,14 @@ def _precision(requested: str) -> str:
     if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
         return "bf16"
     return "fp32"
+
+
+def leave_process_group() -> None:
+    """End this process's part in a distributed run's process group, where Trainer started one. Left to the
+    interpreter's exit, a process's gloo threads can abort it ("terminate called without an active exception",
+    SIGABRT), and the launcher then stops every other process, the bundle's writer among them (CI, once)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def is_main_process() -> bool:
