@@ -208,7 +208,7 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns,
                                          with_fields=True, id_column=options.id_column)
     proba, oos_scores, field_logits = model_run(predictor, tickets.texts)  # one run: the label and every field
-    held = held_for_review(predictor, oos_scores)
+    held = predictor.held_out_of_scope(oos_scores)
     scored = Scored.of(predictor.labels, proba, tickets.labels, held=held)
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = _data_section(tickets, data_report, scored, predictor.manifest, predictor.bundle_dir)
@@ -336,13 +336,6 @@ def model_run(predictor: Predictor, texts: Sequence[str]) -> tuple[np.ndarray, n
     outputs = predictor.outputs(texts, cleaned=True)  # load_tickets cleaned them
     scores = predictor.out_of_scope_scores_of(outputs)
     return predictor.probabilities(outputs.logits, outputs.tfidf), scores, outputs.fields
-
-
-def held_for_review(predictor: Predictor, scores: np.ndarray | None) -> np.ndarray | None:
-    """Which tickets the out-of-scope check sends to review whatever their confidence (their label and every
-    field), as :meth:`Predictor.predict` decides it; None for a bundle without a detector."""
-    threshold = predictor.out_of_scope_threshold
-    return None if scores is None or threshold is None else scores > threshold
 
 
 def _out_of_scope(predictor: Predictor, tickets: Tickets, proba: np.ndarray, scores: np.ndarray | None,
@@ -805,7 +798,7 @@ def _compare(options: EvaluationOptions, data_path: str | Path, label_column: st
     same = [index.get(row) for row in file_rows]
     rows = np.array(same, dtype=int) if same and None not in same else None
     proba, scores, _ = model_run(other, tickets.texts)  # held as its own detector holds them where it serves
-    scored = Scored.of(other.labels, proba, tickets.labels, rows, held=held_for_review(other, scores))
+    scored = Scored.of(other.labels, proba, tickets.labels, rows, held=other.held_out_of_scope(scores))
     return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
             scored)
 

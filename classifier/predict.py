@@ -251,9 +251,11 @@ class Predictor:
         # (docs/benchmarks.md, "Decisions", "Inference: the predictor").
         probabilities = self.probabilities(outputs.logits, outputs.tfidf).tolist()
         scores = self.out_of_scope_scores_of(outputs)
+        held = self.held_out_of_scope(scores)
         shown = scores.tolist() if scores is not None else [None] * len(probabilities)
-        predictions = [self._prediction(row, top_k, cut, score)
-                       for row, cut, score in zip(probabilities, outputs.truncated, shown)]
+        out_of_scope = held.tolist() if held is not None else [False] * len(probabilities)
+        predictions = [self._prediction(row, top_k, cut, score, is_held)
+                       for row, cut, score, is_held in zip(probabilities, outputs.truncated, shown, out_of_scope)]
         if self.fields:
             self._add_fields(predictions, outputs.fields, top_k)
         return predictions
@@ -313,6 +315,14 @@ class Predictor:
         if not np.isfinite(scores).all():
             raise ModelError(np.flatnonzero(~np.isfinite(scores)).tolist())
         return np.array([shown_score(score) for score in scores.tolist()])
+
+    def held_out_of_scope(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """Which tickets, by their out-of-scope ``scores``, go to review as out of scope whatever their
+        confidence (their label and every field); None where the bundle has no detector. The one rule both
+        :meth:`predict` and the evaluation report apply."""
+        if scores is None or self.out_of_scope_threshold is None:
+            return None
+        return np.asarray(scores) > self.out_of_scope_threshold
 
     def probabilities(self, logits: np.ndarray, tfidf: np.ndarray | None = None) -> np.ndarray:
         """Calibrated softmax: the logits divided by the bundle's temperature, blended with the TF-IDF
@@ -428,15 +438,16 @@ class Predictor:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
     def _prediction(self, probabilities: list[float], top_k: int, truncated: bool,
-                    out_of_scope_score: float | None) -> Prediction:
-        """One ticket's answer from its label probabilities (the ``top_k`` best labels, best first) and its
-        out-of-scope score. A ticket out of scope goes to the data's "Other" class where it has one."""
+                    out_of_scope_score: float | None, out_of_scope: bool) -> Prediction:
+        """One ticket's answer from its label probabilities (the ``top_k`` best labels, best first), its
+        out-of-scope score and whether that holds it (:meth:`held_out_of_scope`). A ticket out of scope goes
+        to the data's "Other" class where it has one."""
         best = heapq.nlargest(top_k, range(len(probabilities)), key=probabilities.__getitem__)  # ties: lower index
         scores = [probabilities[i] for i in best]
         label = self.labels[best[0]]
         confidence = shown_score(scores[0])
         reason = None
-        if out_of_scope_score is not None and out_of_scope_score > cast(float, self.out_of_scope_threshold):
+        if out_of_scope:
             reason = "out_of_scope"
             if self._route_to is not None and self._route_to != label:
                 label, confidence = self._route_to, shown_score(probabilities[self.labels.index(self._route_to)])
