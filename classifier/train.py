@@ -94,7 +94,7 @@ def train(data_path: str | Path, output_dir: str | Path, options: TrainingOption
     per_process_batch(options.batch_size)  # likewise: a batch that does not split over the processes
     oos.check_abstention(options.oos_abstention)
     encoder = check_encoder(options)  # likewise: a base model that does not load, or cannot take the options
-    options = _with_encoder_learning_rate(options)
+    options = _with_encoder_learning_rate(options, encoder.width)
     if not 0 < options.layer_lr_decay <= 1:
         raise UserError(f"--layer-lr-decay must be above 0 and at most 1, got {options.layer_lr_decay:g}")
     resume_from = _resume_point(output_dir, options, overwrite)  # likewise: checkpoints before reading data
@@ -158,13 +158,14 @@ class Fitted:
 
 
 def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_from: str | None = None,
-        encoder: tuple[PreTrainedTokenizerBase, int] | None = None) -> Fitted:
+        encoder: Encoder | None = None) -> Fitted:
     """Fine-tune the encoder on ``data.train`` (early stopping and calibration on ``data.validation``),
     keeping checkpoints in ``checkpoints``; resume from the checkpoint ``resume_from`` if given. ``encoder``:
     what :func:`check_encoder` returned, where the caller checked the options already."""
     base_model = options.base_model or default_base_model()
     set_seed(options.seed)
-    tokenizer, limit = encoder or check_encoder(options)
+    encoder = encoder or check_encoder(options)
+    tokenizer, limit = encoder.tokenizer, encoder.token_limit
     max_length = options.max_length or choose_max_length(tokenizer, data.train.texts, limit)
     # The base model as given (in the training options), not its resolved path, which differs per venv.
     _record_run(checkpoints, resume_from, {
@@ -393,10 +394,18 @@ def choose_max_length(tokenizer: PreTrainedTokenizerBase, texts: list[str], limi
     return max(LENGTH_MULTIPLE * 2, min(rounded, limit, MAX_CHOSEN_LENGTH, tokenizer.model_max_length))
 
 
-def check_encoder(options: TrainingOptions) -> tuple[PreTrainedTokenizerBase, int]:
-    """Load the encoder's tokenizer and config, refuse options it cannot take, and return the tokenizer and how
-    many tokens the encoder reads. train() calls it before the data is read: a wrong path fails in a second, not
-    after the data report."""
+@dataclass(frozen=True)
+class Encoder:
+    """What training needs to know of the base model before it loads the weights."""
+
+    tokenizer: PreTrainedTokenizerBase
+    token_limit: int  # the most tokens it reads
+    width: int | None  # its hidden size, where its config names one
+
+
+def check_encoder(options: TrainingOptions) -> Encoder:
+    """Load the encoder's tokenizer and config and refuse options it cannot take. train() calls it before the
+    data is read: a wrong path fails in a second, not after the data report."""
     base_model = options.base_model or default_base_model()
     tokenizer = _load_tokenizer(base_model)
     try:
@@ -410,16 +419,16 @@ def check_encoder(options: TrainingOptions) -> tuple[PreTrainedTokenizerBase, in
     if options.lora and hidden and options.lora_rank > hidden:
         raise UserError(f"--lora-rank {options.lora_rank} is over the encoder's hidden size ({hidden}): an adapter "
                         f"cannot have a higher rank than the weights it adapts")
-    return tokenizer, int(limit)
+    return Encoder(tokenizer, int(limit), hidden)
 
 
-def _with_encoder_learning_rate(options: TrainingOptions) -> TrainingOptions:
-    """The options with the default learning rate for the encoder's width where none was given (and says so)."""
-    base_model = options.base_model or default_base_model()
-    resolved = options.for_encoder_width(getattr(AutoConfig.from_pretrained(base_model), "hidden_size", None))
+def _with_encoder_learning_rate(options: TrainingOptions, width: int | None) -> TrainingOptions:
+    """The options with the default learning rate for the encoder's ``width`` where none was given (and says so)."""
+    resolved = options.for_encoder_width(width)
     if resolved is not options and is_main_process():
         log.info("learning rate %g: the default for %s's width (%g for the packaged 384-wide MiniLM); "
-                 "--learning-rate sets another", resolved.peak_learning_rate, base_model, FULL_LEARNING_RATE)
+                 "--learning-rate sets another", resolved.peak_learning_rate, options.base_model or
+                 default_base_model(), FULL_LEARNING_RATE)
     return resolved
 
 

@@ -131,17 +131,21 @@ def test_the_multi_field_loss_of_micro_batches_adds_up_to_the_whole_batchs() -> 
 
 
 @pytest.mark.parametrize(("width", "rate"), [(32, 2e-4), (384, 2e-4), (768, 5e-5), (1024, 2e-5)])
-def test_the_default_learning_rate_follows_the_encoders_width(tmp_path: Path, width: int, rate: float) -> None:
-    from transformers import BertConfig
-
+def test_the_default_learning_rate_follows_the_encoders_width(width: int, rate: float) -> None:
     from classifier.train import _with_encoder_learning_rate
 
-    BertConfig(hidden_size=width, num_attention_heads=4).save_pretrained(tmp_path)  # what the rule reads
-    assert _with_encoder_learning_rate(TrainingOptions(base_model=str(tmp_path))).peak_learning_rate == rate
-    given = TrainingOptions(base_model=str(tmp_path), learning_rate=1e-4)
-    assert _with_encoder_learning_rate(given) is given  # a rate asked for is kept, as is LoRA's default
-    assert _with_encoder_learning_rate(replace(given, learning_rate=None, lora=True)).peak_learning_rate == \
+    assert _with_encoder_learning_rate(TrainingOptions(), width).peak_learning_rate == rate
+    given = TrainingOptions(learning_rate=1e-4)
+    assert _with_encoder_learning_rate(given, width) is given  # a rate asked for is kept, as is LoRA's default
+    assert _with_encoder_learning_rate(replace(given, learning_rate=None, lora=True), width).peak_learning_rate == \
         LORA_LEARNING_RATE
+
+
+def test_the_encoder_check_reads_the_width_the_learning_rate_follows() -> None:
+    from classifier.train import check_encoder
+
+    encoder = check_encoder(TrainingOptions())  # the packaged MiniLM
+    assert (encoder.width, encoder.token_limit) == (384, 512)
 
 
 def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_path: Path) -> None:
