@@ -40,6 +40,14 @@ def inference_arguments(description: str, latency_samples: int, rounds: int) -> 
     return record_arguments(parser)
 
 
+def small_data_runs_arguments(description: str) -> argparse.Namespace:
+    """The arguments of the scripts that read small_data.py's run folders: the folders, and where to record."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="folders with bundle/, train.csv and test.csv (small_data.py's runs/small-data/NAME/SIZE)")
+    return record_arguments(parser).parse_args()
+
+
 def record_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--runs-file`` and ``--no-record``: where ``record_run`` appends this run, or nowhere."""
     parser.add_argument("--runs-file", type=Path, default=RUNS_FILE,

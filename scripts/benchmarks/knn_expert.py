@@ -19,7 +19,6 @@ the three-expert blend. Appends to docs/benchmarks/runs.jsonl (area "knn-expert"
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -29,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from common import publish, record_arguments, table_figures  # noqa: E402
+from common import publish, small_data_runs_arguments, table_figures  # noqa: E402
 
 from classifier.bundle import read_examples  # noqa: E402
 from classifier.evaluate import load_test_set, routed_at_target  # noqa: E402
@@ -44,7 +43,7 @@ SCALES = (0.8, 1.0, 1.25)
 
 
 def main() -> int:
-    args = parse_args()
+    args = small_data_runs_arguments(__doc__.splitlines()[0])
     logging.disable(logging.WARNING)  # each bundle's load notes; the table is the output
     lines = ["| run, neighbours | test tickets | served | routed | TF-IDF | TF-IDF routed | vote alone | weight v | "
              "blend | blend routed |", "|" + " --- |" * 10]
@@ -123,13 +122,6 @@ def _accuracy(logits: np.ndarray, truth: np.ndarray) -> str:
 
 def _routed(logits: np.ndarray, truth: np.ndarray) -> int:
     return int(routed_at_target(softmax(logits).max(axis=1), (logits.argmax(axis=1) == truth).astype(float), TARGET))
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path,
-                        help="folders with bundle/, train.csv, test.csv (small_data.py's runs/small-data/NAME/SIZE)")
-    return record_arguments(parser).parse_args()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Appends to docs/benchmarks/runs.jsonl (area "routing-scores").
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from common import BANKING77_TEST, publish, record_arguments, table_figures  # noqa: E402
+from common import BANKING77_TEST, publish, small_data_runs_arguments, table_figures  # noqa: E402
 
 from classifier.blend import blend  # noqa: E402
 from classifier.evaluate import load_test_set, routed_at_target  # noqa: E402
@@ -34,7 +33,7 @@ SCORES = ("confidence", "sharpness x2", "margin", "TF-IDF confidence", "TF-IDF m
 
 
 def main() -> int:
-    args = parse_args()
+    args = small_data_runs_arguments(__doc__.splitlines()[0])
     logging.disable(logging.WARNING)  # each bundle's load notes; the table is the output
     for skipped in (run for run in args.runs if not (run / "bundle").is_dir()):
         print(f"skipped {skipped}: no bundle/ in it", file=sys.stderr)
@@ -79,13 +78,6 @@ def _routed(logits: np.ndarray, truth: np.ndarray, prefix: str) -> dict[str, int
     if not prefix:
         scores["sharpness x2"] = softmax(2 * logits).max(axis=1)
     return {prefix + name: int(routed_at_target(score, correct, TARGET)) for name, score in scores.items()}
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path,
-                        help="directories small_data.py wrote (runs/small-data/NAME/SIZE)")
-    return record_arguments(parser).parse_args()
 
 
 if __name__ == "__main__":

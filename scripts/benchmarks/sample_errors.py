@@ -13,7 +13,6 @@ Appends to docs/benchmarks/runs.jsonl (area "sample-errors").
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from common import ROOT, publish, record_arguments, table_figures  # noqa: E402
+from common import ROOT, publish, small_data_runs_arguments, table_figures  # noqa: E402
 
 from classifier.blend import TfidfModel  # noqa: E402
 from classifier.data import load_tickets  # noqa: E402
@@ -37,7 +36,7 @@ KINDS = ("plain", "second topic", "content-free", "borderline")
 
 
 def main() -> int:
-    args = parse_args()
+    args = small_data_runs_arguments(__doc__.splitlines()[0])
     kinds = ticket_kinds()
     lines = ["| run | kind | test tickets | served wrong | TF-IDF wrong | training majority wrong |",
              "|" + " --- |" * 6]
@@ -126,12 +125,6 @@ def _borderline_majority(train_file: Path, kinds: dict[str, dict[str, Any]]) -> 
             if kinds[row["id"]]["kind"] == "borderline":
                 counts.setdefault(kinds[row["id"]]["issue"], Counter())[row["category"]] += 1
     return {issue: count.most_common(1)[0][0] for issue, count in counts.items()}
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="run folders of small_data.py --sizes sample")
-    return record_arguments(parser).parse_args()
 
 
 if __name__ == "__main__":
