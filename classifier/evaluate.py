@@ -401,11 +401,44 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = EC
     return rows
 
 
+def reliability(confidence: np.ndarray, correct: np.ndarray) -> Reliability:
+    """The calibration section: the bins, their error, and a verdict in words on the mean confidence."""
+    bins = calibration_bins(confidence, correct)
+    mean_confidence, accuracy = float(confidence.mean()), float(correct.mean())
+    return Reliability(ece=_binned_error(bins, len(confidence)), bins=[CalibrationBin(**b) for b in bins],
+                       mean_confidence=mean_confidence, accuracy=accuracy,
+                       verdict=calibration_verdict(confidence, correct))
+
+
+# How many standard deviations the right answers may stray from the sum of the confidences before the report
+# calls the model over- or under-confident: beyond it, a calibrated model strays by chance 5 % of the time.
+CALIBRATION_Z = 1.96
+
+
+def calibration_verdict(confidence: np.ndarray, correct: np.ndarray) -> str:
+    """Whether the confidences are honest on average: a calibrated model is right on about the sum of its
+    confidences, give or take the square root of the sum of c (1 - c) (each ticket a coin of its confidence)."""
+    mean_confidence, accuracy, tickets = float(confidence.mean()), float(correct.mean()), len(confidence)
+    spread = math.sqrt(float((confidence * (1 - confidence)).sum())) or 1.0
+    stray = (float(correct.sum()) - float(confidence.sum())) / spread
+    figures = f"the mean confidence is {mean_confidence:.1%} and {accuracy:.1%} of the tickets were right"
+    if abs(stray) <= CALIBRATION_Z:
+        return f"Honest on average: {figures}, a gap within chance on {tickets} tickets."
+    if stray > 0:
+        return (f"Under-confident: {figures}. The confidences shown understate the model; training calibrates "
+                "cautiously when its validation split has few mistakes. The thresholds are measured, so they hold.")
+    return (f"Over-confident: {figures}. A confidence shown is right less often than it says; rely on the "
+            "measured thresholds, not on its face value. A larger validation split (--validation FILE) calibrates "
+            "better.")
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     """Mean |accuracy - confidence| over the bins, weighted by their share of tickets."""
-    total = len(confidence)
-    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"])
-                     for b in calibration_bins(confidence, correct, bins) if b["count"]))
+    return _binned_error(calibration_bins(confidence, correct, bins), len(confidence))
+
+
+def _binned_error(bins: list[dict[str, Any]], total: int) -> float:
+    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]))
 
 
 # ---------------------------------------------------------------- precision / coverage
@@ -488,8 +521,9 @@ def class_thresholds(scored: Scored, target: float) -> dict[str, dict[str, Any]]
         else:
             own = recommend_threshold(confidence[mask], correct[mask], target)
             threshold, source = (own["threshold"], "class") if own else (ALWAYS_REVIEW, "unreachable")
-        result[label] = {**operating_point(confidence[mask], correct[mask], threshold),
-                         "predicted": int(mask.sum()), "source": source}
+        point = operating_point(confidence[mask], correct[mask], threshold)
+        wrong = int((~correct[mask] & (confidence[mask] >= threshold)).sum())
+        result[label] = {**point, "wrong": wrong, "predicted": int(mask.sum()), "source": source}
     return result
 
 
@@ -560,8 +594,7 @@ def _model_report(predictor: Predictor, scored: Scored, tickets: Tickets, target
         per_class=sections.per_class,
         confusion_matrix=sections.confusion_matrix,
         top_confusions=_top_confusions(scored, sections.matrix, tickets),
-        calibration=Reliability(ece=metrics.ece, bins=[CalibrationBin(**b) for b in
-                                                       calibration_bins(scored.confidence, scored.correct)]),
+        calibration=reliability(scored.confidence, scored.correct),
         precision_coverage=sections.precision_coverage,
         data=data, unknown_labels=unknown_labels, baseline=others[0], compare=others[1])
 
@@ -577,7 +610,8 @@ def _per_class(scored: Scored, matrix: np.ndarray, thresholds: dict[str, dict[st
                              precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]),
                              most_confused_with=scored.classes[mistaken] if off_diagonal[i, mistaken] else None,
                              threshold=thresholds[label]["threshold"], threshold_source=thresholds[label]["source"],
-                             coverage_at_threshold=thresholds[label]["coverage"]))
+                             coverage_at_threshold=thresholds[label]["coverage"],
+                             routed=thresholds[label]["tickets"], routed_wrong=thresholds[label]["wrong"]))
     return rows
 
 
@@ -847,8 +881,7 @@ def _warnings(report: Report) -> list[str]:
                         "test set; only a threshold per class does (the advice below)")
     if (below := _bundle_thresholds_below_target(report)) is not None:
         warnings.append(below)
-    tickets, accuracy = report.metrics.tickets, report.metrics.accuracy
-    confident = sum(b.count * (b.confidence or 0.0) for b in report.calibration.bins) / tickets
+    tickets, accuracy, confident = report.metrics.tickets, report.metrics.accuracy, report.calibration.mean_confidence
     if tickets >= POOR_CALIBRATION_MIN_TICKETS and abs(confident - accuracy) > POOR_CALIBRATION_GAP:
         how, flags = (("less sure than it is right", "more") if confident < accuracy
                       else ("surer than it is right", "fewer"))

@@ -40,6 +40,7 @@ class OperatingPoint:
 class ClassThreshold(OperatingPoint):
     """A class's own threshold, as an operating point on the tickets predicted as that class."""
 
+    wrong: int  # of the tickets routed, those of another class
     predicted: int
     source: str  # "class" (its own), "global" (too few predictions) or "unreachable"
 
@@ -97,6 +98,8 @@ class ClassRow:
     threshold: float
     threshold_source: str
     coverage_at_threshold: float
+    routed: int  # predicted as the class at or above its threshold: sent to its queue without review
+    routed_wrong: int  # of them, tickets of another queue
 
 
 @dataclass
@@ -136,6 +139,9 @@ class CalibrationBin:
 class Reliability:
     ece: float
     bins: list[CalibrationBin]
+    mean_confidence: float
+    accuracy: float
+    verdict: str  # in words: honest on average, over- or under-confident beyond chance
 
 
 @dataclass

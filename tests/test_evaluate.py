@@ -32,6 +32,7 @@ from classifier.evaluate import (
     REPORT_FILES,
     EvaluationOptions,
     Scored,
+    calibration_verdict,
     class_thresholds,
     cluster_order,
     evaluate,
@@ -147,6 +148,28 @@ def test_per_class_and_confusion_matrix_equal_sklearn(evaluated, exported_bundle
     for pair in report["top_confusions"]:  # and how many went the other way between the same two queues
         true, predicted = labels.index(pair["true"]), labels.index(pair["predicted"])
         assert pair["the_other_way"] == expected[predicted, true]
+
+
+def test_each_class_counts_the_tickets_its_threshold_routes_and_those_wrongly(evaluated, exported_scores):
+    report, _ = evaluated
+    y_true, y_pred, confidence, held = exported_scores
+    truth, predicted = np.array(y_true), np.array(y_pred)
+    for row in report["per_class"]:
+        routed = (predicted == row["label"]) & (confidence >= row["threshold"]) & ~held
+        assert row["routed"] == routed.sum()
+        assert row["routed_wrong"] == (routed & (truth != row["label"])).sum()
+    per_class = report["precision_coverage"]["with_per_class_thresholds"]
+    assert sum(row["routed"] for row in report["per_class"]) == per_class["tickets"]
+
+
+@pytest.mark.parametrize(("tickets", "right", "verdict"), [
+    (400, 320, "Honest on average"), (400, 310, "Honest on average"),  # 80 % confident, 77.5 %: 1.25 sd, chance
+    (400, 280, "Over-confident"), (400, 345, "Under-confident"),  # 5 and 3.1 standard deviations (of 8 tickets)
+    (10, 6, "Honest on average")])  # 60 % right where 80 % were expected: 1.6 sd on 10 tickets, too few to tell
+def test_the_calibration_verdict_tells_a_gap_beyond_chance_from_noise(tickets: int, right: int, verdict: str) -> None:
+    confidence = np.full(tickets, 0.8)
+    correct = np.arange(tickets) < right
+    assert calibration_verdict(confidence, correct).startswith(verdict)
 
 
 def test_calibration_error_equals_a_direct_computation(evaluated, known_rows, exported_scores):
@@ -405,6 +428,9 @@ def test_html_embeds_the_pictures_and_shows_the_numbers(evaluated):
     assert report["top_confusions"][0]["examples"][0]["id"] in page
     assert f"drawing the test tickets again\n{BOOTSTRAP_RESAMPLES} times" in page
     assert report["baseline"]["difference"]["accuracy"]["verdict"] in page
+    assert report["calibration"]["verdict"] in page
+    per_class = report["precision_coverage"]["with_per_class_thresholds"]
+    assert f"about {round(per_class['coverage'] * 1000)} would be routed automatically" in " ".join(page.split())
 
 
 def test_misclassified_csv_lists_every_mistake(evaluated, known_rows, exported_scores):
