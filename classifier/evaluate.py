@@ -1020,7 +1020,8 @@ def _images(report: Report, scored: Scored, others: dict[str, tuple[str, str, Sc
                                                                matrix.display_order),
             "precision_coverage.png": plots.precision_coverage_png(
                 {name: coverage_curve(s.routable, s.correct) for name, s in curves.items()},
-                report.precision_coverage.target_precision, report.precision_coverage.recommended),
+                report.precision_coverage.target_precision, report.precision_coverage.recommended,
+                per_class=report.precision_coverage.with_per_class_thresholds),
             "reliability.png": plots.reliability_png(report.calibration),
             **({OUT_OF_SCOPE_IMAGE: plots.out_of_scope_png(report.out_of_scope)} if report.out_of_scope else {})}
 

@@ -262,6 +262,7 @@ def field_images(runs: Sequence[FieldRun]) -> dict[str, bytes]:
                                                          matrix.display_order, subject=section.name)
         images[curve_name] = plots.precision_coverage_png(
             {section.name: coverage_curve(run.scored.routable, run.scored.correct)},
-            coverage.target_precision, coverage.recommended, subject=section.name)
+            coverage.target_precision, coverage.recommended, subject=section.name,
+            per_class=coverage.with_per_class_thresholds)
     return images
 

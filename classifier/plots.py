@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec
 
@@ -20,7 +21,7 @@ from classifier.numerics import row_normalise  # noqa: E402
 from classifier.report import THRESHOLD  # noqa: E402
 
 if TYPE_CHECKING:
-    from classifier.report import OperatingPoint, OutOfScopeSection, Reliability
+    from classifier.report import OperatingPoint, OutOfScopeSection, Reliability, Routing
 
 DPI = 110
 INCH_PT = 72
@@ -105,9 +106,11 @@ def _label_axes(ax: Any, names: list[str], n: int) -> None:
 
 @_plain_text
 def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], target: float,
-                           recommended: OperatingPoint | None, subject: str | None = None) -> bytes:
-    """Left: precision against coverage per model. Right: both against the threshold, for the first model.
-    ``subject``: the field whose confidence the curves are of, when not the label."""
+                           recommended: OperatingPoint | None, subject: str | None = None,
+                           per_class: Routing | None = None) -> bytes:
+    """Left: precision against coverage per model, with the routing of a threshold per class (``per_class``)
+    as a point. Right: both against the threshold, for the first model. ``subject``: the field whose
+    confidence the curves are of, when not the label."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=DPI, layout="constrained")
     for (name, (_, coverage, precision)), color in zip(curves.items(), COLORS):
         left.plot(coverage * 100, precision * 100, color=color, label=name, linewidth=1.8)
@@ -117,8 +120,16 @@ def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.nd
                linewidth=1.8)
     for ax in (left, right):
         ax.axhline(target * 100, color="#b03030", linewidth=1, linestyle=":", label=f"target {target:.0%}")
-        ax.set_ylim(0, 101)
         ax.grid(alpha=0.3)
+    if per_class is not None and per_class.tickets:
+        left.plot(per_class.coverage * 100, (per_class.precision or 0.0) * 100, "D", color="#2e7d32", markersize=7,
+                  label=f"a threshold per class: {per_class.coverage:.1%} routed, {per_class.precision or 0:.1%} "
+                        "right")
+    # Precision lives near the top: from 0 its curves would be a flat line under the target. The range starts
+    # a few points below the lowest precision drawn (a multiple of 10); coverage on the right needs all of it.
+    lowest = min([target, *(float(np.min(p)) for _, _, p in curves.values() if len(p))])
+    left.set_ylim(max(0.0, 10 * math.floor(lowest * 10 - 0.5)), 101)
+    right.set_ylim(0, 101)
     if recommended:
         point = (recommended.coverage * 100, (recommended.precision or 0.0) * 100)  # it routes tickets: a precision
         left.plot(*point, "o", color="#b03030")
