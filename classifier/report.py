@@ -70,8 +70,8 @@ class Headline:
 THRESHOLD = ".6g"
 HEADLINES = (
     Headline("accuracy", "accuracy", ".1%", 1, "tickets put in the right queue"),
-    Headline("macro_f1", "macro F1", ".3f", 1, "every class counts the same"),
-    Headline("weighted_f1", "weighted F1", ".3f", 1, "big classes count more"),
+    Headline("macro_f1", "macro F1", ".3f", 1, "precision and recall in one score, every class counting the same"),
+    Headline("weighted_f1", "weighted F1", ".3f", 1, "the same, big classes counting more"),
     Headline("ece", "calibration error", ".3f", -1, "0 = confidence is honest"),
 )
 
