@@ -127,7 +127,8 @@ def precision_coverage_png(curves: dict[str, tuple[np.ndarray, np.ndarray, np.nd
                         "right")
     # Precision lives near the top: from 0 its curves would be a flat line under the target. The range starts
     # a few points below the lowest precision drawn (a multiple of 10); coverage on the right needs all of it.
-    lowest = min([target, *(float(np.min(p)) for _, _, p in curves.values() if len(p))])
+    points = [point.precision for point in (recommended, per_class) if point and point.precision is not None]
+    lowest = min([target, *points, *(float(np.min(p)) for _, _, p in curves.values() if len(p))])
     left.set_ylim(max(0.0, 10 * math.floor(lowest * 10 - 0.5)), 101)
     right.set_ylim(0, 101)
     if recommended:

@@ -35,12 +35,20 @@ class OperatingPoint:
     coverage: float
     precision: float | None  # None: no ticket routed
 
+    @property
+    def wrong(self) -> int:
+        return wrong_of(self.tickets, self.precision)
+
+
+def wrong_of(tickets: int, precision: float | None) -> int:
+    """Routed tickets of another class, from how many were routed and their precision (right / routed)."""
+    return tickets - round((precision or 0.0) * tickets)
+
 
 @dataclass
 class ClassThreshold(OperatingPoint):
     """A class's own threshold, as an operating point on the tickets predicted as that class."""
 
-    wrong: int  # of the tickets routed, those of another class
     predicted: int
     source: str  # "class" (its own), "global" (too few predictions) or "unreachable"
 
@@ -52,6 +60,10 @@ class Routing:
     tickets: int
     coverage: float
     precision: float | None
+
+    @property
+    def wrong(self) -> int:
+        return wrong_of(self.tickets, self.precision)
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,7 @@ class PrecisionCoverage:
     with_per_class_thresholds: Routing
     with_bundle_thresholds: Routing
     bundle_thresholds_source: dict[str, Any] | None  # the manifest's record of an earlier apply, as written there
+    per_thousand: str  # the per-class routing onto 1,000 tickets like these, in words
     held: int = 0  # test tickets the out-of-scope check sends to review whatever their confidence: never routed
 
 

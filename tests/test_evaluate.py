@@ -45,7 +45,7 @@ from classifier.evaluate import (
 )
 from classifier.manifest import Calibration, DataSection, Manifest
 from classifier.predict import Predictor
-from classifier.report import CALLED
+from classifier.report import CALLED, Routing
 from classifier.text import TextOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +172,27 @@ def test_the_calibration_verdict_tells_a_gap_beyond_chance_from_noise(tickets: i
     assert calibration_verdict(confidence, correct).startswith(verdict)
 
 
+def test_a_gap_beyond_chance_but_too_small_to_matter_is_honest() -> None:
+    confidence = np.full(20_000, 0.9)
+    correct = np.arange(20_000) < 17_880  # 89.4 % right: 3.5 standard deviations, 0.6 points
+    assert calibration_verdict(confidence, correct).startswith("Honest on average")
+    assert "under 2% points" in calibration_verdict(confidence, correct)
+    certain = np.ones(50)  # every answer at 100 %: a single mistake is no chance, and 2 points
+    assert calibration_verdict(certain, np.arange(50) > 0).startswith("Over-confident")
+
+
+@pytest.mark.parametrize(("routing", "tickets", "said"), [
+    (Routing(177, 177 / 239, 174 / 177), 239, ["about 741 would be routed automatically", "about 259 would go",
+                                               "about 13 went to a wrong queue here, and up to 36 may"]),
+    (Routing(1, 1 / 2500, 1.0), 2500, ["fewer than 1 would be routed", "none went to a wrong queue"]),
+    (Routing(0, 0.0, None), 40, ["every ticket goes to an agent"])])
+def test_the_routing_per_thousand_tickets_says_what_is_measured_and_what_to_expect(routing, tickets, said) -> None:
+    from classifier.evaluate import per_thousand
+
+    sentence = per_thousand(routing, tickets)
+    assert all(part in sentence for part in said), sentence
+
+
 def test_calibration_error_equals_a_direct_computation(evaluated, known_rows, exported_scores):
     report, _ = evaluated
     y_true, y_pred, confidence, _ = exported_scores
@@ -253,6 +274,9 @@ def test_a_ticket_the_out_of_scope_check_holds_is_never_routed() -> None:
     # Counted by confidence alone, the wrong answer on top would leave no threshold reaching 95 %.
     unheld = class_sections(Scored.of(["a", "b"], proba, truth), 0.95, lambda label: 0.5, None).precision_coverage
     assert unheld.held == 0 and unheld.recommended is None and unheld.with_bundle_thresholds.tickets == 9
+    rows = {row.label: row for row in class_sections(scored, 0.95, lambda label: 0.5, None).per_class}
+    assert (rows["a"].routed, rows["a"].routed_wrong) == (6, 0)
+    assert (rows["b"].routed, rows["b"].routed_wrong) == (0, 0)  # its confident mistake is held, not routed wrong
 
 
 @pytest.mark.parametrize(("billing", "mistakes", "source"),
@@ -430,7 +454,10 @@ def test_html_embeds_the_pictures_and_shows_the_numbers(evaluated):
     assert report["baseline"]["difference"]["accuracy"]["verdict"] in page
     assert report["calibration"]["verdict"] in page
     per_class = report["precision_coverage"]["with_per_class_thresholds"]
-    assert f"about {round(per_class['coverage'] * 1000)} would be routed automatically" in " ".join(page.split())
+    assert report["precision_coverage"]["per_thousand"] in " ".join(page.split())
+    wrong = per_class["coverage"] * (1 - per_class["precision"]) * 1000
+    said = f"about {round(wrong)}" if wrong else "none"
+    assert f"{said} went to a wrong queue here" in report["precision_coverage"]["per_thousand"]
 
 
 def test_misclassified_csv_lists_every_mistake(evaluated, known_rows, exported_scores):

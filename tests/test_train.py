@@ -141,11 +141,17 @@ def test_the_default_learning_rate_follows_the_encoders_width(width: int, rate: 
         LORA_LEARNING_RATE
 
 
-def test_the_encoder_check_reads_the_width_the_learning_rate_follows() -> None:
-    from classifier.train import check_encoder
+def test_the_encoder_check_reads_the_width_the_learning_rate_follows(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, BertConfig
+
+    from classifier.train import check_encoder, default_base_model
 
     encoder = check_encoder(TrainingOptions())  # the packaged MiniLM
     assert (encoder.width, encoder.token_limit) == (384, 512)
+    AutoTokenizer.from_pretrained(default_base_model()).save_pretrained(tmp_path)  # a wider encoder: no weights read
+    BertConfig(hidden_size=768, num_attention_heads=12, max_position_embeddings=256).save_pretrained(tmp_path)
+    encoder = check_encoder(TrainingOptions(base_model=str(tmp_path)))
+    assert (encoder.width, encoder.token_limit) == (768, 256)
 
 
 def test_lora_with_class_weights_merges_into_a_plain_model(tiny_csv: Path, tmp_path: Path) -> None:

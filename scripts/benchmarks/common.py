@@ -44,7 +44,8 @@ def small_data_runs_arguments(description: str) -> argparse.Namespace:
     """The arguments of the scripts that read small_data.py's run folders: the folders, and where to record."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("runs", nargs="+", type=Path,
-                        help="folders with bundle/, train.csv and test.csv (small_data.py's runs/small-data/NAME/SIZE)")
+                        help="folders small_data.py wrote (runs/small-data/NAME/SIZE), with bundle/ and what the "
+                             "script reads beside it")
     return record_arguments(parser).parse_args()
 
 
