@@ -424,7 +424,7 @@ def calibration_verdict(confidence: np.ndarray, correct: np.ndarray) -> str:
     beyond_chance = abs(gap) > CALIBRATION_Z * spread  # all confidences 0 or 1: any gap at all
     figures = f"the mean confidence is {mean_confidence:.1%} and {accuracy:.1%} of the tickets were right"
     if not beyond_chance or abs(accuracy - mean_confidence) < CALIBRATION_GAP:
-        within = "within chance" if not beyond_chance else f"under {CALIBRATION_GAP:.0%} points"
+        within = "within chance" if not beyond_chance else f"under {CALIBRATION_GAP * 100:g} points"
         return f"Honest on average: {figures}, a gap {within} on {tickets} tickets."
     measured = "This report's thresholds are measured on these tickets, so they do not rest on it."
     if gap > 0:

@@ -176,7 +176,7 @@ def test_a_gap_beyond_chance_but_too_small_to_matter_is_honest() -> None:
     confidence = np.full(20_000, 0.9)
     correct = np.arange(20_000) < 17_880  # 89.4 % right: 3.5 standard deviations, 0.6 points
     assert calibration_verdict(confidence, correct).startswith("Honest on average")
-    assert "under 2% points" in calibration_verdict(confidence, correct)
+    assert "a gap under 2 points" in calibration_verdict(confidence, correct)
     certain = np.ones(50)  # every answer at 100 %: a single mistake is no chance, and 2 points
     assert calibration_verdict(certain, np.arange(50) > 0).startswith("Over-confident")
 
