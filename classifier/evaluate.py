@@ -556,6 +556,7 @@ def class_sections(scored: Scored, target: float, bundle_threshold_of: Callable[
     metrics = model_metrics(scored, target)
     thresholds = class_thresholds(scored, target)
     per_class = routing_with(scored, lambda label: thresholds[label]["threshold"])
+    with_per_class = Routing(**per_class)
     return ClassSections(
         metrics=metrics, matrix=matrix, per_class=_per_class(scored, matrix, thresholds),
         confusion_matrix=Confusion(labels=list(scored.classes), matrix=matrix.tolist(),
@@ -567,10 +568,10 @@ def class_sections(scored: Scored, target: float, bundle_threshold_of: Callable[
             table=[OperatingPoint(**point) for point in threshold_table(scored.routable, scored.correct)],
             held=0 if scored.held is None else int(scored.held.sum()),
             per_class_thresholds={label: ClassThreshold(**info) for label, info in thresholds.items()},
-            with_per_class_thresholds=Routing(**per_class),
+            with_per_class_thresholds=with_per_class,
             with_bundle_thresholds=Routing(**routing_with(scored, bundle_threshold_of)),
             bundle_thresholds_source=bundle_source,
-            per_thousand=per_thousand(Routing(**per_class), len(scored.correct)),
+            per_thousand=per_thousand(with_per_class, len(scored.correct)),
         ))
 
 

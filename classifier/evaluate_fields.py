@@ -35,6 +35,7 @@ from classifier.fields import hardly_beats_majority, tag_matrix, tag_metrics
 from classifier.manifest import ALWAYS_REVIEW, FieldHead
 from classifier.numerics import sigmoid, softmax
 from classifier.report import (
+    ClassRow,
     FieldSection,
     FieldThresholdsApplied,
     FieldUnavailable,
@@ -159,7 +160,8 @@ def field_thresholds(runs: Sequence[FieldRun], precision: float) -> dict[str, Fi
     for run in runs:
         if run.scored is None or not isinstance(run.section, SingleFieldSection):
             continue
-        if _no_guide(run.section):  # a threshold chosen on a few lucky tickets would switch it on: review it all
+        # No guide: a threshold chosen on a few lucky tickets would switch it on, so all of it goes to review.
+        if _majority_if_no_guide(run.section) is not None:
             per_class = dict.fromkeys(run.spec.labels, ALWAYS_REVIEW)
         else:
             per_class = {label: info["threshold"] for label, info in class_thresholds(run.scored, precision).items()}
@@ -198,20 +200,20 @@ def field_warnings(sections: dict[str, FieldSection], applied: bool) -> list[str
     return warnings
 
 
-def _no_guide(section: SingleFieldSection) -> bool:
-    """Whether the field's answers on the test file are hardly better than always its most common value."""
+def _majority_if_no_guide(section: SingleFieldSection) -> ClassRow | None:
+    """The field's most common value where its answers on the test file are hardly better than always giving
+    it; None where they are (or no ticket tells)."""
     if not section.tickets or not section.per_class:
-        return False
+        return None
     common = max(section.per_class, key=lambda row: row.support)
-    return hardly_beats_majority(section.metrics.accuracy, common.support / section.tickets)
+    return common if hardly_beats_majority(section.metrics.accuracy, common.support / section.tickets) else None
 
 
 def _majority_hint(name: str, section: SingleFieldSection) -> str | None:
     """A warning where the field's model is hardly better than always answering its most common value: its
     answers and needs_review flags then tell an agent nothing."""
-    if not _no_guide(section):
+    if (common := _majority_if_no_guide(section)) is None:
         return None
-    common = max(section.per_class, key=lambda row: row.support)
     share = common.support / section.tickets
     right = round(section.metrics.accuracy * section.tickets)  # in tickets: the two shares compare exactly
     compared = "less than" if right < common.support else "no more than" if right == common.support else \
