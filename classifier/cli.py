@@ -804,7 +804,8 @@ The challenger is trained with the champion's settings on the export plus the ag
 REPO/NAME/feedback.sqlite),
 evaluated side by side with the champion on the repository's fixed holdout (holdout.csv, made on the
 first retrain) and recent corrected tickets neither trained on, and promoted only if it is better by
---margin and no label with --min-support test tickets loses more than --tolerance F1. The decision,
+--margin and no label with --min-support test tickets loses more than --tolerance F1, nor any field
+(priority, tags) more than --tolerance of its accuracy (tags: micro-F1). The decision,
 with both models' figures, goes to the repository's history; the report to the new version's
 reports/evaluation/.
 """
@@ -830,9 +831,10 @@ def _add_retrain(commands: argparse._SubParsersAction) -> None:
                    help="accuracy the challenger must gain, as a share (default: %(default)s, half a point; "
                         "-1 with --tolerance 1 promotes whatever the figures)")
     p.add_argument("--tolerance", type=_share_in(TOLERANCE_RANGE), default=policy.tolerance,
-                   help="F1 a label may lose, as a share (default: %(default)s)")
+                   help="F1 a label may lose, and accuracy (tags: micro-F1) a field may, as a share "
+                        "(default: %(default)s)")
     p.add_argument("--min-support", type=int, default=policy.min_support,
-                   help="test tickets a label needs for --tolerance to apply to it")
+                   help="test tickets a label or field needs for --tolerance to apply to it")
     p.add_argument("--epochs", type=float, help="override the champion's number of epochs")
     p.add_argument("--no-promote", action="store_true", help="stage the challenger only, whatever the decision")
 

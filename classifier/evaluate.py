@@ -71,6 +71,8 @@ from classifier.report import (
     Difference,
     Dropped,
     Example,
+    FieldFigure,
+    FieldSection,
     Interval,
     Metrics,
     ModelInfo,
@@ -86,6 +88,8 @@ from classifier.report import (
     UnknownLabel,
     UnknownLabels,
     difference_summary,
+    field_figures,
+    field_gains,
     wrong_of,
 )
 
@@ -225,6 +229,8 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     if predictor.fields:
         fields = evaluate_fields.field_runs(predictor.fields, tickets, field_logits, options.target_precision, held)
         report.fields = {run.spec.name: run.section for run in fields}
+    if report.compare is not None and report.compare.fields is not None:
+        report.compare.field_delta = field_delta(report.fields, report.compare.fields)
     if options.apply_threshold_for_precision is not None:
         report.thresholds_applied = apply_thresholds(bundle_dir, predictor, scored, tickets,
                                                      options.apply_threshold_for_precision, fields)
@@ -259,6 +265,8 @@ def summary_table(report: dict[str, Any]) -> str:
     lines += [f"{label:<{width}}" + "".join(f"{cell(metrics):>22}" for _, metrics in columns) for label, cell in rows]
     lines += [f"this model against {CALLED[name]}: {report[name]['difference']['summary']}"
               for name in ("baseline", "compare") if (report.get(name) or {}).get("difference")]
+    if gains := field_gains(report.get("compare") or {}):
+        lines.append(f"fields against {CALLED['compare']}: {', '.join(gains)}")
     lines.append(message)
     lines += _out_of_scope_lines(report.get("out_of_scope"))
     if report.get("fields") is not None:
@@ -752,17 +760,25 @@ def _unknown_labels(tickets: Tickets, scored: Scored, classes: list[str], proba:
     return UnknownLabels(count=len(rows), share=len(rows) / len(tickets), labels=by_label)
 
 
-def _side_by_side(name: str, description: str, other: Scored, scored: Scored, target: float, called: str
-                  ) -> SideBySide:
+class OtherModel(NamedTuple):
+    """A model evaluated beside the bundle: the baseline, or a compared bundle."""
+
+    name: str
+    description: str
+    scored: Scored
+    fields: dict[str, FieldFigure] | None = None  # a compared bundle's fields; None: the label alone
+
+
+def _side_by_side(other: OtherModel, scored: Scored, target: float, called: str) -> SideBySide:
     """Another model's numbers and, per class present in the test set, the F1 gain of the evaluated model;
     ``called``: how sentences name the other model ("the baseline")."""
-    own, theirs = per_class_f1(scored), per_class_f1(other)
+    own, theirs = per_class_f1(scored), per_class_f1(other.scored)
     present = set(scored.y_true)
-    return SideBySide(name=name, description=description, metrics=model_metrics(other, target),
+    return SideBySide(name=other.name, description=other.description, metrics=model_metrics(other.scored, target),
                       per_class_f1=theirs,
                       f1_delta={label: own[label] - theirs[label] for label in scored.classes
                                 if label in theirs and label in present},
-                      difference=paired_difference(scored, other, target, called))
+                      difference=paired_difference(scored, other.scored, target, called), fields=other.fields)
 
 
 def paired_difference(scored: Scored, other: Scored, target: float, called: str = "the other model", seed: int = 0
@@ -815,10 +831,17 @@ def _routed_gap(scored: Scored, other: Scored, target: float, seed: int) -> Inte
     return Interval(value, min(float(interval.low), value), max(float(interval.high), value))
 
 
-def _side_by_side_sections(others: dict[str, tuple[str, str, Scored] | None], scored: Scored,
+def field_delta(sections: dict[str, FieldSection] | None, other: dict[str, FieldFigure]) -> dict[str, float]:
+    """Per field both models were evaluated on, the evaluated model's headline figure minus the other's."""
+    own = field_figures(sections)
+    return {name: own[name].value - figure.value for name, figure in other.items()
+            if name in own and own[name].measure == figure.measure}
+
+
+def _side_by_side_sections(others: dict[str, OtherModel | None], scored: Scored,
                            options: EvaluationOptions) -> tuple[SideBySide | Unavailable | None, SideBySide | None]:
     """The baseline's section (or why it is missing) and the compared model's."""
-    baseline, compare = (_side_by_side(*other, scored, options.target_precision, CALLED[key]) if other else None
+    baseline, compare = (_side_by_side(other, scored, options.target_precision, CALLED[key]) if other else None
                          for key, other in others.items())
     if options.baseline and others["baseline"] is None:
         return Unavailable(BASELINE_NAME,
@@ -827,7 +850,7 @@ def _side_by_side_sections(others: dict[str, tuple[str, str, Scored] | None], sc
     return baseline, compare
 
 
-def _baseline(predictor: Predictor, tickets: Tickets) -> tuple[str, str, Scored] | None:
+def _baseline(predictor: Predictor, tickets: Tickets) -> OtherModel | None:
     """The TF-IDF baseline training kept in the bundle; None for a bundle without one."""
     from classifier.baseline import load_baseline
 
@@ -837,27 +860,33 @@ def _baseline(predictor: Predictor, tickets: Tickets) -> tuple[str, str, Scored]
     model = load_baseline(predictor.bundle_dir / kept.file)
     scored = Scored.of(list(model.classes_), model.predict_proba(tickets.texts), tickets.labels)
     train = predictor.manifest.data.train
-    return kept.name, f"trained on the bundle's {f'{train.rows_used} ' if train else ''}training tickets", scored
+    return OtherModel(kept.name, f"trained on the bundle's {f'{train.rows_used} ' if train else ''}training tickets",
+                      scored)
 
 
 def _compare(options: EvaluationOptions, data_path: str | Path, label_column: str, file_rows: Sequence[int]
-             ) -> tuple[str, str, Scored] | None:
+             ) -> OtherModel | None:
     """The other bundle as it is served (engine auto), reading the test file as that bundle reads it (its
     own text fields, label spellings and merged classes), with the labels the evaluated model is scored on, on
     the tickets it is scored on (``file_rows``: a queue only the evaluated model learnt is the other's mistake,
-    not left out), where the other bundle reads them all; else on those whose label it knows."""
+    not left out), where the other bundle reads them all; else on those whose label it knows. Its fields
+    besides the label are evaluated as the evaluated model's are, on their own columns of the test file."""
+    from classifier.evaluate_fields import field_runs
+
     if options.compare_bundle is None:
         return None
     other = Predictor.load(options.compare_bundle, "auto")
     tickets, _ = load_test_set(data_path, other.manifest, label_column, options.text_columns,
-                               id_column=options.id_column)
+                               with_fields=True, id_column=options.id_column)
     index = {row: i for i, row in enumerate(tickets.rows)}
     same = [index.get(row) for row in file_rows]
     rows = np.array(same, dtype=int) if same and None not in same else None
-    proba, scores, _ = model_run(other, tickets.texts)  # held as its own detector holds them where it serves
-    scored = Scored.of(other.labels, proba, tickets.labels, rows, held=other.held_out_of_scope(scores))
-    return (f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
-            scored)
+    proba, scores, field_logits = model_run(other, tickets.texts)
+    held = other.held_out_of_scope(scores)  # as its own detector holds them where it serves
+    scored = Scored.of(other.labels, proba, tickets.labels, rows, held=held)
+    runs = field_runs(other.fields, tickets, field_logits, options.target_precision, held)
+    return OtherModel(f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
+                      scored, field_figures({run.spec.name: run.section for run in runs}))
 
 
 def _warnings(report: Report) -> list[str]:
@@ -1033,11 +1062,11 @@ def _threshold_words(info: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- files
 
 
-def _images(report: Report, scored: Scored, others: dict[str, tuple[str, str, Scored] | None]) -> dict[str, bytes]:
+def _images(report: Report, scored: Scored, others: dict[str, OtherModel | None]) -> dict[str, bytes]:
     from classifier import plots  # matplotlib only when a report is drawn
 
     matrix = report.confusion_matrix
-    curves = {"this model": scored, **{f"{key}: {other[0]}": other[2] for key, other in others.items() if other}}
+    curves = {"this model": scored, **{f"{key}: {other.name}": other.scored for key, other in others.items() if other}}
     return {"confusion_matrix.png": plots.confusion_matrix_png(np.asarray(matrix.matrix), matrix.labels,
                                                                matrix.display_order),
             "precision_coverage.png": plots.precision_coverage_png(

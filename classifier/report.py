@@ -9,6 +9,7 @@ expect). Numbers only: no numpy here.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,6 +297,10 @@ class SideBySide:
     per_class_f1: dict[str, float]
     f1_delta: dict[str, float]  # the evaluated model's F1 minus this one's, per class present in the test set
     difference: Difference | None = None  # None: the two were not scored on the same tickets
+    # A compared bundle's fields besides the label, by column: each one's headline figure on the test file where
+    # it could be evaluated; None for the baseline, which predicts the label alone.
+    fields: dict[str, FieldFigure] | None = None
+    field_delta: dict[str, float] = field(default_factory=dict)  # the evaluated model's figure minus this one's
 
 
 @dataclass
@@ -434,6 +439,39 @@ class FieldUnavailable:
 
 
 FieldSection = SingleFieldSection | TagsSection | FieldUnavailable
+
+
+@dataclass
+class FieldFigure:
+    """The one figure that compares two models on a field: accuracy for a single label, micro-F1 for tags."""
+
+    measure: str  # "accuracy" or "micro-F1"
+    value: float
+    tickets: int  # test tickets it was measured on
+
+    @classmethod
+    def of(cls, section: FieldSection) -> FieldFigure | None:
+        """The section's headline figure; None for a field the test file could not evaluate."""
+        if isinstance(section, SingleFieldSection):
+            return cls("accuracy", section.metrics.accuracy, section.tickets)
+        if isinstance(section, TagsSection):
+            return cls("micro-F1", section.micro_f1, section.tickets)
+        return None
+
+
+def field_figures(sections: dict[str, FieldSection] | None) -> dict[str, FieldFigure]:
+    """Each evaluated field's headline figure, by column."""
+    figures = {name: FieldFigure.of(section) for name, section in (sections or {}).items()}
+    return {name: figure for name, figure in figures.items() if figure is not None}
+
+
+def field_gains(compare: dict[str, Any], names: Collection[str] | None = None) -> list[str]:
+    """The evaluated model's gain on each field (of ``names``) over a compared bundle, from report.json's
+    "compare": e.g. "priority accuracy +2.1 points", "tags micro-F1 -0.010"."""
+    figures = compare.get("fields") or {}
+    return [f"{name} {figures[name]['measure']} "
+            + (f"{_points(delta)} points" if figures[name]["measure"] == "accuracy" else f"{delta:+.3f}")
+            for name, delta in compare.get("field_delta", {}).items() if names is None or name in names]
 
 
 @dataclass

@@ -51,6 +51,7 @@ from classifier.data import (
 from classifier.errors import UserError
 from classifier.manifest import Manifest
 from classifier.readers import file_sha256, records_and_columns
+from classifier.report import field_gains
 from classifier.repository import EVALUATION_REPORT, ChampionChanged, ModelRepository, Version, open_model
 from classifier.text import TextOptions, into_fields, label_key, ticket_text
 
@@ -81,8 +82,8 @@ TOLERANCE_RANGE = (0.0, 1.0)
 @dataclass(frozen=True)
 class PromotionPolicy:
     margin: float = 0.005  # accuracy the challenger must gain over the champion (0.005: half a point)
-    tolerance: float = 0.05  # F1 any well-supported label may lose
-    min_support: int = 20  # test tickets a label needs for its F1 to count
+    tolerance: float = 0.05  # F1 any well-supported label may lose, and accuracy (tags: micro-F1) any field
+    min_support: int = 20  # test tickets a label needs for its F1 to count (a field, for its figure)
 
     def __post_init__(self) -> None:
         for name, (low, high) in (("margin", MARGIN_RANGE), ("tolerance", TOLERANCE_RANGE)):
@@ -152,6 +153,9 @@ class Decision:
     challenger: dict[str, float]
     champion: dict[str, float]
     f1_losses: dict[str, float]  # labels whose F1 dropped, by how much
+    # Fields whose accuracy (tags: micro-F1) dropped, by how much; a champion's field the challenger does not
+    # predict loses its whole figure.
+    field_losses: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,14 +257,38 @@ def decide(report: dict[str, Any], policy: PromotionPolicy) -> Decision:
     if losses:
         lost = ", ".join(f"{label} -{loss:.3f}" for label, loss in losses.items())
         reasons.append(f"labels that lose more than the tolerated F1 ({policy.tolerance:.2f}): {lost}")
+    fields_compared, field_reasons, field_losses = _field_losses(report, compare, policy)
+    reasons += field_reasons
     promoted = not reasons
     if promoted:
         reasons.append(f"accuracy {ours['accuracy']:.2%} against the champion's {theirs['accuracy']:.2%} "
                        f"({gain * 100:+.2f} points, the margin is {policy.margin * 100:+.2f}), no label with "
-                       f"{policy.min_support}+ test tickets loses more than {policy.tolerance:.2f} F1")
+                       f"{policy.min_support}+ test tickets loses more than {policy.tolerance:.2f} F1"
+                       + (f"; no field loses more either ({', '.join(fields_compared)})" if fields_compared else ""))
     figures = ("accuracy", "macro_f1", "tickets")
     return Decision(promoted, reasons, {key: ours[key] for key in figures}, {key: theirs[key] for key in figures},
-                    losses)
+                    losses, field_losses)
+
+
+def _field_losses(report: dict[str, Any], compare: dict[str, Any], policy: PromotionPolicy
+                  ) -> tuple[list[str], list[str], dict[str, float]]:
+    """The fields besides the label: each compared with its gain ("priority accuracy +2.1 points"), the reasons not
+    to promote, and the losses behind them. A field the champion was measured on and the challenger was not (it
+    does not predict it, or not as the same kind) loses its whole figure; one measured on fewer than
+    ``min_support`` tickets does not count, as for a label."""
+    theirs = compare.get("fields") or {}  # absent: a report from before fields were compared
+    deltas = compare.get("field_delta", {})
+    counted = {name: deltas.get(name, -figure["value"]) for name, figure in theirs.items()
+               if figure["tickets"] >= policy.min_support}
+    losses = {name: round(-delta, 4) for name, delta in counted.items() if -delta > policy.tolerance}
+    reasons = []
+    if dropped := [name for name in losses if name not in deltas]:
+        reasons.append(f"the champion's {', '.join(dropped)} measured on these tickets, the challenger's not: it "
+                       "does not predict them as the champion does")
+    if lost := [name for name in losses if name in deltas]:
+        reasons.append(f"fields that lose more than the tolerance ({policy.tolerance:.2f}): "
+                       + ", ".join(field_gains(compare, lost)))
+    return field_gains(compare, counted), reasons, losses
 
 
 # ---------------------------------------------------------------- data

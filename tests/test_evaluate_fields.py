@@ -239,6 +239,31 @@ def test_apply_without_the_fields_column_leaves_its_thresholds(fields_bundle, fi
     assert any("thresholds in the bundle are left as they were" in warning for warning in report["warnings"])
 
 
+# ---------------------------------------------------------------- side by side
+
+
+def test_a_compared_bundle_is_set_beside_on_each_field_it_predicts(evaluated, fields_bundle, fields_csv,
+                                                                    exported_bundle, tmp_path):
+    report, _ = evaluated
+    itself = evaluate(fields_bundle, fields_csv, tmp_path / "itself",
+                      EvaluationOptions(baseline=False, compare_bundle=fields_bundle))
+    priority, tags = report["fields"]["priority"], report["fields"]["tags"]
+    assert itself["compare"]["fields"] == {
+        "priority": {"measure": "accuracy", "value": priority["metrics"]["accuracy"], "tickets": priority["tickets"]},
+        "tags": {"measure": "micro-F1", "value": tags["micro_f1"], "tickets": tags["tickets"]}}
+    assert itself["compare"]["field_delta"] == {"priority": 0.0, "tags": 0.0}
+    assert "fields against the compared model: priority accuracy +0.0 points, tags micro-F1 +0.000" in \
+        summary_table(itself)
+    page = (tmp_path / "itself" / "report.html").read_text(encoding="utf-8")
+    assert "<td class='name'>priority: accuracy</td>" in page and "<td class='name'>tags: micro-F1</td>" in page
+    # Beside a bundle of the label alone there is no field to compare.
+    label_alone = evaluate(fields_bundle, fields_csv, tmp_path / "label-alone",
+                           EvaluationOptions(baseline=False, compare_bundle=exported_bundle))
+    assert label_alone["compare"]["fields"] == {} and label_alone["compare"]["field_delta"] == {}
+    assert "fields against" not in summary_table(label_alone)
+    assert "priority: accuracy" not in (tmp_path / "label-alone" / "report.html").read_text(encoding="utf-8")
+
+
 # ---------------------------------------------------------------- a bundle of the label alone
 
 

@@ -16,9 +16,11 @@ from csv_files import read_csv, read_jsonl, write_csv
 
 from classifier.cli import _feedback_corrections, build_parser, main
 from classifier.errors import UserError
+from classifier.evaluate import EvaluationOptions, evaluate
 from classifier.feedback import FeedbackEvent, open_store
-from classifier.repository import HISTORY_FILE, INCOMING_DIR, ModelRepository
+from classifier.repository import EVALUATION_REPORT, HISTORY_FILE, INCOMING_DIR, ModelRepository
 from classifier.retrain import (
+    EVALUATION_SET_FILE,
     Columns,
     Correction,
     MergeReport,
@@ -214,6 +216,34 @@ def test_promotion_needs_the_margin_and_no_well_supported_label_losing(report: d
         assert "the margin is +0.50" in " ".join(decision.reasons)
 
 
+def report_with_fields(gains: dict[str, float], champion: dict[str, tuple[str, float, int]]) -> dict:
+    """A report better on the label by a point, with the champion's field figures (measure, value, tickets) and
+    the challenger's gain on each field it was measured on too (``gains``)."""
+    report = report_with(0.91, 0.90, {"a": 0.0})
+    report["compare"]["fields"] = {name: {"measure": measure, "value": value, "tickets": tickets}
+                                   for name, (measure, value, tickets) in champion.items()}
+    report["compare"]["field_delta"] = gains
+    return report
+
+
+@pytest.mark.parametrize("gains, champion, promoted, named, losses", [
+    ({"priority": -0.08}, {"priority": ("accuracy", 0.7, 30)}, False,
+     "fields that lose more than the tolerance (0.05): priority accuracy -8.0 points", {"priority": 0.08}),
+    ({"priority": 0.03, "tags": -0.02}, {"priority": ("accuracy", 0.7, 30), "tags": ("micro-F1", 0.6, 30)}, True,
+     "0.05 F1; no field loses more either (priority accuracy +3.0 points, tags micro-F1 -0.020)", {}),
+    ({"priority": -0.08}, {"priority": ("accuracy", 0.7, 10)}, True, "0.05 F1", {}),  # too few tickets to count
+    ({}, {"queue": ("accuracy", 0.7, 30)}, False,
+     "the champion's queue measured on these tickets, the challenger's not", {"queue": 0.7}),
+])
+def test_a_challenger_better_on_the_label_is_not_promoted_over_a_field_it_loses(
+        gains: dict, champion: dict, promoted: bool, named: str, losses: dict) -> None:
+    decision = decide(report_with_fields(gains, champion), PromotionPolicy(margin=0.005, tolerance=0.05,
+                                                                           min_support=20))
+    assert decision.promoted is promoted and decision.field_losses == pytest.approx(losses)
+    said = "; ".join(decision.reasons)
+    assert said.endswith(named) if promoted else named in said  # a field on too few tickets goes unmentioned
+
+
 @pytest.mark.parametrize("margin", ["5", "-2", "half"])
 def test_a_margin_outside_minus_one_to_one_is_refused(margin: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
@@ -253,7 +283,8 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
                                                    for row in rows[-12:]])
     with caplog.at_level(logging.INFO, logger="classifier.retrain"):
         result = retrain(model, fields_csv, corrections, holdout_path=holdout,
-                         policy=PromotionPolicy(margin=-1, tolerance=1), training_overrides={"epochs": 1})
+                         policy=PromotionPolicy(margin=-1, tolerance=1, min_support=0),
+                         training_overrides={"epochs": 1})
     assert f"the fixed holdout of every retrain is now the 12 tickets of {holdout}" in caplog.text
     kept_holdout = (model / "holdout.csv").read_bytes()
     challenger = result.version.manifest()
@@ -264,6 +295,17 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     assert trained[rows[0]["id"]]["tags"] == rows[0]["tags"] and result.merge.fields_unknown == 1
     assert result.report["fields"]["priority"]["tickets"] > 0  # scored on the holdout's priorities
     assert "reason" in result.report["fields"]["tags"] and "tickets" not in result.report["fields"]["tags"]
+    # The champion's fields on the same tickets, as its own evaluation finds them: the decision weighs them.
+    champion = evaluate(fields_bundle, result.version.path / EVALUATION_REPORT.parent / EVALUATION_SET_FILE,
+                        tmp_path / "champion", EvaluationOptions(baseline=False))
+    compared = result.report["compare"]
+    assert compared["fields"] == {"priority": {"measure": "accuracy", "tickets": champion["fields"]["priority"][
+        "tickets"], "value": champion["fields"]["priority"]["metrics"]["accuracy"]}}  # tags: not in the holdout
+    assert compared["field_delta"] == {"priority": pytest.approx(result.report["fields"]["priority"]["metrics"][
+        "accuracy"] - champion["fields"]["priority"]["metrics"]["accuracy"])}
+    assert "no field loses more either (priority accuracy " in "; ".join(result.decision.reasons)
+    assert "<td class='name'>priority: accuracy</td>" in (
+        result.version.path / EVALUATION_REPORT.parent / "report.html").read_text(encoding="utf-8")
 
     without_tags = write_csv(tmp_path / "without-tags.csv", [{k: v for k, v in row.items() if k != "tags"}
                                                               for row in rows])
