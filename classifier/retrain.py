@@ -187,6 +187,8 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
     # An export the challenger cannot train on is refused before anything changes (the holdout included).
     export_file = columns.resolve(Path(data_path),
                                   label_alone=f"ticketclf train EXPORT --repository {repository.root} --name {name}")
+    if holdout_path is not None:
+        _refuse_a_holdout_of_every_ticket(export_file, Path(holdout_path), columns)
     trained = training_file_texts(manifest, champion.path)
     champion_trained = TrainedOn(set(trained), manifest.text) if trained is not None else None
     with repository.scratch(name) as work:  # removed after, or by the next writer if this process is killed
@@ -482,6 +484,17 @@ def _holdout(repository: ModelRepository, name: str, export_path: Path, given: s
             pass
     holdout = columns.resolve(kept, fields_required=False)
     return [holdout.row(record) for _, record in holdout.records]
+
+
+def _refuse_a_holdout_of_every_ticket(export: TicketFile, given: Path, columns: Columns) -> None:
+    """``--holdout`` with every ticket of the export (the export itself, say) would leave nothing to train on,
+    and stay the holdout of every later retrain: refused before it replaces the kept one."""
+    holdout = columns.resolve(given, fields_required=False)
+    text_columns = list(export.texts)
+    held = {key for _, record in holdout.records for key in _keys(holdout.row(record), text_columns)}
+    if all(_keys(export.row(record), text_columns) & held for _, record in export.records):
+        raise UserError(f"{given}: holds every ticket of the export ({len(export.records)}), which would leave "
+                        "nothing to train on; give --holdout labelled tickets the export does not hold")
 
 
 def _set_holdout(given: Path, kept: Path, made: Path, columns: Columns) -> None:

@@ -315,6 +315,10 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
                                         "--name tickets'"):
         retrain(model, without_tags, [], holdout_path=fields_csv)  # refused before the holdout changes
     assert (model / "holdout.csv").read_bytes() == kept_holdout
+    with pytest.raises(UserError, match=r"fields.csv: holds every ticket of the export \(\d+\), which would leave "
+                                        "nothing to train on"):
+        retrain(model, fields_csv, [], holdout_path=fields_csv)  # the export as its own holdout
+    assert (model / "holdout.csv").read_bytes() == kept_holdout
     # A --holdout file that cannot be read as one fails before it replaces the repository's.
     unlabelled = write_csv(tmp_path / "unlabelled.csv", [{"subject": row["subject"], "body": row["body"]}
                                                          for row in rows[-12:]])
