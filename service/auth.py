@@ -1,37 +1,92 @@
-"""API keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, compared in constant time."""
+"""API keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, compared in constant time.
+
+A key may be limited to one part of the API, written ``scope:key`` in ``TICKETCLF_API_KEYS``: the helpdesk's
+feedback webhook then holds a key that cannot classify, and Prometheus one that can only read metrics. A key
+without a scope opens every route; a key for two parts is listed once for each.
+"""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from flask import current_app, request
 
+from classifier.errors import UserError
 from service.errors import ApiError
 
 # Probes from the orchestrator carry no credentials and reveal nothing.
 PUBLIC_ENDPOINTS = frozenset({"ops.health", "ops.ready"})
+# Each scope and the blueprint of the routes it opens: /classify, /labels, /openapi.json; /feedback and the
+# helpdesk webhooks; /metrics (and /ready's reason for a refused model).
+SCOPES = {"classify": "api", "feedback": "feedback", "metrics": "ops"}
 
 
-def parse_keys(value: str | Iterable[str] | None) -> tuple[bytes, ...]:
-    """Keys from a comma-separated string or a list; blanks dropped."""
+@dataclass(frozen=True)
+class ApiKey:
+    secret: bytes
+    scope: str | None  # one of SCOPES; None: every route
+
+
+def parse_keys(value: str | Iterable[str] | None) -> tuple[ApiKey, ...]:
+    """Keys from a comma-separated string or a list, each ``key`` or ``scope:key``; blanks dropped. A colon
+    always follows a scope: "metric:KEY" would otherwise open every route to whoever sends that whole text."""
     items = value.split(",") if isinstance(value, str) else value or ()
-    return tuple(key.strip().encode() for key in items if key.strip())
+    keys = []
+    for item in items:
+        scope, secret = (part.strip() for part in item.split(":", 1)) if ":" in item else (None, item.strip())
+        if scope is not None and scope not in SCOPES:
+            # Not quoted: what comes before the colon may be part of a secret.
+            raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): a key has a colon, and what comes before it is none of "
+                            f"the scopes {', '.join(SCOPES)}: write scope:KEY, or a key without a colon for every "
+                            "route")
+        if secret:
+            keys.append(ApiKey(secret.encode(), scope))
+    return tuple(keys)
 
 
 def require_api_key() -> None:
-    """``before_request`` hook: 401 unless a configured key is presented (when any are configured)."""
-    if request.endpoint in PUBLIC_ENDPOINTS or authorized():
+    """``before_request`` hook: 401 unless a configured key is presented (when any are configured), 403 for a key
+    limited to another part of the API."""
+    if request.endpoint in PUBLIC_ENDPOINTS:
         return
-    raise ApiError(401, "unauthorized", "missing or invalid API key: send 'Authorization: Bearer <key>' "
-                   "or 'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
+    scopes = _presented_scopes()
+    if scopes is None or _opens(scopes):
+        return
+    if not scopes:
+        raise ApiError(401, "unauthorized", "missing or invalid API key: send 'Authorization: Bearer <key>' "
+                       "or 'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
+    needed = next((f"a key for {scope}, or " for scope, blueprint in SCOPES.items() if blueprint == request.blueprint),
+                  "")
+    raise ApiError(403, "forbidden", f"this API key is for {' and '.join(sorted(map(str, scopes)))} only; "
+                   f"{request.path} needs {needed}one without a scope")
 
 
 def authorized() -> bool:
-    """Whether the request may see everything: no keys are configured, or it presents one of them."""
-    keys: tuple[bytes, ...] = current_app.config["API_KEYS"]
-    presented = _presented_key() if keys else None
-    return not keys or (presented is not None and _matches(presented, keys))
+    """Whether the request may use its route: no keys are configured, or it presents one that opens it."""
+    scopes = _presented_scopes()
+    return scopes is None or _opens(scopes)
+
+
+def _presented_scopes() -> set[str | None] | None:
+    """The scopes of the configured keys the request presents (None among them: a key for every route; empty:
+    none presented or none matches); None when no keys are configured."""
+    keys: tuple[ApiKey, ...] = current_app.config["API_KEYS"]
+    if not keys:
+        return None
+    presented = _presented_key()
+    if presented is None:
+        return set()
+    matched = [(hmac.compare_digest(presented, key.secret), key.scope) for key in keys]  # every key compared,
+    return {scope for match, scope in matched if match}  # so the timing does not tell which one matched
+
+
+def _opens(scopes: set[str | None]) -> bool:
+    """Whether keys of these scopes open the request's route. Any valid key reaches a path with no route (its
+    404), which belongs to no part of the API."""
+    return None in scopes or any(SCOPES[scope] == request.blueprint for scope in scopes if scope) or (
+        bool(scopes) and request.blueprint is None)
 
 
 def _presented_key() -> bytes | None:
@@ -40,10 +95,3 @@ def _presented_key() -> bytes | None:
         return authorization.token.encode()
     header = request.headers.get("X-API-Key")
     return header.encode() if header else None
-
-
-def _matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
-    matched = False
-    for key in keys:  # every key is compared, so timing does not tell which one matched
-        matched |= hmac.compare_digest(presented, key)
-    return matched

@@ -12,6 +12,7 @@ REF = "#/components/schemas/{model}"
 _ERRORS = {  # each status's codes (ErrorBody.code), named first
     400: "bad_json: the body is empty, not UTF-8 or not valid JSON; bad_request: it could not be read.",
     401: "unauthorized: a missing or wrong API key.",
+    403: "forbidden: the API key is limited to another part of the API (a scope in TICKETCLF_API_KEYS).",
     408: "request_timeout: the body stopped arriving before its Content-Length was reached.",
     413: "payload_too_large: the body is larger than the configured limit.",
     404: "feedback_off: feedback is turned off on this service (TICKETCLF_FEEDBACK_DB=off): nothing was stored, "
@@ -113,7 +114,7 @@ def _feedback_path(operation: str, summary: str, request: str, description: str)
             "schema": {"$ref": REF.format(model=request)}}}},
         "responses": {"200": _json("FeedbackResponse", "Stored (committed durably), or recognised as already "
                                    "stored; counts per outcome, and one result per ticket."),
-                      **_errors(400, 401, 404, 408, 409, 413, 415, 422, 500, 503)},
+                      **_errors(400, 401, 403, 404, 408, 409, 413, 415, 422, 500, 503)},
         "parameters": [_REQUEST_ID_PARAMETER],
     }}
 
@@ -140,11 +141,11 @@ def _paths() -> dict[str, Any]:
                 "schema": {"$ref": REF.format(model="ClassifyRequest")}}}},
             "parameters": [_REQUEST_ID_PARAMETER],
             "responses": {"200": _json("ClassifyResponse", "One prediction per ticket, in request order."),
-                          **_errors(400, 401, 408, 413, 415, 422, 500)},
+                          **_errors(400, 401, 403, 408, 413, 415, 422, 500)},
         }},
         "/labels": {"get": {"summary": "The labels the model predicts", "operationId": "labels",
                             "responses": {"200": _json("LabelsResponse", "Labels and thresholds."),
-                                          **_errors(401)}}},
+                                          **_errors(401, 403)}}},
         "/health": {"get": {"summary": "Liveness: the process answers", "operationId": "health",
                             "responses": {"200": _json("HealthResponse", "Alive."), **_errors()}}},
         "/ready": {"get": {"summary": "Readiness: the model is loaded and warmed up", "operationId": "ready",
@@ -152,7 +153,7 @@ def _paths() -> dict[str, Any]:
         "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
                              "responses": {"200": {"description": "Prometheus text format.",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}},
-                                           **_errors(401)}}},
+                                           **_errors(401, 403)}}},
         "/feedback": _feedback_path("feedback", "Store agents' labels for tickets", "FeedbackRequest",
                                     _FEEDBACK_HELP),
         "/feedback/zendesk": _feedback_path("feedbackZendesk", "Store a label from a Zendesk webhook",
@@ -167,5 +168,5 @@ def _paths() -> dict[str, Any]:
                                   "responses": {"200": {"description": "OpenAPI 3.1.",
                                                         "content": {"application/json": {
                                                             "schema": {"type": "object"}}}},
-                                                **_errors(401)}}},
+                                                **_errors(401, 403)}}},
     }

@@ -9,6 +9,7 @@ from flask import Flask
 from service_helpers import KEYS, error_of
 
 from classifier.errors import UserError
+from service import create_app
 from service import settings as service_settings
 
 
@@ -46,3 +47,36 @@ def test_api_keys_that_are_all_blank_are_refused_not_read_as_no_auth(tmp_path: P
         with pytest.raises(UserError, match="no key in"):
             service_settings({"BUNDLE": str(tmp_path), "API_KEYS": keys})
     assert service_settings({"BUNDLE": str(tmp_path), "API_KEYS": ""})["API_KEYS"] == ""  # documented: no auth
+
+
+def test_a_scoped_key_opens_its_part_of_the_api_alone(exported_bundle: Path, tmp_path: Path) -> None:
+    keys = "feedback:hook-key, metrics:prom-key, classify:app-key, feedback:app-key, all-key"  # app-key: two parts
+    app = create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": keys, "ACCESS_LOG": False,
+                      "FEEDBACK_DB": str(tmp_path / "f.sqlite")})
+    client = app.test_client()
+
+    def status(method: str, path: str, key: str) -> int:
+        body = {"ticket_id": "1", "label": "billing", "text": "charged twice"} if method == "post" else None
+        return getattr(client, method)(path, json=body, headers={"X-API-Key": key}).status_code
+
+    routes = [("post", "/classify"), ("get", "/labels"), ("get", "/openapi.json"), ("post", "/feedback"),
+              ("get", "/metrics")]
+    opened = {"hook-key": {"/feedback"}, "prom-key": {"/metrics"}, "app-key": {"/classify", "/labels",
+                                                                               "/openapi.json", "/feedback"},
+              "all-key": {path for _, path in routes}}
+    for key, paths in opened.items():
+        assert {path for method, path in routes if status(method, path, key) == 200} == paths, key
+    refused = client.post("/classify", json={"text": "charged twice"}, headers={"Authorization": "Bearer hook-key"})
+    assert error_of(refused, 403) == {"code": "forbidden", "message": "this API key is for feedback only; /classify "
+                                      "needs a key for classify, or one without a scope"}
+    assert status("get", "/nowhere", "prom-key") == 404  # a valid key learns that a path has no route
+    assert status("get", "/nowhere", "hook") == 401  # the secret is the text after the scope, not the whole
+    assert status("post", "/classify", "feedback:hook-key") == 401
+
+
+@pytest.mark.parametrize("keys", ["metric:prom-key", "good-key, secret-part:rest"])
+def test_a_key_with_a_colon_that_is_not_a_scope_is_refused_without_echoing_it(keys: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="a key has a colon, and what comes before it is none of the scopes "
+                                        "classify, feedback, metrics") as refused:
+        service_settings({"BUNDLE": str(tmp_path), "API_KEYS": keys})
+    assert "prom-key" not in str(refused.value) and "secret-part" not in str(refused.value)
