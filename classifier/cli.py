@@ -805,7 +805,7 @@ REPO/NAME/feedback.sqlite),
 evaluated side by side with the champion on the repository's fixed holdout (holdout.csv, made on the
 first retrain) and recent corrected tickets neither trained on, and promoted only if it is better by
 --margin and no label with --min-support test tickets loses more than --tolerance F1, nor any field
-(priority, tags) more than --tolerance of its accuracy (tags: micro-F1). The decision,
+(priority, tags) more than --tolerance of its accuracy (tags: micro-F1) beyond chance. The decision,
 with both models' figures, goes to the repository's history; the report to the new version's
 reports/evaluation/.
 """

@@ -71,8 +71,6 @@ from classifier.report import (
     Difference,
     Dropped,
     Example,
-    FieldFigure,
-    FieldSection,
     Interval,
     Metrics,
     ModelInfo,
@@ -88,13 +86,11 @@ from classifier.report import (
     UnknownLabel,
     UnknownLabels,
     difference_summary,
-    field_figures,
-    field_gains,
     wrong_of,
 )
 
 if TYPE_CHECKING:
-    from classifier.evaluate_fields import FieldRun
+    from classifier.evaluate_fields import FieldOutcomes, FieldRun
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +225,8 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     if predictor.fields:
         fields = evaluate_fields.field_runs(predictor.fields, tickets, field_logits, options.target_precision, held)
         report.fields = {run.spec.name: run.section for run in fields}
-    if report.compare is not None and report.compare.fields is not None:
-        report.compare.field_delta = field_delta(report.fields, report.compare.fields)
+    if report.compare is not None and others["compare"] is not None:
+        report.compare.fields = evaluate_fields.compared_fields(fields, others["compare"].fields or {})
     if options.apply_threshold_for_precision is not None:
         report.thresholds_applied = apply_thresholds(bundle_dir, predictor, scored, tickets,
                                                      options.apply_threshold_for_precision, fields)
@@ -265,8 +261,8 @@ def summary_table(report: dict[str, Any]) -> str:
     lines += [f"{label:<{width}}" + "".join(f"{cell(metrics):>22}" for _, metrics in columns) for label, cell in rows]
     lines += [f"this model against {CALLED[name]}: {report[name]['difference']['summary']}"
               for name in ("baseline", "compare") if (report.get(name) or {}).get("difference")]
-    if gains := field_gains(report.get("compare") or {}):
-        lines.append(f"fields against {CALLED['compare']}: {', '.join(gains)}")
+    if compared := ((report.get("compare") or {}).get("fields") or {}).values():
+        lines.append(f"fields against {CALLED['compare']}: {'; '.join(field['summary'] for field in compared)}")
     lines.append(message)
     lines += _out_of_scope_lines(report.get("out_of_scope"))
     if report.get("fields") is not None:
@@ -766,7 +762,7 @@ class OtherModel(NamedTuple):
     name: str
     description: str
     scored: Scored
-    fields: dict[str, FieldFigure] | None = None  # a compared bundle's fields; None: the label alone
+    fields: dict[str, FieldOutcomes] | None = None  # a compared bundle's fields measured; None: the label alone
 
 
 def _side_by_side(other: OtherModel, scored: Scored, target: float, called: str) -> SideBySide:
@@ -778,7 +774,7 @@ def _side_by_side(other: OtherModel, scored: Scored, target: float, called: str)
                       per_class_f1=theirs,
                       f1_delta={label: own[label] - theirs[label] for label in scored.classes
                                 if label in theirs and label in present},
-                      difference=paired_difference(scored, other.scored, target, called), fields=other.fields)
+                      difference=paired_difference(scored, other.scored, target, called))
 
 
 def paired_difference(scored: Scored, other: Scored, target: float, called: str = "the other model", seed: int = 0
@@ -812,30 +808,29 @@ def accuracy_gap(only_this: int, only_other: int, tickets: int) -> Interval:
 
 
 def _routed_gap(scored: Scored, other: Scored, target: float, seed: int) -> Interval:
-    """The gap in share routed at ``target`` precision, with the 95 % percentile interval of a paired bootstrap
-    (the test tickets drawn again, the same draw for both models): no formula covers a threshold chosen on the
-    tickets themselves."""
+    """The gap in share routed at ``target`` precision, with a paired bootstrap's interval: no formula covers a
+    threshold chosen on the tickets themselves."""
+    def statistic(rows: np.ndarray) -> np.ndarray:
+        routed = [routed_at_target(model.routable[rows], model.correct[rows], target) for model in (scored, other)]
+        return (routed[0] - routed[1]) / rows.shape[-1]
+
+    return paired_bootstrap(statistic, len(scored.rows), seed)
+
+
+def paired_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], tickets: int, seed: int = 0) -> Interval:
+    """A gap between two models on the same ``tickets`` test tickets, ``statistic(rows)`` of ticket indices (a
+    resample per row of a 2-D array), with the 95 % percentile interval of a paired bootstrap: the tickets drawn
+    again, the same draw for both models."""
     from scipy.stats import bootstrap
 
-    def statistic(rows: np.ndarray, axis: int = -1) -> np.ndarray:  # rows: one resample of tickets per row
-        routed = [routed_at_target(model.routable[rows], model.correct[rows], target) for model in (scored, other)]
-        return (routed[0] - routed[1]) / rows.shape[axis]
-
-    everything = np.arange(len(scored.rows))
-    batch = max(1, min(BOOTSTRAP_BATCH, BOOTSTRAP_BATCH_VALUES // len(everything)))
-    interval = bootstrap((everything,), statistic, n_resamples=BOOTSTRAP_RESAMPLES, batch=batch,
-                         method="percentile", rng=np.random.default_rng(seed)).confidence_interval
-    # The share jumps (one confident mistake moves the threshold far), so the draws can all land on one side of
-    # the observed gap: the interval is widened to hold it, which only makes a verdict more careful.
+    everything = np.arange(tickets)
+    batch = max(1, min(BOOTSTRAP_BATCH, BOOTSTRAP_BATCH_VALUES // tickets))
+    interval = bootstrap((everything,), lambda rows, axis=-1: statistic(rows), n_resamples=BOOTSTRAP_RESAMPLES,
+                         batch=batch, method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    # A statistic can jump (one confident mistake moves a threshold far), so the draws can all land on one side
+    # of the observed gap: the interval is widened to hold it, which only makes a verdict more careful.
     value = float(statistic(everything))
     return Interval(value, min(float(interval.low), value), max(float(interval.high), value))
-
-
-def field_delta(sections: dict[str, FieldSection] | None, other: dict[str, FieldFigure]) -> dict[str, float]:
-    """Per field both models were evaluated on, the evaluated model's headline figure minus the other's."""
-    own = field_figures(sections)
-    return {name: own[name].value - figure.value for name, figure in other.items()
-            if name in own and own[name].measure == figure.measure}
 
 
 def _side_by_side_sections(others: dict[str, OtherModel | None], scored: Scored,
@@ -886,7 +881,7 @@ def _compare(options: EvaluationOptions, data_path: str | Path, label_column: st
     scored = Scored.of(other.labels, proba, tickets.labels, rows, held=held)
     runs = field_runs(other.fields, tickets, field_logits, options.target_precision, held)
     return OtherModel(f"{other.name} ({other.version})", f"{options.compare_bundle}, engine {other.engine_kind}",
-                      scored, field_figures({run.spec.name: run.section for run in runs}))
+                      scored, {run.spec.name: run.outcomes for run in runs if run.outcomes is not None})
 
 
 def _warnings(report: Report) -> list[str]:

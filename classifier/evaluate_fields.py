@@ -30,15 +30,25 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from classifier.data import DataReport, Tickets, match_label_spellings
 from classifier.errors import ModelError, first_of
-from classifier.evaluate import Scored, class_sections, class_thresholds, routed_shown, routing_with
+from classifier.evaluate import (
+    Scored,
+    accuracy_gap,
+    class_sections,
+    class_thresholds,
+    paired_bootstrap,
+    routed_shown,
+    routing_with,
+)
 from classifier.fields import hardly_beats_majority, tag_matrix, tag_metrics
 from classifier.manifest import ALWAYS_REVIEW, FieldHead
 from classifier.numerics import sigmoid, softmax
 from classifier.report import (
     ClassRow,
+    FieldComparison,
     FieldSection,
     FieldThresholdsApplied,
     FieldUnavailable,
+    Interval,
     Routing,
     SingleFieldSection,
     TagRow,
@@ -48,13 +58,38 @@ from classifier.report import (
 LISTED_VALUES = 10  # values the model does not know, listed in a warning
 
 
+ACCURACY, MICRO_F1 = "accuracy", "micro-F1"  # the figure two models are compared on: single label, tags
+
+
+@dataclass
+class FieldOutcomes:
+    """Per test ticket a field was measured on, what a paired comparison of two models needs: the ticket's row in
+    the test file, and for a single label whether the answer was right (one column), for tags the ticket's true
+    positives, false positives and false negatives (three)."""
+
+    measure: str  # ACCURACY or MICRO_F1
+    rows: np.ndarray
+    counts: np.ndarray  # (tickets, 1) or (tickets, 3)
+
+    def figure(self, counts: np.ndarray | None = None) -> np.ndarray:
+        """The measure of ``counts`` (these outcomes' by default; any leading axes: resamples)."""
+        counts = self.counts if counts is None else counts
+        totals = counts.sum(axis=-2)
+        if self.measure == ACCURACY:
+            return totals[..., 0] / counts.shape[-2]
+        found = 2 * totals[..., 0]  # as sklearn's micro-F1, 0 where no tag was given or carried
+        return np.where(found > 0, found / np.maximum(found + totals[..., 1] + totals[..., 2], 1), 0.0)
+
+
 @dataclass
 class FieldRun:
-    """One field on the test tickets: its report section, and for a single-label field its scores."""
+    """One field on the test tickets: its report section, for a single-label field its scores, and the outcomes
+    that compare it with another model's."""
 
     spec: FieldHead
     section: FieldSection
     scored: Scored | None = None  # a single-label field with test tickets the model can be scored on
+    outcomes: FieldOutcomes | None = None  # None: not measured on this test file
 
 
 def field_runs(fields: Sequence[FieldHead], tickets: Tickets, logits: Sequence[np.ndarray],
@@ -72,10 +107,15 @@ def field_runs(fields: Sequence[FieldHead], tickets: Tickets, logits: Sequence[n
             runs.append(FieldRun(spec, FieldUnavailable(
                 name=spec.name, kind=spec.kind, reason=f"the test file has no column {spec.name!r}")))
         elif spec.kind == "tags":
-            runs.append(_tags_run(spec, tickets.fields[spec.name], field_logits))
+            runs.append(_tags_run(spec, tickets.fields[spec.name], field_logits, _file_rows(tickets)))
         else:
             runs.append(_single_run(spec, tickets, field_logits, target, stem, held))
     return runs
+
+
+def _file_rows(tickets: Tickets) -> np.ndarray:
+    """Each ticket's row in the test file (its position, for tickets not read from one)."""
+    return np.asarray(tickets.rows if tickets.rows else range(len(tickets)), dtype=int)
 
 
 def file_stems(names: Sequence[str]) -> list[str]:
@@ -116,10 +156,12 @@ def _single_run(spec: FieldHead, tickets: Tickets, logits: np.ndarray, target: f
         precision_coverage=sections.precision_coverage,
         bundle_thresholds={"global": spec.threshold, "per_class": dict(spec.per_class)},
         files=[f"{stem}_confusion_matrix.csv", f"{stem}_confusion_matrix.png", f"{stem}_precision_coverage.png"])
-    return FieldRun(spec, section, scored)
+    outcomes = FieldOutcomes(ACCURACY, _file_rows(tickets)[scored.rows], scored.correct[:, None].astype(int))
+    return FieldRun(spec, section, scored, outcomes)
 
 
-def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndarray) -> FieldRun:
+def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndarray, file_rows: np.ndarray
+              ) -> FieldRun:
     """The tags field: a tag is given when its score reaches its threshold, as the predictor gives it."""
     tags = list(spec.labels)
     known_tags = set(tags)
@@ -146,7 +188,49 @@ def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndar
         micro_precision=float(precision), micro_recall=float(recall), subset_accuracy=metrics["subset_accuracy"],
         tickets_without_tags=int((y_true.sum(axis=1) == 0).sum()),
         tickets_given_no_tag=int((y_pred.sum(axis=1) == 0).sum()), per_tag=per_tag)
-    return FieldRun(spec, section)
+    counts = np.stack([(y_true & y_pred).sum(axis=1), ((1 - y_true) & y_pred).sum(axis=1),
+                       (y_true & (1 - y_pred)).sum(axis=1)], axis=1)
+    return FieldRun(spec, section, outcomes=FieldOutcomes(MICRO_F1, file_rows[known], counts))
+
+
+# ---------------------------------------------------------------- beside another bundle
+
+
+def compared_fields(runs: Sequence[FieldRun], other: dict[str, FieldOutcomes]) -> dict[str, FieldComparison]:
+    """Each field the other bundle was measured on (``other``, by name) against this model's, on the test tickets
+    both were measured on; where this model was not (or on fewer than 2 of the same tickets), the other's figure
+    alone."""
+    own = {run.spec.name: run.outcomes for run in runs if run.outcomes is not None}
+    compared = {}
+    for name, theirs in other.items():
+        ours = own.get(name)
+        paired = _on_common_tickets(ours, theirs) if ours is not None and ours.measure == theirs.measure else None
+        if paired is None:
+            compared[name] = FieldComparison(name, theirs.measure, None, float(theirs.figure()), len(theirs.rows),
+                                             None)
+        else:
+            compared[name] = FieldComparison(name, theirs.measure, float(paired[0].figure()),
+                                             float(paired[1].figure()), len(paired[0].rows), _field_gap(*paired))
+    return compared
+
+
+def _on_common_tickets(ours: FieldOutcomes, theirs: FieldOutcomes) -> tuple[FieldOutcomes, FieldOutcomes] | None:
+    """Both models' outcomes on the test tickets both were measured on; None for fewer than 2 (no comparison)."""
+    common, mine, its = np.intersect1d(ours.rows, theirs.rows, return_indices=True)
+    if len(common) < 2:
+        return None
+    return (FieldOutcomes(ours.measure, common, ours.counts[mine]),
+            FieldOutcomes(theirs.measure, common, theirs.counts[its]))
+
+
+def _field_gap(ours: FieldOutcomes, theirs: FieldOutcomes) -> Interval:
+    """This model's figure minus the other's on the same tickets, with a 95 % interval: for accuracy the exact one
+    of the tickets only one model gets right, for micro-F1 (not a mean over tickets) a paired bootstrap."""
+    if ours.measure == ACCURACY:
+        right, other_right = ours.counts[:, 0].astype(bool), theirs.counts[:, 0].astype(bool)
+        return accuracy_gap(int((right & ~other_right).sum()), int((other_right & ~right).sum()), len(ours.rows))
+    return paired_bootstrap(lambda rows: ours.figure(ours.counts[rows]) - theirs.figure(theirs.counts[rows]),
+                            len(ours.rows))
 
 
 # ---------------------------------------------------------------- thresholds into the bundle

@@ -9,7 +9,6 @@ expect). Numbers only: no numpy here.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,10 +296,9 @@ class SideBySide:
     per_class_f1: dict[str, float]
     f1_delta: dict[str, float]  # the evaluated model's F1 minus this one's, per class present in the test set
     difference: Difference | None = None  # None: the two were not scored on the same tickets
-    # A compared bundle's fields besides the label, by column: each one's headline figure on the test file where
-    # it could be evaluated; None for the baseline, which predicts the label alone.
-    fields: dict[str, FieldFigure] | None = None
-    field_delta: dict[str, float] = field(default_factory=dict)  # the evaluated model's figure minus this one's
+    # A compared bundle's fields besides the label, by column, each against the evaluated model's where the test
+    # file could measure it; None for the baseline, which predicts the label alone.
+    fields: dict[str, FieldComparison] | None = None
 
 
 @dataclass
@@ -442,36 +440,30 @@ FieldSection = SingleFieldSection | TagsSection | FieldUnavailable
 
 
 @dataclass
-class FieldFigure:
-    """The one figure that compares two models on a field: accuracy for a single label, micro-F1 for tags."""
+class FieldComparison:
+    """A field of the evaluated model against a compared bundle's, on the test tickets both were measured on:
+    accuracy for a single label, micro-F1 for tags."""
 
+    name: str  # the column
     measure: str  # "accuracy" or "micro-F1"
-    value: float
-    tickets: int  # test tickets it was measured on
+    this: float | None  # None: this model could not be measured on it (it lacks the field, or knows no value)
+    other: float
+    tickets: int  # measured on: both models' (the compared model's alone, where this one was not measured)
+    gap: Interval | None  # this minus other, with a 95 % interval: exact for accuracy, a paired bootstrap for F1
+    # In words, as the terminal, the page and a retrain's decision say it, e.g. "priority accuracy +2.1 points
+    # (95 % interval -1.0 to +5.2: within chance) on 150 tickets".
+    summary: str = field(init=False)
 
-    @classmethod
-    def of(cls, section: FieldSection) -> FieldFigure | None:
-        """The section's headline figure; None for a field the test file could not evaluate."""
-        if isinstance(section, SingleFieldSection):
-            return cls("accuracy", section.metrics.accuracy, section.tickets)
-        if isinstance(section, TagsSection):
-            return cls("micro-F1", section.micro_f1, section.tickets)
-        return None
-
-
-def field_figures(sections: dict[str, FieldSection] | None) -> dict[str, FieldFigure]:
-    """Each evaluated field's headline figure, by column."""
-    figures = {name: FieldFigure.of(section) for name, section in (sections or {}).items()}
-    return {name: figure for name, figure in figures.items() if figure is not None}
-
-
-def field_gains(compare: dict[str, Any], names: Collection[str] | None = None) -> list[str]:
-    """The evaluated model's gain on each field (of ``names``) over a compared bundle, from report.json's
-    "compare": e.g. "priority accuracy +2.1 points", "tags micro-F1 -0.010"."""
-    figures = compare.get("fields") or {}
-    return [f"{name} {figures[name]['measure']} "
-            + (f"{_points(delta)} points" if figures[name]["measure"] == "accuracy" else f"{delta:+.3f}")
-            for name, delta in compare.get("field_delta", {}).items() if names is None or name in names]
+    def __post_init__(self) -> None:
+        gap = self.gap
+        if gap is None:
+            self.summary = (f"{self.name}: the compared model was measured on {self.tickets} tickets, this one could "
+                            "not be (it does not predict the field, predicts it as another kind, or knows none of "
+                            "its values)")
+            return
+        said = gap.in_points() if self.measure == "accuracy" else (
+            f"{gap.value:+.3f} (95 % interval {gap.low:+.3f} to {gap.high:+.3f}: {gap.verdict})")
+        self.summary = f"{self.name} {self.measure} {said} on {self.tickets} tickets"
 
 
 @dataclass

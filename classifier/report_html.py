@@ -15,7 +15,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from classifier.report import CALLED, HEADLINES, THRESHOLD, Report, field_figures
+from classifier.report import CALLED, HEADLINES, THRESHOLD, Report
 
 TEMPLATE = "report.html.j2"
 
@@ -27,8 +27,8 @@ def render(report: Report, images: dict[str, bytes]) -> str:
         headlines=HEADLINES,
         called=CALLED,
         others=report.others(),
-        # A row per field in the side-by-side table, where a compared bundle predicts fields too.
-        field_figures=field_figures(report.fields) if any(other.fields for _, other in report.others()) else {},
+        # A row per field a compared bundle was measured on, in the side-by-side table.
+        compared_fields={name: field for _, other in report.others() for name, field in (other.fields or {}).items()},
         fields_written=[name for name, section in (report.fields or {}).items()
                         if getattr(section, "thresholds_applied", None)],  # single-label fields given thresholds
         images={name: base64.b64encode(data).decode("ascii") for name, data in images.items()})

@@ -51,7 +51,6 @@ from classifier.data import (
 from classifier.errors import UserError
 from classifier.manifest import Manifest
 from classifier.readers import file_sha256, records_and_columns
-from classifier.report import field_gains
 from classifier.repository import EVALUATION_REPORT, ChampionChanged, ModelRepository, Version, open_model
 from classifier.text import TextOptions, into_fields, label_key, ticket_text
 
@@ -153,8 +152,8 @@ class Decision:
     challenger: dict[str, float]
     champion: dict[str, float]
     f1_losses: dict[str, float]  # labels whose F1 dropped, by how much
-    # Fields whose accuracy (tags: micro-F1) dropped, by how much; a champion's field the challenger does not
-    # predict loses its whole figure.
+    # Fields whose accuracy (tags: micro-F1) dropped beyond the tolerance and chance, by how much; a champion's
+    # field the challenger could not be measured on loses its whole figure.
     field_losses: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,7 +249,7 @@ def decide(report: dict[str, Any], policy: PromotionPolicy) -> Decision:
     ours, theirs = report["metrics"], compare["metrics"]
     support = {row["label"]: row["support"] for row in report["per_class"]}
     losses = {label: round(-delta, 4) for label, delta in compare["f1_delta"].items()
-              if support.get(label, 0) >= policy.min_support and -delta > policy.tolerance}
+              if support.get(label, 0) >= policy.min_support and _beyond(-delta, policy.tolerance)}
     gain = ours["accuracy"] - theirs["accuracy"]
     reasons = []
     if gain < policy.margin:
@@ -266,31 +265,38 @@ def decide(report: dict[str, Any], policy: PromotionPolicy) -> Decision:
         reasons.append(f"accuracy {ours['accuracy']:.2%} against the champion's {theirs['accuracy']:.2%} "
                        f"({gain * 100:+.2f} points, the margin is {policy.margin * 100:+.2f}), no label with "
                        f"{policy.min_support}+ test tickets loses more than {policy.tolerance:.2f} F1"
-                       + (f"; no field loses more either ({', '.join(fields_compared)})" if fields_compared else ""))
+                       + (f"; no field loses more beyond chance either ({'; '.join(fields_compared)})"
+                          if fields_compared else ""))
     figures = ("accuracy", "macro_f1", "tickets")
     return Decision(promoted, reasons, {key: ours[key] for key in figures}, {key: theirs[key] for key in figures},
                     losses, field_losses)
 
 
+def _beyond(loss: float, tolerance: float) -> bool:
+    """Whether a loss is more than the tolerance, 0.8 - 0.75 counting as 0.05 (not 0.05000000000000004)."""
+    return round(loss, 9) > tolerance
+
+
 def _field_losses(report: dict[str, Any], compare: dict[str, Any], policy: PromotionPolicy
                   ) -> tuple[list[str], list[str], dict[str, float]]:
-    """The fields besides the label: each compared with its gain ("priority accuracy +2.1 points"), the reasons not
-    to promote, and the losses behind them. A field the champion was measured on and the challenger was not (it
-    does not predict it, or not as the same kind) loses its whole figure; one measured on fewer than
-    ``min_support`` tickets does not count, as for a label."""
-    theirs = compare.get("fields") or {}  # absent: a report from before fields were compared
-    deltas = compare.get("field_delta", {})
-    counted = {name: deltas.get(name, -figure["value"]) for name, figure in theirs.items()
-               if figure["tickets"] >= policy.min_support}
-    losses = {name: round(-delta, 4) for name, delta in counted.items() if -delta > policy.tolerance}
-    reasons = []
-    if dropped := [name for name in losses if name not in deltas]:
-        reasons.append(f"the champion's {', '.join(dropped)} measured on these tickets, the challenger's not: it "
-                       "does not predict them as the champion does")
-    if lost := [name for name in losses if name in deltas]:
-        reasons.append(f"fields that lose more than the tolerance ({policy.tolerance:.2f}): "
-                       + ", ".join(field_gains(compare, lost)))
-    return field_gains(compare, counted), reasons, losses
+    """The fields besides the label, on the test tickets both models were measured on: each one compared (its
+    summary), the reasons not to promote, and the losses behind them. A field loses where its figure drops by
+    more than the tolerance *and* beyond chance: on a few dozen tickets a 5-point drop is often the draw of
+    tickets. A field the champion was measured on and the challenger could not be is lost whole. Either counts
+    from ``min_support`` tickets on, as for a label."""
+    counted = [field for field in (compare.get("fields") or {}).values()  # none in a report from before fields
+               if field["tickets"] >= policy.min_support]                # were compared
+    unmeasured = [field for field in counted if field["gap"] is None]
+    lost = [field for field in counted if field["gap"] is not None and _beyond(-field["gap"]["value"], policy.tolerance)
+            and field["gap"]["verdict"] == "worse beyond chance"]
+    reasons = [field["summary"] for field in unmeasured]
+    if lost:
+        reasons.append(f"fields that lose more than the tolerance ({policy.tolerance * 100:.1f} points of accuracy, "
+                       f"{policy.tolerance:.3f} of micro-F1), beyond chance: "
+                       + "; ".join(field["summary"] for field in lost))
+    losses = {**{field["name"]: round(-field["gap"]["value"], 4) for field in lost},
+              **{field["name"]: round(field["other"], 4) for field in unmeasured}}
+    return [field["summary"] for field in counted if field["gap"] is not None], reasons, losses
 
 
 # ---------------------------------------------------------------- data
@@ -366,7 +372,7 @@ def merge_corrections(export: TicketFile, corrections: list[Correction], trainin
     assert mapping.label_column is not None
     text_columns, id_column = list(export.texts), mapping.id_column
     field_columns = list(export.fields)
-    holdout_keys = {key for row in holdout for key in _keys(row, text_columns)}
+    holdout_keys = _all_keys(holdout, text_columns)
     latest, report = _latest(corrections)
     holdout = [_as_corrected(row, latest, report) for row in holdout]
     rows: list[dict[str, Any]] = []
@@ -491,7 +497,7 @@ def _refuse_a_holdout_of_every_ticket(export: TicketFile, given: Path, columns: 
     and stay the holdout of every later retrain: refused before it replaces the kept one."""
     holdout = columns.resolve(given, fields_required=False)
     text_columns = list(export.texts)
-    held = {key for _, record in holdout.records for key in _keys(holdout.row(record), text_columns)}
+    held = _all_keys([holdout.row(record) for _, record in holdout.records], text_columns)
     if all(_keys(export.row(record), text_columns) & held for _, record in export.records):
         raise UserError(f"{given}: holds every ticket of the export ({len(export.records)}), which would leave "
                         "nothing to train on; give --holdout labelled tickets the export does not hold")
@@ -535,6 +541,10 @@ def make_holdout(export_path: Path, holdout: Path, columns: Columns, champion_tr
                text_columns=mapping.text_columns, test_fraction=fraction)
     drawn = "the tickets the champion did not train on" if source != export_path else "all its tickets"
     log.info("the fixed holdout of every retrain: a stratified tenth of %s, drawn from %s", export_path, drawn)
+
+
+def _all_keys(rows: list[dict[str, Any]], text_columns: list[str]) -> set[str]:
+    return {key for row in rows for key in _keys(row, text_columns)}
 
 
 def _keys(row: dict[str, Any], text_columns: list[str]) -> set[str]:

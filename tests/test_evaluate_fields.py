@@ -12,6 +12,7 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from sklearn.preprocessing import MultiLabelBinarizer
 
 from classifier.bundle import read_manifest
 from classifier.evaluate import REPORT_FILES, EvaluationOptions, evaluate, summary_table
-from classifier.evaluate_fields import field_warnings, file_stems
+from classifier.evaluate_fields import FieldOutcomes, FieldRun, compared_fields, field_warnings, file_stems
 from classifier.predict import Predictor
 
 PRIORITY_FILES = ("field_priority_confusion_matrix.csv", "field_priority_confusion_matrix.png",
@@ -248,20 +249,50 @@ def test_a_compared_bundle_is_set_beside_on_each_field_it_predicts(evaluated, fi
     itself = evaluate(fields_bundle, fields_csv, tmp_path / "itself",
                       EvaluationOptions(baseline=False, compare_bundle=fields_bundle))
     priority, tags = report["fields"]["priority"], report["fields"]["tags"]
-    assert itself["compare"]["fields"] == {
-        "priority": {"measure": "accuracy", "value": priority["metrics"]["accuracy"], "tickets": priority["tickets"]},
-        "tags": {"measure": "micro-F1", "value": tags["micro_f1"], "tickets": tags["tickets"]}}
-    assert itself["compare"]["field_delta"] == {"priority": 0.0, "tags": 0.0}
-    assert "fields against the compared model: priority accuracy +0.0 points, tags micro-F1 +0.000" in \
-        summary_table(itself)
+    compared = itself["compare"]["fields"]
+    assert [(field["measure"], field["tickets"], field["this"], field["other"], field["gap"]["value"])
+            for field in compared.values()] == [
+        ("accuracy", priority["tickets"], priority["metrics"]["accuracy"], priority["metrics"]["accuracy"], 0),
+        ("micro-F1", tags["tickets"], pytest.approx(tags["micro_f1"]), pytest.approx(tags["micro_f1"]), 0)]
+    assert f"fields against the compared model: priority accuracy +0.0 points (95 % interval +0.0 to +0.0: within " \
+           f"chance) on {priority['tickets']} tickets; tags micro-F1 +0.000" in summary_table(itself)
     page = (tmp_path / "itself" / "report.html").read_text(encoding="utf-8")
-    assert "<td class='name'>priority: accuracy</td>" in page and "<td class='name'>tags: micro-F1</td>" in page
+    assert f"<td class='name'>priority: accuracy ({priority['tickets']} tickets)</td>" in page
+    assert f"<td class='name'>tags: micro-F1 ({tags['tickets']} tickets)</td>" in page
     # Beside a bundle of the label alone there is no field to compare.
     label_alone = evaluate(fields_bundle, fields_csv, tmp_path / "label-alone",
                            EvaluationOptions(baseline=False, compare_bundle=exported_bundle))
-    assert label_alone["compare"]["fields"] == {} and label_alone["compare"]["field_delta"] == {}
+    assert label_alone["compare"]["fields"] == {}
     assert "fields against" not in summary_table(label_alone)
     assert "priority: accuracy" not in (tmp_path / "label-alone" / "report.html").read_text(encoding="utf-8")
+
+
+def outcomes(measure: str, rows: list[int], counts: list) -> FieldOutcomes:
+    return FieldOutcomes(measure, np.array(rows), np.array(counts).reshape(len(rows), -1))
+
+
+def priority_run(measured: FieldOutcomes) -> list[FieldRun]:
+    return [FieldRun(SimpleNamespace(name="priority"), None, outcomes=measured)]  # type: ignore[arg-type]
+
+
+def test_fields_are_compared_on_the_tickets_both_models_were_measured_on():
+    # This model right on rows 1-4 of 0-4, the other on 1, 2 and 5 of 1-5: on the common rows 1-4, 4 against 2.
+    ours = outcomes("accuracy", [0, 1, 2, 3, 4], [0, 1, 1, 1, 1])
+    theirs = outcomes("accuracy", [1, 2, 3, 4, 5], [1, 1, 0, 0, 1])
+    field = compared_fields(priority_run(ours), {"priority": theirs})["priority"]
+    assert (field.this, field.other, field.tickets, field.gap.value) == (1.0, 0.5, 4, 0.5)
+    assert field.gap.verdict == "within chance"  # 2 tickets only this model gets right, of 4
+    # Tags: micro-F1 of the (tp, fp, fn) summed, 2 tp / (2 tp + fp + fn); worse here.
+    tags_ours = outcomes("micro-F1", [0, 1, 2], [[1, 1, 0], [0, 0, 1], [1, 0, 0]])
+    tags_theirs = outcomes("micro-F1", [0, 1, 2], [[1, 0, 0], [1, 0, 0], [1, 0, 0]])
+    field = compared_fields(priority_run(tags_ours), {"priority": tags_theirs})["priority"]
+    assert (field.this, field.other) == (pytest.approx(4 / 6), 1.0) and field.gap.value == pytest.approx(-1 / 3)
+    # Another kind, fewer than 2 common tickets, or not measured here: the other's figure alone, no gap.
+    for mine, other in ((ours, tags_theirs), (ours, outcomes("accuracy", [4, 9], [1, 0])), (None, theirs)):
+        field = compared_fields(priority_run(mine) if mine else [], {"priority": other})["priority"]
+        assert (field.this, field.gap, field.other, field.tickets) == (None, None, other.figure(), len(other.rows))
+        assert field.summary.startswith(f"priority: the compared model was measured on {len(other.rows)} tickets, "
+                                        "this one could not be")
 
 
 # ---------------------------------------------------------------- a bundle of the label alone

@@ -4,6 +4,7 @@ champion on the fixed holdout, promoted, recorded in the history)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -18,6 +19,7 @@ from classifier.cli import _feedback_corrections, build_parser, main
 from classifier.errors import UserError
 from classifier.evaluate import EvaluationOptions, evaluate
 from classifier.feedback import FeedbackEvent, open_store
+from classifier.report import FieldComparison, Interval
 from classifier.repository import EVALUATION_REPORT, HISTORY_FILE, INCOMING_DIR, ModelRepository
 from classifier.retrain import (
     EVALUATION_SET_FILE,
@@ -216,32 +218,41 @@ def test_promotion_needs_the_margin_and_no_well_supported_label_losing(report: d
         assert "the margin is +0.50" in " ".join(decision.reasons)
 
 
-def report_with_fields(gains: dict[str, float], champion: dict[str, tuple[str, float, int]]) -> dict:
-    """A report better on the label by a point, with the champion's field figures (measure, value, tickets) and
-    the challenger's gain on each field it was measured on too (``gains``)."""
+def report_with_fields(*fields: FieldComparison) -> dict:
+    """A report better on the label by a point, with these field comparisons against the champion."""
     report = report_with(0.91, 0.90, {"a": 0.0})
-    report["compare"]["fields"] = {name: {"measure": measure, "value": value, "tickets": tickets}
-                                   for name, (measure, value, tickets) in champion.items()}
-    report["compare"]["field_delta"] = gains
+    report["compare"]["fields"] = {field.name: dataclasses.asdict(field) for field in fields}
     return report
 
 
-@pytest.mark.parametrize("gains, champion, promoted, named, losses", [
-    ({"priority": -0.08}, {"priority": ("accuracy", 0.7, 30)}, False,
-     "fields that lose more than the tolerance (0.05): priority accuracy -8.0 points", {"priority": 0.08}),
-    ({"priority": 0.03, "tags": -0.02}, {"priority": ("accuracy", 0.7, 30), "tags": ("micro-F1", 0.6, 30)}, True,
-     "0.05 F1; no field loses more either (priority accuracy +3.0 points, tags micro-F1 -0.020)", {}),
-    ({"priority": -0.08}, {"priority": ("accuracy", 0.7, 10)}, True, "0.05 F1", {}),  # too few tickets to count
-    ({}, {"queue": ("accuracy", 0.7, 30)}, False,
-     "the champion's queue measured on these tickets, the challenger's not", {"queue": 0.7}),
+def priority(this: float, other: float, low: float, high: float, tickets: int = 150) -> FieldComparison:
+    return FieldComparison("priority", "accuracy", this, other, tickets, Interval(this - other, low, high))
+
+
+@pytest.mark.parametrize("fields, promoted, named, losses", [
+    ([priority(0.62, 0.70, -0.13, -0.03)], False, "fields that lose more than the tolerance (5.0 points of accuracy, "
+     "0.050 of micro-F1), beyond chance: priority accuracy -8.0 points (95 % interval -13.0 to -3.0: worse beyond "
+     "chance) on 150 tickets", {"priority": 0.08}),
+    # The same drop within chance, one of exactly the tolerance, one on too few tickets: promoted.
+    ([priority(0.62, 0.70, -0.15, +0.01)], True, "no field loses more beyond chance either (priority accuracy "
+     "-8.0 points (95 % interval -15.0 to +1.0: within chance) on 150 tickets)", {}),
+    ([priority(0.75, 0.80, -0.08, -0.02)], True, "-5.0 points (95 % interval -8.0 to -2.0: worse beyond chance) on "
+     "150 tickets)", {}),
+    ([priority(0.62, 0.70, -0.13, -0.03, tickets=10)], True, "0.05 F1", {}),
+    # A champion's field the challenger could not be measured on, however low its figure.
+    ([FieldComparison("tags", "micro-F1", None, 0.04, 300, None)], False, "tags: the compared model was measured "
+     "on 300 tickets, this one could not be", {"tags": 0.04}),
 ])
 def test_a_challenger_better_on_the_label_is_not_promoted_over_a_field_it_loses(
-        gains: dict, champion: dict, promoted: bool, named: str, losses: dict) -> None:
-    decision = decide(report_with_fields(gains, champion), PromotionPolicy(margin=0.005, tolerance=0.05,
-                                                                           min_support=20))
+        fields: list[FieldComparison], promoted: bool, named: str, losses: dict) -> None:
+    decision = decide(report_with_fields(*fields), PromotionPolicy(margin=0.005, tolerance=0.05, min_support=20))
     assert decision.promoted is promoted and decision.field_losses == pytest.approx(losses)
     said = "; ".join(decision.reasons)
     assert said.endswith(named) if promoted else named in said  # a field on too few tickets goes unmentioned
+
+
+def test_a_label_losing_exactly_the_tolerance_does_not_block() -> None:
+    assert decide(report_with(0.91, 0.90, {"a": 0.75 - 0.8}), PromotionPolicy(tolerance=0.05)).promoted
 
 
 @pytest.mark.parametrize("margin", ["5", "-2", "half"])
@@ -298,13 +309,15 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     # The champion's fields on the same tickets, as its own evaluation finds them: the decision weighs them.
     champion = evaluate(fields_bundle, result.version.path / EVALUATION_REPORT.parent / EVALUATION_SET_FILE,
                         tmp_path / "champion", EvaluationOptions(baseline=False))
-    compared = result.report["compare"]
-    assert compared["fields"] == {"priority": {"measure": "accuracy", "tickets": champion["fields"]["priority"][
-        "tickets"], "value": champion["fields"]["priority"]["metrics"]["accuracy"]}}  # tags: not in the holdout
-    assert compared["field_delta"] == {"priority": pytest.approx(result.report["fields"]["priority"]["metrics"][
-        "accuracy"] - champion["fields"]["priority"]["metrics"]["accuracy"])}
-    assert "no field loses more either (priority accuracy " in "; ".join(result.decision.reasons)
-    assert "<td class='name'>priority: accuracy</td>" in (
+    compared = result.report["compare"]["fields"]
+    assert list(compared) == ["priority"]  # tags: not in the holdout
+    assert (compared["priority"]["tickets"], compared["priority"]["this"], compared["priority"]["other"]) == (
+        champion["fields"]["priority"]["tickets"], result.report["fields"]["priority"]["metrics"]["accuracy"],
+        champion["fields"]["priority"]["metrics"]["accuracy"])  # both on the same holdout tickets
+    assert compared["priority"]["gap"]["value"] == pytest.approx(compared["priority"]["this"]
+                                                                 - compared["priority"]["other"])
+    assert "no field loses more beyond chance either (priority accuracy " in "; ".join(result.decision.reasons)
+    assert f"<td class='name'>priority: accuracy ({compared['priority']['tickets']} tickets)</td>" in (
         result.version.path / EVALUATION_REPORT.parent / "report.html").read_text(encoding="utf-8")
 
     without_tags = write_csv(tmp_path / "without-tags.csv", [{k: v for k, v in row.items() if k != "tags"}
