@@ -19,7 +19,8 @@ from service.errors import ApiError
 # Probes from the orchestrator carry no credentials and reveal nothing.
 PUBLIC_ENDPOINTS = frozenset({"ops.health", "ops.ready"})
 # Each scope and the blueprint of the routes it opens: /classify, /labels, /openapi.json; /feedback and the
-# helpdesk webhooks; /metrics (and /ready's reason for a refused model).
+# helpdesk webhooks; /metrics (and /ready's reason for a refused model). A route added to a blueprint opens to
+# its scope's keys: one that should not belongs in a blueprint of its own.
 SCOPES = {"classify": "api", "feedback": "feedback", "metrics": "ops"}
 
 
@@ -36,6 +37,9 @@ def parse_keys(value: str | Iterable[str] | None) -> tuple[ApiKey, ...]:
     keys = []
     for item in items:
         scope, secret = (part.strip() for part in item.split(":", 1)) if ":" in item else (None, item.strip())
+        if scope is not None and scope in SCOPES and not secret:
+            raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): no key after the scope {scope!r} (an unset variable?); "
+                            "its clients would all be refused")
         if scope is not None and scope not in SCOPES:
             # Not quoted: what comes before the colon may be part of a secret.
             raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): a key has a colon, and what comes before it is none of "

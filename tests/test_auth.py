@@ -80,3 +80,8 @@ def test_a_key_with_a_colon_that_is_not_a_scope_is_refused_without_echoing_it(ke
                                         "classify, feedback, metrics") as refused:
         service_settings({"BUNDLE": str(tmp_path), "API_KEYS": keys})
     assert "prom-key" not in str(refused.value) and "secret-part" not in str(refused.value)
+
+
+def test_a_scope_without_a_key_after_it_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no key after the scope 'feedback' \\(an unset variable\\?\\)"):
+        service_settings({"BUNDLE": str(tmp_path), "API_KEYS": "app-key,feedback:"})  # "$APP,feedback:$HOOK" unset
