@@ -18,6 +18,7 @@ from service_helpers import TICKET, ctx, http_call, master_pid, metric_values, r
 
 from classifier.repository import ModelRepository
 from service import create_app
+from service.auth import parse_keys
 
 
 def served_version(app: Flask) -> str:
@@ -81,12 +82,13 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repository: M
     ready = app.test_client().get("/ready").get_json()
     assert ready["model"]["version"] == "1" and "version 2" in ready["swap_error"]
     assert any("model refused" in record.getMessage() for record in caplog.records)
-    # With API keys, /ready stays open to probes, but says why (server paths) only to a client with a key.
-    app.config["API_KEYS"] = (b"secret",)
-    anonymous = app.test_client().get("/ready").get_json()["swap_error"]
-    assert anonymous == "a new model was refused; the server's log, or this route with an API key, says why"
-    keyed = app.test_client().get("/ready", headers={"X-API-Key": "secret"}).get_json()["swap_error"]
-    assert keyed == ready["swap_error"]
+    # With API keys, /ready stays open to probes, but says why (server paths) only to a client with a key for
+    # every route or for the metrics.
+    app.config["API_KEYS"] = parse_keys("secret, metrics:scraper, classify:caller")
+    hidden = "a new model was refused; the server's log, or this route with an API key, says why"
+    for key, said in (("", hidden), ("caller", hidden), ("secret", ready["swap_error"]),
+                      ("scraper", ready["swap_error"])):
+        assert app.test_client().get("/ready", headers={"X-API-Key": key}).get_json()["swap_error"] == said, key
     app.config["API_KEYS"] = ()
     samples = metric_values(app.test_client().get("/metrics").get_data(as_text=True))
     assert samples[("ticketclf_model_swap_failed", ())] == 1
