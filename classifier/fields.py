@@ -166,23 +166,41 @@ def best_f1_threshold(scores: np.ndarray, truth: np.ndarray, min_positives: int 
 
 
 def tag_metrics(predicted: np.ndarray, truth: np.ndarray, tags: Sequence[str]) -> dict[str, Any]:
-    """Micro and macro F1, subset accuracy and per-tag precision/recall/support of 0/1 ``predicted`` tags
-    against ``truth`` (rows of -1: unknown tags, left out)."""
-    from sklearn.metrics import f1_score, precision_recall_fscore_support
-
+    """Micro and macro F1 and precision, recall, subset accuracy and per-tag precision/recall/support of 0/1
+    ``predicted`` tags against ``truth`` (rows of -1: unknown tags, left out). Counted here, where sklearn would
+    read a single tag's column as a binary target and give its accuracy as the micro-F1; undefined shares are 0,
+    as sklearn's ``zero_division=0`` gives them."""
     known = truth[:, 0] >= 0 if truth.size else np.zeros(0, dtype=bool)
     y_true, y_pred = truth[known].astype(int), predicted[known].astype(int)
     if not len(y_true):
         return {"tickets": 0}
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    hits, wrong, missed = tag_counts(y_true, y_pred).sum(axis=0).T  # per tag
+    f1 = f1_of(hits, wrong, missed)
     return {
         "tickets": int(len(y_true)),
-        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "micro_f1": float(f1_of(hits.sum(), wrong.sum(), missed.sum())),
+        "macro_f1": float(f1.mean()),
+        "micro_precision": _share(hits.sum(), hits.sum() + wrong.sum()),
+        "micro_recall": _share(hits.sum(), hits.sum() + missed.sum()),
         "subset_accuracy": float((y_true == y_pred).all(axis=1).mean()),
-        "per_tag": {tag: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                    for tag, p, r, f, s in zip(tags, precision, recall, f1, support)},
+        "per_tag": {tag: {"precision": _share(h, h + w), "recall": _share(h, h + m), "f1": float(f),
+                          "support": int(h + m)} for tag, h, w, m, f in zip(tags, hits, wrong, missed, f1)},
     }
+
+
+def tag_counts(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Per ticket and tag, (true positive, false positive, false negative) as 0/1: shape (tickets, tags, 3)."""
+    return np.stack([y_true & y_pred, (1 - y_true) & y_pred, y_true & (1 - y_pred)], axis=-1)
+
+
+def f1_of(hits: Any, wrong: Any, missed: Any) -> Any:
+    """F1 from true positives, false positives and false negatives (arrays or numbers); 0 where none of them."""
+    found = 2 * np.asarray(hits, dtype=float)
+    return np.where(found > 0, found / np.maximum(found + wrong + missed, 1), 0.0)
+
+
+def _share(part: int, whole: int) -> float:
+    return float(part / whole) if whole else 0.0
 
 
 # A field whose model avoids less than this share of the mistakes that always answering its most common value

@@ -24,6 +24,7 @@ from sklearn.preprocessing import MultiLabelBinarizer
 from classifier.bundle import read_manifest
 from classifier.evaluate import REPORT_FILES, EvaluationOptions, evaluate, summary_table
 from classifier.evaluate_fields import FieldOutcomes, FieldRun, compared_fields, field_warnings, file_stems
+from classifier.fields import tag_metrics
 from classifier.predict import Predictor
 
 PRIORITY_FILES = ("field_priority_confusion_matrix.csv", "field_priority_confusion_matrix.png",
@@ -293,6 +294,15 @@ def test_fields_are_compared_on_the_tickets_both_models_were_measured_on():
         assert (field.this, field.gap, field.other, field.tickets) == (None, None, other.figure(), len(other.rows))
         assert field.summary.startswith(f"priority: the compared model was measured on {len(other.rows)} tickets, "
                                         "this one could not be")
+
+
+def test_a_single_tag_is_scored_as_a_tag_not_as_a_binary_target():
+    # sklearn would read one column as a binary target and give its accuracy (3 of 5) as the micro-F1.
+    truth = np.array([[1], [1], [0], [0], [0]], dtype=float)
+    given = np.array([[1], [0], [1], [0], [0]])
+    metrics = tag_metrics(given, truth, ["vip"])
+    assert metrics["micro_f1"] == metrics["macro_f1"] == pytest.approx(0.5)
+    assert metrics["per_tag"]["vip"] == {"precision": 0.5, "recall": 0.5, "f1": pytest.approx(0.5), "support": 2}
 
 
 # ---------------------------------------------------------------- a bundle of the label alone
