@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_fscore_support
 
 from classifier.data import DataReport, Tickets, match_label_spellings
 from classifier.errors import ModelError, first_of
@@ -39,7 +38,7 @@ from classifier.evaluate import (
     routed_shown,
     routing_with,
 )
-from classifier.fields import hardly_beats_majority, tag_matrix, tag_metrics
+from classifier.fields import f1_of, hardly_beats_majority, tag_counts, tag_matrix, tag_metrics
 from classifier.manifest import ALWAYS_REVIEW, FieldHead
 from classifier.numerics import sigmoid, softmax
 from classifier.report import (
@@ -65,7 +64,8 @@ ACCURACY, MICRO_F1 = "accuracy", "micro-F1"  # the figure two models are compare
 class FieldOutcomes:
     """Per test ticket a field was measured on, what a paired comparison of two models needs: the ticket's row in
     the test file, and for a single label whether the answer was right (one column), for tags the ticket's true
-    positives, false positives and false negatives (three)."""
+    positives, false positives and false negatives (three). Unlike the field's own section, a value or tag the
+    model does not know counts, as a mistake: what one model learnt and the other did not is the other's loss."""
 
     measure: str  # ACCURACY or MICRO_F1
     rows: np.ndarray
@@ -77,8 +77,7 @@ class FieldOutcomes:
         totals = counts.sum(axis=-2)
         if self.measure == ACCURACY:
             return totals[..., 0] / counts.shape[-2]
-        found = 2 * totals[..., 0]  # as sklearn's micro-F1, 0 where no tag was given or carried
-        return np.where(found > 0, found / np.maximum(found + totals[..., 1] + totals[..., 2], 1), 0.0)
+        return f1_of(totals[..., 0], totals[..., 1], totals[..., 2])
 
 
 @dataclass
@@ -156,7 +155,11 @@ def _single_run(spec: FieldHead, tickets: Tickets, logits: np.ndarray, target: f
         precision_coverage=sections.precision_coverage,
         bundle_thresholds={"global": spec.threshold, "per_class": dict(spec.per_class)},
         files=[f"{stem}_confusion_matrix.csv", f"{stem}_confusion_matrix.png", f"{stem}_precision_coverage.png"])
-    outcomes = FieldOutcomes(ACCURACY, _file_rows(tickets)[scored.rows], scored.correct[:, None].astype(int))
+    # Beside another model, every ticket with a value counts, a value this model does not know as its mistake
+    # (a value only one of two models learnt would otherwise drop out of the comparison, and its loss with it).
+    with_value = np.array([bool(value) for value in values])
+    right = np.asarray(spec.labels, dtype=object)[np.asarray(logits).argmax(axis=1)] == np.asarray(values, dtype=object)
+    outcomes = FieldOutcomes(ACCURACY, _file_rows(tickets)[with_value], right[with_value][:, None].astype(int))
     return FieldRun(spec, section, scored, outcomes)
 
 
@@ -177,7 +180,6 @@ def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndar
     metrics = tag_metrics(given, truth, tags)
     known = truth[:, 0] >= 0
     y_true, y_pred = truth[known].astype(int), given[known]
-    precision, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
     predicted = y_pred.sum(axis=0)
     per_tag = [TagRow(tag=tag, support=info["support"], predicted=int(predicted[j]), precision=info["precision"],
                       recall=info["recall"], f1=info["f1"], threshold=thresholds[j])
@@ -185,11 +187,13 @@ def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndar
     section = TagsSection(
         name=spec.name, kind=spec.kind, tags=tags, tickets=metrics["tickets"], without_value=without,
         unknown_tags=dict(unknown.most_common()), micro_f1=metrics["micro_f1"], macro_f1=metrics["macro_f1"],
-        micro_precision=float(precision), micro_recall=float(recall), subset_accuracy=metrics["subset_accuracy"],
+        micro_precision=metrics["micro_precision"], micro_recall=metrics["micro_recall"],
+        subset_accuracy=metrics["subset_accuracy"],
         tickets_without_tags=int((y_true.sum(axis=1) == 0).sum()),
         tickets_given_no_tag=int((y_pred.sum(axis=1) == 0).sum()), per_tag=per_tag)
-    counts = np.stack([(y_true & y_pred).sum(axis=1), ((1 - y_true) & y_pred).sum(axis=1),
-                       (y_true & (1 - y_pred)).sum(axis=1)], axis=1)
+    # Beside another model, a tag this one does not know is one it never gives: missed, not left out.
+    counts = tag_counts(y_true, y_pred).sum(axis=1)
+    counts[:, 2] += [sum(tag not in known_tags for tag in row or ()) for row, kept in zip(rows, known) if kept]
     return FieldRun(spec, section, outcomes=FieldOutcomes(MICRO_F1, file_rows[known], counts))
 
 

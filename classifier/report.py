@@ -458,8 +458,8 @@ class FieldComparison:
         gap = self.gap
         if gap is None:
             self.summary = (f"{self.name}: the compared model was measured on {self.tickets} tickets, this one could "
-                            "not be (it does not predict the field, predicts it as another kind, or knows none of "
-                            "its values)")
+                            "not be (it does not predict the field, predicts it as another kind, knows none of its "
+                            "values, or shares fewer than 2 measured tickets with it)")
             return
         said = gap.in_points() if self.measure == "accuracy" else (
             f"{gap.value:+.3f} (95 % interval {gap.low:+.3f} to {gap.high:+.3f}: {gap.verdict})")

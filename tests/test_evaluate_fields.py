@@ -22,9 +22,18 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from sklearn.preprocessing import MultiLabelBinarizer
 
 from classifier.bundle import read_manifest
+from classifier.data import Tickets
 from classifier.evaluate import REPORT_FILES, EvaluationOptions, evaluate, summary_table
-from classifier.evaluate_fields import FieldOutcomes, FieldRun, compared_fields, field_warnings, file_stems
+from classifier.evaluate_fields import (
+    FieldOutcomes,
+    FieldRun,
+    compared_fields,
+    field_runs,
+    field_warnings,
+    file_stems,
+)
 from classifier.fields import tag_metrics
+from classifier.manifest import FieldHead
 from classifier.predict import Predictor
 
 PRIORITY_FILES = ("field_priority_confusion_matrix.csv", "field_priority_confusion_matrix.png",
@@ -251,14 +260,18 @@ def test_a_compared_bundle_is_set_beside_on_each_field_it_predicts(evaluated, fi
                       EvaluationOptions(baseline=False, compare_bundle=fields_bundle))
     priority, tags = report["fields"]["priority"], report["fields"]["tags"]
     compared = itself["compare"]["fields"]
-    assert [(field["measure"], field["tickets"], field["this"], field["other"], field["gap"]["value"])
-            for field in compared.values()] == [
-        ("accuracy", priority["tickets"], priority["metrics"]["accuracy"], priority["metrics"]["accuracy"], 0),
-        ("micro-F1", tags["tickets"], pytest.approx(tags["micro_f1"]), pytest.approx(tags["micro_f1"]), 0)]
+    # Every ticket with a value counts beside another model, a value or tag the model does not know as a mistake:
+    # on the fixture's file that is the priorities it never learnt, and the tags.
+    with_priority = sum(bool(row["priority"]) for row in read_csv(fields_csv))
+    assert [(field["measure"], field["tickets"], field["gap"]["value"]) for field in compared.values()] == [
+        ("accuracy", with_priority, 0), ("micro-F1", tags["tickets"], 0)]
+    assert compared["priority"]["this"] == compared["priority"]["other"] == pytest.approx(
+        priority["metrics"]["accuracy"] * priority["tickets"] / with_priority)
+    assert compared["tags"]["this"] == compared["tags"]["other"] <= tags["micro_f1"]
     assert f"fields against the compared model: priority accuracy +0.0 points (95 % interval +0.0 to +0.0: within " \
-           f"chance) on {priority['tickets']} tickets; tags micro-F1 +0.000" in summary_table(itself)
+           f"chance) on {with_priority} tickets; tags micro-F1 +0.000" in summary_table(itself)
     page = (tmp_path / "itself" / "report.html").read_text(encoding="utf-8")
-    assert f"<td class='name'>priority: accuracy ({priority['tickets']} tickets)</td>" in page
+    assert f"<td class='name'>priority: accuracy ({with_priority} tickets)</td>" in page
     assert f"<td class='name'>tags: micro-F1 ({tags['tickets']} tickets)</td>" in page
     # Beside a bundle of the label alone there is no field to compare.
     label_alone = evaluate(fields_bundle, fields_csv, tmp_path / "label-alone",
@@ -294,6 +307,25 @@ def test_fields_are_compared_on_the_tickets_both_models_were_measured_on():
         assert (field.this, field.gap, field.other, field.tickets) == (None, None, other.figure(), len(other.rows))
         assert field.summary.startswith(f"priority: the compared model was measured on {len(other.rows)} tickets, "
                                         "this one could not be")
+
+
+def test_outcomes_follow_the_file_rows_and_count_what_a_model_does_not_know_as_its_mistake():
+    # Four tickets from rows 3, 7, 9, 12: priority "urgent" unknown to the model, one empty; tags "rare" unknown.
+    tickets = Tickets(["a", "b", "c", "d"], ["x"] * 4, [""] * 4, rows=[3, 7, 9, 12],
+                      fields={"priority": ["high", "", "urgent", "low"],
+                              "tags": [["vip"], None, ["rare", "vip"], []]})
+    single = FieldHead(name="priority", kind="single", labels=["high", "low"], output="p")
+    tags = FieldHead(name="tags", kind="tags", labels=["vip", "refund"], output="t", per_class={"vip": 0.5,
+                                                                                              "refund": 0.5})
+    priority_logits = np.array([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])  # always "high"
+    tag_logits = np.array([[3.0, -3.0], [3.0, -3.0], [3.0, 3.0], [-3.0, -3.0]])  # row 9: vip and a wrong refund
+    priority_run, tags_run = field_runs([single, tags], tickets, [priority_logits, tag_logits], 0.95)
+    assert priority_run.section.tickets == 2  # its own figures leave the unknown value out ...
+    assert priority_run.outcomes.rows.tolist() == [3, 9, 12]  # ... the comparison counts it, as a mistake
+    assert priority_run.outcomes.counts[:, 0].tolist() == [1, 0, 0]
+    assert tags_run.outcomes.rows.tolist() == [3, 9, 12]  # row 7 has no tags value
+    assert tags_run.outcomes.counts.tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]  # "rare": never given, missed
+    assert tags_run.section.micro_f1 == pytest.approx(2 * 2 / (2 * 2 + 1))  # "rare" left out of its own figure
 
 
 def test_a_single_tag_is_scored_as_a_tag_not_as_a_binary_target():

@@ -311,9 +311,15 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
                         tmp_path / "champion", EvaluationOptions(baseline=False))
     compared = result.report["compare"]["fields"]
     assert list(compared) == ["priority"]  # tags: not in the holdout
-    assert (compared["priority"]["tickets"], compared["priority"]["this"], compared["priority"]["other"]) == (
-        champion["fields"]["priority"]["tickets"], result.report["fields"]["priority"]["metrics"]["accuracy"],
-        champion["fields"]["priority"]["metrics"]["accuracy"])  # both on the same holdout tickets
+
+    def right(section: dict) -> float:  # tickets right, of those with a value (one it does not know: a mistake)
+        return section["metrics"]["accuracy"] * section["tickets"]
+
+    with_value = champion["fields"]["priority"]["tickets"] + sum(champion["fields"]["priority"]["unknown_values"]
+                                                                 .values())
+    assert compared["priority"]["tickets"] == with_value  # both on the same holdout tickets
+    assert compared["priority"]["this"] * with_value == pytest.approx(right(result.report["fields"]["priority"]))
+    assert compared["priority"]["other"] * with_value == pytest.approx(right(champion["fields"]["priority"]))
     assert compared["priority"]["gap"]["value"] == pytest.approx(compared["priority"]["this"]
                                                                  - compared["priority"]["other"])
     assert "no field loses more beyond chance either (priority accuracy " in "; ".join(result.decision.reasons)
