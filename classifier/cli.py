@@ -826,7 +826,8 @@ def _add_retrain(commands: argparse._SubParsersAction) -> None:
     corrections.add_argument("--no-feedback", action="store_true", help="train on the export alone")
     corrections.add_argument("--corrections", type=Path, help="corrections as 'ticketclf feedback export' writes "
                              "them (ticket id, label, text fields, received_at)")
-    p.add_argument("--holdout", type=Path, help="set the repository's fixed holdout to this labelled file")
+    p.add_argument("--holdout", type=Path, help="set the repository's fixed holdout to this labelled file "
+                                                "(kept once the challenger was trained and scored on it)")
     p.add_argument("--margin", type=_share_in(MARGIN_RANGE), default=policy.margin,
                    help="accuracy the challenger must gain, as a share (default: %(default)s, half a point; "
                         "-1 with --tolerance 1 promotes whatever the figures)")

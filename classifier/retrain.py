@@ -10,7 +10,8 @@
    label alone (feedback corrects the label, so its fields are unknown to training, not empty).
 2. **Holdout**: ``REPO/NAME/holdout.csv``, kept in the repository so that every retrain compares
    its models on the same tickets. The first retrain makes it (a stratified tenth of the export, drawn
-   from the tickets the champion did not train on where there are enough); ``--holdout FILE`` sets it.
+   from the tickets the champion did not train on where there are enough); ``--holdout FILE`` sets it,
+   kept once a challenger was trained and scored on it (one that fails leaves the old holdout in place).
    Its tickets are scored against the label an agent corrected them to, if one did. Corrected tickets
    received since the champion was trained, which neither model trained on, join the evaluation (one in
    five of them is kept out of training).
@@ -186,12 +187,14 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
     # An export the challenger cannot train on is refused before anything changes (the holdout included).
     export_file = columns.resolve(Path(data_path),
                                   label_alone=f"ticketclf train EXPORT --repository {repository.root} --name {name}")
+    given = None
     if holdout_path is not None:
-        _refuse_a_holdout_of_every_ticket(export_file, Path(holdout_path), columns)
+        given = columns.resolve(Path(holdout_path), fields_required=False)
+        _refuse_a_holdout_of_every_ticket(export_file, given, Path(holdout_path))
     trained = training_file_texts(manifest, champion.path)
     champion_trained = TrainedOn(set(trained), manifest.text) if trained is not None else None
     with repository.scratch(name) as work:  # removed after, or by the next writer if this process is killed
-        holdout = _holdout(repository, name, Path(data_path), holdout_path, columns, champion_trained, work)
+        holdout, holdout_file = _holdout(repository, name, Path(data_path), given, columns, champion_trained, work)
         training_file, evaluation_file = work / TRAINING_COPY_FILE, work / EVALUATION_SET_FILE
         merge = merge_corrections(export_file, list(corrections), training_file, evaluation_file,
                                   holdout=holdout, known_labels=set(manifest.labels), since=manifest.created_at,
@@ -203,7 +206,12 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
         options = dataclasses.replace(manifest.training.options, resume=False, **(training_overrides or {}))
 
         def build(path: Path) -> None:
-            train(training_file, path, options, data_options)
+            try:
+                train(training_file, path, options, data_options)
+            except UserError as error:  # say which tickets it was: the trainer sees only the merged file
+                raise UserError(f"the challenger cannot train on the {merge.export_rows - merge.held_out} export "
+                                f"tickets outside the holdout (of {merge.export_rows}) with {merge.added} added "
+                                f"by corrections: {error}") from error
             keep_training_copy(path, training_file)
             if manifest.export is not None:  # served as the champion is: exported, checked for drift
                 export(path)
@@ -215,6 +223,9 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
                           EvaluationOptions(compare_bundle=champion.path, label_column=merge.label_column,
                                             text_columns=tuple(merge.text_columns)))
         shutil.copy2(evaluation_file, reports / EVALUATION_SET_FILE)  # the tickets both models were scored on
+        if holdout_path is not None:  # kept only now: a challenger that fails to train leaves the holdout as it was
+            _keep_holdout(holdout_file, repository.model_dir(name) / HOLDOUT_FILE, Path(holdout_path), len(holdout),
+                          columns)
 
     decision = decide(report, policy)
 
@@ -475,27 +486,31 @@ class TrainedOn:
         return sum(self.has(row, text_columns) for row in rows)
 
 
-def _holdout(repository: ModelRepository, name: str, export_path: Path, given: str | Path | None,
-             columns: Columns, champion_trained: TrainedOn | None, scratch: Path) -> list[dict[str, Any]]:
-    """The repository's fixed holdout (made from the export on the first retrain), as rows."""
+def _holdout(repository: ModelRepository, name: str, export_path: Path, given: TicketFile | None,
+             columns: Columns, champion_trained: TrainedOn | None, scratch: Path) -> tuple[list[dict[str, Any]], Path]:
+    """The holdout's rows, and the file they were read from: the repository's fixed holdout (made from the
+    export on the first retrain), or the ``--holdout`` file ``given``, written as CSV in ``scratch`` for
+    :func:`_keep_holdout` and read back from there, as later retrains will read it."""
     kept = repository.model_dir(name) / HOLDOUT_FILE
-    made = scratch / HOLDOUT_FILE  # then put in place whole: a retrain killed while writing leaves no half
+    source = kept
     if given is not None:
-        _set_holdout(Path(given), kept, made, columns)
+        source = scratch / HOLDOUT_FILE
+        records = [record for _, record in given.records]
+        write_csv(source, flat_columns(records, given.columns), records)
     elif not kept.is_file():
+        made = scratch / HOLDOUT_FILE  # then put in place whole: a retrain killed while writing leaves no half
         make_holdout(export_path, made, columns, champion_trained, scratch)
         try:
             os.link(made, kept)  # only if none is there: a retrain started beside this one may have made it
         except FileExistsError:
             pass
-    holdout = columns.resolve(kept, fields_required=False)
-    return [holdout.row(record) for _, record in holdout.records]
+    holdout = columns.resolve(source, fields_required=False)
+    return [holdout.row(record) for _, record in holdout.records], source
 
 
-def _refuse_a_holdout_of_every_ticket(export: TicketFile, given: Path, columns: Columns) -> None:
-    """``--holdout`` with every ticket of the export (the export itself, say) would leave nothing to train on,
-    and stay the holdout of every later retrain: refused before it replaces the kept one."""
-    holdout = columns.resolve(given, fields_required=False)
+def _refuse_a_holdout_of_every_ticket(export: TicketFile, holdout: TicketFile, given: Path) -> None:
+    """``--holdout`` with every ticket of the export (the export itself, say) would leave nothing to train on:
+    refused before training, with the reason rather than the trainer's complaint about an empty file."""
     text_columns = list(export.texts)
     held = _all_keys([holdout.row(record) for _, record in holdout.records], text_columns)
     if all(_keys(export.row(record), text_columns) & held for _, record in export.records):
@@ -503,12 +518,9 @@ def _refuse_a_holdout_of_every_ticket(export: TicketFile, given: Path, columns: 
                         "nothing to train on; give --holdout labelled tickets the export does not hold")
 
 
-def _set_holdout(given: Path, kept: Path, made: Path, columns: Columns) -> None:
-    """``--holdout FILE`` as the repository's fixed holdout, kept as CSV whatever its format: checked first, so a
-    file that cannot serve leaves the kept one as it was; the same tickets given again change nothing."""
-    holdout = columns.resolve(given, fields_required=False)
-    records = [record for _, record in holdout.records]
-    write_csv(made, flat_columns(records, holdout.columns), records)
+def _keep_holdout(made: Path, kept: Path, given: Path, tickets: int, columns: Columns) -> None:
+    """The ``--holdout`` file (``made``: as CSV) as the repository's fixed holdout, once a challenger was
+    trained and scored on it; the same tickets given again change nothing."""
     if kept.is_file() and file_sha256(made) == file_sha256(kept):
         return
     try:
@@ -517,7 +529,7 @@ def _set_holdout(given: Path, kept: Path, made: Path, columns: Columns) -> None:
     except UserError:  # one the champion's columns no longer read: what the new file is for
         before = "; the one before could not be read by this model's columns"
     os.replace(made, kept)
-    log.info("the fixed holdout of every retrain is now the %d tickets of %s, kept as %s%s", len(records), given,
+    log.info("the fixed holdout of every retrain is now the %d tickets of %s, kept as %s%s", tickets, given,
              kept, before)
 
 

@@ -169,7 +169,7 @@ def test_a_json_exports_tags_keep_their_lists_and_nulls(tmp_path: Path) -> None:
 
 def test_a_holdout_given_in_any_format_is_kept_as_csv_and_giving_it_again_changes_nothing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from classifier.retrain import _holdout
+    from classifier.retrain import _holdout, _keep_holdout
 
     repository = ModelRepository(tmp_path / "models")
     model = repository.model_dir("tickets")
@@ -178,15 +178,24 @@ def test_a_holdout_given_in_any_format_is_kept_as_csv_and_giving_it_again_change
     given = tmp_path / "holdout.jsonl"
     given.write_text("\n".join(json.dumps(row) for row in export_rows()[:4]))
     columns = Columns(("subject", "body"), "category")
+
+    def set_holdout(path: Path) -> list[dict]:
+        scratch = tmp_path / "scratch"
+        scratch.mkdir(exist_ok=True)
+        rows, made = _holdout(repository, "tickets", tmp_path / "export.csv",
+                              columns.resolve(path, fields_required=False), columns, None, scratch)
+        _keep_holdout(made, model / "holdout.csv", path, len(rows), columns)
+        return rows
+
     with caplog.at_level(logging.INFO, logger="classifier.retrain"):
-        rows = _holdout(repository, "tickets", tmp_path / "export.csv", given, columns, None, tmp_path)
+        rows = set_holdout(given)
         assert [row["id"] for row in rows] == ["T-0", "T-1", "T-2", "T-3"]
         assert f"is now the 4 tickets of {given}, kept as {model / 'holdout.csv'}; the one before could not be " \
                "read by this model's columns" in caplog.text
         kept = (model / "holdout.csv").read_bytes()
         caplog.clear()
         for again in (model / "holdout.csv", given):  # the kept file itself, or the file given before
-            assert _holdout(repository, "tickets", tmp_path / "export.csv", again, columns, None, tmp_path) == rows
+            assert set_holdout(again) == rows
         assert "is now" not in caplog.text and (model / "holdout.csv").read_bytes() == kept
 
 
@@ -337,6 +346,12 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     with pytest.raises(UserError, match=r"fields.csv: holds every ticket of the export \(\d+\), which would leave "
                                         "nothing to train on"):
         retrain(model, fields_csv, [], holdout_path=fields_csv)  # the export as its own holdout
+    assert (model / "holdout.csv").read_bytes() == kept_holdout
+    # One leaving a ticket of a single label to train on: the training fails, and the holdout stays as it was.
+    only_one = write_csv(tmp_path / "all-but-one.csv", rows[1:])
+    with pytest.raises(UserError, match=r"the challenger cannot train on the 1 export tickets outside the holdout "
+                                        r"\(of \d+\) with 0 added by corrections: .* fewer than 5 tickets"):
+        retrain(model, fields_csv, [], holdout_path=only_one)
     assert (model / "holdout.csv").read_bytes() == kept_holdout
     # A --holdout file that cannot be read as one fails before it replaces the repository's.
     unlabelled = write_csv(tmp_path / "unlabelled.csv", [{"subject": row["subject"], "body": row["body"]}
