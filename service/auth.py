@@ -2,7 +2,8 @@
 
 A key may be limited to one part of the API, written ``scope:key`` in ``TICKETCLF_API_KEYS``: the helpdesk's
 feedback webhook then holds a key that cannot classify, and Prometheus one that can only read metrics. A key
-without a scope opens every route; a key for two parts is listed once for each.
+without a scope opens every route; a key for two parts is listed once for each. A key listed both with a
+scope and without one, and a scope's name written as a key, are refused at start: each is a mistake.
 """
 
 from __future__ import annotations
@@ -45,8 +46,16 @@ def parse_keys(value: str | Iterable[str] | None) -> tuple[ApiKey, ...]:
             raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): a key has a colon, and what comes before it is none of "
                             f"the scopes {', '.join(SCOPES)}: write scope:KEY, or a key without a colon for every "
                             "route")
+        if scope is None and secret in SCOPES:  # "metrics" with its key forgotten would open every route
+            raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): {secret!r} is a scope's name, not a key: write "
+                            f"{secret}:KEY")
         if secret:
             keys.append(ApiKey(secret.encode(), scope))
+    everywhere = {key.secret for key in keys if key.scope is None}
+    if any(key.scope is not None and key.secret in everywhere for key in keys):
+        # The scope would limit nothing: a key being narrowed whose old, unscoped entry was left behind.
+        raise UserError("API_KEYS (TICKETCLF_API_KEYS): a key is listed both with a scope and without one, which "
+                        "opens every route to it; keep one of the two")
     return tuple(keys)
 
 

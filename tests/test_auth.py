@@ -85,3 +85,14 @@ def test_a_key_with_a_colon_that_is_not_a_scope_is_refused_without_echoing_it(ke
 def test_a_scope_without_a_key_after_it_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no key after the scope 'feedback' \\(an unset variable\\?\\)"):
         service_settings({"BUNDLE": str(tmp_path), "API_KEYS": "app-key,feedback:"})  # "$APP,feedback:$HOOK" unset
+
+
+@pytest.mark.parametrize(("keys", "refusal"), [
+    ("app-key, metrics", "'metrics' is a scope's name, not a key: write metrics:KEY"),
+    ("app-key, classify:app-key", "a key is listed both with a scope and without one, which opens every route to "
+                                  "it; keep one of the two"),
+])
+def test_a_scope_that_would_limit_nothing_is_refused(keys: str, refusal: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=refusal) as refused:
+        service_settings({"BUNDLE": str(tmp_path), "API_KEYS": keys})
+    assert "app-key" not in str(refused.value)
