@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flask import current_app, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from classifier.errors import UserError
 from service.errors import ApiError
@@ -70,8 +71,7 @@ def require_api_key() -> None:
     if not scopes:
         raise ApiError(401, "unauthorized", "missing or invalid API key: send 'Authorization: Bearer <key>' "
                        "or 'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
-    needed = next((f"a key for {scope}, or " for scope, blueprint in SCOPES.items() if blueprint == request.blueprint),
-                  "")
+    needed = next((f"a key for {scope}, or " for scope, blueprint in SCOPES.items() if blueprint == _blueprint()), "")
     raise ApiError(403, "forbidden", f"this API key is for {' and '.join(sorted(map(str, scopes)))} only; "
                    f"{request.path} needs {needed}one without a scope")
 
@@ -97,9 +97,21 @@ def _presented_scopes() -> set[str | None] | None:
 
 def _opens(scopes: set[str | None]) -> bool:
     """Whether keys of these scopes open the request's route. Any valid key reaches a path with no route (its
-    404), which belongs to no part of the API."""
-    return None in scopes or any(SCOPES[scope] == request.blueprint for scope in scopes if scope) or (
-        bool(scopes) and request.blueprint is None)
+    404), which belongs to no part of the API; a route outside the scopes' blueprints opens to unscoped keys."""
+    blueprint = _blueprint()
+    return None in scopes or any(SCOPES[scope] == blueprint for scope in scopes if scope) or (
+        bool(scopes) and request.url_rule is None and not isinstance(request.routing_exception, MethodNotAllowed))
+
+
+def _blueprint() -> str | None:
+    """The blueprint of the request's route; for a method its route does not take (a 405 to come), that
+    route's, so that a key of another part gets its 403 rather than learning which methods the route takes."""
+    refused = request.routing_exception
+    if not isinstance(refused, MethodNotAllowed) or not refused.valid_methods:
+        return request.blueprint
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    rule, _ = adapter.match(method=refused.valid_methods[0], return_rule=True)
+    return rule.endpoint.rpartition(".")[0] or None
 
 
 def _presented_key() -> bytes | None:

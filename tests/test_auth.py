@@ -70,6 +70,10 @@ def test_a_scoped_key_opens_its_part_of_the_api_alone(exported_bundle: Path, tmp
     assert error_of(refused, 403) == {"code": "forbidden", "message": "this API key is for feedback only; /classify "
                                       "needs a key for classify, or one without a scope"}
     assert status("get", "/nowhere", "prom-key") == 404  # a valid key learns that a path has no route
+    # A method the route does not take: 403 for a key of another part, 405 for one that opens the route.
+    assert (status("get", "/classify", "prom-key"), status("get", "/classify", "app-key")) == (403, 405)
+    assert error_of(client.get("/classify", headers={"X-API-Key": "prom-key"}), 403)["message"] == (
+        "this API key is for metrics only; /classify needs a key for classify, or one without a scope")
     assert status("get", "/nowhere", "hook") == 401  # the secret is the text after the scope, not the whole
     assert status("post", "/classify", "feedback:hook-key") == 401
 
@@ -96,3 +100,13 @@ def test_a_scope_that_would_limit_nothing_is_refused(keys: str, refusal: str, tm
     with pytest.raises(UserError, match=refusal) as refused:
         service_settings({"BUNDLE": str(tmp_path), "API_KEYS": keys})
     assert "app-key" not in str(refused.value)
+
+
+def test_a_route_outside_the_scopes_blueprints_opens_to_unscoped_keys_alone(exported_bundle: Path) -> None:
+    app = create_app({"BUNDLE": exported_bundle, "THREADS": 1, "API_KEYS": "metrics:prom-key, all-key",
+                      "ACCESS_LOG": False})
+    app.add_url_rule("/extra", "extra", lambda: "extra")  # on the app, in no blueprint
+    client = app.test_client()
+    assert client.get("/extra", headers={"X-API-Key": "all-key"}).status_code == 200
+    assert error_of(client.get("/extra", headers={"X-API-Key": "prom-key"}), 403)["message"] == (
+        "this API key is for metrics only; /extra needs one without a scope")
