@@ -101,6 +101,7 @@ class MergeReport:
 
     export_rows: int = 0
     held_out: int = 0  # export rows that are holdout tickets: not trained on
+    trained: int = 0  # tickets in the training file: the export's outside the holdout, relabelled or added
     corrected: int = 0  # export tickets whose label an agent changed
     confirmed: int = 0  # export tickets an agent gave the label they had
     added: int = 0  # corrected tickets the export did not hold, trained on
@@ -120,7 +121,8 @@ class MergeReport:
     fields_unknown: int = 0  # trained tickets only the feedback holds: their fields are unknown
 
     def lines(self) -> list[str]:
-        lines = [f"export: {self.export_rows} tickets, {self.held_out} of them in the holdout (not trained on)",
+        lines = [f"export: {self.export_rows} tickets, {self.held_out} of them in the holdout (not trained on); "
+                 f"{self.trained} tickets to train on, corrections included",
                  f"corrections: {self.corrected} relabelled, {self.confirmed} confirmed, {self.added} new tickets "
                  f"added, {self.evaluated} recent ones kept for evaluation, {self.without_text} without text"]
         if self.holdout_relabelled:
@@ -208,10 +210,10 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
         def build(path: Path) -> None:
             try:
                 train(training_file, path, options, data_options)
-            except UserError as error:  # say which tickets it was: the trainer sees only the merged file
-                raise UserError(f"the challenger cannot train on the {merge.export_rows - merge.held_out} export "
-                                f"tickets outside the holdout (of {merge.export_rows}) with {merge.added} added "
-                                f"by corrections: {error}") from error
+            except UserError as error:  # the trainer names the merged file: say what went into it
+                raise UserError(f"{error} (training the challenger on {merge.trained} tickets: the export's "
+                                f"{merge.export_rows} less the {merge.held_out} in the holdout, corrections "
+                                "included)") from error
             keep_training_copy(path, training_file)
             if manifest.export is not None:  # served as the champion is: exported, checked for drift
                 export(path)
@@ -293,14 +295,16 @@ def _field_losses(report: dict[str, Any], compare: dict[str, Any], policy: Promo
     """The fields besides the label, on the test tickets both models were measured on: each one compared (its
     summary), the reasons not to promote, and the losses behind them. A field loses where its figure drops by
     more than the tolerance *and* beyond chance: on a few dozen tickets a 5-point drop is often the draw of
-    tickets. A field the champion was measured on and the challenger could not be is lost whole. Either counts
-    from ``min_support`` tickets on, as for a label."""
+    tickets. A field the champion was measured on and the challenger could not be loses the champion's whole
+    figure, for certain. Either counts from ``min_support`` tickets on, as for a label."""
     counted = [field for field in (compare.get("fields") or {}).values()  # none in a report from before fields
                if field["tickets"] >= policy.min_support]                # were compared
-    unmeasured = [field for field in counted if field["gap"] is None]
+    unmeasured = [field for field in counted if field["gap"] is None and _beyond(field["other"], policy.tolerance)]
     lost = [field for field in counted if field["gap"] is not None and _beyond(-field["gap"]["value"], policy.tolerance)
-            and field["gap"]["verdict"] == "worse beyond chance"]
-    reasons = [field["summary"] for field in unmeasured]
+            and field["gap"]["high"] < 0]  # the whole interval below 0: worse beyond chance
+    reasons = [f"{field['name']}: the champion's {field['measure']} is {field['other']:.3f} on {field['tickets']} "
+               "tickets, and the challenger could not be measured on it (it does not predict the field, predicts it "
+               "as another kind, or knows none of its values)" for field in unmeasured]
     if lost:
         reasons.append(f"fields that lose more than the tolerance ({policy.tolerance * 100:.1f} points of accuracy, "
                        f"{policy.tolerance:.3f} of micro-F1), beyond chance: "
@@ -445,6 +449,7 @@ def merge_corrections(export: TicketFile, corrections: list[Correction], trainin
     report.field_columns = field_columns
     report.fields_unknown = sum(row["id"] in only_feedback for row in rows) if field_columns else 0
     names = {"label": report.label_column, "id": report.id_column}
+    report.trained = len(rows)
     _write(training_file, text_columns, names, rows)
     _write(evaluation_file, text_columns, names, evaluation + holdout)  # both models are scored on these
     return report

@@ -248,9 +248,11 @@ def priority(this: float, other: float, low: float, high: float, tickets: int = 
     ([priority(0.75, 0.80, -0.08, -0.02)], True, "-5.0 points (95 % interval -8.0 to -2.0: worse beyond chance) on "
      "150 tickets)", {}),
     ([priority(0.62, 0.70, -0.13, -0.03, tickets=10)], True, "0.05 F1", {}),
-    # A champion's field the challenger could not be measured on, however low its figure.
-    ([FieldComparison("tags", "micro-F1", None, 0.04, 300, None)], False, "tags: the compared model was measured "
-     "on 300 tickets, this one could not be", {"tags": 0.04}),
+    # A champion's field the challenger could not be measured on: all of its figure lost, beyond the tolerance
+    # or not.
+    ([FieldComparison("tags", "micro-F1", None, 0.6, 300, None)], False, "tags: the champion's micro-F1 is 0.600 "
+     "on 300 tickets, and the challenger could not be measured on it", {"tags": 0.6}),
+    ([FieldComparison("tags", "micro-F1", None, 0.04, 300, None)], True, "0.05 F1", {}),
 ])
 def test_a_challenger_better_on_the_label_is_not_promoted_over_a_field_it_loses(
         fields: list[FieldComparison], promoted: bool, named: str, losses: dict) -> None:
@@ -262,6 +264,13 @@ def test_a_challenger_better_on_the_label_is_not_promoted_over_a_field_it_loses(
 
 def test_a_label_losing_exactly_the_tolerance_does_not_block() -> None:
     assert decide(report_with(0.91, 0.90, {"a": 0.75 - 0.8}), PromotionPolicy(tolerance=0.05)).promoted
+
+
+def test_a_margin_of_minus_one_and_a_tolerance_of_one_promote_whatever_the_figures() -> None:
+    report = report_with_fields(priority(0.10, 0.90, -0.85, -0.75),
+                                FieldComparison("tags", "micro-F1", None, 0.9, 300, None))
+    report["compare"]["f1_delta"] = {"a": -0.9}
+    assert decide(report, PromotionPolicy(margin=-1, tolerance=1)).promoted  # as --margin's help says
 
 
 @pytest.mark.parametrize("margin", ["5", "-2", "half"])
@@ -349,8 +358,8 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     assert (model / "holdout.csv").read_bytes() == kept_holdout
     # One leaving a ticket of a single label to train on: the training fails, and the holdout stays as it was.
     only_one = write_csv(tmp_path / "all-but-one.csv", rows[1:])
-    with pytest.raises(UserError, match=r"the challenger cannot train on the 1 export tickets outside the holdout "
-                                        r"\(of \d+\) with 0 added by corrections: .* fewer than 5 tickets"):
+    with pytest.raises(UserError, match=r"fewer than 5 tickets.* \(training the challenger on 1 tickets: the "
+                                        r"export's \d+ less the \d+ in the holdout, corrections included\)"):
         retrain(model, fields_csv, [], holdout_path=only_one)
     assert (model / "holdout.csv").read_bytes() == kept_holdout
     # A --holdout file that cannot be read as one fails before it replaces the repository's.
