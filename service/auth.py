@@ -110,7 +110,7 @@ def _blueprint() -> str | None:
     if not isinstance(refused, MethodNotAllowed) or not refused.valid_methods:
         return request.blueprint
     adapter = current_app.url_map.bind_to_environ(request.environ)
-    rule, _ = adapter.match(method=refused.valid_methods[0], return_rule=True)
+    rule, _ = adapter.match(method=next(iter(refused.valid_methods)), return_rule=True)
     return rule.endpoint.rpartition(".")[0] or None
 
 
