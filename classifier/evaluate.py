@@ -784,12 +784,17 @@ def paired_difference(scored: Scored, other: Scored, target: float, called: str 
     the same tickets (two or more). ``called`` names ``other`` in the summary line."""
     if not np.array_equal(scored.rows, other.rows) or len(scored.rows) < 2:
         return None
-    only_this, only_other = int((scored.correct & ~other.correct).sum()), int((other.correct & ~scored.correct).sum())
+    only_this, only_other = disagreements(scored.correct, other.correct)
     accuracy = accuracy_gap(only_this, only_other, len(scored.rows))
     routed = _routed_gap(scored, other, target, seed)
     return Difference(accuracy, routed, only_this_right=only_this, only_other_right=only_other,
                       resamples=BOOTSTRAP_RESAMPLES,
                       summary=difference_summary(accuracy, routed, target, only_this, only_other, called))
+
+
+def disagreements(right: np.ndarray, other_right: np.ndarray) -> tuple[int, int]:
+    """Of the same tickets, how many only the first model gets right, and how many only the other."""
+    return int((right & ~other_right).sum()), int((other_right & ~right).sum())
 
 
 def accuracy_gap(only_this: int, only_other: int, tickets: int) -> Interval:

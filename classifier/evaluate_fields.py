@@ -34,11 +34,12 @@ from classifier.evaluate import (
     accuracy_gap,
     class_sections,
     class_thresholds,
+    disagreements,
     paired_bootstrap,
     routed_shown,
     routing_with,
 )
-from classifier.fields import f1_of, hardly_beats_majority, tag_counts, tag_matrix, tag_metrics
+from classifier.fields import f1_of, hardly_beats_majority, metrics_of_tag_counts, tag_matrix, tag_outcomes
 from classifier.manifest import ALWAYS_REVIEW, FieldHead
 from classifier.numerics import sigmoid, softmax
 from classifier.report import (
@@ -177,10 +178,10 @@ def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndar
     scores = sigmoid(logits)
     thresholds = [spec.threshold_of(tag) for tag in tags]
     given = (scores >= np.array(thresholds)).astype(int)
-    metrics = tag_metrics(given, truth, tags)
-    known = truth[:, 0] >= 0
-    y_true, y_pred = truth[known].astype(int), given[known]
-    predicted = y_pred.sum(axis=0)
+    known, outcomes = tag_outcomes(given, truth)
+    metrics = metrics_of_tag_counts(outcomes, tags)
+    true_tags, given_tags = outcomes[..., 0] + outcomes[..., 2], outcomes[..., 0] + outcomes[..., 1]
+    predicted = given_tags.sum(axis=0)
     per_tag = [TagRow(tag=tag, support=info["support"], predicted=int(predicted[j]), precision=info["precision"],
                       recall=info["recall"], f1=info["f1"], threshold=thresholds[j])
                for j, (tag, info) in enumerate(metrics["per_tag"].items())]
@@ -189,10 +190,10 @@ def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndar
         unknown_tags=dict(unknown.most_common()), micro_f1=metrics["micro_f1"], macro_f1=metrics["macro_f1"],
         micro_precision=metrics["micro_precision"], micro_recall=metrics["micro_recall"],
         subset_accuracy=metrics["subset_accuracy"],
-        tickets_without_tags=int((y_true.sum(axis=1) == 0).sum()),
-        tickets_given_no_tag=int((y_pred.sum(axis=1) == 0).sum()), per_tag=per_tag)
+        tickets_without_tags=int((true_tags.sum(axis=1) == 0).sum()),
+        tickets_given_no_tag=int((given_tags.sum(axis=1) == 0).sum()), per_tag=per_tag)
     # Beside another model, a tag this one does not know is one it never gives: missed, not left out.
-    counts = tag_counts(y_true, y_pred).sum(axis=1)
+    counts = outcomes.sum(axis=1)
     counts[:, 2] += [sum(tag not in known_tags for tag in row or ()) for row, kept in zip(rows, known) if kept]
     return FieldRun(spec, section, outcomes=FieldOutcomes(MICRO_F1, file_rows[known], counts))
 
@@ -231,8 +232,8 @@ def _field_gap(ours: FieldOutcomes, theirs: FieldOutcomes) -> Interval:
     """This model's figure minus the other's on the same tickets, with a 95 % interval: for accuracy the exact one
     of the tickets only one model gets right, for micro-F1 (not a mean over tickets) a paired bootstrap."""
     if ours.measure == ACCURACY:
-        right, other_right = ours.counts[:, 0].astype(bool), theirs.counts[:, 0].astype(bool)
-        return accuracy_gap(int((right & ~other_right).sum()), int((other_right & ~right).sum()), len(ours.rows))
+        return accuracy_gap(*disagreements(ours.counts[:, 0].astype(bool), theirs.counts[:, 0].astype(bool)),
+                            len(ours.rows))
     return paired_bootstrap(lambda rows: ours.figure(ours.counts[rows]) - theirs.figure(theirs.counts[rows]),
                             len(ours.rows))
 

@@ -170,27 +170,33 @@ def tag_metrics(predicted: np.ndarray, truth: np.ndarray, tags: Sequence[str]) -
     ``predicted`` tags against ``truth`` (rows of -1: unknown tags, left out). Counted here, where sklearn would
     read a single tag's column as a binary target and give its accuracy as the micro-F1; undefined shares are 0,
     as sklearn's ``zero_division=0`` gives them."""
-    known = truth[:, 0] >= 0 if truth.size else np.zeros(0, dtype=bool)
-    y_true, y_pred = truth[known].astype(int), predicted[known].astype(int)
-    if not len(y_true):
+    return metrics_of_tag_counts(tag_outcomes(predicted, truth)[1], tags)
+
+
+def metrics_of_tag_counts(counts: np.ndarray, tags: Sequence[str]) -> dict[str, Any]:
+    """:func:`tag_metrics` from the counts :func:`tag_outcomes` gives."""
+    if not len(counts):
         return {"tickets": 0}
-    hits, wrong, missed = tag_counts(y_true, y_pred).sum(axis=0).T  # per tag
+    hits, wrong, missed = counts.sum(axis=0).T  # per tag
     f1 = f1_of(hits, wrong, missed)
     return {
-        "tickets": int(len(y_true)),
+        "tickets": int(len(counts)),
         "micro_f1": float(f1_of(hits.sum(), wrong.sum(), missed.sum())),
         "macro_f1": float(f1.mean()),
         "micro_precision": _share(hits.sum(), hits.sum() + wrong.sum()),
         "micro_recall": _share(hits.sum(), hits.sum() + missed.sum()),
-        "subset_accuracy": float((y_true == y_pred).all(axis=1).mean()),
+        "subset_accuracy": float((counts[..., 1:].sum(axis=(1, 2)) == 0).mean()),  # no tag wrong nor missed
         "per_tag": {tag: {"precision": _share(h, h + w), "recall": _share(h, h + m), "f1": float(f),
                           "support": int(h + m)} for tag, h, w, m, f in zip(tags, hits, wrong, missed, f1)},
     }
 
 
-def tag_counts(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """Per ticket and tag, (true positive, false positive, false negative) as 0/1: shape (tickets, tags, 3)."""
-    return np.stack([y_true & y_pred, (1 - y_true) & y_pred, y_true & (1 - y_pred)], axis=-1)
+def tag_outcomes(predicted: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which tickets' tags are known (``truth`` rows of -1 are not), and for those, per ticket and tag, (true
+    positive, false positive, false negative) as 0/1: shape (tickets, tags, 3)."""
+    known = truth[:, 0] >= 0 if truth.size else np.zeros(len(truth), dtype=bool)
+    y_true, y_pred = truth[known].astype(int), predicted[known].astype(int)
+    return known, np.stack([y_true & y_pred, (1 - y_true) & y_pred, y_true & (1 - y_pred)], axis=-1)
 
 
 def f1_of(hits: Any, wrong: Any, missed: Any) -> Any:

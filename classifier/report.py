@@ -246,6 +246,11 @@ class Interval:
                 f"{self.verdict})")
 
 
+    def in_f1(self) -> str:
+        """E.g. "+0.021 (95 % interval -0.010 to +0.052: within chance)"."""
+        return f"{self.value:+.3f} (95 % interval {self.low:+.3f} to {self.high:+.3f}: {self.verdict})"
+
+
 def _points(share: float) -> str:
     """A share as signed percentage points, "+0.0" rather than "-0.0"."""
     return f"{round(share * 100, 1) + 0.0:+.1f}"
@@ -461,8 +466,7 @@ class FieldComparison:
                             "not be (it does not predict the field, predicts it as another kind, knows none of its "
                             "values, or shares fewer than 2 measured tickets with it)")
             return
-        said = gap.in_points() if self.measure == "accuracy" else (
-            f"{gap.value:+.3f} (95 % interval {gap.low:+.3f} to {gap.high:+.3f}: {gap.verdict})")
+        said = gap.in_points() if self.measure == "accuracy" else gap.in_f1()
         self.summary = f"{self.name} {self.measure} {said} on {self.tickets} tickets"
 
 
