@@ -211,9 +211,10 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
             try:
                 train(training_file, path, options, data_options)
             except UserError as error:  # the trainer names the merged file: say what went into it
-                raise UserError(f"{error} (training the challenger on {merge.trained} tickets: the export's "
-                                f"{merge.export_rows} less the {merge.held_out} in the holdout, corrections "
-                                "included)") from error
+                kept = "; the --holdout file was not kept" if holdout_path is not None else ""
+                raise UserError(f"{error} (training the challenger on {merge.trained} tickets, merged from the "
+                                f"export's {merge.export_rows} and the corrections, the {merge.held_out} holdout "
+                                f"tickets left out{kept})") from error
             keep_training_copy(path, training_file)
             if manifest.export is not None:  # served as the champion is: exported, checked for drift
                 export(path)
@@ -225,9 +226,16 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
                           EvaluationOptions(compare_bundle=champion.path, label_column=merge.label_column,
                                             text_columns=tuple(merge.text_columns)))
         shutil.copy2(evaluation_file, reports / EVALUATION_SET_FILE)  # the tickets both models were scored on
-        if holdout_path is not None:  # kept only now: a challenger that fails to train leaves the holdout as it was
-            _keep_holdout(holdout_file, repository.model_dir(name) / HOLDOUT_FILE, Path(holdout_path), len(holdout),
-                          columns)
+        # Kept only now, so that a challenger that fails to train leaves the holdout as it was; and only over the
+        # champion it was chosen against: one promoted meanwhile may have trained on these tickets.
+        if holdout_path is not None:
+            now = repository.champion(name).number
+            if now == champion.number:
+                _keep_holdout(holdout_file, repository.model_dir(name) / HOLDOUT_FILE, Path(holdout_path),
+                              len(holdout), columns)
+            else:
+                log.warning("%s is not kept as the fixed holdout: version %d became the champion while this retrain "
+                            "ran, and may have trained on its tickets; retrain again with --holdout", holdout_path, now)
 
     decision = decide(report, policy)
 
@@ -311,7 +319,10 @@ def _field_losses(report: dict[str, Any], compare: dict[str, Any], policy: Promo
                        + "; ".join(field["summary"] for field in lost))
     losses = {**{field["name"]: round(-field["gap"]["value"], 4) for field in lost},
               **{field["name"]: round(field["other"], 4) for field in unmeasured}}
-    return [field["summary"] for field in counted if field["gap"] is not None], reasons, losses
+    within = [f"{field['name']}: the challenger could not be measured on it, the champion's {field['measure']} is "
+              f"{field['other']:.3f}, within the tolerance" for field in counted
+              if field["gap"] is None and field not in unmeasured]
+    return [field["summary"] for field in counted if field["gap"] is not None] + within, reasons, losses
 
 
 # ---------------------------------------------------------------- data

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flask import current_app, request
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from classifier.errors import UserError
 from service.errors import ApiError
@@ -47,9 +47,9 @@ def parse_keys(value: str | Iterable[str] | None) -> tuple[ApiKey, ...]:
             raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): a key has a colon, and what comes before it is none of "
                             f"the scopes {', '.join(SCOPES)}: write scope:KEY, or a key without a colon for every "
                             "route")
-        if scope is None and secret in SCOPES:  # "metrics" with its key forgotten would open every route
+        if scope is None and secret.lower() in SCOPES:  # "metrics" with its key forgotten would open every route
             raise UserError(f"API_KEYS (TICKETCLF_API_KEYS): {secret!r} is a scope's name, not a key: write "
-                            f"{secret}:KEY")
+                            f"{secret.lower()}:KEY")
         if secret:
             keys.append(ApiKey(secret.encode(), scope))
     everywhere = {key.secret for key in keys if key.scope is None}
@@ -110,7 +110,10 @@ def _blueprint() -> str | None:
     if not isinstance(refused, MethodNotAllowed) or not refused.valid_methods:
         return request.blueprint
     adapter = current_app.url_map.bind_to_environ(request.environ)
-    rule, _ = adapter.match(method=next(iter(refused.valid_methods)), return_rule=True)
+    try:
+        rule, _ = adapter.match(method=next(iter(refused.valid_methods)), return_rule=True)
+    except HTTPException:  # not expected: the path matched a route for that method a moment ago
+        return request.blueprint
     return rule.endpoint.rpartition(".")[0] or None
 
 

@@ -93,6 +93,7 @@ def test_a_scope_without_a_key_after_it_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("keys", "refusal"), [
     ("app-key, metrics", "'metrics' is a scope's name, not a key: write metrics:KEY"),
+    ("app-key, Feedback", "'Feedback' is a scope's name, not a key: write feedback:KEY"),
     ("app-key, classify:app-key", "a key is listed both with a scope and without one, which opens every route to "
                                   "it; keep one of the two"),
 ])

@@ -252,7 +252,9 @@ def priority(this: float, other: float, low: float, high: float, tickets: int = 
     # or not.
     ([FieldComparison("tags", "micro-F1", None, 0.6, 300, None)], False, "tags: the champion's micro-F1 is 0.600 "
      "on 300 tickets, and the challenger could not be measured on it", {"tags": 0.6}),
-    ([FieldComparison("tags", "micro-F1", None, 0.04, 300, None)], True, "0.05 F1", {}),
+    ([FieldComparison("tags", "micro-F1", None, 0.04, 300, None)], True, "no field loses more beyond chance either "
+     "(tags: the challenger could not be measured on it, the champion's micro-F1 is 0.040, within the tolerance)",
+     {}),
 ])
 def test_a_challenger_better_on_the_label_is_not_promoted_over_a_field_it_loses(
         fields: list[FieldComparison], promoted: bool, named: str, losses: dict) -> None:
@@ -358,8 +360,9 @@ def test_retrain_of_a_model_with_fields_trains_them_again(fields_bundle: Path, f
     assert (model / "holdout.csv").read_bytes() == kept_holdout
     # One leaving a ticket of a single label to train on: the training fails, and the holdout stays as it was.
     only_one = write_csv(tmp_path / "all-but-one.csv", rows[1:])
-    with pytest.raises(UserError, match=r"fewer than 5 tickets.* \(training the challenger on 1 tickets: the "
-                                        r"export's \d+ less the \d+ in the holdout, corrections included\)"):
+    with pytest.raises(UserError, match=r"fewer than 5 tickets.* \(training the challenger on 1 tickets, merged "
+                                        r"from the export's \d+ and the corrections, the \d+ holdout tickets left "
+                                        r"out; the --holdout file was not kept\)"):
         retrain(model, fields_csv, [], holdout_path=only_one)
     assert (model / "holdout.csv").read_bytes() == kept_holdout
     # A --holdout file that cannot be read as one fails before it replaces the repository's.
@@ -419,8 +422,8 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     assert "staged only" in repository.history("tickets")[-1].reason
 
 
-def test_a_challenger_is_not_promoted_over_a_champion_it_was_not_compared_with(tiny_bundle: Path, tiny_csv: Path,
-                                                                              tmp_path: Path) -> None:
+def test_a_challenger_is_not_promoted_over_a_champion_it_was_not_compared_with(
+        tiny_bundle: Path, tiny_csv: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     repository = ModelRepository(tmp_path / "models")
     for _ in range(2):
         repository.add_version("tickets", tiny_bundle)
@@ -429,9 +432,14 @@ def test_a_challenger_is_not_promoted_over_a_champion_it_was_not_compared_with(t
         repository.promote("tickets", 2)
         yield from ()
 
-    result = retrain(repository.model_dir("tickets"), tiny_csv, promoted_meanwhile(),
-                     policy=PromotionPolicy(margin=-1, tolerance=1), training_overrides={"epochs": 1})
+    holdout = write_csv(tmp_path / "holdout.csv", read_csv(tiny_csv)[-8:])
+    with caplog.at_level(logging.WARNING, logger="classifier.retrain"):
+        result = retrain(repository.model_dir("tickets"), tiny_csv, promoted_meanwhile(), holdout_path=holdout,
+                         policy=PromotionPolicy(margin=-1, tolerance=1), training_overrides={"epochs": 1})
     assert result.champion.number == 1 and not result.decision.promoted
+    # Nor is its --holdout kept: the new champion may have trained on those tickets.
+    assert not (repository.model_dir("tickets") / "holdout.csv").exists()
+    assert f"{holdout} is not kept as the fixed holdout: version 2 became the champion" in caplog.text
     assert repository.serving_state("tickets").version == 2 and repository.aliases("tickets")["challenger"] == 3
     last = repository.history("tickets")[-1]
     assert last.action == "retrain" and "version 2 became the champion after version 3 was compared with version 1" \
