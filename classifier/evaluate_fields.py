@@ -170,7 +170,7 @@ def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndar
     tags = list(spec.labels)
     known_tags = set(tags)
     without = sum(row is None for row in rows)
-    unknown = Counter(tag for row in rows if row is not None for tag in row if tag not in known_tags)
+    unknown_of = [[tag for tag in row if tag not in known_tags] if row is not None else [] for row in rows]
     if without == len(rows):
         return FieldRun(spec, FieldUnavailable(name=spec.name, kind=spec.kind,
                                                reason="no test ticket has a value in the tags column"))
@@ -187,14 +187,15 @@ def _tags_run(spec: FieldHead, rows: Sequence[list[str] | None], logits: np.ndar
                for j, (tag, info) in enumerate(metrics["per_tag"].items())]
     section = TagsSection(
         name=spec.name, kind=spec.kind, tags=tags, tickets=metrics["tickets"], without_value=without,
-        unknown_tags=dict(unknown.most_common()), micro_f1=metrics["micro_f1"], macro_f1=metrics["macro_f1"],
+        unknown_tags=dict(Counter(tag for unknown in unknown_of for tag in unknown).most_common()),
+        micro_f1=metrics["micro_f1"], macro_f1=metrics["macro_f1"],
         micro_precision=metrics["micro_precision"], micro_recall=metrics["micro_recall"],
         subset_accuracy=metrics["subset_accuracy"],
         tickets_without_tags=int((true_tags.sum(axis=1) == 0).sum()),
         tickets_given_no_tag=int((given_tags.sum(axis=1) == 0).sum()), per_tag=per_tag)
     # Beside another model, a tag this one does not know is one it never gives: missed, not left out.
     counts = outcomes.sum(axis=1)
-    counts[:, 2] += [sum(tag not in known_tags for tag in row or ()) for row, kept in zip(rows, known) if kept]
+    counts[:, 2] += [len(unknown) for unknown, kept in zip(unknown_of, known) if kept]
     return FieldRun(spec, section, outcomes=FieldOutcomes(MICRO_F1, file_rows[known], counts))
 
 

@@ -300,29 +300,31 @@ def _beyond(loss: float, tolerance: float) -> bool:
 
 def _field_losses(report: dict[str, Any], compare: dict[str, Any], policy: PromotionPolicy
                   ) -> tuple[list[str], list[str], dict[str, float]]:
-    """The fields besides the label, on the test tickets both models were measured on: each one compared (its
-    summary), the reasons not to promote, and the losses behind them. A field loses where its figure drops by
+    """The fields besides the label, on the test tickets both models were measured on: those that do not lose
+    (in words, for a promotion's reason), the reasons not to promote, and the losses behind them. A field loses where its figure drops by
     more than the tolerance *and* beyond chance: on a few dozen tickets a 5-point drop is often the draw of
     tickets. A field the champion was measured on and the challenger could not be loses the champion's whole
     figure, for certain. Either counts from ``min_support`` tickets on, as for a label."""
     counted = [field for field in (compare.get("fields") or {}).values()  # none in a report from before fields
                if field["tickets"] >= policy.min_support]                # were compared
-    unmeasured = [field for field in counted if field["gap"] is None and _beyond(field["other"], policy.tolerance)]
-    lost = [field for field in counted if field["gap"] is not None and _beyond(-field["gap"]["value"], policy.tolerance)
-            and field["gap"]["high"] < 0]  # the whole interval below 0: worse beyond chance
+
+    def loss(field: dict[str, Any]) -> float:  # the champion's whole figure where the challenger was not measured
+        return field["other"] if field["gap"] is None else -field["gap"]["value"]
+
+    def lost(field: dict[str, Any]) -> bool:  # a measured gap's whole interval below 0: worse beyond chance
+        return _beyond(loss(field), policy.tolerance) and (field["gap"] is None or field["gap"]["high"] < 0)
+
+    losing = [field for field in counted if lost(field)]
     reasons = [f"{field['name']}: the champion's {field['measure']} is {field['other']:.3f} on {field['tickets']} "
                "tickets, and the challenger could not be measured on it (it does not predict the field, predicts it "
-               "as another kind, or knows none of its values)" for field in unmeasured]
-    if lost:
+               "as another kind, or knows none of its values)" for field in losing if field["gap"] is None]
+    if worse := [field["summary"] for field in losing if field["gap"] is not None]:
         reasons.append(f"fields that lose more than the tolerance ({policy.tolerance * 100:.1f} points of accuracy, "
-                       f"{policy.tolerance:.3f} of micro-F1), beyond chance: "
-                       + "; ".join(field["summary"] for field in lost))
-    losses = {**{field["name"]: round(-field["gap"]["value"], 4) for field in lost},
-              **{field["name"]: round(field["other"], 4) for field in unmeasured}}
-    within = [f"{field['name']}: the challenger could not be measured on it, the champion's {field['measure']} is "
-              f"{field['other']:.3f}, within the tolerance" for field in counted
-              if field["gap"] is None and field not in unmeasured]
-    return [field["summary"] for field in counted if field["gap"] is not None] + within, reasons, losses
+                       f"{policy.tolerance:.3f} of micro-F1), beyond chance: " + "; ".join(worse))
+    kept = [field["summary"] if field["gap"] is not None else
+            f"{field['name']}: the challenger could not be measured on it, the champion's {field['measure']} is "
+            f"{field['other']:.3f}, within the tolerance" for field in counted if field not in losing]
+    return kept, reasons, {field["name"]: round(loss(field), 4) for field in losing}
 
 
 # ---------------------------------------------------------------- data
