@@ -301,10 +301,10 @@ def _beyond(loss: float, tolerance: float) -> bool:
 def _field_losses(report: dict[str, Any], compare: dict[str, Any], policy: PromotionPolicy
                   ) -> tuple[list[str], list[str], dict[str, float]]:
     """The fields besides the label, on the test tickets both models were measured on: those that do not lose
-    (in words, for a promotion's reason), the reasons not to promote, and the losses behind them. A field loses where its figure drops by
-    more than the tolerance *and* beyond chance: on a few dozen tickets a 5-point drop is often the draw of
-    tickets. A field the champion was measured on and the challenger could not be loses the champion's whole
-    figure, for certain. Either counts from ``min_support`` tickets on, as for a label."""
+    (in words, for a promotion's reason), the reasons not to promote, and the losses behind them. A field loses
+    where its figure drops by more than the tolerance *and* beyond chance: on a few dozen tickets a 5-point drop
+    is often the draw of tickets. A field the champion was measured on and the challenger could not be loses the
+    champion's whole figure, for certain. Either counts from ``min_support`` tickets on, as for a label."""
     counted = [field for field in (compare.get("fields") or {}).values()  # none in a report from before fields
                if field["tickets"] >= policy.min_support]                # were compared
 
