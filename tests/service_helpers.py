@@ -63,7 +63,8 @@ def http_call(port: int, method: str, path: str, body: dict[str, Any] | None = N
 
 @contextmanager
 def running_server(bundle: Path, log: Path, *options: str, stop: int = signal.SIGTERM, **env: str) -> Iterator[int]:
-    """``ticketclf serve`` on a free loopback port until ready; always stopped (by ``stop``), cleanly."""
+    """``ticketclf serve`` on a free loopback port until ready; always stopped by ``stop``: cleanly, or with
+    ``signal.SIGKILL`` as a crash would (the master and its workers at once)."""
     port = free_port()
     environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     for variable in ("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS"):  # the server under test, not the caller's
@@ -78,13 +79,16 @@ def running_server(bundle: Path, log: Path, *options: str, stop: int = signal.SI
         wait_ready(server, port, timeout=90)
         yield port
     finally:
-        server.send_signal(stop)
+        if stop == signal.SIGKILL:
+            os.killpg(server.pid, signal.SIGKILL)
+        else:
+            server.send_signal(stop)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-    assert server.returncode == 0, log.read_text()
+    assert server.returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 0), log.read_text()
 
 
 def _default_sigint() -> None:

@@ -28,7 +28,7 @@ import pytest
 import sqlalchemy as sa
 from csv_files import read_csv
 from flask import Flask
-from service_helpers import KEYS, ROOT, ctx, error_of, free_port, http_call, metric_values, wait_ready
+from service_helpers import KEYS, ROOT, ctx, error_of, free_port, http_call, metric_values, running_server
 
 from classifier.cli import main
 from classifier.data import load_tickets
@@ -657,19 +657,10 @@ def test_acknowledged_feedback_survives_the_server_being_killed(kind: str, expor
                                                                 request: pytest.FixtureRequest) -> None:
     url = f"sqlite:///{tmp_path / 'feedback.sqlite'}" if kind == "sqlite" else \
         _new_postgres_database(request.getfixturevalue("postgres"))
-    port, log = free_port(), tmp_path / "server.log"
-    environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TICKETCLF_FEEDBACK_DB": url,
-                   "TICKETCLF_ACCESS_LOG": "false"}
-    for variable in ("PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS"):
-        environment.pop(variable, None)
-    command = [sys.executable, "-m", "classifier.cli", "serve", str(exported_bundle), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "2"]
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    acknowledged = []
-    try:
-        wait_ready(server, port, timeout=90)
+    log, acknowledged = tmp_path / "server.log", []
+    # Killed outright: the master and both workers at once, no clean shutdown. TMPDIR: what it leaves there.
+    with running_server(exported_bundle, log, "--workers", "2", stop=signal.SIGKILL, TICKETCLF_FEEDBACK_DB=url,
+                        TICKETCLF_ACCESS_LOG="false", TMPDIR=str(tmp_path)) as port:
         for n in range(40):
             body = {"feedback": [{"ticket_id": f"k-{n}", "label": "billing", "text": f"ticket {n}"}]} if n % 2 \
                 else {"ticket_id": f"k-{n}", "label": "how_to", "event_id": f"e-{n}"}
@@ -677,9 +668,6 @@ def test_acknowledged_feedback_survives_the_server_being_killed(kind: str, expor
             assert status == 200, answer
             assert json.loads(answer)["stored"] == 1
             acknowledged.append(f"k-{n}")
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)  # the master and both workers, at once: no clean shutdown
-        server.wait()
     assert len(acknowledged) == 40, log.read_text()
     with FeedbackStore.open(url, create=False) as store:
         assert sorted(e["ticket_id"] for e in store.events()) == sorted(acknowledged)
