@@ -22,7 +22,6 @@ default) or switch to gthread. Override any setting with the environment variabl
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from classifier.cpus import worker_count
 from classifier.errors import UserError
+from service import server_dirs
 
 if TYPE_CHECKING:  # gunicorn has no type information: these are Any to mypy, names for the reader
     from gunicorn.arbiter import Arbiter
@@ -64,63 +64,27 @@ control_socket_disable = True  # gunicorn >= 25: one socket path per user; insta
 # The directories this server created (and removes at exit), kept in the environment: a module
 # variable would be forgotten if gunicorn ran this file again.
 _CREATED_DIRS = "TICKETCLF_CREATED_DIRS"
-# A master killed outright (SIGKILL, the OOM killer) removes nothing, and its state directory holds a copy of
-# the model. So the state directory holds this file, locked by the master for as long as it or a worker of
-# it lives, and naming the directories it created: a server starting later removes those of unlocked ones.
-_OWNER_FILE = ".owner"
-_held: list[int] = []  # the lock's descriptor, open until the process exits (forked workers share it)
 
 
 def on_starting(server: Arbiter) -> None:
     """Prepare the environment the workers inherit (they load the app after this, in the fork)."""
-    if removed := remove_abandoned(Path(tempfile.gettempdir())):
-        server.log.info("removed what servers no longer running left: %s", ", ".join(map(str, removed)))
+    if removed := server_dirs.remove_abandoned(Path(tempfile.gettempdir())):
+        server.log.info("removed the temporary directories of servers no longer running: %s",
+                        ", ".join(map(str, removed)))
     os.environ.setdefault("TICKETCLF_THREADS", "1")  # onnxruntime threads per worker: workers fill the cores
+    # Where workers record the last model that loaded and passed its checks (service/model.py): a worker
+    # restarting while the bundle on disk is broken serves that instead of stopping the server. Its owner
+    # file's descriptor is never closed: the lock lasts as long as this process or a worker of it.
+    state_dir, owner = server_dirs.make_locked_state_dir()
+    os.environ["TICKETCLF_STATE_DIR"] = str(state_dir)
+    created = [str(state_dir)]
     # prometheus-client multiprocess mode: each worker writes its samples to files in this
     # directory and /metrics adds them up. It must be set before prometheus-client is imported.
-    created = []
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ticketclf-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=server_dirs.METRICS_PREFIX)
+        server_dirs.record_made(owner, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
         created.append(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    # Where workers record the last model that loaded and passed its checks (service/model.py): a worker
-    # restarting while the bundle on disk is broken serves that instead of stopping the server.
-    os.environ["TICKETCLF_STATE_DIR"] = tempfile.mkdtemp(prefix="ticketclf-state-")
-    created.append(os.environ["TICKETCLF_STATE_DIR"])
     os.environ[_CREATED_DIRS] = os.pathsep.join(created)
-    _hold(Path(os.environ["TICKETCLF_STATE_DIR"]), created)
-
-
-def _hold(state_dir: Path, created: list[str]) -> None:
-    """Lock the owner file before it takes its name, so that no other server ever sees it unlocked."""
-    unnamed = state_dir / f"{_OWNER_FILE}.new"
-    descriptor = os.open(unnamed, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(descriptor, fcntl.LOCK_EX)
-    os.write(descriptor, os.pathsep.join(created).encode())
-    unnamed.rename(state_dir / _OWNER_FILE)
-    _held.append(descriptor)
-
-
-def remove_abandoned(temporary: Path) -> list[Path]:
-    """Remove the directories servers that are no longer running left in ``temporary`` (their owner file
-    unlocked); return them. A state directory without an owner file (an older release's) is left alone."""
-    removed = []
-    for state_dir in temporary.glob("ticketclf-state-*"):
-        try:
-            descriptor = os.open(state_dir / _OWNER_FILE, os.O_RDONLY)
-        except OSError:  # none, another user's, or removed meanwhile
-            continue
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its server runs
-            os.close(descriptor)
-            continue
-        with os.fdopen(descriptor) as owner:
-            created = [Path(name) for name in owner.read().split(os.pathsep)]
-            for directory in {*created, state_dir}:  # only what is plainly a server's, whatever the file says
-                if directory.parent == temporary and directory.name.startswith("ticketclf-"):
-                    shutil.rmtree(directory, ignore_errors=True)
-                    removed.append(directory)
-    return removed
 
 
 def post_fork(server: Arbiter, worker: Worker) -> None:
