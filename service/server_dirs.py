@@ -1,9 +1,10 @@
 """The temporary directories a gunicorn master makes for its workers (model state, metrics), and their removal
 after a master killed outright (SIGKILL, the OOM killer), which never runs its exit hook.
 
-The state directory holds an owner file naming every directory its server made, locked by the master for as
-long as it or a worker of it lives (forked workers share the lock). A server starting later removes the
-directories of owner files it can lock: never a running server's, nor anything another user made.
+The state directory holds an owner file naming it and the metrics directory its server made, locked by the
+master for as long as it or a worker of it lives (forked workers share the lock). A server starting later
+removes what the owner files it can lock name: only this user's, never what a running server holds, and never
+through a copy of a state directory (its owner file names another one).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 STATE_PREFIX, METRICS_PREFIX = "ticketclf-state-", "ticketclf-metrics-"
 OWNER_FILE = ".owner"
+MAX_OWNER_BYTES = 1 << 16  # two paths; anything longer is not an owner file this module wrote
 
 
 def make_locked_state_dir() -> tuple[Path, int]:
@@ -27,14 +29,14 @@ def make_locked_state_dir() -> tuple[Path, int]:
     unnamed = state_dir / f"{OWNER_FILE}.new"
     owner = os.open(unnamed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     fcntl.flock(owner, fcntl.LOCK_EX)
-    record_made(owner, state_dir)
+    record_made(owner, state_dir)  # first, the directory it belongs to: a copy elsewhere is not taken for it
     unnamed.rename(state_dir / OWNER_FILE)
     return state_dir, owner
 
 
 def record_made(owner: int, directory: Path) -> None:
-    """Add ``directory`` to those the locked owner file names."""
-    os.write(owner, f"{directory}\n".encode())
+    """Add ``directory`` to those the locked owner file names, one per line."""
+    os.write(owner, os.fsencode(directory) + b"\n")
 
 
 def remove_abandoned(temp_dir: Path) -> list[Path]:
@@ -42,37 +44,40 @@ def remove_abandoned(temp_dir: Path) -> list[Path]:
     A state directory without an owner file (an older release's, or one killed as it started) is kept."""
     removed = []
     for state_dir in temp_dir.glob(f"{STATE_PREFIX}*"):
-        for directory in _abandoned(state_dir):
-            if directory.parent == temp_dir and directory.name.startswith((STATE_PREFIX, METRICS_PREFIX)) \
-                    and _ours(directory, stat.S_ISDIR):
+        for index, directory in enumerate(_abandoned(state_dir)):
+            prefix = METRICS_PREFIX if index else STATE_PREFIX  # the state directory first, then what it made
+            if directory.parent == temp_dir and directory.name.startswith(prefix) and _own(directory, stat.S_ISDIR):
                 shutil.rmtree(directory, ignore_errors=True)
                 removed.append(directory)
     return removed
 
 
 def _abandoned(state_dir: Path) -> list[Path]:
-    """The directories ``state_dir``'s owner file names, if no running server holds it (else none)."""
-    try:
-        owner = os.open(state_dir / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # none, another user's, a link, or removed meanwhile
+    """What ``state_dir``'s owner file names (itself first), if the file is this user's and ``state_dir``'s own,
+    and no running server holds it; else nothing."""
+    try:  # not following a link, and not waiting on a FIFO put there in its place
+        owner = os.open(state_dir / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # none, another user's, or removed meanwhile
         return []
     try:
-        if not _ours(owner, stat.S_ISREG):
+        if not _own(owner, stat.S_ISREG):
             return []
         fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its server runs
-        named = os.read(owner, 1 << 16).decode().splitlines()
-    except (OSError, UnicodeDecodeError):
+        content = os.read(owner, MAX_OWNER_BYTES + 1)
+    except OSError:
         return []
     finally:
         os.close(owner)
-    return [state_dir, *(Path(name) for name in named if name)]
+    # Whole lines only: a last line without its newline was cut, and is no name.
+    named = [Path(os.fsdecode(line)) for line in content.split(b"\n")[:-1]]
+    return named if len(content) <= MAX_OWNER_BYTES and named[:1] == [state_dir] else []
 
 
-def _ours(path_or_descriptor: Path | int, kind: Callable[[int], bool]) -> bool:
-    """Whether it exists, is of ``kind`` (``stat.S_ISDIR`` or ``S_ISREG``), not a link, and is this user's."""
+def _own(path_or_descriptor: Path | int, kind: Callable[[int], bool]) -> bool:
+    """Whether it exists as ``kind`` (``stat.S_ISDIR``, ``S_ISREG``; a link is neither) and is this user's."""
     try:
         info = os.fstat(path_or_descriptor) if isinstance(path_or_descriptor, int) else \
             os.lstat(path_or_descriptor)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name holding a NUL byte
         return False
     return kind(info.st_mode) and info.st_uid == os.geteuid()
