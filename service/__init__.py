@@ -85,7 +85,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
 # Read outside settings(): by gunicorn's configuration, the predictor, the server, deploy/compose.yaml (the
 # bundle it mounts) and the tests.
 OTHER_VARIABLES = frozenset({"TICKETCLF_THREADS", "TICKETCLF_WORKERS", "TICKETCLF_LOG_LEVEL", "TICKETCLF_STATE_DIR",
-                             "TICKETCLF_CREATED_DIRS", "TICKETCLF_MODEL", "TICKETCLF_REQUIRE_SERVERS"})
+                             "TICKETCLF_MODEL", "TICKETCLF_REQUIRE_SERVERS"})
 
 
 def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:

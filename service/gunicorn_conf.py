@@ -23,7 +23,6 @@ default) or switch to gthread. Override any setting with the environment variabl
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,10 +60,6 @@ if loglevel not in ("debug", "info", "warning", "error", "critical"):
 proc_name = "ticketclf"
 control_socket_disable = True  # gunicorn >= 25: one socket path per user; instances would fight over it
 
-# The directories this server created (and removes at exit), kept in the environment: a module
-# variable would be forgotten if gunicorn ran this file again.
-_CREATED_DIRS = "TICKETCLF_CREATED_DIRS"
-
 
 def on_starting(server: Arbiter) -> None:
     """Prepare the environment the workers inherit (they load the app after this, in the fork)."""
@@ -77,14 +72,11 @@ def on_starting(server: Arbiter) -> None:
     # file's descriptor is never closed: the lock lasts as long as this process or a worker of it.
     state_dir, owner = server_dirs.make_locked_state_dir()
     os.environ["TICKETCLF_STATE_DIR"] = str(state_dir)
-    created = [str(state_dir)]
     # prometheus-client multiprocess mode: each worker writes its samples to files in this
     # directory and /metrics adds them up. It must be set before prometheus-client is imported.
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=server_dirs.METRICS_PREFIX)
         server_dirs.record_made(owner, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
-        created.append(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    os.environ[_CREATED_DIRS] = os.pathsep.join(created)
 
 
 def post_fork(server: Arbiter, worker: Worker) -> None:
@@ -106,5 +98,7 @@ def child_exit(server: Arbiter, worker: Worker) -> None:
 
 
 def on_exit(server: Arbiter) -> None:
-    for created in filter(None, os.environ.pop(_CREATED_DIRS, "").split(os.pathsep)):
-        shutil.rmtree(created, ignore_errors=True)
+    # The owner file names what this server made; the environment, not a module variable, says where it is,
+    # since gunicorn may run this file again.
+    if state_dir := os.environ.get("TICKETCLF_STATE_DIR"):
+        server_dirs.remove_own(Path(state_dir))

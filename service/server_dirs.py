@@ -44,17 +44,32 @@ def remove_abandoned(temp_dir: Path) -> list[Path]:
     A state directory without an owner file (an older release's, or one killed as it started) is kept."""
     removed = []
     for state_dir in temp_dir.glob(f"{STATE_PREFIX}*"):
-        for index, directory in enumerate(_abandoned(state_dir)):
-            prefix = METRICS_PREFIX if index else STATE_PREFIX  # the state directory first, then what it made
-            if directory.parent == temp_dir and directory.name.startswith(prefix) and _own(directory, stat.S_ISDIR):
-                shutil.rmtree(directory, ignore_errors=True)
-                removed.append(directory)
+        removed += _remove_named(temp_dir, _named(state_dir, held_by_caller=False))
     return removed
 
 
-def _abandoned(state_dir: Path) -> list[Path]:
+def remove_own(state_dir: Path) -> None:
+    """At a server's exit: remove what its own owner file (locked by this process) names, as a crashed
+    server's would be removed, so that the owner file is the one record of what the server made."""
+    _remove_named(state_dir.parent, _named(state_dir, held_by_caller=True))
+
+
+def _remove_named(temp_dir: Path, named: list[Path]) -> list[Path]:
+    """Remove the named state directory (first) and what it made, where each is what it should be: a directory
+    of this user's in ``temp_dir`` with a server's prefix."""
+    removed = []
+    for index, directory in enumerate(named):
+        prefix = METRICS_PREFIX if index else STATE_PREFIX
+        if directory.parent == temp_dir and directory.name.startswith(prefix) and _own(directory, stat.S_ISDIR):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
+def _named(state_dir: Path, held_by_caller: bool) -> list[Path]:
     """What ``state_dir``'s owner file names (itself first), if the file is this user's and ``state_dir``'s own,
-    and no running server holds it; else nothing."""
+    and no running server holds it, or (``held_by_caller``) only the server calling, whose lock would refuse
+    this new descriptor too; else nothing."""
     try:  # not following a link, and not waiting on a FIFO put there in its place
         owner = os.open(state_dir / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:  # none, another user's, or removed meanwhile
@@ -62,7 +77,8 @@ def _abandoned(state_dir: Path) -> list[Path]:
     try:
         if not _own(owner, stat.S_ISREG):
             return []
-        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its server runs
+        if not held_by_caller:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its server runs
         content = os.read(owner, MAX_OWNER_BYTES + 1)
     except OSError:
         return []

@@ -48,6 +48,21 @@ def test_a_dead_servers_directories_go_and_a_running_ones_stay(tmp_path: Path,
     assert server_dirs.remove_abandoned(tmp_path) == [running, tmp_path / "ticketclf-metrics-running"]
 
 
+def test_a_server_at_exit_removes_what_its_owner_file_names_while_it_holds_the_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    state_dir, owner = server_dirs.make_locked_state_dir()
+    metrics = _metrics_dir(tmp_path, "own")
+    server_dirs.record_made(owner, metrics)
+    other = _left_by_a_server(tmp_path, "other", _metrics_dir(tmp_path, "other"))  # not this server's to remove
+    try:
+        server_dirs.remove_own(state_dir)
+        assert not state_dir.exists() and not metrics.exists()
+        assert other.is_dir() and (tmp_path / "ticketclf-metrics-other").is_dir()
+    finally:
+        os.close(owner)
+
+
 def test_an_owner_file_names_only_what_a_server_makes_here_as_this_user(tmp_path: Path) -> None:
     temp_dir = tmp_path / "tmp"
     temp_dir.mkdir()
