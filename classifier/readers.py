@@ -112,7 +112,7 @@ def _sniff_format(text: str, path: Path) -> str:
             except json.JSONDecodeError:
                 return "json"  # reported where json.loads stops reading the whole
         return "json"
-    header = text.lstrip("\n").split("\n", 1)[0]
+    header = _first_line(text.lstrip("\r\n"))
     tabs, commas = header.count("\t"), header.count(",")
     if tabs > commas or (tabs == commas == 0 and ";" not in header):
         return "tsv"  # also a single column: each line is read whole, commas and all
@@ -221,9 +221,9 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> Iterator[tuple[int
     locale's decimal mark is a comma, an empty column after a trailing delimiter, long fields;
     and as pandas writes them, with an unnamed index column first.
     """
-    first_line, _, rest = text.partition("\n")
+    first_line = _first_line(text)
     delimiter, skipped = _delimiter(first_line, delimiter)
-    text = rest if skipped else text
+    text = text[len(first_line):].removeprefix("\r").removeprefix("\n") if skipped else text
     csv.field_size_limit(max(csv.field_size_limit(), _MAX_FIELD_CHARS))  # pasted logs pass Python's 128 KiB
     reader = csv.reader(_lines(text), delimiter=delimiter, strict=True)
     start = 1 + skipped  # the line the next record starts on
@@ -278,16 +278,23 @@ def _column_letter(number: int) -> str:
 
 
 def _delimiter(first_line: str, by_name: str) -> tuple[str, int]:
-    """The delimiter a delimited file's rows use, from its first line and the one its name implies, and how
-    many lines come before the header: Excel's "sep=;" line, or semicolons (or tabs) in a .csv file's header."""
-    if re.fullmatch(r"sep=(.)\r?", first_line):
+    """The delimiter a delimited file's rows use, from its first line (without its line end) and the one its
+    name implies, and how many lines come before the header: Excel's "sep=;" line, or a .csv file whose header
+    has more semicolons (or tabs) than commas outside quotes, as in "Key;Summary;Custom field (Team, Queue)"."""
+    if re.fullmatch(r"sep=(.)", first_line):
         return first_line[4], 1
-    if by_name == "," and "," not in first_line:
-        if ";" in first_line:
-            return ";", 0
-        if "\t" in first_line:  # Excel's "Unicode text", saved as .csv
-            return "\t", 0
+    if by_name == ",":
+        unquoted = re.sub(r'"[^"]*"', "", first_line)
+        # Tabs: Excel's "Unicode text", saved as .csv.
+        most = max((";", "\t"), key=unquoted.count)
+        if unquoted.count(most) > unquoted.count(","):
+            return most, 0
     return by_name, 0
+
+
+def _first_line(text: str) -> str:
+    """Text up to its first line end: a line feed, or a carriage return alone, as Excel for Mac ends lines."""
+    return re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
 
 
 def delimiter_of(path: str | Path) -> str:
@@ -298,7 +305,7 @@ def delimiter_of(path: str | Path) -> str:
     fmt = _detect_format(path)
     if fmt not in ("csv", "tsv"):
         return ","
-    return _delimiter(_first_line(path), "\t" if fmt == "tsv" else ",")[0]
+    return _delimiter(_header_line(path), "\t" if fmt == "tsv" else ",")[0]
 
 
 def starts_with_bom(path: str | Path) -> bool:
@@ -316,15 +323,12 @@ def _head(path: Path) -> bytes:
         raise UserError(f"{path}: cannot read file ({error})") from None
 
 
-def _first_line(path: Path) -> str:
+def _header_line(path: Path) -> str:
     """A file's first line, read from its start only; bytes that are not text become replacement characters,
     as only its delimiters matter."""
     head = _head(path)
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        text = head.decode("utf-16", errors="replace")
-    else:
-        text = head.partition(b"\n")[0].decode("utf-8-sig", errors="replace")
-    return text.lstrip("\ufeff").partition("\n")[0]
+    codec = "utf-16" if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    return _first_line(head.decode(codec, errors="replace").lstrip("\ufeff"))
 
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")

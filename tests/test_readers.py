@@ -47,6 +47,11 @@ SPREADSHEET_EXPORTS = {
     "semicolons.csv": b"subject;body;category\nLogin;cannot sign in, again;access\n",  # comma-decimal locales
     "sep-line.csv": b"sep=;\nsubject;body;category\nLogin;cannot sign in, again;access\n",
     "trailing.csv": b"subject,body,category,\nLogin,cannot sign in,access,\n",  # a trailing delimiter
+    # a column name holding a comma, as Jira's "Custom field (Team, Queue)", in a semicolon-separated export
+    "comma-in-name.csv": b"subject;body;category;Custom field (Team, Queue)\nLogin;cannot sign in, again;access;IT\n",
+    # Excel for Mac's "CSV (Macintosh)": lines end in a carriage return alone
+    "mac.csv": b"sep=;\rsubject;body;category\rLogin;\"cannot sign in,\ragain\";access\r",
+    "mac-no-sep-line.csv": b"subject;body;category\rLogin;cannot sign in, again;access\r",
 }
 
 
@@ -57,7 +62,7 @@ def test_spreadsheet_exports_load(tmp_path: Path, name: str) -> None:
     [(row, record)] = list(read_records(path))
     assert row == 2  # as a spreadsheet shows it: Excel hides the "sep=;" line
     assert record["subject"] == "Login" and record["category"] == "access"
-    assert record["body"] in ("cannot sign in", "cannot sign in, again")
+    assert record["body"] in ("cannot sign in", "cannot sign in, again", "cannot sign in,\ragain")
 
 
 def test_a_pandas_index_column_is_ignored_and_other_unnamed_columns_refused(tmp_path: Path) -> None:
@@ -210,6 +215,9 @@ def test_json_nested_within_the_limit_is_read(tmp_path: Path) -> None:
     ("export.csv", b"sep=;\nid;text,more;category\n", ";"),  # Excel's line says it, whatever follows
     ("export.csv", "id\ttext\tcategory\n1\ta\tb\n".encode("utf-16"), "\t"),  # Excel's "Unicode text"
     ("export.csv", b"id,text,category\n1,a;b,c\n", ","),
+    ("export.csv", b"Key;Summary;Custom field (Team, Queue)\n", ";"),  # more semicolons than commas
+    ("export.csv", b'id,"Team; Queue",text\n', ","),  # a semicolon in a quoted name does not count
+    ("export.csv", b"id;text;category\r1;a, b;c\r", ";"),  # line ends of a carriage return alone
     ("export.tsv", b"id\ttext\n", "\t"),
     ("export.jsonl", b'{"text": "a;b"}\n', ","),
 ])
