@@ -163,6 +163,15 @@ def _column_name(value: str) -> str:
     return value[1:-1] if len(value) > 1 and value[0] == value[-1] == '"' else value
 
 
+def _csv_file(value: str) -> Path:
+    """A file to write as CSV: named .csv or .tsv, as reading it back (train, evaluate) tells a file's format by
+    its name; "review.json" would be CSV that no command reads."""
+    path = Path(value)
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        raise argparse.ArgumentTypeError(f"{value}: the file is written as CSV; name it .csv (or .tsv for tabs)")
+    return path
+
+
 def _csv_list(value: str) -> tuple[str, ...]:
     """Comma-separated names; one with a comma of its own in double quotes, as a CSV writes it."""
     try:
@@ -528,7 +537,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", type=_column_name, metavar="COLUMN", help="with --file or --input: the column of "
                    "the tickets' ids (default: detected: id, ticket_id, issue key, case number, number, ...; else the "
                    "row number)")
-    p.add_argument("--csv", type=Path, metavar="FILE", help="write the predictions to this CSV file for Excel or "
+    p.add_argument("--csv", type=_csv_file, metavar="FILE", help="write the predictions to this CSV file for Excel or "
                    "Sheets, a row per ticket (id, text, predicted_label, confidence, needs_review, ..., the next "
                    "labels), instead of printing JSON lines")
     p.add_argument("--top-k", type=int, help="how many labels to list per ticket (default: 3, or all if fewer)")
@@ -1131,7 +1140,7 @@ def _add_feedback(commands: argparse._SubParsersAction) -> None:
                        "last WINDOW (30m, 12h, 1d, 2w) or 'all'; repeat for several (default: 1d, 7d, all)")
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
     export = action("export", "write the agents' labels as a training file (CSV)", _run_feedback_export)
-    export.add_argument("--output", "-o", type=Path, required=True, help="the CSV file to write")
+    export.add_argument("--output", "-o", type=_csv_file, required=True, help="the CSV file to write")
     export.add_argument("--label-column", default="label", help="name of the label column")
     export.add_argument("--since", type=_utc_time, metavar="TIME", help="only labels received since then (ISO 8601)")
     delete = action("delete", "delete what is stored of tickets (their labels and text)", _run_feedback_delete)
@@ -1242,8 +1251,8 @@ def _add_split(commands: argparse._SubParsersAction) -> None:
     p = _subcommand(commands, "split", "hold out a test file from a labelled ticket export", _run_split,
                     epilog=SPLIT_EPILOG)
     p.add_argument("data", type=Path, help="labelled tickets: CSV, TSV, JSONL or JSON, optionally .gz")
-    p.add_argument("--output-train", type=Path, required=True, metavar="TRAIN", help="CSV file for training")
-    p.add_argument("--output-test", type=Path, required=True, metavar="TEST", help="CSV file held out for testing")
+    p.add_argument("--output-train", type=_csv_file, required=True, metavar="TRAIN", help="CSV file for training")
+    p.add_argument("--output-test", type=_csv_file, required=True, metavar="TEST", help="CSV file held out for testing")
     p.add_argument("--label-column", type=_column_name,
                    help="label column (default: detected as train does: category, label, queue, ...)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
@@ -1296,7 +1305,7 @@ def _add_review_labels(commands: argparse._SubParsersAction) -> None:
     p = _subcommand(commands, "review-labels", "list tickets whose label looks wrong, in a file to correct",
                     _run_review_labels, epilog=REVIEW_LABELS_EPILOG)
     p.add_argument("data", type=Path, help="labelled tickets: CSV, TSV, JSONL or JSON, optionally .gz")
-    p.add_argument("--output", "-o", type=Path, required=True, help="the CSV file to write")
+    p.add_argument("--output", "-o", type=_csv_file, required=True, help="the CSV file to write")
     p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="folds of the out-of-fold scores")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
                    help="comma-separated text columns (default: detected as train does)")

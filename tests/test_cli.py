@@ -486,6 +486,22 @@ def test_split_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pyt
         assert code == 2 and message in err
 
 
+@pytest.mark.parametrize("command", [["split", "--output-test", "test.csv", "--output-train"],
+                                     ["review-labels", "--output"], ["feedback", "export", "--output"]])
+def test_a_file_written_as_csv_under_another_name_is_refused(command: list[str], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """Written as CSV, read back by its name: "review.json" would be a CSV no command reads, and `train`, told
+    to read it by the command's own last line, would fail on it."""
+    export = tmp_path / "export.csv"
+    export.write_text("text,category\nhello,a\nbye,b\n")
+    data = [] if command[0] == "feedback" else [str(export)]
+    with pytest.raises(SystemExit) as stopped:
+        main([*command[:-1], *data, command[-1], str(tmp_path / "review.json")])
+    assert stopped.value.code == 2
+    assert "review.json: the file is written as CSV; name it .csv (or .tsv for tabs)" in capsys.readouterr().err
+    assert not (tmp_path / "review.json").exists()
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
 @pytest.mark.parametrize("hostile", ["deep.json", "deep.jsonl", "bomb.csv.gz"])
 def test_hostile_files_end_in_one_line_and_exit_code_2(command: str, hostile: str, exported_bundle: Path,
