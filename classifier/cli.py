@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from classifier.errors import ModelError, UserError, counted, first_of, one_line
-from classifier.options import DEFAULT_EPOCHS, ENGINES, MIN_STEPS
+from classifier.options import DEFAULT_EPOCHS, ENGINES, MIN_STEPS, DataOptions
 from classifier.text import TextOptions, ticket_text
 
 if TYPE_CHECKING:
@@ -237,7 +237,6 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         FULL_LEARNING_RATE,
         LORA_LEARNING_RATE,
         PRECISIONS,
-        DataOptions,
         TrainingOptions,
         default_learning_rate,
     )
@@ -311,7 +310,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from classifier.options import DataOptions, TrainingOptions
+    from classifier.options import TrainingOptions
     from classifier.train import checkpoint_dir, train
 
     if args.validation_fraction is not None and args.validation is not None:
@@ -1330,6 +1329,10 @@ def _run_review_labels(args: argparse.Namespace) -> int:
               "(a corrected_label trains on it)")
     options = "".join(f" {option} {shlex.quote(_as_option(value))}" for option, value in (
         ("--text-columns", args.text_columns), ("--label-column", args.label_column)) if value)
+    least = DataOptions().min_class_count
+    if small := sorted((n, label) for label, n in written.class_sizes.items() if n < least):
+        print(f"  note: train needs {least} tickets a class: {first_of([f'{label!r} ({n})' for n, label in small], 5)}"
+              " have fewer; correct or add tickets, or train with --merge-rare-classes or --drop-rare-classes")
     print(f"{written.rows} rows written to {args.output}, those first; fill corrected_label where a label is wrong, "
           f"then train on it: ticketclf train {shlex.quote(str(args.output))}{options} --output runs/model")
     return 0

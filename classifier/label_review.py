@@ -258,6 +258,7 @@ class ReviewFile:
     texts: list[str]
     ids: list[str]
     labels_from: str = ""  # which column the labels came from (classifier.columns.label_line)
+    class_sizes: Counter[str] = field(default_factory=Counter)  # tickets per label, as reviewed
 
 
 def write_review(data: str | Path, output: str | Path, text_options: TextOptions | None = None,
@@ -272,7 +273,10 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
     report = DataReport()
     tickets, _ = load_tickets(data, text_options, label_column, report)
     tickets = one_spelling_per_label(tickets, report)  # 'Billing ' and 'billing' are one class, as in training
-    review = review_labels(tickets.texts, tickets.labels, tickets.ids, folds, seed)
+    try:
+        review = review_labels(tickets.texts, tickets.labels, tickets.ids, folds, seed)
+    except UserError as error:  # about these tickets: name their file
+        raise UserError(f"{data}: {error}") from None
     numbered, columns = records_and_columns(data)
     from_review_file(numbered, columns)  # a review reviewed again: escaped once when written, not twice
     records = dict(numbered)
@@ -290,4 +294,4 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
     write_csv(output, out_columns + list(REVIEW_COLUMNS), [records[row] for row in rows], for_spreadsheets=True,
               like=data)
     return ReviewFile(review, len(rows), tickets.texts, tickets.ids,
-                      label_line(tickets.source["label_column"], report.label_alternatives))
+                      label_line(tickets.source["label_column"], report.label_alternatives), Counter(tickets.labels))

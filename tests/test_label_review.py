@@ -171,6 +171,19 @@ def test_the_review_names_its_label_column_and_the_training_command_keeps_the_co
     assert tickets.source["label_column"] == "Group" and len(tickets) == len(rows)
 
 
+def test_the_review_says_which_classes_train_would_refuse_and_names_the_file_it_cannot_review(
+        sample_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rows = read_csv(sample_csv)[:200]
+    rows[0]["category"], rows[1]["category"] = "Facilities", "Travel"  # one ticket each: train needs 5
+    data, output = write_csv(tmp_path / "export.csv", rows), tmp_path / "review.csv"
+    assert main(["review-labels", str(data), "--output", str(output), "--folds", "3"]) == 0
+    assert ("note: train needs 5 tickets a class: 'Facilities' (1), 'Travel' (1) have fewer; correct or add "
+            "tickets, or train with --merge-rare-classes or --drop-rare-classes") in capsys.readouterr().out
+    one_class = write_csv(tmp_path / "one.csv", [{**row, "category": "billing"} for row in rows])
+    assert main(["review-labels", str(one_class), "--output", str(output)]) == 2
+    assert f"error: {one_class}: reviewing labels needs at least two classes" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("export_name", "delimiter", "output_name", "written_delimiter"), [
     ("export.csv", ";", "review.csv", ";"),  # as Excel writes CSV where the decimal mark is a comma
     ("export.csv", ",", "review.csv", ","),
