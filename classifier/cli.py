@@ -532,8 +532,7 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--file", help="classify every ticket in a CSV/TSV/JSONL/JSON file "
                    "('-': standard input, its format told by its content)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
-                   help="with --file or --input: " + TEXT_COLUMNS_FOR_MODEL_HELP + "; a field the file lacks is "
-                   "read as empty, with a warning, as POST /classify reads a ticket without it")
+                   help="with --file or --input: " + TEXT_COLUMNS_FOR_MODEL_HELP)
     p.add_argument("--id-column", type=_column_name, metavar="COLUMN", help="with --file or --input: the column of "
                    "the tickets' ids (default: detected: id, ticket_id, issue key, case number, number, ...; else the "
                    "row number)")

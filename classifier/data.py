@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import random
 import re
@@ -39,8 +38,6 @@ from classifier.text import (
 
 if TYPE_CHECKING:
     from classifier.manifest import Manifest
-
-log = logging.getLogger(__name__)
 
 OTHER_LABEL = "other"
 # A file's corrected labels: where this column has a value, it replaces the label (a file that
@@ -379,16 +376,8 @@ def columns_to_classify(columns: Sequence[str], path: Path, text_options: TextOp
     text_options = with_text_columns(text_options, text_columns)
     fields = text_options.record_fields
     lower_columns = {name.lower() for name in columns}
-    present = tuple(name for name in fields if name.lower() in lower_columns)
-    if not text_columns and not present and "text" in lower_columns:
+    if not text_columns and not lower_columns & {name.lower() for name in fields} and "text" in lower_columns:
         fields = ("text",)
-    elif not text_columns and present != fields and present:
-        # As POST /classify reads a ticket without one of the model's fields: the others, joined as always.
-        missing = [name for name in fields if name not in present]
-        log.warning("%s: no column %s, which the model was trained to read too: its tickets are read without it "
-                    "(name the file's columns with --text-columns if it has them under other names)", path,
-                    " or ".join(map(repr, missing)))
-        fields = present
     mapping = replace(resolve_columns(columns, path, fields, require_label=False, id_column=id_column),
                       label_column=None)
     return mapping, replace(text_options, fields=tuple(mapping.text_columns))

@@ -366,20 +366,6 @@ def test_predict_file_without_the_models_columns_names_them(exported_bundle: Pat
                                                "file's text columns with --text-columns")
 
 
-def test_predict_reads_a_file_without_one_of_the_models_columns_as_the_service_does(
-        exported_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
-    """The model reads subject and body; a file of bodies only is classified on them, with a warning, as
-    POST /classify answers a ticket sent without a subject."""
-    bodies, empty_subjects = tmp_path / "bodies.csv", tmp_path / "empty.csv"
-    bodies.write_text("id,body\n1,I was charged twice\n2,the dashboard takes ages\n")
-    empty_subjects.write_text("id,subject,body\n1,,I was charged twice\n2,,the dashboard takes ages\n")
-    assert main(["predict", str(exported_bundle), "--file", str(empty_subjects)]) == 0
-    expected = capsys.readouterr().out
-    assert main(["predict", str(exported_bundle), "--file", str(bodies)]) == 0
-    assert capsys.readouterr().out == expected
-    assert f"{bodies}: no column 'subject', which the model was trained to read too" in caplog.text
-
-
 def test_predict_reads_a_file_with_its_own_column_names(exported_bundle: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     own, renamed = tmp_path / "own.csv", tmp_path / "renamed.csv"
