@@ -378,7 +378,11 @@ def columns_to_classify(columns: Sequence[str], path: Path, text_options: TextOp
     lower_columns = {name.lower() for name in columns}
     if not text_columns and not lower_columns & {name.lower() for name in fields} and "text" in lower_columns:
         fields = ("text",)
-    mapping = replace(resolve_columns(columns, path, fields, require_label=False, id_column=id_column),
+    # A file without one of the model's fields is refused rather than read on the others: its text may be under
+    # another name. Where it truly lacks one, an empty column reads its tickets as POST /classify would.
+    hint = None if text_columns else ("check the names, name the file's text columns with --text-columns, or add "
+                                      "that column, empty, to classify without it")
+    mapping = replace(resolve_columns(columns, path, fields, require_label=False, id_column=id_column, hint=hint),
                       label_column=None)
     return mapping, replace(text_options, fields=tuple(mapping.text_columns))
 

@@ -43,6 +43,7 @@ from classifier.cpus import usable_cpus
 from classifier.data import (
     CORRECTED_LABEL_COLUMN,
     DataReport,
+    deduplicate,
     flat_columns,
     from_review_file,
     load_tickets,
@@ -258,7 +259,7 @@ class ReviewFile:
     texts: list[str]
     ids: list[str]
     labels_from: str = ""  # which column the labels came from (classifier.columns.label_line)
-    class_sizes: Counter[str] = field(default_factory=Counter)  # tickets per label, as reviewed
+    class_sizes: Counter[str] = field(default_factory=Counter)  # tickets per label, copies once, as train counts
 
 
 def write_review(data: str | Path, output: str | Path, text_options: TextOptions | None = None,
@@ -294,4 +295,5 @@ def write_review(data: str | Path, output: str | Path, text_options: TextOptions
     write_csv(output, out_columns + list(REVIEW_COLUMNS), [records[row] for row in rows], for_spreadsheets=True,
               like=data)
     return ReviewFile(review, len(rows), tickets.texts, tickets.ids,
-                      label_line(tickets.source["label_column"], report.label_alternatives), Counter(tickets.labels))
+                      label_line(tickets.source["label_column"], report.label_alternatives),
+                      Counter(deduplicate(tickets, DataReport()).labels))  # as train counts a class

@@ -205,7 +205,7 @@ def _decode(raw: bytes | bytearray, path: Path) -> str:
         # the second would become part of the first column's name.
         return raw.decode("utf-8-sig").lstrip("\ufeff")
     except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1  # before parsing: a line, not a row
+        line = len(re.findall(rb"\r\n|\r|\n", raw[: error.start])) + 1  # before parsing: a line, not a row
         convert = "" if path is STDIN or path.suffix.lower() == ".gz" else ", or convert it: iconv -f WINDOWS-1252 " \
             f"-t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(path.with_stem(path.stem + '-utf8')))}"
         raise UserError(f"{path}, line {line}: bytes are not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset "

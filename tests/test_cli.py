@@ -362,8 +362,9 @@ def test_predict_file_without_the_models_columns_names_them(exported_bundle: Pat
     tickets.write_text("id,title\n1,Refund please\n")
     assert main(["predict", str(exported_bundle), "--file", str(tickets)]) == 2
     assert capsys.readouterr().err.strip() == (f"ticketclf predict: error: {tickets}: text column 'subject' not "
-                                               "found; columns are ['id', 'title']; check the names, or name the "
-                                               "file's text columns with --text-columns")
+                                               "found; columns are ['id', 'title']; check the names, name the "
+                                               "file's text columns with --text-columns, or add that column, empty, "
+                                               "to classify without it")
 
 
 def test_predict_reads_a_file_with_its_own_column_names(exported_bundle: Path, tmp_path: Path,
@@ -487,14 +488,15 @@ def test_split_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pyt
 
 
 @pytest.mark.parametrize("command", [["split", "--output-test", "test.csv", "--output-train"],
-                                     ["review-labels", "--output"], ["feedback", "export", "--output"]])
+                                     ["review-labels", "--output"], ["feedback", "export", "--output"],
+                                     ["predict", "runs/model", "--file", "new.csv", "--csv"]])
 def test_a_file_written_as_csv_under_another_name_is_refused(command: list[str], tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     """Written as CSV, read back by its name: "review.json" would be a CSV no command reads, and `train`, told
     to read it by the command's own last line, would fail on it."""
     export = tmp_path / "export.csv"
     export.write_text("text,category\nhello,a\nbye,b\n")
-    data = [] if command[0] == "feedback" else [str(export)]
+    data = [str(export)] if command[0] in ("split", "review-labels") else []
     with pytest.raises(SystemExit) as stopped:
         main([*command[:-1], *data, command[-1], str(tmp_path / "review.json")])
     assert stopped.value.code == 2

@@ -121,6 +121,7 @@ def test_rows_without_text_or_label_are_dropped_and_reported(tmp_path: Path) -> 
                                                           r"\(Excel: Save As, 'CSV UTF-8'\), or convert it: "
                                                           r"iconv -f WINDOWS-1252 -t UTF-8 \S*bad.csv > "
                                                           r"\S*bad-utf8.csv"),
+    (b"subject;body;category\rhi;there;ok\rcaf\xe9;x;billing\r", "line 3: bytes are not valid UTF-8"),  # Mac Roman
     (b"subject,body,category\nhi,there,billing,extra\n", "row 2: 4 fields but the header has 3"),
     (b"title,category\nhi,billing\n", "no text column found"),
     (b"subject,body\nhi,there\n", "no label column found"),

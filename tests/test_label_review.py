@@ -175,6 +175,7 @@ def test_the_review_says_which_classes_train_would_refuse_and_names_the_file_it_
         sample_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rows = read_csv(sample_csv)[:200]
     rows[0]["category"], rows[1]["category"] = "Facilities", "Travel"  # one ticket each: train needs 5
+    rows += [dict(rows[1]) for _ in range(4)]  # copies count once, as train counts them
     data, output = write_csv(tmp_path / "export.csv", rows), tmp_path / "review.csv"
     assert main(["review-labels", str(data), "--output", str(output), "--folds", "3"]) == 0
     assert ("note: train needs 5 tickets a class: 'Facilities' (1), 'Travel' (1) have fewer; correct or add "

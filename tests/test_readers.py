@@ -55,6 +55,10 @@ SPREADSHEET_EXPORTS = {
 }
 
 
+SPREADSHEET_BODIES = {"utf16.csv": "cannot sign in", "trailing.csv": "cannot sign in",
+                      "mac.csv": "cannot sign in,\ragain"}
+
+
 @pytest.mark.parametrize("name", sorted(SPREADSHEET_EXPORTS))
 def test_spreadsheet_exports_load(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
@@ -62,7 +66,7 @@ def test_spreadsheet_exports_load(tmp_path: Path, name: str) -> None:
     [(row, record)] = list(read_records(path))
     assert row == 2  # as a spreadsheet shows it: Excel hides the "sep=;" line
     assert record["subject"] == "Login" and record["category"] == "access"
-    assert record["body"] in ("cannot sign in", "cannot sign in, again", "cannot sign in,\ragain")
+    assert record["body"] == SPREADSHEET_BODIES.get(name, "cannot sign in, again")
 
 
 def test_a_pandas_index_column_is_ignored_and_other_unnamed_columns_refused(tmp_path: Path) -> None:
@@ -216,7 +220,7 @@ def test_json_nested_within_the_limit_is_read(tmp_path: Path) -> None:
     ("export.csv", "id\ttext\tcategory\n1\ta\tb\n".encode("utf-16"), "\t"),  # Excel's "Unicode text"
     ("export.csv", b"id,text,category\n1,a;b,c\n", ","),
     ("export.csv", b"Key;Summary;Custom field (Team, Queue)\n", ";"),  # more semicolons than commas
-    ("export.csv", b'id,"Team; Queue",text\n', ","),  # a semicolon in a quoted name does not count
+    ("export.csv", b'id,"Team; Queue; Area; Site",text\n', ","),  # semicolons in a quoted name do not count
     ("export.csv", b"id;text;category\r1;a, b;c\r", ";"),  # line ends of a carriage return alone
     ("export.tsv", b"id\ttext\n", "\t"),
     ("export.jsonl", b'{"text": "a;b"}\n', ","),
