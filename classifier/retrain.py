@@ -448,6 +448,8 @@ def merge_corrections(export: TicketFile, corrections: list[Correction], trainin
     # In any spelling, as training counts classes: "Billing" in the export is the model's "billing", not a new queue.
     known, spelling = {label_key(label) for label in known_labels}, dict[str, str]()
     for row in rows:
+        if not str(row["label"] or "").strip():
+            continue  # an export's row without a label: no queue, and training drops it (its data report says so)
         if (key := label_key(row["label"])) not in known:
             label = spelling.setdefault(key, row["label"])
             report.new_labels[label] = report.new_labels.get(label, 0) + 1

@@ -45,7 +45,8 @@ def export_rows() -> list[dict[str, str]]:
 
 
 def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path: Path) -> None:
-    export = write_csv(tmp_path / "export.csv", export_rows())
+    unlabelled = {"id": "T-10", "Subject": "subject 10", "Body": "body of ticket 10", "Category": ""}  # not a queue
+    export = write_csv(tmp_path / "export.csv", [*export_rows(), unlabelled])
     holdout = [{"subject": "subject 9", "body": "body of ticket 9", "label": "billing", "id": "T-9"}]
     corrections = [
         Correction("T-1", "login", None, OLD),  # relabelled
