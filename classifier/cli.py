@@ -172,6 +172,14 @@ def _csv_file(value: str) -> Path:
     return path
 
 
+def _refuse_to_replace(args: argparse.Namespace, *outputs: Path, source: Path | None = None) -> None:
+    """A file a command writes whole replaces one already there only with ``--overwrite``: it may be a user's own
+    (an export, a review file half corrected). The input itself is refused by the command, overwrite or not."""
+    for output in outputs:
+        if not args.overwrite and output.exists() and (source is None or output.resolve() != source.resolve()):
+            raise UserError(f"{output} exists; choose another file name, or pass --overwrite to replace it")
+
+
 def _csv_list(value: str) -> tuple[str, ...]:
     """Comma-separated names; one with a comma of its own in double quotes, as a CSV writes it."""
     try:
@@ -1140,6 +1148,7 @@ def _add_feedback(commands: argparse._SubParsersAction) -> None:
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
     export = action("export", "write the agents' labels as a training file (CSV)", _run_feedback_export)
     export.add_argument("--output", "-o", type=_csv_file, required=True, help="the CSV file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     export.add_argument("--label-column", default="label", help="name of the label column")
     export.add_argument("--since", type=_utc_time, metavar="TIME", help="only labels received since then (ISO 8601)")
     delete = action("delete", "delete what is stored of tickets (their labels and text)", _run_feedback_delete)
@@ -1207,6 +1216,7 @@ def _percent(value: float | None) -> str:
 def _run_feedback_export(args: argparse.Namespace) -> int:
     from classifier.feedback import export_csv, open_store
 
+    _refuse_to_replace(args, args.output)
     with open_store(args.db, args.model) as store:
         rows, without_text, columns = export_csv(store, args.output, label_column=args.label_column,
                                                  since=args.since)
@@ -1252,6 +1262,7 @@ def _add_split(commands: argparse._SubParsersAction) -> None:
     p.add_argument("data", type=Path, help="labelled tickets: CSV, TSV, JSONL or JSON, optionally .gz")
     p.add_argument("--output-train", type=_csv_file, required=True, metavar="TRAIN", help="CSV file for training")
     p.add_argument("--output-test", type=_csv_file, required=True, metavar="TEST", help="CSV file held out for testing")
+    p.add_argument("--overwrite", action="store_true", help="replace the output files if they exist")
     p.add_argument("--label-column", type=_column_name,
                    help="label column (default: detected as train does: category, label, queue, ...)")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
@@ -1263,6 +1274,7 @@ def _add_split(commands: argparse._SubParsersAction) -> None:
 def _run_split(args: argparse.Namespace) -> int:
     from classifier.data import split_file
 
+    _refuse_to_replace(args, args.output_train, args.output_test, source=args.data)
     split = split_file(args.data, args.output_train, args.output_test, label_column=args.label_column,
                        text_columns=args.text_columns, test_fraction=args.test_fraction, seed=args.seed)
     print(f"{split.train} training and {split.test} test tickets from {args.data} (text from "
@@ -1305,6 +1317,8 @@ def _add_review_labels(commands: argparse._SubParsersAction) -> None:
                     _run_review_labels, epilog=REVIEW_LABELS_EPILOG)
     p.add_argument("data", type=Path, help="labelled tickets: CSV, TSV, JSONL or JSON, optionally .gz")
     p.add_argument("--output", "-o", type=_csv_file, required=True, help="the CSV file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (and with it any "
+                   "corrections made in it)")
     p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="folds of the out-of-fold scores")
     p.add_argument("--text-columns", type=_csv_list, metavar="COLUMNS",
                    help="comma-separated text columns (default: detected as train does)")
@@ -1316,6 +1330,7 @@ def _add_review_labels(commands: argparse._SubParsersAction) -> None:
 def _run_review_labels(args: argparse.Namespace) -> int:
     from classifier.label_review import entry_line, write_review
 
+    _refuse_to_replace(args, args.output, source=args.data)
     written = write_review(args.data, args.output, TextOptions(fields=args.text_columns or ()), args.label_column,
                            folds=args.folds, seed=args.seed)
     review = written.review

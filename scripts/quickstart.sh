@@ -10,7 +10,7 @@ bundle="${BUNDLE:-runs/quickstart}"
 test_data="runs/quickstart-test.csv"
 
 # Hold out a test file the model never sees; training splits its own validation set from the rest.
-.venv/bin/ticketclf split "$data" --output-train runs/quickstart-train.csv --output-test "$test_data"
+.venv/bin/ticketclf split "$data" --output-train runs/quickstart-train.csv --output-test "$test_data" --overwrite
 # On the sample, the category is the bundle's label and priority and tags are predicted too, by heads on
 # the same encoder; another export given as $1 trains on its detected label column alone.
 fields=()

@@ -455,8 +455,15 @@ def test_split_writes_a_training_and_a_test_file(tmp_path: Path, capsys: pytest.
                                        "training leaves such rows out and lists them; 'ticketclf review-labels' "
                                        "suggests a label\n")
     assert len(train.read_text().splitlines()) == 10 and len(test.read_text().splitlines()) == 3
+    # Files already there are not replaced without --overwrite: one may be the user's own.
+    written = test.read_bytes()
+    assert main(["split", str(export), "--output-train", str(tmp_path / "new.csv"), "--output-test", str(test),
+                 "--seed", "1"]) == 2
+    assert f"{test} exists; choose another file name, or pass --overwrite to replace it" in capsys.readouterr().err
+    assert test.read_bytes() == written and not (tmp_path / "new.csv").exists()
     # An output that cannot be written (its folder is a file): one line naming it, not a traceback.
-    code = main(["split", str(export), "--output-train", str(export / "train.csv"), "--output-test", str(test)])
+    code = main(["split", str(export), "--output-train", str(export / "train.csv"), "--output-test", str(test),
+                 "--overwrite"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("ticketclf split: error: ") and f"'{export}'" in err
     assert err.count("\n") == 1

@@ -622,6 +622,14 @@ def test_cli_stats_export_and_delete(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert json.loads(capsys.readouterr().out)["windows"][0]["overall"]["agreed"] == 1
     assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "out.csv")]) == 0
     assert "2 tickets' labels written" in capsys.readouterr().out
+    exported = (tmp_path / "out.csv").read_bytes()
+    assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "out.csv"),
+                 "--since", "2999-01-01T00:00:00Z"]) == 2  # would write no ticket over the two
+    assert f"{tmp_path / 'out.csv'} exists; choose another file name, or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out.csv").read_bytes() == exported
+    assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "out.csv"),
+                 "--overwrite"]) == 0
+    assert "2 tickets' labels written" in capsys.readouterr().out
     assert main(["feedback", "delete", "--db", str(database), "--ticket", "1", "--text-only"]) == 0
     assert capsys.readouterr().out == "text deleted from 1 event (tickets 1)\n"
     assert main(["feedback", "delete", "--db", str(database), "--ticket", "1"]) == 0

@@ -181,7 +181,11 @@ def test_the_review_says_which_classes_train_would_refuse_and_names_the_file_it_
     assert ("note: train needs 5 tickets a class: 'Facilities' (1), 'Travel' (1) have fewer; correct or add "
             "tickets, or train with --merge-rare-classes or --drop-rare-classes") in capsys.readouterr().out
     one_class = write_csv(tmp_path / "one.csv", [{**row, "category": "billing"} for row in rows])
+    reviewed = output.read_bytes()  # an agent may be correcting it: not replaced without --overwrite
     assert main(["review-labels", str(one_class), "--output", str(output)]) == 2
+    assert f"{output} exists; choose another file name, or pass --overwrite" in capsys.readouterr().err
+    assert output.read_bytes() == reviewed
+    assert main(["review-labels", str(one_class), "--output", str(output), "--overwrite"]) == 2
     assert f"error: {one_class}: reviewing labels needs at least two classes" in capsys.readouterr().err
 
 
