@@ -221,11 +221,14 @@ def retrain(model_dir: str | Path, data_path: str | Path, corrections: Iterable[
 
         version = repository.add_version(name, build, reason="retrained: the challenger",
                                          details={"data": str(data_path), "merge": dataclasses.asdict(merge)})
+        # The tickets both models are scored on, kept with the report first, so that the report names that
+        # file and not this scratch folder's, gone once the retrain ends.
         reports = version.path / EVALUATION_REPORT.parent
-        report = evaluate(version.path, evaluation_file, reports,
+        reports.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(evaluation_file, reports / EVALUATION_SET_FILE)
+        report = evaluate(version.path, reports / EVALUATION_SET_FILE, reports,
                           EvaluationOptions(compare_bundle=champion.path, label_column=merge.label_column,
                                             text_columns=tuple(merge.text_columns)))
-        shutil.copy2(evaluation_file, reports / EVALUATION_SET_FILE)  # the tickets both models were scored on
         # Kept only now, so that a challenger that fails to train leaves the holdout as it was; and only over the
         # champion it was chosen against: one promoted meanwhile may have trained on these tickets.
         if holdout_path is not None:

@@ -395,6 +395,8 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     assert (repository.model_dir("tickets") / "holdout.csv").is_file()
     version = repository.version("tickets", 2)
     assert version.evaluation() is not None and (version.path / "training-data.jsonl").is_file()
+    scored = version.path / EVALUATION_REPORT.parent / EVALUATION_SET_FILE  # the report names the file it keeps
+    assert json.loads((version.path / EVALUATION_REPORT).read_text())["data"]["path"] == str(scored)
     # Trained on a scratch file, gone now: the manifest names the copy the version keeps, wherever it moves.
     assert version.manifest().data.train.path == version.manifest().data.validation.path == "training-data.jsonl"
     assert not list((repository.model_dir("tickets") / INCOMING_DIR).iterdir())
