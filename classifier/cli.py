@@ -1236,6 +1236,9 @@ def _run_feedback_delete(args: argparse.Namespace) -> int:
     events = f"{changed} event{'s' * (changed != 1)}"
     what = f"text deleted from {events}" if args.text_only else f"{events} deleted"
     print(f"{what} (tickets {', '.join(args.ticket)})")
+    if not changed:  # deleting is done either way; a mistyped id would otherwise pass for a deletion
+        which = "this ticket" if len(args.ticket) == 1 else "these tickets"
+        print(f"ticketclf feedback delete: warning: nothing is stored of {which}: check the ids", file=sys.stderr)
     return 0
 
 

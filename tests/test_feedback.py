@@ -634,6 +634,10 @@ def test_cli_stats_export_and_delete(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out == "text deleted from 1 event (tickets 1)\n"
     assert main(["feedback", "delete", "--db", str(database), "--ticket", "1"]) == 0
     assert capsys.readouterr().out == "1 event deleted (tickets 1)\n"
+    assert main(["feedback", "delete", "--db", str(database), "--ticket", "1"]) == 0  # done: nothing left of it
+    printed = capsys.readouterr()
+    assert printed.out == "0 events deleted (tickets 1)\n"
+    assert "warning: nothing is stored of this ticket: check the ids" in printed.err
     assert main(["feedback", "stats", "--db", str(tmp_path / "nowhere.sqlite")]) == 2
     assert "no feedback database" in capsys.readouterr().err
 
