@@ -107,6 +107,7 @@ class MergeReport:
     added: int = 0  # corrected tickets the export did not hold, trained on
     evaluated: int = 0  # recent corrected tickets kept for evaluation instead
     holdout_relabelled: int = 0  # holdout tickets an agent relabelled: scored with the agent's label
+    holdout_confirmed: int = 0  # holdout tickets an agent labelled as they were
     holdout_trained: int | None = None  # holdout tickets the champion trained on (None: its training file is gone)
     without_text: int = 0  # corrections of tickets neither the export nor the feedback has text for
     conflicts: list[dict[str, Any]] = field(default_factory=list)  # a ticket given different labels
@@ -125,9 +126,10 @@ class MergeReport:
                  f"{self.trained} tickets to train on, corrections included",
                  f"corrections: {self.corrected} relabelled, {self.confirmed} confirmed, {self.added} new tickets "
                  f"added, {self.evaluated} recent ones kept for evaluation, {self.without_text} without text"]
-        if self.holdout_relabelled:
-            lines.append(f"{self.holdout_relabelled} holdout ticket(s) relabelled by agents: both models are scored "
-                         "against the agents' label")
+        if self.holdout_relabelled or self.holdout_confirmed:
+            lines.append(f"holdout tickets agents labelled (scored, never trained on): {self.holdout_relabelled} "
+                         f"relabelled, {self.holdout_confirmed} confirmed; both models are scored against the agents' "
+                         "label")
         if self.holdout_trained:
             lines.append(f"warning: {self.holdout_trained} holdout tickets are in the champion's training file, "
                          "which favours it; give --holdout a labelled file of tickets neither model trained on")
@@ -477,7 +479,10 @@ def _as_corrected(row: dict[str, Any], latest: dict[str, Correction], report: Me
     """A holdout ticket with the label an agent set since, where one did: the truth both models are scored
     against (it still never trains)."""
     correction = latest.get(row["id"]) if row["id"] else None
-    if correction is None or correction.label == row["label"]:
+    if correction is None:
+        return row
+    if correction.label == row["label"]:
+        report.holdout_confirmed += 1
         return row
     report.holdout_relabelled += 1
     return {**row, "label": correction.label}

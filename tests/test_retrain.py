@@ -47,12 +47,14 @@ def export_rows() -> list[dict[str, str]]:
 def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path: Path) -> None:
     unlabelled = {"id": "T-10", "Subject": "subject 10", "Body": "body of ticket 10", "Category": ""}  # not a queue
     export = write_csv(tmp_path / "export.csv", [*export_rows(), unlabelled])
-    holdout = [{"subject": "subject 9", "body": "body of ticket 9", "label": "billing", "id": "T-9"}]
+    holdout = [{"subject": f"subject {i}", "body": f"body of ticket {i}", "label": "billing", "id": f"T-{i}"}
+               for i in (7, 9)]
     corrections = [
         Correction("T-1", "login", None, OLD),  # relabelled
         Correction("T-2", "login", None, OLD),  # confirmed
         Correction("T-3", "login", None, OLD), Correction("T-3", "billing", None, NEW),  # a conflict: latest wins
         Correction("T-9", "login", None, NEW),  # a holdout ticket: never trained on
+        Correction("T-7", "billing", None, NEW),  # a holdout ticket confirmed
         Correction("N-1", "billing", {"subject": "new one", "body": "a ticket only feedback holds"}, OLD),
         Correction("N-2", "billing", None, OLD),  # no text anywhere
         Correction("N-4", "billing", {"priority": "high"}, OLD),  # a corrections file's column, but no text
@@ -66,9 +68,11 @@ def test_corrections_relabel_join_conflict_and_stay_out_of_the_holdout(tmp_path:
                                min_class_count=5)
     rows = {row["id"]: {**row, "label": row["Category"]} for row in read_jsonl(training)}
     assert rows["T-1"]["label"] == "login" and rows["T-2"]["label"] == "login" and rows["T-3"]["label"] == "billing"
-    assert "T-9" not in rows and report.held_out == 1
+    assert "T-9" not in rows and "T-7" not in rows and report.held_out == 2
     scored = {row["id"]: row["Category"] for row in read_jsonl(evaluation)}
     assert scored["T-9"] == "login" and report.holdout_relabelled == 1  # scored against the agent's label
+    assert report.holdout_confirmed == 1 and scored["T-7"] == "billing"
+    assert "holdout tickets agents labelled (scored, never trained on): 1 relabelled, 1 confirmed" in report.lines()[2]
     assert rows["N-1"]["subject"] == "new one" and rows["N-1"]["label"] == "billing"
     assert (rows["N-3"]["subject"], rows["N-3"]["body"]) == ("", "a whole ticket, as the API's 'text'")
     assert (report.corrected, report.confirmed, report.added, report.without_text) == (1, 2, 4, 2)
