@@ -210,9 +210,23 @@ def check_output(target: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -
     if inside:
         raise UserError(f"{target}: holds the input {inside[0]}, which --overwrite would delete; "
                         "choose another --output")
-    if not (target / MANIFEST).is_file() and any(target.iterdir()):
-        raise UserError(f"{target}: is not a model bundle (no {MANIFEST}) and not empty; --overwrite "
-                        "replaces only a bundle, so choose another --output")
+    if not (target / MANIFEST).is_file():
+        if any(target.iterdir()):
+            raise UserError(f"{target}: is not a model bundle (no {MANIFEST}) and not empty; --overwrite "
+                            "replaces only a bundle, so choose another --output")
+    elif not _is_bundle_manifest(target / MANIFEST):  # a web app's or an extension's manifest.json is no bundle
+        raise UserError(f"{target}: its {MANIFEST} is not a model bundle's; --overwrite replaces only a bundle, so "
+                        "choose another --output")
+
+
+def _is_bundle_manifest(path: Path) -> bool:
+    """Whether ``path`` reads as a bundle manifest of any schema version: a JSON object with the schema version
+    and the labels, whatever else it holds or lacks."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and isinstance(raw.get("schema_version"), int) and isinstance(raw.get("labels"), list)
 
 
 @contextmanager

@@ -187,6 +187,13 @@ def test_overwrite_replaces_only_a_bundle(tiny_csv: Path, tmp_path: Path) -> Non
     with pytest.raises(UserError, match="is a file"):
         train(tiny_csv, folder / "notes.txt", TrainingOptions(epochs=1), overwrite=True)
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "tickets.csv"]
+    app = tmp_path / "web-app"  # a manifest.json of another kind: a web app's, a browser extension's
+    app.mkdir()
+    (app / "manifest.json").write_text('{"name": "my web app", "version": 2}')
+    (app / "index.html").write_text("mine")
+    with pytest.raises(UserError, match="its manifest.json is not a model bundle's"):
+        train(tiny_csv, app, TrainingOptions(epochs=1), overwrite=True)
+    assert sorted(p.name for p in app.iterdir()) == ["index.html", "manifest.json"]
 
 
 def test_resume_without_a_checkpoint_fails_before_reading_the_data(tmp_path: Path) -> None:
