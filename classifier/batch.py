@@ -105,7 +105,7 @@ class BatchSummary:
     rejected: int = 0
     needs_review: int = 0
     labels: Counter[str] = field(default_factory=Counter)
-    stopped: int = 0  # files read only up to a place they could not be read past (the reason is a reject)
+    stopped: int = 0  # files in the output read only up to a place they could not be read past (a reject says)
     shards_written: int = 0
     shards_skipped: int = 0
     seconds: float = 0.0
@@ -159,7 +159,7 @@ def classify_files(bundle_dir: Path, inputs: str, output: Path, options: BatchOp
                 writer.add(table)
                 advance(table.num_rows)
     writer.check_complete()
-    _gather_rejects(output)
+    summary.stopped = _gather_rejects(output)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -298,21 +298,28 @@ class _ShardWriter:
         summary.shards_written += 1
         summary.tickets += len(records)
         summary.rejected += len(rejects)
-        summary.stopped += sum(json.loads(record)["row"] is None for record in rejects)  # where reading stopped
         summary.labels.update(record["label"] for record in records)
         summary.needs_review += sum(bool(record["needs_review"]) for record in records)
         if summary.first_output_s is None:
             summary.first_output_s = time.perf_counter() - self.started
 
 
-def _gather_rejects(output: Path) -> None:
-    """``rejects.jsonl``: every shard's rejects, in shard order, rebuilt after each run (a resumed one too)."""
+def _gather_rejects(output: Path) -> int:
+    """``rejects.jsonl``: every shard's rejects, in shard order, rebuilt after each run (a resumed one too). Returns
+    how many files were read only up to a place (a reject without a row), an earlier run's shards included: a
+    rerun that skips them has not classified those files' rest either."""
+    stopped = 0
+
     def write(path: Path) -> None:
+        nonlocal stopped
         with open(path, "w", encoding="utf-8") as out:
             for part in sorted((output / REJECTS_DIR).glob("*.jsonl")):
-                out.write(part.read_text(encoding="utf-8"))
+                text = part.read_text(encoding="utf-8")
+                out.write(text)
+                stopped += sum(json.loads(line)["row"] is None for line in text.splitlines() if line)
 
     bundle.replace_atomically(output / REJECTS_FILE, write)
+    return stopped
 
 
 # ---------------------------------------------------------------- Ray

@@ -192,6 +192,8 @@ def test_a_file_read_only_in_part_is_an_error_and_a_changed_one_is_not_resumed(e
     summary = classify_files(exported_bundle, str(folder), output, options)
     assert (summary.tickets, summary.rejected, summary.stopped) == (3, 1, 1)
     assert any(line.startswith("error: 1 file could not be read to the end") for line in summary.lines())
+    rerun = classify_files(exported_bundle, str(folder), output, options)  # the same command, as after a stop
+    assert (rerun.tickets, rerun.shards_skipped, rerun.stopped) == (0, 1, 1)  # still an error: nothing past row 5
 
     (folder / "tickets.csv").write_text("id,subject,body\n" + "\n".join(rows[:3] + rows[4:]) + "\n")  # mended
     with pytest.raises(UserError, match=r"tickets\.csv changed since the run that wrote it .*--overwrite"):
