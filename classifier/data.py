@@ -190,8 +190,9 @@ class DataReport:
 def load_tickets(path: str | Path, text_options: TextOptions | None = None, label_column: str | None = None,
                  report: DataReport | None = None, require_label: bool = True, *, max_chars: int = MAX_CELL_CHARS,
                  field_columns: Sequence[str] = (), tags_column: str | None = None, tags_delimiter: str | None = None,
-                 id_column: str | None = None) -> tuple[Tickets, TextOptions]:
-    """Load, map and clean one file; rows without text or label are dropped and reported.
+                 id_column: str | None = None, hint: str | None = None) -> tuple[Tickets, TextOptions]:
+    """Load, map and clean one file; rows without text or label are dropped and reported. ``hint``: what an
+    error about a named column that is not there advises, where the command's options cannot help.
 
     ``text_options.fields`` names the text columns; empty means detect them. Returns the
     tickets and the text options with the resolved column names, which
@@ -207,7 +208,7 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     text_options = text_options or TextOptions()
     extra = (*field_columns, *([tags_column] if tags_column else []))
     mapping = resolve_columns(columns, path, text_options.fields, label_column, require_label, extra,
-                              id_column=id_column)
+                              id_column=id_column, hint=hint)
     # Stored lower-case, since prediction matches field names case-insensitively (classifier.text).
     options = replace(text_options, fields=tuple(name.lower() for name in mapping.text_columns))
     corrected = _corrected_label_column(columns, mapping)
@@ -733,7 +734,12 @@ def prepare_data(train_path: str | Path, options: DataOptions | None = None, see
         train, validation = stratified_split(train, fraction, seed, at_least)
         report.split = {"method": "stratified", "fraction": round(fraction, 4), "seed": seed}
     else:
-        validation, _ = load_tickets(options.validation_path, text_options, options.label_column, report, **columns)
+        # The training file's text columns, found or named, are the validation file's too (one --text-columns).
+        same_names = (f"name the validation file's columns as the training file's (text: "
+                      f"{', '.join(text_options.fields)}), or leave --validation out to hold out part of the training "
+                      "file")
+        validation, _ = load_tickets(options.validation_path, text_options, options.label_column, report, **columns,
+                                     hint=same_names)
         known = set(train.labels)
         validation = relabel_like_training(validation, known, report.merged_into_other, report.other_label, report)
         validation = _keep_training_labels(validation, known, report, options.validation_path)

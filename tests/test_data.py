@@ -391,6 +391,12 @@ def test_validation_file_overlap_and_unseen_labels_reported(tmp_path: Path) -> N
     with pytest.raises(UserError, match=r"val.csv: every validation ticket has the text of a training ticket"):
         prepare_data(tmp_path / "train.csv",
                      DataOptions(validation_path=str(write_csv(tmp_path / "val.csv", train_rows[:4]))))
+    # Its columns named otherwise: the training file's names are the ones to use (one --text-columns for both).
+    renamed = write_csv(tmp_path / "renamed.csv", [{"description": row["text"], "label": row["label"]}
+                                                   for row in val_rows])
+    with pytest.raises(UserError, match=r"renamed.csv: text column 'text' not found; .*name the validation file's "
+                                        r"columns as the training file's \(text: text\), or leave --validation out"):
+        prepare_data(tmp_path / "train.csv", DataOptions(validation_path=str(renamed)))
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
