@@ -223,10 +223,10 @@ def _is_bundle_manifest(path: Path) -> bool:
     """Whether ``path`` reads as a bundle manifest of any schema version: a JSON object with the schema version
     and the labels, whatever else it holds or lacks."""
     try:
-        raw = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        raw = read_json_object(path)
+    except (OSError, UserError):  # unreadable, not JSON (nested too deeply included), or not an object
         return False
-    return isinstance(raw, dict) and isinstance(raw.get("schema_version"), int) and isinstance(raw.get("labels"), list)
+    return isinstance(raw.get("schema_version"), int) and isinstance(raw.get("labels"), list)
 
 
 @contextmanager
