@@ -65,7 +65,10 @@ def parse_tags(values: Sequence[Any], path: object, rows: Sequence[int], column:
     if delimiter == "":
         raise UserError("--tags-delimiter: give a character that separates the tags (e.g. '|' or ',')")
     strings = [value for value in values if isinstance(value, str) and not value.lstrip().startswith("[")]
-    delimiter = delimiter if delimiter is not None else detect_delimiter(strings)
+    if delimiter is None:
+        delimiter = detect_delimiter(strings)
+    else:
+        _check_delimiter_used(delimiter, strings, path, column)
     return [_cell_tags(value, path, row, column, delimiter) for value, row in zip(values, rows)], delimiter
 
 
@@ -74,6 +77,17 @@ def detect_delimiter(cells: Sequence[str]) -> str | None:
     counts = {delimiter: sum(delimiter in cell for cell in cells) for delimiter in TAG_DELIMITERS}
     best = max(TAG_DELIMITERS, key=lambda delimiter: counts[delimiter])
     return best if counts[best] else None
+
+
+def _check_delimiter_used(delimiter: str, cells: Sequence[str], path: object, column: str) -> None:
+    """Refuse a delimiter no cell holds while another is common: each cell would be read as one long tag."""
+    if any(delimiter in cell for cell in cells):
+        return
+    found = detect_delimiter(cells)
+    if found is not None:
+        count = sum(found in cell for cell in cells)
+        raise UserError(f"{path}: --tags-delimiter {delimiter!r} is in none of the {column!r} cells, while {count} "
+                        f"of them hold {found!r}: give --tags-delimiter {found!r}, or leave it out to detect it")
 
 
 def _cell_tags(value: Any, path: object, row: int, column: str, delimiter: str | None) -> list[str] | None:
