@@ -438,8 +438,10 @@ class _Classifier:
         if isinstance(answer, str):
             return {"reason": answer}
         fields = answer.to_dict()  # whatever a Prediction says (fields added later flow through)
-        if self.top_k is None:
+        if self.top_k is None:  # no top-k lists asked for: none for the other fields either
             fields.pop("top_k", None)
+            for field in (fields.get("fields") or {}).values():
+                field.pop("top_k", None)
         return fields
 
 

@@ -211,6 +211,19 @@ def test_ids_come_from_the_named_id_column(exported_bundle: Path, ray_local: Non
     assert [record["id"] for record in read_output(tmp_path / "out")] == ["A-7", "A-8"]
 
 
+def test_fields_list_their_top_k_as_the_label_does(fields_bundle: Path, ray_local: None, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "tickets.csv").write_text("subject,body\nRefund,charged twice\nLogin,cannot log in\n")
+    for top_k, output in ((None, "plain"), (2, "two")):
+        options = BatchOptions(actors=1, shard_rows=SHARD_ROWS, progress=False, top_k=top_k)
+        classify_files(fields_bundle, str(folder), tmp_path / output, options)
+    for record in read_output(tmp_path / "plain"):
+        assert "top_k" not in record and "top_k" not in record["fields"]["priority"]
+    for record in read_output(tmp_path / "two"):
+        assert len(record["top_k"]) == 2 and len(record["fields"]["priority"]["top_k"]) == 2
+
+
 def test_output_folders_that_are_not_batch_output_are_left_alone(exported_bundle: Path, inputs: Path,
                                                                  tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
