@@ -1197,13 +1197,17 @@ def _print_window(result: WindowStats) -> None:
                           ("predicted label", result.per_predicted)):
         if not groups:
             continue
+        # Only an agents' label counts tickets sent without a prediction: agreement is of those with one.
+        by_label = title == "agents' label"
         width = max(len(title), *(len(name) for name in groups))
-        print(f"  {title:<{width}}  {'TICKETS':>7}  {'AGREED':>6}  AGREEMENT"
-              + ("  SHARE" if title == "predicted label" else ""))
+        print(f"  {title:<{width}}  {'TICKETS':>7}  " + ("WITH A PREDICTION  " if by_label else "")
+              + f"{'AGREED':>6}  AGREEMENT" + ("  SHARE" if title == "predicted label" else ""))
         for name in sorted(groups, key=lambda n: (-groups[n].tickets, n)):
             group = groups[name]
+            predicted = f"{group.predicted:>17}  " if by_label else ""
             share = f"  {_percent(group.tickets / overall.predicted)}" if title == "predicted label" else ""
-            print(f"  {name:<{width}}  {group.tickets:>7}  {group.agreed:>6}  {_percent(group.rate):>9}{share}")
+            print(f"  {name:<{width}}  {group.tickets:>7}  {predicted}{group.agreed:>6}  {_percent(group.rate):>9}"
+                  f"{share}")
     if result.new_labels:
         print("  new labels (not the model's): " + ", ".join(f"{label} ({count})"
                                                             for label, count in result.new_labels.most_common()))

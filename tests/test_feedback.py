@@ -614,22 +614,25 @@ def test_cli_stats_export_and_delete(tmp_path: Path, capsys: pytest.CaptureFixtu
     with FeedbackStore.open(str(database)) as store:
         store.add([event("1", "billing", predicted_label="billing", model_version="2",
                          text_fields={"subject": "Refund", "body": "charged twice"}),
-                   event("2", "refund", predicted_label="billing", model_version="2")])
+                   event("2", "refund", predicted_label="billing", model_version="2"),
+                   event("3", "refund")])  # sent without a prediction: out of the agreement, in the count
     assert main(["feedback", "stats", "--db", str(database), "--window", "1h", "--window", "all"]) == 0
     out = capsys.readouterr().out
     assert "window 1h" in out and "agreement 50.0 %" in out and "model version" in out
+    assert "  agents' label  TICKETS  WITH A PREDICTION  AGREED  AGREEMENT\n" in out
+    assert "  refund               2                  1       0      0.0 %\n" in out
     assert main(["feedback", "stats", "--db", f"sqlite:///{database}", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["windows"][0]["overall"]["agreed"] == 1
     assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "out.csv")]) == 0
-    assert "2 tickets' labels written" in capsys.readouterr().out
+    assert "3 tickets' labels written" in capsys.readouterr().out
     exported = (tmp_path / "out.csv").read_bytes()
     assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "out.csv"),
-                 "--since", "2999-01-01T00:00:00Z"]) == 2  # would write no ticket over the two
+                 "--since", "2999-01-01T00:00:00Z"]) == 2  # would write no ticket over the three
     assert f"{tmp_path / 'out.csv'} exists; choose another file name, or pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "out.csv").read_bytes() == exported
     assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "out.csv"),
                  "--overwrite"]) == 0
-    assert "2 tickets' labels written" in capsys.readouterr().out
+    assert "3 tickets' labels written" in capsys.readouterr().out
     assert main(["feedback", "delete", "--db", str(database), "--ticket", "1", "--text-only"]) == 0
     assert capsys.readouterr().out == "text deleted from 1 event (tickets 1)\n"
     assert main(["feedback", "delete", "--db", str(database), "--ticket", "1"]) == 0
