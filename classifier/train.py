@@ -33,6 +33,7 @@ from transformers import (
     DataCollatorWithPadding,
     PreTrainedTokenizerBase,
     ProgressCallback,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -177,9 +178,10 @@ def fit(data: PreparedData, options: TrainingOptions, checkpoints: Path, resume_
     if data.fields:
         model = _with_field_heads(model, data, options)
     trainer, validation_set = _build_trainer(model, tokenizer, data, options, max_length, checkpoints)
-    started = time.perf_counter()
+    clock = _TrainingClock(resume_from)
+    trainer.add_callback(clock)
     trainer.train(resume_from_checkpoint=resume_from)
-    train_seconds = time.perf_counter() - started
+    train_seconds = clock.seconds()
     annealing = trainer.annealing
     if annealing.stopped_early() and trainer.is_world_process_zero():
         log.info("validation macro-F1 stopped improving at step %d: the learning rate decayed to 0 over %d more "
@@ -827,13 +829,40 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
     return trainer, validation_set
 
 
+CLOCK_FILE = "training_seconds.json"  # in each checkpoint: the training time up to it
+
+
+class _TrainingClock(TrainerCallback):
+    """Training time over a run and its resumptions: each checkpoint records the time up to it, which a run
+    resumed from it adds to its own (Trainer's runtime counts the resumed part alone)."""
+
+    def __init__(self, resume_from: str | None) -> None:
+        path = Path(resume_from or "") / CLOCK_FILE
+        self.before = float(json.loads(path.read_text())["seconds"]) if resume_from and path.is_file() else 0.0
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            (checkpoint / CLOCK_FILE).write_text(json.dumps({"seconds": round(self.seconds(), 1)}))
+
+
 class _EpochLines(ProgressCallback):
     """Trainer's progress bar, with each log as one readable line on stderr: its own writes raw dicts to
     stdout, in the middle of the training summary that ``train > file`` keeps."""
 
+    resumed_at = 0  # the step a resumed run started from
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        super().on_train_begin(args, state, control, **kwargs)
+        self.resumed_at = state.global_step  # the checkpoint's state is loaded by now
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and self.training_bar is not None and logs:
-            self.training_bar.write(epoch_line(logs), file=sys.stderr)
+            self.training_bar.write(epoch_line(logs, self.resumed_at, state.global_step), file=sys.stderr)
 
     def on_prediction_step(self, args: Any, state: Any, control: Any, eval_dataloader: Any = None,
                            **kwargs: Any) -> None:
@@ -846,10 +875,17 @@ class _EpochLines(ProgressCallback):
 _UNSHOWN = ("runtime", "per_second", "total_flos")  # speeds, not results
 
 
-def epoch_line(logs: dict[str, Any]) -> str:
-    """A Trainer log as a line, e.g. "epoch 3 validation: loss 0.9573, accuracy 0.875, macro f1 0.874"."""
+def epoch_line(logs: dict[str, Any], resumed_at: int = 0, steps: int = 0) -> str:
+    """A Trainer log as a line, e.g. "epoch 3 validation: loss 0.9573, accuracy 0.875, macro f1 0.874".
+
+    The last log (``train_runtime``) of a run resumed at step ``resumed_at`` of ``steps`` covers the resumed
+    steps alone: Trainer sums their losses but divides by all the steps, so the mean is taken over them."""
     if "train_runtime" in logs:
-        return f"training done in {logs['train_runtime']:.0f} s, mean training loss {logs.get('train_loss', 0.0):.4g}"
+        loss, seconds = logs.get("train_loss", 0.0), logs["train_runtime"]
+        if not 0 < resumed_at < steps:
+            return f"training done in {seconds:.0f} s, mean training loss {loss:.4g}"
+        return (f"training done in {seconds:.0f} s after resuming at step {resumed_at}, mean training loss "
+                f"{loss * steps / (steps - resumed_at):.4g} over steps {resumed_at + 1} to {steps}")
     phase = "validation" if any(key.startswith("eval_") for key in logs) else "training"
     # With fields, "macro_f1" (what early stopping watches) is the mean over the label and the fields.
     names = {"eval_macro_f1": "mean macro f1 of label and fields"} if "eval_label_macro_f1" in logs else {}

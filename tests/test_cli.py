@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from classifier.errors import UserError
 from classifier.evaluate import load_test_set
 from classifier.predict import Predictor
 from classifier.text import TextOptions
+from classifier.train import CLOCK_FILE
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -40,8 +42,8 @@ def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv
     run = subprocess.Popen([sys.executable, "-m", "classifier.cli", *command], stderr=subprocess.PIPE, text=True,
                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
-    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)  # until the first epoch's checkpoint is written (its trainer state comes last)
+    while not list(checkpoints.glob(f"checkpoint-*/{CLOCK_FILE}")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the first epoch's checkpoint is written (its training time comes last)
     run.send_signal(signal.SIGINT)
     assert run.wait(timeout=120) == 130
     stderr = run.stderr.read()
@@ -52,8 +54,14 @@ def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv
     assert main(command) == 2 and "holds checkpoints of an interrupted run: pass --resume" in capsys.readouterr().err
     assert main([*command[:-4], "--epochs", "1", "--max-length", "32", "--resume"]) == 2
     assert "made with other data or options (training.epochs 3.0 -> 1.0)" in capsys.readouterr().err
+    before = json.loads(next(checkpoints.glob(f"checkpoint-*/{CLOCK_FILE}")).read_text())["seconds"]
     resumed = run_cli(*command, "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    # Trainer's time and mean loss cover the resumed steps; the bundle's training time, both runs.
+    done = re.search(r"training done in (\d+) s after resuming at step (\d+), mean training loss [\d.]+ over steps "
+                     r"(\d+) to \d+", resumed.stderr)
+    assert done and int(done[3]) == int(done[2]) + 1, resumed.stderr
+    assert read_manifest(output).training.train_seconds >= before + int(done[1]) - 0.5 > 0
     # Each epoch's figures as a line on stderr; stdout holds the summary alone (no Trainer dicts).
     assert "epoch 3 validation: loss " in resumed.stderr and "{'" not in resumed.stdout
     assert "\x1b[A" not in resumed.stderr  # no nested bar's cursor moves in a log file

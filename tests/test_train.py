@@ -307,6 +307,9 @@ def test_trainer_logs_read_as_lines() -> None:
                                        "label macro f1 0.6521")
     assert epoch_line({"train_runtime": 1591.3, "train_samples_per_second": 12.4, "train_loss": 1.4211, "epoch": 23.0}
                       ) == "training done in 1591 s, mean training loss 1.421"
+    # Resumed at step 10 of 40: Trainer summed 30 steps' losses and divided by 40.
+    assert epoch_line({"train_runtime": 60.2, "train_loss": 0.75}, resumed_at=10, steps=40) == \
+        "training done in 60 s after resuming at step 10, mean training loss 1 over steps 11 to 40"
 
 
 def test_a_diverged_training_says_so(tiny_csv: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
