@@ -45,6 +45,7 @@ ONNX_DIR = "onnx"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model_int8.onnx"
 REPORTS_DIR = "reports"
+DATA_REPORT = "data_report"  # reports/data_report.json: what training did to the data (classifier.data)
 VALIDATION_FILE = "validation.jsonl"  # the held-out split, cleaned: for export drift checks
 BASELINE_FILE = "baseline.npz"  # the TF-IDF baseline, fitted at training (classifier.baseline)
 FIELD_HEADS_FILE = "field_heads.safetensors"  # the heads of the fields besides the label (classifier.heads)
@@ -69,6 +70,21 @@ def keep_training_copy(bundle_dir: Path, training_file: Path) -> None:
 
     manifest.data = data.model_copy(update={"train": the_copy(data.train), "validation": the_copy(data.validation)})
     write_manifest(bundle_dir, manifest)
+    report = Path(bundle_dir) / REPORTS_DIR / f"{DATA_REPORT}.json"
+    if report.is_file():  # its rows are the copy's (the same lines), its file name the removed one's
+        write_report(bundle_dir, DATA_REPORT, _renamed(read_json_object(report), str(training_file),
+                                                       TRAINING_COPY_FILE))
+
+
+def _renamed(value: Any, old: str, new: str) -> Any:
+    """``value`` (JSON) with ``old`` replaced by ``new`` in every string and key."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, list):
+        return [_renamed(item, old, new) for item in value]
+    if isinstance(value, dict):
+        return {_renamed(key, old, new): _renamed(item, old, new) for key, item in value.items()}
+    return value
 
 
 def manifest_bytes(bundle_dir: str | Path) -> bytes | None:

@@ -379,11 +379,11 @@ def _train_into_repository(args: argparse.Namespace, build: Callable[[Path], obj
 
 
 def _print_training_summary(bundle_dir: Path) -> None:
-    from classifier.bundle import read_manifest
+    from classifier.bundle import DATA_REPORT, REPORTS_DIR, read_manifest
 
     manifest = read_manifest(bundle_dir)
     metrics = manifest.training.validation_metrics
-    report = bundle_dir / "reports" / "data_report.json"
+    report = bundle_dir / REPORTS_DIR / f"{DATA_REPORT}.json"
     print(f"bundle written to {bundle_dir}")
     merged = manifest.data.merged_into_other
     print(f"  labels: {len(manifest.labels)}"

@@ -289,7 +289,7 @@ def write_bundle(output_dir: Path, fitted: Fitted, data: PreparedData, manifest:
         if fitted.heads is not None:
             save_heads(fitted.heads, staging / bundle.FIELD_HEADS_FILE)
             manifest.fields = fitted.fields
-        bundle.write_report(staging, "data_report", data.report.to_dict())
+        bundle.write_report(staging, bundle.DATA_REPORT, data.report.to_dict())
         bundle.write_examples(staging, data.validation.texts, data.validation.labels, data.validation.ids)
         manifest.integrity = integrity.seal(staging, integrity.SEALED_BY_TRAIN)
         bundle.write_manifest(staging, manifest)

@@ -403,6 +403,8 @@ def test_retrain_promotes_a_better_challenger_and_records_why(tiny_bundle: Path,
     assert json.loads((version.path / EVALUATION_REPORT).read_text())["data"]["path"] == str(scored)
     # Trained on a scratch file, gone now: the manifest names the copy the version keeps, wherever it moves.
     assert version.manifest().data.train.path == version.manifest().data.validation.path == "training-data.jsonl"
+    data_report = json.loads((version.path / "reports" / "data_report.json").read_text())
+    assert list(data_report["files"]) == ["training-data.jsonl"]  # its row numbers are the copy's lines
     assert not list((repository.model_dir("tickets") / INCOMING_DIR).iterdir())
     assert main(["models", "show", f"{model}", "2"]) == 0
     assert f"training data: {version.path / 'training-data.jsonl'} (sha256 " in capsys.readouterr().out
