@@ -100,6 +100,9 @@ COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # rows of 
 # where a single mistake among under 1 / (1 - target) predictions (20 at 95 %), where the target allows none,
 # would set the class's threshold above it (a persona's 74 test tickets gave Billing 0.999995, routing none).
 MIN_PREDICTIONS_FOR_CLASS_THRESHOLD = 10
+# Fewer labelled tickets than this, and --apply-threshold-for-precision refuses to write: on one ticket it set
+# every class's threshold to that ticket's confidence, over the thresholds of a 96-ticket validation split.
+MIN_TICKETS_TO_APPLY_THRESHOLDS = 100
 # A warning when the mean confidence is this far from the accuracy on at least this many tickets. Not the
 # binned calibration error, which few tickets spread over 15 bins push up by chance; the plain gap's
 # standard error is at most 0.05 at 100 tickets (that of an accuracy: sqrt(p(1 - p) / n), p = 0.5).
@@ -208,6 +211,8 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     predictor = Predictor.load(bundle_dir, options.engine)
     tickets, data_report = load_test_set(data_path, predictor.manifest, options.label_column, options.text_columns,
                                          with_fields=True, id_column=options.id_column)
+    if options.apply_threshold_for_precision is not None:
+        _check_enough_to_apply(tickets, predictor.labels)
     proba, oos_scores, field_logits = model_run(predictor, tickets.texts)  # one run: the label and every field
     held = predictor.held_out_of_scope(oos_scores)
     scored = Scored.of(predictor.labels, proba, tickets.labels, held=held)
@@ -1014,6 +1019,15 @@ def _bundle_thresholds_below_target(report: Report) -> str | None:
 
 
 # ---------------------------------------------------------------- thresholds into the bundle
+
+
+def _check_enough_to_apply(tickets: Tickets, labels: Sequence[str]) -> None:
+    known = set(labels)
+    count = sum(label in known for label in tickets.labels)
+    if count < MIN_TICKETS_TO_APPLY_THRESHOLDS:
+        raise UserError(f"--apply-threshold-for-precision: {tickets.source.get('path')} has {count} tickets of the "
+                        f"model's labels, too few to set the bundle's review thresholds on (at least "
+                        f"{MIN_TICKETS_TO_APPLY_THRESHOLDS}); nothing was written: evaluate on a larger holdout file")
 
 
 def apply_thresholds(bundle_dir: Path, predictor: Predictor, scored: Scored, tickets: Tickets,

@@ -586,6 +586,19 @@ def test_bad_target_precision_is_a_user_error(exported_bundle, test_csv, tmp_pat
 # ---------------------------------------------------------------- thresholds into the bundle
 
 
+def test_thresholds_are_not_applied_from_a_handful_of_tickets(bundle_copy, known_rows, tmp_path):
+    few = tmp_path / "few.csv"
+    with open(few, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(known_rows[0]))
+        writer.writeheader()
+        writer.writerows(known_rows[:99])  # one short of the least
+    before = (bundle_copy / "manifest.json").read_bytes()
+    with pytest.raises(UserError, match=r"few.csv has 99 tickets of the model's labels, too few to set the bundle's "
+                                        r"review thresholds on \(at least 100\); nothing was written"):
+        evaluate(bundle_copy, few, tmp_path / "out", EvaluationOptions(apply_threshold_for_precision=0.95))
+    assert (bundle_copy / "manifest.json").read_bytes() == before and not (tmp_path / "out").exists()
+
+
 def test_applied_thresholds_drive_needs_review(bundle_copy, test_csv, known_rows, tmp_path):
     report = evaluate(bundle_copy, test_csv, tmp_path / "out",
                       EvaluationOptions(apply_threshold_for_precision=0.9, target_precision=0.9, baseline=False))
