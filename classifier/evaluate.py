@@ -1148,12 +1148,21 @@ def _make_output_dir(output_dir: Path) -> Path | None:
     if (output_dir / bundle.MANIFEST).is_file():  # the bundle itself, or another one
         raise UserError(f"{output_dir}: is a model bundle; write the report to another --output")
     taken = [name for name in REPORT_FILES if (output_dir / name).exists()]
-    if taken and not (output_dir / "report.json").is_file():
-        raise UserError(f"{output_dir}: holds {', '.join(taken)}, not from an earlier report (no report.json); "
-                        "choose another --output")
+    if taken and not _is_report(output_dir / "report.json"):
+        raise UserError(f"{output_dir}: holds {', '.join(taken)}, not from an earlier report (no report.json of "
+                        "one); choose another --output")
     new = [directory for directory in (output_dir, *output_dir.parents) if not directory.exists()]
     output_dir.mkdir(parents=True, exist_ok=True)
     return new[-1] if new else None
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is an earlier report's report.json (another tool's file of that name is not)."""
+    try:
+        report = bundle.read_json_object(path)
+    except (OSError, UserError):  # missing, unreadable, not JSON, or not an object
+        return False
+    return isinstance(report.get("metrics"), dict) and isinstance(report.get("per_class"), list)
 
 
 def _check_options(options: EvaluationOptions) -> None:

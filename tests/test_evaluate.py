@@ -567,11 +567,16 @@ def test_a_report_never_replaces_files_that_are_not_an_earlier_report(exported_b
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "report.html").write_text("my own notes")
+    theirs = tmp_path / "theirs"  # another tool's report.json is no earlier report either
+    theirs.mkdir()
+    (theirs / "report.json").write_text('{"mine": 1}')
     for output, message in ((mine, r"holds report.html, not from an earlier report"),
+                            (theirs, r"holds report.json, not from an earlier report"),
                             (exported_bundle, "is a model bundle")):
         with pytest.raises(UserError, match=message):
             evaluate(exported_bundle, test_csv, output, EvaluationOptions(baseline=False))
     assert (mine / "report.html").read_text() == "my own notes"
+    assert (theirs / "report.json").read_text() == '{"mine": 1}'
     assert not (exported_bundle / "report.json").exists()
     options = EvaluationOptions(baseline=False)
     evaluate(exported_bundle, test_csv, tmp_path / "earlier", options)
