@@ -1133,9 +1133,7 @@ def _write_misclassified(path: Path, scored: Scored, tickets: Tickets, like: Pat
         for i in wrong:
             row = int(scored.rows[i])
             cells = (tickets.ids[row], tickets.texts[row], scored.y_true[i], predicted[i])
-            # Six places, as predictions show confidences and thresholds compare with them: 0.8741 beside a
-            # threshold of 0.874101 would read as routed below it.
-            writer.writerow([*map(spreadsheet_safe, cells), decimal_cell(confidence[i], writer.dialect.delimiter, 6),
+            writer.writerow([*map(spreadsheet_safe, cells), decimal_cell(confidence[i], writer.dialect.delimiter),
                              "yes" if routed[i] else "no", "" if second is None else scored.classes[second[i]]])
 
 

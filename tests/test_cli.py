@@ -244,7 +244,7 @@ def test_predict_writes_a_csv_for_spreadsheets_as_its_input_file_is_separated(
     expected = Predictor.load(exported_bundle).predict(["Refund\n\nI was charged twice"], top_k=2)[0]
     first = rows[0]
     assert (first["predicted_label"], first["confidence"], first["label_2"], first["needs_review"], first["error"]) \
-        == (expected.label, f"{expected.confidence:.4f}".replace(".", ","), expected.top_k[1]["label"],
+        == (expected.label, f"{expected.confidence:.6f}".replace(".", ","), expected.top_k[1]["label"],
             "yes" if expected.needs_review else "no", "")
     before = tickets.read_bytes()
     assert main(["predict", str(exported_bundle), "--file", str(tickets), "--csv", str(tickets)]) == 2
@@ -266,7 +266,7 @@ def test_predict_csv_has_each_fields_label_and_the_tags(fields_bundle: Path, fie
         priority = (prediction.fields or {})["priority"]
         assert (row["predicted_label"], row["predicted_priority"], float(row["priority_confidence"]),
                 row["predicted_tags"]) == \
-            (prediction.label, priority["label"], round(priority["confidence"], 4),
+            (prediction.label, priority["label"], priority["confidence"],
              "; ".join(tag["tag"] for tag in prediction.tags or []))
 
 
