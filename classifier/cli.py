@@ -750,6 +750,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    from classifier.cpus import worker_count
+
+    worker_count()  # WEB_CONCURRENCY checked in one line: gunicorn's import reads it with int(), in a traceback
     from service.server import serve
 
     bundle_dir = args.bundle or os.environ.get("TICKETCLF_BUNDLE")

@@ -207,18 +207,36 @@ def is_off(setting: str | None) -> bool:
     return bool(setting) and str(setting).strip().lower() == OFF
 
 
-def feedback_url(configured: str | None, bundle: str | os.PathLike[str]) -> str | None:
+def feedback_url(configured: str | None, bundle: str | os.PathLike[str], *, starting: bool = False) -> str | None:
     """The feedback database's URL from the service's ``FEEDBACK_DB`` setting (None: feedback is off), beside
     ``bundle`` where not set; a mistake in the setting (not a URL, no driver) is a :class:`UserError` that stops
-    the server in one line, before its workers start (``service.server``) and in each (``service.feedback``)."""
+    the server in one line, before its workers start (``service.server``) and in each (``service.feedback``).
+
+    ``starting`` (a server starting): also refuse a SQLite file in a folder that is not there (a typo would make
+    it, as root even at /) or inside a bundle, which the service reloads whenever its files change."""
     if is_off(configured):
         return None
     url = database_url(configured or default_location(bundle))
     try:
-        check_url(url)
+        parsed = check_url(url)
+        if starting and parsed.get_backend_name() == "sqlite":
+            _check_sqlite_place(Path(os.path.abspath(parsed.database or "")))
     except UserError as error:
         raise UserError(f"FEEDBACK_DB (TICKETCLF_FEEDBACK_DB): {error}") from None
     return url
+
+
+def _check_sqlite_place(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise UserError(f"feedback database {path}: its folder {path.parent} does not exist; create it, or "
+                        "correct the path")
+    from classifier.bundle import MANIFEST
+
+    folder = Path(os.path.realpath(path.parent))
+    inside = next((bundle for bundle in (folder, *folder.parents) if (bundle / MANIFEST).is_file()), None)
+    if inside is not None:
+        raise UserError(f"feedback database {path}: is inside the model bundle {inside}, which the service "
+                        "reloads whenever its files change; put it outside (unset, it goes beside the bundle)")
 
 
 def default_location(model: str | os.PathLike[str]) -> Path:

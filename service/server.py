@@ -61,7 +61,8 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     # e.g. a database no driver is installed for. classifier.feedback's check, not service.feedback's: that
     # imports the metrics, which must not load here before gunicorn's configuration names their multiprocess
     # directory (the workers' /metrics would count nothing).
-    feedback_url(config["FEEDBACK_DB"], bundle_dir)
+    feedback_url(config["FEEDBACK_DB"], bundle_dir, starting=True)
+    _check_metrics_dir()
     default_threads()  # TICKETCLF_THREADS
     runpy.run_path(str(CONFIG_FILE))  # what gunicorn will read: TICKETCLF_WORKERS, TICKETCLF_LOG_LEVEL, ...
     resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
@@ -112,6 +113,14 @@ def _log_like_gunicorn() -> None:
         ours.handlers = list(gunicorns.handlers)
         ours.setLevel(gunicorns.level)
         ours.propagate = False
+
+
+def _check_metrics_dir() -> None:
+    """Refuse a PROMETHEUS_MULTIPROC_DIR that is not a folder: each worker would fail to boot with a traceback."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given and not Path(given).is_dir():
+        raise UserError(f"PROMETHEUS_MULTIPROC_DIR: {given} is not a folder; create it (empty), or unset the "
+                        "variable and the server makes one")
 
 
 def _check_address(host: str, port: int, workers: int | None) -> None:

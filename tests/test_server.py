@@ -110,6 +110,9 @@ def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
     ("TICKETCLF_LOG_LEVEL", "verbose", "TICKETCLF_LOG_LEVEL must be debug, info"),
     ("TICKETCLF_API_KEYS", " , ", r"API_KEYS \(TICKETCLF_API_KEYS\): no key in"),
     ("TICKETCLF_FEEDBACK_DB", "mysql://x/y", r"FEEDBACK_DB \(TICKETCLF_FEEDBACK_DB\): .*SQLite or PostgreSQL only"),
+    ("TICKETCLF_FEEDBACK_DB", "/nonexistent/dir/f.sqlite", "its folder /nonexistent/dir does not exist"),
+    ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/metrics", "PROMETHEUS_MULTIPROC_DIR: /nonexistent/metrics is not a "
+                                                         "folder"),
 ])
 def test_serve_refuses_a_bad_setting_before_starting_workers(tiny_bundle: Path, variable: str, value: str,
                                                              message: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,6 +121,24 @@ def test_serve_refuses_a_bad_setting_before_starting_workers(tiny_bundle: Path, 
     monkeypatch.setattr(server_module._Gunicorn, "run", lambda self: pytest.fail("gunicorn started"))
     with pytest.raises(UserError, match=message):
         serve(tiny_bundle)
+
+
+def test_serve_refuses_a_feedback_database_inside_the_bundle(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    monkeypatch.setenv("TICKETCLF_FEEDBACK_DB", str(tiny_bundle / "feedback" / ".." / "feedback.sqlite"))
+    monkeypatch.setenv("TICKETCLF_BUNDLE", "")
+    monkeypatch.setattr(server_module._Gunicorn, "run", lambda self: pytest.fail("gunicorn started"))
+    with pytest.raises(UserError, match=f"is inside the model bundle {tiny_bundle}, which the service reloads"):
+        serve(tiny_bundle)
+    assert not (tiny_bundle / "feedback.sqlite").exists()
+
+
+def test_web_concurrency_that_is_no_number_is_one_line(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "x")  # gunicorn's own import reads it with int()
+    run = subprocess.run([sys.executable, "-m", "classifier.cli", "serve", str(tiny_bundle)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr == "ticketclf serve: error: WEB_CONCURRENCY must be a whole number, got 'x'\n"
 
 
 def test_serve_refuses_a_bundle_whose_files_changed_before_starting_workers(bundle_copy: Path,
