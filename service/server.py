@@ -63,6 +63,7 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: 
     # directory (the workers' /metrics would count nothing).
     feedback_url(config["FEEDBACK_DB"], bundle_dir, starting=True)
     _check_metrics_dir()
+    _check_gunicorn_args()
     default_threads()  # TICKETCLF_THREADS
     runpy.run_path(str(CONFIG_FILE))  # what gunicorn will read: TICKETCLF_WORKERS, TICKETCLF_LOG_LEVEL, ...
     resolve_engine(serving, manifest, config["ENGINE"])  # e.g. int8 asked of a bundle not exported
@@ -121,6 +122,16 @@ def _check_metrics_dir() -> None:
     if given and not Path(given).is_dir():
         raise UserError(f"PROMETHEUS_MULTIPROC_DIR: {given} is not a folder; create it (empty), or unset the "
                         "variable and the server makes one")
+
+
+def _check_gunicorn_args() -> None:
+    """Refuse an address in GUNICORN_CMD_ARGS: --host and --port (defaults included) would win over it unsaid."""
+    from gunicorn.config import Config
+
+    config = Config()
+    if config.parser().parse_args(config.get_cmd_args_from_env()).bind:
+        raise UserError("GUNICORN_CMD_ARGS: give the address as 'ticketclf serve --host HOST --port PORT', not "
+                        "--bind")
 
 
 def _check_address(host: str, port: int, workers: int | None) -> None:

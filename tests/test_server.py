@@ -111,6 +111,7 @@ def test_serve_refuses_a_missing_bundle(tmp_path: Path) -> None:
     ("TICKETCLF_API_KEYS", " , ", r"API_KEYS \(TICKETCLF_API_KEYS\): no key in"),
     ("TICKETCLF_FEEDBACK_DB", "mysql://x/y", r"FEEDBACK_DB \(TICKETCLF_FEEDBACK_DB\): .*SQLite or PostgreSQL only"),
     ("TICKETCLF_FEEDBACK_DB", "/nonexistent/dir/f.sqlite", "its folder /nonexistent/dir does not exist"),
+    ("GUNICORN_CMD_ARGS", "--workers 1 --bind 127.0.0.1:23428", "GUNICORN_CMD_ARGS: give the address as"),
     ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/metrics", "PROMETHEUS_MULTIPROC_DIR: /nonexistent/metrics is not a "
                                                          "folder"),
 ])
