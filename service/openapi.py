@@ -71,6 +71,8 @@ def build_document(spec: schemas.Schemas, *, title: str, version: str, max_body:
                  "description": "Freshdesk's webhook with 'Simple' content (the ticket's id, subject and description)."}
     components["ClassifyRequest"] = {"anyOf": [*request["oneOf"], jira, jira_automation, freshdesk],
                                      "description": _REQUEST_HELP}
+    tickets = components["BatchRequest"]["properties"]["tickets"]  # a batch item takes every one-ticket shape
+    tickets["items"] = {"anyOf": [*tickets["items"]["oneOf"], jira, jira_automation, freshdesk]}
     for name in ("HelpdeskFeedbackWebhook", "JiraFeedbackWebhook"):
         components[name] = keyed[(name, "validation")]
     components["FeedbackRequest"] = {"anyOf": keyed[("FeedbackRequest", "validation")]["oneOf"],

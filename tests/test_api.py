@@ -131,6 +131,7 @@ def test_a_jira_issue_is_classified_as_its_summary_and_description(client: Flask
     assert request.is_valid(webhook) and request.is_valid(automation) and not request.is_valid({"key": "SD-9"})
     batch = client.post("/classify", json={"tickets": [webhook, {"id": 1, **TICKET}]}).get_json()["predictions"]
     assert batch == [prediction, {"id": 1, **expected}]
+    assert request.is_valid({"tickets": [webhook, automation, {"id": 1, **TICKET}]})  # as the document says too
     # Jira's numeric id beside the issue, or the webhook's own, is not the ticket's id: its key is.
     for body in ({"id": "10042", **automation}, {"id": 2, **webhook}):
         assert client.post("/classify", json=body).get_json()["predictions"] == [prediction]
