@@ -27,7 +27,7 @@ def ready() -> Response:
     served = context().served
     swap_error = served.swap_error
     if swap_error is not None and not auth.authorized():  # open to probes: the reason names server paths
-        swap_error = "a new model was refused; the server's log, or this route with an API key, says why"
+        swap_error = "a new model was refused; the server's log, or this route with a metrics key, says why"
     return json_response(ReadyResponse(status="ready", model=served.current.info, swap_error=swap_error))
 
 

@@ -85,7 +85,7 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(repository: M
     # With API keys, /ready stays open to probes, but says why (server paths) only to a client with a key for
     # every route or for the metrics.
     app.config["API_KEYS"] = parse_keys("secret, metrics:scraper, classify:caller")
-    hidden = "a new model was refused; the server's log, or this route with an API key, says why"
+    hidden = "a new model was refused; the server's log, or this route with a metrics key, says why"
     for key, said in (("", hidden), ("caller", hidden), ("secret", ready["swap_error"]),
                       ("scraper", ready["swap_error"])):
         assert app.test_client().get("/ready", headers={"X-API-Key": key}).get_json()["swap_error"] == said, key
