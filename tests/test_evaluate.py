@@ -37,6 +37,7 @@ from classifier.evaluate import (
     cluster_order,
     evaluate,
     load_test_set,
+    model_metrics,
     paired_difference,
     recommend_threshold,
     routed_at_target,
@@ -302,6 +303,15 @@ def test_the_summary_box_gives_the_thresholds_written_not_the_reports_target(bun
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     summary = page[page.index("<b>In short</b>"):page.index("</ul></div>")]
     assert "for\n80% precision, into the bundle" in summary and f"({expected['tickets']})" in summary
+
+
+def test_macro_f1_averages_the_classes_with_test_tickets():
+    # A file of two queues of three: the third is predicted once, wrongly, and has no F1 of its own.
+    truth = ["a", "a", "b", "b"]
+    proba = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1]])
+    metrics = model_metrics(Scored.of(["a", "b", "c"], proba, truth), 0.95)
+    assert metrics.macro_f1 == pytest.approx(f1_score(truth, ["a", "c", "b", "b"], labels=["a", "b"], average="macro"))
+    assert metrics.macro_f1 == pytest.approx((2 / 3 + 1) / 2)  # not (2/3 + 1 + 0) / 3
 
 
 def test_unreachable_target_gives_no_threshold():
