@@ -1239,13 +1239,19 @@ def _run_feedback_delete(args: argparse.Namespace) -> int:
     from classifier.feedback import open_store
 
     with open_store(args.db, args.model) as store:
+        stored = store.stored(args.ticket)
         changed = store.delete(args.ticket, text_only=args.text_only)
     events = f"{changed} event{'s' * (changed != 1)}"
     what = f"text deleted from {events}" if args.text_only else f"{events} deleted"
     print(f"{what} (tickets {', '.join(args.ticket)})")
-    if not changed:  # deleting is done either way; a mistyped id would otherwise pass for a deletion
-        which = "this ticket" if len(args.ticket) == 1 else "these tickets"
-        print(f"ticketclf feedback delete: warning: nothing is stored of {which}: check the ids", file=sys.stderr)
+    # Deleting is done either way; a mistyped id would otherwise pass for a deletion.
+    unknown = [ticket for ticket in dict.fromkeys(args.ticket) if ticket not in stored]
+    if unknown:
+        print(f"ticketclf feedback delete: warning: nothing is stored of ticket{'s' * (len(unknown) > 1)} "
+              f"{', '.join(unknown)}: check the id{'s' * (len(unknown) > 1)}", file=sys.stderr)
+    elif not changed:  # --text-only, of tickets whose text is gone already
+        print("ticketclf feedback delete: warning: no text was stored of these tickets (their labels are kept)",
+              file=sys.stderr)
     return 0
 
 

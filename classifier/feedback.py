@@ -419,6 +419,12 @@ class FeedbackStore:
         return (earlier.predicted_label, earlier.model_version, earlier.needs_review) if earlier else \
             (None, event.model_version, event.needs_review)
 
+    def stored(self, ticket_ids: Sequence[str]) -> set[str]:
+        """Which of the tickets have an event stored."""
+        with self.engine.connect() as connection:
+            query = sa.select(events.c.ticket_id).where(events.c.ticket_id.in_(list(ticket_ids))).distinct()
+            return set(connection.execute(query).scalars())
+
     def delete(self, ticket_ids: Sequence[str], *, text_only: bool = False) -> int:
         """Remove the tickets' events (or only their text); how many events were changed. On SQLite the freed
         pages are overwritten (``secure_delete``) and the journal is checkpointed, so the text is gone from the

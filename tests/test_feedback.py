@@ -635,12 +635,16 @@ def test_cli_stats_export_and_delete(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "3 tickets' labels written" in capsys.readouterr().out
     assert main(["feedback", "delete", "--db", str(database), "--ticket", "1", "--text-only"]) == 0
     assert capsys.readouterr().out == "text deleted from 1 event (tickets 1)\n"
-    assert main(["feedback", "delete", "--db", str(database), "--ticket", "1"]) == 0
-    assert capsys.readouterr().out == "1 event deleted (tickets 1)\n"
+    assert main(["feedback", "delete", "--db", str(database), "--ticket", "1", "--text-only"]) == 0
+    assert "warning: no text was stored of these tickets (their labels are kept)" in capsys.readouterr().err
+    assert main(["feedback", "delete", "--db", str(database), "--ticket", "1", "--ticket", "10"]) == 0
+    printed = capsys.readouterr()  # one id mistyped among good ones is named
+    assert printed.out == "1 event deleted (tickets 1, 10)\n"
+    assert "warning: nothing is stored of ticket 10: check the id\n" in printed.err
     assert main(["feedback", "delete", "--db", str(database), "--ticket", "1"]) == 0  # done: nothing left of it
     printed = capsys.readouterr()
     assert printed.out == "0 events deleted (tickets 1)\n"
-    assert "warning: nothing is stored of this ticket: check the ids" in printed.err
+    assert "warning: nothing is stored of ticket 1: check the id\n" in printed.err
     assert main(["feedback", "stats", "--db", str(tmp_path / "nowhere.sqlite")]) == 2
     assert "no feedback database" in capsys.readouterr().err
 
