@@ -755,7 +755,10 @@ def export_csv(store: FeedbackStore, output: str | os.PathLike[str], *, label_co
     tickets whose text was never sent) and ``ticketclf retrain --corrections`` (which matches those to the
     export by ticket id). Returns (rows, rows without text, text columns). The file is replaced whole."""
     rows = store.corrections(since)
-    keys = list(dict.fromkeys(key for row in rows for key in row.text or {}))
+    # The columns of the text stored; with none since ``since``, of all the text stored: an export on a
+    # schedule keeps its header when a period brought nothing.
+    keys = list(dict.fromkeys(key for row in (rows if any(row.text for row in rows) else store.corrections())
+                              for key in row.text or {}))
     # A ticket sent as one 'text' beside others sent by field: its text goes to the last field (the body).
     columns = tuple(key for key in keys if key != "text") or ("text",)
     reserved = {"ticket_id", "received_at", label_column} & set(columns)

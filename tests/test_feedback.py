@@ -630,6 +630,10 @@ def test_cli_stats_export_and_delete(tmp_path: Path, capsys: pytest.CaptureFixtu
                  "--since", "2999-01-01T00:00:00Z"]) == 2  # would write no ticket over the three
     assert f"{tmp_path / 'out.csv'} exists; choose another file name, or pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "out.csv").read_bytes() == exported
+    assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "none.csv"),
+                 "--since", "2999-01-01T00:00:00Z"]) == 0
+    assert read_csv(tmp_path / "none.csv") == [] and \
+        (tmp_path / "none.csv").read_text().startswith("ticket_id,subject,body,label,received_at")  # as ever
     assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "out.csv"),
                  "--overwrite"]) == 0
     assert "3 tickets' labels written" in capsys.readouterr().out
