@@ -1193,8 +1193,10 @@ def _print_window(result: WindowStats) -> None:
           f"{overall.predicted} with a known prediction, agreement {_percent(overall.rate)}")
     if not overall.tickets:
         return
-    if result.review_known:
-        print(f"  needs_review: {_percent(result.needs_review_share)} of predictions; agreement "
+    if result.review_known:  # predictions sent without the flag are not in the share
+        known = result.review_known
+        print(f"  needs_review: {_percent(result.needs_review_share)} of the {known} prediction{'s' * (known != 1)} "
+              "sent with the flag; agreement "
               f"{_percent(result.confident.rate)} when not flagged, {_percent(result.needs_review.rate)} when flagged")
     for title, groups in (("agents' label", result.per_label), ("model version", result.per_model),
                           ("predicted label", result.per_predicted)):

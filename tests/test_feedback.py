@@ -612,7 +612,7 @@ def test_openapi_documents_the_feedback_routes(feedback_app: Flask) -> None:
 def test_cli_stats_export_and_delete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     database = tmp_path / "feedback.sqlite"
     with FeedbackStore.open(str(database)) as store:
-        store.add([event("1", "billing", predicted_label="billing", model_version="2",
+        store.add([event("1", "billing", predicted_label="billing", model_version="2", needs_review=True,
                          text_fields={"subject": "Refund", "body": "charged twice"}),
                    event("2", "refund", predicted_label="billing", model_version="2"),
                    event("3", "refund")])  # sent without a prediction: out of the agreement, in the count
@@ -621,6 +621,7 @@ def test_cli_stats_export_and_delete(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "window 1h" in out and "agreement 50.0 %" in out and "model version" in out
     assert "  agents' label  TICKETS  WITH A PREDICTION  AGREED  AGREEMENT\n" in out
     assert "  refund               2                  1       0      0.0 %\n" in out
+    assert "  needs_review: 100.0 % of the 1 prediction sent with the flag; agreement" in out  # not of 2
     assert main(["feedback", "stats", "--db", f"sqlite:///{database}", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["windows"][0]["overall"]["agreed"] == 1
     assert main(["feedback", "export", "--db", str(database), "--output", str(tmp_path / "out.csv")]) == 0
