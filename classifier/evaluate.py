@@ -42,6 +42,7 @@ from classifier.baseline import BASELINE_NAME
 from classifier.calibration import wilson_lower_bound
 from classifier.columns import absent_columns
 from classifier.data import (
+    CORRECTED_LABEL_COLUMN,
     DataReport,
     Tickets,
     csv_writer,
@@ -726,7 +727,7 @@ def _data_section(tickets: Tickets, data_report: DataReport, scored: Scored, man
         labels_without_test_tickets=sorted(set(scored.classes) - set(scored.y_true)),
         training_copies=None if is_training_file else _training_copies(tickets, scored, manifest, bundle_dir),
         repeated_ids=[ticket_id for info in data_report.files.values() for ticket_id in info.get("repeated_ids", [])],
-        test_copies=_test_copies(tickets, scored))
+        test_copies=_test_copies(tickets, scored), corrected_labels=data_report.corrected_labels)
 
 
 def _test_copies(tickets: Tickets, scored: Scored) -> list[str]:
@@ -925,6 +926,9 @@ def _warnings(report: Report) -> list[str]:
     if data.repeated_ids:
         warnings.append(f"{ids_are(len(data.repeated_ids))} on more than one test ticket, each of another text "
                         f"({first_of(data.repeated_ids, 5)}): misclassified.csv names tickets by id")
+    if data.corrected_labels:  # a reviewed file scores against the agents' corrections: say it
+        warnings.append(f"{data.corrected_labels} test labels are the file's {CORRECTED_LABEL_COLUMN} column's, in "
+                        "place of its label column's")
     spellings = data.label_spellings_matched
     if spellings:
         shown = first_of([f"{k!r} as {v!r}" for k, v in spellings.items()], 10)

@@ -193,6 +193,7 @@ class TestFileSection:
     repeated_ids: list[str] = field(default_factory=list)  # ids on tickets of different texts
     # Evaluated tickets with the text and label of an earlier one: the first of them, by id; and how many.
     test_copies: list[str] = field(default_factory=list)
+    corrected_labels: int = 0  # labels read from the file's corrected_label column, in place of its label
 
     @property
     def path(self) -> Any:

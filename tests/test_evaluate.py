@@ -601,6 +601,20 @@ def test_bad_target_precision_is_a_user_error(exported_bundle, test_csv, tmp_pat
 # ---------------------------------------------------------------- thresholds into the bundle
 
 
+def test_labels_from_a_corrected_label_column_are_said(exported_bundle, known_rows, tmp_path):
+    rows = [{**row, "corrected_label": ""} for row in known_rows]
+    for row in rows[:2]:  # an agent's two corrections in a reviewed file
+        row["corrected_label"] = next(row2["category"] for row2 in known_rows if row2["category"] != row["category"])
+    reviewed = tmp_path / "reviewed.csv"
+    with open(reviewed, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    report = evaluate(exported_bundle, reviewed, tmp_path / "out", EvaluationOptions(baseline=False))
+    assert report["data"]["corrected_labels"] == 2
+    assert "2 test labels are the file's corrected_label column's, in place of its label column's" in report["warnings"]
+
+
 def test_thresholds_are_not_applied_from_a_handful_of_tickets(bundle_copy, known_rows, tmp_path):
     few = tmp_path / "few.csv"
     with open(few, "w", newline="", encoding="utf-8") as handle:
