@@ -789,7 +789,7 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
 
     def action(name: str, help: str, run: Command, version: bool = False, default: str | None = None
                ) -> argparse.ArgumentParser:
-        parser = _subcommand(actions, name, help, run)
+        parser = _subcommand(actions, name, help, run, epilog=MODELS_EPILOG)  # each action's --help: the examples
         parser.add_argument("model", type=Path, metavar="MODEL", help="REPO/NAME, e.g. models/tickets")
         if version:
             parser.add_argument("version", nargs="?" if default else None, default=default,
@@ -1082,7 +1082,8 @@ def _add_bundle(commands: argparse._SubParsersAction) -> None:
                        "max_length agree, and that each model loads; one line per problem", _run_bundle_verify),
             ("seal", "record the size and sha256 of the bundle's files as they are now, saying what changed "
                      "(only if the bundle would load)", _run_bundle_seal)):
-        _subcommand(actions, name, help, run).add_argument("bundle", type=Path, help="model bundle directory")
+        _subcommand(actions, name, help, run, epilog=BUNDLE_EPILOG).add_argument("bundle", type=Path,
+                                                                                 help="model bundle directory")
 
 
 def _run_bundle_verify(args: argparse.Namespace) -> int:

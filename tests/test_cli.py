@@ -68,10 +68,11 @@ def test_an_interrupted_training_run_resumes_only_with_its_own_settings(tiny_csv
     assert read_manifest(output).training.options.epochs == 3.0 and not checkpoints.exists()
 
 
-@pytest.mark.parametrize("command", ["split", "train", "export", "evaluate", "predict", "serve"])
+@pytest.mark.parametrize("command", ["split", "train", "export", "evaluate", "predict", "serve", "models list",
+                                     "models add", "bundle verify", "feedback stats", "review-labels", "retrain"])
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
+        main([*command.split(), "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert f"usage: ticketclf {command}" in out and "example" in out
