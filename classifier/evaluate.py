@@ -225,6 +225,7 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
                                   [tickets.rows[i] for i in scored.rows] if tickets.rows else [])}
     report = _model_report(predictor, scored, tickets, options.target_precision, created_at, data, unknown_labels,
                            _side_by_side_sections(others, scored, options))
+    report.unknown_labels.routed = _unknown_routed(report, scored, proba, held)
     report.out_of_scope = _out_of_scope(predictor, tickets, proba, oos_scores, options.oos_label or (
         predictor.manifest.out_of_scope.route_to if predictor.manifest.out_of_scope else None))
     fields: list[FieldRun] = []
@@ -763,6 +764,17 @@ def _unknown_labels(tickets: Tickets, scored: Scored, classes: list[str], proba:
                                     predicted_as=dict(predicted_as[label].most_common()))
                 for label in sorted(ids, key=lambda label: -len(ids[label]))}
     return UnknownLabels(count=len(rows), share=len(rows) / len(tickets), labels=by_label)
+
+
+def _unknown_routed(report: Report, scored: Scored, proba: np.ndarray, held: np.ndarray | None) -> int:
+    """How many tickets of labels the model lacks the per-class thresholds would route (to a wrong queue)."""
+    rows = np.setdiff1d(np.arange(len(proba)), scored.rows)
+    if not rows.size:
+        return 0
+    thresholds = {row.label: row.threshold for row in report.per_class}
+    unknown = Scored(scored.classes, rows, np.full(len(rows), None, dtype=object), np.asarray(proba)[rows],
+                     None if held is None else np.asarray(held, dtype=bool)[rows])
+    return int(unknown.routed(thresholds.__getitem__).sum())
 
 
 class OtherModel(NamedTuple):

@@ -222,6 +222,9 @@ class UnknownLabels:
     count: int
     share: float
     labels: dict[str, UnknownLabel]  # most tickets first
+    # Of them, how many a threshold per class would route (each to a wrong queue), as the "In short" box's
+    # routing of the known tickets does.
+    routed: int = 0
 
 
 # How sentences name the models a report sets beside the evaluated one, by their report.json key.

@@ -501,6 +501,21 @@ def test_unknown_labels_are_counted_and_listed(evaluated):
     assert "shipping" in summary_table(report)
 
 
+def test_the_summary_says_how_many_tickets_of_unknown_labels_would_be_routed(evaluated, exported_bundle, test_csv):
+    report, output = evaluated
+    thresholds = {row["label"]: row["threshold"] for row in report["per_class"]}
+    with open(test_csv, newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["category"] in UNKNOWN]
+    predictions = Predictor.load(exported_bundle).predict([{"subject": row["subject"], "body": row["body"]}
+                                                           for row in rows])
+    routed = sum(p.review_reason != "out_of_scope" and p.confidence >= thresholds[p.label] for p in predictions)
+    assert report["unknown_labels"]["routed"] == routed and routed > 0
+    page = (output / "report.html").read_text(encoding="utf-8")
+    summary = page[page.index("<b>In short</b>"):page.index("</ul></div>")]
+    assert (f"{len(rows)} more tickets, of queues the model does not know, are not in these figures:\na threshold "
+            f"per class would route {routed} of them, each to a wrong queue") in summary
+
+
 def test_missing_label_column_fails_with_the_training_message(exported_bundle, test_csv, tmp_path):
     with pytest.raises(UserError) as training_error:
         load_tickets(test_csv, label_column="queue")
