@@ -766,6 +766,12 @@ def _unknown_labels(tickets: Tickets, scored: Scored, classes: list[str], proba:
     return UnknownLabels(count=len(rows), share=len(rows) / len(tickets), labels=by_label)
 
 
+def spellings_warning(what: str, spellings: dict[str, str]) -> str:
+    """The warning that ``what`` (test labels, a field's values) were read as the model spells them."""
+    shown = first_of([f"{k!r} as {v!r}" for k, v in spellings.items()], 10)
+    return f"{what} matched to the model's spelling (they differ only in case or number format): {shown}"
+
+
 def _unknown_routed(report: Report, scored: Scored, proba: np.ndarray, held: np.ndarray | None) -> int:
     """How many tickets of labels the model lacks the per-class thresholds would route (to a wrong queue)."""
     rows = np.setdiff1d(np.arange(len(proba)), scored.rows)
@@ -941,11 +947,8 @@ def _warnings(report: Report) -> list[str]:
     if data.corrected_labels:  # a reviewed file scores against the agents' corrections: say it
         warnings.append(f"{data.corrected_labels} test labels are the file's {CORRECTED_LABEL_COLUMN} column's, in "
                         "place of its label column's")
-    spellings = data.label_spellings_matched
-    if spellings:
-        shown = first_of([f"{k!r} as {v!r}" for k, v in spellings.items()], 10)
-        warnings.append("test labels matched to the model's spelling (they differ only in case or number "
-                        f"format): {shown}")
+    if data.label_spellings_matched:
+        warnings.append(spellings_warning("test labels", data.label_spellings_matched))
     missing = data.labels_without_test_tickets
     if missing:
         classes = "1 model class has" if len(missing) == 1 else f"{len(missing)} model classes have"

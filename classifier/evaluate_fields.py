@@ -38,6 +38,7 @@ from classifier.evaluate import (
     paired_bootstrap,
     routed_shown,
     routing_with,
+    spellings_warning,
 )
 from classifier.fields import f1_of, hardly_beats_majority, metrics_of_tag_counts, tag_matrix, tag_outcomes
 from classifier.manifest import ALWAYS_REVIEW, FieldHead
@@ -281,6 +282,8 @@ def field_warnings(sections: dict[str, FieldSection], applied: bool) -> list[str
             continue
         if isinstance(section, SingleFieldSection) and (hint := _majority_hint(name, section)):
             warnings.append(hint)
+        if isinstance(section, SingleFieldSection) and section.spellings_matched:
+            warnings.append(spellings_warning(f"field {name!r}: test values", section.spellings_matched))
         unknown = section.unknown_values if isinstance(section, SingleFieldSection) else {}
         if unknown:
             count = sum(unknown.values())

@@ -190,6 +190,9 @@ def test_field_values_the_model_does_not_know_are_counted_and_left_out(fields_bu
     assert section["spellings_matched"] == {rows[known[2]]["priority"]: rows[known[2]]["priority"].lower()}
     assert section["tickets"] == len(known) - 2
     assert any("'blocker' (2)" in warning for warning in report["warnings"])
+    upper, lower = rows[known[2]]["priority"], rows[known[2]]["priority"].lower()
+    assert (f"field 'priority': test values matched to the model's spelling (they differ only in case or number "
+            f"format): {upper!r} as {lower!r}") in report["warnings"]
 
 
 # ---------------------------------------------------------------- thresholds into the bundle
