@@ -230,16 +230,16 @@ def check_output(target: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -
         if any(target.iterdir()):
             raise UserError(f"{target}: is not a model bundle (no {MANIFEST}) and not empty; --overwrite "
                             "replaces only a bundle, so choose another --output")
-    elif not _is_bundle_manifest(target / MANIFEST):  # a web app's or an extension's manifest.json is no bundle
+    elif not is_bundle(target):  # a web app's or an extension's manifest.json is no bundle
         raise UserError(f"{target}: its {MANIFEST} is not a model bundle's; --overwrite replaces only a bundle, so "
                         "choose another --output")
 
 
-def _is_bundle_manifest(path: Path) -> bool:
-    """Whether ``path`` reads as a bundle manifest of any schema version: a JSON object with the schema version
-    and the labels, whatever else it holds or lacks."""
+def is_bundle(directory: Path) -> bool:
+    """Whether ``directory`` holds a bundle's manifest of any schema version: a JSON object with the schema
+    version and the labels, whatever else it holds or lacks (a web app's manifest.json is none)."""
     try:
-        raw = read_json_object(path)
+        raw = read_json_object(directory / MANIFEST)
     except (OSError, UserError):  # unreadable, not JSON (nested too deeply included), or not an object
         return False
     return isinstance(raw.get("schema_version"), int) and isinstance(raw.get("labels"), list)

@@ -669,8 +669,8 @@ def csv_writer(path: Path, like: Path | None, *, for_spreadsheets: bool = False)
 
 
 def decimal_cell(value: float, delimiter: str, places: int = 6) -> str:
-    """``value`` to ``places`` places (predictions show 6: fewer, and a confidence just under its review
-    threshold reads as at it), as the locale that separates with ``delimiter`` writes it."""
+    """``value`` to ``places`` places (predictions show 6: with fewer, a confidence at its review threshold
+    reads as below it), as the locale that separates with ``delimiter`` writes it."""
     text = f"{value:.{places}f}"
     return text.replace(".", ",") if delimiter == ";" else text
 

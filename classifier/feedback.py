@@ -230,10 +230,10 @@ def _check_sqlite_place(path: Path) -> None:
     if not path.parent.is_dir():
         raise UserError(f"feedback database {path}: its folder {path.parent} does not exist; create it, or "
                         "correct the path")
-    from classifier.bundle import MANIFEST
+    from classifier.bundle import is_bundle
 
     folder = Path(os.path.realpath(path.parent))
-    inside = next((bundle for bundle in (folder, *folder.parents) if (bundle / MANIFEST).is_file()), None)
+    inside = next((bundle for bundle in (folder, *folder.parents) if is_bundle(bundle)), None)
     if inside is not None:
         raise UserError(f"feedback database {path}: is inside the model bundle {inside}, which the service "
                         "reloads whenever its files change; put it outside (unset, it goes beside the bundle)")

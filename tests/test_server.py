@@ -32,6 +32,7 @@ from service_helpers import (
 )
 
 from classifier.errors import UserError
+from classifier.feedback import feedback_url
 from service import server as server_module
 from service import settings as service_settings
 from service import unknown_variables
@@ -124,14 +125,19 @@ def test_serve_refuses_a_bad_setting_before_starting_workers(tiny_bundle: Path, 
         serve(tiny_bundle)
 
 
-def test_serve_refuses_a_feedback_database_inside_the_bundle(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
-                                                             ) -> None:
+def test_serve_refuses_a_feedback_database_inside_the_bundle(tiny_bundle: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TICKETCLF_FEEDBACK_DB", str(tiny_bundle / "feedback" / ".." / "feedback.sqlite"))
     monkeypatch.setenv("TICKETCLF_BUNDLE", "")
     monkeypatch.setattr(server_module._Gunicorn, "run", lambda self: pytest.fail("gunicorn started"))
     with pytest.raises(UserError, match=f"is inside the model bundle {tiny_bundle}, which the service reloads"):
         serve(tiny_bundle)
     assert not (tiny_bundle / "feedback.sqlite").exists()
+    webapp = tmp_path / "webapp"  # a folder with another kind of manifest.json is no bundle
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text('{"name": "helpdesk", "icons": []}')
+    assert feedback_url(str(webapp / "feedback.sqlite"), tiny_bundle, starting=True) == \
+        f"sqlite:///{webapp / 'feedback.sqlite'}"
 
 
 def test_web_concurrency_that_is_no_number_is_one_line(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
