@@ -222,6 +222,12 @@ def check_output(target: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -
         raise UserError(f"{target}: already exists; choose another --output or pass --overwrite")
     if not target.is_dir():
         raise UserError(f"{target}: is a file; --overwrite replaces only a model bundle directory")
+    from classifier.repository import is_model_dir  # it imports this module
+
+    model = target if is_model_dir(target) else target.parent if is_model_dir(target.parent) else None
+    if model is not None:  # its versions, history and feedback, or a version the history names
+        raise UserError(f"{target}: is in the model repository {model.parent}, which --overwrite would break; "
+                        f"train a new version with --repository {model.parent} --name {model.name}")
     inside = [path for path in inputs if path.resolve().is_relative_to(target.resolve())]
     if inside:
         raise UserError(f"{target}: holds the input {inside[0]}, which --overwrite would delete; "

@@ -44,7 +44,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from classifier.bundle import MANIFEST, fsync, read_manifest, write_text_atomic
+from classifier.bundle import MANIFEST, fsync, is_bundle, read_manifest, write_text_atomic
 from classifier.errors import UserError, one_line
 from classifier.manifest import Manifest
 
@@ -256,17 +256,19 @@ class ModelRepository:
         (one rename) only once the build has finished and left a readable bundle."""
         directory = self.model_dir(name)
         if not callable(source):
-            read_manifest(source)  # refuse a directory that is not a bundle before anything is made
+            _check_source(Path(source), directory)
         with self.scratch(name) as staging:
             target = staging / name  # train() names the bundle after its directory: the model's name
             if callable(source):
                 source(target)
-            else:
-                shutil.copytree(source, target, symlinks=True)
+            else:  # the files themselves: a version must outlive the folder it came from, links and all
+                shutil.copytree(source, target, symlinks=False)
             try:
                 read_manifest(target)
             except UserError as error:
                 raise UserError(f"{directory}: the new version is not a bundle ({error}); nothing was added") from None
+            if not callable(source) and (problem := _defects(target)):  # the first version serves at once:
+                raise UserError(f"{source}: not added: {problem}; 'ticketclf bundle verify {source}' checks it")
             _fsync_tree(target)
             with self._lock(name):
                 state = self._state(name, missing_ok=True)
@@ -424,6 +426,17 @@ class ModelRepository:
             os.close(handle)  # closing releases the lock
 
 
+def _check_source(source: Path, directory: Path) -> None:
+    """Refuse, before anything is made, a source that is not a bundle, a model folder that is a bundle (a
+    repository there would hide it from ``serve``) and one inside the source (the copy would copy itself)."""
+    read_manifest(source)
+    if is_bundle(directory):
+        raise UserError(f"{directory}: is a model bundle, not a model in a repository; give REPO/NAME in another "
+                        "folder, e.g. models/tickets")
+    if directory.resolve().is_relative_to(source.resolve()):
+        raise UserError(f"{directory}: is inside the bundle {source} being added; give a model folder outside it")
+
+
 class ChampionChanged(UserError):
     """Another version was promoted (or rolled back to) since a decision to promote was made."""
 
@@ -431,13 +444,18 @@ class ChampionChanged(UserError):
 def _require_intact(version: Version, outcome: str, instead: str = "") -> None:
     """Refuse to serve a version the service would refuse to load: it would keep the old model while it runs,
     and serve nothing once restarted. An unsealed version (an older release's) loads, and passes."""
+    if problem := _defects(version.path):
+        raise UserError(f"version {version.number} is not {outcome}: {problem}; "
+                        f"'ticketclf bundle verify {version.path}' checks it{instead}")
+
+
+def _defects(bundle_dir: Path) -> str | None:
+    """Why the service would refuse to load the bundle (the first problem, and how many more), or None."""
     from classifier.integrity import verify_bundle
 
-    problems = verify_bundle(version.path).defects
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise UserError(f"version {version.number} is not {outcome}: {problems[0]}{more}; "
-                        f"'ticketclf bundle verify {version.path}' checks it{instead}")
+    problems = verify_bundle(bundle_dir).defects
+    return problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "") \
+        if problems else None
 
 
 def open_model(path: str | Path) -> tuple[ModelRepository, str]:

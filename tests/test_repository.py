@@ -85,6 +85,30 @@ def test_a_bundle_directory_is_copied_in_and_anything_else_refused(repo: ModelRe
     assert [v.number for v in repo.versions("tickets")] == [1]
 
 
+def test_adding_copies_the_files_and_refuses_what_would_not_serve(tiny_bundle: Path, tmp_path: Path) -> None:
+    linked_files = tmp_path / "linked"  # a bundle of links to another's files: the version keeps the files
+    linked_files.mkdir()
+    for path in tiny_bundle.iterdir():
+        (linked_files / path.name).symlink_to(path)
+    version = ModelRepository(tmp_path / "models").add_version("tickets", linked_files)
+    assert not any(path.is_symlink() for path in version.path.iterdir())
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "tokenizer_config.json").write_text("{}")  # as a hand edit leaves it: the service would refuse it
+    with pytest.raises(UserError, match=rf"{broken}: not added: .*tokenizer_config\.json"):
+        ModelRepository(tmp_path / "other").add_version("tickets", broken)
+    assert not (tmp_path / "other" / "tickets" / "1").exists()
+    # A bundle's own folder as the model (serve would then serve the repository, not the bundle), or one inside
+    # the bundle added (the copy would copy itself), are refused before anything is made.
+    inside = tmp_path / "inside"
+    shutil.copytree(tiny_bundle, inside)
+    with pytest.raises(UserError, match=f"{inside}: is a model bundle, not a model in a repository"):
+        ModelRepository(tmp_path).add_version("inside", tiny_bundle)
+    with pytest.raises(UserError, match=f"{inside / 'x'}: is inside the bundle {inside} being added"):
+        ModelRepository(inside).add_version("x", inside)
+    assert sorted(path.name for path in inside.iterdir()) == sorted(path.name for path in tiny_bundle.iterdir())
+
+
 def test_rollback_goes_back_through_the_champions_that_served_before(three: ModelRepository) -> None:
     three.promote("tickets", 2, reason="better on the holdout")
     assert three.aliases("tickets") == {"champion": 2, "challenger": 3}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -194,6 +196,20 @@ def test_overwrite_replaces_only_a_bundle(tiny_csv: Path, tmp_path: Path) -> Non
     with pytest.raises(UserError, match="its manifest.json is not a model bundle's"):
         train(tiny_csv, app, TrainingOptions(epochs=1), overwrite=True)
     assert sorted(p.name for p in app.iterdir()) == ["index.html", "manifest.json"]
+
+
+def test_overwrite_never_replaces_a_repository_model_or_its_versions(tiny_bundle: Path, tiny_csv: Path,
+                                                                   tmp_path: Path) -> None:
+    from classifier.repository import ModelRepository
+
+    repository = ModelRepository(tmp_path / "models")
+    repository.add_version("tickets", lambda target: shutil.copytree(tiny_bundle, target, copy_function=os.link))
+    for target in (tmp_path / "models" / "tickets", tmp_path / "models" / "tickets" / "1"):
+        with pytest.raises(UserError, match=f"{target}: is in the model repository {tmp_path / 'models'}, which "
+                                            "--overwrite would break; train a new version with --repository"):
+            train(tiny_csv, target, TrainingOptions(epochs=1), overwrite=True)
+    assert [version.number for version in repository.versions("tickets")] == [1]
+    assert repository.champion("tickets").manifest() == read_manifest(tiny_bundle)
 
 
 def test_resume_without_a_checkpoint_fails_before_reading_the_data(tmp_path: Path) -> None:
