@@ -561,8 +561,8 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
                        "each (default: one per CPU of the Ray cluster)")
     batch.add_argument("--format", choices=("parquet", "jsonl"), help="with --input: the shards' format "
                        "(default: parquet)")
-    batch.add_argument("--overwrite", action="store_true", help="with --input: start over in an --output that "
-                       "holds another run's output (bundle, input or options differ)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --csv file if it exists; with --input: start "
+                   "over in an --output that holds another run's output (bundle, input or options differ)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -571,11 +571,15 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     if args.input or args.output:
         return _run_batch(args)
-    batch_options = [name for name in ("ray", "actors", "format", "overwrite") if getattr(args, name)]
+    batch_options = [name for name in ("ray", "actors", "format") if getattr(args, name)]
     if batch_options:
         raise UserError(f"--{batch_options[0]} goes with --input and --output (classifying on Ray)")
     if not args.texts and not args.file:
         raise UserError("give ticket texts as arguments or a file with --file")
+    if args.overwrite and not args.csv:
+        raise UserError("--overwrite goes with --csv, or with --input and --output")
+    if args.csv:  # before the model loads; the input file itself is refused with or without --overwrite
+        _refuse_to_replace(args, Path(args.csv), source=Path(args.file) if args.file and args.file != "-" else None)
     predictor = Predictor.load(args.bundle, engine=args.engine)
     labels = len(predictor.labels)
     if args.top_k is not None and not 1 <= args.top_k <= labels:

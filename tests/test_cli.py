@@ -247,6 +247,13 @@ def test_predict_writes_a_csv_for_spreadsheets_as_its_input_file_is_separated(
     assert (first["predicted_label"], first["confidence"], first["label_2"], first["needs_review"], first["error"]) \
         == (expected.label, f"{expected.confidence:.6f}".replace(".", ","), expected.top_k[1]["label"],
             "yes" if expected.needs_review else "no", "")
+    written = out.read_bytes()  # a file there, maybe the user's own: replaced only with --overwrite
+    assert main(["predict", str(exported_bundle), "--file", str(tickets), "--csv", str(out)]) == 2
+    assert f"{out} exists; choose another file name, or pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == written
+    assert main(["predict", str(exported_bundle), "--file", str(tickets), "--csv", str(out), "--overwrite"]) == 0
+    assert main(["predict", str(exported_bundle), "I was charged twice", "--overwrite"]) == 2
+    assert "--overwrite goes with --csv, or with --input and --output" in capsys.readouterr().err
     before = tickets.read_bytes()
     assert main(["predict", str(exported_bundle), "--file", str(tickets), "--csv", str(tickets)]) == 2
     assert "is the input file; write the predictions to another file" in capsys.readouterr().err
