@@ -103,6 +103,11 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
     if not Path(bundle_dir).is_dir():
         raise UserError(f"{bundle_dir}: bundle directory not found")
     if not path.is_file():
+        from classifier.repository import is_model_dir  # it imports this module
+
+        if is_model_dir(bundle_dir):  # serve takes it; predict and evaluate take one of its versions
+            raise UserError(f"{bundle_dir}: is a model in a repository, not a bundle; give one of its versions "
+                            f"(e.g. {Path(bundle_dir) / '1'}: 'ticketclf models list {bundle_dir}' lists them)")
         raise UserError(f"{bundle_dir}: not a model bundle (no {MANIFEST}); create one with 'ticketclf train'")
     raw = read_json_object(path, what="manifest")
     version = raw.get("schema_version")

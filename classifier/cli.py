@@ -810,10 +810,12 @@ def _add_models(commands: argparse._SubParsersAction) -> None:
         "--reason", default="", help="why, for the history")
     action("rollback", "serve again the version that served before", _run_models_rollback).add_argument(
         "--reason", default="", help="why, for the history")
-    action("remove", "delete a version (never the one that serves)", _run_models_remove, version=True)
+    action("remove", "delete a version (never the one that serves)", _run_models_remove, version=True).add_argument(
+        "--reason", default="", help="why, for the history")
     action("history", "promotions, rollbacks, additions and removals, oldest first", _run_models_history)
     add = action("add", "add a finished bundle as the next version (copied)", _run_models_add)
     add.add_argument("bundle", type=Path, help="bundle directory (from 'ticketclf train --output')")
+    add.add_argument("--reason", default="", help="why, for the history (default: the command)")
 
 
 RETRAIN_EPILOG = """\
@@ -1025,7 +1027,7 @@ def _run_models_rollback(args: argparse.Namespace) -> int:
 
 def _run_models_remove(args: argparse.Namespace) -> int:
     repository, name = _model(args)
-    event = repository.remove(name, args.version)
+    event = repository.remove(name, args.version, reason=args.reason)
     print(f"{args.model}: version {event.version} removed")
     return 0
 
@@ -1043,7 +1045,7 @@ def _run_models_history(args: argparse.Namespace) -> int:
 
 def _run_models_add(args: argparse.Namespace) -> int:
     repository, name = _model(args)
-    version = repository.add_version(name, args.bundle, reason=f"ticketclf models add {args.bundle}")
+    version = repository.add_version(name, args.bundle, reason=args.reason or f"ticketclf models add {args.bundle}")
     print(f"{args.bundle} added as {version.path}; {_aliases_line(repository, version)}")
     added = version.manifest().bundle_version
     same = [other.number for other in repository.versions(name)

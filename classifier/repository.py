@@ -460,7 +460,7 @@ def _defects(bundle_dir: Path) -> str | None:
 
 def open_model(path: str | Path) -> tuple[ModelRepository, str]:
     """``REPO/NAME`` as one path (what the CLI and ``serve`` take): the repository and the model's name."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # '.' (inside the model's folder) has a name only once absolute
     return ModelRepository(path.parent), path.name
 
 

@@ -308,8 +308,15 @@ def test_models_list_shows_each_version_its_figures_and_which_serves(three: Mode
 
 
 def test_models_show_promote_rollback_remove_add_and_their_errors(three: ModelRepository, tiny_bundle: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+                                                                  capsys: pytest.CaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     model = str(three.root / "tickets")
+    with monkeypatch.context() as inside:  # in the model's folder, '.' names it
+        inside.chdir(model)
+        assert main(["models", "list", "."]) == 0 and "* serves: version 1" in capsys.readouterr().out
+    assert main(["predict", model, "I was charged twice"]) == 2  # a version is what predict reads
+    assert f"{model}: is a model in a repository, not a bundle; give one of its versions (e.g. {model}/1" in \
+        capsys.readouterr().err
     assert main(["models", "show", model, "challenger", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["version"] == 3 and shown["aliases"] == ["challenger"] and not shown["serving"]
@@ -325,8 +332,9 @@ def test_models_show_promote_rollback_remove_add_and_their_errors(three: ModelRe
     assert capsys.readouterr().out == f"{model}: version 3 serves now (before: version 1)\n"
     assert main(["models", "rollback", model]) == 0
     assert capsys.readouterr().out == f"{model}: rolled back to version 1 (from version 3)\n"
-    assert main(["models", "remove", model, "2"]) == 0
+    assert main(["models", "remove", model, "2", "--reason", "trained on the wrong export"]) == 0
     assert capsys.readouterr().out == f"{model}: version 2 removed\n"
+    assert three.history("tickets")[-1].reason == "trained on the wrong export"
     assert main(["models", "add", model, str(tiny_bundle)]) == 0
     same = read_manifest(tiny_bundle).bundle_version  # versions 1 and 3 are links to it
     assert capsys.readouterr().out == (f"{tiny_bundle} added as {model}/4; version 4: challenger; 'ticketclf models "
