@@ -951,6 +951,10 @@ def _run_models_list(args: argparse.Namespace) -> int:
     serving = repository.serving_state(name)
     print(f"* serves: version {serving.version} ({serving.path}); TEST: reports/evaluation/report.json in the "
           "version, where there is one, on TEST N tickets (figures on other test files do not compare)")
+    if not any(summary.version == serving.version for summary in summaries):  # removed by hand
+        print(f"ticketclf models list: warning: version {serving.version}, the champion, is gone from "
+              f"{serving.path}: the service serves nothing once restarted; 'ticketclf models promote' another",
+              file=sys.stderr)
     return 0
 
 

@@ -305,6 +305,9 @@ def test_models_list_shows_each_version_its_figures_and_which_serves(three: Mode
     assert f"{report['metrics']['accuracy']:.4f}" in rows["2"] and rows["1"].count(" - ") == 3
     assert f" {report['metrics']['tickets']} " in rows["2"]
     assert lines[4].startswith(f"* serves: version 2 ({three.root / 'tickets' / '2'})")
+    shutil.rmtree(three.root / "tickets" / "2")  # by hand, as the history never would
+    assert main(["models", "list", str(three.root / "tickets")]) == 0
+    assert "warning: version 2, the champion, is gone from" in capsys.readouterr().err
 
 
 def test_models_show_promote_rollback_remove_add_and_their_errors(three: ModelRepository, tiny_bundle: Path,
