@@ -754,9 +754,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from classifier.cpus import worker_count
+    from classifier.cpus import count_setting, worker_count
 
-    worker_count()  # WEB_CONCURRENCY checked in one line: gunicorn's import reads it with int(), in a traceback
+    worker_count()  # TICKETCLF_WORKERS
+    count_setting("WEB_CONCURRENCY", 1)  # read by gunicorn's import with int(), in a traceback, even when unused
     from service.server import serve
 
     bundle_dir = args.bundle or os.environ.get("TICKETCLF_BUNDLE")

@@ -225,7 +225,6 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
                                   [tickets.rows[i] for i in scored.rows] if tickets.rows else [])}
     report = _model_report(predictor, scored, tickets, options.target_precision, created_at, data, unknown_labels,
                            _side_by_side_sections(others, scored, options))
-    report.unknown_labels.routed = _unknown_routed(report, scored, proba, held)
     report.out_of_scope = _out_of_scope(predictor, tickets, proba, oos_scores, options.oos_label or (
         predictor.manifest.out_of_scope.route_to if predictor.manifest.out_of_scope else None))
     fields: list[FieldRun] = []
@@ -237,6 +236,10 @@ def _evaluate(bundle_dir: Path, data_path: str | Path, output_dir: Path, options
     if options.apply_threshold_for_precision is not None:
         report.thresholds_applied = apply_thresholds(bundle_dir, predictor, scored, tickets,
                                                      options.apply_threshold_for_precision, fields)
+    # With the thresholds the summary routes by: those written, else those it recommends.
+    thresholds = report.thresholds_applied.per_class if report.thresholds_applied else \
+        {row.label: row.threshold for row in report.per_class}
+    report.unknown_labels.routed = _unknown_routed(thresholds, scored, proba, held)
     report.warnings = _warnings(report)
     if report.fields is not None:
         report.warnings += evaluate_fields.field_warnings(report.fields, report.thresholds_applied is not None)
@@ -326,12 +329,12 @@ def _field_columns(manifest: Manifest, absent: Sequence[str] = ()) -> dict[str, 
     if not manifest.fields:
         return {}
     options = manifest.data.options
-    tags = next((spec for spec in manifest.fields if spec.kind == "tags"), None)
     tags_column = options.tags_column if options.tags_column and options.tags_column not in absent else None
     return {"field_columns": tuple(name for name in options.field_columns if name not in absent),
             "tags_column": tags_column,
-            # As training split the cells: the delimiter given, else the one it found.
-            "tags_delimiter": options.tags_delimiter or (tags.delimiter if tags else None)}
+            # The delimiter given to training; else found in this file's cells, as training found its own (the
+            # one it found there, in no cell here, would read each cell as one tag).
+            "tags_delimiter": options.tags_delimiter}
 
 
 def _absent_columns(data_path: str | Path, names: Sequence[str | None]) -> list[str]:
@@ -772,12 +775,11 @@ def spellings_warning(what: str, spellings: dict[str, str]) -> str:
     return f"{what} matched to the model's spelling (they differ only in case or number format): {shown}"
 
 
-def _unknown_routed(report: Report, scored: Scored, proba: np.ndarray, held: np.ndarray | None) -> int:
-    """How many tickets of labels the model lacks the per-class thresholds would route (to a wrong queue)."""
+def _unknown_routed(thresholds: dict[str, float], scored: Scored, proba: np.ndarray, held: np.ndarray | None) -> int:
+    """How many tickets of labels the model lacks ``thresholds`` (per class) would route (to a wrong queue)."""
     rows = np.setdiff1d(np.arange(len(proba)), scored.rows)
     if not rows.size:
         return 0
-    thresholds = {row.label: row.threshold for row in report.per_class}
     unknown = Scored(scored.classes, rows, np.full(len(rows), None, dtype=object), np.asarray(proba)[rows],
                      None if held is None else np.asarray(held, dtype=bool)[rows])
     return int(unknown.routed(thresholds.__getitem__).sum())

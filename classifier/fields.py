@@ -86,8 +86,9 @@ def _check_delimiter_used(delimiter: str, cells: Sequence[str], path: object, co
     found = detect_delimiter(cells)
     if found is not None:
         count = sum(found in cell for cell in cells)
-        raise UserError(f"{path}: --tags-delimiter {delimiter!r} is in none of the {column!r} cells, while {count} "
-                        f"of them hold {found!r}: give --tags-delimiter {found!r}, or leave it out to detect it")
+        raise UserError(f"{path}: the tags delimiter {delimiter!r} is in none of the {column!r} cells, while {count} "
+                        f"of them hold {found!r}; to train on them, give --tags-delimiter {found!r}, or leave it out "
+                        "to detect it")
 
 
 def _cell_tags(value: Any, path: object, row: int, column: str, delimiter: str | None) -> list[str] | None:

@@ -66,8 +66,8 @@ def test_a_given_delimiter_wins_over_detection(tmp_path: Path) -> None:
 def test_a_given_delimiter_no_cell_holds_is_refused_when_another_is_common(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "t.csv", tickets_with_tags(["refund|vip", "api|outage", "api"]))
     # Read with ',' each cell would be one tag, 'refund|vip', and the model would learn those as tags.
-    with pytest.raises(UserError, match=r"t.csv: --tags-delimiter ',' is in none of the 'tags' cells, while 2 "
-                                        r"of them hold '\|': give --tags-delimiter '\|'"):
+    with pytest.raises(UserError, match=r"t.csv: the tags delimiter ',' is in none of the 'tags' cells, while 2 "
+                                        r"of them hold '\|'; to train on them, give --tags-delimiter '\|'"):
         load_tickets(path, tags_column="tags", tags_delimiter=",")
     # Cells of one tag each hold no delimiter at all: nothing to tell, the given one is taken.
     path = write_csv(tmp_path / "single.csv", tickets_with_tags(["refund", "api", ""]))

@@ -142,6 +142,7 @@ def test_serve_refuses_a_feedback_database_inside_the_bundle(tiny_bundle: Path, 
 
 def test_web_concurrency_that_is_no_number_is_one_line(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "x")  # gunicorn's own import reads it with int()
+    monkeypatch.setenv("TICKETCLF_WORKERS", "2")  # even when this one decides the workers
     run = subprocess.run([sys.executable, "-m", "classifier.cli", "serve", str(tiny_bundle)], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 2
