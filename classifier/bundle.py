@@ -229,7 +229,8 @@ def check_output(target: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -
         raise UserError(f"{target}: is a file; --overwrite replaces only a model bundle directory")
     from classifier.repository import is_model_dir  # it imports this module
 
-    model = target if is_model_dir(target) else target.parent if is_model_dir(target.parent) else None
+    folder = Path(os.path.abspath(target))  # '.' or '1' typed inside the model's folder: named in full
+    model = folder if is_model_dir(folder) else folder.parent if is_model_dir(folder.parent) else None
     if model is not None:  # its versions, history and feedback, or a version the history names
         raise UserError(f"{target}: is in the model repository {model.parent}, which --overwrite would break; "
                         f"train a new version with --repository {model.parent} --name {model.name}")

@@ -262,12 +262,16 @@ class ModelRepository:
             if callable(source):
                 source(target)
             else:  # the files themselves: a version must outlive the folder it came from, links and all
-                shutil.copytree(source, target, symlinks=False)
+                try:
+                    shutil.copytree(source, target, symlinks=False)
+                except (shutil.Error, OSError) as error:  # a link to nothing, an unreadable file
+                    raise UserError(f"{source}: cannot be copied ({one_line(error)}); nothing was added") from None
             try:
                 read_manifest(target)
             except UserError as error:
                 raise UserError(f"{directory}: the new version is not a bundle ({error}); nothing was added") from None
             if not callable(source) and (problem := _defects(target)):  # the first version serves at once:
+                problem = problem.replace(str(target), str(source))  # the copy's path: named as the user's
                 raise UserError(f"{source}: not added: {problem}; 'ticketclf bundle verify {source}' checks it")
             _fsync_tree(target)
             with self._lock(name):

@@ -837,8 +837,7 @@ class _TrainingClock(TrainerCallback):
     resumed from it adds to its own (Trainer's runtime counts the resumed part alone)."""
 
     def __init__(self, resume_from: str | None) -> None:
-        path = Path(resume_from or "") / CLOCK_FILE
-        self.before = float(json.loads(path.read_text())["seconds"]) if resume_from and path.is_file() else 0.0
+        self.before = _clock_reading(Path(resume_from) / CLOCK_FILE) if resume_from else 0.0
         self.started = time.perf_counter()
 
     def seconds(self) -> float:
@@ -846,8 +845,16 @@ class _TrainingClock(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and checkpoint.is_dir():
-            (checkpoint / CLOCK_FILE).write_text(json.dumps({"seconds": round(self.seconds(), 1)}))
+        if state.is_world_process_zero and checkpoint.is_dir():  # whole or not at all, whenever Ctrl-C comes
+            bundle.write_text_atomic(checkpoint / CLOCK_FILE, json.dumps({"seconds": round(self.seconds(), 1)}))
+
+
+def _clock_reading(path: Path) -> float:
+    """The training time a checkpoint recorded; 0 where it recorded none (made before this record was kept)."""
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 class _EpochLines(ProgressCallback):

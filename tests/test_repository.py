@@ -95,9 +95,13 @@ def test_adding_copies_the_files_and_refuses_what_would_not_serve(tiny_bundle: P
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bundle, broken)
     (broken / "tokenizer_config.json").write_text("{}")  # as a hand edit leaves it: the service would refuse it
-    with pytest.raises(UserError, match=rf"{broken}: not added: .*tokenizer_config\.json"):
+    with pytest.raises(UserError, match=rf"{broken}: not added: {broken / 'tokenizer_config.json'}") as refused:
         ModelRepository(tmp_path / "other").add_version("tickets", broken)
+    assert ".incoming" not in str(refused.value)  # the user's file is named, not the scratch copy's
     assert not (tmp_path / "other" / "tickets" / "1").exists()
+    (linked_files / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match=f"{linked_files}: cannot be copied .*nothing was added"):
+        ModelRepository(tmp_path / "other").add_version("tickets", linked_files)
     # A bundle's own folder as the model (serve would then serve the repository, not the bundle), or one inside
     # the bundle added (the copy would copy itself), are refused before anything is made.
     inside = tmp_path / "inside"

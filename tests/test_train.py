@@ -199,7 +199,8 @@ def test_overwrite_replaces_only_a_bundle(tiny_csv: Path, tmp_path: Path) -> Non
 
 
 def test_overwrite_never_replaces_a_repository_model_or_its_versions(tiny_bundle: Path, tiny_csv: Path,
-                                                                   tmp_path: Path) -> None:
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from classifier.repository import ModelRepository
 
     repository = ModelRepository(tmp_path / "models")
@@ -208,6 +209,11 @@ def test_overwrite_never_replaces_a_repository_model_or_its_versions(tiny_bundle
         with pytest.raises(UserError, match=f"{target}: is in the model repository {tmp_path / 'models'}, which "
                                             "--overwrite would break; train a new version with --repository"):
             train(tiny_csv, target, TrainingOptions(epochs=1), overwrite=True)
+    with monkeypatch.context() as inside:  # typed inside the model's folder: the advice names it in full
+        inside.chdir(tmp_path / "models" / "tickets")
+        with pytest.raises(UserError, match=f"train a new version with --repository {tmp_path / 'models'} --name "
+                                            "tickets"):
+            train(tiny_csv, Path("1"), TrainingOptions(epochs=1), overwrite=True)
     assert [version.number for version in repository.versions("tickets")] == [1]
     assert repository.champion("tickets").manifest() == read_manifest(tiny_bundle)
 
