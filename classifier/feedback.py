@@ -419,6 +419,13 @@ class FeedbackStore:
         return (earlier.predicted_label, earlier.model_version, earlier.needs_review) if earlier else \
             (None, event.model_version, event.needs_review)
 
+    def latest_text_fields(self) -> list[str]:
+        """The fields of the text stored last (none stored: empty), in the order they were sent."""
+        with self.engine.connect() as connection:
+            query = sa.select(events.c.text_fields).where(events.c.text_fields.is_not(None)) \
+                .order_by(events.c.id.desc()).limit(1)
+            return list(connection.execute(query).scalar() or {})
+
     def stored(self, ticket_ids: Sequence[str]) -> set[str]:
         """Which of the tickets have an event stored."""
         with self.engine.connect() as connection:
@@ -755,10 +762,9 @@ def export_csv(store: FeedbackStore, output: str | os.PathLike[str], *, label_co
     tickets whose text was never sent) and ``ticketclf retrain --corrections`` (which matches those to the
     export by ticket id). Returns (rows, rows without text, text columns). The file is replaced whole."""
     rows = store.corrections(since)
-    # The columns of the text stored; with none since ``since``, of all the text stored: an export on a
+    # The columns of the text stored; with none since ``since``, of the text stored last: an export on a
     # schedule keeps its header when a period brought nothing.
-    keys = list(dict.fromkeys(key for row in (rows if any(row.text for row in rows) else store.corrections())
-                              for key in row.text or {}))
+    keys = list(dict.fromkeys(key for row in rows for key in row.text or {})) or store.latest_text_fields()
     # A ticket sent as one 'text' beside others sent by field: its text goes to the last field (the body).
     columns = tuple(key for key in keys if key != "text") or ("text",)
     reserved = {"ticket_id", "received_at", label_column} & set(columns)
