@@ -255,6 +255,9 @@ class ModelRepository:
         The build runs in a hidden directory without the lock; the version gets its number and appears
         (one rename) only once the build has finished and left a readable bundle."""
         directory = self.model_dir(name)
+        if is_bundle(directory):  # a repository there would hide the bundle from serve, which would serve it
+            raise UserError(f"{directory}: is a model bundle, not a model in a repository; give REPO/NAME in another "
+                            "folder, e.g. models/tickets")
         if not callable(source):
             _check_source(Path(source), directory)
         with self.scratch(name) as staging:
@@ -262,10 +265,7 @@ class ModelRepository:
             if callable(source):
                 source(target)
             else:  # the files themselves: a version must outlive the folder it came from, links and all
-                try:
-                    shutil.copytree(source, target, symlinks=False)
-                except (shutil.Error, OSError) as error:  # a link to nothing, an unreadable file
-                    raise UserError(f"{source}: cannot be copied ({one_line(error)}); nothing was added") from None
+                shutil.copytree(source, target, symlinks=False)  # a link to nothing: the CLI says it in one line
             try:
                 read_manifest(target)
             except UserError as error:
@@ -431,12 +431,9 @@ class ModelRepository:
 
 
 def _check_source(source: Path, directory: Path) -> None:
-    """Refuse, before anything is made, a source that is not a bundle, a model folder that is a bundle (a
-    repository there would hide it from ``serve``) and one inside the source (the copy would copy itself)."""
+    """Refuse, before anything is made, a source that is not a bundle, and a model folder inside it (the copy
+    would copy itself)."""
     read_manifest(source)
-    if is_bundle(directory):
-        raise UserError(f"{directory}: is a model bundle, not a model in a repository; give REPO/NAME in another "
-                        "folder, e.g. models/tickets")
     if directory.resolve().is_relative_to(source.resolve()):
         raise UserError(f"{directory}: is inside the bundle {source} being added; give a model folder outside it")
 

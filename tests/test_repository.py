@@ -85,7 +85,8 @@ def test_a_bundle_directory_is_copied_in_and_anything_else_refused(repo: ModelRe
     assert [v.number for v in repo.versions("tickets")] == [1]
 
 
-def test_adding_copies_the_files_and_refuses_what_would_not_serve(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_adding_copies_the_files_and_refuses_what_would_not_serve(tiny_bundle: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
     linked_files = tmp_path / "linked"  # a bundle of links to another's files: the version keeps the files
     linked_files.mkdir()
     for path in tiny_bundle.iterdir():
@@ -100,14 +101,16 @@ def test_adding_copies_the_files_and_refuses_what_would_not_serve(tiny_bundle: P
     assert ".incoming" not in str(refused.value)  # the user's file is named, not the scratch copy's
     assert not (tmp_path / "other" / "tickets" / "1").exists()
     (linked_files / "dangling").symlink_to(tmp_path / "nowhere")
-    with pytest.raises(UserError, match=f"{linked_files}: cannot be copied .*nothing was added"):
-        ModelRepository(tmp_path / "other").add_version("tickets", linked_files)
+    assert main(["models", "add", str(tmp_path / "other" / "tickets"), str(linked_files)]) == 2
+    assert capsys.readouterr().err.startswith(f"ticketclf models: error: cannot copy {linked_files / 'dangling'} ")
+    assert not (tmp_path / "other" / "tickets" / "1").exists()
     # A bundle's own folder as the model (serve would then serve the repository, not the bundle), or one inside
     # the bundle added (the copy would copy itself), are refused before anything is made.
     inside = tmp_path / "inside"
     shutil.copytree(tiny_bundle, inside)
-    with pytest.raises(UserError, match=f"{inside}: is a model bundle, not a model in a repository"):
-        ModelRepository(tmp_path).add_version("inside", tiny_bundle)
+    for source in (tiny_bundle, lambda target: pytest.fail("trained into a bundle's folder")):  # add, train
+        with pytest.raises(UserError, match=f"{inside}: is a model bundle, not a model in a repository"):
+            ModelRepository(tmp_path).add_version("inside", source)
     with pytest.raises(UserError, match=f"{inside / 'x'}: is inside the bundle {inside} being added"):
         ModelRepository(inside).add_version("x", inside)
     assert sorted(path.name for path in inside.iterdir()) == sorted(path.name for path in tiny_bundle.iterdir())
