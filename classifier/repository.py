@@ -255,7 +255,7 @@ class ModelRepository:
         The build runs in a hidden directory without the lock; the version gets its number and appears
         (one rename) only once the build has finished and left a readable bundle."""
         directory = self.model_dir(name)
-        if is_bundle(directory):  # a repository there would hide the bundle from serve, which would serve it
+        if is_bundle(directory):  # serve would take the folder for the repository and serve its champion instead
             raise UserError(f"{directory}: is a model bundle, not a model in a repository; give REPO/NAME in another "
                             "folder, e.g. models/tickets")
         if not callable(source):
