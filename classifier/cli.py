@@ -754,10 +754,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from classifier.cpus import count_setting, worker_count
+    from classifier.cpus import worker_count
 
-    worker_count()  # TICKETCLF_WORKERS
-    count_setting("WEB_CONCURRENCY", 1)  # read by gunicorn's import with int(), in a traceback, even when unused
+    worker_count()  # checked before gunicorn's import, which reads WEB_CONCURRENCY with int(), in a traceback
     from service.server import serve
 
     bundle_dir = args.bundle or os.environ.get("TICKETCLF_BUNDLE")

@@ -39,8 +39,7 @@ def count_setting(variable: str, default: int) -> int:
 
 
 def worker_count() -> int:
-    """gunicorn worker processes: ``TICKETCLF_WORKERS``, else ``WEB_CONCURRENCY`` (the usual name), else the CPUs."""
-    for variable in ("TICKETCLF_WORKERS", "WEB_CONCURRENCY"):
-        if os.environ.get(variable, "").strip():
-            return count_setting(variable, 1)
-    return usable_cpus()
+    """gunicorn worker processes: ``TICKETCLF_WORKERS``, else ``WEB_CONCURRENCY`` (the usual name), else the CPUs.
+    Both are checked whichever decides: gunicorn's own import reads ``WEB_CONCURRENCY`` with int() regardless."""
+    given = {variable: count_setting(variable, 0) for variable in ("TICKETCLF_WORKERS", "WEB_CONCURRENCY")}
+    return given["TICKETCLF_WORKERS"] or given["WEB_CONCURRENCY"] or usable_cpus()
