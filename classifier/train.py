@@ -67,8 +67,9 @@ log = logging.getLogger(__name__)
 LENGTH_QUANTILE = 0.99  # --max-length default: cover 99 % of training tickets untruncated
 LENGTH_MULTIPLE = 16
 MAX_CHOSEN_LENGTH = 512  # the longest window chosen from the data (BERT's); --max-length may ask for more
-# Batches are padded to a multiple of this many tokens: every new (batch, length) shape leaves memory behind
-# in PyTorch's CPU kernels and the allocator, and length-grouped batches would otherwise bring hundreds.
+# Batches are padded to at most a multiple of this many tokens (pad_multiple): every new (batch, length) shape
+# leaves memory behind in PyTorch's CPU kernels and the allocator, and length-grouped batches would otherwise
+# bring hundreds.
 PAD_MULTIPLE = 16
 HEAD_LR_MULTIPLIER = 10  # the field heads' learning rate, times the encoder's (_Trainer)
 
@@ -243,6 +244,23 @@ def fit_out_of_scope(fitted: Fitted, data: PreparedData, options: TrainingOption
                                 validation_tickets=len(scores))
 
 
+def pad_multiple(longest: int) -> int:
+    """The multiple a batch whose longest ticket has ``longest`` tokens is padded to: within an eighth of its
+    length, at most :data:`PAD_MULTIPLE`. Eight shapes per doubling of the length keep the shapes few; a flat
+    16 padded BANKING77's batches (16 tokens a ticket on average) by a third, and a step's time grows with
+    its tokens (docs/benchmarks.md, "Decisions")."""
+    return min(PAD_MULTIPLE, 1 << max(0, longest.bit_length() - 4))
+
+
+@dataclass
+class _ShapeBoundedPadding(DataCollatorWithPadding):
+    """Pads each batch to its longest ticket rounded up to :func:`pad_multiple`."""
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        multiple = pad_multiple(max(len(feature["input_ids"]) for feature in features))
+        return DataCollatorWithPadding.__call__(replace(self, pad_to_multiple_of=multiple), features)
+
+
 def model_outputs(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int,
                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The label's logits and :data:`classifier.oos.FEATURE` of each text, in the texts' order. In batches of
@@ -256,7 +274,8 @@ def model_outputs(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, te
     features = np.empty((len(texts), config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for chosen in _length_batches([len(ids) for ids in encoded], batch_size):
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in chosen]}, pad_to_multiple_of=PAD_MULTIPLE,
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in chosen]},
+                                  pad_to_multiple_of=pad_multiple(max(len(encoded[i]) for i in chosen)),
                                   return_tensors="pt").to(device)
             outputs = model(**batch, output_hidden_states=True)
             logits[chosen] = outputs.logits.float().cpu().numpy()
@@ -817,7 +836,7 @@ def _build_trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
         args=args,
         train_dataset=train_set,
         eval_dataset=validation_set,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=PAD_MULTIPLE),
+        data_collator=_ShapeBoundedPadding(tokenizer),
         compute_metrics=_field_metrics(data) if multi else _compute_metrics,
         compute_loss_func=weighted_loss(_class_weights(data, label_index))
         if options.class_weighted_loss and not multi else None,

@@ -29,11 +29,13 @@ from classifier.train import (
     _length_batches,
     _load_model,
     _load_tokenizer,
+    _ShapeBoundedPadding,
     choose_max_length,
     default_base_model,
     epoch_line,
     layer_depth,
     micro_batches,
+    pad_multiple,
     train,
     weighted_loss,
 )
@@ -263,6 +265,21 @@ def test_detector_features_are_computed_in_batches_within_the_attention_budget()
         assert [lengths[i] for i in batch] == sorted(lengths[i] for i in batch)
     assert batches == [[1, 3, 9], [5, 2, 0], [4, 6, 7], [8]]  # shortest first, three at most
     assert _length_batches([512] * 6, most=64) == [[0, 1, 2, 3], [4, 5]]  # 4 x 512^2 is the whole budget
+
+
+@pytest.mark.parametrize(("longest", "padded"), [(5, 5), (17, 18), (20, 20), (33, 36), (100, 104), (129, 144),
+                                                  (300, 304), (512, 512)])
+def test_training_batches_are_padded_within_an_eighth_of_their_longest_ticket(longest: int, padded: int) -> None:
+    tokenizer = _load_tokenizer(default_base_model())
+    features = [{"input_ids": [101] + [2000] * (length - 2) + [102], "labels": 0} for length in (3, longest)]
+    batch = _ShapeBoundedPadding(tokenizer)(features)
+    assert tuple(batch["input_ids"].shape) == (2, padded)
+    assert batch["attention_mask"].sum(dim=1).tolist() == [3, longest] and batch["labels"].tolist() == [0, 0]
+
+
+def test_padded_lengths_stay_few() -> None:
+    # What bounds the memory PyTorch's CPU kernels keep per shape: 64 lengths up to 512 tokens, not 512.
+    assert len({pad_multiple(n) * -(-n // pad_multiple(n)) for n in range(1, 513)}) == 64
 
 
 @pytest.mark.parametrize(("name", "depth"), [
