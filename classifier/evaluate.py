@@ -57,7 +57,7 @@ from classifier.data import (
 from classifier.errors import UserError, first_of
 from classifier.evaluate_oos import out_of_scope_section
 from classifier.manifest import ALWAYS_REVIEW, Manifest, ThresholdSource
-from classifier.numerics import row_normalise, shown_score
+from classifier.numerics import macro_f1, row_normalise, shown_score
 from classifier.predict import Predictor, resolve_engine
 from classifier.report import (
     CALLED,
@@ -391,10 +391,7 @@ def model_metrics(scored: Scored, target_precision: float) -> Metrics:
     at_target = recommend_threshold(scored.routable, scored.correct, target_precision)
     return Metrics(tickets=int(len(scored.rows)),
                    accuracy=float(accuracy_score(scored.y_true, y_pred)),
-                   # Over the classes with test tickets: one only predicted (none in a file of some queues) has no
-                   # F1 of its own, and counted as 0 it put a model right on 93 % of tickets at macro F1 0.48.
-                   macro_f1=float(f1_score(scored.y_true, y_pred, labels=np.unique(scored.y_true), average="macro",
-                                           zero_division=0)),
+                   macro_f1=macro_f1(scored.y_true, y_pred),
                    weighted_f1=float(f1_score(scored.y_true, y_pred, average="weighted", zero_division=0)),
                    ece=expected_calibration_error(scored.confidence, scored.correct),
                    at_target=None if at_target is None else OperatingPoint(**at_target))

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from classifier.errors import UserError, where
+from classifier.numerics import macro_f1
 
 FieldKind = Literal["single", "tags"]
 # Delimiters a tags cell of a CSV export may use, in the order they are tried; a JSON list needs none.
@@ -238,13 +239,13 @@ def hardly_beats_majority(accuracy: float, most_common_share: float) -> bool:
 
 def single_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Accuracy and macro-F1 over the tickets whose value is known (truth not :data:`MISSING`)."""
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score
 
     known = truth != MISSING
     if not known.any():
         return {"tickets": 0}
     return {"tickets": int(known.sum()), "accuracy": float(accuracy_score(truth[known], predicted[known])),
-            "macro_f1": float(f1_score(truth[known], predicted[known], average="macro"))}
+            "macro_f1": macro_f1(truth[known], predicted[known])}
 
 
 def most_common_share(truth: np.ndarray) -> float:

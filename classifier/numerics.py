@@ -7,6 +7,9 @@ side (``predict``) can use it without torch, scikit-learn or scipy, and the trai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 
@@ -24,6 +27,15 @@ def log_loss(logits: np.ndarray, truth: np.ndarray) -> float:
 
     log_probabilities = log_softmax(np.asarray(logits, dtype=np.float64), axis=1)
     return float(-log_probabilities[np.arange(len(truth)), truth].mean())
+
+
+def macro_f1(truth: np.ndarray | Sequence[Any], predicted: np.ndarray | Sequence[Any]) -> float:
+    """Macro F1 over the classes with at least one true ticket: a class only predicted (none in a file of some
+    queues) has no F1 of its own, and counted as 0 it put a model right on 93 % of tickets at macro F1 0.48.
+    Training-side only: scikit-learn is imported here, not with the module."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(truth, predicted, labels=np.unique(np.asarray(truth)), average="macro", zero_division=0))
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -57,7 +57,7 @@ from classifier.manifest import (
     OutOfScope,
     TrainingSection,
 )
-from classifier.numerics import sigmoid
+from classifier.numerics import macro_f1, sigmoid
 from classifier.options import FULL_LEARNING_RATE, MIN_FITTED_TICKETS, DataOptions, TrainingOptions
 from classifier.schedule import AnnealingTrainer, PlateauAnnealing, planned_epochs, steps_per_epoch
 from classifier.text import CLEANING_VERSION, nested_fields
@@ -394,7 +394,7 @@ def _fit_blend(section: Baseline, staging: Path, data: PreparedData, fitted: Fit
                                               fitted.calibration.target_confidence)
     section.blend_weight, section.blend_scale = weight, scale
     answers = blend.blend(model_logits, tfidf_logits, weight, temperature, scale).argmax(axis=1)
-    measured["blend_macro_f1"] = float(f1_score(truth, answers, average="macro"))  # as the model's, on its labels
+    measured["blend_macro_f1"] = macro_f1(truth, answers)  # as the model's, on its labels
     section.blend_metrics = {k: round(v, 6) for k, v in measured.items()} | {"tfidf_parity": difference}
     log.info("blend with the TF-IDF model: weight %.2f, sharpness %.2f, validation accuracy %.4f (model alone "
              "%.4f, TF-IDF alone %.4f)", weight, scale, measured["blend_accuracy"], measured["model_accuracy"],
@@ -924,7 +924,7 @@ def epoch_line(logs: dict[str, Any], resumed_at: int = 0, steps: int = 0) -> str
 def _compute_metrics(prediction: Any) -> dict[str, float]:
     predicted = np.argmax(prediction.predictions, axis=-1)
     return {"accuracy": float(accuracy_score(prediction.label_ids, predicted)),
-            "macro_f1": float(f1_score(prediction.label_ids, predicted, average="macro"))}
+            "macro_f1": macro_f1(prediction.label_ids, predicted)}
 
 
 def _field_metrics(data: PreparedData) -> Any:

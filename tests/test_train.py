@@ -15,17 +15,19 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, EvalPrediction
 
 from classifier.bundle import SCHEMA_VERSION, read_examples, read_manifest
 from classifier.calibration import negative_log_likelihood
 from classifier.data import prepare_data
 from classifier.errors import UserError
+from classifier.fields import single_metrics
 from classifier.options import LORA_LEARNING_RATE, TrainingOptions
 from classifier.train import (
     ATTENTION_BUDGET,
     EVAL_ATTENTION_BUDGET,
     _build_trainer,
+    _compute_metrics,
     _length_batches,
     _load_model,
     _load_tokenizer,
@@ -265,6 +267,14 @@ def test_detector_features_are_computed_in_batches_within_the_attention_budget()
         assert [lengths[i] for i in batch] == sorted(lengths[i] for i in batch)
     assert batches == [[1, 3, 9], [5, 2, 0], [4, 6, 7], [8]]  # shortest first, three at most
     assert _length_batches([512] * 6, most=64) == [[0, 1, 2, 3], [4, 5]]  # 4 x 512^2 is the whole budget
+
+
+def test_validation_macro_f1_averages_the_classes_with_validation_tickets() -> None:
+    # As the evaluation report counts it: class 2 is predicted once, wrongly, and has no validation ticket.
+    truth, predicted = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])
+    expected = (2 / 3 + 1) / 2  # not (2/3 + 1 + 0) / 3
+    assert _compute_metrics(EvalPrediction(np.eye(3)[predicted], truth))["macro_f1"] == pytest.approx(expected)
+    assert single_metrics(predicted, truth)["macro_f1"] == pytest.approx(expected)  # a field's
 
 
 @pytest.mark.parametrize(("longest", "padded"), [(5, 5), (17, 18), (20, 20), (33, 36), (100, 104), (129, 144),
