@@ -18,6 +18,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,26 +36,38 @@ GROUPS = {"matrix products": ("aten::mm", "aten::addmm", "aten::bmm"), "dropout 
 PHASES = ("forward", "backward", "optimiser")
 
 
-def main() -> int:
-    args = parse_args()
+def training_step(base_model: str, classes: int) -> Callable[[torch.Tensor, torch.Tensor], dict[str, float]]:
+    """A function that takes one training step of ``ticketclf train``'s model on a batch (token ids, attention
+    mask) and returns the seconds of each of :data:`PHASES`."""
     torch.manual_seed(0)
-    model = _load_model(args.base_model, [str(k) for k in range(args.classes)], TrainingOptions())
+    model = _load_model(base_model, [str(k) for k in range(classes)], TrainingOptions())
     model.train()
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
     bf16 = _precision("auto") == "bf16"
 
-    def step(length: int) -> dict[str, float]:
-        ids = torch.randint(1000, 20000, (args.batch_size, length))
-        labels = torch.randint(0, args.classes, (args.batch_size,))
+    def step(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        labels = torch.randint(0, classes, (len(ids),))
         started = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         forward = time.perf_counter()
         loss.backward()
         backward = time.perf_counter()
         optimiser.step()
         optimiser.zero_grad()
         return dict(zip(PHASES, (forward - started, backward - forward, time.perf_counter() - backward)))
+
+    return step
+
+
+def main() -> int:
+    args = parse_args()
+    timed_step = training_step(args.base_model, args.classes)
+    bf16 = _precision("auto") == "bf16"
+
+    def step(length: int) -> dict[str, float]:
+        ids = torch.randint(1000, 20000, (args.batch_size, length))
+        return timed_step(ids, torch.ones_like(ids))
 
     for length in args.lengths:  # warm-up: the first step of each shape builds its kernels
         step(length)
@@ -95,7 +108,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--base-model", default=default_base_model(), help="encoder (default: the packaged MiniLM)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lengths", type=lambda text: [int(x) for x in text.split(",")], default=[16, 32, 48],
-                        help="padded lengths in tokens, comma-separated (training pads to a multiple of 16)")
+                        help="padded lengths in tokens, comma-separated (classifier.train.pad_multiple)")
     parser.add_argument("--classes", type=int, default=77, help="classes of the head (BANKING77's 77)")
     parser.add_argument("--steps", type=int, default=5, help="steps per length and round")
     parser.add_argument("--rounds", type=int, default=4)
