@@ -416,6 +416,8 @@ class _Classifier:
         rejected, records = [], []
         for index, reason in enumerate(rows["reason"]):
             answer = answers.get(index, reason)
+            if rows["cut"][index] and not isinstance(answer, str):
+                answer.truncated = True
             rejected.append(isinstance(answer, str))
             place = {"id": rows["id"][index], "source": rows["source"][index], "row": rows["row"][index]}
             records.append(json.dumps({**place, **self._fields(answer)}, ensure_ascii=False))
@@ -521,27 +523,28 @@ def _file_columns(path: Path, first: list[Item], reading: _Reading) -> tuple[Col
 
 
 def _clean(path: Path, item: Item, mapping: ColumnMapping, options: TextOptions) -> tuple[Any, ...]:
-    """(row, id, cleaned text, reason): reason empty for a row to classify; the id as ``predict --file`` gives
-    it (:func:`classifier.data.given_id`), None for a line that could not be read."""
+    """(row, id, cleaned text, reason, cut): reason empty for a row to classify; the id as ``predict --file``
+    gives it (:func:`classifier.data.given_id`), None for a line that could not be read; cut: a text cell was
+    cut when read (the prediction says ``truncated``)."""
     row, record = item
     if isinstance(record, str):
-        return row, None, "", record
+        return row, None, "", record, False
     ticket_id = given_id(record, mapping.id_column, row or 0)
     try:  # as predict --file reads a row: no cell costs more than a window reads
-        text, _ = record_text(record, options, path, row or 0)
+        text, cut_columns = record_text(record, options, path, row or 0)
     except UserError as error:
-        return row, ticket_id, "", str(error)
-    return row, ticket_id, text, "" if text else f"{where(path, row)}: no text after cleaning"
+        return row, ticket_id, "", str(error), False
+    return row, ticket_id, text, "" if text else f"{where(path, row)}: no text after cleaning", bool(cut_columns)
 
 
 def _shard_table(name: str, path: Path, rows: list[tuple[Any, ...]]) -> pa.Table:
     import pyarrow as pa
 
-    numbers, ids, texts, reasons = zip(*rows)
+    numbers, ids, texts, reasons, cut = zip(*rows)
     return pa.table({"shard": [name] * len(rows), "shard_rows": pa.array([len(rows)] * len(rows), pa.int64()),
                      "source": [str(path)] * len(rows), "row": pa.array(numbers, pa.int64()),
                      "id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
-                     "reason": pa.array(reasons, pa.string())})
+                     "reason": pa.array(reasons, pa.string()), "cut": pa.array(cut, pa.bool_())})
 
 
 def _kind(path: Path) -> str | None:

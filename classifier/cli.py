@@ -593,13 +593,14 @@ def _run_predict(args: argparse.Namespace) -> int:
     # Arguments are numbered 1, 2, ...; file rows keep their ids. A bad file fails before any output.
     rows: list[tuple[str | None, str]] = [(str(number), ticket_text(text, predictor.text_options))
                                           for number, text in enumerate(args.texts, 1)]
+    cut: list[int] = []  # the file's rows with a cell cut when read (none of the arguments can be that long)
     rows += read_tickets_to_classify(args.file, predictor.text_options, args.text_columns or (),
-                                     id_column=args.id_column) if args.file else []
+                                     id_column=args.id_column, cut=cut) if args.file else []
     if args.csv:
         empty = _write_csv(args.csv, Path(args.file) if args.file and args.file != "-" else None, predictor, rows,
-                           top_k)
+                           top_k, set(cut))
     else:
-        empty = _write_predictions(predictor, rows, top_k, _print_json_line)
+        empty = _write_predictions(predictor, rows, top_k, _print_json_line, set(cut))
     # A file's empty tickets are its rows' business (each line says so); an argument with no text is a mistake.
     if empty and args.texts:
         others = " (the others are answered)" if len(rows) > len(empty) else ""
@@ -677,7 +678,7 @@ class _CsvPredictions:
 
 
 def _write_csv(path: Path, input_file: Path | None, predictor: Predictor, rows: list[tuple[str | None, str]],
-               top_k: int) -> list[str | None]:
+               top_k: int, cut: set[int]) -> list[str | None]:
     """``predict --csv``: separated as the input file, for the same Excel to open. Written beside ``path`` and
     moved there when whole, so a run that fails halfway leaves no file that looks complete."""
     from classifier.data import csv_writer
@@ -688,7 +689,7 @@ def _write_csv(path: Path, input_file: Path | None, predictor: Predictor, rows: 
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix kept: .tsv is tab-separated
     try:
         with csv_writer(partial, input_file, for_spreadsheets=True) as writer:
-            empty = _write_predictions(predictor, rows, top_k, _CsvPredictions(writer, predictor, top_k).write)
+            empty = _write_predictions(predictor, rows, top_k, _CsvPredictions(writer, predictor, top_k).write, cut)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -701,9 +702,10 @@ def _yes_no(value: bool) -> str:
 
 
 def _write_predictions(predictor: Predictor, rows: list[tuple[str | None, str]], top_k: int,
-                       answer: Answer) -> list[str | None]:
+                       answer: Answer, cut: set[int]) -> list[str | None]:
     """``answer`` each (id, cleaned text), in order: with the prediction, or None where there is none (the
-    ids of those tickets are returned).
+    ids of those tickets are returned). The rows at the positions ``cut`` had a cell cut when read: their
+    predictions say ``truncated``.
 
     Tickets are predicted PREDICT_CHUNK at a time, so lines flow out as they are ready, and a file of any
     length needs the memory of one chunk's scores."""
@@ -718,8 +720,11 @@ def _write_predictions(predictor: Predictor, rows: list[tuple[str | None, str]],
         except ModelError as error:  # it counts positions in `texts`; name the tickets' own ids
             ids = [ticket_id for ticket_id, text in chunk if text]
             raise ModelError([ids[cast(int, position)] for position in error.tickets]) from None
-        for ticket_id, text in chunk:
-            answer(ticket_id, text, next(predictions) if text else None)
+        for position, (ticket_id, text) in enumerate(chunk, start):
+            prediction = next(predictions) if text else None
+            if prediction is not None and position in cut:
+                prediction.truncated = True
+            answer(ticket_id, text, prediction)
             if not text:
                 empty.append(ticket_id)
     if repeated := repeated_ids([ticket_id for ticket_id, _ in rows], [text for _, text in rows]):

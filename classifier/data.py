@@ -220,8 +220,9 @@ def load_tickets(path: str | Path, text_options: TextOptions | None = None, labe
     mentions = _LabelMentions(mapping.text_columns) if first and mapping.label_column and \
         len(mapping.text_columns) > 1 else None
     cells: list[list[Any]] = [[] for _ in extra]
-    for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars, report.cut_cells,
-                                           mapping.field_columns[:len(field_columns)]):
+    for row, record, text, cut_columns in _cleaned_rows(records, mapping, text_options, path, max_chars,
+                                                        mapping.field_columns[:len(field_columns)]):
+        report.cut_cells += [where(path, row, column) for column in cut_columns]
         label = label_value(record.get(mapping.label_column)) if mapping.label_column else ""
         for column in (mapping.label_column, *mapping.field_columns[:len(field_columns)]):
             _check_one_value(record, column, path, row)
@@ -350,7 +351,7 @@ def with_text_columns(text_options: TextOptions, columns: Sequence[str] | None) 
 
 def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_columns: Sequence[str] = (), *,
                              id_column: str | None = None, max_chars: int = MAX_CELL_CHARS,
-                             ) -> list[tuple[str | None, str]]:
+                             cut: list[int] | None = None) -> list[tuple[str | None, str]]:
     """``(id, cleaned text)`` for every row of an unlabelled file (``-``: standard input), in file order.
 
     Reads ``text_columns`` (the file's names for the bundle's fields, see :func:`with_text_columns`),
@@ -358,14 +359,20 @@ def read_tickets_to_classify(path: str | Path, text_options: TextOptions, text_c
     (as ``POST /classify`` accepts ``{"text": ...}`` for any bundle); the id is :func:`given_id`'s, from
     ``id_column`` or a column of a common id name. A row
     with nothing left after cleaning keeps its place with an empty text, so that no row is silently lost. A text
-    cell is cut to ``max_chars`` before cleaning (the prediction then says ``truncated``, as for any ticket past the
-    model's window).
+    cell is cut to ``max_chars`` before cleaning, and the row's position in the list returned added to ``cut``
+    (its prediction is to say ``truncated``, as for any ticket past the model's window, even where what is left
+    fits the window).
     """
     path = STDIN if path == "-" else Path(path)  # the string "-"; a Path named "-" is a file
     records, columns = records_and_columns(path)
     mapping, text_options = columns_to_classify(columns, path, text_options, text_columns, id_column)
-    return [(given_id(record, mapping.id_column, row), text)
-            for row, record, text in _cleaned_rows(records, mapping, text_options, path, max_chars)]
+    rows = []
+    for position, (row, record, text, cut_columns) in enumerate(
+            _cleaned_rows(records, mapping, text_options, path, max_chars)):
+        rows.append((given_id(record, mapping.id_column, row), text))
+        if cut_columns and cut is not None:
+            cut.append(position)
+    return rows
 
 
 def columns_to_classify(columns: Sequence[str], path: Path, text_options: TextOptions,
@@ -389,21 +396,18 @@ def columns_to_classify(columns: Sequence[str], path: Path, text_options: TextOp
 
 
 def _cleaned_rows(records: list[tuple[int, dict[str, Any]]], mapping: ColumnMapping, text_options: TextOptions,
-                  path: Path, max_chars: int, cut: list[str] | None = None, flat: Sequence[str] = (),
-                  ) -> Iterator[tuple[int, dict[str, Any], str]]:
-    """``(row, record, cleaned text)`` per record, text fields read with the file's own spelling.
+                  path: Path, max_chars: int, flat: Sequence[str] = (),
+                  ) -> Iterator[tuple[int, dict[str, Any], str, list[str]]]:
+    """``(row, record, cleaned text, columns cut)`` per record, text fields read with the file's own spelling.
 
     A text cell longer than ``max_chars`` is cut to it in ``record`` itself (freeing the rest) before
-    cleaning, and its location added to ``cut``: however long a cell, cleaning, tokenising and the
-    TF-IDF baseline then see at most that much of it. The columns ``flat`` must hold text, as the text and label do.
+    cleaning: however long a cell, cleaning, tokenising and the TF-IDF baseline then see at most that much of
+    it. The columns ``flat`` must hold text, as the text and label do.
     """
     reading = replace(text_options, fields=tuple(mapping.text_columns))
     for row, record in records:
         check_flat(record, (mapping.label_column, *flat), path, row)
-        text, cut_columns = record_text(record, reading, path, row, max_chars)
-        if cut is not None:
-            cut += [where(path, row, column) for column in cut_columns]
-        yield row, record, text
+        yield row, record, *record_text(record, reading, path, row, max_chars)
 
 
 def record_text(record: dict[str, Any], options: TextOptions, path: Path, row: int,

@@ -52,7 +52,7 @@ class Prediction:
     confidence: float
     top_k: list[dict[str, Any]]  # [{"label": ..., "score": ...}], best first
     needs_review: bool  # low confidence, or out of scope
-    truncated: bool  # the ticket was longer than the model's window
+    truncated: bool  # only the ticket's start was read: longer than the model's window, or a cell cut when read
     review_reason: str | None = None  # REVIEW_REASONS entry when needs_review, else None
     out_of_scope_score: float | None = None  # None: the bundle has no detector
     # The bundle's other fields (classifier.fields), by column: label, confidence, needs_review, top_k.

@@ -24,6 +24,7 @@ pytest.importorskip("ray", reason="the ray extra (pip install '.[ray]'); the tes
 
 import pyarrow as pa  # noqa: E402  (after the check: the ray extra brings pyarrow)
 import pyarrow.parquet as pq  # noqa: E402
+from csv_files import cut_cell_file  # noqa: E402
 
 from classifier import batch  # noqa: E402
 from classifier.batch import BatchOptions, classify_files, read_output  # noqa: E402
@@ -209,6 +210,15 @@ def test_ids_come_from_the_named_id_column(exported_bundle: Path, ray_local: Non
     options = BatchOptions(actors=1, shard_rows=SHARD_ROWS, progress=False, id_column="ref")
     classify_files(exported_bundle, str(folder), tmp_path / "out", options)
     assert [record["id"] for record in read_output(tmp_path / "out")] == ["A-7", "A-8"]
+
+
+def test_a_ticket_with_a_cell_cut_when_read_is_marked_truncated(exported_bundle: Path, ray_local: None,
+                                                                 tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    cut_cell_file(tmp_path / "in" / "tickets.csv")
+    classify_files(exported_bundle, str(tmp_path / "in"), tmp_path / "out", BatchOptions(actors=1, progress=False))
+    assert [(record["id"], record["truncated"]) for record in read_output(tmp_path / "out")] == [("T-1", False),
+                                                                                                 ("T-2", True)]
 
 
 def test_fields_list_their_top_k_as_the_label_does(fields_bundle: Path, ray_local: None, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from csv_files import read_csv
+from csv_files import cut_cell_file, read_csv
 
 from classifier.bundle import read_manifest
 from classifier.cli import build_parser, main
@@ -149,6 +149,19 @@ def test_a_column_name_with_a_comma_is_given_in_double_quotes() -> None:
 def test_predict_of_one_empty_argument_names_no_others(exported_bundle: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", str(exported_bundle), "<p> </p>"]) == 2
     assert capsys.readouterr().err.endswith("error: argument 1 had no text after cleaning\n")
+
+
+@pytest.mark.parametrize("csv_output", [False, True])
+def test_predict_file_says_truncated_where_a_cell_was_cut(exported_bundle: Path, tmp_path: Path, csv_output: bool,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    tickets = cut_cell_file(tmp_path / "tickets.csv")
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(exported_bundle), "--file", str(tickets),
+                 *(["--csv", str(out)] if csv_output else [])]) == 0
+    if csv_output:
+        assert [row["truncated"] for row in read_csv(out)] == ["no", "yes"]  # comma-separated, as the input
+    else:
+        assert [json.loads(line)["truncated"] for line in capsys.readouterr().out.splitlines()] == [False, True]
 
 
 def test_predict_prints_json_lines(exported_bundle: Path) -> None:
